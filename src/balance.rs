@@ -1,0 +1,263 @@
+//! Load-balancing policies over a [`Snapshot`].
+//!
+//! A policy does not pick one backend; it orders all of them, so the
+//! connection handler can fail over down the list without asking again.
+//! Healthy, non-draining backends come first in policy order; then ejected
+//! ones, soonest-to-return first (better to try a recently failed backend
+//! than to refuse a client, as Envoy's panic threshold does); draining ones
+//! come last, used only when nothing else is left.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::table::{Backend, Health, Snapshot, Table};
+
+/// How new connections are spread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// In turn, each backend `weight` times per cycle.
+    RoundRobin,
+    /// Uniformly at random, in proportion to weight.
+    Random,
+    /// Fewest active connections per unit of weight.
+    LeastConn,
+    /// Power of two choices: sample two backends by weight, take the one with
+    /// fewer active connections per unit of weight. Nearly as good as
+    /// least-connections without herding every new client onto the one
+    /// backend that just came back empty.
+    #[default]
+    P2c,
+}
+
+/// A policy plus the little state it needs.
+#[derive(Debug)]
+pub struct Balancer {
+    policy: Policy,
+    /// Round-robin position, in units of weight.
+    next: AtomicUsize,
+}
+
+impl Balancer {
+    pub fn new(policy: Policy) -> Balancer {
+        Balancer {
+            policy,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Every backend of the snapshot, best candidate first.
+    pub fn order(&self, table: &Table, snap: &Snapshot) -> Vec<Arc<Backend>> {
+        let mut ready = Vec::with_capacity(snap.backends.len());
+        let mut ejected: Vec<(Duration, Arc<Backend>)> = Vec::new();
+        let mut draining = Vec::new();
+        for b in &snap.backends {
+            let health = table.health(&b.stats);
+            match (b.spec.draining, health) {
+                (true, _) => draining.push((health != Health::Healthy, b.clone())),
+                (false, Health::Healthy) => ready.push(b.clone()),
+                (false, Health::Ejected { remaining }) => ejected.push((remaining, b.clone())),
+            }
+        }
+        let mut out = self.order_ready(ready);
+        ejected.sort_by_key(|(remaining, _)| *remaining);
+        out.extend(ejected.into_iter().map(|(_, b)| b));
+        draining.sort_by_key(|(ejected, _)| *ejected);
+        out.extend(draining.into_iter().map(|(_, b)| b));
+        out
+    }
+
+    fn order_ready(&self, mut ready: Vec<Arc<Backend>>) -> Vec<Arc<Backend>> {
+        if ready.len() < 2 {
+            return ready;
+        }
+        match self.policy {
+            Policy::RoundRobin => {
+                let total: usize = ready.iter().map(|b| weight(b) as usize).sum();
+                let mut pos = self.next.fetch_add(1, Ordering::Relaxed) % total;
+                let start = ready
+                    .iter()
+                    .position(|b| {
+                        let w = weight(b) as usize;
+                        if pos < w {
+                            true
+                        } else {
+                            pos -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(0);
+                ready.rotate_left(start);
+                ready
+            }
+            Policy::Random => weighted_shuffle(ready),
+            Policy::LeastConn => {
+                fastrand::shuffle(&mut ready);
+                // Stable: ties keep the random order, spreading them.
+                ready.sort_by(|a, b| load_cmp(a, b));
+                ready
+            }
+            Policy::P2c => {
+                let mut order = weighted_shuffle(ready);
+                if load_cmp(&order[1], &order[0]).is_lt() {
+                    order.swap(0, 1);
+                }
+                order
+            }
+        }
+    }
+}
+
+fn weight(b: &Backend) -> u32 {
+    b.spec.weight.max(1)
+}
+
+/// Compares active connections per unit of weight without dividing.
+fn load_cmp(a: &Backend, b: &Backend) -> std::cmp::Ordering {
+    let la = a.stats.active.load(Ordering::Relaxed) * u64::from(weight(b));
+    let lb = b.stats.active.load(Ordering::Relaxed) * u64::from(weight(a));
+    la.cmp(&lb)
+}
+
+/// A random permutation where each backend's chance of coming before the
+/// others is proportional to its weight (Efraimidis-Spirakis: sort by
+/// u^(1/w), here as ln(u)/w to stay precise).
+fn weighted_shuffle(backends: Vec<Arc<Backend>>) -> Vec<Arc<Backend>> {
+    let mut keyed: Vec<(f64, Arc<Backend>)> = backends
+        .into_iter()
+        .map(|b| {
+            let u = 1.0 - fastrand::f64(); // (0, 1]
+            (u.ln() / f64::from(weight(&b)), b)
+        })
+        .collect();
+    keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+    keyed.into_iter().map(|(_, b)| b).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{BackendSpec, Target, Update};
+
+    fn table(weights: &[u32]) -> Table {
+        let t = Table::new("svc", Duration::from_secs(1));
+        for (i, w) in weights.iter().enumerate() {
+            t.apply(Update::Upsert(BackendSpec {
+                key: format!("b{i}"),
+                target: Target::Name(format!("b{i}"), 1),
+                weight: *w,
+                draining: false,
+            }));
+        }
+        t
+    }
+
+    fn index(b: &Backend) -> usize {
+        b.spec.key[1..].parse().unwrap()
+    }
+
+    /// Share of first picks per backend over `n` orderings.
+    fn first_picks(policy: Policy, t: &Table, n: usize) -> Vec<usize> {
+        fastrand::seed(7);
+        let bal = Balancer::new(policy);
+        let snap = t.snapshot();
+        let mut counts = vec![0; snap.backends.len()];
+        for _ in 0..n {
+            let order = bal.order(t, &snap);
+            assert_eq!(
+                order.len(),
+                snap.backends.len(),
+                "every backend listed once"
+            );
+            counts[index(&order[0])] += 1;
+        }
+        counts
+    }
+
+    fn assert_shares(counts: &[usize], weights: &[u32], tolerance: f64) {
+        let n: usize = counts.iter().sum();
+        let wsum: u32 = weights.iter().sum();
+        for (c, w) in counts.iter().zip(weights) {
+            let want = n as f64 * f64::from(*w) / f64::from(wsum);
+            let off = (*c as f64 - want).abs() / want;
+            assert!(
+                off <= tolerance,
+                "counts {counts:?} weights {weights:?}: off by {off:.3}"
+            );
+        }
+    }
+
+    #[test]
+    fn round_robin_is_exact_and_honours_weights() {
+        for weights in [&[1, 1, 1][..], &[1, 2, 3], &[5], &[1, 1000]] {
+            let t = table(weights);
+            let cycle: u32 = weights.iter().sum();
+            let counts = first_picks(Policy::RoundRobin, &t, cycle as usize * 10);
+            let want: Vec<usize> = weights.iter().map(|w| *w as usize * 10).collect();
+            assert_eq!(counts, want, "weights {weights:?}");
+        }
+    }
+
+    #[test]
+    fn random_and_p2c_follow_weights_when_idle() {
+        for policy in [Policy::Random, Policy::P2c, Policy::LeastConn] {
+            for weights in [&[1, 1, 1][..], &[1, 3], &[2, 1, 1]] {
+                let t = table(weights);
+                let counts = first_picks(policy, &t, 40_000);
+                // Least-connections ignores weight when nobody is loaded.
+                let effective: Vec<u32> = if policy == Policy::LeastConn {
+                    vec![1; weights.len()]
+                } else {
+                    weights.to_vec()
+                };
+                assert_shares(&counts, &effective, 0.05);
+            }
+        }
+    }
+
+    #[test]
+    fn load_aware_policies_avoid_the_busy_backend() {
+        let t = table(&[1, 1]);
+        t.snapshot().backends[0]
+            .stats
+            .active
+            .store(10, Ordering::Relaxed);
+        for policy in [Policy::P2c, Policy::LeastConn] {
+            assert_eq!(first_picks(policy, &t, 1000), [0, 1000], "{policy:?}");
+        }
+        // Per unit of weight: 10 active on weight 10 beats 2 active on weight 1.
+        let t = table(&[10, 1]);
+        let snap = t.snapshot();
+        snap.backends[0].stats.active.store(10, Ordering::Relaxed);
+        snap.backends[1].stats.active.store(2, Ordering::Relaxed);
+        assert_eq!(first_picks(Policy::LeastConn, &t, 100), [100, 0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_then_draining_go_last() {
+        let t = table(&[1, 1, 1, 1]);
+        let snap = t.snapshot();
+        t.report_failure(&snap.backends[0].stats);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        t.report_failure(&snap.backends[1].stats);
+        let mut spec = snap.backends[2].spec.clone();
+        spec.draining = true;
+        t.apply(Update::Upsert(spec));
+        let snap = t.snapshot();
+        for policy in [
+            Policy::RoundRobin,
+            Policy::Random,
+            Policy::LeastConn,
+            Policy::P2c,
+        ] {
+            let order = Balancer::new(policy).order(&t, &snap);
+            let idx: Vec<usize> = order.iter().map(|b| index(b)).collect();
+            assert_eq!(idx, [3, 0, 1, 2], "{policy:?}");
+        }
+    }
+}

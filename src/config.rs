@@ -1,0 +1,574 @@
+//! Flags + TOML file + environment -> one validated [`Config`].
+//!
+//! Precedence, highest first: command-line flags, `MESH_AMB_*` environment
+//! variables, the `--config` file, built-in defaults. A list given on the
+//! command line (or its environment variable) replaces the file's list rather
+//! than merging with it, so what is running is always what one source says.
+//! `--from-env` consumes are added on top. Every error is a single line that
+//! names the offending value; the binary exits 2 on it.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::balance::Policy;
+use crate::cli::{LogFormat, RunArgs};
+use crate::spec::{self, ConsumeSpec, ProvideSpec};
+
+/// Default connection limit: far above what one ambassador normally carries,
+/// low enough that two fds per connection fit a typical 65536 fd limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// A backend on the same LAN answers a SYN in well under a millisecond; one
+/// second tolerates a loaded host while keeping failover to the next
+/// candidate quick when a host has silently vanished.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Three candidates cover "one backend died and the next is also in trouble"
+/// without letting one client wait through a whole large pool.
+pub const DEFAULT_CONNECT_ATTEMPTS: usize = 3;
+/// Long enough for request/response protocols to finish their exchanges,
+/// short enough that an orchestrator's stop timeout (often 30-90 s) is met.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// First ejection after a failed connect. Short, because an ambassador's
+/// backends are few and a restarted service should be used again quickly;
+/// repeated failures double it up to [`MAX_EJECT_TIME`].
+pub const DEFAULT_EJECT_TIME: Duration = Duration::from_secs(1);
+/// Cap on the ejection back-off, so a backend that comes back after a long
+/// outage is retried within half a minute.
+pub const MAX_EJECT_TIME: Duration = Duration::from_secs(30);
+
+/// A configuration error: one line, naming the offending value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Everything the ambassador needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address every consume listener binds to.
+    pub bind: IpAddr,
+    /// Local listeners and where they forward.
+    pub consumes: Vec<ConsumeSpec>,
+    /// Local services offered to the mesh.
+    pub provides: Vec<ProvideSpec>,
+    /// Connection-level proxy settings shared by every consume.
+    pub proxy: ProxySettings,
+    /// Log line format, applied by the binary before anything runs.
+    pub log_format: LogFormat,
+}
+
+/// Data-plane knobs, shared by every listener.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// How a listener picks among its backends.
+    pub policy: Policy,
+    /// Cap on concurrent client connections per process.
+    pub max_connections: usize,
+    /// Per-backend connect timeout before failing over.
+    pub connect_timeout: Duration,
+    /// Backends tried per client connection.
+    pub connect_attempts: usize,
+    /// Close connections idle for this long; `None` keeps them forever.
+    pub idle_timeout: Option<Duration>,
+    /// Grace period for open connections on shutdown.
+    pub drain_timeout: Duration,
+    /// First ejection period of a failing backend.
+    pub eject_time: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
+            idle_timeout: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            eject_time: DEFAULT_EJECT_TIME,
+        }
+    }
+}
+
+/// The TOML file, mirroring the long flags (with `_` for `-`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<String>,
+    consume: Option<Vec<String>>,
+    provide: Option<Vec<String>>,
+    from_env: Option<bool>,
+    balance: Option<Policy>,
+    max_connections: Option<u64>,
+    connect_timeout: Option<String>,
+    connect_attempts: Option<u64>,
+    idle_timeout: Option<String>,
+    drain_timeout: Option<String>,
+    eject_time: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// A duration like `500ms`, `1s`, `5m`; a bare number is seconds.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration, ConfigError> {
+    let s = s.trim();
+    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<u64>().ok().map(Duration::from_secs)
+    } else {
+        humantime::parse_duration(s).ok()
+    };
+    d.ok_or_else(|| bad(format!("{what} '{s}': not a duration (e.g. 500ms, 2s, 5m)")))
+}
+
+fn positive_duration(what: &str, s: &str) -> Result<Duration, ConfigError> {
+    let d = parse_duration(what, s)?;
+    if d.is_zero() {
+        return Err(bad(format!("{what} '{s}': must be greater than zero")));
+    }
+    Ok(d)
+}
+
+fn parse_count(what: &str, s: &str, max: u64) -> Result<usize, ConfigError> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n as usize),
+        _ => Err(bad(format!(
+            "{what} '{s}': expected a number from 1 to {max}"
+        ))),
+    }
+}
+
+/// Reads the environment once so that tests can pass their own.
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// One source of a list: flags win, then their environment variable.
+fn list_from(flags: &[String], env: &dyn Env, var: &str) -> Option<(Vec<String>, String)> {
+    if !flags.is_empty() {
+        return Some((flags.to_vec(), String::new()));
+    }
+    let v = env.var(var)?;
+    let items: Vec<String> = v.split_whitespace().map(str::to_owned).collect();
+    (!items.is_empty()).then(|| (items, format!(" (from {var})")))
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        // toml's message spans several lines (a source excerpt); keep the
+        // first, which names the key, and add the location.
+        let first = e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .to_owned();
+        let at = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        bad(format!("config file {}{at}: {first}", path.display()))
+    })
+}
+
+impl Config {
+    /// Builds the configuration from parsed flags and an environment.
+    pub fn resolve(args: &RunArgs, env: &dyn Env) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let file_ctx = args
+            .config
+            .as_ref()
+            .map(|p| format!("config file {}: ", p.display()))
+            .unwrap_or_default();
+
+        let bind = match (&args.bind, &file.bind) {
+            (Some(b), _) => (b.as_str(), "--bind"),
+            (None, Some(b)) => (b.as_str(), "bind"),
+            (None, None) => ("127.0.0.1", "default"),
+        };
+        let bind: IpAddr = bind.0.parse().map_err(|_| {
+            bad(format!(
+                "{} '{}': not an IP address (e.g. 127.0.0.1, 0.0.0.0, ::)",
+                bind.1, bind.0
+            ))
+        })?;
+
+        let mut consumes = Vec::new();
+        match list_from(&args.consume, env, "MESH_AMB_CONSUME") {
+            Some((items, src)) => {
+                for raw in items {
+                    let c = spec::parse_consume(&raw)
+                        .map_err(|e| bad(format!("--consume '{raw}'{src}: {e}")))?;
+                    consumes.push(c);
+                }
+            }
+            None => {
+                for raw in file.consume.iter().flatten() {
+                    let c = spec::parse_consume(raw)
+                        .map_err(|e| bad(format!("{file_ctx}consume '{raw}': {e}")))?;
+                    consumes.push(c);
+                }
+            }
+        }
+        if args.from_env || file.from_env.unwrap_or(false) {
+            let from_env =
+                spec::consumes_from_env(env.vars()).map_err(|e| bad(format!("--from-env: {e}")))?;
+            consumes.extend(from_env);
+        }
+
+        let mut provides = Vec::new();
+        match list_from(&args.provide, env, "MESH_AMB_PROVIDE") {
+            Some((items, src)) => {
+                for raw in items {
+                    let p = spec::parse_provide(&raw)
+                        .map_err(|e| bad(format!("--provide '{raw}'{src}: {e}")))?;
+                    provides.push(p);
+                }
+            }
+            None => {
+                for raw in file.provide.iter().flatten() {
+                    let p = spec::parse_provide(raw)
+                        .map_err(|e| bad(format!("{file_ctx}provide '{raw}': {e}")))?;
+                    provides.push(p);
+                }
+            }
+        }
+
+        check_unique_ports(&consumes, &provides)?;
+
+        let d = ProxySettings::default();
+        let proxy = ProxySettings {
+            policy: args.balance.or(file.balance).unwrap_or(d.policy),
+            max_connections: match (&args.max_connections, file.max_connections) {
+                (Some(s), _) => parse_count("--max-connections", s, 1_000_000)?,
+                (None, Some(n)) => parse_count("max_connections", &n.to_string(), 1_000_000)?,
+                (None, None) => d.max_connections,
+            },
+            connect_timeout: pick_duration(
+                &args.connect_timeout,
+                &file.connect_timeout,
+                "connect-timeout",
+                d.connect_timeout,
+            )?,
+            connect_attempts: match (&args.connect_attempts, file.connect_attempts) {
+                (Some(s), _) => parse_count("--connect-attempts", s, 100)?,
+                (None, Some(n)) => parse_count("connect_attempts", &n.to_string(), 100)?,
+                (None, None) => d.connect_attempts,
+            },
+            idle_timeout: match args.idle_timeout.as_ref().or(file.idle_timeout.as_ref()) {
+                None => None,
+                Some(s) if s.trim() == "off" => None,
+                Some(s) => Some(positive_duration("idle-timeout", s)?),
+            },
+            drain_timeout: match args.drain_timeout.as_ref().or(file.drain_timeout.as_ref()) {
+                None => d.drain_timeout,
+                Some(s) => parse_duration("drain-timeout", s)?,
+            },
+            eject_time: pick_duration(
+                &args.eject_time,
+                &file.eject_time,
+                "eject-time",
+                d.eject_time,
+            )?,
+        };
+
+        Ok(Config {
+            bind,
+            consumes,
+            provides,
+            proxy,
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+fn pick_duration(
+    flag: &Option<String>,
+    file: &Option<String>,
+    what: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match flag.as_ref().or(file.as_ref()) {
+        Some(s) => positive_duration(what, s),
+        None => Ok(default),
+    }
+}
+
+/// Two listeners cannot share a port; say which specs collide.
+fn check_unique_ports(
+    consumes: &[ConsumeSpec],
+    provides: &[ProvideSpec],
+) -> Result<(), ConfigError> {
+    let mut seen: HashMap<u16, &ConsumeSpec> = HashMap::new();
+    for c in consumes {
+        if let Some(prev) = seen.insert(c.port, c) {
+            return Err(bad(format!(
+                "duplicate listen port {}: '{prev}' and '{c}'",
+                c.port
+            )));
+        }
+    }
+    let mut names: HashMap<(&str, u16), ()> = HashMap::new();
+    for p in provides {
+        if names.insert((&p.name, p.port), ()).is_some() {
+            return Err(bad(format!("--provide '{p}' is given twice")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::io::Write;
+
+    fn resolve(argv: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let cli = crate::cli::Cli::try_parse_from(
+            std::iter::once("mesh-amb").chain(argv.iter().copied()),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::resolve(&cli.run, &env)
+    }
+
+    fn temp_toml(body: &str) -> tempfile_lite::TempFile {
+        let f = tempfile_lite::TempFile::new("toml");
+        std::fs::File::create(&f.path)
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        f
+    }
+
+    /// A throwaway file removed on drop; enough for these tests, so the
+    /// crate does not pull in `tempfile`.
+    mod tempfile_lite {
+        use std::path::PathBuf;
+        use std::sync::atomic::{AtomicU32, Ordering};
+
+        pub struct TempFile {
+            pub path: PathBuf,
+        }
+        impl TempFile {
+            pub fn new(ext: &str) -> Self {
+                static N: AtomicU32 = AtomicU32::new(0);
+                let n = N.fetch_add(1, Ordering::Relaxed);
+                let path = std::env::temp_dir()
+                    .join(format!("mesh-amb-test-{}-{n}.{ext}", std::process::id()));
+                TempFile { path }
+            }
+        }
+        impl Drop for TempFile {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve(&["--consume", "redis:7379=127.0.0.1:6379"], &[]).unwrap();
+        assert_eq!(c.bind.to_string(), "127.0.0.1");
+        assert_eq!(c.consumes.len(), 1);
+        assert_eq!(c.proxy.policy, Policy::P2c);
+        assert_eq!(c.proxy.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(c.proxy.idle_timeout, None);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    /// Arguments, environment, and what the error must mention.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+    #[test]
+    fn bad_input_is_one_line_naming_the_value() {
+        let cases: &[Case] = &[
+            (
+                &["--consume", "redis:0"],
+                &[],
+                "--consume 'redis:0': port 0",
+            ),
+            (
+                &["--consume", "redis:70000"],
+                &[],
+                "port 70000 is out of range",
+            ),
+            (&["--provide", "redis:0"], &[], "--provide 'redis:0'"),
+            (
+                &["--consume", "a:6379=h:1", "--consume", "b:6379=h:2"],
+                &[],
+                "duplicate listen port 6379: 'a:6379=h:1' and 'b:6379=h:2'",
+            ),
+            (
+                &["--provide", "a:1", "--provide", "a:1"],
+                &[],
+                "given twice",
+            ),
+            (
+                &["--bind", "localhost"],
+                &[],
+                "--bind 'localhost': not an IP",
+            ),
+            (
+                &["--connect-timeout", "soon"],
+                &[],
+                "connect-timeout 'soon'",
+            ),
+            (&["--connect-timeout", "0s"], &[], "greater than zero"),
+            (&["--idle-timeout=-3"], &[], "idle-timeout '-3'"),
+            (&["--max-connections", "0"], &[], "--max-connections '0'"),
+            (&["--connect-attempts", "x"], &[], "--connect-attempts 'x'"),
+            (
+                &["--config", "/nonexistent/mesh.toml"],
+                &[],
+                "cannot read config file /nonexistent/mesh.toml",
+            ),
+            (
+                &[],
+                &[("MESH_AMB_CONSUME", "a:1=h:1 b:oops")],
+                "--consume 'b:oops' (from MESH_AMB_CONSUME)",
+            ),
+            (
+                &["--from-env"],
+                &[("REDIS_PORT_6379_TCP", "tcp://nope")],
+                "--from-env: REDIS_PORT_6379_TCP=tcp://nope",
+            ),
+            (
+                &["--from-env", "--consume", "x:6379=h:1"],
+                &[("REDIS_PORT_6379_TCP", "tcp://10.0.0.5:6379")],
+                "duplicate listen port 6379",
+            ),
+        ];
+        for (argv, env, want) in cases {
+            let e = resolve(argv, env).expect_err(want).to_string();
+            assert!(e.contains(want), "{argv:?}: got {e:?}, want {want:?}");
+            assert!(!e.contains('\n'), "{argv:?}: multi-line error {e:?}");
+        }
+    }
+
+    #[test]
+    fn file_settings_and_flag_precedence() {
+        let f = temp_toml(
+            r#"
+bind = "0.0.0.0"
+balance = "round-robin"
+consume = ["redis:7379=127.0.0.1:6379", "api:8080"]
+provide = ["web:80"]
+connect_timeout = "250ms"
+idle_timeout = "5m"
+log_format = "json"
+"#,
+        );
+        let path = f.path.to_str().unwrap();
+        let c = resolve(&["--config", path], &[]).unwrap();
+        assert_eq!(c.bind.to_string(), "0.0.0.0");
+        assert_eq!(c.proxy.policy, Policy::RoundRobin);
+        assert_eq!(c.consumes.len(), 2);
+        assert_eq!(c.provides.len(), 1);
+        assert_eq!(c.proxy.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.proxy.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(c.log_format, LogFormat::Json);
+
+        // Flags win, and a flag list replaces the file's list.
+        let c = resolve(
+            &[
+                "--config",
+                path,
+                "--bind",
+                "::1",
+                "--balance",
+                "least-conn",
+                "--consume",
+                "x:9=h:1",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.bind.to_string(), "::1");
+        assert_eq!(c.proxy.policy, Policy::LeastConn);
+        assert_eq!(
+            c.consumes.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            ["x:9=h:1"]
+        );
+        assert_eq!(c.provides.len(), 1, "provides were not given as flags");
+
+        // The environment counts as flags.
+        let c = resolve(
+            &["--config", path],
+            &[("MESH_AMB_CONSUME", "a:1=h:1  b:2=h:2")],
+        )
+        .unwrap();
+        assert_eq!(c.consumes.len(), 2);
+        assert_eq!(c.consumes[1].name, "b");
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        for (body, want) in [
+            ("bnid = \"0.0.0.0\"\n", "unknown field `bnid`"),
+            ("consume = \"redis:1\"\n", "invalid type"),
+            ("consume = [\"redis:0\"]\n", "consume 'redis:0': port 0"),
+            ("balance = \"fastest\"\n", "unknown variant `fastest`"),
+            ("this is not toml", "(line 1)"),
+        ] {
+            let f = temp_toml(body);
+            let e = resolve(&["--config", f.path.to_str().unwrap()], &[])
+                .expect_err(body)
+                .to_string();
+            assert!(e.contains(want), "{body:?}: got {e:?}");
+            assert!(e.contains("config file"), "{body:?}: got {e:?}");
+            assert!(!e.contains('\n'), "{body:?}: multi-line {e:?}");
+        }
+    }
+
+    #[test]
+    fn from_env_adds_docker_links() {
+        let c = resolve(
+            &["--from-env", "--consume", "api:8080=10.0.0.9:80"],
+            &[("REDIS_PORT_6379_TCP", "tcp://10.0.0.5:6379")],
+        )
+        .unwrap();
+        let got: Vec<String> = c.consumes.iter().map(|c| c.to_string()).collect();
+        assert_eq!(got, ["api:8080=10.0.0.9:80", "redis:6379=10.0.0.5:6379"]);
+    }
+}

@@ -1,0 +1,121 @@
+//! The `mesh-amb` binary: parse, configure, run, map errors to exit codes
+//! (2 for bad input, 1 for runtime failures).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use mesh_amb::cli::{Cli, Command, LogFormat};
+use mesh_amb::config::{Config, ProcessEnv};
+use mesh_amb::{Ambassador, Shutdown};
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) => return usage_error(&one_line(&e.render().to_string())),
+    };
+    match cli.command {
+        Some(Command::Demo) => {
+            // The demo prints its own story; logs show only what went wrong.
+            init_logs(LogFormat::Text, "warn");
+            report(runtime().and_then(|rt| rt.block_on(mesh_amb::demo::run())))
+        }
+        None => {
+            let config = match Config::resolve(&cli.run, &ProcessEnv) {
+                Ok(c) => c,
+                Err(e) => return usage_error(&e.to_string()),
+            };
+            if config.consumes.is_empty() && config.provides.is_empty() {
+                return usage_error(
+                    "nothing to do: give --consume or --provide (see --help), or try 'mesh-amb demo'",
+                );
+            }
+            init_logs(config.log_format, "info");
+            report(runtime().and_then(|rt| rt.block_on(serve(config))))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let amb = Ambassador::new(config);
+    let listeners = amb.bind().await?;
+    let shutdown = Shutdown::new();
+    tokio::spawn(on_signals(shutdown.clone()));
+    amb.run(listeners, shutdown).await
+}
+
+/// First SIGINT/SIGTERM drains; a second one closes everything at once.
+async fn on_signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    let sig = tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
+    tracing::info!(
+        signal = sig,
+        "shutting down; send it again to close connections now"
+    );
+    shutdown.begin();
+    let sig = tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
+    tracing::warn!(signal = sig, "closing all connections now");
+    shutdown.force();
+}
+
+fn init_logs(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    let msg = msg.strip_prefix("error: ").unwrap_or(msg);
+    eprintln!("error: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// clap spreads an error over several lines (hints, usage); keep the ones
+/// that carry information, on one line.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

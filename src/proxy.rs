@@ -1,0 +1,334 @@
+//! The data plane: one accept loop per consumed service, one task per client
+//! connection.
+//!
+//! A connection is a pipeline: take the table snapshot, order the backends
+//! with the balancer, dial down the list until one answers (each failure
+//! ejects that backend), then copy bytes both ways until both sides are done.
+//! TLS and credential injection will slot in between dial and copy.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::balance::Balancer;
+use crate::config::ProxySettings;
+use crate::table::{Backend, Stats, Table, Target};
+
+/// Copy buffer per direction. 64 KiB moves a large value in few syscalls;
+/// tokio's 8 KiB default measurably loses throughput on 16 KiB values.
+const COPY_BUF: usize = 64 * 1024;
+/// First pause after an accept error such as EMFILE, so that a process out of
+/// file descriptors waits for connections to close instead of spinning.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between accept retries: short enough to resume promptly
+/// once descriptors free up.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// One consumed service: its table and how to choose from it.
+pub struct Service {
+    /// Name as in `--consume NAME:PORT`.
+    pub name: String,
+    /// Port the consume listens on, for logs.
+    pub port: u16,
+    /// Live backends.
+    pub table: Arc<Table>,
+    /// Policy applied to each snapshot.
+    pub balancer: Balancer,
+}
+
+/// What every connection task of the process shares.
+pub struct Shared {
+    pub settings: ProxySettings,
+    /// Connection limit; a permit is taken before `accept`, so excess
+    /// clients wait in the kernel backlog rather than being cut off.
+    pub limit: Arc<Semaphore>,
+    /// Cancelled when the drain period is over: open connections close.
+    pub hard_stop: CancellationToken,
+}
+
+/// Accepts until `stop` is cancelled; connection tasks go to `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    svc: Arc<Service>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut at_limit = false;
+    loop {
+        let permit = match shared.limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if !at_limit {
+                    warn!(
+                        service = %svc.name,
+                        limit = shared.settings.max_connections,
+                        "connection limit reached; new clients wait in the accept queue"
+                    );
+                    at_limit = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    p = shared.limit.clone().acquire_owned() => p.expect("the limit semaphore is never closed"),
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                at_limit = false;
+                let svc = svc.clone();
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    handle(client, peer, &svc, &shared).await;
+                    drop(permit);
+                });
+            }
+            // The client gave up between SYN and accept: nothing to wait for.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+            Err(e) => {
+                warn!(service = %svc.name, error = %e, retry_in = ?backoff, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    debug!(service = %svc.name, "stopped accepting");
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Shared) {
+    // Interactive protocols (Redis, SQL) send small requests and wait: Nagle
+    // would hold them back for an ACK.
+    let _ = client.set_nodelay(true);
+    let (backend, server) = match connect(svc, &shared.settings).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(service = %svc.name, client = %peer, "closing client connection: {e}");
+            return;
+        }
+    };
+    let stats = &backend.stats;
+    stats.total.fetch_add(1, Ordering::Relaxed);
+    stats.active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(stats);
+
+    let clock = shared.settings.idle_timeout.map(|_| Arc::new(Clock::new()));
+    let mut client = Metered::new(client, clock.clone());
+    let mut server = Metered::new(server, clock.clone());
+    let copy =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, COPY_BUF, COPY_BUF);
+    let outcome = tokio::select! {
+        r = copy => r.map(|_| ()),
+        _ = idle(clock.as_deref(), shared.settings.idle_timeout) => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
+        }
+        _ = shared.hard_stop.cancelled() => {
+            Err(io::Error::other("drain timeout reached at shutdown"))
+        }
+    };
+    stats.bytes_out.fetch_add(client.read, Ordering::Relaxed);
+    stats.bytes_in.fetch_add(server.read, Ordering::Relaxed);
+    match outcome {
+        Ok(()) => debug!(service = %svc.name, client = %peer, backend = %backend.spec.target,
+            bytes_out = client.read, bytes_in = server.read, "connection closed"),
+        Err(e) => debug!(service = %svc.name, client = %peer, backend = %backend.spec.target,
+            error = %e, "connection ended with an error"),
+    }
+}
+
+/// Why a client connection could not be given a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no backends known for this service")]
+    NoBackends,
+    #[error("no backend answered ({tried} tried, last error: {last})")]
+    AllFailed { tried: usize, last: io::Error },
+}
+
+/// Dials candidates in balancer order until one answers, within
+/// `connect_attempts` tries of `connect_timeout` each. Every failure ejects
+/// that backend, so the next clients skip it at once.
+pub async fn connect(
+    svc: &Service,
+    settings: &ProxySettings,
+) -> Result<(Arc<Backend>, TcpStream), ConnectError> {
+    let snap = svc.table.snapshot();
+    let order = svc.balancer.order(&svc.table, &snap);
+    if order.is_empty() {
+        return Err(ConnectError::NoBackends);
+    }
+    let mut last = None;
+    let mut tried = 0;
+    for backend in order.into_iter().take(settings.connect_attempts) {
+        tried += 1;
+        let result = match timeout(settings.connect_timeout, dial(&backend.spec.target)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        };
+        match result {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                if svc.table.report_success(&backend.stats) {
+                    info!(service = %svc.name, backend = %backend.spec.target, "backend restored");
+                }
+                return Ok((backend, stream));
+            }
+            Err(e) => {
+                match svc.table.report_failure(&backend.stats) {
+                    Some(period) => warn!(service = %svc.name, backend = %backend.spec.target,
+                        error = %e, eject_for = ?period, "backend ejected"),
+                    None => debug!(service = %svc.name, backend = %backend.spec.target,
+                        error = %e, "connect failed"),
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(ConnectError::AllFailed {
+        tried,
+        last: last.expect("at least one attempt was made"),
+    })
+}
+
+/// Connects to the first address of the target that answers.
+async fn dial(target: &Target) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = match target {
+        Target::Addrs(addrs) => addrs.clone(),
+        Target::Name(host, port) => tokio::net::lookup_host((host.as_str(), *port))
+            .await?
+            .collect(),
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Keeps `active` right however the connection task ends.
+struct ActiveGuard<'a>(&'a Stats);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Last time any byte moved on a connection, in ms since its start.
+struct Clock {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+    fn touch(&self) {
+        let ms = (Instant::now() - self.start).as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Resolves once the connection has been idle for `limit`; never without one.
+async fn idle(clock: Option<&Clock>, limit: Option<Duration>) {
+    let (Some(clock), Some(limit)) = (clock, limit) else {
+        return std::future::pending().await;
+    };
+    loop {
+        let deadline = clock.last() + limit;
+        if Instant::now() >= deadline {
+            return;
+        }
+        sleep_until(deadline).await;
+    }
+}
+
+/// A stream that counts the bytes read from it and, when an idle timeout is
+/// set, stamps the shared clock on every transfer.
+struct Metered<S> {
+    inner: S,
+    read: u64,
+    clock: Option<Arc<Clock>>,
+}
+
+impl<S> Metered<S> {
+    fn new(inner: S, clock: Option<Arc<Clock>>) -> Self {
+        Metered {
+            inner,
+            read: 0,
+            clock,
+        }
+    }
+    fn touch(&self) {
+        if let Some(c) = &self.clock {
+            c.touch();
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.read += n as u64;
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

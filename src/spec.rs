@@ -1,0 +1,470 @@
+//! The textual specs a user types: `--consume`, `--provide`, and the
+//! Docker-link environment variables that `--from-env` turns into consumes.
+//!
+//! Parsing is strict and every error names the offending part, because these
+//! strings come from shell scripts and unit files where a typo would otherwise
+//! surface as a proxy that silently forwards nowhere.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+/// Upper bound on a backend weight: enough to express any realistic capacity
+/// ratio while keeping weight sums far from overflow.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// Service names end up in DNS-SD TXT records and instance labels, which RFC
+/// 6763 caps at 63 bytes; the node id suffix needs room too.
+const MAX_NAME_LEN: usize = 40;
+
+/// Why a spec was rejected; the caller adds which flag or file it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, SpecError> {
+    Err(SpecError(msg.into()))
+}
+
+/// `--consume NAME:PORT[=BACKEND,...]`: a local listener standing in for a
+/// remote service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumeSpec {
+    /// Logical service name; matches TXT `svc=` of advertised instances.
+    pub name: String,
+    /// Port the ambassador listens on (on `--bind`).
+    pub port: u16,
+    /// Static backends; empty means "discover them".
+    pub backends: Vec<BackendAddr>,
+}
+
+/// `--provide NAME:PORT`: a local service this node offers to the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvideSpec {
+    /// Logical service name, advertised as TXT `svc=`.
+    pub name: String,
+    /// Port of the local service, advertised as the SRV port.
+    pub port: u16,
+}
+
+/// Where a backend lives. Host names are kept unresolved so that DNS changes
+/// are picked up on the next connection, as an ambassador in front of a
+/// moving service should.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// One backend of a static consume: `HOST:PORT[*WEIGHT]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendAddr {
+    pub host: Host,
+    pub port: u16,
+    /// Relative share of new connections (1..=MAX_WEIGHT).
+    pub weight: u32,
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)?;
+        if self.weight != 1 {
+            write!(f, "*{}", self.weight)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ConsumeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name, self.port)?;
+        for (i, b) in self.backends.iter().enumerate() {
+            f.write_str(if i == 0 { "=" } else { "," })?;
+            write!(f, "{b}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ProvideSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name, self.port)
+    }
+}
+
+impl BackendAddr {
+    /// The literal socket address, when the host is an IP.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self.host {
+            Host::Ip(ip) => Some(SocketAddr::new(ip, self.port)),
+            Host::Name(_) => None,
+        }
+    }
+}
+
+/// Service names: letters, digits, `-` and `_`, starting with a letter or
+/// digit; folded to lower case because DNS-SD compares names without case.
+pub fn parse_name(s: &str) -> Result<String, SpecError> {
+    if s.is_empty() {
+        return err("the service name is empty");
+    }
+    if s.len() > MAX_NAME_LEN {
+        return err(format!(
+            "service name '{s}' is longer than {MAX_NAME_LEN} characters"
+        ));
+    }
+    let ok_chars = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok_chars || !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return err(format!(
+            "invalid service name '{s}': use letters, digits, '-' and '_', starting with a letter or digit"
+        ));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+/// A TCP port in 1..=65535; 0 is refused because it means "any port".
+pub fn parse_port(s: &str) -> Result<u16, SpecError> {
+    if s.is_empty() {
+        return err("the port is missing");
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return err(format!("invalid port '{s}': not a number"));
+    }
+    match s.parse::<u32>() {
+        Ok(0) => err("port 0 is not allowed (use 1-65535)"),
+        Ok(p) if p <= u32::from(u16::MAX) => Ok(p as u16),
+        _ => err(format!("port {s} is out of range (1-65535)")),
+    }
+}
+
+/// `NAME:PORT`, shared by both spec kinds.
+fn parse_name_port(s: &str) -> Result<(String, u16), SpecError> {
+    let Some((name, port)) = s.split_once(':') else {
+        return err(format!("'{s}' is not NAME:PORT"));
+    };
+    Ok((parse_name(name)?, parse_port(port)?))
+}
+
+/// `HOST:PORT[*WEIGHT]`, with IPv6 literals in brackets.
+pub fn parse_backend(s: &str) -> Result<BackendAddr, SpecError> {
+    let (hostport, weight) = match s.rsplit_once('*') {
+        Some((hp, w)) => {
+            let weight = match w.parse::<u32>() {
+                Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
+                _ => {
+                    return err(format!(
+                        "invalid weight '{w}' in '{s}' (use 1-{MAX_WEIGHT})"
+                    ))
+                }
+            };
+            (hp, weight)
+        }
+        None => (s, 1),
+    };
+    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        let Some((ip, port)) = rest.split_once("]:") else {
+            return err(format!("invalid backend '{s}': expected [IPV6]:PORT"));
+        };
+        let ip: Ipv6Addr = ip
+            .parse()
+            .map_err(|_| SpecError(format!("invalid IPv6 address '{ip}' in '{s}'")))?;
+        (Host::Ip(IpAddr::V6(ip)), port)
+    } else {
+        let Some((host, port)) = hostport.rsplit_once(':') else {
+            return err(format!("invalid backend '{s}': expected HOST:PORT"));
+        };
+        if host.contains(':') {
+            return err(format!(
+                "invalid backend '{s}': IPv6 addresses need brackets, e.g. [::1]:6379"
+            ));
+        }
+        (parse_host(host, s)?, port)
+    };
+    Ok(BackendAddr {
+        host,
+        port: parse_port(port).map_err(|e| SpecError(format!("{e} in '{s}'")))?,
+        weight,
+    })
+}
+
+fn parse_host(host: &str, whole: &str) -> Result<Host, SpecError> {
+    if host.is_empty() {
+        return err(format!("invalid backend '{whole}': the host is missing"));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Host::Ip(ip));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    // A name made of digits and dots is a mistyped IPv4 address, not a host.
+    let looks_numeric = host.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if looks_numeric || host.len() > 253 || !host.split('.').all(label_ok) {
+        return err(format!("invalid host '{host}' in '{whole}'"));
+    }
+    Ok(Host::Name(host.to_ascii_lowercase()))
+}
+
+/// `NAME:PORT` or `NAME:PORT=HOST:PORT[*W][,HOST:PORT[*W]...]`.
+pub fn parse_consume(s: &str) -> Result<ConsumeSpec, SpecError> {
+    let (head, tail) = match s.split_once('=') {
+        Some((h, t)) => (h, Some(t)),
+        None => (s, None),
+    };
+    let (name, port) = parse_name_port(head)?;
+    let mut backends = Vec::new();
+    if let Some(tail) = tail {
+        if tail.trim().is_empty() {
+            return err("no backend after '='");
+        }
+        let mut seen = HashSet::new();
+        for part in tail.split(',') {
+            let b = parse_backend(part.trim())?;
+            if !seen.insert((b.host.clone(), b.port)) {
+                return err(format!("backend '{}' is listed twice", part.trim()));
+            }
+            backends.push(b);
+        }
+    }
+    Ok(ConsumeSpec {
+        name,
+        port,
+        backends,
+    })
+}
+
+/// `NAME:PORT`.
+pub fn parse_provide(s: &str) -> Result<ProvideSpec, SpecError> {
+    if s.contains('=') {
+        return err("a provide is NAME:PORT, it takes no backends");
+    }
+    let (name, port) = parse_name_port(s)?;
+    Ok(ProvideSpec { name, port })
+}
+
+/// Translates Docker-link variables (`REDIS_PORT_6379_TCP=tcp://10.0.0.5:6379`)
+/// into consumes (`redis:6379=10.0.0.5:6379`), as the classic
+/// svendowideit/ambassador image does with socat. Other variables, including
+/// Docker's `_TCP_ADDR`/`_TCP_PORT` companions, are ignored. Output is sorted
+/// by variable name so the result does not depend on environment order.
+pub fn consumes_from_env<I>(vars: I) -> Result<Vec<ConsumeSpec>, SpecError>
+where
+    I: IntoIterator<Item = (String, String)>,
+{
+    let mut found: Vec<(String, ConsumeSpec)> = Vec::new();
+    for (key, value) in vars {
+        let Some(prefix) = key.strip_suffix("_TCP") else {
+            continue;
+        };
+        let Some((alias, port)) = prefix.rsplit_once("_PORT_") else {
+            continue;
+        };
+        if alias.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let what = |e: SpecError| SpecError(format!("{key}={value}: {e}"));
+        let name = parse_name(alias).map_err(what)?;
+        let port = parse_port(port).map_err(what)?;
+        let Some(target) = value.strip_prefix("tcp://") else {
+            return err(format!("{key}={value}: expected tcp://HOST:PORT"));
+        };
+        let backend = parse_backend(target.trim_end_matches('/')).map_err(what)?;
+        found.push((
+            key,
+            ConsumeSpec {
+                name,
+                port,
+                backends: vec![backend],
+            },
+        ));
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(found.into_iter().map(|(_, c)| c).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Host {
+        Host::Ip(s.parse().unwrap())
+    }
+
+    fn be(host: Host, port: u16, weight: u32) -> BackendAddr {
+        BackendAddr { host, port, weight }
+    }
+
+    #[test]
+    fn consume_specs_that_parse() {
+        let cases: &[(&str, &str, u16, Vec<BackendAddr>)] = &[
+            ("api:8080", "api", 8080, vec![]),
+            ("Redis:6379", "redis", 6379, vec![]),
+            (
+                "redis:6379=10.0.0.5:6379",
+                "redis",
+                6379,
+                vec![be(ip("10.0.0.5"), 6379, 1)],
+            ),
+            (
+                "redis:7379=127.0.0.1:6379, 127.0.0.2:6380*3",
+                "redis",
+                7379,
+                vec![be(ip("127.0.0.1"), 6379, 1), be(ip("127.0.0.2"), 6380, 3)],
+            ),
+            (
+                "pg_main:5432=[::1]:5432,db.example.org:5433",
+                "pg_main",
+                5432,
+                vec![
+                    be(ip("::1"), 5432, 1),
+                    be(Host::Name("db.example.org".into()), 5433, 1),
+                ],
+            ),
+            (
+                "x:65535=[fe80::1]:1*1000",
+                "x",
+                65535,
+                vec![be(ip("fe80::1"), 1, 1000)],
+            ),
+        ];
+        for (input, name, port, backends) in cases {
+            let c = parse_consume(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(&c.name, name, "{input}");
+            assert_eq!(c.port, *port, "{input}");
+            assert_eq!(&c.backends, backends, "{input}");
+        }
+    }
+
+    #[test]
+    fn consume_specs_that_fail_name_the_bad_part() {
+        let cases: &[(&str, &str)] = &[
+            ("", "not NAME:PORT"),
+            ("redis", "not NAME:PORT"),
+            (":6379", "service name is empty"),
+            ("re.dis:6379", "invalid service name 're.dis'"),
+            ("-redis:6379", "invalid service name '-redis'"),
+            ("redis:", "port is missing"),
+            ("redis:0", "port 0 is not allowed"),
+            ("redis:65536", "port 65536 is out of range"),
+            ("redis:99999999999", "out of range"),
+            ("redis:-1", "invalid port '-1'"),
+            ("redis:63x", "invalid port '63x'"),
+            ("redis:6379=", "no backend after '='"),
+            ("redis:6379=10.0.0.5", "expected HOST:PORT"),
+            (
+                "redis:6379=10.0.0.5:0",
+                "port 0 is not allowed (use 1-65535) in '10.0.0.5:0'",
+            ),
+            ("redis:6379=10.0.0.5:70000", "port 70000 is out of range"),
+            ("redis:6379=:6379", "host is missing"),
+            ("redis:6379=::1:6379", "IPv6 addresses need brackets"),
+            ("redis:6379=[::1:6379", "expected [IPV6]:PORT"),
+            ("redis:6379=[zz::1]:6379", "invalid IPv6 address 'zz::1'"),
+            ("redis:6379=10.0.0.300:6379", "invalid host '10.0.0.300'"),
+            ("redis:6379=bad_host:1", "invalid host 'bad_host'"),
+            ("redis:6379=a:1*0", "invalid weight '0'"),
+            ("redis:6379=a:1*1001", "invalid weight '1001'"),
+            ("redis:6379=a:1*x", "invalid weight 'x'"),
+            ("redis:6379=a:1,,b:2", "expected HOST:PORT"),
+            ("redis:6379=a:1,a:1", "listed twice"),
+        ];
+        for (input, want) in cases {
+            let e = parse_consume(input).expect_err(input).to_string();
+            assert!(e.contains(want), "{input:?}: got {e:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn provide_specs() {
+        assert_eq!(
+            parse_provide("redis:6379").unwrap(),
+            ProvideSpec {
+                name: "redis".into(),
+                port: 6379
+            }
+        );
+        for (input, want) in [
+            ("redis:0", "port 0"),
+            ("redis", "not NAME:PORT"),
+            ("redis:6379=a:1", "takes no backends"),
+            ("red is:1", "invalid service name"),
+        ] {
+            let e = parse_provide(input).expect_err(input).to_string();
+            assert!(e.contains(want), "{input:?}: got {e:?}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "redis:7379=127.0.0.1:6379,[::1]:6380*2,db.lan:1",
+            "api:8080",
+        ] {
+            assert_eq!(parse_consume(s).unwrap().to_string(), s);
+        }
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn docker_link_variables_become_consumes() {
+        let got = consumes_from_env(env(&[
+            ("REDIS_PORT_6379_TCP", "tcp://172.17.0.5:6379"),
+            ("REDIS_PORT_6379_TCP_ADDR", "172.17.0.5"),
+            ("REDIS_PORT_6379_TCP_PORT", "6379"),
+            ("REDIS_PORT", "tcp://172.17.0.5:6379"),
+            ("MY_DB_PORT_5432_TCP", "tcp://db.internal:15432"),
+            ("DNS_PORT_53_UDP", "udp://10.0.0.2:53"),
+            ("PATH", "/usr/bin"),
+            ("SUPPORT_PORT_TCP", "tcp://1.2.3.4:5"),
+        ]))
+        .unwrap();
+        let rendered: Vec<String> = got.iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            rendered,
+            ["my_db:5432=db.internal:15432", "redis:6379=172.17.0.5:6379"]
+        );
+    }
+
+    #[test]
+    fn malformed_docker_link_variables_are_errors() {
+        for (k, v, want) in [
+            (
+                "REDIS_PORT_6379_TCP",
+                "udp://1.2.3.4:6379",
+                "expected tcp://",
+            ),
+            ("REDIS_PORT_6379_TCP", "tcp://1.2.3.4", "expected HOST:PORT"),
+            ("REDIS_PORT_0_TCP", "tcp://1.2.3.4:1", "port 0"),
+            (
+                "RE.DIS_PORT_1_TCP",
+                "tcp://1.2.3.4:1",
+                "invalid service name",
+            ),
+        ] {
+            let e = consumes_from_env(env(&[(k, v)])).expect_err(k).to_string();
+            assert!(e.contains(want) && e.contains(k), "{k}={v}: got {e:?}");
+        }
+    }
+}

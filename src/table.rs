@@ -1,0 +1,310 @@
+//! The live backend table of one consumed service.
+//!
+//! Membership changes arrive as [`Update`]s from one writer at a time (static
+//! config today, discovery as well) and are published as an immutable
+//! [`Snapshot`]; connection handlers load the current snapshot without taking
+//! a lock. Health is different: it changes on the hot path (every failed
+//! connect), so it lives in atomics shared by every snapshot that contains
+//! the backend, and survives membership updates that keep the backend.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+
+use crate::config::MAX_EJECT_TIME;
+use crate::spec::Host;
+
+/// Where to dial a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Resolved addresses, tried in order (discovery gives several, e.g. an
+    /// IPv4 and a link-local IPv6 one).
+    Addrs(Vec<SocketAddr>),
+    /// A host name resolved at connect time, so DNS changes take effect.
+    Name(String, u16),
+}
+
+impl Target {
+    pub fn from_host(host: &Host, port: u16) -> Target {
+        match host {
+            Host::Ip(ip) => Target::Addrs(vec![SocketAddr::new(*ip, port)]),
+            Host::Name(name) => Target::Name(name.clone(), port),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Addrs(addrs) => {
+                for (i, a) in addrs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("|")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                Ok(())
+            }
+            Target::Name(name, port) => write!(f, "{name}:{port}"),
+        }
+    }
+}
+
+/// A membership change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// Add a backend or replace its attributes; repeating it is harmless.
+    Upsert(BackendSpec),
+    /// Drop a backend; removing an unknown key is harmless.
+    Remove(String),
+}
+
+/// What a source knows about a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// Stable identity across updates (e.g. `static:10.0.0.5:6379` or a
+    /// DNS-SD instance name); health follows the key.
+    pub key: String,
+    /// Where to connect.
+    pub target: Target,
+    /// Relative share of new connections, >= 1.
+    pub weight: u32,
+    /// A draining backend finishes its connections but gets new ones only
+    /// when nothing else is left.
+    pub draining: bool,
+}
+
+/// Per-backend health and counters, shared across snapshots.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections currently proxied to this backend.
+    pub active: AtomicU64,
+    /// Connections proxied since the backend appeared.
+    pub total: AtomicU64,
+    /// Failed connect attempts since the backend appeared.
+    pub failures: AtomicU64,
+    /// Client-to-backend bytes of finished connections.
+    pub bytes_out: AtomicU64,
+    /// Backend-to-client bytes of finished connections.
+    pub bytes_in: AtomicU64,
+    /// Connect failures in a row; drives the ejection back-off.
+    consecutive_failures: AtomicU32,
+    /// End of the current ejection, in ms since the table's epoch; 0 = none.
+    ejected_until_ms: AtomicU64,
+}
+
+/// One backend as of one snapshot.
+#[derive(Debug)]
+pub struct Backend {
+    pub spec: BackendSpec,
+    pub stats: Arc<Stats>,
+}
+
+/// An immutable view of a service's backends.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub backends: Vec<Arc<Backend>>,
+}
+
+/// Health of a backend at some instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// Failed recently; not offered first until the ejection ends.
+    Ejected {
+        remaining: Duration,
+    },
+}
+
+/// The table of one consumed service.
+pub struct Table {
+    /// Service name, for logs.
+    pub service: String,
+    current: ArcSwap<Snapshot>,
+    /// Serializes writers so concurrent updates cannot lose each other.
+    writer: Mutex<()>,
+    /// Reference point for the atomics holding instants.
+    epoch: Instant,
+    /// First ejection period; doubles per consecutive failure.
+    eject_time: Duration,
+}
+
+impl Table {
+    pub fn new(service: impl Into<String>, eject_time: Duration) -> Table {
+        Table {
+            service: service.into(),
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            writer: Mutex::new(()),
+            epoch: Instant::now(),
+            eject_time,
+        }
+    }
+
+    /// The current backends; cheap and lock-free.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Applies a membership change. Returns whether the table changed, so
+    /// the caller logs only real changes (discovery repeats itself a lot).
+    pub fn apply(&self, update: Update) -> bool {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load();
+        let mut backends: Vec<Arc<Backend>> = old.backends.clone();
+        match update {
+            Update::Upsert(spec) => match backends.iter().position(|b| b.spec.key == spec.key) {
+                Some(i) if backends[i].spec == spec => return false,
+                Some(i) => {
+                    let stats = backends[i].stats.clone();
+                    backends[i] = Arc::new(Backend { spec, stats });
+                }
+                None => backends.push(Arc::new(Backend {
+                    spec,
+                    stats: Arc::default(),
+                })),
+            },
+            Update::Remove(key) => {
+                let before = backends.len();
+                backends.retain(|b| b.spec.key != key);
+                if backends.len() == before {
+                    return false;
+                }
+            }
+        }
+        self.current.store(Arc::new(Snapshot { backends }));
+        true
+    }
+
+    /// Milliseconds since the epoch, never 0 (0 means "not ejected").
+    fn now_ms(&self) -> u64 {
+        (Instant::now() - self.epoch).as_millis() as u64 + 1
+    }
+
+    pub fn health(&self, stats: &Stats) -> Health {
+        let until = stats.ejected_until_ms.load(Ordering::Relaxed);
+        let now = self.now_ms();
+        if until > now {
+            Health::Ejected {
+                remaining: Duration::from_millis(until - now),
+            }
+        } else {
+            Health::Healthy
+        }
+    }
+
+    /// Records a failed connect and ejects the backend for a back-off period
+    /// that doubles with each failure in a row. Returns the ejection period
+    /// when this failure started a new ejection (for a log line); failures
+    /// racing in during an ejection only count.
+    pub fn report_failure(&self, stats: &Stats) -> Option<Duration> {
+        stats.failures.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        if stats.ejected_until_ms.load(Ordering::Relaxed) > now {
+            return None;
+        }
+        let n = stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        let period = self
+            .eject_time
+            .saturating_mul(1u32 << n.min(16))
+            .min(MAX_EJECT_TIME.max(self.eject_time));
+        stats
+            .ejected_until_ms
+            .store(now + period.as_millis() as u64, Ordering::Relaxed);
+        Some(period)
+    }
+
+    /// Records a successful connect. Returns true when this ends a run of
+    /// failures (the backend is back, worth a log line).
+    pub fn report_success(&self, stats: &Stats) -> bool {
+        if stats.consecutive_failures.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        stats.consecutive_failures.store(0, Ordering::Relaxed);
+        stats.ejected_until_ms.store(0, Ordering::Relaxed);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(key: &str, port: u16) -> BackendSpec {
+        BackendSpec {
+            key: key.into(),
+            target: Target::Addrs(vec![SocketAddr::from(([127, 0, 0, 1], port))]),
+            weight: 1,
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn upserts_are_idempotent_and_keep_health() {
+        let t = Table::new("redis", Duration::from_secs(1));
+        assert!(t.apply(Update::Upsert(spec("a", 1))));
+        assert!(!t.apply(Update::Upsert(spec("a", 1))), "repeat is a no-op");
+        let stats = t.snapshot().backends[0].stats.clone();
+        stats.total.store(7, Ordering::Relaxed);
+
+        let mut moved = spec("a", 2);
+        moved.draining = true;
+        assert!(t.apply(Update::Upsert(moved.clone())));
+        let snap = t.snapshot();
+        assert_eq!(snap.backends.len(), 1);
+        assert_eq!(snap.backends[0].spec, moved);
+        assert_eq!(snap.backends[0].stats.total.load(Ordering::Relaxed), 7);
+    }
+
+    #[test]
+    fn removals_are_idempotent() {
+        let t = Table::new("redis", Duration::from_secs(1));
+        t.apply(Update::Upsert(spec("a", 1)));
+        t.apply(Update::Upsert(spec("b", 2)));
+        let before = t.snapshot();
+        assert!(t.apply(Update::Remove("a".into())));
+        assert!(!t.apply(Update::Remove("a".into())));
+        assert!(!t.apply(Update::Remove("zzz".into())));
+        assert_eq!(t.snapshot().backends.len(), 1);
+        assert_eq!(before.backends.len(), 2, "old snapshots are immutable");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_backs_off_and_success_restores() {
+        let t = Table::new("redis", Duration::from_secs(1));
+        let s = Stats::default();
+        assert_eq!(t.health(&s), Health::Healthy);
+
+        assert_eq!(t.report_failure(&s), Some(Duration::from_secs(1)));
+        assert!(matches!(t.health(&s), Health::Ejected { .. }));
+        assert_eq!(t.report_failure(&s), None, "already ejected");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(t.health(&s), Health::Healthy);
+
+        assert_eq!(t.report_failure(&s), Some(Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_millis(2001)).await;
+        assert_eq!(t.report_failure(&s), Some(Duration::from_secs(4)));
+        for _ in 0..10 {
+            tokio::time::advance(MAX_EJECT_TIME).await;
+            t.report_failure(&s);
+        }
+        match t.health(&s) {
+            Health::Ejected { remaining } => assert!(remaining <= MAX_EJECT_TIME),
+            h => panic!("{h:?}"),
+        }
+        assert_eq!(s.failures.load(Ordering::Relaxed), 14);
+
+        assert!(t.report_success(&s));
+        assert_eq!(t.health(&s), Health::Healthy);
+        assert!(!t.report_success(&s), "only the first success is news");
+        assert_eq!(
+            t.report_failure(&s),
+            Some(Duration::from_secs(1)),
+            "back-off reset"
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! The `mesh-amb` binary as a user runs it.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, ping, Redis, DEADLINE};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesh-amb");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run mesh-amb")
+}
+
+/// Arguments, environment, and what the error must mention.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    let cases: &[Case] = &[
+        (&[], &[], "nothing to do"),
+        (&["--consume", "redis:0"], &[], "'redis:0'"),
+        (&["--consume", "redis:65536=127.0.0.1:1"], &[], "65536"),
+        (&["--consume", "redis:6379=10.0.0.5"], &[], "'10.0.0.5'"),
+        (&["--provide", "redis:99999"], &[], "99999"),
+        (
+            &["--consume", "a:7000=h:1", "--consume", "b:7000=h:2"],
+            &[],
+            "duplicate listen port 7000",
+        ),
+        (
+            &["--config", "/nonexistent/amb.toml"],
+            &[],
+            "/nonexistent/amb.toml",
+        ),
+        (
+            &["--balance", "fastest", "--consume", "a:1"],
+            &[],
+            "'fastest'",
+        ),
+        (&["--no-such-flag"], &[], "'--no-such-flag'"),
+        (
+            &["--bind", "example.org", "--consume", "a:1"],
+            &[],
+            "'example.org'",
+        ),
+        (
+            &["--idle-timeout", "forever", "--consume", "a:1"],
+            &[],
+            "'forever'",
+        ),
+        (
+            &["--consume", "a:1"],
+            &[("MESH_AMB_BIND", "nowhere")],
+            "'nowhere'",
+        ),
+        (
+            &["--from-env"],
+            &[("DB_PORT_5432_TCP", "tcp://10.0.0.7")],
+            "DB_PORT_5432_TCP",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let out = run(args, env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line: {stderr:?}"
+        );
+        assert!(
+            stderr.contains(want),
+            "{args:?}: {stderr:?} does not name {want:?}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_bad_config_file_exits_2() {
+    let path = std::env::temp_dir().join(format!("mesh-amb-cli-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "consume = [\"redis:7379=127.0.0.1:6379\"]\ncolour = \"blue\"\n",
+    )
+    .unwrap();
+    let out = run(&["--config", path.to_str().unwrap()], &[]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown field `colour`") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for flag in ["--help", "--version"] {
+        let out = run(&[flag], &[]);
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert!(!out.stdout.is_empty(), "{flag}");
+    }
+}
+
+#[test]
+fn the_demo_runs_and_says_what_happened() {
+    let out = run(&["demo"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("900 client connections, 0 failed."),
+        "{stdout}"
+    );
+}
+
+/// The binary serving until the test ends; SIGKILLed by PID if still alive.
+struct Running {
+    child: Child,
+    port: u16,
+}
+
+impl Running {
+    /// Starts `mesh-amb ARGS`, with `{port}` in ARGS replaced by a free port
+    /// (retried if another process grabs it first), and waits until it
+    /// accepts connections.
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+        for _ in 0..5 {
+            let port = free_port();
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| a.replace("{port}", &port.to_string()))
+                .collect();
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.replace("{port}", &port.to_string()), v.to_string()))
+                .collect();
+            let mut child = Command::new(BIN)
+                .args(&args)
+                .envs(env)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn mesh-amb");
+            let end = Instant::now() + DEADLINE;
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // most likely lost the port: try another
+                }
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Running { child, port };
+                }
+                assert!(Instant::now() < end, "mesh-amb did not start listening");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("mesh-amb did not start");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits for exit; returns status code and stderr.
+    fn wait(mut self) -> (Option<i32>, String) {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status.code(), err);
+            }
+            assert!(Instant::now() < end, "mesh-amb did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn in_front_of_redis_then_sigterm_exits_0() {
+    let redis = Redis::start().await;
+    let backend = format!("redis:{{port}}={}", redis.addr);
+    let amb = Running::start(&["--consume", &backend], &[]).await;
+    ping(([127, 0, 0, 1], amb.port).into())
+        .await
+        .expect("PING via the binary");
+
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["-p", &amb.port.to_string(), "ping"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
+
+    // Not a speed test: 50 parallel clients through the binary, no errors.
+    // redis-benchmark redraws its progress line with \r.
+    let bench = tokio::process::Command::new("timeout")
+        .args(["60", "redis-benchmark", "-p", &amb.port.to_string()])
+        .args(["-t", "get,set", "-c", "50", "-n", "20000", "-q"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bench.stdout);
+    assert!(bench.status.success(), "redis-benchmark failed: {text}");
+    for t in ["SET", "GET"] {
+        assert!(
+            text.split(['\r', '\n'])
+                .any(|l| l.starts_with(t) && l.contains("requests per second")),
+            "no {t} result in {text:?}"
+        );
+    }
+
+    amb.signal("TERM");
+    let (code, stderr) = amb.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("listening") && stderr.contains("shut down"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn docker_link_variables_and_json_logs() {
+    let redis = Redis::start().await;
+    let link = format!("tcp://{}", redis.addr);
+    let amb = Running::start(
+        &["--from-env", "--log-format", "json"],
+        &[("CACHE_PORT_{port}_TCP", &link)],
+    )
+    .await;
+    ping(([127, 0, 0, 1], amb.port).into())
+        .await
+        .expect("PING via --from-env");
+    amb.signal("INT");
+    let (code, stderr) = amb.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    let first = stderr.lines().next().expect("a log line");
+    assert!(
+        first.starts_with('{') && first.ends_with('}'),
+        "not JSON: {first}"
+    );
+    assert!(first.contains("\"service\":\"cache\""), "{first}");
+}
+
+#[tokio::test]
+async fn the_port_being_taken_is_a_clear_runtime_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = run(&["--consume", &format!("redis:{port}=127.0.0.1:1")], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port} for 'redis'")),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,303 @@
+//! Fixtures shared by the integration tests: real `redis-server` processes,
+//! an in-process ambassador on an ephemeral port, a minimal RESP client, and
+//! waiting on conditions with deadlines.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use mesh_amb::balance::Policy;
+use mesh_amb::cli::LogFormat;
+use mesh_amb::config::{Config, ProxySettings};
+use mesh_amb::spec::{BackendAddr, ConsumeSpec, Host};
+use mesh_amb::{Ambassador, Shutdown};
+
+/// Generous bound for anything that should take milliseconds, so a loaded
+/// CI machine does not turn into a flaky test.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Polls `cond` until it holds or `limit` passes.
+pub async fn wait_for<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + limit;
+    while !cond().await {
+        assert!(
+            Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port that was free a moment ago. Only for programs that cannot bind
+/// port 0 themselves (redis-server, the mesh-amb binary); callers retry if
+/// someone else takes it in between.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A real `redis-server` on 127.0.0.1, killed by PID on drop.
+pub struct Redis {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        for _ in 0..5 {
+            if let Some(r) = Self::try_start(free_port()).await {
+                return r;
+            }
+        }
+        panic!("could not start redis-server (is it installed? the test script installs it)");
+    }
+
+    async fn try_start(port: u16) -> Option<Redis> {
+        let dir =
+            std::env::temp_dir().join(format!("mesh-amb-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let mut redis = Redis {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        };
+        let end = Instant::now() + DEADLINE;
+        while Instant::now() < end {
+            if let Ok(Some(_)) = redis.child.try_wait() {
+                return None; // lost the port race; the caller retries
+            }
+            if ping(redis.addr).await.is_ok() {
+                return Some(redis);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, like a crash; returns once the process is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Connections this server has accepted so far (INFO stats).
+    pub async fn connections_received(&self) -> u64 {
+        let mut s = TcpStream::connect(self.addr)
+            .await
+            .expect("connect to redis");
+        let info = match command(&mut s, &[b"INFO", b"stats"]).await.expect("INFO") {
+            Reply::Bulk(Some(b)) => String::from_utf8(b).expect("utf8"),
+            other => panic!("INFO answered {other:?}"),
+        };
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .expect("total_connections_received in INFO")
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An ambassador running in this process on 127.0.0.1:0.
+pub struct Amb {
+    pub addr: SocketAddr,
+    pub amb: Arc<Ambassador>,
+    pub shutdown: Shutdown,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn settings(policy: Policy) -> ProxySettings {
+    ProxySettings {
+        policy,
+        ..ProxySettings::default()
+    }
+}
+
+impl Amb {
+    pub async fn start(backends: &[SocketAddr], proxy: ProxySettings) -> Amb {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let config = Config {
+            bind: addr.ip(),
+            consumes: vec![ConsumeSpec {
+                name: "redis".into(),
+                port: addr.port(),
+                backends: backends
+                    .iter()
+                    .map(|a| BackendAddr {
+                        host: Host::Ip(a.ip()),
+                        port: a.port(),
+                        weight: 1,
+                    })
+                    .collect(),
+            }],
+            provides: vec![],
+            proxy,
+            log_format: LogFormat::Text,
+        };
+        let amb = Arc::new(Ambassador::new(config));
+        let shutdown = Shutdown::new();
+        let task = {
+            let (amb, shutdown) = (amb.clone(), shutdown.clone());
+            tokio::spawn(async move { amb.run(vec![listener], shutdown).await })
+        };
+        Amb {
+            addr,
+            amb,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Waits for `run()` to return, within the test deadline.
+    pub async fn join(&mut self) -> anyhow::Result<()> {
+        tokio::time::timeout(DEADLINE, &mut self.task)
+            .await
+            .expect("run() returned in time")
+            .expect("run() did not panic")
+    }
+
+    /// Failed connects recorded against each backend, in config order.
+    pub fn failures(&self) -> Vec<u64> {
+        self.amb.services()[0]
+            .table
+            .snapshot()
+            .backends
+            .iter()
+            .map(|b| b.stats.failures.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+}
+
+impl Drop for Amb {
+    fn drop(&mut self) {
+        self.shutdown.force();
+    }
+}
+
+/// A RESP reply, as much as these tests need.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+/// Sends one command as a RESP array and reads its reply.
+pub async fn command(s: &mut TcpStream, args: &[&[u8]]) -> std::io::Result<Reply> {
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req).await?;
+    let mut r = BufReader::new(s);
+    read_reply(&mut r).await
+}
+
+fn bad_data(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Reply> {
+    let mut line = String::new();
+    if r.read_line(&mut line).await? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let line = line.trim_end_matches("\r\n");
+    let (kind, rest) = line.split_at(1);
+    let num = || {
+        rest.parse::<i64>()
+            .map_err(|_| bad_data(format!("bad length {rest:?}")))
+    };
+    Ok(match kind {
+        "+" => Reply::Simple(rest.to_owned()),
+        "-" => Reply::Error(rest.to_owned()),
+        ":" => Reply::Int(num()?),
+        "$" => match num()? {
+            -1 => Reply::Bulk(None),
+            n => {
+                let mut buf = vec![0; n as usize + 2];
+                r.read_exact(&mut buf).await?;
+                buf.truncate(n as usize);
+                Reply::Bulk(Some(buf))
+            }
+        },
+        "*" => {
+            let mut items = Vec::new();
+            for _ in 0..num()? {
+                items.push(Box::pin(read_reply(r)).await?);
+            }
+            Reply::Array(items)
+        }
+        _ => return Err(bad_data(format!("unexpected reply line {line:?}"))),
+    })
+}
+
+/// One new connection, one PING, expect PONG.
+pub async fn ping(addr: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    match command(&mut s, &[b"PING"]).await? {
+        Reply::Simple(p) if p == "PONG" => Ok(()),
+        other => Err(bad_data(format!("PING answered {other:?}"))),
+    }
+}
+
+/// Deterministic, incompressible-looking bytes.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -1,0 +1,356 @@
+//! The static ambassador in front of real `redis-server` processes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use common::{command, payload, ping, settings, wait_for, Amb, Redis, Reply, DEADLINE};
+use mesh_amb::balance::Policy;
+use mesh_amb::config::ProxySettings;
+
+#[tokio::test]
+async fn ping_and_redis_cli_through_the_ambassador() {
+    let redis = Redis::start().await;
+    let amb = Amb::start(&[redis.addr], ProxySettings::default()).await;
+    ping(amb.addr).await.expect("PING through the ambassador");
+
+    let out = tokio::process::Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &amb.addr.port().to_string(),
+            "ping",
+        ])
+        .output()
+        .await
+        .expect("run redis-cli");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "PONG");
+}
+
+#[tokio::test]
+async fn a_one_mib_value_round_trips_intact() {
+    let redis = Redis::start().await;
+    let amb = Amb::start(&[redis.addr], ProxySettings::default()).await;
+    let value = payload(1 << 20, 1);
+    let mut s = TcpStream::connect(amb.addr).await.unwrap();
+    let set = command(&mut s, &[b"SET", b"big", &value]).await.unwrap();
+    assert_eq!(set, Reply::Simple("OK".into()));
+    match command(&mut s, &[b"GET", b"big"]).await.unwrap() {
+        Reply::Bulk(Some(got)) => assert!(got == value, "value changed in transit"),
+        other => panic!("GET answered {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn half_close_still_delivers_the_reply() {
+    // Redis: the client sends PING and shuts down its write side at once.
+    let redis = Redis::start().await;
+    let amb = Amb::start(&[redis.addr], ProxySettings::default()).await;
+    let mut s = TcpStream::connect(amb.addr).await.unwrap();
+    s.write_all(b"PING\r\n").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"+PONG\r\n");
+
+    // A server that answers only after the client's EOF, with 4 MiB: the
+    // FIN must travel through the proxy while the other direction stays open.
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut c, _) = server.accept().await.unwrap();
+        let mut got = Vec::new();
+        c.read_to_end(&mut got).await.unwrap();
+        got.reverse();
+        c.write_all(&got).await.unwrap();
+    });
+    let amb = Amb::start(&[server_addr], ProxySettings::default()).await;
+    let sent = payload(4 << 20, 2);
+    let mut s = TcpStream::connect(amb.addr).await.unwrap();
+    s.write_all(&sent).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    let mut want = sent;
+    want.reverse();
+    assert!(
+        back == want,
+        "reply after half-close was {} bytes",
+        back.len()
+    );
+}
+
+#[tokio::test]
+async fn round_robin_spreads_evenly_over_three_redis() {
+    let redis = [
+        Redis::start().await,
+        Redis::start().await,
+        Redis::start().await,
+    ];
+    let addrs: Vec<SocketAddr> = redis.iter().map(|r| r.addr).collect();
+    let mut before = Vec::new();
+    for r in &redis {
+        before.push(r.connections_received().await);
+    }
+    let amb = Amb::start(&addrs, settings(Policy::RoundRobin)).await;
+    const N: u64 = 900;
+    for _ in 0..N {
+        ping(amb.addr).await.expect("PING");
+    }
+    for (r, b) in redis.iter().zip(before) {
+        // The INFO connection itself is one more received connection.
+        let got = r.connections_received().await - b - 1;
+        let want = N / 3;
+        assert!(
+            got.abs_diff(want) <= want / 10,
+            "{} got {got} of {N} connections, want {want} ±10%",
+            r.addr
+        );
+    }
+}
+
+/// Runs `n` new connections, `concurrency` at a time; returns the failures.
+async fn pings(addr: SocketAddr, n: usize, concurrency: usize) -> usize {
+    let mut set = tokio::task::JoinSet::new();
+    let (mut started, mut failed) = (0, 0);
+    while started < n || !set.is_empty() {
+        while started < n && set.len() < concurrency {
+            set.spawn(tokio::time::timeout(DEADLINE, ping(addr)));
+            started += 1;
+        }
+        if let Some(r) = set.join_next().await {
+            if !matches!(r, Ok(Ok(Ok(())))) {
+                failed += 1;
+            }
+        }
+    }
+    failed
+}
+
+#[tokio::test]
+async fn a_dead_backend_costs_clients_nothing() {
+    let mut redis = [
+        Redis::start().await,
+        Redis::start().await,
+        Redis::start().await,
+    ];
+    let addrs: Vec<SocketAddr> = redis.iter().map(|r| r.addr).collect();
+    for policy in [
+        Policy::P2c,
+        Policy::RoundRobin,
+        Policy::LeastConn,
+        Policy::Random,
+    ] {
+        let amb = Amb::start(&addrs, settings(policy)).await;
+        assert_eq!(pings(amb.addr, 30, 10).await, 0, "{policy:?}: all healthy");
+        drop(amb);
+    }
+    redis[1].kill();
+    for policy in [Policy::P2c, Policy::RoundRobin] {
+        let amb = Amb::start(&addrs, settings(policy)).await;
+        let failed = pings(amb.addr, 1000, 20).await;
+        assert_eq!(
+            failed, 0,
+            "{policy:?}: client-visible failures with one dead backend"
+        );
+        let failures = amb.failures();
+        assert!(
+            failures[1] > 0,
+            "{policy:?}: the dead backend was never tried: {failures:?}"
+        );
+        assert_eq!(
+            (failures[0], failures[2]),
+            (0, 0),
+            "{policy:?}: {failures:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_silent_backend_times_out_and_fails_over() {
+    // A listener whose accept queue is full drops further SYNs, so connecting
+    // to it hangs: the behaviour of a host that vanished from the network.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(silent_addr))
+            .await
+        {
+            Ok(Ok(s)) => fillers.push(s),
+            Ok(Err(e)) => panic!("filling the backlog: {e}"),
+            Err(_) => break, // the queue is full
+        }
+        assert!(fillers.len() < 1000, "the backlog never filled");
+    }
+    let redis = Redis::start().await;
+    let amb = Amb::start(
+        &[silent_addr, redis.addr],
+        ProxySettings {
+            policy: Policy::RoundRobin,
+            connect_timeout: Duration::from_millis(200),
+            ..ProxySettings::default()
+        },
+    )
+    .await;
+    assert_eq!(pings(amb.addr, 50, 5).await, 0);
+    assert!(amb.failures()[0] > 0, "the silent backend was never tried");
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_transfer_finish() {
+    let redis = Redis::start().await;
+    let mut amb = Amb::start(&[redis.addr], ProxySettings::default()).await;
+    let mut s = TcpStream::connect(amb.addr).await.unwrap();
+    assert_eq!(
+        command(&mut s, &[b"PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
+
+    amb.shutdown.begin();
+    let addr = amb.addr;
+    wait_for(DEADLINE, "the listener to close", || async move {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(
+        !amb.task.is_finished(),
+        "returned while a connection was open"
+    );
+
+    // The open connection still carries a large exchange.
+    let value = payload(1 << 20, 3);
+    assert_eq!(
+        command(&mut s, &[b"SET", b"k", &value]).await.unwrap(),
+        Reply::Simple("OK".into())
+    );
+    assert_eq!(
+        command(&mut s, &[b"GET", b"k"]).await.unwrap(),
+        Reply::Bulk(Some(value))
+    );
+    drop(s);
+    amb.join()
+        .await
+        .expect("run() returns once the last connection closed");
+}
+
+#[tokio::test]
+async fn drain_timeout_closes_what_is_left() {
+    let redis = Redis::start().await;
+    let mut amb = Amb::start(
+        &[redis.addr],
+        ProxySettings {
+            drain_timeout: Duration::from_millis(200),
+            ..ProxySettings::default()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(amb.addr).await.unwrap();
+    assert_eq!(
+        command(&mut s, &[b"PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
+    amb.shutdown.begin();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .expect("the connection was closed after the drain timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "expected EOF, got {n:?}");
+    amb.join().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_busy_ones_are_not() {
+    let redis = Redis::start().await;
+    let amb = Amb::start(
+        &[redis.addr],
+        ProxySettings {
+            idle_timeout: Some(Duration::from_millis(300)),
+            ..ProxySettings::default()
+        },
+    )
+    .await;
+    let mut idle = TcpStream::connect(amb.addr).await.unwrap();
+    let mut busy = TcpStream::connect(amb.addr).await.unwrap();
+    assert_eq!(
+        command(&mut idle, &[b"PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
+
+    // Keep `busy` talking more often than the timeout while `idle` waits.
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            tokio::select! {
+                r = idle.read(&mut buf) => return r,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    assert_eq!(command(&mut busy, &[b"PING"]).await.unwrap(), Reply::Simple("PONG".into()));
+                }
+            }
+        }
+    })
+    .await
+    .expect("the idle connection was closed");
+    assert!(
+        matches!(closed, Ok(0) | Err(_)),
+        "expected EOF, got {closed:?}"
+    );
+    assert_eq!(
+        command(&mut busy, &[b"PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
+}
+
+#[tokio::test]
+async fn the_connection_limit_queues_excess_clients() {
+    let redis = Redis::start().await;
+    let amb = Amb::start(
+        &[redis.addr],
+        ProxySettings {
+            max_connections: 2,
+            ..ProxySettings::default()
+        },
+    )
+    .await;
+    let mut a = TcpStream::connect(amb.addr).await.unwrap();
+    let mut b = TcpStream::connect(amb.addr).await.unwrap();
+    for s in [&mut a, &mut b] {
+        assert_eq!(
+            command(s, &[b"PING"]).await.unwrap(),
+            Reply::Simple("PONG".into())
+        );
+    }
+    // The third connects (kernel backlog) but is not served while two are open.
+    let mut c = TcpStream::connect(amb.addr).await.unwrap();
+    c.write_all(b"PING\r\n").await.unwrap();
+    let mut reply = [0u8; 7];
+    let early = tokio::time::timeout(Duration::from_millis(300), c.read_exact(&mut reply)).await;
+    assert!(early.is_err(), "a third client was served past the limit");
+    drop(a);
+    tokio::time::timeout(DEADLINE, c.read_exact(&mut reply))
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert_eq!(&reply, b"+PONG\r\n");
+}
+
+#[tokio::test]
+async fn no_backends_refuses_cleanly() {
+    let amb = Amb::start(&[], ProxySettings::default()).await;
+    let mut s = TcpStream::connect(amb.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "expected the connection closed, got {n:?}"
+    );
+    assert!(!amb.task.is_finished(), "the ambassador keeps running");
+    ping(amb.addr).await.expect_err("still no backend");
+}
