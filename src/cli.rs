@@ -86,6 +86,48 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", env = "MESH_AMB_EJECT_TIME")]
     pub eject_time: Option<String>,
 
+    /// Advertise and listen for mDNS only on this interface (repeatable).
+    /// In a Vagrant VM, name the private network, never the NAT adapter.
+    /// Env: MESH_AMB_INTERFACE (whitespace-separated). [default: all]
+    #[arg(long, value_name = "IFACE")]
+    pub interface: Vec<String>,
+
+    /// Advertise exactly this address of the host (repeatable). Env:
+    /// MESH_AMB_ADVERTISE_ADDR (whitespace-separated). [default: every
+    /// address of the chosen interfaces]
+    #[arg(long, value_name = "ADDR")]
+    pub advertise_addr: Vec<String>,
+
+    /// This node's id in instance and host names (letters, digits, '-').
+    /// [default: random per start]
+    #[arg(long, value_name = "ID", env = "MESH_AMB_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// How often a provider checks that its local service accepts
+    /// connections. [default: 1s]
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_CHECK_INTERVAL")]
+    pub check_interval: Option<String>,
+
+    /// Successful checks in a row before a provider advertises again.
+    /// [default: 2]
+    #[arg(long, value_name = "N", env = "MESH_AMB_RISE")]
+    pub rise: Option<String>,
+
+    /// Failed checks in a row before a provider withdraws. [default: 2]
+    #[arg(long, value_name = "N", env = "MESH_AMB_FALL")]
+    pub fall: Option<String>,
+
+    /// On SIGINT/SIGTERM, how long a provider advertises itself as draining
+    /// before it says goodbye. [default: 2s]
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_DRAIN_PERIOD")]
+    pub drain_period: Option<String>,
+
+    /// Consumers also check every discovered backend this often ("off"
+    /// disables); catches a crashed provider without waiting for a client.
+    /// [default: off]
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_BACKEND_CHECK")]
+    pub backend_check: Option<String>,
+
     /// Log line format. Filter with RUST_LOG (e.g. RUST_LOG=debug).
     /// [default: text]
     #[arg(long, value_enum, env = "MESH_AMB_LOG_FORMAT")]

@@ -55,8 +55,56 @@ pub struct Config {
     pub provides: Vec<ProvideSpec>,
     /// Connection-level proxy settings shared by every consume.
     pub proxy: ProxySettings,
+    /// How this node takes part in the mDNS mesh.
+    pub discovery: DiscoverySettings,
     /// Log line format, applied by the binary before anything runs.
     pub log_format: LogFormat,
+}
+
+/// A provider's check of its local service: interval and hysteresis. One
+/// second with rise/fall 2 notices a dead service within about two seconds
+/// without flapping on one lost SYN (HAProxy's defaults are 2s, 2, 3).
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 2;
+/// Time between "draining" and goodbye: consumers hear the TXT change in
+/// milliseconds, so two seconds covers connects already in flight.
+pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(2);
+
+/// Settings of the discovery mesh.
+#[derive(Debug, Clone)]
+pub struct DiscoverySettings {
+    /// Makes instance labels and the mDNS host name unique to this node.
+    pub node_id: String,
+    /// Interfaces mDNS runs on; empty means all.
+    pub interfaces: Vec<String>,
+    /// Addresses to advertise; empty means those of the interfaces.
+    pub advertise_addrs: Vec<IpAddr>,
+    /// Provider-side local check period.
+    pub check_interval: Duration,
+    /// Successes in a row to advertise again.
+    pub rise: u32,
+    /// Failures in a row to withdraw.
+    pub fall: u32,
+    /// How long a leaving provider advertises "draining".
+    pub drain_period: Duration,
+    /// Consumer-side active checks of discovered backends, if any.
+    pub backend_check: Option<Duration>,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self {
+            node_id: crate::discovery::wire::random_node_id(),
+            interfaces: Vec::new(),
+            advertise_addrs: Vec::new(),
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            drain_period: DEFAULT_DRAIN_PERIOD,
+            backend_check: None,
+        }
+    }
 }
 
 /// Data-plane knobs, shared by every listener.
@@ -107,6 +155,14 @@ struct FileConfig {
     idle_timeout: Option<String>,
     drain_timeout: Option<String>,
     eject_time: Option<String>,
+    interface: Option<Vec<String>>,
+    advertise_addr: Option<Vec<String>>,
+    node_id: Option<String>,
+    check_interval: Option<String>,
+    rise: Option<u64>,
+    fall: Option<u64>,
+    drain_period: Option<String>,
+    backend_check: Option<String>,
     log_format: Option<LogFormat>,
 }
 
@@ -306,17 +362,114 @@ impl Config {
             )?,
         };
 
+        let discovery = resolve_discovery(args, &file, env)?;
+
         Ok(Config {
             bind,
             consumes,
             provides,
             proxy,
+            discovery,
             log_format: args
                 .log_format
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
         })
     }
+}
+
+/// A list setting: flags, else its environment variable, else the file.
+fn pick_list(
+    flags: &[String],
+    env: &dyn Env,
+    var: &str,
+    file: &Option<Vec<String>>,
+) -> Vec<String> {
+    match list_from(flags, env, var) {
+        Some((items, _)) => items,
+        None => file.clone().unwrap_or_default(),
+    }
+}
+
+fn pick_count(
+    flag: &Option<String>,
+    file: Option<u64>,
+    what: &str,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    Ok(match (flag, file) {
+        (Some(s), _) => parse_count(&format!("--{what}"), s, 100)? as u32,
+        (None, Some(n)) => parse_count(what, &n.to_string(), 100)? as u32,
+        (None, None) => default,
+    })
+}
+
+fn resolve_discovery(
+    args: &RunArgs,
+    file: &FileConfig,
+    env: &dyn Env,
+) -> Result<DiscoverySettings, ConfigError> {
+    let d = DiscoverySettings::default();
+    let node_id = match args.node_id.as_ref().or(file.node_id.as_ref()) {
+        Some(id) if crate::discovery::wire::valid_node_id(id) => id.to_ascii_lowercase(),
+        Some(id) => {
+            return Err(bad(format!(
+                "--node-id '{id}': use 1-16 letters, digits or '-'"
+            )))
+        }
+        None => d.node_id,
+    };
+    let local = crate::discovery::addr::local_interfaces();
+    let interfaces = pick_list(&args.interface, env, "MESH_AMB_INTERFACE", &file.interface);
+    for i in &interfaces {
+        if !local.iter().any(|(name, _)| name == i) {
+            let mut names: Vec<&str> = local.iter().map(|(n, _)| n.as_str()).collect();
+            names.dedup();
+            return Err(bad(format!(
+                "--interface '{i}': no interface of that name with an address here (have: {})",
+                names.join(", ")
+            )));
+        }
+    }
+    let mut advertise_addrs = Vec::new();
+    for a in pick_list(
+        &args.advertise_addr,
+        env,
+        "MESH_AMB_ADVERTISE_ADDR",
+        &file.advertise_addr,
+    ) {
+        let ip: IpAddr = a
+            .parse()
+            .map_err(|_| bad(format!("--advertise-addr '{a}': not an IP address")))?;
+        if !local.iter().any(|(_, l)| *l == ip) {
+            return Err(bad(format!(
+                "--advertise-addr '{a}': not an address of this host"
+            )));
+        }
+        advertise_addrs.push(ip);
+    }
+    Ok(DiscoverySettings {
+        node_id,
+        interfaces,
+        advertise_addrs,
+        check_interval: pick_duration(
+            &args.check_interval,
+            &file.check_interval,
+            "check-interval",
+            d.check_interval,
+        )?,
+        rise: pick_count(&args.rise, file.rise, "rise", d.rise)?,
+        fall: pick_count(&args.fall, file.fall, "fall", d.fall)?,
+        drain_period: match args.drain_period.as_ref().or(file.drain_period.as_ref()) {
+            None => d.drain_period,
+            Some(s) => parse_duration("drain-period", s)?,
+        },
+        backend_check: match args.backend_check.as_ref().or(file.backend_check.as_ref()) {
+            None => None,
+            Some(s) if s.trim() == "off" => None,
+            Some(s) => Some(positive_duration("backend-check", s)?),
+        },
+    })
 }
 
 fn pick_duration(
@@ -415,6 +568,35 @@ mod tests {
         assert_eq!(c.proxy.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(c.proxy.idle_timeout, None);
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.discovery.check_interval, DEFAULT_CHECK_INTERVAL);
+        assert!(c.discovery.interfaces.is_empty());
+        assert_eq!(c.discovery.node_id.len(), 8);
+    }
+
+    #[test]
+    fn discovery_settings() {
+        let c = resolve(
+            &[
+                "--advertise-addr",
+                "127.0.0.1",
+                "--node-id",
+                "H1",
+                "--rise",
+                "3",
+                "--backend-check",
+                "500ms",
+            ],
+            &[("MESH_AMB_INTERFACE", "lo")],
+        )
+        .unwrap();
+        assert_eq!(c.discovery.interfaces, ["lo"]);
+        assert_eq!(
+            c.discovery.advertise_addrs,
+            ["127.0.0.1".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(c.discovery.node_id, "h1");
+        assert_eq!(c.discovery.rise, 3);
+        assert_eq!(c.discovery.backend_check, Some(Duration::from_millis(500)));
     }
 
     /// Arguments, environment, and what the error must mention.
@@ -473,6 +655,24 @@ mod tests {
                 &[("REDIS_PORT_6379_TCP", "tcp://nope")],
                 "--from-env: REDIS_PORT_6379_TCP=tcp://nope",
             ),
+            (
+                &["--interface", "nosuchif0"],
+                &[],
+                "--interface 'nosuchif0': no interface",
+            ),
+            (
+                &["--advertise-addr", "192.0.2.77"],
+                &[],
+                "--advertise-addr '192.0.2.77': not an address of this host",
+            ),
+            (
+                &["--advertise-addr", "x"],
+                &[],
+                "--advertise-addr 'x': not an IP",
+            ),
+            (&["--node-id", "a.b"], &[], "--node-id 'a.b'"),
+            (&["--rise", "0"], &[], "--rise '0'"),
+            (&["--check-interval", "0"], &[], "check-interval '0'"),
             (
                 &["--from-env", "--consume", "x:6379=h:1"],
                 &[("REDIS_PORT_6379_TCP", "tcp://10.0.0.5:6379")],

@@ -62,6 +62,7 @@ pub async fn run() -> anyhow::Result<()> {
         }],
         provides: vec![],
         proxy: ProxySettings::default(),
+        discovery: Default::default(),
         log_format: crate::cli::LogFormat::Text,
     };
     let amb = Arc::new(Ambassador::new(config));

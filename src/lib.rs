@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cli ──> config ──> Ambassador::new
-//!                        │  static backends (spec) ──> table::Update
+//!                        │  static backends (spec) ──┐
+//!                        │  discovery::mdns::browse ─┴─> table::Update
 //!                        ▼
 //!                    table::Table  (one per consume; snapshots for readers)
 //!                        │
@@ -14,6 +15,9 @@
 //!                        │             report failures back to the table
 //!                        ▼
 //!                    copy both ways until both sides are done
+//!
+//! discovery::provider: local health check ──> advertise / withdraw (mDNS)
+//! proxy::connect failure ──> Service::suspect ──> mdns verify ──> Remove
 //! ```
 //!
 //! - [`spec`]: the `--consume`/`--provide` strings and Docker-link variables.
@@ -21,6 +25,8 @@
 //! - [`table`]: live backends of one service, with passive health.
 //! - [`balance`]: policies that order a snapshot's backends.
 //! - [`proxy`]: listeners, the connection pipeline, byte copying.
+//! - [`discovery`]: the mDNS mesh: advertising, browsing, the wire contract.
+//! - [`health`]: active TCP checks (provider-side and consumer-side).
 //! - [`demo`]: the self-contained demonstration behind `mesh-amb demo`.
 //!
 //! Shutdown is one [`Shutdown`] handle: `begin` stops every listener and
@@ -30,21 +36,24 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discovery;
+pub mod health;
 pub mod proxy;
 pub mod spec;
 pub mod table;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::balance::Balancer;
 use crate::config::Config;
+use crate::discovery::mdns::{self, Mdns};
 use crate::proxy::{Service, Shared};
 use crate::table::{BackendSpec, Table, Target, Update};
 
@@ -71,15 +80,20 @@ impl Shutdown {
     }
 }
 
-/// One process's set of consumed services.
+/// One node: its consumed services and its provided ones.
 pub struct Ambassador {
     config: Config,
     services: Vec<Arc<Service>>,
+    /// Failing discovered backends, for the browse task to verify; taken
+    /// by `run`.
+    suspects: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
 
 impl Ambassador {
-    /// Builds the tables and fills them with the static backends.
+    /// Builds the tables and fills them with the static backends; consumes
+    /// without static backends will be fed by discovery.
     pub fn new(config: Config) -> Ambassador {
+        let (suspect_tx, suspect_rx) = mpsc::unbounded_channel();
         let services = config
             .consumes
             .iter()
@@ -98,10 +112,24 @@ impl Ambassador {
                     port: c.port,
                     table,
                     balancer: Balancer::new(config.proxy.policy),
+                    suspects: c.backends.is_empty().then(|| suspect_tx.clone()),
                 })
             })
             .collect();
-        Ambassador { config, services }
+        Ambassador {
+            config,
+            services,
+            suspects: Mutex::new(Some(suspect_rx)),
+        }
+    }
+
+    /// Services whose backends come from discovery.
+    fn discovered(&self) -> Vec<Arc<Service>> {
+        self.services
+            .iter()
+            .filter(|s| s.suspects.is_some())
+            .cloned()
+            .collect()
     }
 
     /// The consumed services, in `config.consumes` order.
@@ -131,9 +159,59 @@ impl Ambassador {
             listeners.len(),
             self.services.len()
         );
-        for p in &self.config.provides {
-            warn!(provide = %p, "advertising needs discovery, which this build does not have yet; ignoring");
+        let discovered = self.discovered();
+        let needs_mdns = !discovered.is_empty() || !self.config.provides.is_empty();
+        let mdns = if needs_mdns {
+            let d = &self.config.discovery;
+            let m = Arc::new(Mdns::start(d)?);
+            info!(node = %d.node_id, interfaces = ?d.interfaces, addresses = ?d.advertise_addrs,
+                "mDNS discovery started");
+            Some(m)
+        } else {
+            None
+        };
+        // Discovery and checks outlive the listeners: they keep tables fresh
+        // while connections drain.
+        let background = CancellationToken::new();
+        let side_tasks = TaskTracker::new();
+        if let Some(m) = &mdns {
+            let suspects = self
+                .suspects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .context("run() called twice")?;
+            side_tasks.spawn(mdns::browse(
+                m.clone(),
+                discovered.clone(),
+                suspects,
+                background.clone(),
+            ));
         }
+        if let Some(every) = self.config.discovery.backend_check {
+            for svc in &discovered {
+                side_tasks.spawn(health::check_backends(
+                    svc.clone(),
+                    every,
+                    self.config.proxy.connect_timeout,
+                    background.clone(),
+                ));
+            }
+        }
+        let providers = TaskTracker::new();
+        if let Some(m) = &mdns {
+            for p in &self.config.provides {
+                providers.spawn(discovery::provider::run(
+                    m.clone(),
+                    p.clone(),
+                    self.config.discovery.clone(),
+                    shutdown.graceful.clone(),
+                    shutdown.immediate.clone(),
+                ));
+            }
+        }
+        providers.close();
+
         let settings = self.config.proxy.clone();
         let shared = Arc::new(Shared {
             limit: Arc::new(Semaphore::new(settings.max_connections)),
@@ -151,9 +229,9 @@ impl Ambassador {
                 .map(|b| b.spec.target.to_string())
                 .collect();
             let addr = listener.local_addr().context("listener address")?;
-            if backends.is_empty() {
-                warn!(service = %svc.name, listen = %addr,
-                    "listening, but no backends are configured: connections will be refused");
+            if svc.suspects.is_some() {
+                info!(service = %svc.name, listen = %addr, policy = ?svc.balancer.policy(),
+                    "listening; backends come from discovery");
             } else {
                 info!(service = %svc.name, listen = %addr, backends = %backends.join(","),
                     policy = ?svc.balancer.policy(), "listening");
@@ -188,6 +266,13 @@ impl Ambassador {
             );
             shutdown.immediate.cancel();
             tracker.wait().await;
+        }
+        providers.wait().await;
+        background.cancel();
+        side_tasks.close();
+        side_tasks.wait().await;
+        if let Some(m) = mdns {
+            m.shutdown().await;
         }
         info!("shut down");
         Ok(())

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +46,18 @@ pub struct Service {
     pub table: Arc<Table>,
     /// Policy applied to each snapshot.
     pub balancer: Balancer,
+    /// Where to report a discovered backend that failed, so discovery can
+    /// re-verify its record; `None` for static services.
+    pub suspects: Option<mpsc::UnboundedSender<String>>,
+}
+
+impl Service {
+    /// Asks discovery to re-verify a failing backend, if it is discovered.
+    pub fn suspect(&self, key: &str) {
+        if let Some(tx) = &self.suspects {
+            let _ = tx.send(key.to_owned());
+        }
+    }
 }
 
 /// What every connection task of the process shares.
@@ -200,6 +212,7 @@ pub async fn connect(
                     None => debug!(service = %svc.name, backend = %backend.spec.target,
                         error = %e, "connect failed"),
                 }
+                svc.suspect(&backend.spec.key);
                 last = Some(e);
             }
         }

@@ -38,13 +38,16 @@ pub struct ConsumeSpec {
     pub backends: Vec<BackendAddr>,
 }
 
-/// `--provide NAME:PORT`: a local service this node offers to the mesh.
+/// `--provide NAME:PORT[*WEIGHT]`: a local service this node offers to the
+/// mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProvideSpec {
     /// Logical service name, advertised as TXT `svc=`.
     pub name: String,
     /// Port of the local service, advertised as the SRV port.
     pub port: u16,
+    /// Advertised as TXT `weight=`: this node's share of the service.
+    pub weight: u32,
 }
 
 /// Where a backend lives. Host names are kept unresolved so that DNS changes
@@ -98,7 +101,11 @@ impl fmt::Display for ConsumeSpec {
 
 impl fmt::Display for ProvideSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.name, self.port)
+        write!(f, "{}:{}", self.name, self.port)?;
+        if self.weight != 1 {
+            write!(f, "*{}", self.weight)?;
+        }
+        Ok(())
     }
 }
 
@@ -157,22 +164,22 @@ fn parse_name_port(s: &str) -> Result<(String, u16), SpecError> {
     Ok((parse_name(name)?, parse_port(port)?))
 }
 
+/// Splits an optional `*WEIGHT` suffix off `s`.
+fn split_weight(s: &str) -> Result<(&str, u32), SpecError> {
+    let Some((head, w)) = s.rsplit_once('*') else {
+        return Ok((s, 1));
+    };
+    match w.parse::<u32>() {
+        Ok(w) if (1..=MAX_WEIGHT).contains(&w) => Ok((head, w)),
+        _ => err(format!(
+            "invalid weight '{w}' in '{s}' (use 1-{MAX_WEIGHT})"
+        )),
+    }
+}
+
 /// `HOST:PORT[*WEIGHT]`, with IPv6 literals in brackets.
 pub fn parse_backend(s: &str) -> Result<BackendAddr, SpecError> {
-    let (hostport, weight) = match s.rsplit_once('*') {
-        Some((hp, w)) => {
-            let weight = match w.parse::<u32>() {
-                Ok(w) if (1..=MAX_WEIGHT).contains(&w) => w,
-                _ => {
-                    return err(format!(
-                        "invalid weight '{w}' in '{s}' (use 1-{MAX_WEIGHT})"
-                    ))
-                }
-            };
-            (hp, weight)
-        }
-        None => (s, 1),
-    };
+    let (hostport, weight) = split_weight(s)?;
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
         let Some((ip, port)) = rest.split_once("]:") else {
             return err(format!("invalid backend '{s}': expected [IPV6]:PORT"));
@@ -249,13 +256,14 @@ pub fn parse_consume(s: &str) -> Result<ConsumeSpec, SpecError> {
     })
 }
 
-/// `NAME:PORT`.
+/// `NAME:PORT[*WEIGHT]`.
 pub fn parse_provide(s: &str) -> Result<ProvideSpec, SpecError> {
     if s.contains('=') {
-        return err("a provide is NAME:PORT, it takes no backends");
+        return err("a provide is NAME:PORT[*WEIGHT], it takes no backends");
     }
-    let (name, port) = parse_name_port(s)?;
-    Ok(ProvideSpec { name, port })
+    let (head, weight) = split_weight(s)?;
+    let (name, port) = parse_name_port(head)?;
+    Ok(ProvideSpec { name, port, weight })
 }
 
 /// Translates Docker-link variables (`REDIS_PORT_6379_TCP=tcp://10.0.0.5:6379`)
@@ -396,10 +404,14 @@ mod tests {
             parse_provide("redis:6379").unwrap(),
             ProvideSpec {
                 name: "redis".into(),
-                port: 6379
+                port: 6379,
+                weight: 1,
             }
         );
+        assert_eq!(parse_provide("api:80*5").unwrap().weight, 5);
+        assert_eq!(parse_provide("api:80*5").unwrap().to_string(), "api:80*5");
         for (input, want) in [
+            ("api:80*0", "invalid weight '0'"),
             ("redis:0", "port 0"),
             ("redis", "not NAME:PORT"),
             ("redis:6379=a:1", "takes no backends"),

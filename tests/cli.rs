@@ -173,13 +173,10 @@ impl Running {
         panic!("mesh-amb did not start");
     }
 
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig}");
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain syscall to a child we started and have not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill({sig})");
     }
 
     /// Waits for exit; returns status code and stderr.
@@ -244,7 +241,7 @@ async fn in_front_of_redis_then_sigterm_exits_0() {
         );
     }
 
-    amb.signal("TERM");
+    amb.signal(libc::SIGTERM);
     let (code, stderr) = amb.wait();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
@@ -265,7 +262,7 @@ async fn docker_link_variables_and_json_logs() {
     ping(([127, 0, 0, 1], amb.port).into())
         .await
         .expect("PING via --from-env");
-    amb.signal("INT");
+    amb.signal(libc::SIGINT);
     let (code, stderr) = amb.wait();
     assert_eq!(code, Some(0), "{stderr}");
     let first = stderr.lines().next().expect("a log line");

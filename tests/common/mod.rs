@@ -174,6 +174,7 @@ impl Amb {
             }],
             provides: vec![],
             proxy,
+            discovery: Default::default(),
             log_format: LogFormat::Text,
         };
         let amb = Arc::new(Ambassador::new(config));

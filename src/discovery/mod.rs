@@ -1,0 +1,14 @@
+//! The discovery mesh: advertise local services and browse for remote ones
+//! over multicast DNS / DNS-SD, with no registry.
+//!
+//! - [`wire`]: the contract with other nodes (names, TXT schema).
+//! - [`addr`]: which of a peer's addresses to dial.
+//! - [`mdns`]: the mdns-sd daemon of this node: one per process, one browse
+//!   of `_amb._tcp`, fanned out to every consumed service's table.
+//! - [`provider`]: advertises a local service while its health check passes,
+//!   drains and says goodbye on shutdown.
+
+pub mod addr;
+pub mod mdns;
+pub mod provider;
+pub mod wire;

@@ -1,0 +1,161 @@
+//! Active health checks: whether a TCP service accepts connections, with
+//! rise/fall hysteresis so one lost SYN does not flap an advertisement.
+//!
+//! Providers check their local service and advertise it only while it is up
+//! (as Airbnb's Nerve does). Consumers may also check discovered backends;
+//! their passive checks (connect failures) live in the table.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::proxy::Service;
+use crate::table::Target;
+
+/// Up/down with hysteresis: `rise` successes in a row to come up, `fall`
+/// failures in a row to go down.
+#[derive(Debug, Clone)]
+pub struct Checker {
+    rise: u32,
+    fall: u32,
+    up: bool,
+    /// Results in a row that disagree with `up`.
+    streak: u32,
+    /// No result yet: the first success counts as `rise`, so a provider
+    /// whose service is already running advertises it without delay.
+    fresh: bool,
+}
+
+impl Checker {
+    pub fn new(rise: u32, fall: u32) -> Checker {
+        Checker {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            up: false,
+            streak: 0,
+            fresh: true,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Feeds one check result; returns the new state when it changed.
+    pub fn observe(&mut self, ok: bool) -> Option<bool> {
+        let fresh = std::mem::replace(&mut self.fresh, false);
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if ok { self.rise } else { self.fall };
+        if self.streak >= needed || (fresh && ok) {
+            self.up = ok;
+            self.streak = 0;
+            return Some(ok);
+        }
+        None
+    }
+}
+
+/// Whether any of `addrs` accepts a TCP connection within `timeout`.
+pub async fn probe(addrs: &[SocketAddr], timeout: Duration) -> bool {
+    for addr in addrs {
+        if let Ok(Ok(_)) = tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// Consumer-side active checks: every `every`, try a TCP connect to each
+/// discovered backend. A failure ejects it and asks discovery to verify it,
+/// so a crashed provider leaves the table even when no client is connecting.
+pub async fn check_backends(
+    svc: Arc<Service>,
+    every: Duration,
+    timeout: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let mut probes = JoinSet::new();
+        for b in svc.table.snapshot().backends.iter().cloned() {
+            let Target::Addrs(addrs) = b.spec.target.clone() else {
+                continue;
+            };
+            probes.spawn(async move { (probe(&addrs, timeout).await, b) });
+        }
+        while let Some(Ok((ok, b))) = probes.join_next().await {
+            if ok {
+                if svc.table.report_success(&b.stats) {
+                    info!(service = %svc.name, backend = %b.spec.target, "backend restored (check)");
+                }
+                continue;
+            }
+            if let Some(period) = svc.table.report_failure(&b.stats) {
+                warn!(service = %svc.name, backend = %b.spec.target, eject_for = ?period,
+                    "backend failed its check: ejected");
+            }
+            svc.suspect(&b.spec.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rise_and_fall() {
+        // (results fed, state after each)
+        let cases: &[(u32, u32, &[bool], &[bool])] = &[
+            (2, 2, &[true], &[true]), // a running service is up at once
+            (2, 2, &[false, true, true], &[false, false, true]),
+            (
+                2,
+                3,
+                &[true, false, false, true, false, false, false],
+                &[true, true, true, true, true, true, false],
+            ),
+            (
+                3,
+                1,
+                &[true, false, true, true, true],
+                &[true, false, false, false, true],
+            ),
+        ];
+        for (rise, fall, results, states) in cases {
+            let mut c = Checker::new(*rise, *fall);
+            let got: Vec<bool> = results
+                .iter()
+                .map(|ok| {
+                    c.observe(*ok);
+                    c.is_up()
+                })
+                .collect();
+            assert_eq!(&got, states, "rise {rise} fall {fall} {results:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn probe_sees_a_listener_and_its_absence() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        assert!(probe(&[addr], Duration::from_secs(5)).await);
+        drop(l);
+        assert!(!probe(&[addr], Duration::from_secs(5)).await);
+    }
+}

@@ -1,0 +1,549 @@
+//! The discovery mesh across separate network stacks: every test builds its
+//! own namespace lab (tests/common/lab.rs), runs real `redis-server` and
+//! `mesh-amb` processes in it, and drives clients from inside the hosts. No
+//! multicast leaves the lab's namespaces.
+
+#[path = "common/lab.rs"]
+mod lab;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lab::{start_avahi_many, wait_until, AvahiOptions, Host, Lab, Proc};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesh-amb");
+/// Generous bound for anything expected within seconds, so a loaded CI
+/// machine slows a test down instead of failing it.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Per-request socket timeout of the test clients.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A real Redis in `host` on `port`, reachable from other hosts, that
+/// answers `GET whoami` with the host's name.
+fn redis(host: &Host, port: u16) -> Proc {
+    let dir = host.dir().join(format!("redis-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = host.spawn(
+        "redis-server",
+        [
+            "--port",
+            &port.to_string(),
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let ready = wait_until(DEADLINE, || {
+        host.enter(|| request(addr, &["SET", "whoami", &host.name]))
+            .as_deref()
+            == Some("+OK")
+    });
+    assert!(
+        ready,
+        "redis on {}:{port} did not start:\n{}",
+        host.name,
+        p.output_tail(20)
+    );
+    p
+}
+
+/// `mesh-amb ARGS` in `host`, logging at debug to its stderr file.
+fn amb(host: &Host, args: &[&str]) -> Proc {
+    let mut cmd = host.command(BIN);
+    cmd.args(args).env("RUST_LOG", "mesh_amb=debug");
+    host.spawn_cmd("mesh-amb", cmd)
+}
+
+/// One RESP command on a new connection; the reply's first line.
+fn request(addr: SocketAddr, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    command(&mut s, args)
+}
+
+/// One RESP command on an open connection; a bulk reply's value or the
+/// reply line itself.
+fn command(s: &mut TcpStream, args: &[&str]) -> Option<String> {
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut lines = 0;
+    // A bulk reply is two lines, everything else one.
+    loop {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+        if buf.ends_with(b"\r\n") {
+            lines += 1;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if !text.starts_with('$') || text.starts_with("$-1") || lines == 2 {
+                let last = text
+                    .trim_end()
+                    .rsplit("\r\n")
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                return Some(last);
+            }
+        }
+    }
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Waits until `GET whoami` through `port` on `client` answers `want`.
+fn wait_routed_to(client: &Host, port: u16, want: &str) -> Duration {
+    let t0 = Instant::now();
+    let ok = wait_until(DEADLINE, || {
+        client
+            .enter(|| request(local(port), &["GET", "whoami"]))
+            .as_deref()
+            == Some(want)
+    });
+    assert!(
+        ok,
+        "{} never reached {want} through port {port}",
+        client.name
+    );
+    t0.elapsed()
+}
+
+#[test]
+fn a_consumer_finds_a_provider_on_another_host() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _redis = redis(h1, 12345);
+    let provider = amb(h1, &["--provide", "redis:12345"]);
+    let consumer = amb(h2, &["--consume", "redis:6379"]);
+
+    let took = wait_routed_to(h2, 6379, "h1");
+    eprintln!("routed to the provider {took:?} after start");
+    let pong = h2.enter(|| request(local(6379), &["PING"]));
+    assert_eq!(pong.as_deref(), Some("+PONG"));
+    let log = consumer.stderr();
+    assert!(log.contains("backend joined"), "{log}");
+    assert!(
+        log.contains(&format!("{}:12345", h1.ip)),
+        "dialed h1's lab address:\n{log}"
+    );
+    drop(provider);
+}
+
+/// What one request of a client loop saw.
+struct Sample {
+    at: Instant,
+    /// `GET whoami` answer; `None` for a failed request.
+    who: Option<String>,
+}
+
+/// New connections one after another from inside a host, each asking
+/// `GET whoami`, until stopped: the "application" of the scenarios.
+struct ClientLoop {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Vec<Sample>>,
+}
+
+/// Spacing of a client loop's requests: a steady workload that leaves CPU
+/// for the processes under test on a 2-core machine.
+const CLIENT_PACE: Duration = Duration::from_millis(5);
+
+impl ClientLoop {
+    fn start(host: &Host, port: u16) -> ClientLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = host.thread(move || {
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let who = request(local(port), &["GET", "whoami"]);
+                samples.push(Sample {
+                    at: Instant::now(),
+                    who,
+                });
+                std::thread::sleep(CLIENT_PACE);
+            }
+            samples
+        });
+        ClientLoop { stop, handle }
+    }
+
+    fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("client loop")
+    }
+}
+
+fn failures(samples: &[Sample]) -> usize {
+    samples.iter().filter(|s| s.who.is_none()).count()
+}
+
+/// Waits until `log` (a process's stderr) contains `needle`.
+fn wait_log(p: &Proc, needle: &str) -> Duration {
+    let t0 = Instant::now();
+    assert!(
+        wait_until(DEADLINE, || p.stderr().contains(needle)),
+        "no {needle:?} in the log:\n{}",
+        p.output_tail(40)
+    );
+    t0.elapsed()
+}
+
+/// `api` on h1..h3 (Redis on 7000 + a provider with node id = host name) and
+/// a round-robin consumer on the last host, listening on 8080, with all
+/// three backends in its table.
+struct ApiLab {
+    lab: Lab,
+    redis: Vec<Proc>,
+    providers: Vec<Proc>,
+    consumer: Proc,
+}
+
+impl ApiLab {
+    fn start(provider_args: &[&str]) -> ApiLab {
+        let lab = Lab::new(4);
+        let mut redis_procs = Vec::new();
+        let mut providers = Vec::new();
+        for h in &lab.hosts()[..3] {
+            redis_procs.push(redis(h, 7000));
+            let mut args = vec!["--provide", "api:7000", "--node-id", &h.name];
+            args.extend_from_slice(provider_args);
+            providers.push(amb(h, &args));
+        }
+        let consumer = amb(
+            lab.host("h4"),
+            &["--consume", "api:8080", "--balance", "round-robin"],
+        );
+        for h in ["h1", "h2", "h3"] {
+            wait_log(
+                &consumer,
+                &format!("instance=api@{h}._amb._tcp.local. target="),
+            );
+        }
+        ApiLab {
+            lab,
+            redis: redis_procs,
+            providers,
+            consumer,
+        }
+    }
+
+    fn client(&self) -> &Host {
+        self.lab.host("h4")
+    }
+}
+
+#[test]
+fn load_is_spread_evenly_over_three_discovered_hosts() {
+    let api = ApiLab::start(&[]);
+    const N: usize = 3000;
+    let counts = api.client().enter(|| {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..N {
+            let who = request(local(8080), &["GET", "whoami"]).unwrap_or_else(|| "failed".into());
+            *counts.entry(who).or_default() += 1;
+        }
+        counts
+    });
+    eprintln!("{N} connections: {counts:?}");
+    for h in ["h1", "h2", "h3"] {
+        let got = counts.get(h).copied().unwrap_or(0);
+        assert!(
+            got.abs_diff(N / 3) <= N / 30,
+            "{h} got {got} of {N}: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn a_node_that_provides_and_consumes_counts_itself_once() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _r1 = redis(h1, 7000);
+    let _r2 = redis(h2, 7000);
+    let both = amb(
+        h1,
+        &[
+            "--provide",
+            "api:7000",
+            "--consume",
+            "api:8080",
+            "--balance",
+            "round-robin",
+        ],
+    );
+    let _p2 = amb(h2, &["--provide", "api:7000"]);
+    wait_routed_to(h1, 8080, "h2");
+    wait_routed_to(h1, 8080, "h1");
+    let counts = h1.enter(|| {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for _ in 0..100 {
+            *counts
+                .entry(request(local(8080), &["GET", "whoami"]).unwrap_or_default())
+                .or_default() += 1;
+        }
+        counts
+    });
+    assert_eq!(
+        counts.get("h1"),
+        Some(&50),
+        "{counts:?}\n{}",
+        both.output_tail(30)
+    );
+    assert_eq!(counts.get("h2"), Some(&50), "{counts:?}");
+    // Its own instance is dialed on loopback: same network stack.
+    assert!(
+        both.stderr().contains("target=127.0.0.1:7000"),
+        "{}",
+        both.output_tail(30)
+    );
+}
+
+/// Kills h1's service and ambassador (`how`), with a client loop running on
+/// h4: no client request may fail, and h1 must leave the table within 5 s.
+fn crash_h1(how: impl FnOnce(&mut ApiLab)) {
+    let mut api = ApiLab::start(&[]);
+    let client = ClientLoop::start(api.client(), 8080);
+    assert!(wait_until(DEADLINE, || api
+        .consumer
+        .stderr()
+        .contains("backend=10.77.0.1:7000")));
+    let t0 = Instant::now();
+    how(&mut api);
+    let needle = "backend left service=api instance=api@h1._amb._tcp.local.";
+    assert!(
+        wait_until(DEADLINE, || api.consumer.stderr().contains(needle)),
+        "h1 never left the table:\n{}",
+        api.consumer.output_tail(40)
+    );
+    let gone = t0.elapsed();
+    // Keep the clients going for a while after the removal.
+    let more = Instant::now() + Duration::from_millis(500);
+    wait_until(DEADLINE, || Instant::now() >= more);
+    let samples = client.finish();
+    eprintln!(
+        "h1 left the consumer's table {gone:?} after the crash; {} requests",
+        samples.len()
+    );
+    assert_eq!(
+        failures(&samples),
+        0,
+        "client-visible failures\n{}",
+        api.consumer.output_tail(40)
+    );
+    assert!(
+        gone < Duration::from_secs(5),
+        "the dead instance stayed {gone:?}"
+    );
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.at > t0 + gone).collect();
+    assert!(!after.is_empty());
+    assert!(after.iter().all(|s| s.who.as_deref() != Some("h1")));
+}
+
+#[test]
+fn sigkill_of_a_provider_host_costs_no_client_request() {
+    crash_h1(|api| {
+        api.redis[0].kill();
+        api.providers[0].kill();
+    });
+}
+
+#[test]
+fn a_provider_host_cut_off_the_network_costs_no_client_request() {
+    crash_h1(|api| {
+        api.lab
+            .host("h1")
+            .run_ok("ip", ["link", "set", "eth0", "down"]);
+    });
+}
+
+#[test]
+fn graceful_leave_keeps_open_connections_and_loses_no_client() {
+    let mut api = ApiLab::start(&["--drain-period", "1s"]);
+    let client_host = api.client().clone();
+    // A long-lived connection through the consumer, and which host it is on.
+    let mut long =
+        client_host.enter(|| TcpStream::connect_timeout(&local(8080), IO_TIMEOUT).unwrap());
+    long.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let who = command(&mut long, &["GET", "whoami"]).expect("long-lived connection works");
+    let idx: usize = who[1..].parse::<usize>().unwrap() - 1;
+
+    let client = ClientLoop::start(&client_host, 8080);
+    api.providers[idx].signal(libc::SIGTERM);
+    let instance = format!("instance=api@{who}._amb._tcp.local.");
+    wait_log(
+        &api.consumer,
+        &format!("backend draining service=api {instance}"),
+    );
+    wait_log(
+        &api.consumer,
+        &format!("backend left service=api {instance}"),
+    );
+    let status = api.providers[idx]
+        .wait_exit(DEADLINE)
+        .expect("the provider exits");
+    assert!(status.success(), "provider exit {status:?}");
+    let samples = client.finish();
+    assert_eq!(failures(&samples), 0, "client-visible failures");
+
+    // The provider is gone; the connection it had attracted still works.
+    for _ in 0..20 {
+        assert_eq!(
+            command(&mut long, &["GET", "whoami"]).as_deref(),
+            Some(who.as_str())
+        );
+    }
+    let log = api.providers[idx].stderr();
+    assert!(
+        log.contains("draining") && log.contains("advertisement withdrawn"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_provider_withdraws_when_its_service_dies_and_returns_with_it() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let mut r = redis(h1, 7000);
+    let provider = amb(
+        h1,
+        &[
+            "--provide",
+            "api:7000",
+            "--node-id",
+            "h1",
+            "--check-interval",
+            "250ms",
+        ],
+    );
+    let consumer = amb(h2, &["--consume", "api:8080"]);
+    wait_routed_to(h2, 8080, "h1");
+
+    r.kill();
+    let t0 = Instant::now();
+    wait_log(
+        &consumer,
+        "backend left service=api instance=api@h1._amb._tcp.local.",
+    );
+    let gone = t0.elapsed();
+    eprintln!("withdrawn {gone:?} after the local service died");
+    assert!(gone < Duration::from_secs(2), "took {gone:?}");
+    assert!(provider
+        .stderr()
+        .contains("local service stopped answering"));
+
+    let _r = redis(h1, 7000);
+    let back = wait_routed_to(h2, 8080, "h1");
+    eprintln!("routed again {back:?} after the service came back");
+}
+
+#[test]
+fn migration_needs_no_consumer_restart() {
+    let lab = Lab::new(3);
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    let mut r1 = redis(h1, 12345);
+    let mut p1 = amb(h1, &["--provide", "redis:12345"]);
+    let consumer = amb(h2, &["--consume", "redis:6379"]);
+    wait_routed_to(h2, 6379, "h1");
+    let client = ClientLoop::start(h2, 6379);
+
+    // Redis moves: stop it and its provider on h1, start both on h3.
+    p1.signal(libc::SIGTERM);
+    p1.wait_exit(DEADLINE).expect("h1's provider exits");
+    r1.kill();
+    let _r3 = redis(h3, 23456);
+    let _p3 = amb(h3, &["--provide", "redis:23456"]);
+    assert!(
+        wait_until(DEADLINE, || consumer
+            .stderr()
+            .contains(&format!("target={}:23456", h3.ip))),
+        "h3 never joined:\n{}",
+        consumer.output_tail(30)
+    );
+    let settle = Instant::now() + Duration::from_millis(300);
+    wait_until(DEADLINE, || Instant::now() >= settle);
+    let samples = client.finish();
+    let last_h1 = samples
+        .iter()
+        .rev()
+        .find(|s| s.who.as_deref() == Some("h1"))
+        .expect("h1 served");
+    let first_h3 = samples
+        .iter()
+        .find(|s| s.who.as_deref() == Some("h3"))
+        .expect("h3 served the same client");
+    eprintln!(
+        "migration gap {:?} ({} failed requests meanwhile)",
+        first_h3.at - last_h1.at,
+        failures(&samples)
+    );
+    assert_eq!(samples.last().unwrap().who.as_deref(), Some("h3"));
+}
+
+#[test]
+fn avahi_and_mesh_amb_see_each_other() {
+    let lab = Lab::new(3);
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    let avahi = start_avahi_many([
+        (h1, AvahiOptions::default()),
+        (h2, AvahiOptions::default()),
+        (h3, AvahiOptions::default()),
+    ]);
+
+    // Avahi provides, mesh-amb consumes: a plain avahi-publish on h1 and a
+    // static service file on h3, no mesh-amb on either.
+    let _r1 = redis(h1, 12345);
+    let _r3 = redis(h3, 12346);
+    let _publish = h1.avahi_publish("anything", "_amb._tcp", 12345, &["svc=redis"]);
+    avahi[2].add_service_file(
+        "redis.service",
+        r#"<?xml version="1.0" standalone='no'?>
+<!DOCTYPE service-group SYSTEM "avahi-service.dtd">
+<service-group>
+  <name>static redis</name>
+  <service><type>_amb._tcp</type><port>12346</port><txt-record>svc=redis</txt-record></service>
+</service-group>
+"#,
+    );
+    let consumer = amb(h2, &["--consume", "redis:6379", "--balance", "round-robin"]);
+    wait_routed_to(h2, 6379, "h1");
+    wait_routed_to(h2, 6379, "h3");
+    assert!(consumer
+        .stderr()
+        .contains("instance=anything._amb._tcp.local."));
+
+    // mesh-amb provides, avahi-browse on another host lists it with its TXT.
+    let _r2 = redis(h2, 7000);
+    let _provider = amb(h2, &["--provide", "api:7000", "--node-id", "h2"]);
+    let record = lab::wait_for(DEADLINE, || {
+        h3.avahi_browse_resolved("_amb._tcp")
+            .into_iter()
+            .find(|r| r.name == "api@h2" && r.protocol == "IPv4")
+    })
+    .expect("avahi-browse on h3 lists mesh-amb's api@h2");
+    assert_eq!(record.port, 7000);
+    assert_eq!(record.address, h2.ip.to_string());
+    for kv in ["svc=api", "v=1", "node=h2", "weight=1", "state=up"] {
+        assert!(
+            record.txt.iter().any(|t| t == kv),
+            "{kv} missing from {:?}",
+            record.txt
+        );
+    }
+}
