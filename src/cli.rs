@@ -104,7 +104,7 @@ pub struct RunArgs {
     pub node_id: Option<String>,
 
     /// How often a provider checks that its local service accepts
-    /// connections. [default: 1s]
+    /// connections. [default: 500ms]
     #[arg(long, value_name = "DURATION", env = "MESH_AMB_CHECK_INTERVAL")]
     pub check_interval: Option<String>,
 

@@ -1,12 +1,19 @@
-//! `mesh-amb demo`: the ambassador pattern, end to end, on this machine.
+//! `mesh-amb demo`: the ambassador pattern and the discovery mesh, end to
+//! end, on this machine.
 //!
-//! Three tiny built-in Redis-like servers (they answer PING) stand in for a
-//! remote service; an ambassador listens in front of them the way it would
-//! on `localhost:6379`. The demo drives clients through it, stops a backend
-//! to show failover, brings it back, and prints what happened. Everything
-//! binds to 127.0.0.1 on ephemeral ports, so it needs nothing else running
-//! and touches no network.
+//! Three tiny built-in Redis-like servers (they answer PING) play a remote
+//! service; three provider nodes advertise them over mDNS; a consumer node
+//! discovers them and stands in for the service the way it would on
+//! `localhost:6379`. The demo drives clients through it while one backend
+//! crashes and comes back and another node leaves gracefully, and prints what
+//! happened.
+//!
+//! Nothing reaches the network: when the OS allows it the process first moves
+//! into a network namespace of its own that holds only `lo`; otherwise mDNS
+//! is still restricted to `lo`. Everything binds 127.0.0.1 on ephemeral
+//! ports, so the demo needs nothing else running.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,13 +22,14 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ProxySettings};
+use crate::cli::LogFormat;
+use crate::config::{Config, DiscoverySettings, ProxySettings};
 use crate::proxy::Service;
-use crate::spec::{BackendAddr, ConsumeSpec, Host};
+use crate::spec::{ConsumeSpec, ProvideSpec};
 use crate::table::Health;
 use crate::{Ambassador, Shutdown};
 
@@ -31,121 +39,253 @@ const CLIENTS: usize = 300;
 const CONCURRENCY: usize = 20;
 /// Bound on each phase, so a broken build fails instead of hanging.
 const PHASE_DEADLINE: Duration = Duration::from_secs(20);
-
-/// How often the demo looks at the table while waiting for a backend.
-const HEALTH_POLL: Duration = Duration::from_millis(50);
+/// How often the demo looks at the table while waiting for a change.
+const POLL: Duration = Duration::from_millis(20);
+/// Providers check their service this often, so the crash in step 2 is
+/// noticed quickly enough to watch (the default is 500 ms).
+const DEMO_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Short drain period so step 4 does not keep the reader waiting.
+const DEMO_DRAIN_PERIOD: Duration = Duration::from_millis(500);
 
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 const PONG: &[u8] = b"+PONG\r\n";
 
-pub async fn run() -> anyhow::Result<()> {
-    let mut backends = Vec::new();
-    for _ in 0..3 {
-        backends.push(MiniRedis::start(None).await?);
+/// Moves this process, which must still be single-threaded, into a network
+/// namespace of its own with only `lo` up: as root directly, otherwise
+/// inside a user namespace. Multicast sent there cannot reach any network.
+pub fn isolate_network() -> io::Result<()> {
+    // SAFETY: plain syscalls on this process, before any thread exists.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            let (uid, gid) = (libc::geteuid(), libc::getegid());
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            std::fs::write("/proc/self/setgroups", "deny")?;
+            std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+            std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+        }
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_flags =
+            (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+        let rc = libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr);
+        let err = io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
     }
-    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    Ok(())
+}
+
+/// Settings of every demo node: mDNS on `lo` only, quick checks.
+fn node(id: &str) -> DiscoverySettings {
+    DiscoverySettings {
+        node_id: id.into(),
+        interfaces: vec!["lo".into()],
+        check_interval: DEMO_CHECK_INTERVAL,
+        drain_period: DEMO_DRAIN_PERIOD,
+        ..DiscoverySettings::default()
+    }
+}
+
+/// A running node of the demo.
+struct Node {
+    amb: Arc<Ambassador>,
+    shutdown: Shutdown,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Node {
+    fn start(config: Config, listeners: Vec<TcpListener>) -> Node {
+        let amb = Arc::new(Ambassador::new(config));
+        let shutdown = Shutdown::new();
+        let task = {
+            let (amb, shutdown) = (amb.clone(), shutdown.clone());
+            tokio::spawn(async move { amb.run(listeners, shutdown).await })
+        };
+        Node {
+            amb,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.begin();
+        self.task.await.context("node task")?
+    }
+}
+
+fn config(id: &str, consumes: Vec<ConsumeSpec>, provides: Vec<ProvideSpec>) -> Config {
+    Config {
+        bind: [127, 0, 0, 1].into(),
+        consumes,
+        provides,
+        proxy: ProxySettings::default(),
+        discovery: node(id),
+        log_format: LogFormat::Text,
+    }
+}
+
+pub async fn run(isolated: io::Result<()>) -> anyhow::Result<()> {
+    println!("mesh-amb demo: three providers advertise a 'redis' service over mDNS,");
+    println!("a consumer discovers them and stands in for the service.\n");
+    match &isolated {
+        Ok(()) => {
+            println!("  network        a private network namespace: nothing leaves this process")
+        }
+        Err(e) => println!("  network        mDNS on loopback only (no private namespace: {e})"),
+    }
+
+    let mut backends = Vec::new();
+    let mut providers = Vec::new();
+    for i in 1..=3 {
+        let b = MiniRedis::start(None).await?;
+        let provide = ProvideSpec {
+            name: "redis".into(),
+            port: b.addr.port(),
+            weight: 1,
+        };
+        println!(
+            "  backend {i}      {}   (a built-in server that answers PING)",
+            b.addr
+        );
+        providers.push(Node::start(
+            config(&format!("demo-p{i}"), vec![], vec![provide]),
+            vec![],
+        ));
+        backends.push(b);
+    }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let front = listener.local_addr()?;
-    let config = Config {
-        bind: front.ip(),
-        consumes: vec![ConsumeSpec {
-            name: "redis".into(),
-            port: front.port(),
-            backends: addrs
-                .iter()
-                .map(|a| BackendAddr {
-                    host: Host::Ip(a.ip()),
-                    port: a.port(),
-                    weight: 1,
-                })
-                .collect(),
-        }],
-        provides: vec![],
-        proxy: ProxySettings::default(),
-        discovery: Default::default(),
-        log_format: crate::cli::LogFormat::Text,
+    let consume = ConsumeSpec {
+        name: "redis".into(),
+        port: front.port(),
+        backends: vec![],
     };
-    let amb = Arc::new(Ambassador::new(config));
-    let svc = amb.services()[0].clone();
-    let shutdown = Shutdown::new();
-    let running = {
-        let (amb, shutdown) = (amb.clone(), shutdown.clone());
-        tokio::spawn(async move { amb.run(vec![listener], shutdown).await })
-    };
+    let consumer = Node::start(config("demo-c", vec![consume], vec![]), vec![listener]);
+    let svc = consumer.amb.services()[0].clone();
+    println!("  consumer       {front}   (what the app dials instead of localhost:6379)\n");
 
-    println!("mesh-amb demo: an ambassador standing in for a 'redis' service.\n");
-    for (i, a) in addrs.iter().enumerate() {
-        println!(
-            "  backend {}      {a}   (a built-in server that answers PING)",
-            i + 1
-        );
-    }
-    println!("  ambassador     {front}   (what the app dials instead of localhost:6379)");
-    println!("  policy         power of two choices, the default\n");
+    let started = Instant::now();
+    wait_table(&svc, "all three backends to be discovered", |n, _| n == 3).await?;
+    println!(
+        "1. The consumer discovered the three providers in {} ms, with no registry.",
+        started.elapsed().as_millis()
+    );
+    let mut failures = phase(front, CLIENTS).await?;
+    println!("   {CLIENTS} clients connected and sent PING:");
+    report(&svc);
 
-    let mut failures = 0;
-    println!("1. {CLIENTS} clients each connect to the ambassador and send PING.");
-    failures += phase(front, CLIENTS).await?;
-    report(&svc, &addrs);
-
-    println!("\n2. Backend 3 goes away (its server stops), then {CLIENTS} more clients.");
+    println!("\n2. Backend 3's server crashes. Clients keep coming.");
     backends.pop().expect("three backends").stop();
+    let crashed = Instant::now();
     failures += phase(front, CLIENTS).await?;
-    report(&svc, &addrs);
+    wait_table(&svc, "backend 3 to be withdrawn", |n, _| n == 2).await?;
     println!(
-        "   The first connect to backend 3 was refused: the ambassador ejected it\n   \
-         and retried on another backend, so no client saw an error."
+        "   A connect to it was refused: the consumer ejected it and retried elsewhere.\n   \
+         Its provider's health check withdrew the advertisement; it left the\n   \
+         consumer's table {} ms after the crash.",
+        crashed.elapsed().as_millis()
     );
+    report(&svc);
 
-    println!("\n3. Backend 3 comes back on the same port. When its ejection period ends");
-    println!("   the ambassador offers it new clients again.");
-    backends.push(MiniRedis::start(Some(addrs[2])).await?);
-    let waited = Instant::now();
-    let back = &svc.table.snapshot().backends[2];
-    while svc.table.health(&back.stats) != Health::Healthy {
-        if waited.elapsed() > PHASE_DEADLINE {
-            bail!("backend 3 stayed ejected for {PHASE_DEADLINE:?}");
-        }
-        tokio::time::sleep(HEALTH_POLL).await;
+    println!("\n3. Backend 3 comes back on the same port; its provider advertises it again.");
+    let back = MiniRedis::start(Some(provided_addr(&providers[2]))).await?;
+    backends.push(back);
+    let restarted = Instant::now();
+    wait_table(&svc, "backend 3 to return", |n, _| n == 3).await?;
+    println!(
+        "   It was back in the table after {} ms.",
+        restarted.elapsed().as_millis()
+    );
+    failures += phase(front, CLIENTS).await?;
+    println!("   {CLIENTS} more clients:");
+    report(&svc);
+
+    println!("\n4. Provider 1 leaves gracefully: it advertises 'draining', waits, says goodbye.");
+    let leaving = providers.remove(0);
+    let left = tokio::spawn(leaving.stop());
+    wait_table(&svc, "provider 1 to drain", |_, draining| draining == 1).await?;
+    println!("   The consumer saw it draining and sends new clients elsewhere.");
+    failures += phase(front, CLIENTS).await?;
+    left.await.context("leaving node")??;
+    wait_table(&svc, "provider 1 to leave", |n, _| n == 2).await?;
+    println!("   After its goodbye it left the table. {CLIENTS} more clients meanwhile:");
+    report(&svc);
+
+    println!(
+        "\n5. Shutdown: every node stops accepting, drains, and withdraws what it advertised."
+    );
+    consumer.stop().await?;
+    for p in providers {
+        p.stop().await?;
     }
-    println!(
-        "   (waited {:.1}s for the ejection to end) Then {CLIENTS} more clients:",
-        waited.elapsed().as_secs_f64()
-    );
-    failures += phase(front, CLIENTS).await?;
-    report(&svc, &addrs);
-
-    println!("\n4. Shutdown: the ambassador stops accepting, lets open connections finish,");
-    println!("   and exits.");
-    shutdown.begin();
-    running.await.context("ambassador task")??;
     for b in backends {
         b.stop();
     }
 
-    let total = CLIENTS * 3;
+    let total = CLIENTS * 4;
     println!("\n{total} client connections, {failures} failed.");
     if failures > 0 {
         bail!("{failures} client connections failed");
     }
-    println!("Next: `mesh-amb --consume redis:7379=127.0.0.1:6379` in front of a real Redis.");
+    println!("Next: `mesh-amb --provide redis:6379` on one host, `mesh-amb --consume redis:6379`");
+    println!("on another, and `redis-cli ping` on the second reaches Redis on the first.");
     Ok(())
 }
 
-fn report(svc: &Service, addrs: &[SocketAddr]) {
+/// Where a provider node's (first) service listens.
+fn provided_addr(node: &Node) -> SocketAddr {
+    let p = &node.amb.config().provides[0];
+    SocketAddr::from(([127, 0, 0, 1], p.port))
+}
+
+/// Waits until `cond(backends, draining)` holds for the consumer's table.
+async fn wait_table(
+    svc: &Service,
+    what: &str,
+    cond: impl Fn(usize, usize) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    loop {
+        let snap = svc.table.snapshot();
+        let draining = snap.backends.iter().filter(|b| b.spec.draining).count();
+        if cond(snap.backends.len(), draining) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("gave up waiting for {what} after {PHASE_DEADLINE:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn report(svc: &Service) {
     let snap = svc.table.snapshot();
-    for (i, b) in snap.backends.iter().enumerate() {
+    let mut rows: Vec<_> = snap.backends.iter().collect();
+    rows.sort_by(|a, b| a.spec.key.cmp(&b.spec.key));
+    for b in rows {
         let s = &b.stats;
-        let state = match svc.table.health(s) {
-            Health::Healthy => "healthy".to_owned(),
-            Health::Ejected { remaining } => {
+        let state = match (b.spec.draining, svc.table.health(s)) {
+            (true, _) => "draining".to_owned(),
+            (false, Health::Healthy) => "healthy".to_owned(),
+            (false, Health::Ejected { remaining }) => {
                 format!("ejected for another {:.1}s", remaining.as_secs_f64())
             }
         };
+        let instance = b.spec.key.split('.').next().unwrap_or(&b.spec.key);
         println!(
-            "   backend {} {}: {:4} connections so far, {} failed connects, {state}",
-            i + 1,
-            addrs[i],
+            "   {instance:<14} {:<28} {:4} connections, {} failed connects, {state}",
+            b.spec.target.to_string(),
             s.total.load(Ordering::Relaxed),
             s.failures.load(Ordering::Relaxed),
         );

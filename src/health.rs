@@ -99,6 +99,7 @@ pub async fn check_backends(
             probes.spawn(async move { (probe(&addrs, timeout).await, b) });
         }
         while let Some(Ok((ok, b))) = probes.join_next().await {
+            tracing::debug!(service = %svc.name, backend = %b.spec.target, ok, "backend check");
             if ok {
                 if svc.table.report_success(&b.stats) {
                     info!(service = %svc.name, backend = %b.spec.target, "backend restored (check)");

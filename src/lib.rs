@@ -132,6 +132,11 @@ impl Ambassador {
             .collect()
     }
 
+    /// The configuration this node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The consumed services, in `config.consumes` order.
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services

@@ -25,9 +25,11 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Demo) => {
+            // Before any thread exists: a user namespace needs that.
+            let isolated = mesh_amb::demo::isolate_network();
             // The demo prints its own story; logs show only what went wrong.
             init_logs(LogFormat::Text, "warn");
-            report(runtime().and_then(|rt| rt.block_on(mesh_amb::demo::run())))
+            report(runtime().and_then(|rt| rt.block_on(mesh_amb::demo::run(isolated))))
         }
         None => {
             let config = match Config::resolve(&cli.run, &ProcessEnv) {

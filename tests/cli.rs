@@ -121,7 +121,7 @@ fn the_demo_runs_and_says_what_happened() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("900 client connections, 0 failed."),
+        stdout.contains("1200 client connections, 0 failed."),
         "{stdout}"
     );
 }

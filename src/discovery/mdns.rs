@@ -232,7 +232,7 @@ fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
             key: r.fullname.clone(),
             target: Target::Addrs(addrs.clone()),
             weight: advert.weight,
-            draining: advert.state == State::Draining,
+            draining: advert.state != State::Up,
         };
         let known = svc
             .table
@@ -245,6 +245,7 @@ fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
             let what = match (known, advert.state) {
                 (false, _) => "backend joined",
                 (true, State::Draining) => "backend draining",
+                (true, State::Down) => "backend down",
                 (true, State::Up) => "backend updated",
             };
             info!(service = %svc.name, instance = %r.fullname, target = %target,

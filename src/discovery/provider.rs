@@ -69,6 +69,9 @@ pub async fn run(
                 Err(e) => warn!(provide = %p, "{e:#}"),
             },
             Some(false) => {
+                if let Err(e) = mdns.advertise(&p, State::Down) {
+                    warn!(provide = %p, "{e:#}");
+                }
                 mdns.withdraw(&p).await;
                 warn!(provide = %p, "local service stopped answering: advertisement withdrawn");
             }

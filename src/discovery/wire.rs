@@ -10,7 +10,7 @@
 //! | `v`     | schema version, `1`                       | no       |
 //! | `node`  | node id of the advertiser                 | no       |
 //! | `weight`| relative share of connections, 1..=1000   | no (1)   |
-//! | `state` | `up` or `draining`                        | no (up)  |
+//! | `state` | `up`, `draining` or `down`                | no (up)  |
 //!
 //! Only `svc` is required, so any Avahi or Bonjour host can provide a
 //! service with a static service file. Unknown keys and versions are
@@ -31,6 +31,10 @@ pub enum State {
     Up,
     /// Leaving: finish what is open, send new clients elsewhere.
     Draining,
+    /// The local service stopped answering; a goodbye follows at once.
+    /// Announced first because a TXT update reaches consumers in
+    /// milliseconds, while a goodbye takes effect only after one second.
+    Down,
 }
 
 impl fmt::Display for State {
@@ -38,6 +42,7 @@ impl fmt::Display for State {
         f.write_str(match self {
             State::Up => "up",
             State::Draining => "draining",
+            State::Down => "down",
         })
     }
 }
@@ -96,6 +101,7 @@ pub fn parse_txt<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Advert> {
         .unwrap_or(1);
     let state = match get("state").map(str::trim) {
         Some("draining") => State::Draining,
+        Some("down") => State::Down,
         _ => State::Up,
     };
     Some(Advert {
@@ -156,6 +162,14 @@ mod tests {
             (
                 &[("svc", "redis"), ("weight", "5"), ("state", "weird")],
                 up("redis", 5),
+            ),
+            (
+                &[("svc", "redis"), ("state", "down")],
+                Some(Advert {
+                    service: "redis".into(),
+                    weight: 1,
+                    state: State::Down,
+                }),
             ),
             (&[("svc", "")], None),
             (&[("svc", "a.b")], None),
