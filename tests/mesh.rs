@@ -457,11 +457,18 @@ fn graceful_leave_keeps_open_connections_and_loses_no_client() {
 fn a_provider_withdraws_when_its_service_dies_and_returns_with_it() {
     let lab = Lab::new(2);
     let (h1, h2) = (lab.host("h1"), lab.host("h2"));
-    let mut r = redis(h1, 7000);
-    // Default check settings: what a user gets.
+    // Default check settings: what a user gets. Nothing listens on 7000 yet,
+    // so nothing may be advertised.
     let provider = amb(h1, &["--provide", "api:7000", "--node-id", "h1"]);
     let consumer = amb(h2, &["--consume", "api:8080"]);
+    wait_log(
+        &provider,
+        "local service does not answer on port 7000; not advertising it",
+    );
+    wait_log(&consumer, "listening");
+    let mut r = redis(h1, 7000);
     wait_routed_to(h2, 8080, "h1");
+    assert_eq!(consumer.stderr().matches("backend joined").count(), 1);
 
     r.kill();
     let t0 = Instant::now();
@@ -482,6 +489,78 @@ fn a_provider_withdraws_when_its_service_dies_and_returns_with_it() {
     let _r = redis(h1, 7000);
     let back = wait_routed_to(h2, 8080, "h1");
     eprintln!("routed again {back:?} after the service came back");
+}
+
+/// Gives a host a second interface with the address every VirtualBox VM
+/// has on its NAT adapter, 10.0.2.15 (a veth pair inside the host: the
+/// kernel here has no dummy interfaces).
+fn add_nat_adapter(host: &Host) {
+    host.run_ok(
+        "ip",
+        [
+            "link", "add", "nat0", "type", "veth", "peer", "name", "nat0p",
+        ],
+    );
+    host.run_ok("ip", ["addr", "add", "10.0.2.15/24", "dev", "nat0"]);
+    host.run_ok("ip", ["link", "set", "nat0p", "up"]);
+    host.run_ok("ip", ["link", "set", "nat0", "up"]);
+}
+
+#[test]
+fn the_nat_adapter_trap_is_avoided() {
+    let lab = Lab::new(3);
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    for h in [h1, h2, h3] {
+        add_nat_adapter(h);
+    }
+    let _r1 = redis(h1, 7000);
+    let _r3 = redis(h3, 7000);
+    // h1 names its LAN interface, as the README tells Vagrant users to;
+    // h3 does not.
+    let p1 = amb(
+        h1,
+        &[
+            "--provide",
+            "api:7000",
+            "--node-id",
+            "h1",
+            "--interface",
+            "eth0",
+        ],
+    );
+    let _p3 = amb(h3, &["--provide", "api:7000", "--node-id", "h3"]);
+    let consumer = amb(h2, &["--consume", "api:8080", "--balance", "round-robin"]);
+    wait_routed_to(h2, 8080, "h1");
+    wait_routed_to(h2, 8080, "h3");
+    let log = consumer.stderr();
+    let resolved = |who: &str| -> Vec<&str> {
+        log.lines()
+            .filter(|l| l.contains("resolved") && l.contains(&format!("instance=api@{who}.")))
+            .collect()
+    };
+    // mdns-sd answers on each interface with that interface's addresses,
+    // so neither provider's NAT address reaches the LAN...
+    for who in ["h1", "h3"] {
+        let lines = resolved(who);
+        assert!(
+            !lines.is_empty() && lines.iter().all(|l| !l.contains("10.0.2.15")),
+            "{log}"
+        );
+    }
+    // ...and the consumer never dials its own NAT address (the unit tests
+    // of discovery::addr cover a peer that does advertise one).
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("target="))
+            .all(|l| !l.contains("10.0.2.15")),
+        "the consumer would dial its own NAT address:\n{log}"
+    );
+    assert!(
+        !log.contains("10.0.2.15"),
+        "the consumer would dial its own NAT address:\n{log}"
+    );
+    assert!(log.contains(&format!("target={}:7000", h1.ip)), "{log}");
+    assert!(p1.stderr().contains("interfaces=[\"eth0\"]"));
 }
 
 #[test]

@@ -216,6 +216,8 @@ fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
         })
         .collect();
     let addrs = addr::choose(&peer, r.get_port(), &addr::local_addrs());
+    let advertised: Vec<String> = peer.iter().map(|p| p.ip.to_string()).collect();
+    debug!(instance = %r.fullname, advertised = %advertised.join(","), "resolved");
     for svc in services {
         if svc.name != advert.service {
             // An instance that changed its svc= leaves the old service.
