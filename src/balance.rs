@@ -145,7 +145,7 @@ mod tests {
     use crate::table::{BackendSpec, Target, Update};
 
     fn table(weights: &[u32]) -> Table {
-        let t = Table::new("svc", Duration::from_secs(1));
+        let t = Table::new(Duration::from_secs(1));
         for (i, w) in weights.iter().enumerate() {
             t.apply(Update::Upsert(BackendSpec {
                 key: format!("b{i}"),

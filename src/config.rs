@@ -77,6 +77,9 @@ pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(2);
 pub struct DiscoverySettings {
     /// Makes instance labels and the mDNS host name unique to this node.
     pub node_id: String,
+    /// The node id was given by the user, so it may not be unique: probe
+    /// for name conflicts before the first advertisement.
+    pub probe: bool,
     /// Interfaces mDNS runs on; empty means all.
     pub interfaces: Vec<String>,
     /// Addresses to advertise; empty means those of the interfaces.
@@ -97,6 +100,7 @@ impl Default for DiscoverySettings {
     fn default() -> Self {
         Self {
             node_id: crate::discovery::wire::random_node_id(),
+            probe: false,
             interfaces: Vec::new(),
             advertise_addrs: Vec::new(),
             check_interval: DEFAULT_CHECK_INTERVAL,
@@ -171,6 +175,10 @@ fn bad(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
+/// Longest duration accepted anywhere: far beyond any sensible timeout, and
+/// small enough that adding it to an instant can never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// A duration like `500ms`, `1s`, `5m`; a bare number is seconds.
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration, ConfigError> {
     let s = s.trim();
@@ -179,7 +187,13 @@ pub fn parse_duration(what: &str, s: &str) -> Result<Duration, ConfigError> {
     } else {
         humantime::parse_duration(s).ok()
     };
-    d.ok_or_else(|| bad(format!("{what} '{s}': not a duration (e.g. 500ms, 2s, 5m)")))
+    match d {
+        Some(d) if d <= MAX_DURATION => Ok(d),
+        Some(_) => Err(bad(format!("{what} '{s}': at most 30 days"))),
+        None => Err(bad(format!(
+            "{what} '{s}': not a duration (e.g. 500ms, 2s, 5m)"
+        ))),
+    }
 }
 
 fn positive_duration(what: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -190,13 +204,97 @@ fn positive_duration(what: &str, s: &str) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
-fn parse_count(what: &str, s: &str, max: u64) -> Result<usize, ConfigError> {
-    match s.trim().parse::<u64>() {
+/// A scalar setting's text: the flag (clap already folded its environment
+/// variable in), else the file.
+fn scalar<'a>(flag: &'a Option<String>, file: &'a Option<String>) -> Option<&'a str> {
+    flag.as_deref().or(file.as_deref())
+}
+
+/// A duration that must be positive.
+fn duration_or(
+    flag: &Option<String>,
+    file: &Option<String>,
+    what: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    scalar(flag, file).map_or(Ok(default), |s| positive_duration(what, s))
+}
+
+/// A duration that may be zero ("do not wait").
+fn wait_or(
+    flag: &Option<String>,
+    file: &Option<String>,
+    what: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    scalar(flag, file).map_or(Ok(default), |s| parse_duration(what, s))
+}
+
+/// A positive duration, or `off` (the default) for none.
+fn optional_duration(
+    flag: &Option<String>,
+    file: &Option<String>,
+    what: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    match scalar(flag, file).map(str::trim) {
+        None | Some("off") => Ok(None),
+        Some(s) => positive_duration(what, s).map(Some),
+    }
+}
+
+/// A count in `1..=max`, from the flag (text) or the file (a TOML integer).
+fn count_or(
+    flag: &Option<String>,
+    file: Option<u64>,
+    what: &str,
+    max: u64,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    let (text, name) = match (flag, file) {
+        (Some(s), _) => (s.clone(), format!("--{what}")),
+        (None, Some(n)) => (n.to_string(), what.replace('-', "_")),
+        (None, None) => return Ok(default),
+    };
+    match text.trim().parse::<u64>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n as usize),
         _ => Err(bad(format!(
-            "{what} '{s}': expected a number from 1 to {max}"
+            "{name} '{text}': expected a number from 1 to {max}"
         ))),
     }
+}
+
+/// A list of specs: the flags, else their environment variable, else the
+/// file; each parsed, errors naming where the bad one came from.
+#[allow(clippy::too_many_arguments)]
+fn spec_list<T>(
+    flags: &[String],
+    env: &dyn Env,
+    var: &str,
+    file: &Option<Vec<String>>,
+    file_ctx: &str,
+    what: &str,
+    parse: fn(&str) -> Result<T, crate::spec::SpecError>,
+) -> Result<Vec<T>, ConfigError> {
+    let (items, source) = match list_from(flags, env, var) {
+        Some((items, src)) => (items, Source::Flag(src)),
+        None => (file.clone().unwrap_or_default(), Source::File),
+    };
+    items
+        .iter()
+        .map(|raw| {
+            parse(raw).map_err(|e| match &source {
+                Source::Flag(src) => bad(format!("--{what} '{raw}'{src}: {e}")),
+                Source::File => bad(format!("{file_ctx}{what} '{raw}': {e}")),
+            })
+        })
+        .collect()
+}
+
+/// Where a list came from, for error messages.
+enum Source {
+    /// Flags, or (with the suffix naming it) their environment variable.
+    Flag(String),
+    File,
 }
 
 /// Reads the environment once so that tests can pass their own.
@@ -284,78 +382,66 @@ impl Config {
             ))
         })?;
 
-        let mut consumes = Vec::new();
-        match list_from(&args.consume, env, "MESH_AMB_CONSUME") {
-            Some((items, src)) => {
-                for raw in items {
-                    let c = spec::parse_consume(&raw)
-                        .map_err(|e| bad(format!("--consume '{raw}'{src}: {e}")))?;
-                    consumes.push(c);
-                }
-            }
-            None => {
-                for raw in file.consume.iter().flatten() {
-                    let c = spec::parse_consume(raw)
-                        .map_err(|e| bad(format!("{file_ctx}consume '{raw}': {e}")))?;
-                    consumes.push(c);
-                }
-            }
-        }
+        let mut consumes = spec_list(
+            &args.consume,
+            env,
+            "MESH_AMB_CONSUME",
+            &file.consume,
+            &file_ctx,
+            "consume",
+            spec::parse_consume,
+        )?;
         if args.from_env || file.from_env.unwrap_or(false) {
             let from_env =
                 spec::consumes_from_env(env.vars()).map_err(|e| bad(format!("--from-env: {e}")))?;
             consumes.extend(from_env);
         }
-
-        let mut provides = Vec::new();
-        match list_from(&args.provide, env, "MESH_AMB_PROVIDE") {
-            Some((items, src)) => {
-                for raw in items {
-                    let p = spec::parse_provide(&raw)
-                        .map_err(|e| bad(format!("--provide '{raw}'{src}: {e}")))?;
-                    provides.push(p);
-                }
-            }
-            None => {
-                for raw in file.provide.iter().flatten() {
-                    let p = spec::parse_provide(raw)
-                        .map_err(|e| bad(format!("{file_ctx}provide '{raw}': {e}")))?;
-                    provides.push(p);
-                }
-            }
-        }
-
-        check_unique_ports(&consumes, &provides)?;
+        let provides = spec_list(
+            &args.provide,
+            env,
+            "MESH_AMB_PROVIDE",
+            &file.provide,
+            &file_ctx,
+            "provide",
+            spec::parse_provide,
+        )?;
+        check_unique(&consumes, &provides)?;
 
         let d = ProxySettings::default();
         let proxy = ProxySettings {
             policy: args.balance.or(file.balance).unwrap_or(d.policy),
-            max_connections: match (&args.max_connections, file.max_connections) {
-                (Some(s), _) => parse_count("--max-connections", s, 1_000_000)?,
-                (None, Some(n)) => parse_count("max_connections", &n.to_string(), 1_000_000)?,
-                (None, None) => d.max_connections,
-            },
-            connect_timeout: pick_duration(
+            max_connections: count_or(
+                &args.max_connections,
+                file.max_connections,
+                "max-connections",
+                1_000_000,
+                d.max_connections,
+            )?,
+            connect_timeout: duration_or(
                 &args.connect_timeout,
                 &file.connect_timeout,
                 "connect-timeout",
                 d.connect_timeout,
             )?,
-            connect_attempts: match (&args.connect_attempts, file.connect_attempts) {
-                (Some(s), _) => parse_count("--connect-attempts", s, 100)?,
-                (None, Some(n)) => parse_count("connect_attempts", &n.to_string(), 100)?,
-                (None, None) => d.connect_attempts,
-            },
-            idle_timeout: match args.idle_timeout.as_ref().or(file.idle_timeout.as_ref()) {
-                None => None,
-                Some(s) if s.trim() == "off" => None,
-                Some(s) => Some(positive_duration("idle-timeout", s)?),
-            },
-            drain_timeout: match args.drain_timeout.as_ref().or(file.drain_timeout.as_ref()) {
-                None => d.drain_timeout,
-                Some(s) => parse_duration("drain-timeout", s)?,
-            },
-            eject_time: pick_duration(
+            connect_attempts: count_or(
+                &args.connect_attempts,
+                file.connect_attempts,
+                "connect-attempts",
+                100,
+                d.connect_attempts,
+            )?,
+            idle_timeout: optional_duration(
+                &args.idle_timeout,
+                &file.idle_timeout,
+                "idle-timeout",
+            )?,
+            drain_timeout: wait_or(
+                &args.drain_timeout,
+                &file.drain_timeout,
+                "drain-timeout",
+                d.drain_timeout,
+            )?,
+            eject_time: duration_or(
                 &args.eject_time,
                 &file.eject_time,
                 "eject-time",
@@ -392,19 +478,6 @@ fn pick_list(
     }
 }
 
-fn pick_count(
-    flag: &Option<String>,
-    file: Option<u64>,
-    what: &str,
-    default: u32,
-) -> Result<u32, ConfigError> {
-    Ok(match (flag, file) {
-        (Some(s), _) => parse_count(&format!("--{what}"), s, 100)? as u32,
-        (None, Some(n)) => parse_count(what, &n.to_string(), 100)? as u32,
-        (None, None) => default,
-    })
-}
-
 fn resolve_discovery(
     args: &RunArgs,
     file: &FileConfig,
@@ -425,6 +498,7 @@ fn resolve_discovery(
     for i in &interfaces {
         if !local.iter().any(|(name, _)| name == i) {
             let mut names: Vec<&str> = local.iter().map(|(n, _)| n.as_str()).collect();
+            names.sort_unstable();
             names.dedup();
             return Err(bad(format!(
                 "--interface '{i}': no interface of that name with an address here (have: {})",
@@ -450,59 +524,51 @@ fn resolve_discovery(
         advertise_addrs.push(ip);
     }
     Ok(DiscoverySettings {
+        probe: args.node_id.is_some() || file.node_id.is_some(),
         node_id,
         interfaces,
         advertise_addrs,
-        check_interval: pick_duration(
+        check_interval: duration_or(
             &args.check_interval,
             &file.check_interval,
             "check-interval",
             d.check_interval,
         )?,
-        rise: pick_count(&args.rise, file.rise, "rise", d.rise)?,
-        fall: pick_count(&args.fall, file.fall, "fall", d.fall)?,
-        drain_period: match args.drain_period.as_ref().or(file.drain_period.as_ref()) {
-            None => d.drain_period,
-            Some(s) => parse_duration("drain-period", s)?,
-        },
-        backend_check: match args.backend_check.as_ref().or(file.backend_check.as_ref()) {
-            None => None,
-            Some(s) if s.trim() == "off" => None,
-            Some(s) => Some(positive_duration("backend-check", s)?),
-        },
+        rise: count_or(&args.rise, file.rise, "rise", 100, d.rise as usize)? as u32,
+        fall: count_or(&args.fall, file.fall, "fall", 100, d.fall as usize)? as u32,
+        drain_period: wait_or(
+            &args.drain_period,
+            &file.drain_period,
+            "drain-period",
+            d.drain_period,
+        )?,
+        backend_check: optional_duration(
+            &args.backend_check,
+            &file.backend_check,
+            "backend-check",
+        )?,
     })
 }
 
-fn pick_duration(
-    flag: &Option<String>,
-    file: &Option<String>,
-    what: &str,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    match flag.as_ref().or(file.as_ref()) {
-        Some(s) => positive_duration(what, s),
-        None => Ok(default),
-    }
-}
-
-/// Two listeners cannot share a port; say which specs collide.
-fn check_unique_ports(
-    consumes: &[ConsumeSpec],
-    provides: &[ProvideSpec],
-) -> Result<(), ConfigError> {
-    let mut seen: HashMap<u16, &ConsumeSpec> = HashMap::new();
+/// Two listeners cannot share a port, and a node has one instance per
+/// provided service name; say which specs collide.
+fn check_unique(consumes: &[ConsumeSpec], provides: &[ProvideSpec]) -> Result<(), ConfigError> {
+    let mut ports: HashMap<u16, &ConsumeSpec> = HashMap::new();
     for c in consumes {
-        if let Some(prev) = seen.insert(c.port, c) {
+        if let Some(prev) = ports.insert(c.port, c) {
             return Err(bad(format!(
                 "duplicate listen port {}: '{prev}' and '{c}'",
                 c.port
             )));
         }
     }
-    let mut names: HashMap<(&str, u16), ()> = HashMap::new();
+    let mut names: HashMap<&str, &ProvideSpec> = HashMap::new();
     for p in provides {
-        if names.insert((&p.name, p.port), ()).is_some() {
-            return Err(bad(format!("--provide '{p}' is given twice")));
+        if let Some(prev) = names.insert(&p.name, p) {
+            return Err(bad(format!(
+                "'{}' is provided twice ('{prev}' and '{p}'): one instance per service and node",
+                p.name
+            )));
         }
     }
     Ok(())
@@ -623,9 +689,15 @@ mod tests {
                 "duplicate listen port 6379: 'a:6379=h:1' and 'b:6379=h:2'",
             ),
             (
-                &["--provide", "a:1", "--provide", "a:1"],
+                &["--provide", "a:1", "--provide", "a:2"],
                 &[],
-                "given twice",
+                "'a' is provided twice",
+            ),
+            (&["--idle-timeout", "500000000000y"], &[], "at most 30 days"),
+            (
+                &["--eject-time", "31days"],
+                &[],
+                "eject-time '31days': at most 30 days",
             ),
             (
                 &["--bind", "localhost"],

@@ -50,16 +50,26 @@ const DEMO_DRAIN_PERIOD: Duration = Duration::from_millis(500);
 const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
 const PONG: &[u8] = b"+PONG\r\n";
 
+/// Where the demo's mDNS runs.
+pub enum Isolation {
+    /// A network namespace of its own: nothing can leave the process.
+    Private,
+    /// The OS refused a namespace (why): mDNS is restricted to `lo`.
+    Loopback(io::Error),
+}
+
 /// Moves this process, which must still be single-threaded, into a network
 /// namespace of its own with only `lo` up: as root directly, otherwise
 /// inside a user namespace. Multicast sent there cannot reach any network.
-pub fn isolate_network() -> io::Result<()> {
+/// An error means the namespace was entered but could not be set up: the
+/// demo cannot run then.
+pub fn isolate_network() -> io::Result<Isolation> {
     // SAFETY: plain syscalls on this process, before any thread exists.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNET) != 0 {
             let (uid, gid) = (libc::geteuid(), libc::getegid());
             if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
-                return Err(io::Error::last_os_error());
+                return Ok(Isolation::Loopback(io::Error::last_os_error()));
             }
             std::fs::write("/proc/self/setgroups", "deny")?;
             std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
@@ -82,7 +92,7 @@ pub fn isolate_network() -> io::Result<()> {
             return Err(err);
         }
     }
-    Ok(())
+    Ok(Isolation::Private)
 }
 
 /// Settings of every demo node: mDNS on `lo` only, quick checks.
@@ -135,14 +145,16 @@ fn config(id: &str, consumes: Vec<ConsumeSpec>, provides: Vec<ProvideSpec>) -> C
     }
 }
 
-pub async fn run(isolated: io::Result<()>) -> anyhow::Result<()> {
+pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
     println!("mesh-amb demo: three providers advertise a 'redis' service over mDNS,");
     println!("a consumer discovers them and stands in for the service.\n");
-    match &isolated {
-        Ok(()) => {
+    match &isolation {
+        Isolation::Private => {
             println!("  network        a private network namespace: nothing leaves this process")
         }
-        Err(e) => println!("  network        mDNS on loopback only (no private namespace: {e})"),
+        Isolation::Loopback(e) => {
+            println!("  network        mDNS on loopback only (no private namespace: {e})")
+        }
     }
 
     let mut backends = Vec::new();

@@ -5,16 +5,15 @@
 //! (as Airbnb's Nerve does). Consumers may also check discovered backends;
 //! their passive checks (connect failures) live in the table.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::dial::dial;
 use crate::proxy::Service;
 use crate::table::Target;
 
@@ -47,32 +46,26 @@ impl Checker {
         self.up
     }
 
-    /// Feeds one check result; returns the new state when it changed.
-    pub fn observe(&mut self, ok: bool) -> Option<bool> {
+    /// Feeds one check result.
+    pub fn observe(&mut self, ok: bool) {
         let fresh = std::mem::replace(&mut self.fresh, false);
         if ok == self.up {
             self.streak = 0;
-            return None;
+            return;
         }
         self.streak += 1;
         let needed = if ok { self.rise } else { self.fall };
         if self.streak >= needed || (fresh && ok) {
             self.up = ok;
             self.streak = 0;
-            return Some(ok);
         }
-        None
     }
 }
 
-/// Whether any of `addrs` accepts a TCP connection within `timeout`.
-pub async fn probe(addrs: &[SocketAddr], timeout: Duration) -> bool {
-    for addr in addrs {
-        if let Ok(Ok(_)) = tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            return true;
-        }
-    }
-    false
+/// Whether the target accepts a TCP connection within `timeout`, dialed
+/// exactly as client connections are, so checks and clients agree.
+pub async fn probe(target: &Target, timeout: Duration) -> bool {
+    dial(target, timeout).await.is_ok()
 }
 
 /// Consumer-side active checks: every `every`, try a TCP connect to each
@@ -93,10 +86,7 @@ pub async fn check_backends(
         }
         let mut probes = JoinSet::new();
         for b in svc.table.snapshot().backends.iter().cloned() {
-            let Target::Addrs(addrs) = b.spec.target.clone() else {
-                continue;
-            };
-            probes.spawn(async move { (probe(&addrs, timeout).await, b) });
+            probes.spawn(async move { (probe(&b.spec.target, timeout).await, b) });
         }
         while let Some(Ok((ok, b))) = probes.join_next().await {
             tracing::debug!(service = %svc.name, backend = %b.spec.target, ok, "backend check");
@@ -155,8 +145,9 @@ mod tests {
     async fn probe_sees_a_listener_and_its_absence() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        assert!(probe(&[addr], Duration::from_secs(5)).await);
+        let target = Target::Addrs(vec![addr]);
+        assert!(probe(&target, Duration::from_secs(5)).await);
         drop(l);
-        assert!(!probe(&[addr], Duration::from_secs(5)).await);
+        assert!(!probe(&target, Duration::from_secs(5)).await);
     }
 }

@@ -25,6 +25,7 @@
 //! - [`table`]: live backends of one service, with passive health.
 //! - [`balance`]: policies that order a snapshot's backends.
 //! - [`proxy`]: listeners, the connection pipeline, byte copying.
+//! - [`dial`]: connecting to a backend with several addresses.
 //! - [`discovery`]: the mDNS mesh: advertising, browsing, the wire contract.
 //! - [`health`]: active TCP checks (provider-side and consumer-side).
 //! - [`demo`]: the self-contained demonstration behind `mesh-amb demo`.
@@ -36,6 +37,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dial;
 pub mod discovery;
 pub mod health;
 pub mod proxy;
@@ -98,7 +100,7 @@ impl Ambassador {
             .consumes
             .iter()
             .map(|c| {
-                let table = Arc::new(Table::new(c.name.clone(), config.proxy.eject_time));
+                let table = Arc::new(Table::new(config.proxy.eject_time));
                 for b in &c.backends {
                     table.apply(Update::Upsert(BackendSpec {
                         key: format!("static:{}:{}", b.host, b.port),
@@ -109,7 +111,6 @@ impl Ambassador {
                 }
                 Arc::new(Service {
                     name: c.name.clone(),
-                    port: c.port,
                     table,
                     balancer: Balancer::new(config.proxy.policy),
                     suspects: c.backends.is_empty().then(|| suspect_tx.clone()),
@@ -224,7 +225,7 @@ impl Ambassador {
             hard_stop: shutdown.immediate.clone(),
         });
         let tracker = TaskTracker::new();
-        let accept_loops = TaskTracker::new();
+        let mut serving = Vec::new();
         for (listener, svc) in listeners.into_iter().zip(&self.services) {
             let backends: Vec<String> = svc
                 .table
@@ -241,18 +242,22 @@ impl Ambassador {
                 info!(service = %svc.name, listen = %addr, backends = %backends.join(","),
                     policy = ?svc.balancer.policy(), "listening");
             }
-            accept_loops.spawn(proxy::serve(
-                listener,
-                svc.clone(),
+            serving.push((listener, svc.clone()));
+        }
+        let accepting = (!serving.is_empty()).then(|| {
+            tokio::spawn(proxy::serve(
+                serving,
                 shared.clone(),
                 shutdown.graceful.clone(),
                 tracker.clone(),
-            ));
-        }
-        accept_loops.close();
+            ))
+        });
 
         shutdown.graceful.cancelled().await;
-        accept_loops.wait().await; // listeners are closed from here on
+        if let Some(task) = accepting {
+            // The listeners are closed once it returns.
+            task.await.context("the accept loop failed")?;
+        }
         tracker.close();
         let open = tracker.len();
         if open > 0 {

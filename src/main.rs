@@ -4,8 +4,10 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::error::ErrorKind;
 use clap::Parser;
+use tokio::signal::unix::Signal;
 use tracing_subscriber::EnvFilter;
 
 use mesh_amb::cli::{Cli, Command, LogFormat};
@@ -26,10 +28,16 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Demo) => {
             // Before any thread exists: a user namespace needs that.
-            let isolated = mesh_amb::demo::isolate_network();
+            let isolation = match mesh_amb::demo::isolate_network() {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("error: cannot set up the demo's private network namespace: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
             // The demo prints its own story; logs show only what went wrong.
             init_logs(LogFormat::Text, "warn");
-            report(runtime().and_then(|rt| rt.block_on(mesh_amb::demo::run(isolated))))
+            report(runtime().and_then(|rt| rt.block_on(mesh_amb::demo::run(isolation))))
         }
         None => {
             let config = match Config::resolve(&cli.run, &ProcessEnv) {
@@ -41,8 +49,15 @@ fn main() -> ExitCode {
                     "nothing to do: give --consume or --provide (see --help), or try 'mesh-amb demo'",
                 );
             }
-            init_logs(config.log_format, "info");
-            report(runtime().and_then(|rt| rt.block_on(serve(config))))
+            let format = config.log_format;
+            init_logs(format, "info");
+            let result = runtime().and_then(|rt| rt.block_on(serve(config)));
+            if let (LogFormat::Json, Err(e)) = (format, &result) {
+                // Keep a JSON log parseable to the last line.
+                tracing::error!(error = %format!("{e:#}"), "exiting");
+                return ExitCode::from(EXIT_RUNTIME);
+            }
+            report(result)
         }
     }
 }
@@ -54,23 +69,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Installed before anything is bound or advertised, so an early SIGTERM
+    // still shuts down cleanly (with goodbyes) instead of killing the process.
+    let int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let shutdown = Shutdown::new();
+    tokio::spawn(on_signals(int, term, shutdown.clone()));
     let amb = Ambassador::new(config);
     let listeners = amb.bind().await?;
-    let shutdown = Shutdown::new();
-    tokio::spawn(on_signals(shutdown.clone()));
     amb.run(listeners, shutdown).await
 }
 
 /// First SIGINT/SIGTERM drains; a second one closes everything at once.
-async fn on_signals(shutdown: Shutdown) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
+async fn on_signals(mut int: Signal, mut term: Signal, shutdown: Shutdown) {
     let sig = tokio::select! { _ = int.recv() => "SIGINT", _ = term.recv() => "SIGTERM" };
     tracing::info!(
         signal = sig,
@@ -106,6 +118,8 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 fn usage_error(msg: &str) -> ExitCode {
     let msg = msg.strip_prefix("error: ").unwrap_or(msg);
+    // One line, whatever the offending value contained.
+    let msg = msg.replace('\n', "\\n");
     eprintln!("error: {msg}");
     ExitCode::from(EXIT_USAGE)
 }

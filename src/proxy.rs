@@ -1,5 +1,5 @@
-//! The data plane: one accept loop per consumed service, one task per client
-//! connection.
+//! The data plane: one accept loop over every consume listener, one task per
+//! client connection.
 //!
 //! A connection is a pipeline: take the table snapshot, order the backends
 //! with the balancer, dial down the list until one answers (each failure
@@ -17,14 +17,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::balance::Balancer;
 use crate::config::ProxySettings;
-use crate::table::{Backend, Stats, Table, Target};
+use crate::dial::dial;
+use crate::table::{Backend, Stats, Table};
 
 /// Copy buffer per direction. 64 KiB moves a large value in few syscalls;
 /// tokio's 8 KiB default measurably loses throughput on 16 KiB values.
@@ -40,8 +41,6 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct Service {
     /// Name as in `--consume NAME:PORT`.
     pub name: String,
-    /// Port the consume listens on, for logs.
-    pub port: u16,
     /// Live backends.
     pub table: Arc<Table>,
     /// Policy applied to each snapshot.
@@ -70,23 +69,29 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
 }
 
-/// Accepts until `stop` is cancelled; connection tasks go to `tracker`.
+/// Accepts on every consume listener until `stop` is cancelled; connection
+/// tasks go to `tracker`. One loop serves all listeners so that exactly one
+/// permit of the connection limit waits in `accept`: per-listener loops
+/// would each hold one, overshooting or (below one per listener) starving.
 pub async fn serve(
-    listener: TcpListener,
-    svc: Arc<Service>,
+    listeners: Vec<(TcpListener, Arc<Service>)>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut at_limit = false;
+    // Where the next poll starts, so a busy listener cannot starve others.
+    let mut start = 0;
     loop {
         let permit = match shared.limit.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => {
+                at_limit = false;
+                p
+            }
             Err(_) => {
                 if !at_limit {
                     warn!(
-                        service = %svc.name,
                         limit = shared.settings.max_connections,
                         "connection limit reached; new clients wait in the accept queue"
                     );
@@ -98,14 +103,15 @@ pub async fn serve(
                 }
             }
         };
-        let accepted = tokio::select! {
+        let (i, accepted) = tokio::select! {
             _ = stop.cancelled() => break,
-            r = listener.accept() => r,
+            r = accept_any(&listeners, start) => r,
         };
+        start = (i + 1) % listeners.len();
+        let svc = &listeners[i].1;
         match accepted {
             Ok((client, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                at_limit = false;
                 let svc = svc.clone();
                 let shared = shared.clone();
                 tracker.spawn(async move {
@@ -125,14 +131,35 @@ pub async fn serve(
             }
         }
     }
-    debug!(service = %svc.name, "stopped accepting");
+    debug!("stopped accepting");
+}
+
+/// The next connection on any listener, polling from `start` on.
+async fn accept_any(
+    listeners: &[(TcpListener, Arc<Service>)],
+    start: usize,
+) -> (usize, io::Result<(TcpStream, SocketAddr)>) {
+    std::future::poll_fn(|cx| {
+        for k in 0..listeners.len() {
+            let i = (start + k) % listeners.len();
+            if let Poll::Ready(r) = listeners[i].0.poll_accept(cx) {
+                return Poll::Ready((i, r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Shared) {
     // Interactive protocols (Redis, SQL) send small requests and wait: Nagle
     // would hold them back for an ACK.
     let _ = client.set_nodelay(true);
-    let (backend, server) = match connect(svc, &shared.settings).await {
+    let connected = tokio::select! {
+        r = connect(svc, &shared.settings) => r,
+        _ = shared.hard_stop.cancelled() => return,
+    };
+    let (backend, server) = match connected {
         Ok(pair) => pair,
         Err(e) => {
             warn!(service = %svc.name, client = %peer, "closing client connection: {e}");
@@ -193,11 +220,7 @@ pub async fn connect(
     let mut tried = 0;
     for backend in order.into_iter().take(settings.connect_attempts) {
         tried += 1;
-        let result = match timeout(settings.connect_timeout, dial(&backend.spec.target)).await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-        };
-        match result {
+        match dial(&backend.spec.target, settings.connect_timeout).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 if svc.table.report_success(&backend.stats) {
@@ -221,24 +244,6 @@ pub async fn connect(
         tried,
         last: last.expect("at least one attempt was made"),
     })
-}
-
-/// Connects to the first address of the target that answers.
-async fn dial(target: &Target) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = match target {
-        Target::Addrs(addrs) => addrs.clone(),
-        Target::Name(host, port) => tokio::net::lookup_host((host.as_str(), *port))
-            .await?
-            .collect(),
-    };
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 /// Keeps `active` right however the connection task ends.

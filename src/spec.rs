@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 
 /// Upper bound on a backend weight: enough to express any realistic capacity
 /// ratio while keeping weight sums far from overflow.
@@ -106,16 +106,6 @@ impl fmt::Display for ProvideSpec {
             write!(f, "*{}", self.weight)?;
         }
         Ok(())
-    }
-}
-
-impl BackendAddr {
-    /// The literal socket address, when the host is an IP.
-    pub fn socket_addr(&self) -> Option<SocketAddr> {
-        match self.host {
-            Host::Ip(ip) => Some(SocketAddr::new(ip, self.port)),
-            Host::Name(_) => None,
-        }
     }
 }
 

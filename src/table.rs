@@ -1,7 +1,7 @@
 //! The live backend table of one consumed service.
 //!
 //! Membership changes arrive as [`Update`]s from one writer at a time (static
-//! config today, discovery as well) and are published as an immutable
+//! config at start, then discovery) and are published as an immutable
 //! [`Snapshot`]; connection handlers load the current snapshot without taking
 //! a lock. Health is different: it changes on the hot path (every failed
 //! connect), so it lives in atomics shared by every snapshot that contains
@@ -98,6 +98,13 @@ pub struct Stats {
     ejected_until_ms: AtomicU64,
 }
 
+impl Stats {
+    fn clear_ejection(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+    }
+}
+
 /// One backend as of one snapshot.
 #[derive(Debug)]
 pub struct Backend {
@@ -123,8 +130,6 @@ pub enum Health {
 
 /// The table of one consumed service.
 pub struct Table {
-    /// Service name, for logs.
-    pub service: String,
     current: ArcSwap<Snapshot>,
     /// Serializes writers so concurrent updates cannot lose each other.
     writer: Mutex<()>,
@@ -135,9 +140,8 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn new(service: impl Into<String>, eject_time: Duration) -> Table {
+    pub fn new(eject_time: Duration) -> Table {
         Table {
-            service: service.into(),
             current: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
             epoch: Instant::now(),
@@ -161,6 +165,11 @@ impl Table {
                 Some(i) if backends[i].spec == spec => return false,
                 Some(i) => {
                     let stats = backends[i].stats.clone();
+                    if backends[i].spec.target != spec.target {
+                        // New addresses deserve a fresh chance: the failures
+                        // were those of the old ones.
+                        stats.clear_ejection();
+                    }
                     backends[i] = Arc::new(Backend { spec, stats });
                 }
                 None => backends.push(Arc::new(Backend {
@@ -224,8 +233,7 @@ impl Table {
         if stats.consecutive_failures.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        stats.consecutive_failures.store(0, Ordering::Relaxed);
-        stats.ejected_until_ms.store(0, Ordering::Relaxed);
+        stats.clear_ejection();
         true
     }
 }
@@ -245,7 +253,7 @@ mod tests {
 
     #[test]
     fn upserts_are_idempotent_and_keep_health() {
-        let t = Table::new("redis", Duration::from_secs(1));
+        let t = Table::new(Duration::from_secs(1));
         assert!(t.apply(Update::Upsert(spec("a", 1))));
         assert!(!t.apply(Update::Upsert(spec("a", 1))), "repeat is a no-op");
         let stats = t.snapshot().backends[0].stats.clone();
@@ -262,7 +270,7 @@ mod tests {
 
     #[test]
     fn removals_are_idempotent() {
-        let t = Table::new("redis", Duration::from_secs(1));
+        let t = Table::new(Duration::from_secs(1));
         t.apply(Update::Upsert(spec("a", 1)));
         t.apply(Update::Upsert(spec("b", 2)));
         let before = t.snapshot();
@@ -275,7 +283,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ejection_backs_off_and_success_restores() {
-        let t = Table::new("redis", Duration::from_secs(1));
+        let t = Table::new(Duration::from_secs(1));
         let s = Stats::default();
         assert_eq!(t.health(&s), Health::Healthy);
 

@@ -149,6 +149,8 @@ fn a_consumer_finds_a_provider_on_another_host() {
 
 /// What one request of a client loop saw.
 struct Sample {
+    /// When the request started and when it ended.
+    start: Instant,
     at: Instant,
     /// `GET whoami` answer; `None` for a failed request.
     who: Option<String>,
@@ -173,8 +175,10 @@ impl ClientLoop {
         let (flag, out) = (stop.clone(), samples.clone());
         let handle = host.thread(move || {
             while !flag.load(Ordering::Relaxed) {
+                let start = Instant::now();
                 let who = request(local(port), &["GET", "whoami"]);
                 out.lock().unwrap().push(Sample {
+                    start,
                     at: Instant::now(),
                     who,
                 });
@@ -200,6 +204,22 @@ impl ClientLoop {
         assert!(
             wait_until(DEADLINE, seen),
             "the client loop never reached {who}"
+        );
+    }
+
+    /// Waits until this loop finished `n` more requests started after `t`.
+    fn wait_requests_after(&self, t: Instant, n: usize) {
+        let count = || {
+            self.samples
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.start > t)
+                .count()
+        };
+        assert!(
+            wait_until(DEADLINE, || count() >= n),
+            "the client loop stalled"
         );
     }
 
@@ -340,13 +360,10 @@ fn a_node_that_provides_and_consumes_counts_itself_once() {
 
 /// Kills h1's service and ambassador (`how`), with a client loop running on
 /// h4: no client request may fail, and h1 must leave the table within 5 s.
-fn crash_h1(how: impl FnOnce(&mut ApiLab)) {
+fn crash_h1(how: impl FnOnce(&mut ApiLab)) -> ApiLab {
     let mut api = ApiLab::start(&[]);
     let client = ClientLoop::start(api.client(), 8080);
-    assert!(wait_until(DEADLINE, || api
-        .consumer
-        .stderr()
-        .contains("backend=10.77.0.1:7000")));
+    client.wait_served_by("h1");
     let t0 = Instant::now();
     how(&mut api);
     let needle = "backend left service=api instance=api@h1._amb._tcp.local.";
@@ -357,8 +374,7 @@ fn crash_h1(how: impl FnOnce(&mut ApiLab)) {
     );
     let gone = t0.elapsed();
     // Keep the clients going for a while after the removal.
-    let more = Instant::now() + Duration::from_millis(500);
-    wait_until(DEADLINE, || Instant::now() >= more);
+    client.wait_requests_after(t0 + gone, 50);
     let samples = client.finish();
     eprintln!(
         "h1 left the consumer's table {gone:?} after the crash; {} requests",
@@ -374,9 +390,10 @@ fn crash_h1(how: impl FnOnce(&mut ApiLab)) {
         gone < Duration::from_secs(5),
         "the dead instance stayed {gone:?}"
     );
-    let after: Vec<&Sample> = samples.iter().filter(|s| s.at > t0 + gone).collect();
-    assert!(!after.is_empty());
+    let after: Vec<&Sample> = samples.iter().filter(|s| s.start > t0 + gone).collect();
+    assert!(after.len() >= 50);
     assert!(after.iter().all(|s| s.who.as_deref() != Some("h1")));
+    api
 }
 
 #[test]
@@ -389,11 +406,18 @@ fn sigkill_of_a_provider_host_costs_no_client_request() {
 
 #[test]
 fn a_provider_host_cut_off_the_network_costs_no_client_request() {
-    crash_h1(|api| {
+    let api = crash_h1(|api| {
         api.lab
             .host("h1")
             .run_ok("ip", ["link", "set", "eth0", "down"]);
     });
+    // The link comes back: h1 must rejoin without anyone restarting.
+    api.lab
+        .host("h1")
+        .run_ok("ip", ["link", "set", "eth0", "up"]);
+    let t0 = Instant::now();
+    wait_routed_to(api.client(), 8080, "h1");
+    eprintln!("h1 rejoined {:?} after its link came back", t0.elapsed());
 }
 
 #[test]
@@ -422,12 +446,17 @@ fn graceful_leave_keeps_open_connections_and_loses_no_client() {
     let idx: usize = who[1..].parse::<usize>().unwrap() - 1;
 
     let client = ClientLoop::start(&client_host, 8080);
+    client.wait_served_by(&who);
     api.providers[idx].signal(libc::SIGTERM);
     let instance = format!("instance=api@{who}._amb._tcp.local.");
     wait_log(
         &api.consumer,
         &format!("backend draining service=api {instance}"),
     );
+    // The consumer has applied "draining" before it logged it: no request
+    // that starts from now on may go to the leaving host.
+    let drained = Instant::now();
+    client.wait_requests_after(drained, 50);
     wait_log(
         &api.consumer,
         &format!("backend left service=api {instance}"),
@@ -438,6 +467,15 @@ fn graceful_leave_keeps_open_connections_and_loses_no_client() {
     assert!(status.success(), "provider exit {status:?}");
     let samples = client.finish();
     assert_eq!(failures(&samples), 0, "client-visible failures");
+    let late: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.start > drained && s.who.as_deref() == Some(who.as_str()))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} new clients went to the draining {who}",
+        late.len()
+    );
 
     // The provider is gone; the connection it had attracted still works.
     for _ in 0..20 {
@@ -461,13 +499,11 @@ fn a_provider_withdraws_when_its_service_dies_and_returns_with_it() {
     // so nothing may be advertised.
     let provider = amb(h1, &["--provide", "api:7000", "--node-id", "h1"]);
     let consumer = amb(h2, &["--consume", "api:8080"]);
-    wait_log(
-        &provider,
-        "local service does not answer on port 7000; not advertising it",
-    );
+    wait_log(&provider, "local service does not answer on 127.0.0.1:7000");
     wait_log(&consumer, "listening");
     let mut r = redis(h1, 7000);
     wait_routed_to(h2, 8080, "h1");
+    wait_log(&consumer, "backend joined");
     assert_eq!(consumer.stderr().matches("backend joined").count(), 1);
 
     r.kill();
@@ -491,9 +527,11 @@ fn a_provider_withdraws_when_its_service_dies_and_returns_with_it() {
     eprintln!("routed again {back:?} after the service came back");
 }
 
-/// Gives a host a second interface with the address every VirtualBox VM
-/// has on its NAT adapter, 10.0.2.15 (a veth pair inside the host: the
-/// kernel here has no dummy interfaces).
+/// The address every VirtualBox VM has on its NAT adapter.
+const NAT_ADDR: &str = "10.0.2.15";
+
+/// Gives a host a second interface holding [`NAT_ADDR`] (a veth pair inside
+/// the host: the kernel here has no dummy interfaces).
 fn add_nat_adapter(host: &Host) {
     host.run_ok(
         "ip",
@@ -501,22 +539,40 @@ fn add_nat_adapter(host: &Host) {
             "link", "add", "nat0", "type", "veth", "peer", "name", "nat0p",
         ],
     );
-    host.run_ok("ip", ["addr", "add", "10.0.2.15/24", "dev", "nat0"]);
+    host.run_ok(
+        "ip",
+        ["addr", "add", &format!("{NAT_ADDR}/24"), "dev", "nat0"],
+    );
     host.run_ok("ip", ["link", "set", "nat0p", "up"]);
     host.run_ok("ip", ["link", "set", "nat0", "up"]);
+}
+
+/// Runs `avahi-publish ARGS` on `host` until it reports success.
+fn avahi_publish_raw(host: &Host, args: &[&str]) -> Proc {
+    let mut cmd = host.avahi_command("avahi-publish");
+    cmd.args(args);
+    let mut p = host.spawn_cmd("avahi-publish", cmd);
+    let ok = wait_until(DEADLINE, || {
+        p.stderr().contains("Established") || !p.is_running()
+    });
+    assert!(
+        ok && p.is_running(),
+        "avahi-publish {args:?}:\n{}",
+        p.output_tail(10)
+    );
+    p
 }
 
 #[test]
 fn the_nat_adapter_trap_is_avoided() {
     let lab = Lab::new(3);
     let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
-    for h in [h1, h2, h3] {
-        add_nat_adapter(h);
-    }
-    let _r1 = redis(h1, 7000);
-    let _r3 = redis(h3, 7000);
-    // h1 names its LAN interface, as the README tells Vagrant users to;
-    // h3 does not.
+    // h1 and the consumer h2 have a NAT adapter; h2 also runs the service,
+    // so dialing the NAT address would quietly reach h2 itself.
+    add_nat_adapter(h1);
+    add_nat_adapter(h2);
+    let _redis: Vec<Proc> = [h1, h2, h3].into_iter().map(|h| redis(h, 7000)).collect();
+    // h1 names its LAN interface, as the README tells Vagrant users to.
     let p1 = amb(
         h1,
         &[
@@ -528,38 +584,44 @@ fn the_nat_adapter_trap_is_avoided() {
             "eth0",
         ],
     );
-    let _p3 = amb(h3, &["--provide", "api:7000", "--node-id", "h3"]);
+    // h3 is a careless third-party publisher: its host record lists the
+    // NAT address next to its LAN one.
+    let _avahi = h3.start_avahi();
+    let host = "nat-h3.local";
+    let _a1 = avahi_publish_raw(h3, &["-a", "-R", host, NAT_ADDR]);
+    let _a2 = avahi_publish_raw(h3, &["-a", "-R", host, &h3.ip.to_string()]);
+    let _s = avahi_publish_raw(
+        h3,
+        &["-s", "-H", host, "api-h3", "_amb._tcp", "7000", "svc=api"],
+    );
+
     let consumer = amb(h2, &["--consume", "api:8080", "--balance", "round-robin"]);
     wait_routed_to(h2, 8080, "h1");
     wait_routed_to(h2, 8080, "h3");
-    let log = consumer.stderr();
-    let resolved = |who: &str| -> Vec<&str> {
-        log.lines()
-            .filter(|l| l.contains("resolved") && l.contains(&format!("instance=api@{who}.")))
+    // The precondition: the consumer has heard h3's NAT address.
+    let heard = |l: &str| l.contains("resolved instance=api-h3.") && l.contains(NAT_ADDR);
+    assert!(
+        wait_until(DEADLINE, || consumer.stderr().lines().any(heard)),
+        "h3 did not advertise {NAT_ADDR}:\n{}",
+        consumer.output_tail(30)
+    );
+    let answers: Vec<Option<String>> = h2.enter(|| {
+        (0..100)
+            .map(|_| request(local(8080), &["GET", "whoami"]))
             .collect()
-    };
-    // mdns-sd answers on each interface with that interface's addresses,
-    // so neither provider's NAT address reaches the LAN...
-    for who in ["h1", "h3"] {
-        let lines = resolved(who);
-        assert!(
-            !lines.is_empty() && lines.iter().all(|l| !l.contains("10.0.2.15")),
-            "{log}"
-        );
-    }
-    // ...and the consumer never dials its own NAT address (the unit tests
-    // of discovery::addr cover a peer that does advertise one).
+    });
     assert!(
-        log.lines()
-            .filter(|l| l.contains("target="))
-            .all(|l| !l.contains("10.0.2.15")),
-        "the consumer would dial its own NAT address:\n{log}"
+        answers
+            .iter()
+            .all(|a| matches!(a.as_deref(), Some("h1" | "h3"))),
+        "the consumer dialed its own NAT address: {answers:?}"
     );
+    let log = consumer.stderr();
+    let targets: Vec<&str> = log.lines().filter(|l| l.contains("target=")).collect();
     assert!(
-        !log.contains("10.0.2.15"),
-        "the consumer would dial its own NAT address:\n{log}"
+        targets.iter().all(|l| !l.contains(NAT_ADDR)),
+        "{targets:#?}"
     );
-    assert!(log.contains(&format!("target={}:7000", h1.ip)), "{log}");
     assert!(p1.stderr().contains("interfaces=[\"eth0\"]"));
 }
 

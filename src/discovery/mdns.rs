@@ -8,7 +8,7 @@
 //! fills, so it is drained promptly and re-opened when it ends; a crashed
 //! peer lingers for its 120 s TTL, so connect failures ask for `verify`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +39,14 @@ const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause before re-opening a browse that ended, so a daemon in trouble is
 /// not asked in a tight loop.
 const REBROWSE_DELAY: Duration = Duration::from_millis(100);
+/// Re-browse this soon after a removal (debounced: one restart per burst).
+const REBROWSE_AFTER_REMOVAL: Duration = Duration::from_secs(1);
+/// Safety-net re-browse: after it, mdns-sd queries at 1, 2, 4... seconds,
+/// so a node queries the LAN about seven times a minute.
+const REBROWSE_EVERY: Duration = Duration::from_secs(60);
+/// A re-browse replays mdns-sd's cache at once; this leaves margin for a
+/// busy machine before missing instances count as gone.
+const SWEEP_GRACE: Duration = Duration::from_secs(2);
 
 /// This node's mDNS daemon.
 pub struct Mdns {
@@ -93,7 +101,11 @@ impl Mdns {
     }
 
     /// Announces (or re-announces with a new state) our instance of `p`.
-    pub fn advertise(&self, p: &ProvideSpec, state: State) -> anyhow::Result<()> {
+    /// `probe` runs RFC 6762's conflict probe first (750 ms): worth it only
+    /// when the node id came from the user, who may have copied one config
+    /// to several hosts; a random 32-bit id does not collide in practice.
+    /// Never probe a re-announcement: mdns-sd answers no query meanwhile.
+    pub fn advertise(&self, p: &ProvideSpec, state: State, probe: bool) -> anyhow::Result<()> {
         let label = wire::instance_label(&p.name, &self.node_id);
         let txt = wire::txt(&p.name, &self.node_id, p.weight, state);
         let addrs: Vec<IpAddr> = self.advertise.clone();
@@ -110,22 +122,24 @@ impl Mdns {
             info = info.enable_addr_auto();
         }
         info.set_interfaces(self.ifaces.clone());
-        // Our labels embed a node id that is unique by construction, so the
-        // 750 ms conflict probe buys nothing but delay.
-        info.set_requires_probe(false);
+        info.set_requires_probe(probe);
         self.daemon
             .register(info)
             .with_context(|| format!("cannot advertise {p}"))
     }
 
     /// Withdraws our instance of `p` (goodbye packets) and waits until the
-    /// daemon has sent them.
-    pub async fn withdraw(&self, p: &ProvideSpec) {
-        match self.daemon.unregister(&self.fullname(p)) {
-            Ok(rx) => {
-                let _ = tokio::time::timeout(DAEMON_REPLY_TIMEOUT, rx.recv_async()).await;
+    /// daemon has sent them. Withdrawing what is not advertised is fine.
+    pub async fn withdraw(&self, p: &ProvideSpec) -> anyhow::Result<()> {
+        let rx = self
+            .daemon
+            .unregister(&self.fullname(p))
+            .with_context(|| format!("cannot withdraw the advertisement of {p}"))?;
+        match tokio::time::timeout(DAEMON_REPLY_TIMEOUT, rx.recv_async()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) | Err(_) => {
+                anyhow::bail!("the mDNS daemon did not confirm the withdrawal of {p}")
             }
-            Err(e) => warn!(provide = %p, error = %e, "cannot withdraw the advertisement"),
         }
     }
 
@@ -149,8 +163,26 @@ impl Mdns {
     }
 }
 
+/// Stops the daemon thread however the node ends (an error after start, a
+/// panic): dropping the handle alone would leave it running, and its
+/// goodbyes unsent.
+impl Drop for Mdns {
+    fn drop(&mut self) {
+        let _ = self.daemon.shutdown();
+    }
+}
+
 /// Feeds the tables of the consumed services from the one browse of
 /// `_amb._tcp`, and verifies instances the data plane reports as failing.
+///
+/// The browse is started again (which replays mdns-sd's cache and resets its
+/// query back-off to one second) in three cases: when its channel ends,
+/// shortly after any removal, so an instance dropped by a verification that
+/// came back (a link restored, a falsely suspected peer) is found again in
+/// seconds rather than at the next hourly query; and every
+/// [`REBROWSE_EVERY`] as a safety net. After each restart, instances that
+/// the cache does not replay within [`SWEEP_GRACE`] are removed: their
+/// removal may have been lost while the channel was closed.
 pub async fn browse(
     mdns: Arc<Mdns>,
     services: Vec<Arc<Service>>,
@@ -158,6 +190,7 @@ pub async fn browse(
     stop: CancellationToken,
 ) {
     let mut last_verify: HashMap<String, Instant> = HashMap::new();
+    let mut first = true;
     'browse: loop {
         let events = match mdns.daemon.browse(SERVICE_TYPE) {
             Ok(rx) => rx,
@@ -169,12 +202,26 @@ pub async fn browse(
                 }
             }
         };
+        let mut next_rebrowse = Instant::now() + REBROWSE_EVERY;
+        // Instances replayed since this browse started, until the sweep.
+        let mut replayed: Option<HashSet<String>> = (!first).then(HashSet::new);
+        let sweep_at = Instant::now() + SWEEP_GRACE;
+        first = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 ev = events.recv_async() => match ev {
-                    Ok(ServiceEvent::ServiceResolved(r)) => resolved(&services, &r),
-                    Ok(ServiceEvent::ServiceRemoved(_, fullname)) => removed(&services, &fullname),
+                    Ok(ServiceEvent::ServiceResolved(r)) => {
+                        if let Some(seen) = &mut replayed {
+                            seen.insert(r.fullname.clone());
+                        }
+                        resolved(&services, &r);
+                    }
+                    Ok(ServiceEvent::ServiceRemoved(_, fullname)) => {
+                        if removed(&services, &fullname) {
+                            next_rebrowse = next_rebrowse.min(Instant::now() + REBROWSE_AFTER_REMOVAL);
+                        }
+                    }
                     Ok(ServiceEvent::SearchStopped(_)) | Err(_) => {
                         warn!("the mDNS browse ended; starting it again");
                         tokio::time::sleep(REBROWSE_DELAY).await;
@@ -182,6 +229,14 @@ pub async fn browse(
                     }
                     Ok(_) => {}
                 },
+                _ = tokio::time::sleep_until(sweep_at), if replayed.is_some() => {
+                    let seen = replayed.take().unwrap_or_default();
+                    sweep(&services, &seen);
+                }
+                _ = tokio::time::sleep_until(next_rebrowse) => {
+                    debug!("restarting the browse");
+                    continue 'browse;
+                }
                 Some(key) = suspects.recv() => {
                     // One verification per instance per period is enough;
                     // a burst of failed connects must not flood the LAN.
@@ -199,9 +254,21 @@ pub async fn browse(
     }
 }
 
+/// Removes discovered backends that a fresh browse did not replay.
+fn sweep(services: &[Arc<Service>], seen: &HashSet<String>) {
+    for svc in services {
+        for b in svc.table.snapshot().backends.iter() {
+            if !seen.contains(&b.spec.key) && svc.table.apply(Update::Remove(b.spec.key.clone())) {
+                info!(service = %svc.name, instance = %b.spec.key, "backend left (gone from the mDNS cache)");
+            }
+        }
+    }
+}
+
 fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
     let Some(advert) = wire::parse_txt(|k| r.get_property_val_str(k)) else {
-        debug!(instance = %r.fullname, "ignoring an instance without a valid svc= TXT key");
+        debug!(instance = %r.fullname, "not a usable mesh service (no valid svc= TXT key)");
+        removed(services, &r.fullname);
         return;
     };
     let peer: Vec<PeerAddr> = r
@@ -216,18 +283,14 @@ fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
         })
         .collect();
     let addrs = addr::choose(&peer, r.get_port(), &addr::local_addrs());
-    let advertised: Vec<String> = peer.iter().map(|p| p.ip.to_string()).collect();
-    debug!(instance = %r.fullname, advertised = %advertised.join(","), "resolved");
+    debug!(instance = %r.fullname, advertised = %Joined(&peer), "resolved");
     for svc in services {
-        if svc.name != advert.service {
-            // An instance that changed its svc= leaves the old service.
+        if svc.name != advert.service || addrs.is_empty() {
+            // An instance that changed its svc= leaves the old service; one
+            // without a dialable address is of no use to any.
             if svc.table.apply(Update::Remove(r.fullname.clone())) {
                 info!(service = %svc.name, instance = %r.fullname, "backend left");
             }
-            continue;
-        }
-        if addrs.is_empty() {
-            debug!(instance = %r.fullname, addresses = ?peer, "no dialable address yet");
             continue;
         }
         let spec = BackendSpec {
@@ -256,10 +319,29 @@ fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
     }
 }
 
-fn removed(services: &[Arc<Service>], fullname: &str) {
+/// Peer addresses as `a,b,c`, formatted only when the log line is enabled.
+struct Joined<'a>(&'a [PeerAddr]);
+
+impl std::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}", p.ip)?;
+        }
+        Ok(())
+    }
+}
+
+/// Drops `fullname` from every table; whether any had it.
+fn removed(services: &[Arc<Service>], fullname: &str) -> bool {
+    let mut any = false;
     for svc in services {
         if svc.table.apply(Update::Remove(fullname.to_owned())) {
             info!(service = %svc.name, instance = %fullname, "backend left");
+            any = true;
         }
     }
+    any
 }

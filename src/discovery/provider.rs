@@ -19,6 +19,7 @@ use super::wire::State;
 use crate::config::DiscoverySettings;
 use crate::health::{probe, Checker};
 use crate::spec::ProvideSpec;
+use crate::table::Target;
 
 /// Upper bound on one local check: a local service that takes longer than
 /// this to accept a connection is not fit to take clients.
@@ -26,7 +27,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where a provider looks for its local service: loopback, and the
 /// advertised addresses for services bound to one interface only.
-pub fn check_addrs(port: u16, settings: &DiscoverySettings) -> Vec<SocketAddr> {
+pub fn check_target(port: u16, settings: &DiscoverySettings) -> Target {
     let mut addrs = vec![
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
         SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
@@ -37,7 +38,7 @@ pub fn check_addrs(port: u16, settings: &DiscoverySettings) -> Vec<SocketAddr> {
             .iter()
             .map(|a| SocketAddr::new(*a, port)),
     );
-    addrs
+    Target::Addrs(addrs)
 }
 
 /// Runs until `leaving` is cancelled, then drains and withdraws; `force`
@@ -49,43 +50,58 @@ pub async fn run(
     leaving: CancellationToken,
     force: CancellationToken,
 ) {
-    let addrs = check_addrs(p.port, &settings);
+    let target = check_target(p.port, &settings);
     let timeout = CHECK_TIMEOUT.min(settings.check_interval);
     let mut checker = Checker::new(settings.rise, settings.fall);
     let mut ticker = tokio::time::interval(settings.check_interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut announced_down = false;
+    // What consumers were last told: whether our instance is advertised.
+    // Kept apart from the checker's verdict so that a failed advertise or
+    // withdraw (a full daemon queue) is retried on the next tick.
+    let mut announced = false;
+    let mut probe_first = settings.probe;
+    let mut warned = false;
     loop {
         tokio::select! {
             _ = leaving.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let ok = probe(&addrs, timeout).await;
-        match checker.observe(ok) {
-            Some(true) => match mdns.advertise(&p, State::Up) {
+        checker.observe(probe(&target, timeout).await);
+        match (checker.is_up(), announced) {
+            (true, false) => match mdns.advertise(&p, State::Up, probe_first) {
                 Ok(()) => {
-                    info!(provide = %p, instance = %mdns.fullname(&p), "local service answers: advertising")
+                    announced = true;
+                    probe_first = false;
+                    info!(provide = %p, instance = %mdns.fullname(&p), "local service answers: advertising");
                 }
-                Err(e) => warn!(provide = %p, "{e:#}"),
+                Err(e) => warn!(provide = %p, "{e:#}; retrying"),
             },
-            Some(false) => {
-                if let Err(e) = mdns.advertise(&p, State::Down) {
+            (false, true) => {
+                // "down" first: a TXT change takes consumers' traffic away in
+                // milliseconds, the goodbye only after a second.
+                if let Err(e) = mdns.advertise(&p, State::Down, false) {
                     warn!(provide = %p, "{e:#}");
                 }
-                mdns.withdraw(&p).await;
-                warn!(provide = %p, "local service stopped answering: advertisement withdrawn");
+                match mdns.withdraw(&p).await {
+                    Ok(()) => {
+                        announced = false;
+                        warn!(provide = %p, "local service stopped answering: advertisement withdrawn");
+                    }
+                    Err(e) => warn!(provide = %p, "{e:#}; retrying"),
+                }
             }
-            None if !checker.is_up() && !announced_down => {
-                warn!(provide = %p, "local service does not answer on port {}; not advertising it", p.port);
+            (false, false) if !warned => {
+                warn!(provide = %p, "local service does not answer on {target}; not advertising it");
+                warned = true;
             }
-            None => {}
+            _ => {}
         }
-        announced_down = !checker.is_up();
+        warned &= !checker.is_up();
     }
-    if !checker.is_up() {
+    if !announced {
         return;
     }
-    if let Err(e) = mdns.advertise(&p, State::Draining) {
+    if let Err(e) = mdns.advertise(&p, State::Draining, false) {
         warn!(provide = %p, "{e:#}");
     }
     info!(provide = %p, period = ?settings.drain_period, "draining: consumers send new clients elsewhere");
@@ -93,6 +109,9 @@ pub async fn run(
         _ = tokio::time::sleep(settings.drain_period) => {}
         _ = force.cancelled() => {}
     }
-    mdns.withdraw(&p).await;
-    info!(provide = %p, "advertisement withdrawn");
+    match mdns.withdraw(&p).await {
+        Ok(()) => info!(provide = %p, "advertisement withdrawn"),
+        // The daemon's shutdown, which follows, sends the goodbyes anyway.
+        Err(e) => warn!(provide = %p, "{e:#}"),
+    }
 }
