@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESH_RUNS=${1:-10} cargo test --release -q --test mesh -- --ignored --exact figures --nocapture 2>&1 \
-  | grep -E '^(provider|graceful|SIGKILL|migration)|panicked|error'
+  | grep -E '^(provider|graceful|SIGKILL|migration|  the same)|panicked|error'

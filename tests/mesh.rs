@@ -748,8 +748,8 @@ fn figures() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let (mut start, mut draining, mut leave, mut kill, mut gap) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut start, mut start_probed, mut draining, mut leave, mut kill, mut gap) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
         // Provider start -> consumer routes to it.
         let lab = Lab::new(2);
@@ -757,20 +757,29 @@ fn figures() {
         let _r = redis(h1, 7000);
         let consumer = amb(h2, &["--consume", "api:8080"]);
         wait_log(&consumer, "listening");
-        let mut provider = amb(h1, &["--provide", "api:7000", "--node-id", "h1"]);
-        start.push(time_until(|| {
+        // A chosen node id is probed for conflicts first; a random one not.
+        let routed = || {
             h2.enter(|| request(local(8080), &["GET", "whoami"]))
                 .as_deref()
                 == Some("h1")
-        }));
+        };
+        let mut first = amb(h1, &["--provide", "api:7000", "--node-id", "h1"]);
+        start_probed.push(time_until(routed));
+        first.signal(libc::SIGTERM);
+        first.wait_exit(DEADLINE);
+        time_until(|| consumer.stderr().contains("backend left"));
+        let t0 = Instant::now();
+        let mut provider = amb(h1, &["--provide", "api:7000"]);
+        time_until(|| consumer.stderr().matches("backend joined").count() == 2);
+        start.push(t0.elapsed());
 
         // Graceful leave -> consumer stops routing (draining), then forgets it.
+        let count = |what: &str| consumer.stderr().matches(what).count();
+        let (drains, lefts) = (count("backend draining"), count("backend left"));
         provider.signal(libc::SIGTERM);
         let t0 = Instant::now();
-        draining.push(time_until(|| {
-            consumer.stderr().contains("backend draining")
-        }));
-        time_until(|| consumer.stderr().contains("backend left"));
+        draining.push(time_until(|| count("backend draining") > drains));
+        time_until(|| count("backend left") > lefts);
         leave.push(t0.elapsed());
         provider.wait_exit(DEADLINE);
         drop(lab);
@@ -816,7 +825,8 @@ fn figures() {
             .at;
         gap.push(first_h3 - last_h1);
     }
-    summary("provider start -> consumer routes to it", start);
+    summary("provider start -> in the consumer's table", start);
+    summary("  the same with --node-id (conflict probe)", start_probed);
     summary("graceful leave -> consumer stops routing", draining);
     summary("graceful leave -> gone from the table (2s drain)", leave);
     summary("SIGKILL -> removed from the table", kill);

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Migration: Redis and its provider move from h1 to h3 (another port), while
+# a client on h2 keeps asking localhost:6379 "who are you?" with a new
+# connection every ~50 ms, never reconfigured or restarted.
+#   1. cold move: h1 stops, then h3 starts; the client's gap is measured.
+#   2. planned move back to h1 (new port), make-before-break: the new one
+#      starts, the old provider drains (state=draining, then goodbye) before
+#      its Redis stops; the client must see no failure at all.
+# shellcheck disable=SC2317 # helpers are called through sc_wait
+# shellcheck source=scenarios/lib/scenario.sh
+source "$(dirname "$0")/lib/scenario.sh"
+
+lab_up 3
+
+provide() { # HOST PORT
+  start_amb "$1" "provider-$2" --interface "$(lab_iface "$1")" --node-id "$1" --provide "redis:$2"
+}
+start_redis h1 redis-12345 12345
+provide h1 12345
+start_amb h2 consumer --interface "$(lab_iface h2)" --node-id h2 --consume redis:6379
+sc_wait 30 "PONG through h2's ambassador" redis_says h2 6379 h1 get whoami
+
+# The client: one line per request, "<start µs> <duration µs> <reply>".
+# shellcheck disable=SC2016 # expanded on h2
+lab_bg h2 client bash -c 'while :; do
+    t=${EPOCHREALTIME/./}
+    r=$(timeout 2 redis-cli -p 6379 get whoami 2>/dev/null | head -n 1) || true
+    echo "$t $((${EPOCHREALTIME/./} - t)) ${r:-ERR}"
+    sleep 0.05
+  done'
+
+# Replies equal to WHO among the client's lines after line FROM.
+replies() { lab_log h2 client | awk -v from="$1" -v who="$2" 'NR > from && $3 == who' | wc -l; }
+at_least() { [ "$(replies "$1" "$2")" -ge "$3" ]; }
+lines() { lab_log h2 client | wc -l; }
+# "<gap ms> <failed requests>" between the last WHO1 reply and the first
+# WHO2 reply after line FROM.
+gap() {
+  lab_log h2 client | awk -v from="$1" -v a="$2" -v b="$3" '
+    NR <= from { next }
+    $3 == a && !seen_b { last_a = $1; failed = 0; next }
+    $3 == b && !seen_b { seen_b = 1; first_b = $1; next }
+    !seen_b && $3 != a { failed++ }
+    END { if (!seen_b || !last_a) print "-1 -1"; else printf "%d %d\n", (first_b - last_a) / 1000, failed }'
+}
+failures_since() { lab_log h2 client | awk -v from="$1" 'NR > from && $3 !~ /^h[0-9]+$/' | wc -l; }
+
+sc_wait 20 "10 replies from h1" at_least 0 h1 10
+
+# 1. Cold move h1 -> h3.
+mark1=$(lines)
+lab_kill h1 provider-12345 TERM
+lab_kill h1 redis-12345 TERM
+t=$(sc_now)
+start_redis h3 redis-23456 23456
+provide h3 23456
+sc_wait 30 "10 replies from h3 after the move" at_least "$mark1" h3 10
+read -r gap1 failed1 < <(gap "$mark1" h1 h3)
+[ "$gap1" -ge 0 ] || sc_fail "could not measure the gap"
+[ "$gap1" -lt 15000 ] || sc_fail "cold move gap ${gap1} ms"
+moved1=$(sc_secs "$t")
+
+# 2. Planned move h3 -> h1:34567: start the new one, wait until h2's
+#    ambassador has it, then let the old provider drain and leave.
+mark2=$(lines)
+start_redis h1 redis-34567 34567
+provide h1 34567
+sc_wait 30 "h2's ambassador to see the new h1 backend" at_least "$mark2" h1 1
+lab_kill h3 provider-23456 TERM
+lab_kill h3 redis-23456 TERM
+mark3=$(lines)
+sc_wait 20 "10 replies from h1 after the move back" at_least "$mark3" h1 10
+late_h3=$(lab_log h2 client | awk -v from="$mark3" 'NR > from + 2 && $3 == "h3"' | wc -l)
+[ "$late_h3" -eq 0 ] || sc_fail "$late_h3 replies from h3 after it left"
+failed2=$(failures_since "$mark2")
+[ "$failed2" -eq 0 ] || sc_fail "$failed2 failed requests during the planned move"
+lab_kill h2 client KILL
+total=$(lines)
+
+sc_pass "cold move h1->h3: gap ${gap1} ms, ${failed1} failed requests, h3 serving after ${moved1}; planned move h3->h1: 0 failed; ${total} requests"

@@ -1,0 +1,132 @@
+# shellcheck shell=bash
+# What every scenario sources: strict mode, the lab driver, the PASS/FAIL
+# line, cleanup on every exit, and helpers for Redis and mesh-amb.
+#
+# A scenario is one file scenarios/NN-name.sh:
+#
+#   #!/usr/bin/env bash
+#   # What it shows, in a sentence or two.
+#   source "$(dirname "$0")/lib/scenario.sh"
+#   lab_up 2
+#   ...
+#   sc_pass "discovery $(sc_secs "$t")"
+#
+# It prints exactly one line `PASS NN-name (timings)` or
+# `FAIL NN-name: reason` on stdout (details, log tails, go to stderr),
+# and exits 0, 1 (fail) or 77 (skip: the lab cannot play it).
+
+set -Eeuo pipefail
+
+# shellcheck source=scenarios/lib/lab.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lab.sh"
+
+SCENARIO=$(basename "$0" .sh)
+SC_T0=${EPOCHREALTIME/./}
+SC_RESULT=          # set once the PASS/FAIL/SKIP line is printed
+SC_ERR=             # the command that failed, for the FAIL line
+
+# Microseconds since the epoch / milliseconds since T (a sc_now value).
+sc_now() { echo "${EPOCHREALTIME/./}"; }
+sc_ms() { echo $((($(sc_now) - $1) / 1000)); }
+# Seconds since T with two decimals: "1.23s".
+sc_secs() {
+  local ms
+  ms=$(sc_ms "$1")
+  printf '%d.%02ds' $((ms / 1000)) $((ms % 1000 / 10))
+}
+
+sc_pass() {
+  SC_RESULT=PASS
+  echo "PASS $SCENARIO ($*, total $(sc_secs "$SC_T0"))"
+  exit 0
+}
+
+sc_skip() {
+  SC_RESULT=SKIP
+  echo "SKIP $SCENARIO: $*"
+  exit 77
+}
+
+# Prints the FAIL line, then (stderr) every background process's log tail;
+# the logs are kept (LAB_KEEP=1) for a look at the whole of them.
+sc_fail() {
+  SC_RESULT=FAIL
+  echo "FAIL $SCENARIO: $*"
+  if [ -n "$LAB_DIR" ]; then
+    lab_tails 25 >&2 || true
+    LAB_KEEP=1
+  fi
+  exit 1
+}
+
+# Names the scenario's own line that failed (and the innermost command),
+# for the FAIL line of an unexpected error.
+sc__on_err() {
+  local rc=$1 cmd=$2 i line=
+  for ((i = ${#BASH_SOURCE[@]} - 1; i >= 1; i--)); do
+    if [ "${BASH_SOURCE[$i]}" = "$0" ]; then
+      line=${BASH_LINENO[$((i - 1))]}
+      break
+    fi
+  done
+  SC_ERR="exit $rc at ${0##*/}:$line: $(sed -n "${line}{s/^ *//;p}" "$0") [$cmd]"
+}
+
+sc__on_exit() {
+  local rc=$?
+  trap - ERR
+  set +e
+  if [ -z "$SC_RESULT" ]; then
+    # An unexpected error (set -e) or a signal: still one FAIL line.
+    echo "FAIL $SCENARIO: ${SC_ERR:-exited with status $rc}"
+    if [ -n "$LAB_DIR" ]; then
+      lab_tails 25 >&2
+      LAB_KEEP=1
+    fi
+    rc=1
+  fi
+  lab_down
+  exit "$rc"
+}
+
+trap 'sc__on_err "$?" "$BASH_COMMAND"' ERR
+trap sc__on_exit EXIT
+for sc__sig in INT TERM HUP; do
+  # shellcheck disable=SC2064 # the signal name is meant to expand now
+  trap "SC_ERR='interrupted by SIG$sc__sig'; exit 130" "$sc__sig"
+done
+
+# sc_wait SECS WHAT CMD...: polls CMD until it succeeds, or fails the
+# scenario with "WHAT not within SECS s".
+sc_wait() {
+  local secs=$1 what=$2
+  shift 2
+  lab_wait "$secs" "$@" || sc_fail "$what not within ${secs}s"
+}
+
+# start_redis HOST NAME PORT [redis-server args...]: a throwaway Redis
+# (no persistence) whose key `whoami` holds HOST, once it answers.
+start_redis() {
+  local host=$1 name=$2 port=$3
+  shift 3
+  lab_bg "$host" "$name" redis-server --port "$port" --protected-mode no \
+    --save '' --appendonly no "$@"
+  sc_wait 10 "redis on $host:$port" redis_says "$host" "$port" PONG ping
+  lab_exec "$host" redis-cli -p "$port" set whoami "$host" > /dev/null
+}
+
+# redis_says HOST PORT EXPECTED CMD...: whether `redis-cli -p PORT CMD...`
+# on HOST prints EXPECTED (a new connection each time, bounded to 5 s).
+redis_says() {
+  local host=$1 port=$2 want=$3 out
+  shift 3
+  out=$(lab_exec "$host" timeout 5 redis-cli -p "$port" "$@" 2> /dev/null) || return 1
+  [ "$out" = "$want" ]
+}
+
+# start_amb HOST NAME ARGS...: mesh-amb with ARGS in the background on HOST.
+start_amb() {
+  local host=$1 name=$2
+  shift 2
+  lab_bg "$host" "$name" env RUST_LOG="${RUST_LOG:-info}" "$LAB_AMB" "$@"
+}
