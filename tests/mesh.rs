@@ -547,22 +547,6 @@ fn add_nat_adapter(host: &Host) {
     host.run_ok("ip", ["link", "set", "nat0", "up"]);
 }
 
-/// Runs `avahi-publish ARGS` on `host` until it reports success.
-fn avahi_publish_raw(host: &Host, args: &[&str]) -> Proc {
-    let mut cmd = host.avahi_command("avahi-publish");
-    cmd.args(args);
-    let mut p = host.spawn_cmd("avahi-publish", cmd);
-    let ok = wait_until(DEADLINE, || {
-        p.stderr().contains("Established") || !p.is_running()
-    });
-    assert!(
-        ok && p.is_running(),
-        "avahi-publish {args:?}:\n{}",
-        p.output_tail(10)
-    );
-    p
-}
-
 #[test]
 fn the_nat_adapter_trap_is_avoided() {
     let lab = Lab::new(3);
@@ -588,12 +572,9 @@ fn the_nat_adapter_trap_is_avoided() {
     // NAT address next to its LAN one.
     let _avahi = h3.start_avahi();
     let host = "nat-h3.local";
-    let _a1 = avahi_publish_raw(h3, &["-a", "-R", host, NAT_ADDR]);
-    let _a2 = avahi_publish_raw(h3, &["-a", "-R", host, &h3.ip.to_string()]);
-    let _s = avahi_publish_raw(
-        h3,
-        &["-s", "-H", host, "api-h3", "_amb._tcp", "7000", "svc=api"],
-    );
+    let _a1 = h3.avahi_publish_args(&["-a", "-R", host, NAT_ADDR]);
+    let _a2 = h3.avahi_publish_args(&["-a", "-R", host, &h3.ip.to_string()]);
+    let _s = h3.avahi_publish_args(&["-s", "-H", host, "api-h3", "_amb._tcp", "7000", "svc=api"]);
 
     let consumer = amb(h2, &["--consume", "api:8080", "--balance", "round-robin"]);
     wait_routed_to(h2, 8080, "h1");

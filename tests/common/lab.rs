@@ -964,16 +964,24 @@ impl Host {
     /// avahi reports the service established (panics otherwise within
     /// [`AVAHI_PUBLISH_TIMEOUT`]). The service lives as long as the Proc.
     pub fn avahi_publish(&self, name: &str, service_type: &str, port: u16, txt: &[&str]) -> Proc {
+        let port = port.to_string();
+        let mut args = vec!["-s", name, service_type, &port];
+        args.extend_from_slice(txt);
+        self.avahi_publish_args(&args)
+    }
+
+    /// `avahi-publish ARGS` (any of its modes: `-s`, `-a`, `-H ...`),
+    /// returned once it reports success.
+    pub fn avahi_publish_args(&self, args: &[&str]) -> Proc {
         let mut cmd = self.avahi_command("avahi-publish");
-        cmd.args(["-s", name, service_type, &port.to_string()])
-            .args(txt);
+        cmd.args(args);
         let mut p = self.spawn_cmd("avahi-publish", cmd);
         let ok = wait_until(AVAHI_PUBLISH_TIMEOUT, || {
-            p.stderr().contains("Established under name") || !p.is_running()
+            p.stderr().contains("Established") || !p.is_running()
         });
         assert!(
             ok && p.is_running(),
-            "{}: avahi-publish {name} not established within {AVAHI_PUBLISH_TIMEOUT:?}\n{}",
+            "{}: avahi-publish {args:?} not established within {AVAHI_PUBLISH_TIMEOUT:?}\n{}",
             self.name,
             p.output_tail(TAIL_LINES)
         );
