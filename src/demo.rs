@@ -16,22 +16,21 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backends::Service;
 use crate::cli::LogFormat;
 use crate::config::{Config, DiscoverySettings, ProxySettings};
-use crate::proxy::Service;
 use crate::spec::{ConsumeSpec, ProvideSpec};
 use crate::table::Health;
-use crate::{Ambassador, Shutdown};
+use crate::{Node, NodeHandle};
 
 /// Clients per phase: enough for the spread to be visible.
 const CLIENTS: usize = 300;
@@ -106,34 +105,6 @@ fn node(id: &str) -> DiscoverySettings {
     }
 }
 
-/// A running node of the demo.
-struct Node {
-    amb: Arc<Ambassador>,
-    shutdown: Shutdown,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Node {
-    fn start(config: Config, listeners: Vec<TcpListener>) -> Node {
-        let amb = Arc::new(Ambassador::new(config));
-        let shutdown = Shutdown::new();
-        let task = {
-            let (amb, shutdown) = (amb.clone(), shutdown.clone());
-            tokio::spawn(async move { amb.run(listeners, shutdown).await })
-        };
-        Node {
-            amb,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.begin();
-        self.task.await.context("node task")?
-    }
-}
-
 fn config(id: &str, consumes: Vec<ConsumeSpec>, provides: Vec<ProvideSpec>) -> Config {
     Config {
         bind: [127, 0, 0, 1].into(),
@@ -173,7 +144,7 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
         providers.push(Node::start(
             config(&format!("demo-p{i}"), vec![], vec![provide]),
             vec![],
-        ));
+        )?);
         backends.push(b);
     }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -183,8 +154,8 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
         port: front.port(),
         backends: vec![],
     };
-    let consumer = Node::start(config("demo-c", vec![consume], vec![]), vec![listener]);
-    let svc = consumer.amb.services()[0].clone();
+    let consumer = Node::start(config("demo-c", vec![consume], vec![]), vec![listener])?;
+    let svc = consumer.services()[0].clone();
     println!("  consumer       {front}   (what the app dials instead of localhost:6379)\n");
 
     let started = Instant::now();
@@ -225,7 +196,8 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
 
     println!("\n4. Provider 1 leaves gracefully: it advertises 'draining', waits, says goodbye.");
     let leaving = providers.remove(0);
-    let left = tokio::spawn(leaving.stop());
+    leaving.shutdown().begin();
+    let left = tokio::spawn(leaving.join());
     wait_table(&svc, "provider 1 to drain", |_, draining| draining == 1).await?;
     println!("   The consumer saw it draining and sends new clients elsewhere.");
     failures += phase(front, CLIENTS).await?;
@@ -237,9 +209,13 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
     println!(
         "\n5. Shutdown: every node stops accepting, drains, and withdraws what it advertised."
     );
-    consumer.stop().await?;
+    consumer.shutdown().begin();
+    consumer.join().await?;
+    for p in &providers {
+        p.shutdown().begin();
+    }
     for p in providers {
-        p.stop().await?;
+        p.join().await?;
     }
     for b in backends {
         b.stop();
@@ -256,8 +232,8 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
 }
 
 /// Where a provider node's (first) service listens.
-fn provided_addr(node: &Node) -> SocketAddr {
-    let p = &node.amb.config().provides[0];
+fn provided_addr(node: &NodeHandle) -> SocketAddr {
+    let p = &node.config().provides[0];
     SocketAddr::from(([127, 0, 0, 1], p.port))
 }
 

@@ -13,8 +13,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backends::Service;
 use crate::dial::dial;
-use crate::proxy::Service;
 use crate::table::Target;
 
 /// Up/down with hysteresis: `rise` successes in a row to come up, `fall`

@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use mesh_amb::cli::{Cli, Command, LogFormat};
 use mesh_amb::config::{Config, ProcessEnv};
-use mesh_amb::{Ambassador, Shutdown};
+use mesh_amb::{Node, Shutdown};
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -74,11 +74,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // still shuts down cleanly (with goodbyes) instead of killing the process.
     let int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let shutdown = Shutdown::new();
-    tokio::spawn(on_signals(int, term, shutdown.clone()));
-    let amb = Ambassador::new(config);
-    let listeners = amb.bind().await?;
-    amb.run(listeners, shutdown).await
+    let listeners = Node::bind(&config).await?;
+    let node = Node::start(config, listeners)?;
+    tokio::spawn(on_signals(int, term, node.shutdown().clone()));
+    node.join().await
 }
 
 /// First SIGINT/SIGTERM drains; a second one closes everything at once.

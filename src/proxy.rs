@@ -16,16 +16,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::balance::Balancer;
+use crate::backends::Service;
 use crate::config::ProxySettings;
 use crate::dial::dial;
-use crate::table::{Backend, Stats, Table};
+use crate::table::{Backend, Stats};
 
 /// Copy buffer per direction. 64 KiB moves a large value in few syscalls;
 /// tokio's 8 KiB default measurably loses throughput on 16 KiB values.
@@ -36,28 +36,6 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between accept retries: short enough to resume promptly
 /// once descriptors free up.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// One consumed service: its table and how to choose from it.
-pub struct Service {
-    /// Name as in `--consume NAME:PORT`.
-    pub name: String,
-    /// Live backends.
-    pub table: Arc<Table>,
-    /// Policy applied to each snapshot.
-    pub balancer: Balancer,
-    /// Where to report a discovered backend that failed, so discovery can
-    /// re-verify its record; `None` for static services.
-    pub suspects: Option<mpsc::UnboundedSender<String>>,
-}
-
-impl Service {
-    /// Asks discovery to re-verify a failing backend, if it is discovered.
-    pub fn suspect(&self, key: &str) {
-        if let Some(tx) = &self.suspects {
-            let _ = tx.send(key.to_owned());
-        }
-    }
-}
 
 /// What every connection task of the process shares.
 pub struct Shared {

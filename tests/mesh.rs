@@ -813,3 +813,121 @@ fn figures() {
     summary("SIGKILL -> removed from the table", kill);
     summary("migration gap (stop h1, start h3)", gap);
 }
+
+/// Questions for the mesh's service type asked by each sender, as seen by
+/// a socket in `host` joined to the mDNS group, until `done(counts)` holds
+/// or the deadline passes.
+fn sniff_mesh_queries(
+    host: &Host,
+    mut done: impl FnMut(&HashMap<std::net::IpAddr, (usize, usize)>) -> bool,
+) -> HashMap<std::net::IpAddr, (usize, usize)> {
+    let sock = host.enter(|| {
+        let s = std::net::UdpSocket::bind("0.0.0.0:5353").expect("bind 5353 in the lab host");
+        s.join_multicast_v4(&"224.0.0.251".parse().unwrap(), &host.ip)
+            .expect("join the mDNS group");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        s
+    });
+    // sender -> (queries for _amb._tcp, responses naming _amb._tcp)
+    let mut counts: HashMap<std::net::IpAddr, (usize, usize)> = HashMap::new();
+    let end = Instant::now() + DEADLINE;
+    let mut buf = [0u8; 9000];
+    while Instant::now() < end && !done(&counts) {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let pkt = &buf[..n];
+        if pkt.len() < 12 {
+            continue;
+        }
+        let entry = counts.entry(from.ip()).or_default();
+        let is_response = pkt[2] & 0x80 != 0;
+        let questions = u16::from_be_bytes([pkt[4], pkt[5]]) as usize;
+        if is_response {
+            // A response's records sit after its (usually no) questions;
+            // the service type in clear anywhere is enough to know it.
+            if pkt.windows(4).any(|w| w == b"_amb") {
+                entry.1 += 1;
+            }
+            continue;
+        }
+        let mut at = 12;
+        for _ in 0..questions {
+            let Some((name, next)) = dns_name(pkt, at) else {
+                break;
+            };
+            if name.eq_ignore_ascii_case("_amb._tcp.local") {
+                entry.0 += 1;
+            }
+            at = next + 4; // QTYPE, QCLASS
+        }
+    }
+    counts
+}
+
+/// The DNS name at `at` (following compression pointers) and the offset
+/// after it.
+fn dns_name(pkt: &[u8], mut at: usize) -> Option<(String, usize)> {
+    let mut labels = Vec::new();
+    let mut end = None;
+    for _ in 0..64 {
+        let len = *pkt.get(at)? as usize;
+        if len & 0xC0 == 0xC0 {
+            let ptr = ((len & 0x3F) << 8) | *pkt.get(at + 1)? as usize;
+            end.get_or_insert(at + 2);
+            at = ptr;
+            continue;
+        }
+        if len == 0 {
+            return Some((labels.join("."), end.unwrap_or(at + 1)));
+        }
+        let label = pkt.get(at + 1..at + 1 + len)?;
+        labels.push(String::from_utf8_lossy(label).into_owned());
+        at += 1 + len;
+    }
+    None
+}
+
+#[test]
+fn a_provider_only_node_does_not_browse() {
+    let lab = Lab::new(3);
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    let _redis = redis(h1, 7000);
+    let (provider_ip, consumer_ip) = (h1.ip.into(), h3.ip.into());
+    let sniffing = {
+        let h2 = h2.clone();
+        std::thread::spawn(move || {
+            let mut both_seen: Option<Instant> = None;
+            sniff_mesh_queries(&h2, |counts| {
+                let announced = counts.get(&provider_ip).is_some_and(|c| c.1 > 0);
+                let browsed = counts.get(&consumer_ip).is_some_and(|c| c.0 > 0);
+                // A browse queries at once; give the provider two more
+                // seconds after its announcement to show any query.
+                if announced && browsed {
+                    let t = *both_seen.get_or_insert_with(Instant::now);
+                    return t.elapsed() > Duration::from_secs(2);
+                }
+                false
+            })
+        })
+    };
+    let provider = amb(h1, &["--provide", "api:7000"]);
+    let consumer = amb(h3, &["--consume", "api:8080"]);
+    let counts = sniffing.join().expect("sniffer");
+    let (p, c) = (
+        counts.get(&provider_ip).copied().unwrap_or_default(),
+        counts.get(&consumer_ip).copied().unwrap_or_default(),
+    );
+    assert!(
+        p.1 > 0 && c.0 > 0,
+        "the sniffer saw neither the announcement nor the consumer's browse: {counts:?}\n{}\n{}",
+        provider.output_tail(20),
+        consumer.output_tail(20)
+    );
+    assert_eq!(
+        p.0, 0,
+        "the provider-only node asked {} questions for _amb._tcp",
+        p.0
+    );
+}

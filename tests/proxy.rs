@@ -219,7 +219,7 @@ async fn shutdown_lets_an_in_flight_transfer_finish() {
     })
     .await;
     assert!(
-        !amb.task.is_finished(),
+        !amb.node().is_finished(),
         "returned while a connection was open"
     );
 
@@ -351,6 +351,6 @@ async fn no_backends_refuses_cleanly() {
         matches!(n, Ok(0) | Err(_)),
         "expected the connection closed, got {n:?}"
     );
-    assert!(!amb.task.is_finished(), "the ambassador keeps running");
+    assert!(!amb.node().is_finished(), "the ambassador keeps running");
     ping(amb.addr).await.expect_err("still no backend");
 }

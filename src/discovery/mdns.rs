@@ -8,7 +8,7 @@
 //! fills, so it is drained promptly and re-opened when it ends; a crashed
 //! peer lingers for its 120 s TTL, so connect failures ask for `verify`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
 use super::wire::{self, State, SERVICE_TYPE};
+use crate::backends::Service;
 use crate::config::DiscoverySettings;
-use crate::proxy::Service;
 use crate::spec::ProvideSpec;
 use crate::table::{BackendSpec, Target, Update};
 
@@ -186,10 +186,9 @@ impl Drop for Mdns {
 pub async fn browse(
     mdns: Arc<Mdns>,
     services: Vec<Arc<Service>>,
-    mut suspects: mpsc::UnboundedReceiver<String>,
+    mut suspects: mpsc::Receiver<String>,
     stop: CancellationToken,
 ) {
-    let mut last_verify: HashMap<String, Instant> = HashMap::new();
     let mut first = true;
     'browse: loop {
         let events = match mdns.daemon.browse(SERVICE_TYPE) {
@@ -238,16 +237,11 @@ pub async fn browse(
                     continue 'browse;
                 }
                 Some(key) = suspects.recv() => {
-                    // One verification per instance per period is enough;
-                    // a burst of failed connects must not flood the LAN.
-                    let now = Instant::now();
-                    let recent = last_verify.get(&key).is_some_and(|t| now - *t < VERIFY_TIMEOUT * 2);
-                    if !recent {
-                        debug!(instance = %key, "verifying an instance after a failed connect");
-                        mdns.verify(&key);
-                        last_verify.insert(key, now);
-                        last_verify.retain(|_, t| now - *t < VERIFY_TIMEOUT * 2);
-                    }
+                    // The sender already spaces reports of one instance
+                    // (backends::Suspects), so a burst of failed connects
+                    // does not flood the LAN.
+                    debug!(instance = %key, "verifying an instance after a failed connect");
+                    mdns.verify(&key);
                 }
             }
         }

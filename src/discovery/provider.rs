@@ -66,7 +66,10 @@ pub async fn run(
             _ = leaving.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        checker.observe(probe(&target, timeout).await);
+        let Some(ok) = check(&target, timeout, &leaving).await else {
+            break;
+        };
+        checker.observe(ok);
         match (checker.is_up(), announced) {
             (true, false) => match mdns.advertise(&p, State::Up, probe_first) {
                 Ok(()) => {
@@ -113,5 +116,53 @@ pub async fn run(
         Ok(()) => info!(provide = %p, "advertisement withdrawn"),
         // The daemon's shutdown, which follows, sends the goodbyes anyway.
         Err(e) => warn!(provide = %p, "{e:#}"),
+    }
+}
+
+/// One check of the local service, cut short when the node starts leaving
+/// (`None`), so shutdown never waits for a slow check.
+async fn check(target: &Target, timeout: Duration, leaving: &CancellationToken) -> Option<bool> {
+    tokio::select! {
+        ok = probe(target, timeout) => Some(ok),
+        _ = leaving.cancelled() => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener whose accept queue is full, so a connect to it hangs.
+    fn silent() -> (std::net::TcpListener, Vec<std::net::TcpStream>, SocketAddr) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut fill = Vec::new();
+        loop {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => fill.push(s),
+                Err(_) => break,
+            }
+            assert!(fill.len() < 1000, "the backlog never filled");
+        }
+        (l, fill, addr)
+    }
+
+    #[tokio::test]
+    async fn a_check_in_progress_ends_when_the_node_leaves() {
+        let (_l, _fill, addr) = silent();
+        let target = Target::Addrs(vec![addr]);
+        let leaving = CancellationToken::new();
+        // Long enough that only the cancellation can end it in time.
+        let timeout = Duration::from_secs(3600);
+        let checking = tokio::spawn({
+            let leaving = leaving.clone();
+            async move { check(&target, timeout, &leaving).await }
+        });
+        leaving.cancel();
+        let got = tokio::time::timeout(Duration::from_secs(30), checking)
+            .await
+            .expect("the check ended after the cancellation")
+            .unwrap();
+        assert_eq!(got, None, "cancelled, not a result");
     }
 }

@@ -6,7 +6,6 @@
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -16,7 +15,7 @@ use mesh_amb::balance::Policy;
 use mesh_amb::cli::LogFormat;
 use mesh_amb::config::{Config, ProxySettings};
 use mesh_amb::spec::{BackendAddr, ConsumeSpec, Host};
-use mesh_amb::{Ambassador, Shutdown};
+use mesh_amb::{Node, NodeHandle, Shutdown};
 
 /// Generous bound for anything that should take milliseconds, so a loaded
 /// CI machine does not turn into a flaky test.
@@ -142,9 +141,8 @@ impl Drop for Redis {
 /// An ambassador running in this process on 127.0.0.1:0.
 pub struct Amb {
     pub addr: SocketAddr,
-    pub amb: Arc<Ambassador>,
+    pub node: Option<NodeHandle>,
     pub shutdown: Shutdown,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 pub fn settings(policy: Policy) -> ProxySettings {
@@ -177,31 +175,30 @@ impl Amb {
             discovery: Default::default(),
             log_format: LogFormat::Text,
         };
-        let amb = Arc::new(Ambassador::new(config));
-        let shutdown = Shutdown::new();
-        let task = {
-            let (amb, shutdown) = (amb.clone(), shutdown.clone());
-            tokio::spawn(async move { amb.run(vec![listener], shutdown).await })
-        };
+        let node = Node::start(config, vec![listener]).expect("start the node");
         Amb {
             addr,
-            amb,
-            shutdown,
-            task,
+            shutdown: node.shutdown().clone(),
+            node: Some(node),
         }
     }
 
-    /// Waits for `run()` to return, within the test deadline.
+    /// Waits for the node to stop, within the test deadline.
     pub async fn join(&mut self) -> anyhow::Result<()> {
-        tokio::time::timeout(DEADLINE, &mut self.task)
+        let node = self.node.take().expect("joined once");
+        tokio::time::timeout(DEADLINE, node.join())
             .await
-            .expect("run() returned in time")
-            .expect("run() did not panic")
+            .expect("the node stopped in time")
+    }
+
+    /// The node, while it runs.
+    pub fn node(&self) -> &NodeHandle {
+        self.node.as_ref().expect("the node was joined")
     }
 
     /// Failed connects recorded against each backend, in config order.
     pub fn failures(&self) -> Vec<u64> {
-        self.amb.services()[0]
+        self.node().services()[0]
             .table
             .snapshot()
             .backends

@@ -1,0 +1,7 @@
+//! The backends of each consumed service: who they are, how healthy, and
+//! which to try first. Fed by configuration and discovery; read by the data
+//! plane.
+
+pub mod service;
+
+pub use service::{Service, Source, Suspects};

@@ -1,0 +1,288 @@
+//! One node of the mesh: the consumed services with their listeners, the
+//! provided services, and discovery, started together and stopped by one
+//! [`Shutdown`].
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::backends::{Service, Source, Suspects};
+use crate::balance::Balancer;
+use crate::config::Config;
+use crate::discovery::mdns::{self, Mdns};
+use crate::proxy::{self, Shared};
+use crate::table::{BackendSpec, Table, Target, Update};
+
+/// Tells a running node to stop. Clones share state.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    graceful: CancellationToken,
+    immediate: CancellationToken,
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+    /// Stop accepting and let open connections finish (up to the drain
+    /// timeout).
+    pub fn begin(&self) {
+        self.graceful.cancel();
+    }
+    /// Close every open connection now.
+    pub fn force(&self) {
+        self.graceful.cancel();
+        self.immediate.cancel();
+    }
+}
+
+/// Starts nodes; see [`Node::start`].
+pub enum Node {}
+
+/// A running node.
+pub struct NodeHandle {
+    config: Arc<Config>,
+    services: Vec<Arc<Service>>,
+    shutdown: Shutdown,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Node {
+    /// Binds one listener per consume on the configured address.
+    pub async fn bind(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
+        let mut listeners = Vec::new();
+        for c in &config.consumes {
+            let addr = std::net::SocketAddr::new(config.bind, c.port);
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for '{}'", c.name))?;
+            listeners.push(l);
+        }
+        Ok(listeners)
+    }
+
+    /// Starts serving `listeners` (one per consume, in `config.consumes`
+    /// order), advertising the provides and browsing for the discovered
+    /// consumes. Must be called inside a tokio runtime. Fails at once when
+    /// the mDNS daemon cannot start.
+    pub fn start(config: Config, listeners: Vec<TcpListener>) -> anyhow::Result<NodeHandle> {
+        anyhow::ensure!(
+            listeners.len() == config.consumes.len(),
+            "{} listeners for {} consumes",
+            listeners.len(),
+            config.consumes.len()
+        );
+        let (suspects, suspects_rx) = Suspects::channel(mdns::VERIFY_TIMEOUT * 2);
+        let services: Vec<Arc<Service>> = config
+            .consumes
+            .iter()
+            .map(|c| {
+                let table = Arc::new(Table::new(config.proxy.eject_time));
+                for b in &c.backends {
+                    table.apply(Update::Upsert(BackendSpec {
+                        key: format!("static:{}:{}", b.host, b.port),
+                        target: Target::from_host(&b.host, b.port),
+                        weight: b.weight,
+                        draining: false,
+                    }));
+                }
+                let source = if c.backends.is_empty() {
+                    Source::Discovered(suspects.clone())
+                } else {
+                    Source::Static
+                };
+                Arc::new(Service {
+                    name: c.name.clone(),
+                    table,
+                    balancer: Balancer::new(config.proxy.policy),
+                    source,
+                })
+            })
+            .collect();
+        let needs_mdns = services.iter().any(|s| s.is_discovered()) || !config.provides.is_empty();
+        let mdns = if needs_mdns {
+            let d = &config.discovery;
+            let m = Arc::new(Mdns::start(d)?);
+            info!(node = %d.node_id, interfaces = ?d.interfaces, addresses = ?d.advertise_addrs,
+                "mDNS discovery started");
+            Some(m)
+        } else {
+            None
+        };
+        let config = Arc::new(config);
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn(run(
+            config.clone(),
+            services.clone(),
+            listeners,
+            mdns,
+            suspects_rx,
+            shutdown.clone(),
+        ));
+        Ok(NodeHandle {
+            config,
+            services,
+            shutdown,
+            task,
+        })
+    }
+}
+
+impl NodeHandle {
+    /// The configuration this node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The consumed services, in `config.consumes` order.
+    pub fn services(&self) -> &[Arc<Service>] {
+        &self.services
+    }
+
+    /// The node's stop switch (clone it to stop from elsewhere).
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Whether the node has stopped (or failed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits until the node has stopped: listeners closed, connections
+    /// drained, goodbyes sent.
+    pub async fn join(self) -> anyhow::Result<()> {
+        self.task.await.context("the node task failed")?
+    }
+}
+
+/// Serves until `shutdown`, then drains. Returns once every connection task
+/// and every discovery task has ended.
+async fn run(
+    config: Arc<Config>,
+    services: Vec<Arc<Service>>,
+    listeners: Vec<TcpListener>,
+    mdns: Option<Arc<Mdns>>,
+    suspects: mpsc::Receiver<String>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let discovered: Vec<Arc<Service>> = services
+        .iter()
+        .filter(|s| s.is_discovered())
+        .cloned()
+        .collect();
+    // Discovery and checks outlive the listeners: they keep tables fresh
+    // while connections drain.
+    let background = CancellationToken::new();
+    let side_tasks = TaskTracker::new();
+    if let Some(m) = &mdns {
+        // A provider-only node consumes nothing discovered: browsing would
+        // only add queries to the LAN.
+        if !discovered.is_empty() {
+            side_tasks.spawn(mdns::browse(
+                m.clone(),
+                discovered.clone(),
+                suspects,
+                background.clone(),
+            ));
+        }
+    }
+    if let Some(every) = config.discovery.backend_check {
+        for svc in &discovered {
+            side_tasks.spawn(crate::health::check_backends(
+                svc.clone(),
+                every,
+                config.proxy.connect_timeout,
+                background.clone(),
+            ));
+        }
+    }
+    let providers = TaskTracker::new();
+    if let Some(m) = &mdns {
+        for p in &config.provides {
+            providers.spawn(crate::discovery::provider::run(
+                m.clone(),
+                p.clone(),
+                config.discovery.clone(),
+                shutdown.graceful.clone(),
+                shutdown.immediate.clone(),
+            ));
+        }
+    }
+    providers.close();
+
+    let settings = config.proxy.clone();
+    let shared = Arc::new(Shared {
+        limit: Arc::new(Semaphore::new(settings.max_connections)),
+        settings,
+        hard_stop: shutdown.immediate.clone(),
+    });
+    let tracker = TaskTracker::new();
+    let mut serving = Vec::new();
+    for (listener, svc) in listeners.into_iter().zip(&services) {
+        let addr = listener.local_addr().context("listener address")?;
+        if svc.is_discovered() {
+            info!(service = %svc.name, listen = %addr, policy = ?svc.balancer.policy(),
+                "listening; backends come from discovery");
+        } else {
+            let backends: Vec<String> = svc
+                .table
+                .snapshot()
+                .backends
+                .iter()
+                .map(|b| b.spec.target.to_string())
+                .collect();
+            info!(service = %svc.name, listen = %addr, backends = %backends.join(","),
+                policy = ?svc.balancer.policy(), "listening");
+        }
+        serving.push((listener, svc.clone()));
+    }
+    let accepting = (!serving.is_empty()).then(|| {
+        tokio::spawn(proxy::serve(
+            serving,
+            shared.clone(),
+            shutdown.graceful.clone(),
+            tracker.clone(),
+        ))
+    });
+
+    shutdown.graceful.cancelled().await;
+    if let Some(task) = accepting {
+        // The listeners are closed once it returns.
+        task.await.context("the accept loop failed")?;
+    }
+    tracker.close();
+    let open = tracker.len();
+    if open > 0 {
+        info!(connections = open, timeout = ?config.proxy.drain_timeout,
+            "stopped accepting; draining open connections");
+    }
+    let drained = tokio::select! {
+        _ = tracker.wait() => true,
+        _ = tokio::time::sleep(config.proxy.drain_timeout) => false,
+        _ = shutdown.immediate.cancelled() => false,
+    };
+    if !drained {
+        warn!(
+            connections = tracker.len(),
+            "closing connections that did not finish in time"
+        );
+        shutdown.immediate.cancel();
+        tracker.wait().await;
+    }
+    providers.wait().await;
+    background.cancel();
+    side_tasks.close();
+    side_tasks.wait().await;
+    if let Some(m) = mdns {
+        m.shutdown().await;
+    }
+    info!("shut down");
+    Ok(())
+}
