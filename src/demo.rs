@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backends::Service;
 use crate::cli::LogFormat;
 use crate::config::{Config, DiscoverySettings, ProxySettings};
+use crate::resp::{self, Value};
 use crate::spec::{ConsumeSpec, ProvideSpec};
 use crate::table::Health;
 use crate::{Node, NodeHandle};
@@ -45,9 +46,6 @@ const POLL: Duration = Duration::from_millis(20);
 const DEMO_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Short drain period so step 4 does not keep the reader waiting.
 const DEMO_DRAIN_PERIOD: Duration = Duration::from_millis(500);
-
-const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
-const PONG: &[u8] = b"+PONG\r\n";
 
 /// Where the demo's mDNS runs.
 pub enum Isolation {
@@ -307,13 +305,13 @@ async fn phase(front: SocketAddr, n: usize) -> anyhow::Result<usize> {
 
 async fn ping(front: SocketAddr) -> anyhow::Result<()> {
     let mut s = TcpStream::connect(front).await?;
-    s.write_all(PING).await?;
-    let mut reply = [0u8; PONG.len()];
-    s.read_exact(&mut reply).await.context("no reply")?;
-    if reply != PONG {
-        bail!("unexpected reply {:?}", String::from_utf8_lossy(&reply));
+    match resp::command(&mut s, &[b"PING"])
+        .await
+        .context("no reply")?
+    {
+        Value::Simple(p) if p == "PONG" => Ok(()),
+        other => bail!("unexpected reply {other:?}"),
     }
-    Ok(())
 }
 
 /// A stand-in Redis that answers PING, enough to show the data path.
@@ -349,7 +347,8 @@ impl MiniRedis {
     }
 }
 
-/// Answers every PING (RESP array or inline) until the client leaves.
+/// Answers every command with PONG until the client leaves: RESP arrays
+/// as redis-cli sends them, or inline lines (`PING` typed into nc).
 async fn serve_pings(mut s: TcpStream) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -358,21 +357,23 @@ async fn serve_pings(mut s: TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-        while let Some(len) = ping_len(&buf) {
+        loop {
+            let len = if buf.first() == Some(&b'*') {
+                match resp::parse(&buf) {
+                    Ok(Some((_, len))) => len,
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            } else {
+                match buf.windows(2).position(|w| w == b"\r\n") {
+                    Some(end) => end + 2,
+                    None => break,
+                }
+            };
             buf.drain(..len);
-            if s.write_all(PONG).await.is_err() {
+            if s.write_all(b"+PONG\r\n").await.is_err() {
                 return;
             }
         }
     }
-}
-
-/// Length of a complete PING command at the start of `buf`, if there is one.
-fn ping_len(buf: &[u8]) -> Option<usize> {
-    for form in [PING, b"PING\r\n".as_slice(), b"ping\r\n".as_slice()] {
-        if buf.starts_with(form) {
-            return Some(form.len());
-        }
-    }
-    None
 }

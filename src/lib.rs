@@ -28,6 +28,7 @@
 //! - [`proxy`]: listeners, the connection pipeline, byte copying.
 //! - [`dial`]: connecting to a backend with several addresses.
 //! - [`discovery`]: the mDNS mesh: advertising, browsing, the wire contract.
+//! - [`resp`]: the Redis protocol, for the credentials stage and tests.
 //! - [`health`]: active TCP checks (provider-side and consumer-side).
 //! - [`demo`]: the self-contained demonstration behind `mesh-amb demo`.
 //! - [`node`]: one node: its services, listeners and discovery, started and
@@ -46,6 +47,7 @@ pub mod discovery;
 pub mod health;
 pub mod node;
 pub mod proxy;
+pub mod resp;
 pub mod spec;
 pub mod table;
 

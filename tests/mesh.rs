@@ -7,12 +7,13 @@
 mod lab;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use mesh_amb::resp::Value;
 
 use lab::{start_avahi_many, wait_until, AvahiOptions, Host, Lab, Proc};
 
@@ -72,37 +73,18 @@ fn request(addr: SocketAddr, args: &[&str]) -> Option<String> {
     command(&mut s, args)
 }
 
-/// One RESP command on an open connection; a bulk reply's value or the
-/// reply line itself.
+/// One RESP command on an open connection: a bulk reply's value, or the
+/// reply line itself (`+PONG`, `-ERR ...`).
 fn command(s: &mut TcpStream, args: &[&str]) -> Option<String> {
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(req.as_bytes()).ok()?;
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    let mut lines = 0;
-    // A bulk reply is two lines, everything else one.
-    loop {
-        if s.read(&mut byte).ok()? == 0 {
-            return None;
-        }
-        buf.push(byte[0]);
-        if buf.ends_with(b"\r\n") {
-            lines += 1;
-            let text = String::from_utf8_lossy(&buf).into_owned();
-            if !text.starts_with('$') || text.starts_with("$-1") || lines == 2 {
-                let last = text
-                    .trim_end()
-                    .rsplit("\r\n")
-                    .next()
-                    .unwrap_or("")
-                    .to_owned();
-                return Some(last);
-            }
-        }
-    }
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    Some(match mesh_amb::resp::command_blocking(s, &args).ok()? {
+        Value::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        Value::Bulk(None) => "$-1".to_owned(),
+        Value::Simple(t) => format!("+{t}"),
+        Value::Error(t) => format!("-{t}"),
+        Value::Int(n) => format!(":{n}"),
+        Value::Array(_) => "*".to_owned(),
+    })
 }
 
 fn local(port: u16) -> SocketAddr {

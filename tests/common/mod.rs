@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use mesh_amb::balance::Policy;
@@ -214,66 +213,10 @@ impl Drop for Amb {
     }
 }
 
-/// A RESP reply, as much as these tests need.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reply {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-}
-
-/// Sends one command as a RESP array and reads its reply.
-pub async fn command(s: &mut TcpStream, args: &[&[u8]]) -> std::io::Result<Reply> {
-    let mut req = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        req.extend_from_slice(a);
-        req.extend_from_slice(b"\r\n");
-    }
-    s.write_all(&req).await?;
-    let mut r = BufReader::new(s);
-    read_reply(&mut r).await
-}
+pub use mesh_amb::resp::{command, Value as Reply};
 
 fn bad_data(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
-}
-
-async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Reply> {
-    let mut line = String::new();
-    if r.read_line(&mut line).await? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let line = line.trim_end_matches("\r\n");
-    let (kind, rest) = line.split_at(1);
-    let num = || {
-        rest.parse::<i64>()
-            .map_err(|_| bad_data(format!("bad length {rest:?}")))
-    };
-    Ok(match kind {
-        "+" => Reply::Simple(rest.to_owned()),
-        "-" => Reply::Error(rest.to_owned()),
-        ":" => Reply::Int(num()?),
-        "$" => match num()? {
-            -1 => Reply::Bulk(None),
-            n => {
-                let mut buf = vec![0; n as usize + 2];
-                r.read_exact(&mut buf).await?;
-                buf.truncate(n as usize);
-                Reply::Bulk(Some(buf))
-            }
-        },
-        "*" => {
-            let mut items = Vec::new();
-            for _ in 0..num()? {
-                items.push(Box::pin(read_reply(r)).await?);
-            }
-            Reply::Array(items)
-        }
-        _ => return Err(bad_data(format!("unexpected reply line {line:?}"))),
-    })
 }
 
 /// One new connection, one PING, expect PONG.

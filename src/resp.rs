@@ -1,0 +1,225 @@
+//! The Redis protocol (RESP2), as much as an ambassador needs to speak it
+//! itself: encode a command, parse a value. Parsing is sans-I/O (bytes in,
+//! value and length out) so that the async data plane, blocking test
+//! clients and the demo's stand-in server share one implementation; the
+//! credentials stage (Redis `AUTH` on behalf of the application) builds on
+//! it.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Longest bulk string or array accepted: Redis's own limit for a bulk
+/// string is 512 MB; far smaller keeps a hostile peer from making us
+/// allocate much before the bytes arrive.
+const MAX_LEN: i64 = 64 * 1024 * 1024;
+/// Deepest nesting of arrays accepted, so a hostile peer cannot overflow
+/// the stack.
+const MAX_DEPTH: usize = 32;
+/// Read size of the helpers that wait for a whole reply.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A RESP2 value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR ...`
+    Error(String),
+    /// `:42`
+    Int(i64),
+    /// `$3 foo`, or `$-1` (nil).
+    Bulk(Option<Vec<u8>>),
+    /// `*2 ...`, or `*-1` (nil, as an empty array).
+    Array(Vec<Value>),
+}
+
+/// `args` as a RESP array of bulk strings: how clients send commands.
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// The value at the start of `buf` and its length in bytes; `Ok(None)`
+/// while it is incomplete.
+pub fn parse(buf: &[u8]) -> io::Result<Option<(Value, usize)>> {
+    parse_at(buf, 0, 0)
+}
+
+fn bad(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// The line starting at `at` (without CRLF) and the offset after it.
+fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let rest = buf.get(at..)?;
+    let end = rest.windows(2).position(|w| w == b"\r\n")?;
+    Some((&rest[..end], at + end + 2))
+}
+
+fn number(text: &[u8]) -> io::Result<i64> {
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| bad(format!("bad number {:?}", String::from_utf8_lossy(text))))
+}
+
+fn parse_at(buf: &[u8], at: usize, depth: usize) -> io::Result<Option<(Value, usize)>> {
+    if depth > MAX_DEPTH {
+        return Err(bad("arrays nested too deep"));
+    }
+    let Some((head, next)) = line(buf, at) else {
+        return Ok(None);
+    };
+    let Some((&kind, rest)) = head.split_first() else {
+        return Err(bad("empty line"));
+    };
+    let text = || String::from_utf8_lossy(rest).into_owned();
+    let value = match kind {
+        b'+' => (Value::Simple(text()), next),
+        b'-' => (Value::Error(text()), next),
+        b':' => (Value::Int(number(rest)?), next),
+        b'$' => match number(rest)? {
+            -1 => (Value::Bulk(None), next),
+            n if (0..=MAX_LEN).contains(&n) => {
+                let end = next + n as usize;
+                match buf.get(end..end + 2) {
+                    None => return Ok(None),
+                    Some(b"\r\n") => (Value::Bulk(Some(buf[next..end].to_vec())), end + 2),
+                    Some(_) => return Err(bad("bulk string without CRLF")),
+                }
+            }
+            n => return Err(bad(format!("bulk length {n}"))),
+        },
+        b'*' => match number(rest)? {
+            -1 => (Value::Array(Vec::new()), next),
+            n if (0..=MAX_LEN).contains(&n) => {
+                let mut items = Vec::new();
+                let mut at = next;
+                for _ in 0..n {
+                    match parse_at(buf, at, depth + 1)? {
+                        Some((v, after)) => {
+                            items.push(v);
+                            at = after;
+                        }
+                        None => return Ok(None),
+                    }
+                }
+                (Value::Array(items), at)
+            }
+            n => return Err(bad(format!("array length {n}"))),
+        },
+        other => return Err(bad(format!("unexpected type byte {:?}", other as char))),
+    };
+    Ok(Some(value))
+}
+
+/// Sends `args` as one command and reads one reply.
+pub async fn command<S>(s: &mut S, args: &[&[u8]]) -> io::Result<Value>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    s.write_all(&encode(args)).await?;
+    let mut buf = Vec::new();
+    loop {
+        if let Some((v, _)) = parse(&buf)? {
+            return Ok(v);
+        }
+        let len = buf.len();
+        buf.resize(len + READ_CHUNK, 0);
+        let n = s.read(&mut buf[len..]).await?;
+        buf.truncate(len + n);
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// [`command`] over a blocking stream.
+pub fn command_blocking<S: io::Read + io::Write>(s: &mut S, args: &[&[u8]]) -> io::Result<Value> {
+    s.write_all(&encode(args))?;
+    let mut buf = Vec::new();
+    loop {
+        if let Some((v, _)) = parse(&buf)? {
+            return Ok(v);
+        }
+        let len = buf.len();
+        buf.resize(len + READ_CHUNK, 0);
+        let n = s.read(&mut buf[len..])?;
+        buf.truncate(len + n);
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_parse_whole_and_wait_when_cut() {
+        let cases: &[(&[u8], Value)] = &[
+            (b"+PONG\r\n", Value::Simple("PONG".into())),
+            (b"-ERR no\r\n", Value::Error("ERR no".into())),
+            (b":-7\r\n", Value::Int(-7)),
+            (b"$-1\r\n", Value::Bulk(None)),
+            (b"$0\r\n\r\n", Value::Bulk(Some(vec![]))),
+            (b"$4\r\na\r\nb\r\n", Value::Bulk(Some(b"a\r\nb".to_vec()))),
+            (
+                b"*2\r\n$4\r\nPING\r\n*1\r\n:1\r\n",
+                Value::Array(vec![
+                    Value::Bulk(Some(b"PING".to_vec())),
+                    Value::Array(vec![Value::Int(1)]),
+                ]),
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                parse(bytes).unwrap(),
+                Some((want.clone(), bytes.len())),
+                "{bytes:?}"
+            );
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    parse(&bytes[..cut]).unwrap(),
+                    None,
+                    "{bytes:?} cut at {cut}"
+                );
+            }
+        }
+        assert_eq!(
+            parse(&encode(&[b"SET", b"k", b"v"])).unwrap().unwrap().0,
+            Value::Array(vec![
+                Value::Bulk(Some(b"SET".to_vec())),
+                Value::Bulk(Some(b"k".to_vec())),
+                Value::Bulk(Some(b"v".to_vec())),
+            ])
+        );
+    }
+
+    #[test]
+    fn hostile_input_is_an_error_not_a_panic() {
+        let mut deep = Vec::new();
+        for _ in 0..1000 {
+            deep.extend_from_slice(b"*1\r\n");
+        }
+        for bytes in [
+            &b"?\r\n"[..],
+            b"\r\n",
+            b":x\r\n",
+            b"$-2\r\n",
+            b"$99999999999\r\n",
+            b"*-5\r\n",
+            b"$1\r\nab\r\n",
+            &deep,
+        ] {
+            assert!(parse(bytes).is_err(), "{bytes:?}");
+        }
+    }
+}
