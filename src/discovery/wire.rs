@@ -1,4 +1,4 @@
-//! The wire contract other nodes depend on (see DESIGN.md): service type,
+//! The wire contract other nodes depend on, described here in full: service type,
 //! instance and host names, and the TXT schema.
 //!
 //! TXT keys (all at most 9 characters; the whole record stays far below the
