@@ -1,4 +1,4 @@
-//! Self-test of the network-namespace lab in `tests/common/lab.rs`: each
+//! Self-test of the network-namespace lab in `lab/src/lib.rs`: each
 //! test fails if the lab does not provide what other tests rely on
 //! (isolated hosts, unicast and multicast between them, routing across two
 //! segments, a working per-host avahi, and cleanup even on panic).
@@ -6,14 +6,13 @@
 //! Needs root; without it, `Lab::new` panics (these tests fail, they do not
 //! skip).
 
-#[path = "common/lab.rs"]
-mod lab;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use lab::{list_netns, start_avahi_many, wait_for, wait_until, AvahiOptions, Deadline, Host, Lab};
+use mesh_amb_lab::{
+    list_netns, start_avahi_many, wait_for, wait_until, AvahiOptions, Deadline, Host, Lab,
+};
 
 /// Budget for a TCP exchange between lab hosts (takes milliseconds).
 const NET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,14 +58,14 @@ fn hosts_are_separate_stacks_and_reach_each_other_by_tcp() {
     // `enter` really runs in the namespace...
     let (inode, listener) = h1.enter(|| {
         (
-            lab::current_netns_inode(),
+            mesh_amb_lab::current_netns_inode(),
             TcpListener::bind((h1.ip, 0)).expect("bind h1's address inside h1"),
         )
     });
     assert_eq!(inode, h1.netns_inode());
     assert_ne!(
         inode,
-        lab::current_netns_inode(),
+        mesh_amb_lab::current_netns_inode(),
         "test thread must stay outside"
     );
     assert_ne!(h1.netns_inode(), h2.netns_inode());

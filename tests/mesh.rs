@@ -1,10 +1,7 @@
 //! The discovery mesh across separate network stacks: every test builds its
-//! own namespace lab (tests/common/lab.rs), runs real `redis-server` and
+//! own namespace lab (lab/src/lib.rs), runs real `redis-server` and
 //! `mesh-amb` processes in it, and drives clients from inside the hosts. No
 //! multicast leaves the lab's namespaces.
-
-#[path = "common/lab.rs"]
-mod lab;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
@@ -15,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mesh_amb::resp::Value;
 
-use lab::{start_avahi_many, wait_until, AvahiOptions, Host, Lab, Proc};
+use mesh_amb_lab::{start_avahi_many, wait_until, AvahiOptions, Host, Lab, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesh-amb");
 /// Generous bound for anything expected within seconds, so a loaded CI
@@ -660,7 +657,7 @@ fn avahi_and_mesh_amb_see_each_other() {
     // mesh-amb provides, avahi-browse on another host lists it with its TXT.
     let _r2 = redis(h2, 7000);
     let _provider = amb(h2, &["--provide", "api:7000", "--node-id", "h2"]);
-    let record = lab::wait_for(DEADLINE, || {
+    let record = mesh_amb_lab::wait_for(DEADLINE, || {
         h3.avahi_browse_resolved("_amb._tcp")
             .into_iter()
             .find(|r| r.name == "api@h2" && r.protocol == "IPv4")

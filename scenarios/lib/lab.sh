@@ -104,21 +104,20 @@ lab__netns_add() {
   LAB_NAMESPACES+=("$ns")
 }
 
-# Bridge namespace <run>-<suffix> with br0, multicast snooping off so every
-# multicast frame floods to every port.
+# The ip commands of the topology, shared with lab/src/lib.rs.
+# shellcheck source=lab/netns.sh
+. "$LAB_REPO/lab/netns.sh"
+
+# Bridge namespace <run>-<suffix> with br0.
 lab__netns_bridge() {
   lab__netns_add "$1"
-  local ns
-  ns=$(lab__ns "$1")
-  lab__ip -n "$ns" link add br0 type bridge stp_state 0 mcast_snooping 0
-  lab__ip -n "$ns" link set br0 up
+  netns_bridge "$(lab__ns "$1")" >/dev/null
 }
 
 # lab__netns_host HOST BRIDGE IFNAME ADDR [GATEWAY]: namespace for HOST,
 # plugged into BRIDGE's br0 through a veth (bridge port named HOST).
 lab__netns_host() {
-  local host=$1 br ifname=$3 addr=$4 gw=${5:-} ns
-  br=$(lab__ns "$2")
+  local host=$1 ifname=$3 addr=$4 gw=${5:-} ns
   ns=$(lab__ns "$host")
   if [ -z "${LAB_IPADDR[$host]:-}" ]; then
     lab__netns_add "$host"
@@ -127,14 +126,7 @@ lab__netns_host() {
     LAB_IPADDR[$host]=$addr
     LAB_IFNAME[$host]=$ifname
   fi
-  lab__ip -n "$br" link add "$host" type veth peer name "$ifname" netns "$ns"
-  lab__ip -n "$br" link set "$host" master br0 up
-  lab__ip -n "$ns" link set "$ifname" multicast on up
-  lab__ip -n "$ns" addr add "$addr/24" dev "$ifname"
-  if [ "${LAB_IFNAME[$host]}" = "$ifname" ]; then
-    lab__ip -n "$ns" route add 224.0.0.0/4 dev "$ifname"
-  fi
-  if [ -n "$gw" ]; then lab__ip -n "$ns" route add default via "$gw"; fi
+  netns_plug "$(lab__ns "$2")" "$host" "$ns" "$ifname" "$addr" "$gw" >/dev/null
 }
 
 # Every host interface has carrier and its bridge port(s) forward.
@@ -185,7 +177,7 @@ lab__netns_segments() {
 # avahi-daemon with enable-reflector=yes on HOST, on its own D-Bus (a
 # dbus-daemon with a private socket, passed as DBUS_SYSTEM_BUS_ADDRESS) and
 # its own /run (a tmpfs in a private mount namespace), as
-# tests/common/lab.rs does: the machine's avahi and D-Bus are not touched.
+# lab/src/lib.rs does: the machine's avahi and D-Bus are not touched.
 lab__netns_reflector() {
   local host=$1 dir ns ifaces
   dir=$LAB_DIR/$host-avahi

@@ -60,8 +60,6 @@
 //! helpers). Without the privileges [`Lab::new`] panics with a clear
 //! message instead of skipping.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -376,14 +374,10 @@ impl Lab {
         Ok(name)
     }
 
-    /// A namespace holding bridge `br0`, with multicast snooping off so
-    /// that every multicast frame floods to every port.
+    /// A namespace holding bridge `br0` (see `lab/netns.sh`).
     fn add_bridge(&mut self, suffix: &str) -> io::Result<String> {
         let ns = self.add_netns(suffix)?;
-        ip(&format!(
-            "-n {ns} link add br0 type bridge stp_state 0 mcast_snooping 0"
-        ))?;
-        ip(&format!("-n {ns} link set br0 up"))?;
+        topology(&["netns_bridge", &ns])?;
         Ok(ns)
     }
 
@@ -398,27 +392,17 @@ impl Lab {
     ) -> io::Result<Host> {
         let ns = self.add_netns(name)?;
         ip(&format!("-n {ns} link set lo up"))?;
+        let gw = gateway.map(|g| g.to_string()).unwrap_or_default();
         let mut ifaces = Vec::new();
         for (br, ifname, addr) in links {
-            ip(&format!(
-                "-n {br} link add {name} type veth peer name {ifname} netns {ns}"
-            ))?;
-            ip(&format!("-n {br} link set {name} master br0 up"))?;
-            ip(&format!("-n {ns} link set {ifname} multicast on up"))?;
-            ip(&format!("-n {ns} addr add {addr}/24 dev {ifname}"))?;
+            let a = addr.to_string();
+            topology(&["netns_plug", br, name, &ns, ifname, &a, &gw])?;
             ifaces.push(Iface {
                 name: ifname.to_string(),
                 ip: *addr,
                 prefix_len: 24,
                 bridge_netns: br.to_string(),
             });
-        }
-        ip(&format!(
-            "-n {ns} route add 224.0.0.0/4 dev {}",
-            ifaces[0].name
-        ))?;
-        if let Some(gw) = gateway {
-            ip(&format!("-n {ns} route add default via {gw}"))?;
         }
         let dir = self.shared.dir.join(name);
         fs::create_dir_all(&dir)?;
@@ -533,6 +517,30 @@ pub fn current_netns_inode() -> u64 {
 /// contain none); see [`ip_args`].
 fn ip(cmdline: &str) -> io::Result<String> {
     ip_args(&cmdline.split_whitespace().collect::<Vec<_>>())
+}
+
+/// The topology's ip commands, shared with scenarios/lib/lab.sh.
+const TOPOLOGY_SH: &str = include_str!("../netns.sh");
+
+/// Runs one function of `lab/netns.sh` (`netns_bridge`, `netns_plug`) with
+/// `args`, under the same timeout as `ip`.
+fn topology(args: &[&str]) -> io::Result<()> {
+    let script = format!("{TOPOLOGY_SH}\n\"$@\"");
+    let out = run_cmd(
+        Command::new("bash")
+            .args(["-c", &script, "netns.sh"])
+            .args(args),
+        RUN_TIMEOUT,
+    )?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "`{}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// Runs `ip <args>`; its stdout on success, an error holding its stderr
