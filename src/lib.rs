@@ -41,6 +41,7 @@ pub mod dial;
 pub mod discovery;
 pub mod health;
 pub mod proxy;
+pub mod settings;
 pub mod spec;
 pub mod table;
 
