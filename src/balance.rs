@@ -16,17 +16,7 @@ use std::time::Duration;
 use crate::table::{Backend, Health, Snapshot, Table};
 
 /// How new connections are spread.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// In turn, each backend `weight` times per cycle.

@@ -4,7 +4,7 @@
 //! Data flows one way through these modules:
 //!
 //! ```text
-//! cli ──> config ──> Ambassador::new
+//! settings::Config ──> Ambassador::new
 //!                        │  static backends (spec) ──┐
 //!                        │  discovery::mdns::browse ─┴─> table::Update
 //!                        ▼
@@ -21,7 +21,8 @@
 //! ```
 //!
 //! - [`spec`]: the `--consume`/`--provide` strings and Docker-link variables.
-//! - [`cli`] / [`config`]: what the user typed, and the validated result.
+//! - [`settings`]: the validated configuration, its defaults and typed values
+//!   (the command line and config file live in the `mesh-amb` binary).
 //! - [`table`]: live backends of one service, with passive health.
 //! - [`balance`]: policies that order a snapshot's backends.
 //! - [`proxy`]: listeners, the connection pipeline, byte copying.
@@ -34,8 +35,6 @@
 //! starts the drain, `force` (or the drain timeout) closes what is left.
 
 pub mod balance;
-pub mod cli;
-pub mod config;
 pub mod demo;
 pub mod dial;
 pub mod discovery;
@@ -55,9 +54,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::balance::Balancer;
-use crate::config::Config;
 use crate::discovery::mdns::{self, Mdns};
 use crate::proxy::{Service, Shared};
+use crate::settings::Config;
 use crate::table::{BackendSpec, Table, Target, Update};
 
 /// Tells a running [`Ambassador`] to stop. Clones share state.

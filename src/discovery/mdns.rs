@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
 use super::wire::{self, State, SERVICE_TYPE};
-use crate::config::DiscoverySettings;
 use crate::proxy::Service;
+use crate::settings::DiscoverySettings;
 use crate::spec::ProvideSpec;
 use crate::table::{BackendSpec, Target, Update};
 

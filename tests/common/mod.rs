@@ -13,8 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use mesh_amb::balance::Policy;
-use mesh_amb::cli::LogFormat;
-use mesh_amb::config::{Config, ProxySettings};
+use mesh_amb::settings::{Config, ProxySettings};
 use mesh_amb::spec::{BackendAddr, ConsumeSpec, Host};
 use mesh_amb::{Ambassador, Shutdown};
 
@@ -175,7 +174,6 @@ impl Amb {
             provides: vec![],
             proxy,
             discovery: Default::default(),
-            log_format: LogFormat::Text,
         };
         let amb = Arc::new(Ambassador::new(config));
         let shutdown = Shutdown::new();
