@@ -674,8 +674,9 @@ log_format = "json"
     }
 
     /// Flag > environment > file > default, for a scalar and for a list.
-    /// (A scalar's variable is read by clap from the process; the binary's
-    /// test `settings_precedence_through_the_environment` covers it.)
+    /// (A scalar's variable is read by clap from the process, which these
+    /// tests share: `flags_beat_the_environment_which_beats_the_file` in
+    /// tests/cli.rs covers it with a real process.)
     #[test]
     fn precedence_for_a_scalar_and_a_list() {
         let f = temp_toml("connect_attempts = 7\nprovide = [\"file:1\"]\n");
