@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize, Serializer};
 pub struct ValueError(String);
 
 impl ValueError {
+    /// `msg` says what is wrong, not which setting: the caller knows that.
     pub fn new(msg: impl Into<String>) -> ValueError {
         ValueError(msg.into())
     }
@@ -177,6 +178,7 @@ impl<const MAX: u32> Count<MAX> {
         Count(n)
     }
 
+    /// The count.
     pub const fn get(self) -> u32 {
         self.0
     }

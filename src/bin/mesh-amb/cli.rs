@@ -5,7 +5,7 @@
 //! Adding a setting is one field here, with its doc and `#[arg]`: the config
 //! file key (the field name), the `MESH_AMB_*` variable and the layering come
 //! with it (see `config`). A library setting also needs its field in
-//! `mesh_amb::settings` and one line in `config::into_config`, which the
+//! `mesh_amb::settings` and one line in `config::into_settings`, which the
 //! compiler asks for.
 
 use std::path::PathBuf;

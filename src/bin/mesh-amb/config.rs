@@ -32,7 +32,8 @@ use crate::cli::{LogFormat, RunArgs};
 /// Everything the binary runs with: the library's [`Config`] and what only
 /// the binary uses.
 #[derive(Debug)]
-pub struct Settings {
+pub struct Resolved {
+    /// What the library runs.
     pub config: Config,
     /// Log line format, applied before anything runs.
     pub log_format: LogFormat,
@@ -81,7 +82,7 @@ pub fn resolve(
     args: RunArgs,
     matches: &ArgMatches,
     env: &dyn Env,
-) -> Result<Settings, ConfigError> {
+) -> Result<Resolved, ConfigError> {
     let file = args.config.as_deref().map(File::load).transpose()?;
     let parsed = match Value::try_from(&args) {
         Ok(Value::Table(t)) => t,
@@ -169,7 +170,9 @@ fn env_list(env: &dyn Env, key: &str) -> Option<(String, Value)> {
 
 /// Why one value was refused, and the part of it to show.
 struct Rejected {
+    /// The offending value, or item of a list, as the user wrote it.
     shown: String,
+    /// What is wrong with it, one line.
     why: String,
 }
 
@@ -218,8 +221,11 @@ fn show(v: &Value) -> String {
 
 /// The `--config` file: its keys, each with where it is.
 struct File {
+    /// As given, to name the file in errors.
     path: PathBuf,
+    /// The text, to turn a value's byte offset into a line number.
     text: String,
+    /// Top-level keys and their values, with where each value is.
     entries: BTreeMap<String, Spanned<Value>>,
 }
 
@@ -263,7 +269,7 @@ fn in_line(line: Option<usize>) -> String {
 /// The merged, typed settings as the library's [`Config`], plus from-env
 /// consumes and the checks across values. The destructuring is exhaustive
 /// so that a new flag does not compile until it is used here.
-fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Settings, ConfigError> {
+fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> {
     let RunArgs {
         consume,
         provide,
@@ -329,7 +335,7 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Settings, ConfigError> 
         )),
         other => bad(other.to_string()),
     })?;
-    Ok(Settings { config, log_format })
+    Ok(Resolved { config, log_format })
 }
 
 #[cfg(test)]
@@ -345,7 +351,7 @@ mod tests {
     /// The binary's path from argv to settings, with `env` for the list
     /// variables and `--from-env` (clap reads scalar variables from the
     /// process, which these tests leave alone).
-    fn resolve_env(argv: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    fn resolve_env(argv: &[&str], env: &[(&str, &str)]) -> Result<Resolved, ConfigError> {
         let (cli, matches) =
             Cli::parse_from_argv(std::iter::once("mesh-amb").chain(argv.iter().copied()))
                 .map_err(|e| bad(crate::cli::error_line(&e)))?;

@@ -48,17 +48,18 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| rt.block_on(mesh_amb::demo::run(isolation))))
         }
         None => {
-            let config::Settings { config, log_format } =
-                match config::resolve(cli.run, &matches, &ProcessEnv) {
-                    Ok(s) => s,
-                    Err(e) => return usage_error(&e.to_string()),
-                };
+            let config::Resolved {
+                config,
+                log_format: format,
+            } = match config::resolve(cli.run, &matches, &ProcessEnv) {
+                Ok(r) => r,
+                Err(e) => return usage_error(&e.to_string()),
+            };
             if config.consumes.is_empty() && config.provides.is_empty() {
                 return usage_error(
                     "nothing to do: give --consume or --provide (see --help), or try 'mesh-amb demo'",
                 );
             }
-            let format = log_format;
             init_logs(format, "info");
             let result = runtime().and_then(|rt| rt.block_on(serve(config)));
             if let (LogFormat::Json, Err(e)) = (format, &result) {
