@@ -7,6 +7,8 @@
 //! than to refuse a client, as Envoy's panic threshold does); draining ones
 //! come last, used only when nothing else is left.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use std::time::Duration;
 use crate::table::{Backend, Health, Snapshot, Table};
 
 /// How new connections are spread.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// In turn, each backend `weight` times per cycle.
@@ -29,6 +31,46 @@ pub enum Policy {
     /// backend that just came back empty.
     #[default]
     P2c,
+}
+
+impl Policy {
+    /// Every policy, in the order a user is shown them.
+    pub const ALL: [Policy; 4] = [
+        Policy::RoundRobin,
+        Policy::Random,
+        Policy::LeastConn,
+        Policy::P2c,
+    ];
+
+    /// The name a user types, as in a config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::RoundRobin => "round-robin",
+            Policy::Random => "random",
+            Policy::LeastConn => "least-conn",
+            Policy::P2c => "p2c",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = crate::settings::ValueError;
+    fn from_str(s: &str) -> Result<Policy, Self::Err> {
+        let s = s.trim();
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Policy::ALL.iter().map(|p| p.name()).collect();
+                crate::settings::ValueError::new(format!("use one of {}", names.join(", ")))
+            })
+    }
 }
 
 /// A policy plus the little state it needs.
@@ -259,5 +301,17 @@ mod tests {
             let idx: Vec<usize> = order.iter().map(|b| index(b)).collect();
             assert_eq!(idx, [3, 0, 1, 2], "{policy:?}");
         }
+    }
+
+    #[test]
+    fn policy_names_round_trip() {
+        for p in Policy::ALL {
+            assert_eq!(p.to_string().parse::<Policy>(), Ok(p));
+            // serde (the config file) spells it the same way.
+            let v = toml::Value::try_from(p).unwrap();
+            assert_eq!(v.as_str(), Some(p.name()));
+        }
+        let e = "fastest".parse::<Policy>().unwrap_err().to_string();
+        assert_eq!(e, "use one of round-robin, random, least-conn, p2c");
     }
 }

@@ -26,9 +26,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backends::Service;
-use crate::cli::LogFormat;
-use crate::config::{Config, DiscoverySettings, ProxySettings};
 use crate::resp::{self, Value};
+use crate::settings::{Config, DiscoverySettings, ProxySettings};
 use crate::spec::{ConsumeSpec, ProvideSpec};
 use crate::table::Health;
 use crate::{Node, NodeHandle};
@@ -110,7 +109,6 @@ fn config(id: &str, consumes: Vec<ConsumeSpec>, provides: Vec<ProvideSpec>) -> C
         provides,
         proxy: ProxySettings::default(),
         discovery: node(id),
-        log_format: LogFormat::Text,
     }
 }
 

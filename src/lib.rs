@@ -4,7 +4,7 @@
 //! Data flows one way through these modules:
 //!
 //! ```text
-//! config ──> node::Node::start
+//! settings::Config ──> node::Node::start
 //!                        │  static backends (spec) ──┐
 //!                        │  discovery::mdns::browse ─┴─> table::Update
 //!                        ▼
@@ -21,7 +21,8 @@
 //! ```
 //!
 //! - [`spec`]: the `--consume`/`--provide` strings and Docker-link variables.
-//! - [`cli`] / [`config`]: what the user typed, and the validated result.
+//! - [`settings`]: the validated configuration, its defaults and typed values
+//!   (the command line and config file live in the `mesh-amb` binary).
 //! - [`backends`]: a consumed service and where its backends come from.
 //! - [`table`]: live backends of one service, with passive health.
 //! - [`balance`]: policies that order a snapshot's backends.
@@ -39,8 +40,6 @@
 
 pub mod backends;
 pub mod balance;
-pub mod cli;
-pub mod config;
 pub mod demo;
 pub mod dial;
 pub mod discovery;
@@ -48,6 +47,7 @@ pub mod health;
 pub mod node;
 pub mod proxy;
 pub mod resp;
+pub mod settings;
 pub mod spec;
 pub mod table;
 

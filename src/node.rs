@@ -14,9 +14,9 @@ use tracing::{info, warn};
 
 use crate::backends::{Service, Source, Suspects};
 use crate::balance::Balancer;
-use crate::config::Config;
 use crate::discovery::mdns::{self, Mdns};
 use crate::proxy::{self, Shared};
+use crate::settings::Config;
 use crate::table::{BackendSpec, Table, Target, Update};
 
 /// Tells a running node to stop. Clones share state.
@@ -69,9 +69,11 @@ impl Node {
 
     /// Starts serving `listeners` (one per consume, in `config.consumes`
     /// order), advertising the provides and browsing for the discovered
-    /// consumes. Must be called inside a tokio runtime. Fails at once when
-    /// the mDNS daemon cannot start.
+    /// consumes. Must be called inside a tokio runtime. Fails at once on an
+    /// invalid config or when the mDNS daemon cannot start.
     pub fn start(config: Config, listeners: Vec<TcpListener>) -> anyhow::Result<NodeHandle> {
+        // The binary validated already; a config built in code may not be.
+        config.validate()?;
         anyhow::ensure!(
             listeners.len() == config.consumes.len(),
             "{} listeners for {} consumes",

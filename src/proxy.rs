@@ -23,8 +23,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::backends::Service;
-use crate::config::ProxySettings;
 use crate::dial::dial;
+use crate::settings::ProxySettings;
 use crate::table::{Backend, Stats};
 
 /// Copy buffer per direction. 64 KiB moves a large value in few syscalls;

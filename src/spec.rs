@@ -256,6 +256,31 @@ pub fn parse_provide(s: &str) -> Result<ProvideSpec, SpecError> {
     Ok(ProvideSpec { name, port, weight })
 }
 
+impl std::str::FromStr for ConsumeSpec {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<ConsumeSpec, SpecError> {
+        parse_consume(s)
+    }
+}
+
+impl std::str::FromStr for ProvideSpec {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<ProvideSpec, SpecError> {
+        parse_provide(s)
+    }
+}
+
+impl std::str::FromStr for BackendAddr {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<BackendAddr, SpecError> {
+        parse_backend(s)
+    }
+}
+
+// A spec is written and read as the text a user types (`Display` gives it
+// back in the form `FromStr` takes).
+crate::settings::value::serde_via_str!(ConsumeSpec, ProvideSpec, BackendAddr);
+
 /// Translates Docker-link variables (`REDIS_PORT_6379_TCP=tcp://10.0.0.5:6379`)
 /// into consumes (`redis:6379=10.0.0.5:6379`), as the classic
 /// svendowideit/ambassador image does with socat. Other variables, including
@@ -468,5 +493,22 @@ mod tests {
             let e = consumes_from_env(env(&[(k, v)])).expect_err(k).to_string();
             assert!(e.contains(want) && e.contains(k), "{k}={v}: got {e:?}");
         }
+    }
+
+    #[test]
+    fn specs_round_trip_through_text() {
+        for text in [
+            "redis:7379=127.0.0.1:6379,127.0.0.2:6380*3",
+            "pg:5432=[::1]:5432,db.example.org:5433",
+            "api:8080",
+        ] {
+            let c: ConsumeSpec = text.parse().unwrap();
+            assert_eq!(c.to_string(), text);
+        }
+        let p: ProvideSpec = "web:80*5".parse().unwrap();
+        assert_eq!(p.to_string(), "web:80*5");
+        let b: BackendAddr = "[fe80::1]:1*2".parse().unwrap();
+        assert_eq!(b.to_string(), "[fe80::1]:1*2");
+        assert!("redis:0".parse::<ConsumeSpec>().is_err());
     }
 }

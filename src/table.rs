@@ -16,7 +16,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use crate::config::MAX_EJECT_TIME;
+use crate::settings::MAX_EJECT_TIME;
 use crate::spec::Host;
 
 /// Where to dial a backend.

@@ -110,6 +110,27 @@ fn help_and_version_exit_0() {
     }
 }
 
+/// clap prints the defaults, which come from the library's constants (the
+/// binary's unit tests compare them one by one).
+#[test]
+fn help_shows_the_defaults() {
+    let out = run(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, default) in [
+        ("--max-connections", "[default: 10000]"),
+        ("--connect-timeout", "[default: 1s]"),
+        ("--idle-timeout", "[default: off]"),
+        ("--bind", "[default: 127.0.0.1]"),
+        ("--balance", "[default: p2c]"),
+    ] {
+        let entry = help
+            .split("\n      --")
+            .find(|e| e.starts_with(&flag[2..]))
+            .unwrap_or_else(|| panic!("{flag} not in {help}"));
+        assert!(entry.contains(default), "{flag}: {entry}");
+    }
+}
+
 #[test]
 fn the_demo_runs_and_says_what_happened() {
     let out = run(&["demo"], &[]);
@@ -137,16 +158,31 @@ impl Running {
     /// (retried if another process grabs it first), and waits until it
     /// accepts connections.
     async fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+        Running::start_at("127.0.0.1", args, env, None).await
+    }
+
+    /// As `start`, waiting for a listener on `ip`. With `file`, a config
+    /// file with that text (`{port}` replaced too) is written and `{file}`
+    /// in ARGS names it.
+    async fn start_at(
+        ip: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        file: Option<&str>,
+    ) -> Running {
+        let path =
+            std::env::temp_dir().join(format!("mesh-amb-cli-run-{}.toml", std::process::id()));
         for _ in 0..5 {
             let port = free_port();
-            let args: Vec<String> = args
-                .iter()
-                .map(|a| a.replace("{port}", &port.to_string()))
-                .collect();
-            let env: Vec<(String, String)> = env
-                .iter()
-                .map(|(k, v)| (k.replace("{port}", &port.to_string()), v.to_string()))
-                .collect();
+            let fill = |s: &str| {
+                s.replace("{port}", &port.to_string())
+                    .replace("{file}", path.to_str().unwrap())
+            };
+            if let Some(text) = file {
+                std::fs::write(&path, fill(text)).unwrap();
+            }
+            let args: Vec<String> = args.iter().map(|a| fill(a)).collect();
+            let env: Vec<(String, String)> = env.iter().map(|(k, v)| (fill(k), fill(v))).collect();
             let mut child = Command::new(BIN)
                 .args(&args)
                 .envs(env)
@@ -160,10 +196,10 @@ impl Running {
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // most likely lost the port: try another
                 }
-                if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-                {
+                if tokio::net::TcpStream::connect((ip, port)).await.is_ok() {
+                    if file.is_some() {
+                        let _ = std::fs::remove_file(&path);
+                    }
                     return Running { child, port };
                 }
                 assert!(Instant::now() < end, "mesh-amb did not start listening");
@@ -284,4 +320,51 @@ async fn the_port_being_taken_is_a_clear_runtime_error() {
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port} for 'redis'")),
         "{stderr}"
     );
+}
+
+/// Flag > environment > file > default, for a scalar (`--bind`, whose
+/// variable clap reads) and a list (`--consume`, whose variable holds
+/// whitespace-separated specs and replaces the file's list), as seen from
+/// where the binary listens and which service it says it serves.
+#[tokio::test]
+async fn flags_beat_the_environment_which_beats_the_file() {
+    let file = "bind = \"127.0.0.2\"\nconsume = [\"file:{port}=127.0.0.1:1\"]\n";
+    let no_bind = "consume = [\"file:{port}=127.0.0.1:1\"]\n";
+    let env: &[(&str, &str)] = &[
+        ("MESH_AMB_BIND", "127.0.0.3"),
+        ("MESH_AMB_CONSUME", "env:{port}=127.0.0.1:1"),
+    ];
+    let flags: &[&str] = &[
+        "--config",
+        "{file}",
+        "--bind",
+        "127.0.0.4",
+        "--consume",
+        "flag:{port}=127.0.0.1:1",
+    ];
+    type Case<'a> = (
+        &'a [&'a str],
+        &'a [(&'a str, &'a str)],
+        &'a str,
+        &'a str,
+        &'a str,
+    );
+    let cases: &[Case] = &[
+        (&["--config", "{file}"], &[], no_bind, "127.0.0.1", "file"),
+        (&["--config", "{file}"], &[], file, "127.0.0.2", "file"),
+        (&["--config", "{file}"], env, file, "127.0.0.3", "env"),
+        (flags, env, file, "127.0.0.4", "flag"),
+    ];
+    for (args, env, file, ip, service) in cases {
+        let amb = Running::start_at(ip, args, env, Some(file)).await;
+        amb.signal(libc::SIGTERM);
+        let (code, stderr) = amb.wait();
+        assert_eq!(code, Some(0), "{stderr}");
+        let listening: Vec<&str> = stderr.lines().filter(|l| l.contains("listening")).collect();
+        assert_eq!(listening.len(), 1, "{args:?} {env:?}: {stderr}");
+        assert!(
+            listening[0].contains(&format!("service={service}")),
+            "{args:?} {env:?}: {stderr}"
+        );
+    }
 }

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use common::{command, payload, ping, settings, wait_for, Amb, Redis, Reply, DEADLINE};
 use mesh_amb::balance::Policy;
-use mesh_amb::config::ProxySettings;
+use mesh_amb::settings::ProxySettings;
 
 #[tokio::test]
 async fn ping_and_redis_cli_through_the_ambassador() {

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::addr::{self, PeerAddr};
 use super::wire::{self, State, SERVICE_TYPE};
 use crate::backends::Service;
-use crate::config::DiscoverySettings;
+use crate::settings::DiscoverySettings;
 use crate::spec::ProvideSpec;
 use crate::table::{BackendSpec, Target, Update};
 

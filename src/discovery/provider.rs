@@ -16,8 +16,8 @@ use tracing::{info, warn};
 
 use super::mdns::Mdns;
 use super::wire::State;
-use crate::config::DiscoverySettings;
 use crate::health::{probe, Checker};
+use crate::settings::DiscoverySettings;
 use crate::spec::ProvideSpec;
 use crate::table::Target;
 

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 use mesh_amb::balance::Policy;
-use mesh_amb::cli::LogFormat;
-use mesh_amb::config::{Config, ProxySettings};
+use mesh_amb::settings::{Config, ProxySettings};
 use mesh_amb::spec::{BackendAddr, ConsumeSpec, Host};
 use mesh_amb::{Node, NodeHandle, Shutdown};
 
@@ -172,7 +171,6 @@ impl Amb {
             provides: vec![],
             proxy,
             discovery: Default::default(),
-            log_format: LogFormat::Text,
         };
         let node = Node::start(config, vec![listener]).expect("start the node");
         Amb {

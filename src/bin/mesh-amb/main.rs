@@ -1,29 +1,37 @@
 //! The `mesh-amb` binary: parse, configure, run, map errors to exit codes
 //! (2 for bad input, 1 for runtime failures).
+//!
+//! - `cli`: the typed command line (clap), defaults from the library.
+//! - `config`: flags > `MESH_AMB_*` environment > TOML file > defaults,
+//!   into the library's validated `Config`.
+
+mod cli;
+mod config;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::error::ErrorKind;
-use clap::Parser;
 use tokio::signal::unix::Signal;
 use tracing_subscriber::EnvFilter;
 
-use mesh_amb::cli::{Cli, Command, LogFormat};
-use mesh_amb::config::{Config, ProcessEnv};
+use mesh_amb::settings::Config;
 use mesh_amb::{Node, Shutdown};
+
+use crate::cli::{Cli, Command, LogFormat};
+use crate::config::ProcessEnv;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (cli, matches) = match Cli::parse_from_argv(std::env::args_os()) {
+        Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             e.exit()
         }
-        Err(e) => return usage_error(&one_line(&e.render().to_string())),
+        Err(e) => return usage_error(&cli::error_line(&e)),
     };
     match cli.command {
         Some(Command::Demo) => {
@@ -40,8 +48,11 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| rt.block_on(mesh_amb::demo::run(isolation))))
         }
         None => {
-            let config = match Config::resolve(&cli.run, &ProcessEnv) {
-                Ok(c) => c,
+            let config::Resolved {
+                config,
+                log_format: format,
+            } = match config::resolve(cli.run, &matches, &ProcessEnv) {
+                Ok(r) => r,
                 Err(e) => return usage_error(&e.to_string()),
             };
             if config.consumes.is_empty() && config.provides.is_empty() {
@@ -49,7 +60,6 @@ fn main() -> ExitCode {
                     "nothing to do: give --consume or --provide (see --help), or try 'mesh-amb demo'",
                 );
             }
-            let format = config.log_format;
             init_logs(format, "info");
             let result = runtime().and_then(|rt| rt.block_on(serve(config)));
             if let (LogFormat::Json, Err(e)) = (format, &result) {
@@ -121,16 +131,4 @@ fn usage_error(msg: &str) -> ExitCode {
     let msg = msg.replace('\n', "\\n");
     eprintln!("error: {msg}");
     ExitCode::from(EXIT_USAGE)
-}
-
-/// clap spreads an error over several lines (hints, usage); keep the ones
-/// that carry information, on one line.
-fn one_line(rendered: &str) -> String {
-    rendered
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -1,0 +1,227 @@
+//! What the user can type: clap definitions, typed. Every value is parsed by
+//! its library type's `FromStr` (the same one the config file goes through),
+//! and every default comes from a library constant, printed by clap.
+//!
+//! Adding a setting is one field here, with its doc and `#[arg]`: the config
+//! file key (the field name), the `MESH_AMB_*` variable and the layering come
+//! with it (see `config`). A library setting also needs its field in
+//! `mesh_amb::settings` and one line in `config::into_settings`, which the
+//! compiler asks for.
+
+use std::path::PathBuf;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{
+    ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum,
+};
+use serde::{Deserialize, Serialize};
+
+use mesh_amb::balance::Policy;
+use mesh_amb::settings::{
+    ConnectionCount, Ip, NodeId, OrOff, Period, SmallCount, Wait, DEFAULT_BIND,
+    DEFAULT_CHECK_INTERVAL, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_PERIOD, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EJECT_TIME, DEFAULT_FALL,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_RISE,
+};
+use mesh_amb::spec::{ConsumeSpec, ProvideSpec};
+
+/// A masterless discovery mesh of ambassadors: local TCP proxies that stand
+/// in for remote services.
+#[derive(Debug, Parser)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl Cli {
+    /// Parses `argv` (program name first). The matches say where each
+    /// value came from, which the config file layering needs.
+    pub fn parse_from_argv<I, T>(argv: I) -> Result<(Cli, ArgMatches), clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().try_get_matches_from(argv)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        Ok((cli, matches))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a self-contained demonstration on this machine and exit.
+    Demo,
+}
+
+/// Settings of the main job. The field names are the config file's keys;
+/// a scalar's environment variable is `MESH_AMB_` + its name in capitals
+/// (given to clap, which reads it); a list's is the same name, read by
+/// `config` because it holds several whitespace-separated values.
+#[derive(Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunArgs {
+    /// Stand in for a service: listen on PORT and forward to the given
+    /// backends (HOST:PORT[*WEIGHT], comma-separated) or, without them, to
+    /// the discovered providers of NAME. Repeatable. Env: MESH_AMB_CONSUME
+    /// (whitespace-separated specs).
+    #[arg(long, value_name = "NAME:PORT[=HOST:PORT,...]")]
+    pub consume: Vec<ConsumeSpec>,
+
+    /// Offer the local service listening on PORT to the mesh as NAME.
+    /// Repeatable. Env: MESH_AMB_PROVIDE (whitespace-separated specs).
+    #[arg(long, value_name = "NAME:PORT")]
+    pub provide: Vec<ProvideSpec>,
+
+    /// Address the consume listeners bind to; 0.0.0.0 for a container
+    /// ambassador.
+    #[arg(long, value_name = "ADDR", env = "MESH_AMB_BIND", default_value_t = Ip(DEFAULT_BIND))]
+    pub bind: Ip,
+
+    /// Add a static consume for every Docker-link variable of the form
+    /// <NAME>_PORT_<P>_TCP=tcp://<ip>:<port>.
+    #[arg(long, env = "MESH_AMB_FROM_ENV")]
+    pub from_env: bool,
+
+    /// TOML file with the same settings; flags override it.
+    #[arg(long, value_name = "FILE", env = "MESH_AMB_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// How new connections are spread over backends.
+    #[arg(long, value_name = "POLICY", env = "MESH_AMB_BALANCE",
+        value_parser = policy_parser(), default_value_t = Policy::default())]
+    pub balance: Policy,
+
+    /// Most client connections open at once; further clients wait in the
+    /// kernel's accept queue.
+    #[arg(long, value_name = "N", env = "MESH_AMB_MAX_CONNECTIONS",
+        default_value_t = ConnectionCount::new(DEFAULT_MAX_CONNECTIONS))]
+    pub max_connections: ConnectionCount,
+
+    /// Give up on one backend after this long, then try the next (e.g. 1s,
+    /// 500ms).
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_CONNECT_TIMEOUT",
+        default_value_t = Period(DEFAULT_CONNECT_TIMEOUT))]
+    pub connect_timeout: Period,
+
+    /// Backends tried per client connection before it is closed.
+    #[arg(long, value_name = "N", env = "MESH_AMB_CONNECT_ATTEMPTS",
+        default_value_t = SmallCount::new(DEFAULT_CONNECT_ATTEMPTS))]
+    pub connect_attempts: SmallCount,
+
+    /// Close a connection after this long without traffic either way ("off"
+    /// disables).
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_IDLE_TIMEOUT",
+        default_value_t = OrOff(None))]
+    pub idle_timeout: OrOff<Period>,
+
+    /// On SIGINT/SIGTERM, how long open connections may take to finish.
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_DRAIN_TIMEOUT",
+        default_value_t = Wait(DEFAULT_DRAIN_TIMEOUT))]
+    pub drain_timeout: Wait,
+
+    /// First ejection of a backend that failed to connect; doubles with each
+    /// failure in a row.
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_EJECT_TIME",
+        default_value_t = Period(DEFAULT_EJECT_TIME))]
+    pub eject_time: Period,
+
+    /// Advertise and listen for mDNS only on this interface (repeatable).
+    /// In a Vagrant VM, name the private network, never the NAT adapter.
+    /// Env: MESH_AMB_INTERFACE (whitespace-separated). Default: all.
+    #[arg(long, value_name = "IFACE")]
+    pub interface: Vec<String>,
+
+    /// Advertise exactly this address of the host (repeatable). Env:
+    /// MESH_AMB_ADVERTISE_ADDR (whitespace-separated). Default: every
+    /// address of the chosen interfaces.
+    #[arg(long, value_name = "ADDR")]
+    pub advertise_addr: Vec<Ip>,
+
+    /// This node's id in instance and host names (letters, digits, '-').
+    /// Default: random per start.
+    #[arg(long, value_name = "ID", env = "MESH_AMB_NODE_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+
+    /// How often a provider checks that its local service accepts
+    /// connections.
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_CHECK_INTERVAL",
+        default_value_t = Period(DEFAULT_CHECK_INTERVAL))]
+    pub check_interval: Period,
+
+    /// Successful checks in a row before a provider advertises again.
+    #[arg(long, value_name = "N", env = "MESH_AMB_RISE",
+        default_value_t = SmallCount::new(DEFAULT_RISE))]
+    pub rise: SmallCount,
+
+    /// Failed checks in a row before a provider withdraws.
+    #[arg(long, value_name = "N", env = "MESH_AMB_FALL",
+        default_value_t = SmallCount::new(DEFAULT_FALL))]
+    pub fall: SmallCount,
+
+    /// On SIGINT/SIGTERM, how long a provider advertises itself as draining
+    /// before it says goodbye.
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_DRAIN_PERIOD",
+        default_value_t = Wait(DEFAULT_DRAIN_PERIOD))]
+    pub drain_period: Wait,
+
+    /// Consumers also check every discovered backend this often ("off"
+    /// disables); catches a crashed provider without waiting for a client.
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_BACKEND_CHECK",
+        default_value_t = OrOff(None))]
+    pub backend_check: OrOff<Period>,
+
+    /// Log line format. Filter with RUST_LOG (e.g. RUST_LOG=debug).
+    #[arg(long, value_enum, env = "MESH_AMB_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines look; a concern of the binary only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `--balance`: the policy names as possible values (listed by `--help` and
+/// in errors), turned into a [`Policy`] by its `FromStr`.
+fn policy_parser() -> impl clap::builder::TypedValueParser<Value = Policy> {
+    PossibleValuesParser::new(Policy::ALL.map(Policy::name)).try_map(|s| s.parse::<Policy>())
+}
+
+/// A clap error as one line. A value that its type rejected reads like
+/// every other bad value, `--flag 'value': why`; anything else keeps
+/// clap's wording, joined onto one line.
+pub fn error_line(e: &clap::Error) -> String {
+    if e.kind() == ErrorKind::ValueValidation {
+        let arg = e.get(ContextKind::InvalidArg);
+        let value = e.get(ContextKind::InvalidValue);
+        let why = std::error::Error::source(e);
+        if let (Some(ContextValue::String(arg)), Some(ContextValue::String(value)), Some(why)) =
+            (arg, value, why)
+        {
+            let flag = arg.split(' ').next().unwrap_or(arg);
+            return format!("{flag} '{value}': {why}");
+        }
+    }
+    one_line(&e.render().to_string())
+}
+
+/// clap spreads an error over several lines (hints, usage); keep the ones
+/// that carry information, on one line.
+fn one_line(rendered: &str) -> String {
+    let line = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
+}

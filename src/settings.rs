@@ -1,0 +1,301 @@
+//! The validated settings of a node: [`Config`] and its parts, their
+//! defaults with the reasons for them, the typed values they are read from
+//! ([`value`]), and the checks that no single value can make alone.
+//!
+//! Where values come from (flags, environment, a file) is the binary's
+//! business: the library takes a `Config`, however it was built. Tests and
+//! the demo build one in code from the `Default`s here.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::balance::Policy;
+use crate::spec::{ConsumeSpec, ProvideSpec};
+
+pub mod value;
+
+pub use value::{Count, Ip, NodeId, OrOff, Period, ValueError, Wait, MAX_DURATION};
+
+/// Range of `max_connections`: a million connections need two million fds,
+/// beyond any fd limit a host grants one process.
+pub type ConnectionCount = Count<1_000_000>;
+/// Range of small retry and hysteresis counts (connect attempts, rise,
+/// fall): a hundred is already far past any useful value.
+pub type SmallCount = Count<100>;
+
+/// Consume listeners bind to loopback: an ambassador serves applications on
+/// its own host, and listening wider would expose the proxied service to the
+/// network. A container ambassador opts in with 0.0.0.0.
+pub const DEFAULT_BIND: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+/// Default connection limit: far above what one ambassador normally carries,
+/// low enough that two fds per connection fit a typical 65536 fd limit.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// A backend on the same LAN answers a SYN in well under a millisecond; one
+/// second tolerates a loaded host while keeping failover to the next
+/// candidate quick when a host has silently vanished.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Three candidates cover "one backend died and the next is also in trouble"
+/// without letting one client wait through a whole large pool.
+pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
+/// Long enough for request/response protocols to finish their exchanges,
+/// short enough that an orchestrator's stop timeout (often 30-90 s) is met.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// First ejection after a failed connect. Short, because an ambassador's
+/// backends are few and a restarted service should be used again quickly;
+/// repeated failures double it up to [`MAX_EJECT_TIME`].
+pub const DEFAULT_EJECT_TIME: Duration = Duration::from_secs(1);
+/// Cap on the ejection back-off, so a backend that comes back after a long
+/// outage is retried within half a minute.
+pub const MAX_EJECT_TIME: Duration = Duration::from_secs(30);
+
+/// Everything the ambassador needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address every consume listener binds to.
+    pub bind: IpAddr,
+    /// Local listeners and where they forward.
+    pub consumes: Vec<ConsumeSpec>,
+    /// Local services offered to the mesh.
+    pub provides: Vec<ProvideSpec>,
+    /// Connection-level proxy settings shared by every consume.
+    pub proxy: ProxySettings,
+    /// How this node takes part in the mDNS mesh.
+    pub discovery: DiscoverySettings,
+}
+
+/// A provider's check of its local service: interval and hysteresis. Half a
+/// second with rise/fall 2 takes a dead service out of every consumer's
+/// rotation within about a second without flapping on one lost SYN; a TCP
+/// connect to a local port every 500 ms costs nothing measurable.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 2;
+/// Time between "draining" and goodbye: consumers hear the TXT change in
+/// milliseconds, so two seconds covers connects already in flight.
+pub const DEFAULT_DRAIN_PERIOD: Duration = Duration::from_secs(2);
+
+/// Settings of the discovery mesh.
+#[derive(Debug, Clone)]
+pub struct DiscoverySettings {
+    /// Makes instance labels and the mDNS host name unique to this node.
+    pub node_id: String,
+    /// The node id was given by the user, so it may not be unique: probe
+    /// for name conflicts before the first advertisement.
+    pub probe: bool,
+    /// Interfaces mDNS runs on; empty means all.
+    pub interfaces: Vec<String>,
+    /// Addresses to advertise; empty means those of the interfaces.
+    pub advertise_addrs: Vec<IpAddr>,
+    /// Provider-side local check period.
+    pub check_interval: Duration,
+    /// Successes in a row to advertise again.
+    pub rise: u32,
+    /// Failures in a row to withdraw.
+    pub fall: u32,
+    /// How long a leaving provider advertises "draining".
+    pub drain_period: Duration,
+    /// Consumer-side active checks of discovered backends, if any.
+    pub backend_check: Option<Duration>,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self {
+            node_id: crate::discovery::wire::random_node_id(),
+            probe: false,
+            interfaces: Vec::new(),
+            advertise_addrs: Vec::new(),
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            drain_period: DEFAULT_DRAIN_PERIOD,
+            backend_check: None,
+        }
+    }
+}
+
+/// Data-plane knobs, shared by every listener.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// How a listener picks among its backends.
+    pub policy: Policy,
+    /// Cap on concurrent client connections per process.
+    pub max_connections: usize,
+    /// Per-backend connect timeout before failing over.
+    pub connect_timeout: Duration,
+    /// Backends tried per client connection.
+    pub connect_attempts: usize,
+    /// Close connections idle for this long; `None` keeps them forever.
+    pub idle_timeout: Option<Duration>,
+    /// Grace period for open connections on shutdown.
+    pub drain_timeout: Duration,
+    /// First ejection period of a failing backend.
+    pub eject_time: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connect_attempts: DEFAULT_CONNECT_ATTEMPTS as usize,
+            idle_timeout: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            eject_time: DEFAULT_EJECT_TIME,
+        }
+    }
+}
+
+/// A configuration that cannot run, one line naming what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    /// One setting's value is wrong here. `setting` is its key as users
+    /// spell it (`interface`, `advertise_addr`, `node_id`), so a front end
+    /// can name the flag or file key it came from.
+    #[error("{setting} '{value}': {reason}")]
+    Value {
+        setting: &'static str,
+        value: String,
+        reason: String,
+    },
+    /// Values that are fine alone but not together.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl Config {
+    /// Checks what no single value can: listen ports and provided names
+    /// are unique, and the discovery settings fit this host.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        check_unique(&self.consumes, &self.provides)?;
+        self.discovery.validate()
+    }
+}
+
+impl DiscoverySettings {
+    /// Checks the node id, and that the chosen interfaces and addresses
+    /// exist on this host (a typo would otherwise advertise nothing).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |setting, value: &dyn std::fmt::Display, reason: String| {
+            Err(SettingsError::Value {
+                setting,
+                value: value.to_string(),
+                reason,
+            })
+        };
+        if !crate::discovery::wire::valid_node_id(&self.node_id) {
+            let reason = "use 1-16 letters, digits or '-'".to_owned();
+            return bad("node_id", &self.node_id, reason);
+        }
+        if self.interfaces.is_empty() && self.advertise_addrs.is_empty() {
+            return Ok(());
+        }
+        let local = crate::discovery::addr::local_interfaces();
+        for i in &self.interfaces {
+            if !local.iter().any(|(name, _)| name == i) {
+                let mut names: Vec<&str> = local.iter().map(|(n, _)| n.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                let reason = format!(
+                    "no interface of that name with an address here (have: {})",
+                    names.join(", ")
+                );
+                return bad("interface", i, reason);
+            }
+        }
+        for a in &self.advertise_addrs {
+            if !local.iter().any(|(_, l)| l == a) {
+                let reason = "not an address of this host".to_owned();
+                return bad("advertise_addr", a, reason);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two listeners cannot share a port, and a node has one instance per
+/// provided service name; say which specs collide.
+fn check_unique(consumes: &[ConsumeSpec], provides: &[ProvideSpec]) -> Result<(), SettingsError> {
+    let mut ports: HashMap<u16, &ConsumeSpec> = HashMap::new();
+    for c in consumes {
+        if let Some(prev) = ports.insert(c.port, c) {
+            return Err(SettingsError::Conflict(format!(
+                "duplicate listen port {}: '{prev}' and '{c}'",
+                c.port
+            )));
+        }
+    }
+    let mut names: HashMap<&str, &ProvideSpec> = HashMap::new();
+    for p in provides {
+        if let Some(prev) = names.insert(&p.name, p) {
+            return Err(SettingsError::Conflict(format!(
+                "'{}' is provided twice ('{prev}' and '{p}'): one instance per service and node",
+                p.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(consumes: &[&str], provides: &[&str]) -> Config {
+        Config {
+            bind: [127, 0, 0, 1].into(),
+            consumes: consumes.iter().map(|s| s.parse().unwrap()).collect(),
+            provides: provides.iter().map(|s| s.parse().unwrap()).collect(),
+            proxy: ProxySettings::default(),
+            discovery: DiscoverySettings::default(),
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        config(&["a:1=h:1", "b:2"], &["a:1", "b:1"])
+            .validate()
+            .unwrap();
+        let d = DiscoverySettings::default();
+        assert!(crate::discovery::wire::valid_node_id(&d.node_id));
+        assert!(!d.probe);
+    }
+
+    #[test]
+    fn what_cannot_run_is_named() {
+        let cases: &[(Config, &str)] = &[
+            (
+                config(&["a:6379=h:1", "b:6379=h:2"], &[]),
+                "duplicate listen port 6379: 'a:6379=h:1' and 'b:6379=h:2'",
+            ),
+            (
+                config(&[], &["a:1", "a:2"]),
+                "'a' is provided twice ('a:1' and 'a:2')",
+            ),
+            {
+                let mut c = config(&[], &[]);
+                c.discovery.node_id = "a.b".into();
+                (c, "node_id 'a.b': use 1-16 letters")
+            },
+            {
+                let mut c = config(&[], &[]);
+                c.discovery.interfaces = vec!["nosuchif0".into()];
+                (c, "interface 'nosuchif0': no interface of that name")
+            },
+            {
+                let mut c = config(&[], &[]);
+                c.discovery.advertise_addrs = vec!["192.0.2.77".parse().unwrap()];
+                (
+                    c,
+                    "advertise_addr '192.0.2.77': not an address of this host",
+                )
+            },
+        ];
+        for (c, want) in cases {
+            let e = c.validate().expect_err(want).to_string();
+            assert!(e.contains(want), "got {e:?}, want {want:?}");
+        }
+    }
+}
