@@ -31,16 +31,16 @@
 //! - [`discovery`]: the mDNS mesh: advertising, browsing, the wire contract.
 //! - [`resp`]: the Redis protocol, for the credentials stage and tests.
 //! - [`health`]: active TCP checks (provider-side and consumer-side).
-//! - [`demo`]: the self-contained demonstration behind `mesh-amb demo`.
 //! - [`node`]: one node: its services, listeners and discovery, started and
 //!   stopped together.
 //!
 //! Shutdown is one [`Shutdown`] handle: `begin` stops every listener and
 //! starts the drain, `force` (or the drain timeout) closes what is left.
 
+#![deny(unsafe_code)]
+
 pub mod backends;
 pub mod balance;
-pub mod demo;
 pub mod dial;
 pub mod discovery;
 pub mod health;

@@ -4,9 +4,11 @@
 //! - `cli`: the typed command line (clap), defaults from the library.
 //! - `config`: flags > `MESH_AMB_*` environment > TOML file > defaults,
 //!   into the library's validated `Config`.
+//! - `demo`: the self-contained demonstration behind `mesh-amb demo`.
 
 mod cli;
 mod config;
+mod demo;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -36,7 +38,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Demo) => {
             // Before any thread exists: a user namespace needs that.
-            let isolation = match mesh_amb::demo::isolate_network() {
+            let isolation = match demo::isolate_network() {
                 Ok(i) => i,
                 Err(e) => {
                     eprintln!("error: cannot set up the demo's private network namespace: {e}");
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
             };
             // The demo prints its own story; logs show only what went wrong.
             init_logs(LogFormat::Text, "warn");
-            report(runtime().and_then(|rt| rt.block_on(mesh_amb::demo::run(isolation))))
+            report(runtime().and_then(|rt| rt.block_on(demo::run(isolation))))
         }
         None => {
             let config::Resolved {

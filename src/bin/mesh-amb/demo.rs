@@ -25,12 +25,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backends::Service;
-use crate::resp::{self, Value};
-use crate::settings::{Config, DiscoverySettings, ProxySettings};
-use crate::spec::{ConsumeSpec, ProvideSpec};
-use crate::table::Health;
-use crate::{Node, NodeHandle};
+use mesh_amb::backends::Service;
+use mesh_amb::resp::{self, Value};
+use mesh_amb::settings::{Config, DiscoverySettings, ProxySettings};
+use mesh_amb::spec::{ConsumeSpec, ProvideSpec};
+use mesh_amb::table::Health;
+use mesh_amb::{Node, NodeHandle};
 
 /// Clients per phase: enough for the spread to be visible.
 const CLIENTS: usize = 300;
