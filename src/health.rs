@@ -8,12 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::dial::dial;
+use crate::dial::{dial, Concurrent, DialError};
 use crate::proxy::Service;
 use crate::table::Target;
 
@@ -84,20 +83,33 @@ pub async fn check_backends(
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let mut probes = JoinSet::new();
-        for b in svc.table.snapshot().backends.iter().cloned() {
-            probes.spawn(async move { (probe(&b.spec.target, timeout).await, b) });
+        // Probed concurrently by this task: no probe task to join, so no
+        // join error can end a round early.
+        let snap = svc.table.snapshot();
+        let mut probes = Concurrent::new();
+        for b in &snap.backends {
+            probes.push(async move { (dial(&b.spec.target, timeout).await, b) });
         }
-        while let Some(Ok((ok, b))) = probes.join_next().await {
-            tracing::debug!(service = %svc.name, backend = %b.spec.target, ok, "backend check");
-            if ok {
-                if svc.table.report_success(&b.stats) {
-                    info!(service = %svc.name, backend = %b.spec.target, "backend restored (check)");
+        while let Some((result, b)) = probes.next().await {
+            let error = match result {
+                Ok(_) => {
+                    tracing::debug!(service = %svc.name, backend = %b.spec.target, "backend check ok");
+                    if svc.table.report_success(&b.stats) {
+                        info!(service = %svc.name, backend = %b.spec.target, "backend restored (check)");
+                    }
+                    continue;
                 }
-                continue;
-            }
+                // Out of descriptors or ports: says nothing about the backend.
+                Err(DialError::Local(e)) => {
+                    warn!(service = %svc.name, backend = %b.spec.target, error = %e,
+                        "backend check skipped");
+                    continue;
+                }
+                Err(DialError::Backend(e)) => e,
+            };
+            tracing::debug!(service = %svc.name, backend = %b.spec.target, %error, "backend check failed");
             if let Some(period) = svc.table.report_failure(&b.stats) {
-                warn!(service = %svc.name, backend = %b.spec.target, eject_for = ?period,
+                warn!(service = %svc.name, backend = %b.spec.target, eject_for = ?period, %error,
                     "backend failed its check: ejected");
             }
             svc.suspect(&b.spec.key);

@@ -236,7 +236,7 @@ pub async fn connect(
                         error = %e, "connect failed"),
                 }
                 svc.suspect(&backend.spec.key);
-                last = Some(e);
+                last = Some(e.into_io());
             }
         }
     }
