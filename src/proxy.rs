@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::balance::Balancer;
 use crate::config::ProxySettings;
-use crate::dial::dial;
+use crate::dial::{dial, DialError};
 use crate::table::{Backend, Stats, Table};
 
 /// Copy buffer per direction. 64 KiB moves a large value in few syscalls;
@@ -36,6 +36,12 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between accept retries: short enough to resume promptly
 /// once descriptors free up.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Pause before turning a client away when a dial failed for lack of local
+/// resources (EMFILE and the like). The connection task keeps its permit
+/// meanwhile, so the accept loop slows down instead of taking and failing
+/// queued clients as fast as it can; a tenth of the accept back-off cap,
+/// so the client still hears promptly.
+const LOCAL_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// One consumed service: its table and how to choose from it.
 pub struct Service {
@@ -202,11 +208,19 @@ pub enum ConnectError {
     NoBackends,
     #[error("no backend answered ({tried} tried, last error: {last})")]
     AllFailed { tried: usize, last: io::Error },
+    /// This process could not dial at all (out of descriptors, ports,
+    /// memory); no backend was blamed.
+    #[error("out of local resources, cannot dial: {0}")]
+    Local(io::Error),
 }
 
 /// Dials candidates in balancer order until one answers, within
 /// `connect_attempts` tries of `connect_timeout` each. Every failure ejects
-/// that backend, so the next clients skip it at once.
+/// that backend, so the next clients skip it at once; a failure for lack of
+/// local resources ejects nothing and fails this client only, after a short
+/// pause: the next backend would fail the same way, and ejecting healthy
+/// backends (or asking discovery to verify them) would turn our own
+/// descriptor shortage into an outage.
 pub async fn connect(
     svc: &Service,
     settings: &ProxySettings,
@@ -228,7 +242,13 @@ pub async fn connect(
                 }
                 return Ok((backend, stream));
             }
-            Err(e) => {
+            Err(DialError::Local(e)) => {
+                debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
+                    "cannot dial: out of local resources");
+                sleep(LOCAL_ERROR_BACKOFF).await;
+                return Err(ConnectError::Local(e));
+            }
+            Err(DialError::Backend(e)) => {
                 match svc.table.report_failure(&backend.stats) {
                     Some(period) => warn!(service = %svc.name, backend = %backend.spec.target,
                         error = %e, eject_for = ?period, "backend ejected"),
@@ -236,7 +256,7 @@ pub async fn connect(
                         error = %e, "connect failed"),
                 }
                 svc.suspect(&backend.spec.key);
-                last = Some(e.into_io());
+                last = Some(e);
             }
         }
     }
