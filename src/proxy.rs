@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::balance::Balancer;
 use crate::config::ProxySettings;
 use crate::dial::{dial, DialError};
-use crate::table::{Backend, Stats, Table};
+use crate::table::{ActiveGuard, Table};
 
 /// Copy buffer per direction. 64 KiB moves a large value in few syscalls;
 /// tokio's 8 KiB default measurably loses throughput on 16 KiB values.
@@ -165,17 +165,18 @@ async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Sha
         r = connect(svc, &shared.settings) => r,
         _ = shared.hard_stop.cancelled() => return,
     };
-    let (backend, server) = match connected {
+    // Counts this connection in the backend's `active` (since its dial)
+    // until the end of this function.
+    let (active, server) = match connected {
         Ok(pair) => pair,
         Err(e) => {
             warn!(service = %svc.name, client = %peer, "closing client connection: {e}");
             return;
         }
     };
+    let backend = active.backend();
     let stats = &backend.stats;
     stats.total.fetch_add(1, Ordering::Relaxed);
-    stats.active.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard(stats);
 
     let clock = shared.settings.idle_timeout.map(|_| Arc::new(Clock::new()));
     let mut client = Metered::new(client, clock.clone());
@@ -221,10 +222,13 @@ pub enum ConnectError {
 /// pause: the next backend would fail the same way, and ejecting healthy
 /// backends (or asking discovery to verify them) would turn our own
 /// descriptor shortage into an outage.
+///
+/// The backend comes with the [`ActiveGuard`] taken when its dial began:
+/// keep it for the connection's life.
 pub async fn connect(
     svc: &Service,
     settings: &ProxySettings,
-) -> Result<(Arc<Backend>, TcpStream), ConnectError> {
+) -> Result<(ActiveGuard, TcpStream), ConnectError> {
     let snap = svc.table.snapshot();
     let order = svc.balancer.order(&svc.table, &snap);
     if order.is_empty() {
@@ -234,13 +238,15 @@ pub async fn connect(
     let mut tried = 0;
     for backend in order.into_iter().take(settings.connect_attempts) {
         tried += 1;
+        // Counted from now, so the balancer sees dials in flight.
+        let active = ActiveGuard::new(backend.clone());
         match dial(&backend.spec.target, settings.connect_timeout).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 if svc.table.report_success(&backend.stats) {
                     info!(service = %svc.name, backend = %backend.spec.target, "backend restored");
                 }
-                return Ok((backend, stream));
+                return Ok((active, stream));
             }
             Err(DialError::Local(e)) => {
                 debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
@@ -264,15 +270,6 @@ pub async fn connect(
         tried,
         last: last.expect("at least one attempt was made"),
     })
-}
-
-/// Keeps `active` right however the connection task ends.
-struct ActiveGuard<'a>(&'a Stats);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Last time any byte moved on a connection, in ms since its start.

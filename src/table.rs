@@ -82,7 +82,8 @@ pub struct BackendSpec {
 /// Per-backend health and counters, shared across snapshots.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Connections currently proxied to this backend.
+    /// Connections currently proxied to this backend, dials in flight
+    /// included (see [`ActiveGuard`]).
     pub active: AtomicU64,
     /// Connections proxied since the backend appeared.
     pub total: AtomicU64,
@@ -110,6 +111,30 @@ impl Stats {
 pub struct Backend {
     pub spec: BackendSpec,
     pub stats: Arc<Stats>,
+}
+
+/// One unit of a backend's `active` count, held from the start of a dial to
+/// the end of the connection. Counting dials in flight lets the load-aware
+/// policies spread a burst over backends that are slow to answer, instead
+/// of sending all of it to the one that looked idle when it began.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<Backend>);
+
+impl ActiveGuard {
+    pub fn new(backend: Arc<Backend>) -> ActiveGuard {
+        backend.stats.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(backend)
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An immutable view of a service's backends.
