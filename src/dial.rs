@@ -11,6 +11,10 @@
 //!
 //! A failed dial says whose fault it was ([`DialError`]): running out of
 //! file descriptors or ports is ours, and must not eject a healthy backend.
+//!
+//! Host names are resolved through a cache ([`resolve`]), not per dial.
+
+pub mod resolve;
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -23,6 +27,8 @@ use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::table::Target;
+
+pub use resolve::Resolver;
 
 /// RFC 8305's recommended "Connection Attempt Delay".
 const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
@@ -78,15 +84,20 @@ pub fn is_local(e: &io::Error) -> bool {
 
 /// Connects to `target` within `timeout` (name resolution included).
 pub async fn dial(target: &Target, timeout: Duration) -> Result<TcpStream, DialError> {
+    dial_with(Resolver::system(), target, timeout).await
+}
+
+/// [`dial`], resolving names with `resolver`.
+pub async fn dial_with(
+    resolver: &Resolver,
+    target: &Target,
+    timeout: Duration,
+) -> Result<TcpStream, DialError> {
     let deadline = Instant::now() + timeout;
     match target {
         Target::Addrs(addrs) => connect_any(addrs, deadline).await,
         Target::Name(host, port) => {
-            let addrs: Vec<SocketAddr> =
-                match timeout_at(deadline, tokio::net::lookup_host((host.as_str(), *port))).await {
-                    Ok(found) => found.map_err(DialError::Backend)?.collect(),
-                    Err(_) => return Err(DialError::Backend(timed_out())),
-                };
+            let addrs = resolver.resolve(host, *port, deadline).await?;
             connect_any(&addrs, deadline).await
         }
     }

@@ -25,7 +25,9 @@ pub enum Target {
     /// Resolved addresses, tried in order (discovery gives several, e.g. an
     /// IPv4 and a link-local IPv6 one).
     Addrs(Vec<SocketAddr>),
-    /// A host name resolved at connect time, so DNS changes take effect.
+    /// A host name, resolved when dialed through a cache that is refreshed
+    /// every [`DNS_TTL`](crate::dial::resolve::DNS_TTL), so DNS changes take
+    /// effect.
     Name(String, u16),
 }
 
