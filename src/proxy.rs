@@ -36,12 +36,6 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between accept retries: short enough to resume promptly
 /// once descriptors free up.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// Pause before turning a client away when a dial failed for lack of local
-/// resources (EMFILE and the like). The connection task keeps its permit
-/// meanwhile, so the accept loop slows down instead of taking and failing
-/// queued clients as fast as it can; a tenth of the accept back-off cap,
-/// so the client still hears promptly.
-const LOCAL_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// One consumed service: its table and how to choose from it.
 pub struct Service {
@@ -201,6 +195,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Sha
             error = %e, "connection ended with an error"),
     }
 }
+
+/// Pause before turning a client away when a dial failed for lack of local
+/// resources (EMFILE and the like). The connection task keeps its permit
+/// meanwhile, so the accept loop slows down instead of taking and failing
+/// queued clients as fast as it can; a tenth of the accept back-off cap,
+/// so the client still hears promptly.
+const LOCAL_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Why a client connection could not be given a backend.
 #[derive(Debug, thiserror::Error)]
