@@ -23,7 +23,8 @@ pub enum Policy {
     RoundRobin,
     /// Uniformly at random, in proportion to weight.
     Random,
-    /// Fewest active connections per unit of weight.
+    /// Fewest active connections (dials in flight included) per unit of
+    /// weight.
     LeastConn,
     /// Power of two choices: sample two backends by weight, take the one with
     /// fewer active connections per unit of weight. Nearly as good as

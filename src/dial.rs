@@ -4,63 +4,210 @@
 //! answer came within a short delay or the attempt failed, take the first
 //! connection that succeeds. A silent first address thus costs a quarter
 //! second, not the whole connect timeout.
+//!
+//! Attempts are futures polled by the dialing task itself, not spawned
+//! tasks: nothing to join, nothing to abort, and a single address (the
+//! common case) is one connect under a timeout.
+//!
+//! A failed dial says whose fault it was ([`DialError`]): running out of
+//! file descriptors or ports is ours, and must not eject a healthy backend.
+//!
+//! Host names are resolved through a cache ([`resolve`]), not per dial.
 
+pub mod resolve;
+
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::task::JoinSet;
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep_until, timeout_at, Instant};
 
 use crate::table::Target;
+
+pub use resolve::Resolver;
 
 /// RFC 8305's recommended "Connection Attempt Delay".
 const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
-/// Connects to `target` within `timeout` (name resolution included).
-pub async fn dial(target: &Target, timeout: Duration) -> io::Result<TcpStream> {
-    let deadline = Instant::now() + timeout;
-    let addrs: Vec<SocketAddr> = match target {
-        Target::Addrs(addrs) => addrs.clone(),
-        Target::Name(host, port) => {
-            match tokio::time::timeout_at(deadline, tokio::net::lookup_host((host.as_str(), *port)))
-                .await
-            {
-                Ok(found) => found?.collect(),
-                Err(_) => return Err(timed_out()),
-            }
+/// Why a dial failed, split by whose fault it was.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// This host ran out of something a connection needs (descriptors,
+    /// socket buffers, memory, ephemeral ports): the backend was never
+    /// really tried, so it must not be blamed for it.
+    #[error("out of local resources: {0}")]
+    Local(io::Error),
+    /// The backend refused, did not answer in time, or its name did not
+    /// resolve.
+    #[error(transparent)]
+    Backend(io::Error),
+}
+
+impl DialError {
+    pub fn io(&self) -> &io::Error {
+        match self {
+            DialError::Local(e) | DialError::Backend(e) => e,
         }
-    };
-    let mut pending = addrs.into_iter();
-    let mut attempts = JoinSet::new();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
-    match pending.next() {
-        Some(a) => attempts.spawn(TcpStream::connect(a)),
-        None => return Err(last),
-    };
+    }
+
+    pub fn into_io(self) -> io::Error {
+        match self {
+            DialError::Local(e) | DialError::Backend(e) => e,
+        }
+    }
+}
+
+impl From<io::Error> for DialError {
+    fn from(e: io::Error) -> DialError {
+        if is_local(&e) {
+            DialError::Local(e)
+        } else {
+            DialError::Backend(e)
+        }
+    }
+}
+
+/// Whether a connect error comes from this host's resources rather than
+/// from the backend. These fail `socket()` or `connect()` before a SYN
+/// leaves: EMFILE/ENFILE (descriptors, per process/system), ENOBUFS and
+/// ENOMEM (kernel memory), EADDRNOTAVAIL (no free ephemeral port).
+pub fn is_local(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    ) || e.kind() == io::ErrorKind::OutOfMemory
+}
+
+/// Connects to `target` within `timeout` (name resolution included).
+pub async fn dial(target: &Target, timeout: Duration) -> Result<TcpStream, DialError> {
+    dial_with(Resolver::system(), target, timeout).await
+}
+
+/// [`dial`], resolving names with `resolver`.
+pub async fn dial_with(
+    resolver: &Resolver,
+    target: &Target,
+    timeout: Duration,
+) -> Result<TcpStream, DialError> {
+    let deadline = Instant::now() + timeout;
+    match target {
+        Target::Addrs(addrs) => connect_any(addrs, deadline).await,
+        Target::Name(host, port) => {
+            let addrs = resolver.resolve(host, *port, deadline).await?;
+            connect_any(&addrs, deadline).await
+        }
+    }
+}
+
+/// Connects to the first of `addrs` that answers before `deadline`.
+async fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, DialError> {
+    match addrs {
+        [] => Err(DialError::Backend(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no address to connect to",
+        ))),
+        [one] => match timeout_at(deadline, TcpStream::connect(*one)).await {
+            Ok(r) => r.map_err(DialError::from),
+            Err(_) => Err(DialError::Backend(timed_out())),
+        },
+        many => happy_eyeballs(many, deadline).await,
+    }
+}
+
+async fn happy_eyeballs(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, DialError> {
+    let mut pending = addrs.iter().copied();
+    let mut attempts = Concurrent::new();
+    let mut failed = Failures::default();
+    let mut next_start = Instant::now();
     loop {
         tokio::select! {
-            done = attempts.join_next(), if !attempts.is_empty() => match done {
-                // Dropping `attempts` aborts the slower ones.
-                Some(Ok(Ok(stream))) => return Ok(stream),
-                Some(Ok(Err(e))) => {
-                    last = e;
-                    if let Some(a) = pending.next() {
-                        attempts.spawn(TcpStream::connect(a));
-                    } else if attempts.is_empty() {
-                        return Err(last);
+            // Returning drops the slower attempts, which closes their sockets.
+            Some(r) = attempts.next(), if !attempts.is_empty() => match r {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    failed.add(e);
+                    if pending.len() == 0 && attempts.is_empty() {
+                        return Err(failed.into_error());
                     }
+                    // A failure starts the next attempt at once.
+                    next_start = Instant::now();
                 }
-                Some(Err(e)) => return Err(io::Error::other(e)),
-                None => return Err(last),
             },
-            _ = sleep(ATTEMPT_DELAY), if pending.len() > 0 => {
-                if let Some(a) = pending.next() {
-                    attempts.spawn(TcpStream::connect(a));
+            _ = sleep_until(next_start), if pending.len() > 0 => {
+                attempts.push(TcpStream::connect(pending.next().expect("checked")));
+                next_start = Instant::now() + ATTEMPT_DELAY;
+            }
+            _ = sleep_until(deadline) => {
+                failed.add(timed_out());
+                return Err(failed.into_error());
+            }
+        }
+    }
+}
+
+/// Futures polled together by the task that owns them, yielding each
+/// outcome as it comes: a minimal `FuturesUnordered`, enough for a handful
+/// of connect attempts or health probes.
+pub(crate) struct Concurrent<'a, T>(Vec<Pin<Box<dyn Future<Output = T> + Send + 'a>>>);
+
+impl<'a, T> Concurrent<'a, T> {
+    pub(crate) fn new() -> Self {
+        Concurrent(Vec::new())
+    }
+
+    pub(crate) fn push(&mut self, f: impl Future<Output = T> + Send + 'a) {
+        self.0.push(Box::pin(f));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The outcome of the next future to finish; `None` when none is left.
+    pub(crate) async fn next(&mut self) -> Option<T> {
+        poll_fn(|cx| {
+            if self.0.is_empty() {
+                return Poll::Ready(None);
+            }
+            for i in 0..self.0.len() {
+                if let Poll::Ready(r) = self.0[i].as_mut().poll(cx) {
+                    drop(self.0.swap_remove(i));
+                    return Poll::Ready(Some(r));
                 }
             }
-            _ = sleep_until(deadline) => return Err(timed_out()),
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The errors of a multi-address dial, reduced to one: a local failure
+/// wins, because an address we could not even try says nothing about the
+/// backend.
+#[derive(Default)]
+struct Failures {
+    local: Option<io::Error>,
+    last: Option<io::Error>,
+}
+
+impl Failures {
+    fn add(&mut self, e: io::Error) {
+        if is_local(&e) {
+            self.local.get_or_insert(e);
+        } else {
+            self.last = Some(e);
+        }
+    }
+
+    fn into_error(self) -> DialError {
+        match (self.local, self.last) {
+            (Some(e), _) => DialError::Local(e),
+            (None, Some(e)) => DialError::Backend(e),
+            (None, None) => DialError::Backend(timed_out()),
         }
     }
 }
@@ -94,6 +241,46 @@ mod tests {
         (l, addr, fill)
     }
 
+    #[test]
+    fn local_errors_are_told_from_the_backend_s() {
+        use io::ErrorKind as K;
+        let os = io::Error::from_raw_os_error;
+        let cases: &[(io::Error, bool)] = &[
+            (os(libc::EMFILE), true),
+            (os(libc::ENFILE), true),
+            (os(libc::ENOBUFS), true),
+            (os(libc::ENOMEM), true),
+            (os(libc::EADDRNOTAVAIL), true),
+            (K::OutOfMemory.into(), true),
+            (os(libc::ECONNREFUSED), false),
+            (os(libc::ETIMEDOUT), false),
+            (os(libc::EHOSTUNREACH), false),
+            (os(libc::ENETUNREACH), false),
+            (os(libc::ECONNRESET), false),
+            (timed_out(), false),
+            (K::NotFound.into(), false),
+        ];
+        for (e, local) in cases {
+            assert_eq!(is_local(e), *local, "{e:?}");
+            let classified = match e.raw_os_error() {
+                Some(n) => DialError::from(os(n)),
+                None => DialError::from(io::Error::from(e.kind())),
+            };
+            assert_eq!(matches!(classified, DialError::Local(_)), *local, "{e:?}");
+        }
+
+        // Several addresses: one we could not even try makes it our fault.
+        for (errors, local) in [
+            (vec![os(libc::ECONNREFUSED), os(libc::EMFILE)], true),
+            (vec![os(libc::EMFILE), os(libc::ECONNREFUSED)], true),
+            (vec![os(libc::ECONNREFUSED), timed_out()], false),
+        ] {
+            let mut f = Failures::default();
+            errors.into_iter().for_each(|e| f.add(e));
+            assert_eq!(matches!(f.into_error(), DialError::Local(_)), local);
+        }
+    }
+
     #[tokio::test]
     async fn takes_the_first_address_that_answers() {
         let good = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -112,7 +299,11 @@ mod tests {
 
         let t = Target::Addrs(vec![refused]);
         assert_eq!(
-            dial(&t, Duration::from_secs(5)).await.unwrap_err().kind(),
+            dial(&t, Duration::from_secs(5))
+                .await
+                .unwrap_err()
+                .io()
+                .kind(),
             io::ErrorKind::ConnectionRefused
         );
         let t = Target::Addrs(vec![hanging]);
@@ -120,6 +311,7 @@ mod tests {
             dial(&t, Duration::from_millis(200))
                 .await
                 .unwrap_err()
+                .io()
                 .kind(),
             io::ErrorKind::TimedOut
         );

@@ -8,13 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backends::Service;
-use crate::dial::dial;
+use crate::dial::{dial, Concurrent, DialError};
 use crate::table::Target;
 
 /// Up/down with hysteresis: `rise` successes in a row to come up, `fall`
@@ -84,20 +83,41 @@ pub async fn check_backends(
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let mut probes = JoinSet::new();
-        for b in svc.table.snapshot().backends.iter().cloned() {
-            probes.spawn(async move { (probe(&b.spec.target, timeout).await, b) });
+        // Probed concurrently by this task: no probe task to join, so no
+        // join error can end a round early.
+        let snap = svc.table.snapshot();
+        let mut probes = Concurrent::new();
+        for b in &snap.backends {
+            probes.push(async move { (dial(&b.spec.target, timeout).await, b) });
         }
-        while let Some(Ok((ok, b))) = probes.join_next().await {
-            tracing::debug!(service = %svc.name, backend = %b.spec.target, ok, "backend check");
-            if ok {
-                if svc.table.report_success(&b.stats) {
-                    info!(service = %svc.name, backend = %b.spec.target, "backend restored (check)");
+        loop {
+            // A shutdown does not wait for a round's slow probes.
+            let (result, b) = tokio::select! {
+                _ = stop.cancelled() => return,
+                next = probes.next() => match next {
+                    Some(done) => done,
+                    None => break,
+                },
+            };
+            let error = match result {
+                Ok(_) => {
+                    tracing::debug!(service = %svc.name, backend = %b.spec.target, "backend check ok");
+                    if svc.table.report_success(&b.stats) {
+                        info!(service = %svc.name, backend = %b.spec.target, "backend restored (check)");
+                    }
+                    continue;
                 }
-                continue;
-            }
+                // Out of descriptors or ports: says nothing about the backend.
+                Err(DialError::Local(e)) => {
+                    warn!(service = %svc.name, backend = %b.spec.target, error = %e,
+                        "backend check skipped");
+                    continue;
+                }
+                Err(DialError::Backend(e)) => e,
+            };
+            tracing::debug!(service = %svc.name, backend = %b.spec.target, %error, "backend check failed");
             if let Some(period) = svc.table.report_failure(&b.stats) {
-                warn!(service = %svc.name, backend = %b.spec.target, eject_for = ?period,
+                warn!(service = %svc.name, backend = %b.spec.target, eject_for = ?period, %error,
                     "backend failed its check: ejected");
             }
             svc.suspect(&b.spec.key);
@@ -108,6 +128,7 @@ pub async fn check_backends(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::{Source, Suspects};
 
     #[test]
     fn rise_and_fall() {
@@ -139,6 +160,83 @@ mod tests {
                 .collect();
             assert_eq!(&got, states, "rise {rise} fall {fall} {results:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn backend_checks_report_each_probe_as_it_finishes_and_stop_mid_round() {
+        use crate::balance::{Balancer, Policy};
+        use crate::table::{BackendSpec, Health, Table, Update};
+        use std::net::SocketAddr;
+        use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+        let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        // A listener with a full accept queue: its probe hangs.
+        let silent = TcpSocket::new_v4().unwrap();
+        silent.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let silent = silent.listen(1).unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let mut fill = Vec::new();
+        while let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(silent_addr)).await
+        {
+            fill.push(s);
+        }
+
+        let table = Arc::new(Table::new(Duration::from_secs(60)));
+        let backends: [(&str, SocketAddr); 3] = [
+            ("silent", silent_addr),
+            ("refused", refused),
+            ("up", up.local_addr().unwrap()),
+        ];
+        for (key, addr) in backends {
+            table.apply(Update::Upsert(BackendSpec {
+                key: key.into(),
+                target: Target::Addrs(vec![addr]),
+                weight: 1,
+                draining: false,
+            }));
+        }
+        let snap = table.snapshot();
+        // "up" failed a while ago: its check restores it.
+        table.report_failure(&snap.backends[2].stats);
+        let (tx, mut suspects) = Suspects::channel(Duration::from_secs(4));
+        let svc = Arc::new(Service {
+            name: "redis".into(),
+            table: table.clone(),
+            balancer: Balancer::new(Policy::P2c),
+            source: Source::Discovered(tx),
+        });
+        let stop = CancellationToken::new();
+        let checks = tokio::spawn(check_backends(
+            svc,
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+            stop.clone(),
+        ));
+        // Answers come while the silent backend's probe still hangs.
+        let suspect = tokio::time::timeout(Duration::from_secs(15), suspects.recv())
+            .await
+            .expect("the refused backend is reported without waiting for the silent one");
+        assert_eq!(suspect.as_deref(), Some("refused"));
+        assert!(matches!(
+            table.health(&snap.backends[1].stats),
+            Health::Ejected { .. }
+        ));
+        let end = tokio::time::Instant::now() + Duration::from_secs(15);
+        while table.health(&snap.backends[2].stats) != Health::Healthy {
+            assert!(tokio::time::Instant::now() < end, "up was never restored");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(table.health(&snap.backends[0].stats), Health::Healthy);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), checks)
+            .await
+            .expect("stopping does not wait for the silent probe")
+            .unwrap();
     }
 
     #[tokio::test]

@@ -23,9 +23,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::backends::Service;
-use crate::dial::dial;
+use crate::dial::{dial, DialError};
 use crate::settings::ProxySettings;
-use crate::table::{Backend, Stats};
+use crate::table::ActiveGuard;
 
 /// Copy buffer per direction. 64 KiB moves a large value in few syscalls;
 /// tokio's 8 KiB default measurably loses throughput on 16 KiB values.
@@ -137,17 +137,18 @@ async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Sha
         r = connect(svc, &shared.settings) => r,
         _ = shared.hard_stop.cancelled() => return,
     };
-    let (backend, server) = match connected {
+    // Counts this connection in the backend's `active` (since its dial)
+    // until the end of this function.
+    let (active, server) = match connected {
         Ok(pair) => pair,
         Err(e) => {
             warn!(service = %svc.name, client = %peer, "closing client connection: {e}");
             return;
         }
     };
+    let backend = active.backend();
     let stats = &backend.stats;
     stats.total.fetch_add(1, Ordering::Relaxed);
-    stats.active.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard(stats);
 
     let clock = shared.settings.idle_timeout.map(|_| Arc::new(Clock::new()));
     let mut client = Metered::new(client, clock.clone());
@@ -173,6 +174,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Sha
     }
 }
 
+/// Pause before turning a client away when a dial failed for lack of local
+/// resources (EMFILE and the like). The connection task keeps its permit
+/// meanwhile, so the accept loop slows down instead of taking and failing
+/// queued clients as fast as it can; a tenth of the accept back-off cap,
+/// so the client still hears promptly.
+const LOCAL_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Why a client connection could not be given a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -180,15 +188,26 @@ pub enum ConnectError {
     NoBackends,
     #[error("no backend answered ({tried} tried, last error: {last})")]
     AllFailed { tried: usize, last: io::Error },
+    /// This process could not dial at all (out of descriptors, ports,
+    /// memory); no backend was blamed.
+    #[error("out of local resources, cannot dial: {0}")]
+    Local(io::Error),
 }
 
 /// Dials candidates in balancer order until one answers, within
 /// `connect_attempts` tries of `connect_timeout` each. Every failure ejects
-/// that backend, so the next clients skip it at once.
+/// that backend, so the next clients skip it at once; a failure for lack of
+/// local resources ejects nothing and fails this client only, after a short
+/// pause: the next backend would fail the same way, and ejecting healthy
+/// backends (or asking discovery to verify them) would turn our own
+/// descriptor shortage into an outage.
+///
+/// The backend comes with the [`ActiveGuard`] taken when its dial began:
+/// keep it for the connection's life.
 pub async fn connect(
     svc: &Service,
     settings: &ProxySettings,
-) -> Result<(Arc<Backend>, TcpStream), ConnectError> {
+) -> Result<(ActiveGuard, TcpStream), ConnectError> {
     let snap = svc.table.snapshot();
     let order = svc.balancer.order(&svc.table, &snap);
     if order.is_empty() {
@@ -198,15 +217,23 @@ pub async fn connect(
     let mut tried = 0;
     for backend in order.into_iter().take(settings.connect_attempts) {
         tried += 1;
+        // Counted from now, so the balancer sees dials in flight.
+        let active = ActiveGuard::new(backend.clone());
         match dial(&backend.spec.target, settings.connect_timeout).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 if svc.table.report_success(&backend.stats) {
                     info!(service = %svc.name, backend = %backend.spec.target, "backend restored");
                 }
-                return Ok((backend, stream));
+                return Ok((active, stream));
             }
-            Err(e) => {
+            Err(DialError::Local(e)) => {
+                debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
+                    "cannot dial: out of local resources");
+                sleep(LOCAL_ERROR_BACKOFF).await;
+                return Err(ConnectError::Local(e));
+            }
+            Err(DialError::Backend(e)) => {
                 match svc.table.report_failure(&backend.stats) {
                     Some(period) => warn!(service = %svc.name, backend = %backend.spec.target,
                         error = %e, eject_for = ?period, "backend ejected"),
@@ -222,15 +249,6 @@ pub async fn connect(
         tried,
         last: last.expect("at least one attempt was made"),
     })
-}
-
-/// Keeps `active` right however the connection task ends.
-struct ActiveGuard<'a>(&'a Stats);
-
-impl Drop for ActiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Last time any byte moved on a connection, in ms since its start.

@@ -25,7 +25,9 @@ pub enum Target {
     /// Resolved addresses, tried in order (discovery gives several, e.g. an
     /// IPv4 and a link-local IPv6 one).
     Addrs(Vec<SocketAddr>),
-    /// A host name resolved at connect time, so DNS changes take effect.
+    /// A host name, resolved when dialed through a cache that is refreshed
+    /// every [`DNS_TTL`](crate::dial::resolve::DNS_TTL), so DNS changes take
+    /// effect.
     Name(String, u16),
 }
 
@@ -82,7 +84,8 @@ pub struct BackendSpec {
 /// Per-backend health and counters, shared across snapshots.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Connections currently proxied to this backend.
+    /// Connections currently proxied to this backend, dials in flight
+    /// included (see [`ActiveGuard`]).
     pub active: AtomicU64,
     /// Connections proxied since the backend appeared.
     pub total: AtomicU64,
@@ -110,6 +113,30 @@ impl Stats {
 pub struct Backend {
     pub spec: BackendSpec,
     pub stats: Arc<Stats>,
+}
+
+/// One unit of a backend's `active` count, held from the start of a dial to
+/// the end of the connection. Counting dials in flight lets the load-aware
+/// policies spread a burst over backends that are slow to answer, instead
+/// of sending all of it to the one that looked idle when it began.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<Backend>);
+
+impl ActiveGuard {
+    pub fn new(backend: Arc<Backend>) -> ActiveGuard {
+        backend.stats.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(backend)
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An immutable view of a service's backends.
@@ -210,20 +237,33 @@ impl Table {
     /// that doubles with each failure in a row. Returns the ejection period
     /// when this failure started a new ejection (for a log line); failures
     /// racing in during an ejection only count.
+    ///
+    /// Concurrent failures (a burst of clients all dialing a backend that
+    /// just died) race to start the ejection: a compare-and-swap on its end
+    /// picks one winner, which alone advances the back-off, so one outage
+    /// moves it one step and no loser can overwrite the winner's period.
     pub fn report_failure(&self, stats: &Stats) -> Option<Duration> {
         stats.failures.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
-        if stats.ejected_until_ms.load(Ordering::Relaxed) > now {
+        let until = stats.ejected_until_ms.load(Ordering::Acquire);
+        if until > now {
             return None;
         }
-        let n = stats.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        let n = stats.consecutive_failures.load(Ordering::Acquire);
         let period = self
             .eject_time
             .saturating_mul(1u32 << n.min(16))
             .min(MAX_EJECT_TIME.max(self.eject_time));
         stats
             .ejected_until_ms
-            .store(now + period.as_millis() as u64, Ordering::Relaxed);
+            .compare_exchange(
+                until,
+                now + period.as_millis() as u64,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .ok()?;
+        stats.consecutive_failures.fetch_add(1, Ordering::Release);
         Some(period)
     }
 
@@ -279,6 +319,41 @@ mod tests {
         assert!(!t.apply(Update::Remove("zzz".into())));
         assert_eq!(t.snapshot().backends.len(), 1);
         assert_eq!(before.backends.len(), 2, "old snapshots are immutable");
+    }
+
+    #[test]
+    fn concurrent_failures_start_one_ejection_of_the_first_step() {
+        const THREADS: usize = 8;
+        const ROUNDS: usize = 500;
+        let t = Table::new(Duration::from_secs(1));
+        let stats: Vec<Stats> = (0..ROUNDS).map(|_| Stats::default()).collect();
+        let barrier = std::sync::Barrier::new(THREADS);
+        let results: Vec<Vec<Option<Duration>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        stats
+                            .iter()
+                            .map(|s| {
+                                barrier.wait();
+                                t.report_failure(s)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for (round, s) in stats.iter().enumerate() {
+            let started: Vec<Duration> = results.iter().filter_map(|r| r[round]).collect();
+            assert_eq!(
+                started,
+                [Duration::from_secs(1)],
+                "round {round}: one ejection, of the first back-off step"
+            );
+            assert_eq!(s.failures.load(Ordering::Relaxed), THREADS as u64);
+            assert_eq!(s.consecutive_failures.load(Ordering::Relaxed), 1);
+        }
     }
 
     #[tokio::test(start_paused = true)]
