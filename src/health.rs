@@ -62,9 +62,16 @@ impl Checker {
 }
 
 /// Whether the target accepts a TCP connection within `timeout`, dialed
-/// exactly as client connections are, so checks and clients agree.
-pub async fn probe(target: &Target, timeout: Duration) -> bool {
-    dial(target, timeout).await.is_ok()
+/// exactly as client connections are, so checks and clients agree. An
+/// error means the check could not be made (this process is out of
+/// descriptors, ports or memory): it says nothing about the target, so
+/// callers skip it rather than count it as down.
+pub async fn probe(target: &Target, timeout: Duration) -> std::io::Result<bool> {
+    match dial(target, timeout).await {
+        Ok(_) => Ok(true),
+        Err(DialError::Backend(_)) => Ok(false),
+        Err(DialError::Local(e)) => Err(e),
+    }
 }
 
 /// Consumer-side active checks: every `every`, try a TCP connect to each
@@ -244,8 +251,8 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let target = Target::Addrs(vec![addr]);
-        assert!(probe(&target, Duration::from_secs(5)).await);
+        assert!(probe(&target, Duration::from_secs(5)).await.unwrap());
         drop(l);
-        assert!(!probe(&target, Duration::from_secs(5)).await);
+        assert!(!probe(&target, Duration::from_secs(5)).await.unwrap());
     }
 }

@@ -198,4 +198,12 @@ async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
     );
     let snap = svc.table.snapshot();
     assert_eq!(snap.backends[0].stats.failures.load(Ordering::Relaxed), 0);
+
+    // A provider's check of its local service cannot be made either: that
+    // is an error to skip, not "the service is down" (which would withdraw
+    // its advertisement).
+    let limit = FdLimit::leave_free(0);
+    let checked = mesh_amb::health::probe(&Target::Addrs(vec![backend]), DEADLINE).await;
+    drop(limit);
+    assert!(checked.is_err(), "{checked:?}");
 }
