@@ -1,54 +1,53 @@
 //! mesh-amb: a masterless mesh of ambassadors.
 //!
 //! An ambassador is a local TCP proxy that stands in for a remote service.
-//! Data flows one way through these modules:
+//! Data flows one way through these layers:
 //!
 //! ```text
-//! settings::Config ──> node::Node::start
-//!                        │  static backends (spec) ──┐
-//!                        │  discovery::mdns::browse ─┴─> table::Update
-//!                        ▼
-//!                    table::Table  (one per consume; snapshots for readers)
-//!                        │
-//!   proxy::serve ── accept ──> balance::Balancer::order(snapshot)
-//!                        │         └─> proxy::connect: dial down the list,
-//!                        │             report failures back to the table
-//!                        ▼
-//!                    copy both ways until both sides are done
-//!
-//! discovery::provider: local health check ──> advertise / withdraw (mDNS)
-//! proxy::connect failure ──> Service::suspect ──> mdns verify ──> Remove
+//!  discovery (mDNS)          settings (static backends)
+//!        │ Update::{Upsert, Remove}     │
+//!        ▼                              ▼
+//!  backends: Service { table, balancer, source }   snapshots, lock-free reads
+//!        │ snapshot ─> Balancer::order ─> candidates
+//!        ▼
+//!  data plane: accept ─> dial ─> [tls] ─> [auth] ─> copy
+//!        │ connect failure ─> table ejection ─> Service::suspect
+//!        ▼                                            │
+//!  node: starts and stops all of it        discovery verifies the record
+//!        ▼
+//!  the mesh-amb binary: command line, config file, signals, demo
 //! ```
 //!
-//! - [`spec`]: the `--consume`/`--provide` strings and Docker-link variables.
+//! - [`spec`]: the `--consume`/`--provide` specs and Docker-link variables.
 //! - [`settings`]: the validated configuration, its defaults and typed values
 //!   (the command line and config file live in the `mesh-amb` binary).
-//! - [`backends`]: a consumed service and where its backends come from.
-//! - [`table`]: live backends of one service, with passive health.
-//! - [`balance`]: policies that order a snapshot's backends.
-//! - [`proxy`]: listeners, the connection pipeline, byte copying.
-//! - [`dial`]: connecting to a backend with several addresses.
-//! - [`discovery`]: the mDNS mesh: advertising, browsing, the wire contract.
+//! - [`backends`]: a consumed service: its live table with passive health
+//!   ([`backends::table`]), the balancing policies ([`backends::balance`]),
+//!   and where its backends come from ([`backends::Source`]).
+//! - [`discovery`]: the mDNS mesh: the wire contract, advertising local
+//!   services while their check passes, browsing into the tables.
+//! - [`net`]: dialing a backend ([`net::dial`]), active checks
+//!   ([`net::checks`], also used by providers for their local service).
+//! - [`proxy`]: the accept loop and each connection's pipeline.
 //! - [`resp`]: the Redis protocol, for the credentials stage and tests.
-//! - [`health`]: active TCP checks (provider-side and consumer-side).
 //! - [`node`]: one node: its services, listeners and discovery, started and
-//!   stopped together.
+//!   stopped together by one [`Shutdown`]: `begin` stops every listener and
+//!   starts the drain, `force` (or the drain timeout) closes what is left.
 //!
-//! Shutdown is one [`Shutdown`] handle: `begin` stops every listener and
-//! starts the drain, `force` (or the drain timeout) closes what is left.
+//! Dependencies point one way: `spec` below everything; `backends` on
+//! `spec`; `settings` on `spec` and the balancing policy; `net` and
+//! `discovery` on `backends`; `proxy` on `backends` and `net`; `node` on all
+//! of them; the binary on `node`. No module imports the command line.
 
 #![deny(unsafe_code)]
 
 pub mod backends;
-pub mod balance;
-pub mod dial;
 pub mod discovery;
-pub mod health;
+pub mod net;
 pub mod node;
 pub mod proxy;
 pub mod resp;
 pub mod settings;
 pub mod spec;
-pub mod table;
 
 pub use node::{Node, NodeHandle, Shutdown};

@@ -12,12 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::backends::balance::Balancer;
+use crate::backends::table::{BackendSpec, Table, Target, Update};
 use crate::backends::{Service, Source, Suspects};
-use crate::balance::Balancer;
 use crate::discovery::mdns::{self, Mdns};
 use crate::proxy::{self, Shared};
 use crate::settings::Config;
-use crate::table::{BackendSpec, Table, Target, Update};
 
 /// Tells a running node to stop. Clones share state.
 #[derive(Clone, Default)]
@@ -197,7 +197,7 @@ async fn run(
     }
     if let Some(every) = config.discovery.backend_check {
         for svc in &discovered {
-            side_tasks.spawn(crate::health::check_backends(
+            side_tasks.spawn(crate::net::checks::check_backends(
                 svc.clone(),
                 every,
                 config.proxy.connect_timeout,

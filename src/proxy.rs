@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::backends::table::ActiveGuard;
 use crate::backends::Service;
-use crate::dial::{dial, DialError};
+use crate::net::dial::{dial, DialError};
 use crate::settings::ProxySettings;
-use crate::table::ActiveGuard;
 
 /// Copy buffer per direction. 64 KiB moves a large value in few syscalls;
 /// tokio's 8 KiB default measurably loses throughput on 16 KiB values.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::balance::Policy;
+use crate::backends::balance::Policy;
 use crate::spec::{ConsumeSpec, ProvideSpec};
 
 pub mod value;
@@ -43,11 +43,9 @@ pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// First ejection after a failed connect. Short, because an ambassador's
 /// backends are few and a restarted service should be used again quickly;
-/// repeated failures double it up to [`MAX_EJECT_TIME`].
+/// repeated failures double it up to
+/// [`MAX_EJECT_TIME`](crate::backends::table::MAX_EJECT_TIME).
 pub const DEFAULT_EJECT_TIME: Duration = Duration::from_secs(1);
-/// Cap on the ejection back-off, so a backend that comes back after a long
-/// outage is retried within half a minute.
-pub const MAX_EJECT_TIME: Duration = Duration::from_secs(30);
 
 /// Everything the ambassador needs, validated.
 #[derive(Debug, Clone)]

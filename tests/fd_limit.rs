@@ -15,11 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use common::{Amb, DEADLINE};
+use mesh_amb::backends::balance::{Balancer, Policy};
+use mesh_amb::backends::table::{BackendSpec, Health, Table, Target, Update};
 use mesh_amb::backends::{Service, Source, Suspects};
-use mesh_amb::balance::{Balancer, Policy};
 use mesh_amb::proxy::{connect, ConnectError};
 use mesh_amb::settings::ProxySettings;
-use mesh_amb::table::{BackendSpec, Health, Table, Target, Update};
 
 /// Clients in the burst.
 const BURST: usize = 20;
@@ -203,7 +203,7 @@ async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
     // is an error to skip, not "the service is down" (which would withdraw
     // its advertisement).
     let limit = FdLimit::leave_free(0);
-    let checked = mesh_amb::health::probe(&Target::Addrs(vec![backend]), DEADLINE).await;
+    let checked = mesh_amb::net::checks::probe(&Target::Addrs(vec![backend]), DEADLINE).await;
     drop(limit);
     assert!(checked.is_err(), "{checked:?}");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 
 use common::{settings, wait_for, Amb, DEADLINE};
-use mesh_amb::balance::Policy;
+use mesh_amb::backends::balance::Policy;
 
 /// Clients in the burst.
 const BURST: usize = 10;

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use common::{command, payload, ping, settings, wait_for, Amb, Redis, Reply, DEADLINE};
-use mesh_amb::balance::Policy;
+use mesh_amb::backends::balance::Policy;
 use mesh_amb::settings::ProxySettings;
 
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! which to try first. Fed by configuration and discovery; read by the data
 //! plane.
 
+pub mod balance;
 pub mod service;
+pub mod table;
 
 pub use service::{Service, Source, Suspects};

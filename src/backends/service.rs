@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::balance::Balancer;
-use crate::table::Table;
+use crate::backends::balance::Balancer;
+use crate::backends::table::Table;
 
 /// One consumed service.
 pub struct Service {

@@ -23,10 +23,10 @@ use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
 use super::wire::{self, State, SERVICE_TYPE};
+use crate::backends::table::{BackendSpec, Target, Update};
 use crate::backends::Service;
 use crate::settings::DiscoverySettings;
 use crate::spec::ProvideSpec;
-use crate::table::{BackendSpec, Target, Update};
 
 /// How long a peer that failed a connect gets to answer a verification
 /// query before browsers drop it: a crashed peer leaves in this time instead

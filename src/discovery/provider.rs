@@ -16,10 +16,10 @@ use tracing::{info, warn};
 
 use super::mdns::Mdns;
 use super::wire::State;
-use crate::health::{probe, Checker};
+use crate::backends::table::Target;
+use crate::net::checks::{probe, Checker};
 use crate::settings::DiscoverySettings;
 use crate::spec::ProvideSpec;
-use crate::table::Target;
 
 /// Upper bound on one local check: a local service that takes longer than
 /// this to accept a connection is not fit to take clients.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use mesh_amb::balance::Policy;
+use mesh_amb::backends::balance::Policy;
 use mesh_amb::settings::{Config, ProxySettings};
 use mesh_amb::spec::{BackendAddr, ConsumeSpec, Host};
 use mesh_amb::{Node, NodeHandle, Shutdown};

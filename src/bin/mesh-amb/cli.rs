@@ -17,7 +17,7 @@ use clap::{
 };
 use serde::{Deserialize, Serialize};
 
-use mesh_amb::balance::Policy;
+use mesh_amb::backends::balance::Policy;
 use mesh_amb::settings::{
     ConnectionCount, Ip, NodeId, OrOff, Period, SmallCount, Wait, DEFAULT_BIND,
     DEFAULT_CHECK_INTERVAL, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,

@@ -343,7 +343,7 @@ mod tests {
     use super::*;
     use crate::cli::Cli;
     use clap::CommandFactory as _;
-    use mesh_amb::balance::Policy;
+    use mesh_amb::backends::balance::Policy;
     use mesh_amb::settings::*;
     use std::io::Write;
     use std::time::Duration;

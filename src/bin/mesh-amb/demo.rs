@@ -25,11 +25,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use mesh_amb::backends::table::Health;
 use mesh_amb::backends::Service;
 use mesh_amb::resp::{self, Value};
 use mesh_amb::settings::{Config, DiscoverySettings, ProxySettings};
 use mesh_amb::spec::{ConsumeSpec, ProvideSpec};
-use mesh_amb::table::Health;
 use mesh_amb::{Node, NodeHandle};
 
 /// Clients per phase: enough for the spread to be visible.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::table::{Backend, Health, Snapshot, Table};
+use crate::backends::table::{Backend, Health, Snapshot, Table};
 
 /// How new connections are spread.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -185,7 +185,7 @@ fn weighted_shuffle(backends: Vec<Arc<Backend>>) -> Vec<Arc<Backend>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{BackendSpec, Target, Update};
+    use crate::backends::table::{BackendSpec, Target, Update};
 
     fn table(weights: &[u32]) -> Table {
         let t = Table::new(Duration::from_secs(1));

@@ -197,8 +197,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use crate::dial::{dial_with, DialError};
-    use crate::table::Target;
+    use crate::backends::table::Target;
+    use crate::net::dial::{dial_with, DialError};
 
     enum Mode {
         Hang,

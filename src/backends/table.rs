@@ -16,8 +16,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
-use crate::settings::MAX_EJECT_TIME;
 use crate::spec::Host;
+
+/// Cap on the ejection back-off, so a backend that comes back after a long
+/// outage is retried within half a minute.
+pub const MAX_EJECT_TIME: Duration = Duration::from_secs(30);
 
 /// Where to dial a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +29,7 @@ pub enum Target {
     /// IPv4 and a link-local IPv6 one).
     Addrs(Vec<SocketAddr>),
     /// A host name, resolved when dialed through a cache that is refreshed
-    /// every [`DNS_TTL`](crate::dial::resolve::DNS_TTL), so DNS changes take
+    /// every [`DNS_TTL`](crate::net::dial::resolve::DNS_TTL), so DNS changes take
     /// effect.
     Name(String, u16),
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout_at, Instant};
 
-use crate::table::Target;
+use crate::backends::table::Target;
 
 pub use resolve::Resolver;
 

@@ -12,9 +12,9 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backends::table::Target;
 use crate::backends::Service;
-use crate::dial::{dial, Concurrent, DialError};
-use crate::table::Target;
+use crate::net::dial::{dial, Concurrent, DialError};
 
 /// Up/down with hysteresis: `rise` successes in a row to come up, `fall`
 /// failures in a row to go down.
@@ -171,8 +171,8 @@ mod tests {
 
     #[tokio::test]
     async fn backend_checks_report_each_probe_as_it_finishes_and_stop_mid_round() {
-        use crate::balance::{Balancer, Policy};
-        use crate::table::{BackendSpec, Health, Table, Update};
+        use crate::backends::balance::{Balancer, Policy};
+        use crate::backends::table::{BackendSpec, Health, Table, Update};
         use std::net::SocketAddr;
         use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
