@@ -41,6 +41,7 @@ pub mod dial;
 pub mod discovery;
 pub mod health;
 pub mod proxy;
+pub mod sockopt;
 pub mod spec;
 pub mod table;
 
@@ -143,13 +144,23 @@ impl Ambassador {
         &self.services
     }
 
-    /// Binds one listener per consume on the configured address.
+    /// Binds one listener per consume on the configured address, with a
+    /// backlog sized from the connection limit; raises the process's file
+    /// descriptor limit first, as the connection limit needs it.
     pub async fn bind(&self) -> anyhow::Result<Vec<TcpListener>> {
+        if let Err(e) = sockopt::raise_fd_limit() {
+            warn!(error = %e, "cannot raise the file descriptor limit");
+        }
+        let max = sockopt::clamp_max_connections(
+            self.config.proxy.max_connections,
+            sockopt::fd_limit(),
+            sockopt::FD_MARGIN,
+        );
+        let backlog = sockopt::backlog_for(max);
         let mut listeners = Vec::new();
         for c in &self.config.consumes {
             let addr = std::net::SocketAddr::new(self.config.bind, c.port);
-            let l = TcpListener::bind(addr)
-                .await
+            let l = sockopt::bind_listener(addr, backlog)
                 .with_context(|| format!("cannot listen on {addr} for '{}'", c.name))?;
             listeners.push(l);
         }
@@ -218,7 +229,8 @@ impl Ambassador {
         }
         providers.close();
 
-        let settings = self.config.proxy.clone();
+        let mut settings = self.config.proxy.clone();
+        settings.max_connections = sockopt::fit_connections(settings.max_connections);
         let shared = Arc::new(Shared {
             limit: Arc::new(Semaphore::new(settings.max_connections)),
             settings,
