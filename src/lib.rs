@@ -36,6 +36,7 @@
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod copy;
 pub mod demo;
 pub mod dial;
 pub mod discovery;

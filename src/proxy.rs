@@ -8,28 +8,25 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::balance::Balancer;
 use crate::config::ProxySettings;
+use crate::copy::{self, End};
 use crate::dial::dial;
+use crate::sockopt;
 use crate::table::{Backend, Stats, Table};
 
-/// Copy buffer per direction. 64 KiB moves a large value in few syscalls;
-/// tokio's 8 KiB default measurably loses throughput on 16 KiB values.
-const COPY_BUF: usize = 64 * 1024;
 /// First pause after an accept error such as EMFILE, so that a process out of
 /// file descriptors waits for connections to close instead of spinning.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
@@ -151,15 +148,16 @@ async fn accept_any(
     .await
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Shared) {
-    // Interactive protocols (Redis, SQL) send small requests and wait: Nagle
-    // would hold them back for an ACK.
-    let _ = client.set_nodelay(true);
+async fn handle(mut client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Shared) {
+    let settings = &shared.settings;
+    if let Err(e) = sockopt::tune_stream(&client, settings) {
+        debug!(service = %svc.name, client = %peer, error = %e, "cannot set client socket options");
+    }
     let connected = tokio::select! {
-        r = connect(svc, &shared.settings) => r,
+        r = connect(svc, settings) => r,
         _ = shared.hard_stop.cancelled() => return,
     };
-    let (backend, server) = match connected {
+    let (backend, mut server) = match connected {
         Ok(pair) => pair,
         Err(e) => {
             warn!(service = %svc.name, client = %peer, "closing client connection: {e}");
@@ -170,29 +168,37 @@ async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Sha
     stats.total.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(stats);
+    if let Err(e) = sockopt::tune_stream(&server, settings) {
+        debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
+            "cannot set backend socket options");
+    }
 
-    let clock = shared.settings.idle_timeout.map(|_| Arc::new(Clock::new()));
-    let mut client = Metered::new(client, clock.clone());
-    let mut server = Metered::new(server, clock.clone());
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut server, COPY_BUF, COPY_BUF);
-    let outcome = tokio::select! {
-        r = copy => r.map(|_| ()),
-        _ = idle(clock.as_deref(), shared.settings.idle_timeout) => {
-            Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
-        }
-        _ = shared.hard_stop.cancelled() => {
-            Err(io::Error::other("drain timeout reached at shutdown"))
+    let limits = copy::Limits {
+        idle: settings.idle_timeout,
+        half_close: settings.half_close_timeout,
+    };
+    let report = copy::copy_both(&mut client, &mut server, limits, &shared.hard_stop).await;
+    stats
+        .bytes_out
+        .fetch_add(report.from_client, Ordering::Relaxed);
+    stats
+        .bytes_in
+        .fetch_add(report.from_server, Ordering::Relaxed);
+    let (bytes_out, bytes_in) = (report.from_client, report.from_server);
+    let why = match report.end {
+        End::Done => "connection closed",
+        End::Idle => "idle timeout",
+        End::HalfClose => "half-close timeout: one side finished, the other stayed silent",
+        End::Stopped => "drain timeout reached at shutdown",
+        End::Failed { side, error } => {
+            debug!(service = %svc.name, client = %peer, backend = %backend.spec.target,
+                bytes_out, bytes_in, error = %error, failed = ?side,
+                "connection failed; the other side is reset");
+            return;
         }
     };
-    stats.bytes_out.fetch_add(client.read, Ordering::Relaxed);
-    stats.bytes_in.fetch_add(server.read, Ordering::Relaxed);
-    match outcome {
-        Ok(()) => debug!(service = %svc.name, client = %peer, backend = %backend.spec.target,
-            bytes_out = client.read, bytes_in = server.read, "connection closed"),
-        Err(e) => debug!(service = %svc.name, client = %peer, backend = %backend.spec.target,
-            error = %e, "connection ended with an error"),
-    }
+    debug!(service = %svc.name, client = %peer, backend = %backend.spec.target,
+        bytes_out, bytes_in, "{why}");
 }
 
 /// Why a client connection could not be given a backend.
@@ -252,101 +258,5 @@ struct ActiveGuard<'a>(&'a Stats);
 impl Drop for ActiveGuard<'_> {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Last time any byte moved on a connection, in ms since its start.
-struct Clock {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        Clock {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-    fn touch(&self) {
-        let ms = (Instant::now() - self.start).as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// Resolves once the connection has been idle for `limit`; never without one.
-async fn idle(clock: Option<&Clock>, limit: Option<Duration>) {
-    let (Some(clock), Some(limit)) = (clock, limit) else {
-        return std::future::pending().await;
-    };
-    loop {
-        let deadline = clock.last() + limit;
-        if Instant::now() >= deadline {
-            return;
-        }
-        sleep_until(deadline).await;
-    }
-}
-
-/// A stream that counts the bytes read from it and, when an idle timeout is
-/// set, stamps the shared clock on every transfer.
-struct Metered<S> {
-    inner: S,
-    read: u64,
-    clock: Option<Arc<Clock>>,
-}
-
-impl<S> Metered<S> {
-    fn new(inner: S, clock: Option<Arc<Clock>>) -> Self {
-        Metered {
-            inner,
-            read: 0,
-            clock,
-        }
-    }
-    fn touch(&self) {
-        if let Some(c) = &self.clock {
-            c.touch();
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            self.read += n as u64;
-            self.touch();
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        r
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
