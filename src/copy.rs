@@ -24,13 +24,13 @@
 //! reply.
 #![deny(unsafe_code)]
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -45,11 +45,25 @@ use crate::sockopt;
 /// Bytes moved per read. 64 KiB carries a large value in few syscalls;
 /// tokio's 8 KiB default measurably loses throughput on 16 KiB values.
 pub const BUF_SIZE: usize = 64 * 1024;
-/// Free buffers the pool keeps. Under request/response load about one buffer
-/// per runtime worker is in use at a time, so 16 keeps the steady state free
-/// of allocations on hosts with up to ~16 cores, while a burst leaves at most
-/// 1 MiB behind.
-const POOL_KEEP: usize = 16;
+/// Free buffers the pool keeps per runtime worker thread (core). Under
+/// request/response load a worker has one direction of one connection in
+/// hand at a time, two when a connection streams both ways: with two per
+/// core the steady state allocates nothing, and a burst that used more
+/// leaves at most 128 KiB per core behind.
+const POOL_KEEP_PER_CORE: usize = 2;
+/// Bounds on the pool whatever the core count: a few buffers even on one
+/// core, at most 4 MiB on a large host.
+const POOL_KEEP_MIN: usize = 4;
+const POOL_KEEP_MAX: usize = 64;
+
+/// How many free buffers the pool keeps on this host.
+fn pool_keep() -> usize {
+    static KEEP: OnceLock<usize> = OnceLock::new();
+    *KEEP.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores * POOL_KEEP_PER_CORE).clamp(POOL_KEEP_MIN, POOL_KEEP_MAX)
+    })
+}
 
 /// Free copy buffers, shared by every connection.
 static POOL: Mutex<Vec<Box<[MaybeUninit<u8>]>>> = Mutex::new(Vec::new());
@@ -73,7 +87,7 @@ impl Drop for Buf {
         ON_LOAN.fetch_sub(1, Ordering::Relaxed);
         let buf = std::mem::take(&mut self.0);
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOL_KEEP {
+        if pool.len() < pool_keep() {
             pool.push(buf);
         }
     }
@@ -161,12 +175,55 @@ pub async fn copy_both(
 ) -> Report {
     let clock = Clock::new();
     let (mut from_client, mut from_server) = (0, 0);
+    // Everything lives in this one frame (no futures passed by value to
+    // another async fn, which would store them twice): an idle connection
+    // costs the size of this future, so it is kept small.
     let end = {
         let (mut cr, mut cw) = client.split();
         let (mut sr, mut sw) = server.split();
-        let up = pump(&mut cr, &mut sw, Side::Client, &clock, &mut from_client);
-        let down = pump(&mut sr, &mut cw, Side::Server, &clock, &mut from_server);
-        drive(up, down, &clock, limits, stop).await
+        let mut up = pin!(pump(
+            &mut cr,
+            &mut sw,
+            Side::Client,
+            &clock,
+            &mut from_client
+        ));
+        let mut down = pin!(pump(
+            &mut sr,
+            &mut cw,
+            Side::Server,
+            &clock,
+            &mut from_server
+        ));
+        let (mut up_done, mut down_done) = (false, false);
+        let mut half_closed_at = None;
+        // Both directions are polled until both are done: ending when only
+        // one is would cut a half-closed connection.
+        loop {
+            if up_done && down_done {
+                break End::Done;
+            }
+            let half_close = half_closed_at.zip(limits.half_close);
+            let finished = tokio::select! {
+                r = &mut up, if !up_done => {
+                    up_done = true;
+                    r
+                }
+                r = &mut down, if !down_done => {
+                    down_done = true;
+                    r
+                }
+                limit = quiet(&clock, limits.idle, half_close) => break match limit {
+                    Limit::Idle => End::Idle,
+                    Limit::HalfClose => End::HalfClose,
+                },
+                _ = stop.cancelled() => break End::Stopped,
+            };
+            if let Err((side, error)) = finished {
+                break End::Failed { side, error };
+            }
+            half_closed_at.get_or_insert_with(Instant::now);
+        }
     };
     if let End::Failed { side, .. } = &end {
         let other = match side.other() {
@@ -183,41 +240,6 @@ pub async fn copy_both(
     }
 }
 
-/// Polls both directions together (never ending when only one is done: that
-/// would cut a half-closed connection) along with the limits and `stop`.
-async fn drive(
-    up: impl Future<Output = Result<(), (Side, io::Error)>>,
-    down: impl Future<Output = Result<(), (Side, io::Error)>>,
-    clock: &Clock,
-    limits: Limits,
-    stop: &CancellationToken,
-) -> End {
-    let (mut up, mut down) = (pin!(up), pin!(down));
-    let (mut up_done, mut down_done) = (false, false);
-    let mut half_closed_at = None;
-    while !(up_done && down_done) {
-        let finished = tokio::select! {
-            r = &mut up, if !up_done => {
-                up_done = true;
-                r
-            }
-            r = &mut down, if !down_done => {
-                down_done = true;
-                r
-            }
-            _ = quiet_for(clock, clock.start, limits.idle) => return End::Idle,
-            _ = quiet_for(clock, half_closed_at.unwrap_or(clock.start), limits.half_close),
-                if half_closed_at.is_some() => return End::HalfClose,
-            _ = stop.cancelled() => return End::Stopped,
-        };
-        if let Err((side, error)) = finished {
-            return End::Failed { side, error };
-        }
-        half_closed_at.get_or_insert_with(Instant::now);
-    }
-    End::Done
-}
-
 /// One direction: from `r` (the `from` side) to `w` (the other side), adding
 /// the bytes read to `moved`. Holds a buffer only while data is there.
 async fn pump(
@@ -230,8 +252,12 @@ async fn pump(
     let on_read = |e| (from, e);
     let on_write = |e| (from.other(), e);
     loop {
-        // Idle here: a readiness wait, no buffer.
-        r.readable().await.map_err(on_read)?;
+        // Idle here: a readiness wait, no buffer. (`poll_read_ready` keeps
+        // the waker in the socket's registration; `readable()` would add a
+        // 168-byte waiter to every idle connection's future.)
+        poll_fn(|cx| r.as_ref().poll_read_ready(cx))
+            .await
+            .map_err(on_read)?;
         let mut buf = Buf::take();
         loop {
             let mut chunk = ReadBuf::uninit(&mut buf);
@@ -288,18 +314,34 @@ impl Clock {
     }
 }
 
-/// Resolves once nothing has moved for `limit`, counting from the later of
-/// the last byte and `since`; never without a limit.
-async fn quiet_for(clock: &Clock, since: Instant, limit: Option<Duration>) {
-    let Some(limit) = limit else {
-        return std::future::pending().await;
-    };
+/// Which limit ended a copy.
+#[derive(Clone, Copy)]
+enum Limit {
+    Idle,
+    HalfClose,
+}
+
+/// Resolves when a limit expires: nothing moved for `idle`, or, once
+/// half-closed at `since`, nothing moved for `limit` since the later of the
+/// last byte and `since`. Never without a limit.
+async fn quiet(
+    clock: &Clock,
+    idle: Option<Duration>,
+    half_close: Option<(Instant, Duration)>,
+) -> Limit {
     loop {
-        let deadline = clock.last().max(since) + limit;
+        let last = clock.last();
+        let idle_at = idle.map(|limit| (last + limit, Limit::Idle));
+        let half_at = half_close.map(|(since, limit)| (last.max(since) + limit, Limit::HalfClose));
+        let Some((deadline, limit)) = [idle_at, half_at].into_iter().flatten().min_by_key(|d| d.0)
+        else {
+            return std::future::pending().await;
+        };
         if Instant::now() >= deadline {
-            return;
+            return limit;
         }
-        sleep_until(deadline).await;
+        // Boxed: only connections with a limit running pay for a timer.
+        Box::pin(sleep_until(deadline)).await;
     }
 }
 
@@ -385,6 +427,17 @@ mod tests {
             assert_eq!(report.from_client, LEN as u64);
             assert_eq!(report.from_server, (LEN + b"late reply".len()) as u64);
         }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_costs_little_more_than_its_future() {
+        // The copy's future is what an idle connection keeps (with its task
+        // and two sockets); it was two 64 KiB buffers plus this before.
+        let (mut a, mut b) = pair().await;
+        let stop = CancellationToken::new();
+        let copy = copy_both(&mut a, &mut b, Limits::default(), &stop);
+        let size = std::mem::size_of_val(&copy);
+        assert!(size <= 1536, "the copy future grew to {size} bytes");
     }
 
     #[tokio::test]
