@@ -26,18 +26,19 @@
 //!   and where its backends come from ([`backends::Source`]).
 //! - [`discovery`]: the mDNS mesh: the wire contract, advertising local
 //!   services while their check passes, browsing into the tables.
-//! - [`net`]: dialing a backend ([`net::dial`]), active checks
+//! - [`net`]: the data plane: the accept loop, each connection's pipeline of
+//!   stages, dialing ([`net::dial`]), copying, socket options, active checks
 //!   ([`net::checks`], also used by providers for their local service).
-//! - [`proxy`]: the accept loop and each connection's pipeline.
 //! - [`resp`]: the Redis protocol, for the credentials stage and tests.
 //! - [`node`]: one node: its services, listeners and discovery, started and
 //!   stopped together by one [`Shutdown`]: `begin` stops every listener and
 //!   starts the drain, `force` (or the drain timeout) closes what is left.
 //!
 //! Dependencies point one way: `spec` below everything; `backends` on
-//! `spec`; `settings` on `spec` and the balancing policy; `net` and
-//! `discovery` on `backends`; `proxy` on `backends` and `net`; `node` on all
-//! of them; the binary on `node`. No module imports the command line.
+//! `spec`; `settings` on `spec` and the balancing policy; `net` on
+//! `backends` and `settings`; `discovery` on `backends` (and on
+//! `net::checks` for a provider's local check); `node` on all of them; the
+//! binary on `node`. No module imports the command line.
 
 #![deny(unsafe_code)]
 
@@ -45,7 +46,6 @@ pub mod backends;
 pub mod discovery;
 pub mod net;
 pub mod node;
-pub mod proxy;
 pub mod resp;
 pub mod settings;
 pub mod spec;

@@ -16,7 +16,8 @@ use crate::backends::balance::Balancer;
 use crate::backends::table::{BackendSpec, Table, Target, Update};
 use crate::backends::{Service, Source, Suspects};
 use crate::discovery::mdns::{self, Mdns};
-use crate::proxy::{self, Shared};
+use crate::net::accept::{self, Shared};
+use crate::net::sockopt;
 use crate::settings::Config;
 
 /// Tells a running node to stop. Clones share state.
@@ -54,13 +55,20 @@ pub struct NodeHandle {
 }
 
 impl Node {
-    /// Binds one listener per consume on the configured address.
-    pub async fn bind(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
+    /// Binds one listener per consume on the configured address, with a
+    /// listen backlog as deep as the connection limit that fits this
+    /// process's descriptors (raise them first: [`sockopt::raise_fd_limit`]).
+    pub fn bind(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
+        let max = sockopt::clamp_max_connections(
+            config.proxy.max_connections,
+            sockopt::fd_limit(),
+            sockopt::FD_MARGIN,
+        );
+        let backlog = sockopt::backlog_for(max);
         let mut listeners = Vec::new();
         for c in &config.consumes {
             let addr = std::net::SocketAddr::new(config.bind, c.port);
-            let l = TcpListener::bind(addr)
-                .await
+            let l = sockopt::bind_listener(addr, backlog)
                 .with_context(|| format!("cannot listen on {addr} for '{}'", c.name))?;
             listeners.push(l);
         }
@@ -219,7 +227,8 @@ async fn run(
     }
     providers.close();
 
-    let settings = config.proxy.clone();
+    let mut settings = config.proxy.clone();
+    settings.max_connections = sockopt::fit_connections(settings.max_connections);
     let shared = Arc::new(Shared {
         limit: Arc::new(Semaphore::new(settings.max_connections)),
         settings,
@@ -246,7 +255,7 @@ async fn run(
         serving.push((listener, svc.clone()));
     }
     let accepting = (!serving.is_empty()).then(|| {
-        tokio::spawn(proxy::serve(
+        tokio::spawn(accept::serve(
             serving,
             shared.clone(),
             shutdown.graceful.clone(),

@@ -46,6 +46,36 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// repeated failures double it up to
 /// [`MAX_EJECT_TIME`](crate::backends::table::MAX_EJECT_TIME).
 pub const DEFAULT_EJECT_TIME: Duration = Duration::from_secs(1);
+/// TCP keepalive on both sides of every proxied connection: first probe after
+/// 30 s without traffic, then one every [`DEFAULT_TCP_KEEPALIVE_INTERVAL`],
+/// dropped after [`DEFAULT_TCP_KEEPALIVE_PROBES`] unanswered. A host that
+/// vanished (pulled cable, crashed VM, rebooted NAT box) sends neither FIN
+/// nor RST, and Linux's own default waits two hours before the first probe:
+/// the connection and its slot of the limit would be held that long. With
+/// these values a dead idle peer is noticed in 30 + 3 x 10 = 60 s, for a few
+/// 60-byte packets per idle minute, and NAT and conntrack entries on the path
+/// (idle timeouts of minutes) are refreshed long before they expire.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Probe spacing once keepalive started: 10 s rides out a lost packet or two
+/// on a busy Wi-Fi link without stretching detection past a minute.
+pub const DEFAULT_TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the kernel drops the connection (see above).
+pub const DEFAULT_TCP_KEEPALIVE_PROBES: u32 = 3;
+/// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the
+/// kernel drops the connection. Keepalive only probes idle connections; with
+/// data in flight to a vanished host Linux retransmits for about 15 minutes
+/// (`tcp_retries2` = 15). 60 s equals the keepalive budget (30 + 3 x 10), so a
+/// dead peer costs a minute whether the connection was busy or idle (with
+/// keepalive on, the user timeout also bounds the probes, tcp(7)), and is far
+/// above any round trip a LAN or a congested uplink produces.
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Once one direction has finished (its FIN forwarded), the connection ends
+/// after this long without a byte moving the other way. A client that sent
+/// its request and FIN waits for a reply; a peer that never replies nor closes
+/// would otherwise hold the slot forever. 60 s is the kernel's own patience
+/// with an orphaned half-closed socket (`tcp_fin_timeout`, FIN_WAIT2), and it
+/// counts from the last byte, so a long reply still streaming is never cut.
+pub const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Everything the ambassador needs, validated.
 #[derive(Debug, Clone)]
@@ -130,6 +160,22 @@ pub struct ProxySettings {
     pub drain_timeout: Duration,
     /// First ejection period of a failing backend.
     pub eject_time: Duration,
+    /// Idle time before the first TCP keepalive probe on both sides of a
+    /// proxied connection, so a vanished peer frees its slot; `None` leaves
+    /// keepalive off.
+    pub tcp_keepalive: Option<Duration>,
+    /// Time between keepalive probes.
+    pub tcp_keepalive_interval: Duration,
+    /// Unanswered keepalive probes before the connection is dropped.
+    pub tcp_keepalive_probes: u32,
+    /// TCP_USER_TIMEOUT on both sides: unacknowledged data older than this
+    /// drops the connection, so a peer that vanished mid-transfer does not
+    /// hold it for the kernel's ~15 minutes of retransmissions; `None` keeps
+    /// the kernel default.
+    pub tcp_user_timeout: Option<Duration>,
+    /// End a half-closed connection (one direction finished) after this long
+    /// without traffic in the other; `None` waits forever.
+    pub half_close_timeout: Option<Duration>,
 }
 
 impl Default for ProxySettings {
@@ -142,6 +188,11 @@ impl Default for ProxySettings {
             idle_timeout: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             eject_time: DEFAULT_EJECT_TIME,
+            tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
+            tcp_keepalive_interval: DEFAULT_TCP_KEEPALIVE_INTERVAL,
+            tcp_keepalive_probes: DEFAULT_TCP_KEEPALIVE_PROBES,
+            tcp_user_timeout: Some(DEFAULT_TCP_USER_TIMEOUT),
+            half_close_timeout: Some(DEFAULT_HALF_CLOSE_TIMEOUT),
         }
     }
 }

@@ -18,7 +18,7 @@ use common::{Amb, DEADLINE};
 use mesh_amb::backends::balance::{Balancer, Policy};
 use mesh_amb::backends::table::{BackendSpec, Health, Table, Target, Update};
 use mesh_amb::backends::{Service, Source, Suspects};
-use mesh_amb::proxy::{connect, ConnectError};
+use mesh_amb::net::pipeline::{connect, ConnectError};
 use mesh_amb::settings::ProxySettings;
 
 /// Clients in the burst.

@@ -354,3 +354,193 @@ async fn no_backends_refuses_cleanly() {
     assert!(!amb.node().is_finished(), "the ambassador keeps running");
     ping(amb.addr).await.expect_err("still no backend");
 }
+
+/// A backend that accepts one connection, reads `expect` bytes and hands the
+/// socket to the test.
+async fn one_shot_backend(
+    expect: usize,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Receiver<(TcpStream, Vec<u8>)>,
+) {
+    let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut c, _) = server.accept().await.unwrap();
+        let mut got = vec![0; expect];
+        c.read_exact(&mut got).await.unwrap();
+        let _ = tx.send((c, got));
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_backend_reset_reaches_the_client_as_a_reset() {
+    let (backend, accepted) = one_shot_backend(5).await;
+    let amb = Amb::start(&[backend], ProxySettings::default()).await;
+    let mut s = TcpStream::connect(amb.addr).await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let (b, got) = tokio::time::timeout(DEADLINE, accepted)
+        .await
+        .expect("the backend got the request")
+        .unwrap();
+    assert_eq!(got, b"hello");
+    // SO_LINGER 0 + close: the backend resets the connection.
+    socket2::SockRef::from(&b)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(b);
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .expect("the client heard of it");
+    assert_eq!(
+        r.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "a reset must not look like a clean end of stream"
+    );
+}
+
+#[tokio::test]
+async fn a_half_closed_connection_to_a_silent_backend_ends_after_the_timeout() {
+    const HALF_CLOSE: Duration = Duration::from_millis(300);
+    let (backend, accepted) = one_shot_backend(7).await;
+    let amb = Amb::start(
+        &[backend],
+        ProxySettings {
+            half_close_timeout: Some(HALF_CLOSE),
+            ..ProxySettings::default()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(amb.addr).await.unwrap();
+    s.write_all(b"request").await.unwrap();
+    s.shutdown().await.unwrap();
+    let (mut b, got) = tokio::time::timeout(DEADLINE, accepted)
+        .await
+        .expect("the backend got the request")
+        .unwrap();
+    assert_eq!(got, b"request");
+    let mut buf = [0u8; 1];
+    let eof = tokio::time::timeout(DEADLINE, b.read(&mut buf)).await;
+    assert!(
+        matches!(eof, Ok(Ok(0))),
+        "the client's FIN reached the backend: {eof:?}"
+    );
+    let half_closed = std::time::Instant::now();
+
+    // The backend neither answers nor closes: the proxy gives up on both.
+    let r = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .expect("the proxy closed the client side");
+    assert!(matches!(r, Ok(0) | Err(_)), "expected a close, got {r:?}");
+    assert!(
+        half_closed.elapsed() >= HALF_CLOSE / 2,
+        "closed after {:?}, before the half-close timeout",
+        half_closed.elapsed()
+    );
+    let end = std::time::Instant::now() + DEADLINE;
+    while b.write_all(b"x").await.is_ok() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the backend side stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_half_close_timeout_counts_from_the_last_byte() {
+    // After the client's FIN, the reply trickles for 4x the timeout: it must
+    // arrive whole, because the timeout is for silence, not for the reply.
+    const HALF_CLOSE: Duration = Duration::from_millis(250);
+    let (backend, accepted) = one_shot_backend(2).await;
+    let amb = Amb::start(
+        &[backend],
+        ProxySettings {
+            half_close_timeout: Some(HALF_CLOSE),
+            ..ProxySettings::default()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(amb.addr).await.unwrap();
+    s.write_all(b"go").await.unwrap();
+    s.shutdown().await.unwrap();
+    let (mut b, _) = tokio::time::timeout(DEADLINE, accepted)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::spawn(async move {
+        for i in 0..10u8 {
+            b.write_all(&[b'0' + i]).await.unwrap();
+            tokio::time::sleep(HALF_CLOSE / 2).await; // pacing, not a wait
+        }
+    });
+    let mut reply = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut reply))
+        .await
+        .expect("the reply ended")
+        .unwrap();
+    assert_eq!(reply, b"0123456789");
+}
+
+/// Established IPv4 sockets in /proc/net/tcp: (local, remote, timer kind,
+/// timer expiry in ticks of 1/100 s). Kind 2 is the keepalive timer; an idle
+/// socket without keepalive has none (0).
+fn established() -> Vec<(SocketAddr, SocketAddr, u32, u64)> {
+    fn addr(field: &str) -> Option<SocketAddr> {
+        let (ip, port) = field.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        // The address is the network-order word printed as a host number.
+        Some(SocketAddr::from((ip.to_ne_bytes(), port)))
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 6 || f[3] != "01" {
+                return None;
+            }
+            let (kind, when) = f[5].split_once(':')?;
+            Some((
+                addr(f[1])?,
+                addr(f[2])?,
+                u32::from_str_radix(kind, 16).ok()?,
+                u64::from_str_radix(when, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn keepalive_runs_on_both_sides_of_a_proxied_connection() {
+    let redis = Redis::start().await;
+    let amb = Amb::start(&[redis.addr], ProxySettings::default()).await;
+    let mut s = TcpStream::connect(amb.addr).await.unwrap();
+    assert_eq!(
+        command(&mut s, &[b"PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
+    let client = s.local_addr().unwrap();
+    let sockets = established();
+    // The proxy's end towards the client, and towards this test's own Redis
+    // (its only client is the proxy).
+    let client_side = sockets
+        .iter()
+        .find(|(l, r, ..)| *l == amb.addr && *r == client);
+    let backend_side = sockets.iter().find(|(_, r, ..)| *r == redis.addr);
+
+    // The default first probe is at 30 s, the kernel's own at two hours.
+    let ceiling = mesh_amb::settings::DEFAULT_TCP_KEEPALIVE.as_secs() * 100 + 100;
+    for (what, socket) in [("client side", client_side), ("backend side", backend_side)] {
+        let (local, remote, kind, when) = socket.unwrap_or_else(|| panic!("no {what} socket"));
+        assert!(
+            *kind == 2 && *when <= ceiling,
+            "{what} {local} -> {remote}: timer {kind}:{when}, want keepalive (2) within {ceiling} ticks"
+        );
+    }
+}

@@ -1,5 +1,12 @@
-//! The network side of the data plane: dialing backends, checking them,
-//! and the socket options every connection gets.
+//! The data plane: the accept loop ([`accept`]), each connection's stages
+//! ([`pipeline`]: dial, then copy), and what they are built from: dialing a
+//! backend ([`dial`]), copying without holding buffers while idle
+//! ([`copy`]), socket options and limits ([`sockopt`]), active checks
+//! ([`checks`]).
 
+pub mod accept;
 pub mod checks;
+pub mod copy;
 pub mod dial;
+pub mod pipeline;
+pub mod sockopt;

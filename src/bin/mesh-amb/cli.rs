@@ -22,7 +22,8 @@ use mesh_amb::settings::{
     ConnectionCount, Ip, NodeId, OrOff, Period, SmallCount, Wait, DEFAULT_BIND,
     DEFAULT_CHECK_INTERVAL, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_PERIOD, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EJECT_TIME, DEFAULT_FALL,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_RISE,
+    DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RISE, DEFAULT_TCP_KEEPALIVE,
+    DEFAULT_TCP_KEEPALIVE_INTERVAL, DEFAULT_TCP_KEEPALIVE_PROBES, DEFAULT_TCP_USER_TIMEOUT,
 };
 use mesh_amb::spec::{ConsumeSpec, ProvideSpec};
 
@@ -97,7 +98,8 @@ pub struct RunArgs {
     pub balance: Policy,
 
     /// Most client connections open at once; further clients wait in the
-    /// kernel's accept queue.
+    /// kernel's accept queue (sized to match). Lowered, with a warning, when
+    /// the file descriptor limit cannot hold two per connection.
     #[arg(long, value_name = "N", env = "MESH_AMB_MAX_CONNECTIONS",
         default_value_t = ConnectionCount::new(DEFAULT_MAX_CONNECTIONS))]
     pub max_connections: ConnectionCount,
@@ -129,6 +131,35 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", env = "MESH_AMB_EJECT_TIME",
         default_value_t = Period(DEFAULT_EJECT_TIME))]
     pub eject_time: Period,
+
+    /// Idle time before the first TCP keepalive probe, on both sides of
+    /// every proxied connection, so a vanished host frees its connection
+    /// ("off" leaves keepalive off).
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_TCP_KEEPALIVE",
+        default_value_t = OrOff(Some(Period(DEFAULT_TCP_KEEPALIVE))))]
+    pub tcp_keepalive: OrOff<Period>,
+
+    /// Time between TCP keepalive probes.
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_TCP_KEEPALIVE_INTERVAL",
+        default_value_t = Period(DEFAULT_TCP_KEEPALIVE_INTERVAL))]
+    pub tcp_keepalive_interval: Period,
+
+    /// Unanswered TCP keepalive probes before a connection is dropped.
+    #[arg(long, value_name = "N", env = "MESH_AMB_TCP_KEEPALIVE_PROBES",
+        default_value_t = SmallCount::new(DEFAULT_TCP_KEEPALIVE_PROBES))]
+    pub tcp_keepalive_probes: SmallCount,
+
+    /// Drop a connection whose sent data stays unacknowledged this long
+    /// (TCP_USER_TIMEOUT), on both sides ("off": the kernel's ~15 minutes).
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_TCP_USER_TIMEOUT",
+        default_value_t = OrOff(Some(Period(DEFAULT_TCP_USER_TIMEOUT))))]
+    pub tcp_user_timeout: OrOff<Period>,
+
+    /// Once one side has finished sending, close the connection after this
+    /// long without a byte from the other ("off" waits forever).
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_HALF_CLOSE_TIMEOUT",
+        default_value_t = OrOff(Some(Period(DEFAULT_HALF_CLOSE_TIMEOUT))))]
+    pub half_close_timeout: OrOff<Period>,
 
     /// Advertise and listen for mDNS only on this interface (repeatable).
     /// In a Vagrant VM, name the private network, never the NAT adapter.

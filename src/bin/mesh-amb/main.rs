@@ -18,6 +18,7 @@ use clap::error::ErrorKind;
 use tokio::signal::unix::Signal;
 use tracing_subscriber::EnvFilter;
 
+use mesh_amb::net::sockopt;
 use mesh_amb::settings::Config;
 use mesh_amb::{Node, Shutdown};
 
@@ -86,7 +87,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // still shuts down cleanly (with goodbyes) instead of killing the process.
     let int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let listeners = Node::bind(&config).await?;
+    // Before the listeners are sized from it: a service manager's soft
+    // limit (often 1024) fits only a few hundred connections.
+    if let Err(e) = sockopt::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the file descriptor limit");
+    }
+    let listeners = Node::bind(&config)?;
     let node = Node::start(config, listeners)?;
     tokio::spawn(on_signals(int, term, node.shutdown().clone()));
     node.join().await

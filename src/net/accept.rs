@@ -1,0 +1,118 @@
+//! The accept loop: one for every consume listener of the node, one task per
+//! client connection, the connection limit taken before `accept`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::sleep;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::backends::Service;
+use crate::net::pipeline::handle;
+use crate::settings::ProxySettings;
+
+/// First pause after an accept error such as EMFILE, so that a process out of
+/// file descriptors waits for connections to close instead of spinning.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause between accept retries: short enough to resume promptly
+/// once descriptors free up.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What every connection task of the process shares.
+pub struct Shared {
+    pub settings: ProxySettings,
+    /// Connection limit; a permit is taken before `accept`, so excess
+    /// clients wait in the kernel backlog rather than being cut off.
+    pub limit: Arc<Semaphore>,
+    /// Cancelled when the drain period is over: open connections close.
+    pub hard_stop: CancellationToken,
+}
+
+/// Accepts on every consume listener until `stop` is cancelled; connection
+/// tasks go to `tracker`. One loop serves all listeners so that exactly one
+/// permit of the connection limit waits in `accept`: per-listener loops
+/// would each hold one, overshooting or (below one per listener) starving.
+pub async fn serve(
+    listeners: Vec<(TcpListener, Arc<Service>)>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut at_limit = false;
+    // Where the next poll starts, so a busy listener cannot starve others.
+    let mut start = 0;
+    loop {
+        let permit = match shared.limit.clone().try_acquire_owned() {
+            Ok(p) => {
+                at_limit = false;
+                p
+            }
+            Err(_) => {
+                if !at_limit {
+                    warn!(
+                        limit = shared.settings.max_connections,
+                        "connection limit reached; new clients wait in the accept queue"
+                    );
+                    at_limit = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    p = shared.limit.clone().acquire_owned() => p.expect("the limit semaphore is never closed"),
+                }
+            }
+        };
+        let (i, accepted) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = accept_any(&listeners, start) => r,
+        };
+        start = (i + 1) % listeners.len();
+        let svc = &listeners[i].1;
+        match accepted {
+            Ok((client, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let svc = svc.clone();
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    handle(client, peer, &svc, &shared).await;
+                    drop(permit);
+                });
+            }
+            // The client gave up between SYN and accept: nothing to wait for.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+            Err(e) => {
+                warn!(service = %svc.name, error = %e, retry_in = ?backoff, "accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+    debug!("stopped accepting");
+}
+
+/// The next connection on any listener, polling from `start` on.
+async fn accept_any(
+    listeners: &[(TcpListener, Arc<Service>)],
+    start: usize,
+) -> (usize, io::Result<(TcpStream, SocketAddr)>) {
+    std::future::poll_fn(|cx| {
+        for k in 0..listeners.len() {
+            let i = (start + k) % listeners.len();
+            if let Poll::Ready(r) = listeners[i].0.poll_accept(cx) {
+                return Poll::Ready((i, r));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,507 @@
+//! Copying bytes both ways between a client and its backend, holding no
+//! buffer while a connection is idle.
+//!
+//! `tokio::io::copy_bidirectional_with_sizes` owns two buffers per connection
+//! for the connection's whole life: with 64 KiB each, that was 133 KB of RSS
+//! per idle connection (HAProxy: 3.4 KB). Here each direction waits for
+//! readiness with no buffer, then borrows one from a small process-wide pool,
+//! reads and writes until the socket is drained, and gives it back. An idle
+//! connection costs its task (this future is under 1 KiB) and two sockets:
+//! 2.5 KiB of RSS each by `bench/idle-memory.sh`; a busy one moves up to
+//! [`BUF_SIZE`] bytes per syscall, as before, at the same throughput.
+//!
+//! What it keeps from a plain bidirectional copy:
+//! - TCP half-close: the two directions are driven together and the copy ends
+//!   only when both are done; a direction that reads EOF shuts down the write
+//!   side of the other socket and the other direction goes on.
+//! - an idle timeout over both directions, and a half-close timeout once one
+//!   direction has finished, both counted from the last byte moved;
+//! - a stop signal (the drain period is over);
+//! - byte counts per direction, reported however the copy ended.
+//!
+//! And a reset travels: when one socket fails (ECONNRESET, a keepalive or
+//! user timeout, ...), the other is set to reset on close, so the peer sees
+//! a reset instead of a clean end of stream that may look like a complete
+//! reply.
+
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::ops::{Deref, DerefMut};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::net::sockopt;
+
+/// Bytes moved per read. 64 KiB carries a large value in few syscalls;
+/// tokio's 8 KiB default measurably loses throughput on 16 KiB values.
+pub const BUF_SIZE: usize = 64 * 1024;
+/// Free buffers the pool keeps per runtime worker thread (core). Under
+/// request/response load a worker has one direction of one connection in
+/// hand at a time, two when a connection streams both ways: with two per
+/// core the steady state allocates nothing, and a burst that used more
+/// leaves at most 128 KiB per core behind.
+const POOL_KEEP_PER_CORE: usize = 2;
+/// Bounds on the pool whatever the core count: a few buffers even on one
+/// core, at most 4 MiB on a large host.
+const POOL_KEEP_MIN: usize = 4;
+const POOL_KEEP_MAX: usize = 64;
+
+/// How many free buffers the pool keeps on this host.
+fn pool_keep() -> usize {
+    static KEEP: OnceLock<usize> = OnceLock::new();
+    *KEEP.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores * POOL_KEEP_PER_CORE).clamp(POOL_KEEP_MIN, POOL_KEEP_MAX)
+    })
+}
+
+/// Free copy buffers, shared by every connection.
+static POOL: Mutex<Vec<Box<[MaybeUninit<u8>]>>> = Mutex::new(Vec::new());
+/// Buffers on loan right now: one per direction that is moving data.
+static ON_LOAN: AtomicUsize = AtomicUsize::new(0);
+
+/// A copy buffer on loan from [`POOL`]; dropping it gives it back.
+struct Buf(Box<[MaybeUninit<u8>]>);
+
+impl Buf {
+    fn take() -> Buf {
+        ON_LOAN.fetch_add(1, Ordering::Relaxed);
+        let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // Uninitialised: the kernel writes what is read, nothing needs zeroing.
+        Buf(pooled.unwrap_or_else(|| Box::new_uninit_slice(BUF_SIZE)))
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        ON_LOAN.fetch_sub(1, Ordering::Relaxed);
+        let buf = std::mem::take(&mut self.0);
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < pool_keep() {
+            pool.push(buf);
+        }
+    }
+}
+
+impl Deref for Buf {
+    type Target = [MaybeUninit<u8>];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// Copy buffers in use now, process-wide: idle connections hold none.
+pub fn buffers_in_use() -> usize {
+    ON_LOAN.load(Ordering::Relaxed)
+}
+
+/// When a copy gives up waiting.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// End after this long without a byte moving either way.
+    pub idle: Option<Duration>,
+    /// Once one direction finished, end after this long without a byte
+    /// moving the other way.
+    pub half_close: Option<Duration>,
+}
+
+/// One end of a proxied connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        }
+    }
+}
+
+/// How a copy ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both directions reached end of stream.
+    Done,
+    /// Nothing moved for [`Limits::idle`].
+    Idle,
+    /// One direction finished and the other stayed silent for
+    /// [`Limits::half_close`].
+    HalfClose,
+    /// The stop token was cancelled.
+    Stopped,
+    /// Reading or writing `side` failed; the other side will be reset when
+    /// the caller drops it.
+    Failed { side: Side, error: io::Error },
+}
+
+/// What a copy did.
+#[derive(Debug)]
+pub struct Report {
+    /// Bytes read from the client (and written to the server).
+    pub from_client: u64,
+    /// Bytes read from the server (and written to the client).
+    pub from_server: u64,
+    pub end: End,
+}
+
+/// Copies both ways between `client` and `server` until both directions
+/// reach end of stream, one fails, a limit expires or `stop` is cancelled.
+/// The caller closes the sockets by dropping them.
+pub async fn copy_both(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    limits: Limits,
+    stop: &CancellationToken,
+) -> Report {
+    let clock = Clock::new();
+    let (mut from_client, mut from_server) = (0, 0);
+    // Everything lives in this one frame (no futures passed by value to
+    // another async fn, which would store them twice): an idle connection
+    // costs the size of this future, so it is kept small.
+    let end = {
+        let (mut cr, mut cw) = client.split();
+        let (mut sr, mut sw) = server.split();
+        let mut up = pin!(pump(
+            &mut cr,
+            &mut sw,
+            Side::Client,
+            &clock,
+            &mut from_client
+        ));
+        let mut down = pin!(pump(
+            &mut sr,
+            &mut cw,
+            Side::Server,
+            &clock,
+            &mut from_server
+        ));
+        let (mut up_done, mut down_done) = (false, false);
+        let mut half_closed_at = None;
+        // Both directions are polled until both are done: ending when only
+        // one is would cut a half-closed connection.
+        loop {
+            if up_done && down_done {
+                break End::Done;
+            }
+            let half_close = half_closed_at.zip(limits.half_close);
+            let finished = tokio::select! {
+                r = &mut up, if !up_done => {
+                    up_done = true;
+                    r
+                }
+                r = &mut down, if !down_done => {
+                    down_done = true;
+                    r
+                }
+                limit = quiet(&clock, limits.idle, half_close) => break match limit {
+                    Limit::Idle => End::Idle,
+                    Limit::HalfClose => End::HalfClose,
+                },
+                _ = stop.cancelled() => break End::Stopped,
+            };
+            if let Err((side, error)) = finished {
+                break End::Failed { side, error };
+            }
+            half_closed_at.get_or_insert_with(Instant::now);
+        }
+    };
+    if let End::Failed { side, .. } = &end {
+        let other = match side.other() {
+            Side::Client => &*client,
+            Side::Server => &*server,
+        };
+        // Best effort: if it fails, the peer gets a FIN as before.
+        let _ = sockopt::reset_on_close(other);
+    }
+    Report {
+        from_client,
+        from_server,
+        end,
+    }
+}
+
+/// One direction: from `r` (the `from` side) to `w` (the other side), adding
+/// the bytes read to `moved`. Holds a buffer only while data is there.
+async fn pump(
+    r: &mut ReadHalf<'_>,
+    w: &mut WriteHalf<'_>,
+    from: Side,
+    clock: &Clock,
+    moved: &mut u64,
+) -> Result<(), (Side, io::Error)> {
+    let on_read = |e| (from, e);
+    let on_write = |e| (from.other(), e);
+    loop {
+        // Idle here: a readiness wait, no buffer. (`poll_read_ready` keeps
+        // the waker in the socket's registration; `readable()` would add a
+        // 168-byte waiter to every idle connection's future.)
+        poll_fn(|cx| r.as_ref().poll_read_ready(cx))
+            .await
+            .map_err(on_read)?;
+        let mut buf = Buf::take();
+        loop {
+            let mut chunk = ReadBuf::uninit(&mut buf);
+            // Read once without waiting: if the readiness was stale, give the
+            // buffer back and wait again. `poll_read` (unlike `try_read`)
+            // clears the readiness after a short read, which saves the
+            // `EAGAIN` read that would otherwise follow every request.
+            let read = poll_fn(|cx| match Pin::new(&mut *r).poll_read(cx, &mut chunk) {
+                Poll::Pending => Poll::Ready(None),
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+            })
+            .await;
+            let n = match read {
+                None => break,
+                Some(Err(e)) => return Err(on_read(e)),
+                Some(Ok(())) => chunk.filled().len(),
+            };
+            if n == 0 {
+                drop(buf);
+                // Forward the FIN; the other direction goes on.
+                w.shutdown().await.map_err(on_write)?;
+                return Ok(());
+            }
+            *moved += n as u64;
+            clock.touch();
+            w.write_all(chunk.filled()).await.map_err(on_write)?;
+            clock.touch();
+            if n < BUF_SIZE {
+                break; // drained, most likely: no buffer while we wait
+            }
+        }
+    }
+}
+
+/// When a byte last moved on a connection, in ms since the copy started.
+struct Clock {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+    fn touch(&self) {
+        let ms = (Instant::now() - self.start).as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Which limit ended a copy.
+#[derive(Clone, Copy)]
+enum Limit {
+    Idle,
+    HalfClose,
+}
+
+/// Resolves when a limit expires: nothing moved for `idle`, or, once
+/// half-closed at `since`, nothing moved for `limit` since the later of the
+/// last byte and `since`. Never without a limit.
+async fn quiet(
+    clock: &Clock,
+    idle: Option<Duration>,
+    half_close: Option<(Instant, Duration)>,
+) -> Limit {
+    loop {
+        let last = clock.last();
+        let idle_at = idle.map(|limit| (last + limit, Limit::Idle));
+        let half_at = half_close.map(|(since, limit)| (last.max(since) + limit, Limit::HalfClose));
+        let Some((deadline, limit)) = [idle_at, half_at].into_iter().flatten().min_by_key(|d| d.0)
+        else {
+            return std::future::pending().await;
+        };
+        if Instant::now() >= deadline {
+            return limit;
+        }
+        // Boxed: only connections with a limit running pay for a timer.
+        Box::pin(sleep_until(deadline)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    /// A connected pair on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (c, s)
+    }
+
+    /// app <-> copy_both <-> backend, all on loopback.
+    struct Proxied {
+        app: TcpStream,
+        backend: TcpStream,
+        copy: JoinHandle<Report>,
+    }
+
+    async fn proxied(limits: Limits) -> Proxied {
+        let (app, mut client) = pair().await;
+        let (mut server, backend) = pair().await;
+        let copy = tokio::spawn(async move {
+            copy_both(&mut client, &mut server, limits, &CancellationToken::new()).await
+        });
+        Proxied { app, backend, copy }
+    }
+
+    fn value(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_hold_no_buffer_and_counts_are_exact() {
+        const CONNS: usize = 20;
+        const LEN: usize = 100 * 1024; // more than one buffer per direction
+        let mut conns = Vec::new();
+        for i in 0..CONNS {
+            let mut p = proxied(Limits::default()).await;
+            let (up, down) = (value(LEN, i as u8), value(LEN, !(i as u8)));
+            p.app.write_all(&up).await.unwrap();
+            let mut got = vec![0; LEN];
+            p.backend.read_exact(&mut got).await.unwrap();
+            assert!(got == up, "client to server bytes changed");
+            p.backend.write_all(&down).await.unwrap();
+            p.app.read_exact(&mut got).await.unwrap();
+            assert!(got == down, "server to client bytes changed");
+            conns.push(p);
+        }
+        // Every byte has been delivered, so each pump is back to waiting
+        // for readiness: none may keep a buffer while its connection idles.
+        let end = Instant::now() + Duration::from_secs(15);
+        while buffers_in_use() != 0 {
+            assert!(
+                Instant::now() < end,
+                "{} buffers held by {CONNS} idle connections",
+                buffers_in_use()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(conns.iter().all(|p| !p.copy.is_finished()));
+
+        // Half-close each way in turn, then the full report.
+        for mut p in conns {
+            p.app.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            p.backend.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            p.backend.write_all(b"late reply").await.unwrap();
+            p.backend.shutdown().await.unwrap();
+            p.app.read_to_end(&mut rest).await.unwrap();
+            assert_eq!(rest, b"late reply");
+            let report = p.copy.await.unwrap();
+            assert!(matches!(report.end, End::Done), "{:?}", report.end);
+            assert_eq!(report.from_client, LEN as u64);
+            assert_eq!(report.from_server, (LEN + b"late reply".len()) as u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_costs_little_more_than_its_future() {
+        // The copy's future is what an idle connection keeps (with its task
+        // and two sockets); it was two 64 KiB buffers plus this before.
+        let (mut a, mut b) = pair().await;
+        let stop = CancellationToken::new();
+        let copy = copy_both(&mut a, &mut b, Limits::default(), &stop);
+        let size = std::mem::size_of_val(&copy);
+        assert!(size <= 1536, "the copy future grew to {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_resets_the_other() {
+        for reset in [Side::Server, Side::Client] {
+            let p = proxied(Limits::default()).await;
+            let (gone, mut peer) = match reset {
+                Side::Server => (p.backend, p.app),
+                Side::Client => (p.app, p.backend),
+            };
+            sockopt::reset_on_close(&gone).unwrap();
+            drop(gone);
+            let mut buf = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(15), peer.read(&mut buf))
+                .await
+                .expect("the peer hears of it");
+            assert_eq!(
+                r.map_err(|e| e.kind()),
+                Err(io::ErrorKind::ConnectionReset),
+                "{reset:?} reset"
+            );
+            let report = p.copy.await.unwrap();
+            assert!(
+                matches!(report.end, End::Failed { side, .. } if side == reset),
+                "{reset:?}: {:?}",
+                report.end
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_end_silent_connections() {
+        let short = Duration::from_millis(200);
+        // Idle: nothing moves at all.
+        let p = proxied(Limits {
+            idle: Some(short),
+            half_close: None,
+        })
+        .await;
+        let report = tokio::time::timeout(Duration::from_secs(15), p.copy)
+            .await
+            .expect("idle timeout")
+            .unwrap();
+        assert!(matches!(report.end, End::Idle), "{:?}", report.end);
+
+        // Half-close: the client finished, the server never answers.
+        let mut p = proxied(Limits {
+            idle: None,
+            half_close: Some(short),
+        })
+        .await;
+        p.app.shutdown().await.unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(15), p.copy)
+            .await
+            .expect("half-close timeout")
+            .unwrap();
+        assert!(matches!(report.end, End::HalfClose), "{:?}", report.end);
+
+        // Stopped.
+        let (_app, mut client) = pair().await;
+        let (mut server, _backend) = pair().await;
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let report = copy_both(&mut client, &mut server, Limits::default(), &stop).await;
+        assert!(matches!(report.end, End::Stopped), "{:?}", report.end);
+    }
+}

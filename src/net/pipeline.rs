@@ -1,0 +1,200 @@
+//! One client connection, as a pipeline of stages:
+//!
+//! ```text
+//! client ─> [accept] ─> [dial] ─> (TLS, auth: to come) ─> [copy]
+//! ```
+//!
+//! - accept: socket options on the client side.
+//! - dial: the balancer's candidates, down the list until one answers; each
+//!   failure ejects that backend (and asks discovery to verify it), a
+//!   failure of our own (EMFILE) ejects nothing.
+//! - copy: both directions until both are done ([`copy`]).
+//!
+//! Each stage is a function that takes what the previous one produced and
+//! returns what the next one needs, or ends the connection with a log
+//! line. The security stages (TLS towards the backend, credentials
+//! injection) slot in between dial and copy as stages of their own, with
+//! [`Upstream`] as their input and output.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::sleep;
+use tracing::{debug, info, warn};
+
+use crate::backends::table::ActiveGuard;
+use crate::backends::Service;
+use crate::net::accept::Shared;
+use crate::net::copy::{self, End};
+use crate::net::dial::{dial, DialError};
+use crate::net::sockopt;
+use crate::settings::ProxySettings;
+
+/// The backend side of a connection, as it goes from stage to stage.
+pub struct Upstream {
+    /// Counts the connection in the backend's `active` from its dial on;
+    /// names the backend.
+    pub active: ActiveGuard,
+    /// The connection to the backend.
+    pub stream: TcpStream,
+}
+
+/// Runs one client connection through every stage.
+pub(crate) async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Shared) {
+    let client = accept_stage(client, peer, svc, shared);
+    let Some(upstream) = dial_stage(peer, svc, shared).await else {
+        return;
+    };
+    copy_stage(client, peer, upstream, svc, shared).await;
+}
+
+/// Socket options of the client side: no Nagle, keepalive, user timeout.
+fn accept_stage(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Shared) -> TcpStream {
+    if let Err(e) = sockopt::tune_stream(&client, &shared.settings) {
+        debug!(service = %svc.name, client = %peer, error = %e, "cannot set client socket options");
+    }
+    client
+}
+
+/// A backend that answers, with its socket options set; `None` when there
+/// is none (logged) or the node stops meanwhile.
+async fn dial_stage(peer: SocketAddr, svc: &Service, shared: &Shared) -> Option<Upstream> {
+    let connected = tokio::select! {
+        r = connect(svc, &shared.settings) => r,
+        _ = shared.hard_stop.cancelled() => return None,
+    };
+    let (active, stream) = match connected {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(service = %svc.name, client = %peer, "closing client connection: {e}");
+            return None;
+        }
+    };
+    active.backend().stats.total.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = sockopt::tune_stream(&stream, &shared.settings) {
+        debug!(service = %svc.name, backend = %active.backend().spec.target, error = %e,
+            "cannot set backend socket options");
+    }
+    Some(Upstream { active, stream })
+}
+
+/// Bytes both ways until both sides are done, a limit ends the connection
+/// or the node's drain runs out; the counts go to the backend's stats.
+async fn copy_stage(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    mut upstream: Upstream,
+    svc: &Service,
+    shared: &Shared,
+) {
+    let settings = &shared.settings;
+    let limits = copy::Limits {
+        idle: settings.idle_timeout,
+        half_close: settings.half_close_timeout,
+    };
+    let report =
+        copy::copy_both(&mut client, &mut upstream.stream, limits, &shared.hard_stop).await;
+    let backend = upstream.active.backend();
+    let stats = &backend.stats;
+    stats
+        .bytes_out
+        .fetch_add(report.from_client, Ordering::Relaxed);
+    stats
+        .bytes_in
+        .fetch_add(report.from_server, Ordering::Relaxed);
+    let (bytes_out, bytes_in) = (report.from_client, report.from_server);
+    let why = match report.end {
+        End::Done => "connection closed",
+        End::Idle => "idle timeout",
+        End::HalfClose => "half-close timeout: one side finished, the other stayed silent",
+        End::Stopped => "drain timeout reached at shutdown",
+        End::Failed { side, error } => {
+            debug!(service = %svc.name, client = %peer, backend = %backend.spec.target,
+                bytes_out, bytes_in, error = %error, failed = ?side,
+                "connection failed; the other side is reset");
+            return;
+        }
+    };
+    debug!(service = %svc.name, client = %peer, backend = %backend.spec.target,
+        bytes_out, bytes_in, "{why}");
+}
+
+/// Pause before turning a client away when a dial failed for lack of local
+/// resources (EMFILE and the like). The connection task keeps its permit
+/// meanwhile, so the accept loop slows down instead of taking and failing
+/// queued clients as fast as it can; a tenth of the accept back-off cap,
+/// so the client still hears promptly.
+const LOCAL_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a client connection could not be given a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no backends known for this service")]
+    NoBackends,
+    #[error("no backend answered ({tried} tried, last error: {last})")]
+    AllFailed { tried: usize, last: io::Error },
+    /// This process could not dial at all (out of descriptors, ports,
+    /// memory); no backend was blamed.
+    #[error("out of local resources, cannot dial: {0}")]
+    Local(io::Error),
+}
+
+/// Dials candidates in balancer order until one answers, within
+/// `connect_attempts` tries of `connect_timeout` each. Every failure ejects
+/// that backend, so the next clients skip it at once; a failure for lack of
+/// local resources ejects nothing and fails this client only, after a short
+/// pause: the next backend would fail the same way, and ejecting healthy
+/// backends (or asking discovery to verify them) would turn our own
+/// descriptor shortage into an outage.
+///
+/// The backend comes with the [`ActiveGuard`] taken when its dial began:
+/// keep it for the connection's life.
+pub async fn connect(
+    svc: &Service,
+    settings: &ProxySettings,
+) -> Result<(ActiveGuard, TcpStream), ConnectError> {
+    let snap = svc.table.snapshot();
+    let order = svc.balancer.order(&svc.table, &snap);
+    if order.is_empty() {
+        return Err(ConnectError::NoBackends);
+    }
+    let mut last = None;
+    let mut tried = 0;
+    for backend in order.into_iter().take(settings.connect_attempts) {
+        tried += 1;
+        // Counted from now, so the balancer sees dials in flight.
+        let active = ActiveGuard::new(backend.clone());
+        match dial(&backend.spec.target, settings.connect_timeout).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                if svc.table.report_success(&backend.stats) {
+                    info!(service = %svc.name, backend = %backend.spec.target, "backend restored");
+                }
+                return Ok((active, stream));
+            }
+            Err(DialError::Local(e)) => {
+                debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
+                    "cannot dial: out of local resources");
+                sleep(LOCAL_ERROR_BACKOFF).await;
+                return Err(ConnectError::Local(e));
+            }
+            Err(DialError::Backend(e)) => {
+                match svc.table.report_failure(&backend.stats) {
+                    Some(period) => warn!(service = %svc.name, backend = %backend.spec.target,
+                        error = %e, eject_for = ?period, "backend ejected"),
+                    None => debug!(service = %svc.name, backend = %backend.spec.target,
+                        error = %e, "connect failed"),
+                }
+                svc.suspect(&backend.spec.key);
+                last = Some(e);
+            }
+        }
+    }
+    Err(ConnectError::AllFailed {
+        tried,
+        last: last.expect("at least one attempt was made"),
+    })
+}

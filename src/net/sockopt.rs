@@ -1,0 +1,313 @@
+//! Socket options and process limits the data plane depends on: the listen
+//! backlog, TCP keepalive and user timeout on proxied connections, a reset
+//! instead of a FIN when the other side was reset, and the file-descriptor
+//! limit that bounds the connection limit.
+//!
+//! Everything goes through socket2 and rustix, so this module needs no
+//! `unsafe`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::settings::ProxySettings;
+
+/// Smallest backlog we ask for: mio's (and most servers') default.
+pub const MIN_BACKLOG: u32 = 128;
+/// The kernel's cap on any listen backlog when `somaxconn` cannot be read:
+/// its default since Linux 5.4.
+const FALLBACK_SOMAXCONN: u32 = 4096;
+/// Descriptors kept out of the connection budget: stdio, the runtime's epoll
+/// and wake-up descriptors, one listener per consume, the mDNS daemon's
+/// sockets (a few per interface and family), health-check dials and the
+/// second attempt of a happy-eyeballs dial. 100 covers a host with dozens of
+/// interfaces and consumes.
+pub const FD_MARGIN: u64 = 100;
+/// Descriptors per proxied connection: the client's and the backend's.
+const FDS_PER_CONNECTION: u64 = 2;
+
+/// The listen backlog for a connection limit: as many clients may wait in the
+/// kernel as may be served, at least [`MIN_BACKLOG`], at most what the
+/// kernel grants (`net.core.somaxconn`).
+pub fn backlog_for(max_connections: usize) -> u32 {
+    let want = u32::try_from(max_connections)
+        .unwrap_or(u32::MAX)
+        .max(MIN_BACKLOG);
+    want.min(somaxconn())
+}
+
+/// The kernel's cap on listen backlogs; larger requests are silently cut.
+fn somaxconn() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(FALLBACK_SOMAXCONN)
+}
+
+/// Binds a listener with SO_REUSEADDR (a restarted ambassador can listen again
+/// while old connections sit in TIME_WAIT) and the given accept backlog,
+/// capped by `somaxconn`. tokio's own `bind` always asks for 128: at the
+/// connection limit, SYNs past the 129th queued client would be dropped
+/// instead of waiting in the kernel.
+pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    let backlog = backlog.min(somaxconn());
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    debug!(%addr, backlog, "listening");
+    TcpListener::from_std(socket.into())
+}
+
+/// Options for either side of a proxied connection: TCP_NODELAY (interactive
+/// protocols send small requests and wait; Nagle would hold them for an ACK),
+/// keepalive and TCP_USER_TIMEOUT as configured, so a peer that vanished
+/// without FIN or RST does not hold the connection forever.
+pub fn tune_stream(stream: &TcpStream, settings: &ProxySettings) -> io::Result<()> {
+    let sock = SockRef::from(stream);
+    sock.set_tcp_nodelay(true)?;
+    if let Some(idle) = settings.tcp_keepalive {
+        let ka = TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(settings.tcp_keepalive_interval)
+            .with_retries(settings.tcp_keepalive_probes);
+        sock.set_tcp_keepalive(&ka)?;
+    }
+    if let Some(t) = settings.tcp_user_timeout {
+        sock.set_tcp_user_timeout(Some(t))?;
+    }
+    Ok(())
+}
+
+/// Makes the next close of `stream` send a RST instead of a FIN (SO_LINGER 0),
+/// so a reset on one side of a proxy reaches the other side as a reset, not
+/// as a clean end of stream.
+pub fn reset_on_close(stream: &TcpStream) -> io::Result<()> {
+    SockRef::from(stream).set_linger(Some(Duration::ZERO))
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (or to `fs.nr_open` when
+/// the hard limit is infinite) and returns the soft limit now in force.
+/// Systemd and most shells start services with a soft limit of 1024, which
+/// fits only ~460 proxied connections.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let hard = now.maximum.unwrap_or_else(nr_open);
+    match now.current {
+        Some(soft) if soft >= hard => return Ok(soft),
+        None => return Ok(u64::MAX),
+        Some(_) => {}
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: now.maximum,
+        },
+    )?;
+    debug!(from = ?now.current, to = hard, "raised the file descriptor limit");
+    Ok(hard)
+}
+
+/// The current soft RLIMIT_NOFILE (`u64::MAX` when unlimited).
+pub fn fd_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
+/// The kernel's cap on any process's descriptor count.
+fn nr_open() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
+}
+
+/// The connection limit that fits `fd_limit`: two descriptors per connection
+/// plus `margin`, never below one. Pure, for tests; see [`fit_connections`].
+pub fn clamp_max_connections(requested: usize, fd_limit: u64, margin: u64) -> usize {
+    let fits = fd_limit.saturating_sub(margin) / FDS_PER_CONNECTION;
+    let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
+    requested.min(fits)
+}
+
+/// [`clamp_max_connections`] for this process's descriptor limit, with one
+/// log line when the limit had to be lowered: past it, accept would fail with
+/// EMFILE while clients think they are queued.
+pub fn fit_connections(requested: usize) -> usize {
+    let limit = fd_limit();
+    let fits = clamp_max_connections(requested, limit, FD_MARGIN);
+    if fits < requested {
+        warn!(
+            requested,
+            max_connections = fits,
+            fd_limit = limit,
+            "lowered the connection limit to fit the file descriptor limit \
+             (two per connection plus {FD_MARGIN}); raise `ulimit -n` to allow more"
+        );
+    }
+    fits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamp_fits_two_fds_per_connection_plus_the_margin() {
+        for (requested, limit, margin, want) in [
+            (10_000, 1_048_576, 100, 10_000), // plenty of descriptors
+            (10_000, 1024, 100, 462),         // a default soft limit
+            (10_000, 20_100, 100, 10_000),    // exactly fits
+            (10_000, 20_099, 100, 9_999),     // one descriptor short
+            (5, 1024, 100, 5),                // a small limit is kept
+            (10_000, 50, 100, 1),             // never zero
+            (10_000, 101, 100, 1),
+            (10_000, u64::MAX, 100, 10_000), // unlimited
+        ] {
+            assert_eq!(
+                clamp_max_connections(requested, limit, margin),
+                want,
+                "requested {requested}, fd limit {limit}, margin {margin}"
+            );
+        }
+    }
+
+    #[test]
+    fn backlog_follows_the_connection_limit_within_kernel_bounds() {
+        let cap = somaxconn();
+        assert_eq!(backlog_for(1), MIN_BACKLOG.min(cap));
+        assert_eq!(backlog_for(300), 300.min(cap));
+        assert_eq!(backlog_for(usize::MAX), cap);
+    }
+
+    #[test]
+    fn raising_the_fd_limit_reaches_the_hard_limit() {
+        let soft = raise_fd_limit().expect("raise RLIMIT_NOFILE");
+        assert_eq!(soft, fd_limit());
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        if let Some(hard) = hard {
+            assert_eq!(soft, hard);
+        }
+    }
+
+    /// Connects up to `n` clients one after another, each with `patience`;
+    /// returns those that completed the handshake, up to the first that did not.
+    fn handshakes(addr: SocketAddr, n: usize, patience: Duration) -> Vec<std::net::TcpStream> {
+        let mut open = Vec::new();
+        for _ in 0..n {
+            match std::net::TcpStream::connect_timeout(&addr, patience) {
+                Ok(s) => open.push(s),
+                Err(_) => break,
+            }
+        }
+        open
+    }
+
+    #[tokio::test]
+    async fn a_large_backlog_queues_clients_that_128_would_drop() {
+        const CLIENTS: usize = 400;
+        if somaxconn() < 2 * CLIENTS as u32 {
+            eprintln!("skipped: net.core.somaxconn is below {}", 2 * CLIENTS);
+            return;
+        }
+        // A listener that never accepts: every client waits in the backlog.
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open =
+            tokio::task::spawn_blocking(move || handshakes(addr, CLIENTS, Duration::from_secs(2)))
+                .await
+                .unwrap();
+        assert_eq!(open.len(), CLIENTS, "clients past the backlog hung");
+        drop((open, listener));
+
+        // The same with tokio's default backlog: the queue is full at 129,
+        // the next SYN is dropped and that client hangs (proves the test).
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), MIN_BACKLOG).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = tokio::task::spawn_blocking(move || {
+            handshakes(addr, CLIENTS, Duration::from_millis(500))
+        })
+        .await
+        .unwrap();
+        assert!(
+            open.len() < CLIENTS && open.len() >= MIN_BACKLOG as usize,
+            "with backlog {MIN_BACKLOG}: {} of {CLIENTS} connected",
+            open.len()
+        );
+    }
+
+    /// A connected pair on loopback: (accepted server side, client side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        (s, c)
+    }
+
+    #[tokio::test]
+    async fn tune_stream_sets_nodelay_keepalive_and_user_timeout() {
+        let (s, _c) = pair().await;
+        let settings = ProxySettings {
+            tcp_keepalive: Some(Duration::from_secs(31)),
+            tcp_keepalive_interval: Duration::from_secs(7),
+            tcp_keepalive_probes: 4,
+            tcp_user_timeout: Some(Duration::from_secs(59)),
+            ..ProxySettings::default()
+        };
+        tune_stream(&s, &settings).unwrap();
+        let sock = SockRef::from(&s);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(31));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(59))
+        );
+
+        // Off means off: nothing beyond TCP_NODELAY.
+        let (s, _c) = pair().await;
+        let off = ProxySettings {
+            tcp_keepalive: None,
+            tcp_user_timeout: None,
+            ..ProxySettings::default()
+        };
+        tune_stream(&s, &off).unwrap();
+        let sock = SockRef::from(&s);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(!sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_user_timeout().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_defaults_turn_keepalive_and_user_timeout_on() {
+        let (s, _c) = pair().await;
+        tune_stream(&s, &ProxySettings::default()).unwrap();
+        let sock = SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert!(sock.tcp_user_timeout().unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn reset_on_close_makes_the_peer_see_a_reset() {
+        use tokio::io::AsyncReadExt;
+        let (s, mut c) = pair().await;
+        reset_on_close(&s).unwrap();
+        drop(s);
+        let mut buf = [0u8; 1];
+        let r = c.read(&mut buf).await;
+        assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::ConnectionReset));
+    }
+}
