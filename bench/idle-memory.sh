@@ -16,7 +16,8 @@ value=${2:-61440}
 free_port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 30000))
+    # Below the ephemeral range (32768-60999), where client sockets live.
+    p=$((20000 + RANDOM % 12000))
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
