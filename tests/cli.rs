@@ -375,3 +375,45 @@ async fn flags_beat_the_environment_which_beats_the_file() {
         );
     }
 }
+
+/// The listen backlog the kernel shows for a listening port (`ss`'s Send-Q).
+fn listen_backlog(port: u16) -> Option<u32> {
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines().next()?.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[tokio::test]
+async fn the_listen_backlog_follows_the_connection_limit() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("somaxconn")
+        .trim()
+        .parse()
+        .unwrap();
+    // The hard fd limit, which the binary raises its soft limit to; two
+    // descriptors per connection and a margin of 100 must fit in it.
+    let hard: u32 = std::fs::read_to_string("/proc/self/limits")
+        .expect("limits")
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(u32::MAX);
+    // Above tokio's fixed 128, below the kernel's cap, within the fd limit.
+    let want = 600.min(somaxconn).min(hard.saturating_sub(100) / 2);
+    assert!(want > 128, "somaxconn {somaxconn} leaves nothing to test");
+    let amb = Running::start(
+        &[
+            "--consume",
+            "redis:{port}=127.0.0.1:1",
+            "--max-connections",
+            &want.to_string(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(listen_backlog(amb.port), Some(want));
+}
