@@ -18,68 +18,26 @@ shift || true
 sizes=("${@:-3}")
 rounds=${ROUNDS:-3}
 
-# A port nothing listens on right now (no python needed).
-free_port() {
-  local p
-  while :; do
-    # Below the ephemeral range (32768-60999), where client sockets live.
-    p=$((20000 + RANDOM % 12000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-  done
-}
-# redis-benchmark spins a core for minutes against a port that refuses
-# connections: check first.
-wait_ping() {
-  for _ in $(seq 100); do redis-cli -p "$1" ping 2>/dev/null | grep -q PONG && return; sleep 0.1; done
-  echo "port $1 does not answer PING" >&2
-  exit 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 cargo build --release -q
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
-trap cleanup EXIT
-
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$tmp" >/dev/null &
-pids+=($!)
-wait_ping "$rport"
-
+start_redis --maxclients 10000
 names=(direct)
-ports=("$rport")
-start_amb() { # name binary
-  local port
-  port=$(free_port)
-  RUST_LOG=error "$2" --consume "redis:$port=127.0.0.1:$rport" &
-  pids+=($!)
-  wait_ping "$port"
-  names+=("$1")
-  ports+=("$port")
-}
-start_amb mesh-amb target/release/mesh-amb
-if [ -n "${OLD_BIN:-}" ]; then start_amb old "$OLD_BIN"; fi
+ports=("$BENCH_PORT")
+rport=$BENCH_PORT
+start_amb target/release/mesh-amb "$rport"
+names+=(mesh-amb)
+ports+=("$BENCH_PORT")
+if [ -n "${OLD_BIN:-}" ]; then
+  start_amb "$OLD_BIN" "$rport"
+  names+=(old)
+  ports+=("$BENCH_PORT")
+fi
 if [ "${HAPROXY:-1}" != 0 ] && command -v haproxy >/dev/null; then
-  hport=$(free_port)
-  cat >"$tmp/haproxy.cfg" <<CFG
-global
-  maxconn 4096
-  nbthread $(nproc)
-defaults
-  mode tcp
-  option tcp-smart-accept
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-listen redis
-  bind 127.0.0.1:$hport
-  server r1 127.0.0.1:$rport
-CFG
-  haproxy -db -f "$tmp/haproxy.cfg" >/dev/null 2>&1 &
-  pids+=($!)
-  wait_ping "$hport"
+  start_haproxy "$rport" 4096
   names+=(haproxy)
-  ports+=("$hport")
+  ports+=("$BENCH_PORT")
 fi
 
 rps() { # port test size -> requests per second

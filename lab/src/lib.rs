@@ -519,6 +519,11 @@ fn ip(cmdline: &str) -> io::Result<String> {
     ip_args(&cmdline.split_whitespace().collect::<Vec<_>>())
 }
 
+/// A host's private D-Bus and avahi-daemon configurations, shared with
+/// scenarios/lib/lab.sh.
+const DBUS_CONF: &str = include_str!("../dbus-bus.conf");
+const AVAHI_CONF: &str = include_str!("../avahi-daemon.conf");
+
 /// The topology's ip commands, shared with scenarios/lib/lab.sh.
 const TOPOLOGY_SH: &str = include_str!("../netns.sh");
 
@@ -848,22 +853,7 @@ impl Host {
         let bus_conf = adir.join("bus.conf");
         fs::write(
             &bus_conf,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-                socket.display()
-            ),
+            DBUS_CONF.replace("@SOCKET@", &socket.display().to_string()),
         )
         .expect("write bus.conf");
         let mut cmd = self.command("dbus-daemon");
@@ -890,27 +880,11 @@ impl Host {
         let avahi_conf = adir.join("avahi-daemon.conf");
         fs::write(
             &avahi_conf,
-            format!(
-                "[server]\n\
-                 host-name={host}\n\
-                 use-ipv4=yes\n\
-                 use-ipv6={ipv6}\n\
-                 allow-interfaces={ifaces}\n\
-                 enable-dbus=yes\n\
-                 ratelimit-interval-usec=1000000\n\
-                 ratelimit-burst=1000\n\
-                 [wide-area]\n\
-                 enable-wide-area=no\n\
-                 [publish]\n\
-                 publish-hinfo=no\n\
-                 publish-workstation=no\n\
-                 [reflector]\n\
-                 enable-reflector={reflector}\n",
-                host = self.netns,
-                ipv6 = yes_no(opts.ipv6),
-                ifaces = interfaces.join(","),
-                reflector = yes_no(opts.reflector),
-            ),
+            AVAHI_CONF
+                .replace("@HOST@", &self.netns)
+                .replace("@IPV6@", yes_no(opts.ipv6))
+                .replace("@IFACES@", &interfaces.join(","))
+                .replace("@REFLECTOR@", yes_no(opts.reflector)),
         )
         .expect("write avahi-daemon.conf");
 

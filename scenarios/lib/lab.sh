@@ -183,40 +183,13 @@ lab__netns_reflector() {
   dir=$LAB_DIR/$host-avahi
   ns=$(lab__ns "$host")
   mkdir -p "$dir/services"
-  cat > "$dir/bus.conf" <<EOF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path=$dir/bus.sock</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-EOF
+  # The configuration templates are shared with lab/src/lib.rs.
+  sed "s|@SOCKET@|$dir/bus.sock|" "$LAB_REPO/lab/dbus-bus.conf" > "$dir/bus.conf"
   lab_bg "$host" dbus dbus-daemon --config-file="$dir/bus.conf" --nofork --print-address
   lab_wait 10 test -S "$dir/bus.sock" || lab__die "$host: dbus-daemon did not start" || return 1
   ifaces=$(ip -n "$ns" -o link show | awk -F': ' '$2 != "lo" {sub(/@.*/, "", $2); print $2}' | paste -sd, -)
-  cat > "$dir/avahi-daemon.conf" <<EOF
-[server]
-host-name=$ns
-use-ipv4=yes
-use-ipv6=no
-allow-interfaces=$ifaces
-enable-dbus=yes
-ratelimit-interval-usec=1000000
-ratelimit-burst=1000
-[wide-area]
-enable-wide-area=no
-[publish]
-publish-hinfo=no
-publish-workstation=no
-[reflector]
-enable-reflector=yes
-EOF
+  sed -e "s|@HOST@|$ns|" -e "s|@IPV6@|no|" -e "s|@IFACES@|$ifaces|" -e "s|@REFLECTOR@|yes|" \
+    "$LAB_REPO/lab/avahi-daemon.conf" > "$dir/avahi-daemon.conf"
   # shellcheck disable=SC2016 # $1/$2 expand in the inner sh
   lab_bg "$host" avahi env DBUS_SYSTEM_BUS_ADDRESS="unix:path=$dir/bus.sock" \
     unshare -m --propagation private sh -c 'set -e
