@@ -18,6 +18,8 @@
 //!  the mesh-amb binary: command line, config file, signals, demo
 //! ```
 //!
+//! - [`value`]: typed setting values (durations, counts, node ids), each
+//!   parsed in one place.
 //! - [`spec`]: the `--consume`/`--provide` specs and Docker-link variables.
 //! - [`settings`]: the validated configuration, its defaults and typed values
 //!   (the command line and config file live in the `mesh-amb` binary).
@@ -34,9 +36,9 @@
 //!   stopped together by one [`Shutdown`]: `begin` stops every listener and
 //!   starts the drain, `force` (or the drain timeout) closes what is left.
 //!
-//! Dependencies point one way: `spec` below everything; `backends` on
-//! `spec`; `settings` on `spec` and the balancing policy; `net` on
-//! `backends` and `settings`; `discovery` on `backends` (and on
+//! Dependencies point one way: `value` below everything, then `spec`;
+//! `backends` on `spec`; `settings` on `spec` and the balancing policy;
+//! `net` on `backends` and `settings`; `discovery` on `backends` (and on
 //! `net::checks` for a provider's local check); `node` on all of them; the
 //! binary on `node`. No module imports the command line.
 
@@ -49,5 +51,6 @@ pub mod node;
 pub mod resp;
 pub mod settings;
 pub mod spec;
+pub mod value;
 
 pub use node::{Node, NodeHandle, Shutdown};

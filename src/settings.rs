@@ -1,6 +1,7 @@
 //! The validated settings of a node: [`Config`] and its parts, their
-//! defaults with the reasons for them, the typed values they are read from
-//! ([`value`]), and the checks that no single value can make alone.
+//! defaults with the reasons for them, and the checks that no single value
+//! can make alone. The typed values they are read from live in
+//! [`value`](crate::value).
 //!
 //! Where values come from (flags, environment, a file) is the binary's
 //! business: the library takes a `Config`, however it was built. Tests and
@@ -13,9 +14,7 @@ use std::time::Duration;
 use crate::backends::balance::Policy;
 use crate::spec::{ConsumeSpec, ProvideSpec};
 
-pub mod value;
-
-pub use value::{Count, Ip, NodeId, OrOff, Period, ValueError, Wait, MAX_DURATION};
+pub use crate::value::{Count, Ip, NodeId, OrOff, Period, ValueError, Wait, MAX_DURATION};
 
 /// Range of `max_connections`: a million connections need two million fds,
 /// beyond any fd limit a host grants one process.
@@ -130,7 +129,7 @@ pub struct DiscoverySettings {
 impl Default for DiscoverySettings {
     fn default() -> Self {
         Self {
-            node_id: crate::discovery::wire::random_node_id(),
+            node_id: crate::value::random_node_id(),
             probe: false,
             interfaces: Vec::new(),
             advertise_addrs: Vec::new(),
@@ -234,14 +233,14 @@ impl DiscoverySettings {
                 reason,
             })
         };
-        if !crate::discovery::wire::valid_node_id(&self.node_id) {
+        if !crate::value::valid_node_id(&self.node_id) {
             let reason = "use 1-16 letters, digits or '-'".to_owned();
             return bad("node_id", &self.node_id, reason);
         }
         if self.interfaces.is_empty() && self.advertise_addrs.is_empty() {
             return Ok(());
         }
-        let local = crate::discovery::addr::local_interfaces();
+        let local = local_interfaces();
         for i in &self.interfaces {
             if !local.iter().any(|(name, _)| name == i) {
                 let mut names: Vec<&str> = local.iter().map(|(n, _)| n.as_str()).collect();
@@ -288,6 +287,16 @@ fn check_unique(consumes: &[ConsumeSpec], provides: &[ProvideSpec]) -> Result<()
     Ok(())
 }
 
+/// Every (interface name, address) of this host, for checking the chosen
+/// interfaces and advertised addresses against.
+fn local_interfaces() -> Vec<(String, IpAddr)> {
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| (i.name.clone(), i.ip()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,7 +317,7 @@ mod tests {
             .validate()
             .unwrap();
         let d = DiscoverySettings::default();
-        assert!(crate::discovery::wire::valid_node_id(&d.node_id));
+        assert!(crate::value::valid_node_id(&d.node_id));
         assert!(!d.probe);
     }
 

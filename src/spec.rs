@@ -279,7 +279,7 @@ impl std::str::FromStr for BackendAddr {
 
 // A spec is written and read as the text a user types (`Display` gives it
 // back in the form `FromStr` takes).
-crate::settings::value::serde_via_str!(ConsumeSpec, ProvideSpec, BackendAddr);
+crate::value::serde_via_str!(ConsumeSpec, ProvideSpec, BackendAddr);
 
 /// Translates Docker-link variables (`REDIS_PORT_6379_TCP=tcp://10.0.0.5:6379`)
 /// into consumes (`redis:6379=10.0.0.5:6379`), as the classic

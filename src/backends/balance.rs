@@ -61,7 +61,7 @@ impl fmt::Display for Policy {
 }
 
 impl FromStr for Policy {
-    type Err = crate::settings::ValueError;
+    type Err = crate::value::ValueError;
     fn from_str(s: &str) -> Result<Policy, Self::Err> {
         let s = s.trim();
         Policy::ALL
@@ -69,7 +69,7 @@ impl FromStr for Policy {
             .find(|p| p.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Policy::ALL.iter().map(|p| p.name()).collect();
-                crate::settings::ValueError::new(format!("use one of {}", names.join(", ")))
+                crate::value::ValueError::new(format!("use one of {}", names.join(", ")))
             })
     }
 }

@@ -29,7 +29,7 @@ pub enum Target {
     /// IPv4 and a link-local IPv6 one).
     Addrs(Vec<SocketAddr>),
     /// A host name, resolved when dialed through a cache that is refreshed
-    /// every [`DNS_TTL`](crate::net::dial::resolve::DNS_TTL), so DNS changes take
+    /// every `DNS_TTL` (30 s, see `net::dial::resolve`), so DNS changes take
     /// effect.
     Name(String, u16),
 }

@@ -44,15 +44,6 @@ pub fn local_addrs() -> Vec<LocalAddr> {
         .collect()
 }
 
-/// (interface name, address) of every configured address of this host.
-pub fn local_interfaces() -> Vec<(String, IpAddr)> {
-    if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| (i.name.clone(), i.ip()))
-        .collect()
-}
-
 /// A peer address as resolved: the IP and, for IPv6, the index of the
 /// interface it is scoped to (0 when unknown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

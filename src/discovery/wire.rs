@@ -47,18 +47,6 @@ impl fmt::Display for State {
     }
 }
 
-/// A node's identity: 8 hex digits, random per process unless configured.
-/// It makes instance labels and the mDNS host name unique per node, which
-/// avoids name conflicts between nodes and between reflected copies.
-pub fn random_node_id() -> String {
-    format!("{:08x}", fastrand::u32(..))
-}
-
-/// Node ids become part of DNS labels: keep them short and plain.
-pub fn valid_node_id(id: &str) -> bool {
-    (1..=16).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}
-
 /// `redis@7f3a9c21`: no dots (Avahi drops instances whose label holds an
 /// unescaped dot), unique per (service, node).
 pub fn instance_label(service: &str, node: &str) -> String {
@@ -114,6 +102,7 @@ pub fn parse_txt<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Advert> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::{random_node_id, valid_node_id};
     use std::collections::HashMap;
 
     fn parse(pairs: &[(&str, &str)]) -> Option<Advert> {

@@ -27,6 +27,18 @@ impl ValueError {
     }
 }
 
+/// A node's identity: 8 hex digits, random per process unless configured.
+/// It makes instance labels and the mDNS host name unique per node, which
+/// avoids name conflicts between nodes and between reflected copies.
+pub fn random_node_id() -> String {
+    format!("{:08x}", fastrand::u32(..))
+}
+
+/// Node ids become part of DNS labels: keep them short and plain.
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=16).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// Serde through `Display`/`FromStr`: a value is written and read as the
 /// same string a user types.
 macro_rules! serde_via_str {
@@ -280,14 +292,14 @@ pub struct NodeId(String);
 impl NodeId {
     /// A fresh random id, as a node gets when the user names none.
     pub fn random() -> NodeId {
-        NodeId(crate::discovery::wire::random_node_id())
+        NodeId(random_node_id())
     }
 }
 
 impl FromStr for NodeId {
     type Err = ValueError;
     fn from_str(s: &str) -> Result<NodeId, ValueError> {
-        if crate::discovery::wire::valid_node_id(s) {
+        if valid_node_id(s) {
             Ok(NodeId(s.to_ascii_lowercase()))
         } else {
             Err(ValueError::new("use 1-16 letters, digits or '-'"))
