@@ -506,6 +506,29 @@ fn a_provider_withdraws_when_its_service_dies_and_returns_with_it() {
     eprintln!("routed again {back:?} after the service came back");
 }
 
+#[test]
+fn a_provider_without_ipv6_still_withdraws_a_dead_service() {
+    // A host (or container) with IPv6 off: the provider's check of ::1
+    // fails with EADDRNOTAVAIL, which says nothing about the service, while
+    // 127.0.0.1 refuses, which does. The refusal must win.
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    h1.run_ok("sysctl", ["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    h1.run_ok("sysctl", ["-qw", "net.ipv6.conf.lo.disable_ipv6=1"]);
+    let mut r = redis(h1, 7000);
+    let provider = amb(h1, &["--provide", "api:7000", "--node-id", "h1"]);
+    let consumer = amb(h2, &["--consume", "api:8080"]);
+    wait_routed_to(h2, 8080, "h1");
+    r.kill();
+    wait_log(
+        &consumer,
+        "backend down service=api instance=api@h1._amb._tcp.local.",
+    );
+    let log = provider.stderr();
+    assert!(log.contains("local service stopped answering"), "{log}");
+    assert!(!log.contains("local check skipped"), "{log}");
+}
+
 /// The address every VirtualBox VM has on its NAT adapter.
 const NAT_ADDR: &str = "10.0.2.15";
 

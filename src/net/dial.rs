@@ -185,9 +185,12 @@ impl<'a, T> Concurrent<'a, T> {
     }
 }
 
-/// The errors of a multi-address dial, reduced to one: a local failure
-/// wins, because an address we could not even try says nothing about the
-/// backend.
+/// The errors of a multi-address dial, reduced to one: the backend is to
+/// blame when any of its addresses really failed (refused, timed out); the
+/// dial is our fault only when no address could even be tried. An address
+/// we could not use (EADDRNOTAVAIL: IPv6 off here, or no free port towards
+/// it) says nothing about the backend, but neither does it excuse the
+/// address that refused.
 #[derive(Default)]
 struct Failures {
     local: Option<io::Error>,
@@ -205,8 +208,8 @@ impl Failures {
 
     fn into_error(self) -> DialError {
         match (self.local, self.last) {
-            (Some(e), _) => DialError::Local(e),
-            (None, Some(e)) => DialError::Backend(e),
+            (_, Some(e)) => DialError::Backend(e),
+            (Some(e), None) => DialError::Local(e),
             (None, None) => DialError::Backend(timed_out()),
         }
     }
@@ -269,10 +272,15 @@ mod tests {
             assert_eq!(matches!(classified, DialError::Local(_)), *local, "{e:?}");
         }
 
-        // Several addresses: one we could not even try makes it our fault.
+        // Several addresses: an address that really failed blames the
+        // backend, whatever happened to the others; only when none could be
+        // tried is it our fault.
         for (errors, local) in [
-            (vec![os(libc::ECONNREFUSED), os(libc::EMFILE)], true),
-            (vec![os(libc::EMFILE), os(libc::ECONNREFUSED)], true),
+            (vec![os(libc::ECONNREFUSED), os(libc::EMFILE)], false),
+            (vec![os(libc::EMFILE), os(libc::ECONNREFUSED)], false),
+            (vec![os(libc::ECONNREFUSED), os(libc::EADDRNOTAVAIL)], false),
+            (vec![os(libc::EADDRNOTAVAIL), timed_out()], false),
+            (vec![os(libc::EADDRNOTAVAIL), os(libc::EMFILE)], true),
             (vec![os(libc::ECONNREFUSED), timed_out()], false),
         ] {
             let mut f = Failures::default();

@@ -144,11 +144,11 @@ pub enum ConnectError {
 
 /// Dials candidates in balancer order until one answers, within
 /// `connect_attempts` tries of `connect_timeout` each. Every failure ejects
-/// that backend, so the next clients skip it at once; a failure for lack of
-/// local resources ejects nothing and fails this client only, after a short
-/// pause: the next backend would fail the same way, and ejecting healthy
-/// backends (or asking discovery to verify them) would turn our own
-/// descriptor shortage into an outage.
+/// that backend, so the next clients skip it at once. A failure for lack of
+/// local resources ejects nothing (ejecting healthy backends, or asking
+/// discovery to verify them, would turn our own descriptor shortage into an
+/// outage) and the next candidate is tried; when every dial failed that
+/// way, this client alone fails, after a short pause.
 ///
 /// The backend comes with the [`ActiveGuard`] taken when its dial began:
 /// keep it for the connection's life.
@@ -162,8 +162,9 @@ pub async fn connect(
         return Err(ConnectError::NoBackends);
     }
     let mut last = None;
+    let mut local = None;
     let mut tried = 0;
-    for backend in order.into_iter().take(settings.connect_attempts) {
+    for backend in order.into_iter().take(settings.connect_attempts.max(1)) {
         tried += 1;
         // Counted from now, so the balancer sees dials in flight.
         let active = ActiveGuard::new(backend.clone());
@@ -175,11 +176,13 @@ pub async fn connect(
                 }
                 return Ok((active, stream));
             }
+            // Not the backend's fault, and perhaps not the next one's
+            // problem (no free port towards this address only): try on,
+            // blaming nobody.
             Err(DialError::Local(e)) => {
                 debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
                     "cannot dial: out of local resources");
-                sleep(LOCAL_ERROR_BACKOFF).await;
-                return Err(ConnectError::Local(e));
+                local = Some(e);
             }
             Err(DialError::Backend(e)) => {
                 match svc.table.report_failure(&backend.stats) {
@@ -193,8 +196,14 @@ pub async fn connect(
             }
         }
     }
-    Err(ConnectError::AllFailed {
-        tried,
-        last: last.expect("at least one attempt was made"),
-    })
+    match (last, local) {
+        (Some(last), _) => Err(ConnectError::AllFailed { tried, last }),
+        (None, Some(e)) => {
+            // Every dial failed on our side: slow this connection task down
+            // (it keeps its permit) rather than churn through the queue.
+            sleep(LOCAL_ERROR_BACKOFF).await;
+            Err(ConnectError::Local(e))
+        }
+        (None, None) => Err(ConnectError::NoBackends),
+    }
 }
