@@ -218,7 +218,62 @@ impl Config {
     /// are unique, and the discovery settings fit this host.
     pub fn validate(&self) -> Result<(), SettingsError> {
         check_unique(&self.consumes, &self.provides)?;
+        self.proxy.validate()?;
         self.discovery.validate()
+    }
+}
+
+/// Linux takes keepalive times in whole seconds, from 1 to 32767
+/// (`TCP_KEEPIDLE`, `TCP_KEEPINTVL`), and at most 127 probes.
+const KEEPALIVE_SECS: std::ops::RangeInclusive<u64> = 1..=32767;
+const MAX_KEEPALIVE_PROBES: u32 = 127;
+/// `TCP_USER_TIMEOUT` is an int of milliseconds.
+const MAX_USER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+impl ProxySettings {
+    /// Checks the values a type alone cannot: counts of at least one, and
+    /// socket options within what the kernel accepts (it would refuse them
+    /// on every connection otherwise, leaving keepalive off).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |setting, value: String, reason: &str| {
+            Err(SettingsError::Value {
+                setting,
+                value,
+                reason: reason.to_owned(),
+            })
+        };
+        let secs = |d: Duration| humantime::format_duration(d).to_string();
+        if self.max_connections == 0 {
+            return bad("max_connections", "0".into(), "must be at least 1");
+        }
+        if self.connect_attempts == 0 {
+            return bad("connect_attempts", "0".into(), "must be at least 1");
+        }
+        let keepalive = [
+            ("tcp_keepalive", self.tcp_keepalive),
+            ("tcp_keepalive_interval", Some(self.tcp_keepalive_interval)),
+        ];
+        for (setting, d) in keepalive {
+            if let Some(d) = d.filter(|d| !KEEPALIVE_SECS.contains(&d.as_secs())) {
+                return bad(setting, secs(d), "use 1s to 32767s (the kernel's range)");
+            }
+        }
+        if !(1..=MAX_KEEPALIVE_PROBES).contains(&self.tcp_keepalive_probes) {
+            let n = self.tcp_keepalive_probes.to_string();
+            return bad(
+                "tcp_keepalive_probes",
+                n,
+                "use 1 to 127 (the kernel's range)",
+            );
+        }
+        if let Some(t) = self.tcp_user_timeout.filter(|t| *t > MAX_USER_TIMEOUT) {
+            return bad(
+                "tcp_user_timeout",
+                secs(t),
+                "at most 24 days (the kernel's range)",
+            );
+        }
+        Ok(())
     }
 }
 
@@ -300,6 +355,66 @@ fn local_interfaces() -> Vec<(String, IpAddr)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_settings_the_kernel_or_the_pipeline_would_refuse() {
+        let d = ProxySettings::default;
+        let cases: &[(ProxySettings, &str)] = &[
+            (
+                ProxySettings {
+                    max_connections: 0,
+                    ..d()
+                },
+                "max_connections '0'",
+            ),
+            (
+                ProxySettings {
+                    connect_attempts: 0,
+                    ..d()
+                },
+                "connect_attempts '0'",
+            ),
+            (
+                ProxySettings {
+                    tcp_keepalive: Some(Duration::from_millis(999)),
+                    ..d()
+                },
+                "tcp_keepalive '999ms'",
+            ),
+            (
+                ProxySettings {
+                    tcp_keepalive_interval: Duration::from_secs(32768),
+                    ..d()
+                },
+                "tcp_keepalive_interval",
+            ),
+            (
+                ProxySettings {
+                    tcp_keepalive_probes: 128,
+                    ..d()
+                },
+                "tcp_keepalive_probes '128'",
+            ),
+            (
+                ProxySettings {
+                    tcp_user_timeout: Some(Duration::from_secs(25 * 86400)),
+                    ..d()
+                },
+                "tcp_user_timeout",
+            ),
+        ];
+        for (p, want) in cases {
+            let e = p.validate().expect_err(want).to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let off = ProxySettings {
+            tcp_keepalive: None,
+            tcp_user_timeout: None,
+            ..d()
+        };
+        assert_eq!(off.validate(), Ok(()));
+        assert_eq!(d().validate(), Ok(()));
+    }
 
     fn config(consumes: &[&str], provides: &[&str]) -> Config {
         Config {

@@ -65,6 +65,22 @@ fn bad_input_exits_2_with_one_line() {
             &[("DB_PORT_5432_TCP", "tcp://10.0.0.7")],
             "DB_PORT_5432_TCP",
         ),
+        // Socket options the kernel would refuse on every connection.
+        (
+            &["--consume", "a:1=h:1", "--tcp-keepalive", "500ms"],
+            &[],
+            "--tcp-keepalive '500ms'",
+        ),
+        (
+            &["--consume", "a:1=h:1", "--tcp-keepalive-interval", "10h"],
+            &[],
+            "--tcp-keepalive-interval '10h'",
+        ),
+        (
+            &["--consume", "a:1=h:1", "--tcp-user-timeout", "25days"],
+            &[],
+            "--tcp-user-timeout '25days'",
+        ),
     ];
     for (args, env, want) in cases {
         let out = run(args, env);

@@ -70,18 +70,20 @@ pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> 
 /// without FIN or RST does not hold the connection forever.
 pub fn tune_stream(stream: &TcpStream, settings: &ProxySettings) -> io::Result<()> {
     let sock = SockRef::from(stream);
-    sock.set_tcp_nodelay(true)?;
+    // Each option on its own: one the kernel refuses must not leave the
+    // others unset. The first error is returned.
+    let mut first = sock.set_tcp_nodelay(true).err();
     if let Some(idle) = settings.tcp_keepalive {
         let ka = TcpKeepalive::new()
             .with_time(idle)
             .with_interval(settings.tcp_keepalive_interval)
             .with_retries(settings.tcp_keepalive_probes);
-        sock.set_tcp_keepalive(&ka)?;
+        first = first.or(sock.set_tcp_keepalive(&ka).err());
     }
     if let Some(t) = settings.tcp_user_timeout {
-        sock.set_tcp_user_timeout(Some(t))?;
+        first = first.or(sock.set_tcp_user_timeout(Some(t)).err());
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 /// Makes the next close of `stream` send a RST instead of a FIN (SO_LINGER 0),
