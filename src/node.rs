@@ -237,7 +237,11 @@ async fn run(
     let tracker = TaskTracker::new();
     let mut serving = Vec::new();
     for (listener, svc) in listeners.into_iter().zip(&services) {
-        let addr = listener.local_addr().context("listener address")?;
+        // Only for the log line: nothing here may return early, or the
+        // tasks started above would outlive the node.
+        let addr = listener
+            .local_addr()
+            .map_or_else(|e| format!("? ({e})"), |a| a.to_string());
         if svc.is_discovered() {
             info!(service = %svc.name, listen = %addr, policy = ?svc.balancer.policy(),
                 "listening; backends come from discovery");
@@ -264,9 +268,11 @@ async fn run(
     });
 
     shutdown.graceful.cancelled().await;
+    // A failure is reported once everything below has stopped.
+    let mut failed = None;
     if let Some(task) = accepting {
         // The listeners are closed once it returns.
-        task.await.context("the accept loop failed")?;
+        failed = task.await.context("the accept loop failed").err();
     }
     tracker.close();
     let open = tracker.len();
@@ -293,6 +299,9 @@ async fn run(
     side_tasks.wait().await;
     if let Some(m) = mdns {
         m.shutdown().await;
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     info!("shut down");
     Ok(())

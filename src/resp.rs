@@ -13,6 +13,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// string is 512 MB; far smaller keeps a hostile peer from making us
 /// allocate much before the bytes arrive.
 const MAX_LEN: i64 = 64 * 1024 * 1024;
+/// Longest header line (`+...`, `-...`, `$len`) accepted before its CRLF:
+/// status and error lines are short; a peer that never ends its line must
+/// not grow the buffer without bound.
+const MAX_LINE: usize = 64 * 1024;
 /// Deepest nesting of arrays accepted, so a hostile peer cannot overflow
 /// the stack.
 const MAX_DEPTH: usize = 32;
@@ -55,11 +59,18 @@ fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// The line starting at `at` (without CRLF) and the offset after it.
-fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
-    let rest = buf.get(at..)?;
-    let end = rest.windows(2).position(|w| w == b"\r\n")?;
-    Some((&rest[..end], at + end + 2))
+/// The line starting at `at` (without CRLF) and the offset after it;
+/// `Ok(None)` while it is incomplete.
+fn line(buf: &[u8], at: usize) -> io::Result<Option<(&[u8], usize)>> {
+    let Some(rest) = buf.get(at..) else {
+        return Ok(None);
+    };
+    let window = &rest[..rest.len().min(MAX_LINE + 2)];
+    match window.windows(2).position(|w| w == b"\r\n") {
+        Some(end) => Ok(Some((&rest[..end], at + end + 2))),
+        None if rest.len() > MAX_LINE => Err(bad("line too long")),
+        None => Ok(None),
+    }
 }
 
 fn number(text: &[u8]) -> io::Result<i64> {
@@ -73,7 +84,7 @@ fn parse_at(buf: &[u8], at: usize, depth: usize) -> io::Result<Option<(Value, us
     if depth > MAX_DEPTH {
         return Err(bad("arrays nested too deep"));
     }
-    let Some((head, next)) = line(buf, at) else {
+    let Some((head, next)) = line(buf, at)? else {
         return Ok(None);
     };
     let Some((&kind, rest)) = head.split_first() else {
@@ -209,6 +220,8 @@ mod tests {
         for _ in 0..1000 {
             deep.extend_from_slice(b"*1\r\n");
         }
+        let mut long = b"+".to_vec();
+        long.resize(MAX_LINE + 10, b'x');
         for bytes in [
             &b"?\r\n"[..],
             b"\r\n",
@@ -218,6 +231,7 @@ mod tests {
             b"*-5\r\n",
             b"$1\r\nab\r\n",
             &deep,
+            &long,
         ] {
             assert!(parse(bytes).is_err(), "{bytes:?}");
         }

@@ -50,13 +50,41 @@ macro_rules! serde_via_str {
         }
         impl<'de> serde::Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
+                let s = <$crate::value::Text as serde::Deserialize>::deserialize(d)?;
+                s.0.parse().map_err(serde::de::Error::custom)
             }
         }
     )*};
 }
 pub(crate) use serde_via_str;
+
+/// The text of a value as a file gives it: a string, or a bare integer
+/// (`connect_timeout = 5` means five seconds, as `--connect-timeout 5`
+/// does), read as the same text a user would type.
+#[doc(hidden)]
+pub struct Text(pub String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl Visitor<'_> for TextVisitor {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a whole number")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Text, E> {
+                Ok(Text(s.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Text, E> {
+                Ok(Text(n.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Text, E> {
+                Ok(Text(n.to_string()))
+            }
+        }
+        d.deserialize_any(TextVisitor)
+    }
+}
 
 /// Longest duration accepted anywhere: far beyond any sensible timeout, and
 /// small enough that adding it to an instant can never overflow.
@@ -164,8 +192,7 @@ where
     T::Err: fmt::Display,
 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
+        Text::deserialize(d)?.0.parse().map_err(de::Error::custom)
     }
 }
 

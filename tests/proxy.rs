@@ -260,7 +260,12 @@ async fn drain_timeout_closes_what_is_left() {
     let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
         .await
         .expect("the connection was closed after the drain timeout");
-    assert!(matches!(n, Ok(0) | Err(_)), "expected EOF, got {n:?}");
+    // A reset, not a FIN: cut short, perhaps mid-reply, it must not look
+    // like a complete exchange.
+    assert!(
+        matches!(&n, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected a reset, got {n:?}"
+    );
     amb.join().await.unwrap();
 }
 
@@ -452,9 +457,11 @@ async fn a_half_closed_connection_to_a_silent_backend_ends_after_the_timeout() {
 
 #[tokio::test]
 async fn the_half_close_timeout_counts_from_the_last_byte() {
-    // After the client's FIN, the reply trickles for 4x the timeout: it must
-    // arrive whole, because the timeout is for silence, not for the reply.
-    const HALF_CLOSE: Duration = Duration::from_millis(250);
+    // After the client's FIN, the reply trickles for twice the timeout: it
+    // must arrive whole, because the timeout is for silence, not for the
+    // reply. Bytes come 5x more often than the timeout, so a late timer on
+    // a loaded machine does not look like silence.
+    const HALF_CLOSE: Duration = Duration::from_millis(500);
     let (backend, accepted) = one_shot_backend(2).await;
     let amb = Amb::start(
         &[backend],
@@ -474,7 +481,7 @@ async fn the_half_close_timeout_counts_from_the_last_byte() {
     tokio::spawn(async move {
         for i in 0..10u8 {
             b.write_all(&[b'0' + i]).await.unwrap();
-            tokio::time::sleep(HALF_CLOSE / 2).await; // pacing, not a wait
+            tokio::time::sleep(HALF_CLOSE / 5).await; // pacing, not a wait
         }
     });
     let mut reply = Vec::new();

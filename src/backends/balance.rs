@@ -141,9 +141,22 @@ impl Balancer {
             Policy::Random => weighted_shuffle(ready),
             Policy::LeastConn => {
                 fastrand::shuffle(&mut ready);
-                // Stable: ties keep the random order, spreading them.
-                ready.sort_by(|a, b| load_cmp(a, b));
-                ready
+                // The loads are read once: live counters change under a
+                // sort, and a comparison that is not a total order may make
+                // the sort panic. Stable: ties keep the random order.
+                let mut loaded: Vec<(u64, u64, Arc<Backend>)> = ready
+                    .into_iter()
+                    .map(|b| {
+                        (
+                            b.stats.active.load(Ordering::Relaxed),
+                            u64::from(weight(&b)),
+                            b,
+                        )
+                    })
+                    .collect();
+                // active/weight compared without dividing.
+                loaded.sort_by(|(la, wa, _), (lb, wb, _)| (la * wb).cmp(&(lb * wa)));
+                loaded.into_iter().map(|(_, _, b)| b).collect()
             }
             Policy::P2c => {
                 let mut order = weighted_shuffle(ready);

@@ -225,13 +225,22 @@ pub async fn copy_both(
             half_closed_at.get_or_insert_with(Instant::now);
         }
     };
-    if let End::Failed { side, .. } = &end {
-        let other = match side.other() {
-            Side::Client => &*client,
-            Side::Server => &*server,
-        };
-        // Best effort: if it fails, the peer gets a FIN as before.
-        let _ = sockopt::reset_on_close(other);
+    // Best effort: where it fails, the peer gets a FIN as before.
+    match &end {
+        End::Failed { side, .. } => {
+            let other = match side.other() {
+                Side::Client => &*client,
+                Side::Server => &*server,
+            };
+            let _ = sockopt::reset_on_close(other);
+        }
+        // Cut short by the drain timeout, perhaps in the middle of a reply:
+        // a FIN would look like a complete one.
+        End::Stopped => {
+            let _ = sockopt::reset_on_close(client);
+            let _ = sockopt::reset_on_close(server);
+        }
+        End::Done | End::Idle | End::HalfClose => {}
     }
     Report {
         from_client,
@@ -283,8 +292,17 @@ async fn pump(
             }
             *moved += n as u64;
             clock.touch();
-            w.write_all(chunk.filled()).await.map_err(on_write)?;
-            clock.touch();
+            // Every write that makes progress counts as traffic: a slow
+            // reader draining a large chunk is not idle.
+            let mut data = chunk.filled();
+            while !data.is_empty() {
+                let written = w.write(data).await.map_err(on_write)?;
+                if written == 0 {
+                    return Err(on_write(io::ErrorKind::WriteZero.into()));
+                }
+                data = &data[written..];
+                clock.touch();
+            }
             if n < BUF_SIZE {
                 break; // drained, most likely: no buffer while we wait
             }

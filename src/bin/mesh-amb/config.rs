@@ -631,6 +631,27 @@ mod tests {
     }
 
     #[test]
+    fn file_durations_may_be_bare_seconds() {
+        let f = temp_toml(
+            "consume = [\"a:7379=127.0.0.1:6379\"]\nconnect_timeout = 5\nidle_timeout = 600\ndrain_timeout = 0\n",
+        );
+        let c = resolve_env(&["--config", f.path.to_str().unwrap()], &[])
+            .unwrap()
+            .config;
+        assert_eq!(c.proxy.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.proxy.idle_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(c.proxy.drain_timeout, Duration::ZERO);
+        let f = temp_toml("connect_timeout = 0\n");
+        let e = resolve_env(&["--config", f.path.to_str().unwrap()], &[])
+            .expect_err("zero")
+            .to_string();
+        assert!(
+            e.contains("connect_timeout '0': must be greater than zero"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn file_settings_and_flag_precedence() {
         let f = temp_toml(
             r#"

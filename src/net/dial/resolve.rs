@@ -25,6 +25,10 @@ use tracing::{debug, warn};
 /// change) be followed within that time, as `Target::Name` promises, while
 /// a burst of connections costs one lookup, not one each.
 pub const DNS_TTL: Duration = Duration::from_secs(30);
+/// After a failed refresh, the next one is tried this much later (or after
+/// the TTL, if shorter): during a DNS outage a name costs one lookup and at
+/// most one log line per period, not one per connection.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// The outcome of one lookup, as the resolver needs it.
 pub type LookupFuture = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
@@ -69,8 +73,11 @@ type Outcome = Result<Arc<[SocketAddr]>, Arc<io::Error>>;
 
 #[derive(Default)]
 struct Entry {
-    /// Last good answer and when it came.
+    /// Last good answer and when it is due for a refresh.
     good: Option<(Arc<[SocketAddr]>, Instant)>,
+    /// The refreshes since the last good answer failed (one warning per
+    /// outage).
+    failing: bool,
     /// The lookup in flight, if any; it publishes its outcome here.
     in_flight: Option<watch::Receiver<Option<Outcome>>>,
 }
@@ -118,9 +125,9 @@ impl Resolver {
             let mut names = self.inner.names.lock().unwrap_or_else(|e| e.into_inner());
             let key = (host.to_owned(), port);
             let entry = names.entry(key.clone()).or_default();
-            if let Some((addrs, at)) = &entry.good {
+            if let Some((addrs, due)) = &entry.good {
                 let addrs = addrs.clone();
-                if at.elapsed() >= self.inner.ttl && entry.running().is_none() {
+                if Instant::now() >= *due && entry.running().is_none() {
                     entry.in_flight = Some(self.start(key));
                 }
                 return Ok(addrs);
@@ -168,12 +175,18 @@ impl Resolver {
             match &outcome {
                 Ok(addrs) => {
                     debug!(host = %key.0, addresses = ?addrs, "name resolved");
-                    entry.good = Some((addrs.clone(), Instant::now()));
+                    entry.good = Some((addrs.clone(), Instant::now() + inner.ttl));
+                    entry.failing = false;
                 }
-                Err(e) if entry.good.is_some() => {
-                    warn!(host = %key.0, error = %e, "name lookup failed; keeping the last answer");
+                Err(e) => {
+                    if let Some((_, due)) = &mut entry.good {
+                        *due = Instant::now() + inner.ttl.min(RETRY_AFTER_FAILURE);
+                        if !std::mem::replace(&mut entry.failing, true) {
+                            warn!(host = %key.0, error = %e,
+                                "name lookup failed; keeping the last answer");
+                        }
+                    }
                 }
-                Err(_) => {}
             }
             entry.in_flight = None;
             // Under the lock, so nobody sees `in_flight` set to a finished one.
@@ -288,6 +301,35 @@ mod tests {
             .await
             .expect("the last good answer after a failed refresh");
         assert_eq!(s.peer_addr().unwrap(), addr);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_refresh_is_retried_once_per_period_not_per_dial() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let dns = Fake::new(Mode::Answer(vec![addr]));
+        let r = Resolver::new(Box::new(dns.clone()), DNS_TTL);
+        let far = || Instant::now() + Duration::from_secs(5);
+        r.resolve("a", 1, far()).await.unwrap();
+        assert_eq!(dns.calls(), 1);
+
+        *dns.mode.lock().unwrap() = Mode::Fail;
+        tokio::time::advance(DNS_TTL).await;
+        r.resolve("a", 1, far()).await.expect("stale answer");
+        // Let the refresh run (and fail).
+        while r.inner.names.lock().unwrap()[&("a".into(), 1)]
+            .running()
+            .is_some()
+        {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(dns.calls(), 2);
+        for _ in 0..100 {
+            assert_eq!(&*r.resolve("a", 1, far()).await.unwrap(), [addr]);
+        }
+        assert_eq!(dns.calls(), 2, "no lookup per dial while DNS is down");
+        tokio::time::advance(RETRY_AFTER_FAILURE).await;
+        r.resolve("a", 1, far()).await.unwrap();
+        assert_eq!(dns.calls(), 3, "retried after the period");
     }
 
     #[tokio::test]
