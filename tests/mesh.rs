@@ -513,8 +513,10 @@ fn a_provider_without_ipv6_still_withdraws_a_dead_service() {
     // 127.0.0.1 refuses, which does. The refusal must win.
     let lab = Lab::new(2);
     let (h1, h2) = (lab.host("h1"), lab.host("h2"));
-    h1.run_ok("sysctl", ["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    h1.run_ok("sysctl", ["-qw", "net.ipv6.conf.lo.disable_ipv6=1"]);
+    // Through /proc, per namespace: no sysctl (procps) on a bare host.
+    let off = "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 \
+               && echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6";
+    h1.run_ok("sh", ["-c", off]);
     let mut r = redis(h1, 7000);
     let provider = amb(h1, &["--provide", "api:7000", "--node-id", "h1"]);
     let consumer = amb(h2, &["--consume", "api:8080"]);
