@@ -61,6 +61,7 @@ pub async fn run(
     let mut announced = false;
     let mut probe_first = settings.probe;
     let mut warned = false;
+    let mut short_of_resources = false;
     loop {
         tokio::select! {
             _ = leaving.cancelled() => break,
@@ -68,10 +69,16 @@ pub async fn run(
         }
         let ok = match check(&target, timeout, &leaving).await {
             None => break,
-            Some(Ok(ok)) => ok,
-            // Our own shortage (EMFILE...): no reason to withdraw.
+            Some(Ok(ok)) => {
+                short_of_resources = false;
+                ok
+            }
+            // Our own shortage (EMFILE...): no reason to withdraw. One line
+            // per shortage, not one per tick.
             Some(Err(e)) => {
-                warn!(provide = %p, error = %e, "local check skipped");
+                if !std::mem::replace(&mut short_of_resources, true) {
+                    warn!(provide = %p, error = %e, "local check skipped until resources free up");
+                }
                 continue;
             }
         };

@@ -114,9 +114,10 @@ pub async fn check_backends(
                     }
                     continue;
                 }
-                // Out of descriptors or ports: says nothing about the backend.
+                // Out of descriptors or ports: says nothing about the backend
+                // (the data plane's own dials say the same, once per client).
                 Err(DialError::Local(e)) => {
-                    warn!(service = %svc.name, backend = %b.spec.target, error = %e,
+                    tracing::debug!(service = %svc.name, backend = %b.spec.target, error = %e,
                         "backend check skipped");
                     continue;
                 }
