@@ -315,6 +315,9 @@ lab_bg() {
   LAB_BG+=("$host $name")
   case "$LAB" in
     netns)
+      # Created here, not by the background redirect, so lab_log can read it
+      # at once.
+      : > "$LAB_DIR/$host-$name.log"
       setsid ip netns exec "$(lab__ns "$host")" "$@" > "$LAB_DIR/$host-$name.log" 2>&1 < /dev/null &
       LAB_PID[$host/$name]=$!
       # Out of the job table: no "Killed" notices; bash still reaps it.

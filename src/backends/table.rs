@@ -43,6 +43,16 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Whether `new` shares nothing with `self`: the backend moved.
+    fn moved_to(&self, new: &Target) -> bool {
+        match (self, new) {
+            (Target::Addrs(old), Target::Addrs(new)) => !old.iter().any(|a| new.contains(a)),
+            (old, new) => old != new,
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -195,9 +205,11 @@ impl Table {
                 Some(i) if backends[i].spec == spec => return false,
                 Some(i) => {
                     let stats = backends[i].stats.clone();
-                    if backends[i].spec.target != spec.target {
+                    if backends[i].spec.target.moved_to(&spec.target) {
                         // New addresses deserve a fresh chance: the failures
-                        // were those of the old ones.
+                        // were those of the old ones. An address added beside
+                        // the failing ones (mDNS resolves IPv4 and IPv6 in
+                        // separate events) is no such news.
                         stats.clear_ejection();
                     }
                     backends[i] = Arc::new(Backend { spec, stats });
@@ -309,6 +321,28 @@ mod tests {
         assert_eq!(snap.backends.len(), 1);
         assert_eq!(snap.backends[0].spec, moved);
         assert_eq!(snap.backends[0].stats.total.load(Ordering::Relaxed), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_added_address_keeps_the_ejection_a_move_ends_it() {
+        let t = Table::new(Duration::from_secs(1));
+        t.apply(Update::Upsert(spec("a", 1)));
+        let stats = t.snapshot().backends[0].stats.clone();
+        assert!(t.report_failure(&stats).is_some());
+
+        let mut more = spec("a", 1);
+        let Target::Addrs(addrs) = &mut more.target else {
+            unreachable!()
+        };
+        addrs.push(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 1)));
+        assert!(t.apply(Update::Upsert(more)));
+        assert!(
+            matches!(t.health(&stats), Health::Ejected { .. }),
+            "still ejected"
+        );
+
+        assert!(t.apply(Update::Upsert(spec("a", 2))));
+        assert_eq!(t.health(&stats), Health::Healthy, "moved: a fresh chance");
     }
 
     #[test]

@@ -36,6 +36,9 @@ use mesh_amb::{Node, NodeHandle};
 const CLIENTS: usize = 300;
 /// Clients in flight at once, like a small application's connection churn.
 const CONCURRENCY: usize = 20;
+/// Connection limit of each demo node: ample for the clients above, and
+/// four nodes of it fit a default soft fd limit of 1024 with no warning.
+const DEMO_MAX_CONNECTIONS: usize = 200;
 /// Bound on each phase, so a broken build fails instead of hanging.
 const PHASE_DEADLINE: Duration = Duration::from_secs(20);
 /// How often the demo looks at the table while waiting for a change.
@@ -107,7 +110,10 @@ fn config(id: &str, consumes: Vec<ConsumeSpec>, provides: Vec<ProvideSpec>) -> C
         bind: [127, 0, 0, 1].into(),
         consumes,
         provides,
-        proxy: ProxySettings::default(),
+        proxy: ProxySettings {
+            max_connections: DEMO_MAX_CONNECTIONS,
+            ..ProxySettings::default()
+        },
         discovery: node(id),
     }
 }
