@@ -285,11 +285,14 @@ impl Table {
     /// Records a successful connect. Returns true when this ends a run of
     /// failures (the backend is back, worth a log line).
     pub fn report_success(&self, stats: &Stats) -> bool {
-        if stats.consecutive_failures.load(Ordering::Relaxed) == 0 {
-            return false;
+        let failing = stats.consecutive_failures.load(Ordering::Relaxed) != 0;
+        // An ejection whose failure count is not in yet (a success that
+        // landed between `report_failure`'s compare-and-swap and its count)
+        // ends too: the backend just answered.
+        if failing || stats.ejected_until_ms.load(Ordering::Relaxed) != 0 {
+            stats.clear_ejection();
         }
-        stats.clear_ejection();
-        true
+        failing
     }
 }
 
@@ -321,6 +324,18 @@ mod tests {
         assert_eq!(snap.backends.len(), 1);
         assert_eq!(snap.backends[0].spec, moved);
         assert_eq!(snap.backends[0].stats.total.load(Ordering::Relaxed), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_ends_an_ejection_whose_count_is_not_in_yet() {
+        let t = Table::new(Duration::from_secs(1));
+        let s = Stats::default();
+        // As `report_failure` leaves it between its CAS and its count.
+        s.ejected_until_ms
+            .store(t.now_ms() + 1000, Ordering::Relaxed);
+        assert!(matches!(t.health(&s), Health::Ejected { .. }));
+        assert!(!t.report_success(&s), "no run of failures to report");
+        assert_eq!(t.health(&s), Health::Healthy);
     }
 
     #[tokio::test(start_paused = true)]
