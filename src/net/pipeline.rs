@@ -18,11 +18,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::time::sleep;
+use tokio::time::{sleep, Instant};
 use tracing::{debug, info, warn};
 
 use crate::backends::table::ActiveGuard;
@@ -32,6 +33,48 @@ use crate::net::copy::{self, End};
 use crate::net::dial::{dial, DialError};
 use crate::net::sockopt;
 use crate::settings::ProxySettings;
+
+/// Warnings about clients turned away, process-wide.
+static REFUSALS: LogLimit = LogLimit::new();
+
+/// At most one warning per [`LogLimit::EVERY`], counting what it held back.
+struct LogLimit {
+    /// The limit's first use: what `last_ms` counts from.
+    start: OnceLock<Instant>,
+    /// When the last line was let through, in ms since `start` (0 = never).
+    last_ms: AtomicU64,
+    /// Lines held back since.
+    held: AtomicU64,
+}
+
+impl LogLimit {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    const fn new() -> LogLimit {
+        LogLimit {
+            start: OnceLock::new(),
+            last_ms: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last line)` when this line may be logged.
+    fn admit(&self) -> Option<u64> {
+        let now = self.start.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= Self::EVERY.as_millis() as u64;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
 
 /// The backend side of a connection, as it goes from stage to stage.
 pub struct Upstream {
@@ -69,7 +112,16 @@ async fn dial_stage(peer: SocketAddr, svc: &Service, shared: &Shared) -> Option<
     let (active, stream) = match connected {
         Ok(pair) => pair,
         Err(e) => {
-            warn!(service = %svc.name, client = %peer, "closing client connection: {e}");
+            // A burst of clients while every backend is down (or while we
+            // are out of descriptors) is one line a second, not one each.
+            match REFUSALS.admit() {
+                Some(0) => warn!(service = %svc.name, client = %peer,
+                    "closing client connection: {e}"),
+                Some(more) => warn!(service = %svc.name, client = %peer,
+                    "closing client connection: {e} ({more} more since the last such line)"),
+                None => debug!(service = %svc.name, client = %peer,
+                    "closing client connection: {e}"),
+            }
             return None;
         }
     };
@@ -205,5 +257,22 @@ pub async fn connect(
             Err(ConnectError::Local(e))
         }
         (None, None) => Err(ConnectError::NoBackends),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn refusal_warnings_are_one_a_second_with_a_count() {
+        let limit = LogLimit::new();
+        assert_eq!(limit.admit(), Some(0), "the first line goes out");
+        for _ in 0..500 {
+            assert_eq!(limit.admit(), None, "a burst is held back");
+        }
+        tokio::time::advance(LogLimit::EVERY).await;
+        assert_eq!(limit.admit(), Some(500), "then one line counts the rest");
+        assert_eq!(limit.admit(), None);
     }
 }
