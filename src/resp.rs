@@ -130,42 +130,59 @@ fn parse_at(buf: &[u8], at: usize, depth: usize) -> io::Result<Option<(Value, us
     Ok(Some(value))
 }
 
+/// One reply being read, whatever the stream: the bytes so far, parsed as
+/// they come.
+#[derive(Default)]
+struct ReplyReader(Vec<u8>);
+
+impl ReplyReader {
+    /// The reply once it is whole; until then, room to read more into.
+    fn next(&mut self) -> io::Result<Result<Value, &mut [u8]>> {
+        if let Some((v, _)) = parse(&self.0)? {
+            return Ok(Ok(v));
+        }
+        let len = self.0.len();
+        self.0.resize(len + READ_CHUNK, 0);
+        Ok(Err(&mut self.0[len..]))
+    }
+
+    /// Keeps the `n` bytes read into that room; a stream that ended before
+    /// the reply did is an error.
+    fn filled(&mut self, n: usize) -> io::Result<()> {
+        self.0.truncate(self.0.len() - READ_CHUNK + n);
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+}
+
 /// Sends `args` as one command and reads one reply.
 pub async fn command<S>(s: &mut S, args: &[&[u8]]) -> io::Result<Value>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     s.write_all(&encode(args)).await?;
-    let mut buf = Vec::new();
+    let mut reply = ReplyReader::default();
     loop {
-        if let Some((v, _)) = parse(&buf)? {
-            return Ok(v);
-        }
-        let len = buf.len();
-        buf.resize(len + READ_CHUNK, 0);
-        let n = s.read(&mut buf[len..]).await?;
-        buf.truncate(len + n);
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+        let n = match reply.next()? {
+            Ok(v) => return Ok(v),
+            Err(room) => s.read(room).await?,
+        };
+        reply.filled(n)?;
     }
 }
 
 /// [`command`] over a blocking stream.
 pub fn command_blocking<S: io::Read + io::Write>(s: &mut S, args: &[&[u8]]) -> io::Result<Value> {
     s.write_all(&encode(args))?;
-    let mut buf = Vec::new();
+    let mut reply = ReplyReader::default();
     loop {
-        if let Some((v, _)) = parse(&buf)? {
-            return Ok(v);
-        }
-        let len = buf.len();
-        buf.resize(len + READ_CHUNK, 0);
-        let n = s.read(&mut buf[len..])?;
-        buf.truncate(len + n);
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
+        let n = match reply.next()? {
+            Ok(v) => return Ok(v),
+            Err(room) => s.read(room)?,
+        };
+        reply.filled(n)?;
     }
 }
 

@@ -4,34 +4,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use common::{settings, wait_for, Amb, DEADLINE};
 use mesh_amb::backends::balance::Policy;
+use mesh_amb_lab::SilentListener;
 
 /// Clients in the burst.
 const BURST: usize = 10;
-
-/// A listener whose accept queue is full, so a connect to it hangs in
-/// SYN_SENT. Returns what must stay alive.
-async fn hanging() -> (tokio::net::TcpListener, SocketAddr, Vec<TcpStream>) {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let l = sock.listen(1).unwrap();
-    let addr = l.local_addr().unwrap();
-    let mut fill = Vec::new();
-    while let Ok(Ok(s)) =
-        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
-    {
-        fill.push(s);
-        assert!(fill.len() < 100, "the backlog never filled");
-    }
-    (l, addr, fill)
-}
 
 /// Sockets of this host in SYN_SENT towards `port` on 127.0.0.1: dials to
 /// a hanging backend that are in flight.
@@ -50,8 +33,9 @@ fn dials_in_flight(port: u16) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_to_slow_backends_is_spread_by_least_conn() {
-    let (_a, a, _fill_a) = hanging().await;
-    let (_b, b, _fill_b) = hanging().await;
+    // Connects to them hang in SYN_SENT, where they can be counted.
+    let (silent_a, silent_b) = (SilentListener::new(), SilentListener::new());
+    let (a, b) = (silent_a.addr(), silent_b.addr());
     let mut proxy = settings(Policy::LeastConn);
     proxy.connect_timeout = Duration::from_secs(60);
     proxy.connect_attempts = 1;

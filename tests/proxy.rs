@@ -407,26 +407,34 @@ async fn a_backend_reset_reaches_the_client_as_a_reset() {
     );
 }
 
-#[tokio::test]
-async fn a_half_closed_connection_to_a_silent_backend_ends_after_the_timeout() {
-    const HALF_CLOSE: Duration = Duration::from_millis(300);
-    let (backend, accepted) = one_shot_backend(7).await;
+/// An ambassador with `half_close` in front of a one-shot backend, and a
+/// client that sent `request` and then its FIN: (the ambassador, the
+/// client, the backend's side once it has the request).
+async fn half_closed(request: &[u8], half_close: Duration) -> (Amb, TcpStream, TcpStream) {
+    let (backend, accepted) = one_shot_backend(request.len()).await;
     let amb = Amb::start(
         &[backend],
         ProxySettings {
-            half_close_timeout: Some(HALF_CLOSE),
+            half_close_timeout: Some(half_close),
             ..ProxySettings::default()
         },
     )
     .await;
     let mut s = TcpStream::connect(amb.addr).await.unwrap();
-    s.write_all(b"request").await.unwrap();
+    s.write_all(request).await.unwrap();
     s.shutdown().await.unwrap();
-    let (mut b, got) = tokio::time::timeout(DEADLINE, accepted)
+    let (b, got) = tokio::time::timeout(DEADLINE, accepted)
         .await
         .expect("the backend got the request")
         .unwrap();
-    assert_eq!(got, b"request");
+    assert_eq!(got, request);
+    (amb, s, b)
+}
+
+#[tokio::test]
+async fn a_half_closed_connection_to_a_silent_backend_ends_after_the_timeout() {
+    const HALF_CLOSE: Duration = Duration::from_millis(300);
+    let (_amb, mut s, mut b) = half_closed(b"request", HALF_CLOSE).await;
     let mut buf = [0u8; 1];
     let eof = tokio::time::timeout(DEADLINE, b.read(&mut buf)).await;
     assert!(
@@ -462,22 +470,7 @@ async fn the_half_close_timeout_counts_from_the_last_byte() {
     // reply. Bytes come 5x more often than the timeout, so a late timer on
     // a loaded machine does not look like silence.
     const HALF_CLOSE: Duration = Duration::from_millis(500);
-    let (backend, accepted) = one_shot_backend(2).await;
-    let amb = Amb::start(
-        &[backend],
-        ProxySettings {
-            half_close_timeout: Some(HALF_CLOSE),
-            ..ProxySettings::default()
-        },
-    )
-    .await;
-    let mut s = TcpStream::connect(amb.addr).await.unwrap();
-    s.write_all(b"go").await.unwrap();
-    s.shutdown().await.unwrap();
-    let (mut b, _) = tokio::time::timeout(DEADLINE, accepted)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_amb, mut s, mut b) = half_closed(b"go", HALF_CLOSE).await;
     tokio::spawn(async move {
         for i in 0..10u8 {
             b.write_all(&[b'0' + i]).await.unwrap();

@@ -1,6 +1,7 @@
 //! A multi-host network lab built from Linux network namespaces, for
 //! integration tests that need real, separate network stacks and real
-//! multicast between them (mDNS / DNS-SD) on one machine.
+//! multicast between them (mDNS / DNS-SD) on one machine; and, for tests on
+//! loopback, a backend that never answers ([`SilentListener`]).
 //!
 //! # Topology
 //!
@@ -59,6 +60,10 @@
 //! `iproute2` (plus `avahi-daemon`, `avahi-utils`, `dbus` for the avahi
 //! helpers). Without the privileges [`Lab::new`] panics with a clear
 //! message instead of skipping.
+
+mod silent;
+
+pub use silent::SilentListener;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

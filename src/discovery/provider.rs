@@ -149,25 +149,10 @@ async fn check(
 mod tests {
     use super::*;
 
-    /// A listener whose accept queue is full, so a connect to it hangs.
-    fn silent() -> (std::net::TcpListener, Vec<std::net::TcpStream>, SocketAddr) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let mut fill = Vec::new();
-        loop {
-            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-                Ok(s) => fill.push(s),
-                Err(_) => break,
-            }
-            assert!(fill.len() < 1000, "the backlog never filled");
-        }
-        (l, fill, addr)
-    }
-
     #[tokio::test]
     async fn a_check_in_progress_ends_when_the_node_leaves() {
-        let (_l, _fill, addr) = silent();
-        let target = Target::Addrs(vec![addr]);
+        let silent = mesh_amb_lab::SilentListener::new();
+        let target = Target::Addrs(vec![silent.addr()]);
         let leaving = CancellationToken::new();
         // Long enough that only the cancellation can end it in time.
         let timeout = Duration::from_secs(3600);

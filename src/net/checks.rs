@@ -175,7 +175,7 @@ mod tests {
         use crate::backends::balance::{Balancer, Policy};
         use crate::backends::table::{BackendSpec, Health, Table, Update};
         use std::net::SocketAddr;
-        use tokio::net::{TcpListener, TcpSocket, TcpStream};
+        use tokio::net::TcpListener;
 
         let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let refused = {
@@ -183,16 +183,8 @@ mod tests {
             l.local_addr().unwrap()
         };
         // A listener with a full accept queue: its probe hangs.
-        let silent = TcpSocket::new_v4().unwrap();
-        silent.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let silent = silent.listen(1).unwrap();
-        let silent_addr = silent.local_addr().unwrap();
-        let mut fill = Vec::new();
-        while let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(silent_addr)).await
-        {
-            fill.push(s);
-        }
+        let silent = mesh_amb_lab::SilentListener::new();
+        let silent_addr = silent.addr();
 
         let table = Arc::new(Table::new(Duration::from_secs(60)));
         let backends: [(&str, SocketAddr); 3] = [

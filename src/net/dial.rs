@@ -53,12 +53,6 @@ impl DialError {
             DialError::Local(e) | DialError::Backend(e) => e,
         }
     }
-
-    pub fn into_io(self) -> io::Error {
-        match self {
-            DialError::Local(e) | DialError::Backend(e) => e,
-        }
-    }
 }
 
 impl From<io::Error> for DialError {
@@ -230,20 +224,6 @@ mod tests {
         l.local_addr().unwrap()
     }
 
-    /// A listener whose accept queue is full, so connects to it hang.
-    async fn silent() -> (std::net::TcpListener, SocketAddr, Vec<TcpStream>) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let mut fill = Vec::new();
-        while let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await
-        {
-            fill.push(s);
-            assert!(fill.len() < 1000, "the backlog never filled");
-        }
-        (l, addr, fill)
-    }
-
     #[test]
     fn local_errors_are_told_from_the_backend_s() {
         use io::ErrorKind as K;
@@ -294,7 +274,8 @@ mod tests {
         let good = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let good_addr = good.local_addr().unwrap();
         let refused = closed_port().await;
-        let (_keep, hanging, _fill) = silent().await;
+        let silent = mesh_amb_lab::SilentListener::new();
+        let hanging = silent.addr();
 
         let t = Target::Addrs(vec![refused, good_addr]);
         let s = dial(&t, Duration::from_secs(5)).await.unwrap();

@@ -216,7 +216,7 @@ pub async fn connect(
     let mut last = None;
     let mut local = None;
     let mut tried = 0;
-    for backend in order.into_iter().take(settings.connect_attempts.max(1)) {
+    for backend in order.into_iter().take(settings.connect_attempts) {
         tried += 1;
         // Counted from now, so the balancer sees dials in flight.
         let active = ActiveGuard::new(backend.clone());
