@@ -49,6 +49,8 @@ pub mod discovery;
 pub mod net;
 pub mod node;
 pub mod resp;
+pub mod secret;
+pub mod security;
 pub mod settings;
 pub mod spec;
 pub mod value;

@@ -9,9 +9,12 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backends::balance::Policy;
+use crate::security::ClusterKey;
 use crate::spec::{ConsumeSpec, ProvideSpec};
 
 pub use crate::value::{Count, Ip, NodeId, OrOff, Period, ValueError, Wait, MAX_DURATION};
@@ -89,6 +92,38 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// How this node takes part in the mDNS mesh.
     pub discovery: DiscoverySettings,
+    /// The cluster key and TLS between ambassadors.
+    pub security: SecuritySettings,
+}
+
+/// Who may join the mesh and how ambassadors talk to each other. All off by
+/// default: a mesh without a key trusts the link, as Avahi does.
+#[derive(Debug, Clone, Default)]
+pub struct SecuritySettings {
+    /// Signs our advertisements and accepts only signed ones; derives the
+    /// cluster CA for mutual TLS unless [`Self::pki`] replaces it.
+    pub cluster_key: Option<Arc<ClusterKey>>,
+    /// An existing PKI's PEM files, used for TLS instead of the derived CA.
+    pub pki: Option<PkiFiles>,
+    /// With TLS on, still use backends that offer no TLS (static backends
+    /// given without `tls://`, discovered instances without the TLS flag).
+    pub allow_plaintext: bool,
+}
+
+/// `--tls-cert`, `--tls-key`, `--tls-ca`: this node's certificate chain, its
+/// private key and the CA certificates peers must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl SecuritySettings {
+    /// Whether ambassadors talk to each other over mutual TLS.
+    pub fn tls(&self) -> bool {
+        self.cluster_key.is_some() || self.pki.is_some()
+    }
 }
 
 /// A provider's check of its local service: interval and hysteresis. Half a
@@ -423,6 +458,7 @@ mod tests {
             provides: provides.iter().map(|s| s.parse().unwrap()).collect(),
             proxy: ProxySettings::default(),
             discovery: DiscoverySettings::default(),
+            security: SecuritySettings::default(),
         }
     }
 

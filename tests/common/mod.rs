@@ -171,6 +171,7 @@ impl Amb {
             provides: vec![],
             proxy,
             discovery: Default::default(),
+            security: Default::default(),
         };
         let node = Node::start(config, vec![listener]).expect("start the node");
         Amb {

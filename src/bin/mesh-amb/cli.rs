@@ -56,6 +56,13 @@ impl Cli {
 pub enum Command {
     /// Run a self-contained demonstration on this machine and exit.
     Demo,
+    /// Write a new random cluster key to FILE (readable by its owner only;
+    /// an existing file is never replaced). Copy that one file to every
+    /// node of the cluster and start each with --cluster-key FILE.
+    Keygen {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// Settings of the main job. The field names are the config file's keys;
@@ -206,6 +213,38 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", env = "MESH_AMB_BACKEND_CHECK",
         default_value_t = OrOff(None))]
     pub backend_check: OrOff<Period>,
+
+    /// Cluster key file (from 'mesh-amb keygen'): sign our advertisements
+    /// and accept only signed ones, and speak mutual TLS with other
+    /// ambassadors through a CA every holder of the key derives. Must be
+    /// readable by its owner only.
+    #[arg(long, value_name = "FILE", env = "MESH_AMB_CLUSTER_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_key: Option<PathBuf>,
+
+    /// This node's TLS certificate chain (PEM), from an existing PKI;
+    /// with --tls-key and --tls-ca, used instead of the cluster CA.
+    #[arg(long, value_name = "FILE", env = "MESH_AMB_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM; owner-only permissions).
+    #[arg(long, value_name = "FILE", env = "MESH_AMB_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that other ambassadors' certificates must
+    /// chain to.
+    #[arg(long, value_name = "FILE", env = "MESH_AMB_TLS_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// With TLS on (--cluster-key or --tls-*), still use backends that do
+    /// not offer TLS: static backends given without tls://, and discovered
+    /// instances without the TLS flag. Their traffic crosses the network in
+    /// clear.
+    #[arg(long, env = "MESH_AMB_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
 
     /// Log line format. Filter with RUST_LOG (e.g. RUST_LOG=debug).
     #[arg(long, value_enum, env = "MESH_AMB_LOG_FORMAT", default_value_t = LogFormat::Text)]

@@ -19,12 +19,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args as _};
 use toml::{Spanned, Table, Value};
 
-use mesh_amb::settings::{Config, DiscoverySettings, NodeId, ProxySettings, SettingsError};
+use mesh_amb::security::ClusterKey;
+use mesh_amb::settings::{
+    Config, DiscoverySettings, NodeId, PkiFiles, ProxySettings, SecuritySettings, SettingsError,
+};
 use mesh_amb::spec;
 
 use crate::cli::{LogFormat, RunArgs};
@@ -296,6 +300,11 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
         fall,
         drain_period,
         backend_check,
+        cluster_key,
+        tls_cert,
+        tls_key,
+        tls_ca,
+        allow_plaintext,
         log_format,
     } = args;
     let mut consumes = consume;
@@ -304,36 +313,51 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
             spec::consumes_from_env(env.vars()).map_err(|e| bad(format!("--from-env: {e}")))?;
         consumes.extend(linked);
     }
-    let config = Config {
-        bind: bind.into(),
-        consumes,
-        provides: provide,
-        proxy: ProxySettings {
-            policy: balance,
-            max_connections: max_connections.into(),
-            connect_timeout: connect_timeout.into(),
-            connect_attempts: connect_attempts.into(),
-            idle_timeout: idle_timeout.into(),
-            drain_timeout: drain_timeout.into(),
-            eject_time: eject_time.into(),
-            tcp_keepalive: tcp_keepalive.into(),
-            tcp_keepalive_interval: tcp_keepalive_interval.into(),
-            tcp_keepalive_probes: tcp_keepalive_probes.into(),
-            tcp_user_timeout: tcp_user_timeout.into(),
-            half_close_timeout: half_close_timeout.into(),
-        },
-        discovery: DiscoverySettings {
-            probe: node_id.is_some(),
-            node_id: node_id.unwrap_or_else(NodeId::random).into(),
-            interfaces: interface,
-            advertise_addrs: advertise_addr.into_iter().map(IpAddr::from).collect(),
-            check_interval: check_interval.into(),
-            rise: rise.into(),
-            fall: fall.into(),
-            drain_period: drain_period.into(),
-            backend_check: backend_check.into(),
-        },
-    };
+    let config =
+        Config {
+            bind: bind.into(),
+            consumes,
+            provides: provide,
+            proxy: ProxySettings {
+                policy: balance,
+                max_connections: max_connections.into(),
+                connect_timeout: connect_timeout.into(),
+                connect_attempts: connect_attempts.into(),
+                idle_timeout: idle_timeout.into(),
+                drain_timeout: drain_timeout.into(),
+                eject_time: eject_time.into(),
+                tcp_keepalive: tcp_keepalive.into(),
+                tcp_keepalive_interval: tcp_keepalive_interval.into(),
+                tcp_keepalive_probes: tcp_keepalive_probes.into(),
+                tcp_user_timeout: tcp_user_timeout.into(),
+                half_close_timeout: half_close_timeout.into(),
+            },
+            discovery: DiscoverySettings {
+                probe: node_id.is_some(),
+                node_id: node_id.unwrap_or_else(NodeId::random).into(),
+                interfaces: interface,
+                advertise_addrs: advertise_addr.into_iter().map(IpAddr::from).collect(),
+                check_interval: check_interval.into(),
+                rise: rise.into(),
+                fall: fall.into(),
+                drain_period: drain_period.into(),
+                backend_check: backend_check.into(),
+            },
+            security: SecuritySettings {
+                cluster_key: cluster_key
+                    .map(|path| ClusterKey::load(&path).map(Arc::new))
+                    .transpose()
+                    .map_err(|e| bad(format!("--cluster-key: {e}")))?,
+                pki: match (tls_cert, tls_key, tls_ca) {
+                    (Some(cert), Some(key), Some(ca)) => Some(PkiFiles { cert, key, ca }),
+                    (None, None, None) => None,
+                    _ => return Err(bad(
+                        "--tls-cert, --tls-key and --tls-ca go together: give all three or none",
+                    )),
+                },
+                allow_plaintext,
+            },
+        };
     config.validate().map_err(|e| match e {
         SettingsError::Value {
             setting,

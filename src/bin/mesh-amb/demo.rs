@@ -115,6 +115,7 @@ fn config(id: &str, consumes: Vec<ConsumeSpec>, provides: Vec<ProvideSpec>) -> C
             ..ProxySettings::default()
         },
         discovery: node(id),
+        security: Default::default(),
     }
 }
 

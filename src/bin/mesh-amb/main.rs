@@ -50,6 +50,7 @@ fn main() -> ExitCode {
             init_logs(LogFormat::Text, "warn");
             report(runtime().and_then(|rt| rt.block_on(demo::run(isolation))))
         }
+        Some(Command::Keygen { file }) => keygen(&file),
         None => {
             let config::Resolved {
                 config,
@@ -64,6 +65,11 @@ fn main() -> ExitCode {
                 );
             }
             init_logs(format, "info");
+            if config.security.cluster_key.is_some() || config.security.pki.is_some() {
+                if let Err(e) = mesh_amb::secret::protect_process_memory() {
+                    tracing::warn!(error = %e, "cannot keep secrets out of core dumps");
+                }
+            }
             let result = runtime().and_then(|rt| rt.block_on(serve(config)));
             if let (LogFormat::Json, Err(e)) = (format, &result) {
                 // Keep a JSON log parseable to the last line.
@@ -71,6 +77,30 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_RUNTIME);
             }
             report(result)
+        }
+    }
+}
+
+/// `mesh-amb keygen FILE`: a new key, never over an existing file.
+fn keygen(file: &std::path::Path) -> ExitCode {
+    let key = mesh_amb::security::ClusterKey::generate();
+    match mesh_amb::secret::write_new_secret_file(file, key.to_file_text().as_bytes()) {
+        Ok(()) => {
+            println!(
+                "wrote a new cluster key to {} (fingerprint {}); copy this file to every node \
+                 of the cluster and start each with --cluster-key {0}",
+                file.display(),
+                key.fingerprint()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => usage_error(&format!(
+            "{} exists; keygen never replaces a key (remove it first if you mean to)",
+            file.display()
+        )),
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", file.display());
+            ExitCode::from(EXIT_RUNTIME)
         }
     }
 }
