@@ -15,9 +15,12 @@ use tracing::{info, warn};
 use crate::backends::balance::Balancer;
 use crate::backends::table::{BackendSpec, Table, Target, Update};
 use crate::backends::{Service, Source, Suspects};
-use crate::discovery::mdns::{self, Mdns};
-use crate::net::accept::{self, Shared};
+use crate::discovery::mdns::{self, Mdns, Offer, TlsUse};
+use crate::discovery::provider;
+use crate::net::accept::{self, Handler as _, Shared};
 use crate::net::sockopt;
+use crate::net::terminator::Terminator;
+use crate::security::Tls;
 use crate::settings::Config;
 
 /// Tells a running node to stop. Clones share state.
@@ -100,6 +103,7 @@ impl Node {
                         target: Target::from_host(&b.host, b.port),
                         weight: b.weight,
                         draining: false,
+                        tls: b.tls,
                     }));
                 }
                 let source = if c.backends.is_empty() {
@@ -115,6 +119,28 @@ impl Node {
                 })
             })
             .collect();
+        let tls =
+            Tls::new(&config.security, &config.discovery.node_id).context("cannot set up TLS")?;
+        // With TLS, each provide is offered through a terminator of its own.
+        let mut terminators = Vec::new();
+        let mut offers = Vec::new();
+        for p in &config.provides {
+            let Some(tls) = &tls else {
+                offers.push(Offer {
+                    port: p.port,
+                    tls: false,
+                });
+                continue;
+            };
+            let backlog = sockopt::backlog_for(config.proxy.max_connections);
+            let listener = Terminator::bind(backlog)
+                .with_context(|| format!("cannot listen for TLS connections to '{}'", p.name))?;
+            let port = listener.local_addr()?.port();
+            let local = provider::check_target(p.port, &config.discovery);
+            let terminator = Terminator::new(p.clone(), local, tls.clone());
+            terminators.push((listener, Arc::new(terminator)));
+            offers.push(Offer { port, tls: true });
+        }
         let needs_mdns = services.iter().any(|s| s.is_discovered()) || !config.provides.is_empty();
         let mdns = if needs_mdns {
             let d = &config.discovery;
@@ -131,6 +157,11 @@ impl Node {
             config.clone(),
             services.clone(),
             listeners,
+            Security {
+                tls,
+                terminators,
+                offers,
+            },
             mdns,
             suspects_rx,
             shutdown.clone(),
@@ -172,12 +203,21 @@ impl NodeHandle {
     }
 }
 
+/// This node's TLS, its terminators, and what it offers for each provide
+/// (in `config.provides` order).
+struct Security {
+    tls: Option<Arc<Tls>>,
+    terminators: Vec<(TcpListener, Arc<Terminator>)>,
+    offers: Vec<Offer>,
+}
+
 /// Serves until `shutdown`, then drains. Returns once every connection task
 /// and every discovery task has ended.
 async fn run(
     config: Arc<Config>,
     services: Vec<Arc<Service>>,
     listeners: Vec<TcpListener>,
+    security: Security,
     mdns: Option<Arc<Mdns>>,
     suspects: mpsc::Receiver<String>,
     shutdown: Shutdown,
@@ -198,6 +238,10 @@ async fn run(
             side_tasks.spawn(mdns::browse(
                 m.clone(),
                 discovered.clone(),
+                TlsUse {
+                    available: security.tls.is_some(),
+                    allow_plaintext: config.security.allow_plaintext,
+                },
                 suspects,
                 background.clone(),
             ));
@@ -213,12 +257,16 @@ async fn run(
             ));
         }
     }
+    if let Some(tls) = &security.tls {
+        side_tasks.spawn(tls.clone().renew(background.clone()));
+    }
     let providers = TaskTracker::new();
     if let Some(m) = &mdns {
-        for p in &config.provides {
-            providers.spawn(crate::discovery::provider::run(
+        for (p, offer) in config.provides.iter().zip(&security.offers) {
+            providers.spawn(provider::run(
                 m.clone(),
                 p.clone(),
+                *offer,
                 config.discovery.clone(),
                 shutdown.graceful.clone(),
                 shutdown.immediate.clone(),
@@ -233,6 +281,7 @@ async fn run(
         limit: Arc::new(Semaphore::new(settings.max_connections)),
         settings,
         hard_stop: shutdown.immediate.clone(),
+        tls: security.tls.clone(),
     });
     let tracker = TaskTracker::new();
     let mut serving = Vec::new();
@@ -267,12 +316,37 @@ async fn run(
         ))
     });
 
+    // Terminators take mesh connections until their service is withdrawn:
+    // consumers may still dial during the drain period.
+    let withdrawn = CancellationToken::new();
+    for (listener, t) in &security.terminators {
+        if let Ok(addr) = listener.local_addr() {
+            info!(provide = %t.name(), listen = %addr, "TLS terminator listening");
+        }
+    }
+    let terminating = (!security.terminators.is_empty()).then(|| {
+        tokio::spawn(accept::serve(
+            security.terminators,
+            shared.clone(),
+            withdrawn.clone(),
+            tracker.clone(),
+        ))
+    });
+
     shutdown.graceful.cancelled().await;
     // A failure is reported once everything below has stopped.
     let mut failed = None;
     if let Some(task) = accepting {
         // The listeners are closed once it returns.
         failed = task.await.context("the accept loop failed").err();
+    }
+    providers.wait().await;
+    withdrawn.cancel();
+    if let Some(task) = terminating {
+        let e = task
+            .await
+            .context("the TLS terminators' accept loop failed");
+        failed = failed.or(e.err());
     }
     tracker.close();
     let open = tracker.len();
@@ -293,7 +367,6 @@ async fn run(
         shutdown.immediate.cancel();
         tracker.wait().await;
     }
-    providers.wait().await;
     background.cancel();
     side_tasks.close();
     side_tasks.wait().await;

@@ -253,6 +253,19 @@ impl Config {
     /// are unique, and the discovery settings fit this host.
     pub fn validate(&self) -> Result<(), SettingsError> {
         check_unique(&self.consumes, &self.provides)?;
+        if !self.security.tls() {
+            let tls_backend = self
+                .consumes
+                .iter()
+                .flat_map(|c| c.backends.iter().map(move |b| (c, b)))
+                .find(|(_, b)| b.tls);
+            if let Some((c, b)) = tls_backend {
+                return Err(SettingsError::Conflict(format!(
+                    "backend {b} of '{}' needs TLS: give --cluster-key (or --tls-cert, --tls-key and --tls-ca)",
+                    c.name
+                )));
+            }
+        }
         self.proxy.validate()?;
         self.discovery.validate()
     }

@@ -59,13 +59,16 @@ pub enum Host {
     Name(String),
 }
 
-/// One backend of a static consume: `HOST:PORT[*WEIGHT]`.
+/// One backend of a static consume: `[tls://]HOST:PORT[*WEIGHT]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendAddr {
     pub host: Host,
     pub port: u16,
     /// Relative share of new connections (1..=MAX_WEIGHT).
     pub weight: u32,
+    /// `tls://`: another ambassador's TLS terminator, dialed with mutual
+    /// TLS (a site across an untrusted network, where mDNS does not reach).
+    pub tls: bool,
 }
 
 impl fmt::Display for Host {
@@ -80,6 +83,9 @@ impl fmt::Display for Host {
 
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str("tls://")?;
+        }
         write!(f, "{}:{}", self.host, self.port)?;
         if self.weight != 1 {
             write!(f, "*{}", self.weight)?;
@@ -167,9 +173,15 @@ fn split_weight(s: &str) -> Result<(&str, u32), SpecError> {
     }
 }
 
-/// `HOST:PORT[*WEIGHT]`, with IPv6 literals in brackets.
+/// `[tls://]HOST:PORT[*WEIGHT]`, with IPv6 literals in brackets; `tcp://`
+/// may be written for a plain backend.
 pub fn parse_backend(s: &str) -> Result<BackendAddr, SpecError> {
-    let (hostport, weight) = split_weight(s)?;
+    let (tls, rest) = match (s.strip_prefix("tls://"), s.strip_prefix("tcp://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => (false, s),
+    };
+    let (hostport, weight) = split_weight(rest)?;
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
         let Some((ip, port)) = rest.split_once("]:") else {
             return err(format!("invalid backend '{s}': expected [IPV6]:PORT"));
@@ -193,6 +205,7 @@ pub fn parse_backend(s: &str) -> Result<BackendAddr, SpecError> {
         host,
         port: parse_port(port).map_err(|e| SpecError(format!("{e} in '{s}'")))?,
         weight,
+        tls,
     })
 }
 
@@ -330,7 +343,12 @@ mod tests {
     }
 
     fn be(host: Host, port: u16, weight: u32) -> BackendAddr {
-        BackendAddr { host, port, weight }
+        BackendAddr {
+            host,
+            port,
+            weight,
+            tls: false,
+        }
     }
 
     #[test]

@@ -208,6 +208,7 @@ mod tests {
                 target: Target::Name(format!("b{i}"), 1),
                 weight: *w,
                 draining: false,
+                tls: false,
             }));
         }
         t

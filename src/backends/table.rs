@@ -92,6 +92,9 @@ pub struct BackendSpec {
     /// A draining backend finishes its connections but gets new ones only
     /// when nothing else is left.
     pub draining: bool,
+    /// Reached through another ambassador's TLS terminator: dialed with
+    /// mutual TLS.
+    pub tls: bool,
 }
 
 /// Per-backend health and counters, shared across snapshots.
@@ -306,6 +309,7 @@ mod tests {
             target: Target::Addrs(vec![SocketAddr::from(([127, 0, 0, 1], port))]),
             weight: 1,
             draining: false,
+            tls: false,
         }
     }
 

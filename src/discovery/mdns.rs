@@ -49,6 +49,15 @@ const REBROWSE_EVERY: Duration = Duration::from_secs(60);
 /// busy machine before missing instances count as gone.
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
 
+/// What consumers are told to dial for a provided service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    /// The SRV port: the local service's, or its TLS terminator's.
+    pub port: u16,
+    /// The port speaks mutual TLS.
+    pub tls: bool,
+}
+
 /// This node's mDNS daemon.
 pub struct Mdns {
     daemon: ServiceDaemon,
@@ -106,16 +115,22 @@ impl Mdns {
     /// when the node id came from the user, who may have copied one config
     /// to several hosts; a random 32-bit id does not collide in practice.
     /// Never probe a re-announcement: mdns-sd answers no query meanwhile.
-    pub fn advertise(&self, p: &ProvideSpec, state: State, probe: bool) -> anyhow::Result<()> {
+    pub fn advertise(
+        &self,
+        p: &ProvideSpec,
+        offer: Offer,
+        state: State,
+        probe: bool,
+    ) -> anyhow::Result<()> {
         let label = wire::instance_label(&p.name, &self.node_id);
-        let txt = wire::txt(&p.name, &self.node_id, p.weight, state);
+        let txt = wire::txt(&p.name, &self.node_id, p.weight, state, offer.tls);
         let addrs: Vec<IpAddr> = self.advertise.clone();
         let mut info = ServiceInfo::new(
             SERVICE_TYPE,
             &label,
             &self.host,
             &addrs[..],
-            p.port,
+            offer.port,
             &txt[..],
         )
         .with_context(|| format!("cannot build the advertisement of {p}"))?;
@@ -187,6 +202,7 @@ impl Drop for Mdns {
 pub async fn browse(
     mdns: Arc<Mdns>,
     services: Vec<Arc<Service>>,
+    tls: TlsUse,
     mut suspects: mpsc::Receiver<String>,
     stop: CancellationToken,
 ) {
@@ -215,7 +231,7 @@ pub async fn browse(
                         if let Some(seen) = &mut replayed {
                             seen.insert(r.fullname.clone());
                         }
-                        resolved(&services, &r);
+                        resolved(&services, &r, tls);
                     }
                     Ok(ServiceEvent::ServiceRemoved(_, fullname)) => {
                         if removed(&services, &fullname) {
@@ -260,12 +276,41 @@ fn sweep(services: &[Arc<Service>], seen: &HashSet<String>) {
     }
 }
 
-fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
+/// What this node can dial: TLS terminators need our TLS; plain instances
+/// are refused by a node with TLS unless `--allow-plaintext`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsUse {
+    /// This node has a cluster key or PKI.
+    pub available: bool,
+    /// Plain instances are acceptable even so.
+    pub allow_plaintext: bool,
+}
+
+impl TlsUse {
+    /// Why an instance offering TLS or not (`offers_tls`) is of no use here.
+    fn refuses(self, offers_tls: bool) -> Option<&'static str> {
+        match (offers_tls, self.available) {
+            (true, false) => Some("it speaks TLS only and this node has no cluster key"),
+            (false, true) if !self.allow_plaintext => {
+                Some("it offers no TLS (start with --allow-plaintext to use it anyway)")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Applies one resolved instance to the tables.
+fn resolved(services: &[Arc<Service>], r: &ResolvedService, tls: TlsUse) {
     let Some(advert) = wire::parse_txt(|k| r.get_property_val_str(k)) else {
         debug!(instance = %r.fullname, "not a usable mesh service (no valid svc= TXT key)");
         removed(services, &r.fullname);
         return;
     };
+    if let Some(why) = tls.refuses(advert.tls) {
+        debug!(instance = %r.fullname, "ignored: {why}");
+        removed(services, &r.fullname);
+        return;
+    }
     let peer: Vec<PeerAddr> = r
         .get_addresses()
         .iter()
@@ -293,6 +338,7 @@ fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
             target: Target::Addrs(addrs.clone()),
             weight: advert.weight,
             draining: advert.state != State::Up,
+            tls: advert.tls,
         };
         let known = svc
             .table

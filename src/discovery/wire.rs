@@ -11,6 +11,7 @@
 //! | `node`  | node id of the advertiser                 | no       |
 //! | `weight`| relative share of connections, 1..=1000   | no (1)   |
 //! | `state` | `up`, `draining` or `down`                | no (up)  |
+//! | `tls`   | `1`: the SRV port is a TLS terminator      | no (0)   |
 //!
 //! Only `svc` is required, so any Avahi or Bonjour host can provide a
 //! service with a static service file. Unknown keys and versions are
@@ -60,14 +61,24 @@ pub fn host_name(node: &str) -> String {
 }
 
 /// The TXT properties of one of our advertisements.
-pub fn txt(service: &str, node: &str, weight: u32, state: State) -> Vec<(String, String)> {
-    vec![
+pub fn txt(
+    service: &str,
+    node: &str,
+    weight: u32,
+    state: State,
+    tls: bool,
+) -> Vec<(String, String)> {
+    let mut txt = vec![
         ("v".into(), SCHEMA_VERSION.into()),
         ("svc".into(), service.into()),
         ("node".into(), node.into()),
         ("weight".into(), weight.to_string()),
         ("state".into(), state.to_string()),
-    ]
+    ];
+    if tls {
+        txt.push(("tls".into(), "1".into()));
+    }
+    txt
 }
 
 /// What a consumer needs from a peer's TXT record.
@@ -76,6 +87,8 @@ pub struct Advert {
     pub service: String,
     pub weight: u32,
     pub state: State,
+    /// The SRV port speaks mutual TLS.
+    pub tls: bool,
 }
 
 /// Reads a TXT record through `get(key)`. `None` when it is not a usable
@@ -92,10 +105,12 @@ pub fn parse_txt<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Advert> {
         Some("down") => State::Down,
         _ => State::Up,
     };
+    let tls = get("tls").map(str::trim) == Some("1");
     Some(Advert {
         service,
         weight,
         state,
+        tls,
     })
 }
 
@@ -112,7 +127,7 @@ mod tests {
 
     #[test]
     fn our_own_txt_parses_back() {
-        let t = txt("redis", "7f3a9c21", 3, State::Draining);
+        let t = txt("redis", "7f3a9c21", 3, State::Draining, true);
         let map: HashMap<&str, &str> = t.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let a = parse_txt(|k| map.get(k).copied()).unwrap();
         assert_eq!(
@@ -120,7 +135,8 @@ mod tests {
             Advert {
                 service: "redis".into(),
                 weight: 3,
-                state: State::Draining
+                state: State::Draining,
+                tls: true,
             }
         );
         let bytes: usize = t.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
@@ -138,6 +154,7 @@ mod tests {
                 service: svc.into(),
                 weight,
                 state: State::Up,
+                tls: false,
             })
         };
         let cases: &[Case] = &[
@@ -158,6 +175,7 @@ mod tests {
                     service: "redis".into(),
                     weight: 1,
                     state: State::Down,
+                    tls: false,
                 }),
             ),
             (&[("svc", "")], None),

@@ -1,13 +1,17 @@
 //! One client connection, as a pipeline of stages:
 //!
 //! ```text
-//! client ─> [accept] ─> [dial] ─> (TLS, auth: to come) ─> [copy]
+//! client ─> [accept] ─> [dial ─> tls] ─> (auth: to come) ─> [copy]
 //! ```
 //!
 //! - accept: socket options on the client side.
 //! - dial: the balancer's candidates, down the list until one answers; each
 //!   failure ejects that backend (and asks discovery to verify it), a
 //!   failure of our own (EMFILE) ejects nothing.
+//! - tls: for a backend behind another ambassador's TLS terminator, the
+//!   mutual TLS handshake, as part of the dial: a backend whose handshake
+//!   fails or stalls is a backend that failed, ejected like a dead one, and
+//!   the next candidate is tried.
 //! - copy: both directions until both are done ([`copy`]).
 //!
 //! Each stage is a function that takes what the previous one produced and
@@ -19,26 +23,28 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep, timeout, Instant};
+use tokio_rustls::client::TlsStream;
 use tracing::{debug, info, warn};
 
-use crate::backends::table::ActiveGuard;
+use crate::backends::table::{ActiveGuard, Backend};
 use crate::backends::Service;
-use crate::net::accept::Shared;
+use crate::net::accept::{Handler, Shared};
 use crate::net::copy::{self, End};
 use crate::net::dial::{dial, DialError};
 use crate::net::sockopt;
+use crate::security::tls::{self, Tls};
 use crate::settings::ProxySettings;
 
 /// Warnings about clients turned away, process-wide.
 static REFUSALS: LogLimit = LogLimit::new();
 
 /// At most one warning per [`LogLimit::EVERY`], counting what it held back.
-struct LogLimit {
+pub(crate) struct LogLimit {
     /// The limit's first use: what `last_ms` counts from.
     start: OnceLock<Instant>,
     /// When the last line was let through, in ms since `start` (0 = never).
@@ -50,7 +56,7 @@ struct LogLimit {
 impl LogLimit {
     const EVERY: Duration = Duration::from_secs(1);
 
-    const fn new() -> LogLimit {
+    pub(crate) const fn new() -> LogLimit {
         LogLimit {
             start: OnceLock::new(),
             last_ms: AtomicU64::new(0),
@@ -59,7 +65,7 @@ impl LogLimit {
     }
 
     /// `Some(held back since the last line)` when this line may be logged.
-    fn admit(&self) -> Option<u64> {
+    pub(crate) fn admit(&self) -> Option<u64> {
         let now = self.start.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
         let last = self.last_ms.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= Self::EVERY.as_millis() as u64;
@@ -76,22 +82,44 @@ impl LogLimit {
     }
 }
 
+/// The connection to a backend: plain, or mutual TLS to another
+/// ambassador's terminator.
+pub enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for BackendStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendStream::Plain(s) => write!(f, "Plain({:?})", s.peer_addr()),
+            BackendStream::Tls(s) => write!(f, "Tls({:?})", s.get_ref().0.peer_addr()),
+        }
+    }
+}
+
 /// The backend side of a connection, as it goes from stage to stage.
 pub struct Upstream {
     /// Counts the connection in the backend's `active` from its dial on;
     /// names the backend.
     pub active: ActiveGuard,
     /// The connection to the backend.
-    pub stream: TcpStream,
+    pub stream: BackendStream,
 }
 
-/// Runs one client connection through every stage.
-pub(crate) async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Shared) {
-    let client = accept_stage(client, peer, svc, shared);
-    let Some(upstream) = dial_stage(peer, svc, shared).await else {
-        return;
-    };
-    copy_stage(client, peer, upstream, svc, shared).await;
+/// A consumed service's listener runs each client through every stage.
+impl Handler for Service {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+        let client = accept_stage(client, peer, &self, &shared);
+        let Some(upstream) = dial_stage(peer, &self, &shared).await else {
+            return;
+        };
+        copy_stage(client, peer, upstream, &self, &shared).await;
+    }
 }
 
 /// Socket options of the client side: no Nagle, keepalive, user timeout.
@@ -106,7 +134,7 @@ fn accept_stage(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Sha
 /// is none (logged) or the node stops meanwhile.
 async fn dial_stage(peer: SocketAddr, svc: &Service, shared: &Shared) -> Option<Upstream> {
     let connected = tokio::select! {
-        r = connect(svc, &shared.settings) => r,
+        r = connect(svc, &shared.settings, shared.tls.as_deref()) => r,
         _ = shared.hard_stop.cancelled() => return None,
     };
     let (active, stream) = match connected {
@@ -126,10 +154,6 @@ async fn dial_stage(peer: SocketAddr, svc: &Service, shared: &Shared) -> Option<
         }
     };
     active.backend().stats.total.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = sockopt::tune_stream(&stream, &shared.settings) {
-        debug!(service = %svc.name, backend = %active.backend().spec.target, error = %e,
-            "cannot set backend socket options");
-    }
     Some(Upstream { active, stream })
 }
 
@@ -147,8 +171,11 @@ async fn copy_stage(
         idle: settings.idle_timeout,
         half_close: settings.half_close_timeout,
     };
-    let report =
-        copy::copy_both(&mut client, &mut upstream.stream, limits, &shared.hard_stop).await;
+    let stop = &shared.hard_stop;
+    let report = match &mut upstream.stream {
+        BackendStream::Plain(tcp) => copy::copy_both(&mut client, tcp, limits, stop).await,
+        BackendStream::Tls(tls) => copy::copy_streams(&mut client, &mut **tls, limits, stop).await,
+    };
     let backend = upstream.active.backend();
     let stats = &backend.stats;
     stats
@@ -202,12 +229,16 @@ pub enum ConnectError {
 /// outage) and the next candidate is tried; when every dial failed that
 /// way, this client alone fails, after a short pause.
 ///
+/// A backend behind a TLS terminator is reached through `tls`; its failed
+/// handshake counts as a failed connect.
+///
 /// The backend comes with the [`ActiveGuard`] taken when its dial began:
 /// keep it for the connection's life.
 pub async fn connect(
     svc: &Service,
     settings: &ProxySettings,
-) -> Result<(ActiveGuard, TcpStream), ConnectError> {
+    tls: Option<&Tls>,
+) -> Result<(ActiveGuard, BackendStream), ConnectError> {
     let snap = svc.table.snapshot();
     let order = svc.balancer.order(&svc.table, &snap);
     if order.is_empty() {
@@ -220,9 +251,12 @@ pub async fn connect(
         tried += 1;
         // Counted from now, so the balancer sees dials in flight.
         let active = ActiveGuard::new(backend.clone());
-        match dial(&backend.spec.target, settings.connect_timeout).await {
+        let dialed = match dial(&backend.spec.target, settings.connect_timeout).await {
+            Ok(stream) => secure(stream, &backend, settings, tls).await,
+            Err(e) => Err(e),
+        };
+        match dialed {
             Ok(stream) => {
-                let _ = stream.set_nodelay(true);
                 if svc.table.report_success(&backend.stats) {
                     info!(service = %svc.name, backend = %backend.spec.target, "backend restored");
                 }
@@ -257,6 +291,44 @@ pub async fn connect(
             Err(ConnectError::Local(e))
         }
         (None, None) => Err(ConnectError::NoBackends),
+    }
+}
+
+/// Socket options of a dialed backend, then, for one behind a TLS
+/// terminator, the handshake, bounded by [`tls::HANDSHAKE_TIMEOUT`]: a
+/// backend that cannot finish it failed like one that refused the connect.
+async fn secure(
+    stream: TcpStream,
+    backend: &Backend,
+    settings: &ProxySettings,
+    tls: Option<&Tls>,
+) -> Result<BackendStream, DialError> {
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = sockopt::tune_stream(&stream, settings) {
+        debug!(backend = %backend.spec.target, error = %e, "cannot set backend socket options");
+    }
+    if !backend.spec.tls {
+        return Ok(BackendStream::Plain(stream));
+    }
+    let failed = |kind, what: String| Err(DialError::Backend(io::Error::new(kind, what)));
+    let Some(tls) = tls else {
+        // Discovery and the settings keep such backends out; stay safe.
+        return failed(
+            io::ErrorKind::Unsupported,
+            "the backend speaks TLS and this node has no cluster key".into(),
+        );
+    };
+    let peer = stream.peer_addr().map_err(DialError::Backend)?;
+    let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+    match timeout(
+        tls::HANDSHAKE_TIMEOUT,
+        tls.connector().connect(name, stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(BackendStream::Tls(Box::new(s))),
+        Ok(Err(e)) => failed(e.kind(), format!("TLS handshake failed: {e}")),
+        Err(_) => failed(io::ErrorKind::TimedOut, "TLS handshake timed out".into()),
     }
 }
 

@@ -165,6 +165,7 @@ impl Amb {
                         host: Host::Ip(a.ip()),
                         port: a.port(),
                         weight: 1,
+                        tls: false,
                     })
                     .collect(),
             }],
