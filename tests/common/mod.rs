@@ -3,6 +3,8 @@
 //! waiting on conditions with deadlines.
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod mesh;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
