@@ -133,7 +133,7 @@ impl Node {
                 continue;
             };
             let backlog = sockopt::backlog_for(config.proxy.max_connections);
-            let listener = Terminator::bind(backlog)
+            let listener = Terminator::bind(p.tls_port, backlog)
                 .with_context(|| format!("cannot listen for TLS connections to '{}'", p.name))?;
             let port = listener.local_addr()?.port();
             let local = provider::check_target(p.port, &config.discovery);

@@ -254,6 +254,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), SettingsError> {
         check_unique(&self.consumes, &self.provides)?;
         if !self.security.tls() {
+            if let Some(p) = self.provides.iter().find(|p| p.tls_port.is_some()) {
+                return Err(SettingsError::Conflict(format!(
+                    "provide {p} names a TLS port: give --cluster-key (or --tls-cert, --tls-key and --tls-ca)"
+                )));
+            }
             let tls_backend = self
                 .consumes
                 .iter()

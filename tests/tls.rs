@@ -54,7 +54,15 @@ impl Capture {
         let file = host.dir().join("bridge.pcap");
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &host.ifaces[0].bridge_netns]);
-        cmd.args(["tcpdump", "-i", &host.name, "--immediate-mode", "-U", "-n", "-w"]);
+        cmd.args([
+            "tcpdump",
+            "-i",
+            &host.name,
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-w",
+        ]);
         cmd.arg(&file).arg("tcp");
         let proc = host.spawn_cmd("tcpdump", cmd);
         assert!(
