@@ -16,6 +16,8 @@ use crate::backends::balance::Balancer;
 use crate::backends::table::{BackendSpec, Table, Target, Update};
 use crate::backends::{Service, Source, Suspects};
 use crate::discovery::mdns::{self, Mdns};
+use crate::discovery::probation;
+use crate::discovery::stats::DiscoveryStats;
 use crate::net::accept::{self, Shared};
 use crate::net::sockopt;
 use crate::settings::Config;
@@ -50,6 +52,7 @@ pub enum Node {}
 pub struct NodeHandle {
     config: Arc<Config>,
     services: Vec<Arc<Service>>,
+    discovery_stats: Arc<DiscoveryStats>,
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -93,7 +96,11 @@ impl Node {
             .consumes
             .iter()
             .map(|c| {
-                let table = Arc::new(Table::new(config.proxy.eject_time));
+                let table = Arc::new(if c.backends.is_empty() {
+                    Table::with_probation(config.proxy.eject_time)
+                } else {
+                    Table::new(config.proxy.eject_time)
+                });
                 for b in &c.backends {
                     table.apply(Update::Upsert(BackendSpec {
                         key: format!("static:{}:{}", b.host, b.port),
@@ -127,17 +134,20 @@ impl Node {
         };
         let config = Arc::new(config);
         let shutdown = Shutdown::new();
+        let discovery_stats = Arc::new(DiscoveryStats::default());
         let task = tokio::spawn(run(
             config.clone(),
             services.clone(),
             listeners,
             mdns,
             suspects_rx,
+            discovery_stats.clone(),
             shutdown.clone(),
         ));
         Ok(NodeHandle {
             config,
             services,
+            discovery_stats,
             shutdown,
             task,
         })
@@ -153,6 +163,11 @@ impl NodeHandle {
     /// The consumed services, in `config.consumes` order.
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services
+    }
+
+    /// What discovery ignored, dropped and probed so far.
+    pub fn discovery_stats(&self) -> &DiscoveryStats {
+        &self.discovery_stats
     }
 
     /// The node's stop switch (clone it to stop from elsewhere).
@@ -180,6 +195,7 @@ async fn run(
     listeners: Vec<TcpListener>,
     mdns: Option<Arc<Mdns>>,
     suspects: mpsc::Receiver<String>,
+    discovery_stats: Arc<DiscoveryStats>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let discovered: Vec<Arc<Service>> = services
@@ -199,9 +215,18 @@ async fn run(
                 m.clone(),
                 discovered.clone(),
                 suspects,
+                discovery_stats.clone(),
                 background.clone(),
             ));
         }
+    }
+    for svc in &discovered {
+        side_tasks.spawn(probation::run(
+            svc.clone(),
+            config.proxy.connect_timeout,
+            discovery_stats.clone(),
+            background.clone(),
+        ));
     }
     if let Some(every) = config.discovery.backend_check {
         for svc in &discovered {
