@@ -167,3 +167,104 @@ fn hundreds_of_dead_instances_take_no_client() {
         "one line per instance"
     );
 }
+
+/// The consumer's resident memory, from /proc (the test and the lab run in
+/// the same PID namespace).
+fn rss_kib(p: &Proc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[test]
+fn ten_thousand_fake_instances_stay_within_the_cap() {
+    let mesh = Mesh::start(&[]);
+    let before = rss_kib(&mesh.consumer);
+    let stranger = mesh.stranger();
+    let fakes = FakeInstance::many("flood", 10_000, "redis", DEAD_PORTS, stranger.ip.into());
+    let rogue = Rogue::start(stranger, fakes);
+    // The table fills up to its cap, then newcomers are turned away.
+    mesh.wait_log(&["its service's table is full"], 1);
+    assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
+
+    let failed = failed_requests(mesh.client(), 100, "h1");
+    let after = rss_kib(&mesh.consumer);
+    eprintln!(
+        "10,000 fake instances: consumer RSS {before} KiB before, {after} KiB after; \
+         {failed} of 100 clients failed"
+    );
+    assert_eq!(failed, 0, "{}", mesh.consumer.output_tail(40));
+    let joined = log_lines(&mesh.consumer, &["backend joined", "instance=flood-"]);
+    let left = log_lines(&mesh.consumer, &["backend left", "instance=flood-"]);
+    eprintln!("{joined} fakes joined, {left} left to make room");
+    assert!(
+        joined - left <= mesh_amb::discovery::mdns::MAX_INSTANCES_PER_SERVICE,
+        "{joined} fakes joined, {left} left"
+    );
+    assert!(after < 200 * 1024, "{after} KiB");
+}
+
+/// One well-formed fake of `svc=redis` on h2, bent by `bend`.
+fn bent(name: &str, bend: impl FnOnce(&mut FakeInstance)) -> FakeInstance {
+    let mut f = FakeInstance::service(name, "redis", DEAD_PORTS, [10, 77, 0, 2].into());
+    bend(&mut f);
+    f
+}
+
+#[test]
+fn malformed_instances_are_ignored_and_the_provider_keeps_serving() {
+    let mesh = Mesh::start(&[]);
+    // Each in a packet of its own (a huge TXT, or bytes mdns-sd rejects
+    // whole), so that one does not hide the others.
+    let cases = [
+        bent("dot", |f| f.label = b"a.b".to_vec()),
+        bent("ctl", |f| f.label = b"evil\nline\x1b[31m".to_vec()),
+        bent("port0", |f| f.port = 0),
+        bent("hugetxt", |f| {
+            // Distinct keys: mdns-sd keeps only the first of repeated ones.
+            f.txt
+                .extend((0..4).map(|i| format!("k{i}={}", "x".repeat(250)).into_bytes()))
+        }),
+        bent("badsvc", |f| f.txt = vec![b"svc=not a name!".to_vec()]),
+        bent("nosvc", |f| {
+            f.txt = vec![b"weight=5".to_vec(), b"=".to_vec()]
+        }),
+        bent("binsvc", |f| f.txt = vec![b"svc=\xff\xfe".to_vec()]),
+        bent("utf8", |f| f.label = b"bad\xff\xfe".to_vec()),
+    ];
+    let rogues: Vec<Rogue> = cases
+        .into_iter()
+        .map(|f| Rogue::start(mesh.stranger(), vec![f]))
+        .collect();
+    for (words, n) in [
+        (&["ignoring", "unusable instance label"][..], 2),
+        (&["ignoring", "port 0"][..], 1),
+        (&["ignoring", "TXT record too big"][..], 1),
+        (&["ignoring", "no valid svc="][..], 3),
+    ] {
+        mesh.wait_log(words, n);
+    }
+    assert!(wait_until(DEADLINE, || rogues
+        .iter()
+        .all(|r| r.rounds() >= 2)));
+
+    let failed = failed_requests(mesh.client(), 100, "h1");
+    assert_eq!(failed, 0, "{}", mesh.consumer.output_tail(40));
+    let log = mesh.consumer.stderr();
+    assert!(
+        !log.contains("backend joined service=redis instance=port0"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("evil\nline"),
+        "a raw control character reached the log"
+    );
+    assert_eq!(
+        log_lines(&mesh.consumer, &["ignoring", "port0"]),
+        1,
+        "one line per instance, however often it is announced"
+    );
+}

@@ -379,8 +379,8 @@ fn make_room(
     match snap.backends.iter().find(failed) {
         Some(victim) if svc.table.apply(Update::Remove(victim.spec.key.clone())) => {
             stats.evicted.fetch_add(1, Ordering::Relaxed);
-            debug!(service = %svc.name, instance = %victim.spec.key,
-                "dropped a never-answering backend to make room");
+            info!(service = %svc.name, instance = %victim.spec.key,
+                "backend left (never answered; dropped to make room)");
             true
         }
         _ => {
