@@ -16,7 +16,8 @@ use crate::backends::balance::Balancer;
 use crate::backends::table::{BackendSpec, Table, Target, Update};
 use crate::backends::{Service, Source, Suspects};
 use crate::discovery::mdns::{self, Mdns, Offer, TlsUse};
-use crate::discovery::provider;
+use crate::discovery::stats::DiscoveryStats;
+use crate::discovery::{probation, provider};
 use crate::net::accept::{self, Handler as _, Shared};
 use crate::net::sockopt;
 use crate::net::terminator::Terminator;
@@ -53,6 +54,7 @@ pub enum Node {}
 pub struct NodeHandle {
     config: Arc<Config>,
     services: Vec<Arc<Service>>,
+    discovery_stats: Arc<DiscoveryStats>,
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -96,7 +98,11 @@ impl Node {
             .consumes
             .iter()
             .map(|c| {
-                let table = Arc::new(Table::new(config.proxy.eject_time));
+                let table = Arc::new(if c.backends.is_empty() {
+                    Table::with_probation(config.proxy.eject_time)
+                } else {
+                    Table::new(config.proxy.eject_time)
+                });
                 for b in &c.backends {
                     table.apply(Update::Upsert(BackendSpec {
                         key: format!("static:{}:{}", b.host, b.port),
@@ -153,6 +159,7 @@ impl Node {
         };
         let config = Arc::new(config);
         let shutdown = Shutdown::new();
+        let discovery_stats = Arc::new(DiscoveryStats::default());
         let task = tokio::spawn(run(
             config.clone(),
             services.clone(),
@@ -162,13 +169,17 @@ impl Node {
                 terminators,
                 offers,
             },
-            mdns,
-            suspects_rx,
+            Discovery {
+                mdns,
+                suspects: suspects_rx,
+                stats: discovery_stats.clone(),
+            },
             shutdown.clone(),
         ));
         Ok(NodeHandle {
             config,
             services,
+            discovery_stats,
             shutdown,
             task,
         })
@@ -184,6 +195,11 @@ impl NodeHandle {
     /// The consumed services, in `config.consumes` order.
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services
+    }
+
+    /// What discovery ignored, dropped and probed so far.
+    pub fn discovery_stats(&self) -> &DiscoveryStats {
+        &self.discovery_stats
     }
 
     /// The node's stop switch (clone it to stop from elsewhere).
@@ -211,6 +227,14 @@ struct Security {
     offers: Vec<Offer>,
 }
 
+/// This node's mDNS daemon (when it needs one), the connect failures to
+/// verify, and the counters of what the link sent.
+struct Discovery {
+    mdns: Option<Arc<Mdns>>,
+    suspects: mpsc::Receiver<String>,
+    stats: Arc<DiscoveryStats>,
+}
+
 /// Serves until `shutdown`, then drains. Returns once every connection task
 /// and every discovery task has ended.
 async fn run(
@@ -218,10 +242,14 @@ async fn run(
     services: Vec<Arc<Service>>,
     listeners: Vec<TcpListener>,
     security: Security,
-    mdns: Option<Arc<Mdns>>,
-    suspects: mpsc::Receiver<String>,
+    discovery: Discovery,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let Discovery {
+        mdns,
+        suspects,
+        stats: discovery_stats,
+    } = discovery;
     let discovered: Vec<Arc<Service>> = services
         .iter()
         .filter(|s| s.is_discovered())
@@ -243,9 +271,18 @@ async fn run(
                     allow_plaintext: config.security.allow_plaintext,
                 },
                 suspects,
+                discovery_stats.clone(),
                 background.clone(),
             ));
         }
+    }
+    for svc in &discovered {
+        side_tasks.spawn(probation::run(
+            svc.clone(),
+            config.proxy.connect_timeout,
+            discovery_stats.clone(),
+            background.clone(),
+        ));
     }
     if let Some(every) = config.discovery.backend_check {
         for svc in &discovered {

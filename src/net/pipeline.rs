@@ -222,7 +222,8 @@ pub enum ConnectError {
 }
 
 /// Dials candidates in balancer order until one answers, within
-/// `connect_attempts` tries of `connect_timeout` each. Every failure ejects
+/// `connect_attempts` tries of `connect_timeout` each (a proven backend
+/// among them whenever one exists: [`crate::backends::balance`]). Every failure ejects
 /// that backend, so the next clients skip it at once. A failure for lack of
 /// local resources ejects nothing (ejecting healthy backends, or asking
 /// discovery to verify them, would turn our own descriptor shortage into an
@@ -240,14 +241,16 @@ pub async fn connect(
     tls: Option<&Tls>,
 ) -> Result<(ActiveGuard, BackendStream), ConnectError> {
     let snap = svc.table.snapshot();
-    let order = svc.balancer.order(&svc.table, &snap);
+    let order = svc
+        .balancer
+        .candidates(&svc.table, &snap, settings.connect_attempts);
     if order.is_empty() {
         return Err(ConnectError::NoBackends);
     }
     let mut last = None;
     let mut local = None;
     let mut tried = 0;
-    for backend in order.into_iter().take(settings.connect_attempts) {
+    for backend in order {
         tried += 1;
         // Counted from now, so the balancer sees dials in flight.
         let active = ActiveGuard::new(backend.clone());
