@@ -15,7 +15,9 @@
 //! that is also one of ours: dialing those would reach us, not it. That is
 //! the Vagrant trap, where every VM's NAT adapter is 10.0.2.15: a peer that
 //! wrongly advertises it is still reached on its other addresses. Link-local
-//! IPv6 addresses without a scope are dropped as undialable.
+//! IPv6 addresses without a scope are dropped as undialable, and an
+//! IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is judged and dialed as the
+//! IPv4 address it reaches.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
@@ -72,10 +74,20 @@ fn same_subnet(a: IpAddr, b: &LocalAddr) -> bool {
 
 /// The addresses to dial, best first; empty when none is usable.
 pub fn choose(peer: &[PeerAddr], port: u16, local: &[LocalAddr]) -> Vec<SocketAddr> {
+    // An IPv4-mapped IPv6 address (::ffff:127.0.0.1) reaches its IPv4
+    // address: judge and dial it as that, or a stranger's record could
+    // pass our own loopback off as its address.
+    let peer: Vec<PeerAddr> = peer
+        .iter()
+        .map(|p| PeerAddr {
+            ip: p.ip.to_canonical(),
+            ..*p
+        })
+        .collect();
     let ours = |ip: &IpAddr| local.iter().any(|l| &l.ip == ip);
     let same_stack = peer.iter().all(|p| p.ip.is_loopback() || ours(&p.ip));
     let mut ranked: Vec<(u8, SocketAddr)> = Vec::new();
-    for p in peer {
+    for p in &peer {
         let rank = match p.ip {
             ip if ip.is_unspecified() || ip.is_multicast() => continue,
             ip if ip.is_loopback() || ours(&ip) => {
@@ -188,6 +200,19 @@ mod tests {
             // VM's NAT adapter is 10.0.2.15) is reached on its other ones.
             (&[("10.0.2.15", 0), ("10.77.0.9", 0)], &["10.77.0.9:6379"]),
             (&[("0.0.0.0", 0), ("224.0.0.251", 0)], &[]),
+            // An IPv4 address written as IPv6 reaches that IPv4 address: a
+            // stranger's ::ffff:127.0.0.1 is our loopback (found by
+            // tests/properties.rs), ::ffff:0.0.0.0 is unspecified.
+            (
+                &[
+                    ("::ffff:127.0.0.1", 0),
+                    ("::ffff:10.0.2.15", 0),
+                    ("10.77.0.9", 0),
+                ],
+                &["10.77.0.9:6379"],
+            ),
+            (&[("::ffff:0.0.0.0", 0), ("::ffff:224.0.0.251", 0)], &[]),
+            (&[("::ffff:10.77.0.1", 0)], &["10.77.0.1:6379"]),
         ];
         for (p, want) in cases {
             let got: Vec<String> = choose(&peer(p), 6379, &me)
