@@ -90,18 +90,15 @@ pub fn choose(peer: &[PeerAddr], port: u16, local: &[LocalAddr]) -> Vec<SocketAd
     for p in &peer {
         let rank = match p.ip {
             ip if ip.is_unspecified() || ip.is_multicast() => continue,
+            // Even one of our own: connect refuses it without a scope.
+            IpAddr::V6(v6) if is_link_local_v6(&v6) && p.scope == 0 => continue,
             ip if ip.is_loopback() || ours(&ip) => {
                 if !same_stack {
                     continue;
                 }
                 u8::from(!ip.is_loopback())
             }
-            IpAddr::V6(v6) if is_link_local_v6(&v6) => {
-                if p.scope == 0 {
-                    continue;
-                }
-                5
-            }
+            IpAddr::V6(v6) if is_link_local_v6(&v6) => 5,
             ip if local
                 .iter()
                 .any(|l| !l.ip.is_loopback() && same_subnet(ip, l)) =>
@@ -187,8 +184,11 @@ mod tests {
                     "[fe80::1%3]:6379",
                 ],
             ),
-            // Link-local without a scope is undialable.
+            // Link-local without a scope is undialable, ours too (found by
+            // tests/properties.rs).
             (&[("fe80::1", 0)], &[]),
+            (&[("fe80::2", 0), ("127.0.0.1", 0)], &["127.0.0.1:6379"]),
+            (&[("fe80::2", 1)], &["[fe80::2%1]:6379"]),
             // Our own node: loopback first, then our address.
             (
                 &[("10.77.0.2", 0), ("127.0.0.1", 0)],
