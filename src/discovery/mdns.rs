@@ -314,12 +314,7 @@ impl TlsUse {
 /// Turns one resolve event into table updates. Whatever the link sent is
 /// checked first: a flawed or unusable instance is counted, logged once
 /// (escaped), and leaves any table it was in.
-fn resolved(
-    services: &[Arc<Service>],
-    r: &ResolvedService,
-    tls: TlsUse,
-    stats: &DiscoveryStats,
-) {
+fn resolved(services: &[Arc<Service>], r: &ResolvedService, tls: TlsUse, stats: &DiscoveryStats) {
     let txt_bytes: usize = r
         .get_properties()
         .iter()
