@@ -280,6 +280,7 @@ async fn run(
         side_tasks.spawn(probation::run(
             svc.clone(),
             config.proxy.connect_timeout,
+            security.tls.clone(),
             discovery_stats.clone(),
             background.clone(),
         ));
@@ -290,6 +291,7 @@ async fn run(
                 svc.clone(),
                 every,
                 config.proxy.connect_timeout,
+                security.tls.clone(),
                 background.clone(),
             ));
         }

@@ -255,7 +255,14 @@ pub async fn connect(
         // Counted from now, so the balancer sees dials in flight.
         let active = ActiveGuard::new(backend.clone());
         let dialed = match dial(&backend.spec.target, settings.connect_timeout).await {
-            Ok(stream) => secure(stream, &backend, settings, tls).await,
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                if let Err(e) = sockopt::tune_stream(&stream, settings) {
+                    debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
+                        "cannot set backend socket options");
+                }
+                secure(stream, &backend, tls).await
+            }
             Err(e) => Err(e),
         };
         match dialed {
@@ -297,19 +304,14 @@ pub async fn connect(
     }
 }
 
-/// Socket options of a dialed backend, then, for one behind a TLS
-/// terminator, the handshake, bounded by [`tls::HANDSHAKE_TIMEOUT`]: a
-/// backend that cannot finish it failed like one that refused the connect.
-async fn secure(
+/// For a backend behind a TLS terminator, the handshake on a dialed
+/// connection, bounded by [`tls::HANDSHAKE_TIMEOUT`]: a backend that cannot
+/// finish it failed like one that refused the connect.
+pub(crate) async fn secure(
     stream: TcpStream,
     backend: &Backend,
-    settings: &ProxySettings,
     tls: Option<&Tls>,
 ) -> Result<BackendStream, DialError> {
-    let _ = stream.set_nodelay(true);
-    if let Err(e) = sockopt::tune_stream(&stream, settings) {
-        debug!(backend = %backend.spec.target, error = %e, "cannot set backend socket options");
-    }
     if !backend.spec.tls {
         return Ok(BackendStream::Plain(stream));
     }
