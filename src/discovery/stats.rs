@@ -67,6 +67,24 @@ impl DiscoveryStats {
     }
 
     /// Every counter with its name, for a log line or an admin page.
+    /// Resolve events ignored for any reason (flawed, unusable, over a
+    /// cap); probes are not counted.
+    pub fn ignored(&self) -> u64 {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            &self.bad_name,
+            &self.bad_port,
+            &self.bad_txt,
+            &self.bad_service,
+            &self.tls_mismatch,
+            &self.over_service_cap,
+            &self.over_total_cap,
+        ]
+        .into_iter()
+        .map(v)
+        .sum()
+    }
+
     pub fn counters(&self) -> [(&'static str, u64); 10] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
