@@ -111,16 +111,21 @@ pub enum Reject {
     ForeignAddress,
 }
 
-impl fmt::Display for Reject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Reject::Unsigned => "unsigned",
-            Reject::BadSignature => "bad signature",
+impl Reject {
+    /// For the log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Reject::Unsigned => {
+                "unsigned (with a cluster key, only advertisements signed with it are used)"
+            }
+            Reject::BadSignature => {
+                "bad signature (another cluster's key, or changed after signing)"
+            }
             Reject::Expired => "signature expired",
-            Reject::Future => "signed in the future",
+            Reject::Future => "signed in the future (clocks apart?)",
             Reject::Replayed => "older than one already accepted (replay)",
             Reject::ForeignAddress => "none of its resolved addresses is signed",
-        })
+        }
     }
 }
 
