@@ -4,18 +4,12 @@
 //! served. Real `redis-server` and `mesh-amb` processes; no multicast leaves
 //! the lab's namespaces.
 
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+mod common;
 
-use mesh_amb::resp::Value;
 use mesh_amb_lab::{wait_until, FakeInstance, Host, Lab, Proc, Rogue};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mesh-amb");
-/// Generous bound for anything expected within seconds, so a loaded CI
-/// machine slows a test down instead of failing it.
-const DEADLINE: Duration = Duration::from_secs(30);
-/// Per-request socket timeout of the test clients.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+use common::mesh::*;
+
 /// Where the consumer listens, inside its own namespace.
 const CONSUME_PORT: u16 = 6379;
 /// The real Redis, inside the provider's namespace.
@@ -23,58 +17,10 @@ const REDIS_PORT: u16 = 7000;
 /// First port of the fake instances: nothing listens there.
 const DEAD_PORTS: u16 = 20_000;
 
-/// A real Redis in `host` that answers `GET whoami` with the host's name.
-fn redis(host: &Host) -> Proc {
-    let dir = host.dir().join("redis");
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = REDIS_PORT.to_string();
-    let p = host.spawn(
-        "redis-server",
-        [
-            "--port",
-            &port,
-            "--protected-mode",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            dir.to_str().unwrap(),
-        ],
-    );
-    let ready = wait_until(DEADLINE, || {
-        host.enter(|| request(local(REDIS_PORT), &["SET", "whoami", &host.name]))
-            .as_deref()
-            == Some("+OK")
-    });
-    assert!(ready, "redis did not start:\n{}", p.output_tail(20));
-    p
-}
-
-/// `mesh-amb ARGS` in `host`, logging at info to its stderr file.
-fn amb(host: &Host, args: &[&str]) -> Proc {
-    let mut cmd = host.command(BIN);
-    cmd.args(args).env("RUST_LOG", "mesh_amb=info");
-    host.spawn_cmd("mesh-amb", cmd)
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// `GET whoami` (or any command) on a new connection; the reply.
-fn request(addr: SocketAddr, args: &[&str]) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
-    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-    Some(
-        match mesh_amb::resp::command_blocking(&mut s, &args).ok()? {
-            Value::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-            Value::Simple(t) => format!("+{t}"),
-            other => format!("{other:?}"),
-        },
-    )
+/// `mesh-amb ARGS` in `host`, logging at info: a flood at debug would
+/// write a line per packet.
+fn amb_info(host: &Host, args: &[&str]) -> Proc {
+    amb_logging(host, args, "mesh_amb=info")
 }
 
 /// `n` new client connections one after another through the consumer; how
@@ -87,16 +33,8 @@ fn failed_requests(client: &Host, n: usize, want: &str) -> usize {
     })
 }
 
-/// Lines of `p`'s log holding every one of `words`.
-fn log_lines(p: &Proc, words: &[&str]) -> usize {
-    p.stderr()
-        .lines()
-        .filter(|l| words.iter().all(|w| l.contains(w)))
-        .count()
-}
-
 /// h1: Redis and its provider; h3: a consumer of `redis`, already routed to
-/// h1; h2 is left to the stranger.
+/// h1; h2 is left to the stranger. `security` goes to both mesh-amb nodes.
 struct Mesh {
     lab: Lab,
     _redis: Proc,
@@ -106,14 +44,20 @@ struct Mesh {
 
 impl Mesh {
     fn start(consumer_args: &[&str]) -> Mesh {
-        let lab = Lab::new(3);
+        Self::start_with(Lab::new(3), &[], consumer_args)
+    }
+
+    fn start_with(lab: Lab, security: &[&str], consumer_args: &[&str]) -> Mesh {
         let h1 = lab.host("h1");
-        let redis = redis(h1);
-        let provider = amb(h1, &["--provide", "redis:7000", "--node-id", "real"]);
+        let redis = redis(h1, REDIS_PORT);
+        let mut args = vec!["--provide", "redis:7000", "--node-id", "real"];
+        args.extend_from_slice(security);
+        let provider = amb_info(h1, &args);
         let consume = format!("redis:{CONSUME_PORT}");
         let mut args = vec!["--consume", &consume];
+        args.extend_from_slice(security);
         args.extend_from_slice(consumer_args);
-        let consumer = amb(lab.host("h3"), &args);
+        let consumer = amb_info(lab.host("h3"), &args);
         let routed = wait_until(DEADLINE, || failed_requests(lab.host("h3"), 1, "h1") == 0);
         assert!(routed, "never routed to h1:\n{}", consumer.output_tail(40));
         Mesh {
@@ -165,6 +109,27 @@ fn hundreds_of_dead_instances_take_no_client() {
         log_lines(&mesh.consumer, &["never answered its probe"]),
         500,
         "one line per instance"
+    );
+}
+
+#[test]
+fn with_a_key_hundreds_of_dead_instances_never_even_join() {
+    let lab = Lab::new(3);
+    let key = keygen(lab.dir(), "cluster.key");
+    let mesh = Mesh::start_with(lab, &["--cluster-key", key.to_str().unwrap()], &[]);
+    let stranger = mesh.stranger();
+    let fakes = FakeInstance::many("dead", 500, "redis", DEAD_PORTS, stranger.ip.into());
+    let _rogue = Rogue::start(stranger, fakes);
+    mesh.wait_log(
+        &["ignoring an mDNS instance: unsigned", "instance=\"dead-"],
+        500,
+    );
+    let failed = failed_requests(mesh.client(), 100, "h1");
+    assert_eq!(failed, 0, "{}", mesh.consumer.output_tail(40));
+    assert_eq!(
+        log_lines(&mesh.consumer, &["backend joined", "dead-"]),
+        0,
+        "an unsigned instance joined a keyed consumer's table"
     );
 }
 

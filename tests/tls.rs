@@ -15,18 +15,6 @@ use mesh_amb_lab::{wait_for, wait_until, Host, Lab, Proc};
 
 use common::mesh::*;
 
-/// A new cluster key file in `dir`, made by `mesh-amb keygen`.
-fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let path = dir.join(name);
-    let out = std::process::Command::new(BIN)
-        .arg("keygen")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "keygen: {out:?}");
-    path
-}
-
 /// The TLS port a provider's log names for its terminator.
 fn terminator_port(provider: &Proc) -> u16 {
     wait_for(DEADLINE, || {

@@ -3,6 +3,7 @@
 //! inside a host.
 
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mesh_amb::resp::Value;
@@ -52,9 +53,35 @@ pub fn redis(host: &Host, port: u16) -> Proc {
 
 /// `mesh-amb ARGS` in `host`, logging at debug to its stderr file.
 pub fn amb(host: &Host, args: &[&str]) -> Proc {
+    amb_logging(host, args, "mesh_amb=debug")
+}
+
+/// `mesh-amb ARGS` in `host` with `RUST_LOG=filter` (a flood at debug
+/// would write a line per packet).
+pub fn amb_logging(host: &Host, args: &[&str], filter: &str) -> Proc {
     let mut cmd = host.command(BIN);
-    cmd.args(args).env("RUST_LOG", "mesh_amb=debug");
+    cmd.args(args).env("RUST_LOG", filter);
     host.spawn_cmd("mesh-amb", cmd)
+}
+
+/// A new cluster key file `name` in `dir`, made by `mesh-amb keygen`.
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    let out = std::process::Command::new(BIN)
+        .arg("keygen")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen: {out:?}");
+    path
+}
+
+/// Lines of `p`'s log holding every one of `words`.
+pub fn log_lines(p: &Proc, words: &[&str]) -> usize {
+    p.stderr()
+        .lines()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .count()
 }
 
 /// One RESP command on a new connection; the reply's first line.
