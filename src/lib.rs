@@ -33,16 +33,23 @@
 //! - [`net`]: the data plane: the accept loop, each connection's pipeline of
 //!   stages, dialing ([`net::dial`]), copying, socket options, active checks
 //!   ([`net::checks`], also used by providers for their local service).
+//! - [`secret`]: secret files (owner-only, read once) and secret bytes
+//!   (wiped, never printed).
+//! - [`security`]: the cluster key and what derives from it: the seals of
+//!   advertisements ([`security::advert`]) and the cluster CA with the
+//!   mutual TLS between ambassadors ([`security::tls`]).
 //! - [`resp`]: the Redis protocol, for the credentials stage and tests.
 //! - [`node`]: one node: its services, listeners and discovery, started and
 //!   stopped together by one [`Shutdown`]: `begin` stops every listener and
 //!   starts the drain, `force` (or the drain timeout) closes what is left.
 //!
-//! Dependencies point one way: `value` below everything, then `spec`;
-//! `backends` on `spec`; `settings` on `spec` and the balancing policy;
-//! `net` on `backends` and `settings`; `discovery` on `backends` (and on
-//! `net::checks` for a provider's local check); `node` on all of them; the
-//! binary on `node`. No module imports the command line.
+//! Dependencies point one way: `value` and `secret` below everything, then
+//! `spec` and `security` (on `secret` only); `backends` on `spec`;
+//! `settings` on `spec`, the balancing policy and the key; `net` on
+//! `backends`, `settings` and `security::tls`; `discovery` on `backends` and
+//! `security::advert` (and on `net::checks` for a provider's local check and
+//! the probes of new backends); `node` on all of them; the binary on `node`.
+//! No module imports the command line.
 
 #![deny(unsafe_code)]
 

@@ -125,8 +125,12 @@ impl Node {
                 })
             })
             .collect();
-        let tls =
-            Tls::new(&config.security, &config.discovery.node_id).context("cannot set up TLS")?;
+        let tls = Tls::new(
+            config.security.cluster_key.as_deref(),
+            config.security.pki.as_ref(),
+            &config.discovery.node_id,
+        )
+        .context("cannot set up TLS")?;
         // With TLS, each provide is offered through a terminator of its own.
         let mut terminators = Vec::new();
         let mut offers = Vec::new();

@@ -9,11 +9,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backends::balance::Policy;
+pub use crate::security::tls::PkiFiles;
 use crate::security::ClusterKey;
 use crate::spec::{ConsumeSpec, ProvideSpec};
 
@@ -108,15 +108,6 @@ pub struct SecuritySettings {
     /// With TLS on, still use backends that offer no TLS (static backends
     /// given without `tls://`, discovered instances without the TLS flag).
     pub allow_plaintext: bool,
-}
-
-/// `--tls-cert`, `--tls-key`, `--tls-ca`: this node's certificate chain, its
-/// private key and the CA certificates peers must chain to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PkiFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
 }
 
 impl SecuritySettings {

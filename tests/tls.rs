@@ -125,7 +125,10 @@ fn tls_ping(host: &Host, addr: SocketAddr, security: SecuritySettings) -> Result
             .unwrap();
         rt.block_on(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let tls = Tls::new(&security, "tester").unwrap().unwrap();
+            let key = security.cluster_key.as_deref();
+            let tls = Tls::new(key, security.pki.as_ref(), "tester")
+                .unwrap()
+                .unwrap();
             let tcp = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -51,7 +51,6 @@ use tracing::{info, trace, warn};
 
 use super::key::{ClusterKey, Purpose};
 use crate::secret;
-use crate::settings::{PkiFiles, SecuritySettings};
 
 /// Longest a TLS handshake may take, on either side. A handshake between
 /// two hosts of one LAN takes milliseconds; this bounds what a stalled or
@@ -115,8 +114,8 @@ impl ClusterCa {
     pub fn issue(&self, node_id: &str, now: SystemTime) -> anyhow::Result<Identity> {
         let node_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .context("cannot make a node key")?;
-        let name = crate::discovery::wire::host_name(node_id);
-        let mut params = CertificateParams::new(vec![name.trim_end_matches('.').to_owned()])
+        // No subject alternative name: no name is checked (see above).
+        let mut params = CertificateParams::new(Vec::<String>::new())
             .context("cannot make a node certificate")?;
         params.distinguished_name = DistinguishedName::new();
         params
@@ -146,6 +145,15 @@ pub struct Identity {
     pub key: PrivateKeyDer<'static>,
 }
 
+/// `--tls-cert`, `--tls-key`, `--tls-ca`: this node's certificate chain, its
+/// private key and the CA certificates peers must chain to (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+}
+
 /// Where certificates come from.
 enum Source {
     /// Derived from the cluster key; node certificates are renewed.
@@ -168,8 +176,12 @@ struct Configs {
 impl Tls {
     /// `None` when TLS is off (no cluster key, no PKI files). An existing
     /// PKI takes precedence over the derived CA.
-    pub fn new(security: &SecuritySettings, node_id: &str) -> anyhow::Result<Option<Arc<Tls>>> {
-        let (source, roots, identity) = match (&security.pki, &security.cluster_key) {
+    pub fn new(
+        cluster_key: Option<&ClusterKey>,
+        pki: Option<&PkiFiles>,
+        node_id: &str,
+    ) -> anyhow::Result<Option<Arc<Tls>>> {
+        let (source, roots, identity) = match (pki, cluster_key) {
             (Some(files), _) => {
                 let (roots, identity) = load_pki(files)?;
                 (Source::Pki, roots, identity)
@@ -408,12 +420,11 @@ mod tests {
     /// built from the given keys; the server sends its ready byte when
     /// `ready`. Whether the client got through and its bytes arrived.
     async fn talk(server_key: [u8; KEY_LEN], client_key: [u8; KEY_LEN], ready: bool) -> bool {
-        let settings = |k| SecuritySettings {
-            cluster_key: Some(Arc::new(ClusterKey::from_bytes(k))),
-            ..SecuritySettings::default()
+        let tls = |k, id| {
+            let key = ClusterKey::from_bytes(k);
+            Tls::new(Some(&key), None, id).unwrap().unwrap()
         };
-        let server = Tls::new(&settings(server_key), "s1").unwrap().unwrap();
-        let client = Tls::new(&settings(client_key), "c1").unwrap().unwrap();
+        let (server, client) = (tls(server_key, "s1"), tls(client_key, "c1"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accept = tokio::spawn(async move {
