@@ -181,17 +181,23 @@ fn a_terminator_lets_in_members_only() {
     // Nor does a plain client speaking Redis.
     let plain = h2.enter(|| request(addr, &["PING"]));
     assert_eq!(plain, None, "a plain client reached Redis");
-    // A client that connects and says nothing is closed, so a stalled
+    // A flood of clients that connect and say nothing: a member still gets
+    // through meanwhile, and each silent one is closed, so a stalled
     // handshake costs a connection slot for a bounded time only.
-    let closed = h2.enter(|| {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(DEADLINE)).unwrap();
-        std::io::Read::read(&mut s, &mut [0u8; 16])
+    let mut silent: Vec<TcpStream> = h2.enter(|| {
+        (0..200)
+            .map(|_| TcpStream::connect(addr).unwrap())
+            .collect()
     });
-    assert!(
-        matches!(closed, Ok(0) | Err(_)),
-        "the silent client was not closed: {closed:?}"
-    );
+    assert_eq!(tls_ping(h2, addr, keyed(&key)).as_deref(), Ok("+PONG\r\n"));
+    for s in &mut silent {
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let closed = std::io::Read::read(s, &mut [0u8; 16]);
+        assert!(
+            matches!(closed, Ok(0) | Err(_)),
+            "a silent client was not closed: {closed:?}"
+        );
+    }
     assert!(provider.stderr().contains("refused a mesh connection"));
 }
 
@@ -324,4 +330,33 @@ fn an_existing_pki_replaces_the_derived_ca_and_a_backend_without_tls_is_dropped(
         })
         .count();
     assert_eq!(failed, 0, "clients failed:\n{}", consumer.output_tail(30));
+}
+
+#[test]
+fn a_tls_static_backend_reaches_a_terminator_on_a_fixed_port() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let key = keygen(lab.dir(), "cluster.key");
+    let key = key.to_str().unwrap();
+    let _redis = redis(h1, 6379);
+    let provider = amb(h1, &["--cluster-key", key, "--provide", "redis:6379@16379"]);
+    assert_eq!(terminator_port(&provider), 16379);
+    // What a site that mDNS does not reach would write.
+    let tls_backend = format!("redis:7000=tls://{}:16379", h1.ip);
+    let _consumer = amb(h2, &["--cluster-key", key, "--consume", &tls_backend]);
+    wait_routed_to(h2, 7000, "h1");
+    // The same port dialed in clear gives nothing.
+    let plain_backend = format!("redis:7001={}:16379", h1.ip);
+    let _plain = amb(h2, &["--cluster-key", key, "--consume", &plain_backend]);
+    let reply = h2.enter(|| {
+        wait_for(DEADLINE, || {
+            std::net::TcpStream::connect(local(7001)).ok()?;
+            Some(request(local(7001), &["GET", "whoami"]))
+        })
+    });
+    assert_eq!(
+        reply,
+        Some(None),
+        "a plain client got a reply from a terminator"
+    );
 }
