@@ -7,7 +7,7 @@
 //!  discovery (mDNS)          settings (static backends)
 //!        │ Update::{Upsert, Remove}     │
 //!        ▼                              ▼
-//!  backends: Service { table, balancer, source }   snapshots, lock-free reads
+//!  backends: Service { table, balancer, source, credentials }   snapshots, lock-free reads
 //!        │ snapshot ─> Balancer::order ─> candidates
 //!        ▼
 //!  data plane: accept ─> dial ─> [tls] ─> [auth] ─> copy
@@ -31,13 +31,15 @@
 //! - [`net`]: the data plane: the accept loop, each connection's pipeline of
 //!   stages, dialing ([`net::dial`]), copying, socket options, active checks
 //!   ([`net::checks`], also used by providers for their local service).
+//! - [`credentials`]: `--credentials`: the login the auth stage makes to
+//!   each backend on the application's behalf (Redis `AUTH`).
 //! - [`resp`]: the Redis protocol, for the credentials stage and tests.
 //! - [`node`]: one node: its services, listeners and discovery, started and
 //!   stopped together by one [`Shutdown`]: `begin` stops every listener and
 //!   starts the drain, `force` (or the drain timeout) closes what is left.
 //!
 //! Dependencies point one way: `value` below everything, then `spec`;
-//! `backends` on `spec`; `settings` on `spec` and the balancing policy;
+//! `credentials` on `spec` and `resp`; `backends` on both; `settings` on `spec` and the balancing policy;
 //! `net` on `backends` and `settings`; `discovery` on `backends` (and on
 //! `net::checks` for a provider's local check); `node` on all of them; the
 //! binary on `node`. No module imports the command line.
@@ -45,6 +47,7 @@
 #![deny(unsafe_code)]
 
 pub mod backends;
+pub mod credentials;
 pub mod discovery;
 pub mod net;
 pub mod node;

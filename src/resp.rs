@@ -163,6 +163,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     s.write_all(&encode(args)).await?;
+    read_reply(s).await
+}
+
+/// Reads one reply. Bytes past it are dropped: only for a peer that sends
+/// nothing unasked, as a Redis server answering one command.
+pub async fn read_reply<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<Value> {
     let mut reply = ReplyReader::default();
     loop {
         let n = match reply.next()? {
