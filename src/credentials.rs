@@ -154,6 +154,19 @@ enum Login {
     },
 }
 
+impl Login {
+    fn redis(auth: &[&[u8]], password: &[u8]) -> Login {
+        // Sized up front: a buffer that grew would leave the password in
+        // the memory it gave back, unwiped.
+        let mut command = Vec::with_capacity(resp::encoded_len(auth));
+        resp::encode_into(&mut command, auth);
+        Login::Redis {
+            auth: Secret::new(command),
+            password: Secret::new(password.to_vec()),
+        }
+    }
+}
+
 impl CredentialsSpec {
     /// Reads and checks the credentials file.
     pub fn load(&self) -> Result<Credentials, CredentialsError> {
@@ -179,14 +192,10 @@ impl CredentialsSpec {
             return Err(bad(format!("line {} is empty", n + 1)));
         }
         let login = match (self.protocol, lines.as_slice()) {
-            (Protocol::Redis, [password]) => Login::Redis {
-                auth: Secret::new(resp::encode(&[b"AUTH", password])),
-                password: Secret::new(password.to_vec()),
-            },
-            (Protocol::Redis, [user, password]) => Login::Redis {
-                auth: Secret::new(resp::encode(&[b"AUTH", user, password])),
-                password: Secret::new(password.to_vec()),
-            },
+            (Protocol::Redis, [password]) => Login::redis(&[b"AUTH", password], password),
+            (Protocol::Redis, [user, password]) => {
+                Login::redis(&[b"AUTH", user, password], password)
+            }
             (Protocol::Redis, more) => return Err(bad(format!("it has {} lines", more.len()))),
         };
         Ok(Credentials {
