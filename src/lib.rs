@@ -27,7 +27,9 @@
 //!   ([`backends::table`]), the balancing policies ([`backends::balance`]),
 //!   and where its backends come from ([`backends::Source`]).
 //! - [`discovery`]: the mDNS mesh: the wire contract, advertising local
-//!   services while their check passes, browsing into the tables.
+//!   services while their check passes, browsing into the tables (what the
+//!   link sends is checked, capped and counted; new backends are probed
+//!   before they take clients).
 //! - [`net`]: the data plane: the accept loop, each connection's pipeline of
 //!   stages, dialing ([`net::dial`]), copying, socket options, active checks
 //!   ([`net::checks`], also used by providers for their local service).

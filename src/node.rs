@@ -15,9 +15,13 @@ use tracing::{info, warn};
 use crate::backends::balance::Balancer;
 use crate::backends::table::{BackendSpec, Table, Target, Update};
 use crate::backends::{Service, Source, Suspects};
-use crate::discovery::mdns::{self, Mdns};
-use crate::net::accept::{self, Shared};
+use crate::discovery::mdns::{self, Mdns, Offer, TlsUse};
+use crate::discovery::stats::DiscoveryStats;
+use crate::discovery::{probation, provider};
+use crate::net::accept::{self, Handler as _, Shared};
 use crate::net::sockopt;
+use crate::net::terminator::Terminator;
+use crate::security::Tls;
 use crate::settings::Config;
 
 /// Tells a running node to stop. Clones share state.
@@ -50,6 +54,7 @@ pub enum Node {}
 pub struct NodeHandle {
     config: Arc<Config>,
     services: Vec<Arc<Service>>,
+    discovery_stats: Arc<DiscoveryStats>,
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -93,13 +98,18 @@ impl Node {
             .consumes
             .iter()
             .map(|c| {
-                let table = Arc::new(Table::new(config.proxy.eject_time));
+                let table = Arc::new(if c.backends.is_empty() {
+                    Table::with_probation(config.proxy.eject_time)
+                } else {
+                    Table::new(config.proxy.eject_time)
+                });
                 for b in &c.backends {
                     table.apply(Update::Upsert(BackendSpec {
                         key: format!("static:{}:{}", b.host, b.port),
                         target: Target::from_host(&b.host, b.port),
                         weight: b.weight,
                         draining: false,
+                        tls: b.tls,
                     }));
                 }
                 let source = if c.backends.is_empty() {
@@ -121,6 +131,28 @@ impl Node {
                 })
             })
             .collect();
+        let tls =
+            Tls::new(&config.security, &config.discovery.node_id).context("cannot set up TLS")?;
+        // With TLS, each provide is offered through a terminator of its own.
+        let mut terminators = Vec::new();
+        let mut offers = Vec::new();
+        for p in &config.provides {
+            let Some(tls) = &tls else {
+                offers.push(Offer {
+                    port: p.port,
+                    tls: false,
+                });
+                continue;
+            };
+            let backlog = sockopt::backlog_for(config.proxy.max_connections);
+            let listener = Terminator::bind(p.tls_port, backlog)
+                .with_context(|| format!("cannot listen for TLS connections to '{}'", p.name))?;
+            let port = listener.local_addr()?.port();
+            let local = provider::check_target(p.port, &config.discovery);
+            let terminator = Terminator::new(p.clone(), local, tls.clone());
+            terminators.push((listener, Arc::new(terminator)));
+            offers.push(Offer { port, tls: true });
+        }
         let needs_mdns = services.iter().any(|s| s.is_discovered()) || !config.provides.is_empty();
         let mdns = if needs_mdns {
             let d = &config.discovery;
@@ -133,17 +165,27 @@ impl Node {
         };
         let config = Arc::new(config);
         let shutdown = Shutdown::new();
+        let discovery_stats = Arc::new(DiscoveryStats::default());
         let task = tokio::spawn(run(
             config.clone(),
             services.clone(),
             listeners,
-            mdns,
-            suspects_rx,
+            Security {
+                tls,
+                terminators,
+                offers,
+            },
+            Discovery {
+                mdns,
+                suspects: suspects_rx,
+                stats: discovery_stats.clone(),
+            },
             shutdown.clone(),
         ));
         Ok(NodeHandle {
             config,
             services,
+            discovery_stats,
             shutdown,
             task,
         })
@@ -159,6 +201,11 @@ impl NodeHandle {
     /// The consumed services, in `config.consumes` order.
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services
+    }
+
+    /// What discovery ignored, dropped and probed so far.
+    pub fn discovery_stats(&self) -> &DiscoveryStats {
+        &self.discovery_stats
     }
 
     /// The node's stop switch (clone it to stop from elsewhere).
@@ -178,16 +225,37 @@ impl NodeHandle {
     }
 }
 
+/// This node's TLS, its terminators, and what it offers for each provide
+/// (in `config.provides` order).
+struct Security {
+    tls: Option<Arc<Tls>>,
+    terminators: Vec<(TcpListener, Arc<Terminator>)>,
+    offers: Vec<Offer>,
+}
+
+/// This node's mDNS daemon (when it needs one), the connect failures to
+/// verify, and the counters of what the link sent.
+struct Discovery {
+    mdns: Option<Arc<Mdns>>,
+    suspects: mpsc::Receiver<String>,
+    stats: Arc<DiscoveryStats>,
+}
+
 /// Serves until `shutdown`, then drains. Returns once every connection task
 /// and every discovery task has ended.
 async fn run(
     config: Arc<Config>,
     services: Vec<Arc<Service>>,
     listeners: Vec<TcpListener>,
-    mdns: Option<Arc<Mdns>>,
-    suspects: mpsc::Receiver<String>,
+    security: Security,
+    discovery: Discovery,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let Discovery {
+        mdns,
+        suspects,
+        stats: discovery_stats,
+    } = discovery;
     let discovered: Vec<Arc<Service>> = services
         .iter()
         .filter(|s| s.is_discovered())
@@ -204,10 +272,23 @@ async fn run(
             side_tasks.spawn(mdns::browse(
                 m.clone(),
                 discovered.clone(),
+                TlsUse {
+                    available: security.tls.is_some(),
+                    allow_plaintext: config.security.allow_plaintext,
+                },
                 suspects,
+                discovery_stats.clone(),
                 background.clone(),
             ));
         }
+    }
+    for svc in &discovered {
+        side_tasks.spawn(probation::run(
+            svc.clone(),
+            config.proxy.connect_timeout,
+            discovery_stats.clone(),
+            background.clone(),
+        ));
     }
     if let Some(every) = config.discovery.backend_check {
         for svc in &discovered {
@@ -219,12 +300,16 @@ async fn run(
             ));
         }
     }
+    if let Some(tls) = &security.tls {
+        side_tasks.spawn(tls.clone().renew(background.clone()));
+    }
     let providers = TaskTracker::new();
     if let Some(m) = &mdns {
-        for p in &config.provides {
-            providers.spawn(crate::discovery::provider::run(
+        for (p, offer) in config.provides.iter().zip(&security.offers) {
+            providers.spawn(provider::run(
                 m.clone(),
                 p.clone(),
+                *offer,
                 config.discovery.clone(),
                 shutdown.graceful.clone(),
                 shutdown.immediate.clone(),
@@ -239,6 +324,7 @@ async fn run(
         limit: Arc::new(Semaphore::new(settings.max_connections)),
         settings,
         hard_stop: shutdown.immediate.clone(),
+        tls: security.tls.clone(),
     });
     let tracker = TaskTracker::new();
     let mut serving = Vec::new();
@@ -273,12 +359,37 @@ async fn run(
         ))
     });
 
+    // Terminators take mesh connections until their service is withdrawn:
+    // consumers may still dial during the drain period.
+    let withdrawn = CancellationToken::new();
+    for (listener, t) in &security.terminators {
+        if let Ok(addr) = listener.local_addr() {
+            info!(provide = %t.name(), listen = %addr, "TLS terminator listening");
+        }
+    }
+    let terminating = (!security.terminators.is_empty()).then(|| {
+        tokio::spawn(accept::serve(
+            security.terminators,
+            shared.clone(),
+            withdrawn.clone(),
+            tracker.clone(),
+        ))
+    });
+
     shutdown.graceful.cancelled().await;
     // A failure is reported once everything below has stopped.
     let mut failed = None;
     if let Some(task) = accepting {
         // The listeners are closed once it returns.
         failed = task.await.context("the accept loop failed").err();
+    }
+    providers.wait().await;
+    withdrawn.cancel();
+    if let Some(task) = terminating {
+        let e = task
+            .await
+            .context("the TLS terminators' accept loop failed");
+        failed = failed.or(e.err());
     }
     tracker.close();
     let open = tracker.len();
@@ -299,7 +410,6 @@ async fn run(
         shutdown.immediate.cancel();
         tracker.wait().await;
     }
-    providers.wait().await;
     background.cancel();
     side_tasks.close();
     side_tasks.wait().await;

@@ -85,7 +85,9 @@ fn line(buf: &[u8], at: usize) -> io::Result<Option<(&[u8], usize)>> {
     let window = &rest[..rest.len().min(MAX_LINE + 2)];
     match window.windows(2).position(|w| w == b"\r\n") {
         Some(end) => Ok(Some((&rest[..end], at + end + 2))),
-        None if rest.len() > MAX_LINE => Err(bad("line too long")),
+        // Only a full window without CRLF is too long: one byte fewer may
+        // end in the CR of a line of the longest length allowed.
+        None if window.len() == MAX_LINE + 2 => Err(bad("line too long")),
         None => Ok(None),
     }
 }
@@ -254,6 +256,18 @@ mod tests {
                 Value::Bulk(Some(b"v".to_vec())),
             ])
         );
+    }
+
+    /// A line of the longest length allowed, cut between its CR and LF,
+    /// is incomplete: the next read may bring the LF.
+    #[test]
+    fn the_longest_line_cut_before_its_lf_waits() {
+        let mut line = b"+".to_vec();
+        line.resize(MAX_LINE, b'x');
+        line.extend_from_slice(b"\r\n");
+        let whole = parse(&line).unwrap().map(|(_, n)| n);
+        assert_eq!(whole, Some(line.len()));
+        assert_eq!(parse(&line[..line.len() - 1]).unwrap(), None);
     }
 
     #[test]

@@ -258,6 +258,24 @@ impl Config {
     pub fn validate(&self) -> Result<(), SettingsError> {
         check_unique(&self.consumes, &self.provides)?;
         check_credentials(&self.consumes, &self.security.credentials)?;
+        if !self.security.tls() {
+            if let Some(p) = self.provides.iter().find(|p| p.tls_port.is_some()) {
+                return Err(SettingsError::Conflict(format!(
+                    "provide {p} names a TLS port: give --cluster-key (or --tls-cert, --tls-key and --tls-ca)"
+                )));
+            }
+            let tls_backend = self
+                .consumes
+                .iter()
+                .flat_map(|c| c.backends.iter().map(move |b| (c, b)))
+                .find(|(_, b)| b.tls);
+            if let Some((c, b)) = tls_backend {
+                return Err(SettingsError::Conflict(format!(
+                    "backend {b} of '{}' needs TLS: give --cluster-key (or --tls-cert, --tls-key and --tls-ca)",
+                    c.name
+                )));
+            }
+        }
         self.proxy.validate()?;
         self.discovery.validate()
     }

@@ -44,8 +44,8 @@ pub struct ConsumeSpec {
     pub backends: Vec<BackendAddr>,
 }
 
-/// `--provide NAME:PORT[*WEIGHT]`: a local service this node offers to the
-/// mesh.
+/// `--provide NAME:PORT[*WEIGHT][@TLSPORT]`: a local service this node
+/// offers to the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProvideSpec {
     /// Logical service name, advertised as TXT `svc=`.
@@ -54,6 +54,10 @@ pub struct ProvideSpec {
     pub port: u16,
     /// Advertised as TXT `weight=`: this node's share of the service.
     pub weight: u32,
+    /// `@PORT`: the port of its TLS terminator (with a cluster key or PKI),
+    /// for firewalls and for `tls://` static backends on other sites;
+    /// `None` lets the kernel pick one (consumers read it from the SRV).
+    pub tls_port: Option<u16>,
 }
 
 /// Where a backend lives. Host names are kept unresolved so that DNS changes
@@ -65,13 +69,16 @@ pub enum Host {
     Name(String),
 }
 
-/// One backend of a static consume: `HOST:PORT[*WEIGHT]`.
+/// One backend of a static consume: `[tls://]HOST:PORT[*WEIGHT]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendAddr {
     pub host: Host,
     pub port: u16,
     /// Relative share of new connections (1..=MAX_WEIGHT).
     pub weight: u32,
+    /// `tls://`: another ambassador's TLS terminator, dialed with mutual
+    /// TLS (a site across an untrusted network, where mDNS does not reach).
+    pub tls: bool,
 }
 
 impl fmt::Display for Host {
@@ -86,6 +93,9 @@ impl fmt::Display for Host {
 
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str("tls://")?;
+        }
         write!(f, "{}:{}", self.host, self.port)?;
         if self.weight != 1 {
             write!(f, "*{}", self.weight)?;
@@ -110,6 +120,9 @@ impl fmt::Display for ProvideSpec {
         write!(f, "{}:{}", self.name, self.port)?;
         if self.weight != 1 {
             write!(f, "*{}", self.weight)?;
+        }
+        if let Some(p) = self.tls_port {
+            write!(f, "@{p}")?;
         }
         Ok(())
     }
@@ -173,9 +186,15 @@ fn split_weight(s: &str) -> Result<(&str, u32), SpecError> {
     }
 }
 
-/// `HOST:PORT[*WEIGHT]`, with IPv6 literals in brackets.
+/// `[tls://]HOST:PORT[*WEIGHT]`, with IPv6 literals in brackets; `tcp://`
+/// may be written for a plain backend.
 pub fn parse_backend(s: &str) -> Result<BackendAddr, SpecError> {
-    let (hostport, weight) = split_weight(s)?;
+    let (tls, rest) = match (s.strip_prefix("tls://"), s.strip_prefix("tcp://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => (false, s),
+    };
+    let (hostport, weight) = split_weight(rest)?;
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
         let Some((ip, port)) = rest.split_once("]:") else {
             return err(format!("invalid backend '{s}': expected [IPV6]:PORT"));
@@ -199,6 +218,7 @@ pub fn parse_backend(s: &str) -> Result<BackendAddr, SpecError> {
         host,
         port: parse_port(port).map_err(|e| SpecError(format!("{e} in '{s}'")))?,
         weight,
+        tls,
     })
 }
 
@@ -252,14 +272,26 @@ pub fn parse_consume(s: &str) -> Result<ConsumeSpec, SpecError> {
     })
 }
 
-/// `NAME:PORT[*WEIGHT]`.
+/// `NAME:PORT[*WEIGHT][@TLSPORT]`.
 pub fn parse_provide(s: &str) -> Result<ProvideSpec, SpecError> {
     if s.contains('=') {
-        return err("a provide is NAME:PORT[*WEIGHT], it takes no backends");
+        return err("a provide is NAME:PORT[*WEIGHT][@TLSPORT], it takes no backends");
     }
+    let (s, tls_port) = match s.rsplit_once('@') {
+        Some((head, p)) => {
+            let p = parse_port(p).map_err(|e| SpecError(format!("TLS {e} in '{s}'")))?;
+            (head, Some(p))
+        }
+        None => (s, None),
+    };
     let (head, weight) = split_weight(s)?;
     let (name, port) = parse_name_port(head)?;
-    Ok(ProvideSpec { name, port, weight })
+    Ok(ProvideSpec {
+        name,
+        port,
+        weight,
+        tls_port,
+    })
 }
 
 impl std::str::FromStr for ConsumeSpec {
@@ -336,7 +368,12 @@ mod tests {
     }
 
     fn be(host: Host, port: u16, weight: u32) -> BackendAddr {
-        BackendAddr { host, port, weight }
+        BackendAddr {
+            host,
+            port,
+            weight,
+            tls: false,
+        }
     }
 
     #[test]
@@ -427,16 +464,22 @@ mod tests {
                 name: "redis".into(),
                 port: 6379,
                 weight: 1,
+                tls_port: None,
             }
         );
         assert_eq!(parse_provide("api:80*5").unwrap().weight, 5);
         assert_eq!(parse_provide("api:80*5").unwrap().to_string(), "api:80*5");
+        let tls = parse_provide("redis:6379*2@16379").unwrap();
+        assert_eq!((tls.weight, tls.tls_port), (2, Some(16379)));
+        assert_eq!(tls.to_string(), "redis:6379*2@16379");
         for (input, want) in [
             ("api:80*0", "invalid weight '0'"),
             ("redis:0", "port 0"),
             ("redis", "not NAME:PORT"),
             ("redis:6379=a:1", "takes no backends"),
             ("red is:1", "invalid service name"),
+            ("redis:6379@0", "TLS port 0"),
+            ("redis:6379@x", "TLS invalid port"),
         ] {
             let e = parse_provide(input).expect_err(input).to_string();
             assert!(e.contains(want), "{input:?}: got {e:?}");

@@ -117,6 +117,133 @@ fn a_bad_config_file_exits_2() {
     );
 }
 
+/// A temp dir of this test process, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "mesh-amb-cli-{name}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.0.join(file).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn keygen_writes_a_private_key_once() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("keygen");
+    let key = dir.path("cluster.key");
+    let out = run(&["keygen", &key], &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let meta = std::fs::metadata(&key).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    let first = std::fs::read(&key).unwrap();
+    let again = run(&["keygen", &key], &[]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never replaces"));
+    assert_eq!(std::fs::read(&key).unwrap(), first, "the key was replaced");
+    // Every key is new.
+    let other = dir.path("other.key");
+    assert_eq!(run(&["keygen", &other], &[]).status.code(), Some(0));
+    assert_ne!(std::fs::read(&other).unwrap(), first);
+}
+
+#[test]
+fn unsafe_or_incomplete_security_settings_exit_2() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("security");
+    let key = dir.path("cluster.key");
+    assert_eq!(run(&["keygen", &key], &[]).status.code(), Some(0));
+    let loose = dir.path("loose.key");
+    std::fs::copy(&key, &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let garbage = dir.path("garbage.key");
+    std::fs::write(&garbage, "not a key\n").unwrap();
+    std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let cases: &[Case] = &[
+        (
+            &["--cluster-key", &loose, "--consume", "a:1=h:1"],
+            &[],
+            "chmod 600",
+        ),
+        (
+            &["--consume", "a:1=h:1"],
+            &[("MESH_AMB_CLUSTER_KEY", &loose)],
+            "readable by group or others",
+        ),
+        (
+            &["--cluster-key", &garbage, "--consume", "a:1=h:1"],
+            &[],
+            "does not hold a cluster key",
+        ),
+        (
+            &[
+                "--cluster-key",
+                &dir.path("missing.key"),
+                "--consume",
+                "a:1=h:1",
+            ],
+            &[],
+            "cannot read",
+        ),
+        (
+            &["--consume", "a:1=tls://h:1"],
+            &[],
+            "needs TLS: give --cluster-key",
+        ),
+        (
+            &["--provide", "a:1@2"],
+            &[],
+            "names a TLS port: give --cluster-key",
+        ),
+        (
+            &["--tls-cert", &key, "--consume", "a:1=h:1"],
+            &[],
+            "go together",
+        ),
+        (
+            &[
+                "--tls-cert",
+                &garbage,
+                "--tls-key",
+                &key,
+                "--tls-ca",
+                &garbage,
+                "--consume",
+                "a:1=h:1",
+            ],
+            &[],
+            "--tls-ca",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let out = run(args, env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr:?}");
+        assert!(stderr.contains(want), "{args:?}: {stderr:?} lacks {want:?}");
+        assert!(
+            !stderr.contains(key_text.trim()),
+            "{args:?}: the key is in the message"
+        );
+    }
+}
+
 #[test]
 fn help_and_version_exit_0() {
     for flag in ["--help", "--version"] {

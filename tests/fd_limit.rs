@@ -181,6 +181,7 @@ async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
         target: Target::Addrs(vec![backend]),
         weight: 1,
         draining: false,
+        tls: false,
     }));
     let svc = Service {
         name: "redis".into(),
@@ -190,7 +191,7 @@ async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
         credentials: None,
     };
     let limit = FdLimit::leave_free(0);
-    let r = connect(&svc, &ProxySettings::default()).await;
+    let r = connect(&svc, &ProxySettings::default(), None).await;
     drop(limit);
     assert!(matches!(r, Err(ConnectError::Local(_))), "{r:?}");
     assert!(

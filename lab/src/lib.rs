@@ -1,7 +1,9 @@
 //! A multi-host network lab built from Linux network namespaces, for
 //! integration tests that need real, separate network stacks and real
 //! multicast between them (mDNS / DNS-SD) on one machine; and, for tests on
-//! loopback, a backend that never answers ([`SilentListener`]).
+//! loopback, a backend that never answers ([`SilentListener`]); and a
+//! stranger on the link that advertises whatever `_amb._tcp` instances a
+//! test asks for, malformed ones included ([`Rogue`]).
 //!
 //! # Topology
 //!
@@ -61,8 +63,10 @@
 //! helpers). Without the privileges [`Lab::new`] panics with a clear
 //! message instead of skipping.
 
+mod rogue;
 mod silent;
 
+pub use rogue::{FakeInstance, Rogue};
 pub use silent::SilentListener;
 
 use std::collections::BTreeMap;

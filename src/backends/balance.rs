@@ -2,10 +2,18 @@
 //!
 //! A policy does not pick one backend; it orders all of them, so the
 //! connection handler can fail over down the list without asking again.
-//! Healthy, non-draining backends come first in policy order; then ejected
-//! ones, soonest-to-return first (better to try a recently failed backend
-//! than to refuse a client, as Envoy's panic threshold does); draining ones
-//! come last, used only when nothing else is left.
+//! Healthy, non-draining, proven backends come first in policy order; then
+//! healthy ones still on probation (see [`crate::backends::table`]), so a
+//! fresh mesh, where every backend is new, works at once while a flood of
+//! never-answering records next to proven backends takes no client; then
+//! ejected ones, soonest-to-return first (better to try a recently failed
+//! backend than to refuse a client, as Envoy's panic threshold does);
+//! draining ones come last, used only when nothing else is left.
+//!
+//! [`Balancer::candidates`] also keeps a proven backend among the attempts
+//! a client makes whenever one exists, even ejected: a client behind a
+//! briefly failing real provider and hundreds of untested records tries
+//! the real one too.
 
 use std::fmt;
 use std::str::FromStr;
@@ -97,22 +105,41 @@ impl Balancer {
     /// Every backend of the snapshot, best candidate first.
     pub fn order(&self, table: &Table, snap: &Snapshot) -> Vec<Arc<Backend>> {
         let mut ready = Vec::with_capacity(snap.backends.len());
+        let mut probation = Vec::new();
         let mut ejected: Vec<(Duration, Arc<Backend>)> = Vec::new();
         let mut draining = Vec::new();
         for b in &snap.backends {
             let health = table.health(&b.stats);
             match (b.spec.draining, health) {
                 (true, _) => draining.push((health != Health::Healthy, b.clone())),
-                (false, Health::Healthy) => ready.push(b.clone()),
+                (false, Health::Healthy) if table.is_proven(&b.stats) => ready.push(b.clone()),
+                (false, Health::Healthy) => probation.push(b.clone()),
                 (false, Health::Ejected { remaining }) => ejected.push((remaining, b.clone())),
             }
         }
         let mut out = self.order_ready(ready);
+        out.extend(self.order_ready(probation));
         ejected.sort_by_key(|(remaining, _)| *remaining);
         out.extend(ejected.into_iter().map(|(_, b)| b));
         draining.sort_by_key(|(ejected, _)| *ejected);
         out.extend(draining.into_iter().map(|(_, b)| b));
         out
+    }
+
+    /// The first `attempts` of [`Balancer::order`], the last of them
+    /// replaced by the best proven backend when none of them is proven and
+    /// one exists.
+    pub fn candidates(&self, table: &Table, snap: &Snapshot, attempts: usize) -> Vec<Arc<Backend>> {
+        let mut order = self.order(table, snap);
+        let attempts = attempts.max(1);
+        let proven = |b: &Arc<Backend>| table.is_proven(&b.stats);
+        if order.len() > attempts && !order[..attempts].iter().any(proven) {
+            if let Some(i) = order[attempts..].iter().position(proven) {
+                order.swap(attempts - 1, attempts + i);
+            }
+        }
+        order.truncate(attempts);
+        order
     }
 
     fn order_ready(&self, mut ready: Vec<Arc<Backend>>) -> Vec<Arc<Backend>> {
@@ -208,6 +235,7 @@ mod tests {
                 target: Target::Name(format!("b{i}"), 1),
                 weight: *w,
                 draining: false,
+                tls: false,
             }));
         }
         t
@@ -315,6 +343,84 @@ mod tests {
             let idx: Vec<usize> = order.iter().map(|b| index(b)).collect();
             assert_eq!(idx, [3, 0, 1, 2], "{policy:?}");
         }
+    }
+
+    /// A table on probation: backends `0..n`, those in `proven` answered.
+    fn probation_table(n: usize, proven: &[usize]) -> Table {
+        let t = Table::with_probation(Duration::from_secs(1));
+        for i in 0..n {
+            t.apply(Update::Upsert(BackendSpec {
+                key: format!("b{i}"),
+                target: Target::Name(format!("b{i}"), 1),
+                weight: 1,
+                draining: false,
+                tls: false,
+            }));
+        }
+        for &i in proven {
+            t.report_success(&t.snapshot().backends[i].stats);
+        }
+        t
+    }
+
+    #[test]
+    fn proven_backends_come_before_those_on_probation() {
+        let t = probation_table(500, &[250]);
+        for policy in Policy::ALL {
+            let b = Balancer::new(policy);
+            for _ in 0..100 {
+                let c = b.candidates(&t, &t.snapshot(), 3);
+                assert_eq!(c.len(), 3);
+                assert_eq!(index(&c[0]), 250, "{policy:?}: the proven one first");
+            }
+        }
+    }
+
+    #[test]
+    fn a_fresh_mesh_spreads_over_backends_on_probation() {
+        let t = probation_table(3, &[]);
+        let counts = first_picks(Policy::RoundRobin, &t, 300);
+        assert_eq!(counts, [100, 100, 100]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_include_a_proven_backend_even_ejected() {
+        let t = probation_table(500, &[7]);
+        let snap = t.snapshot();
+        t.report_failure(&snap.backends[7].stats);
+        for policy in Policy::ALL {
+            let c = Balancer::new(policy).candidates(&t, &snap, 3);
+            let idx: Vec<usize> = c.iter().map(|b| index(b)).collect();
+            assert_eq!(idx.len(), 3);
+            assert_eq!(idx[2], 7, "{policy:?}: the last attempt is the proven one");
+            assert!(!idx[..2].contains(&7));
+        }
+        // Nothing proven at all: plain order, no swap to make.
+        let fresh = probation_table(5, &[]);
+        assert_eq!(
+            Balancer::new(Policy::P2c)
+                .candidates(&fresh, &fresh.snapshot(), 3)
+                .len(),
+            3
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probation_is_ejected_long_behind_everything_ready() {
+        let t = probation_table(3, &[0]);
+        let snap = t.snapshot();
+        t.report_failure(&snap.backends[1].stats);
+        // b1 failed without ever answering: after b2, still on probation.
+        let order = Balancer::new(Policy::RoundRobin).order(&t, &snap);
+        let idx: Vec<usize> = order.iter().map(|b| index(b)).collect();
+        assert_eq!(idx, [0, 2, 1]);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let order = Balancer::new(Policy::RoundRobin).order(&t, &snap);
+        assert_eq!(
+            index(&order[2]),
+            1,
+            "still out after the ordinary eject time"
+        );
     }
 
     #[test]

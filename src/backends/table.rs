@@ -6,6 +6,13 @@
 //! a lock. Health is different: it changes on the hot path (every failed
 //! connect), so it lives in atomics shared by every snapshot that contains
 //! the backend, and survives membership updates that keep the backend.
+//!
+//! A discovered backend starts on *probation*: anyone on the link can
+//! advertise one, so it has not earned clients until it has answered once
+//! (a probation probe or a client's connect). Balancers put proven backends
+//! first, and a never-proven backend's failures are remembered for
+//! [`UNPROVEN_EJECT_TIME`], not `--eject-time`. Static backends were typed
+//! by the user: trusted from the start.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,6 +28,16 @@ use crate::spec::Host;
 /// Cap on the ejection back-off, so a backend that comes back after a long
 /// outage is retried within half a minute.
 pub const MAX_EJECT_TIME: Duration = Duration::from_secs(30);
+/// First ejection of a discovered backend that has never answered. Its
+/// record is most likely stale or a stranger's, so one failure keeps it
+/// out for half a minute rather than one second, and a flood of such
+/// records costs a connect (by the probation probe) per instance per half
+/// minute, not per second. A real provider is not held back by it: a
+/// restart comes with a new record, on probation afresh and probed at once.
+pub const UNPROVEN_EJECT_TIME: Duration = Duration::from_secs(30);
+/// Cap of that back-off: a record that never answered costs one connect
+/// per five minutes.
+pub const MAX_UNPROVEN_EJECT_TIME: Duration = Duration::from_secs(300);
 
 /// Where to dial a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +109,9 @@ pub struct BackendSpec {
     /// A draining backend finishes its connections but gets new ones only
     /// when nothing else is left.
     pub draining: bool,
+    /// Reached through another ambassador's TLS terminator: dialed with
+    /// mutual TLS.
+    pub tls: bool,
 }
 
 /// Per-backend health and counters, shared across snapshots.
@@ -116,6 +136,8 @@ pub struct Stats {
     consecutive_failures: AtomicU32,
     /// End of the current ejection, in ms since the table's epoch; 0 = none.
     ejected_until_ms: AtomicU64,
+    /// Answered a connect or a probe at least once since it appeared.
+    answered: AtomicBool,
 }
 
 impl Stats {
@@ -181,16 +203,36 @@ pub struct Table {
     epoch: Instant,
     /// First ejection period; doubles per consecutive failure.
     eject_time: Duration,
+    /// New backends must answer once before they count as proven
+    /// (discovered backends); otherwise all are trusted (static ones).
+    probation: bool,
 }
 
 impl Table {
+    /// A table of trusted backends (configured by the user).
     pub fn new(eject_time: Duration) -> Table {
         Table {
             current: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(()),
             epoch: Instant::now(),
             eject_time,
+            probation: false,
         }
+    }
+
+    /// A table whose new backends are on probation until they answer
+    /// (discovered from the link).
+    pub fn with_probation(eject_time: Duration) -> Table {
+        Table {
+            probation: true,
+            ..Table::new(eject_time)
+        }
+    }
+
+    /// Whether the backend may take clients ahead of others: trusted, or
+    /// answered once.
+    pub fn is_proven(&self, stats: &Stats) -> bool {
+        !self.probation || stats.answered.load(Ordering::Relaxed)
     }
 
     /// The current backends; cheap and lock-free.
@@ -269,10 +311,13 @@ impl Table {
             return None;
         }
         let n = stats.consecutive_failures.load(Ordering::Acquire);
-        let period = self
-            .eject_time
-            .saturating_mul(1u32 << n.min(16))
-            .min(MAX_EJECT_TIME.max(self.eject_time));
+        let (first, cap) = if self.is_proven(stats) {
+            (self.eject_time, MAX_EJECT_TIME)
+        } else {
+            (UNPROVEN_EJECT_TIME, MAX_UNPROVEN_EJECT_TIME)
+        };
+        let first = first.max(self.eject_time);
+        let period = first.saturating_mul(1u32 << n.min(16)).min(cap.max(first));
         stats
             .ejected_until_ms
             .compare_exchange(
@@ -289,6 +334,7 @@ impl Table {
     /// Records a successful connect. Returns true when this ends a run of
     /// failures (the backend is back, worth a log line).
     pub fn report_success(&self, stats: &Stats) -> bool {
+        stats.answered.store(true, Ordering::Relaxed);
         let failing = stats.consecutive_failures.load(Ordering::Relaxed) != 0;
         // An ejection whose failure count is not in yet (a success that
         // landed between `report_failure`'s compare-and-swap and its count)
@@ -310,6 +356,7 @@ mod tests {
             target: Target::Addrs(vec![SocketAddr::from(([127, 0, 0, 1], port))]),
             weight: 1,
             draining: false,
+            tls: false,
         }
     }
 
@@ -362,6 +409,38 @@ mod tests {
 
         assert!(t.apply(Update::Upsert(spec("a", 2))));
         assert_eq!(t.health(&stats), Health::Healthy, "moved: a fresh chance");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn discovered_backends_are_on_probation_until_they_answer() {
+        let trusted = Table::new(Duration::from_secs(1));
+        let t = Table::with_probation(Duration::from_secs(1));
+        let s = Stats::default();
+        assert!(trusted.is_proven(&s), "static backends are trusted");
+        assert!(!t.is_proven(&s));
+        assert_eq!(
+            t.report_failure(&s),
+            Some(UNPROVEN_EJECT_TIME),
+            "a never-proven failure is remembered long"
+        );
+        tokio::time::advance(UNPROVEN_EJECT_TIME).await;
+        assert_eq!(t.report_failure(&s), Some(UNPROVEN_EJECT_TIME * 2));
+        for _ in 0..10 {
+            tokio::time::advance(MAX_UNPROVEN_EJECT_TIME).await;
+            t.report_failure(&s);
+        }
+        assert!(
+            matches!(t.health(&s), Health::Ejected { remaining } if remaining <= MAX_UNPROVEN_EJECT_TIME)
+        );
+
+        assert!(t.report_success(&s));
+        assert!(t.is_proven(&s));
+        assert_eq!(t.health(&s), Health::Healthy);
+        assert_eq!(
+            t.report_failure(&s),
+            Some(Duration::from_secs(1)),
+            "proven: the ordinary back-off"
+        );
     }
 
     #[test]

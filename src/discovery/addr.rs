@@ -15,7 +15,9 @@
 //! that is also one of ours: dialing those would reach us, not it. That is
 //! the Vagrant trap, where every VM's NAT adapter is 10.0.2.15: a peer that
 //! wrongly advertises it is still reached on its other addresses. Link-local
-//! IPv6 addresses without a scope are dropped as undialable.
+//! IPv6 addresses without a scope are dropped as undialable, and an
+//! IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is judged and dialed as the
+//! IPv4 address it reaches.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
@@ -72,24 +74,31 @@ fn same_subnet(a: IpAddr, b: &LocalAddr) -> bool {
 
 /// The addresses to dial, best first; empty when none is usable.
 pub fn choose(peer: &[PeerAddr], port: u16, local: &[LocalAddr]) -> Vec<SocketAddr> {
+    // An IPv4-mapped IPv6 address (::ffff:127.0.0.1) reaches its IPv4
+    // address: judge and dial it as that, or a stranger's record could
+    // pass our own loopback off as its address.
+    let peer: Vec<PeerAddr> = peer
+        .iter()
+        .map(|p| PeerAddr {
+            ip: p.ip.to_canonical(),
+            ..*p
+        })
+        .collect();
     let ours = |ip: &IpAddr| local.iter().any(|l| &l.ip == ip);
     let same_stack = peer.iter().all(|p| p.ip.is_loopback() || ours(&p.ip));
     let mut ranked: Vec<(u8, SocketAddr)> = Vec::new();
-    for p in peer {
+    for p in &peer {
         let rank = match p.ip {
             ip if ip.is_unspecified() || ip.is_multicast() => continue,
+            // Even one of our own: connect refuses it without a scope.
+            IpAddr::V6(v6) if is_link_local_v6(&v6) && p.scope == 0 => continue,
             ip if ip.is_loopback() || ours(&ip) => {
                 if !same_stack {
                     continue;
                 }
                 u8::from(!ip.is_loopback())
             }
-            IpAddr::V6(v6) if is_link_local_v6(&v6) => {
-                if p.scope == 0 {
-                    continue;
-                }
-                5
-            }
+            IpAddr::V6(v6) if is_link_local_v6(&v6) => 5,
             ip if local
                 .iter()
                 .any(|l| !l.ip.is_loopback() && same_subnet(ip, l)) =>
@@ -175,8 +184,11 @@ mod tests {
                     "[fe80::1%3]:6379",
                 ],
             ),
-            // Link-local without a scope is undialable.
+            // Link-local without a scope is undialable, ours too (found by
+            // tests/properties.rs).
             (&[("fe80::1", 0)], &[]),
+            (&[("fe80::2", 0), ("127.0.0.1", 0)], &["127.0.0.1:6379"]),
+            (&[("fe80::2", 1)], &["[fe80::2%1]:6379"]),
             // Our own node: loopback first, then our address.
             (
                 &[("10.77.0.2", 0), ("127.0.0.1", 0)],
@@ -188,6 +200,19 @@ mod tests {
             // VM's NAT adapter is 10.0.2.15) is reached on its other ones.
             (&[("10.0.2.15", 0), ("10.77.0.9", 0)], &["10.77.0.9:6379"]),
             (&[("0.0.0.0", 0), ("224.0.0.251", 0)], &[]),
+            // An IPv4 address written as IPv6 reaches that IPv4 address: a
+            // stranger's ::ffff:127.0.0.1 is our loopback (found by
+            // tests/properties.rs), ::ffff:0.0.0.0 is unspecified.
+            (
+                &[
+                    ("::ffff:127.0.0.1", 0),
+                    ("::ffff:10.0.2.15", 0),
+                    ("10.77.0.9", 0),
+                ],
+                &["10.77.0.9:6379"],
+            ),
+            (&[("::ffff:0.0.0.0", 0), ("::ffff:224.0.0.251", 0)], &[]),
+            (&[("::ffff:10.77.0.1", 0)], &["10.77.0.1:6379"]),
         ];
         for (p, want) in cases {
             let got: Vec<String> = choose(&peer(p), 6379, &me)

@@ -11,6 +11,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
-use super::wire::{self, State, SERVICE_TYPE};
-use crate::backends::table::{BackendSpec, Target, Update};
+use super::stats::DiscoveryStats;
+use super::wire::{self, Flaw, State, SERVICE_TYPE};
+use crate::backends::table::{Backend, BackendSpec, Health, Snapshot, Target, Update};
 use crate::backends::Service;
 use crate::settings::DiscoverySettings;
 use crate::spec::ProvideSpec;
@@ -48,6 +50,24 @@ const REBROWSE_EVERY: Duration = Duration::from_secs(60);
 /// A re-browse replays mdns-sd's cache at once; this leaves margin for a
 /// busy machine before missing instances count as gone.
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
+/// Most discovered instances in one service's table. Far above a real
+/// deployment of one service on one link (mDNS is for a link: tens to
+/// hundreds of hosts), low enough that a flood of fake records costs at
+/// most ~0.5 MB per service and each connect's ordering of the table stays
+/// in the tens of microseconds.
+pub const MAX_INSTANCES_PER_SERVICE: usize = 1024;
+/// Most discovered instances in all tables together: room for a few full
+/// services, one bound on a node's memory however many it consumes.
+pub const MAX_INSTANCES: usize = 4096;
+
+/// What consumers are told to dial for a provided service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    /// The SRV port: the local service's, or its TLS terminator's.
+    pub port: u16,
+    /// The port speaks mutual TLS.
+    pub tls: bool,
+}
 
 /// This node's mDNS daemon.
 pub struct Mdns {
@@ -106,16 +126,22 @@ impl Mdns {
     /// when the node id came from the user, who may have copied one config
     /// to several hosts; a random 32-bit id does not collide in practice.
     /// Never probe a re-announcement: mdns-sd answers no query meanwhile.
-    pub fn advertise(&self, p: &ProvideSpec, state: State, probe: bool) -> anyhow::Result<()> {
+    pub fn advertise(
+        &self,
+        p: &ProvideSpec,
+        offer: Offer,
+        state: State,
+        probe: bool,
+    ) -> anyhow::Result<()> {
         let label = wire::instance_label(&p.name, &self.node_id);
-        let txt = wire::txt(&p.name, &self.node_id, p.weight, state);
+        let txt = wire::txt(&p.name, &self.node_id, p.weight, state, offer.tls);
         let addrs: Vec<IpAddr> = self.advertise.clone();
         let mut info = ServiceInfo::new(
             SERVICE_TYPE,
             &label,
             &self.host,
             &addrs[..],
-            p.port,
+            offer.port,
             &txt[..],
         )
         .with_context(|| format!("cannot build the advertisement of {p}"))?;
@@ -187,7 +213,9 @@ impl Drop for Mdns {
 pub async fn browse(
     mdns: Arc<Mdns>,
     services: Vec<Arc<Service>>,
+    tls: TlsUse,
     mut suspects: mpsc::Receiver<String>,
+    stats: Arc<DiscoveryStats>,
     stop: CancellationToken,
 ) {
     let mut first = true;
@@ -215,7 +243,7 @@ pub async fn browse(
                         if let Some(seen) = &mut replayed {
                             seen.insert(r.fullname.clone());
                         }
-                        resolved(&services, &r);
+                        resolved(&services, &r, tls, &stats);
                     }
                     Ok(ServiceEvent::ServiceRemoved(_, fullname)) => {
                         if removed(&services, &fullname) {
@@ -260,12 +288,62 @@ fn sweep(services: &[Arc<Service>], seen: &HashSet<String>) {
     }
 }
 
-fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
+/// What this node can dial: TLS terminators need our TLS; plain instances
+/// are refused by a node with TLS unless `--allow-plaintext`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsUse {
+    /// This node has a cluster key or PKI.
+    pub available: bool,
+    /// Plain instances are acceptable even so.
+    pub allow_plaintext: bool,
+}
+
+impl TlsUse {
+    /// Why an instance offering TLS or not (`offers_tls`) is of no use here.
+    fn refuses(self, offers_tls: bool) -> Option<&'static str> {
+        match (offers_tls, self.available) {
+            (true, false) => Some("it speaks TLS only and this node has no cluster key"),
+            (false, true) if !self.allow_plaintext => {
+                Some("it offers no TLS (start with --allow-plaintext to use it anyway)")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Turns one resolve event into table updates. Whatever the link sent is
+/// checked first: a flawed or unusable instance is counted, logged once
+/// (escaped), and leaves any table it was in.
+fn resolved(services: &[Arc<Service>], r: &ResolvedService, tls: TlsUse, stats: &DiscoveryStats) {
+    let txt_bytes: usize = r
+        .get_properties()
+        .iter()
+        .map(|p| 2 + p.key().len() + p.val().map_or(0, <[u8]>::len))
+        .sum();
+    if let Err(flaw) = wire::check(&r.fullname, r.get_port(), txt_bytes) {
+        let counter = match flaw {
+            Flaw::Name => &stats.bad_name,
+            Flaw::Port => &stats.bad_port,
+            Flaw::Txt => &stats.bad_txt,
+        };
+        stats.ignore(counter, &r.fullname, flaw.reason());
+        removed(services, &r.fullname);
+        return;
+    }
     let Some(advert) = wire::parse_txt(|k| r.get_property_val_str(k)) else {
-        debug!(instance = %r.fullname, "not a usable mesh service (no valid svc= TXT key)");
+        stats.ignore(
+            &stats.bad_service,
+            &r.fullname,
+            "not a mesh service (no valid svc= TXT key)",
+        );
         removed(services, &r.fullname);
         return;
     };
+    if let Some(why) = tls.refuses(advert.tls) {
+        stats.ignore(&stats.tls_mismatch, &r.fullname, why);
+        removed(services, &r.fullname);
+        return;
+    }
     let peer: Vec<PeerAddr> = r
         .get_addresses()
         .iter()
@@ -293,13 +371,13 @@ fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
             target: Target::Addrs(addrs.clone()),
             weight: advert.weight,
             draining: advert.state != State::Up,
+            tls: advert.tls,
         };
-        let known = svc
-            .table
-            .snapshot()
-            .backends
-            .iter()
-            .any(|b| b.spec.key == spec.key);
+        let snap = svc.table.snapshot();
+        let known = snap.backends.iter().any(|b| b.spec.key == spec.key);
+        if !known && !make_room(svc, &snap, services, stats, &r.fullname) {
+            continue;
+        }
         let target = spec.target.to_string();
         if svc.table.apply(Update::Upsert(spec)) {
             let what = match (known, advert.state) {
@@ -310,6 +388,49 @@ fn resolved(services: &[Arc<Service>], r: &ResolvedService) {
             };
             info!(service = %svc.name, instance = %r.fullname, target = %target,
                 weight = advert.weight, "{what}");
+        }
+    }
+}
+
+/// Whether a new instance may join `svc`'s table (`snap`) under the caps.
+/// A full table makes room by dropping a backend that has never answered
+/// and failed its probe: a flood of dead records that arrived first does
+/// not lock a real provider out. Otherwise the newcomer is turned away
+/// (counted); mdns-sd offers it again at the next re-browse.
+fn make_room(
+    svc: &Service,
+    snap: &Snapshot,
+    services: &[Arc<Service>],
+    stats: &DiscoveryStats,
+    fullname: &str,
+) -> bool {
+    let total: usize = services
+        .iter()
+        .map(|s| s.table.snapshot().backends.len())
+        .sum();
+    let (full, counter, why) = if snap.backends.len() >= MAX_INSTANCES_PER_SERVICE {
+        (true, &stats.over_service_cap, "its service's table is full")
+    } else if total >= MAX_INSTANCES {
+        (true, &stats.over_total_cap, "the discovery tables are full")
+    } else {
+        (false, &stats.over_service_cap, "")
+    };
+    if !full {
+        return true;
+    }
+    let failed = |b: &&Arc<Backend>| {
+        !svc.table.is_proven(&b.stats) && svc.table.health(&b.stats) != Health::Healthy
+    };
+    match snap.backends.iter().find(failed) {
+        Some(victim) if svc.table.apply(Update::Remove(victim.spec.key.clone())) => {
+            stats.evicted.fetch_add(1, Ordering::Relaxed);
+            info!(service = %svc.name, instance = %victim.spec.key,
+                "backend left (never answered; dropped to make room)");
+            true
+        }
+        _ => {
+            stats.ignore(counter, fullname, why);
+            false
         }
     }
 }

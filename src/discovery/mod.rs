@@ -7,8 +7,12 @@
 //!   of `_amb._tcp`, fanned out to every consumed service's table.
 //! - [`provider`]: advertises a local service while its health check passes,
 //!   drains and says goodbye on shutdown.
+//! - [`probation`]: dials each new backend once before it may take clients.
+//! - [`stats`]: what discovery ignored, dropped and probed.
 
 pub mod addr;
 pub mod mdns;
+pub mod probation;
 pub mod provider;
+pub mod stats;
 pub mod wire;

@@ -14,7 +14,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::mdns::Mdns;
+use super::mdns::{Mdns, Offer};
 use super::wire::State;
 use crate::backends::table::Target;
 use crate::net::checks::{probe, Checker};
@@ -42,10 +42,12 @@ pub fn check_target(port: u16, settings: &DiscoverySettings) -> Target {
 }
 
 /// Runs until `leaving` is cancelled, then drains and withdraws; `force`
-/// cuts the drain period short.
+/// cuts the drain period short. `offer` is what consumers are told to dial
+/// (the local port, or a TLS terminator's).
 pub async fn run(
     mdns: Arc<Mdns>,
     p: ProvideSpec,
+    offer: Offer,
     settings: DiscoverySettings,
     leaving: CancellationToken,
     force: CancellationToken,
@@ -84,7 +86,7 @@ pub async fn run(
         };
         checker.observe(ok);
         match (checker.is_up(), announced) {
-            (true, false) => match mdns.advertise(&p, State::Up, probe_first) {
+            (true, false) => match mdns.advertise(&p, offer, State::Up, probe_first) {
                 Ok(()) => {
                     announced = true;
                     probe_first = false;
@@ -95,7 +97,7 @@ pub async fn run(
             (false, true) => {
                 // "down" first: a TXT change takes consumers' traffic away in
                 // milliseconds, the goodbye only after a second.
-                if let Err(e) = mdns.advertise(&p, State::Down, false) {
+                if let Err(e) = mdns.advertise(&p, offer, State::Down, false) {
                     warn!(provide = %p, "{e:#}");
                 }
                 match mdns.withdraw(&p).await {
@@ -117,7 +119,7 @@ pub async fn run(
     if !announced {
         return;
     }
-    if let Err(e) = mdns.advertise(&p, State::Draining, false) {
+    if let Err(e) = mdns.advertise(&p, offer, State::Draining, false) {
         warn!(provide = %p, "{e:#}");
     }
     info!(provide = %p, period = ?settings.drain_period, "draining: consumers send new clients elsewhere");

@@ -11,6 +11,7 @@
 //! | `node`  | node id of the advertiser                 | no       |
 //! | `weight`| relative share of connections, 1..=1000   | no (1)   |
 //! | `state` | `up`, `draining` or `down`                | no (up)  |
+//! | `tls`   | `1`: the SRV port is a TLS terminator      | no (0)   |
 //!
 //! Only `svc` is required, so any Avahi or Bonjour host can provide a
 //! service with a static service file. Unknown keys and versions are
@@ -24,6 +25,13 @@ use crate::spec::MAX_WEIGHT;
 pub const SERVICE_TYPE: &str = "_amb._tcp.local.";
 /// Version of the TXT schema this build writes.
 pub const SCHEMA_VERSION: &str = "1";
+/// Largest TXT record a consumer accepts, counted as on the wire (a length
+/// byte per string). Twice the ~200 bytes RFC 6763 §6.2 recommends, so a
+/// third-party advertiser's extra keys fit beside ours; anything bigger is
+/// not a mesh service, and refusing it bounds what one instance costs.
+pub const MAX_TXT_BYTES: usize = 400;
+/// A DNS label's limit (RFC 1035); mDNS libraries differ on enforcing it.
+const MAX_LABEL_BYTES: usize = 63;
 
 /// Whether a provider takes new connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,14 +68,24 @@ pub fn host_name(node: &str) -> String {
 }
 
 /// The TXT properties of one of our advertisements.
-pub fn txt(service: &str, node: &str, weight: u32, state: State) -> Vec<(String, String)> {
-    vec![
+pub fn txt(
+    service: &str,
+    node: &str,
+    weight: u32,
+    state: State,
+    tls: bool,
+) -> Vec<(String, String)> {
+    let mut txt = vec![
         ("v".into(), SCHEMA_VERSION.into()),
         ("svc".into(), service.into()),
         ("node".into(), node.into()),
         ("weight".into(), weight.to_string()),
         ("state".into(), state.to_string()),
-    ]
+    ];
+    if tls {
+        txt.push(("tls".into(), "1".into()));
+    }
+    txt
 }
 
 /// What a consumer needs from a peer's TXT record.
@@ -76,6 +94,8 @@ pub struct Advert {
     pub service: String,
     pub weight: u32,
     pub state: State,
+    /// The SRV port speaks mutual TLS.
+    pub tls: bool,
 }
 
 /// Reads a TXT record through `get(key)`. `None` when it is not a usable
@@ -92,11 +112,61 @@ pub fn parse_txt<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<Advert> {
         Some("down") => State::Down,
         _ => State::Up,
     };
+    let tls = get("tls").map(str::trim) == Some("1");
     Some(Advert {
         service,
         weight,
         state,
+        tls,
     })
+}
+
+/// Why an advertised instance is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaw {
+    /// The instance label is empty, too long, or holds a dot, a control
+    /// character or bytes that were not UTF-8.
+    Name,
+    /// Port 0: nothing can be dialed.
+    Port,
+    /// The TXT record is over [`MAX_TXT_BYTES`].
+    Txt,
+}
+
+impl Flaw {
+    /// For the log line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Flaw::Name => {
+                "unusable instance label (a dot, a control character, invalid UTF-8 or its length)"
+            }
+            Flaw::Port => "port 0",
+            Flaw::Txt => "TXT record too big",
+        }
+    }
+}
+
+/// Checks what a consumer acts on besides the TXT keys: the instance label
+/// of `fullname` (`<label>._amb._tcp.local.`), the port, and the TXT size
+/// in wire bytes. A label with a dot is ambiguous (our labels have none, and
+/// Avahi drops such instances); a control character would reach log lines
+/// and tools; U+FFFD is what a library leaves of invalid UTF-8.
+pub fn check(fullname: &str, port: u16, txt_bytes: usize) -> Result<(), Flaw> {
+    let label = fullname
+        .strip_suffix(SERVICE_TYPE)
+        .and_then(|l| l.strip_suffix('.'))
+        .ok_or(Flaw::Name)?;
+    let bad_char = |c: char| c == '.' || c.is_control() || c == char::REPLACEMENT_CHARACTER;
+    if label.is_empty() || label.len() > MAX_LABEL_BYTES || label.chars().any(bad_char) {
+        return Err(Flaw::Name);
+    }
+    if port == 0 {
+        return Err(Flaw::Port);
+    }
+    if txt_bytes > MAX_TXT_BYTES {
+        return Err(Flaw::Txt);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -112,7 +182,7 @@ mod tests {
 
     #[test]
     fn our_own_txt_parses_back() {
-        let t = txt("redis", "7f3a9c21", 3, State::Draining);
+        let t = txt("redis", "7f3a9c21", 3, State::Draining, true);
         let map: HashMap<&str, &str> = t.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let a = parse_txt(|k| map.get(k).copied()).unwrap();
         assert_eq!(
@@ -120,7 +190,8 @@ mod tests {
             Advert {
                 service: "redis".into(),
                 weight: 3,
-                state: State::Draining
+                state: State::Draining,
+                tls: true,
             }
         );
         let bytes: usize = t.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
@@ -138,6 +209,7 @@ mod tests {
                 service: svc.into(),
                 weight,
                 state: State::Up,
+                tls: false,
             })
         };
         let cases: &[Case] = &[
@@ -158,6 +230,7 @@ mod tests {
                     service: "redis".into(),
                     weight: 1,
                     state: State::Down,
+                    tls: false,
                 }),
             ),
             (&[("svc", "")], None),
@@ -167,6 +240,32 @@ mod tests {
         for (pairs, want) in cases {
             assert_eq!(&parse(pairs), want, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn hostile_names_ports_and_txt_are_flawed() {
+        let full = |label: &str| format!("{label}.{SERVICE_TYPE}");
+        let ok = full("redis@7f3a9c21");
+        assert_eq!(check(&ok, 6379, 60), Ok(()));
+        assert_eq!(check(&full("My Redis (2)"), 1, MAX_TXT_BYTES), Ok(()));
+        for label in ["a.b", "a\nb", "tab\t", "bad\u{fffd}", "", &"x".repeat(64)] {
+            assert_eq!(check(&full(label), 6379, 60), Err(Flaw::Name), "{label:?}");
+        }
+        assert_eq!(check("x._other._tcp.local.", 1, 0), Err(Flaw::Name));
+        assert_eq!(check(&ok, 0, 60), Err(Flaw::Port));
+        assert_eq!(check(&ok, 6379, MAX_TXT_BYTES + 1), Err(Flaw::Txt));
+        let ours = txt(
+            "redis",
+            &crate::value::random_node_id(),
+            1000,
+            State::Draining,
+            true,
+        );
+        let bytes: usize = ours.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        assert!(
+            bytes * 2 < MAX_TXT_BYTES,
+            "room for a signature and third-party keys"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The accept loop: one for every consume listener of the node, one task per
-//! client connection, the connection limit taken before `accept`.
+//! The accept loop: one for the consume listeners of the node and one for
+//! its TLS terminators, one task per client connection, the connection
+//! limit taken before `accept`.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,8 +16,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::backends::Service;
-use crate::net::pipeline::handle;
 use crate::settings::ProxySettings;
 
 /// First pause after an accept error such as EMFILE, so that a process out of
@@ -33,14 +33,29 @@ pub struct Shared {
     pub limit: Arc<Semaphore>,
     /// Cancelled when the drain period is over: open connections close.
     pub hard_stop: CancellationToken,
+    /// Mutual TLS between ambassadors, when a cluster key or PKI is set.
+    pub tls: Option<Arc<crate::security::Tls>>,
 }
 
-/// Accepts on every consume listener until `stop` is cancelled; connection
-/// tasks go to `tracker`. One loop serves all listeners so that exactly one
+/// What runs each accepted connection of a listener.
+pub trait Handler: Send + Sync + 'static {
+    /// The listener's name in log lines (the service).
+    fn name(&self) -> &str;
+    /// Serves one connection to its end.
+    fn handle(
+        self: Arc<Self>,
+        client: TcpStream,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Accepts on every listener until `stop` is cancelled; connection tasks go
+/// to `tracker`. One loop serves all listeners of a kind so that exactly one
 /// permit of the connection limit waits in `accept`: per-listener loops
 /// would each hold one, overshooting or (below one per listener) starving.
-pub async fn serve(
-    listeners: Vec<(TcpListener, Arc<Service>)>,
+pub async fn serve<H: Handler>(
+    listeners: Vec<(TcpListener, Arc<H>)>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -74,21 +89,20 @@ pub async fn serve(
             r = accept_any(&listeners, start) => r,
         };
         start = (i + 1) % listeners.len();
-        let svc = &listeners[i].1;
+        let handler = &listeners[i].1;
         match accepted {
             Ok((client, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let svc = svc.clone();
-                let shared = shared.clone();
+                let task = handler.clone().handle(client, peer, shared.clone());
                 tracker.spawn(async move {
-                    handle(client, peer, &svc, &shared).await;
+                    task.await;
                     drop(permit);
                 });
             }
             // The client gave up between SYN and accept: nothing to wait for.
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
             Err(e) => {
-                warn!(service = %svc.name, error = %e, retry_in = ?backoff, "accept failed");
+                warn!(service = %handler.name(), error = %e, retry_in = ?backoff, "accept failed");
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = sleep(backoff) => {}
@@ -101,8 +115,8 @@ pub async fn serve(
 }
 
 /// The next connection on any listener, polling from `start` on.
-async fn accept_any(
-    listeners: &[(TcpListener, Arc<Service>)],
+async fn accept_any<H>(
+    listeners: &[(TcpListener, Arc<H>)],
     start: usize,
 ) -> (usize, io::Result<(TcpStream, SocketAddr)>) {
     std::future::poll_fn(|cx| {

@@ -198,6 +198,7 @@ mod tests {
                 target: Target::Addrs(vec![addr]),
                 weight: 1,
                 draining: false,
+                tls: false,
             }));
         }
         let snap = table.snapshot();

@@ -164,6 +164,27 @@ pub struct Report {
     pub end: End,
 }
 
+/// PLACEHOLDER until the generic copy lands: both ways between any two
+/// streams.
+pub async fn copy_streams<A, B>(
+    a: &mut A,
+    b: &mut B,
+    _limits: Limits,
+    stop: &CancellationToken,
+) -> Report
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(a, b) => match r {
+            Ok((from_client, from_server)) => Report { from_client, from_server, end: End::Done },
+            Err(error) => Report { from_client: 0, from_server: 0, end: End::Failed { side: Side::Client, error } },
+        },
+        _ = stop.cancelled() => Report { from_client: 0, from_server: 0, end: End::Stopped },
+    }
+}
+
 /// Copies both ways between `client` and `server` until both directions
 /// reach end of stream, one fails, a limit expires or `stop` is cancelled.
 /// The caller closes the sockets by dropping them.

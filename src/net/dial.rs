@@ -161,6 +161,10 @@ impl<'a, T> Concurrent<'a, T> {
         self.0.is_empty()
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// The outcome of the next future to finish; `None` when none is left.
     pub(crate) async fn next(&mut self) -> Option<T> {
         poll_fn(|cx| {

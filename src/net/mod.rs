@@ -2,7 +2,7 @@
 //! ([`pipeline`]: dial, then copy), and what they are built from: dialing a
 //! backend ([`dial`]), copying without holding buffers while idle
 //! ([`copy`]), socket options and limits ([`sockopt`]), active checks
-//! ([`checks`]).
+//! ([`checks`]); and a provider's TLS terminator ([`terminator`]).
 
 pub mod accept;
 pub mod checks;
@@ -10,3 +10,4 @@ pub mod copy;
 pub mod dial;
 pub mod pipeline;
 pub mod sockopt;
+pub mod terminator;

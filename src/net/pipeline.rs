@@ -1,47 +1,53 @@
 //! One client connection, as a pipeline of stages:
 //!
 //! ```text
-//! client ─> [accept] ─> [dial] ─> (TLS: to come) ─> [auth] ─> [copy]
+//! client ─> [accept] ─> [dial ─> tls] ─> [auth] ─> [copy]
 //! ```
 //!
 //! - accept: socket options on the client side.
 //! - dial: the balancer's candidates, down the list until one answers; each
 //!   failure ejects that backend (and asks discovery to verify it), a
 //!   failure of our own (EMFILE) ejects nothing.
+//! - tls: for a backend behind another ambassador's TLS terminator, the
+//!   mutual TLS handshake, as part of the dial: a backend whose handshake
+//!   fails or stalls is a backend that failed, ejected like a dead one, and
+//!   the next candidate is tried.
 //! - auth: with `--credentials` for the service, log the backend
 //!   connection in before any client byte goes to it.
 //! - copy: both directions until both are done ([`copy`]).
 //!
 //! Each stage is a function that takes what the previous one produced and
 //! returns what the next one needs, or ends the connection with a log
-//! line. The TLS stage towards the backend slots in between dial and auth
-//! as a stage of its own, with [`Upstream`] as its input and output.
+//! line. A backend counts as answering (restored from an ejection, proven)
+//! only once every stage before the copy has passed.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
+use tokio_rustls::client::TlsStream;
 use tracing::{debug, info, warn};
 
 use crate::backends::table::{ActiveGuard, Backend};
 use crate::backends::Service;
 use crate::credentials::LoginError;
-use crate::net::accept::Shared;
+use crate::net::accept::{Handler, Shared};
 use crate::net::copy::{self, End};
 use crate::net::dial::{dial, DialError};
 use crate::net::sockopt;
+use crate::security::tls::{self, Tls};
 use crate::settings::ProxySettings;
 
 /// Warnings about clients turned away, process-wide.
 static REFUSALS: LogLimit = LogLimit::new();
 
 /// At most one warning per [`LogLimit::EVERY`], counting what it held back.
-struct LogLimit {
+pub(crate) struct LogLimit {
     /// The limit's first use: what `last_ms` counts from.
     start: OnceLock<Instant>,
     /// When the last line was let through, in ms since `start` (0 = never).
@@ -53,7 +59,7 @@ struct LogLimit {
 impl LogLimit {
     const EVERY: Duration = Duration::from_secs(1);
 
-    const fn new() -> LogLimit {
+    pub(crate) const fn new() -> LogLimit {
         LogLimit {
             start: OnceLock::new(),
             last_ms: AtomicU64::new(0),
@@ -62,7 +68,7 @@ impl LogLimit {
     }
 
     /// `Some(held back since the last line)` when this line may be logged.
-    fn admit(&self) -> Option<u64> {
+    pub(crate) fn admit(&self) -> Option<u64> {
         let now = self.start.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
         let last = self.last_ms.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= Self::EVERY.as_millis() as u64;
@@ -79,36 +85,56 @@ impl LogLimit {
     }
 }
 
+/// The connection to a backend: plain, or mutual TLS to another
+/// ambassador's terminator.
+pub enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl std::fmt::Debug for BackendStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendStream::Plain(s) => write!(f, "Plain({:?})", s.peer_addr()),
+            BackendStream::Tls(s) => write!(f, "Tls({:?})", s.get_ref().0.peer_addr()),
+        }
+    }
+}
+
 /// The backend side of a connection, as it goes from stage to stage.
 pub struct Upstream {
     /// Counts the connection in the backend's `active` from its dial on;
     /// names the backend.
     pub active: ActiveGuard,
     /// The connection to the backend.
-    pub stream: TcpStream,
+    pub stream: BackendStream,
 }
 
-/// Runs one client connection through every stage.
-pub(crate) async fn handle(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Shared) {
-    let mut client = accept_stage(client, peer, svc, shared);
-    let Some(mut upstream) = dial_stage(peer, svc, shared).await else {
-        return;
-    };
-    let backend = upstream.active.backend();
-    if !auth_stage(
-        &mut client,
-        peer,
-        backend,
-        &mut upstream.stream,
-        svc,
-        shared,
-    )
-    .await
-    {
-        return;
+/// A consumed service's listener runs each client through every stage.
+impl Handler for Service {
+    fn name(&self) -> &str {
+        &self.name
     }
-    backend_ready(svc, backend);
-    copy_stage(client, peer, upstream, svc, shared).await;
+
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+        let mut client = accept_stage(client, peer, &self, &shared);
+        let Some(mut upstream) = dial_stage(peer, &self, &shared).await else {
+            return;
+        };
+        let backend = upstream.active.backend();
+        let c = &mut client;
+        let logged_in = match &mut upstream.stream {
+            BackendStream::Plain(tcp) => auth_stage(c, peer, backend, tcp, &self, &shared).await,
+            BackendStream::Tls(tls) => {
+                auth_stage(c, peer, backend, &mut **tls, &self, &shared).await
+            }
+        };
+        if !logged_in {
+            return;
+        }
+        backend_ready(&self, backend);
+        copy_stage(client, peer, upstream, &self, &shared).await;
+    }
 }
 
 /// Socket options of the client side: no Nagle, keepalive, user timeout.
@@ -123,7 +149,7 @@ fn accept_stage(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Sha
 /// is none (logged) or the node stops meanwhile.
 async fn dial_stage(peer: SocketAddr, svc: &Service, shared: &Shared) -> Option<Upstream> {
     let connected = tokio::select! {
-        r = connect(svc, &shared.settings) => r,
+        r = connect(svc, &shared.settings, shared.tls.as_deref()) => r,
         _ = shared.hard_stop.cancelled() => return None,
     };
     let (active, stream) = match connected {
@@ -143,10 +169,6 @@ async fn dial_stage(peer: SocketAddr, svc: &Service, shared: &Shared) -> Option<
         }
     };
     active.backend().stats.total.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = sockopt::tune_stream(&stream, &shared.settings) {
-        debug!(service = %svc.name, backend = %active.backend().spec.target, error = %e,
-            "cannot set backend socket options");
-    }
     Some(Upstream { active, stream })
 }
 
@@ -246,8 +268,11 @@ async fn copy_stage(
         idle: settings.idle_timeout,
         half_close: settings.half_close_timeout,
     };
-    let report =
-        copy::copy_both(&mut client, &mut upstream.stream, limits, &shared.hard_stop).await;
+    let stop = &shared.hard_stop;
+    let report = match &mut upstream.stream {
+        BackendStream::Plain(tcp) => copy::copy_both(&mut client, tcp, limits, stop).await,
+        BackendStream::Tls(tls) => copy::copy_streams(&mut client, &mut **tls, limits, stop).await,
+    };
     let backend = upstream.active.backend();
     let stats = &backend.stats;
     stats
@@ -294,40 +319,55 @@ pub enum ConnectError {
 }
 
 /// Dials candidates in balancer order until one answers, within
-/// `connect_attempts` tries of `connect_timeout` each. Every failure ejects
+/// `connect_attempts` tries of `connect_timeout` each (a proven backend
+/// among them whenever one exists: [`crate::backends::balance`]). Every failure ejects
 /// that backend, so the next clients skip it at once. A failure for lack of
 /// local resources ejects nothing (ejecting healthy backends, or asking
 /// discovery to verify them, would turn our own descriptor shortage into an
 /// outage) and the next candidate is tried; when every dial failed that
 /// way, this client alone fails, after a short pause.
 ///
+/// A backend behind a TLS terminator is reached through `tls`; its failed
+/// handshake counts as a failed connect.
+///
 /// The backend comes with the [`ActiveGuard`] taken when its dial began:
 /// keep it for the connection's life. Its success is not reported yet:
 /// the stages after the dial can still fail it (a backend that accepts
-/// and then drops every connection is not restored by its accepts), so
-/// the caller reports it once the connection is ready, as the pipeline
-/// does before its copy stage.
+/// and then drops every login is neither restored nor proven by its
+/// accepts), so the caller reports it once the connection is ready, as the
+/// pipeline does before its copy stage.
 pub async fn connect(
     svc: &Service,
     settings: &ProxySettings,
-) -> Result<(ActiveGuard, TcpStream), ConnectError> {
+    tls: Option<&Tls>,
+) -> Result<(ActiveGuard, BackendStream), ConnectError> {
     let snap = svc.table.snapshot();
-    let order = svc.balancer.order(&svc.table, &snap);
+    let order = svc
+        .balancer
+        .candidates(&svc.table, &snap, settings.connect_attempts);
     if order.is_empty() {
         return Err(ConnectError::NoBackends);
     }
     let mut last = None;
     let mut local = None;
     let mut tried = 0;
-    for backend in order.into_iter().take(settings.connect_attempts) {
+    for backend in order {
         tried += 1;
         // Counted from now, so the balancer sees dials in flight.
         let active = ActiveGuard::new(backend.clone());
-        match dial(&backend.spec.target, settings.connect_timeout).await {
+        let dialed = match dial(&backend.spec.target, settings.connect_timeout).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                return Ok((active, stream));
+                if let Err(e) = sockopt::tune_stream(&stream, settings) {
+                    debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
+                        "cannot set backend socket options");
+                }
+                secure(stream, &backend, tls).await
             }
+            Err(e) => Err(e),
+        };
+        match dialed {
+            Ok(stream) => return Ok((active, stream)),
             // Not the backend's fault, and perhaps not the next one's
             // problem (no free port towards this address only): try on,
             // blaming nobody.
@@ -354,7 +394,8 @@ pub async fn connect(
     }
 }
 
-/// A backend answered all the way: its ejection, if any, ends.
+/// A backend answered all the way: its ejection, if any, ends, and it
+/// counts as proven.
 fn backend_ready(svc: &Service, backend: &Backend) {
     if svc.table.report_success(&backend.stats) {
         info!(service = %svc.name, backend = %backend.spec.target, "backend restored");
@@ -371,6 +412,39 @@ fn backend_failed(svc: &Service, backend: &Backend, error: &dyn std::fmt::Displa
             error = %error, "connect failed"),
     }
     svc.suspect(&backend.spec.key);
+}
+
+/// For a backend behind a TLS terminator, the handshake on a dialed
+/// connection, bounded by [`tls::HANDSHAKE_TIMEOUT`]: a backend that cannot
+/// finish it failed like one that refused the connect.
+pub(crate) async fn secure(
+    stream: TcpStream,
+    backend: &Backend,
+    tls: Option<&Tls>,
+) -> Result<BackendStream, DialError> {
+    if !backend.spec.tls {
+        return Ok(BackendStream::Plain(stream));
+    }
+    let failed = |kind, what: String| Err(DialError::Backend(io::Error::new(kind, what)));
+    let Some(tls) = tls else {
+        // Discovery and the settings keep such backends out; stay safe.
+        return failed(
+            io::ErrorKind::Unsupported,
+            "the backend speaks TLS and this node has no cluster key".into(),
+        );
+    };
+    let peer = stream.peer_addr().map_err(DialError::Backend)?;
+    let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
+    match timeout(
+        tls::HANDSHAKE_TIMEOUT,
+        tls.connector().connect(name, stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(BackendStream::Tls(Box::new(s))),
+        Ok(Err(e)) => failed(e.kind(), format!("TLS handshake failed: {e}")),
+        Err(_) => failed(io::ErrorKind::TimedOut, "TLS handshake timed out".into()),
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,9 @@
 //! The authenticated mesh: one cluster key ([`key`]) from which every node
-//! derives the same secrets.
+//! derives the same secrets: the advert MAC key and the cluster CA of the
+//! mutual TLS between ambassadors ([`tls`]).
+
 pub mod key;
+pub mod tls;
 
 pub use key::ClusterKey;
+pub use tls::Tls;

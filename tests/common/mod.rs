@@ -3,6 +3,8 @@
 //! waiting on conditions with deadlines.
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod mesh;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -171,6 +173,7 @@ impl Amb {
                         host: Host::Ip(a.ip()),
                         port: a.port(),
                         weight: 1,
+                        tls: false,
                     })
                     .collect(),
             }],

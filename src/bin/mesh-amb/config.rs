@@ -375,6 +375,9 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
         )),
         other => bad(other.to_string()),
     })?;
+    // Reads the PKI files now, so that a wrong one is a usage error.
+    mesh_amb::security::Tls::new(&config.security, &config.discovery.node_id)
+        .map_err(|e| bad(format!("{e:#}")))?;
     Ok(Resolved { config, log_format })
 }
 

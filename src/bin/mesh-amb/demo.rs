@@ -139,6 +139,7 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
             name: "redis".into(),
             port: b.addr.port(),
             weight: 1,
+            tls_port: None,
         };
         println!(
             "  backend {i}      {}   (a built-in server that answers PING)",

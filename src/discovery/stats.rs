@@ -1,0 +1,113 @@
+//! What discovery ignored, dropped and probed, in one place: counters owned
+//! by the node (see `NodeHandle::discovery_stats`), and a log that names
+//! each ignored instance once, however often the link repeats it.
+//!
+//! Counters count events (mDNS repeats itself, so one instance may count
+//! many times); the log counts instances, up to [`LOG_MEMORY`] of them.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use tracing::warn;
+
+/// Distinct (instance, reason) pairs logged before the log falls silent and
+/// only the counters go on: a stranger announcing 10,000 bad instances
+/// costs a bounded set of names (~100 KB) and a bounded number of lines.
+pub const LOG_MEMORY: usize = 1024;
+
+/// Discovery counters of one node.
+#[derive(Debug, Default)]
+pub struct DiscoveryStats {
+    /// Resolve events whose instance label is unusable: a dot, a control
+    /// character, invalid UTF-8 (decoded lossily), empty or over 63 bytes.
+    pub bad_name: AtomicU64,
+    /// Resolve events advertising port 0.
+    pub bad_port: AtomicU64,
+    /// Resolve events with a TXT record over `wire::MAX_TXT_BYTES`.
+    pub bad_txt: AtomicU64,
+    /// Resolve events with no `svc` key, or one that is not a valid name.
+    pub bad_service: AtomicU64,
+    /// Instances this node cannot or will not dial: TLS-only without our
+    /// key, or plain while we require TLS.
+    pub tls_mismatch: AtomicU64,
+    /// New instances turned away because their service's table was full.
+    pub over_service_cap: AtomicU64,
+    /// New instances turned away because all tables together were full.
+    pub over_total_cap: AtomicU64,
+    /// Never-answering instances dropped from a full table to make room.
+    pub evicted: AtomicU64,
+    /// Probation probes a new instance answered (it may take clients).
+    pub probes_passed: AtomicU64,
+    /// Probation probes that failed (the instance stays on probation).
+    pub probes_failed: AtomicU64,
+    /// What was logged already, up to [`LOG_MEMORY`] pairs.
+    logged: Mutex<HashSet<(String, &'static str)>>,
+}
+
+impl DiscoveryStats {
+    /// Counts one event in `counter` and logs `instance` with `why` unless
+    /// this pair was logged before. The name is logged escaped (`?`): it
+    /// came from the link and may hold newlines or escape sequences.
+    pub fn ignore(&self, counter: &AtomicU64, instance: &str, why: &'static str) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut seen = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= LOG_MEMORY {
+            return;
+        }
+        if seen.insert((instance.to_owned(), why)) {
+            warn!(instance = ?instance, "ignoring an mDNS instance: {why}");
+            if seen.len() == LOG_MEMORY {
+                warn!(
+                    "{LOG_MEMORY} instances ignored and logged; more are only counted, \
+                     not logged"
+                );
+            }
+        }
+    }
+
+    /// Every counter with its name, for a log line or an admin page.
+    pub fn counters(&self) -> [(&'static str, u64); 10] {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("bad_name", v(&self.bad_name)),
+            ("bad_port", v(&self.bad_port)),
+            ("bad_txt", v(&self.bad_txt)),
+            ("bad_service", v(&self.bad_service)),
+            ("tls_mismatch", v(&self.tls_mismatch)),
+            ("over_service_cap", v(&self.over_service_cap)),
+            ("over_total_cap", v(&self.over_total_cap)),
+            ("evicted", v(&self.evicted)),
+            ("probes_passed", v(&self.probes_passed)),
+            ("probes_failed", v(&self.probes_failed)),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_instance_is_logged_once_and_the_memory_is_bounded() {
+        let s = DiscoveryStats::default();
+        for _ in 0..100 {
+            s.ignore(&s.bad_port, "a._amb._tcp.local.", "port 0");
+        }
+        assert_eq!(
+            s.bad_port.load(Ordering::Relaxed),
+            100,
+            "every event counts"
+        );
+        let logged = |s: &DiscoveryStats| s.logged.lock().unwrap().len();
+        assert_eq!(logged(&s), 1, "one line for the instance");
+        s.ignore(&s.bad_txt, "a._amb._tcp.local.", "TXT too big");
+        assert_eq!(logged(&s), 2, "a new reason is news");
+
+        for i in 0..10 * LOG_MEMORY {
+            s.ignore(&s.bad_name, &format!("x{i}"), "bad label");
+        }
+        assert_eq!(logged(&s), LOG_MEMORY);
+        assert_eq!(s.bad_name.load(Ordering::Relaxed), 10 * LOG_MEMORY as u64);
+    }
+}

@@ -1,0 +1,120 @@
+//! A provider's TLS terminator: with a cluster key (or PKI), each provided
+//! service is offered to the mesh only through a port of its own that
+//! speaks mutual TLS, requires a member's certificate, and forwards to the
+//! local service. The plaintext local port is never advertised.
+//!
+//! ```text
+//! consumer ─TLS─> [accept] ─> [handshake] ─> [dial local] ─> [copy]
+//! ```
+//!
+//! A handshake that fails or stalls (a stranger, a consumer without the
+//! key, a port scanner) costs one connection slot for at most
+//! [`tls::HANDSHAKE_TIMEOUT`] and is logged at most once a second.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tracing::{debug, warn};
+
+use crate::backends::table::Target;
+use crate::net::accept::{Handler, Shared};
+use crate::net::copy::{self, End};
+use crate::net::dial::dial;
+use crate::net::pipeline::LogLimit;
+use crate::net::sockopt;
+use crate::security::tls::{self, Tls};
+use crate::spec::ProvideSpec;
+
+/// Failed handshakes, process-wide: a scanner must not flood the log.
+static HANDSHAKE_FAILURES: LogLimit = LogLimit::new();
+/// Local service refusals, process-wide (its own check withdraws it soon).
+static LOCAL_FAILURES: LogLimit = LogLimit::new();
+
+/// The terminator of one provided service.
+pub struct Terminator {
+    provide: ProvideSpec,
+    /// Where the local service answers (see `discovery::provider::check_target`).
+    local: Target,
+    tls: Arc<Tls>,
+}
+
+impl Terminator {
+    pub fn new(provide: ProvideSpec, local: Target, tls: Arc<Tls>) -> Terminator {
+        Terminator {
+            provide,
+            local,
+            tls,
+        }
+    }
+
+    /// A listener on every address of the host (dual-stack where IPv6
+    /// exists), on `port`, or one the kernel picks (`None`): consumers learn
+    /// it from the SRV record.
+    pub fn bind(port: Option<u16>, backlog: u32) -> io::Result<TcpListener> {
+        let port = port.unwrap_or(0);
+        let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+        let any4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+        sockopt::bind_listener(any6, backlog).or_else(|_| sockopt::bind_listener(any4, backlog))
+    }
+}
+
+impl Handler for Terminator {
+    fn name(&self) -> &str {
+        &self.provide.name
+    }
+
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+        let settings = &shared.settings;
+        if let Err(e) = sockopt::tune_stream(&client, settings) {
+            debug!(provide = %self.provide, client = %peer, error = %e, "cannot set socket options");
+        }
+        let handshake = timeout(tls::HANDSHAKE_TIMEOUT, self.tls.acceptor().accept(client));
+        let mut client = tokio::select! {
+            r = handshake => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return refused(&self.provide, peer, &e.to_string()),
+                Err(_) => return refused(&self.provide, peer, "handshake timed out"),
+            },
+            _ = shared.hard_stop.cancelled() => return,
+        };
+        let local = tokio::select! {
+            r = dial(&self.local, settings.connect_timeout) => r,
+            _ = shared.hard_stop.cancelled() => return,
+        };
+        let mut local = match local {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(more) = LOCAL_FAILURES.admit() {
+                    warn!(provide = %self.provide, client = %peer, error = %e, held_back = more,
+                        "local service did not answer; closing the mesh connection");
+                }
+                return;
+            }
+        };
+        let _ = local.set_nodelay(true);
+        let limits = copy::Limits {
+            idle: settings.idle_timeout,
+            half_close: settings.half_close_timeout,
+        };
+        let report = copy::copy_streams(&mut client, &mut local, limits, &shared.hard_stop).await;
+        match report.end {
+            End::Failed { side, error } => debug!(provide = %self.provide, client = %peer,
+                error = %error, failed = ?side, "mesh connection failed"),
+            end => debug!(provide = %self.provide, client = %peer,
+                bytes_in = report.from_client, bytes_out = report.from_server, end = ?end,
+                "mesh connection closed"),
+        }
+    }
+}
+
+/// A client that did not complete the handshake: logged, rate-limited.
+fn refused(provide: &ProvideSpec, peer: SocketAddr, why: &str) {
+    match HANDSHAKE_FAILURES.admit() {
+        Some(more) => warn!(provide = %provide, client = %peer, held_back = more,
+            "refused a mesh connection: {why}"),
+        None => debug!(provide = %provide, client = %peer, "refused a mesh connection: {why}"),
+    }
+}

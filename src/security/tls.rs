@@ -1,0 +1,432 @@
+//! Mutual TLS between ambassadors, with no CA server.
+//!
+//! Every holder of the cluster key derives the same CA: its Ed25519 key
+//! comes from the key through HKDF, and its certificate has fixed fields, so
+//! the CA certificate is byte for byte the same on every node (Ed25519
+//! signatures are deterministic). Each node then issues itself a short-lived
+//! certificate with a fresh key at start-up and renews it well before it
+//! expires. Both ends of every connection present a certificate and check
+//! the other's chain to that CA: membership is holding the key.
+//!
+//! Peers are found by mDNS and dialed by address, so there is no host name
+//! a certificate could be checked against; what a certificate proves is
+//! membership, and the check is the chain alone (as for client
+//! certificates). The same holds for an existing PKI given with
+//! `--tls-cert`, `--tls-key` and `--tls-ca`: any certificate of that CA is a
+//! member.
+//!
+//! TLS 1.3 only: both ends are mesh-amb, so nothing older is needed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SerialNumber,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::key::{ClusterKey, Purpose};
+use crate::secret;
+use crate::settings::{PkiFiles, SecuritySettings};
+
+/// Longest a TLS handshake may take, on either side. A handshake between
+/// two hosts of one LAN takes milliseconds; this bounds what a stalled or
+/// silent peer costs: one connection slot for a few seconds.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A node certificate lives a day: short enough that a copied certificate
+/// soon stops working, long enough that a node whose renewals fail for
+/// hours (a suspended laptop) keeps its connections.
+const NODE_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Renewed every third of its life, so two renewals can fail in a row.
+const RENEW_EVERY: Duration = Duration::from_secs(8 * 3600);
+/// A certificate is valid from an hour before its issue, so a peer whose
+/// clock runs somewhat behind still accepts it.
+const BACKDATE: Duration = Duration::from_secs(3600);
+/// PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410): this prefix, then the
+/// 32 seed bytes.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// The CA every holder of the cluster key derives.
+pub struct ClusterCa {
+    key: KeyPair,
+    cert: rcgen::Certificate,
+}
+
+impl ClusterCa {
+    /// The same CA, byte for byte, from the same key.
+    pub fn derive(key: &ClusterKey) -> anyhow::Result<ClusterCa> {
+        let seed = key.derive(Purpose::ClusterCa);
+        let mut pkcs8 = zeroize::Zeroizing::new(ED25519_PKCS8_PREFIX.to_vec());
+        pkcs8.extend_from_slice(&seed[..]);
+        let der = PrivatePkcs8KeyDer::from(pkcs8.as_slice());
+        let ca_key = KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
+            .context("cannot make the cluster CA key")?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("mesh-amb cluster CA {}", key.fingerprint()),
+        );
+        params.serial_number = Some(SerialNumber::from(vec![1]));
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(9999, 12, 31);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params
+            .self_signed(&ca_key)
+            .context("cannot make the cluster CA certificate")?;
+        Ok(ClusterCa { key: ca_key, cert })
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        self.cert.der()
+    }
+
+    /// A certificate for this node, with a fresh key, valid from
+    /// [`BACKDATE`] before `now` for [`NODE_CERT_LIFETIME`].
+    pub fn issue(&self, node_id: &str, now: SystemTime) -> anyhow::Result<Identity> {
+        let node_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .context("cannot make a node key")?;
+        let name = crate::discovery::wire::host_name(node_id);
+        let mut params = CertificateParams::new(vec![name.trim_end_matches('.').to_owned()])
+            .context("cannot make a node certificate")?;
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("mesh-amb node {node_id}"));
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = (now + NODE_CERT_LIFETIME).into();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(&node_key, &self.cert, &self.key)
+            .context("cannot sign the node certificate")?;
+        Ok(Identity {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(node_key.serialize_der().into()),
+        })
+    }
+}
+
+/// A certificate chain and its private key.
+pub struct Identity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Where certificates come from.
+enum Source {
+    /// Derived from the cluster key; node certificates are renewed.
+    Cluster { ca: Box<ClusterCa>, node_id: String },
+    /// Files of an existing PKI, used as they are.
+    Pki,
+}
+
+/// This node's TLS: what it accepts and presents, on both sides.
+pub struct Tls {
+    configs: ArcSwap<Configs>,
+    source: Source,
+}
+
+struct Configs {
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+}
+
+impl Tls {
+    /// `None` when TLS is off (no cluster key, no PKI files). An existing
+    /// PKI takes precedence over the derived CA.
+    pub fn new(security: &SecuritySettings, node_id: &str) -> anyhow::Result<Option<Arc<Tls>>> {
+        let (source, roots, identity) = match (&security.pki, &security.cluster_key) {
+            (Some(files), _) => {
+                let (roots, identity) = load_pki(files)?;
+                (Source::Pki, roots, identity)
+            }
+            (None, Some(key)) => {
+                let ca = ClusterCa::derive(key)?;
+                let identity = ca.issue(node_id, SystemTime::now())?;
+                let roots = vec![ca.cert_der().clone()];
+                let source = Source::Cluster {
+                    ca: Box::new(ca),
+                    node_id: node_id.to_owned(),
+                };
+                (source, roots, identity)
+            }
+            (None, None) => return Ok(None),
+        };
+        let configs = configs(&roots, identity)?;
+        Ok(Some(Arc::new(Tls {
+            configs: ArcSwap::from_pointee(configs),
+            source,
+        })))
+    }
+
+    /// For the provider's terminators: requires a member's client
+    /// certificate.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.configs.load().server.clone())
+    }
+
+    /// For the consumer's dials: checks the backend is a member, presents
+    /// our certificate.
+    pub fn connector(&self) -> TlsConnector {
+        TlsConnector::from(self.configs.load().client.clone())
+    }
+
+    /// Issues a new node certificate every [`RENEW_EVERY`] until `stop`;
+    /// new connections use it, open ones keep theirs. Returns at once for
+    /// an existing PKI, whose files are the operator's to renew.
+    pub async fn renew(self: Arc<Self>, stop: CancellationToken) {
+        let Source::Cluster { ca, node_id } = &self.source else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RENEW_EVERY) => {}
+            }
+            let roots = vec![ca.cert_der().clone()];
+            match ca
+                .issue(node_id, SystemTime::now())
+                .and_then(|id| configs(&roots, id))
+            {
+                Ok(c) => {
+                    self.configs.store(Arc::new(c));
+                    info!("node certificate renewed");
+                }
+                // The current one is still valid for two more periods.
+                Err(e) => warn!("cannot renew the node certificate: {e:#}"),
+            }
+        }
+    }
+}
+
+/// The server and client configurations for one identity.
+fn configs(roots: &[CertificateDer<'static>], identity: Identity) -> anyhow::Result<Configs> {
+    let provider = default_provider();
+    let mut store = RootCertStore::empty();
+    for r in roots {
+        store
+            .add(r.clone())
+            .context("a CA certificate cannot be used as a trust anchor")?;
+    }
+    let store = Arc::new(store);
+    let client_verifier =
+        WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
+            .build()
+            .context("cannot build the client certificate check")?;
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 unavailable")?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .context("the node certificate does not match its key")?;
+    let server_verifier = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
+        .build()
+        .context("cannot build the server certificate check")?;
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 unavailable")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(MemberVerifier(server_verifier)))
+        .with_client_auth_cert(identity.chain, identity.key)
+        .context("the node certificate does not match its key")?;
+    Ok(Configs {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
+/// Reads an existing PKI's files: CA certificates, our chain, our key (the
+/// key file must be readable by its owner only).
+fn load_pki(files: &PkiFiles) -> anyhow::Result<(Vec<CertificateDer<'static>>, Identity)> {
+    let certs =
+        |path: &std::path::Path, what: &str| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+            let found = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .with_context(|| {
+                    format!(
+                        "--tls-{what} {}: not readable PEM certificates",
+                        path.display()
+                    )
+                })?;
+            anyhow::ensure!(
+                !found.is_empty(),
+                "--tls-{what} {}: no certificate in it",
+                path.display()
+            );
+            Ok(found)
+        };
+    let roots = certs(&files.ca, "ca")?;
+    let chain = certs(&files.cert, "cert")?;
+    let pem =
+        secret::read_secret_file(&files.key).map_err(|e| anyhow::anyhow!("--tls-key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(pem.expose()).map_err(|_| {
+        anyhow::anyhow!(
+            "--tls-key {}: no PEM private key in it (PKCS#8, PKCS#1 or SEC1)",
+            files.key.display()
+        )
+    })?;
+    Ok((roots, Identity { chain, key }))
+}
+
+/// Checks a backend's chain to the cluster's CA and nothing else: peers
+/// are dialed by the address mDNS gave, which no certificate names (see the
+/// module documentation).
+#[derive(Debug)]
+struct MemberVerifier(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for MemberVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            // The name is checked last, after the chain: this error means
+            // the chain is good.
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {
+                debug!(server = ?server_name, "member certificate accepted without a name check");
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// The crypto provider of every config of ours: ring, chosen explicitly
+/// rather than through rustls's process-wide default.
+fn default_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::key::KEY_LEN;
+
+    #[test]
+    fn one_key_one_ca_byte_for_byte() {
+        let a = ClusterCa::derive(&ClusterKey::from_bytes([1; KEY_LEN])).unwrap();
+        let b = ClusterCa::derive(&ClusterKey::from_bytes([1; KEY_LEN])).unwrap();
+        let c = ClusterCa::derive(&ClusterKey::from_bytes([2; KEY_LEN])).unwrap();
+        assert_eq!(a.cert_der(), b.cert_der());
+        assert_ne!(a.cert_der(), c.cert_der());
+    }
+
+    /// Runs one handshake between a server and a client built from the
+    /// given keys; whether it succeeded.
+    async fn handshake(server_key: [u8; KEY_LEN], client_key: [u8; KEY_LEN]) -> bool {
+        let settings = |k| SecuritySettings {
+            cluster_key: Some(Arc::new(ClusterKey::from_bytes(k))),
+            ..SecuritySettings::default()
+        };
+        let server = Tls::new(&settings(server_key), "s1").unwrap().unwrap();
+        let client = Tls::new(&settings(client_key), "c1").unwrap().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = server.acceptor().accept(tcp).await.ok()?;
+            let mut buf = [0u8; 4];
+            tokio::io::AsyncReadExt::read_exact(&mut tls, &mut buf)
+                .await
+                .ok()?;
+            Some(buf)
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::IpAddress(addr.ip().into());
+        let sent = match client.connector().connect(name, tcp).await {
+            Ok(mut tls) => tokio::io::AsyncWriteExt::write_all(&mut tls, b"ping")
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        let got = accept.await.unwrap();
+        sent && got == Some(*b"ping")
+    }
+
+    #[tokio::test]
+    async fn members_talk_and_strangers_do_not() {
+        assert!(handshake([3; KEY_LEN], [3; KEY_LEN]).await);
+        assert!(!handshake([3; KEY_LEN], [4; KEY_LEN]).await);
+    }
+
+    #[test]
+    fn an_expired_node_certificate_is_refused() {
+        let ca = ClusterCa::derive(&ClusterKey::from_bytes([5; KEY_LEN])).unwrap();
+        let old = SystemTime::now() - NODE_CERT_LIFETIME - Duration::from_secs(60);
+        let id = ca.issue("n1", old).unwrap();
+        let mut store = RootCertStore::empty();
+        store.add(ca.cert_der().clone()).unwrap();
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(store), default_provider())
+                .build()
+                .unwrap();
+        let member = MemberVerifier(verifier);
+        let name = ServerName::try_from("amb-n1.local").unwrap();
+        let now = UnixTime::now();
+        assert!(member
+            .verify_server_cert(&id.chain[0], &[], &name, &[], now)
+            .is_err());
+        let fresh = ca.issue("n1", SystemTime::now()).unwrap();
+        let other_name = ServerName::try_from("elsewhere.example").unwrap();
+        assert!(
+            member
+                .verify_server_cert(&fresh.chain[0], &[], &other_name, &[], now)
+                .is_ok(),
+            "membership, not the name, is checked"
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! Hostile input from the LAN, across network namespaces: a stranger host
+//! (the lab's [`Rogue`]) advertises dead, malformed or countless `_amb._tcp`
+//! instances next to a real provider, and clients of a consumer keep being
+//! served. Real `redis-server` and `mesh-amb` processes; no multicast leaves
+//! the lab's namespaces.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use mesh_amb::resp::Value;
+use mesh_amb_lab::{wait_until, FakeInstance, Host, Lab, Proc, Rogue};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mesh-amb");
+/// Generous bound for anything expected within seconds, so a loaded CI
+/// machine slows a test down instead of failing it.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// Per-request socket timeout of the test clients.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Where the consumer listens, inside its own namespace.
+const CONSUME_PORT: u16 = 6379;
+/// The real Redis, inside the provider's namespace.
+const REDIS_PORT: u16 = 7000;
+/// First port of the fake instances: nothing listens there.
+const DEAD_PORTS: u16 = 20_000;
+
+/// A real Redis in `host` that answers `GET whoami` with the host's name.
+fn redis(host: &Host) -> Proc {
+    let dir = host.dir().join("redis");
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = REDIS_PORT.to_string();
+    let p = host.spawn(
+        "redis-server",
+        [
+            "--port",
+            &port,
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let ready = wait_until(DEADLINE, || {
+        host.enter(|| request(local(REDIS_PORT), &["SET", "whoami", &host.name]))
+            .as_deref()
+            == Some("+OK")
+    });
+    assert!(ready, "redis did not start:\n{}", p.output_tail(20));
+    p
+}
+
+/// `mesh-amb ARGS` in `host`, logging at info to its stderr file.
+fn amb(host: &Host, args: &[&str]) -> Proc {
+    let mut cmd = host.command(BIN);
+    cmd.args(args).env("RUST_LOG", "mesh_amb=info");
+    host.spawn_cmd("mesh-amb", cmd)
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `GET whoami` (or any command) on a new connection; the reply.
+fn request(addr: SocketAddr, args: &[&str]) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    Some(
+        match mesh_amb::resp::command_blocking(&mut s, &args).ok()? {
+            Value::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+            Value::Simple(t) => format!("+{t}"),
+            other => format!("{other:?}"),
+        },
+    )
+}
+
+/// `n` new client connections one after another through the consumer; how
+/// many were not answered by `want`.
+fn failed_requests(client: &Host, n: usize, want: &str) -> usize {
+    client.enter(|| {
+        (0..n)
+            .filter(|_| request(local(CONSUME_PORT), &["GET", "whoami"]).as_deref() != Some(want))
+            .count()
+    })
+}
+
+/// Lines of `p`'s log holding every one of `words`.
+fn log_lines(p: &Proc, words: &[&str]) -> usize {
+    p.stderr()
+        .lines()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .count()
+}
+
+/// h1: Redis and its provider; h3: a consumer of `redis`, already routed to
+/// h1; h2 is left to the stranger.
+struct Mesh {
+    lab: Lab,
+    _redis: Proc,
+    _provider: Proc,
+    consumer: Proc,
+}
+
+impl Mesh {
+    fn start(consumer_args: &[&str]) -> Mesh {
+        let lab = Lab::new(3);
+        let h1 = lab.host("h1");
+        let redis = redis(h1);
+        let provider = amb(h1, &["--provide", "redis:7000", "--node-id", "real"]);
+        let consume = format!("redis:{CONSUME_PORT}");
+        let mut args = vec!["--consume", &consume];
+        args.extend_from_slice(consumer_args);
+        let consumer = amb(lab.host("h3"), &args);
+        let routed = wait_until(DEADLINE, || failed_requests(lab.host("h3"), 1, "h1") == 0);
+        assert!(routed, "never routed to h1:\n{}", consumer.output_tail(40));
+        Mesh {
+            lab,
+            _redis: redis,
+            _provider: provider,
+            consumer,
+        }
+    }
+
+    fn stranger(&self) -> &Host {
+        self.lab.host("h2")
+    }
+
+    fn client(&self) -> &Host {
+        self.lab.host("h3")
+    }
+
+    /// Waits until the consumer's log holds `n` lines with all of `words`.
+    fn wait_log(&self, words: &[&str], n: usize) {
+        let ok = wait_until(DEADLINE, || log_lines(&self.consumer, words) >= n);
+        assert!(
+            ok,
+            "{} of {n} log lines with {words:?}:\n{}",
+            log_lines(&self.consumer, words),
+            self.consumer.output_tail(40)
+        );
+    }
+}
+
+#[test]
+fn hundreds_of_dead_instances_take_no_client() {
+    let mesh = Mesh::start(&[]);
+    let stranger = mesh.stranger();
+    let fakes = FakeInstance::many("dead", 500, "redis", DEAD_PORTS, stranger.ip.into());
+    let _rogue = Rogue::start(stranger, fakes);
+    // Clients arrive while the fakes join and are being probed.
+    mesh.wait_log(&["backend joined", "instance=dead-"], 100);
+    let failed = failed_requests(mesh.client(), 100, "h1");
+    eprintln!("with 500 dead instances advertised: {failed} of 100 clients failed");
+    assert_eq!(failed, 0, "{}", mesh.consumer.output_tail(40));
+
+    // Every fake joined, was probed and failed, and was logged once.
+    mesh.wait_log(&["backend joined", "instance=dead-"], 500);
+    mesh.wait_log(&["never answered its probe", "instance=\"dead-"], 500);
+    let failed = failed_requests(mesh.client(), 100, "h1");
+    assert_eq!(failed, 0, "{}", mesh.consumer.output_tail(40));
+    assert_eq!(
+        log_lines(&mesh.consumer, &["never answered its probe"]),
+        500,
+        "one line per instance"
+    );
+}
+
+/// The consumer's resident memory, from /proc (the test and the lab run in
+/// the same PID namespace).
+fn rss_kib(p: &Proc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", p.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[test]
+fn ten_thousand_fake_instances_stay_within_the_cap() {
+    let mesh = Mesh::start(&[]);
+    let before = rss_kib(&mesh.consumer);
+    let stranger = mesh.stranger();
+    let fakes = FakeInstance::many("flood", 10_000, "redis", DEAD_PORTS, stranger.ip.into());
+    let rogue = Rogue::start(stranger, fakes);
+    // The table fills up to its cap; then newcomers replace fakes that
+    // failed their probe, or are turned away.
+    let capped = wait_until(DEADLINE, || {
+        let log = mesh.consumer.stderr();
+        log.contains("dropped to make room") || log.contains("its service's table is full")
+    });
+    assert!(
+        capped,
+        "the cap was never reached:\n{}",
+        mesh.consumer.output_tail(40)
+    );
+    assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
+
+    let failed = failed_requests(mesh.client(), 100, "h1");
+    let after = rss_kib(&mesh.consumer);
+    eprintln!(
+        "10,000 fake instances: consumer RSS {before} KiB before, {after} KiB after; \
+         {failed} of 100 clients failed"
+    );
+    assert_eq!(failed, 0, "{}", mesh.consumer.output_tail(40));
+    let joined = log_lines(&mesh.consumer, &["backend joined", "instance=flood-"]);
+    let left = log_lines(&mesh.consumer, &["backend left", "instance=flood-"]);
+    eprintln!("{joined} fakes joined, {left} left to make room");
+    assert!(
+        joined - left <= mesh_amb::discovery::mdns::MAX_INSTANCES_PER_SERVICE,
+        "{joined} fakes joined, {left} left"
+    );
+    assert!(after < 200 * 1024, "{after} KiB");
+}
+
+/// One well-formed fake of `svc=redis` on h2, bent by `bend`.
+fn bent(name: &str, bend: impl FnOnce(&mut FakeInstance)) -> FakeInstance {
+    let mut f = FakeInstance::service(name, "redis", DEAD_PORTS, [10, 77, 0, 2].into());
+    bend(&mut f);
+    f
+}
+
+#[test]
+fn malformed_instances_are_ignored_and_the_provider_keeps_serving() {
+    let mesh = Mesh::start(&[]);
+    // Each in a packet of its own (a huge TXT, or bytes mdns-sd rejects
+    // whole), so that one does not hide the others.
+    let cases = [
+        bent("dot", |f| f.label = b"a.b".to_vec()),
+        bent("ctl", |f| f.label = b"evil\nline\x1b[31m".to_vec()),
+        bent("port0", |f| f.port = 0),
+        bent("hugetxt", |f| {
+            // Distinct keys: mdns-sd keeps only the first of repeated ones.
+            f.txt
+                .extend((0..4).map(|i| format!("k{i}={}", "x".repeat(250)).into_bytes()))
+        }),
+        bent("badsvc", |f| f.txt = vec![b"svc=not a name!".to_vec()]),
+        bent("nosvc", |f| {
+            f.txt = vec![b"weight=5".to_vec(), b"=".to_vec()]
+        }),
+        bent("binsvc", |f| f.txt = vec![b"svc=\xff\xfe".to_vec()]),
+        bent("utf8", |f| f.label = b"bad\xff\xfe".to_vec()),
+    ];
+    let rogues: Vec<Rogue> = cases
+        .into_iter()
+        .map(|f| Rogue::start(mesh.stranger(), vec![f]))
+        .collect();
+    for (words, n) in [
+        (&["ignoring", "unusable instance label"][..], 2),
+        (&["ignoring", "port 0"][..], 1),
+        (&["ignoring", "TXT record too big"][..], 1),
+        (&["ignoring", "no valid svc="][..], 3),
+    ] {
+        mesh.wait_log(words, n);
+    }
+    assert!(wait_until(DEADLINE, || rogues
+        .iter()
+        .all(|r| r.rounds() >= 2)));
+
+    let failed = failed_requests(mesh.client(), 100, "h1");
+    assert_eq!(failed, 0, "{}", mesh.consumer.output_tail(40));
+    let log = mesh.consumer.stderr();
+    assert!(
+        !log.contains("backend joined service=redis instance=port0"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("evil\nline"),
+        "a raw control character reached the log"
+    );
+    assert_eq!(
+        log_lines(&mesh.consumer, &["ignoring", "port0"]),
+        1,
+        "one line per instance, however often it is announced"
+    );
+}
