@@ -286,6 +286,7 @@ async fn run(
         side_tasks.spawn(probation::run(
             svc.clone(),
             config.proxy.connect_timeout,
+            security.tls.clone(),
             discovery_stats.clone(),
             background.clone(),
         ));
@@ -296,6 +297,7 @@ async fn run(
                 svc.clone(),
                 every,
                 config.proxy.connect_timeout,
+                security.tls.clone(),
                 background.clone(),
             ));
         }

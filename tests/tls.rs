@@ -326,6 +326,9 @@ fn an_existing_pki_replaces_the_derived_ca_and_a_backend_without_tls_is_dropped(
         &["--consume", "redis:7000", "--connect-attempts", "3"],
     );
     wait_log(&consumer, "instance=rogue._amb._tcp.local.");
+    // Its probe is a handshake, not a mere connect: it is found out before
+    // any client is sent there.
+    wait_log(&consumer, "never answered its probe");
     wait_routed_to(h2, 7000, "h1");
     let failed = (0..50)
         .filter(|_| {

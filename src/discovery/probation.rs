@@ -21,7 +21,9 @@ use tracing::debug;
 use super::stats::DiscoveryStats;
 use crate::backends::table::{Backend, Health};
 use crate::backends::Service;
-use crate::net::checks::probe;
+use crate::net::checks::reach;
+use crate::net::dial::DialError;
+use crate::security::Tls;
 
 /// How often the table is scanned for backends to probe: a new provider
 /// waits at most this long for its probe; a scan of a full table (1,024
@@ -37,6 +39,7 @@ pub const PROBES_AT_ONCE: usize = 32;
 pub async fn run(
     svc: Arc<Service>,
     timeout: Duration,
+    tls: Option<Arc<Tls>>,
     stats: Arc<DiscoveryStats>,
     stop: CancellationToken,
 ) {
@@ -59,7 +62,15 @@ pub async fn run(
                     }
                     if probing.insert(b.spec.key.clone()) {
                         let b = b.clone();
-                        probes.push(async move { (probe(&b.spec.target, timeout).await, b) });
+                        let tls = tls.clone();
+                        probes.push(async move {
+                            let reached = match reach(&b, timeout, tls.as_deref()).await {
+                                Ok(()) => Ok(true),
+                                Err(DialError::Backend(_)) => Ok(false),
+                                Err(DialError::Local(e)) => Err(e),
+                            };
+                            (reached, b)
+                        });
                     }
                 }
             }

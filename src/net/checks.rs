@@ -12,9 +12,11 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backends::table::Target;
+use crate::backends::table::{Backend, Target};
 use crate::backends::Service;
 use crate::net::dial::{dial, Concurrent, DialError};
+use crate::net::pipeline::secure;
+use crate::security::Tls;
 
 /// Up/down with hysteresis: `rise` successes in a row to come up, `fall`
 /// failures in a row to go down.
@@ -74,6 +76,18 @@ pub async fn probe(target: &Target, timeout: Duration) -> std::io::Result<bool> 
     }
 }
 
+/// Whether a backend answers as it would for a client: the TCP connect
+/// and, behind a TLS terminator, the handshake, so a port that accepts but
+/// speaks no TLS is not taken for a working backend.
+pub async fn reach(
+    backend: &Backend,
+    timeout: Duration,
+    tls: Option<&Tls>,
+) -> Result<(), DialError> {
+    let stream = dial(&backend.spec.target, timeout).await?;
+    secure(stream, backend, tls).await.map(drop)
+}
+
 /// Consumer-side active checks: every `every`, try a TCP connect to each
 /// discovered backend. A failure ejects it and asks discovery to verify it,
 /// so a crashed provider leaves the table even when no client is connecting.
@@ -81,6 +95,7 @@ pub async fn check_backends(
     svc: Arc<Service>,
     every: Duration,
     timeout: Duration,
+    tls: Option<Arc<Tls>>,
     stop: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(every);
@@ -95,7 +110,8 @@ pub async fn check_backends(
         let snap = svc.table.snapshot();
         let mut probes = Concurrent::new();
         for b in &snap.backends {
-            probes.push(async move { (dial(&b.spec.target, timeout).await, b) });
+            let tls = tls.as_deref();
+            probes.push(async move { (reach(b, timeout, tls).await, b) });
         }
         loop {
             // A shutdown does not wait for a round's slow probes.
@@ -217,6 +233,7 @@ mod tests {
             svc,
             Duration::from_secs(3600),
             Duration::from_secs(3600),
+            None,
             stop.clone(),
         ));
         // Answers come while the silent backend's probe still hangs.
