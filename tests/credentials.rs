@@ -1,7 +1,8 @@
 //! Credentials injection through the `mesh-amb` binary, in front of real
-//! `redis-server` processes on loopback: the application sends no AUTH and
-//! the ambassador logs in for it; a refused login is a RESP error for the
-//! client and one log line; the secret shows up nowhere.
+//! `redis-server` processes on loopback (and once across two network
+//! namespaces, through the cluster's TLS tunnel): the application sends no
+//! AUTH and the ambassador logs in for it; a refused login is a RESP error
+//! for the client and one log line; the secret shows up nowhere.
 
 mod common;
 
@@ -378,4 +379,65 @@ fn bad_credentials_exit_2_naming_the_file_never_the_secret() {
             assert!(!stderr.contains(secret), "{spec}: {stderr}");
         }
     }
+}
+
+/// With the cluster key, the login happens inside the mutual TLS tunnel:
+/// the consumer logs in to a Redis in another network stack, through that
+/// host's ambassador and its TLS terminator.
+#[test]
+fn the_login_runs_inside_the_tls_tunnel() {
+    use common::mesh::{amb, local, request};
+    use mesh_amb_lab::{wait_until, Lab};
+
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let key = lab.dir().join("cluster.key");
+    let out = Command::new(BIN).arg("keygen").arg(&key).output().unwrap();
+    assert!(out.status.success(), "keygen: {out:?}");
+    let key = key.to_str().unwrap();
+    let pass = lab.dir().join("redis.pass");
+    write_new_secret_file(&pass, PASSWORD.as_bytes()).unwrap();
+
+    let redis_dir = h1.dir().join("redis");
+    std::fs::create_dir_all(&redis_dir).unwrap();
+    let _redis = h1.spawn(
+        "redis-server",
+        [
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--requirepass",
+            PASSWORD,
+            "--dir",
+            redis_dir.to_str().unwrap(),
+        ],
+    );
+    let noauth = || {
+        h1.enter(|| request(local(6379), &["PING"]))
+            .is_some_and(|r| r.starts_with("-NOAUTH"))
+    };
+    assert!(wait_until(DEADLINE, noauth), "redis did not start");
+    let _provider = amb(h1, &["--cluster-key", key, "--provide", "redis:6379"]);
+    let spec = format!("redis=redis:{}", pass.display());
+    let consumer = amb(
+        h2,
+        &[
+            "--cluster-key",
+            key,
+            "--consume",
+            "redis:7000",
+            "--credentials",
+            &spec,
+        ],
+    );
+    // A consumer with the key and without --allow-plaintext uses TLS
+    // backends only: a PONG is a login that went through the tunnel.
+    let pong = || h2.enter(|| request(local(7000), &["PING"])).as_deref() == Some("+PONG");
+    assert!(
+        wait_until(DEADLINE, pong),
+        "no PONG through the tunnel:\n{}",
+        consumer.output_tail(20)
+    );
+    assert!(!consumer.stderr().contains(PASSWORD));
 }
