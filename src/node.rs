@@ -156,9 +156,14 @@ impl Node {
         let needs_mdns = services.iter().any(|s| s.is_discovered()) || !config.provides.is_empty();
         let mdns = if needs_mdns {
             let d = &config.discovery;
-            let m = Arc::new(Mdns::start(d)?);
+            let key = config.security.cluster_key.as_deref();
+            let m = Arc::new(Mdns::start(d, key)?);
             info!(node = %d.node_id, interfaces = ?d.interfaces, addresses = ?d.advertise_addrs,
                 "mDNS discovery started");
+            if let Some(key) = key {
+                info!(key = %key.fingerprint(),
+                    "cluster key: our advertisements are signed, and only signed ones are used");
+            }
             Some(m)
         } else {
             None
@@ -405,10 +410,12 @@ async fn run(
         _ = shutdown.immediate.cancelled() => false,
     };
     if !drained {
-        warn!(
-            connections = tracker.len(),
-            "closing connections that did not finish in time"
-        );
+        if !tracker.is_empty() {
+            warn!(
+                connections = tracker.len(),
+                "closing connections that did not finish in time"
+            );
+        }
         shutdown.immediate.cancel();
         tracker.wait().await;
     }

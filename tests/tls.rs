@@ -141,12 +141,7 @@ fn tls_ping(host: &Host, addr: SocketAddr, security: SecuritySettings) -> Result
             let tcp = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| e.to_string())?;
-            let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-            let mut s = tls
-                .connector()
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
+            let mut s = tls.connect(tcp).await.map_err(|e| e.to_string())?;
             s.write_all(b"PING\r\n").await.map_err(|e| e.to_string())?;
             let mut buf = [0u8; 64];
             let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut buf))

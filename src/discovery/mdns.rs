@@ -8,12 +8,16 @@
 //! browse and an internal fan-out; the event channel closes silently when it
 //! fills, so it is drained promptly and re-opened when it ends; a crashed
 //! peer lingers for its 120 s TTL, so connect failures ask for `verify`.
+//!
+//! With the cluster key, our records carry a seal ([`crate::security::advert`])
+//! and a peer's record is used only when its seal checks, and then only
+//! with the addresses it signs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use mdns_sd::{IfKind, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
@@ -24,9 +28,11 @@ use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
 use super::stats::DiscoveryStats;
-use super::wire::{self, Flaw, State, SERVICE_TYPE};
+use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
 use crate::backends::table::{Backend, BackendSpec, Health, Snapshot, Target, Update};
 use crate::backends::Service;
+use crate::security::advert::{self, AdvertKey, Fields, Reject, Verifier};
+use crate::security::ClusterKey;
 use crate::settings::DiscoverySettings;
 use crate::spec::ProvideSpec;
 
@@ -50,6 +56,10 @@ const REBROWSE_EVERY: Duration = Duration::from_secs(60);
 /// A re-browse replays mdns-sd's cache at once; this leaves margin for a
 /// busy machine before missing instances count as gone.
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
+/// How often a consumer with the key drops instances whose newest signature
+/// has expired (a provider killed without goodbye, or one that stopped
+/// re-signing): within seconds of the end of validity.
+const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 /// Most discovered instances in one service's table. Far above a real
 /// deployment of one service on one link (mDNS is for a link: tens to
 /// hundreds of hosts), low enough that a flood of fake records costs at
@@ -69,6 +79,19 @@ pub struct Offer {
     pub tls: bool,
 }
 
+/// What the seal of one announcement covered, to tell when it is due again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// The host's addresses it was chosen from.
+    pub candidates: Vec<IpAddr>,
+    /// The addresses consumers may dial.
+    pub signed: Vec<IpAddr>,
+    /// Addresses left out by preference or for room in the TXT record.
+    pub left_out: Vec<IpAddr>,
+    /// Signing time, unix seconds.
+    pub signed_at: u64,
+}
+
 /// This node's mDNS daemon.
 pub struct Mdns {
     daemon: ServiceDaemon,
@@ -80,12 +103,20 @@ pub struct Mdns {
     advertise: Vec<IpAddr>,
     /// Interfaces our records are announced on.
     ifaces: Vec<IfKind>,
+    /// `--interface` names: their addresses are the ones we sign.
+    iface_names: Vec<String>,
+    /// Seals our records and checks peers'; `None` without a cluster key.
+    key: Option<AdvertKey>,
+    /// Last signing time per instance label: each seal is newer than the
+    /// one before, so a consumer can refuse an older one as a replay.
+    signed_at: Mutex<HashMap<String, u64>>,
 }
 
 impl Mdns {
     /// Starts the daemon, restricted to the configured interfaces or
-    /// addresses when there are any.
-    pub fn start(settings: &DiscoverySettings) -> anyhow::Result<Mdns> {
+    /// addresses when there are any; with `key`, our advertisements are
+    /// sealed and only sealed ones are used.
+    pub fn start(settings: &DiscoverySettings, key: Option<&ClusterKey>) -> anyhow::Result<Mdns> {
         let daemon = ServiceDaemon::new().context("cannot start the mDNS daemon")?;
         let mut ifaces: Vec<IfKind> = settings
             .interfaces
@@ -110,6 +141,9 @@ impl Mdns {
             node_id: settings.node_id.clone(),
             advertise: settings.advertise_addrs.clone(),
             ifaces,
+            iface_names: settings.interfaces.clone(),
+            key: key.map(AdvertKey::new),
+            signed_at: Mutex::new(HashMap::new()),
         })
     }
 
@@ -126,15 +160,38 @@ impl Mdns {
     /// when the node id came from the user, who may have copied one config
     /// to several hosts; a random 32-bit id does not collide in practice.
     /// Never probe a re-announcement: mdns-sd answers no query meanwhile.
+    /// With the key, returns what the seal covered.
     pub fn advertise(
         &self,
         p: &ProvideSpec,
         offer: Offer,
         state: State,
         probe: bool,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Option<Stamp>> {
         let label = wire::instance_label(&p.name, &self.node_id);
-        let txt = wire::txt(&p.name, &self.node_id, p.weight, state, offer.tls);
+        let mut txt = wire::txt(&p.name, &self.node_id, p.weight, state, offer.tls);
+        let stamp = self.key.as_ref().map(|key| {
+            let candidates = self.signable_addrs();
+            let (signed, left_out) = advert::fit_addrs(&candidates, advert::txt_len(&txt));
+            let signed_at = self.next_signing_time(&label);
+            let state = state.to_string();
+            let fields = Fields {
+                label: &label,
+                service: &p.name,
+                node: &self.node_id,
+                port: offer.port,
+                weight: p.weight,
+                state: &state,
+                tls: offer.tls,
+            };
+            txt.extend(key.sign(&fields, signed_at, &signed));
+            Stamp {
+                candidates,
+                signed,
+                left_out,
+                signed_at,
+            }
+        });
         let addrs: Vec<IpAddr> = self.advertise.clone();
         let mut info = ServiceInfo::new(
             SERVICE_TYPE,
@@ -152,7 +209,51 @@ impl Mdns {
         info.set_requires_probe(probe);
         self.daemon
             .register(info)
-            .with_context(|| format!("cannot advertise {p}"))
+            .with_context(|| format!("cannot advertise {p}"))?;
+        Ok(stamp)
+    }
+
+    /// Whether the seal described by `stamp` must be made again: it is
+    /// half-way through its validity, or the host's addresses changed
+    /// (a `getifaddrs`, microseconds: cheap at every provider check).
+    pub fn resign_due(&self, stamp: &Stamp) -> bool {
+        unix_now()
+            >= stamp
+                .signed_at
+                .saturating_add(advert::RESIGN_AFTER.as_secs())
+            || self.signable_addrs() != stamp.candidates
+    }
+
+    /// The addresses mdns-sd announces for us, which are the ones worth
+    /// signing: the `--advertise-addr` ones, or those of the `--interface`
+    /// ones, or all of the host's. Sorted, to compare.
+    fn signable_addrs(&self) -> Vec<IpAddr> {
+        let mut addrs: Vec<IpAddr> = if self.advertise.is_empty() {
+            if_addrs::get_if_addrs()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|i| self.iface_names.is_empty() || self.iface_names.contains(&i.name))
+                .map(|i| i.ip())
+                .collect()
+        } else {
+            self.advertise.clone()
+        };
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
+    /// Now, or one second after the previous seal of `label` if that is
+    /// later: consumers refuse an older seal than one they accepted, so two
+    /// announcements within a second (up, then down) must differ.
+    fn next_signing_time(&self, label: &str) -> u64 {
+        let mut last = self.signed_at.lock().unwrap_or_else(|e| e.into_inner());
+        let at = last
+            .get(label)
+            .map_or(0, |t| t.saturating_add(1))
+            .max(unix_now());
+        last.insert(label.to_owned(), at);
+        at
     }
 
     /// Withdraws our instance of `p` (goodbye packets) and waits until the
@@ -199,8 +300,66 @@ impl Drop for Mdns {
     }
 }
 
+/// Wall-clock time in unix seconds (the time of seals: it must mean the
+/// same on every host).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The resolved addresses of `r` that its valid seal signs, or why the
+/// record is refused.
+fn admit(
+    verifier: &mut Verifier,
+    r: &ResolvedService,
+    advert: &Advert,
+    peer: &[PeerAddr],
+) -> Result<Vec<PeerAddr>, Reject> {
+    let state = advert.state.to_string();
+    let fields = Fields {
+        label: wire::label_of(&r.fullname).unwrap_or(&r.fullname),
+        service: &advert.service,
+        node: r.get_property_val_str("node").unwrap_or(""),
+        port: r.get_port(),
+        weight: advert.weight,
+        state: &state,
+        tls: advert.tls,
+    };
+    let signed = verifier.check(
+        &r.fullname,
+        &fields,
+        |k| r.get_property_val_str(k),
+        unix_now(),
+    )?;
+    // Link-local addresses are signed without scope; the one resolved
+    // keeps the interface it arrived on.
+    let dialable: Vec<PeerAddr> = peer
+        .iter()
+        .filter(|p| signed.contains(&p.ip))
+        .copied()
+        .collect();
+    if dialable.is_empty() {
+        return Err(Reject::ForeignAddress);
+    }
+    Ok(dialable)
+}
+
+/// The counter of a refusal.
+fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
+    match why {
+        Reject::Unsigned => &stats.unsigned,
+        Reject::BadSignature => &stats.bad_signature,
+        Reject::Expired | Reject::Future => &stats.stale_signature,
+        Reject::Replayed => &stats.replayed,
+        Reject::ForeignAddress => &stats.foreign_address,
+    }
+}
+
 /// Feeds the tables of the consumed services from the one browse of
 /// `_amb._tcp`, and verifies instances the data plane reports as failing.
+/// With the cluster key, only sealed records count, and an instance leaves
+/// when its newest seal expires.
 ///
 /// The browse is started again (which replays mdns-sd's cache and resets its
 /// query back-off to one second) in three cases: when its channel ends,
@@ -218,6 +377,9 @@ pub async fn browse(
     stats: Arc<DiscoveryStats>,
     stop: CancellationToken,
 ) {
+    let mut verifier = mdns.key.clone().map(Verifier::new);
+    let mut expiry = tokio::time::interval(EXPIRE_EVERY);
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     'browse: loop {
         let events = match mdns.daemon.browse(SERVICE_TYPE) {
@@ -243,7 +405,7 @@ pub async fn browse(
                         if let Some(seen) = &mut replayed {
                             seen.insert(r.fullname.clone());
                         }
-                        resolved(&services, &r, tls, &stats);
+                        resolved(&services, &r, tls, verifier.as_mut(), &stats);
                     }
                     Ok(ServiceEvent::ServiceRemoved(_, fullname)) => {
                         if removed(&services, &fullname) {
@@ -260,6 +422,13 @@ pub async fn browse(
                 _ = tokio::time::sleep_until(sweep_at), if replayed.is_some() => {
                     let seen = replayed.take().unwrap_or_default();
                     sweep(&services, &seen);
+                }
+                _ = expiry.tick(), if verifier.is_some() => {
+                    if let Some(v) = &mut verifier {
+                        for instance in v.expire(unix_now()) {
+                            removed(&services, &instance);
+                        }
+                    }
                 }
                 _ = tokio::time::sleep_until(next_rebrowse) => {
                     debug!("restarting the browse");
@@ -314,7 +483,13 @@ impl TlsUse {
 /// Turns one resolve event into table updates. Whatever the link sent is
 /// checked first: a flawed or unusable instance is counted, logged once
 /// (escaped), and leaves any table it was in.
-fn resolved(services: &[Arc<Service>], r: &ResolvedService, tls: TlsUse, stats: &DiscoveryStats) {
+fn resolved(
+    services: &[Arc<Service>],
+    r: &ResolvedService,
+    tls: TlsUse,
+    verifier: Option<&mut Verifier>,
+    stats: &DiscoveryStats,
+) {
     let txt_bytes: usize = r
         .get_properties()
         .iter()
@@ -339,11 +514,6 @@ fn resolved(services: &[Arc<Service>], r: &ResolvedService, tls: TlsUse, stats: 
         removed(services, &r.fullname);
         return;
     };
-    if let Some(why) = tls.refuses(advert.tls) {
-        stats.ignore(&stats.tls_mismatch, &r.fullname, why);
-        removed(services, &r.fullname);
-        return;
-    }
     let peer: Vec<PeerAddr> = r
         .get_addresses()
         .iter()
@@ -355,8 +525,26 @@ fn resolved(services: &[Arc<Service>], r: &ResolvedService, tls: TlsUse, stats: 
             },
         })
         .collect();
-    let addrs = addr::choose(&peer, r.get_port(), &addr::local_addrs());
     debug!(instance = %r.fullname, advertised = %Joined(&peer), "resolved");
+    // The seal before the TLS flag: a stranger's record is counted as
+    // unsigned whatever it claims.
+    let peer = match verifier.map(|v| admit(v, r, &advert, &peer)) {
+        None => peer,
+        Some(Ok(signed)) => signed,
+        // The tables keep what was last verified (until its seal expires):
+        // a forged or replayed copy of a real instance's record must not
+        // take it away either.
+        Some(Err(why)) => {
+            stats.ignore(counter(stats, why), &r.fullname, why.reason());
+            return;
+        }
+    };
+    if let Some(why) = tls.refuses(advert.tls) {
+        stats.ignore(&stats.tls_mismatch, &r.fullname, why);
+        removed(services, &r.fullname);
+        return;
+    }
+    let addrs = addr::choose(&peer, r.get_port(), &addr::local_addrs());
     for svc in services {
         if svc.name != advert.service || addrs.is_empty() {
             // An instance that changed its svc= leaves the old service; one

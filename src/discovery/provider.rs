@@ -5,6 +5,11 @@
 //! about to disappear: re-announce with `state=draining` (consumers stop
 //! choosing it within milliseconds but keep their open connections), wait the
 //! drain period, then send goodbyes.
+//!
+//! With the cluster key, an advertisement is sealed again before its seal is
+//! half-way through its validity and whenever the host's addresses change.
+//! A drain period longer than the validity ends early at consumers: the
+//! draining record expires there, which only hastens what draining asks.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::mdns::{Mdns, Offer};
+use super::mdns::{Mdns, Offer, Stamp};
 use super::wire::State;
 use crate::backends::table::Target;
 use crate::net::checks::{probe, Checker};
@@ -64,6 +69,8 @@ pub async fn run(
     let mut probe_first = settings.probe;
     let mut warned = false;
     let mut short_of_resources = false;
+    // What the last seal covered (with the key, while advertised).
+    let mut stamp: Option<Stamp> = None;
     loop {
         tokio::select! {
             _ = leaving.cancelled() => break,
@@ -87,13 +94,20 @@ pub async fn run(
         checker.observe(ok);
         match (checker.is_up(), announced) {
             (true, false) => match mdns.advertise(&p, offer, State::Up, probe_first) {
-                Ok(()) => {
+                Ok(sealed) => {
                     announced = true;
                     probe_first = false;
                     info!(provide = %p, instance = %mdns.fullname(&p), "local service answers: advertising");
+                    note_seal(&p, &mut stamp, sealed);
                 }
                 Err(e) => warn!(provide = %p, "{e:#}; retrying"),
             },
+            (true, true) if stamp.as_ref().is_some_and(|s| mdns.resign_due(s)) => {
+                match mdns.advertise(&p, offer, State::Up, false) {
+                    Ok(sealed) => note_seal(&p, &mut stamp, sealed),
+                    Err(e) => warn!(provide = %p, "{e:#}; retrying"),
+                }
+            }
             (false, true) => {
                 // "down" first: a TXT change takes consumers' traffic away in
                 // milliseconds, the goodbye only after a second.
@@ -132,6 +146,34 @@ pub async fn run(
         // The daemon's shutdown, which follows, sends the goodbyes anyway.
         Err(e) => warn!(provide = %p, "{e:#}"),
     }
+}
+
+/// Keeps the new seal, and says which addresses it signs whenever that
+/// changes (at the first advertisement, then after address changes): a host
+/// with more addresses than a record holds learns which ones consumers can
+/// dial, and how to choose.
+fn note_seal(p: &ProvideSpec, stamp: &mut Option<Stamp>, sealed: Option<Stamp>) {
+    let Some(new) = sealed else { return };
+    let changed = stamp
+        .as_ref()
+        .is_none_or(|old| old.signed != new.signed || old.left_out != new.left_out);
+    if changed {
+        let list = |a: &[IpAddr]| {
+            a.iter()
+                .map(IpAddr::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if new.left_out.is_empty() {
+            info!(provide = %p, signed = %list(&new.signed), "signed advertisement: consumers may dial these addresses");
+        } else {
+            warn!(provide = %p, signed = %list(&new.signed), left_out = %list(&new.left_out),
+                "signed advertisement: consumers may dial only the signed addresses \
+                 (IPv4 first, at most 4, as the TXT record allows); \
+                 choose others with --advertise-addr or --interface");
+        }
+    }
+    *stamp = Some(new);
 }
 
 /// One check of the local service (see [`probe`]), cut short when the node

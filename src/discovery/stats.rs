@@ -41,6 +41,19 @@ pub struct DiscoveryStats {
     pub probes_passed: AtomicU64,
     /// Probation probes that failed (the instance stays on probation).
     pub probes_failed: AtomicU64,
+    /// With a cluster key: resolve events without a seal (plain
+    /// Avahi/Bonjour services, keyless nodes).
+    pub unsigned: AtomicU64,
+    /// With a cluster key: a malformed seal, another cluster's key, or a
+    /// record changed after signing.
+    pub bad_signature: AtomicU64,
+    /// With a cluster key: signed outside the validity window.
+    pub stale_signature: AtomicU64,
+    /// With a cluster key: older than a record accepted for the instance.
+    pub replayed: AtomicU64,
+    /// With a cluster key: validly signed, but none of the resolved
+    /// addresses is signed (a copy sent by another host).
+    pub foreign_address: AtomicU64,
     /// What was logged already, up to [`LOG_MEMORY`] pairs.
     logged: Mutex<HashSet<(String, &'static str)>>,
 }
@@ -66,8 +79,31 @@ impl DiscoveryStats {
         }
     }
 
+    /// Resolve events ignored for any reason (flawed, unusable, over a
+    /// cap); probes are not counted.
+    pub fn ignored(&self) -> u64 {
+        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            &self.bad_name,
+            &self.bad_port,
+            &self.bad_txt,
+            &self.bad_service,
+            &self.tls_mismatch,
+            &self.over_service_cap,
+            &self.over_total_cap,
+            &self.unsigned,
+            &self.bad_signature,
+            &self.stale_signature,
+            &self.replayed,
+            &self.foreign_address,
+        ]
+        .into_iter()
+        .map(v)
+        .sum()
+    }
+
     /// Every counter with its name, for a log line or an admin page.
-    pub fn counters(&self) -> [(&'static str, u64); 10] {
+    pub fn counters(&self) -> [(&'static str, u64); 15] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("bad_name", v(&self.bad_name)),
@@ -80,6 +116,11 @@ impl DiscoveryStats {
             ("evicted", v(&self.evicted)),
             ("probes_passed", v(&self.probes_passed)),
             ("probes_failed", v(&self.probes_failed)),
+            ("unsigned", v(&self.unsigned)),
+            ("bad_signature", v(&self.bad_signature)),
+            ("stale_signature", v(&self.stale_signature)),
+            ("replayed", v(&self.replayed)),
+            ("foreign_address", v(&self.foreign_address)),
         ]
     }
 }

@@ -12,10 +12,13 @@
 //! | `weight`| relative share of connections, 1..=1000   | no (1)   |
 //! | `state` | `up`, `draining` or `down`                | no (up)  |
 //! | `tls`   | `1`: the SRV port is a TLS terminator      | no (0)   |
+//! | `ts`, `addr`, `sig` | the seal of a provider holding the cluster key ([`crate::security::advert`]) | no |
 //!
 //! Only `svc` is required, so any Avahi or Bonjour host can provide a
 //! service with a static service file. Unknown keys and versions are
-//! tolerated: an old consumer keeps working with a newer provider.
+//! tolerated: an old consumer keeps working with a newer provider, and a
+//! consumer without the cluster key ignores the seal. A consumer with the
+//! key uses sealed records only.
 
 use std::fmt;
 
@@ -67,7 +70,14 @@ pub fn host_name(node: &str) -> String {
     format!("amb-{node}.local.")
 }
 
-/// The TXT properties of one of our advertisements.
+/// The `<label>` of `<label>.<SERVICE_TYPE>`; `None` for another type.
+pub fn label_of(fullname: &str) -> Option<&str> {
+    fullname
+        .strip_suffix(SERVICE_TYPE)
+        .and_then(|l| l.strip_suffix('.'))
+}
+
+/// The TXT properties of one of our advertisements (without the seal).
 pub fn txt(
     service: &str,
     node: &str,
@@ -152,10 +162,7 @@ impl Flaw {
 /// Avahi drops such instances); a control character would reach log lines
 /// and tools; U+FFFD is what a library leaves of invalid UTF-8.
 pub fn check(fullname: &str, port: u16, txt_bytes: usize) -> Result<(), Flaw> {
-    let label = fullname
-        .strip_suffix(SERVICE_TYPE)
-        .and_then(|l| l.strip_suffix('.'))
-        .ok_or(Flaw::Name)?;
+    let label = label_of(fullname).ok_or(Flaw::Name)?;
     let bad_char = |c: char| c == '.' || c.is_control() || c == char::REPLACEMENT_CHARACTER;
     if label.is_empty() || label.len() > MAX_LABEL_BYTES || label.chars().any(bad_char) {
         return Err(Flaw::Name);
@@ -274,6 +281,8 @@ mod tests {
         assert!(valid_node_id(&id) && id.len() == 8);
         assert!(!instance_label("redis", &id).contains('.'));
         assert_eq!(host_name("ab12"), "amb-ab12.local.");
+        assert_eq!(label_of("redis@ab12._amb._tcp.local."), Some("redis@ab12"));
+        assert_eq!(label_of("odd"), None);
         assert!(!valid_node_id("a.b") && !valid_node_id(""));
     }
 }

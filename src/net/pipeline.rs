@@ -415,8 +415,10 @@ fn backend_failed(svc: &Service, backend: &Backend, error: &dyn std::fmt::Displa
 }
 
 /// For a backend behind a TLS terminator, the handshake on a dialed
-/// connection, bounded by [`tls::HANDSHAKE_TIMEOUT`]: a backend that cannot
-/// finish it failed like one that refused the connect.
+/// connection and the terminator's ready byte, bounded by
+/// [`tls::HANDSHAKE_TIMEOUT`]: a backend that cannot finish them (no
+/// member, or its local service is down) failed like one that refused the
+/// connect, and the next candidate is tried.
 pub(crate) async fn secure(
     stream: TcpStream,
     backend: &Backend,
@@ -433,16 +435,9 @@ pub(crate) async fn secure(
             "the backend speaks TLS and this node has no cluster key".into(),
         );
     };
-    let peer = stream.peer_addr().map_err(DialError::Backend)?;
-    let name = rustls::pki_types::ServerName::IpAddress(peer.ip().into());
-    match timeout(
-        tls::HANDSHAKE_TIMEOUT,
-        tls.connector().connect(name, stream),
-    )
-    .await
-    {
+    match timeout(tls::HANDSHAKE_TIMEOUT, tls.connect(stream)).await {
         Ok(Ok(s)) => Ok(BackendStream::Tls(Box::new(s))),
-        Ok(Err(e)) => failed(e.kind(), format!("TLS handshake failed: {e}")),
+        Ok(Err(e)) => Err(DialError::Backend(e)),
         Err(_) => failed(io::ErrorKind::TimedOut, "TLS handshake timed out".into()),
     }
 }

@@ -71,7 +71,7 @@ impl Handler for Terminator {
         if let Err(e) = sockopt::tune_stream(&client, settings) {
             debug!(provide = %self.provide, client = %peer, error = %e, "cannot set socket options");
         }
-        let handshake = timeout(tls::HANDSHAKE_TIMEOUT, self.tls.acceptor().accept(client));
+        let handshake = timeout(tls::HANDSHAKE_TIMEOUT, self.tls.accept(client));
         let mut client = tokio::select! {
             r = handshake => match r {
                 Ok(Ok(s)) => s,
@@ -95,6 +95,11 @@ impl Handler for Terminator {
             }
         };
         let _ = local.set_nodelay(true);
+        // Only now may the consumer forward (see `security::tls`).
+        if let Err(e) = tls::ready(&mut client).await {
+            debug!(provide = %self.provide, client = %peer, error = %e, "consumer left before ready");
+            return;
+        }
         let limits = copy::Limits {
             idle: settings.idle_timeout,
             half_close: settings.half_close_timeout,

@@ -16,7 +16,14 @@
 //! member.
 //!
 //! TLS 1.3 only: both ends are mesh-amb, so nothing older is needed.
+//!
+//! After the handshake, a provider's terminator dials its local service and
+//! sends one byte, [`READY`], once that service accepted; the consumer
+//! forwards nothing before it. Without it, a consumer would take a
+//! terminator whose service just died for a working backend, and its
+//! client would get a closed connection instead of the next candidate.
 
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -36,9 +43,11 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
     SignatureScheme,
 };
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, trace, warn};
 
 use super::key::{ClusterKey, Purpose};
 use crate::secret;
@@ -48,15 +57,17 @@ use crate::settings::{PkiFiles, SecuritySettings};
 /// two hosts of one LAN takes milliseconds; this bounds what a stalled or
 /// silent peer costs: one connection slot for a few seconds.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// What a terminator sends once its local service accepted the connection.
+pub const READY: u8 = 1;
 /// A node certificate lives a day: short enough that a copied certificate
 /// soon stops working, long enough that a node whose renewals fail for
 /// hours (a suspended laptop) keeps its connections.
-const NODE_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Renewed every third of its life, so two renewals can fail in a row.
-const RENEW_EVERY: Duration = Duration::from_secs(8 * 3600);
+pub const RENEW_EVERY: Duration = Duration::from_secs(8 * 3600);
 /// A certificate is valid from an hour before its issue, so a peer whose
 /// clock runs somewhat behind still accepts it.
-const BACKDATE: Duration = Duration::from_secs(3600);
+pub const BACKDATE: Duration = Duration::from_secs(3600);
 /// PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410): this prefix, then the
 /// 32 seed bytes.
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
@@ -182,16 +193,38 @@ impl Tls {
         })))
     }
 
-    /// For the provider's terminators: requires a member's client
-    /// certificate.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    /// The terminator's side of the handshake: requires a member's client
+    /// certificate. Send [`READY`] ([`ready`]) once the local service
+    /// accepted.
+    pub async fn accept(&self, stream: TcpStream) -> io::Result<server::TlsStream<TcpStream>> {
         TlsAcceptor::from(self.configs.load().server.clone())
+            .accept(stream)
+            .await
     }
 
-    /// For the consumer's dials: checks the backend is a member, presents
-    /// our certificate.
-    pub fn connector(&self) -> TlsConnector {
-        TlsConnector::from(self.configs.load().client.clone())
+    /// The consumer's side: checks the backend is a member, presents our
+    /// certificate, and waits for the terminator's [`READY`]. Callers bound
+    /// it with [`HANDSHAKE_TIMEOUT`].
+    pub async fn connect(&self, stream: TcpStream) -> io::Result<client::TlsStream<TcpStream>> {
+        let peer = stream.peer_addr()?;
+        let name = ServerName::IpAddress(peer.ip().into());
+        let connector = TlsConnector::from(self.configs.load().client.clone());
+        let mut s = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake failed: {e}")))?;
+        match s.read_u8().await {
+            Ok(READY) => Ok(s),
+            Ok(other) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the terminator sent {other:#04x}, not its ready byte"),
+            )),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the provider's local service did not answer",
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     /// Issues a new node certificate every [`RENEW_EVERY`] until `stop`;
@@ -220,6 +253,12 @@ impl Tls {
             }
         }
     }
+}
+
+/// Tells a consumer that the local service accepted: it may forward now.
+pub async fn ready(stream: &mut server::TlsStream<TcpStream>) -> io::Result<()> {
+    stream.write_all(&[READY]).await?;
+    stream.flush().await
 }
 
 /// The server and client configurations for one identity.
@@ -315,7 +354,7 @@ impl ServerCertVerifier for MemberVerifier {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => {
-                debug!(server = ?server_name, "member certificate accepted without a name check");
+                trace!(server = ?server_name, "member certificate accepted without a name check");
                 Ok(ServerCertVerified::assertion())
             }
             other => other,
@@ -365,9 +404,10 @@ mod tests {
         assert_ne!(a.cert_der(), c.cert_der());
     }
 
-    /// Runs one handshake between a server and a client built from the
-    /// given keys; whether it succeeded.
-    async fn handshake(server_key: [u8; KEY_LEN], client_key: [u8; KEY_LEN]) -> bool {
+    /// Runs one connection between a terminator-like server and a client
+    /// built from the given keys; the server sends its ready byte when
+    /// `ready`. Whether the client got through and its bytes arrived.
+    async fn talk(server_key: [u8; KEY_LEN], client_key: [u8; KEY_LEN], ready: bool) -> bool {
         let settings = |k| SecuritySettings {
             cluster_key: Some(Arc::new(ClusterKey::from_bytes(k))),
             ..SecuritySettings::default()
@@ -378,19 +418,18 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let accept = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = server.acceptor().accept(tcp).await.ok()?;
+            let mut tls = server.accept(tcp).await.ok()?;
+            if !ready {
+                return None; // the local service "did not answer"
+            }
+            super::ready(&mut tls).await.ok()?;
             let mut buf = [0u8; 4];
-            tokio::io::AsyncReadExt::read_exact(&mut tls, &mut buf)
-                .await
-                .ok()?;
+            tls.read_exact(&mut buf).await.ok()?;
             Some(buf)
         });
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::IpAddress(addr.ip().into());
-        let sent = match client.connector().connect(name, tcp).await {
-            Ok(mut tls) => tokio::io::AsyncWriteExt::write_all(&mut tls, b"ping")
-                .await
-                .is_ok(),
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let sent = match client.connect(tcp).await {
+            Ok(mut tls) => tls.write_all(b"ping").await.is_ok(),
             Err(_) => false,
         };
         let got = accept.await.unwrap();
@@ -399,8 +438,13 @@ mod tests {
 
     #[tokio::test]
     async fn members_talk_and_strangers_do_not() {
-        assert!(handshake([3; KEY_LEN], [3; KEY_LEN]).await);
-        assert!(!handshake([3; KEY_LEN], [4; KEY_LEN]).await);
+        assert!(talk([3; KEY_LEN], [3; KEY_LEN], true).await);
+        assert!(!talk([3; KEY_LEN], [4; KEY_LEN], true).await);
+    }
+
+    #[tokio::test]
+    async fn a_terminator_whose_service_is_down_fails_the_connect() {
+        assert!(!talk([3; KEY_LEN], [3; KEY_LEN], false).await);
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! Three tiny built-in Redis-like servers (they answer PING) play a remote
 //! service; three provider nodes advertise them over mDNS; a consumer node
 //! discovers them and stands in for the service the way it would on
-//! `localhost:6379`. The demo drives clients through it while one backend
-//! crashes and comes back and another node leaves gracefully, and prints what
-//! happened.
+//! `localhost:6379`. All four hold one cluster key, made for the run: their
+//! advertisements are signed and every hop between them is mutual TLS. A
+//! stranger without the key advertises the service too, and an intruder
+//! without the key tries to use it. The demo drives clients through the
+//! consumer while one backend crashes and comes back and another node leaves
+//! gracefully, and prints what happened.
 //!
 //! Nothing reaches the network: when the OS allows it the process first moves
 //! into a network namespace of its own that holds only `lo`; otherwise mDNS
@@ -15,7 +18,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -28,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use mesh_amb::backends::table::Health;
 use mesh_amb::backends::Service;
 use mesh_amb::resp::{self, Value};
-use mesh_amb::settings::{Config, DiscoverySettings, ProxySettings};
+use mesh_amb::security::ClusterKey;
+use mesh_amb::settings::{Config, DiscoverySettings, ProxySettings, SecuritySettings};
 use mesh_amb::spec::{ConsumeSpec, ProvideSpec};
 use mesh_amb::{Node, NodeHandle};
 
@@ -105,7 +110,13 @@ fn node(id: &str) -> DiscoverySettings {
     }
 }
 
-fn config(id: &str, consumes: Vec<ConsumeSpec>, provides: Vec<ProvideSpec>) -> Config {
+/// A demo node's config; `key`: the cluster key it holds, if any.
+fn config(
+    id: &str,
+    consumes: Vec<ConsumeSpec>,
+    provides: Vec<ProvideSpec>,
+    key: Option<&Arc<ClusterKey>>,
+) -> Config {
     Config {
         bind: [127, 0, 0, 1].into(),
         consumes,
@@ -115,13 +126,17 @@ fn config(id: &str, consumes: Vec<ConsumeSpec>, provides: Vec<ProvideSpec>) -> C
             ..ProxySettings::default()
         },
         discovery: node(id),
-        security: Default::default(),
+        security: SecuritySettings {
+            cluster_key: key.cloned(),
+            ..SecuritySettings::default()
+        },
     }
 }
 
 pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
     println!("mesh-amb demo: three providers advertise a 'redis' service over mDNS,");
     println!("a consumer discovers them and stands in for the service.\n");
+    let key = Arc::new(ClusterKey::generate());
     match &isolation {
         Isolation::Private => {
             println!("  network        a private network namespace: nothing leaves this process")
@@ -130,6 +145,11 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
             println!("  network        mDNS on loopback only (no private namespace: {e})")
         }
     }
+    println!(
+        "  cluster key    made for this run (fingerprint {}), held by the four nodes:\n                 \
+         signed advertisements, mutual TLS between ambassadors",
+        key.fingerprint()
+    );
 
     let mut backends = Vec::new();
     let mut providers = Vec::new();
@@ -146,7 +166,7 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
             b.addr
         );
         providers.push(Node::start(
-            config(&format!("demo-p{i}"), vec![], vec![provide]),
+            config(&format!("demo-p{i}"), vec![], vec![provide], Some(&key)),
             vec![],
         )?);
         backends.push(b);
@@ -158,7 +178,10 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
         port: front.port(),
         backends: vec![],
     };
-    let consumer = Node::start(config("demo-c", vec![consume], vec![]), vec![listener])?;
+    let consumer = Node::start(
+        config("demo-c", vec![consume], vec![], Some(&key)),
+        vec![listener],
+    )?;
     let svc = consumer.services()[0].clone();
     println!("  consumer       {front}   (what the app dials instead of localhost:6379)\n");
 
@@ -168,17 +191,46 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
         "1. The consumer discovered the three providers in {} ms, with no registry.",
         started.elapsed().as_millis()
     );
-    let mut failures = phase(front, CLIENTS).await?;
-    println!("   {CLIENTS} clients connected and sent PING:");
+    let mut failures = phase(front, CLIENTS, Expect::Served).await?;
+    println!("   {CLIENTS} clients connected and sent PING, each over mutual TLS to a provider:");
     report(&svc);
+
+    println!("\n   A stranger without the key advertises 'redis' too.");
+    let stranger = MiniRedis::start(None).await?;
+    let stranger_ad = stranger_node(Some(&stranger), None)?;
+    wait_until("the consumer to ignore the stranger", || {
+        ignored(&consumer) > 0
+    })
+    .await?;
+    failures += phase(front, CLIENTS, Expect::Served).await?;
+    let fooled = stranger.answered.load(Ordering::Relaxed);
+    println!("   {CLIENTS} more clients through the consumer: {fooled} reached the stranger.");
+    stop(stranger_ad).await?;
+    stranger.stop();
+    println!("   An intruder without the key stands in for 'redis' on a port of its own.");
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let intruder_front = listener.local_addr()?;
+    let intruder = stranger_node(None, Some(listener))?;
+    wait_until("the intruder to see the providers", || {
+        ignored(&intruder) >= 3
+    })
+    .await?;
+    let intruders = CLIENTS / 10;
+    let turned_away = phase(intruder_front, intruders, Expect::TurnedAway).await?;
+    println!("   It saw the three providers but cannot use them: {turned_away} of its {intruders} clients turned away.");
+    stop(intruder).await?;
+    if fooled > 0 || turned_away < intruders {
+        bail!("the cluster key did not keep the stranger out");
+    }
 
     println!("\n2. Backend 3's server crashes. Clients keep coming.");
     backends.pop().expect("three backends").stop();
     let crashed = Instant::now();
-    failures += phase(front, CLIENTS).await?;
+    failures += phase(front, CLIENTS, Expect::Served).await?;
     wait_table(&svc, "backend 3 to be withdrawn", |n, _| n == 2).await?;
     println!(
-        "   A connect to it was refused: the consumer ejected it and retried elsewhere.\n   \
+        "   Its terminator found the service gone and failed the consumer's next connect:\n   \
+         the consumer ejected it and retried elsewhere, before any byte was sent.\n   \
          Its provider's health check withdrew the advertisement; it left the\n   \
          consumer's table {} ms after the crash.",
         crashed.elapsed().as_millis()
@@ -194,7 +246,7 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
         "   It was back in the table after {} ms.",
         restarted.elapsed().as_millis()
     );
-    failures += phase(front, CLIENTS).await?;
+    failures += phase(front, CLIENTS, Expect::Served).await?;
     println!("   {CLIENTS} more clients:");
     report(&svc);
 
@@ -204,7 +256,7 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
     let left = tokio::spawn(leaving.join());
     wait_table(&svc, "provider 1 to drain", |_, draining| draining == 1).await?;
     println!("   The consumer saw it draining and sends new clients elsewhere.");
-    failures += phase(front, CLIENTS).await?;
+    failures += phase(front, CLIENTS, Expect::Served).await?;
     left.await.context("leaving node")??;
     wait_table(&svc, "provider 1 to leave", |n, _| n == 2).await?;
     println!("   After its goodbye it left the table. {CLIENTS} more clients meanwhile:");
@@ -225,13 +277,20 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
         b.stop();
     }
 
-    let total = CLIENTS * 4;
+    let total = CLIENTS * 5;
     println!("\n{total} client connections, {failures} failed.");
     if failures > 0 {
         bail!("{failures} client connections failed");
     }
-    println!("Next: `mesh-amb --provide redis:6379` on one host, `mesh-amb --consume redis:6379`");
-    println!("on another, and `redis-cli ping` on the second reaches Redis on the first.");
+    println!(
+        "Every hop between ambassadors was mutual TLS under the cluster key {}; the\n\
+         stranger got no client and the intruder no backend.",
+        key.fingerprint()
+    );
+    println!("\nNext: `mesh-amb keygen cluster.key`, copy the file to two hosts, then");
+    println!("`mesh-amb --cluster-key cluster.key --provide redis:6379` on one and");
+    println!("`mesh-amb --cluster-key cluster.key --consume redis:6379` on the other:");
+    println!("`redis-cli ping` on the second reaches Redis on the first.");
     Ok(())
 }
 
@@ -239,6 +298,54 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
 fn provided_addr(node: &NodeHandle) -> SocketAddr {
     let p = &node.config().provides[0];
     SocketAddr::from(([127, 0, 0, 1], p.port))
+}
+
+/// A node without the cluster key that provides `server` as 'redis' or
+/// stands in for 'redis' on `listener`.
+fn stranger_node(
+    server: Option<&MiniRedis>,
+    listener: Option<TcpListener>,
+) -> anyhow::Result<NodeHandle> {
+    let provides = server.map(|s| ProvideSpec {
+        name: "redis".into(),
+        port: s.addr.port(),
+        weight: 1,
+        tls_port: None,
+    });
+    let consumes = match &listener {
+        Some(l) => vec![ConsumeSpec {
+            name: "redis".into(),
+            port: l.local_addr()?.port(),
+            backends: vec![],
+        }],
+        None => vec![],
+    };
+    Node::start(
+        config("demo-x", consumes, provides.into_iter().collect(), None),
+        listener.into_iter().collect(),
+    )
+}
+
+/// Instances a node's discovery ignored, for whatever reason.
+fn ignored(node: &NodeHandle) -> u64 {
+    node.discovery_stats().ignored()
+}
+
+async fn stop(node: NodeHandle) -> anyhow::Result<()> {
+    node.shutdown().force();
+    node.join().await
+}
+
+/// Polls `cond` until it holds, for at most [`PHASE_DEADLINE`].
+async fn wait_until(what: &str, cond: impl Fn() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    while !cond() {
+        if Instant::now() > deadline {
+            bail!("gave up waiting for {what} after {PHASE_DEADLINE:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
 }
 
 /// Waits until `cond(backends, draining)` holds for the consumer's table.
@@ -284,8 +391,16 @@ fn report(svc: &Service) {
     }
 }
 
+/// What a phase's clients should see; failures that were not expected are
+/// printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Served,
+    TurnedAway,
+}
+
 /// Runs `n` clients through the ambassador; returns how many failed.
-async fn phase(front: SocketAddr, n: usize) -> anyhow::Result<usize> {
+async fn phase(front: SocketAddr, n: usize, expect: Expect) -> anyhow::Result<usize> {
     let mut set = JoinSet::new();
     let mut failures = 0;
     let mut started = 0;
@@ -299,7 +414,9 @@ async fn phase(front: SocketAddr, n: usize) -> anyhow::Result<usize> {
             Some(Ok(Ok(Ok(())))) => {}
             Some(Ok(Ok(Err(e)))) => {
                 failures += 1;
-                eprintln!("   client failed: {e:#}");
+                if expect == Expect::Served {
+                    eprintln!("   client failed: {e:#}");
+                }
             }
             Some(Ok(Err(_))) => bail!("clients did not finish within {PHASE_DEADLINE:?}"),
             Some(Err(e)) => bail!("client task failed: {e}"),
@@ -323,6 +440,8 @@ async fn ping(front: SocketAddr) -> anyhow::Result<()> {
 /// A stand-in Redis that answers PING, enough to show the data path.
 struct MiniRedis {
     addr: SocketAddr,
+    /// Commands it answered.
+    answered: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -335,17 +454,23 @@ impl MiniRedis {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let token = stop.clone();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counter = answered.clone();
         tokio::spawn(async move {
             let mut conns = JoinSet::new();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => break,
-                    Ok((s, _)) = listener.accept() => { conns.spawn(serve_pings(s)); }
+                    Ok((s, _)) = listener.accept() => { conns.spawn(serve_pings(s, counter.clone())); }
                 }
             }
             // Dropping the listener and the connections is the "crash".
         });
-        Ok(MiniRedis { addr, stop })
+        Ok(MiniRedis {
+            addr,
+            answered,
+            stop,
+        })
     }
 
     fn stop(self) {
@@ -355,7 +480,7 @@ impl MiniRedis {
 
 /// Answers every command with PONG until the client leaves: RESP arrays
 /// as redis-cli sends them, or inline lines (`PING` typed into nc).
-async fn serve_pings(mut s: TcpStream) {
+async fn serve_pings(mut s: TcpStream, answered: Arc<AtomicUsize>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -380,6 +505,7 @@ async fn serve_pings(mut s: TcpStream) {
             if s.write_all(b"+PONG\r\n").await.is_err() {
                 return;
             }
+            answered.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

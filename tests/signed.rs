@@ -1,0 +1,410 @@
+//! Signed advertisements across separate network stacks: real `mesh-amb`,
+//! `redis-server` and `avahi-daemon` processes in a namespace lab
+//! (lab/src/lib.rs), each node holding a key file from `mesh-amb keygen`.
+//! The rogue host publishes with `avahi-publish` from its own address and
+//! counts the connections it receives. No multicast leaves the lab.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+mod common;
+
+use mesh_amb::discovery::mdns::unix_now;
+use mesh_amb::discovery::wire::{self, State};
+use mesh_amb::security::advert::{AdvertKey, Fields, MAX_SKEW, VALIDITY};
+use mesh_amb::security::ClusterKey;
+
+use mesh_amb_lab::{wait_for, wait_until, AvahiGuard, Host, Lab, Proc};
+
+use common::mesh::*;
+
+/// Client requests made while rogues are advertised: with the weight the
+/// rogues claim (1000 against the provider's 1), any rogue the consumer
+/// accepted would take nearly all of them.
+const REQUESTS: usize = 40;
+/// Port of the real Redis in the provider's namespace (its own stack).
+const REDIS_PORT: u16 = 12345;
+/// Consumer port in the consumer's namespace.
+const CONSUME_PORT: u16 = 6379;
+/// What the consumer log says, once per refused instance.
+const IGNORING: &str = "ignoring an mDNS instance";
+
+/// A new cluster key file in the lab dir, made by `mesh-amb keygen`.
+fn keygen(lab: &Lab, name: &str) -> PathBuf {
+    let path = lab.dir().join(name);
+    let out = std::process::Command::new(BIN)
+        .arg("keygen")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "keygen: {out:?}");
+    path
+}
+
+fn load(path: &Path) -> ClusterKey {
+    ClusterKey::load(path).unwrap()
+}
+
+/// `GET whoami` through the consumer port of `client`.
+fn whoami(client: &Host, port: u16) -> Option<String> {
+    client.enter(|| request(local(port), &["GET", "whoami"]))
+}
+
+/// Log lines of `p` that contain every one of `parts`.
+fn lines_with(p: &Proc, parts: &[&str]) -> usize {
+    p.stderr()
+        .lines()
+        .filter(|l| parts.iter().all(|part| l.contains(part)))
+        .count()
+}
+
+/// The full name of instance `label`, as log lines show it.
+fn instance(label: &str) -> String {
+    format!("{label}._amb._tcp.local.")
+}
+
+/// A TCP listener in a host that counts the connections it accepts: the
+/// rogue's service.
+struct Counter {
+    addr: SocketAddr,
+    host: Host,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Counter {
+    fn new(host: &Host) -> Counter {
+        let listener = host.enter(|| TcpListener::bind("0.0.0.0:0").unwrap());
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (accepted, stop) = (accepted.clone(), stop.clone());
+            move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    if conn.is_ok() {
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        });
+        Counter {
+            addr,
+            host: host.clone(),
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept up, from inside the namespace.
+        let port = self.port();
+        let _ = self.host.enter(|| TcpStream::connect(local(port)));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The TXT strings of a rogue advert of `svc=redis` under `label` on
+/// `port`, with weight 1000 and `tls=1` (as the cluster's own, so that only
+/// the seal tells them apart), sealed with `key` at `signed_at` over
+/// `addrs`.
+fn sealed_txt(
+    key: &ClusterKey,
+    label: &str,
+    port: u16,
+    addrs: &[IpAddr],
+    signed_at: u64,
+) -> Vec<String> {
+    let mut txt = wire::txt("redis", "rogue", 1000, State::Up, true);
+    let fields = Fields {
+        label,
+        service: "redis",
+        node: "rogue",
+        port,
+        weight: 1000,
+        state: "up",
+        tls: true,
+    };
+    txt.extend(AdvertKey::new(key).sign(&fields, signed_at, addrs));
+    txt.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn publish(host: &Host, label: &str, port: u16, txt: &[String]) -> Proc {
+    let txt: Vec<&str> = txt.iter().map(String::as_str).collect();
+    host.avahi_publish(label, "_amb._tcp", port, &txt)
+}
+
+/// A provider of `redis` with `key` on h1, a consumer with `key` on h2,
+/// routed; and avahi-daemon on h3 for the rogue.
+struct Mesh {
+    lab: Lab,
+    key: PathBuf,
+    _redis: Proc,
+    _provider: Proc,
+    consumer: Proc,
+    _avahi: AvahiGuard,
+}
+
+fn mesh() -> Mesh {
+    let lab = Lab::new(3);
+    let key = keygen(&lab, "cluster.key");
+    let avahi = lab.host("h3").start_avahi();
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let redis = redis(h1, REDIS_PORT);
+    let k = key.to_str().unwrap();
+    let provider = amb(
+        h1,
+        &[
+            "--provide",
+            "redis:12345",
+            "--node-id",
+            "h1",
+            "--cluster-key",
+            k,
+        ],
+    );
+    let consumer = amb(h2, &["--consume", "redis:6379", "--cluster-key", k]);
+    wait_routed_to(h2, CONSUME_PORT, "h1");
+    Mesh {
+        lab,
+        key,
+        _redis: redis,
+        _provider: provider,
+        consumer,
+        _avahi: avahi,
+    }
+}
+
+impl Mesh {
+    /// Waits until the consumer has refused every one of `labels` (one
+    /// log line each, with `reason`).
+    fn wait_refused(&self, labels: &[(&str, &str)]) {
+        for (label, reason) in labels {
+            let inst = instance(label);
+            let seen = wait_until(DEADLINE, || {
+                lines_with(&self.consumer, &[IGNORING, &inst, reason]) == 1
+            });
+            assert!(
+                seen,
+                "the consumer did not refuse {label} ({reason}):\n{}",
+                self.consumer.output_tail(40)
+            );
+        }
+    }
+
+    /// Every one of [`REQUESTS`] client requests through the consumer is
+    /// served by the real provider.
+    fn all_served_by_h1(&self) {
+        let h2 = self.lab.host("h2");
+        for i in 0..REQUESTS {
+            assert_eq!(
+                whoami(h2, CONSUME_PORT).as_deref(),
+                Some("h1"),
+                "request {i}:\n{}",
+                self.consumer.output_tail(40)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_signed_provider_serves_a_consumer_with_the_key() {
+    let lab = Lab::new(2);
+    let key = keygen(&lab, "cluster.key");
+    let k = key.to_str().unwrap();
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _redis = redis(h1, REDIS_PORT);
+    let provider = amb(
+        h1,
+        &[
+            "--provide",
+            "redis:12345",
+            "--node-id",
+            "h1",
+            "--cluster-key",
+            k,
+        ],
+    );
+    let keyed = amb(h2, &["--consume", "redis:6379", "--cluster-key", k]);
+    wait_routed_to(h2, CONSUME_PORT, "h1");
+    let h1_ip = h1.ip.to_string();
+    assert!(
+        lines_with(&provider, &["consumers may dial", &h1_ip]) >= 1,
+        "the provider names the addresses it signs:\n{}",
+        provider.output_tail(20)
+    );
+    assert!(
+        lines_with(&keyed, &["only signed ones are used"]) == 1,
+        "{}",
+        keyed.output_tail(20)
+    );
+    assert_eq!(lines_with(&keyed, &[IGNORING]), 0, "{}", keyed.stderr());
+}
+
+#[test]
+fn a_consumer_with_another_clusters_key_ignores_the_provider_and_says_so_once() {
+    let lab = Lab::new(2);
+    let ours = keygen(&lab, "ours.key");
+    let theirs = keygen(&lab, "theirs.key");
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let redis1 = redis(h1, REDIS_PORT);
+    let provider_args = [
+        "--provide",
+        "redis:12345",
+        "--node-id",
+        "h1",
+        "--cluster-key",
+        theirs.to_str().unwrap(),
+    ];
+    let _provider = amb(h1, &provider_args);
+    let stranger = amb(
+        h2,
+        &[
+            "--consume",
+            "redis:6379",
+            "--cluster-key",
+            ours.to_str().unwrap(),
+        ],
+    );
+    // The provider's records do reach h2: a consumer of its cluster uses it.
+    let member = amb(
+        h2,
+        &[
+            "--consume",
+            "redis:6380",
+            "--cluster-key",
+            theirs.to_str().unwrap(),
+        ],
+    );
+    wait_routed_to(h2, 6380, "h1");
+    let inst = instance("redis@h1");
+    let refused = wait_until(DEADLINE, || {
+        lines_with(&stranger, &[IGNORING, &inst, "bad signature"]) == 1
+    });
+    assert!(refused, "{}", stranger.output_tail(40));
+    assert_ne!(whoami(h2, CONSUME_PORT).as_deref(), Some("h1"));
+
+    // More records of the same instance: the provider withdraws when its
+    // Redis stops, and advertises again when it is back.
+    let resolved = |p: &Proc| lines_with(p, &["mdns: resolved", &inst]);
+    let before = resolved(&stranger);
+    drop(redis1);
+    let withdrawn = wait_until(DEADLINE, || whoami(h2, 6380).as_deref() != Some("h1"));
+    assert!(withdrawn, "{}", member.output_tail(20));
+    let _redis1 = redis(h1, REDIS_PORT);
+    wait_routed_to(h2, 6380, "h1");
+    let more = wait_until(DEADLINE, || resolved(&stranger) > before);
+    assert!(more, "{}", stranger.output_tail(40));
+    assert_eq!(
+        lines_with(&stranger, &[IGNORING, &inst]),
+        1,
+        "one line per instance, not per record:\n{}",
+        stranger.stderr()
+    );
+    assert_ne!(whoami(h2, CONSUME_PORT).as_deref(), Some("h1"));
+}
+
+#[test]
+fn a_rogue_host_gets_no_connection_unsigned_badly_signed_or_replaying() {
+    let m = mesh();
+    let (h1, h3) = (m.lab.host("h1"), m.lab.host("h3"));
+    let rogue = Counter::new(h3);
+    let port = rogue.port();
+    let key = load(&m.key);
+    let now = unix_now();
+
+    // The real provider's record, copied word for word.
+    let copied = wait_for(DEADLINE, || {
+        h3.avahi_browse_resolved("_amb._tcp")
+            .into_iter()
+            .find(|r| r.name == "redis@h1" && r.protocol == "IPv4")
+    })
+    .expect("avahi-browse on h3 lists redis@h1");
+    assert!(copied.txt_value("sig").is_some(), "{:?}", copied.txt);
+    let _rogues = [
+        publish(
+            h3,
+            "rogue-plain",
+            port,
+            &["svc=redis".into(), "weight=1000".into(), "tls=1".into()],
+        ),
+        publish(
+            h3,
+            "rogue-otherkey",
+            port,
+            &sealed_txt(
+                &ClusterKey::generate(),
+                "rogue-otherkey",
+                port,
+                &[h3.ip.into()],
+                now,
+            ),
+        ),
+        publish(h3, "rogue-replay", port, &copied.txt),
+        // Sealed with the cluster key itself, over the real provider's
+        // address: only the address check stands in the way.
+        publish(
+            h3,
+            "rogue-stolen",
+            port,
+            &sealed_txt(&key, "rogue-stolen", port, &[h1.ip.into()], now),
+        ),
+    ];
+    m.wait_refused(&[
+        ("rogue-plain", "unsigned"),
+        ("rogue-otherkey", "bad signature"),
+        ("rogue-replay", "bad signature"),
+        ("rogue-stolen", "none of its resolved addresses is signed"),
+    ]);
+    m.all_served_by_h1();
+    assert_eq!(rogue.accepted(), 0, "{}", m.consumer.output_tail(40));
+}
+
+#[test]
+fn an_expired_seal_is_refused_and_a_fresh_one_is_not() {
+    let m = mesh();
+    let h3 = m.lab.host("h3");
+    let rogue = Counter::new(h3);
+    let port = rogue.port();
+    let key = load(&m.key);
+    // Signed with the cluster key over the rogue's own address: only the
+    // time is wrong.
+    let old = unix_now() - (VALIDITY + MAX_SKEW).as_secs() - 60;
+    let expired = sealed_txt(&key, "rogue-old", port, &[h3.ip.into()], old);
+    let _old = publish(h3, "rogue-old", port, &expired);
+    m.wait_refused(&[("rogue-old", "signature expired")]);
+    m.all_served_by_h1();
+    assert_eq!(rogue.accepted(), 0, "{}", m.consumer.output_tail(40));
+
+    // The same record signed now is used: what kept the rogue out was the
+    // time alone (and the test can fail).
+    let fresh = sealed_txt(&key, "rogue-new", port, &[h3.ip.into()], unix_now());
+    let _new = publish(h3, "rogue-new", port, &fresh);
+    let h2 = m.lab.host("h2");
+    let reached = wait_until(DEADLINE, || {
+        let _ = whoami(h2, CONSUME_PORT);
+        rogue.accepted() > 0
+    });
+    assert!(reached, "{}", m.consumer.output_tail(40));
+}
