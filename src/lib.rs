@@ -7,7 +7,7 @@
 //!  discovery (mDNS)          settings (static backends)
 //!        │ Update::{Upsert, Remove}     │
 //!        ▼                              ▼
-//!  backends: Service { table, balancer, source }   snapshots, lock-free reads
+//!  backends: Service { table, balancer, source, credentials }   snapshots, lock-free reads
 //!        │ snapshot ─> Balancer::order ─> candidates
 //!        ▼
 //!  data plane: accept ─> dial ─> [tls] ─> [auth] ─> copy
@@ -38,22 +38,26 @@
 //! - [`security`]: the cluster key and what derives from it: the seals of
 //!   advertisements ([`security::advert`]) and the cluster CA with the
 //!   mutual TLS between ambassadors ([`security::tls`]).
+//! - [`credentials`]: `--credentials`: the login the auth stage makes to
+//!   each backend on the application's behalf (Redis `AUTH`).
 //! - [`resp`]: the Redis protocol, for the credentials stage and tests.
 //! - [`node`]: one node: its services, listeners and discovery, started and
 //!   stopped together by one [`Shutdown`]: `begin` stops every listener and
 //!   starts the drain, `force` (or the drain timeout) closes what is left.
 //!
 //! Dependencies point one way: `value` and `secret` below everything, then
-//! `spec` and `security` (on `secret` only); `backends` on `spec`;
-//! `settings` on `spec`, the balancing policy and the key; `net` on
-//! `backends`, `settings` and `security::tls`; `discovery` on `backends` and
-//! `security::advert` (and on `net::checks` for a provider's local check and
-//! the probes of new backends); `node` on all of them; the binary on `node`.
-//! No module imports the command line.
+//! `spec`, `resp` and `security` (on `secret` only); `credentials` on
+//! `spec`, `resp` and `secret`; `backends` on `spec` and `credentials`;
+//! `settings` on `spec`, the balancing policy, the key and the credentials;
+//! `net` on `backends`, `settings` and `security::tls`; `discovery` on
+//! `backends` and `security::advert` (and on `net::checks` for a provider's
+//! local check and the probes of new backends); `node` on all of them; the
+//! binary on `node`. No module imports the command line.
 
 #![deny(unsafe_code)]
 
 pub mod backends;
+pub mod credentials;
 pub mod discovery;
 pub mod net;
 pub mod node;

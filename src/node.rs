@@ -122,6 +122,12 @@ impl Node {
                     table,
                     balancer: Balancer::new(config.proxy.policy),
                     source,
+                    credentials: config
+                        .security
+                        .credentials
+                        .iter()
+                        .find(|cr| cr.spec.service == c.name)
+                        .cloned(),
                 })
             })
             .collect();

@@ -40,13 +40,30 @@ pub enum Value {
 
 /// `args` as a RESP array of bulk strings: how clients send commands.
 pub fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    let mut out = Vec::with_capacity(encoded_len(args));
+    encode_into(&mut out, args);
+    out
+}
+
+/// The length of `args` encoded.
+pub fn encoded_len(args: &[&[u8]]) -> usize {
+    let digits = |n: usize| n.to_string().len();
+    let items: usize = args
+        .iter()
+        .map(|a| 1 + digits(a.len()) + 2 + a.len() + 2)
+        .sum();
+    1 + digits(args.len()) + 2 + items
+}
+
+/// [`encode`], appended to `out`: with room for [`encoded_len`] reserved
+/// first, no reallocation leaves a stray copy of a secret argument behind.
+pub fn encode_into(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for a in args {
         out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
-    out
 }
 
 /// The value at the start of `buf` and its length in bytes; `Ok(None)`
@@ -165,6 +182,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     s.write_all(&encode(args)).await?;
+    read_reply(s).await
+}
+
+/// Reads one reply. Bytes past it are dropped: only for a peer that sends
+/// nothing unasked, as a Redis server answering one command.
+pub async fn read_reply<S: AsyncRead + Unpin>(s: &mut S) -> io::Result<Value> {
     let mut reply = ReplyReader::default();
     loop {
         let n = match reply.next()? {
@@ -223,6 +246,8 @@ mod tests {
                 );
             }
         }
+        let set: [&[u8]; 3] = [b"SET", b"k", &[b'v'; 100]];
+        assert_eq!(encode(&set).len(), encoded_len(&set));
         assert_eq!(
             parse(&encode(&[b"SET", b"k", b"v"])).unwrap().unwrap().0,
             Value::Array(vec![

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backends::balance::Policy;
+use crate::credentials::Credentials;
 pub use crate::security::tls::PkiFiles;
 use crate::security::ClusterKey;
 use crate::spec::{ConsumeSpec, ProvideSpec};
@@ -108,6 +109,9 @@ pub struct SecuritySettings {
     /// With TLS on, still use backends that offer no TLS (static backends
     /// given without `tls://`, discovered instances without the TLS flag).
     pub allow_plaintext: bool,
+    /// Logins to the backends of consumed services, at most one per
+    /// service, made on the applications' behalf.
+    pub credentials: Vec<Arc<Credentials>>,
 }
 
 impl SecuritySettings {
@@ -244,6 +248,7 @@ impl Config {
     /// are unique, and the discovery settings fit this host.
     pub fn validate(&self) -> Result<(), SettingsError> {
         check_unique(&self.consumes, &self.provides)?;
+        check_credentials(&self.consumes, &self.security.credentials)?;
         if !self.security.tls() {
             if let Some(p) = self.provides.iter().find(|p| p.tls_port.is_some()) {
                 return Err(SettingsError::Conflict(format!(
@@ -380,6 +385,33 @@ fn check_unique(consumes: &[ConsumeSpec], provides: &[ProvideSpec]) -> Result<()
             return Err(SettingsError::Conflict(format!(
                 "'{}' is provided twice ('{prev}' and '{p}'): one instance per service and node",
                 p.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Credentials are for a consumed service, one set per service: a name
+/// that matches nothing is most likely a typo, which would otherwise leave
+/// the application facing `NOAUTH` with nothing in the log.
+fn check_credentials(
+    consumes: &[ConsumeSpec],
+    credentials: &[Arc<Credentials>],
+) -> Result<(), SettingsError> {
+    let mut seen: HashMap<&str, &Credentials> = HashMap::new();
+    for c in credentials {
+        let name = c.spec.service.as_str();
+        if !consumes.iter().any(|s| s.name == name) {
+            return Err(SettingsError::Value {
+                setting: "credentials",
+                value: c.spec.to_string(),
+                reason: format!("'{name}' is not a consumed service (no --consume {name}:PORT)"),
+            });
+        }
+        if let Some(prev) = seen.insert(name, c) {
+            return Err(SettingsError::Conflict(format!(
+                "two sets of credentials for '{name}': '{}' and '{}'",
+                prev.spec, c.spec
             )));
         }
     }

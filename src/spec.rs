@@ -22,6 +22,12 @@ const MAX_NAME_LEN: usize = 40;
 #[error("{0}")]
 pub struct SpecError(String);
 
+impl SpecError {
+    pub(crate) fn new(msg: impl Into<String>) -> SpecError {
+        SpecError(msg.into())
+    }
+}
+
 fn err<T>(msg: impl Into<String>) -> Result<T, SpecError> {
     Err(SpecError(msg.into()))
 }

@@ -188,6 +188,7 @@ async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
         table,
         balancer: Balancer::new(Policy::P2c),
         source: Source::Discovered(tx),
+        credentials: None,
     };
     let limit = FdLimit::leave_free(0);
     let r = connect(&svc, &ProxySettings::default(), None).await;

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::backends::balance::Balancer;
 use crate::backends::table::Table;
+use crate::credentials::Credentials;
 
 /// One consumed service.
 pub struct Service {
@@ -21,6 +22,9 @@ pub struct Service {
     pub balancer: Balancer,
     /// Whether the backends were configured or are discovered.
     pub source: Source,
+    /// The login made to every backend connection before the client's
+    /// bytes flow (`--credentials`), if any.
+    pub credentials: Option<Arc<Credentials>>,
 }
 
 /// Where a service's backends come from.

@@ -128,6 +128,10 @@ pub struct Stats {
     pub bytes_out: AtomicU64,
     /// Backend-to-client bytes of finished connections.
     pub bytes_in: AtomicU64,
+    /// The last login to this backend failed (`--credentials`): set by the
+    /// failure that logs it, so that a burst of clients is one log line;
+    /// cleared by the next login that succeeds.
+    pub login_failing: AtomicBool,
     /// Connect failures in a row; drives the ejection back-off.
     consecutive_failures: AtomicU32,
     /// End of the current ejection, in ms since the table's epoch; 0 = none.

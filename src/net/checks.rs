@@ -226,6 +226,7 @@ mod tests {
             table: table.clone(),
             balancer: Balancer::new(Policy::P2c),
             source: Source::Discovered(tx),
+            credentials: None,
         });
         let stop = CancellationToken::new();
         let checks = tokio::spawn(check_backends(

@@ -1,7 +1,7 @@
 //! One client connection, as a pipeline of stages:
 //!
 //! ```text
-//! client ─> [accept] ─> [dial ─> tls] ─> (auth: to come) ─> [copy]
+//! client ─> [accept] ─> [dial ─> tls] ─> [auth] ─> [copy]
 //! ```
 //!
 //! - accept: socket options on the client side.
@@ -12,13 +12,14 @@
 //!   mutual TLS handshake, as part of the dial: a backend whose handshake
 //!   fails or stalls is a backend that failed, ejected like a dead one, and
 //!   the next candidate is tried.
+//! - auth: with `--credentials` for the service, log the backend
+//!   connection in before any client byte goes to it.
 //! - copy: both directions until both are done ([`copy`]).
 //!
 //! Each stage is a function that takes what the previous one produced and
 //! returns what the next one needs, or ends the connection with a log
-//! line. The security stages (TLS towards the backend, credentials
-//! injection) slot in between dial and copy as stages of their own, with
-//! [`Upstream`] as their input and output.
+//! line. A backend counts as answering (restored from an ejection, proven)
+//! only once every stage before the copy has passed.
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_rustls::client::TlsStream;
@@ -33,6 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::backends::table::{ActiveGuard, Backend};
 use crate::backends::Service;
+use crate::credentials::LoginError;
 use crate::net::accept::{Handler, Shared};
 use crate::net::copy::{self, End};
 use crate::net::dial::{dial, DialError};
@@ -114,10 +117,22 @@ impl Handler for Service {
     }
 
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-        let client = accept_stage(client, peer, &self, &shared);
-        let Some(upstream) = dial_stage(peer, &self, &shared).await else {
+        let mut client = accept_stage(client, peer, &self, &shared);
+        let Some(mut upstream) = dial_stage(peer, &self, &shared).await else {
             return;
         };
+        let backend = upstream.active.backend();
+        let c = &mut client;
+        let logged_in = match &mut upstream.stream {
+            BackendStream::Plain(tcp) => auth_stage(c, peer, backend, tcp, &self, &shared).await,
+            BackendStream::Tls(tls) => {
+                auth_stage(c, peer, backend, &mut **tls, &self, &shared).await
+            }
+        };
+        if !logged_in {
+            return;
+        }
+        backend_ready(&self, backend);
         copy_stage(client, peer, upstream, &self, &shared).await;
     }
 }
@@ -155,6 +170,88 @@ async fn dial_stage(peer: SocketAddr, svc: &Service, shared: &Shared) -> Option<
     };
     active.backend().stats.total.fetch_add(1, Ordering::Relaxed);
     Some(Upstream { active, stream })
+}
+
+/// How long a client turned away by the auth stage has to read its error
+/// and close: closing while its request is still unread would send a
+/// reset, which can destroy the error line before the client reads it. A
+/// client reads the line and closes in well under a millisecond; one
+/// second bounds what a client that never closes costs.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Logs the backend connection in with the service's credentials, if it
+/// has any, before a client byte reaches the backend (the client's first
+/// command waits in its socket meanwhile). `false` when the client was
+/// turned away, with an error in its protocol, or the node stops.
+///
+/// A refused login (wrong password, no such user) or a backend that does
+/// not answer it ejects nothing: the backend is alive and the next one has
+/// the same credentials; it is logged once per backend until a login
+/// succeeds again. A connection that fails during the login (closed,
+/// reset) counts as a failed connect and ejects the backend: a backend
+/// that accepts and then drops connections serves no client either (a
+/// provider's TLS terminator whose local Redis is down does exactly that),
+/// and discovery should verify it like a dead one.
+async fn auth_stage<S>(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    backend: &Backend,
+    stream: &mut S,
+    svc: &Service,
+    shared: &Shared,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(credentials) = &svc.credentials else {
+        return true;
+    };
+    let result = tokio::select! {
+        r = credentials.log_in(stream, shared.settings.connect_timeout) => r,
+        _ = shared.hard_stop.cancelled() => return false,
+    };
+    let target = &backend.spec.target;
+    let stats = &backend.stats;
+    let error = match result {
+        Ok(()) => {
+            if stats.login_failing.swap(false, Ordering::Relaxed) {
+                info!(service = %svc.name, backend = %target, "backend accepts the credentials again");
+            }
+            return true;
+        }
+        Err(e @ (LoginError::Refused(_) | LoginError::Timeout(_))) => {
+            if let LoginError::Refused(_) = e {
+                // It answered: alive, whatever it thinks of the password.
+                backend_ready(svc, backend);
+            }
+            if stats.login_failing.swap(true, Ordering::Relaxed) {
+                debug!(service = %svc.name, backend = %target, client = %peer,
+                    "closing client connection: {e}");
+            } else {
+                warn!(service = %svc.name, backend = %target, credentials = %credentials.spec,
+                    error = %e, "login failed; this backend's clients get an error until a \
+                    login succeeds (logged once)");
+            }
+            e
+        }
+        Err(e @ LoginError::Io(_)) => {
+            backend_failed(svc, backend, &e);
+            e
+        }
+    };
+    let reply = credentials.client_error(&error);
+    let turn_away = async {
+        client.write_all(&reply).await?;
+        client.shutdown().await?;
+        let mut sink = [0; 1024];
+        while client.read(&mut sink).await? != 0 {}
+        Ok::<_, io::Error>(())
+    };
+    tokio::select! {
+        _ = timeout(LINGER, turn_away) => {}
+        _ = shared.hard_stop.cancelled() => {}
+    }
+    false
 }
 
 /// Bytes both ways until both sides are done, a limit ends the connection
@@ -234,7 +331,11 @@ pub enum ConnectError {
 /// handshake counts as a failed connect.
 ///
 /// The backend comes with the [`ActiveGuard`] taken when its dial began:
-/// keep it for the connection's life.
+/// keep it for the connection's life. Its success is not reported yet:
+/// the stages after the dial can still fail it (a backend that accepts
+/// and then drops every login is neither restored nor proven by its
+/// accepts), so the caller reports it once the connection is ready, as the
+/// pipeline does before its copy stage.
 pub async fn connect(
     svc: &Service,
     settings: &ProxySettings,
@@ -266,12 +367,7 @@ pub async fn connect(
             Err(e) => Err(e),
         };
         match dialed {
-            Ok(stream) => {
-                if svc.table.report_success(&backend.stats) {
-                    info!(service = %svc.name, backend = %backend.spec.target, "backend restored");
-                }
-                return Ok((active, stream));
-            }
+            Ok(stream) => return Ok((active, stream)),
             // Not the backend's fault, and perhaps not the next one's
             // problem (no free port towards this address only): try on,
             // blaming nobody.
@@ -281,13 +377,7 @@ pub async fn connect(
                 local = Some(e);
             }
             Err(DialError::Backend(e)) => {
-                match svc.table.report_failure(&backend.stats) {
-                    Some(period) => warn!(service = %svc.name, backend = %backend.spec.target,
-                        error = %e, eject_for = ?period, "backend ejected"),
-                    None => debug!(service = %svc.name, backend = %backend.spec.target,
-                        error = %e, "connect failed"),
-                }
-                svc.suspect(&backend.spec.key);
+                backend_failed(svc, &backend, &e);
                 last = Some(e);
             }
         }
@@ -302,6 +392,26 @@ pub async fn connect(
         }
         (None, None) => Err(ConnectError::NoBackends),
     }
+}
+
+/// A backend answered all the way: its ejection, if any, ends, and it
+/// counts as proven.
+fn backend_ready(svc: &Service, backend: &Backend) {
+    if svc.table.report_success(&backend.stats) {
+        info!(service = %svc.name, backend = %backend.spec.target, "backend restored");
+    }
+}
+
+/// A backend failed a connection: ejected (unless it already is), and
+/// handed to discovery to verify.
+fn backend_failed(svc: &Service, backend: &Backend, error: &dyn std::fmt::Display) {
+    match svc.table.report_failure(&backend.stats) {
+        Some(period) => warn!(service = %svc.name, backend = %backend.spec.target,
+            error = %error, eject_for = ?period, "backend ejected"),
+        None => debug!(service = %svc.name, backend = %backend.spec.target,
+            error = %error, "connect failed"),
+    }
+    svc.suspect(&backend.spec.key);
 }
 
 /// For a backend behind a TLS terminator, the handshake on a dialed

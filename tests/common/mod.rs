@@ -56,15 +56,20 @@ pub struct Redis {
 
 impl Redis {
     pub async fn start() -> Redis {
+        Redis::start_with(&[]).await
+    }
+
+    /// A server with these arguments too (`--requirepass`, `--user`).
+    pub async fn start_with(extra: &[&str]) -> Redis {
         for _ in 0..5 {
-            if let Some(r) = Self::try_start(free_port()).await {
+            if let Some(r) = Self::try_start(free_port(), extra).await {
                 return r;
             }
         }
         panic!("could not start redis-server (is it installed? the test script installs it)");
     }
 
-    async fn try_start(port: u16) -> Option<Redis> {
+    async fn try_start(port: u16, extra: &[&str]) -> Option<Redis> {
         let dir =
             std::env::temp_dir().join(format!("mesh-amb-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).ok()?;
@@ -81,6 +86,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -95,7 +101,7 @@ impl Redis {
             if let Ok(Some(_)) = redis.child.try_wait() {
                 return None; // lost the port race; the caller retries
             }
-            if ping(redis.addr).await.is_ok() {
+            if answers(redis.addr).await {
                 return Some(redis);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -228,6 +234,15 @@ pub async fn ping(addr: SocketAddr) -> std::io::Result<()> {
         Reply::Simple(p) if p == "PONG" => Ok(()),
         other => Err(bad_data(format!("PING answered {other:?}"))),
     }
+}
+
+/// Whether a server at `addr` answers a PING at all (PONG, or an error
+/// such as NOAUTH from a server that wants a password).
+pub async fn answers(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    command(&mut s, &[b"PING"]).await.is_ok()
 }
 
 /// Deterministic, incompressible-looking bytes.

@@ -18,6 +18,7 @@ use clap::{
 use serde::{Deserialize, Serialize};
 
 use mesh_amb::backends::balance::Policy;
+use mesh_amb::credentials::CredentialsSpec;
 use mesh_amb::settings::{
     ConnectionCount, Ip, NodeId, OrOff, Period, SmallCount, Wait, DEFAULT_BIND,
     DEFAULT_CHECK_INTERVAL, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,
@@ -213,6 +214,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", env = "MESH_AMB_BACKEND_CHECK",
         default_value_t = OrOff(None))]
     pub backend_check: OrOff<Period>,
+
+    /// Log in to every backend of the consumed service NAME on the
+    /// application's behalf, with the secret in FILE: for redis, a password
+    /// on one line, or an ACL user name and its password on two. FILE must
+    /// be readable by its owner only. Repeatable. Env: MESH_AMB_CREDENTIALS
+    /// (whitespace-separated specs).
+    #[arg(long, value_name = "NAME=redis:FILE")]
+    pub credentials: Vec<CredentialsSpec>,
 
     /// Cluster key file (from 'mesh-amb keygen'): sign our advertisements
     /// and accept only signed ones, and speak mutual TLS with other

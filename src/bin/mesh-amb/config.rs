@@ -300,6 +300,7 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
         fall,
         drain_period,
         backend_check,
+        credentials,
         cluster_key,
         tls_cert,
         tls_key,
@@ -356,6 +357,11 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
                     )),
                 },
                 allow_plaintext,
+                credentials: credentials
+                    .iter()
+                    .map(|c| c.load().map(Arc::new))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| bad(format!("--credentials: {e}")))?,
             },
         };
     config.validate().map_err(|e| match e {
@@ -414,6 +420,14 @@ mod tests {
             .unwrap()
             .write_all(body.as_bytes())
             .unwrap();
+        f
+    }
+
+    /// A throwaway file holding a secret: readable by its owner only.
+    fn temp_secret(body: &str) -> tempfile_lite::TempFile {
+        use std::os::unix::fs::PermissionsExt;
+        let f = temp_toml(body);
+        std::fs::set_permissions(&f.path, std::fs::Permissions::from_mode(0o600)).unwrap();
         f
     }
 
@@ -888,6 +902,69 @@ log_format = "json"
         .expect_err("bad bind in the file")
         .to_string();
         assert!(e.contains("bind 'nowhere': not an IP"), "{e}");
+    }
+
+    /// `--credentials` from a flag, its variable and the file, all the
+    /// same; the secret is in no `Debug` of the settings.
+    #[test]
+    fn credentials_from_every_source_never_shown() {
+        const PASSWORD: &str = "pw-config-never-shown";
+        let pass = temp_secret(&format!("{PASSWORD}\n"));
+        let spec = format!("cache=redis:{}", pass.path.display());
+        let consume = "cache:7379=127.0.0.1:6379";
+        let f = temp_toml(&format!(
+            "consume = [\"{consume}\"]\ncredentials = [\"{spec}\"]\n"
+        ));
+        let file = f.path.to_str().unwrap();
+        for (argv, env) in [
+            (vec!["--consume", consume, "--credentials", &spec], vec![]),
+            (
+                vec!["--consume", consume],
+                vec![("MESH_AMB_CREDENTIALS", spec.as_str())],
+            ),
+            (vec!["--config", file], vec![]),
+        ] {
+            let r = resolve_env(&argv, &env).unwrap();
+            let creds = &r.config.security.credentials;
+            assert_eq!(creds.len(), 1, "{argv:?}");
+            assert_eq!(creds[0].spec.to_string(), spec);
+            let shown = format!("{r:?}");
+            assert!(shown.contains(pass.path.to_str().unwrap()), "{shown}");
+            assert!(!shown.contains(PASSWORD), "{shown}");
+        }
+
+        let other = temp_secret("another\n");
+        let twice = format!("cache=redis:{}", other.path.display());
+        let cases: &[(&[&str], &str)] = &[
+            (&["--credentials", &spec], "--credentials 'cache=redis:"),
+            (
+                &[
+                    "--consume",
+                    consume,
+                    "--credentials",
+                    &spec,
+                    "--credentials",
+                    &twice,
+                ],
+                "two sets of credentials for 'cache'",
+            ),
+            (
+                &["--consume", consume, "--credentials", "cache=redis"],
+                "expected NAME=PROTOCOL:FILE",
+            ),
+        ];
+        for (argv, want) in cases {
+            let e = resolve(argv, &[]).expect_err(want).to_string();
+            assert!(e.contains(want), "{argv:?}: {e}");
+            assert!(!e.contains(PASSWORD) && !e.contains("another"), "{e}");
+        }
+        let e = resolve(&["--credentials", &spec], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("'cache' is not a consumed service (no --consume cache:PORT)"),
+            "{e}"
+        );
     }
 
     #[test]

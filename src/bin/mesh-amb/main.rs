@@ -65,7 +65,11 @@ fn main() -> ExitCode {
                 );
             }
             init_logs(format, "info");
-            if config.security.cluster_key.is_some() || config.security.pki.is_some() {
+            let security = &config.security;
+            let secrets = security.cluster_key.is_some()
+                || security.pki.is_some()
+                || !security.credentials.is_empty();
+            if secrets {
                 if let Err(e) = mesh_amb::secret::protect_process_memory() {
                     tracing::warn!(error = %e, "cannot keep secrets out of core dumps");
                 }
