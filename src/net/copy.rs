@@ -22,16 +22,16 @@
 //! And a reset travels: when one socket fails (ECONNRESET, a keepalive or
 //! user timeout, ...), the other is set to reset on close, so the peer sees
 //! a reset instead of a clean end of stream that may look like a complete
-//! reply.
+//! reply ([`reset_after`]).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
@@ -216,57 +216,89 @@ pub async fn copy_both(
             &clock,
             &mut from_server
         ));
-        let (mut up_done, mut down_done) = (false, false);
-        let mut half_closed_at = None;
-        // Both directions are polled until both are done: ending when only
-        // one is would cut a half-closed connection.
-        loop {
-            if up_done && down_done {
-                break End::Done;
-            }
-            let half_close = half_closed_at.zip(limits.half_close);
-            let finished = tokio::select! {
-                r = &mut up, if !up_done => {
-                    up_done = true;
-                    r
-                }
-                r = &mut down, if !down_done => {
-                    down_done = true;
-                    r
-                }
-                limit = quiet(&clock, limits.idle, half_close) => break match limit {
-                    Limit::Idle => End::Idle,
-                    Limit::HalfClose => End::HalfClose,
-                },
-                _ = stop.cancelled() => break End::Stopped,
-            };
-            if let Err((side, error)) = finished {
-                break End::Failed { side, error };
-            }
-            half_closed_at.get_or_insert_with(Instant::now);
-        }
+        drive(&clock, &limits, stop, |cx, from| match from {
+            Side::Client => up.as_mut().poll(cx),
+            Side::Server => down.as_mut().poll(cx),
+        })
+        .await
     };
-    // Best effort: where it fails, the peer gets a FIN as before.
-    match &end {
+    reset_after(&end, client, server);
+    Report {
+        from_client,
+        from_server,
+        end,
+    }
+}
+
+/// Makes the sockets that must not end with a clean FIN reset on close,
+/// after a copy that ended with `end`: the side that did not fail, after a
+/// failure; both, when the drain timeout cut the copy short, perhaps in the
+/// middle of a reply (a FIN would look like a complete one). Best effort:
+/// where it fails, the peer gets a FIN as before.
+pub fn reset_after(end: &End, client: &TcpStream, server: &TcpStream) {
+    match end {
         End::Failed { side, .. } => {
             let other = match side.other() {
-                Side::Client => &*client,
-                Side::Server => &*server,
+                Side::Client => client,
+                Side::Server => server,
             };
             let _ = sockopt::reset_on_close(other);
         }
-        // Cut short by the drain timeout, perhaps in the middle of a reply:
-        // a FIN would look like a complete one.
         End::Stopped => {
             let _ = sockopt::reset_on_close(client);
             let _ = sockopt::reset_on_close(server);
         }
         End::Done | End::Idle | End::HalfClose => {}
     }
-    Report {
-        from_client,
-        from_server,
-        end,
+}
+
+/// The result of one direction: `Ok` once it forwarded end of stream, or
+/// the side whose socket or stream failed.
+type Flowed = Result<(), (Side, io::Error)>;
+
+/// Drives both directions of a copy, `flow(cx, side)` polling the one that
+/// reads from `side`, until both are done, one fails, a limit expires or
+/// `stop` is cancelled.
+async fn drive<F>(clock: &Clock, limits: &Limits, stop: &CancellationToken, mut flow: F) -> End
+where
+    F: FnMut(&mut Context<'_>, Side) -> Poll<Flowed>,
+{
+    let (mut up_done, mut down_done) = (false, false);
+    let mut half_closed_at = None;
+    // Both directions are polled until both are done: ending when only
+    // one is would cut a half-closed connection.
+    loop {
+        if up_done && down_done {
+            return End::Done;
+        }
+        let half_close = half_closed_at.zip(limits.half_close);
+        let next = poll_fn(|cx| {
+            if !up_done {
+                if let Poll::Ready(r) = flow(cx, Side::Client) {
+                    up_done = true;
+                    return Poll::Ready(r);
+                }
+            }
+            if !down_done {
+                if let Poll::Ready(r) = flow(cx, Side::Server) {
+                    down_done = true;
+                    return Poll::Ready(r);
+                }
+            }
+            Poll::Pending
+        });
+        let finished = tokio::select! {
+            r = next => r,
+            limit = quiet(clock, limits.idle, half_close) => return match limit {
+                Limit::Idle => End::Idle,
+                Limit::HalfClose => End::HalfClose,
+            },
+            _ = stop.cancelled() => return End::Stopped,
+        };
+        if let Err((side, error)) = finished {
+            return End::Failed { side, error };
+        }
+        half_closed_at.get_or_insert_with(Instant::now);
     }
 }
 
@@ -278,7 +310,7 @@ async fn pump(
     from: Side,
     clock: &Clock,
     moved: &mut u64,
-) -> Result<(), (Side, io::Error)> {
+) -> Flowed {
     let on_read = |e| (from, e);
     let on_write = |e| (from.other(), e);
     loop {
