@@ -22,16 +22,19 @@
 //! And a reset travels: when one socket fails (ECONNRESET, a keepalive or
 //! user timeout, ...), the other is set to reset on close, so the peer sees
 //! a reset instead of a clean end of stream that may look like a complete
-//! reply.
+//! reply ([`reset_after`]).
+//!
+//! Streams that are not plain sockets (TLS) have no readiness to wait on
+//! without a buffer: [`copy_streams`] copies them through `AsyncRead` and
+//! `AsyncWrite` alone, with the same contract.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
-use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
@@ -41,6 +44,9 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::sockopt;
+
+mod stream;
+pub use stream::copy_streams;
 
 /// Bytes moved per read. 64 KiB carries a large value in few syscalls;
 /// tokio's 8 KiB default measurably loses throughput on 16 KiB values.
@@ -66,19 +72,21 @@ fn pool_keep() -> usize {
 }
 
 /// Free copy buffers, shared by every connection.
-static POOL: Mutex<Vec<Box<[MaybeUninit<u8>]>>> = Mutex::new(Vec::new());
+static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 /// Buffers on loan right now: one per direction that is moving data.
 static ON_LOAN: AtomicUsize = AtomicUsize::new(0);
 
 /// A copy buffer on loan from [`POOL`]; dropping it gives it back.
-struct Buf(Box<[MaybeUninit<u8>]>);
+struct Buf(Box<[u8]>);
 
 impl Buf {
     fn take() -> Buf {
         ON_LOAN.fetch_add(1, Ordering::Relaxed);
         let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        // Uninitialised: the kernel writes what is read, nothing needs zeroing.
-        Buf(pooled.unwrap_or_else(|| Box::new_uninit_slice(BUF_SIZE)))
+        // Zeroed once, when allocated, then reused: a stream copy keeps
+        // read bytes across polls while its writer pushes back, which takes
+        // initialised memory (this crate has no unsafe code).
+        Buf(pooled.unwrap_or_else(|| vec![0; BUF_SIZE].into_boxed_slice()))
     }
 }
 
@@ -94,7 +102,7 @@ impl Drop for Buf {
 }
 
 impl Deref for Buf {
-    type Target = [MaybeUninit<u8>];
+    type Target = [u8];
     fn deref(&self) -> &Self::Target {
         &self.0
     }
@@ -164,27 +172,6 @@ pub struct Report {
     pub end: End,
 }
 
-/// PLACEHOLDER until the generic copy lands: both ways between any two
-/// streams.
-pub async fn copy_streams<A, B>(
-    a: &mut A,
-    b: &mut B,
-    _limits: Limits,
-    stop: &CancellationToken,
-) -> Report
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    tokio::select! {
-        r = tokio::io::copy_bidirectional(a, b) => match r {
-            Ok((from_client, from_server)) => Report { from_client, from_server, end: End::Done },
-            Err(error) => Report { from_client: 0, from_server: 0, end: End::Failed { side: Side::Client, error } },
-        },
-        _ = stop.cancelled() => Report { from_client: 0, from_server: 0, end: End::Stopped },
-    }
-}
-
 /// Copies both ways between `client` and `server` until both directions
 /// reach end of stream, one fails, a limit expires or `stop` is cancelled.
 /// The caller closes the sockets by dropping them.
@@ -216,57 +203,91 @@ pub async fn copy_both(
             &clock,
             &mut from_server
         ));
-        let (mut up_done, mut down_done) = (false, false);
-        let mut half_closed_at = None;
-        // Both directions are polled until both are done: ending when only
-        // one is would cut a half-closed connection.
-        loop {
-            if up_done && down_done {
-                break End::Done;
-            }
-            let half_close = half_closed_at.zip(limits.half_close);
-            let finished = tokio::select! {
-                r = &mut up, if !up_done => {
-                    up_done = true;
-                    r
-                }
-                r = &mut down, if !down_done => {
-                    down_done = true;
-                    r
-                }
-                limit = quiet(&clock, limits.idle, half_close) => break match limit {
-                    Limit::Idle => End::Idle,
-                    Limit::HalfClose => End::HalfClose,
-                },
-                _ = stop.cancelled() => break End::Stopped,
-            };
-            if let Err((side, error)) = finished {
-                break End::Failed { side, error };
-            }
-            half_closed_at.get_or_insert_with(Instant::now);
-        }
+        drive(&clock, &limits, stop, |cx, from| match from {
+            Side::Client => up.as_mut().poll(cx),
+            Side::Server => down.as_mut().poll(cx),
+        })
+        .await
     };
-    // Best effort: where it fails, the peer gets a FIN as before.
-    match &end {
+    reset_after(&end, client, server);
+    Report {
+        from_client,
+        from_server,
+        end,
+    }
+}
+
+/// Makes the sockets that must not end with a clean FIN reset on close,
+/// after a copy that ended with `end`: the side that did not fail, after a
+/// failure; both, when the drain timeout cut the copy short, perhaps in the
+/// middle of a reply (a FIN would look like a complete one). Best effort:
+/// where it fails, the peer gets a FIN as before. [`copy_both`] calls it;
+/// the caller of [`copy_streams`] calls it with the sockets under its
+/// streams (a TLS stream's `get_ref().0`), before dropping them.
+pub fn reset_after(end: &End, client: &TcpStream, server: &TcpStream) {
+    match end {
         End::Failed { side, .. } => {
             let other = match side.other() {
-                Side::Client => &*client,
-                Side::Server => &*server,
+                Side::Client => client,
+                Side::Server => server,
             };
             let _ = sockopt::reset_on_close(other);
         }
-        // Cut short by the drain timeout, perhaps in the middle of a reply:
-        // a FIN would look like a complete one.
         End::Stopped => {
             let _ = sockopt::reset_on_close(client);
             let _ = sockopt::reset_on_close(server);
         }
         End::Done | End::Idle | End::HalfClose => {}
     }
-    Report {
-        from_client,
-        from_server,
-        end,
+}
+
+/// The result of one direction: `Ok` once it forwarded end of stream, or
+/// the side whose socket or stream failed.
+type Flowed = Result<(), (Side, io::Error)>;
+
+/// Drives both directions of a copy, `flow(cx, side)` polling the one that
+/// reads from `side`, until both are done, one fails, a limit expires or
+/// `stop` is cancelled.
+async fn drive<F>(clock: &Clock, limits: &Limits, stop: &CancellationToken, mut flow: F) -> End
+where
+    F: FnMut(&mut Context<'_>, Side) -> Poll<Flowed>,
+{
+    let (mut up_done, mut down_done) = (false, false);
+    let mut half_closed_at = None;
+    // Both directions are polled until both are done: ending when only
+    // one is would cut a half-closed connection.
+    loop {
+        if up_done && down_done {
+            return End::Done;
+        }
+        let half_close = half_closed_at.zip(limits.half_close);
+        let next = poll_fn(|cx| {
+            if !up_done {
+                if let Poll::Ready(r) = flow(cx, Side::Client) {
+                    up_done = true;
+                    return Poll::Ready(r);
+                }
+            }
+            if !down_done {
+                if let Poll::Ready(r) = flow(cx, Side::Server) {
+                    down_done = true;
+                    return Poll::Ready(r);
+                }
+            }
+            Poll::Pending
+        });
+        let finished = tokio::select! {
+            r = next => r,
+            limit = quiet(clock, limits.idle, half_close) => return match limit {
+                Limit::Idle => End::Idle,
+                Limit::HalfClose => End::HalfClose,
+            },
+            _ = stop.cancelled() => return End::Stopped,
+        };
+        if let Err((side, error)) = finished {
+            return End::Failed { side, error };
+        }
+        half_closed_at.get_or_insert_with(Instant::now);
     }
 }
 
@@ -278,7 +299,7 @@ async fn pump(
     from: Side,
     clock: &Clock,
     moved: &mut u64,
-) -> Result<(), (Side, io::Error)> {
+) -> Flowed {
     let on_read = |e| (from, e);
     let on_write = |e| (from.other(), e);
     loop {
@@ -290,7 +311,7 @@ async fn pump(
             .map_err(on_read)?;
         let mut buf = Buf::take();
         loop {
-            let mut chunk = ReadBuf::uninit(&mut buf);
+            let mut chunk = ReadBuf::new(&mut buf);
             // Read once without waiting: if the readiness was stale, give the
             // buffer back and wait again. `poll_read` (unlike `try_read`)
             // clears the readiness after a short read, which saves the
@@ -392,7 +413,7 @@ mod tests {
     use tokio::task::JoinHandle;
 
     /// A connected pair on loopback.
-    async fn pair() -> (TcpStream, TcpStream) {
+    pub(super) async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
         let (s, _) = l.accept().await.unwrap();
@@ -415,7 +436,7 @@ mod tests {
         Proxied { app, backend, copy }
     }
 
-    fn value(len: usize, seed: u8) -> Vec<u8> {
+    pub(super) fn value(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31) ^ seed)
             .collect()

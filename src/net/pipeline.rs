@@ -271,7 +271,11 @@ async fn copy_stage(
     let stop = &shared.hard_stop;
     let report = match &mut upstream.stream {
         BackendStream::Plain(tcp) => copy::copy_both(&mut client, tcp, limits, stop).await,
-        BackendStream::Tls(tls) => copy::copy_streams(&mut client, &mut **tls, limits, stop).await,
+        BackendStream::Tls(tls) => {
+            let report = copy::copy_streams(&mut client, &mut **tls, limits, stop).await;
+            copy::reset_after(&report.end, &client, tls.get_ref().0);
+            report
+        }
     };
     let backend = upstream.active.backend();
     let stats = &backend.stats;

@@ -105,6 +105,7 @@ impl Handler for Terminator {
             half_close: settings.half_close_timeout,
         };
         let report = copy::copy_streams(&mut client, &mut local, limits, &shared.hard_stop).await;
+        copy::reset_after(&report.end, client.get_ref().0, &local);
         match report.end {
             End::Failed { side, error } => debug!(provide = %self.provide, client = %peer,
                 error = %error, failed = ?side, "mesh connection failed"),
