@@ -118,15 +118,20 @@ impl Handler for Service {
 
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         let mut client = accept_stage(client, peer, &self, &shared);
-        let Some(mut upstream) = dial_stage(peer, &self, &shared).await else {
+        // The dial and login stages are boxed: their futures (a TLS
+        // handshake holds a whole rustls connection) are freed once they
+        // are done, so an idle connection keeps only the copy stage's.
+        let Some(mut upstream) = Box::pin(dial_stage(peer, &self, &shared)).await else {
             return;
         };
         let backend = upstream.active.backend();
         let c = &mut client;
         let logged_in = match &mut upstream.stream {
-            BackendStream::Plain(tcp) => auth_stage(c, peer, backend, tcp, &self, &shared).await,
+            BackendStream::Plain(tcp) => {
+                Box::pin(auth_stage(c, peer, backend, tcp, &self, &shared)).await
+            }
             BackendStream::Tls(tls) => {
-                auth_stage(c, peer, backend, &mut **tls, &self, &shared).await
+                Box::pin(auth_stage(c, peer, backend, &mut **tls, &self, &shared)).await
             }
         };
         if !logged_in {
