@@ -242,3 +242,29 @@ fn malformed_instances_are_ignored_and_the_provider_keeps_serving() {
         "one line per instance, however often it is announced"
     );
 }
+
+#[test]
+fn with_a_key_a_forged_flawed_record_under_a_real_name_changes_nothing() {
+    let lab = Lab::new(3);
+    let key = keygen(lab.dir(), "cluster.key");
+    let mesh = Mesh::start_with(lab, &["--cluster-key", key.to_str().unwrap()], &[]);
+    let stranger = mesh.stranger();
+    // The real provider's instance name, a TXT that is no mesh service:
+    // without a key that would be the instance's newest record.
+    let forged = FakeInstance {
+        label: b"redis@real".to_vec(),
+        host: "forger.local.".into(),
+        port: 7000,
+        txt: vec![b"x=1".to_vec()],
+        addrs: vec![stranger.ip.into()],
+    };
+    let _rogue = Rogue::start(stranger, vec![forged]);
+    mesh.wait_log(&["not a mesh service", "redis@real"], 1);
+    let failed = failed_requests(mesh.client(), 100, "h1");
+    assert_eq!(failed, 0, "{}", mesh.consumer.output_tail(40));
+    assert_eq!(
+        log_lines(&mesh.consumer, &["backend left", "redis@real"]),
+        0,
+        "a forged record took the real instance out"
+    );
+}

@@ -481,8 +481,11 @@ impl TlsUse {
 }
 
 /// Turns one resolve event into table updates. Whatever the link sent is
-/// checked first: a flawed or unusable instance is counted, logged once
-/// (escaped), and leaves any table it was in.
+/// checked first: a flawed or unusable instance is counted and logged once
+/// (escaped). Without a key it also leaves any table it was in (the link is
+/// trusted, and this is the instance's newest record); with a key, a record
+/// that is not verified changes nothing, so a stranger cannot knock a
+/// verified instance out by forging a flawed record under its name.
 fn resolved(
     services: &[Arc<Service>],
     r: &ResolvedService,
@@ -490,6 +493,7 @@ fn resolved(
     verifier: Option<&mut Verifier>,
     stats: &DiscoveryStats,
 ) {
+    let keyed = verifier.is_some();
     let txt_bytes: usize = r
         .get_properties()
         .iter()
@@ -502,7 +506,9 @@ fn resolved(
             Flaw::Txt => &stats.bad_txt,
         };
         stats.ignore(counter, &r.fullname, flaw.reason());
-        removed(services, &r.fullname);
+        if !keyed {
+            removed(services, &r.fullname);
+        }
         return;
     }
     let Some(advert) = wire::parse_txt(|k| r.get_property_val_str(k)) else {
@@ -511,7 +517,9 @@ fn resolved(
             &r.fullname,
             "not a mesh service (no valid svc= TXT key)",
         );
-        removed(services, &r.fullname);
+        if !keyed {
+            removed(services, &r.fullname);
+        }
         return;
     };
     let peer: Vec<PeerAddr> = r
