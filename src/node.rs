@@ -378,10 +378,17 @@ async fn run(
             info!(provide = %t.name(), listen = %addr, "TLS terminator listening");
         }
     }
+    // Their own connection limit: the LAN must not take local clients' slots.
+    let mesh_shared = Arc::new(Shared {
+        limit: Arc::new(Semaphore::new(shared.settings.max_connections)),
+        settings: shared.settings.clone(),
+        hard_stop: shutdown.immediate.clone(),
+        tls: security.tls.clone(),
+    });
     let terminating = (!security.terminators.is_empty()).then(|| {
         tokio::spawn(accept::serve(
             security.terminators,
-            shared.clone(),
+            mesh_shared,
             withdrawn.clone(),
             tracker.clone(),
         ))

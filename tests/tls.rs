@@ -360,3 +360,51 @@ fn a_tls_static_backend_reaches_a_terminator_on_a_fixed_port() {
         "a plain client got a reply from a terminator"
     );
 }
+
+#[test]
+fn silent_clients_of_a_terminator_take_no_slot_of_local_clients() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let key = keygen(lab.dir(), "cluster.key");
+    let _redis = redis(h1, 6379);
+    // One node, a tiny limit: it provides redis to the mesh and stands in
+    // for it locally (a static backend).
+    let node = amb(
+        h1,
+        &[
+            "--cluster-key",
+            key.to_str().unwrap(),
+            "--provide",
+            "redis:6379",
+            "--consume",
+            "local:7000=127.0.0.1:6379",
+            "--max-connections",
+            "4",
+        ],
+    );
+    let addr = SocketAddr::new(IpAddr::V4(h1.ip), terminator_port(&node));
+    wait_routed_to(h1, 7000, "h1");
+    // Twice the limit in silent clients from the LAN.
+    let silent: Vec<TcpStream> =
+        h2.enter(|| (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect());
+    // Local clients one after another (the first may use the permit the
+    // accept loop already holds).
+    for _ in 0..3 {
+        assert_eq!(
+            h1.enter(|| request(local(7000), &["GET", "whoami"]))
+                .as_deref(),
+            Some("h1")
+        );
+    }
+    // Had a local client needed a slot of theirs, it would have waited
+    // for the terminator to close one of them (after its handshake timeout).
+    let closed = silent
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let r = std::io::Read::read(&mut &**s, &mut [0u8; 1]);
+            !matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    assert_eq!(closed, 0, "the local client waited for a LAN client's slot");
+}

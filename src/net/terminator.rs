@@ -9,11 +9,17 @@
 //!
 //! A handshake that fails or stalls (a stranger, a consumer without the
 //! key, a port scanner) costs one connection slot for at most
-//! [`tls::HANDSHAKE_TIMEOUT`] and is logged at most once a second.
+//! [`tls::HANDSHAKE_TIMEOUT`] and is logged at most once a second. The
+//! terminators' slots are their own (the node gives them a connection limit
+//! apart from its consume listeners'), so a flood from the LAN cannot take
+//! the slots of local applications; and one source address may hold at
+//! most [`MAX_HANDSHAKES_PER_PEER`] handshakes at once, so one stranger
+//! cannot take them all from the other members either.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -33,12 +39,20 @@ static HANDSHAKE_FAILURES: LogLimit = LogLimit::new();
 /// Local service refusals, process-wide (its own check withdraws it soon).
 static LOCAL_FAILURES: LogLimit = LogLimit::new();
 
+/// Handshakes one source address may have in progress at once. A member
+/// under a burst of clients opens many connections, each handshake taking
+/// a millisecond or two on a LAN: far below this. A stranger holding
+/// connections open without a word reaches it and is refused at once.
+pub const MAX_HANDSHAKES_PER_PEER: u32 = 256;
+
 /// The terminator of one provided service.
 pub struct Terminator {
     provide: ProvideSpec,
     /// Where the local service answers (see `discovery::provider::check_target`).
     local: Target,
     tls: Arc<Tls>,
+    /// Handshakes in progress, by source address.
+    handshaking: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl Terminator {
@@ -47,7 +61,19 @@ impl Terminator {
             provide,
             local,
             tls,
+            handshaking: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A handshake slot for `peer`, or `None` when it holds all of its own.
+    fn handshake_slot(&self, peer: IpAddr) -> Option<HandshakeSlot<'_>> {
+        let mut counts = self.handshaking.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(peer).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot { of: self, peer })
     }
 
     /// A listener on every address of the host (dual-stack where IPv6
@@ -71,6 +97,13 @@ impl Handler for Terminator {
         if let Err(e) = sockopt::tune_stream(&client, settings) {
             debug!(provide = %self.provide, client = %peer, error = %e, "cannot set socket options");
         }
+        let Some(slot) = self.handshake_slot(peer.ip()) else {
+            return refused(
+                &self.provide,
+                peer,
+                "too many handshakes from this address at once",
+            );
+        };
         let handshake = timeout(tls::HANDSHAKE_TIMEOUT, self.tls.accept(client));
         let mut client = tokio::select! {
             r = handshake => match r {
@@ -80,6 +113,7 @@ impl Handler for Terminator {
             },
             _ = shared.hard_stop.cancelled() => return,
         };
+        drop(slot);
         let local = tokio::select! {
             r = dial(&self.local, settings.connect_timeout) => r,
             _ = shared.hard_stop.cancelled() => return,
@@ -116,11 +150,66 @@ impl Handler for Terminator {
     }
 }
 
+/// One handshake in progress, counted for its source address until dropped.
+struct HandshakeSlot<'a> {
+    of: &'a Terminator,
+    peer: IpAddr,
+}
+
+impl Drop for HandshakeSlot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self
+            .of
+            .handshaking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// A client that did not complete the handshake: logged, rate-limited.
 fn refused(provide: &ProvideSpec, peer: SocketAddr, why: &str) {
     match HANDSHAKE_FAILURES.admit() {
         Some(more) => warn!(provide = %provide, client = %peer, held_back = more,
             "refused a mesh connection: {why}"),
         None => debug!(provide = %provide, client = %peer, "refused a mesh connection: {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::key::{ClusterKey, KEY_LEN};
+
+    #[test]
+    fn one_address_cannot_hold_every_handshake() {
+        let key = ClusterKey::from_bytes([9; KEY_LEN]);
+        let tls = Tls::new(Some(&key), None, "t1").unwrap().unwrap();
+        let provide: ProvideSpec = "redis:6379".parse().unwrap();
+        let t = Terminator::new(provide, Target::Addrs(vec![]), tls);
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let mut held: Vec<_> = (0..MAX_HANDSHAKES_PER_PEER)
+            .map(|_| t.handshake_slot(a).expect("below the cap"))
+            .collect();
+        assert!(t.handshake_slot(a).is_none(), "over the cap");
+        assert!(
+            t.handshake_slot(b).is_some(),
+            "another address is not held back"
+        );
+        held.pop();
+        assert!(
+            t.handshake_slot(a).is_some(),
+            "a finished handshake frees its slot"
+        );
+        drop(held);
+        assert!(
+            t.handshaking.lock().unwrap().is_empty(),
+            "no address left behind"
+        );
     }
 }
