@@ -10,10 +10,11 @@
 //!
 //! Peers are found by mDNS and dialed by address, so there is no host name
 //! a certificate could be checked against; what a certificate proves is
-//! membership, and the check is the chain alone (as for client
-//! certificates). The same holds for an existing PKI given with
-//! `--tls-cert`, `--tls-key` and `--tls-ca`: any certificate of that CA is a
-//! member.
+//! membership. Node certificates of the derived CA all carry one fixed name,
+//! [`MEMBER_NAME`], which consumers check with rustls's own verifier. For an
+//! existing PKI given with `--tls-cert`, `--tls-key` and `--tls-ca`, whose
+//! certificates name hosts, the check is the chain alone (as for client
+//! certificates): any certificate of that CA is a member.
 //!
 //! TLS 1.3 only: both ends are mesh-amb, so nothing older is needed.
 //!
@@ -56,6 +57,12 @@ use crate::secret;
 /// two hosts of one LAN takes milliseconds; this bounds what a stalled or
 /// silent peer costs: one connection slot for a few seconds.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The name every node certificate of the derived CA carries, and that
+/// consumers check. `.invalid` (RFC 6761) can never be a real host.
+pub const MEMBER_NAME: &str = "member.mesh-amb.invalid";
+/// How often the renewal task looks at the wall clock: a suspended host
+/// wakes up to an old certificate, and renews it within this.
+const RENEW_CHECK: Duration = Duration::from_secs(60);
 /// What a terminator sends once its local service accepted the connection.
 pub const READY: u8 = 1;
 /// A node certificate lives a day: short enough that a copied certificate
@@ -92,7 +99,9 @@ impl ClusterCa {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(
             DnType::CommonName,
-            format!("mesh-amb cluster CA {}", key.fingerprint()),
+            // No fingerprint here: any stranger that starts a handshake
+            // sees this name, which must not identify the cluster.
+            "mesh-amb cluster CA",
         );
         params.serial_number = Some(SerialNumber::from(vec![1]));
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
@@ -114,8 +123,7 @@ impl ClusterCa {
     pub fn issue(&self, node_id: &str, now: SystemTime) -> anyhow::Result<Identity> {
         let node_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .context("cannot make a node key")?;
-        // No subject alternative name: no name is checked (see above).
-        let mut params = CertificateParams::new(Vec::<String>::new())
+        let mut params = CertificateParams::new(vec![MEMBER_NAME.to_owned()])
             .context("cannot make a node certificate")?;
         params.distinguished_name = DistinguishedName::new();
         params
@@ -157,7 +165,12 @@ pub struct PkiFiles {
 /// Where certificates come from.
 enum Source {
     /// Derived from the cluster key; node certificates are renewed.
-    Cluster { ca: Box<ClusterCa>, node_id: String },
+    Cluster {
+        ca: Box<ClusterCa>,
+        node_id: String,
+        /// When the first certificate was issued.
+        issued: SystemTime,
+    },
     /// Files of an existing PKI, used as they are.
     Pki,
 }
@@ -171,6 +184,9 @@ pub struct Tls {
 struct Configs {
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    /// The name a backend's certificate is checked for: [`MEMBER_NAME`],
+    /// or none (the address, ignored) for an existing PKI.
+    member_name: Option<ServerName<'static>>,
 }
 
 impl Tls {
@@ -188,17 +204,20 @@ impl Tls {
             }
             (None, Some(key)) => {
                 let ca = ClusterCa::derive(key)?;
-                let identity = ca.issue(node_id, SystemTime::now())?;
+                let issued = SystemTime::now();
+                let identity = ca.issue(node_id, issued)?;
                 let roots = vec![ca.cert_der().clone()];
                 let source = Source::Cluster {
                     ca: Box::new(ca),
                     node_id: node_id.to_owned(),
+                    issued,
                 };
                 (source, roots, identity)
             }
             (None, None) => return Ok(None),
         };
-        let configs = configs(&roots, identity)?;
+        let names = matches!(source, Source::Cluster { .. });
+        let configs = configs(&roots, identity, names)?;
         Ok(Some(Arc::new(Tls {
             configs: ArcSwap::from_pointee(configs),
             source,
@@ -218,9 +237,12 @@ impl Tls {
     /// certificate, and waits for the terminator's [`READY`]. Callers bound
     /// it with [`HANDSHAKE_TIMEOUT`].
     pub async fn connect(&self, stream: TcpStream) -> io::Result<client::TlsStream<TcpStream>> {
-        let peer = stream.peer_addr()?;
-        let name = ServerName::IpAddress(peer.ip().into());
-        let connector = TlsConnector::from(self.configs.load().client.clone());
+        let configs = self.configs.load();
+        let name = match &configs.member_name {
+            Some(name) => name.clone(),
+            None => ServerName::IpAddress(stream.peer_addr()?.ip().into()),
+        };
+        let connector = TlsConnector::from(configs.client.clone());
         let mut s = connector
             .connect(name, stream)
             .await
@@ -239,25 +261,38 @@ impl Tls {
         }
     }
 
-    /// Issues a new node certificate every [`RENEW_EVERY`] until `stop`;
-    /// new connections use it, open ones keep theirs. Returns at once for
-    /// an existing PKI, whose files are the operator's to renew.
+    /// Issues a new node certificate once [`RENEW_EVERY`] has passed on the
+    /// wall clock, until `stop`; new connections use it, open ones keep
+    /// theirs. The wall clock, not a timer: a timer stops while the host
+    /// is suspended, the certificate's validity does not. Returns at once
+    /// for an existing PKI, whose files are the operator's to renew.
     pub async fn renew(self: Arc<Self>, stop: CancellationToken) {
-        let Source::Cluster { ca, node_id } = &self.source else {
+        let Source::Cluster {
+            ca,
+            node_id,
+            issued,
+        } = &self.source
+        else {
             return;
         };
+        let mut issued = *issued;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(RENEW_EVERY) => {}
+                _ = tokio::time::sleep(RENEW_CHECK) => {}
+            }
+            let now = SystemTime::now();
+            if !renewal_due(issued, now) {
+                continue;
             }
             let roots = vec![ca.cert_der().clone()];
             match ca
-                .issue(node_id, SystemTime::now())
-                .and_then(|id| configs(&roots, id))
+                .issue(node_id, now)
+                .and_then(|id| configs(&roots, id, true))
             {
                 Ok(c) => {
                     self.configs.store(Arc::new(c));
+                    issued = now;
                     info!("node certificate renewed");
                 }
                 // The current one is still valid for two more periods.
@@ -267,14 +302,26 @@ impl Tls {
     }
 }
 
+/// Whether a certificate issued at `issued` is due for renewal at `now`;
+/// a clock stepped back past the issue renews too.
+fn renewal_due(issued: SystemTime, now: SystemTime) -> bool {
+    now.duration_since(issued)
+        .map_or(true, |age| age >= RENEW_EVERY)
+}
+
 /// Tells a consumer that the local service accepted: it may forward now.
 pub async fn ready(stream: &mut server::TlsStream<TcpStream>) -> io::Result<()> {
     stream.write_all(&[READY]).await?;
     stream.flush().await
 }
 
-/// The server and client configurations for one identity.
-fn configs(roots: &[CertificateDer<'static>], identity: Identity) -> anyhow::Result<Configs> {
+/// The server and client configurations for one identity; `names`: check
+/// backends for [`MEMBER_NAME`] (derived CA), or their chain only.
+fn configs(
+    roots: &[CertificateDer<'static>],
+    identity: Identity,
+    names: bool,
+) -> anyhow::Result<Configs> {
     let provider = default_provider();
     let mut store = RootCertStore::empty();
     for r in roots {
@@ -298,14 +345,26 @@ fn configs(roots: &[CertificateDer<'static>], identity: Identity) -> anyhow::Res
         .context("cannot build the server certificate check")?;
     let client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 unavailable")?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(MemberVerifier(server_verifier)))
+        .context("TLS 1.3 unavailable")?;
+    let (client, member_name) = if names {
+        let name = ServerName::try_from(MEMBER_NAME).expect("a valid DNS name");
+        (client.with_webpki_verifier(server_verifier), Some(name))
+    } else {
+        let chain_only = Arc::new(MemberVerifier(server_verifier));
+        (
+            client
+                .dangerous()
+                .with_custom_certificate_verifier(chain_only),
+            None,
+        )
+    };
+    let client = client
         .with_client_auth_cert(identity.chain, identity.key)
         .context("the node certificate does not match its key")?;
     Ok(Configs {
         server: Arc::new(server),
         client: Arc::new(client),
+        member_name,
     })
 }
 
@@ -342,9 +401,9 @@ fn load_pki(files: &PkiFiles) -> anyhow::Result<(Vec<CertificateDer<'static>>, I
     Ok((roots, Identity { chain, key }))
 }
 
-/// Checks a backend's chain to the cluster's CA and nothing else: peers
-/// are dialed by the address mDNS gave, which no certificate names (see the
-/// module documentation).
+/// Checks a backend's chain to an existing PKI's CA and nothing else:
+/// peers are dialed by the address mDNS gave, which the PKI's certificates
+/// need not name (see the module documentation).
 #[derive(Debug)]
 struct MemberVerifier(Arc<WebPkiServerVerifier>);
 
@@ -451,6 +510,19 @@ mod tests {
     async fn members_talk_and_strangers_do_not() {
         assert!(talk([3; KEY_LEN], [3; KEY_LEN], true).await);
         assert!(!talk([3; KEY_LEN], [4; KEY_LEN], true).await);
+    }
+
+    #[test]
+    fn renewal_follows_the_wall_clock() {
+        let t0 = SystemTime::now();
+        assert!(!renewal_due(t0, t0 + RENEW_EVERY - Duration::from_secs(1)));
+        assert!(renewal_due(t0, t0 + RENEW_EVERY));
+        // Woken from a long suspend: long past, renewed at the next check.
+        assert!(renewal_due(t0, t0 + NODE_CERT_LIFETIME * 2));
+        assert!(
+            renewal_due(t0, t0 - Duration::from_secs(3600)),
+            "clock stepped back"
+        );
     }
 
     #[tokio::test]
