@@ -93,9 +93,13 @@ pub async fn serve<H: Handler>(
         match accepted {
             Ok((client, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let task = handler.clone().handle(client, peer, shared.clone());
+                let (handler, shared) = (handler.clone(), shared.clone());
+                // The handler's future is made inside the task: made outside
+                // and moved in, it would take its size twice in the task
+                // (the captured future, then the awaited one), per idle
+                // connection.
                 tracker.spawn(async move {
-                    task.await;
+                    handler.handle(client, peer, shared).await;
                     drop(permit);
                 });
             }
