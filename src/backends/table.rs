@@ -255,8 +255,11 @@ impl Table {
                         // New addresses deserve a fresh chance: the failures
                         // were those of the old ones. An address added beside
                         // the failing ones (mDNS resolves IPv4 and IPv6 in
-                        // separate events) is no such news.
+                        // separate events) is no such news. Nor have they
+                        // answered yet: back on probation, so a name that was
+                        // proven cannot vouch for wherever it points next.
                         stats.clear_ejection();
+                        stats.answered.store(false, Ordering::Relaxed);
                     }
                     backends[i] = Arc::new(Backend { spec, stats });
                 }
@@ -441,6 +444,24 @@ mod tests {
             Some(Duration::from_secs(1)),
             "proven: the ordinary back-off"
         );
+    }
+
+    #[test]
+    fn a_proven_name_that_moves_is_back_on_probation() {
+        let t = Table::with_probation(Duration::from_secs(1));
+        t.apply(Update::Upsert(spec("a", 1)));
+        let stats = t.snapshot().backends[0].stats.clone();
+        t.report_success(&stats);
+        assert!(t.is_proven(&stats));
+        let mut more = spec("a", 1);
+        let Target::Addrs(addrs) = &mut more.target else {
+            unreachable!()
+        };
+        addrs.push(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 1)));
+        t.apply(Update::Upsert(more));
+        assert!(t.is_proven(&stats), "an added address is no move");
+        t.apply(Update::Upsert(spec("a", 2)));
+        assert!(!t.is_proven(&stats), "somewhere new has not answered yet");
     }
 
     #[test]

@@ -4,10 +4,17 @@
 //!
 //! Counters count events (mDNS repeats itself, so one instance may count
 //! many times); the log counts instances, up to [`LOG_MEMORY`] of them.
+//! When that memory is full the log pauses, and after [`LOG_WINDOW`] it
+//! says how many events it held back and starts afresh: a flood costs a
+//! bounded number of lines, and does not silence the log for good (a later
+//! real problem, a member with a wrong key, is logged again).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tracing::warn;
 
@@ -15,6 +22,8 @@ use tracing::warn;
 /// only the counters go on: a stranger announcing 10,000 bad instances
 /// costs a bounded set of names (~100 KB) and a bounded number of lines.
 pub const LOG_MEMORY: usize = 1024;
+/// How long a full log memory stays silent before it starts afresh.
+pub const LOG_WINDOW: Duration = Duration::from_secs(600);
 
 /// Discovery counters of one node.
 #[derive(Debug, Default)]
@@ -55,7 +64,14 @@ pub struct DiscoveryStats {
     /// addresses is signed (a copy sent by another host).
     pub foreign_address: AtomicU64,
     /// What was logged already, up to [`LOG_MEMORY`] pairs.
-    logged: Mutex<HashSet<(String, &'static str)>>,
+    logged: Mutex<LogMemory>,
+}
+
+/// The (instance, reason) pairs logged, and since when it is full.
+#[derive(Debug, Default)]
+struct LogMemory {
+    pairs: HashSet<(String, &'static str)>,
+    full: Option<(Instant, u64)>,
 }
 
 impl DiscoveryStats {
@@ -64,17 +80,27 @@ impl DiscoveryStats {
     /// came from the link and may hold newlines or escape sequences.
     pub fn ignore(&self, counter: &AtomicU64, instance: &str, why: &'static str) {
         counter.fetch_add(1, Ordering::Relaxed);
-        let mut seen = self.logged.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= LOG_MEMORY {
-            return;
+        let mut memory = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((since, held)) = &mut memory.full {
+            if since.elapsed() < LOG_WINDOW {
+                *held += 1;
+                return;
+            }
+            warn!(
+                "{held} more ignored mDNS records were counted, not logged, in the last {}",
+                humantime::format_duration(LOG_WINDOW)
+            );
+            *memory = LogMemory::default();
         }
-        if seen.insert((instance.to_owned(), why)) {
+        if memory.pairs.insert((instance.to_owned(), why)) {
             warn!(instance = ?instance, "ignoring an mDNS instance: {why}");
-            if seen.len() == LOG_MEMORY {
+            if memory.pairs.len() == LOG_MEMORY {
                 warn!(
-                    "{LOG_MEMORY} instances ignored and logged; more are only counted, \
-                     not logged"
+                    "{LOG_MEMORY} instances ignored and logged; for {} more are only \
+                     counted, not logged",
+                    humantime::format_duration(LOG_WINDOW)
                 );
+                memory.full = Some((Instant::now(), 0));
             }
         }
     }
@@ -140,7 +166,7 @@ mod tests {
             100,
             "every event counts"
         );
-        let logged = |s: &DiscoveryStats| s.logged.lock().unwrap().len();
+        let logged = |s: &DiscoveryStats| s.logged.lock().unwrap().pairs.len();
         assert_eq!(logged(&s), 1, "one line for the instance");
         s.ignore(&s.bad_txt, "a._amb._tcp.local.", "TXT too big");
         assert_eq!(logged(&s), 2, "a new reason is news");
@@ -150,5 +176,23 @@ mod tests {
         }
         assert_eq!(logged(&s), LOG_MEMORY);
         assert_eq!(s.bad_name.load(Ordering::Relaxed), 10 * LOG_MEMORY as u64);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_log_memory_starts_afresh_after_its_window() {
+        let s = DiscoveryStats::default();
+        for i in 0..LOG_MEMORY {
+            s.ignore(&s.bad_name, &format!("x{i}"), "bad label");
+        }
+        s.ignore(&s.bad_signature, "member", "bad signature");
+        assert!(
+            !s.logged.lock().unwrap().pairs.iter().any(|(i, _)| i == "member"),
+            "full: counted, not logged"
+        );
+        tokio::time::advance(LOG_WINDOW).await;
+        s.ignore(&s.bad_signature, "member", "bad signature");
+        let memory = s.logged.lock().unwrap();
+        assert!(memory.pairs.iter().any(|(i, _)| i == "member"), "logged again");
+        assert_eq!(memory.pairs.len(), 1);
     }
 }
