@@ -186,13 +186,21 @@ mod tests {
         }
         s.ignore(&s.bad_signature, "member", "bad signature");
         assert!(
-            !s.logged.lock().unwrap().pairs.iter().any(|(i, _)| i == "member"),
+            !s.logged
+                .lock()
+                .unwrap()
+                .pairs
+                .iter()
+                .any(|(i, _)| i == "member"),
             "full: counted, not logged"
         );
         tokio::time::advance(LOG_WINDOW).await;
         s.ignore(&s.bad_signature, "member", "bad signature");
         let memory = s.logged.lock().unwrap();
-        assert!(memory.pairs.iter().any(|(i, _)| i == "member"), "logged again");
+        assert!(
+            memory.pairs.iter().any(|(i, _)| i == "member"),
+            "logged again"
+        );
         assert_eq!(memory.pairs.len(), 1);
     }
 }

@@ -171,21 +171,22 @@ impl AdvertKey {
 }
 
 /// IPv4 before IPv6, as the encoding stores them; otherwise in the order
-/// given (the caller's preference).
+/// given (the caller's preference). At most [`MAX_SIGNED_ADDRS`]: what a
+/// consumer accepts (callers pick them with [`fit_addrs`]).
 fn canonical(addrs: &[IpAddr]) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = addrs.iter().copied().filter(IpAddr::is_ipv4).collect();
     out.extend(addrs.iter().copied().filter(IpAddr::is_ipv6));
+    out.truncate(MAX_SIGNED_ADDRS);
     out
 }
 
 fn mac_input(f: &Fields, signed_at: u64, addrs: &[IpAddr]) -> Vec<u8> {
     let mut m = Vec::with_capacity(128);
+    // Each text field whole, after its length: no two field sets make the
+    // same input.
     let text = |m: &mut Vec<u8>, s: &[u8]| {
-        // Every text field here is bounded far below 64 KiB by its parser;
-        // a longer one still cannot collide, it only loses its tail.
-        let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
-        m.extend_from_slice(&len.to_be_bytes());
-        m.extend_from_slice(&s[..usize::from(len)]);
+        m.extend_from_slice(&(s.len() as u64).to_be_bytes());
+        m.extend_from_slice(s);
     };
     text(&mut m, DOMAIN);
     text(&mut m, f.label.as_bytes());
@@ -201,10 +202,11 @@ fn mac_input(f: &Fields, signed_at: u64, addrs: &[IpAddr]) -> Vec<u8> {
 }
 
 /// One byte counting the IPv4 addresses, then those, then the IPv6 ones.
-/// The caller passes IPv4 first ([`canonical`]).
+/// The caller passes IPv4 first and at most [`MAX_SIGNED_ADDRS`]
+/// ([`canonical`]), so the count fits its byte.
 fn encode_addrs(addrs: &[IpAddr]) -> Vec<u8> {
     let v4 = addrs.iter().filter(|a| a.is_ipv4()).count();
-    let mut out = vec![u8::try_from(v4).unwrap_or(u8::MAX)];
+    let mut out = vec![u8::try_from(v4).expect("at most MAX_SIGNED_ADDRS addresses")];
     for a in addrs {
         match a {
             IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
