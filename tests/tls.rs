@@ -408,3 +408,29 @@ fn silent_clients_of_a_terminator_take_no_slot_of_local_clients() {
         .count();
     assert_eq!(closed, 0, "the local client waited for a LAN client's slot");
 }
+
+#[test]
+fn a_consumer_with_tls_uses_a_plain_provider_only_when_allowed() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _redis = redis(h1, 6379);
+    let _plain = amb(h1, &["--provide", "redis:6379"]);
+    let pki = Pki::new("our CA");
+    let strict = amb_with(
+        h2,
+        pki_args(&pki.node(lab.dir(), "strict")),
+        &["--consume", "redis:7000"],
+    );
+    let _lenient = amb_with(
+        h2,
+        pki_args(&pki.node(lab.dir(), "lenient")),
+        &["--consume", "redis:7001", "--allow-plaintext"],
+    );
+    wait_routed_to(h2, 7001, "h1");
+    wait_log(&strict, "it offers no TLS");
+    assert_eq!(
+        h2.enter(|| request(local(7000), &["GET", "whoami"])),
+        None,
+        "a consumer with TLS used a plain provider"
+    );
+}
