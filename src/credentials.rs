@@ -297,20 +297,8 @@ fn kind(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::write_new_secret_file;
+    use crate::secret::test_files::TempDir;
     use std::path::Path;
-
-    fn temp_file(body: &[u8]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "mesh-amb-creds-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("pass");
-        write_new_secret_file(&path, body).unwrap();
-        path
-    }
 
     fn spec(file: &Path) -> CredentialsSpec {
         format!("cache=redis:{}", file.display()).parse().unwrap()
@@ -353,10 +341,10 @@ mod tests {
             (b"alice\ns3cret\n", &[b"AUTH", b"alice", b"s3cret"]),
             (b"alice\r\ns3cret", &[b"AUTH", b"alice", b"s3cret"]),
         ] {
-            let path = temp_file(body);
+            let dir = TempDir::new();
+            let path = dir.secret_file("pass", body);
             let c = spec(&path).load().unwrap();
             assert_eq!(auth_of(&c), resp::encode(args), "{body:?}");
-            std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
         }
     }
 
@@ -369,7 +357,8 @@ mod tests {
             (b"\ns3cret", "line 1 is empty"),
             (b"alice\ns3cret\nmore\n", "it has 3 lines"),
         ] {
-            let path = temp_file(body);
+            let dir = TempDir::new();
+            let path = dir.secret_file("pass", body);
             let e = spec(&path).load().unwrap_err();
             let shown = format!("{e} {e:?}");
             assert!(shown.contains(want), "{body:?}: {shown}");
@@ -377,13 +366,13 @@ mod tests {
             for word in ["alice", "s3cret", "more"] {
                 assert!(!shown.contains(word), "{body:?}: {shown}");
             }
-            std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
         }
     }
 
     #[test]
     fn debug_shows_the_file_not_the_secret() {
-        let path = temp_file(b"alice\ns3cret\n");
+        let dir = TempDir::new();
+        let path = dir.secret_file("pass", b"alice\ns3cret\n");
         let c = spec(&path).load().unwrap();
         let shown = format!("{c:?}");
         assert!(shown.contains("cache") && shown.contains("pass"), "{shown}");
@@ -391,7 +380,6 @@ mod tests {
             !shown.contains("s3cret") && !shown.contains("alice"),
             "{shown}"
         );
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]
@@ -408,9 +396,11 @@ mod tests {
     #[tokio::test]
     async fn each_answer_is_its_own_outcome() {
         use tokio::io::AsyncReadExt;
-        let path = temp_file(b"alice\ns3cret\n");
-        let c = spec(&path).load().unwrap();
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        let dir = TempDir::new();
+        let c = spec(&dir.secret_file("pass", b"alice\ns3cret\n"))
+            .load()
+            .unwrap();
+        drop(dir);
         let t = Duration::from_secs(5);
         // How each outcome shows: its kind, and a refusal's reason.
         let shown = |r: Result<(), LoginError>| match r {

@@ -118,37 +118,69 @@ pub fn protect_process_memory() -> io::Result<()> {
         .map_err(io::Error::from)
 }
 
+/// Secret files for unit tests, in a directory of their own that goes away
+/// with its guard (also when a test fails).
+#[cfg(test)]
+pub(crate) mod test_files {
+    use std::path::PathBuf;
+
+    /// A new directory under the system's temporary one, removed on drop.
+    pub(crate) struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new() -> TempDir {
+            // Unique per process and per test: tests run in parallel.
+            let dir = std::env::temp_dir().join(format!(
+                "mesh-amb-test-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        /// The path of `name` in the directory (not created).
+        pub(crate) fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+
+        /// A new owner-only file `name` holding `body`.
+        pub(crate) fn secret_file(&self, name: &str, body: &[u8]) -> PathBuf {
+            let path = self.path(name);
+            super::write_new_secret_file(&path, body).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_files::TempDir;
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn temp_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "mesh-amb-secret-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join(name)
-    }
-
     #[test]
     fn a_new_file_is_private_and_never_overwritten() {
-        let path = temp_path("key");
+        let dir = TempDir::new();
+        let path = dir.path("key");
         write_new_secret_file(&path, b"one").unwrap();
         let mode = std::fs::metadata(&path).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let again = write_new_secret_file(&path, b"two").unwrap_err();
         assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(read_secret_file(&path).unwrap().expose(), b"one");
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]
     fn a_file_others_can_read_is_refused_without_showing_it() {
-        let path = temp_path("key");
-        write_new_secret_file(&path, b"hunter2").unwrap();
+        let dir = TempDir::new();
+        let path = dir.secret_file("key", b"hunter2");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let e = read_secret_file(&path).unwrap_err();
         assert!(matches!(e, SecretFileError::Permissive { mode: 0o640, .. }));
@@ -157,7 +189,6 @@ mod tests {
             shown.contains("0640") && !shown.contains("hunter2"),
             "{shown}"
         );
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]

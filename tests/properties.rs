@@ -2,9 +2,8 @@
 //! whatever the bytes, a parser returns a value or an error, never panics,
 //! and what it accepts it writes back in a form it reads the same way.
 //!
-//! One module per parser (tests/properties/): a new parser, such as the
-//! cluster key file or signed TXT verification in `security`, adds its own
-//! module here and uses [`config`].
+//! One module per parser or layer (tests/properties/): a new parser adds
+//! its own module here and uses [`config`].
 //!
 //! Bounded time: `PROPTEST_CASES` sets the cases per property (256 when
 //! unset, which keeps this file to a few seconds in a debug build);
@@ -17,6 +16,7 @@ mod properties {
     pub mod addr;
     pub mod cli;
     pub mod resp;
+    pub mod security;
     pub mod spec;
     pub mod txt;
     pub mod value;

@@ -1,8 +1,9 @@
 //! Signed advertisements across separate network stacks: real `mesh-amb`,
 //! `redis-server` and `avahi-daemon` processes in a namespace lab
 //! (lab/src/lib.rs), each node holding a key file from `mesh-amb keygen`.
-//! The rogue host publishes with `avahi-publish` from its own address and
-//! counts the connections it receives. No multicast leaves the lab.
+//! The rogue host publishes with `avahi-publish` (or the lab's raw
+//! [`Rogue`] advertiser) from its own address and counts the connections
+//! it receives. No multicast leaves the lab.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use mesh_amb::discovery::wire::{self, State};
 use mesh_amb::security::advert::{AdvertKey, Fields, MAX_SKEW, VALIDITY};
 use mesh_amb::security::ClusterKey;
 
-use mesh_amb_lab::{wait_for, wait_until, AvahiGuard, Host, Lab, Proc};
+use mesh_amb_lab::{wait_for, wait_until, AvahiGuard, FakeInstance, Host, Lab, Proc, Rogue};
 
 use common::mesh::*;
 
@@ -27,6 +28,9 @@ use common::mesh::*;
 const REQUESTS: usize = 40;
 /// Port of the real Redis in the provider's namespace (its own stack).
 const REDIS_PORT: u16 = 12345;
+/// The provider's TLS terminator (the SRV port), fixed so that a rogue can
+/// listen on the same port at its own address.
+const TLS_PORT: u16 = 12346;
 /// Consumer port in the consumer's namespace.
 const CONSUME_PORT: u16 = 6379;
 /// What the consumer log says, once per refused instance.
@@ -58,7 +62,12 @@ struct Counter {
 
 impl Counter {
     fn new(host: &Host) -> Counter {
-        let listener = host.enter(|| TcpListener::bind("0.0.0.0:0").unwrap());
+        Counter::on(host, 0)
+    }
+
+    /// On `port` of every address of `host` (0: one the kernel picks).
+    fn on(host: &Host, port: u16) -> Counter {
+        let listener = host.enter(|| TcpListener::bind(("0.0.0.0", port)).unwrap());
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -135,8 +144,9 @@ fn publish(host: &Host, label: &str, port: u16, txt: &[String]) -> Proc {
     host.avahi_publish(label, "_amb._tcp", port, &txt)
 }
 
-/// A provider of `redis` with `key` on h1, a consumer with `key` on h2,
-/// routed; and avahi-daemon on h3 for the rogue.
+/// A provider of `redis` with `key` on h1 (its terminator on [`TLS_PORT`]),
+/// a consumer with `key` on h2, routed; and avahi-daemon on h3 for the
+/// rogue.
 struct Mesh {
     lab: Lab,
     key: PathBuf,
@@ -157,7 +167,7 @@ fn mesh() -> Mesh {
         h1,
         &[
             "--provide",
-            "redis:12345",
+            &format!("redis:{REDIS_PORT}@{TLS_PORT}"),
             "--node-id",
             "h1",
             "--cluster-key",
@@ -355,6 +365,52 @@ fn a_rogue_host_gets_no_connection_unsigned_badly_signed_or_replaying() {
     ]);
     m.all_served_by_h1();
     assert_eq!(rogue.accepted(), 0, "{}", m.consumer.output_tail(40));
+}
+
+/// The replay: a stranger announces the real provider's own
+/// instance, `redis@h1`, with its current TXT copied byte for byte (a valid
+/// seal) and the same SRV port, from its own address, where it listens on
+/// that port. Only the seal's addresses tell the copy apart: the consumer
+/// dials none of the resolved ones that are not signed.
+#[test]
+fn a_stranger_replaying_the_real_instance_from_its_own_address_gets_nothing() {
+    let m = mesh();
+    let h3 = m.lab.host("h3");
+    let rogue = Counter::on(h3, TLS_PORT);
+    let copied = wait_for(DEADLINE, || {
+        h3.avahi_browse_resolved("_amb._tcp")
+            .into_iter()
+            .find(|r| r.name == "redis@h1" && r.protocol == "IPv4")
+    })
+    .expect("avahi-browse on h3 lists redis@h1");
+    assert_eq!(copied.port, TLS_PORT, "{copied:?}");
+    assert!(copied.txt_value("sig").is_some(), "{:?}", copied.txt);
+    let replay = FakeInstance {
+        label: b"redis@h1".to_vec(),
+        host: "stranger.local.".into(),
+        port: TLS_PORT,
+        txt: copied.txt.iter().map(|t| t.clone().into_bytes()).collect(),
+        addrs: vec![h3.ip.into()],
+    };
+    let stranger = Rogue::start(h3, vec![replay]);
+    let inst = instance("redis@h1");
+    let h3_ip = h3.ip.to_string();
+    // The consumer has resolved the copy with the stranger's address, and
+    // the stranger has announced it twice.
+    let resolved = wait_until(DEADLINE, || {
+        stranger.rounds() >= 2 && log_lines(&m.consumer, &["resolved", &inst, &h3_ip]) >= 1
+    });
+    assert!(resolved, "{}", m.consumer.output_tail(40));
+    let h2 = m.lab.host("h2");
+    let served: Vec<Option<String>> = (0..REQUESTS).map(|_| whoami(h2, CONSUME_PORT)).collect();
+    assert_eq!(rogue.accepted(), 0, "{}", m.consumer.output_tail(40));
+    assert!(
+        served.iter().all(|s| s.as_deref() == Some("h1")),
+        "{served:?}\n{}",
+        m.consumer.output_tail(40)
+    );
+    // Refused for its addresses alone: the copied seal itself checked.
+    m.wait_refused(&[("redis@h1", "none of its resolved addresses is signed")]);
 }
 
 #[test]

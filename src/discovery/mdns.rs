@@ -172,7 +172,7 @@ impl Mdns {
         let mut txt = wire::txt(&p.name, &self.node_id, p.weight, state, offer.tls);
         let stamp = self.key.as_ref().map(|key| {
             let candidates = self.signable_addrs();
-            let (signed, left_out) = advert::fit_addrs(&candidates, advert::txt_len(&txt));
+            let (signed, left_out) = advert::fit_addrs(&candidates, advert::pairs_len(&txt));
             let signed_at = self.next_signing_time(&label);
             let state = state.to_string();
             let fields = Fields {
@@ -494,11 +494,7 @@ fn resolved(
     stats: &DiscoveryStats,
 ) {
     let keyed = verifier.is_some();
-    let txt_bytes: usize = r
-        .get_properties()
-        .iter()
-        .map(|p| 2 + p.key().len() + p.val().map_or(0, <[u8]>::len))
-        .sum();
+    let txt_bytes = advert::txt_len(r.get_properties().iter().map(|p| (p.key(), p.val())));
     if let Err(flaw) = wire::check(&r.fullname, r.get_port(), txt_bytes) {
         let counter = match flaw {
             Flaw::Name => &stats.bad_name,

@@ -28,10 +28,11 @@ use crate::spec::MAX_WEIGHT;
 pub const SERVICE_TYPE: &str = "_amb._tcp.local.";
 /// Version of the TXT schema this build writes.
 pub const SCHEMA_VERSION: &str = "1";
-/// Largest TXT record a consumer accepts, counted as on the wire (a length
-/// byte per string). Twice the ~200 bytes RFC 6763 §6.2 recommends, so a
-/// third-party advertiser's extra keys fit beside ours; anything bigger is
-/// not a mesh service, and refusing it bounds what one instance costs.
+/// Largest TXT record a consumer accepts, counted as on the wire
+/// ([`crate::security::advert::txt_len`]). Twice the ~200 bytes RFC 6763
+/// §6.2 recommends, so a third-party advertiser's extra keys fit beside
+/// ours; anything bigger is not a mesh service, and refusing it bounds what
+/// one instance costs.
 pub const MAX_TXT_BYTES: usize = 400;
 /// A DNS label's limit (RFC 1035); mDNS libraries differ on enforcing it.
 const MAX_LABEL_BYTES: usize = 63;
@@ -179,6 +180,7 @@ pub fn check(fullname: &str, port: u16, txt_bytes: usize) -> Result<(), Flaw> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::security::advert::pairs_len;
     use crate::value::{random_node_id, valid_node_id};
     use std::collections::HashMap;
 
@@ -201,7 +203,7 @@ mod tests {
                 tls: true,
             }
         );
-        let bytes: usize = t.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        let bytes = pairs_len(&t);
         assert!(bytes < 200, "TXT is {bytes} bytes");
         assert!(t.iter().all(|(k, _)| k.len() <= 9));
     }
@@ -268,7 +270,7 @@ mod tests {
             State::Draining,
             true,
         );
-        let bytes: usize = ours.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+        let bytes = pairs_len(&ours);
         assert!(
             bytes * 2 < MAX_TXT_BYTES,
             "room for a signature and third-party keys"

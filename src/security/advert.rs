@@ -235,10 +235,24 @@ fn decode_addrs(text: &str) -> Option<Vec<IpAddr>> {
     (out.len() <= MAX_SIGNED_ADDRS).then_some(out)
 }
 
-/// Length of one TXT string `key=value` on the wire, its length byte
-/// included.
-pub fn txt_len(pairs: &[(String, String)]) -> usize {
-    pairs.iter().map(|(k, v)| k.len() + 1 + v.len() + 1).sum()
+/// Length of a TXT record on the wire: each string `key=value`, or a bare
+/// `key` when the value is `None` (a DNS-SD flag), with its length byte.
+/// The one measure of a record's size: for the budget of our own records
+/// here, and for the limit discovery puts on peers' records.
+pub fn txt_len<K, V>(strings: impl IntoIterator<Item = (K, Option<V>)>) -> usize
+where
+    K: AsRef<[u8]>,
+    V: AsRef<[u8]>,
+{
+    strings
+        .into_iter()
+        .map(|(k, v)| 1 + k.as_ref().len() + v.map_or(0, |v| 1 + v.as_ref().len()))
+        .sum()
+}
+
+/// [`txt_len`] of `key=value` pairs, as records are built.
+pub fn pairs_len(pairs: &[(String, String)]) -> usize {
+    txt_len(pairs.iter().map(|(k, v)| (k, Some(v))))
 }
 
 /// Which of this host's addresses to sign, best first, and which are left
@@ -624,7 +638,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         for base in [&base[..], &base[..1]] {
-            let (signed, left_out) = fit_addrs(&host, txt_len(base));
+            let (signed, left_out) = fit_addrs(&host, pairs_len(base));
             assert!(
                 !signed.is_empty() && signed.iter().all(|a| !a.is_loopback()),
                 "{signed:?}"
@@ -637,16 +651,27 @@ mod tests {
             assert!(signed[0].is_ipv4(), "IPv4 first: {signed:?}");
             let mut txt = base.to_vec();
             txt.extend(key(1).sign(&fields(), NOW, &signed));
-            let len = txt_len(&txt);
+            let len = pairs_len(&txt);
             assert!(len < TXT_BUDGET, "{len} bytes: {txt:?}");
             assert!(txt.iter().all(|(k, _)| k.len() <= 9));
         }
         // The short record of the common case signs the full count.
-        let (signed, _) = fit_addrs(&host, txt_len(&base[..1]));
+        let (signed, _) = fit_addrs(&host, pairs_len(&base[..1]));
         assert_eq!(signed.len(), MAX_SIGNED_ADDRS);
         // A host alone in its stack signs its loopback addresses.
         let lo: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
         assert_eq!(fit_addrs(&lo, 50).0, lo);
+    }
+
+    #[test]
+    fn txt_len_counts_the_wire_bytes() {
+        // `svc=redis` and a bare flag `x`, each after its length byte.
+        assert_eq!(txt_len([("svc", Some("redis")), ("x", None)]), 10 + 2);
+        let pairs = [
+            ("v".to_owned(), "1".to_owned()),
+            ("e".into(), String::new()),
+        ];
+        assert_eq!(pairs_len(&pairs), 4 + 3);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use mesh_amb::discovery::wire::{parse_txt, txt, Advert, State};
+use mesh_amb::security::advert::pairs_len;
 use mesh_amb::spec::{parse_name, MAX_WEIGHT};
 use proptest::prelude::*;
 
@@ -63,7 +64,7 @@ proptest! {
         let got = parse_txt(|k| map.get(k).copied());
         prop_assert_eq!(got, Some(Advert { service, weight, state, tls }));
         prop_assert!(t.iter().all(|(k, _)| k.len() <= 9));
-        let bytes: usize = t.iter().map(|(k, v)| 1 + k.len() + 1 + v.len()).sum();
+        let bytes = pairs_len(&t);
         prop_assert!(bytes < 200, "{bytes} bytes: {t:?}");
     }
 }
