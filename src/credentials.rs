@@ -20,9 +20,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::resp::{self, Value};
+use crate::resp;
 use crate::secret::{read_secret_file, Secret, SecretFileError};
 use crate::spec::{parse_name, SpecError};
 
@@ -205,20 +205,34 @@ impl CredentialsSpec {
     }
 }
 
+/// Longest answer to a login read: a Redis server answers `AUTH` with one
+/// short line, so a backend that sends more is not answering as Redis
+/// does, and must not make each connection buffer (and parse) whatever
+/// it streams within the connect timeout.
+pub const MAX_LOGIN_REPLY: usize = 4 * 1024;
+
+/// A backend's no to the credentials: it answered the login with a Redis
+/// error (wrong password, no such user, no password configured there).
+/// The backend is alive; the credentials are wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the backend refused the credentials: {0}")]
+pub struct Refused(String);
+
 /// Why a backend connection could not be logged in.
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
-    /// The backend answered, and not with a yes: wrong password, unknown
-    /// user, no password configured there, or not the protocol we speak.
-    /// The backend is alive; the credentials (or the service) are wrong.
-    #[error("the backend refused the credentials: {0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(#[from] Refused),
     /// The backend did not answer in time.
     #[error("the backend did not answer the login within {0:?}")]
     Timeout(Duration),
     /// The connection failed under us (closed, reset).
     #[error("the backend connection failed during the login: {0}")]
     Io(io::Error),
+    /// The backend answered with something no Redis server answers `AUTH`
+    /// with (what it was, never its content, which might echo a secret).
+    #[error("the backend answered the login with {0}, not as a Redis server does")]
+    NotRedis(&'static str),
 }
 
 impl Credentials {
@@ -229,26 +243,22 @@ impl Credentials {
     {
         let Login::Redis { auth, password } = &self.login;
         let exchange = async {
-            stream.write_all(auth.expose()).await?;
-            resp::read_reply(stream).await
+            stream
+                .write_all(auth.expose())
+                .await
+                .map_err(LoginError::Io)?;
+            read_answer(stream).await
         };
-        let reply = match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => return Err(LoginError::Timeout(timeout)),
-            // A reply we cannot parse: the backend answered, in some other
-            // protocol than the one configured.
-            Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(LoginError::Refused(format!("not a Redis reply ({e})")))
+        let answer = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| LoginError::Timeout(timeout))??;
+        match answer.split_first() {
+            Some((&b'+', b"OK")) => Ok(()),
+            Some((&b'-', text)) => {
+                Err(Refused(reason(&String::from_utf8_lossy(text), password)).into())
             }
-            Ok(Err(e)) => return Err(LoginError::Io(e)),
-            Ok(Ok(reply)) => reply,
-        };
-        match reply {
-            Value::Simple(ok) if ok == "OK" => Ok(()),
-            Value::Error(text) => Err(LoginError::Refused(reason(&text, password))),
-            other => Err(LoginError::Refused(format!(
-                "unexpected reply to AUTH: {}",
-                kind(&other)
-            ))),
+            Some((&b'+', _)) => Err(LoginError::NotRedis("a status other than OK")),
+            _ => Err(LoginError::NotRedis("a line that is no status nor error")),
         }
     }
 
@@ -283,14 +293,36 @@ fn reason(text: &str, password: &Secret) -> String {
     text
 }
 
-/// The type of a reply, without its content (which might echo a secret).
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Simple(_) => "a status",
-        Value::Error(_) => "an error",
-        Value::Int(_) => "an integer",
-        Value::Bulk(_) => "a bulk string",
-        Value::Array(_) => "an array",
+/// The one line a login is answered with, without its CRLF, read
+/// [`MAX_LOGIN_REPLY`] bytes at most. Each read is searched alone (with
+/// the byte before it, which may be the CR), so a line that trickles in
+/// costs no re-parsing.
+async fn read_answer<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, LoginError> {
+    let mut buf = vec![0; MAX_LOGIN_REPLY];
+    let mut len = 0;
+    loop {
+        let n = stream.read(&mut buf[len..]).await.map_err(LoginError::Io)?;
+        if n == 0 {
+            return Err(LoginError::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let from = len.saturating_sub(1);
+        len += n;
+        if let Some(at) = buf[from..len].windows(2).position(|w| w == b"\r\n") {
+            let end = from + at;
+            if end + 2 != len {
+                // A Redis server sends nothing unasked; bytes after the
+                // answer would reach the client as an answer to its
+                // first command.
+                return Err(LoginError::NotRedis("more than one line"));
+            }
+            buf.truncate(end);
+            return Ok(buf);
+        }
+        if len == MAX_LOGIN_REPLY {
+            return Err(LoginError::NotRedis(
+                "more bytes than an answer to AUTH has",
+            ));
+        }
     }
 }
 
@@ -391,54 +423,124 @@ mod tests {
         assert_eq!(long.len(), MAX_REASON + 3);
     }
 
-    /// The login against a scripted backend: what it is sent and how each
-    /// kind of answer comes out. (Against real Redis: tests/credentials.rs.)
-    #[tokio::test]
-    async fn each_answer_is_its_own_outcome() {
-        use tokio::io::AsyncReadExt;
+    /// How a login outcome shows: its kind, and the message of an error.
+    fn shown(r: Result<(), LoginError>) -> String {
+        match r {
+            Ok(()) => "ok".to_owned(),
+            Err(e @ LoginError::Refused(_)) => format!("refused: {e}"),
+            Err(LoginError::Timeout(_)) => "timeout".to_owned(),
+            Err(LoginError::Io(_)) => "io".to_owned(),
+            Err(e @ LoginError::NotRedis(_)) => format!("not redis: {e}"),
+        }
+    }
+
+    /// Credentials for alice, with their AUTH command.
+    fn alice() -> (Credentials, Vec<u8>) {
         let dir = TempDir::new();
         let c = spec(&dir.secret_file("pass", b"alice\ns3cret\n"))
             .load()
             .unwrap();
-        drop(dir);
-        let t = Duration::from_secs(5);
-        // How each outcome shows: its kind, and a refusal's reason.
-        let shown = |r: Result<(), LoginError>| match r {
-            Ok(()) => "ok".to_owned(),
-            Err(LoginError::Refused(why)) => format!("refused: {why}"),
-            Err(LoginError::Timeout(_)) => "timeout".to_owned(),
-            Err(LoginError::Io(_)) => "io".to_owned(),
+        (c, resp::encode(&[b"AUTH", b"alice", b"s3cret"]))
+    }
+
+    /// Logs in to a scripted backend that reads the AUTH command, then
+    /// sends `answer` (through a pipe of `pipe` bytes, so that reads come
+    /// in pieces that small) and closes. The outcome, and how many bytes
+    /// of the answer the login read.
+    async fn log_in_to(answer: &[u8], pipe: usize) -> (String, usize) {
+        use tokio::io::AsyncReadExt;
+        let (c, auth) = alice();
+        let (mut ours, mut theirs) = tokio::io::duplex(pipe);
+        let backend = async move {
+            let mut got = vec![0; auth.len()];
+            theirs.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, auth);
+            // Fails once the login gave up and dropped the rest.
+            let _ = theirs.write_all(answer).await;
         };
-        let cases: [(&[u8], &str); 5] = [
+        let login = async {
+            let r = c.log_in(&mut ours, Duration::from_secs(5)).await;
+            let mut rest = Vec::new();
+            ours.read_to_end(&mut rest).await.unwrap();
+            (shown(r), answer.len() - rest.len())
+        };
+        tokio::join!(login, backend).0
+    }
+
+    /// The login against a scripted backend: how each kind of answer comes
+    /// out. (Against real Redis: tests/credentials.rs.)
+    #[tokio::test]
+    async fn each_answer_is_its_own_outcome() {
+        let refused = "refused: the backend refused the credentials:";
+        let not_redis = "not redis: the backend answered the login with";
+        let cases: &[(&[u8], &str)] = &[
             (b"+OK\r\n", "ok"),
             (
                 b"-WRONGPASS invalid username-password pair\r\n",
-                "refused: WRONGPASS invalid username-password pair",
+                "refused: the backend refused the credentials: WRONGPASS invalid",
             ),
-            (b":1\r\n", "refused: unexpected reply to AUTH: an integer"),
             (
-                b"HTTP/1.1 400 Bad Request\r\n",
-                "refused: not a Redis reply",
+                b"-ERR AUTH <password> called without any password configured\r\n",
+                refused,
             ),
+            (b"-\r\n", refused),
+            (
+                b"+PONG\r\n",
+                "not redis: the backend answered the login with a status",
+            ),
+            (b":1\r\n", not_redis),
+            (b"$2\r\nOK\r\n", not_redis),
+            (b"HTTP/1.1 400 Bad Request\r\n", not_redis),
+            (b"+OK", "io"),
             (b"", "io"),
         ];
         for (answer, want) in cases {
-            let (mut ours, mut theirs) = tokio::io::duplex(1024);
-            let backend = async {
-                let mut got = vec![0; resp::encode(&[b"AUTH", b"alice", b"s3cret"]).len()];
-                theirs.read_exact(&mut got).await.unwrap();
-                theirs.write_all(answer).await.unwrap();
-                drop(theirs);
-                got
-            };
-            let (r, got) = tokio::join!(c.log_in(&mut ours, t), backend);
-            assert_eq!(got, resp::encode(&[b"AUTH", b"alice", b"s3cret"]));
-            let r = shown(r);
-            assert!(r.starts_with(want), "{answer:?}: {r}");
+            // Whole, and a byte at a time (a CR and its LF in two reads).
+            for pipe in [1024, 1] {
+                let (r, _) = log_in_to(answer, pipe).await;
+                assert!(r.starts_with(want), "{answer:?} in pieces of {pipe}: {r}");
+            }
+        }
+        // More than the answer, seen when it comes with the answer (what
+        // comes after it would go to the client, unasked for).
+        for answer in [&b"+OK\r\n+OK\r\n"[..], b"+OK\r\n:1\r\n"] {
+            let (r, _) = log_in_to(answer, 1024).await;
+            assert!(r.contains("more than one line"), "{answer:?}: {r}");
         }
         // A backend that never answers.
+        let (c, _) = alice();
         let (mut ours, _theirs) = tokio::io::duplex(1024);
         let r = c.log_in(&mut ours, Duration::from_millis(50)).await;
         assert_eq!(shown(r), "timeout");
+    }
+
+    /// A backend streaming a huge or endless answer gets [`MAX_LOGIN_REPLY`]
+    /// bytes read, no more, and is no Redis server; an answer line of the
+    /// longest length allowed still counts.
+    #[tokio::test]
+    async fn the_answer_is_read_up_to_the_cap_and_no_further() {
+        let endless = vec![b'x'; 1 << 20];
+        let (r, read) = log_in_to(&endless, 64 * 1024).await;
+        assert!(r.contains("more bytes than an answer to AUTH has"), "{r}");
+        assert_eq!(read, MAX_LOGIN_REPLY);
+
+        // A bulk string of 60 MB announced: given up at its header.
+        let mut bulk = b"$60000000\r\n".to_vec();
+        bulk.resize(1 << 20, 0);
+        let (r, read) = log_in_to(&bulk, 64 * 1024).await;
+        assert!(r.starts_with("not redis"), "{r}");
+        assert!(read <= MAX_LOGIN_REPLY, "{read}");
+
+        let longest = |len: usize| {
+            let mut line = b"-".to_vec();
+            line.resize(len - 2, b'x');
+            line.extend_from_slice(b"\r\n");
+            line
+        };
+        let (r, _) = log_in_to(&longest(MAX_LOGIN_REPLY), 1024).await;
+        assert!(r.starts_with("refused"), "{r}");
+        let (r, read) = log_in_to(&longest(MAX_LOGIN_REPLY + 1), 1024).await;
+        assert!(r.starts_with("not redis"), "{r}");
+        assert_eq!(read, MAX_LOGIN_REPLY);
     }
 }

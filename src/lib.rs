@@ -10,7 +10,7 @@
 //!  backends: Service { table, balancer, source, credentials }   snapshots, lock-free reads
 //!        │ snapshot ─> Balancer::order ─> candidates
 //!        ▼
-//!  data plane: accept ─> dial ─> [tls] ─> [auth] ─> copy
+//!  data plane: accept ─> connect (dial ─> [tls] ─> [login]) ─> copy
 //!        │ connect failure ─> table ejection ─> Service::suspect
 //!        ▼                                            │
 //!  node: starts and stops all of it        discovery verifies the record
@@ -38,7 +38,7 @@
 //! - [`security`]: the cluster key and what derives from it: the seals of
 //!   advertisements ([`security::advert`]) and the cluster CA with the
 //!   mutual TLS between ambassadors ([`security::tls`]).
-//! - [`credentials`]: `--credentials`: the login the auth stage makes to
+//! - [`credentials`]: `--credentials`: the login the connect stage makes to
 //!   each backend on the application's behalf (Redis `AUTH`).
 //! - [`resp`]: the Redis protocol, for the credentials stage and tests.
 //! - [`node`]: one node: its services, listeners and discovery, started and

@@ -5,7 +5,7 @@ mod common;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, ping, Redis, DEADLINE};
+use common::{free_port, ping, Redis, TempDir, DEADLINE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesh-amb");
 
@@ -117,36 +117,11 @@ fn a_bad_config_file_exits_2() {
     );
 }
 
-/// A temp dir of this test process, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "mesh-amb-cli-{name}-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.0.join(file).to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn keygen_writes_a_private_key_once() {
     use std::os::unix::fs::MetadataExt;
-    let dir = TempDir::new("keygen");
-    let key = dir.path("cluster.key");
+    let dir = TempDir::new();
+    let key = dir.path("cluster.key").to_str().unwrap().to_owned();
     let out = run(&["keygen", &key], &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let meta = std::fs::metadata(&key).unwrap();
@@ -157,7 +132,7 @@ fn keygen_writes_a_private_key_once() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("never replaces"));
     assert_eq!(std::fs::read(&key).unwrap(), first, "the key was replaced");
     // Every key is new.
-    let other = dir.path("other.key");
+    let other = dir.path("other.key").to_str().unwrap().to_owned();
     assert_eq!(run(&["keygen", &other], &[]).status.code(), Some(0));
     assert_ne!(std::fs::read(&other).unwrap(), first);
 }
@@ -165,16 +140,17 @@ fn keygen_writes_a_private_key_once() {
 #[test]
 fn unsafe_or_incomplete_security_settings_exit_2() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = TempDir::new("security");
-    let key = dir.path("cluster.key");
+    let dir = TempDir::new();
+    let key = dir.path("cluster.key").to_str().unwrap().to_owned();
     assert_eq!(run(&["keygen", &key], &[]).status.code(), Some(0));
-    let loose = dir.path("loose.key");
+    let loose = dir.path("loose.key").to_str().unwrap().to_owned();
     std::fs::copy(&key, &loose).unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let garbage = dir.path("garbage.key");
+    let garbage = dir.path("garbage.key").to_str().unwrap().to_owned();
     std::fs::write(&garbage, "not a key\n").unwrap();
     std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o600)).unwrap();
     let key_text = std::fs::read_to_string(&key).unwrap();
+    let missing = dir.path("missing.key").to_str().unwrap().to_owned();
     let cases: &[Case] = &[
         (
             &["--cluster-key", &loose, "--consume", "a:1=h:1"],
@@ -192,12 +168,7 @@ fn unsafe_or_incomplete_security_settings_exit_2() {
             "does not hold a cluster key",
         ),
         (
-            &[
-                "--cluster-key",
-                &dir.path("missing.key"),
-                "--consume",
-                "a:1=h:1",
-            ],
+            &["--cluster-key", &missing, "--consume", "a:1=h:1"],
             &[],
             "cannot read",
         ),

@@ -10,47 +10,27 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::{command, free_port, wait_for, Redis, Reply, DEADLINE};
+use common::{command, free_port, wait_for, Redis, Reply, TempDir, DEADLINE};
+use mesh_amb::backends::balance::{Balancer, Policy};
+use mesh_amb::backends::table::{BackendSpec, Health, Table, Target, Update};
+use mesh_amb::backends::{Service, Source};
+use mesh_amb::credentials::CredentialsSpec;
+use mesh_amb::net::pipeline::{connect, ConnectError};
 use mesh_amb::secret::write_new_secret_file;
+use mesh_amb::settings::ProxySettings;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mesh-amb");
 /// Distinctive, so that a leak anywhere is found by a plain search.
 const PASSWORD: &str = "pw-7f3a9c21-never-shown";
 /// What a misconfigured node holds instead; a secret all the same.
 const WRONG: &str = "wrong-e5d1b0-never-shown";
-
-/// A directory of this test's files, removed on drop.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new() -> TestDir {
-        let dir = std::env::temp_dir().join(format!(
-            "mesh-amb-creds-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TestDir(dir)
-    }
-
-    /// A new owner-only file holding `body`.
-    fn secret(&self, name: &str, body: &str) -> PathBuf {
-        let path = self.0.join(name);
-        write_new_secret_file(&path, body.as_bytes()).unwrap();
-        path
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `--credentials redis=redis:FILE`.
 fn credentials(file: &Path) -> String {
@@ -66,16 +46,17 @@ struct Amb {
 }
 
 impl Amb {
-    /// Starts `mesh-amb --consume redis:PORT=BACKEND ARGS` on a free port
-    /// (retried if another process grabs it first) and waits until it
+    /// Starts `mesh-amb --consume redis:PORT=BACKEND,... ARGS` on a free
+    /// port (retried if another process grabs it first) and waits until it
     /// says it listens (a test connection would log in, and be counted).
-    async fn start(dir: &TestDir, backend: SocketAddr, args: &[&str]) -> Amb {
-        let log = dir.0.join(format!("amb-{}.log", fastrand::u64(..)));
+    async fn start(dir: &TempDir, backends: &[SocketAddr], args: &[&str]) -> Amb {
+        let log = dir.path(&format!("amb-{}.log", fastrand::u64(..)));
+        let backends: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
         for _ in 0..5 {
             let port = free_port();
             let mut child = Command::new(BIN)
                 .arg("--consume")
-                .arg(format!("redis:{port}={backend}"))
+                .arg(format!("redis:{port}={}", backends.join(",")))
                 .args(["--connect-timeout", "300ms"])
                 .args(args)
                 .env("RUST_LOG", "trace")
@@ -177,16 +158,16 @@ fn noauth(r: &Reply) -> bool {
 #[tokio::test]
 async fn the_ambassador_gives_the_password_so_the_application_need_not() {
     let redis = Redis::start_with(&["--requirepass", PASSWORD]).await;
-    let dir = TestDir::new();
-    let file = dir.secret("redis.pass", &format!("{PASSWORD}\n"));
+    let dir = TempDir::new();
+    let file = dir.secret("redis.pass", format!("{PASSWORD}\n"));
 
     // Without credentials, the same server turns the application away.
-    let plain = Amb::start(&dir, redis.addr, &[]).await;
+    let plain = Amb::start(&dir, &[redis.addr], &[]).await;
     let r = plain.one(&[b"PING"]).await;
     assert!(noauth(&r), "without --credentials: {r:?}");
     drop(plain);
 
-    let amb = Amb::start(&dir, redis.addr, &["--credentials", &credentials(&file)]).await;
+    let amb = Amb::start(&dir, &[redis.addr], &["--credentials", &credentials(&file)]).await;
     let mut app = amb.connect().await;
     assert_eq!(command(&mut app, &[b"PING"]).await.unwrap(), pong());
     let set = command(&mut app, &[b"SET", b"k", b"v"]).await.unwrap();
@@ -216,16 +197,16 @@ async fn an_acl_user_logs_in_as_itself() {
     let mut args = acl.to_vec();
     args.extend(["--user", "default", "off"]);
     let redis = Redis::start_with(&args).await;
-    let dir = TestDir::new();
+    let dir = TempDir::new();
 
     // Nobody is logged in without the ambassador's help.
-    let plain = Amb::start(&dir, redis.addr, &[]).await;
+    let plain = Amb::start(&dir, &[redis.addr], &[]).await;
     let r = plain.one(&[b"PING"]).await;
     assert!(noauth(&r), "without --credentials: {r:?}");
     drop(plain);
 
-    let file = dir.secret("alice.pass", &format!("alice\n{PASSWORD}\n"));
-    let amb = Amb::start(&dir, redis.addr, &["--credentials", &credentials(&file)]).await;
+    let file = dir.secret("alice.pass", format!("alice\n{PASSWORD}\n"));
+    let amb = Amb::start(&dir, &[redis.addr], &["--credentials", &credentials(&file)]).await;
     assert_eq!(amb.one(&[b"PING"]).await, pong());
     assert_eq!(
         amb.one(&[b"ACL", b"WHOAMI"]).await,
@@ -234,12 +215,18 @@ async fn an_acl_user_logs_in_as_itself() {
     amb.assert_nothing_shows();
 }
 
+/// Every backend refuses the node's password: each client gets the
+/// refusal as a RESP error, after trying them all; one log line per
+/// backend, and no ejection (the backends are alive). One that takes the
+/// password again serves every client, even while the other refuses.
 #[tokio::test]
-async fn a_wrong_password_is_a_resp_error_and_one_log_line() {
-    let redis = Redis::start_with(&["--requirepass", PASSWORD]).await;
-    let dir = TestDir::new();
+async fn a_wrong_password_is_a_resp_error_and_one_log_line_per_backend() {
+    let r1 = Redis::start_with(&["--requirepass", PASSWORD]).await;
+    let r2 = Redis::start_with(&["--requirepass", PASSWORD]).await;
+    let dir = TempDir::new();
     let file = dir.secret("wrong.pass", WRONG);
-    let amb = Amb::start(&dir, redis.addr, &["--credentials", &credentials(&file)]).await;
+    let args = ["--credentials", &credentials(&file)];
+    let amb = Amb::start(&dir, &[r1.addr, r2.addr], &args).await;
 
     for _ in 0..5 {
         let e = turned_away(&amb).await;
@@ -249,13 +236,14 @@ async fn a_wrong_password_is_a_resp_error_and_one_log_line() {
         );
     }
     let refused = "refused the credentials";
-    assert_eq!(amb.warnings(refused), 1, "{}", amb.log());
+    assert_eq!(amb.warnings(refused), 2, "{}", amb.log());
     assert!(!amb.log().contains("ejected"), "{}", amb.log());
 
-    // The server's password changes to the one the node holds: the next
-    // client goes through, and the recovery is logged.
-    let set_password = |from: &'static str, to: &'static str| async move {
-        let mut admin = TcpStream::connect(redis.addr).await.unwrap();
+    // The first server's password changes to the one the node holds: the
+    // clients go through, whichever backend they try first, and the
+    // recovery is logged.
+    let set_password = |redis: SocketAddr, from: &'static str, to: &'static str| async move {
+        let mut admin = TcpStream::connect(redis).await.unwrap();
         let auth = command(&mut admin, &[b"AUTH", from.as_bytes()])
             .await
             .unwrap();
@@ -264,65 +252,283 @@ async fn a_wrong_password_is_a_resp_error_and_one_log_line() {
         let set = command(&mut admin, &args).await.unwrap();
         assert_eq!(set, Reply::Simple("OK".into()));
     };
-    set_password(PASSWORD, WRONG).await;
-    assert_eq!(amb.one(&[b"PING"]).await, pong());
+    set_password(r1.addr, PASSWORD, WRONG).await;
+    for _ in 0..5 {
+        assert_eq!(amb.one(&[b"PING"]).await, pong());
+    }
     assert!(amb.log().contains("accepts the credentials again"));
     // And a new refusal after a success is worth a new line.
-    set_password(WRONG, PASSWORD).await;
+    set_password(r1.addr, WRONG, PASSWORD).await;
     for _ in 0..3 {
         turned_away(&amb).await;
     }
-    assert_eq!(amb.warnings(refused), 2, "{}", amb.log());
+    assert_eq!(amb.warnings(refused), 3, "{}", amb.log());
+    assert!(!amb.log().contains("ejected"), "{}", amb.log());
     amb.assert_nothing_shows();
 }
 
-#[tokio::test]
-async fn a_backend_that_drops_the_login_is_ejected_one_that_stalls_is_not() {
-    let dir = TestDir::new();
-    let file = dir.secret("redis.pass", PASSWORD);
+/// The lines of `log` saying that `addr` was ejected.
+fn ejections(log: &str, addr: SocketAddr) -> usize {
+    let backend = format!("backend={addr} ");
+    log.lines()
+        .filter(|l| l.contains("backend ejected") && l.contains(&backend))
+        .count()
+}
 
-    // Accepts, then closes at once: as good as dead.
+/// Bound, round robin (the first client meets the backends in the order
+/// given), ejected for longer than the test (one line each is all
+/// there is).
+fn in_order(credentials: &str) -> [&str; 6] {
+    [
+        "--credentials",
+        credentials,
+        "--balance",
+        "round-robin",
+        "--eject-time",
+        "1m",
+    ]
+}
+
+/// A backend that takes the connection and then stalls or drops the login
+/// failed like a dead one: ejected, and the client goes on to the next
+/// backend without noticing.
+#[tokio::test]
+async fn a_backend_that_stalls_or_drops_the_login_is_ejected_and_skipped() {
+    let redis = Redis::start_with(&["--requirepass", PASSWORD]).await;
+    let dir = TempDir::new();
+    let file = credentials(&dir.secret("redis.pass", PASSWORD));
+
+    // Connects (the kernel completes the handshake) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Accepts, then closes at once.
     let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let closing_addr = closing.local_addr().unwrap();
+    let bad = [silent.local_addr().unwrap(), closing.local_addr().unwrap()];
     let closer = tokio::spawn(async move {
         while let Ok((s, _)) = closing.accept().await {
             drop(s);
         }
     });
-    // Ejected for longer than the test, so that one line is all there is.
-    let args = ["--credentials", &credentials(&file), "--eject-time", "1m"];
-    let amb = Amb::start(&dir, closing_addr, &args).await;
-    for _ in 0..3 {
-        let e = turned_away(&amb).await;
-        assert!(
-            e.starts_with("ERR mesh-amb: the backend connection failed during the login"),
-            "{e}"
-        );
+    let amb = Amb::start(&dir, &[bad[0], bad[1], redis.addr], &in_order(&file)).await;
+    for _ in 0..20 {
+        assert_eq!(amb.one(&[b"PING"]).await, pong());
     }
-    // Its accepts do not count as successes that would end the ejection.
-    assert_eq!(amb.warnings("backend ejected"), 1, "{}", amb.log());
-    assert!(!amb.log().contains("backend restored"), "{}", amb.log());
+    let log = amb.log();
+    for addr in bad {
+        assert_eq!(ejections(&log, addr), 1, "{addr}: {log}");
+    }
+    assert!(
+        log.contains("did not answer the login within 300ms"),
+        "{log}"
+    );
+    assert!(log.contains("failed during the login"), "{log}");
+    // The accepts do not count as successes that would end the ejection.
+    assert!(!log.contains("backend restored"), "{log}");
+    assert_eq!(amb.warnings("closing client connection"), 0, "{log}");
     amb.assert_nothing_shows();
     closer.abort();
+}
 
-    // Connects (the kernel completes the handshake) but never answers.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let amb = Amb::start(
-        &dir,
-        silent.local_addr().unwrap(),
-        &["--credentials", &credentials(&file)],
-    )
-    .await;
-    for _ in 0..3 {
-        let e = turned_away(&amb).await;
-        assert!(
-            e.contains("the backend did not answer the login within 300ms"),
-            "{e}"
-        );
+/// What a test backend does with each connection: reports go into the
+/// vector.
+type Answer = fn(TcpStream, Arc<Mutex<Vec<usize>>>) -> tokio::task::JoinHandle<()>;
+
+/// A test backend on a port of its own, stopped on drop.
+struct TestBackend {
+    addr: SocketAddr,
+    /// Connections taken so far.
+    accepted: Arc<AtomicUsize>,
+    /// What the connections reported.
+    reports: Arc<Mutex<Vec<usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestBackend {
+    /// Gives each connection to `answer`.
+    fn start(answer: Answer) -> TestBackend {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let (a, r) = (accepted.clone(), reports.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                a.fetch_add(1, Ordering::Relaxed);
+                answer(s, r.clone());
+            }
+        });
+        TestBackend {
+            addr,
+            accepted,
+            reports,
+            task,
+        }
     }
-    assert_eq!(amb.warnings("did not answer the login"), 1, "{}", amb.log());
-    assert!(!amb.log().contains("ejected"), "{}", amb.log());
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads until the AUTH command is in (the CRLF after the password);
+/// `false` when the connection ends first.
+async fn auth_read(s: &mut TcpStream) -> bool {
+    let end = format!("{PASSWORD}\r\n");
+    let mut got = Vec::new();
+    let mut buf = [0; 256];
+    while !got.ends_with(end.as_bytes()) {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+/// What the flood backend writes at most, should nobody stop it.
+const FLOOD: usize = 100 << 20;
+
+/// A backend that answers the login with something no Redis server sends
+/// failed like a dead one, and clients go to the good backend. One that
+/// floods its answer (a bulk string of 60 MB announced) gets the first
+/// few KiB of it read, not the rest: memory stays bounded.
+#[tokio::test]
+async fn a_backend_answering_garbage_or_a_flood_is_ejected_and_read_no_further() {
+    /// The most a flooded connection may take: the answer's cap, plus what
+    /// the kernel buffers on both sides of a loopback connection.
+    const BOUND: usize = 16 << 20;
+
+    let redis = Redis::start_with(&["--requirepass", PASSWORD]).await;
+    let dir = TempDir::new();
+    let file = credentials(&dir.secret("redis.pass", PASSWORD));
+
+    let garbage = TestBackend::start(|mut s, _| {
+        tokio::spawn(async move {
+            if auth_read(&mut s).await {
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+                let _ = s.read(&mut [0; 16]).await;
+            }
+        })
+    });
+    // Reports how much it wrote to each connection.
+    let flood = TestBackend::start(|mut s, written| {
+        tokio::spawn(async move {
+            let mut total = 0;
+            if auth_read(&mut s).await {
+                let mut chunk = b"$60000000\r\n".to_vec();
+                chunk.resize(64 * 1024, 0);
+                while total < FLOOD && s.write_all(&chunk).await.is_ok() {
+                    total += chunk.len();
+                    chunk.fill(0);
+                }
+            }
+            written.lock().unwrap().push(total);
+        })
+    });
+    let (garbage, flood_addr) = (garbage.addr, flood.addr);
+    let amb = Amb::start(&dir, &[garbage, flood_addr, redis.addr], &in_order(&file)).await;
+    // A burst at once, so that several clients may meet the flood before
+    // it is ejected, then one at a time.
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let port = amb.port;
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                command(&mut s, &[b"PING"]).await.unwrap()
+            })
+        })
+        .collect();
+    for client in burst {
+        assert_eq!(client.await.unwrap(), pong());
+    }
+    for _ in 0..10 {
+        assert_eq!(amb.one(&[b"PING"]).await, pong());
+    }
+    let log = amb.log();
+    for addr in [garbage, flood_addr] {
+        assert_eq!(ejections(&log, addr), 1, "{addr}: {log}");
+    }
+    assert!(log.contains("not as a Redis server does"), "{log}");
+    assert_eq!(amb.warnings("closing client connection"), 0, "{log}");
+
+    // The flooded connections end once the ambassador has dropped them.
+    wait_for(DEADLINE, "the flooded connections to end", || async {
+        flood.reports.lock().unwrap().len() == flood.accepted.load(Ordering::Relaxed)
+    })
+    .await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", amb.child.id())).unwrap();
+    let peak_kib: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let written = flood.reports.lock().unwrap().clone();
+    println!(
+        "flood: bytes written to each connection before it was dropped: {written:?}; \
+         ambassador peak RSS {peak_kib} KiB"
+    );
+    let most = written.iter().max().unwrap();
+    assert!(*most < BOUND, "a flooded connection took {most} bytes");
+    assert!(
+        peak_kib < 64 * 1024,
+        "the ambassador grew to {peak_kib} KiB"
+    );
     amb.assert_nothing_shows();
+}
+
+/// A refused login leaves the backend's health as it was: a discovered
+/// backend on probation is neither proven by it nor ejected, and an
+/// ejected one stays ejected (it serves none of this node's clients);
+/// only a login that succeeds proves and restores.
+#[tokio::test]
+async fn a_refusal_neither_proves_nor_ejects_nor_restores() {
+    let redis = Redis::start_with(&["--requirepass", PASSWORD]).await;
+    let dir = TempDir::new();
+    let table = Arc::new(Table::with_probation(Duration::from_secs(60)));
+    table.apply(Update::Upsert(BackendSpec {
+        key: "redis@peer".into(),
+        target: Target::Addrs(vec![redis.addr]),
+        weight: 1,
+        draining: false,
+        tls: false,
+    }));
+    let stats = table.snapshot().backends[0].stats.clone();
+    let service = |name: &str, password: &str| {
+        let spec: CredentialsSpec = credentials(&dir.secret(name, password)).parse().unwrap();
+        Service {
+            name: "redis".into(),
+            table: table.clone(),
+            balancer: Balancer::new(Policy::P2c),
+            source: Source::Static,
+            credentials: Some(Arc::new(spec.load().unwrap())),
+        }
+    };
+    let (wrong, right) = (
+        service("wrong.pass", WRONG),
+        service("redis.pass", PASSWORD),
+    );
+    let settings = ProxySettings::default();
+    let refused = |r: &Result<_, ConnectError>| matches!(r, Err(ConnectError::Refused(_)));
+
+    let r = connect(&wrong, &settings, None).await;
+    assert!(refused(&r), "{r:?}");
+    assert!(!table.is_proven(&stats), "a refusal proves nothing");
+    assert_eq!(table.health(&stats), Health::Healthy, "nor ejects");
+    let r = connect(&right, &settings, None).await;
+    assert!(r.is_ok(), "{r:?}");
+    assert!(table.is_proven(&stats), "a login does");
+
+    // Ejected (as after a failure): a refusal does not end it, a login does.
+    assert!(table.report_failure(&stats).is_some());
+    let r = connect(&wrong, &settings, None).await;
+    assert!(refused(&r), "{r:?}");
+    assert!(matches!(table.health(&stats), Health::Ejected { .. }));
+    let r = connect(&right, &settings, None).await;
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(table.health(&stats), Health::Healthy);
 }
 
 /// Starts the binary to fail: exit status 2 and one line of stderr.
@@ -341,10 +547,10 @@ fn refused(args: &[&str]) -> String {
 
 #[test]
 fn bad_credentials_exit_2_naming_the_file_never_the_secret() {
-    let dir = TestDir::new();
+    let dir = TempDir::new();
     let loose = dir.secret("loose.pass", PASSWORD);
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let three = dir.secret("three.pass", &format!("alice\n{PASSWORD}\n{WRONG}\n"));
+    let three = dir.secret("three.pass", format!("alice\n{PASSWORD}\n{WRONG}\n"));
     let good = dir.secret("good.pass", PASSWORD);
     let show = |p: &Path| p.display().to_string();
     let cases: &[(String, String)] = &[

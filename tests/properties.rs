@@ -12,6 +12,8 @@
 //! another. Failures are not persisted: a property that finds a bug keeps
 //! its case as a plain unit test beside the parser it fixes.
 
+mod common;
+
 mod properties {
     pub mod addr;
     pub mod cli;

@@ -1,25 +1,32 @@
 //! One client connection, as a pipeline of stages:
 //!
 //! ```text
-//! client ─> [accept] ─> [dial ─> tls] ─> [auth] ─> [copy]
+//! client ─> [accept] ─> [connect: dial ─> tls ─> login] ─> [copy]
 //! ```
 //!
 //! - accept: socket options on the client side.
-//! - dial: the balancer's candidates, down the list until one answers; each
-//!   failure ejects that backend (and asks discovery to verify it), a
-//!   failure of our own (EMFILE) ejects nothing.
-//! - tls: for a backend behind another ambassador's TLS terminator, the
-//!   mutual TLS handshake, as part of the dial: a backend whose handshake
-//!   fails or stalls is a backend that failed, ejected like a dead one, and
-//!   the next candidate is tried.
-//! - auth: with `--credentials` for the service, log the backend
-//!   connection in before any client byte goes to it.
+//! - connect: the balancer's candidates, down the list until one is ready
+//!   for the client's bytes ([`connect`]). Each candidate goes through
+//!   - dial: the TCP connect;
+//!   - tls: for a backend behind another ambassador's TLS terminator, the
+//!     mutual TLS handshake;
+//!   - login: with `--credentials` for the service, the login on the
+//!     application's behalf, before any client byte goes to the backend.
+//!
+//!   A candidate that fails any of them (refused, stalled, closed, a
+//!   failed handshake, an answer to the login that no Redis server gives)
+//!   is a backend that failed: ejected, handed to discovery to verify, and
+//!   the next candidate is tried; the client sees none of it unless every
+//!   candidate fails. A failure of our own (EMFILE) ejects nothing. A
+//!   backend that refuses the credentials is alive and left as it is, and
+//!   the next candidate is tried too; when none took them, the client gets
+//!   the refusal as an error in its protocol.
 //! - copy: both directions until both are done ([`copy`]).
 //!
 //! Each stage is a function that takes what the previous one produced and
 //! returns what the next one needs, or ends the connection with a log
 //! line. A backend counts as answering (restored from an ejection, proven)
-//! only once every stage before the copy has passed.
+//! only once every step before the copy has passed.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_rustls::client::TlsStream;
@@ -35,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::backends::table::{ActiveGuard, Backend};
 use crate::backends::Service;
-use crate::credentials::LoginError;
+use crate::credentials::{Credentials, LoginError, Refused};
 use crate::net::accept::{Handler, Shared};
 use crate::net::copy::{self, End};
 use crate::net::dial::{dial, DialError};
@@ -118,26 +125,13 @@ impl Handler for Service {
 
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         let mut client = accept_stage(client, peer, &self, &shared);
-        // The dial and login stages are boxed: their futures (a TLS
-        // handshake holds a whole rustls connection) are freed once they
-        // are done, so an idle connection keeps only the copy stage's.
-        let Some(mut upstream) = Box::pin(dial_stage(peer, &self, &shared)).await else {
+        // The connect stage is boxed: its future (a TLS handshake holds a
+        // whole rustls connection) is freed once it is done, so an idle
+        // connection keeps only the copy stage's.
+        let connected = Box::pin(connect_stage(&mut client, peer, &self, &shared)).await;
+        let Some(upstream) = connected else {
             return;
         };
-        let backend = upstream.active.backend();
-        let c = &mut client;
-        let logged_in = match &mut upstream.stream {
-            BackendStream::Plain(tcp) => {
-                Box::pin(auth_stage(c, peer, backend, tcp, &self, &shared)).await
-            }
-            BackendStream::Tls(tls) => {
-                Box::pin(auth_stage(c, peer, backend, &mut **tls, &self, &shared)).await
-            }
-        };
-        if !logged_in {
-            return;
-        }
-        backend_ready(&self, backend);
         copy_stage(client, peer, upstream, &self, &shared).await;
     }
 }
@@ -150,15 +144,29 @@ fn accept_stage(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Sha
     client
 }
 
-/// A backend that answers, with its socket options set; `None` when there
-/// is none (logged) or the node stops meanwhile.
-async fn dial_stage(peer: SocketAddr, svc: &Service, shared: &Shared) -> Option<Upstream> {
+/// A backend ready for the client's bytes; `None` when there is none
+/// (logged; a client whose credentials every backend refused is told so)
+/// or the node stops meanwhile.
+async fn connect_stage(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    svc: &Service,
+    shared: &Shared,
+) -> Option<Upstream> {
     let connected = tokio::select! {
         r = connect(svc, &shared.settings, shared.tls.as_deref()) => r,
         _ = shared.hard_stop.cancelled() => return None,
     };
     let (active, stream) = match connected {
         Ok(pair) => pair,
+        Err(ConnectError::Refused(why)) => {
+            // Logged once per backend by the login itself.
+            debug!(service = %svc.name, client = %peer, "closing client connection: {why}");
+            if let Some(credentials) = &svc.credentials {
+                turn_away(client, &credentials.client_error(&why), shared).await;
+            }
+            return None;
+        }
         Err(e) => {
             // A burst of clients while every backend is down (or while we
             // are out of descriptors) is one line a second, not one each.
@@ -177,76 +185,18 @@ async fn dial_stage(peer: SocketAddr, svc: &Service, shared: &Shared) -> Option<
     Some(Upstream { active, stream })
 }
 
-/// How long a client turned away by the auth stage has to read its error
-/// and close: closing while its request is still unread would send a
-/// reset, which can destroy the error line before the client reads it. A
-/// client reads the line and closes in well under a millisecond; one
-/// second bounds what a client that never closes costs.
+/// How long a client turned away with an error has to read it and close:
+/// closing while its request is still unread would send a reset, which
+/// can destroy the error line before the client reads it. A client reads
+/// the line and closes in well under a millisecond; one second bounds what
+/// a client that never closes costs.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Logs the backend connection in with the service's credentials, if it
-/// has any, before a client byte reaches the backend (the client's first
-/// command waits in its socket meanwhile). `false` when the client was
-/// turned away, with an error in its protocol, or the node stops.
-///
-/// A refused login (wrong password, no such user) or a backend that does
-/// not answer it ejects nothing: the backend is alive and the next one has
-/// the same credentials; it is logged once per backend until a login
-/// succeeds again. A connection that fails during the login (closed,
-/// reset) counts as a failed connect and ejects the backend: a backend
-/// that accepts and then drops connections serves no client either (a
-/// provider's TLS terminator whose local Redis is down does exactly that),
-/// and discovery should verify it like a dead one.
-async fn auth_stage<S>(
-    client: &mut TcpStream,
-    peer: SocketAddr,
-    backend: &Backend,
-    stream: &mut S,
-    svc: &Service,
-    shared: &Shared,
-) -> bool
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let Some(credentials) = &svc.credentials else {
-        return true;
-    };
-    let result = tokio::select! {
-        r = credentials.log_in(stream, shared.settings.connect_timeout) => r,
-        _ = shared.hard_stop.cancelled() => return false,
-    };
-    let target = &backend.spec.target;
-    let stats = &backend.stats;
-    let error = match result {
-        Ok(()) => {
-            if stats.login_failing.swap(false, Ordering::Relaxed) {
-                info!(service = %svc.name, backend = %target, "backend accepts the credentials again");
-            }
-            return true;
-        }
-        Err(e @ (LoginError::Refused(_) | LoginError::Timeout(_))) => {
-            if let LoginError::Refused(_) = e {
-                // It answered: alive, whatever it thinks of the password.
-                backend_ready(svc, backend);
-            }
-            if stats.login_failing.swap(true, Ordering::Relaxed) {
-                debug!(service = %svc.name, backend = %target, client = %peer,
-                    "closing client connection: {e}");
-            } else {
-                warn!(service = %svc.name, backend = %target, credentials = %credentials.spec,
-                    error = %e, "login failed; this backend's clients get an error until a \
-                    login succeeds (logged once)");
-            }
-            e
-        }
-        Err(e @ LoginError::Io(_)) => {
-            backend_failed(svc, backend, &e);
-            e
-        }
-    };
-    let reply = credentials.client_error(&error);
+/// Sends the client `reply`, ends its side, and waits (within [`LINGER`])
+/// for it to close.
+async fn turn_away(client: &mut TcpStream, reply: &[u8], shared: &Shared) {
     let turn_away = async {
-        client.write_all(&reply).await?;
+        client.write_all(reply).await?;
         client.shutdown().await?;
         let mut sink = [0; 1024];
         while client.read(&mut sink).await? != 0 {}
@@ -256,7 +206,6 @@ where
         _ = timeout(LINGER, turn_away) => {}
         _ = shared.hard_stop.cancelled() => {}
     }
-    false
 }
 
 /// Bytes both ways until both sides are done, a limit ends the connection
@@ -325,26 +274,55 @@ pub enum ConnectError {
     /// memory); no backend was blamed.
     #[error("out of local resources, cannot dial: {0}")]
     Local(io::Error),
+    /// A backend refused the service's credentials, and no other took
+    /// them: the client is told why in its protocol.
+    #[error(transparent)]
+    Refused(Refused),
 }
 
-/// Dials candidates in balancer order until one answers, within
-/// `connect_attempts` tries of `connect_timeout` each (a proven backend
-/// among them whenever one exists: [`crate::backends::balance`]). Every failure ejects
-/// that backend, so the next clients skip it at once. A failure for lack of
-/// local resources ejects nothing (ejecting healthy backends, or asking
-/// discovery to verify them, would turn our own descriptor shortage into an
-/// outage) and the next candidate is tried; when every dial failed that
-/// way, this client alone fails, after a short pause.
+/// Why one candidate did not become the client's backend.
+enum Setback {
+    /// The dial, the TLS handshake or the login failed (the backend's
+    /// fault), or this process could not dial.
+    Failed(DialError),
+    /// The backend answered the login with an error: alive, but not
+    /// taking these credentials.
+    Refused(Refused),
+}
+
+impl From<DialError> for Setback {
+    fn from(e: DialError) -> Setback {
+        Setback::Failed(e)
+    }
+}
+
+/// Takes candidates in balancer order through every step before the copy
+/// (dial, TLS, login) until one is ready, within `connect_attempts` tries
+/// (a proven backend among them whenever one exists:
+/// [`crate::backends::balance`]), each step bounded by `connect_timeout`
+/// (the TLS handshake by [`tls::HANDSHAKE_TIMEOUT`]).
 ///
-/// A backend behind a TLS terminator is reached through `tls`; its failed
-/// handshake counts as a failed connect.
+/// Every failure ejects that backend, so the next clients skip it at
+/// once, and the next candidate is tried: a backend that accepts
+/// connections and then stalls, drops or garbles the login serves no
+/// client (a provider's TLS terminator whose local Redis is down, or a
+/// stranger on a keyless LAN), so it is dealt with like a dead one. A
+/// failure for lack of local resources ejects nothing (ejecting healthy
+/// backends, or asking discovery to verify them, would turn our own
+/// descriptor shortage into an outage) and the next candidate is tried;
+/// when every dial failed that way, this client alone fails, after a short
+/// pause.
 ///
-/// The backend comes with the [`ActiveGuard`] taken when its dial began:
-/// keep it for the connection's life. Its success is not reported yet:
-/// the stages after the dial can still fail it (a backend that accepts
-/// and then drops every login is neither restored nor proven by its
-/// accepts), so the caller reports it once the connection is ready, as the
-/// pipeline does before its copy stage.
+/// A backend that refuses the credentials (a Redis error in answer to
+/// `AUTH`) is alive, and its health is left as it is: not ejected (the
+/// fault is the credentials'), and neither proven nor restored from an
+/// ejection, since it serves none of this node's clients: only a login
+/// that succeeds does that. The next candidate is tried, in case it takes
+/// them (a node not yet given a new password, a stranger answering errors
+/// on a keyless LAN); when none does, the refusal is the error.
+///
+/// The ready backend comes with the [`ActiveGuard`] taken when its dial
+/// began (keep it for the connection's life), its success reported.
 pub async fn connect(
     svc: &Service,
     settings: &ProxySettings,
@@ -359,47 +337,106 @@ pub async fn connect(
     }
     let mut last = None;
     let mut local = None;
+    let mut refused = None;
     let mut tried = 0;
     for backend in order {
         tried += 1;
         // Counted from now, so the balancer sees dials in flight.
         let active = ActiveGuard::new(backend.clone());
-        let dialed = match dial(&backend.spec.target, settings.connect_timeout).await {
+        match establish(svc, &backend, settings, tls).await {
             Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                if let Err(e) = sockopt::tune_stream(&stream, settings) {
-                    debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
-                        "cannot set backend socket options");
-                }
-                secure(stream, &backend, tls).await
+                backend_ready(svc, &backend);
+                return Ok((active, stream));
             }
-            Err(e) => Err(e),
-        };
-        match dialed {
-            Ok(stream) => return Ok((active, stream)),
             // Not the backend's fault, and perhaps not the next one's
             // problem (no free port towards this address only): try on,
             // blaming nobody.
-            Err(DialError::Local(e)) => {
+            Err(Setback::Failed(DialError::Local(e))) => {
                 debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
                     "cannot dial: out of local resources");
                 local = Some(e);
             }
-            Err(DialError::Backend(e)) => {
+            Err(Setback::Failed(DialError::Backend(e))) => {
                 backend_failed(svc, &backend, &e);
                 last = Some(e);
             }
+            Err(Setback::Refused(why)) => refused = Some(why),
         }
     }
-    match (last, local) {
-        (Some(last), _) => Err(ConnectError::AllFailed { tried, last }),
-        (None, Some(e)) => {
+    match (refused, last, local) {
+        // What the client can act on: the credentials, not the others'
+        // failures (each logged with its backend).
+        (Some(why), _, _) => Err(ConnectError::Refused(why)),
+        (None, Some(last), _) => Err(ConnectError::AllFailed { tried, last }),
+        (None, None, Some(e)) => {
             // Every dial failed on our side: slow this connection task down
             // (it keeps its permit) rather than churn through the queue.
             sleep(LOCAL_ERROR_BACKOFF).await;
             Err(ConnectError::Local(e))
         }
-        (None, None) => Err(ConnectError::NoBackends),
+        (None, None, None) => Err(ConnectError::NoBackends),
+    }
+}
+
+/// One candidate through the dial, TLS and login steps, with its socket
+/// options set.
+async fn establish(
+    svc: &Service,
+    backend: &Backend,
+    settings: &ProxySettings,
+    tls: Option<&Tls>,
+) -> Result<BackendStream, Setback> {
+    let stream = dial(&backend.spec.target, settings.connect_timeout).await?;
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = sockopt::tune_stream(&stream, settings) {
+        debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
+            "cannot set backend socket options");
+    }
+    let mut stream = secure(stream, backend, tls).await?;
+    if let Some(credentials) = &svc.credentials {
+        log_in(
+            svc,
+            backend,
+            credentials,
+            &mut stream,
+            settings.connect_timeout,
+        )
+        .await?;
+    }
+    Ok(stream)
+}
+
+/// Logs the backend connection in, within `limit`. A refusal is logged
+/// once per backend, until a login to it succeeds again.
+async fn log_in(
+    svc: &Service,
+    backend: &Backend,
+    credentials: &Credentials,
+    stream: &mut BackendStream,
+    limit: Duration,
+) -> Result<(), Setback> {
+    let result = match stream {
+        BackendStream::Plain(tcp) => credentials.log_in(tcp, limit).await,
+        BackendStream::Tls(tls) => credentials.log_in(&mut **tls, limit).await,
+    };
+    let target = &backend.spec.target;
+    let failing = &backend.stats.login_failing;
+    match result {
+        Ok(()) => {
+            if failing.swap(false, Ordering::Relaxed) {
+                info!(service = %svc.name, backend = %target, "backend accepts the credentials again");
+            }
+            Ok(())
+        }
+        Err(LoginError::Refused(why)) => {
+            if !failing.swap(true, Ordering::Relaxed) {
+                warn!(service = %svc.name, backend = %target, credentials = %credentials.spec,
+                    error = %why, "login refused; clients go to other backends, or get this \
+                    error, until a login succeeds (logged once)");
+            }
+            Err(Setback::Refused(why))
+        }
+        Err(e) => Err(DialError::Backend(io::Error::other(e)).into()),
     }
 }
 

@@ -259,3 +259,38 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A directory of this test's files, removed on drop (also when the test
+/// fails).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        // Unique per process and per test: tests run in parallel.
+        let dir = std::env::temp_dir().join(format!(
+            "mesh-amb-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Where `file` would be in the directory.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+
+    /// A new owner-only file `name` holding `body`.
+    pub fn secret(&self, name: &str, body: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(name);
+        mesh_amb::secret::write_new_secret_file(&path, body.as_ref()).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

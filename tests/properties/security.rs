@@ -4,10 +4,7 @@
 //! seal, and the credentials spec and file.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::Write as _;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -292,41 +289,6 @@ fn credentials_file() -> impl Strategy<Value = (Vec<Line>, Vec<&'static str>, bo
     )
 }
 
-/// A directory for the credentials files of one property, removed at the
-/// end.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "mesh-amb-properties-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    /// A new owner-only file holding `body`.
-    fn file(&self, body: &[u8]) -> PathBuf {
-        let path = self.0.join(format!("pass-{}", fastrand::u64(..)));
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .unwrap();
-        f.write_all(body).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 proptest! {
     #![proptest_config(crate::config())]
 
@@ -391,8 +353,8 @@ proptest! {
     }
 
     /// A sealed record verifies, within its validity, and yields exactly
-    /// the addresses it signs (the address list reads back as written);
-    /// more than a record may sign are refused.
+    /// the addresses it signs (the address list reads back as written); of
+    /// more than a record may hold, the first ones are signed.
     #[test]
     fn a_sealed_record_verifies_with_its_addresses(
         rec in valid_record(),
@@ -405,11 +367,9 @@ proptest! {
         let txt: HashMap<String, String> =
             k.sign(&rec.fields(), signed_at, &addrs).into_iter().collect();
         let got = verify(&k, &rec, &txt, signed_at + age);
-        if addrs.len() <= MAX_SIGNED_ADDRS {
-            prop_assert_eq!(got, Ok(canonical(&addrs)));
-        } else {
-            prop_assert_eq!(got, Err(Reject::BadSignature));
-        }
+        let mut want = canonical(&addrs);
+        want.truncate(MAX_SIGNED_ADDRS);
+        prop_assert_eq!(got, Ok(want));
     }
 
     /// Any change to what the seal covers, or to the seal, is refused.
@@ -581,7 +541,7 @@ proptest! {
 /// need one directory, removed at the end.)
 #[test]
 fn a_credentials_file_never_shows_in_errors_or_debug() {
-    let dir = Scratch::new();
+    let dir = crate::common::TempDir::new();
     let mut runner = TestRunner::new(crate::config());
     let result = runner.run(&credentials_file(), |(lines, ends, final_end)| {
         let mut body = Vec::new();
@@ -598,7 +558,7 @@ fn a_credentials_file_never_shows_in_errors_or_debug() {
         if final_end && !lines.is_empty() {
             body.extend_from_slice(ends[0].as_bytes());
         }
-        let file = dir.file(&body);
+        let file = dir.secret(&format!("pass-{}", fastrand::u64(..)), &body);
         let spec: CredentialsSpec = format!("cache=redis:{}", file.display()).parse().unwrap();
         let loaded = spec.load();
         std::fs::remove_file(&file).unwrap();
