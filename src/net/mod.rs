@@ -1,13 +1,15 @@
 //! The data plane: the accept loop ([`accept`]), each connection's stages
-//! ([`pipeline`]: dial, then copy), and what they are built from: dialing a
+//! ([`pipeline`]: dial, TLS, login, then copy), and what they are built from: dialing a
 //! backend ([`dial`]), copying without holding buffers while idle
 //! ([`copy`]), socket options and limits ([`sockopt`]), active checks
-//! ([`checks`]); and a provider's TLS terminator ([`terminator`]).
+//! ([`checks`]); a provider's TLS terminator ([`terminator`]); and the
+//! rate limit of warnings a burst could repeat ([`loglimit`]).
 
 pub mod accept;
 pub mod checks;
 pub mod copy;
 pub mod dial;
+pub mod loglimit;
 pub mod pipeline;
 pub mod sockopt;
 pub mod terminator;

@@ -30,13 +30,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout};
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, info, warn};
 
@@ -46,51 +46,13 @@ use crate::credentials::{Credentials, LoginError, Refused};
 use crate::net::accept::{Handler, Shared};
 use crate::net::copy::{self, End};
 use crate::net::dial::{dial, DialError};
+use crate::net::loglimit::LogLimit;
 use crate::net::sockopt;
 use crate::security::tls::{self, Tls};
 use crate::settings::ProxySettings;
 
 /// Warnings about clients turned away, process-wide.
 static REFUSALS: LogLimit = LogLimit::new();
-
-/// At most one warning per [`LogLimit::EVERY`], counting what it held back.
-pub(crate) struct LogLimit {
-    /// The limit's first use: what `last_ms` counts from.
-    start: OnceLock<Instant>,
-    /// When the last line was let through, in ms since `start` (0 = never).
-    last_ms: AtomicU64,
-    /// Lines held back since.
-    held: AtomicU64,
-}
-
-impl LogLimit {
-    const EVERY: Duration = Duration::from_secs(1);
-
-    pub(crate) const fn new() -> LogLimit {
-        LogLimit {
-            start: OnceLock::new(),
-            last_ms: AtomicU64::new(0),
-            held: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(held back since the last line)` when this line may be logged.
-    pub(crate) fn admit(&self) -> Option<u64> {
-        let now = self.start.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        let due = last == 0 || now.saturating_sub(last) >= Self::EVERY.as_millis() as u64;
-        if due
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            return Some(self.held.swap(0, Ordering::Relaxed));
-        }
-        self.held.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-}
 
 /// The connection to a backend: plain, or mutual TLS to another
 /// ambassador's terminator.
@@ -485,22 +447,5 @@ pub(crate) async fn secure(
         Ok(Ok(s)) => Ok(BackendStream::Tls(Box::new(s))),
         Ok(Err(e)) => Err(DialError::Backend(e)),
         Err(_) => failed(io::ErrorKind::TimedOut, "TLS handshake timed out".into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn refusal_warnings_are_one_a_second_with_a_count() {
-        let limit = LogLimit::new();
-        assert_eq!(limit.admit(), Some(0), "the first line goes out");
-        for _ in 0..500 {
-            assert_eq!(limit.admit(), None, "a burst is held back");
-        }
-        tokio::time::advance(LogLimit::EVERY).await;
-        assert_eq!(limit.admit(), Some(500), "then one line counts the rest");
-        assert_eq!(limit.admit(), None);
     }
 }

@@ -29,7 +29,7 @@ use crate::backends::table::Target;
 use crate::net::accept::{Handler, Shared};
 use crate::net::copy::{self, End};
 use crate::net::dial::dial;
-use crate::net::pipeline::LogLimit;
+use crate::net::loglimit::LogLimit;
 use crate::net::sockopt;
 use crate::security::tls::{self, Tls};
 use crate::spec::ProvideSpec;
