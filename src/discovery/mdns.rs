@@ -24,6 +24,7 @@ use mdns_sd::{IfKind, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, Se
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
@@ -31,6 +32,7 @@ use super::stats::DiscoveryStats;
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
 use crate::backends::table::{Backend, BackendSpec, Health, Snapshot, Target, Update};
 use crate::backends::Service;
+use crate::net::loglimit::LogLimit;
 use crate::security::advert::{self, AdvertKey, Fields, Reject, Verifier};
 use crate::security::ClusterKey;
 use crate::settings::DiscoverySettings;
@@ -60,6 +62,14 @@ const SWEEP_GRACE: Duration = Duration::from_secs(2);
 /// has expired (a provider killed without goodbye, or one that stopped
 /// re-signing): within seconds of the end of validity.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+/// Browse events waiting for the tables. mdns-sd's own channel holds 1,000
+/// and closes the browse for good when it fills; a flood of records (10,000
+/// fake instances) fills it faster than records can be checked and applied,
+/// and every re-browse replays the flood. So a task of its own moves events
+/// from that channel into this queue, which never closes: when it is full,
+/// events are dropped and counted, and the next re-browse brings back what
+/// they said. About 1 KiB an event: a few MiB at most.
+const EVENT_QUEUE: usize = 4096;
 /// Most discovered instances in one service's table. Far above a real
 /// deployment of one service on one link (mDNS is for a link: tens to
 /// hundreds of hosts), low enough that a flood of fake records costs at
@@ -382,8 +392,8 @@ pub async fn browse(
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     'browse: loop {
-        let events = match mdns.daemon.browse(SERVICE_TYPE) {
-            Ok(rx) => rx,
+        let (mut events, _forwarding) = match mdns.daemon.browse(SERVICE_TYPE) {
+            Ok(rx) => forward(rx, stats.clone()),
             Err(e) => {
                 warn!(error = %e, "cannot browse {SERVICE_TYPE}; retrying");
                 tokio::select! {
@@ -395,33 +405,37 @@ pub async fn browse(
         let mut next_rebrowse = Instant::now() + REBROWSE_EVERY;
         // Instances replayed since this browse started, until the sweep.
         let mut replayed: Option<HashSet<String>> = (!first).then(HashSet::new);
+        // A replay with events dropped is incomplete: no sweep after it.
+        let dropped_before = stats.events_dropped.load(Ordering::Relaxed);
         let sweep_at = Instant::now() + SWEEP_GRACE;
         first = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                ev = events.recv_async() => match ev {
-                    Ok(ServiceEvent::ServiceResolved(r)) => {
+                ev = events.recv() => match ev {
+                    Some(ServiceEvent::ServiceResolved(r)) => {
                         if let Some(seen) = &mut replayed {
                             seen.insert(r.fullname.clone());
                         }
                         resolved(&services, &r, tls, verifier.as_mut(), &stats);
                     }
-                    Ok(ServiceEvent::ServiceRemoved(_, fullname)) => {
+                    Some(ServiceEvent::ServiceRemoved(_, fullname)) => {
                         if removed(&services, &fullname) {
                             next_rebrowse = next_rebrowse.min(Instant::now() + REBROWSE_AFTER_REMOVAL);
                         }
                     }
-                    Ok(ServiceEvent::SearchStopped(_)) | Err(_) => {
+                    Some(ServiceEvent::SearchStopped(_)) | None => {
                         warn!("the mDNS browse ended; starting it again");
                         tokio::time::sleep(REBROWSE_DELAY).await;
                         continue 'browse;
                     }
-                    Ok(_) => {}
+                    Some(_) => {}
                 },
                 _ = tokio::time::sleep_until(sweep_at), if replayed.is_some() => {
                     let seen = replayed.take().unwrap_or_default();
-                    sweep(&services, &seen);
+                    if stats.events_dropped.load(Ordering::Relaxed) == dropped_before {
+                        sweep(&services, &seen);
+                    }
                 }
                 _ = expiry.tick(), if verifier.is_some() => {
                     if let Some(v) = &mut verifier {
@@ -444,6 +458,38 @@ pub async fn browse(
             }
         }
     }
+}
+
+/// Warnings about dropped events: one a second during a flood.
+static EVENT_DROPS: LogLimit = LogLimit::new();
+
+/// Moves browse events from mdns-sd's channel into a queue of ours as fast
+/// as they come (see [`EVENT_QUEUE`]); the queue ends when the browse does.
+/// The task stops when the returned handle is dropped.
+fn forward(
+    events: mdns_sd::Receiver<ServiceEvent>,
+    stats: Arc<DiscoveryStats>,
+) -> (mpsc::Receiver<ServiceEvent>, AbortOnDropHandle<()>) {
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let task = tokio::spawn(async move {
+        while let Ok(ev) = events.recv_async().await {
+            match tx.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    stats.events_dropped.fetch_add(1, Ordering::Relaxed);
+                    if let Some(more) = EVENT_DROPS.admit() {
+                        warn!(
+                            held_back = more,
+                            "mDNS events come faster than they can be \
+                            applied; dropping some (counted) until the flood ebbs"
+                        );
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    });
+    (rx, AbortOnDropHandle::new(task))
 }
 
 /// Removes discovered backends that a fresh browse did not replay.

@@ -44,6 +44,9 @@ pub struct DiscoveryStats {
     pub over_service_cap: AtomicU64,
     /// New instances turned away because all tables together were full.
     pub over_total_cap: AtomicU64,
+    /// Browse events dropped because they came faster than they could be
+    /// applied (a flood); a re-browse brings back what they said.
+    pub events_dropped: AtomicU64,
     /// Never-answering instances dropped from a full table to make room.
     pub evicted: AtomicU64,
     /// Probation probes a new instance answered (it may take clients).
@@ -129,7 +132,7 @@ impl DiscoveryStats {
     }
 
     /// Every counter with its name, for a log line or an admin page.
-    pub fn counters(&self) -> [(&'static str, u64); 15] {
+    pub fn counters(&self) -> [(&'static str, u64); 16] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("bad_name", v(&self.bad_name)),
@@ -139,6 +142,7 @@ impl DiscoveryStats {
             ("tls_mismatch", v(&self.tls_mismatch)),
             ("over_service_cap", v(&self.over_service_cap)),
             ("over_total_cap", v(&self.over_total_cap)),
+            ("events_dropped", v(&self.events_dropped)),
             ("evicted", v(&self.evicted)),
             ("probes_passed", v(&self.probes_passed)),
             ("probes_failed", v(&self.probes_failed)),
