@@ -53,6 +53,24 @@ start_amb() {
   wait_ping "$BENCH_PORT"
 }
 
+# start_amb_tls BINARY REDIS_PORT: two mesh-amb nodes holding one cluster
+# key, a provider (TLS terminator on a fixed port) and a consumer dialing
+# it as a tls:// static backend: the price of the mutual TLS hop.
+start_amb_tls() {
+  local tls_port
+  tls_port=$(free_port)
+  [ -f "$BENCH_TMP/cluster.key" ] || "$1" keygen "$BENCH_TMP/cluster.key" >/dev/null
+  RUST_LOG=error "$1" --cluster-key "$BENCH_TMP/cluster.key" --interface lo \
+    --provide "redis:$2@$tls_port" &
+  BENCH_PIDS+=("$!")
+  BENCH_PORT=$(free_port)
+  RUST_LOG=error "$1" --cluster-key "$BENCH_TMP/cluster.key" \
+    --consume "redis:$BENCH_PORT=tls://127.0.0.1:$tls_port" &
+  BENCH_PID=$!
+  BENCH_PIDS+=("$BENCH_PID")
+  wait_ping "$BENCH_PORT"
+}
+
 # start_haproxy REDIS_PORT MAXCONN: an HAProxy (tcp mode, one thread per
 # core) in front of Redis.
 start_haproxy() {

@@ -9,10 +9,18 @@
 #   HAPROXY=0 skip HAProxy (measured when `haproxy` is installed; nbthread =
 #             cores, tcp mode)
 #   ROUNDS    rounds per figure (default 3)
+#   TLS=0     skip mesh-amb-tls (a keyed provider and consumer: the mutual
+#             TLS hop between ambassadors). With it, the whole run moves
+#             into a private network namespace (needs root): the provider
+#             advertises over mDNS, which must reach no real network.
 # Client, proxies and Redis share this machine's cores, so only ratios
 # measured in the same run mean anything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${TLS:-1}" != 0 ] && [ -z "${BENCH_NETNS:-}" ]; then
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  exec env BENCH_NETNS=1 unshare -n -- bash -c 'ip link set lo up && exec "$0" "$@"' "$0" "$@"
+fi
 requests=${1:-200000}
 shift || true
 sizes=("${@:-3}")
@@ -29,6 +37,11 @@ rport=$BENCH_PORT
 start_amb target/release/mesh-amb "$rport"
 names+=(mesh-amb)
 ports+=("$BENCH_PORT")
+if [ "${TLS:-1}" != 0 ]; then
+  start_amb_tls target/release/mesh-amb "$rport"
+  names+=(mesh-amb-tls)
+  ports+=("$BENCH_PORT")
+fi
 if [ -n "${OLD_BIN:-}" ]; then
   start_amb "$OLD_BIN" "$rport"
   names+=(old)
@@ -47,7 +60,7 @@ rps() { # port test size -> requests per second
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 
-printf '%-5s %6s %-9s %12s %9s %11s\n' test size proxy 'requests/s' 'x direct' 'x haproxy'
+printf '%-5s %6s %-12s %12s %9s %11s\n' test size proxy 'requests/s' 'x direct' 'x haproxy'
 for size in "${sizes[@]}"; do
   for t in set get; do
     declare -A got=()
@@ -64,7 +77,7 @@ for size in "${sizes[@]}"; do
     h=0
     for i in "${!names[@]}"; do [ "${names[$i]}" = haproxy ] && h=${med[$i]}; done
     for i in "${!names[@]}"; do
-      printf '%-5s %6s %-9s %12s %9s %11s\n' "$t" "$size" "${names[$i]}" "${med[$i]}" \
+      printf '%-5s %6s %-12s %12s %9s %11s\n' "$t" "$size" "${names[$i]}" "${med[$i]}" \
         "$(ratio "${med[$i]}" "${med[0]}")" "$(ratio "${med[$i]}" "$h")"
     done
     unset got med
