@@ -24,10 +24,10 @@ start_redis --maxclients $((conns * 4))
 rport=$BENCH_PORT
 targets=()
 if [ -n "${OLD_BIN:-}" ]; then
-  start_amb "$OLD_BIN" "$rport"
+  start_amb "$OLD_BIN" "127.0.0.1:$rport"
   targets+=("old=127.0.0.1:$BENCH_PORT/$BENCH_PID")
 fi
-start_amb target/release/mesh-amb "$rport"
+start_amb target/release/mesh-amb "127.0.0.1:$rport"
 targets+=("new=127.0.0.1:$BENCH_PORT/$BENCH_PID")
 if [ "${HAPROXY:-1}" != 0 ] && command -v haproxy >/dev/null; then
   start_haproxy "$rport" $((conns * 2))

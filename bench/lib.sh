@@ -44,10 +44,13 @@ start_redis() {
   wait_ping "$BENCH_PORT"
 }
 
-# start_amb BINARY REDIS_PORT: that mesh-amb binary in front of Redis.
+# start_amb BINARY BACKEND [ARGS...]: that mesh-amb binary in front of
+# BACKEND (HOST:PORT, or tls://HOST:PORT), with ARGS added.
 start_amb() {
+  local bin=$1 backend=$2
+  shift 2
   BENCH_PORT=$(free_port)
-  RUST_LOG=error "$1" --consume "redis:$BENCH_PORT=127.0.0.1:$2" &
+  RUST_LOG=error "$bin" --consume "redis:$BENCH_PORT=$backend" "$@" &
   BENCH_PID=$!
   BENCH_PIDS+=("$BENCH_PID")
   wait_ping "$BENCH_PORT"
@@ -57,18 +60,12 @@ start_amb() {
 # key, a provider (TLS terminator on a fixed port) and a consumer dialing
 # it as a tls:// static backend: the price of the mutual TLS hop.
 start_amb_tls() {
-  local tls_port
+  local key=$BENCH_TMP/cluster.key tls_port
   tls_port=$(free_port)
-  [ -f "$BENCH_TMP/cluster.key" ] || "$1" keygen "$BENCH_TMP/cluster.key" >/dev/null
-  RUST_LOG=error "$1" --cluster-key "$BENCH_TMP/cluster.key" --interface lo \
-    --provide "redis:$2@$tls_port" &
+  [ -f "$key" ] || "$1" keygen "$key" >/dev/null
+  RUST_LOG=error "$1" --cluster-key "$key" --interface lo --provide "redis:$2@$tls_port" &
   BENCH_PIDS+=("$!")
-  BENCH_PORT=$(free_port)
-  RUST_LOG=error "$1" --cluster-key "$BENCH_TMP/cluster.key" \
-    --consume "redis:$BENCH_PORT=tls://127.0.0.1:$tls_port" &
-  BENCH_PID=$!
-  BENCH_PIDS+=("$BENCH_PID")
-  wait_ping "$BENCH_PORT"
+  start_amb "$1" "tls://127.0.0.1:$tls_port" --cluster-key "$key"
 }
 
 # start_haproxy REDIS_PORT MAXCONN: an HAProxy (tcp mode, one thread per

@@ -34,7 +34,7 @@ start_redis --maxclients 10000
 names=(direct)
 ports=("$BENCH_PORT")
 rport=$BENCH_PORT
-start_amb target/release/mesh-amb "$rport"
+start_amb target/release/mesh-amb "127.0.0.1:$rport"
 names+=(mesh-amb)
 ports+=("$BENCH_PORT")
 if [ "${TLS:-1}" != 0 ]; then
@@ -43,7 +43,7 @@ if [ "${TLS:-1}" != 0 ]; then
   ports+=("$BENCH_PORT")
 fi
 if [ -n "${OLD_BIN:-}" ]; then
-  start_amb "$OLD_BIN" "$rport"
+  start_amb "$OLD_BIN" "127.0.0.1:$rport"
   names+=(old)
   ports+=("$BENCH_PORT")
 fi
