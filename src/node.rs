@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -331,12 +331,11 @@ async fn run(
 
     let mut settings = config.proxy.clone();
     settings.max_connections = sockopt::fit_connections(settings.max_connections);
-    let shared = Arc::new(Shared {
-        limit: Arc::new(Semaphore::new(settings.max_connections)),
+    let shared = Arc::new(Shared::new(
         settings,
-        hard_stop: shutdown.immediate.clone(),
-        tls: security.tls.clone(),
-    });
+        shutdown.immediate.clone(),
+        security.tls.clone(),
+    ));
     let tracker = TaskTracker::new();
     let mut serving = Vec::new();
     for (listener, svc) in listeners.into_iter().zip(&services) {
@@ -379,12 +378,11 @@ async fn run(
         }
     }
     // Their own connection limit: the LAN must not take local clients' slots.
-    let mesh_shared = Arc::new(Shared {
-        limit: Arc::new(Semaphore::new(shared.settings.max_connections)),
-        settings: shared.settings.clone(),
-        hard_stop: shutdown.immediate.clone(),
-        tls: security.tls.clone(),
-    });
+    let mesh_shared = Arc::new(Shared::new(
+        shared.settings.clone(),
+        shutdown.immediate.clone(),
+        security.tls.clone(),
+    ));
     let terminating = (!security.terminators.is_empty()).then(|| {
         tokio::spawn(accept::serve(
             security.terminators,

@@ -37,6 +37,22 @@ pub struct Shared {
     pub tls: Option<Arc<crate::security::Tls>>,
 }
 
+impl Shared {
+    /// A connection limit of its own, from the settings' `max_connections`.
+    pub fn new(
+        settings: ProxySettings,
+        hard_stop: CancellationToken,
+        tls: Option<Arc<crate::security::Tls>>,
+    ) -> Shared {
+        Shared {
+            limit: Arc::new(Semaphore::new(settings.max_connections)),
+            settings,
+            hard_stop,
+            tls,
+        }
+    }
+}
+
 /// What runs each accepted connection of a listener.
 pub trait Handler: Send + Sync + 'static {
     /// The listener's name in log lines (the service).

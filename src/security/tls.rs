@@ -162,6 +162,16 @@ pub struct PkiFiles {
     pub ca: std::path::PathBuf,
 }
 
+impl PkiFiles {
+    /// Whether the files make a TLS identity (readable PEM, a key that
+    /// matches the certificate, an owner-only key file), so that a front
+    /// end can refuse them before anything starts.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let (roots, identity) = load_pki(self)?;
+        configs(&roots, identity, false).map(drop)
+    }
+}
+
 /// Where certificates come from.
 enum Source {
     /// Derived from the cluster key; node certificates are renewed.

@@ -376,13 +376,9 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
         other => bad(other.to_string()),
     })?;
     // Reads the PKI files now, so that a wrong one is a usage error.
-    let security = &config.security;
-    mesh_amb::security::Tls::new(
-        security.cluster_key.as_deref(),
-        security.pki.as_ref(),
-        &config.discovery.node_id,
-    )
-    .map_err(|e| bad(format!("{e:#}")))?;
+    if let Some(pki) = &config.security.pki {
+        pki.check().map_err(|e| bad(format!("{e:#}")))?;
+    }
     Ok(Resolved { config, log_format })
 }
 

@@ -354,18 +354,12 @@ async fn wait_table(
     what: &str,
     cond: impl Fn(usize, usize) -> bool,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + PHASE_DEADLINE;
-    loop {
+    wait_until(what, || {
         let snap = svc.table.snapshot();
         let draining = snap.backends.iter().filter(|b| b.spec.draining).count();
-        if cond(snap.backends.len(), draining) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("gave up waiting for {what} after {PHASE_DEADLINE:?}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+        cond(snap.backends.len(), draining)
+    })
+    .await
 }
 
 fn report(svc: &Service) {
