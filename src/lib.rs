@@ -14,6 +14,9 @@
 //!        │ connect failure ─> table ejection ─> Service::suspect
 //!        ▼                                            │
 //!  node: starts and stops all of it        discovery verifies the record
+//!        │ status::Observer (reads the live counters)
+//!        ▼
+//!  admin: stats page, /metrics, /api/v1/status
 //!        ▼
 //!  the mesh-amb binary: command line, config file, signals, demo
 //! ```
@@ -44,6 +47,10 @@
 //! - [`node`]: one node: its services, listeners and discovery, started and
 //!   stopped together by one [`Shutdown`]: `begin` stops every listener and
 //!   starts the drain, `force` (or the drain timeout) closes what is left.
+//! - [`status`]: what a running node shows its operators, read from the
+//!   live counters: the shape of `/api/v1/status`.
+//! - [`admin`]: the read-only admin endpoint (`--admin`): the stats page,
+//!   Prometheus metrics and the status API, over HTTP.
 //!
 //! Dependencies point one way: `value` and `secret` below everything, then
 //! `spec`, `resp` and `security` (on `secret` only); `credentials` on
@@ -51,11 +58,13 @@
 //! `settings` on `spec`, the balancing policy, the key and the credentials;
 //! `net` on `backends`, `settings` and `security::tls`; `discovery` on
 //! `backends` and `security::advert` (and on `net::checks` for a provider's
-//! local check and the probes of new backends); `node` on all of them; the
-//! binary on `node`. No module imports the command line.
+//! local check and the probes of new backends); `node` on all of them;
+//! `status` reads `node`'s parts and `admin` serves `status`; the binary on
+//! `node` and `admin`. No module imports the command line.
 
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod backends;
 pub mod credentials;
 pub mod discovery;
@@ -66,6 +75,7 @@ pub mod secret;
 pub mod security;
 pub mod settings;
 pub mod spec;
+pub mod status;
 pub mod value;
 
 pub use node::{Node, NodeHandle, Shutdown};

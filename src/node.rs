@@ -13,16 +13,18 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::backends::balance::Balancer;
-use crate::backends::table::{BackendSpec, Table, Target, Update};
+use crate::backends::table::{unix_ms, BackendSpec, Origin, Table, Target, Update};
 use crate::backends::{Service, Source, Suspects};
 use crate::discovery::mdns::{self, Mdns, Offer, TlsUse};
+use crate::discovery::probation;
+use crate::discovery::provider::{self, ProvideStatus};
 use crate::discovery::stats::DiscoveryStats;
-use crate::discovery::{probation, provider};
 use crate::net::accept::{self, Handler as _, Shared};
 use crate::net::sockopt;
 use crate::net::terminator::Terminator;
 use crate::security::Tls;
 use crate::settings::Config;
+use crate::status::Observer;
 
 /// Tells a running node to stop. Clones share state.
 #[derive(Clone, Default)]
@@ -54,7 +56,9 @@ pub enum Node {}
 pub struct NodeHandle {
     config: Arc<Config>,
     services: Vec<Arc<Service>>,
+    provides: Vec<Arc<ProvideStatus>>,
     discovery_stats: Arc<DiscoveryStats>,
+    observer: Observer,
     shutdown: Shutdown,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -110,6 +114,7 @@ impl Node {
                         weight: b.weight,
                         draining: false,
                         tls: b.tls,
+                        origin: Origin::Static,
                     }));
                 }
                 let source = if c.backends.is_empty() {
@@ -128,6 +133,7 @@ impl Node {
                         .iter()
                         .find(|cr| cr.spec.service == c.name)
                         .cloned(),
+                    counters: Default::default(),
                 })
             })
             .collect();
@@ -172,18 +178,29 @@ impl Node {
         } else {
             None
         };
+        let provides: Vec<Arc<ProvideStatus>> = config
+            .provides
+            .iter()
+            .zip(offers)
+            .map(|(p, offer)| Arc::new(ProvideStatus::new(p.clone(), offer)))
+            .collect();
         let config = Arc::new(config);
         let shutdown = Shutdown::new();
         let discovery_stats = Arc::new(DiscoveryStats::default());
+        let observer = Observer {
+            config: config.clone(),
+            started_at_ms: unix_ms(),
+            services: services.clone(),
+            listen: listeners.iter().map(|l| l.local_addr().ok()).collect(),
+            provides: provides.clone(),
+            discovery: discovery_stats.clone(),
+        };
         let task = tokio::spawn(run(
             config.clone(),
             services.clone(),
             listeners,
-            Security {
-                tls,
-                terminators,
-                offers,
-            },
+            Security { tls, terminators },
+            provides.clone(),
             Discovery {
                 mdns,
                 suspects: suspects_rx,
@@ -194,7 +211,9 @@ impl Node {
         Ok(NodeHandle {
             config,
             services,
+            provides,
             discovery_stats,
+            observer,
             shutdown,
             task,
         })
@@ -210,6 +229,16 @@ impl NodeHandle {
     /// The consumed services, in `config.consumes` order.
     pub fn services(&self) -> &[Arc<Service>] {
         &self.services
+    }
+
+    /// The provided services, in `config.provides` order.
+    pub fn provides(&self) -> &[Arc<ProvideStatus>] {
+        &self.provides
+    }
+
+    /// Reads the node's live status for operators; clone it to keep it.
+    pub fn observer(&self) -> &Observer {
+        &self.observer
     }
 
     /// What discovery ignored, dropped and probed so far.
@@ -234,12 +263,10 @@ impl NodeHandle {
     }
 }
 
-/// This node's TLS, its terminators, and what it offers for each provide
-/// (in `config.provides` order).
+/// This node's TLS and its terminators.
 struct Security {
     tls: Option<Arc<Tls>>,
     terminators: Vec<(TcpListener, Arc<Terminator>)>,
-    offers: Vec<Offer>,
 }
 
 /// This node's mDNS daemon (when it needs one), the connect failures to
@@ -257,6 +284,7 @@ async fn run(
     services: Vec<Arc<Service>>,
     listeners: Vec<TcpListener>,
     security: Security,
+    provides: Vec<Arc<ProvideStatus>>,
     discovery: Discovery,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
@@ -316,11 +344,10 @@ async fn run(
     }
     let providers = TaskTracker::new();
     if let Some(m) = &mdns {
-        for (p, offer) in config.provides.iter().zip(&security.offers) {
+        for status in provides {
             providers.spawn(provider::run(
                 m.clone(),
-                p.clone(),
-                *offer,
+                status,
                 config.discovery.clone(),
                 shutdown.graceful.clone(),
                 shutdown.immediate.clone(),

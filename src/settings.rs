@@ -18,7 +18,9 @@ pub use crate::security::tls::PkiFiles;
 use crate::security::ClusterKey;
 use crate::spec::{ConsumeSpec, ProvideSpec};
 
-pub use crate::value::{Count, Ip, NodeId, OrOff, Period, ValueError, Wait, MAX_DURATION};
+pub use crate::value::{
+    AdminAddr, Count, Ip, NodeId, OrOff, Period, ValueError, Wait, MAX_DURATION,
+};
 
 /// Range of `max_connections`: a million connections need two million fds,
 /// beyond any fd limit a host grants one process.

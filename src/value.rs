@@ -8,7 +8,7 @@
 //! zero"); the caller adds which setting and which text it was.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -311,6 +311,42 @@ impl From<Ip> for IpAddr {
     }
 }
 
+/// The admin endpoint's address: `PORT` alone is on loopback (the page
+/// shows the mesh's layout, so exposing it is the user's explicit choice),
+/// `localhost:PORT` too; otherwise `IP:PORT` or `[IPv6]:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AdminAddr(pub SocketAddr);
+
+impl FromStr for AdminAddr {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<AdminAddr, ValueError> {
+        let s = s.trim();
+        let loopback = |port: &str| -> Result<AdminAddr, ValueError> {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| ValueError::new("not a port number (1-65535, or 0 for any)"))?;
+            Ok(AdminAddr(SocketAddr::from((Ipv4Addr::LOCALHOST, port))))
+        };
+        if let Some(port) = s.strip_prefix("localhost:") {
+            return loopback(port);
+        }
+        if !s.contains(':') {
+            return loopback(s);
+        }
+        s.parse().map(AdminAddr).map_err(|_| {
+            ValueError::new(
+                "not PORT, localhost:PORT, IP:PORT or [IPv6]:PORT (e.g. 9090, 0.0.0.0:9090)",
+            )
+        })
+    }
+}
+
+impl fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A node id as a user may choose it: 1-16 letters, digits or '-', folded
 /// to lower case (it becomes part of DNS names, which ignore case).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -346,7 +382,7 @@ impl From<NodeId> for String {
     }
 }
 
-serde_via_str!(Wait, Period, Ip, NodeId);
+serde_via_str!(Wait, Period, Ip, AdminAddr, NodeId);
 
 #[cfg(test)]
 mod tests {
@@ -422,5 +458,17 @@ mod tests {
         assert!("a.b".parse::<NodeId>().is_err());
         assert!("".parse::<NodeId>().is_err());
         assert_eq!(NodeId::random().to_string().len(), 8);
+    }
+
+    #[test]
+    fn admin_addresses_default_to_loopback() {
+        let a = |s: &str| s.parse::<AdminAddr>().map(|a| a.to_string());
+        assert_eq!(a("9090").unwrap(), "127.0.0.1:9090");
+        assert_eq!(a("localhost:9090").unwrap(), "127.0.0.1:9090");
+        assert_eq!(a("0.0.0.0:9090").unwrap(), "0.0.0.0:9090");
+        assert_eq!(a("[::1]:0").unwrap(), "[::1]:0");
+        for bad in ["", "x", "99999", "host.lan:9090", "1.2.3.4", "::1:9090"] {
+            assert!(a(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use common::{command, free_port, wait_for, Redis, Reply, TempDir, DEADLINE};
 use mesh_amb::backends::balance::{Balancer, Policy};
-use mesh_amb::backends::table::{BackendSpec, Health, Table, Target, Update};
+use mesh_amb::backends::table::{BackendSpec, Health, Origin, Table, Target, Update};
 use mesh_amb::backends::{Service, Source};
 use mesh_amb::credentials::CredentialsSpec;
 use mesh_amb::net::pipeline::{connect, ConnectError};
@@ -494,6 +494,7 @@ async fn a_refusal_neither_proves_nor_ejects_nor_restores() {
         weight: 1,
         draining: false,
         tls: false,
+        origin: Origin::Static,
     }));
     let stats = table.snapshot().backends[0].stats.clone();
     let service = |name: &str, password: &str| {
@@ -504,6 +505,7 @@ async fn a_refusal_neither_proves_nor_ejects_nor_restores() {
             balancer: Balancer::new(Policy::P2c),
             source: Source::Static,
             credentials: Some(Arc::new(spec.load().unwrap())),
+            counters: Default::default(),
         }
     };
     let (wrong, right) = (
@@ -522,7 +524,7 @@ async fn a_refusal_neither_proves_nor_ejects_nor_restores() {
     assert!(table.is_proven(&stats), "a login does");
 
     // Ejected (as after a failure): a refusal does not end it, a login does.
-    assert!(table.report_failure(&stats).is_some());
+    assert!(table.report_failure(&stats, &"refused").is_some());
     let r = connect(&wrong, &settings, None).await;
     assert!(refused(&r), "{r:?}");
     assert!(matches!(table.health(&stats), Health::Ejected { .. }));

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use common::{Amb, DEADLINE};
 use mesh_amb::backends::balance::{Balancer, Policy};
-use mesh_amb::backends::table::{BackendSpec, Health, Table, Target, Update};
+use mesh_amb::backends::table::{BackendSpec, Health, Origin, Table, Target, Update};
 use mesh_amb::backends::{Service, Source, Suspects};
 use mesh_amb::net::pipeline::{connect, ConnectError};
 use mesh_amb::settings::ProxySettings;
@@ -182,6 +182,7 @@ async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
         weight: 1,
         draining: false,
         tls: false,
+        origin: Origin::Static,
     }));
     let svc = Service {
         name: "redis".into(),
@@ -189,6 +190,7 @@ async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
         balancer: Balancer::new(Policy::P2c),
         source: Source::Discovered(tx),
         credentials: None,
+        counters: Default::default(),
     };
     let limit = FdLimit::leave_free(0);
     let r = connect(&svc, &ProxySettings::default(), None).await;

@@ -225,7 +225,7 @@ fn weighted_shuffle(backends: Vec<Arc<Backend>>) -> Vec<Arc<Backend>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::table::{BackendSpec, Target, Update};
+    use crate::backends::table::{BackendSpec, Origin, Target, Update};
 
     fn table(weights: &[u32]) -> Table {
         let t = Table::new(Duration::from_secs(1));
@@ -236,6 +236,7 @@ mod tests {
                 weight: *w,
                 draining: false,
                 tls: false,
+                origin: Origin::Static,
             }));
         }
         t
@@ -326,9 +327,9 @@ mod tests {
     async fn ejected_then_draining_go_last() {
         let t = table(&[1, 1, 1, 1]);
         let snap = t.snapshot();
-        t.report_failure(&snap.backends[0].stats);
+        t.report_failure(&snap.backends[0].stats, &"refused");
         tokio::time::advance(Duration::from_millis(100)).await;
-        t.report_failure(&snap.backends[1].stats);
+        t.report_failure(&snap.backends[1].stats, &"refused");
         let mut spec = snap.backends[2].spec.clone();
         spec.draining = true;
         t.apply(Update::Upsert(spec));
@@ -355,6 +356,7 @@ mod tests {
                 weight: 1,
                 draining: false,
                 tls: false,
+                origin: Origin::Static,
             }));
         }
         for &i in proven {
@@ -387,7 +389,7 @@ mod tests {
     async fn attempts_include_a_proven_backend_even_ejected() {
         let t = probation_table(500, &[7]);
         let snap = t.snapshot();
-        t.report_failure(&snap.backends[7].stats);
+        t.report_failure(&snap.backends[7].stats, &"refused");
         for policy in Policy::ALL {
             let c = Balancer::new(policy).candidates(&t, &snap, 3);
             let idx: Vec<usize> = c.iter().map(|b| index(b)).collect();
@@ -409,7 +411,7 @@ mod tests {
     async fn a_failed_probation_is_ejected_long_behind_everything_ready() {
         let t = probation_table(3, &[0]);
         let snap = t.snapshot();
-        t.report_failure(&snap.backends[1].stats);
+        t.report_failure(&snap.backends[1].stats, &"refused");
         // b1 failed without ever answering: after b2, still on probation.
         let order = Balancer::new(Policy::RoundRobin).order(&t, &snap);
         let idx: Vec<usize> = order.iter().map(|b| index(b)).collect();

@@ -3,7 +3,9 @@
 //! plane.
 
 pub mod balance;
+pub mod counters;
 pub mod service;
 pub mod table;
 
+pub use counters::ServiceCounters;
 pub use service::{Service, Source, Suspects};

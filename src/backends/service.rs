@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::backends::balance::Balancer;
+use crate::backends::counters::ServiceCounters;
 use crate::backends::table::Table;
 use crate::credentials::Credentials;
 
@@ -25,6 +26,8 @@ pub struct Service {
     /// The login made to every backend connection before the client's
     /// bytes flow (`--credentials`), if any.
     pub credentials: Option<Arc<Credentials>>,
+    /// What its clients saw, whichever backends served them.
+    pub counters: ServiceCounters,
 }
 
 /// Where a service's backends come from.

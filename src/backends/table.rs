@@ -18,7 +18,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
@@ -112,6 +112,31 @@ pub struct BackendSpec {
     /// Reached through another ambassador's TLS terminator: dialed with
     /// mutual TLS.
     pub tls: bool,
+    /// Who told us about it, for operators.
+    pub origin: Origin,
+}
+
+/// Where a backend came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Typed by the user (`--consume NAME:PORT=HOST:PORT`).
+    Static,
+    /// Advertised by another ambassador (its record names its node).
+    Mesh,
+    /// Advertised by something else on the link: an Avahi service file, a
+    /// Bonjour host (only `svc=` in its record).
+    ThirdParty,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Static => "static",
+            Origin::Mesh => "mdns",
+            Origin::ThirdParty => "third-party",
+        }
+    }
 }
 
 /// Per-backend health and counters, shared across snapshots.
@@ -124,9 +149,9 @@ pub struct Stats {
     pub total: AtomicU64,
     /// Failed connect attempts since the backend appeared.
     pub failures: AtomicU64,
-    /// Client-to-backend bytes of finished connections.
+    /// Client-to-backend bytes, counted as they move.
     pub bytes_out: AtomicU64,
-    /// Backend-to-client bytes of finished connections.
+    /// Backend-to-client bytes, counted as they move.
     pub bytes_in: AtomicU64,
     /// The last login to this backend failed (`--credentials`): set by the
     /// failure that logs it, so that a burst of clients is one log line;
@@ -138,6 +163,11 @@ pub struct Stats {
     ejected_until_ms: AtomicU64,
     /// Answered a connect or a probe at least once since it appeared.
     answered: AtomicBool,
+    /// Wall-clock time of the last change operators care about (joined,
+    /// ejected, restored, moved, draining), in ms since the Unix epoch.
+    changed_at_ms: AtomicU64,
+    /// Why the last ejection started (the failure that started it).
+    ejected_for: Mutex<Option<String>>,
 }
 
 impl Stats {
@@ -145,6 +175,35 @@ impl Stats {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.ejected_until_ms.store(0, Ordering::Relaxed);
     }
+
+    fn changed_now(&self) {
+        self.changed_at_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
+    /// When the backend last changed state, in ms since the Unix epoch.
+    pub fn changed_at_ms(&self) -> u64 {
+        self.changed_at_ms.load(Ordering::Relaxed)
+    }
+
+    /// The failure that started the current (or last) ejection.
+    pub fn ejected_for(&self) -> Option<String> {
+        self.ejected_for
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Connect failures in a row (0 once a connect succeeds).
+    pub fn failing_in_a_row(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+}
+
+/// Now, in ms since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// One backend as of one snapshot.
@@ -206,6 +265,8 @@ pub struct Table {
     /// New backends must answer once before they count as proven
     /// (discovered backends); otherwise all are trusted (static ones).
     probation: bool,
+    /// Ejections started, over every backend the table ever held.
+    ejections: AtomicU64,
 }
 
 impl Table {
@@ -217,6 +278,7 @@ impl Table {
             epoch: Instant::now(),
             eject_time,
             probation: false,
+            ejections: AtomicU64::new(0),
         }
     }
 
@@ -235,6 +297,11 @@ impl Table {
         !self.probation || stats.answered.load(Ordering::Relaxed)
     }
 
+    /// Ejections started so far, of backends present or gone.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
     /// The current backends; cheap and lock-free.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current.load_full()
@@ -251,7 +318,11 @@ impl Table {
                 Some(i) if backends[i].spec == spec => return false,
                 Some(i) => {
                     let stats = backends[i].stats.clone();
+                    if backends[i].spec.draining != spec.draining {
+                        stats.changed_now();
+                    }
                     if backends[i].spec.target.moved_to(&spec.target) {
+                        stats.changed_now();
                         // New addresses deserve a fresh chance: the failures
                         // were those of the old ones. An address added beside
                         // the failing ones (mDNS resolves IPv4 and IPv6 in
@@ -263,10 +334,11 @@ impl Table {
                     }
                     backends[i] = Arc::new(Backend { spec, stats });
                 }
-                None => backends.push(Arc::new(Backend {
-                    spec,
-                    stats: Arc::default(),
-                })),
+                None => {
+                    let stats = Arc::new(Stats::default());
+                    stats.changed_now();
+                    backends.push(Arc::new(Backend { spec, stats }));
+                }
             },
             Update::Remove(key) => {
                 let before = backends.len();
@@ -297,16 +369,16 @@ impl Table {
         }
     }
 
-    /// Records a failed connect and ejects the backend for a back-off period
-    /// that doubles with each failure in a row. Returns the ejection period
-    /// when this failure started a new ejection (for a log line); failures
-    /// racing in during an ejection only count.
+    /// Records a failed connect (`why` it failed) and ejects the backend for
+    /// a back-off period that doubles with each failure in a row. Returns
+    /// the ejection period when this failure started a new ejection (for a
+    /// log line); failures racing in during an ejection only count.
     ///
     /// Concurrent failures (a burst of clients all dialing a backend that
     /// just died) race to start the ejection: a compare-and-swap on its end
     /// picks one winner, which alone advances the back-off, so one outage
     /// moves it one step and no loser can overwrite the winner's period.
-    pub fn report_failure(&self, stats: &Stats) -> Option<Duration> {
+    pub fn report_failure(&self, stats: &Stats, why: &dyn fmt::Display) -> Option<Duration> {
         stats.failures.fetch_add(1, Ordering::Relaxed);
         let now = self.now_ms();
         let until = stats.ejected_until_ms.load(Ordering::Acquire);
@@ -331,6 +403,9 @@ impl Table {
             )
             .ok()?;
         stats.consecutive_failures.fetch_add(1, Ordering::Release);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        *stats.ejected_for.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.to_string());
+        stats.changed_now();
         Some(period)
     }
 
@@ -344,6 +419,7 @@ impl Table {
         // ends too: the backend just answered.
         if failing || stats.ejected_until_ms.load(Ordering::Relaxed) != 0 {
             stats.clear_ejection();
+            stats.changed_now();
         }
         failing
     }
@@ -360,6 +436,7 @@ mod tests {
             weight: 1,
             draining: false,
             tls: false,
+            origin: Origin::Static,
         }
     }
 
@@ -397,7 +474,7 @@ mod tests {
         let t = Table::new(Duration::from_secs(1));
         t.apply(Update::Upsert(spec("a", 1)));
         let stats = t.snapshot().backends[0].stats.clone();
-        assert!(t.report_failure(&stats).is_some());
+        assert!(t.report_failure(&stats, &"refused").is_some());
 
         let mut more = spec("a", 1);
         let Target::Addrs(addrs) = &mut more.target else {
@@ -422,15 +499,18 @@ mod tests {
         assert!(trusted.is_proven(&s), "static backends are trusted");
         assert!(!t.is_proven(&s));
         assert_eq!(
-            t.report_failure(&s),
+            t.report_failure(&s, &"refused"),
             Some(UNPROVEN_EJECT_TIME),
             "a never-proven failure is remembered long"
         );
         tokio::time::advance(UNPROVEN_EJECT_TIME).await;
-        assert_eq!(t.report_failure(&s), Some(UNPROVEN_EJECT_TIME * 2));
+        assert_eq!(
+            t.report_failure(&s, &"refused"),
+            Some(UNPROVEN_EJECT_TIME * 2)
+        );
         for _ in 0..10 {
             tokio::time::advance(MAX_UNPROVEN_EJECT_TIME).await;
-            t.report_failure(&s);
+            t.report_failure(&s, &"refused");
         }
         assert!(
             matches!(t.health(&s), Health::Ejected { remaining } if remaining <= MAX_UNPROVEN_EJECT_TIME)
@@ -440,7 +520,7 @@ mod tests {
         assert!(t.is_proven(&s));
         assert_eq!(t.health(&s), Health::Healthy);
         assert_eq!(
-            t.report_failure(&s),
+            t.report_failure(&s, &"refused"),
             Some(Duration::from_secs(1)),
             "proven: the ordinary back-off"
         );
@@ -492,7 +572,7 @@ mod tests {
                             .iter()
                             .map(|s| {
                                 barrier.wait();
-                                t.report_failure(s)
+                                t.report_failure(s, &"refused")
                             })
                             .collect()
                     })
@@ -518,18 +598,27 @@ mod tests {
         let s = Stats::default();
         assert_eq!(t.health(&s), Health::Healthy);
 
-        assert_eq!(t.report_failure(&s), Some(Duration::from_secs(1)));
+        assert_eq!(
+            t.report_failure(&s, &"refused"),
+            Some(Duration::from_secs(1))
+        );
         assert!(matches!(t.health(&s), Health::Ejected { .. }));
-        assert_eq!(t.report_failure(&s), None, "already ejected");
+        assert_eq!(t.report_failure(&s, &"refused"), None, "already ejected");
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert_eq!(t.health(&s), Health::Healthy);
 
-        assert_eq!(t.report_failure(&s), Some(Duration::from_secs(2)));
+        assert_eq!(
+            t.report_failure(&s, &"refused"),
+            Some(Duration::from_secs(2))
+        );
         tokio::time::advance(Duration::from_millis(2001)).await;
-        assert_eq!(t.report_failure(&s), Some(Duration::from_secs(4)));
+        assert_eq!(
+            t.report_failure(&s, &"refused"),
+            Some(Duration::from_secs(4))
+        );
         for _ in 0..10 {
             tokio::time::advance(MAX_EJECT_TIME).await;
-            t.report_failure(&s);
+            t.report_failure(&s, &"refused");
         }
         match t.health(&s) {
             Health::Ejected { remaining } => assert!(remaining <= MAX_EJECT_TIME),
@@ -541,7 +630,7 @@ mod tests {
         assert_eq!(t.health(&s), Health::Healthy);
         assert!(!t.report_success(&s), "only the first success is news");
         assert_eq!(
-            t.report_failure(&s),
+            t.report_failure(&s, &"refused"),
             Some(Duration::from_secs(1)),
             "back-off reset"
         );

@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use super::addr::{self, PeerAddr};
 use super::stats::DiscoveryStats;
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
-use crate::backends::table::{Backend, BackendSpec, Health, Snapshot, Target, Update};
+use crate::backends::table::{Backend, BackendSpec, Health, Origin, Snapshot, Target, Update};
 use crate::backends::Service;
 use crate::net::loglimit::LogLimit;
 use crate::security::advert::{self, AdvertKey, Fields, Reject, Verifier};
@@ -473,6 +473,7 @@ fn forward(
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let task = tokio::spawn(async move {
         while let Ok(ev) = events.recv_async().await {
+            stats.events.fetch_add(1, Ordering::Relaxed);
             match tx.try_send(ev) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -595,6 +596,12 @@ fn resolved(
         return;
     }
     let addrs = addr::choose(&peer, r.get_port(), &addr::local_addrs());
+    // Every ambassador names its node; an Avahi service file need not.
+    let origin = if r.get_property_val_str("node").is_some() {
+        Origin::Mesh
+    } else {
+        Origin::ThirdParty
+    };
     for svc in services {
         if svc.name != advert.service || addrs.is_empty() {
             // An instance that changed its svc= leaves the old service; one
@@ -610,6 +617,7 @@ fn resolved(
             weight: advert.weight,
             draining: advert.state != State::Up,
             tls: advert.tls,
+            origin,
         };
         let snap = svc.table.snapshot();
         let known = snap.backends.iter().any(|b| b.spec.key == spec.key);

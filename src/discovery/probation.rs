@@ -101,7 +101,8 @@ fn settle(svc: &Service, stats: &DiscoveryStats, b: &Backend, result: std::io::R
             if svc.table.is_proven(&b.stats) {
                 return;
             }
-            svc.table.report_failure(&b.stats);
+            svc.table
+                .report_failure(&b.stats, &"never answered its probe");
             svc.suspect(&b.spec.key);
             stats.ignore(
                 &stats.probes_failed,

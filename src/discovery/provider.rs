@@ -12,7 +12,7 @@
 //! draining record expires there, which only hastens what draining asks.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use super::mdns::{Mdns, Offer, Stamp};
 use super::wire::State;
-use crate::backends::table::Target;
+use crate::backends::table::{unix_ms, Target};
 use crate::net::checks::{probe, Checker};
 use crate::settings::DiscoverySettings;
 use crate::spec::ProvideSpec;
@@ -46,17 +46,63 @@ pub fn check_target(port: u16, settings: &DiscoverySettings) -> Target {
     Target::Addrs(addrs)
 }
 
+/// What one provide shows operators: its local service's health and what
+/// the link was last told. Written by [`run`], read by the stats page.
+#[derive(Debug)]
+pub struct ProvideStatus {
+    pub spec: ProvideSpec,
+    /// What consumers are told to dial.
+    pub offer: Offer,
+    now: Mutex<Published>,
+}
+
+/// The state of one provide at some instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// The local check's verdict; `None` before the first check.
+    pub local_up: Option<bool>,
+    /// What the instance's record says now; `None` while not advertised.
+    pub advertised: Option<State>,
+    /// The addresses the last seal covers (with the cluster key).
+    pub signed: Vec<IpAddr>,
+    /// When any of the above last changed, in ms since the Unix epoch.
+    pub changed_at_ms: u64,
+}
+
+impl ProvideStatus {
+    pub fn new(spec: ProvideSpec, offer: Offer) -> ProvideStatus {
+        ProvideStatus {
+            spec,
+            offer,
+            now: Mutex::new(Published::default()),
+        }
+    }
+
+    pub fn get(&self) -> Published {
+        self.now.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Published)) {
+        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        let before = now.clone();
+        change(&mut now);
+        if *now != before {
+            now.changed_at_ms = unix_ms();
+        }
+    }
+}
+
 /// Runs until `leaving` is cancelled, then drains and withdraws; `force`
-/// cuts the drain period short. `offer` is what consumers are told to dial
-/// (the local port, or a TLS terminator's).
+/// cuts the drain period short. `status.offer` is what consumers are told
+/// to dial (the local port, or a TLS terminator's).
 pub async fn run(
     mdns: Arc<Mdns>,
-    p: ProvideSpec,
-    offer: Offer,
+    status: Arc<ProvideStatus>,
     settings: DiscoverySettings,
     leaving: CancellationToken,
     force: CancellationToken,
 ) {
+    let (p, offer) = (status.spec.clone(), status.offer);
     let target = check_target(p.port, &settings);
     let timeout = CHECK_TIMEOUT.min(settings.check_interval);
     let mut checker = Checker::new(settings.rise, settings.fall);
@@ -92,6 +138,7 @@ pub async fn run(
             }
         };
         checker.observe(ok);
+        status.update(|s| s.local_up = Some(checker.is_up()));
         match (checker.is_up(), announced) {
             (true, false) => match mdns.advertise(&p, offer, State::Up, probe_first) {
                 Ok(sealed) => {
@@ -99,12 +146,27 @@ pub async fn run(
                     probe_first = false;
                     info!(provide = %p, instance = %mdns.fullname(&p), "local service answers: advertising");
                     note_seal(&p, &mut stamp, sealed);
+                    status.update(|s| {
+                        s.advertised = Some(State::Up);
+                        s.signed = stamp
+                            .as_ref()
+                            .map(|st| st.signed.clone())
+                            .unwrap_or_default();
+                    });
                 }
                 Err(e) => warn!(provide = %p, "{e:#}; retrying"),
             },
             (true, true) if stamp.as_ref().is_some_and(|s| mdns.resign_due(s)) => {
                 match mdns.advertise(&p, offer, State::Up, false) {
-                    Ok(sealed) => note_seal(&p, &mut stamp, sealed),
+                    Ok(sealed) => {
+                        note_seal(&p, &mut stamp, sealed);
+                        status.update(|s| {
+                            s.signed = stamp
+                                .as_ref()
+                                .map(|st| st.signed.clone())
+                                .unwrap_or_default();
+                        });
+                    }
                     Err(e) => warn!(provide = %p, "{e:#}; retrying"),
                 }
             }
@@ -117,6 +179,7 @@ pub async fn run(
                 match mdns.withdraw(&p).await {
                     Ok(()) => {
                         announced = false;
+                        status.update(|s| s.advertised = None);
                         warn!(provide = %p, "local service stopped answering: advertisement withdrawn");
                     }
                     Err(e) => warn!(provide = %p, "{e:#}; retrying"),
@@ -136,11 +199,13 @@ pub async fn run(
     if let Err(e) = mdns.advertise(&p, offer, State::Draining, false) {
         warn!(provide = %p, "{e:#}");
     }
+    status.update(|s| s.advertised = Some(State::Draining));
     info!(provide = %p, period = ?settings.drain_period, "draining: consumers send new clients elsewhere");
     tokio::select! {
         _ = tokio::time::sleep(settings.drain_period) => {}
         _ = force.cancelled() => {}
     }
+    status.update(|s| s.advertised = None);
     match mdns.withdraw(&p).await {
         Ok(()) => info!(provide = %p, "advertisement withdrawn"),
         // The daemon's shutdown, which follows, sends the goodbyes anyway.

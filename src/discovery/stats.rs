@@ -28,6 +28,9 @@ pub const LOG_WINDOW: Duration = Duration::from_secs(600);
 /// Discovery counters of one node.
 #[derive(Debug, Default)]
 pub struct DiscoveryStats {
+    /// Browse events received from the link (resolved, removed, searches),
+    /// dropped ones included.
+    pub events: AtomicU64,
     /// Resolve events whose instance label is unusable: a dot, a control
     /// character, invalid UTF-8 (decoded lossily), empty or over 63 bytes.
     pub bad_name: AtomicU64,

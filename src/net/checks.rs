@@ -140,7 +140,10 @@ pub async fn check_backends(
                 Err(DialError::Backend(e)) => e,
             };
             tracing::debug!(service = %svc.name, backend = %b.spec.target, %error, "backend check failed");
-            if let Some(period) = svc.table.report_failure(&b.stats) {
+            if let Some(period) = svc
+                .table
+                .report_failure(&b.stats, &format_args!("check: {error}"))
+            {
                 warn!(service = %svc.name, backend = %b.spec.target, eject_for = ?period, %error,
                     "backend failed its check: ejected");
             }
@@ -189,7 +192,7 @@ mod tests {
     #[tokio::test]
     async fn backend_checks_report_each_probe_as_it_finishes_and_stop_mid_round() {
         use crate::backends::balance::{Balancer, Policy};
-        use crate::backends::table::{BackendSpec, Health, Table, Update};
+        use crate::backends::table::{BackendSpec, Health, Origin, Table, Update};
         use std::net::SocketAddr;
         use tokio::net::TcpListener;
 
@@ -215,11 +218,12 @@ mod tests {
                 weight: 1,
                 draining: false,
                 tls: false,
+                origin: Origin::Static,
             }));
         }
         let snap = table.snapshot();
         // "up" failed a while ago: its check restores it.
-        table.report_failure(&snap.backends[2].stats);
+        table.report_failure(&snap.backends[2].stats, &"refused");
         let (tx, mut suspects) = Suspects::channel(Duration::from_secs(4));
         let svc = Arc::new(Service {
             name: "redis".into(),
@@ -227,6 +231,7 @@ mod tests {
             balancer: Balancer::new(Policy::P2c),
             source: Source::Discovered(tx),
             credentials: None,
+            counters: Default::default(),
         });
         let stop = CancellationToken::new();
         let checks = tokio::spawn(check_backends(

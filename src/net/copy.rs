@@ -17,7 +17,9 @@
 //! - an idle timeout over both directions, and a half-close timeout once one
 //!   direction has finished, both counted from the last byte moved;
 //! - a stop signal (the drain period is over);
-//! - byte counts per direction, reported however the copy ended.
+//! - byte counts per direction, reported however the copy ended, and added
+//!   as they move to shared counters ([`Meters`]), so that a connection that
+//!   stays open for hours shows its traffic on the stats page meanwhile.
 //!
 //! And a reset travels: when one socket fails (ECONNRESET, a keepalive or
 //! user timeout, ...), the other is set to reset on close, so the peer sees
@@ -162,6 +164,23 @@ pub enum End {
     Failed { side: Side, error: io::Error },
 }
 
+/// Shared counters a copy adds every chunk to as it moves it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Meters<'a> {
+    /// Added to with the bytes read from the client.
+    pub from_client: &'a [&'a AtomicU64],
+    /// Added to with the bytes read from the server.
+    pub from_server: &'a [&'a AtomicU64],
+}
+
+impl Meters<'_> {
+    fn add(counters: &[&AtomicU64], n: usize) {
+        for c in counters {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What a copy did.
 #[derive(Debug)]
 pub struct Report {
@@ -173,12 +192,14 @@ pub struct Report {
 }
 
 /// Copies both ways between `client` and `server` until both directions
-/// reach end of stream, one fails, a limit expires or `stop` is cancelled.
-/// The caller closes the sockets by dropping them.
+/// reach end of stream, one fails, a limit expires or `stop` is cancelled,
+/// adding what moves to `meters`. The caller closes the sockets by dropping
+/// them.
 pub async fn copy_both(
     client: &mut TcpStream,
     server: &mut TcpStream,
     limits: Limits,
+    meters: Meters<'_>,
     stop: &CancellationToken,
 ) -> Report {
     let clock = Clock::new();
@@ -194,14 +215,14 @@ pub async fn copy_both(
             &mut sw,
             Side::Client,
             &clock,
-            &mut from_client
+            (&mut from_client, meters.from_client)
         ));
         let mut down = pin!(pump(
             &mut sr,
             &mut cw,
             Side::Server,
             &clock,
-            &mut from_server
+            (&mut from_server, meters.from_server)
         ));
         drive(&clock, &limits, stop, |cx, from| match from {
             Side::Client => up.as_mut().poll(cx),
@@ -292,13 +313,14 @@ where
 }
 
 /// One direction: from `r` (the `from` side) to `w` (the other side), adding
-/// the bytes read to `moved`. Holds a buffer only while data is there.
+/// the bytes read to `moved` and its meters. Holds a buffer only while data
+/// is there.
 async fn pump(
     r: &mut ReadHalf<'_>,
     w: &mut WriteHalf<'_>,
     from: Side,
     clock: &Clock,
-    moved: &mut u64,
+    (moved, meters): (&mut u64, &[&AtomicU64]),
 ) -> Flowed {
     let on_read = |e| (from, e);
     let on_write = |e| (from.other(), e);
@@ -333,6 +355,7 @@ async fn pump(
                 return Ok(());
             }
             *moved += n as u64;
+            Meters::add(meters, n);
             clock.touch();
             // Every write that makes progress counts as traffic: a slow
             // reader draining a large chunk is not idle.
@@ -431,7 +454,14 @@ mod tests {
         let (app, mut client) = pair().await;
         let (mut server, backend) = pair().await;
         let copy = tokio::spawn(async move {
-            copy_both(&mut client, &mut server, limits, &CancellationToken::new()).await
+            copy_both(
+                &mut client,
+                &mut server,
+                limits,
+                Meters::default(),
+                &CancellationToken::new(),
+            )
+            .await
         });
         Proxied { app, backend, copy }
     }
@@ -495,7 +525,7 @@ mod tests {
         // and two sockets); it was two 64 KiB buffers plus this before.
         let (mut a, mut b) = pair().await;
         let stop = CancellationToken::new();
-        let copy = copy_both(&mut a, &mut b, Limits::default(), &stop);
+        let copy = copy_both(&mut a, &mut b, Limits::default(), Meters::default(), &stop);
         let size = std::mem::size_of_val(&copy);
         assert!(size <= 1536, "the copy future grew to {size} bytes");
     }
@@ -561,7 +591,14 @@ mod tests {
         let (mut server, _backend) = pair().await;
         let stop = CancellationToken::new();
         stop.cancel();
-        let report = copy_both(&mut client, &mut server, Limits::default(), &stop).await;
+        let report = copy_both(
+            &mut client,
+            &mut server,
+            Limits::default(),
+            Meters::default(),
+            &stop,
+        )
+        .await;
         assert!(matches!(report.end, End::Stopped), "{:?}", report.end);
     }
 }

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout};
+use tokio::time::{sleep, timeout, Instant};
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, info, warn};
 
@@ -86,12 +86,14 @@ impl Handler for Service {
     }
 
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+        self.counters.clients.fetch_add(1, Ordering::Relaxed);
         let mut client = accept_stage(client, peer, &self, &shared);
         // The connect stage is boxed: its future (a TLS handshake holds a
         // whole rustls connection) is freed once it is done, so an idle
         // connection keeps only the copy stage's.
         let connected = Box::pin(connect_stage(&mut client, peer, &self, &shared)).await;
         let Some(upstream) = connected else {
+            self.counters.turned_away.fetch_add(1, Ordering::Relaxed);
             return;
         };
         copy_stage(client, peer, upstream, &self, &shared).await;
@@ -115,6 +117,7 @@ async fn connect_stage(
     svc: &Service,
     shared: &Shared,
 ) -> Option<Upstream> {
+    let began = Instant::now();
     let connected = tokio::select! {
         r = connect(svc, &shared.settings, shared.tls.as_deref()) => r,
         _ = shared.hard_stop.cancelled() => return None,
@@ -143,6 +146,7 @@ async fn connect_stage(
             return None;
         }
     };
+    svc.counters.connect_latency.observe(began.elapsed());
     active.backend().stats.total.fetch_add(1, Ordering::Relaxed);
     Some(Upstream { active, stream })
 }
@@ -185,22 +189,20 @@ async fn copy_stage(
         half_close: settings.half_close_timeout,
     };
     let stop = &shared.hard_stop;
+    let backend = upstream.active.backend().clone();
+    let (stats, totals) = (&backend.stats, &svc.counters);
+    let meters = copy::Meters {
+        from_client: &[&stats.bytes_out, &totals.bytes_out],
+        from_server: &[&stats.bytes_in, &totals.bytes_in],
+    };
     let report = match &mut upstream.stream {
-        BackendStream::Plain(tcp) => copy::copy_both(&mut client, tcp, limits, stop).await,
+        BackendStream::Plain(tcp) => copy::copy_both(&mut client, tcp, limits, meters, stop).await,
         BackendStream::Tls(tls) => {
-            let report = copy::copy_streams(&mut client, &mut **tls, limits, stop).await;
+            let report = copy::copy_streams(&mut client, &mut **tls, limits, meters, stop).await;
             copy::reset_after(&report.end, &client, tls.get_ref().0);
             report
         }
     };
-    let backend = upstream.active.backend();
-    let stats = &backend.stats;
-    stats
-        .bytes_out
-        .fetch_add(report.from_client, Ordering::Relaxed);
-    stats
-        .bytes_in
-        .fetch_add(report.from_server, Ordering::Relaxed);
     let (bytes_out, bytes_in) = (report.from_client, report.from_server);
     let why = match report.end {
         End::Done => "connection closed",
@@ -413,7 +415,7 @@ fn backend_ready(svc: &Service, backend: &Backend) {
 /// A backend failed a connection: ejected (unless it already is), and
 /// handed to discovery to verify.
 fn backend_failed(svc: &Service, backend: &Backend, error: &dyn std::fmt::Display) {
-    match svc.table.report_failure(&backend.stats) {
+    match svc.table.report_failure(&backend.stats, error) {
         Some(period) => warn!(service = %svc.name, backend = %backend.spec.target,
             error = %error, eject_for = ?period, "backend ejected"),
         None => debug!(service = %svc.name, backend = %backend.spec.target,

@@ -138,7 +138,14 @@ impl Handler for Terminator {
             idle: settings.idle_timeout,
             half_close: settings.half_close_timeout,
         };
-        let report = copy::copy_streams(&mut client, &mut local, limits, &shared.hard_stop).await;
+        let report = copy::copy_streams(
+            &mut client,
+            &mut local,
+            limits,
+            copy::Meters::default(),
+            &shared.hard_stop,
+        )
+        .await;
         copy::reset_after(&report.end, client.get_ref().0, &local);
         match report.end {
             End::Failed { side, error } => debug!(provide = %self.provide, client = %peer,

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use mesh_amb::backends::balance::Policy;
 use mesh_amb::credentials::CredentialsSpec;
 use mesh_amb::settings::{
-    ConnectionCount, Ip, NodeId, OrOff, Period, SmallCount, Wait, DEFAULT_BIND,
+    AdminAddr, ConnectionCount, Ip, NodeId, OrOff, Period, SmallCount, Wait, DEFAULT_BIND,
     DEFAULT_CHECK_INTERVAL, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_PERIOD, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EJECT_TIME, DEFAULT_FALL,
     DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RISE, DEFAULT_TCP_KEEPALIVE,
@@ -254,6 +254,13 @@ pub struct RunArgs {
     /// clear.
     #[arg(long, env = "MESH_AMB_ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
+
+    /// Serve the read-only admin endpoint here: the stats page at /,
+    /// Prometheus metrics at /metrics, JSON at /api/v1/status, /healthz.
+    /// A PORT alone listens on loopback; give 0.0.0.0:PORT to expose it.
+    /// Off unless given.
+    #[arg(long, value_name = "[ADDR:]PORT", env = "MESH_AMB_ADMIN")]
+    pub admin: Option<AdminAddr>,
 
     /// Log line format. Filter with RUST_LOG (e.g. RUST_LOG=debug).
     #[arg(long, value_enum, env = "MESH_AMB_LOG_FORMAT", default_value_t = LogFormat::Text)]

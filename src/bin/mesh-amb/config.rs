@@ -17,7 +17,7 @@
 //! error names it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,6 +41,8 @@ pub struct Resolved {
     pub config: Config,
     /// Log line format, applied before anything runs.
     pub log_format: LogFormat,
+    /// Where to serve the admin endpoint, if anywhere.
+    pub admin: Option<SocketAddr>,
 }
 
 /// A configuration error: one line, naming the offending value.
@@ -306,6 +308,7 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
         tls_key,
         tls_ca,
         allow_plaintext,
+        admin,
         log_format,
     } = args;
     let mut consumes = consume;
@@ -379,7 +382,11 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
     if let Some(pki) = &config.security.pki {
         pki.check().map_err(|e| bad(format!("{e:#}")))?;
     }
-    Ok(Resolved { config, log_format })
+    Ok(Resolved {
+        config,
+        log_format,
+        admin: admin.map(|a| a.0),
+    })
 }
 
 #[cfg(test)]

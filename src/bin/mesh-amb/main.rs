@@ -11,11 +11,13 @@ mod config;
 mod demo;
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::error::ErrorKind;
 use tokio::signal::unix::Signal;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use mesh_amb::net::sockopt;
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
             let config::Resolved {
                 config,
                 log_format: format,
+                admin,
             } = match config::resolve(cli.run, &matches, &ProcessEnv) {
                 Ok(r) => r,
                 Err(e) => return usage_error(&e.to_string()),
@@ -74,7 +77,7 @@ fn main() -> ExitCode {
                     tracing::warn!(error = %e, "cannot keep secrets out of core dumps");
                 }
             }
-            let result = runtime().and_then(|rt| rt.block_on(serve(config)));
+            let result = runtime().and_then(|rt| rt.block_on(serve(config, admin)));
             if let (LogFormat::Json, Err(e)) = (format, &result) {
                 // Keep a JSON log parseable to the last line.
                 tracing::error!(error = %format!("{e:#}"), "exiting");
@@ -115,7 +118,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, admin: Option<SocketAddr>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before anything is bound or advertised, so an early SIGTERM
     // still shuts down cleanly (with goodbyes) instead of killing the process.
@@ -127,9 +130,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot raise the file descriptor limit");
     }
     let listeners = Node::bind(&config)?;
+    // Bound before the node starts: a taken port is an error at start-up,
+    // not a page that is silently missing.
+    let admin = admin
+        .map(|addr| {
+            mesh_amb::admin::bind(addr).with_context(|| {
+                format!("cannot listen on {addr} for the admin endpoint (--admin)")
+            })
+        })
+        .transpose()?;
     let node = Node::start(config, listeners)?;
     tokio::spawn(on_signals(int, term, node.shutdown().clone()));
-    node.join().await
+    // The page stays up while the node drains: that is when it is read.
+    let admin_stop = CancellationToken::new();
+    let admin_task = admin.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(url = %format!("http://{addr}/"), "admin endpoint listening");
+        }
+        let observer = node.observer().clone();
+        let stop = admin_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = mesh_amb::admin::serve(listener, observer, stop).await {
+                tracing::error!(error = %e, "the admin endpoint failed");
+            }
+        })
+    });
+    let result = node.join().await;
+    admin_stop.cancel();
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    result
 }
 
 /// First SIGINT/SIGTERM drains; a second one closes everything at once.

@@ -20,12 +20,13 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use super::{drive, Buf, Clock, Flowed, Limits, Report, Side};
+use super::{drive, Buf, Clock, Flowed, Limits, Meters, Report, Side};
 
 /// Copies both ways between `client` and `server` until both directions
 /// reach end of stream, one fails, a limit expires or `stop` is cancelled,
@@ -36,6 +37,7 @@ pub async fn copy_streams<A, B>(
     client: &mut A,
     server: &mut B,
     limits: Limits,
+    meters: Meters<'_>,
     stop: &CancellationToken,
 ) -> Report
 where
@@ -43,8 +45,8 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let clock = Clock::new();
-    let mut up = Flow::new(Side::Client);
-    let mut down = Flow::new(Side::Server);
+    let mut up = Flow::new(Side::Client, meters.from_client);
+    let mut down = Flow::new(Side::Server, meters.from_server);
     let end = drive(&clock, &limits, stop, |cx, from| match from {
         Side::Client => up.poll(cx, client, server, &clock),
         Side::Server => down.poll(cx, server, client, &clock),
@@ -58,7 +60,7 @@ where
 }
 
 /// One direction: from the `from` side's stream to the other's.
-struct Flow {
+struct Flow<'m> {
     /// The side this direction reads from.
     from: Side,
     /// On loan while `buf[pos..end]`, read and not yet written, waits for
@@ -74,11 +76,14 @@ struct Flow {
     eof: bool,
     /// Bytes read.
     moved: u64,
+    /// Shared counters of the bytes read.
+    meters: &'m [&'m AtomicU64],
 }
 
-impl Flow {
-    fn new(from: Side) -> Flow {
+impl<'m> Flow<'m> {
+    fn new(from: Side, meters: &'m [&'m AtomicU64]) -> Flow<'m> {
         Flow {
+            meters,
             from,
             buf: None,
             pos: 0,
@@ -138,6 +143,7 @@ impl Flow {
                 }
                 (self.pos, self.end) = (0, n);
                 self.moved += n as u64;
+                Meters::add(self.meters, n);
                 clock.touch();
             }
             // Every write that makes progress counts as traffic: a slow
@@ -207,7 +213,8 @@ mod tests {
             async move {
                 let mut client: Wrapped = BufWriter::new(client);
                 let mut server: Wrapped = BufWriter::new(server);
-                let report = copy_streams(&mut client, &mut server, limits, &stop).await;
+                let report =
+                    copy_streams(&mut client, &mut server, limits, Meters::default(), &stop).await;
                 reset_after(&report.end, client.get_ref(), server.get_ref());
                 report
             }
@@ -477,7 +484,7 @@ mod tests {
         let (a, b) = pair().await;
         let (mut a, mut b): (Wrapped, Wrapped) = (BufWriter::new(a), BufWriter::new(b));
         let stop = CancellationToken::new();
-        let copy = copy_streams(&mut a, &mut b, Limits::default(), &stop);
+        let copy = copy_streams(&mut a, &mut b, Limits::default(), Meters::default(), &stop);
         let size = std::mem::size_of_val(&copy);
         assert!(size <= 1536, "the stream copy future grew to {size} bytes");
     }

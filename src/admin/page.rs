@@ -1,0 +1,306 @@
+//! The stats page, in the spirit of HAProxy's: one table per consumed
+//! service with a row per backend, one for the provided services, and what
+//! discovery refused. Rendered on the server from the status document, so
+//! it reads without scripts; `page.js` swaps in a fresh copy every two
+//! seconds. Everything a stranger on the link can name (instance names,
+//! TXT-derived values, failure texts) is escaped.
+
+use std::fmt::Write as _;
+
+use crate::status::{BackendStatus, ConsumeStatus, Document, NodeStatus, ProvideView};
+
+pub const CSS: &str = include_str!("page.css");
+pub const JS: &str = include_str!("page.js");
+
+/// How often the page's script refreshes it, and the fallback without
+/// scripts.
+const REFRESH_SECS: u32 = 2;
+
+pub fn render(doc: &Document) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let title = match doc.nodes.as_slice() {
+        [one] => format!("mesh-amb · {}", one.node),
+        many => format!("mesh-amb · {} nodes", many.len()),
+    };
+    let _ = write!(
+        out,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><link rel=\"stylesheet\" href=\"/page.css\">\
+         <script src=\"/page.js\" defer></script>\
+         <noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript></head><body>\
+         <header><h1>mesh-amb</h1><span id=\"updated\" data-refresh=\"{REFRESH_SECS}\">\
+         read at {} UTC</span></header><main id=\"status\">",
+        esc(&title),
+        clock(doc.generated_at_ms),
+    );
+    if doc.nodes.is_empty() {
+        out.push_str("<p class=\"empty\">No node is running.</p>");
+    }
+    for n in &doc.nodes {
+        node(&mut out, n, doc.generated_at_ms);
+    }
+    out.push_str(
+        "</main><footer>Also: <a href=\"/api/v1/status\">/api/v1/status</a> (JSON) · \
+         <a href=\"/metrics\">/metrics</a> (Prometheus) · <a href=\"/healthz\">/healthz</a>\
+         </footer></body></html>\n",
+    );
+    out
+}
+
+fn node(out: &mut String, n: &NodeStatus, now_ms: u64) {
+    let _ = write!(
+        out,
+        "<section class=\"node\" data-node=\"{id}\"><h2>node <code>{id}</code></h2>\
+         <p class=\"facts\">mesh-amb {} · up {} · ",
+        n.version,
+        span(now_ms.saturating_sub(n.started_at_ms)),
+        id = esc(&n.node),
+    );
+    match &n.cluster_key {
+        Some(fp) => {
+            let _ = write!(
+                out,
+                "<span class=\"badge ok\">signed</span> key {} · ",
+                esc(fp)
+            );
+        }
+        None => out.push_str("<span class=\"badge warn\">unsigned</span> no cluster key · "),
+    }
+    out.push_str(if n.tls {
+        "<span class=\"badge ok\">mutual TLS</span></p>"
+    } else {
+        "<span class=\"badge\">plain TCP</span></p>"
+    });
+    if !n.consumes.is_empty() {
+        out.push_str("<h3>Consumed services</h3>");
+    }
+    for c in &n.consumes {
+        consume(out, c, now_ms);
+    }
+    if !n.provides.is_empty() {
+        provides(out, &n.provides, now_ms);
+    }
+    discovery(out, n);
+    out.push_str("</section>");
+}
+
+fn consume(out: &mut String, c: &ConsumeStatus, now_ms: u64) {
+    let listen = c.listen.map_or_else(|| "?".to_owned(), |a| a.to_string());
+    let _ = write!(
+        out,
+        "<div class=\"svc\" data-service=\"{name}\"><h4>{name} \
+         <small>listens on {} · {} backends · {}</small></h4>\
+         <p class=\"facts\">{} clients · {} turned away · {} active · {} ejections · \
+         {} in · {} out</p>",
+        esc(&listen),
+        c.source,
+        c.policy,
+        c.clients,
+        c.turned_away,
+        c.active,
+        c.ejections,
+        bytes(c.bytes_in),
+        bytes(c.bytes_out),
+        name = esc(&c.name),
+    );
+    if c.backends.is_empty() {
+        out.push_str("<p class=\"empty\">No backend known yet.</p></div>");
+        return;
+    }
+    out.push_str(
+        "<div class=\"scroll\"><table><thead><tr><th>Backend</th><th>Source</th>\
+         <th>Address</th><th>State</th><th class=\"n\">Weight</th><th class=\"n\">Active</th>\
+         <th class=\"n\">Total</th><th class=\"n\">Failures</th><th class=\"n\">In</th>\
+         <th class=\"n\">Out</th><th>Changed</th></tr></thead><tbody>",
+    );
+    for b in &c.backends {
+        backend(out, b, now_ms);
+    }
+    out.push_str("</tbody></table></div></div>");
+}
+
+fn backend(out: &mut String, b: &BackendStatus, now_ms: u64) {
+    let state = b.state.as_str();
+    let _ = write!(
+        out,
+        "<tr class=\"{state}\" data-backend=\"{key}\"><td class=\"key\">{key}</td><td>{}</td>\
+         <td><code>{}</code>{}</td><td><span class=\"badge {state}\">{state}</span>",
+        b.origin.as_str(),
+        esc(&b.address),
+        if b.tls {
+            " <span class=\"badge ok\">TLS</span>"
+        } else {
+            ""
+        },
+        key = esc(&b.key),
+    );
+    let why = esc(b.ejected_for.as_deref().unwrap_or("failed"));
+    match b.ejected_remaining_ms {
+        Some(left) => {
+            let _ = write!(
+                out,
+                " <span class=\"why\">{why}; retried in {}</span>",
+                span(left)
+            );
+        }
+        None if b.ejected_for.is_some() => {
+            let _ = write!(
+                out,
+                " <span class=\"why\">{why}; the next client tries it</span>"
+            );
+        }
+        None => {}
+    }
+    let _ = write!(
+        out,
+        "</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+         <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{} ago</td></tr>",
+        b.weight,
+        b.active,
+        b.total,
+        b.failures,
+        bytes(b.bytes_in),
+        bytes(b.bytes_out),
+        span(now_ms.saturating_sub(b.changed_at_ms)),
+    );
+}
+
+fn provides(out: &mut String, provides: &[ProvideView], now_ms: u64) {
+    out.push_str(
+        "<h3>Provided services</h3><div class=\"scroll\"><table><thead><tr><th>Service</th>\
+         <th>Local port</th><th>Local check</th><th>Advertised</th><th>Port offered</th>\
+         <th class=\"n\">Weight</th><th>Signed addresses</th><th>Changed</th></tr></thead><tbody>",
+    );
+    for p in provides {
+        let local = match p.local {
+            "up" => "up",
+            "down" => "ejected",
+            _ => "unproven",
+        };
+        let advertised = match p.advertised {
+            "up" => "up",
+            "draining" => "draining",
+            _ => "ejected",
+        };
+        let signed: Vec<String> = p.signed_addrs.iter().map(|a| a.to_string()).collect();
+        let _ = write!(
+            out,
+            "<tr data-provide=\"{name}\"><td title=\"{}\">{name}</td><td>{}</td>\
+             <td><span class=\"badge {local}\">{}</span></td>\
+             <td><span class=\"badge {advertised}\">{}</span></td><td>{}{}</td>\
+             <td class=\"n\">{}</td><td>{}</td><td>{} ago</td></tr>",
+            esc(&p.instance),
+            p.port,
+            p.local,
+            p.advertised,
+            p.advertised_port,
+            if p.tls {
+                " <span class=\"badge ok\">TLS</span>"
+            } else {
+                ""
+            },
+            p.weight,
+            if signed.is_empty() {
+                "-".to_owned()
+            } else {
+                signed.join(", ")
+            },
+            span(now_ms.saturating_sub(p.changed_at_ms)),
+            name = esc(&p.name),
+        );
+    }
+    out.push_str("</tbody></table></div>");
+}
+
+fn discovery(out: &mut String, n: &NodeStatus) {
+    let _ = write!(
+        out,
+        "<h3>Discovery</h3><p class=\"facts\">{} mDNS events received",
+        n.discovery_events
+    );
+    let nonzero: Vec<_> = n.discovery.iter().filter(|(_, v)| *v > 0).collect();
+    if nonzero.is_empty() {
+        out.push_str("; nothing ignored.</p>");
+        return;
+    }
+    out.push_str(". Ignored, dropped and probed:</p><ul class=\"counters\">");
+    for (name, v) in nonzero {
+        let _ = write!(out, "<li><code>{}</code> {v}</li>", name.replace('_', " "));
+    }
+    out.push_str("</ul>");
+}
+
+/// Escapes text for HTML content and quoted attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `1.5 MiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// `850 ms`, `12 s`, `3 min`, `2 h`, `4 d`.
+fn span(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..120_000 => format!("{} s", ms / 1_000),
+        120_000..7_200_000 => format!("{} min", ms / 60_000),
+        7_200_000..172_800_000 => format!("{} h", ms / 3_600_000),
+        _ => format!("{} d", ms / 86_400_000),
+    }
+}
+
+/// `HH:MM:SS` of a Unix time in ms, UTC.
+fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_what_the_link_can_name() {
+        assert_eq!(
+            esc("<script>alert('x')</script>&\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
+        );
+    }
+
+    #[test]
+    fn units_read_well() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(span(999), "999 ms");
+        assert_eq!(span(61_000), "61 s");
+        assert_eq!(span(3 * 60_000), "3 min");
+        assert_eq!(span(3 * 3_600_000), "3 h");
+        assert_eq!(clock(((13 * 60 + 5) * 60 + 9) * 1000 + 999), "13:05:09");
+    }
+}

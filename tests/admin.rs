@@ -1,0 +1,424 @@
+//! The admin endpoint with real parts: real Redis servers behind an
+//! ambassador, Prometheus text parsed line by line, the status JSON, and
+//! the stats page in a real headless Chromium.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use common::{command, ping, settings, wait_for, Amb, Redis, Reply, DEADLINE};
+use mesh_amb::backends::balance::Policy;
+
+/// An ambassador's admin endpoint, served from this process on port 0.
+struct Admin {
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Admin {
+    fn start(amb: &Amb) -> Admin {
+        let listener = mesh_amb::admin::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let observer = amb.node().observer().clone();
+        tokio::spawn(mesh_amb::admin::serve(listener, observer, stop.clone()));
+        Admin { addr, stop }
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// GET `path` with `Host: host`; the status code and the body.
+async fn get_as(addr: SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect to admin");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut raw))
+        .await
+        .expect("the admin endpoint answered in time")
+        .unwrap();
+    let text = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a header");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "a plain body expected"
+    );
+    (code, body.to_owned())
+}
+
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let (code, body) = get_as(addr, &addr.to_string(), path).await;
+    assert_eq!(code, 200, "GET {path}: {body}");
+    body
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses Prometheus text format 0.0.4 strictly: every line is a `# HELP`,
+/// a `# TYPE` or a sample of a family declared above it.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut typed: BTreeMap<String, String> = BTreeMap::new();
+    let mut helped = Vec::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').expect("HELP name text");
+            assert!(!help.is_empty(), "{line}");
+            helped.push(name.to_owned());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(
+                helped.contains(&name.to_owned()),
+                "TYPE before HELP: {line}"
+            );
+            typed.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        assert!(!line.starts_with('#'), "unknown comment: {line}");
+        if line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            None => (series, BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("labels end with }");
+                let mut labels = BTreeMap::new();
+                for pair in body.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair.split_once("=\"").expect("label=\"value\"");
+                    assert!(
+                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                        "{line}"
+                    );
+                    labels.insert(k.to_owned(), v.trim_end_matches('"').to_owned());
+                }
+                (name, labels)
+            }
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| typed.get(*f).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(typed.contains_key(family), "sample before its TYPE: {line}");
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+/// The value of the one sample named `name` with these labels.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
+    found[0].value
+}
+
+/// Round robin, and an ejection that outlasts any test: what the page
+/// shows is then the ejection, however slowly the machine runs.
+fn long_ejections() -> mesh_amb::settings::ProxySettings {
+    mesh_amb::settings::ProxySettings {
+        eject_time: Duration::from_secs(600),
+        ..settings(Policy::RoundRobin)
+    }
+}
+
+/// A loopback port with nothing listening.
+fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn metrics_parse_and_count_an_open_connection_live() {
+    let redis = Redis::start().await;
+    let amb = Amb::start(&[redis.addr], settings(Policy::RoundRobin)).await;
+    let admin = Admin::start(&amb);
+
+    let before = parse_prometheus(&get(admin.addr, "/metrics").await);
+    let svc = [("service", "redis")];
+    assert_eq!(
+        value(&before, "mesh_amb_client_connections_total", &svc),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &before,
+            "mesh_amb_backends",
+            &[("service", "redis"), ("state", "up")]
+        ),
+        1.0
+    );
+
+    ping(amb.addr).await.unwrap();
+    // A connection that stays open: its bytes must show before it closes.
+    const VALUE: usize = 200 * 1024;
+    let mut open = TcpStream::connect(amb.addr).await.unwrap();
+    let big = vec![b'x'; VALUE];
+    let reply = command(&mut open, &[b"SET", b"k", &big]).await.unwrap();
+    assert_eq!(reply, Reply::Simple("OK".into()));
+
+    let backend = format!("static:{}", redis.addr);
+    let during = parse_prometheus(&get(admin.addr, "/metrics").await);
+    let out = value(
+        &during,
+        "mesh_amb_backend_bytes_total",
+        &[("backend", &backend), ("direction", "out")],
+    );
+    assert!(out >= VALUE as f64, "bytes out while open: {out}");
+    let total_out = value(
+        &during,
+        "mesh_amb_bytes_total",
+        &[("service", "redis"), ("direction", "out")],
+    );
+    assert!(total_out >= VALUE as f64, "service total: {total_out}");
+    assert_eq!(
+        value(&during, "mesh_amb_client_connections_total", &svc),
+        2.0
+    );
+    assert_eq!(value(&during, "mesh_amb_active_connections", &svc), 1.0);
+    assert_eq!(
+        value(&during, "mesh_amb_connect_latency_seconds_count", &svc),
+        2.0
+    );
+    let inf = value(
+        &during,
+        "mesh_amb_connect_latency_seconds_bucket",
+        &[("service", "redis"), ("le", "+Inf")],
+    );
+    assert_eq!(inf, 2.0, "+Inf holds every observation");
+
+    // The JSON says the same.
+    let doc: serde_json::Value =
+        serde_json::from_str(&get(admin.addr, "/api/v1/status").await).unwrap();
+    assert_eq!(doc["version"], 1);
+    let b = &doc["nodes"][0]["consumes"][0]["backends"][0];
+    assert_eq!(b["state"], "up");
+    assert_eq!(b["active"], 1);
+    assert!(b["bytes_out"].as_u64().unwrap() >= VALUE as u64, "{b}");
+    drop(open);
+
+    assert_eq!(get(admin.addr, "/healthz").await, "ok\n");
+}
+
+#[tokio::test]
+async fn an_ejected_backend_shows_why_and_for_how_long() {
+    let redis = Redis::start().await;
+    let dead = closed_port();
+    let amb = Amb::start(&[redis.addr, dead], long_ejections()).await;
+    let admin = Admin::start(&amb);
+    // Round robin reaches the dead one within two connections.
+    for _ in 0..2 {
+        ping(amb.addr).await.unwrap();
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&get(admin.addr, "/api/v1/status").await).unwrap();
+    let backends = doc["nodes"][0]["consumes"][0]["backends"]
+        .as_array()
+        .unwrap();
+    let dead_row = backends
+        .iter()
+        .find(|b| b["key"] == format!("static:{dead}"))
+        .unwrap();
+    assert_eq!(dead_row["state"], "ejected", "{dead_row}");
+    let why = dead_row["ejected_for"].as_str().unwrap();
+    assert!(why.contains("refused"), "{why}");
+    assert!(dead_row["ejected_remaining_ms"].as_u64().unwrap() > 0);
+    assert_eq!(doc["nodes"][0]["consumes"][0]["ejections"], 1);
+
+    let samples = parse_prometheus(&get(admin.addr, "/metrics").await);
+    let dead_key = format!("static:{dead}");
+    assert_eq!(
+        value(&samples, "mesh_amb_backend_up", &[("backend", &dead_key)]),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "mesh_amb_backends",
+            &[("service", "redis"), ("state", "ejected")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn on_loopback_only_loopback_host_names_are_answered() {
+    let redis = Redis::start().await;
+    let amb = Amb::start(&[redis.addr], settings(Policy::RoundRobin)).await;
+    let admin = Admin::start(&amb);
+    let (code, _) = get_as(admin.addr, "attacker.example:80", "/api/v1/status").await;
+    assert_eq!(code, 421, "a rebound DNS name is refused");
+    let (code, _) = get_as(admin.addr, "localhost", "/api/v1/status").await;
+    assert_eq!(code, 200);
+}
+
+/// Debian's Chromium, as scripts/test installs it.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Runs headless Chromium on `url` with `args`; its stdout and stderr.
+fn chromium(url: &str, args: &[&str]) -> (String, String) {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: install Debian's chromium (scripts/test does)"
+    );
+    let profile = common::TempDir::new();
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            profile.path("profile").display()
+        ))
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run chromium");
+    assert!(out.status.success(), "chromium failed: {out:?}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stats_page_in_a_real_browser() {
+    let up = Redis::start().await;
+    let mut killed = Redis::start().await;
+    let amb = Amb::start(&[up.addr, killed.addr], long_ejections()).await;
+    let admin = Admin::start(&amb);
+    for _ in 0..4 {
+        ping(amb.addr).await.unwrap();
+    }
+    killed.kill();
+    // Clients keep working; the killed server is ejected on the way.
+    for _ in 0..4 {
+        ping(amb.addr).await.unwrap();
+    }
+    let killed_key = format!("static:{}", killed.addr);
+    wait_for(DEADLINE, "the killed server's ejection", || async {
+        get(admin.addr, "/api/v1/status")
+            .await
+            .contains("\"ejected\"")
+    })
+    .await;
+
+    let url = format!("http://{}/", admin.addr);
+    // A virtual time budget lets the page's script refresh it twice before
+    // the DOM is dumped: what is read is what the script swapped in.
+    let (dom, log) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || chromium(&url, &["--virtual-time-budget=5000", "--dump-dom"])
+    })
+    .await
+    .unwrap();
+    let console: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("CONSOLE") || l.contains("Uncaught") || l.contains("Content Security Policy")
+        })
+        .collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    let row = |key: &str| {
+        let start = dom
+            .find(&format!("data-backend=\"{key}\""))
+            .unwrap_or_else(|| panic!("no row for {key} in the DOM:\n{dom}"));
+        let end = dom[start..].find("</tr>").expect("row end") + start;
+        dom[start..end].to_owned()
+    };
+    let up_row = row(&format!("static:{}", up.addr));
+    assert!(up_row.contains("badge up"), "{up_row}");
+    let dead_row = row(&killed_key);
+    assert!(dead_row.contains("badge ejected"), "{dead_row}");
+    assert!(dead_row.contains("refused"), "the reason: {dead_row}");
+    assert!(dead_row.contains("retried in"), "time left: {dead_row}");
+    assert!(dom.contains("id=\"status\""), "the script kept <main>");
+
+    // A picture for a person to look at (not committed).
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("stats-page.png");
+    let _ = std::fs::remove_file(&shot);
+    tokio::task::spawn_blocking({
+        let shot = shot.clone();
+        move || {
+            chromium(
+                &url,
+                &[
+                    "--window-size=1280,900",
+                    &format!("--screenshot={}", shot.display()),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    eprintln!("stats page screenshot: {}", shot.display());
+}
