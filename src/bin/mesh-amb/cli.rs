@@ -56,7 +56,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a self-contained demonstration on this machine and exit.
-    Demo,
+    Demo(DemoArgs),
     /// Write a new random cluster key to FILE (readable by its owner only;
     /// an existing file is never replaced). Copy that one file to every
     /// node of the cluster and start each with --cluster-key FILE.
@@ -64,6 +64,15 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+/// `mesh-amb demo`'s options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// After the story, keep every node running until Ctrl-C (SIGINT or
+    /// SIGTERM), to look around.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Settings of the main job. The field names are the config file's keys;
