@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -242,6 +243,52 @@ fn help_shows_the_defaults() {
             .find(|e| e.starts_with(&flag[2..]))
             .unwrap_or_else(|| panic!("{flag} not in {help}"));
         assert!(entry.contains(default), "{flag}: {entry}");
+    }
+}
+
+/// The README's flag table is the reference users read: it lists exactly
+/// the flags of `--help`, each with the default `--help` prints.
+#[test]
+fn the_readme_lists_every_flag_with_its_default() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let help = String::from_utf8(run(&["--help"], &[]).stdout).unwrap();
+    // "      --flag <VALUE>\n          what it does [default: X]"
+    let from_help: BTreeMap<&str, Option<&str>> = help
+        .split("\n      --")
+        .skip(1)
+        .map(|entry| {
+            let name = entry.split([' ', '\n']).next().unwrap();
+            let default = entry
+                .split("[default: ")
+                .nth(1)
+                .and_then(|d| d.split(']').next());
+            (name, default)
+        })
+        .collect();
+    // "| `--flag VALUE` | default | meaning |"
+    let from_readme: BTreeMap<&str, &str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let name = cells[1]
+                .trim_start_matches("`--")
+                .split([' ', '`'])
+                .next()
+                .unwrap();
+            (name, cells[2].trim_matches('`'))
+        })
+        .collect();
+    assert_eq!(
+        from_help.keys().collect::<Vec<_>>(),
+        from_readme.keys().collect::<Vec<_>>(),
+        "flags of --help vs the README's table"
+    );
+    for (flag, default) in from_help {
+        if let Some(default) = default {
+            assert_eq!(from_readme[flag], default, "default of --{flag}");
+        }
     }
 }
 
