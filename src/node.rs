@@ -168,8 +168,8 @@ impl Node {
             let d = &config.discovery;
             let key = config.security.cluster_key.as_deref();
             let m = Arc::new(Mdns::start(d, key)?);
-            info!(node = %d.node_id, interfaces = ?d.interfaces, addresses = ?d.advertise_addrs,
-                "mDNS discovery started");
+            info!(node = %d.node_id, interfaces = %all_if_empty(&d.interfaces),
+                addresses = %all_if_empty(&d.advertise_addrs), "mDNS discovery started");
             if let Some(key) = key {
                 info!(key = %key.fingerprint(),
                     "cluster key: our advertisements are signed, and only signed ones are used");
@@ -466,4 +466,14 @@ async fn run(
     }
     info!("shut down");
     Ok(())
+}
+
+/// A list of the user's choices for a log line: no choice means all of
+/// them, which `[]` would read as "none".
+fn all_if_empty<T: std::fmt::Debug>(list: &[T]) -> String {
+    if list.is_empty() {
+        "all".to_owned()
+    } else {
+        format!("{list:?}")
+    }
 }

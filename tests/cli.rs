@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -245,6 +246,52 @@ fn help_shows_the_defaults() {
     }
 }
 
+/// The README's flag table is the reference users read: it lists exactly
+/// the flags of `--help`, each with the default `--help` prints.
+#[test]
+fn the_readme_lists_every_flag_with_its_default() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("read README.md");
+    let help = String::from_utf8(run(&["--help"], &[]).stdout).unwrap();
+    // "      --flag <VALUE>\n          what it does [default: X]"
+    let from_help: BTreeMap<&str, Option<&str>> = help
+        .split("\n      --")
+        .skip(1)
+        .map(|entry| {
+            let name = entry.split([' ', '\n']).next().unwrap();
+            let default = entry
+                .split("[default: ")
+                .nth(1)
+                .and_then(|d| d.split(']').next());
+            (name, default)
+        })
+        .collect();
+    // "| `--flag VALUE` | default | meaning |"
+    let from_readme: BTreeMap<&str, &str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let name = cells[1]
+                .trim_start_matches("`--")
+                .split([' ', '`'])
+                .next()
+                .unwrap();
+            (name, cells[2].trim_matches('`'))
+        })
+        .collect();
+    assert_eq!(
+        from_help.keys().collect::<Vec<_>>(),
+        from_readme.keys().collect::<Vec<_>>(),
+        "flags of --help vs the README's table"
+    );
+    for (flag, default) in from_help {
+        if let Some(default) = default {
+            assert_eq!(from_readme[flag], default, "default of --{flag}");
+        }
+    }
+}
+
 #[test]
 fn the_demo_runs_and_says_what_happened() {
     let out = run(&["demo"], &[]);
@@ -263,6 +310,112 @@ fn the_demo_runs_and_says_what_happened() {
     ] {
         assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
     }
+    // A story a newcomer can follow: the nodes' own lines are in their file.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = take_demo_log(&stdout);
+    assert!(log.contains("mDNS discovery started"), "{log}");
+}
+
+/// The nodes' log file that a demo's output names, read and removed.
+fn take_demo_log(stdout: &str) -> String {
+    let path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("The nodes' own log lines: "))
+        .unwrap_or_else(|| panic!("no log file named in:\n{stdout}"));
+    let log = std::fs::read_to_string(path).expect("read the demo's log");
+    std::fs::remove_file(path).unwrap();
+    log
+}
+
+/// Bound on the whole demo: its five phases have 20 s each at most.
+const DEMO_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A child process SIGKILLed by PID if the test ends before it does.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_demo_keeps_running_until_sigint() {
+    let mut demo = Reaped(
+        Command::new(BIN)
+            .args(["demo", "--keep"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mesh-amb demo --keep"),
+    );
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = demo.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let end = Instant::now() + DEMO_DEADLINE;
+    let mut out = String::new();
+    // Up to the last line of the instructions printed under the banner.
+    while !out.contains("what the nodes log") {
+        let left = end.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|e| panic!("{e} before the instructions:\n{out}"));
+        out.push_str(&line);
+        out.push('\n');
+    }
+    assert!(out.contains("running until Ctrl-C"), "{out}");
+    // The nodes are still up, and reachable the way the demo says.
+    let reach = out
+        .lines()
+        .find(|l| l.contains("redis-cli -p"))
+        .unwrap_or_else(|| panic!("no redis-cli line in:\n{out}"));
+    let reply = Command::new("sh").args(["-c", reach]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&reply.stdout).trim(),
+        "PONG",
+        "{reach}: {}",
+        String::from_utf8_lossy(&reply.stderr)
+    );
+
+    // SAFETY: plain syscall to a child we started and have not reaped.
+    assert_eq!(
+        unsafe { libc::kill(demo.0.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let status = loop {
+        if let Some(status) = demo.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < end,
+            "the demo did not exit after SIGINT:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The rest of the output, up to its end (the reader's channel closes).
+    while let Ok(line) = lines.recv_timeout(end.saturating_duration_since(Instant::now())) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("1500 client connections, 0 failed."), "{out}");
+    take_demo_log(&out);
 }
 
 /// The binary serving until the test ends; SIGKILLed by PID if still alive.

@@ -56,7 +56,7 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a self-contained demonstration on this machine and exit.
-    Demo,
+    Demo(DemoArgs),
     /// Write a new random cluster key to FILE (readable by its owner only;
     /// an existing file is never replaced). Copy that one file to every
     /// node of the cluster and start each with --cluster-key FILE.
@@ -64,6 +64,15 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+/// `mesh-amb demo`'s options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// After the story, keep every node running until Ctrl-C (SIGINT or
+    /// SIGTERM), to look around.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Settings of the main job. The field names are the config file's keys;
@@ -74,15 +83,18 @@ pub enum Command {
 #[serde(deny_unknown_fields)]
 pub struct RunArgs {
     /// Stand in for a service: listen on PORT and forward to the given
-    /// backends (HOST:PORT[*WEIGHT], comma-separated) or, without them, to
-    /// the discovered providers of NAME. Repeatable. Env: MESH_AMB_CONSUME
+    /// backends (HOST:PORT with weight W, comma-separated; tls:// for
+    /// another mesh-amb's TLS terminator) or, without them, to the
+    /// discovered providers of NAME. Repeatable. Env: MESH_AMB_CONSUME
     /// (whitespace-separated specs).
-    #[arg(long, value_name = "NAME:PORT[=HOST:PORT,...]")]
+    #[arg(long, value_name = "NAME:PORT[=[tls://]HOST:PORT[*W],...]")]
     pub consume: Vec<ConsumeSpec>,
 
-    /// Offer the local service listening on PORT to the mesh as NAME.
-    /// Repeatable. Env: MESH_AMB_PROVIDE (whitespace-separated specs).
-    #[arg(long, value_name = "NAME:PORT")]
+    /// Offer the local service listening on PORT to the mesh as NAME, with
+    /// weight W (1-1000, default 1); with TLS on, through a terminator on
+    /// TLSPORT (default: a port the kernel picks). Repeatable. Env:
+    /// MESH_AMB_PROVIDE (whitespace-separated specs).
+    #[arg(long, value_name = "NAME:PORT[*W][@TLSPORT]")]
     pub provide: Vec<ProvideSpec>,
 
     /// Address the consume listeners bind to; 0.0.0.0 for a container

@@ -15,9 +15,16 @@
 //! into a network namespace of its own that holds only `lo`; otherwise mDNS
 //! is still restricted to `lo`. Everything binds 127.0.0.1 on ephemeral
 //! ports, so the demo needs nothing else running.
+//!
+//! Stdout tells the story; the nodes' own log lines go to a file whose path
+//! the story ends with. With `--keep` the nodes stay up after the story,
+//! until SIGINT or SIGTERM, and the demo says how to reach them.
 
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +44,8 @@ use mesh_amb::settings::{Config, DiscoverySettings, ProxySettings, SecuritySetti
 use mesh_amb::spec::{ConsumeSpec, ProvideSpec};
 use mesh_amb::{Node, NodeHandle};
 
+use crate::cli::DemoArgs;
+
 /// Clients per phase: enough for the spread to be visible.
 const CLIENTS: usize = 300;
 /// Clients in flight at once, like a small application's connection churn.
@@ -54,10 +63,16 @@ const DEMO_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Short drain period so step 4 does not keep the reader waiting.
 const DEMO_DRAIN_PERIOD: Duration = Duration::from_millis(500);
 
+/// Log files of earlier runs tried before giving up (their names differ
+/// only by a counter after the process id).
+const LOG_FILE_TRIES: u32 = 100;
+
 /// Where the demo's mDNS runs.
 pub enum Isolation {
     /// A network namespace of its own: nothing can leave the process.
-    Private,
+    /// `user`: entered through a user namespace (not as root), which
+    /// changes how another process can join it.
+    Private { user: bool },
     /// The OS refused a namespace (why): mDNS is restricted to `lo`.
     Loopback(io::Error),
 }
@@ -68,9 +83,11 @@ pub enum Isolation {
 /// An error means the namespace was entered but could not be set up: the
 /// demo cannot run then.
 pub fn isolate_network() -> io::Result<Isolation> {
+    let mut user = false;
     // SAFETY: plain syscalls on this process, before any thread exists.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            user = true;
             let (uid, gid) = (libc::geteuid(), libc::getegid());
             if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
                 return Ok(Isolation::Loopback(io::Error::last_os_error()));
@@ -96,7 +113,31 @@ pub fn isolate_network() -> io::Result<Isolation> {
             return Err(err);
         }
     }
-    Ok(Isolation::Private)
+    Ok(Isolation::Private { user })
+}
+
+/// Creates the file the nodes log into: in the temporary directory, owner
+/// only, never over an existing file (a name taken by an earlier run gets
+/// the next counter).
+pub fn open_log() -> io::Result<(PathBuf, File)> {
+    let pid = std::process::id();
+    let mut n = 0;
+    loop {
+        let path = std::env::temp_dir().join(match n {
+            0 => format!("mesh-amb-demo-{pid}.log"),
+            n => format!("mesh-amb-demo-{pid}-{n}.log"),
+        });
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < LOG_FILE_TRIES => n += 1,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+    }
 }
 
 /// Settings of every demo node: mDNS on `lo` only, quick checks.
@@ -133,12 +174,19 @@ fn config(
     }
 }
 
-pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
+/// Tells the story, then names the log file, whatever the outcome.
+pub async fn run(isolation: Isolation, args: &DemoArgs, log: &Path) -> anyhow::Result<()> {
+    let result = story(&isolation, args, log).await;
+    println!("\nThe nodes' own log lines: {}", log.display());
+    result
+}
+
+async fn story(isolation: &Isolation, args: &DemoArgs, log: &Path) -> anyhow::Result<()> {
     println!("mesh-amb demo: three providers advertise a 'redis' service over mDNS,");
     println!("a consumer discovers them and stands in for the service.\n");
     let key = Arc::new(ClusterKey::generate());
-    match &isolation {
-        Isolation::Private => {
+    match isolation {
+        Isolation::Private { .. } => {
             println!("  network        a private network namespace: nothing leaves this process")
         }
         Isolation::Loopback(e) => {
@@ -162,7 +210,8 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
             tls_port: None,
         };
         println!(
-            "  backend {i}      {}   (a built-in server that answers PING)",
+            "  backend {i}      {}   a built-in server that answers PING, advertised\n                 \
+             by provider node demo-p{i} as redis@demo-p{i}",
             b.addr
         );
         providers.push(Node::start(
@@ -183,7 +232,7 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
         vec![listener],
     )?;
     let svc = consumer.services()[0].clone();
-    println!("  consumer       {front}   (what the app dials instead of localhost:6379)\n");
+    println!("  consumer       {front}   what the app dials instead of localhost:6379\n");
 
     let started = Instant::now();
     wait_table(&svc, "all three backends to be discovered", |n, _| n == 3).await?;
@@ -262,6 +311,12 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
     println!("   After its goodbye it left the table. {CLIENTS} more clients meanwhile:");
     report(&svc);
 
+    if args.keep {
+        keep_running(isolation, front, &backends, log).await?;
+        println!("   The consumer's table now:");
+        report(&svc);
+    }
+
     println!(
         "\n5. Shutdown: every node stops accepting, drains, and withdraws what it advertised."
     );
@@ -291,6 +346,51 @@ pub async fn run(isolation: Isolation) -> anyhow::Result<()> {
     println!("`mesh-amb --cluster-key cluster.key --provide redis:6379` on one and");
     println!("`mesh-amb --cluster-key cluster.key --consume redis:6379` on the other:");
     println!("`redis-cli ping` on the second reaches Redis on the first.");
+    Ok(())
+}
+
+/// `--keep`: says how to reach the nodes in the demo's network namespace,
+/// then waits for SIGINT or SIGTERM.
+async fn keep_running(
+    isolation: &Isolation,
+    front: SocketAddr,
+    backends: &[MiniRedis],
+    log: &Path,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let pid = std::process::id();
+    // Everything listens inside the demo's own network namespace: another
+    // process reaches it only by joining that namespace.
+    let (enter, who) = match isolation {
+        Isolation::Private { user: false } => {
+            (format!("nsenter --target {pid} --net "), " as root")
+        }
+        Isolation::Private { user: true } => (
+            format!("nsenter --target {pid} --user --net --preserve-credentials "),
+            "",
+        ),
+        Isolation::Loopback(_) => (String::new(), ""),
+    };
+    println!("\nKeeping everything running until Ctrl-C (SIGINT or SIGTERM). From another terminal{who}:");
+    println!(
+        "   {enter}redis-cli -p {} ping\n      the consumer: PONG from one of the providers' backends",
+        front.port()
+    );
+    // Backend 2: its provider is still up (provider 1 left in step 4).
+    if let Some(b) = backends.get(1) {
+        println!(
+            "   {enter}redis-cli -p {} ping\n      backend 2 directly, as provider demo-p2 checks it",
+            b.addr.port()
+        );
+    }
+    println!("   tail -f {}\n      what the nodes log", log.display());
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    println!();
     Ok(())
 }
 
@@ -377,8 +477,7 @@ fn report(svc: &Service) {
         };
         let instance = b.spec.key.split('.').next().unwrap_or(&b.spec.key);
         println!(
-            "   {instance:<14} {:<28} {:4} connections, {} failed connects, {state}",
-            b.spec.target.to_string(),
+            "   {instance:<14} {:4} connections, {} failed connects, {state}",
             s.total.load(Ordering::Relaxed),
             s.failures.load(Ordering::Relaxed),
         );

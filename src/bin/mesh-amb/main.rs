@@ -39,7 +39,14 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&cli::error_line(&e)),
     };
     match cli.command {
-        Some(Command::Demo) => {
+        Some(Command::Demo(args)) => {
+            let (log_path, log) = match demo::open_log() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot create the demo's log file: {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
             // Before any thread exists: a user namespace needs that.
             let isolation = match demo::isolate_network() {
                 Ok(i) => i,
@@ -48,9 +55,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_RUNTIME);
                 }
             };
-            // The demo prints its own story; logs show only what went wrong.
-            init_logs(LogFormat::Text, "warn");
-            report(runtime().and_then(|rt| rt.block_on(demo::run(isolation))))
+            // The story goes to stdout; the nodes' logs, which would break
+            // it up, to their file.
+            init_file_logs(log);
+            report(runtime().and_then(|rt| rt.block_on(demo::run(isolation, &args, &log_path))))
         }
         Some(Command::Keygen { file }) => keygen(&file),
         None => {
@@ -186,6 +194,16 @@ fn init_logs(format: LogFormat, default: &str) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// The demo nodes' logs, at `info` unless `RUST_LOG` says otherwise.
+fn init_file_logs(file: std::fs::File) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .init();
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {
