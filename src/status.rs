@@ -181,6 +181,11 @@ pub struct Observer {
 }
 
 impl Observer {
+    /// The node id of the node it reads.
+    pub fn node_id(&self) -> &str {
+        &self.config.discovery.node_id
+    }
+
     /// Reads every counter once. Cheap (no lock on the data path), but it
     /// walks every backend: a page refresh, not a hot loop.
     pub fn read(&self) -> NodeStatus {

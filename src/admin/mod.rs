@@ -40,6 +40,13 @@ impl Source for Observer {
     }
 }
 
+/// Shared with whoever changes what it shows.
+impl<T: Source> Source for Arc<T> {
+    fn document(&self) -> Document {
+        T::document(self)
+    }
+}
+
 impl Source for Vec<Observer> {
     fn document(&self) -> Document {
         Document::new(self.iter().map(Observer::read).collect())

@@ -124,8 +124,11 @@ fn backend(out: &mut String, b: &BackendStatus, now_ms: u64) {
     let state = b.state.as_str();
     let _ = write!(
         out,
-        "<tr class=\"{state}\" data-backend=\"{key}\"><td class=\"key\">{key}</td><td>{}</td>\
-         <td><code>{}</code>{}</td><td><span class=\"badge {state}\">{state}</span>",
+        "<tr class=\"{state}\" data-backend=\"{key}\"><td class=\"key\" data-label=\"Backend\" \
+         title=\"{key}\">{}</td><td data-label=\"Source\">{}</td>\
+         <td data-label=\"Address\"><code>{}</code>{}</td>\
+         <td data-label=\"State\"><span class=\"badge {state}\">{state}</span>",
+        esc(short_name(&b.key)),
         b.origin.as_str(),
         esc(&b.address),
         if b.tls {
@@ -154,8 +157,10 @@ fn backend(out: &mut String, b: &BackendStatus, now_ms: u64) {
     }
     let _ = write!(
         out,
-        "</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-         <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{} ago</td></tr>",
+        "</td><td class=\"n\" data-label=\"Weight\">{}</td>\
+         <td class=\"n\" data-label=\"Active\">{}</td><td class=\"n\" data-label=\"Total\">{}</td>\
+         <td class=\"n\" data-label=\"Failures\">{}</td><td class=\"n\" data-label=\"In\">{}</td>\
+         <td class=\"n\" data-label=\"Out\">{}</td><td data-label=\"Changed\">{} ago</td></tr>",
         b.weight,
         b.active,
         b.total,
@@ -186,10 +191,12 @@ fn provides(out: &mut String, provides: &[ProvideView], now_ms: u64) {
         let signed: Vec<String> = p.signed_addrs.iter().map(|a| a.to_string()).collect();
         let _ = write!(
             out,
-            "<tr data-provide=\"{name}\"><td title=\"{}\">{name}</td><td>{}</td>\
-             <td><span class=\"badge {local}\">{}</span></td>\
-             <td><span class=\"badge {advertised}\">{}</span></td><td>{}{}</td>\
-             <td class=\"n\">{}</td><td>{}</td><td>{} ago</td></tr>",
+            "<tr data-provide=\"{name}\"><td data-label=\"Service\" title=\"{}\">{name}</td>\
+             <td data-label=\"Local port\">{}</td>\
+             <td data-label=\"Local check\"><span class=\"badge {local}\">{}</span></td>\
+             <td data-label=\"Advertised\"><span class=\"badge {advertised}\">{}</span></td>\
+             <td data-label=\"Port offered\">{}{}</td><td class=\"n\" data-label=\"Weight\">{}</td>\
+             <td data-label=\"Signed addresses\">{}</td><td data-label=\"Changed\">{} ago</td></tr>",
             esc(&p.instance),
             p.port,
             p.local,
@@ -229,6 +236,12 @@ fn discovery(out: &mut String, n: &NodeStatus) {
         let _ = write!(out, "<li><code>{}</code> {v}</li>", name.replace('_', " "));
     }
     out.push_str("</ul>");
+}
+
+/// An instance's label without the service type every one of them ends
+/// with (`redis@h1`); other keys as they are.
+fn short_name(key: &str) -> &str {
+    crate::discovery::wire::label_of(key).unwrap_or(key)
 }
 
 /// Escapes text for HTML content and quoted attribute values.

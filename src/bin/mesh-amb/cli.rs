@@ -73,6 +73,11 @@ pub struct DemoArgs {
     /// SIGTERM), to look around.
     #[arg(long)]
     pub keep: bool,
+    /// Serve the stats page of every demo node here ([ADDR:]PORT, loopback
+    /// unless an address is given), reachable from this machine's browser
+    /// although the demo runs in a private network namespace.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub admin: Option<AdminAddr>,
 }
 
 /// Settings of the main job. The field names are the config file's keys;

@@ -42,6 +42,7 @@ use mesh_amb::resp::{self, Value};
 use mesh_amb::security::ClusterKey;
 use mesh_amb::settings::{Config, DiscoverySettings, ProxySettings, SecuritySettings};
 use mesh_amb::spec::{ConsumeSpec, ProvideSpec};
+use mesh_amb::status::{Document, Observer};
 use mesh_amb::{Node, NodeHandle};
 
 use crate::cli::DemoArgs;
@@ -175,13 +176,81 @@ fn config(
 }
 
 /// Tells the story, then names the log file, whatever the outcome.
-pub async fn run(isolation: Isolation, args: &DemoArgs, log: &Path) -> anyhow::Result<()> {
-    let result = story(&isolation, args, log).await;
+pub async fn run(
+    isolation: Isolation,
+    args: &DemoArgs,
+    log: &Path,
+    admin: Option<std::net::TcpListener>,
+) -> anyhow::Result<()> {
+    let shown = Arc::new(Shown::default());
+    let stop_admin = CancellationToken::new();
+    let page = match admin {
+        Some(listener) => {
+            let url = format!("http://{}/", listener.local_addr()?);
+            let serving = tokio::spawn(mesh_amb::admin::serve(
+                listener,
+                shown.clone(),
+                stop_admin.clone(),
+            ));
+            Some((url, serving))
+        }
+        None => None,
+    };
+    let result = story(
+        &isolation,
+        args,
+        log,
+        &shown,
+        page.as_ref().map(|p| p.0.as_str()),
+    )
+    .await;
+    stop_admin.cancel();
+    if let Some((_, serving)) = page {
+        serving
+            .await
+            .context("the stats page task")?
+            .context("the stats page failed")?;
+    }
     println!("\nThe nodes' own log lines: {}", log.display());
     result
 }
 
-async fn story(isolation: &Isolation, args: &DemoArgs, log: &Path) -> anyhow::Result<()> {
+/// The demo nodes the stats page shows: those running now.
+#[derive(Default)]
+struct Shown(std::sync::Mutex<Vec<Observer>>);
+
+impl Shown {
+    fn add(&self, node: &NodeHandle) {
+        self.nodes().push(node.observer().clone());
+    }
+
+    fn remove(&self, node: &NodeHandle) {
+        let id = &node.config().discovery.node_id;
+        self.nodes().retain(|o| o.node_id() != id);
+    }
+
+    fn remove_id(&self, id: &str) {
+        self.nodes().retain(|o| o.node_id() != id);
+    }
+
+    fn nodes(&self) -> std::sync::MutexGuard<'_, Vec<Observer>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl mesh_amb::admin::Source for Shown {
+    fn document(&self) -> Document {
+        Document::new(self.nodes().iter().map(Observer::read).collect())
+    }
+}
+
+async fn story(
+    isolation: &Isolation,
+    args: &DemoArgs,
+    log: &Path,
+    shown: &Shown,
+    page: Option<&str>,
+) -> anyhow::Result<()> {
     println!("mesh-amb demo: three providers advertise a 'redis' service over mDNS,");
     println!("a consumer discovers them and stands in for the service.\n");
     let key = Arc::new(ClusterKey::generate());
@@ -198,6 +267,9 @@ async fn story(isolation: &Isolation, args: &DemoArgs, log: &Path) -> anyhow::Re
          signed advertisements, mutual TLS between ambassadors",
         key.fingerprint()
     );
+    if let Some(url) = page {
+        println!("  stats page     {url}   every node, live (from this machine's browser)");
+    }
 
     let mut backends = Vec::new();
     let mut providers = Vec::new();
@@ -214,10 +286,12 @@ async fn story(isolation: &Isolation, args: &DemoArgs, log: &Path) -> anyhow::Re
              by provider node demo-p{i} as redis@demo-p{i}",
             b.addr
         );
-        providers.push(Node::start(
+        let provider = Node::start(
             config(&format!("demo-p{i}"), vec![], vec![provide], Some(&key)),
             vec![],
-        )?);
+        )?;
+        shown.add(&provider);
+        providers.push(provider);
         backends.push(b);
     }
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -231,6 +305,7 @@ async fn story(isolation: &Isolation, args: &DemoArgs, log: &Path) -> anyhow::Re
         config("demo-c", vec![consume], vec![], Some(&key)),
         vec![listener],
     )?;
+    shown.add(&consumer);
     let svc = consumer.services()[0].clone();
     println!("  consumer       {front}   what the app dials instead of localhost:6379\n");
 
@@ -247,6 +322,7 @@ async fn story(isolation: &Isolation, args: &DemoArgs, log: &Path) -> anyhow::Re
     println!("\n   A stranger without the key advertises 'redis' too.");
     let stranger = MiniRedis::start(None).await?;
     let stranger_ad = stranger_node(Some(&stranger), None)?;
+    shown.add(&stranger_ad);
     wait_until("the consumer to ignore the stranger", || {
         ignored(&consumer) > 0
     })
@@ -254,12 +330,14 @@ async fn story(isolation: &Isolation, args: &DemoArgs, log: &Path) -> anyhow::Re
     failures += phase(front, CLIENTS, Expect::Served).await?;
     let fooled = stranger.answered.load(Ordering::Relaxed);
     println!("   {CLIENTS} more clients through the consumer: {fooled} reached the stranger.");
+    shown.remove(&stranger_ad);
     stop(stranger_ad).await?;
     stranger.stop();
     println!("   An intruder without the key stands in for 'redis' on a port of its own.");
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let intruder_front = listener.local_addr()?;
     let intruder = stranger_node(None, Some(listener))?;
+    shown.add(&intruder);
     wait_until("the intruder to see the providers", || {
         ignored(&intruder) >= 3
     })
@@ -267,6 +345,7 @@ async fn story(isolation: &Isolation, args: &DemoArgs, log: &Path) -> anyhow::Re
     let intruders = CLIENTS / 10;
     let turned_away = phase(intruder_front, intruders, Expect::TurnedAway).await?;
     println!("   It saw the three providers but cannot use them: {turned_away} of its {intruders} clients turned away.");
+    shown.remove(&intruder);
     stop(intruder).await?;
     if fooled > 0 || turned_away < intruders {
         bail!("the cluster key did not keep the stranger out");
@@ -301,18 +380,20 @@ async fn story(isolation: &Isolation, args: &DemoArgs, log: &Path) -> anyhow::Re
 
     println!("\n4. Provider 1 leaves gracefully: it advertises 'draining', waits, says goodbye.");
     let leaving = providers.remove(0);
+    let leaving_id = leaving.config().discovery.node_id.clone();
     leaving.shutdown().begin();
     let left = tokio::spawn(leaving.join());
     wait_table(&svc, "provider 1 to drain", |_, draining| draining == 1).await?;
     println!("   The consumer saw it draining and sends new clients elsewhere.");
     failures += phase(front, CLIENTS, Expect::Served).await?;
     left.await.context("leaving node")??;
+    shown.remove_id(&leaving_id);
     wait_table(&svc, "provider 1 to leave", |n, _| n == 2).await?;
     println!("   After its goodbye it left the table. {CLIENTS} more clients meanwhile:");
     report(&svc);
 
     if args.keep {
-        keep_running(isolation, front, &backends, log).await?;
+        keep_running(isolation, front, &backends, log, page).await?;
         println!("   The consumer's table now:");
         report(&svc);
     }
@@ -356,6 +437,7 @@ async fn keep_running(
     front: SocketAddr,
     backends: &[MiniRedis],
     log: &Path,
+    page: Option<&str>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -386,6 +468,9 @@ async fn keep_running(
         );
     }
     println!("   tail -f {}\n      what the nodes log", log.display());
+    if let Some(url) = page {
+        println!("   a browser on {url}\n      the stats page: every node's tables, live");
+    }
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}

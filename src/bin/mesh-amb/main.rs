@@ -47,6 +47,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_RUNTIME);
                 }
             };
+            // Bound before the move into the demo's namespace, so that it
+            // stays in the user's, where a browser reaches it.
+            let admin = match args.admin.map(|a| mesh_amb::admin::bind(a.0)).transpose() {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: cannot listen for the stats page (--admin): {e}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
             // Before any thread exists: a user namespace needs that.
             let isolation = match demo::isolate_network() {
                 Ok(i) => i,
@@ -58,7 +67,9 @@ fn main() -> ExitCode {
             // The story goes to stdout; the nodes' logs, which would break
             // it up, to their file.
             init_file_logs(log);
-            report(runtime().and_then(|rt| rt.block_on(demo::run(isolation, &args, &log_path))))
+            report(
+                runtime().and_then(|rt| rt.block_on(demo::run(isolation, &args, &log_path, admin))),
+            )
         }
         Some(Command::Keygen { file }) => keygen(&file),
         None => {
