@@ -10,10 +10,12 @@ use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use mesh_amb_lab::{wait_for, Host, Lab};
+use mesh_amb::discovery::listing::MAX_LISTED;
+use mesh_amb_lab::{wait_for, wait_until, FakeInstance, Host, Lab, Rogue};
 
 mod common;
 
@@ -360,4 +362,57 @@ fn ls_refuses_bad_input_with_one_line() {
         );
         assert!(out.stdout.is_empty(), "{args:?}");
     }
+}
+
+/// Most `ls` may take beyond its `--timeout`: stopping the mDNS daemon
+/// and printing, on a loaded machine.
+const LS_OVERRUN: Duration = Duration::from_secs(3);
+/// Most memory `ls` may use in a flood: measured at 30-40 MiB with 12,000
+/// fake instances, most of it mdns-sd's own cache; a listing that grew
+/// without its cap would pass this.
+const FLOOD_RSS_KIB: u64 = 128 * 1024;
+
+/// Peak resident memory of `pid` so far (0 once it has exited).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn ls_stays_bounded_in_a_flood() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let fakes = FakeInstance::many("flood", MAX_LISTED + 2_000, "redis", 1, h1.ip.into());
+    let rogue = Rogue::start(h1, fakes);
+    assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
+
+    let timeout = Duration::from_secs(5);
+    let t0 = Instant::now();
+    let mut cmd = h2.command(BIN);
+    cmd.args(["ls", "--json", "--timeout", "5"]);
+    let mut p = h2.spawn_cmd("mesh-amb-ls", cmd);
+    let mut peak = 0;
+    let exited = wait_until(timeout + LS_OVERRUN, || {
+        peak = peak.max(peak_rss_kib(p.pid()));
+        !p.is_running()
+    });
+    let took = t0.elapsed();
+    assert!(exited, "ls still running after {took:?}");
+    assert!(
+        p.wait_exit(DEADLINE).is_some_and(|s| s.success()),
+        "{}",
+        p.output_tail(5)
+    );
+    let rows: Vec<Value> = serde_json::from_str(&p.stdout()).expect("a JSON array");
+    eprintln!(
+        "flood of {}: ls listed {} in {took:?}, peak RSS {peak} KiB",
+        MAX_LISTED + 2_000,
+        rows.len()
+    );
+    assert!(rows.len() <= MAX_LISTED);
+    assert!(peak < FLOOD_RSS_KIB, "peak RSS {peak} KiB");
 }
