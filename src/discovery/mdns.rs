@@ -46,7 +46,7 @@ use crate::spec::ProvideSpec;
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Goodbyes are sent by the daemon thread; waiting this long for its
 /// acknowledgement covers a busy machine without hanging shutdown.
-const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause before re-opening a browse that ended, so a daemon in trouble is
 /// not asked in a tight loop.
 const REBROWSE_DELAY: Duration = Duration::from_millis(100);
@@ -127,22 +127,14 @@ impl Mdns {
     /// addresses when there are any; with `key`, our advertisements are
     /// sealed and only sealed ones are used.
     pub fn start(settings: &DiscoverySettings, key: Option<&ClusterKey>) -> anyhow::Result<Mdns> {
-        let daemon = ServiceDaemon::new().context("cannot start the mDNS daemon")?;
         let mut ifaces: Vec<IfKind> = settings
             .interfaces
             .iter()
             .map(|i| IfKind::Name(i.clone()))
             .collect();
         ifaces.extend(settings.advertise_addrs.iter().map(|a| IfKind::Addr(*a)));
-        if !ifaces.is_empty() {
-            daemon
-                .disable_interface(IfKind::All)
-                .and_then(|_| {
-                    daemon.disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6])
-                })
-                .and_then(|_| daemon.enable_interface(ifaces.clone()))
-                .context("cannot restrict mDNS to the chosen interfaces")?;
-        } else {
+        let daemon = start_daemon(&ifaces)?;
+        if ifaces.is_empty() {
             ifaces.push(IfKind::All);
         }
         Ok(Mdns {
@@ -301,6 +293,22 @@ impl Mdns {
     }
 }
 
+/// An mDNS daemon restricted to `ifaces` (empty: every interface).
+pub(crate) fn start_daemon(ifaces: &[IfKind]) -> anyhow::Result<ServiceDaemon> {
+    let daemon = ServiceDaemon::new().context("cannot start the mDNS daemon")?;
+    if !ifaces.is_empty() {
+        let restrict = daemon
+            .disable_interface(IfKind::All)
+            .and_then(|_| daemon.disable_interface(vec![IfKind::LoopbackV4, IfKind::LoopbackV6]))
+            .and_then(|_| daemon.enable_interface(ifaces.to_vec()));
+        if let Err(e) = restrict {
+            let _ = daemon.shutdown();
+            return Err(e).context("cannot restrict mDNS to the chosen interfaces");
+        }
+    }
+    Ok(daemon)
+}
+
 /// Stops the daemon thread however the node ends (an error after start, a
 /// panic): dropping the handle alone would leave it running, and its
 /// goodbyes unsent.
@@ -320,7 +328,7 @@ pub fn unix_now() -> u64 {
 
 /// The resolved addresses of `r` that its valid seal signs, or why the
 /// record is refused.
-fn admit(
+pub(crate) fn admit(
     verifier: &mut Verifier,
     r: &ResolvedService,
     advert: &Advert,
@@ -353,6 +361,20 @@ fn admit(
         return Err(Reject::ForeignAddress);
     }
     Ok(dialable)
+}
+
+/// The resolved addresses of `r`, with the interface of link-local ones.
+pub(crate) fn peer_addrs(r: &ResolvedService) -> Vec<PeerAddr> {
+    r.get_addresses()
+        .iter()
+        .map(|a| PeerAddr {
+            ip: a.to_ip_addr(),
+            scope: match a {
+                ScopedIp::V6(v6) => v6.scope_id().index,
+                _ => 0,
+            },
+        })
+        .collect()
 }
 
 /// The counter of a refusal.
@@ -565,17 +587,7 @@ fn resolved(
         }
         return;
     };
-    let peer: Vec<PeerAddr> = r
-        .get_addresses()
-        .iter()
-        .map(|a| PeerAddr {
-            ip: a.to_ip_addr(),
-            scope: match a {
-                ScopedIp::V6(v6) => v6.scope_id().index,
-                _ => 0,
-            },
-        })
-        .collect();
+    let peer = peer_addrs(r);
     debug!(instance = %r.fullname, advertised = %Joined(&peer), "resolved");
     // The seal before the TLS flag: a stranger's record is counted as
     // unsigned whatever it claims.

@@ -9,8 +9,11 @@
 //!   drains and says goodbye on shutdown.
 //! - [`probation`]: dials each new backend once before it may take clients.
 //! - [`stats`]: what discovery ignored, dropped and probed.
+//! - [`listing`]: a one-off browse of everything the link advertises
+//!   (`mesh-amb ls`).
 
 pub mod addr;
+pub mod listing;
 pub mod mdns;
 pub mod probation;
 pub mod provider;

@@ -64,6 +64,9 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// List the ambassadors (and other _amb._tcp services) that answer on
+    /// the link, as a table or JSON: what avahi-browse -r shows, readable.
+    Ls(crate::ls::LsArgs),
 }
 
 /// `mesh-amb demo`'s options.

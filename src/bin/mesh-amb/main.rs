@@ -5,10 +5,12 @@
 //! - `config`: flags > `MESH_AMB_*` environment > TOML file > defaults,
 //!   into the library's validated `Config`.
 //! - `demo`: the self-contained demonstration behind `mesh-amb demo`.
+//! - `ls`: `mesh-amb ls`, what the link advertises.
 
 mod cli;
 mod config;
 mod demo;
+mod ls;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -72,6 +74,11 @@ fn main() -> ExitCode {
             )
         }
         Some(Command::Keygen { file }) => keygen(&file),
+        Some(Command::Ls(args)) => match ls::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(ls::Failure::Usage(msg)) => usage_error(&msg),
+            Err(ls::Failure::Runtime(e)) => report(Err(e)),
+        },
         None => {
             let config::Resolved {
                 config,
