@@ -43,7 +43,8 @@
 //! - [`resp`]: the Redis protocol, for the credentials stage and tests.
 //! - [`node`]: one node: its services, listeners and discovery, started and
 //!   stopped together by one [`Shutdown`]: `begin` stops every listener and
-//!   starts the drain, `force` (or the drain timeout) closes what is left.
+//!   starts the drain, `force` (or the drain timeout) closes what is left;
+//!   [`NodeHandle::reload`] adds, changes and removes them while it runs.
 //!
 //! Dependencies point one way: `value` and `secret` below everything, then
 //! `spec`, `resp` and `security` (on `secret` only); `credentials` on
@@ -68,4 +69,4 @@ pub mod settings;
 pub mod spec;
 pub mod value;
 
-pub use node::{Node, NodeHandle, Shutdown};
+pub use node::{Node, NodeHandle, ReloadSummary, Shutdown};
