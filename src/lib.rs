@@ -46,7 +46,8 @@
 //! - [`resp`]: the Redis protocol, for the credentials stage and tests.
 //! - [`node`]: one node: its services, listeners and discovery, started and
 //!   stopped together by one [`Shutdown`]: `begin` stops every listener and
-//!   starts the drain, `force` (or the drain timeout) closes what is left.
+//!   starts the drain, `force` (or the drain timeout) closes what is left;
+//!   [`NodeHandle::reload`] adds, changes and removes them while it runs.
 //! - [`status`]: what a running node shows its operators, read from the
 //!   live counters: the shape of `/api/v1/status`.
 //! - [`admin`]: the read-only admin endpoint (`--admin`): the stats page,
@@ -78,4 +79,4 @@ pub mod spec;
 pub mod status;
 pub mod value;
 
-pub use node::{Node, NodeHandle, Shutdown};
+pub use node::{Node, NodeHandle, ReloadSummary, Shutdown};

@@ -1,30 +1,33 @@
 //! One node of the mesh: the consumed services with their listeners, the
-//! provided services, and discovery, started together and stopped by one
-//! [`Shutdown`].
+//! provided services, and discovery, started together, changed while they
+//! run by [`NodeHandle::reload`], and stopped by one [`Shutdown`].
+//!
+//! - `running`: the node's parts and how each is added, changed and
+//!   removed while the rest serves on.
+//! - `serving`: one listener with its connections (a consume's, a TLS
+//!   terminator's), stopped and drained on its own.
+//! - `plan`: what a reload may change live and how it is reported.
+
+mod plan;
+mod running;
+mod serving;
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
 
-use crate::backends::balance::Balancer;
-use crate::backends::table::{unix_ms, BackendSpec, Origin, Table, Target, Update};
-use crate::backends::{Service, Source, Suspects};
-use crate::discovery::mdns::{self, Mdns, Offer, TlsUse};
-use crate::discovery::probation;
-use crate::discovery::provider::{self, ProvideStatus};
+use crate::backends::Service;
 use crate::discovery::stats::DiscoveryStats;
-use crate::net::accept::{self, Handler as _, Shared};
 use crate::net::sockopt;
-use crate::net::terminator::Terminator;
-use crate::security::Tls;
 use crate::settings::Config;
 use crate::status::Observer;
+
+pub use plan::ReloadSummary;
+use running::Running;
 
 /// Tells a running node to stop. Clones share state.
 #[derive(Clone, Default)]
@@ -52,15 +55,25 @@ impl Shutdown {
 /// Starts nodes; see [`Node::start`].
 pub enum Node {}
 
+/// A request to the node's task: the new settings, and where to answer.
+type Reload = (Config, oneshot::Sender<anyhow::Result<ReloadSummary>>);
+
 /// A running node.
 pub struct NodeHandle {
-    config: Arc<Config>,
-    services: Vec<Arc<Service>>,
-    provides: Vec<Arc<ProvideStatus>>,
+    config: watch::Receiver<Arc<Config>>,
+    services: watch::Receiver<Vec<Arc<Service>>>,
     discovery_stats: Arc<DiscoveryStats>,
     observer: Observer,
     shutdown: Shutdown,
+    reloader: Reloader,
     task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Reloads a running node from elsewhere (a signal handler); see
+/// [`NodeHandle::reload`]. Clones share the node.
+#[derive(Clone)]
+pub struct Reloader {
+    requests: mpsc::Sender<Reload>,
 }
 
 impl Node {
@@ -68,12 +81,7 @@ impl Node {
     /// listen backlog as deep as the connection limit that fits this
     /// process's descriptors (raise them first: [`sockopt::raise_fd_limit`]).
     pub fn bind(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
-        let max = sockopt::clamp_max_connections(
-            config.proxy.max_connections,
-            sockopt::fd_limit(),
-            sockopt::FD_MARGIN,
-        );
-        let backlog = sockopt::backlog_for(max);
+        let backlog = backlog(config);
         let mut listeners = Vec::new();
         for c in &config.consumes {
             let addr = std::net::SocketAddr::new(config.bind, c.port);
@@ -97,148 +105,56 @@ impl Node {
             listeners.len(),
             config.consumes.len()
         );
-        let (suspects, suspects_rx) = Suspects::channel(mdns::VERIFY_TIMEOUT * 2);
-        let services: Vec<Arc<Service>> = config
+        let given = config
             .consumes
             .iter()
-            .map(|c| {
-                let table = Arc::new(if c.backends.is_empty() {
-                    Table::with_probation(config.proxy.eject_time)
-                } else {
-                    Table::new(config.proxy.eject_time)
-                });
-                for b in &c.backends {
-                    table.apply(Update::Upsert(BackendSpec {
-                        key: format!("static:{}:{}", b.host, b.port),
-                        target: Target::from_host(&b.host, b.port),
-                        weight: b.weight,
-                        draining: false,
-                        tls: b.tls,
-                        origin: Origin::Static,
-                    }));
-                }
-                let source = if c.backends.is_empty() {
-                    Source::Discovered(suspects.clone())
-                } else {
-                    Source::Static
-                };
-                Arc::new(Service {
-                    name: c.name.clone(),
-                    table,
-                    balancer: Balancer::new(config.proxy.policy),
-                    source,
-                    credentials: config
-                        .security
-                        .credentials
-                        .iter()
-                        .find(|cr| cr.spec.service == c.name)
-                        .cloned(),
-                    counters: Default::default(),
-                })
-            })
+            .map(|c| c.port)
+            .zip(listeners)
             .collect();
-        let tls = Tls::new(
-            config.security.cluster_key.as_deref(),
-            config.security.pki.as_ref(),
-            &config.discovery.node_id,
-        )
-        .context("cannot set up TLS")?;
-        // With TLS, each provide is offered through a terminator of its own.
-        let mut terminators = Vec::new();
-        let mut offers = Vec::new();
-        for p in &config.provides {
-            let Some(tls) = &tls else {
-                offers.push(Offer {
-                    port: p.port,
-                    tls: false,
-                });
-                continue;
-            };
-            let backlog = sockopt::backlog_for(config.proxy.max_connections);
-            let listener = Terminator::bind(p.tls_port, backlog)
-                .with_context(|| format!("cannot listen for TLS connections to '{}'", p.name))?;
-            let port = listener.local_addr()?.port();
-            let local = provider::check_target(p.port, &config.discovery);
-            let terminator = Terminator::new(p.clone(), local, tls.clone());
-            terminators.push((listener, Arc::new(terminator)));
-            offers.push(Offer { port, tls: true });
-        }
-        let needs_mdns = services.iter().any(|s| s.is_discovered()) || !config.provides.is_empty();
-        let mdns = if needs_mdns {
-            let d = &config.discovery;
-            let key = config.security.cluster_key.as_deref();
-            let m = Arc::new(Mdns::start(d, key)?);
-            info!(node = %d.node_id, interfaces = %all_if_empty(&d.interfaces),
-                addresses = %all_if_empty(&d.advertise_addrs), "mDNS discovery started");
-            if let Some(key) = key {
-                info!(key = %key.fingerprint(),
-                    "cluster key: our advertisements are signed, and only signed ones are used");
-            }
-            Some(m)
-        } else {
-            None
-        };
-        let provides: Vec<Arc<ProvideStatus>> = config
-            .provides
-            .iter()
-            .zip(offers)
-            .map(|(p, offer)| Arc::new(ProvideStatus::new(p.clone(), offer)))
-            .collect();
-        let config = Arc::new(config);
         let shutdown = Shutdown::new();
-        let discovery_stats = Arc::new(DiscoveryStats::default());
-        let observer = Observer {
-            config: config.clone(),
-            started_at_ms: unix_ms(),
-            services: services.clone(),
-            listen: listeners.iter().map(|l| l.local_addr().ok()).collect(),
-            provides: provides.clone(),
-            discovery: discovery_stats.clone(),
-        };
-        let task = tokio::spawn(run(
-            config.clone(),
-            services.clone(),
-            listeners,
-            Security { tls, terminators },
-            provides.clone(),
-            Discovery {
-                mdns,
-                suspects: suspects_rx,
-                stats: discovery_stats.clone(),
-            },
-            shutdown.clone(),
-        ));
+        let (mut running, watches) = Running::new(&config, shutdown.clone())?;
+        let prepared = running.prepare(config, given)?;
+        running.start(prepared);
+        let (requests, inbox) = mpsc::channel(1);
+        let task = tokio::spawn(running.run(inbox));
         Ok(NodeHandle {
-            config,
-            services,
-            provides,
-            discovery_stats,
-            observer,
+            config: watches.config,
+            services: watches.services,
+            discovery_stats: watches.discovery_stats,
+            observer: watches.observer,
             shutdown,
+            reloader: Reloader { requests },
             task,
         })
     }
 }
 
+/// The listen backlog of consume listeners: as deep as the connection limit
+/// that fits this process's descriptors.
+fn backlog(config: &Config) -> u32 {
+    let max = sockopt::clamp_max_connections(
+        config.proxy.max_connections,
+        sockopt::fd_limit(),
+        sockopt::FD_MARGIN,
+    );
+    sockopt::backlog_for(max)
+}
+
 impl NodeHandle {
-    /// The configuration this node runs with.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration this node runs with now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
     }
 
-    /// The consumed services, in `config.consumes` order.
-    pub fn services(&self) -> &[Arc<Service>] {
-        &self.services
+    /// The consumed services now, in `config.consumes` order.
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        self.services.borrow().clone()
     }
 
-    /// The provided services, in `config.provides` order.
-    pub fn provides(&self) -> &[Arc<ProvideStatus>] {
-        &self.provides
-    }
-
-    /// Reads the node's live status for operators; clone it to keep it.
-    pub fn observer(&self) -> &Observer {
-        &self.observer
+    /// Reads the node's live status for operators (what the admin endpoint
+    /// serves); it follows reloads.
+    pub fn observer(&self) -> Observer {
+        self.observer.clone()
     }
 
     /// What discovery ignored, dropped and probed so far.
@@ -249,6 +165,16 @@ impl NodeHandle {
     /// The node's stop switch (clone it to stop from elsewhere).
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
+    }
+
+    /// A handle that reloads this node from elsewhere.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Applies `new` to the running node; see [`Reloader::reload`].
+    pub async fn reload(&self, new: Config) -> anyhow::Result<ReloadSummary> {
+        self.reloader.reload(new).await
     }
 
     /// Whether the node has stopped (or failed).
@@ -263,217 +189,22 @@ impl NodeHandle {
     }
 }
 
-/// This node's TLS and its terminators.
-struct Security {
-    tls: Option<Arc<Tls>>,
-    terminators: Vec<(TcpListener, Arc<Terminator>)>,
-}
-
-/// This node's mDNS daemon (when it needs one), the connect failures to
-/// verify, and the counters of what the link sent.
-struct Discovery {
-    mdns: Option<Arc<Mdns>>,
-    suspects: mpsc::Receiver<String>,
-    stats: Arc<DiscoveryStats>,
-}
-
-/// Serves until `shutdown`, then drains. Returns once every connection task
-/// and every discovery task has ended.
-async fn run(
-    config: Arc<Config>,
-    services: Vec<Arc<Service>>,
-    listeners: Vec<TcpListener>,
-    security: Security,
-    provides: Vec<Arc<ProvideStatus>>,
-    discovery: Discovery,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
-    let Discovery {
-        mdns,
-        suspects,
-        stats: discovery_stats,
-    } = discovery;
-    let discovered: Vec<Arc<Service>> = services
-        .iter()
-        .filter(|s| s.is_discovered())
-        .cloned()
-        .collect();
-    // Discovery and checks outlive the listeners: they keep tables fresh
-    // while connections drain.
-    let background = CancellationToken::new();
-    let side_tasks = TaskTracker::new();
-    if let Some(m) = &mdns {
-        // A provider-only node consumes nothing discovered: browsing would
-        // only add queries to the LAN.
-        if !discovered.is_empty() {
-            side_tasks.spawn(mdns::browse(
-                m.clone(),
-                discovered.clone(),
-                TlsUse {
-                    available: security.tls.is_some(),
-                    allow_plaintext: config.security.allow_plaintext,
-                },
-                suspects,
-                discovery_stats.clone(),
-                background.clone(),
-            ));
-        }
-    }
-    for svc in &discovered {
-        side_tasks.spawn(probation::run(
-            svc.clone(),
-            config.proxy.connect_timeout,
-            security.tls.clone(),
-            discovery_stats.clone(),
-            background.clone(),
-        ));
-    }
-    if let Some(every) = config.discovery.backend_check {
-        for svc in &discovered {
-            side_tasks.spawn(crate::net::checks::check_backends(
-                svc.clone(),
-                every,
-                config.proxy.connect_timeout,
-                security.tls.clone(),
-                background.clone(),
-            ));
-        }
-    }
-    if let Some(tls) = &security.tls {
-        side_tasks.spawn(tls.clone().renew(background.clone()));
-    }
-    let providers = TaskTracker::new();
-    if let Some(m) = &mdns {
-        for status in provides {
-            providers.spawn(provider::run(
-                m.clone(),
-                status,
-                config.discovery.clone(),
-                shutdown.graceful.clone(),
-                shutdown.immediate.clone(),
-            ));
-        }
-    }
-    providers.close();
-
-    let mut settings = config.proxy.clone();
-    settings.max_connections = sockopt::fit_connections(settings.max_connections);
-    let shared = Arc::new(Shared::new(
-        settings,
-        shutdown.immediate.clone(),
-        security.tls.clone(),
-    ));
-    let tracker = TaskTracker::new();
-    let mut serving = Vec::new();
-    for (listener, svc) in listeners.into_iter().zip(&services) {
-        // Only for the log line: nothing here may return early, or the
-        // tasks started above would outlive the node.
-        let addr = listener
-            .local_addr()
-            .map_or_else(|e| format!("? ({e})"), |a| a.to_string());
-        if svc.is_discovered() {
-            info!(service = %svc.name, listen = %addr, policy = ?svc.balancer.policy(),
-                "listening; backends come from discovery");
-        } else {
-            let backends: Vec<String> = svc
-                .table
-                .snapshot()
-                .backends
-                .iter()
-                .map(|b| b.spec.target.to_string())
-                .collect();
-            info!(service = %svc.name, listen = %addr, backends = %backends.join(","),
-                policy = ?svc.balancer.policy(), "listening");
-        }
-        serving.push((listener, svc.clone()));
-    }
-    let accepting = (!serving.is_empty()).then(|| {
-        tokio::spawn(accept::serve(
-            serving,
-            shared.clone(),
-            shutdown.graceful.clone(),
-            tracker.clone(),
-        ))
-    });
-
-    // Terminators take mesh connections until their service is withdrawn:
-    // consumers may still dial during the drain period.
-    let withdrawn = CancellationToken::new();
-    for (listener, t) in &security.terminators {
-        if let Ok(addr) = listener.local_addr() {
-            info!(provide = %t.name(), listen = %addr, "TLS terminator listening");
-        }
-    }
-    // Their own connection limit: the LAN must not take local clients' slots.
-    let mesh_shared = Arc::new(Shared::new(
-        shared.settings.clone(),
-        shutdown.immediate.clone(),
-        security.tls.clone(),
-    ));
-    let terminating = (!security.terminators.is_empty()).then(|| {
-        tokio::spawn(accept::serve(
-            security.terminators,
-            mesh_shared,
-            withdrawn.clone(),
-            tracker.clone(),
-        ))
-    });
-
-    shutdown.graceful.cancelled().await;
-    // A failure is reported once everything below has stopped.
-    let mut failed = None;
-    if let Some(task) = accepting {
-        // The listeners are closed once it returns.
-        failed = task.await.context("the accept loop failed").err();
-    }
-    providers.wait().await;
-    withdrawn.cancel();
-    if let Some(task) = terminating {
-        let e = task
+impl Reloader {
+    /// Applies `new` to the running node without dropping a connection:
+    /// consumes (by port) and provides (by name) are added, changed in place
+    /// or removed (a removed consume stops accepting at once and drains, a
+    /// removed provide drains and says goodbye), and the proxy and provider
+    /// settings apply to what starts next. Settings fixed at start keep
+    /// their running values and are named in the summary. Everything that
+    /// can fail (validation, binding the new listeners, starting mDNS) is
+    /// done first: an error changes nothing. The caller logs the outcome.
+    pub async fn reload(&self, new: Config) -> anyhow::Result<ReloadSummary> {
+        let (answer, answered) = oneshot::channel();
+        let stopping = || anyhow::anyhow!("the node is shutting down");
+        self.requests
+            .send((new, answer))
             .await
-            .context("the TLS terminators' accept loop failed");
-        failed = failed.or(e.err());
-    }
-    tracker.close();
-    let open = tracker.len();
-    if open > 0 {
-        info!(connections = open, timeout = ?config.proxy.drain_timeout,
-            "stopped accepting; draining open connections");
-    }
-    let drained = tokio::select! {
-        _ = tracker.wait() => true,
-        _ = tokio::time::sleep(config.proxy.drain_timeout) => false,
-        _ = shutdown.immediate.cancelled() => false,
-    };
-    if !drained {
-        if !tracker.is_empty() {
-            warn!(
-                connections = tracker.len(),
-                "closing connections that did not finish in time"
-            );
-        }
-        shutdown.immediate.cancel();
-        tracker.wait().await;
-    }
-    background.cancel();
-    side_tasks.close();
-    side_tasks.wait().await;
-    if let Some(m) = mdns {
-        m.shutdown().await;
-    }
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    info!("shut down");
-    Ok(())
-}
-
-/// A list of the user's choices for a log line: no choice means all of
-/// them, which `[]` would read as "none".
-fn all_if_empty<T: std::fmt::Debug>(list: &[T]) -> String {
-    if list.is_empty() {
-        "all".to_owned()
-    } else {
-        format!("{list:?}")
+            .map_err(|_| stopping())?;
+        answered.await.map_err(|_| stopping())?
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::backends::balance::Policy;
 use crate::backends::counters::HistogramSnapshot;
@@ -167,42 +168,47 @@ pub struct ProvideView {
     pub changed_at_ms: u64,
 }
 
-/// A running node's parts that its status is read from; clones share them
-/// (an admin server holds one while the node runs).
+/// A node's consumes (with their listeners) and provides, in
+/// configuration order, as the node publishes them at start and after each
+/// reload.
+#[derive(Clone, Default)]
+pub struct Parts {
+    pub consumes: Vec<(Arc<Service>, SocketAddr)>,
+    pub provides: Vec<Arc<ProvideStatus>>,
+}
+
+/// Reads a running node's status; clones share the node (an admin server
+/// holds one while the node runs), and follow its reloads.
 #[derive(Clone)]
 pub struct Observer {
-    pub(crate) config: Arc<Config>,
+    pub(crate) config: watch::Receiver<Arc<Config>>,
+    pub(crate) parts: watch::Receiver<Parts>,
     pub(crate) started_at_ms: u64,
-    pub(crate) services: Vec<Arc<Service>>,
-    /// Each service's listener, in `services` order.
-    pub(crate) listen: Vec<Option<SocketAddr>>,
-    pub(crate) provides: Vec<Arc<ProvideStatus>>,
     pub(crate) discovery: Arc<DiscoveryStats>,
 }
 
 impl Observer {
     /// The node id of the node it reads.
-    pub fn node_id(&self) -> &str {
-        &self.config.discovery.node_id
+    pub fn node_id(&self) -> String {
+        self.config.borrow().discovery.node_id.clone()
     }
 
     /// Reads every counter once. Cheap (no lock on the data path), but it
     /// walks every backend: a page refresh, not a hot loop.
     pub fn read(&self) -> NodeStatus {
-        let parts = self;
-        let config = &parts.config;
+        let config = self.config.borrow().clone();
+        let parts = self.parts.borrow().clone();
         let node = config.discovery.node_id.clone();
         let consumes = parts
-            .services
+            .consumes
             .iter()
-            .enumerate()
-            .map(|(i, svc)| consume(svc, parts.listen.get(i).copied().flatten()))
+            .map(|(svc, addr)| consume(svc, Some(*addr)))
             .collect();
         let provides = parts.provides.iter().map(|p| provide(p, &node)).collect();
         NodeStatus {
             node,
             version: env!("CARGO_PKG_VERSION"),
-            started_at_ms: parts.started_at_ms,
+            started_at_ms: self.started_at_ms,
             cluster_key: config
                 .security
                 .cluster_key
@@ -211,8 +217,8 @@ impl Observer {
             tls: config.security.cluster_key.is_some() || config.security.pki.is_some(),
             consumes,
             provides,
-            discovery_events: parts.discovery.events.load(Ordering::Relaxed),
-            discovery: parts.discovery.counters().to_vec(),
+            discovery_events: self.discovery.events.load(Ordering::Relaxed),
+            discovery: self.discovery.counters().to_vec(),
         }
     }
 }

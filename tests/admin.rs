@@ -422,3 +422,25 @@ async fn the_stats_page_in_a_real_browser() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     eprintln!("stats page screenshot: {}", shot.display());
 }
+
+#[tokio::test]
+async fn the_status_follows_a_reload() {
+    let redis = Redis::start().await;
+    let amb = Amb::start(&[redis.addr], settings(Policy::RoundRobin)).await;
+    let admin = Admin::start(&amb);
+    let mut config = (*amb.node().config()).clone();
+    let mut added = config.consumes[0].clone();
+    added.name = "cache".into();
+    added.port = common::free_port();
+    config.consumes.push(added);
+    amb.node().reload(config).await.expect("the reload");
+    let doc: serde_json::Value =
+        serde_json::from_str(&get(admin.addr, "/api/v1/status").await).unwrap();
+    let names: Vec<&str> = doc["nodes"][0]["consumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["redis", "cache"]);
+}

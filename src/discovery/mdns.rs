@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use mdns_sd::{IfKind, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -398,12 +398,14 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// shortly after any removal, so an instance dropped by a verification that
 /// came back (a link restored, a falsely suspected peer) is found again in
 /// seconds rather than at the next hourly query; and every
-/// `REBROWSE_EVERY` (a minute) as a safety net. After each restart, instances that
+/// `REBROWSE_EVERY` (a minute) as a safety net; and when the consumed
+/// services change (a reload), so that a new one gets what the cache holds.
+/// After each restart, instances that
 /// the cache does not replay within `SWEEP_GRACE` (2 s) are removed: their
 /// removal may have been lost while the channel was closed.
 pub async fn browse(
     mdns: Arc<Mdns>,
-    services: Vec<Arc<Service>>,
+    mut consumed: watch::Receiver<Vec<Arc<Service>>>,
     tls: TlsUse,
     mut suspects: mpsc::Receiver<String>,
     stats: Arc<DiscoveryStats>,
@@ -414,6 +416,13 @@ pub async fn browse(
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     'browse: loop {
+        // Static services' tables are not discovery's.
+        let services: Vec<Arc<Service>> = consumed
+            .borrow_and_update()
+            .iter()
+            .filter(|s| s.is_discovered())
+            .cloned()
+            .collect();
         let (mut events, _forwarding) = match mdns.daemon.browse(SERVICE_TYPE) {
             Ok(rx) => forward(rx, stats.clone()),
             Err(e) => {
@@ -468,6 +477,10 @@ pub async fn browse(
                 }
                 _ = tokio::time::sleep_until(next_rebrowse) => {
                     debug!("restarting the browse");
+                    continue 'browse;
+                }
+                Ok(()) = consumed.changed() => {
+                    debug!("the consumed services changed; restarting the browse");
                     continue 'browse;
                 }
                 Some(key) = suspects.recv() => {

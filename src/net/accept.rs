@@ -1,6 +1,5 @@
-//! The accept loop: one for the consume listeners of the node and one for
-//! its TLS terminators, one task per client connection, the connection
-//! limit taken before `accept`.
+//! The accept loop: one per listener (a consume's, a TLS terminator's), one
+//! task per client connection, the connection limit taken before `accept`.
 
 use std::future::Future;
 use std::io;
@@ -67,15 +66,19 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Accepts on every listener until `stop` is cancelled; connection tasks go
-/// to `tracker`. One loop serves all listeners of a kind so that exactly one
-/// permit of the connection limit waits in `accept`: per-listener loops
-/// would each hold one, overshooting or (below one per listener) starving.
+/// to `tracker`. Gives the listeners back, still bound, so that a new loop
+/// (a reloaded handler or settings) takes over without refusing anyone:
+/// clients wait in the backlog meanwhile. Each loop holds one permit of the
+/// connection limit while it waits in `accept`, so a node serving N
+/// listeners can be N - 1 connections short of its limit: nothing next to
+/// a limit in the thousands, and what lets each listener stop and drain on
+/// its own.
 pub async fn serve<H: Handler>(
     listeners: Vec<(TcpListener, Arc<H>)>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     tracker: TaskTracker,
-) {
+) -> Vec<(TcpListener, Arc<H>)> {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut at_limit = false;
     // Where the next poll starts, so a busy listener cannot starve others.
@@ -132,6 +135,7 @@ pub async fn serve<H: Handler>(
         }
     }
     debug!("stopped accepting");
+    listeners
 }
 
 /// The next connection on any listener, polling from `start` on.

@@ -87,7 +87,7 @@ pub struct DemoArgs {
 /// a scalar's environment variable is `MESH_AMB_` + its name in capitals
 /// (given to clap, which reads it); a list's is the same name, read by
 /// `config` because it holds several whitespace-separated values.
-#[derive(Debug, Args, Serialize, Deserialize)]
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunArgs {
     /// Stand in for a service: listen on PORT and forward to the given

@@ -221,12 +221,11 @@ struct Shown(std::sync::Mutex<Vec<Observer>>);
 
 impl Shown {
     fn add(&self, node: &NodeHandle) {
-        self.nodes().push(node.observer().clone());
+        self.nodes().push(node.observer());
     }
 
     fn remove(&self, node: &NodeHandle) {
-        let id = &node.config().discovery.node_id;
-        self.nodes().retain(|o| o.node_id() != id);
+        self.remove_id(&node.config().discovery.node_id);
     }
 
     fn remove_id(&self, id: &str) {

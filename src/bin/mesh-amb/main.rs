@@ -6,14 +6,15 @@
 //!   into the library's validated `Config`.
 //! - `demo`: the self-contained demonstration behind `mesh-amb demo`.
 //! - `ls`: `mesh-amb ls`, what the link advertises.
+//! - `reload`: SIGHUP reads the settings again and applies them.
 
 mod cli;
 mod config;
 mod demo;
 mod ls;
+mod reload;
 
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -84,7 +85,7 @@ fn main() -> ExitCode {
                 config,
                 log_format: format,
                 admin,
-            } = match config::resolve(cli.run, &matches, &ProcessEnv) {
+            } = match config::resolve(cli.run.clone(), &matches, &ProcessEnv) {
                 Ok(r) => r,
                 Err(e) => return usage_error(&e.to_string()),
             };
@@ -94,22 +95,33 @@ fn main() -> ExitCode {
                 );
             }
             init_logs(format, "info");
-            let security = &config.security;
-            let secrets = security.cluster_key.is_some()
-                || security.pki.is_some()
-                || !security.credentials.is_empty();
-            if secrets {
-                if let Err(e) = mesh_amb::secret::protect_process_memory() {
-                    tracing::warn!(error = %e, "cannot keep secrets out of core dumps");
-                }
-            }
-            let result = runtime().and_then(|rt| rt.block_on(serve(config, admin)));
+            protect_secrets(&config);
+            let source = reload::Source {
+                args: cli.run,
+                matches,
+                log_format: format,
+                admin,
+            };
+            let result = runtime().and_then(|rt| rt.block_on(serve(config, source)));
             if let (LogFormat::Json, Err(e)) = (format, &result) {
                 // Keep a JSON log parseable to the last line.
                 tracing::error!(error = %format!("{e:#}"), "exiting");
                 return ExitCode::from(EXIT_RUNTIME);
             }
             report(result)
+        }
+    }
+}
+
+/// Keeps a process that holds secrets out of core dumps and tracers.
+fn protect_secrets(config: &Config) {
+    let security = &config.security;
+    let secrets = security.cluster_key.is_some()
+        || security.pki.is_some()
+        || !security.credentials.is_empty();
+    if secrets {
+        if let Err(e) = mesh_amb::secret::protect_process_memory() {
+            tracing::warn!(error = %e, "cannot keep secrets out of core dumps");
         }
     }
 }
@@ -144,18 +156,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn serve(config: Config, admin: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn serve(config: Config, source: reload::Source) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     // Installed before anything is bound or advertised, so an early SIGTERM
-    // still shuts down cleanly (with goodbyes) instead of killing the process.
+    // still shuts down cleanly (with goodbyes) instead of killing the process,
+    // and an early SIGHUP does not kill it either.
     let int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     // Before the listeners are sized from it: a service manager's soft
     // limit (often 1024) fits only a few hundred connections.
     if let Err(e) = sockopt::raise_fd_limit() {
         tracing::warn!(error = %e, "cannot raise the file descriptor limit");
     }
     let listeners = Node::bind(&config)?;
+    let admin = source.admin;
     // Bound before the node starts: a taken port is an error at start-up,
     // not a page that is silently missing.
     let admin = admin
@@ -167,13 +182,14 @@ async fn serve(config: Config, admin: Option<SocketAddr>) -> anyhow::Result<()> 
         .transpose()?;
     let node = Node::start(config, listeners)?;
     tokio::spawn(on_signals(int, term, node.shutdown().clone()));
+    tokio::spawn(reload::on_hangup(hup, node.reloader(), source));
     // The page stays up while the node drains: that is when it is read.
     let admin_stop = CancellationToken::new();
     let admin_task = admin.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(url = %format!("http://{addr}/"), "admin endpoint listening");
         }
-        let observer = node.observer().clone();
+        let observer = node.observer();
         let stop = admin_stop.clone();
         tokio::spawn(async move {
             if let Err(e) = mesh_amb::admin::serve(listener, observer, stop).await {

@@ -1,0 +1,304 @@
+//! SIGHUP reloads the configuration of a running `mesh-amb`: consumes and
+//! provides are added, changed and removed without a failed connection, and
+//! an invalid configuration changes nothing. Every process runs in a
+//! namespace lab (lab/src/lib.rs), so no multicast leaves it.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mesh_amb_lab::{wait_until, Host, Lab, Proc};
+
+mod common;
+
+use common::mesh::*;
+
+/// Spacing of the client loop's connections: steady load that leaves CPU
+/// for the processes under test on a 2-core machine.
+const CLIENT_PACE: Duration = Duration::from_millis(2);
+
+/// A new connection per `GET whoami`, one after another, until finished.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    /// What each failed request was, by its start time.
+    failed: Arc<Mutex<Vec<Duration>>>,
+    /// Answers seen, in order, without repeats in a row.
+    answers: Arc<Mutex<Vec<String>>>,
+    handle: JoinHandle<()>,
+}
+
+impl Clients {
+    fn start(host: &Host, port: u16) -> Clients {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (flag, n, bad, seen) = (stop.clone(), ok.clone(), failed.clone(), answers.clone());
+        let t0 = Instant::now();
+        let handle = host.thread(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let start = t0.elapsed();
+                match request(local(port), &["GET", "whoami"]) {
+                    Some(who) if !who.starts_with('-') => {
+                        n.fetch_add(1, Ordering::Relaxed);
+                        let mut seen = seen.lock().unwrap();
+                        if seen.last() != Some(&who) {
+                            seen.push(who);
+                        }
+                    }
+                    _ => bad.lock().unwrap().push(start),
+                }
+                std::thread::sleep(CLIENT_PACE);
+            }
+        });
+        Clients {
+            stop,
+            ok,
+            failed,
+            answers,
+            handle,
+        }
+    }
+
+    fn wait_answered_by(&self, who: &str) {
+        let seen = || self.answers.lock().unwrap().iter().any(|a| a == who);
+        assert!(wait_until(DEADLINE, seen), "no client reached {who}");
+    }
+
+    fn wait_more(&self, n: usize) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        let more = || self.ok.load(Ordering::Relaxed) >= target;
+        assert!(wait_until(DEADLINE, more), "the clients stalled");
+    }
+
+    /// Requests that succeeded, and the start times of those that failed.
+    fn finish(self) -> (usize, Vec<Duration>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("client loop");
+        let failed = std::mem::take(&mut *self.failed.lock().unwrap());
+        (self.ok.load(Ordering::Relaxed), failed)
+    }
+}
+
+fn write(path: &Path, toml: &str) {
+    std::fs::write(path, toml).unwrap();
+}
+
+/// Sends SIGHUP and waits for the `n`th reload outcome in the log; that
+/// line.
+fn hangup(amb: &Proc, n: usize) -> String {
+    amb.signal(libc::SIGHUP);
+    let outcomes = || {
+        amb.stderr()
+            .lines()
+            .filter(|l| l.contains("reloaded: ") || l.contains("reload rejected"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(DEADLINE, || outcomes().len() >= n),
+        "no reload outcome #{n} in the log:\n{}",
+        amb.output_tail(30)
+    );
+    outcomes().swap_remove(n - 1)
+}
+
+/// Three Redis servers on h1 answering `GET whoami` with a, b and c.
+fn three_redis(h: &Host) -> Vec<Proc> {
+    [(7001, "a"), (7002, "b"), (7003, "c")]
+        .into_iter()
+        .map(|(port, name)| {
+            let p = redis(h, port);
+            let set = h.enter(|| request(local(port), &["SET", "whoami", name]));
+            assert_eq!(set.as_deref(), Some("+OK"));
+            p
+        })
+        .collect()
+}
+
+fn get_whoami(s: &mut TcpStream) -> Option<String> {
+    command(s, &["GET", "whoami"])
+}
+
+#[test]
+fn sighup_under_load_adds_changes_and_removes_consumes_without_a_failed_connection() {
+    let lab = Lab::new(1);
+    let h = lab.host("h1");
+    let _redis = three_redis(h);
+    let file = h.dir().join("amb.toml");
+    write(
+        &file,
+        r#"consume = ["one:6001=127.0.0.1:7001", "gone:6002=127.0.0.1:7001"]"#,
+    );
+    let amb = amb(h, &["--config", file.to_str().unwrap()]);
+    wait_log(&amb, "service=gone listen=127.0.0.1:6002");
+    wait_routed_to(h, 6001, "a");
+    let mut long = h.enter(|| TcpStream::connect(local(6001))).unwrap();
+    long.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    assert_eq!(get_whoami(&mut long).as_deref(), Some("a"));
+    let clients = Clients::start(h, 6001);
+    clients.wait_more(50);
+
+    // Static backends changed in place, one consume added, one removed.
+    write(
+        &file,
+        r#"consume = ["one:6001=127.0.0.1:7002", "new:6003=127.0.0.1:7003"]"#,
+    );
+    let line = hangup(&amb, 1);
+    for change in ["-consume gone", "+consume new", "~consume one"] {
+        assert!(line.contains(change), "{change} in {line}");
+    }
+    let refused = h.enter(|| TcpStream::connect(local(6002)));
+    assert_eq!(
+        refused.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "the removed consume refuses new connections"
+    );
+    clients.wait_answered_by("b");
+    let added = h.enter(|| request(local(6003), &["GET", "whoami"]));
+    assert_eq!(added.as_deref(), Some("c"), "the added consume answers");
+    assert_eq!(
+        get_whoami(&mut long).as_deref(),
+        Some("a"),
+        "the long-lived connection keeps its backend"
+    );
+
+    // A proxy setting: every listener moves to a new accept loop.
+    write(
+        &file,
+        r#"consume = ["one:6001=127.0.0.1:7002", "new:6003=127.0.0.1:7003"]
+connect_timeout = "2s""#,
+    );
+    let line = hangup(&amb, 2);
+    assert!(line.contains("reloaded: ~connect_timeout"), "{line}");
+    clients.wait_more(100);
+    // The same file again: nothing to do.
+    let line = hangup(&amb, 3);
+    assert!(line.contains("reloaded: no change"), "{line}");
+    clients.wait_more(50);
+    assert_eq!(get_whoami(&mut long).as_deref(), Some("a"));
+
+    let (ok, failed) = clients.finish();
+    eprintln!(
+        "{ok} requests through three reloads, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests at {failed:?}");
+    assert_eq!(log_lines(&amb, &["ERROR"]), 0, "{}", amb.stderr());
+    assert_eq!(log_lines(&amb, &["needs a restart"]), 0, "{}", amb.stderr());
+}
+
+#[test]
+fn an_invalid_configuration_is_rejected_and_the_old_one_keeps_serving() {
+    let lab = Lab::new(1);
+    let h = lab.host("h1");
+    let _redis = three_redis(h);
+    let file = h.dir().join("amb.toml");
+    let good = r#"consume = ["one:6001=127.0.0.1:7001"]"#;
+    write(&file, good);
+    let mut amb = amb(h, &["--config", file.to_str().unwrap()]);
+    wait_routed_to(h, 6001, "a");
+
+    let taken = h.enter(|| TcpListener::bind(local(0))).unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let cases = [
+        ("consume = [".to_owned(), "line 1"),
+        (
+            r#"consume = ["one:6001=127.0.0.1:7002"]
+max_connections = 0"#
+                .to_owned(),
+            "max_connections '0'",
+        ),
+        (
+            r#"consume = ["one:6001=127.0.0.1:7002", "two:6001=127.0.0.1:7003"]"#.to_owned(),
+            "duplicate listen port 6001",
+        ),
+        // Binding comes before any change: 'one' keeps its backend.
+        (
+            format!(r#"consume = ["one:6001=127.0.0.1:7002", "two:{taken_port}=127.0.0.1:7003"]"#),
+            "cannot listen on 127.0.0.1:",
+        ),
+    ];
+    for (n, (body, why)) in cases.iter().enumerate() {
+        write(&file, body);
+        let line = hangup(&amb, n + 1);
+        assert!(
+            line.contains("reload rejected") && line.contains(why),
+            "{line}"
+        );
+        assert_eq!(log_lines(&amb, &["ERROR"]), n + 1, "{}", amb.stderr());
+        assert!(amb.is_running());
+        let answer = h.enter(|| request(local(6001), &["GET", "whoami"]));
+        assert_eq!(answer.as_deref(), Some("a"), "the old configuration serves");
+    }
+    drop(taken);
+    // Nothing of the rejected configurations was started: the port is free
+    // (a connect could meet itself, a listener-less port in the ephemeral
+    // range being a simultaneous open away).
+    assert!(h.enter(|| TcpListener::bind(local(taken_port))).is_ok());
+    write(&file, good);
+    let line = hangup(&amb, cases.len() + 1);
+    assert!(line.contains("reloaded: no change"), "{line}");
+}
+
+#[test]
+fn provides_added_changed_and_removed_by_a_reload_reach_another_host() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _redis = redis(h1, 7000);
+    let file = h1.dir().join("amb.toml");
+    let provide = |list: &str| format!("provide = [{list}]\ndrain_period = \"1s\"\n");
+    write(&file, &provide(r#""api:7000""#));
+    let provider = amb(h1, &["--config", file.to_str().unwrap(), "--node-id", "h1"]);
+    let consumer = amb(h2, &["--consume", "api:8080", "--consume", "web:8081"]);
+    wait_routed_to(h2, 8080, "h1");
+
+    write(&file, &provide(r#""web:7000""#));
+    let line = hangup(&provider, 1);
+    assert!(
+        line.contains("-provide api") && line.contains("+provide web"),
+        "{line}"
+    );
+    let took = wait_routed_to(h2, 8081, "h1");
+    eprintln!("the added provide served a consumer {took:?} after the reload line");
+    let left = || log_lines(&consumer, &["backend left", "instance=api@h1._amb._tcp"]) > 0;
+    assert!(
+        wait_until(DEADLINE, left),
+        "the removed provide never left the consumer's table:\n{}",
+        consumer.output_tail(30)
+    );
+    assert!(log_lines(&provider, &["provide=api:7000", "advertisement withdrawn"]) > 0);
+    // mdns-sd's goodbye for api also says goodbye to the host's addresses,
+    // which web shares: the consumer may drop web for a moment and resolve
+    // it again (as when a provider withdraws one of its services for a
+    // failed check). Wait until it is back.
+    wait_routed_to(h2, 8081, "h1");
+    let web_left = || log_lines(&consumer, &["backend left", "instance=web@h1"]);
+    let before = web_left();
+
+    write(&file, &provide(r#""web:7000*5""#));
+    let line = hangup(&provider, 2);
+    assert!(line.contains("reloaded: ~provide web"), "{line}");
+    let updated = || {
+        log_lines(
+            &consumer,
+            &["backend updated", "instance=web@h1._amb._tcp", "weight=5"],
+        ) > 0
+    };
+    assert!(
+        wait_until(DEADLINE, updated),
+        "the new weight was not advertised:\n{}",
+        consumer.output_tail(30)
+    );
+    // Re-advertised, not withdrawn: no goodbye for web.
+    assert_eq!(web_left(), before, "{}", consumer.output_tail(30));
+    assert_eq!(
+        h2.enter(|| request(local(8081), &["GET", "whoami"]))
+            .as_deref(),
+        Some("h1")
+    );
+}
