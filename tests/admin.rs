@@ -444,3 +444,64 @@ async fn the_status_follows_a_reload() {
         .collect();
     assert_eq!(names, ["redis", "cache"]);
 }
+
+/// Runs the built `mesh-amb` with `args`: exit code, stdout, stderr.
+async fn mesh_amb(args: &[&str]) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_mesh-amb"))
+            .args(&args)
+            .env_remove("MESH_AMB_ADMIN")
+            .output()
+            .expect("run mesh-amb")
+    })
+    .await
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_prints_a_running_nodes_tables() {
+    let redis = Redis::start().await;
+    let dead = closed_port();
+    let amb = Amb::start(&[redis.addr, dead], long_ejections()).await;
+    let admin = Admin::start(&amb);
+    for _ in 0..2 {
+        ping(amb.addr).await.unwrap();
+    }
+    let port = admin.addr.port().to_string();
+    let (code, out, err) = mesh_amb(&["status", "--admin", &port]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!("consume redis  listen {}", amb.addr)),
+        "{out}"
+    );
+    let row = |addr: SocketAddr| {
+        out.lines()
+            .find(|l| l.contains(&format!("static:{addr}")))
+            .unwrap_or_else(|| panic!("no row for {addr}:\n{out}"))
+            .to_owned()
+    };
+    assert!(row(redis.addr).contains(" up "), "{out}");
+    let dead_row = row(dead);
+    assert!(dead_row.contains("ejected ("), "{dead_row}");
+    assert!(dead_row.contains("refused"), "{dead_row}");
+
+    let (code, json, _) = mesh_amb(&["status", "--admin", &port, "--json"]).await;
+    assert_eq!(code, Some(0));
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(doc["nodes"][0]["consumes"][0]["clients"], 2);
+
+    let (code, _, err) = mesh_amb(&["status"]).await;
+    assert_eq!(code, Some(2), "no --admin is bad input");
+    assert!(err.starts_with("error: give --admin"), "{err}");
+    let closed = closed_port().port().to_string();
+    let (code, _, err) = mesh_amb(&["status", "--admin", &closed]).await;
+    assert_eq!(code, Some(1), "nobody there: {err}");
+    assert!(err.contains("is a node running with --admin"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -7,7 +7,9 @@
 
 use std::fmt::Write as _;
 
-use crate::status::{BackendStatus, ConsumeStatus, Document, NodeStatus, ProvideView};
+use crate::status::{
+    human_bytes, human_span, BackendStatus, ConsumeStatus, Document, NodeStatus, ProvideView,
+};
 
 pub const CSS: &str = include_str!("page.css");
 pub const JS: &str = include_str!("page.js");
@@ -54,7 +56,7 @@ fn node(out: &mut String, n: &NodeStatus, now_ms: u64) {
         "<section class=\"node\" data-node=\"{id}\"><h2>node <code>{id}</code></h2>\
          <p class=\"facts\">mesh-amb {} · up {} · ",
         n.version,
-        span(now_ms.saturating_sub(n.started_at_ms)),
+        human_span(now_ms.saturating_sub(n.started_at_ms)),
         id = esc(&n.node),
     );
     match &n.cluster_key {
@@ -100,8 +102,8 @@ fn consume(out: &mut String, c: &ConsumeStatus, now_ms: u64) {
         c.turned_away,
         c.active,
         c.ejections,
-        bytes(c.bytes_in),
-        bytes(c.bytes_out),
+        human_bytes(c.bytes_in),
+        human_bytes(c.bytes_out),
         name = esc(&c.name),
     );
     if c.backends.is_empty() {
@@ -144,7 +146,7 @@ fn backend(out: &mut String, b: &BackendStatus, now_ms: u64) {
             let _ = write!(
                 out,
                 " <span class=\"why\">{why}; retried in {}</span>",
-                span(left)
+                human_span(left)
             );
         }
         None if b.ejected_for.is_some() => {
@@ -165,9 +167,9 @@ fn backend(out: &mut String, b: &BackendStatus, now_ms: u64) {
         b.active,
         b.total,
         b.failures,
-        bytes(b.bytes_in),
-        bytes(b.bytes_out),
-        span(now_ms.saturating_sub(b.changed_at_ms)),
+        human_bytes(b.bytes_in),
+        human_bytes(b.bytes_out),
+        human_span(now_ms.saturating_sub(b.changed_at_ms)),
     );
 }
 
@@ -213,7 +215,7 @@ fn provides(out: &mut String, provides: &[ProvideView], now_ms: u64) {
             } else {
                 signed.join(", ")
             },
-            span(now_ms.saturating_sub(p.changed_at_ms)),
+            human_span(now_ms.saturating_sub(p.changed_at_ms)),
             name = esc(&p.name),
         );
     }
@@ -260,33 +262,6 @@ fn esc(s: &str) -> String {
     out
 }
 
-/// `1.5 MiB`.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
-/// `850 ms`, `12 s`, `3 min`, `2 h`, `4 d`.
-fn span(ms: u64) -> String {
-    match ms {
-        0..1_000 => format!("{ms} ms"),
-        1_000..120_000 => format!("{} s", ms / 1_000),
-        120_000..7_200_000 => format!("{} min", ms / 60_000),
-        7_200_000..172_800_000 => format!("{} h", ms / 3_600_000),
-        _ => format!("{} d", ms / 86_400_000),
-    }
-}
-
 /// `HH:MM:SS` of a Unix time in ms, UTC.
 fn clock(ms: u64) -> String {
     let s = ms / 1000;
@@ -307,13 +282,13 @@ mod tests {
 
     #[test]
     fn units_read_well() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 << 30), "3.0 GiB");
-        assert_eq!(span(999), "999 ms");
-        assert_eq!(span(61_000), "61 s");
-        assert_eq!(span(3 * 60_000), "3 min");
-        assert_eq!(span(3 * 3_600_000), "3 h");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(human_span(999), "999 ms");
+        assert_eq!(human_span(61_000), "61 s");
+        assert_eq!(human_span(3 * 60_000), "3 min");
+        assert_eq!(human_span(3 * 3_600_000), "3 h");
         assert_eq!(clock(((13 * 60 + 5) * 60 + 9) * 1000 + 999), "13:05:09");
     }
 }

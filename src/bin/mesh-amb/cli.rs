@@ -67,6 +67,9 @@ pub enum Command {
     /// List the ambassadors (and other _amb._tcp services) that answer on
     /// the link, as a table or JSON: what avahi-browse -r shows, readable.
     Ls(crate::ls::LsArgs),
+    /// Show a running node's tables (backends, their state and counters;
+    /// provides; discovery), read from its admin endpoint (--admin).
+    Status(crate::status::StatusArgs),
 }
 
 /// `mesh-amb demo`'s options.

@@ -31,6 +31,9 @@ use mesh_amb::discovery::listing::{self, Instance, Listing, Query, DEFAULT_TIMEO
 use mesh_amb::security::ClusterKey;
 use mesh_amb::settings::{DiscoverySettings, Period};
 
+use crate::columns::{self, escape};
+use crate::Failure;
+
 /// `mesh-amb ls` arguments.
 #[derive(Debug, Args)]
 pub struct LsArgs {
@@ -55,13 +58,6 @@ pub struct LsArgs {
     /// whether there is one.
     #[arg(long, value_name = "FILE", env = "MESH_AMB_CLUSTER_KEY")]
     cluster_key: Option<PathBuf>,
-}
-
-/// Bad input, or a failure of the browse: the caller maps them to exit
-/// codes 2 and 1.
-pub enum Failure {
-    Usage(String),
-    Runtime(anyhow::Error),
 }
 
 /// Runs `mesh-amb ls`.
@@ -194,7 +190,7 @@ fn table(instances: &[Instance]) -> String {
         return String::new();
     }
     let dash = || "-".to_owned();
-    let mut rows: Vec<[String; 10]> = vec![HEADER.map(str::to_owned)];
+    let mut rows: Vec<Vec<String>> = vec![HEADER.map(str::to_owned).to_vec()];
     rows.extend(instances.iter().map(|i| {
         let signed = match i.seal.problem() {
             Some(why) => format!("INVALID ({why})"),
@@ -216,41 +212,9 @@ fn table(instances: &[Instance]) -> String {
             signed,
             source(i).to_owned(),
         ]
+        .to_vec()
     }));
-    let mut widths = [0usize; 10];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (n, (cell, w)) in row.iter().zip(widths).enumerate() {
-            if n > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// Names came from the link: control characters are shown escaped, so a
-/// record cannot move the cursor or forge rows on the operator's terminal.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    columns::aligned(&rows)
 }
 
 #[cfg(test)]

@@ -6,13 +6,18 @@
 //!   into the library's validated `Config`.
 //! - `demo`: the self-contained demonstration behind `mesh-amb demo`.
 //! - `ls`: `mesh-amb ls`, what the link advertises.
+//! - `status`: `mesh-amb status`, a running node's tables from its admin
+//!   endpoint.
+//! - `columns`: aligned text tables for both.
 //! - `reload`: SIGHUP reads the settings again and applies them.
 
 mod cli;
+mod columns;
 mod config;
 mod demo;
 mod ls;
 mod reload;
+mod status;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -75,11 +80,8 @@ fn main() -> ExitCode {
             )
         }
         Some(Command::Keygen { file }) => keygen(&file),
-        Some(Command::Ls(args)) => match ls::run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(ls::Failure::Usage(msg)) => usage_error(&msg),
-            Err(ls::Failure::Runtime(e)) => report(Err(e)),
-        },
+        Some(Command::Ls(args)) => failure(ls::run(args)),
+        Some(Command::Status(args)) => failure(status::run(args)),
         None => {
             let config::Resolved {
                 config,
@@ -247,6 +249,20 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_RUNTIME)
         }
+    }
+}
+
+/// Bad input, or a failure once running: exit codes 2 and 1.
+pub enum Failure {
+    Usage(String),
+    Runtime(anyhow::Error),
+}
+
+fn failure(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(msg)) => usage_error(&msg),
+        Err(Failure::Runtime(e)) => report(Err(e)),
     }
 }
 
