@@ -22,7 +22,7 @@ use crate::net::accept::{self, Handler as _, Shared};
 use crate::net::sockopt;
 use crate::net::terminator::Terminator;
 use crate::security::Tls;
-use crate::settings::Config;
+use crate::settings::{all_or_listed, Config};
 
 /// Tells a running node to stop. Clones share state.
 #[derive(Clone, Default)]
@@ -162,7 +162,8 @@ impl Node {
             let d = &config.discovery;
             let key = config.security.cluster_key.as_deref();
             let m = Arc::new(Mdns::start(d, key)?);
-            info!(node = %d.node_id, interfaces = ?d.interfaces, addresses = ?d.advertise_addrs,
+            info!(node = %d.node_id, interfaces = %all_or_listed(&d.interfaces),
+                addresses = %all_or_listed(&d.advertise_addrs),
                 "mDNS discovery started");
             if let Some(key) = key {
                 info!(key = %key.fingerprint(),

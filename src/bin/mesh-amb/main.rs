@@ -4,17 +4,20 @@
 //! - `cli`: the typed command line (clap), defaults from the library.
 //! - `config`: flags > `MESH_AMB_*` environment > TOML file > defaults,
 //!   into the library's validated `Config`.
+//! - `check`: the summary `mesh-amb --check` prints.
 //! - `demo`: the self-contained demonstration behind `mesh-amb demo`.
 
+mod check;
 mod cli;
 mod config;
 mod demo;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::error::ErrorKind;
+use clap::CommandFactory as _;
 use tokio::signal::unix::Signal;
 use tracing_subscriber::EnvFilter;
 
@@ -51,7 +54,23 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| rt.block_on(demo::run(isolation))))
         }
         Some(Command::Keygen { file }) => keygen(&file),
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mesh-amb", &mut script);
+            print_out(&script)
+        }
+        Some(Command::Man) => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => print_out(&page),
+                Err(e) => report(Err(e.into())),
+            }
+        }
         None => {
+            let source = match &cli.run.config {
+                Some(file) => file.display().to_string(),
+                None => "flags and environment".to_owned(),
+            };
             let config::Resolved {
                 config,
                 log_format: format,
@@ -63,6 +82,12 @@ fn main() -> ExitCode {
                 return usage_error(
                     "nothing to do: give --consume or --provide (see --help), or try 'mesh-amb demo'",
                 );
+            }
+            if cli.check {
+                println!("configuration ok ({source}); it would run:");
+                print!("{}", check::summary(&config));
+                println!("nothing was bound or advertised (--check)");
+                return ExitCode::SUCCESS;
             }
             init_logs(format, "info");
             let security = &config.security;
@@ -107,6 +132,18 @@ fn keygen(file: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is an error
+/// to report, not a panic.
+fn print_out(bytes: &[u8]) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    report(
+        stdout
+            .write_all(bytes)
+            .and_then(|()| stdout.flush())
+            .context("cannot write to stdout"),
+    )
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
