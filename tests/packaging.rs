@@ -82,15 +82,19 @@ fn example_configs() -> Vec<PathBuf> {
     files
 }
 
-/// The names of a spec list of the file (`consume`, `provide`).
-fn names(table: &toml::Table, key: &str) -> Vec<String> {
-    let Some(items) = table.get(key).and_then(|v| v.as_array()) else {
-        return Vec::new();
-    };
+/// A spec list of the file (`consume`, `provide`), empty if absent.
+fn specs<'a>(table: &'a toml::Table, key: &str) -> Vec<&'a str> {
+    let items = table.get(key).and_then(|v| v.as_array());
     items
-        .iter()
-        .map(|v| v.as_str().unwrap().split(':').next().unwrap().to_owned())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
         .collect()
+}
+
+/// A spec's service name.
+fn name_of(spec: &str) -> &str {
+    spec.split(':').next().unwrap()
 }
 
 #[test]
@@ -134,11 +138,21 @@ fn every_example_config_passes_check() {
 
         let table: toml::Table = toml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
         let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
-        for service in names(&table, "consume") {
+        for spec in specs(&table, "consume") {
+            let service = name_of(spec);
             assert!(has(&format!("consume {service}: ")), "{name}: {stdout}");
         }
-        for service in names(&table, "provide") {
+        for spec in specs(&table, "provide") {
+            let service = name_of(spec);
             assert!(has(&format!("provide {service}: ")), "{name}: {stdout}");
+        }
+        let discovered = specs(&table, "consume").iter().any(|c| !c.contains('='));
+        if discovered || table.contains_key("provide") {
+            // No example names interfaces: the empty list reads as "all".
+            assert!(
+                has("discovery: mDNS, interfaces=all addresses=all, node id "),
+                "{name}: {stdout}"
+            );
         }
         if table.get("from_env").and_then(|v| v.as_bool()) == Some(true) {
             assert!(
