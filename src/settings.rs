@@ -174,6 +174,16 @@ impl Default for DiscoverySettings {
     }
 }
 
+/// Interfaces or addresses as a person reads them: an empty list means
+/// every one, so it is shown as `all`, never as `[]` (which reads "none").
+pub fn all_or_listed<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "all".to_owned();
+    }
+    let items: Vec<String> = items.iter().map(T::to_string).collect();
+    items.join(",")
+}
+
 /// Data-plane knobs, shared by every listener.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
@@ -433,6 +443,15 @@ fn local_interfaces() -> Vec<(String, IpAddr)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_list_of_interfaces_or_addresses_reads_all() {
+        let none: [IpAddr; 0] = [];
+        assert_eq!(all_or_listed(&none), "all");
+        let addrs: [IpAddr; 2] = ["192.168.56.11".parse().unwrap(), "fe80::1".parse().unwrap()];
+        assert_eq!(all_or_listed(&addrs), "192.168.56.11,fe80::1");
+        assert_eq!(all_or_listed(&["eth1"]), "eth1");
+    }
 
     #[test]
     fn proxy_settings_the_kernel_or_the_pipeline_would_refuse() {

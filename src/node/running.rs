@@ -28,7 +28,7 @@ use crate::net::accept::Shared;
 use crate::net::sockopt;
 use crate::net::terminator::Terminator;
 use crate::security::Tls;
-use crate::settings::{Config, DiscoverySettings};
+use crate::settings::{all_or_listed, Config, DiscoverySettings};
 use crate::spec::{BackendAddr, ConsumeSpec, ProvideSpec};
 use crate::status::{Observer, Parts};
 
@@ -370,8 +370,8 @@ impl Running {
     fn start_mdns(&mut self, mdns: Option<Arc<Mdns>>) {
         let Some(m) = mdns else { return };
         let d = &self.config.discovery;
-        info!(node = %d.node_id, interfaces = ?d.interfaces, addresses = ?d.advertise_addrs,
-            "mDNS discovery started");
+        info!(node = %d.node_id, interfaces = %all_or_listed(&d.interfaces),
+            addresses = %all_or_listed(&d.advertise_addrs), "mDNS discovery started");
         if let Some(key) = &self.config.security.cluster_key {
             info!(key = %key.fingerprint(),
                 "cluster key: our advertisements are signed, and only signed ones are used");

@@ -35,6 +35,11 @@ use mesh_amb::spec::{ConsumeSpec, ProvideSpec};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Check the configuration (every value, and the files it names) and
+    /// print what would run, then exit: nothing is bound or advertised.
+    /// Exit 0 if it would start, 2 otherwise.
+    #[arg(long)]
+    pub check: bool,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -70,6 +75,15 @@ pub enum Command {
     /// Show a running node's tables (backends, their state and counters;
     /// provides; discovery), read from its admin endpoint (--admin).
     Status(crate::status::StatusArgs),
+    /// Print a completion script for SHELL to stdout, e.g.
+    /// `mesh-amb completions bash > /etc/bash_completion.d/mesh-amb`.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, e.g.
+    /// `mesh-amb man > /usr/local/share/man/man1/mesh-amb.1`.
+    Man,
 }
 
 /// `mesh-amb demo`'s options.
@@ -94,18 +108,19 @@ pub struct DemoArgs {
 #[serde(deny_unknown_fields)]
 pub struct RunArgs {
     /// Stand in for a service: listen on PORT and forward to the given
-    /// backends (HOST:PORT with weight W, comma-separated; tls:// for
-    /// another mesh-amb's TLS terminator) or, without them, to the
+    /// backends ([tls://]HOST:PORT[*WEIGHT], comma-separated; tls:// is
+    /// another ambassador's TLS terminator) or, without them, to the
     /// discovered providers of NAME. Repeatable. Env: MESH_AMB_CONSUME
     /// (whitespace-separated specs).
-    #[arg(long, value_name = "NAME:PORT[=[tls://]HOST:PORT[*W],...]")]
+    #[arg(long, value_name = "NAME:PORT[=BACKEND,...]")]
     pub consume: Vec<ConsumeSpec>,
 
     /// Offer the local service listening on PORT to the mesh as NAME, with
-    /// weight W (1-1000, default 1); with TLS on, through a terminator on
-    /// TLSPORT (default: a port the kernel picks). Repeatable. Env:
-    /// MESH_AMB_PROVIDE (whitespace-separated specs).
-    #[arg(long, value_name = "NAME:PORT[*W][@TLSPORT]")]
+    /// WEIGHT its share of new connections (default 1); with TLS on, other
+    /// ambassadors reach it through a terminator on TLSPORT (default: one
+    /// the kernel picks). Repeatable. Env: MESH_AMB_PROVIDE
+    /// (whitespace-separated specs).
+    #[arg(long, value_name = "NAME:PORT[*WEIGHT][@TLSPORT]")]
     pub provide: Vec<ProvideSpec>,
 
     /// Address the consume listeners bind to; 0.0.0.0 for a container

@@ -4,6 +4,7 @@
 //! - `cli`: the typed command line (clap), defaults from the library.
 //! - `config`: flags > `MESH_AMB_*` environment > TOML file > defaults,
 //!   into the library's validated `Config`.
+//! - `check`: the summary `mesh-amb --check` prints.
 //! - `demo`: the self-contained demonstration behind `mesh-amb demo`.
 //! - `ls`: `mesh-amb ls`, what the link advertises.
 //! - `status`: `mesh-amb status`, a running node's tables from its admin
@@ -11,6 +12,7 @@
 //! - `columns`: aligned text tables for both.
 //! - `reload`: SIGHUP reads the settings again and applies them.
 
+mod check;
 mod cli;
 mod columns;
 mod config;
@@ -19,11 +21,12 @@ mod ls;
 mod reload;
 mod status;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::error::ErrorKind;
+use clap::CommandFactory as _;
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -82,7 +85,23 @@ fn main() -> ExitCode {
         Some(Command::Keygen { file }) => keygen(&file),
         Some(Command::Ls(args)) => failure(ls::run(args)),
         Some(Command::Status(args)) => failure(status::run(args)),
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "mesh-amb", &mut script);
+            print_out(&script)
+        }
+        Some(Command::Man) => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => print_out(&page),
+                Err(e) => report(Err(e.into())),
+            }
+        }
         None => {
+            let source = match &cli.run.config {
+                Some(file) => file.display().to_string(),
+                None => "flags and environment".to_owned(),
+            };
             let config::Resolved {
                 config,
                 log_format: format,
@@ -95,6 +114,15 @@ fn main() -> ExitCode {
                 return usage_error(
                     "nothing to do: give --consume or --provide (see --help), or try 'mesh-amb demo'",
                 );
+            }
+            if cli.check {
+                println!("configuration ok ({source}); it would run:");
+                print!("{}", check::summary(&config));
+                if let Some(addr) = admin {
+                    println!("admin: the stats page at http://{addr}/, /metrics, /api/v1/status");
+                }
+                println!("nothing was bound or advertised (--check)");
+                return ExitCode::SUCCESS;
             }
             init_logs(format, "info");
             protect_secrets(&config);
@@ -150,6 +178,18 @@ fn keygen(file: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is an error
+/// to report, not a panic.
+fn print_out(bytes: &[u8]) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    report(
+        stdout
+            .write_all(bytes)
+            .and_then(|()| stdout.flush())
+            .context("cannot write to stdout"),
+    )
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
