@@ -688,3 +688,43 @@ async fn the_listen_backlog_follows_the_connection_limit() {
     .await;
     assert_eq!(listen_backlog(amb.port), Some(want));
 }
+
+#[test]
+fn a_node_whose_stderr_is_gone_still_stops_on_sigint() {
+    // `mesh-amb ... 2>&1 | head -1`: the reader leaves after one line and
+    // every later log line fails to write.
+    let port = free_port().to_string();
+    let consume = format!("redis:{port}=127.0.0.1:1");
+    let mut node = Reaped(
+        Command::new(BIN)
+            .args(["--consume", &consume])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mesh-amb"),
+    );
+    let mut stderr = node.0.stderr.take().unwrap();
+    let mut first = [0u8; 1];
+    use std::io::Read as _;
+    stderr.read_exact(&mut first).expect("a first log byte");
+    drop(stderr);
+    // Listening (or gone): the log lines after the pipe closed were written.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let end = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < end, "the node never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: a plain kill(2) on our own child's pid.
+    unsafe { libc::kill(node.0.id() as libc::pid_t, libc::SIGINT) };
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = node.0.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(0), "a clean shutdown");
+            break;
+        }
+        assert!(Instant::now() < end, "still running after SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -38,6 +38,15 @@ use mesh_amb::{Node, Shutdown};
 use crate::cli::{Cli, Command, LogFormat};
 use crate::config::ProcessEnv;
 
+/// `eprintln!` that gives up quietly when stderr is gone (a closed pipe)
+/// instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
@@ -54,7 +63,7 @@ fn main() -> ExitCode {
             let (log_path, log) = match demo::open_log() {
                 Ok(l) => l,
                 Err(e) => {
-                    eprintln!("error: cannot create the demo's log file: {e}");
+                    say!("error: cannot create the demo's log file: {e}");
                     return ExitCode::from(EXIT_RUNTIME);
                 }
             };
@@ -63,7 +72,7 @@ fn main() -> ExitCode {
             let admin = match args.admin.map(|a| mesh_amb::admin::bind(a.0)).transpose() {
                 Ok(l) => l,
                 Err(e) => {
-                    eprintln!("error: cannot listen for the stats page (--admin): {e}");
+                    say!("error: cannot listen for the stats page (--admin): {e}");
                     return ExitCode::from(EXIT_RUNTIME);
                 }
             };
@@ -71,7 +80,7 @@ fn main() -> ExitCode {
             let isolation = match demo::isolate_network() {
                 Ok(i) => i,
                 Err(e) => {
-                    eprintln!("error: cannot set up the demo's private network namespace: {e}");
+                    say!("error: cannot set up the demo's private network namespace: {e}");
                     return ExitCode::from(EXIT_RUNTIME);
                 }
             };
@@ -174,7 +183,7 @@ fn keygen(file: &std::path::Path) -> ExitCode {
             file.display()
         )),
         Err(e) => {
-            eprintln!("error: cannot write {}: {e}", file.display());
+            say!("error: cannot write {}: {e}", file.display());
             ExitCode::from(EXIT_RUNTIME)
         }
     }
@@ -265,6 +274,10 @@ fn init_logs(format: LogFormat, default: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Its report of a failed write is itself a write to stderr, which
+        // panics once stderr is gone (a closed pipe): the task logging at
+        // that moment, the signal handler say, would die with it.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
@@ -278,6 +291,7 @@ fn init_file_logs(file: std::fs::File) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::sync::Mutex::new(file))
+        .log_internal_errors(false)
         .with_ansi(false)
         .init();
 }
@@ -286,7 +300,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }
@@ -310,6 +324,6 @@ fn usage_error(msg: &str) -> ExitCode {
     let msg = msg.strip_prefix("error: ").unwrap_or(msg);
     // One line, whatever the offending value contained.
     let msg = msg.replace('\n', "\\n");
-    eprintln!("error: {msg}");
+    say!("error: {msg}");
     ExitCode::from(EXIT_USAGE)
 }
