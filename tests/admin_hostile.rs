@@ -243,6 +243,12 @@ const MARKUP_AS_TEXT: [&str; 3] = [
     "\"&gt;&lt;script&gt;alert(2)&lt;/script&gt;",
     "it's \"quoted\" &amp; &lt;b&gt;bold&lt;/b&gt;",
 ];
+/// A label that a bidi-aware terminal or browser shows as `web@h1`, the
+/// real provider's: a right-to-left override, then the name reversed. It
+/// holds no control character, so discovery takes it; the views show the
+/// override as the escape below.
+const SPOOF_LABEL: &str = "\u{202e}1h@bew";
+const SPOOF_SHOWN: &str = "\\u{202e}1h@bew";
 /// A label that would recolour the operator's terminal: control characters
 /// make discovery refuse it, and nothing of it may reach a terminal raw.
 const ANSI_LABEL: &[u8] = b"red\x1b[31mALERT\x1b[0m";
@@ -274,7 +280,9 @@ fn markup_and_escapes_from_the_link_stay_text_on_the_page_and_in_status() {
             f
         })
         .collect();
-    let _marked = Rogue::start(stranger, marked);
+    let mut spoof = FakeInstance::service("spoof", SERVICE, DEAD_PORTS + 8, stranger.ip.into());
+    spoof.label = SPOOF_LABEL.as_bytes().to_vec();
+    let _marked = Rogue::start(stranger, [marked, vec![spoof]].concat());
     let mut ansi = FakeInstance::service("ansi", SERVICE, DEAD_PORTS + 9, stranger.ip.into());
     ansi.label = ANSI_LABEL.to_vec();
     // A packet of its own, so that a parser refusing it whole hides
@@ -286,12 +294,13 @@ fn markup_and_escapes_from_the_link_stay_text_on_the_page_and_in_status() {
         state_of(&doc, &real) == Some("up")
             && MARKUP_LABELS
                 .iter()
+                .chain([&SPOOF_LABEL])
                 .all(|l| state_of(&doc, &instance(l)).is_some())
             && discovery_counter(&doc, "bad_name") > 0
     });
     assert!(
         seen,
-        "the status never held the provider, the three markup instances and the refused one:\n{}\n{}",
+        "the status never held the provider, the markup and spoof instances and the refused one:\n{}\n{}",
         serde_json::to_string_pretty(&status(h3, admin)).unwrap(),
         consumer.output_tail(40)
     );
@@ -314,6 +323,11 @@ fn markup_and_escapes_from_the_link_stay_text_on_the_page_and_in_status() {
             "{label:?} is not shown as text:\n{dom}"
         );
     }
+    assert!(
+        dom.contains(&format!(">{SPOOF_SHOWN}</td>")),
+        "the override is not shown escaped:\n{dom}"
+    );
+    assert!(!dom.contains('\u{202e}'), "a raw override reached the page");
     for dead in ["alert(3)", "alert(4)"] {
         assert!(!dom.contains(dead), "a TXT value reached the page: {dead}");
     }
@@ -335,13 +349,20 @@ fn markup_and_escapes_from_the_link_stay_text_on_the_page_and_in_status() {
             "no row for {label:?}:\n{text}"
         );
     }
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with(SPOOF_SHOWN)),
+        "the override is not shown escaped:\n{text}"
+    );
     let real_line = text
         .lines()
         .find(|l| l.trim_start().starts_with(&format!("{SERVICE}@h1")))
         .unwrap_or_else(|| panic!("no row for the provider:\n{text}"));
     assert!(real_line.contains(" up "), "{real_line}");
     assert!(
-        !text.chars().any(|c| c.is_control() && c != '\n'),
+        !text
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
         "a control character reached the terminal:\n{text:?}"
     );
     assert!(!text.contains("ALERT"), "the refused label was shown");
