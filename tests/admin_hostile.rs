@@ -334,6 +334,19 @@ fn markup_and_escapes_from_the_link_stay_text_on_the_page_and_in_status() {
     let real_row = row(&dom, &real).unwrap_or_else(|| panic!("no row for {real}:\n{dom}"));
     assert!(real_row.contains("badge up"), "{real_row}");
 
+    // Prometheus label values escape quotes and backslashes: the names
+    // read back whole from a strict parse.
+    let metrics = get(h3, admin, "/metrics");
+    assert_eq!(metrics.code, 200);
+    let samples = parse_prometheus(&metrics.body);
+    for label in MARKUP_LABELS.iter().chain([&SPOOF_LABEL]) {
+        let key = instance(label);
+        let up = samples
+            .iter()
+            .find(|s| s.name == "mesh_amb_backend_up" && s.labels.get("backend") == Some(&key));
+        assert!(up.is_some_and(|s| s.value == 0.0), "{key:?}: {up:?}");
+    }
+
     // The terminal view, from inside the consumer's namespace.
     let out = h3.run(BIN, ["status", "--admin", &admin.to_string()]);
     let text = String::from_utf8(out.stdout).expect("utf-8");
