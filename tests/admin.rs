@@ -4,16 +4,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use common::browser::{chromium, console_messages};
+use common::prometheus::{parse_prometheus, value};
 use common::{command, ping, settings, wait_for, Amb, Redis, Reply, DEADLINE};
 use mesh_amb::backends::balance::Policy;
 
@@ -70,102 +71,6 @@ async fn get(addr: SocketAddr, path: &str) -> String {
     let (code, body) = get_as(addr, &addr.to_string(), path).await;
     assert_eq!(code, 200, "GET {path}: {body}");
     body
-}
-
-/// One sample of a Prometheus text exposition.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses Prometheus text format 0.0.4 strictly: every line is a `# HELP`,
-/// a `# TYPE` or a sample of a family declared above it.
-fn parse_prometheus(text: &str) -> Vec<Sample> {
-    let mut typed: BTreeMap<String, String> = BTreeMap::new();
-    let mut helped = Vec::new();
-    let mut samples = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').expect("HELP name text");
-            assert!(!help.is_empty(), "{line}");
-            helped.push(name.to_owned());
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-            assert!(
-                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
-                "{line}"
-            );
-            assert!(
-                helped.contains(&name.to_owned()),
-                "TYPE before HELP: {line}"
-            );
-            typed.insert(name.to_owned(), kind.to_owned());
-            continue;
-        }
-        assert!(!line.starts_with('#'), "unknown comment: {line}");
-        if line.is_empty() {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("series value");
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
-        };
-        let (name, labels) = match series.split_once('{') {
-            None => (series, BTreeMap::new()),
-            Some((name, rest)) => {
-                let body = rest.strip_suffix('}').expect("labels end with }");
-                let mut labels = BTreeMap::new();
-                for pair in body.split("\",").filter(|p| !p.is_empty()) {
-                    let (k, v) = pair.split_once("=\"").expect("label=\"value\"");
-                    assert!(
-                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-                        "{line}"
-                    );
-                    labels.insert(k.to_owned(), v.trim_end_matches('"').to_owned());
-                }
-                (name, labels)
-            }
-        };
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "{line}"
-        );
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| {
-                name.strip_suffix(s)
-                    .filter(|f| typed.get(*f).is_some_and(|k| k == "histogram"))
-            })
-            .unwrap_or(name);
-        assert!(typed.contains_key(family), "sample before its TYPE: {line}");
-        samples.push(Sample {
-            name: name.to_owned(),
-            labels,
-            value,
-        });
-    }
-    samples
-}
-
-/// The value of the one sample named `name` with these labels.
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    let found: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .collect();
-    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
-    found[0].value
 }
 
 /// Round robin, and an ejection that outlasts any test: what the page
@@ -307,47 +212,6 @@ async fn on_loopback_only_loopback_host_names_are_answered() {
     assert_eq!(code, 200);
 }
 
-/// Debian's Chromium, as scripts/test installs it.
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Runs headless Chromium on `url` with `args`; its stdout and stderr.
-fn chromium(url: &str, args: &[&str]) -> (String, String) {
-    assert!(
-        std::path::Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: install Debian's chromium (scripts/test does)"
-    );
-    let profile = common::TempDir::new();
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            profile.path("profile").display()
-        ))
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run chromium");
-    assert!(out.status.success(), "chromium failed: {out:?}");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stats_page_in_a_real_browser() {
     let up = Redis::start().await;
@@ -379,12 +243,7 @@ async fn the_stats_page_in_a_real_browser() {
     })
     .await
     .unwrap();
-    let console: Vec<&str> = log
-        .lines()
-        .filter(|l| {
-            l.contains("CONSOLE") || l.contains("Uncaught") || l.contains("Content Security Policy")
-        })
-        .collect();
+    let console = console_messages(&log);
     assert!(console.is_empty(), "console messages: {console:#?}");
     let row = |key: &str| {
         let start = dom

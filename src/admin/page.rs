@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 
+use crate::discovery::wire;
 use crate::status::{
     human_bytes, human_span, BackendStatus, ConsumeStatus, Document, NodeStatus, ProvideView,
 };
@@ -243,14 +244,17 @@ fn discovery(out: &mut String, n: &NodeStatus) {
 /// An instance's label without the service type every one of them ends
 /// with (`redis@h1`); other keys as they are.
 fn short_name(key: &str) -> &str {
-    crate::discovery::wire::label_of(key).unwrap_or(key)
+    wire::label_of(key).unwrap_or(key)
 }
 
-/// Escapes text for HTML content and quoted attribute values.
+/// Escapes text for HTML content and quoted attribute values. Bidi
+/// controls become visible escapes: a name must not reorder its cell and
+/// pass for another.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
+            c if wire::is_bidi_control(c) => out.extend(c.escape_default()),
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -278,6 +282,8 @@ mod tests {
             esc("<script>alert('x')</script>&\""),
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
         );
+        assert_eq!(esc("\u{202e}1h@bew"), "\\u{202e}1h@bew");
+        assert_eq!(esc("\u{5d0}\u{200f}"), "\u{5d0}\\u{200f}", "letters stay");
     }
 
     #[test]

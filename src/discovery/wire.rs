@@ -177,6 +177,18 @@ pub fn check(fullname: &str, port: u16, txt_bytes: usize) -> Result<(), Flaw> {
     Ok(())
 }
 
+/// Unicode's bidirectional formatting characters (UAX #9). They are no
+/// control characters, and a name in a right-to-left script may hold one,
+/// so [`check`] lets them through; but each reorders the text after it
+/// (`\u{202e}1h@bew` reads as `web@h1`), so the operator's views of names
+/// from the link show them escaped.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

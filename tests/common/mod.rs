@@ -3,7 +3,9 @@
 //! waiting on conditions with deadlines.
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod browser;
 pub mod mesh;
+pub mod prometheus;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
