@@ -287,7 +287,12 @@ async fn the_status_follows_a_reload() {
     let redis = Redis::start().await;
     let amb = Amb::start(&[redis.addr], settings(Policy::RoundRobin)).await;
     let admin = Admin::start(&amb);
+    for _ in 0..2 {
+        ping(amb.addr).await.unwrap();
+    }
     let mut config = (*amb.node().config()).clone();
+    // A proxy setting changes: the service is replaced, its totals carry on.
+    config.proxy.connect_timeout += Duration::from_millis(1);
     let mut added = config.consumes[0].clone();
     added.name = "cache".into();
     added.port = common::free_port();
@@ -302,6 +307,18 @@ async fn the_status_follows_a_reload() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["redis", "cache"]);
+    let redis = &doc["nodes"][0]["consumes"][0];
+    assert_eq!(redis["clients"], 2, "counted before the reload: {redis}");
+    ping(amb.addr).await.unwrap();
+    let samples = parse_prometheus(&get(admin.addr, "/metrics").await);
+    assert_eq!(
+        value(
+            &samples,
+            "mesh_amb_client_connections_total",
+            &[("service", "redis")]
+        ),
+        3.0
+    );
 }
 
 /// Runs the built `mesh-amb` with `args`: exit code, stdout, stderr.
@@ -363,4 +380,31 @@ async fn status_prints_a_running_nodes_tables() {
     assert_eq!(code, Some(1), "nobody there: {err}");
     assert!(err.contains("is a node running with --admin"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn a_request_sent_half_way_does_not_hold_the_shutdown() {
+    let redis = Redis::start().await;
+    let amb = Amb::start(&[redis.addr], settings(Policy::RoundRobin)).await;
+    let listener = mesh_amb::admin::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(mesh_amb::admin::serve(
+        listener,
+        amb.node().observer(),
+        stop.clone(),
+    ));
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    // Served meanwhile: the half-sent request holds one slot only.
+    assert_eq!(get(addr, "/healthz").await, "ok\n");
+    stop.cancel();
+    tokio::time::timeout(DEADLINE, serving)
+        .await
+        .expect("the admin endpoint stopped although a request was half-sent")
+        .unwrap()
+        .unwrap();
+    drop(half);
 }

@@ -302,3 +302,32 @@ fn provides_added_changed_and_removed_by_a_reload_reach_another_host() {
         Some("h1")
     );
 }
+
+#[test]
+fn a_provide_changed_while_its_service_dies_is_withdrawn_not_left_standing() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let mut redis7000 = redis(h1, 7000);
+    let file = h1.dir().join("amb.toml");
+    // Slow to notice a failure on its own: the reload comes first.
+    let provide = |spec: &str| {
+        format!("provide = [\"{spec}\"]\ncheck_interval = \"500ms\"\nfall = 20\ndrain_period = \"1s\"\n")
+    };
+    write(&file, &provide("web:7000"));
+    let provider = amb(h1, &["--config", file.to_str().unwrap(), "--node-id", "h1"]);
+    let consumer = amb(h2, &["--consume", "web:8081"]);
+    wait_routed_to(h2, 8081, "h1");
+
+    redis7000.kill();
+    write(&file, &provide("web:7000*5"));
+    let line = hangup(&provider, 1);
+    assert!(line.contains("reloaded: ~provide web"), "{line}");
+    // The new provider's first check fails: the record the old one left
+    // is withdrawn, not kept as the link's truth until the node stops.
+    let left = || log_lines(&consumer, &["backend left", "instance=web@h1._amb._tcp"]) > 0;
+    assert!(
+        wait_until(DEADLINE, left),
+        "the dead provide stayed advertised:\n{}",
+        provider.output_tail(30)
+    );
+}

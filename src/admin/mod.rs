@@ -12,12 +12,14 @@
 //! must name a loopback host, so that a web page the operator visits cannot
 //! read the mesh's layout through DNS rebinding.
 
+mod listener;
 mod metrics;
 mod page;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -67,8 +69,12 @@ struct App {
     loopback_only: bool,
 }
 
+/// How long requests in progress get to finish once `stop` is cancelled.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// Serves `listener` until `stop` is cancelled. Requests in progress then
-/// finish; idle keep-alive connections are closed.
+/// get [`SHUTDOWN_GRACE`] to finish; idle keep-alive connections are
+/// closed, and whatever is left is dropped with the runtime.
 pub async fn serve(
     listener: std::net::TcpListener,
     source: impl Source,
@@ -88,9 +94,15 @@ pub async fn serve(
         .route("/api/v1/status", get(api))
         .route("/healthz", get(healthz))
         .with_state(app);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    let server = axum::serve(listener::Limited::new(listener), router)
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    tokio::select! {
+        served = server => served,
+        () = async {
+            stop.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => Ok(()),
+    }
 }
 
 /// Whether the request's `Host` names this machine's loopback: `localhost`,

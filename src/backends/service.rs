@@ -26,8 +26,9 @@ pub struct Service {
     /// The login made to every backend connection before the client's
     /// bytes flow (`--credentials`), if any.
     pub credentials: Option<Arc<Credentials>>,
-    /// What its clients saw, whichever backends served them.
-    pub counters: ServiceCounters,
+    /// What its clients saw, whichever backends served them; shared with
+    /// the service a reload replaces it by.
+    pub counters: Arc<ServiceCounters>,
 }
 
 /// Where a service's backends come from.

@@ -70,11 +70,15 @@ pub struct Published {
 }
 
 impl ProvideStatus {
-    pub fn new(spec: ProvideSpec, offer: Offer) -> ProvideStatus {
+    /// The status of a provider whose predecessor's last state was
+    /// `previous` (a reload changed the provide; `Published::default()`
+    /// for a new one): what the link was told stands until the new
+    /// provider tells it otherwise.
+    pub fn new(spec: ProvideSpec, offer: Offer, previous: Published) -> ProvideStatus {
         ProvideStatus {
             spec,
             offer,
-            now: Mutex::new(Published::default()),
+            now: Mutex::new(previous),
         }
     }
 
@@ -110,8 +114,12 @@ pub async fn run(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // What consumers were last told: whether our instance is advertised.
     // Kept apart from the checker's verdict so that a failed advertise or
-    // withdraw (a full daemon queue) is retried on the next tick.
-    let mut announced = false;
+    // withdraw (a full daemon queue) is retried on the next tick. A
+    // provider that takes over from one a reload replaced starts with the
+    // record that one left, outdated: it is announced anew once the check
+    // passes, or withdrawn once it fails, never left standing.
+    let mut announced = status.get().advertised.is_some();
+    let mut outdated = announced;
     let mut probe_first = settings.probe;
     let mut warned = false;
     let mut short_of_resources = false;
@@ -140,22 +148,25 @@ pub async fn run(
         checker.observe(ok);
         status.update(|s| s.local_up = Some(checker.is_up()));
         match (checker.is_up(), announced) {
-            (true, false) => match mdns.advertise(&p, offer, State::Up, probe_first) {
-                Ok(sealed) => {
-                    announced = true;
-                    probe_first = false;
-                    info!(provide = %p, instance = %mdns.fullname(&p), "local service answers: advertising");
-                    note_seal(&p, &mut stamp, sealed);
-                    status.update(|s| {
-                        s.advertised = Some(State::Up);
-                        s.signed = stamp
-                            .as_ref()
-                            .map(|st| st.signed.clone())
-                            .unwrap_or_default();
-                    });
+            (true, was) if !was || outdated => {
+                match mdns.advertise(&p, offer, State::Up, probe_first) {
+                    Ok(sealed) => {
+                        announced = true;
+                        outdated = false;
+                        probe_first = false;
+                        info!(provide = %p, instance = %mdns.fullname(&p), "local service answers: advertising");
+                        note_seal(&p, &mut stamp, sealed);
+                        status.update(|s| {
+                            s.advertised = Some(State::Up);
+                            s.signed = stamp
+                                .as_ref()
+                                .map(|st| st.signed.clone())
+                                .unwrap_or_default();
+                        });
+                    }
+                    Err(e) => warn!(provide = %p, "{e:#}; retrying"),
                 }
-                Err(e) => warn!(provide = %p, "{e:#}; retrying"),
-            },
+            }
             (true, true) if stamp.as_ref().is_some_and(|s| mdns.resign_due(s)) => {
                 match mdns.advertise(&p, offer, State::Up, false) {
                     Ok(sealed) => {
@@ -179,6 +190,7 @@ pub async fn run(
                 match mdns.withdraw(&p).await {
                     Ok(()) => {
                         announced = false;
+                        outdated = false;
                         status.update(|s| s.advertised = None);
                         warn!(provide = %p, "local service stopped answering: advertisement withdrawn");
                     }

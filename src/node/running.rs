@@ -19,10 +19,10 @@ use super::serving::{Draining, Serving};
 use super::{Reload, Shutdown};
 use crate::backends::balance::Balancer;
 use crate::backends::table::{unix_ms, BackendSpec, Origin, Table, Target, Update};
-use crate::backends::{Service, Source, Suspects};
+use crate::backends::{Service, ServiceCounters, Source, Suspects};
 use crate::discovery::mdns::{self, Mdns, Offer, TlsUse};
 use crate::discovery::probation;
-use crate::discovery::provider::{self, ProvideStatus};
+use crate::discovery::provider::{self, ProvideStatus, Published};
 use crate::discovery::stats::DiscoveryStats;
 use crate::net::accept::Shared;
 use crate::net::sockopt;
@@ -443,8 +443,15 @@ impl Running {
         self.parts_tx.send_replace(Parts { consumes, provides });
     }
 
-    /// The service of consume `c`, on `table` or a new one.
-    fn service(&self, c: &ConsumeSpec, table: Option<Arc<Table>>) -> Arc<Service> {
+    /// The service of consume `c`, on the table and counters `kept` from
+    /// the service it replaces (so that health and the totals, which
+    /// Prometheus expects never to go backwards, carry on), or new ones.
+    fn service(
+        &self,
+        c: &ConsumeSpec,
+        kept: Option<(Arc<Table>, Arc<ServiceCounters>)>,
+    ) -> Arc<Service> {
+        let (table, counters) = kept.unzip();
         let eject = self.config.proxy.eject_time;
         let table = table.unwrap_or_else(|| {
             Arc::new(match c.backends.is_empty() {
@@ -469,7 +476,7 @@ impl Running {
                 .iter()
                 .find(|cr| cr.spec.service == c.name)
                 .cloned(),
-            counters: Default::default(),
+            counters: counters.unwrap_or_default(),
         })
     }
 
@@ -550,7 +557,11 @@ impl Running {
         if in_place {
             sync_static(&consume.service.table, &c.backends);
         } else {
-            let service = self.service(c, same_table.then(|| consume.service.table.clone()));
+            let kept = same_table.then(|| {
+                let old = &consume.service;
+                (old.table.clone(), old.counters.clone())
+            });
+            let service = self.service(c, kept);
             if let Err(e) = consume.serving.replace(service.clone(), &self.local).await {
                 error!(service = %c.name, error = %format!("{e:#}"), "cannot apply the new settings");
             }
@@ -614,7 +625,8 @@ impl Running {
     }
 
     /// Advertises `p` (through `terminator` when there is one) while its
-    /// local check passes, until `leaving`; the task reports to the status
+    /// local check passes, until `leaving`, taking over from a provider
+    /// whose last state was `previous`; the task reports to the status
     /// returned.
     fn spawn_provider(
         &self,
@@ -622,6 +634,7 @@ impl Running {
         terminator: Option<&Serving<Terminator>>,
         leaving: CancellationToken,
         settings: DiscoverySettings,
+        previous: Published,
     ) -> (JoinHandle<()>, Arc<ProvideStatus>) {
         let offer = Offer {
             port: terminator.map_or(p.port, |t| t.addr.port()),
@@ -631,7 +644,7 @@ impl Running {
             .mdns
             .clone()
             .expect("prepare starts mDNS for any provide");
-        let status = Arc::new(ProvideStatus::new(p.clone(), offer));
+        let status = Arc::new(ProvideStatus::new(p.clone(), offer, previous));
         let task = self.providers.spawn(provider::run(
             mdns,
             status.clone(),
@@ -650,6 +663,7 @@ impl Running {
             terminator.as_ref(),
             leaving.clone(),
             self.config.discovery.clone(),
+            Published::default(),
         );
         let provide = Provide {
             spec: p.clone(),
@@ -706,6 +720,7 @@ impl Running {
                 provide.terminator.as_ref(),
                 provide.leaving.clone(),
                 settings,
+                provide.status.get(),
             );
         }
         provide.spec = p.clone();
