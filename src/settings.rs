@@ -280,6 +280,16 @@ impl Config {
             }
         }
         self.proxy.validate()?;
+        // Each listener's accept loop waits holding one connection slot:
+        // with fewer slots than listeners, some would accept nothing.
+        let listeners = self.consumes.len().max(self.provides.len());
+        if self.proxy.max_connections < listeners {
+            return Err(SettingsError::Value {
+                setting: "max_connections",
+                value: self.proxy.max_connections.to_string(),
+                reason: format!("must be at least the number of listeners ({listeners})"),
+            });
+        }
         self.discovery.validate()
     }
 }
@@ -451,6 +461,28 @@ mod tests {
         let addrs: [IpAddr; 2] = ["192.168.56.11".parse().unwrap(), "fe80::1".parse().unwrap()];
         assert_eq!(all_or_listed(&addrs), "192.168.56.11,fe80::1");
         assert_eq!(all_or_listed(&["eth1"]), "eth1");
+    }
+
+    #[test]
+    fn every_listener_gets_a_connection_slot() {
+        let consume = |port| ConsumeSpec {
+            name: "redis".into(),
+            port,
+            backends: Vec::new(),
+        };
+        let mut config = Config {
+            bind: DEFAULT_BIND,
+            consumes: vec![consume(7001), consume(7002)],
+            provides: Vec::new(),
+            proxy: ProxySettings::default(),
+            discovery: DiscoverySettings::default(),
+            security: SecuritySettings::default(),
+        };
+        config.proxy.max_connections = 1;
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains("number of listeners (2)"), "{e}");
+        config.proxy.max_connections = 2;
+        config.validate().unwrap();
     }
 
     #[test]

@@ -408,3 +408,24 @@ async fn a_request_sent_half_way_does_not_hold_the_shutdown() {
         .unwrap();
     drop(half);
 }
+
+#[tokio::test]
+async fn two_consumes_of_one_name_are_told_apart_in_the_metrics() {
+    let redis = Redis::start().await;
+    let amb = Amb::start(&[redis.addr], settings(Policy::RoundRobin)).await;
+    let admin = Admin::start(&amb);
+    let mut config = (*amb.node().config()).clone();
+    let mut second = config.consumes[0].clone();
+    second.port = common::free_port();
+    config.consumes.push(second);
+    amb.node().reload(config).await.expect("the reload");
+    // The parser refuses a series that appears twice.
+    let samples = parse_prometheus(&get(admin.addr, "/metrics").await);
+    let listens: Vec<&str> = samples
+        .iter()
+        .filter(|s| s.name == "mesh_amb_client_connections_total")
+        .map(|s| s.labels["listen"].as_str())
+        .collect();
+    assert_eq!(listens.len(), 2, "{listens:?}");
+    assert_ne!(listens[0], listens[1]);
+}

@@ -3,10 +3,11 @@
 //! The counters live in the data path's atomics; a scrape reads them once
 //! into a [`Document`] and encodes that through prometheus-client's
 //! [`Collector`], so nothing on the data path knows about Prometheus.
-//! Every series carries `node` (the demo serves several nodes) and
-//! `service` where it has one; per-backend series carry `backend` (the
-//! instance name or `static:HOST:PORT`) and go when the backend goes, while
-//! the per-service totals stay monotonic.
+//! Every series carries `node` (the demo serves several nodes), and
+//! `service` with its `listen` address where it has one (two consumes may
+//! share a name); per-backend series carry `backend` (the instance name or
+//! `static:HOST:PORT`) and go when the backend goes, while the per-service
+//! totals stay monotonic.
 
 use std::fmt;
 
@@ -65,8 +66,13 @@ impl Collector for Scrape {
         let services = || {
             nodes().flat_map(|n| {
                 n.consumes.iter().map(move |c| {
-                    let labels: Labels =
-                        vec![("node", n.node.clone()), ("service", c.name.clone())];
+                    // The listener too: two consumes may share a name.
+                    let listen = c.listen.map_or_else(String::new, |a| a.to_string());
+                    let labels: Labels = vec![
+                        ("node", n.node.clone()),
+                        ("service", c.name.clone()),
+                        ("listen", listen),
+                    ];
                     (labels, c)
                 })
             })

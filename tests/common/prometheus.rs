@@ -66,6 +66,12 @@ pub fn parse_prometheus(text: &str) -> Vec<Sample> {
             })
             .unwrap_or(name);
         assert!(typed.contains_key(family), "sample before its TYPE: {line}");
+        assert!(
+            !samples
+                .iter()
+                .any(|s: &Sample| s.name == name && s.labels == labels),
+            "a series twice: {line}"
+        );
         samples.push(Sample {
             name: name.to_owned(),
             labels,
