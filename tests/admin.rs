@@ -82,6 +82,20 @@ fn long_ejections() -> mesh_amb::settings::ProxySettings {
     }
 }
 
+/// An ambassador over a Redis server and a port where nothing listens,
+/// which two connections (round robin) got ejected, with its admin
+/// endpoint.
+async fn with_an_ejected_backend() -> (Redis, SocketAddr, Amb, Admin) {
+    let redis = Redis::start().await;
+    let dead = closed_port();
+    let amb = Amb::start(&[redis.addr, dead], long_ejections()).await;
+    let admin = Admin::start(&amb);
+    for _ in 0..2 {
+        ping(amb.addr).await.unwrap();
+    }
+    (redis, dead, amb, admin)
+}
+
 /// A loopback port with nothing listening.
 fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -162,14 +176,7 @@ async fn metrics_parse_and_count_an_open_connection_live() {
 
 #[tokio::test]
 async fn an_ejected_backend_shows_why_and_for_how_long() {
-    let redis = Redis::start().await;
-    let dead = closed_port();
-    let amb = Amb::start(&[redis.addr, dead], long_ejections()).await;
-    let admin = Admin::start(&amb);
-    // Round robin reaches the dead one within two connections.
-    for _ in 0..2 {
-        ping(amb.addr).await.unwrap();
-    }
+    let (_redis, dead, _amb, admin) = with_an_ejected_backend().await;
     let doc: serde_json::Value =
         serde_json::from_str(&get(admin.addr, "/api/v1/status").await).unwrap();
     let backends = doc["nodes"][0]["consumes"][0]["backends"]
@@ -342,13 +349,7 @@ async fn mesh_amb(args: &[&str]) -> (Option<i32>, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_prints_a_running_nodes_tables() {
-    let redis = Redis::start().await;
-    let dead = closed_port();
-    let amb = Amb::start(&[redis.addr, dead], long_ejections()).await;
-    let admin = Admin::start(&amb);
-    for _ in 0..2 {
-        ping(amb.addr).await.unwrap();
-    }
+    let (redis, dead, amb, admin) = with_an_ejected_backend().await;
     let port = admin.addr.port().to_string();
     let (code, out, err) = mesh_amb(&["status", "--admin", &port]).await;
     assert_eq!(code, Some(0), "{err}");
