@@ -38,6 +38,7 @@ fn a_consumer_finds_a_provider_on_another_host() {
 }
 
 /// What one request of a client loop saw.
+#[derive(Clone)]
 struct Sample {
     /// When the request started and when it ended.
     start: Instant,
@@ -238,13 +239,21 @@ fn a_node_that_provides_and_consumes_counts_itself_once() {
 }
 
 /// Kills h1's service and ambassador (`how`), with a client loop running on
-/// h4: no client request may fail, and h1 must leave the table within 5 s.
+/// h4: no client request that starts after the crash may fail, and h1 must
+/// leave the table within 5 s.
+///
+/// The one request that may be on its way to h1 at the instant it dies is
+/// lost whatever the proxy does: it may have run, so no proxy can replay
+/// it. The loop sends one request at a time, so at most one such request
+/// fails; counting it as a failure made these tests fail about one run in
+/// twenty on a loaded machine, where requests take longer.
 fn crash_h1(how: impl FnOnce(&mut ApiLab)) -> ApiLab {
     let mut api = ApiLab::start(&[]);
     let client = ClientLoop::start(api.client(), 8080);
     client.wait_served_by("h1");
     let t0 = Instant::now();
     how(&mut api);
+    let crashed = Instant::now();
     let needle = "backend left service=api instance=api@h1._amb._tcp.local.";
     assert!(
         wait_until(DEADLINE, || api.consumer.stderr().contains(needle)),
@@ -259,11 +268,27 @@ fn crash_h1(how: impl FnOnce(&mut ApiLab)) -> ApiLab {
         "h1 left the consumer's table {gone:?} after the crash; {} requests",
         samples.len()
     );
+    let (in_flight, after_crash): (Vec<Sample>, Vec<Sample>) = samples
+        .iter()
+        .filter(|s| s.at >= t0)
+        .cloned()
+        .partition(|s| s.start < crashed);
+    assert!(
+        failures(&in_flight) <= 1,
+        "requests in flight at the crash: {} failed of {}",
+        failures(&in_flight),
+        in_flight.len()
+    );
     assert_eq!(
-        failures(&samples),
+        failures(&after_crash),
         0,
-        "client-visible failures\n{}",
+        "client-visible failures after the crash\n{}",
         api.consumer.output_tail(40)
+    );
+    assert_eq!(
+        failures(&samples) - failures(&in_flight) - failures(&after_crash),
+        0,
+        "failures before the crash"
     );
     assert!(
         gone < Duration::from_secs(5),
