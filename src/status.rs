@@ -71,7 +71,7 @@ pub struct NodeStatus {
 pub struct ConsumeStatus {
     pub name: String,
     /// The local listener.
-    pub listen: Option<SocketAddr>,
+    pub listen: SocketAddr,
     /// `discovered` or `static`.
     pub source: &'static str,
     pub policy: Policy,
@@ -229,7 +229,7 @@ impl Observer {
         let consumes = parts
             .consumes
             .iter()
-            .map(|(svc, addr)| consume(svc, Some(*addr)))
+            .map(|(svc, addr)| consume(svc, *addr))
             .collect();
         let provides = parts.provides.iter().map(|p| provide(p, &node)).collect();
         NodeStatus {
@@ -250,7 +250,7 @@ impl Observer {
     }
 }
 
-fn consume(svc: &Service, listen: Option<SocketAddr>) -> ConsumeStatus {
+fn consume(svc: &Service, listen: SocketAddr) -> ConsumeStatus {
     let c = &svc.counters;
     let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let snap = svc.table.snapshot();

@@ -67,11 +67,10 @@ impl Collector for Scrape {
             nodes().flat_map(|n| {
                 n.consumes.iter().map(move |c| {
                     // The listener too: two consumes may share a name.
-                    let listen = c.listen.map_or_else(String::new, |a| a.to_string());
                     let labels: Labels = vec![
                         ("node", n.node.clone()),
                         ("service", c.name.clone()),
-                        ("listen", listen),
+                        ("listen", c.listen.to_string()),
                     ];
                     (labels, c)
                 })

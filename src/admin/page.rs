@@ -89,14 +89,13 @@ fn node(out: &mut String, n: &NodeStatus, now_ms: u64) {
 }
 
 fn consume(out: &mut String, c: &ConsumeStatus, now_ms: u64) {
-    let listen = c.listen.map_or_else(|| "?".to_owned(), |a| a.to_string());
     let _ = write!(
         out,
         "<div class=\"svc\" data-service=\"{name}\"><h4>{name} \
          <small>listens on {} · {} backends · {}</small></h4>\
          <p class=\"facts\">{} clients · {} turned away · {} active · {} ejections · \
          {} in · {} out</p>",
-        esc(&listen),
+        c.listen,
         c.source,
         c.policy,
         c.clients,

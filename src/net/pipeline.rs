@@ -189,7 +189,7 @@ async fn copy_stage(
         half_close: settings.half_close_timeout,
     };
     let stop = &shared.hard_stop;
-    let backend = upstream.active.backend().clone();
+    let backend = upstream.active.backend();
     let (stats, totals) = (&backend.stats, &svc.counters);
     let meters = copy::Meters {
         from_client: &[&stats.bytes_out, &totals.bytes_out],

@@ -239,7 +239,7 @@ impl Shown {
 
 impl mesh_amb::admin::Source for Shown {
     fn document(&self) -> Document {
-        Document::new(self.nodes().iter().map(Observer::read).collect())
+        self.nodes().document()
     }
 }
 

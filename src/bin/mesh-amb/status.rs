@@ -189,11 +189,9 @@ fn render_node(out: &mut String, n: &Value, now: u64) {
                     None => state.push_str(&format!(" ({})", escape(why))),
                 }
             }
-            let key = text(&b["key"]);
-            let short = key
-                .strip_suffix(mesh_amb::discovery::wire::SERVICE_TYPE)
-                .map_or(key.as_str(), |l| l.trim_end_matches('.'))
-                .to_owned();
+            // An instance's label, without the service type they all share.
+            let key = b["key"].as_str().unwrap_or("-");
+            let short = escape(mesh_amb::discovery::wire::label_of(key).unwrap_or(key));
             rows.push(vec![
                 short,
                 text(&b["origin"]),
