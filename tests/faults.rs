@@ -105,7 +105,7 @@ impl Mesh {
             consumer,
         };
         for i in 0..mesh.providers.len() {
-            mesh.wait_joined(i, 1, DEADLINE);
+            mesh.wait_joined(i, 1, REJOIN_DEADLINE);
         }
         (mesh, t0.elapsed())
     }
@@ -170,11 +170,6 @@ impl Mesh {
     /// Consumer log lines holding `needle`.
     fn consumer_lines(&self, needle: &str) -> usize {
         log_lines(&self.consumer, &[needle])
-    }
-
-    /// The consumer's resident memory, in KiB.
-    fn consumer_rss_kib(&self) -> u64 {
-        proc_status_kib(self.consumer.pid(), "VmRSS:")
     }
 
     /// The consumer's `/api/v1/status`.
@@ -443,6 +438,13 @@ fn descriptor_exhaustion_under_a_flood_spins_nothing_ejects_nobody_and_recovers(
         "the consumer never ran out of descriptors:\n{}",
         mesh.consumer.output_tail(40)
     );
+    // A line a second at most, however many accepts fail.
+    let lines = mesh.consumer_lines("accept failed");
+    assert!(
+        lines as u64 <= f.wall.as_secs() + 2,
+        "{lines} accept-failure lines in {:?}",
+        f.wall
+    );
     f.assert_held_up(&mesh);
 }
 
@@ -629,9 +631,20 @@ fn soak(graceful: bool, duration: Duration) -> Soak {
     let (mut mesh, _) = Mesh::start(&lab);
     let load = Load::start(mesh.client(), CONSUMER_PORT, CLIENTS);
     let t0 = Instant::now();
-    let mut rss = vec![(Duration::ZERO, mesh.consumer_rss_kib())];
-    let mut next_sample = RSS_EVERY;
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (pid, sampling) = (mesh.consumer.pid(), sampling.clone());
+        std::thread::spawn(move || {
+            let mut rss = Vec::new();
+            while sampling.load(Ordering::Relaxed) {
+                rss.push((t0.elapsed(), proc_status_kib(pid, "VmRSS:")));
+                std::thread::sleep(RSS_EVERY);
+            }
+            rss
+        })
+    };
     let mut stops = Vec::new();
+    let mut rejoins = Vec::new();
     let mut rng = fastrand::Rng::with_seed(7);
     while t0.elapsed() < duration {
         // A random provider goes down for a moment and comes back; the
@@ -646,26 +659,43 @@ fn soak(graceful: bool, duration: Duration) -> Soak {
         mesh.restart_provider(i);
         // Back in the consumer's table: a crashed instance may never have
         // left it (no goodbye), so what counts is serving again.
-        let back = load.wait_served_by_after(mesh.name(i), restarted, REJOIN_DEADLINE);
-        assert!(
-            back.is_some(),
-            "{} never served again after its restart\n{}",
-            mesh.name(i),
-            mesh.consumer.output_tail(40)
-        );
-        while t0.elapsed() >= next_sample {
-            rss.push((t0.elapsed(), mesh.consumer_rss_kib()));
-            next_sample += RSS_EVERY;
+        let back = load
+            .wait_served_by_after(mesh.name(i), restarted, REJOIN_DEADLINE)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} never served again after its restart\n{}",
+                    mesh.name(i),
+                    mesh.consumer.output_tail(40)
+                )
+            });
+        let took = back - restarted;
+        if took > SLOW_REJOIN {
+            let instance = format!("api@{}.", mesh.name(i));
+            let log = mesh.consumer.stderr();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(&instance)).collect();
+            eprintln!(
+                "soak: {} served again only {took:.1?} after its restart; the consumer's \
+                 last lines about it:\n{}",
+                mesh.name(i),
+                lines[lines.len().saturating_sub(6)..].join("\n")
+            );
         }
+        rejoins.push(took);
     }
     let samples = load.finish();
+    sampling.store(false, Ordering::Relaxed);
+    let rss = sampler.join().expect("RSS sampler");
     if graceful {
         assert_none_failed("soak", &samples, &mesh);
     }
+    rejoins.sort();
     eprintln!(
-        "soak ({}): {} restarts; consumer log: {} joined, {} left, {} ejected",
+        "soak ({}): {} restarts, restart to serving again p50 {:.1?} max {:.1?}; \
+         consumer log: {} joined, {} left, {} ejected",
         if graceful { "SIGTERM" } else { "SIGKILL" },
         stops.len(),
+        rejoins.get(rejoins.len() / 2).copied().unwrap_or_default(),
+        rejoins.last().copied().unwrap_or_default(),
         mesh.consumer_lines("backend joined"),
         mesh.consumer_lines("backend left"),
         mesh.consumer_lines("backend ejected"),
@@ -676,6 +706,11 @@ fn soak(graceful: bool, duration: Duration) -> Soak {
         rss,
     }
 }
+
+/// A restarted provider that takes longer than this to serve again gets
+/// the consumer's log lines about it printed: a start is announced at
+/// once, and its probe takes about 100 ms.
+const SLOW_REJOIN: Duration = Duration::from_secs(10);
 
 /// What a soak saw.
 struct Soak {

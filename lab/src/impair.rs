@@ -170,7 +170,14 @@ fn open_tap(name: &str) -> io::Result<File> {
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/net/tun")
-        .map_err(|e| io::Error::new(e.kind(), format!("open /dev/net/tun: {e}")))?;
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "open /dev/net/tun: {e} (the impaired lab needs the tun driver: modprobe tun)"
+                ),
+            )
+        })?;
     let mut req = IfReq {
         name: [0; IFNAMSIZ],
         // No packet-info header: the fd reads and writes bare frames.
