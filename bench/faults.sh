@@ -20,10 +20,11 @@ log=${FAULTS_LOG:-target/faults-bench.log}
 mkdir -p "$(dirname "$log")"
 : >"$log"
 
-# The summaries, and what a failing scenario said.
+# The summaries (libtest prints each after "test NAME ... "), and what a
+# failing scenario said.
 summaries() {
-  tee -a "$log" | grep --line-buffered -e '^faults:' -e '^soak (' -e '^test .* \(ok\|FAILED\)$' \
-    -e 'panicked at' -A2
+  tee -a "$log" | sed -n -u -e 's/.*\(faults: \)/\1/p' -e 's/.*\(soak: \|soak (\)/\1/p' \
+    -e '/FAILED\|panicked at/p'
 }
 
 cargo test -q --test faults --no-run 2>&1 | tee -a "$log" >/dev/null

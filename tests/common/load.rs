@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mesh_amb_lab::{wait_until, Deadline, Host};
 
@@ -133,12 +133,20 @@ impl Load {
     }
 
     /// Stops the clients; every request they made.
-    pub fn finish(self) -> Vec<Sample> {
+    pub fn finish(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             t.join().expect("client thread");
         }
         std::mem::take(&mut *self.samples.lock().unwrap())
+    }
+}
+
+impl Drop for Load {
+    /// A test that fails midway must not leave its clients running into
+    /// the next test of the process.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -171,13 +179,27 @@ pub fn failures(samples: &[Sample]) -> usize {
     samples.iter().filter(|s| s.failed()).count()
 }
 
-/// The distinct reasons of the failed requests, with counts, for messages.
+/// The distinct reasons of the failed requests, with counts, and when the
+/// first few started (UTC, as in the ambassadors' logs), for messages.
 pub fn failure_reasons(samples: &[Sample]) -> String {
     let mut reasons: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut when = Vec::new();
+    let (now, wall) = (Instant::now(), SystemTime::now());
     for s in samples {
         if let Err(e) = &s.outcome {
             *reasons.entry(e.as_str()).or_default() += 1;
+            if when.len() < 5 {
+                let start = wall - now.duration_since(s.start);
+                let took = s.end - s.start;
+                when.push(format!(
+                    "{} ({took:.1?})",
+                    humantime::format_rfc3339_millis(start)
+                ));
+            }
         }
     }
-    format!("{reasons:?}")
+    if when.is_empty() {
+        return "none".into();
+    }
+    format!("{reasons:?}, starting at {}", when.join(", "))
 }
