@@ -387,7 +387,7 @@ fn a_partitioned_host_loses_no_request_and_comes_back() {
     eprintln!(
         "faults: partition: {} requests ({} during the {}-s cut), {} failed; \
          {} slowed by the cut host (>= {slow:?}), the last starting {:.1} s into the cut; \
-         {} in flight to it at the cut ({} failed, waited {}); \
+         {} in flight to it at the cut ({} failed{}); \
          h1 served again {} after the cut healed; {} backend-left lines, {} ejections",
         others.len(),
         during.len(),
@@ -399,9 +399,8 @@ fn a_partitioned_host_loses_no_request_and_comes_back() {
         failures(&caught),
         caught
             .iter()
-            .map(|s| format!("{:.1?}", s.end - s.start))
-            .collect::<Vec<_>>()
-            .join(", "),
+            .map(|s| format!(", one waited {:.1?}", s.end - s.start))
+            .collect::<String>(),
         back.map_or("never".to_string(), |t| format!(
             "{:.1} s",
             (t - healed_at).as_secs_f64()
