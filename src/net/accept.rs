@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::net::loglimit::LogLimit;
 use crate::settings::ProxySettings;
 
 /// First pause after an accept error such as EMFILE, so that a process out of
@@ -28,7 +27,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Accept errors: out of descriptors under a flood, accept fails between
 /// every successful accept (each resets the back-off), tens of times a
 /// second; one line a second says it.
-static ACCEPT_ERRORS: LogLimit = LogLimit::new();
+static ACCEPT_ERRORS: super::loglimit::LogLimit = super::loglimit::LogLimit::new();
 
 /// What every connection task of the process shares.
 pub struct Shared {
