@@ -32,6 +32,40 @@
 //! interfaces and routes are never touched: veth pairs are created *inside*
 //! the bridge namespace (`ip -n <br> link add ... peer ... netns <host>`).
 //!
+//! # Impaired links
+//!
+//! [`Lab::impaired`]`(n, impairment)` builds the one-segment topology with
+//! a hub that loses and delays real Ethernet frames (an [`ImpairedLab`]).
+//! The usual tool, `tc qdisc ... netem loss 5% delay 50ms 10ms`, needs
+//! `sch_netem`, which some kernels (this project's CI machine among them)
+//! are built without, and nf_tables can drop at random (`numgen random`)
+//! but cannot delay. So [`Lab::impaired`] gives every host a TAP device as
+//! its `eth0` (created from a thread that entered the host's namespace, so
+//! the device lives there) and the lab process forwards the frames between
+//! them:
+//!
+//! ```text
+//!   <id>-h1 [eth0 = tap 10.77.0.1/24] ==fd==+
+//!   <id>-h2 [eth0 = tap 10.77.0.2/24] ==fd==+== Hub (threads of the test process)
+//!   ...                                     |   learns MACs like a switch, floods
+//!   <id>-hN [eth0 = tap 10.77.0.N/24] ==fd==+   multicast/unknown, impairs each hop
+//! ```
+//!
+//! Each host's link is impaired in both directions, as `netem` on both
+//! ends of a cable would be: a frame from h1 to h2 crosses h1's link
+//! (towards the hub) and h2's link (from the hub), and each crossing
+//! independently loses the frame with probability [`Impairment::loss`] and
+//! delays it by [`Impairment::delay`] ± a uniform [`Impairment::jitter`].
+//! A multicast frame is lost or delayed independently on each receiver's
+//! link. Jitter reorders frames, as netem's does. [`Hub::cut`] partitions a
+//! host: every frame to or from it vanishes while its link stays up (the
+//! host cannot tell, as behind a failed switch port). Everything else
+//! about the hosts (`lo`, the multicast route, [`Host::enter`], processes)
+//! is as in [`Lab::new`].
+//!
+//! The hub's frames are counted ([`Hub::stats`]), so a test can show the
+//! loss it really applied.
+//!
 //! # Names and cleanup
 //!
 //! A lab's id is `amb-<pid>-<counter>`, so labs of concurrent test threads
@@ -63,9 +97,11 @@
 //! helpers). Without the privileges [`Lab::new`] panics with a clear
 //! message instead of skipping.
 
+mod impair;
 mod rogue;
 mod silent;
 
+pub use impair::{Hub, HubStats, ImpairedLab, Impairment};
 pub use rogue::{FakeInstance, Rogue};
 pub use silent::SilentListener;
 
@@ -628,7 +664,8 @@ pub struct Iface {
     pub ip: Ipv4Addr,
     /// Its prefix length (always 24).
     pub prefix_len: u8,
-    /// The namespace of the bridge it is plugged into.
+    /// The namespace of the bridge it is plugged into (empty on an
+    /// [`ImpairedLab`], whose hub runs in the lab's own process).
     pub bridge_netns: String,
 }
 

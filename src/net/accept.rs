@@ -24,6 +24,11 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// once descriptors free up.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Accept errors: out of descriptors under a flood, accept fails between
+/// every successful accept (each resets the back-off), tens of times a
+/// second; one line a second says it.
+static ACCEPT_ERRORS: super::loglimit::LogLimit = super::loglimit::LogLimit::new();
+
 /// What every connection task of the process shares.
 pub struct Shared {
     pub settings: ProxySettings,
@@ -125,7 +130,14 @@ pub async fn serve<H: Handler>(
             // The client gave up between SYN and accept: nothing to wait for.
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
             Err(e) => {
-                warn!(service = %handler.name(), error = %e, retry_in = ?backoff, "accept failed");
+                match ACCEPT_ERRORS.admit() {
+                    Some(0) => warn!(service = %handler.name(), error = %e,
+                        retry_in = ?backoff, "accept failed"),
+                    Some(more) => warn!(service = %handler.name(), error = %e,
+                        retry_in = ?backoff, "accept failed ({more} more since the last such line)"),
+                    None => debug!(service = %handler.name(), error = %e,
+                        retry_in = ?backoff, "accept failed"),
+                }
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = sleep(backoff) => {}

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test crate uses a different subset
 
 pub mod browser;
+pub mod load;
 pub mod mesh;
 pub mod prometheus;
 
