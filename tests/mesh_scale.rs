@@ -10,7 +10,8 @@
 //! `MESH_HOSTS` (default `8`): comma-separated sizes; `MESH_SETTLE` and
 //! `MESH_WINDOW` (seconds, default 20 and 60): the idle time before the
 //! traffic window and the window itself. `MESH_AMB_BIN`: another
-//! mesh-amb binary to measure (an older build, for before/after figures).
+//! mesh-amb binary to measure (an older build, for before/after figures);
+//! `MESH_LOG`: the nodes' `RUST_LOG` (default `mesh_amb=info`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
@@ -178,7 +179,7 @@ fn start_node(host: &Host) -> Node {
     let bin = std::env::var("MESH_AMB_BIN").unwrap_or_else(|_| BIN.to_owned());
     let mut cmd = host.command(bin);
     cmd.args(["--provide", "web:7000", "--consume", "web:8080"])
-        .env("RUST_LOG", "mesh_amb=info");
+        .env("RUST_LOG", env_or("MESH_LOG", "mesh_amb=info"));
     let proc = host.spawn_cmd("mesh-amb", cmd);
     wait_log(&proc, ADVERTISING);
     let instance = proc

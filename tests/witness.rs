@@ -6,7 +6,7 @@
 use std::net::{TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use mesh_amb_lab::{wait_until, Host, Lab, Proc};
+use mesh_amb_lab::{wait_until, FakeInstance, Host, Lab, Proc, Rogue};
 
 mod common;
 
@@ -20,6 +20,9 @@ const CRASH_REMOVED_WITHIN: Duration = Duration::from_secs(30);
 /// The provider's log line once its instance is announced (a "not
 /// advertising" warning comes first when the local check is slow).
 const ADVERTISING: &str = "local service answers: advertising";
+/// A node is watched 30 s after it was first seen (witness::WATCH_AFTER);
+/// this leaves room for the watch's first verdict on a loaded machine.
+const WATCH_DEADLINE: Duration = Duration::from_secs(75);
 /// Spacing of the forged goodbyes: longer than the second a goodbye
 /// takes to act.
 const FORGE_AGAIN: Duration = Duration::from_secs(2);
@@ -69,6 +72,13 @@ fn a_crashed_node_leaves_every_table_without_any_client() {
     );
     let mut nodes = nodes;
     let (mut victim, gone) = nodes.remove(0);
+    // A node is watched once it has been seen for a while (WATCH_AFTER).
+    let id = gone.split(['@', '.']).nth(1).unwrap().to_owned();
+    let watching = format!("witness: watching node=\"{id}\"");
+    let watched = wait_until(WATCH_DEADLINE, || {
+        nodes.iter().any(|(p, _)| p.stderr().contains(&watching))
+    });
+    assert!(watched, "nobody watches {id}");
     let t0 = Instant::now();
     victim.kill();
     let removed = wait_until(CRASH_REMOVED_WITHIN, || {
@@ -144,4 +154,45 @@ fn goodbye(instance: &str) -> Vec<u8> {
     p.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
     p.extend(rdata);
     p
+}
+
+#[test]
+fn strangers_in_the_ring_cost_one_probe_at_a_time() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let (mut node, _) = node(h1);
+    // 200 fake mesh nodes, none of which answers a probe, with bogus node
+    // ids and host names among them; of a service h1 does not consume, so
+    // only the ring sees them.
+    let mut fakes = FakeInstance::many("fake", 200, "other", 7000, h2.ip.into());
+    for (i, f) in fakes.iter_mut().enumerate() {
+        let id: Vec<u8> = match i % 4 {
+            0 => format!("node=n{i:03}").into_bytes(),
+            1 => [b"node=".as_slice(), &[0xff, 0x00, b'\n'], &[b'x'; 200]].concat(),
+            2 => b"node=".to_vec(),
+            _ => b"node".to_vec(),
+        };
+        f.txt.push(id);
+        f.host = format!("{}.local.", "h".repeat(60 + i % 4));
+    }
+    let _rogue = Rogue::start(h2, fakes);
+    let t0 = Instant::now();
+    let watched = wait_until(WATCH_DEADLINE, || {
+        log_lines(&node, &["witness: the node stopped answering"]) >= 2
+    });
+    assert!(
+        watched,
+        "the witness never gave up on a fake node:\n{}",
+        node.output_tail(20)
+    );
+    // One node watched at a time, each for at least its five misses
+    // (3.5 s).
+    let goodbyes = log_lines(&node, &["witness: the node stopped answering"]);
+    let bound = (t0.elapsed().as_secs_f64() / 3.0).ceil() as usize + 1;
+    assert!(
+        goodbyes <= bound,
+        "{goodbyes} goodbyes in {:?}",
+        t0.elapsed()
+    );
+    assert!(node.is_running(), "{}", node.output_tail(20));
 }
