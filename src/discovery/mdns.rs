@@ -8,7 +8,7 @@
 //! browse and an internal fan-out; the event channel closes silently when it
 //! fills, so it is drained promptly and re-opened when it ends; a crashed
 //! peer lingers for its 120 s TTL, so a connect failure asks mdns-sd to
-//! `verify` an instance outside the ring, and the witness ring ([`super::witness`]) says the goodbye of a crashed
+//! `verify` the instance, and the witness ring ([`super::witness`]) says the goodbye of a crashed
 //! peer for the whole link.
 //!
 //! The browse is never restarted on a timer: mdns-sd backs its own query
@@ -561,12 +561,6 @@ pub async fn browse(
                     // The sender already spaces reports of one instance
                     // (backends::Suspects), so a burst of failed connects
                     // does not flood the LAN.
-                    if ctx.ring.holding(&key).is_some() {
-                        // Its witness removes it if it died; the data plane
-                        // ejects it meanwhile (see witness).
-                        debug!(instance = %key, "a mesh node failed a connect; its witness watches it");
-                        continue;
-                    }
                     debug!(instance = %key, "verifying an instance after a failed connect");
                     verified.retain(|_, t| t.elapsed() < VERIFIED_RECENTLY);
                     verified.insert(key.clone(), Instant::now());

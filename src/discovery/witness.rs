@@ -19,13 +19,6 @@
 //! the link, mesh-amb, `mesh-amb ls` and Avahi alike, drops the instances
 //! one second later.
 //!
-//! A consumer that fails to connect to an instance of a node in the ring
-//! leaves its removal to the witness (the data plane ejects it meanwhile)
-//! rather than asking mdns-sd to `verify` it: that multicast question goes
-//! unanswered when the peer multicast the same records less than a second
-//! before (the RFC 6762 §6 rate limit), and at 64 hosts starting together
-//! it removed live instances by the thousand.
-//!
 //! A false goodbye (a probe path broken while the peer lives, or a forged
 //! one) costs little: a live node that sees its own instance removed
 //! announces it again at once ([`super::mdns`]). Who watches a node that
@@ -153,14 +146,6 @@ impl Ring {
             p.instances.retain(|i| i != fullname);
             !p.instances.is_empty()
         });
-    }
-
-    /// The node that advertises `fullname`, if it is in the ring.
-    pub fn holding(&self, fullname: &str) -> Option<(String, Peer)> {
-        self.nodes
-            .iter()
-            .find(|(_, p)| p.instances.iter().any(|i| i == fullname))
-            .map(|(id, p)| (id.clone(), p.clone()))
     }
 
     /// The node this one watches: its successor by node id, wrapping
@@ -473,15 +458,7 @@ mod tests {
     }
 
     #[test]
-    fn an_instance_names_its_node() {
-        let r = ring("a", &["b", "c"]);
-        let holder = |i: &str| r.holding(&format!("{i}.{SERVICE_TYPE}")).map(|(id, _)| id);
-        assert_eq!(holder("web@c").as_deref(), Some("c"));
-        assert_eq!(holder("web@x"), None);
-    }
-
-    #[test]
-    fn peers_without_a_probe_address_are_held_but_not_watched() {
+    fn peers_without_a_probe_address_are_not_watched() {
         let mut r = Ring::new("a");
         r.seen(
             "b",
@@ -491,10 +468,6 @@ mod tests {
         );
         assert!(r.successor().is_none());
         let web_b = format!("web@b.{SERVICE_TYPE}");
-        assert!(
-            r.holding(&web_b).is_some(),
-            "held, to skip mdns-sd's verify"
-        );
         r.seen("b", &web_b, "amb-b.local.", &addr("fe80::1"));
         assert!(r.successor().is_none());
         r.seen("b", &web_b, "amb-b.local.", &addr("10.0.0.2"));
