@@ -7,7 +7,16 @@
 //! idempotent; a second browse of a type replaces the first, so there is one
 //! browse and an internal fan-out; the event channel closes silently when it
 //! fills, so it is drained promptly and re-opened when it ends; a crashed
-//! peer lingers for its 120 s TTL, so connect failures ask for `verify`.
+//! peer lingers for its 120 s TTL, so a connect failure asks mdns-sd to
+//! `verify` the instance, and the witness ring ([`super::witness`]) says the goodbye of a crashed
+//! peer for the whole link.
+//!
+//! The browse is never restarted on a timer: mdns-sd backs its own query
+//! off (1, 2, 4... s up to an hour) and refreshes cached records before
+//! their TTL ends, which keeps an idle link near silent. A restart resets
+//! that back-off on every node that makes it, and restarts on a timer,
+//! starting together, made the whole mesh query and answer in the same
+//! second.
 //!
 //! With the cluster key, our records carry a seal ([`crate::security::advert`])
 //! and a peer's record is used only when its seal checks, and then only
@@ -30,6 +39,7 @@ use tracing::{debug, info, warn};
 use super::addr::{self, PeerAddr};
 use super::stats::DiscoveryStats;
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
+use super::witness::{self, Ring};
 use crate::backends::table::{Backend, BackendSpec, Health, Origin, Snapshot, Target, Update};
 use crate::backends::Service;
 use crate::net::loglimit::LogLimit;
@@ -50,13 +60,20 @@ pub(crate) const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause before re-opening a browse that ended, so a daemon in trouble is
 /// not asked in a tight loop.
 const REBROWSE_DELAY: Duration = Duration::from_millis(100);
-/// Re-browse this soon after a removal (debounced: one restart per burst).
+/// Re-browse about this soon after a verification of ours removed an
+/// instance (debounced: one restart per burst), so one that was falsely
+/// suspected is found again in seconds, not at mdns-sd's next query
+/// (up to an hour away). Only this node restarts: a goodbye, which every
+/// node hears, restarts nobody.
 const REBROWSE_AFTER_REMOVAL: Duration = Duration::from_secs(1);
-/// Safety-net re-browse: after it, mdns-sd queries at 1, 2, 4... seconds,
-/// so a node queries the LAN about seven times a minute.
-const REBROWSE_EVERY: Duration = Duration::from_secs(60);
-/// A re-browse replays mdns-sd's cache at once; this leaves margin for a
-/// busy machine before missing instances count as gone.
+/// Random spread added to [`REBROWSE_AFTER_REMOVAL`], so nodes that
+/// verified the same instance do not query in step.
+const REBROWSE_JITTER: Duration = Duration::from_secs(2);
+/// How long after a verification of ours a removal counts as its result.
+const VERIFIED_RECENTLY: Duration = Duration::from_secs(5);
+/// A re-browse after the channel closed replays mdns-sd's cache at once;
+/// this leaves margin for a busy machine before missing instances count as
+/// gone.
 const SWEEP_GRACE: Duration = Duration::from_secs(2);
 /// How often a consumer with the key drops instances whose newest signature
 /// has expired (a provider killed without goodbye, or one that stopped
@@ -120,6 +137,10 @@ pub struct Mdns {
     /// Last signing time per instance label: each seal is newer than the
     /// one before, so a consumer can refuse an older one as a replay.
     signed_at: Mutex<HashMap<String, u64>>,
+    /// What is announced now, by lower-case full name: announced again
+    /// when the link says goodbye for it while it lives (a witness's
+    /// mistake, or a forgery).
+    announced: Mutex<HashMap<String, ServiceInfo>>,
 }
 
 impl Mdns {
@@ -146,6 +167,7 @@ impl Mdns {
             iface_names: settings.interfaces.clone(),
             key: key.map(AdvertKey::new),
             signed_at: Mutex::new(HashMap::new()),
+            announced: Mutex::new(HashMap::new()),
         })
     }
 
@@ -209,9 +231,13 @@ impl Mdns {
         }
         info.set_interfaces(self.ifaces.clone());
         info.set_requires_probe(probe);
+        let mut again = info.clone();
+        again.set_requires_probe(false);
         self.daemon
             .register(info)
             .with_context(|| format!("cannot advertise {p}"))?;
+        self.announced_mut()
+            .insert(self.fullname(p).to_lowercase(), again);
         Ok(stamp)
     }
 
@@ -258,9 +284,28 @@ impl Mdns {
         at
     }
 
+    fn announced_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, ServiceInfo>> {
+        self.announced.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Announces `fullname` again if it is ours and still announced: the
+    /// link was told it is gone while it is not. Whether it was ours.
+    fn defend(&self, fullname: &str) -> bool {
+        let Some(info) = self.announced_mut().get(&fullname.to_lowercase()).cloned() else {
+            return false;
+        };
+        warn!(instance = %fullname, "the link said goodbye for our live instance; announcing it again");
+        if let Err(e) = self.daemon.register(info) {
+            warn!(instance = %fullname, error = %e, "cannot announce again");
+        }
+        true
+    }
+
     /// Withdraws our instance of `p` (goodbye packets) and waits until the
     /// daemon has sent them. Withdrawing what is not advertised is fine.
     pub async fn withdraw(&self, p: &ProvideSpec) -> anyhow::Result<()> {
+        self.announced_mut()
+            .remove(&self.fullname(p).to_lowercase());
         let rx = self
             .daemon
             .unregister(&self.fullname(p))
@@ -284,6 +329,7 @@ impl Mdns {
     /// Stops the daemon (it sends goodbyes for what is still registered) and
     /// waits for its thread to finish.
     pub async fn shutdown(&self) {
+        self.announced_mut().clear();
         match self.daemon.shutdown() {
             Ok(rx) => {
                 let _ = tokio::time::timeout(DAEMON_REPLY_TIMEOUT, rx.recv_async()).await;
@@ -389,20 +435,19 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 }
 
 /// Feeds the tables of the consumed services from the one browse of
-/// `_amb._tcp`, and verifies instances the data plane reports as failing.
-/// With the cluster key, only sealed records count, and an instance leaves
-/// when its newest seal expires.
+/// `_amb._tcp`, verifies instances the data plane reports as failing, and
+/// keeps the witness ring ([`super::witness`]) of the mesh-amb nodes it
+/// sees. With the cluster key, only sealed records count, and an instance
+/// leaves when its newest seal expires.
 ///
-/// The browse is started again (which replays mdns-sd's cache and resets its
-/// query back-off to one second) in three cases: when its channel ends,
-/// shortly after any removal, so an instance dropped by a verification that
-/// came back (a link restored, a falsely suspected peer) is found again in
-/// seconds rather than at the next hourly query; and every
-/// `REBROWSE_EVERY` (a minute) as a safety net; and when the consumed
-/// services change (a reload), so that a new one gets what the cache holds.
-/// After each restart, instances that
-/// the cache does not replay within `SWEEP_GRACE` (2 s) are removed: their
-/// removal may have been lost while the channel was closed.
+/// The browse is started again (which replays mdns-sd's cache and resets
+/// its query back-off to one second) only when there is a reason: when its
+/// channel ends; a second or three after a verification of ours removed an
+/// instance, so one that was falsely suspected is found again in seconds;
+/// and when the consumed services change (a reload), so that a new one gets
+/// what the cache holds. Only after the channel ended may removals have
+/// been lost: then instances that the cache does not replay within
+/// `SWEEP_GRACE` (2 s) are removed.
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,
@@ -414,7 +459,13 @@ pub async fn browse(
     let mut verifier = mdns.key.clone().map(Verifier::new);
     let mut expiry = tokio::time::interval(EXPIRE_EVERY);
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut first = true;
+    let mut ring = Ring::new(&mdns.node_id);
+    let (target_tx, target_rx) = watch::channel(None);
+    let _witness = AbortOnDropHandle::new(tokio::spawn(witness::watch(target_rx, stop.clone())));
+    // Instances this node verified, and when: a removal soon after is the
+    // verification's result.
+    let mut verified: HashMap<String, Instant> = HashMap::new();
+    let mut sweep_next = false;
     'browse: loop {
         // Static services' tables are not discovery's.
         let services: Vec<Arc<Service>> = consumed
@@ -433,34 +484,55 @@ pub async fn browse(
                 }
             }
         };
-        let mut next_rebrowse = Instant::now() + REBROWSE_EVERY;
+        let mut next_rebrowse: Option<Instant> = None;
         // Instances replayed since this browse started, until the sweep.
-        let mut replayed: Option<HashSet<String>> = (!first).then(HashSet::new);
+        let mut replayed: Option<HashSet<String>> =
+            std::mem::take(&mut sweep_next).then(HashSet::new);
         // A replay with events dropped is incomplete: no sweep after it.
         let dropped_before = stats.events_dropped.load(Ordering::Relaxed);
         let sweep_at = Instant::now() + SWEEP_GRACE;
-        first = false;
+        let mut ctx = Browsing {
+            mdns: &mdns,
+            services: &services,
+            tls,
+            verifier: verifier.as_mut(),
+            stats: &stats,
+            ring: &mut ring,
+        };
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 ev = events.recv() => match ev {
-                    Some(ServiceEvent::ServiceResolved(r)) => {
-                        if let Some(seen) = &mut replayed {
-                            seen.insert(r.fullname.clone());
-                        }
-                        resolved(&services, &r, tls, verifier.as_mut(), &stats);
-                    }
-                    Some(ServiceEvent::ServiceRemoved(_, fullname)) => {
-                        if removed(&services, &fullname) {
-                            next_rebrowse = next_rebrowse.min(Instant::now() + REBROWSE_AFTER_REMOVAL);
-                        }
-                    }
                     Some(ServiceEvent::SearchStopped(_)) | None => {
                         warn!("the mDNS browse ended; starting it again");
+                        sweep_next = true;
                         tokio::time::sleep(REBROWSE_DELAY).await;
                         continue 'browse;
                     }
-                    Some(_) => {}
+                    Some(ev) => {
+                        if let Some(seen) = &mut replayed {
+                            if let ServiceEvent::ServiceResolved(r) = &ev {
+                                seen.insert(r.fullname.clone());
+                            }
+                        }
+                        if let Some(gone) = ctx.event(ev) {
+                            let ours = verified
+                                .remove(&gone)
+                                .is_some_and(|t| t.elapsed() < VERIFIED_RECENTLY);
+                            if ours {
+                                let at = Instant::now()
+                                    + REBROWSE_AFTER_REMOVAL
+                                    + REBROWSE_JITTER.mul_f64(fastrand::f64());
+                                next_rebrowse = Some(next_rebrowse.map_or(at, |t| t.min(at)));
+                            }
+                        }
+                        target_tx.send_if_modified(|t| {
+                            let next = ctx.ring.successor();
+                            let changed = *t != next;
+                            *t = next;
+                            changed
+                        });
+                    }
                 },
                 _ = tokio::time::sleep_until(sweep_at), if replayed.is_some() => {
                     let seen = replayed.take().unwrap_or_default();
@@ -468,19 +540,21 @@ pub async fn browse(
                         sweep(&services, &seen);
                     }
                 }
-                _ = expiry.tick(), if verifier.is_some() => {
-                    if let Some(v) = &mut verifier {
+                _ = expiry.tick(), if ctx.verifier.is_some() => {
+                    if let Some(v) = &mut ctx.verifier {
                         for instance in v.expire(unix_now()) {
                             removed(&services, &instance);
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(next_rebrowse) => {
-                    debug!("restarting the browse");
+                _ = sleep_until_some(next_rebrowse) => {
+                    debug!("restarting the browse after a verification removed an instance");
+                    ctx.drain(&mut events);
                     continue 'browse;
                 }
                 Ok(()) = consumed.changed() => {
                     debug!("the consumed services changed; restarting the browse");
+                    ctx.drain(&mut events);
                     continue 'browse;
                 }
                 Some(key) = suspects.recv() => {
@@ -488,9 +562,74 @@ pub async fn browse(
                     // (backends::Suspects), so a burst of failed connects
                     // does not flood the LAN.
                     debug!(instance = %key, "verifying an instance after a failed connect");
+                    verified.retain(|_, t| t.elapsed() < VERIFIED_RECENTLY);
+                    verified.insert(key.clone(), Instant::now());
                     mdns.verify(&key);
                 }
             }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What one browse applies its events to.
+struct Browsing<'a> {
+    /// Our daemon: a goodbye for our own live instance is answered by it.
+    mdns: &'a Mdns,
+    /// The tables the events go to.
+    services: &'a [Arc<Service>],
+    /// Which instances this node can dial.
+    tls: TlsUse,
+    /// Checks seals, with the cluster key.
+    verifier: Option<&'a mut Verifier>,
+    /// Counts what was ignored.
+    stats: &'a DiscoveryStats,
+    /// The mesh-amb nodes seen, for the witness.
+    ring: &'a mut Ring,
+}
+
+impl Browsing<'_> {
+    /// Applies one browse event; the instance it removed, if any.
+    fn event(&mut self, ev: ServiceEvent) -> Option<String> {
+        match ev {
+            ServiceEvent::ServiceResolved(r) => {
+                let seen = resolved(
+                    self.services,
+                    &r,
+                    self.tls,
+                    self.verifier.as_deref_mut(),
+                    self.stats,
+                );
+                if let Some(peer) = seen {
+                    if let Some(node) = r.get_property_val_str("node") {
+                        self.ring.seen(node, &r.fullname, r.get_hostname(), &peer);
+                    }
+                }
+                None
+            }
+            ServiceEvent::ServiceRemoved(_, fullname) => {
+                self.ring.gone(&fullname);
+                if self.mdns.defend(&fullname) {
+                    return None;
+                }
+                removed(self.services, &fullname).then_some(fullname)
+            }
+            _ => None,
+        }
+    }
+
+    /// Applies what is already queued before the browse restarts: dropping
+    /// the queue would lose those events (a removal among them).
+    fn drain(&mut self, events: &mut mpsc::Receiver<ServiceEvent>) {
+        while let Ok(ev) = events.try_recv() {
+            self.event(ev);
         }
     }
 }
@@ -568,13 +707,14 @@ impl TlsUse {
 /// trusted, and this is the instance's newest record); with a key, a record
 /// that is not verified changes nothing, so a stranger cannot knock a
 /// verified instance out by forging a flawed record under its name.
+/// Returns the peer's usable addresses when the record is a valid one.
 fn resolved(
     services: &[Arc<Service>],
     r: &ResolvedService,
     tls: TlsUse,
     verifier: Option<&mut Verifier>,
     stats: &DiscoveryStats,
-) {
+) -> Option<Vec<PeerAddr>> {
     let keyed = verifier.is_some();
     let txt_bytes = advert::txt_len(r.get_properties().iter().map(|p| (p.key(), p.val())));
     if let Err(flaw) = wire::check(&r.fullname, r.get_port(), txt_bytes) {
@@ -587,7 +727,7 @@ fn resolved(
         if !keyed {
             removed(services, &r.fullname);
         }
-        return;
+        return None;
     }
     let Some(advert) = wire::parse_txt(|k| r.get_property_val_str(k)) else {
         stats.ignore(
@@ -598,7 +738,7 @@ fn resolved(
         if !keyed {
             removed(services, &r.fullname);
         }
-        return;
+        return None;
     };
     let peer = peer_addrs(r);
     debug!(instance = %r.fullname, advertised = %Joined(&peer), "resolved");
@@ -612,13 +752,13 @@ fn resolved(
         // take it away either.
         Some(Err(why)) => {
             stats.ignore(counter(stats, why), &r.fullname, why.reason());
-            return;
+            return None;
         }
     };
     if let Some(why) = tls.refuses(advert.tls) {
         stats.ignore(&stats.tls_mismatch, &r.fullname, why);
         removed(services, &r.fullname);
-        return;
+        return Some(peer);
     }
     let addrs = addr::choose(&peer, r.get_port(), &addr::local_addrs());
     // Every ambassador names its node; an Avahi service file need not.
@@ -661,6 +801,7 @@ fn resolved(
                 weight = advert.weight, "{what}");
         }
     }
+    Some(peer)
 }
 
 /// Whether a new instance may join `svc`'s table (`snap`) under the caps.

@@ -9,6 +9,9 @@
 //!   drains and says goodbye on shutdown.
 //! - [`probation`]: dials each new backend once before it may take clients.
 //! - [`stats`]: what discovery ignored, dropped and probed.
+//! - [`witness`]: crash removal for the whole link: each browsing node
+//!   probes the next node in node-id order and multicasts its goodbye when
+//!   it dies.
 //! - [`listing`]: a one-off browse of everything the link advertises
 //!   (`mesh-amb ls`).
 
@@ -19,3 +22,4 @@ pub mod probation;
 pub mod provider;
 pub mod stats;
 pub mod wire;
+pub mod witness;

@@ -98,7 +98,7 @@ fn settle(svc: &Service, stats: &DiscoveryStats, b: &Backend, result: std::io::R
         Ok(false) => {
             // A client may have proven it meanwhile: then the probe's
             // failure is an ordinary one, not a probation's.
-            if svc.table.is_proven(&b.stats) {
+            if svc.table.is_proven(&b.stats) || stale(svc, b) {
                 return;
             }
             svc.table
@@ -115,4 +115,20 @@ fn settle(svc: &Service, stats: &DiscoveryStats, b: &Backend, result: std::io::R
         Err(e) => debug!(service = %svc.name, backend = %b.spec.target, error = %e,
             "cannot probe a new backend"),
     }
+}
+
+/// Whether the table's entry for `b` now dials another target than the
+/// probe did: a peer's first record often resolves with one address (a
+/// link-local IPv6 one its service may not listen on) and the rest follow
+/// within milliseconds; a failure of the old target says nothing of the
+/// new one, which the next scan probes. Suspecting it would ask mDNS to
+/// verify a live instance: at 64 hosts starting together, thousands of
+/// such verifications removed live instances.
+fn stale(svc: &Service, b: &Backend) -> bool {
+    svc.table
+        .snapshot()
+        .backends
+        .iter()
+        .find(|x| x.spec.key == b.spec.key)
+        .is_some_and(|now| now.spec.target != b.spec.target)
 }

@@ -1,0 +1,491 @@
+//! Crash removal for the whole link: the witness ring.
+//!
+//! A provider killed without goodbye stays in every browser's cache for its
+//! records' TTL (two minutes with mdns-sd, whose TTLs cannot be set from
+//! outside). Polling every peer from every node would cost O(N²) packets;
+//! instead the mesh-amb nodes on the link form a ring ordered by node id
+//! (TXT `node=`), and each browsing node watches its successor, the next
+//! node id after its own: O(N) probes in total, all unicast.
+//!
+//! The probe is an RFC 6762 §6.7 legacy-unicast question (from an
+//! ephemeral port, straight to the peer's responder on port 5353) for the
+//! peer's host name (`amb-<node>.local.`), which mdns-sd answers by unicast
+//! while the node has any service announced: nothing is multicast while the
+//! peer lives. After [`MISSES_TO_DEAD`] unanswered probes in a row (retried
+//! at once after a miss, so a lost packet costs one quick retry, not a
+//! verdict), the witness multicasts the goodbye the dead responder could
+//! not send: the PTR record of each of its instances with TTL 0 (RFC 6762
+//! §10.1), sent from port 5353 as responses must be (§11). Every browser on
+//! the link, mesh-amb, `mesh-amb ls` and Avahi alike, drops the instances
+//! one second later.
+//!
+//! A false goodbye (a probe path broken while the peer lives, or a forged
+//! one) costs little: a live node that sees its own instance removed
+//! announces it again at once ([`super::mdns`]). Who watches a node that
+//! only provides: its predecessor in the ring, if that one browses; a node
+//! whose predecessor does not browse keeps the TTL expiry. Third-party
+//! instances (Avahi service files, no `node=`) are not in the ring and
+//! keep the TTL expiry too.
+//!
+//! Bounded work: one probe in flight, to one peer, whatever the link says;
+//! a stranger's records can change which node is watched (without the
+//! cluster key), not how much is sent.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::addr::PeerAddr;
+use super::wire::SERVICE_TYPE;
+
+/// Time between probes of a healthy peer. With the retries below, a crash
+/// is detected within about `PROBE_EVERY + MISSES_TO_DEAD x PROBE_TIMEOUT`
+/// (~7 s), and the browsers drop it one second after the goodbye; each
+/// watching node sends one query and gets one answer per period: at 64
+/// nodes, 32 unicast packets a second on the whole link.
+pub const PROBE_EVERY: Duration = Duration::from_secs(4);
+/// A node is probed only once it has been in the ring this long: a
+/// responder that just started leaves unicast questions unanswered for a
+/// few seconds (measured in the lab: probes 2 to 7 s after a node's start
+/// went unanswered, and with 64 nodes starting together, start-up
+/// verdicts were all false). A node that crashes sooner keeps the TTL
+/// expiry.
+pub const WATCH_AFTER: Duration = Duration::from_secs(30);
+/// Random spread of each period, so nodes started together do not probe in
+/// step.
+const PROBE_JITTER: Duration = Duration::from_millis(800);
+/// How long a probe waits for its answer: mdns-sd answers a unicast
+/// question at once; this covers a busy 2-core machine and a 50 ms jitter
+/// link several times over.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+/// Unanswered probes in a row before the peer counts as dead. A probe is
+/// lost with ~10 % odds on a link losing 5 % of packets each way; five
+/// misses in a row then happen once in 100,000 probes (a false goodbye,
+/// which the live peer answers by announcing again).
+pub const MISSES_TO_DEAD: u32 = 5;
+/// Longest answer read; mdns-sd's unicast answers are a few hundred bytes.
+const MAX_PACKET: usize = 9000;
+/// The mDNS port and IPv4 group.
+const MDNS_PORT: u16 = 5353;
+const MDNS_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
+/// Most instances named in one goodbye: one node's services, with room to
+/// spare; more would not fit one packet anyway.
+const MAX_GOODBYE_INSTANCES: usize = 32;
+
+/// A mesh-amb node seen on the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its mDNS host name, the probe's question.
+    pub host: String,
+    /// Where its responder is asked; `None` while only addresses it
+    /// cannot be probed at (loopback, link-local) are known.
+    pub addr: Option<IpAddr>,
+    /// Its instances' full names, for the goodbye.
+    pub instances: Vec<String>,
+    /// When this node first saw it (since it last left the ring).
+    pub since: tokio::time::Instant,
+}
+
+/// The ring as this node sees it: every mesh-amb node that advertises,
+/// by node id.
+#[derive(Debug, Default)]
+pub struct Ring {
+    /// This node's id: it sits in the ring whether it advertises or not.
+    me: String,
+    /// The other nodes, by id.
+    nodes: BTreeMap<String, Peer>,
+}
+
+/// Most nodes the ring holds: far above a link's worth of mesh-amb nodes,
+/// a bound on what a flood of fake node ids costs.
+const MAX_NODES: usize = 1024;
+
+impl Ring {
+    pub fn new(me: &str) -> Ring {
+        Ring {
+            me: me.to_owned(),
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    /// Notes that `node`'s instance `fullname` resolved on host `host` at
+    /// `addrs` (an IPv4 address is preferred for the probe; loopback means
+    /// the node shares our network stack and is not probed).
+    pub fn seen(&mut self, node: &str, fullname: &str, host: &str, addrs: &[PeerAddr]) {
+        if node == self.me {
+            return;
+        }
+        let addr = probe_addr(addrs);
+        if !self.nodes.contains_key(node) && self.nodes.len() >= MAX_NODES {
+            return;
+        }
+        let peer = self.nodes.entry(node.to_owned()).or_insert_with(|| Peer {
+            host: host.to_owned(),
+            addr,
+            instances: Vec::new(),
+            since: tokio::time::Instant::now(),
+        });
+        peer.host = host.to_owned();
+        peer.addr = addr.or(peer.addr);
+        if !peer.instances.iter().any(|i| i == fullname)
+            && peer.instances.len() < MAX_GOODBYE_INSTANCES
+        {
+            peer.instances.push(fullname.to_owned());
+        }
+    }
+
+    /// Forgets instance `fullname`; a node left without instances leaves
+    /// the ring.
+    pub fn gone(&mut self, fullname: &str) {
+        self.nodes.retain(|_, p| {
+            p.instances.retain(|i| i != fullname);
+            !p.instances.is_empty()
+        });
+    }
+
+    /// The node this one watches: its successor by node id, wrapping
+    /// around, among those with an address to probe.
+    pub fn successor(&self) -> Option<(String, Peer)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let probed = |(_, p): &(&String, &Peer)| p.addr.is_some();
+        self.nodes
+            .range::<str, _>((Excluded(self.me.as_str()), Unbounded))
+            .find(probed)
+            .or_else(|| self.nodes.iter().find(probed))
+            .map(|(id, p)| (id.clone(), p.clone()))
+    }
+}
+
+/// The address a peer's responder is probed at: IPv4 first, then a
+/// routable IPv6 one (link-local ones would need their scope), never
+/// loopback.
+fn probe_addr(addrs: &[PeerAddr]) -> Option<IpAddr> {
+    let usable = |p: &&PeerAddr| !p.ip.is_loopback() && !p.ip.is_unspecified();
+    addrs
+        .iter()
+        .filter(usable)
+        .find(|p| p.ip.is_ipv4())
+        .map(|p| p.ip)
+        .or_else(|| {
+            addrs
+                .iter()
+                .filter(usable)
+                .find(|p| !matches!(p.ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+                .map(|p| p.ip)
+        })
+}
+
+/// Watches whichever node `target` names, until `stop`: probes it, and
+/// multicasts its goodbye when it stops answering.
+pub async fn watch(mut target: watch::Receiver<Option<(String, Peer)>>, stop: CancellationToken) {
+    loop {
+        let current = target.borrow_and_update().clone();
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = target.changed() => if changed.is_err() { return },
+            _ = async {
+                match current {
+                    Some((node, peer)) => watch_one(&node, &peer).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
+
+/// Probes `peer` for as long as it is this node's successor, and says its
+/// goodbye once when it stops answering. Probing goes on after the
+/// goodbye: the goodbye normally moves the watch on to the next node, and
+/// a node that answers again (it was alive after all) is watched as before.
+async fn watch_one(node: &str, peer: &Peer) {
+    let (Some(addr), Some(prober)) = (peer.addr, Prober::open(peer).await) else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
+    debug!(node, %addr, "witness: watching");
+    let mut said_goodbye = false;
+    loop {
+        let wait = PROBE_EVERY - PROBE_JITTER / 2 + PROBE_JITTER.mul_f64(fastrand::f64());
+        tokio::time::sleep(wait).await;
+        if prober.alive(node).await {
+            said_goodbye = false;
+        } else if !said_goodbye {
+            goodbye_for(node, peer).await;
+            said_goodbye = true;
+        }
+    }
+}
+
+async fn goodbye_for(node: &str, peer: &Peer) {
+    match say_goodbye(peer).await {
+        Ok(()) => info!(
+            node,
+            instances = peer.instances.len(),
+            "witness: the node stopped answering; goodbye sent for its instances"
+        ),
+        Err(e) => warn!(node, error = %e, "witness: cannot send the goodbye of a dead node"),
+    }
+}
+
+/// Legacy-unicast questions to one peer's responder.
+struct Prober {
+    sock: UdpSocket,
+    to: SocketAddr,
+    question: Vec<u8>,
+}
+
+impl Prober {
+    async fn open(peer: &Peer) -> Option<Prober> {
+        let addr = peer.addr?;
+        match UdpSocket::bind(unspecified(addr)).await {
+            Ok(sock) => Some(Prober {
+                sock,
+                to: SocketAddr::new(addr, MDNS_PORT),
+                question: query(&peer.host, 0),
+            }),
+            Err(e) => {
+                warn!(error = %e, "witness: cannot open a probe socket");
+                None
+            }
+        }
+    }
+
+    /// Asks until an answer comes, at most [`MISSES_TO_DEAD`] times in a
+    /// row; whether one came.
+    async fn alive(&self, node: &str) -> bool {
+        for misses in 1..=MISSES_TO_DEAD {
+            let id = fastrand::u16(..);
+            let mut q = self.question.clone();
+            q[..2].copy_from_slice(&id.to_be_bytes());
+            if let Err(e) = self.sock.send_to(&q, self.to).await {
+                debug!(node, error = %e, "witness: probe not sent");
+            }
+            if answered(&self.sock, self.to).await {
+                return true;
+            }
+            debug!(node, misses, "witness: probe unanswered");
+        }
+        false
+    }
+}
+
+/// Whether an answer comes from `from` within [`PROBE_TIMEOUT`]. Any
+/// response from the peer on this socket counts, a late answer to an
+/// earlier probe included: a responder busy with a storm of start-up
+/// traffic may answer seconds late, and is alive.
+async fn answered(sock: &UdpSocket, from: SocketAddr) -> bool {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+    loop {
+        let got = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await;
+        match got {
+            Err(_) => return false,
+            // An ICMP error, say: no answer, but the probe keeps its pace.
+            Ok(Err(_)) => {
+                tokio::time::sleep_until(deadline).await;
+                return false;
+            }
+            Ok(Ok((n, src))) => {
+                let pkt = &buf[..n];
+                let is_answer = n >= 12 && pkt[2] & 0x80 != 0;
+                if src.ip() == from.ip() && is_answer {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// Multicasts TTL-0 PTR records for the instances of `peer`, from port
+/// 5353 on the interface that reaches it. The socket shares the port with
+/// the daemon's (SO_REUSEPORT, as mdns-sd's own) and lives for one send.
+async fn say_goodbye(peer: &Peer) -> std::io::Result<()> {
+    let packet = goodbye(&peer.instances);
+    let Some(IpAddr::V4(peer_v4)) = peer.addr else {
+        // IPv6-only peers get their goodbye on the v6 group.
+        return send_goodbye_v6(&packet);
+    };
+    // The local address that routes to the peer names the interface.
+    let probe = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    probe.connect((peer_v4, MDNS_PORT))?;
+    let IpAddr::V4(local) = probe.local_addr()?.ip() else {
+        return Err(std::io::Error::other("no IPv4 route to the peer"));
+    };
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_multicast_if_v4(&local)?;
+    s.set_multicast_ttl_v4(255)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, MDNS_PORT)).into())?;
+    s.send_to(&packet, &SocketAddr::from((MDNS_V4, MDNS_PORT)).into())?;
+    Ok(())
+}
+
+fn send_goodbye_v6(packet: &[u8]) -> std::io::Result<()> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_multicast_hops_v6(255)?;
+    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, MDNS_PORT)).into())?;
+    let group: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb);
+    s.send_to(packet, &SocketAddr::from((group, MDNS_PORT)).into())?;
+    Ok(())
+}
+
+fn unspecified(like: IpAddr) -> SocketAddr {
+    match like {
+        IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
+/// DNS record types and class used here.
+const TYPE_A: u16 = 1;
+const TYPE_PTR: u16 = 12;
+const CLASS_IN: u16 = 1;
+
+/// A one-question query for the A record of `host`, with message id `id`.
+fn query(host: &str, id: u16) -> Vec<u8> {
+    let mut p = Vec::with_capacity(64);
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]); // flags 0, one question
+    put_name(&mut p, host);
+    p.extend_from_slice(&TYPE_A.to_be_bytes());
+    p.extend_from_slice(&CLASS_IN.to_be_bytes());
+    p
+}
+
+/// An mDNS response holding a TTL-0 PTR record `_amb._tcp.local. ->
+/// instance` for each of `instances`.
+fn goodbye(instances: &[String]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(64 * (instances.len() + 1));
+    p.extend_from_slice(&[0, 0, 0x84, 0]); // id 0; response, authoritative
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&(instances.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0]);
+    for fullname in instances {
+        put_name(&mut p, SERVICE_TYPE);
+        p.extend_from_slice(&TYPE_PTR.to_be_bytes());
+        p.extend_from_slice(&CLASS_IN.to_be_bytes());
+        p.extend_from_slice(&0u32.to_be_bytes()); // TTL 0: goodbye
+        let mut rdata = Vec::new();
+        put_name(&mut rdata, fullname);
+        p.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        p.extend_from_slice(&rdata);
+    }
+    p
+}
+
+/// Appends `name` (dot-separated, trailing dot optional) in DNS label
+/// form. Labels were checked on the way in ([`super::wire::check`]: no
+/// dots, at most 63 bytes); a longer one is cut rather than corrupting the
+/// packet.
+fn put_name(p: &mut Vec<u8>, name: &str) {
+    for label in name.trim_end_matches('.').split('.') {
+        let bytes = &label.as_bytes()[..label.len().min(63)];
+        p.push(bytes.len() as u8);
+        p.extend_from_slice(bytes);
+    }
+    p.push(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Vec<PeerAddr> {
+        vec![PeerAddr {
+            ip: s.parse().unwrap(),
+            scope: 0,
+        }]
+    }
+
+    fn ring(me: &str, others: &[&str]) -> Ring {
+        let mut r = Ring::new(me);
+        for (i, id) in others.iter().enumerate() {
+            let name = format!("web@{id}.{SERVICE_TYPE}");
+            r.seen(
+                id,
+                &name,
+                &format!("amb-{id}.local."),
+                &addr(&format!("10.0.0.{}", i + 1)),
+            );
+        }
+        r
+    }
+
+    #[test]
+    fn each_node_watches_the_next_id_wrapping_around() {
+        let cases: &[(&str, &[&str], Option<&str>)] = &[
+            ("b", &["a", "c", "d"], Some("c")),
+            ("d", &["a", "b", "c"], Some("a")),
+            ("a", &[], None),
+            ("a", &["a"], None), // ourselves, seen through our own browse
+            ("m", &["z"], Some("z")),
+        ];
+        for (me, others, want) in cases {
+            let got = ring(me, others).successor().map(|(id, _)| id);
+            assert_eq!(got.as_deref(), *want, "{me} among {others:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_leaves_the_ring_with_its_last_instance() {
+        let mut r = ring("a", &["b", "c"]);
+        r.seen(
+            "b",
+            &format!("api@b.{SERVICE_TYPE}"),
+            "amb-b.local.",
+            &addr("10.0.0.1"),
+        );
+        r.gone(&format!("web@b.{SERVICE_TYPE}"));
+        assert_eq!(r.successor().unwrap().0, "b");
+        r.gone(&format!("api@b.{SERVICE_TYPE}"));
+        assert_eq!(r.successor().unwrap().0, "c");
+    }
+
+    #[test]
+    fn peers_without_a_probe_address_are_not_watched() {
+        let mut r = Ring::new("a");
+        r.seen(
+            "b",
+            &format!("web@b.{SERVICE_TYPE}"),
+            "amb-b.local.",
+            &addr("127.0.0.1"),
+        );
+        assert!(r.successor().is_none());
+        let web_b = format!("web@b.{SERVICE_TYPE}");
+        r.seen("b", &web_b, "amb-b.local.", &addr("fe80::1"));
+        assert!(r.successor().is_none());
+        r.seen("b", &web_b, "amb-b.local.", &addr("10.0.0.2"));
+        assert_eq!(
+            r.successor().unwrap().1.addr,
+            Some("10.0.0.2".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn packets_are_well_formed() {
+        let q = query("amb-b.local.", 0x1234);
+        assert_eq!(&q[..6], &[0x12, 0x34, 0, 0, 0, 1]);
+        assert_eq!(&q[12..], b"\x05amb-b\x05local\x00\x00\x01\x00\x01");
+        let g = goodbye(&[format!("web@b.{SERVICE_TYPE}")]);
+        assert_eq!(&g[..8], &[0, 0, 0x84, 0, 0, 0, 0, 1]);
+        let ttl_at = 12 + "\x04_amb\x04_tcp\x05local\x00".len() + 4;
+        assert_eq!(&g[ttl_at..ttl_at + 4], &[0, 0, 0, 0]);
+        assert!(g.ends_with(b"\x05web@b\x04_amb\x04_tcp\x05local\x00"));
+    }
+}

@@ -1,0 +1,375 @@
+//! The mesh at scale, a benchmark rather than a test (`bench/mesh-scale.sh`
+//! runs it): N hosts in one namespace lab, each `mesh-amb --provide web:7000
+//! --consume web:8080` with a listener on 7000, and one more host that
+//! joins and leaves. Printed per N: join, graceful leave and crash removal
+//! (p50/p99 over every consumer's table, from the timestamps of their log
+//! lines), idle mDNS traffic on the bridge (a tcpdump of port 5353 on the
+//! bridge itself, which sees every frame) and idle CPU per host; and how
+//! many live providers any table dropped during the run (must be 0).
+//!
+//! `MESH_HOSTS` (default `8`): comma-separated sizes; `MESH_SETTLE` and
+//! `MESH_WINDOW` (seconds, default 20 and 60): the idle time before the
+//! traffic window and the window itself. `MESH_AMB_BIN`: another
+//! mesh-amb binary to measure (an older build, for before/after figures);
+//! `MESH_LOG`: the nodes' `RUST_LOG` (default `mesh_amb=info`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use mesh_amb_lab::{wait_until, Host, Lab, Proc};
+
+mod common;
+
+use common::mesh::*;
+
+/// The provider's log line once its instance is announced (a "not
+/// advertising" warning comes first when the local check is slow).
+const ADVERTISING: &str = "local service answers: advertising";
+/// Starts of the nodes are spaced by this: 64 processes launched in the
+/// same instant on 2 cores would measure the machine's start-up queue, not
+/// the mesh; 50 ms is far below any timer of the mesh.
+const STAGGER: Duration = Duration::from_millis(50);
+/// Bound on the whole mesh converging and on each measured event. A crash
+/// removed only by the records' TTL takes ~120 s: this lets that be
+/// measured too.
+const EVENT_DEADLINE: Duration = Duration::from_secs(200);
+/// How often the logs are read while waiting: the figures come from the
+/// log timestamps, so this only bounds the waiting, not the precision.
+const POLL: Duration = Duration::from_millis(200);
+
+#[test]
+#[ignore = "benchmark; run bench/mesh-scale.sh"]
+fn scale() {
+    let sizes: Vec<usize> = env_or("MESH_HOSTS", "8")
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("MESH_HOSTS: comma-separated host counts")
+        })
+        .collect();
+    let settle = Duration::from_secs(env_or("MESH_SETTLE", "20").parse().unwrap());
+    let window = Duration::from_secs(env_or("MESH_WINDOW", "60").parse().unwrap());
+    for n in sizes {
+        run(n, settle, window);
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// One mesh-amb node of the benchmark and its instance name.
+struct Node {
+    proc: Proc,
+    instance: String,
+}
+
+fn run(n: usize, settle: Duration, window: Duration) {
+    let lab = Lab::new(n + 1);
+    let hosts = lab.hosts();
+    for h in hosts {
+        serve_forever(h);
+    }
+    let t_start = now();
+    let mut nodes: Vec<Node> = Vec::new();
+    for h in &hosts[..n] {
+        nodes.push(start_node(h));
+        std::thread::sleep(STAGGER);
+    }
+    let all: HashSet<String> = nodes.iter().map(|x| x.instance.clone()).collect();
+    let full = wait_until(EVENT_DEADLINE, || {
+        nodes
+            .iter()
+            .all(|x| table(&x.proc.stderr()).is_superset(&all))
+    });
+    assert!(full, "the {n} tables never held all {n} instances");
+    let converged = now() - t_start;
+
+    // Idle: traffic and CPU over the window, after the settle time.
+    std::thread::sleep(settle);
+    let capture = Capture::start(&lab);
+    let cpu0: Vec<u64> = nodes.iter().map(|x| cpu_ticks(x.proc.pid())).collect();
+    let w0 = now();
+    std::thread::sleep(window);
+    let w1 = now();
+    let cpu1: Vec<u64> = nodes.iter().map(|x| cpu_ticks(x.proc.pid())).collect();
+    let traffic = capture.finish(w0, w1);
+    let tick = clock_ticks();
+    let cpu: Vec<f64> = cpu0
+        .iter()
+        .zip(&cpu1)
+        .map(|(a, b)| (b - a) as f64 / tick / (w1 - w0) * 100.0)
+        .collect();
+
+    // Join: the new host's start -> in every table (its own too).
+    let joiner_host = &hosts[n];
+    let t0 = now();
+    let mut joiner = start_node(joiner_host);
+    let mut everyone: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
+    everyone.push(&joiner.proc);
+    let join = delays(&everyone, &joiner.instance, "backend joined", t0);
+
+    // Graceful leave: SIGTERM -> draining, then gone from every other table.
+    let t0 = now();
+    joiner.proc.signal(libc::SIGTERM);
+    let others: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
+    let drain = delays(&others, &joiner.instance, "backend draining", t0);
+    let leave = delays(&others, &joiner.instance, "backend left", t0);
+    joiner.proc.wait_exit(EVENT_DEADLINE);
+
+    // Crash: SIGKILL of the last node -> gone from every other table.
+    let mut victim = nodes.pop().unwrap();
+    let t0 = now();
+    victim.proc.kill();
+    let survivors: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
+    let crash = delays(&survivors, &victim.instance, "backend left", t0);
+
+    // A live provider must never have left any table.
+    let dropped: usize = nodes
+        .iter()
+        .map(|x| {
+            x.proc
+                .stderr()
+                .lines()
+                .filter(|l| l.contains("backend left"))
+                .filter(|l| {
+                    instance_of(l).is_some_and(|i| i != victim.instance && i != joiner.instance)
+                })
+                .count()
+        })
+        .sum();
+
+    println!("--- {n} hosts (all tables full {converged:.1} s after the first start, starts {STAGGER:?} apart)");
+    summary("join: start -> in every table", join);
+    summary("graceful leave -> draining everywhere", drain);
+    summary("graceful leave -> gone everywhere (2 s drain)", leave);
+    summary("SIGKILL -> gone from every table", crash);
+    println!(
+        "idle mDNS over {:.0} s: {:.1} packets/s ({:.1} multicast, {:.1} unicast), {:.0} B/s, max {} packets in 1 s",
+        w1 - w0,
+        traffic.packets as f64 / (w1 - w0),
+        traffic.multicast as f64 / (w1 - w0),
+        (traffic.packets - traffic.multicast) as f64 / (w1 - w0),
+        traffic.bytes as f64 / (w1 - w0),
+        traffic.max_per_second,
+    );
+    let mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
+    let max = cpu.iter().cloned().fold(0.0, f64::max);
+    println!("idle CPU per host: mean {mean:.2} %, max {max:.2} % of one core");
+    println!("live providers dropped from a table during the run: {dropped}");
+}
+
+/// A listener on 7000 in `host` that accepts and closes, for the whole
+/// run: the local service the provider checks.
+fn serve_forever(host: &Host) {
+    let l = host.enter(|| TcpListener::bind(("0.0.0.0", 7000)).expect("bind 7000"));
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+}
+
+/// A node providing and consuming `web`, once it advertises.
+fn start_node(host: &Host) -> Node {
+    let bin = std::env::var("MESH_AMB_BIN").unwrap_or_else(|_| BIN.to_owned());
+    let mut cmd = host.command(bin);
+    cmd.args(["--provide", "web:7000", "--consume", "web:8080"])
+        .env("RUST_LOG", env_or("MESH_LOG", "mesh_amb=info"));
+    let proc = host.spawn_cmd("mesh-amb", cmd);
+    wait_log(&proc, ADVERTISING);
+    let instance = proc
+        .stderr()
+        .lines()
+        .find(|l| l.contains(ADVERTISING))
+        .and_then(instance_of)
+        .expect("the instance name in the log")
+        .to_owned();
+    Node { proc, instance }
+}
+
+/// `instance=NAME` of a log line.
+fn instance_of(line: &str) -> Option<&str> {
+    let rest = &line[line.find("instance=")? + "instance=".len()..];
+    rest.split_whitespace().next()
+}
+
+/// Seconds since the epoch, as f64 (log timestamps are compared with it).
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The RFC 3339 UTC timestamp that starts a log line, in unix seconds.
+fn stamp(line: &str) -> Option<f64> {
+    let t = line.get(..27)?; // 2026-12-01T19:10:00.123456Z
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let frac: f64 = format!("0{}", t.get(19..26)?).parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60 + ss) as f64 + frac)
+}
+
+/// The instances in a consumer's table, replayed from its log.
+fn table(log: &str) -> HashSet<String> {
+    let mut t = HashSet::new();
+    for l in log.lines() {
+        let Some(i) = instance_of(l) else { continue };
+        if l.contains("backend joined") {
+            t.insert(i.to_owned());
+        } else if l.contains("backend left") {
+            t.remove(i);
+        }
+    }
+    t
+}
+
+/// For each of `procs`, seconds from `t0` to its first log line holding
+/// `what` for `instance` (waits for all of them, up to the deadline).
+fn delays(procs: &[&Proc], instance: &str, what: &str, t0: f64) -> Vec<f64> {
+    let first = |p: &Proc| {
+        p.stderr()
+            .lines()
+            .filter(|l| l.contains(what) && instance_of(l) == Some(instance))
+            .filter_map(stamp)
+            .find(|t| *t >= t0)
+    };
+    let deadline = std::time::Instant::now() + EVENT_DEADLINE;
+    loop {
+        let got: Vec<Option<f64>> = procs.iter().map(|p| first(p)).collect();
+        let missing = got.iter().filter(|g| g.is_none()).count();
+        if missing == 0 || std::time::Instant::now() > deadline {
+            if missing > 0 {
+                println!("  {what} {instance}: {missing} of {} never", procs.len());
+            }
+            return got.into_iter().flatten().map(|t| t - t0).collect();
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn summary(name: &str, mut runs: Vec<f64>) {
+    if runs.is_empty() {
+        println!("{name:<48} no samples");
+        return;
+    }
+    runs.sort_by(f64::total_cmp);
+    let pick = |q: f64| runs[((runs.len() - 1) as f64 * q).round() as usize] * 1000.0;
+    println!(
+        "{name:<48} n {:>3}  p50 {:>7.0} ms  p99 {:>7.0} ms",
+        runs.len(),
+        pick(0.5),
+        pick(0.99)
+    );
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12) // fields 14 and 15 of stat(5)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// tcpdump of mDNS (UDP 5353) on the lab's bridge, which in promiscuous
+/// mode sees every frame the hosts exchange, multicast and unicast.
+struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+/// What crossed the bridge in a window.
+struct Traffic {
+    packets: usize,
+    multicast: usize,
+    /// Ethernet frame bytes.
+    bytes: usize,
+    /// Most packets in any one-second bucket of the window.
+    max_per_second: usize,
+}
+
+impl Capture {
+    fn start(lab: &Lab) -> Capture {
+        let ns = lab
+            .namespaces()
+            .iter()
+            .find(|n| n.ends_with("-br"))
+            .expect("the lab's bridge namespace");
+        let file = lab.dir().join("mdns.pcap");
+        let log = lab.dir().join("tcpdump.log");
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "tcpdump", "-i", "br0", "-n", "-U", "-s", "64",
+            ])
+            .arg("-w")
+            .arg(&file)
+            .args(["udp", "port", "5353"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("tcpdump");
+        let ready = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&log).is_ok_and(|s| s.contains("listening on"))
+        });
+        assert!(ready, "tcpdump did not start");
+        Capture { child, file }
+    }
+
+    fn finish(mut self, w0: f64, w1: f64) -> Traffic {
+        // SAFETY: kill(2) on our own child's PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        read_pcap(&self.file, w0, w1)
+    }
+}
+
+/// Counts the frames of a pcap file whose time is in `[w0, w1)`.
+fn read_pcap(file: &Path, w0: f64, w1: f64) -> Traffic {
+    let data = std::fs::read(file).expect("the capture");
+    let mut t = Traffic {
+        packets: 0,
+        multicast: 0,
+        bytes: 0,
+        max_per_second: 0,
+    };
+    let mut buckets: BTreeMap<u64, usize> = BTreeMap::new();
+    let u32_at = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap());
+    let mut at = 24; // global header
+    while at + 16 <= data.len() {
+        let ts = u32_at(at) as f64 + u32_at(at + 4) as f64 / 1e6;
+        let (incl, orig) = (u32_at(at + 8) as usize, u32_at(at + 12) as usize);
+        let frame = &data[at + 16..(at + 16 + incl).min(data.len())];
+        at += 16 + incl;
+        if ts < w0 || ts >= w1 {
+            continue;
+        }
+        t.packets += 1;
+        t.bytes += orig;
+        if frame.first().is_some_and(|b| b & 1 == 1) {
+            t.multicast += 1;
+        }
+        *buckets.entry((ts - w0) as u64).or_default() += 1;
+    }
+    t.max_per_second = buckets.values().copied().max().unwrap_or(0);
+    t
+}

@@ -1,0 +1,198 @@
+//! The witness ring (src/discovery/witness.rs) in the namespace lab: a
+//! provider killed without goodbye leaves every consumer's table within
+//! seconds, the ones that never dial it included, and a live node answers a
+//! goodbye said in its name by announcing itself again.
+
+use std::net::{TcpListener, UdpSocket};
+use std::time::{Duration, Instant};
+
+use mesh_amb_lab::{wait_until, FakeInstance, Host, Lab, Proc, Rogue};
+
+mod common;
+
+use common::mesh::*;
+
+/// Far below the two minutes the records' TTL would take, above the
+/// witness's detection (~7 s) plus the goodbye's second on a loaded
+/// machine.
+const CRASH_REMOVED_WITHIN: Duration = Duration::from_secs(30);
+
+/// The provider's log line once its instance is announced (a "not
+/// advertising" warning comes first when the local check is slow).
+const ADVERTISING: &str = "local service answers: advertising";
+/// A node is watched 30 s after it was first seen (witness::WATCH_AFTER);
+/// this leaves room for the watch's first verdict on a loaded machine.
+const WATCH_DEADLINE: Duration = Duration::from_secs(75);
+/// Spacing of the forged goodbyes: longer than the second a goodbye
+/// takes to act.
+const FORGE_AGAIN: Duration = Duration::from_secs(2);
+
+/// A listener on 7000 in `host` for the provider's local check.
+fn serve(host: &Host) {
+    let l = host.enter(|| TcpListener::bind(("0.0.0.0", 7000)).expect("bind 7000"));
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            drop(c);
+        }
+    });
+}
+
+/// A node providing and consuming `web`, and its instance name.
+fn node(host: &Host) -> (Proc, String) {
+    serve(host);
+    let p = amb(host, &["--provide", "web:7000", "--consume", "web:8080"]);
+    wait_log(&p, ADVERTISING);
+    let instance = p
+        .stderr()
+        .lines()
+        .find(|l| l.contains(ADVERTISING))
+        .and_then(|l| l.split("instance=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .expect("instance in the log")
+        .to_owned();
+    (p, instance)
+}
+
+fn has(p: &Proc, what: &str, instance: &str) -> usize {
+    log_lines(p, &[what, &format!("instance={instance}")])
+}
+
+#[test]
+fn a_crashed_node_leaves_every_table_without_any_client() {
+    let lab = Lab::new(3);
+    let nodes: Vec<(Proc, String)> = lab.hosts().iter().map(node).collect();
+    let all_joined = wait_until(DEADLINE, || {
+        nodes
+            .iter()
+            .all(|(p, _)| nodes.iter().all(|(_, i)| has(p, "backend joined", i) > 0))
+    });
+    assert!(
+        all_joined,
+        "the three tables never held all three instances"
+    );
+    let mut nodes = nodes;
+    let (mut victim, gone) = nodes.remove(0);
+    // A node is watched once it has been seen for a while (WATCH_AFTER).
+    let id = gone.split(['@', '.']).nth(1).unwrap().to_owned();
+    let watching = format!("witness: watching node=\"{id}\"");
+    let watched = wait_until(WATCH_DEADLINE, || {
+        nodes.iter().any(|(p, _)| p.stderr().contains(&watching))
+    });
+    assert!(watched, "nobody watches {id}");
+    let t0 = Instant::now();
+    victim.kill();
+    let removed = wait_until(CRASH_REMOVED_WITHIN, || {
+        nodes.iter().all(|(p, _)| has(p, "backend left", &gone) > 0)
+    });
+    assert!(
+        removed,
+        "{gone} still in a table {:?} after its SIGKILL:\n{}\n{}",
+        t0.elapsed(),
+        nodes[0].0.output_tail(20),
+        nodes[1].0.output_tail(20)
+    );
+    eprintln!("removed from both tables in {:?}", t0.elapsed());
+    let said = nodes
+        .iter()
+        .any(|(p, _)| p.stderr().contains("goodbye sent for its instances"));
+    assert!(said, "no witness said the goodbye");
+    // The live ones stay.
+    for (p, _) in &nodes {
+        for (_, i) in &nodes {
+            assert_eq!(has(p, "backend left", i), 0, "a live instance left");
+        }
+    }
+}
+
+#[test]
+fn a_live_node_answers_a_goodbye_in_its_name() {
+    let lab = Lab::new(3);
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    let (target, instance) = node(h1);
+    let consumer = amb(h2, &["--consume", "web:8080"]);
+    wait_until(DEADLINE, || has(&consumer, "backend joined", &instance) > 0);
+    // A stranger on h3 says the goodbye of h1's live instance, again
+    // every couple of seconds: one said while h1's start-up announcements
+    // still repeat is overtaken by the next of them.
+    let packet = goodbye(&instance);
+    let sock = h3.enter(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let mut said: Option<Instant> = None;
+    let defended = wait_until(DEADLINE, || {
+        if said.is_none_or(|t| t.elapsed() > FORGE_AGAIN) {
+            sock.send_to(&packet, "224.0.0.251:5353").unwrap();
+            said = Some(Instant::now());
+        }
+        target.stderr().contains("announcing it again")
+    });
+    assert!(
+        defended,
+        "h1 did not defend its instance:\n{}",
+        target.output_tail(20)
+    );
+    // Whether the consumer dropped it for a moment or not, it has it.
+    let back = wait_until(DEADLINE, || {
+        has(&consumer, "backend joined", &instance) > has(&consumer, "backend left", &instance)
+    });
+    assert!(back, "{}", consumer.output_tail(20));
+}
+
+/// An mDNS response with a TTL-0 PTR `_amb._tcp.local. -> instance`.
+fn goodbye(instance: &str) -> Vec<u8> {
+    let name = |n: &str| {
+        let mut v = Vec::new();
+        for l in n.trim_end_matches('.').split('.') {
+            v.push(l.len() as u8);
+            v.extend_from_slice(l.as_bytes());
+        }
+        v.push(0);
+        v
+    };
+    let mut p = vec![0, 0, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    p.extend(name("_amb._tcp.local."));
+    p.extend_from_slice(&[0, 12, 0, 1, 0, 0, 0, 0]);
+    let rdata = name(instance);
+    p.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    p.extend(rdata);
+    p
+}
+
+#[test]
+fn strangers_in_the_ring_cost_one_probe_at_a_time() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let (mut node, _) = node(h1);
+    // 200 fake mesh nodes, none of which answers a probe, with bogus node
+    // ids and host names among them; of a service h1 does not consume, so
+    // only the ring sees them.
+    let mut fakes = FakeInstance::many("fake", 200, "other", 7000, h2.ip.into());
+    for (i, f) in fakes.iter_mut().enumerate() {
+        let id: Vec<u8> = match i % 4 {
+            0 => format!("node=n{i:03}").into_bytes(),
+            1 => [b"node=".as_slice(), &[0xff, 0x00, b'\n'], &[b'x'; 200]].concat(),
+            2 => b"node=".to_vec(),
+            _ => b"node".to_vec(),
+        };
+        f.txt.push(id);
+        f.host = format!("{}.local.", "h".repeat(60 + i % 4));
+    }
+    let _rogue = Rogue::start(h2, fakes);
+    let t0 = Instant::now();
+    let watched = wait_until(WATCH_DEADLINE, || {
+        log_lines(&node, &["witness: the node stopped answering"]) >= 2
+    });
+    assert!(
+        watched,
+        "the witness never gave up on a fake node:\n{}",
+        node.output_tail(20)
+    );
+    // One node watched at a time, each for at least its five misses
+    // (3.5 s).
+    let goodbyes = log_lines(&node, &["witness: the node stopped answering"]);
+    let bound = (t0.elapsed().as_secs_f64() / 3.0).ceil() as usize + 1;
+    assert!(
+        goodbyes <= bound,
+        "{goodbyes} goodbyes in {:?}",
+        t0.elapsed()
+    );
+    assert!(node.is_running(), "{}", node.output_tail(20));
+}
