@@ -22,6 +22,8 @@
 #   OLD_BIN   another mesh-amb binary to compare side by side (e.g. built
 #             from an older commit in a separate worktree)
 #   MEMORY=0  skip the memory part
+#   SUITES    the suites to run, e.g. "k0 plain" (default: all four); with
+#             a subset, the memory part is skipped and nothing is written
 #   BENCH_SMOKE=1  same as --smoke
 # Run as root on Debian, it installs what is missing and runs everything in
 # a private network namespace with only `lo`. Client, proxies and Redis
@@ -45,7 +47,7 @@ if [ -z "${BENCH_NETNS:-}" ]; then
   ensure_packages bench/dataplane.sh redis-server redis-tools haproxy nginx \
     libnginx-mod-stream socat gnuplot-nox
   cargo build --release -q
-  if [ "${MEMORY:-1}" != 0 ] && [ "$smoke" != 1 ]; then
+  if [ "${MEMORY:-1}" != 0 ] && [ "$smoke" != 1 ] && [ -z "${SUITES:-}" ]; then
     # The client of the memory part, a test run with --ignored.
     IDLE_MEMORY_BIN=$(cargo test --release --test idle_memory --no-run 2>&1 |
       sed -n 's/.*Executable .*(\(.*\))$/\1/p')
@@ -81,12 +83,20 @@ held_conns=$((maxconn - 50))
 [ "$held_conns" -le 10000 ] || held_conns=10000
 
 suites=(plain pipelined 16k k0)
+partial=0
+if [ -n "${SUITES:-}" ]; then
+  read -ra suites <<<"$SUITES"
+  partial=1
+fi
 declare -A suite_args=(
   [plain]="-t ping,set,get -n $requests"
   [pipelined]="-P 16 -t ping,set,get -n $((requests * 5))"
   [16k]="-d 16384 -t set,get -n $((requests / 4))"
   [k0]="-k 0 -t ping -n $((requests / 5))"
 )
+for s in "${suites[@]}"; do
+  [ -n "${suite_args[$s]:-}" ] || { echo "unknown suite '$s': use plain, pipelined, 16k or k0" >&2; exit 2; }
+done
 declare -A suite_title=(
   [plain]="plain (-t ping,set,get)"
   [pipelined]="pipelined (-P 16 -t ping,set,get)"
@@ -120,17 +130,32 @@ add_target nginx
 start_socat "$rport"
 add_target socat
 
-results=$BENCH_TMP/results
+results=$BENCH_TMP/results cpu=$BENCH_TMP/cpu
 : >"$results"
-# run SUITE NAME PORT ROUND: one redis-benchmark, its CSV rows appended to
-# $results as "suite target round test rps p50 p99". The timeout bounds a
-# run against a target that stopped answering (redis-benchmark would spin).
+: >"$cpu"
+# Requests per run of each suite: the -n of each of its tests, times the
+# tests (-t ping runs two: PING_INLINE and PING_MBULK).
+declare -A suite_requests=()
+for s in "${suites[@]}"; do
+  n_req=${suite_args[$s]##*-n }
+  tests=$(sed 's/.*-t \([^ ]*\).*/\1/; s/ping/ping_inline,ping_mbulk/' <<<"${suite_args[$s]}")
+  suite_requests[$s]=$((n_req * $(tr ',' '\n' <<<"$tests" | wc -l)))
+done
+# run SUITE NAME PORT ROUND PID: one redis-benchmark, its CSV rows appended
+# to $results as "suite target round test rps p50 p99", and the CPU time
+# the target's processes spent per request to $cpu as "suite target round
+# microseconds". The timeout bounds a run against a target that stopped
+# answering (redis-benchmark would spin).
 run() {
-  local out
+  local out before
+  before=$(cpu_ticks "$5")
   # shellcheck disable=SC2086 # the suite's arguments are words
   out=$(timeout 300 redis-benchmark -p "$3" -c 50 ${suite_args[$1]} --csv 2>/dev/null) || true
   awk -F'"' -v s="$1" -v t="$2" -v r="$4" \
     'NR > 1 && NF > 1 {print s, t, r, $2, $4, $10, $14}' <<<"$out" >>"$results"
+  awk -v s="$1" -v t="$2" -v r="$4" -v d="$(($(cpu_ticks "$5") - before))" \
+    -v hz="$(getconf CLK_TCK)" -v n="${suite_requests[$1]}" \
+    'BEGIN {printf "%s %s %s %.2f\n", s, t, r, d / hz * 1e6 / n}' >>"$cpu"
 }
 
 n=${#names[@]}
@@ -139,7 +164,7 @@ for ((r = 0; r < rounds; r++)); do
   for si in "${!suites[@]}"; do
     for ((k = 0; k < n; k++)); do
       i=$(((k + r + si) % n))
-      run "${suites[$si]}" "${names[$i]}" "${ports[$i]}" "$r"
+      run "${suites[$si]}" "${names[$i]}" "${ports[$i]}" "$r" "${pids[$i]}"
     done
   done
   echo "round $((r + 1)) of $rounds done" >&2
@@ -231,11 +256,38 @@ summary() {
   done
 }
 
+# CPU time of each target's processes per request, median over rounds,
+# per suite: "suite target microseconds". Steadier than requests/s on a
+# shared machine: it counts the work, not the waiting.
+cpu_medians=$BENCH_TMP/cpu_medians
+sort -k1,1 -k2,2 -k4,4g "$cpu" | awk '
+  { id = $1 " " $2; if (id != key) { if (k) print key, v[int((k + 1) / 2)]; key = id; k = 0 } v[++k] = $4 }
+  END { if (k) print key, v[int((k + 1) / 2)] }' >"$cpu_medians"
+cpu_table() {
+  local line t s
+  line="| suite |"
+  for t in "${names[@]}"; do line+=" $t |"; done
+  echo "$line"
+  echo "|---|$(printf -- '--:|%.0s' "${names[@]}")"
+  for s in "${suites[@]}"; do
+    line="| $s |"
+    for t in "${names[@]}"; do
+      line+=" $(awk -v s="$s" -v t="$t" '$1 == s && $2 == t {printf "%.1f", $3}' "$cpu_medians") |"
+    done
+    echo "$line"
+  done
+}
+
 report=$BENCH_TMP/report.md
 {
   echo "Ratio to direct Redis per suite (geometric mean over the suite's tests):"
   echo
   summary
+  echo
+  echo "CPU time per request, in microseconds, of each target's processes (user and"
+  echo "system, from /proc; direct: redis-server's own), median over rounds:"
+  echo
+  cpu_table
   for s in "${suites[@]}"; do
     echo
     echo "#### ${suite_title[$s]}"
@@ -248,7 +300,7 @@ if [ "$unanswered" -ne 0 ]; then
   echo "some targets did not answer: see above" >&2
   exit 1
 fi
-[ "$smoke" = 1 ] && exit 0
+[ "$smoke" = 1 ] || [ "$partial" = 1 ] && exit 0
 
 # The chart: grouped bars, ratio to direct per suite and proxy.
 chart=bench/dataplane.png

@@ -89,6 +89,20 @@ pss_kib() {
   echo "$total"
 }
 
+# cpu_ticks PID: CPU time (user and system, in clock ticks) that PID, its
+# reaped children and its live descendants have used: socat's forked
+# children are reaped as they finish, nginx's workers live on.
+cpu_ticks() {
+  local p total=0 t
+  for p in $(tree_pids "$1"); do
+    # Fields 14-17 (utime stime cutime cstime), counted after the command
+    # name, which is in parentheses and may hold spaces.
+    t=$(sed 's/.*) //' /proc/"$p"/stat 2>/dev/null | awk '{print $12 + $13 + $14 + $15}')
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+
 # start_haproxy REDIS_PORT MAXCONN: an HAProxy (tcp mode, one thread per
 # core) in front of Redis.
 start_haproxy() {

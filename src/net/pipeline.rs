@@ -100,8 +100,12 @@ impl Handler for Service {
     }
 }
 
-/// Socket options of the client side: no Nagle, keepalive, user timeout.
+/// Socket options of the client side: no Nagle, keepalive, user timeout,
+/// inherited from the listener where the kernel does that.
 fn accept_stage(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Shared) -> TcpStream {
+    if sockopt::ACCEPTED_INHERIT_OPTIONS {
+        return client;
+    }
     if let Err(e) = sockopt::tune_stream(&client, &shared.settings) {
         debug!(service = %svc.name, client = %peer, error = %e, "cannot set client socket options");
     }
@@ -351,7 +355,6 @@ async fn establish(
     tls: Option<&Tls>,
 ) -> Result<BackendStream, Setback> {
     let stream = dial(&backend.spec.target, settings.connect_timeout).await?;
-    let _ = stream.set_nodelay(true);
     if let Err(e) = sockopt::tune_stream(&stream, settings) {
         debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
             "cannot set backend socket options");
