@@ -43,7 +43,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::sockopt;
@@ -177,6 +177,17 @@ impl Meters<'_> {
     }
 }
 
+/// Work on the server's socket that waits until the connection has lasted
+/// `after` (and its server side is waiting for data): a connection that
+/// ends sooner, as with a new connection per request, never pays for it.
+#[derive(Clone, Copy)]
+pub struct Later<'a> {
+    /// How long the connection lasts first.
+    pub after: Duration,
+    /// What is done then, once.
+    pub run: &'a (dyn Fn(&TcpStream) + Sync),
+}
+
 /// What a copy did.
 #[derive(Debug)]
 pub struct Report {
@@ -189,13 +200,15 @@ pub struct Report {
 
 /// Copies both ways between `client` and `server` until both directions
 /// reach end of stream, one fails, a limit expires or `stop` is cancelled,
-/// adding what moves to `meters`. The caller closes the sockets by dropping
-/// them.
+/// adding what moves to `meters`, and does `later` on the server's socket
+/// if the connection lasts long enough. The caller closes the sockets by
+/// dropping them.
 pub async fn copy_both(
     client: &mut TcpStream,
     server: &mut TcpStream,
     limits: Limits,
     meters: Meters<'_>,
+    later: Option<Later<'_>>,
     stop: &CancellationToken,
 ) -> Report {
     let clock = Clock::new();
@@ -211,14 +224,16 @@ pub async fn copy_both(
             &mut sw,
             Side::Client,
             &clock,
-            (&mut from_client, meters.from_client)
+            (&mut from_client, meters.from_client),
+            None
         ));
         let mut down = pin!(pump(
             &mut sr,
             &mut cw,
             Side::Server,
             &clock,
-            (&mut from_server, meters.from_server)
+            (&mut from_server, meters.from_server),
+            later
         ));
         drive(&clock, &limits, stop, |cx, from| match from {
             Side::Client => up.as_mut().poll(cx),
@@ -309,24 +324,35 @@ where
 }
 
 /// One direction: from `r` (the `from` side) to `w` (the other side), adding
-/// the bytes read to `moved` and its meters. Holds a buffer only while data
-/// is there.
+/// the bytes read to `moved` and its meters, and doing `later` on `r`'s
+/// socket when its time comes. Holds a buffer only while data is there.
 async fn pump(
     r: &mut ReadHalf<'_>,
     w: &mut WriteHalf<'_>,
     from: Side,
     clock: &Clock,
     (moved, meters): (&mut u64, &[&AtomicU64]),
+    later: Option<Later<'_>>,
 ) -> Flowed {
     let on_read = |e| (from, e);
     let on_write = |e| (from.other(), e);
+    // Boxed, and dropped once done: an idle connection keeps no timer.
+    let mut later = later.map(|l| (Box::pin(sleep(l.after)), l.run));
     loop {
         // Idle here: a readiness wait, no buffer. (`poll_read_ready` keeps
         // the waker in the socket's registration; `readable()` would add a
         // 168-byte waiter to every idle connection's future.)
-        poll_fn(|cx| r.as_ref().poll_read_ready(cx))
-            .await
-            .map_err(on_read)?;
+        poll_fn(|cx| {
+            if let Some((timer, run)) = &mut later {
+                if timer.as_mut().poll(cx).is_ready() {
+                    run(r.as_ref());
+                    later = None;
+                }
+            }
+            r.as_ref().poll_read_ready(cx)
+        })
+        .await
+        .map_err(on_read)?;
         let mut buf = Buf::take();
         loop {
             let mut chunk = ReadBuf::new(&mut buf);
@@ -470,6 +496,7 @@ mod tests {
                 &mut server,
                 limits,
                 Meters::default(),
+                None,
                 &CancellationToken::new(),
             )
             .await
@@ -536,7 +563,14 @@ mod tests {
         // and two sockets); it was two 64 KiB buffers plus this before.
         let (mut a, mut b) = pair().await;
         let stop = CancellationToken::new();
-        let copy = copy_both(&mut a, &mut b, Limits::default(), Meters::default(), &stop);
+        let copy = copy_both(
+            &mut a,
+            &mut b,
+            Limits::default(),
+            Meters::default(),
+            None,
+            &stop,
+        );
         let size = std::mem::size_of_val(&copy);
         assert!(size <= 1536, "the copy future grew to {size} bytes");
     }
@@ -607,6 +641,7 @@ mod tests {
             &mut server,
             Limits::default(),
             Meters::default(),
+            None,
             &stop,
         )
         .await;
