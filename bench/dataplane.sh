@@ -17,10 +17,11 @@
 #                                test and prints the table; writes nothing
 # Environment:
 #   ROUNDS    rounds per figure (default 3; 1 with --smoke)
-#   REQUESTS  requests per test of the plain suite (default 100000; the
+#   REQUESTS  requests per test of the plain suite (default 50000; the
 #             pipelined suite runs 5x as many, 16k a quarter, k0 a fifth)
 #   OLD_BIN   another mesh-amb binary to compare side by side (e.g. built
-#             from an older commit in a separate worktree)
+#             from an older commit in a separate worktree), shown as "before"
+#   OLD_LABEL what BENCHMARKS.md calls it (e.g. its commit)
 #   MEMORY=0  skip the memory part
 #   SUITES    the suites to run, e.g. "k0 plain" (default: all four); with
 #             a subset, the memory part is skipped and nothing is written
@@ -44,8 +45,10 @@ esac
 if [ -z "${BENCH_NETNS:-}" ]; then
   # shellcheck source=scripts/lib/packages.sh
   . scripts/lib/packages.sh
-  ensure_packages bench/dataplane.sh redis-server redis-tools haproxy nginx \
-    libnginx-mod-stream socat gnuplot-nox
+  needs=(redis-server redis-tools haproxy nginx libnginx-mod-stream socat)
+  # The chart is drawn by full runs only.
+  [ "$smoke" = 1 ] || needs+=(gnuplot-nox)
+  ensure_packages bench/dataplane.sh "${needs[@]}"
   cargo build --release -q
   if [ "${MEMORY:-1}" != 0 ] && [ "$smoke" != 1 ] && [ -z "${SUITES:-}" ]; then
     # The client of the memory part, a test run with --ignored.
@@ -68,7 +71,7 @@ bin=$target_dir/release/mesh-amb
 if [ "$smoke" = 1 ]; then
   rounds=1 requests=2000
 else
-  rounds=${ROUNDS:-3} requests=${REQUESTS:-100000}
+  rounds=${ROUNDS:-3} requests=${REQUESTS:-50000}
 fi
 # 10,000 held connections take two descriptors each in a proxy; without
 # CAP_SYS_RESOURCE the hard limit caps that (a container's 20,000 leaves
@@ -355,7 +358,7 @@ if [ "${MEMORY:-1}" != 0 ]; then
   echo "memory: $held_conns connections held at once" >&2
   ten_k=$(held "$held_conns" 16)
   {
-    echo "| proxy | idle PSS | per idle connection (2,000, 60 KiB moved each way) | $held_conns held: memory growth | $held_conns held: errors |"
+    echo "| proxy | idle PSS | per idle connection: RSS growth / 2,000 | $held_conns held: RSS growth | $held_conns held: errors |"
     echo "|---|--:|--:|--:|--:|"
     for t in mesh-amb haproxy nginx; do
       a=$(awk -v t="$t" '$1 == t {printf "%.1f KiB", $6}' <<<"$per_conn")
@@ -375,14 +378,15 @@ section=$BENCH_TMP/section.md
   echo "## Data plane"
   echo
   echo "Written by \`bench/dataplane.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'), with"
-  echo "\`ROUNDS=$rounds REQUESTS=$requests${OLD_BIN:+ OLD_BIN=...} bench/dataplane.sh\`:"
+  echo "\`ROUNDS=$rounds REQUESTS=$requests${OLD_BIN:+ OLD_BIN=...} bench/dataplane.sh\`"
+  echo "(bench/dataplane-notes.md, at the end, says what the figures mean):"
   echo "redis-benchmark -c 50 on loopback, straight to Redis and through each proxy,"
   echo "interleaved, median of $rounds rounds. Client, proxies and Redis share the"
   echo "machine's cores, so only ratios within one run compare."
   echo
   echo "- Machine: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(nproc) cores, Linux $(uname -r)"
   echo "- Redis $(redis-server --version | grep -o 'v=[^ ]*' | cut -c3-), $(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), nginx $(nginx -v 2>&1 | grep -o '[0-9.]*$'), socat $(socat -V | awk '/socat version/ {print $3}')"
-  echo "- mesh-amb $rev${OLD_BIN:+; \"before\": $("$OLD_BIN" --version 2>/dev/null | head -1)}"
+  echo "- mesh-amb $rev${OLD_BIN:+; \"before\": ${OLD_LABEL:-$OLD_BIN}}"
   echo "- HAProxy: tcp mode, nbthread $(nproc), maxconn $maxconn. nginx: stream module,"
   echo "  worker_processes $(nproc), no access log. socat: fork, backlog 1024, TCP_NODELAY both"
   echo "  ways. mesh-amb: \`--consume redis:PORT=127.0.0.1:REDIS\` (static backend)."
@@ -403,6 +407,8 @@ section=$BENCH_TMP/section.md
     echo
     cat "$memory"
   fi
+  echo
+  cat bench/dataplane-notes.md
 } >"$section"
 if [ ! -f BENCHMARKS.md ]; then
   printf '# Benchmarks\n\n<!-- dataplane:begin -->\n<!-- dataplane:end -->\n\n<!-- mesh:begin -->\n<!-- mesh:end -->\n' >BENCHMARKS.md
