@@ -7,6 +7,8 @@
 #   OLD_BIN   another mesh-amb binary to compare (e.g. built from an older
 #             commit in a separate worktree); skipped when unset
 #   HAPROXY=0 skip HAProxy (measured when `haproxy` is installed)
+#   NGINX=0   skip nginx (measured when `nginx` is installed, with its
+#             stream module: libnginx-mod-stream)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-2000}
@@ -27,11 +29,15 @@ if [ -n "${OLD_BIN:-}" ]; then
   start_amb "$OLD_BIN" "127.0.0.1:$rport"
   targets+=("old=127.0.0.1:$BENCH_PORT/$BENCH_PID")
 fi
-start_amb target/release/mesh-amb "127.0.0.1:$rport"
+start_amb "${CARGO_TARGET_DIR:-target}/release/mesh-amb" "127.0.0.1:$rport"
 targets+=("new=127.0.0.1:$BENCH_PORT/$BENCH_PID")
 if [ "${HAPROXY:-1}" != 0 ] && command -v haproxy >/dev/null; then
   start_haproxy "$rport" $((conns * 2))
   targets+=("haproxy=127.0.0.1:$BENCH_PORT/$BENCH_PID")
+fi
+if [ "${NGINX:-1}" != 0 ] && command -v nginx >/dev/null; then
+  start_nginx "$rport" $((conns * 2))
+  targets+=("nginx=127.0.0.1:$BENCH_PORT/$BENCH_PID")
 fi
 
 echo "$conns connections, one $value-byte value each way, then idle"

@@ -30,15 +30,16 @@ rounds=${ROUNDS:-3}
 . bench/lib.sh
 
 cargo build --release -q
+bin=${CARGO_TARGET_DIR:-target}/release/mesh-amb
 start_redis --maxclients 10000
 names=(direct)
 ports=("$BENCH_PORT")
 rport=$BENCH_PORT
-start_amb target/release/mesh-amb "127.0.0.1:$rport"
+start_amb "$bin" "127.0.0.1:$rport"
 names+=(mesh-amb)
 ports+=("$BENCH_PORT")
 if [ "${TLS:-1}" != 0 ]; then
-  start_amb_tls target/release/mesh-amb "$rport"
+  start_amb_tls "$bin" "$rport"
   names+=(mesh-amb-tls)
   ports+=("$BENCH_PORT")
 fi

@@ -15,14 +15,28 @@ use tokio::net::TcpStream;
 
 use common::{command, wait_for, Reply, DEADLINE};
 
-/// Resident set size of `pid`, in KiB.
+/// Resident set size of `pid` and its descendants, in KiB: nginx holds its
+/// connections in worker processes under the master.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proxy status");
-    status
+    let own: u64 = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+        .expect("VmRSS in /proc/PID/status");
+    let children: u64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|kids| {
+            kids.split_whitespace()
+                .filter_map(|k| k.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .map(rss_kib)
+        .sum();
+    own + children
 }
 
 /// One client: SET a `len`-byte value (client to proxy to Redis), GET it

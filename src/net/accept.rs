@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::net::sockopt;
 use crate::settings::ProxySettings;
 
 /// First pause after an accept error such as EMFILE, so that a process out of
@@ -71,14 +72,35 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Accepts on every listener until `stop` is cancelled; connection tasks go
-/// to `tracker`. Gives the listeners back, still bound, so that a new loop
+/// to `tracker`. The listeners carry the client sockets' options
+/// ([`sockopt::tune_listener`]), set from `shared`'s settings by this call
+/// itself, not when the loop first runs: a client that connects once the
+/// caller has the future (and has spawned it) gets them, since a socket
+/// takes its listener's options when its handshake completes, before
+/// `accept`. Gives the listeners back, still bound, so that a new loop
 /// (a reloaded handler or settings) takes over without refusing anyone:
 /// clients wait in the backlog meanwhile. Each loop holds one permit of the
 /// connection limit while it waits in `accept`, so a node serving N
 /// listeners can be N - 1 connections short of its limit: nothing next to
 /// a limit in the thousands, and what lets each listener stop and drain on
 /// its own.
-pub async fn serve<H: Handler>(
+pub fn serve<H: Handler>(
+    listeners: Vec<(TcpListener, Arc<H>)>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) -> impl Future<Output = Vec<(TcpListener, Arc<H>)>> {
+    for (listener, handler) in &listeners {
+        // Accepted sockets inherit these: nothing to set per client.
+        if let Err(e) = sockopt::tune_listener(listener, &shared.settings) {
+            warn!(service = %handler.name(), error = %e, "cannot set socket options on the listener");
+        }
+    }
+    accept_loop(listeners, shared, stop, tracker)
+}
+
+/// The loop of [`serve`].
+async fn accept_loop<H: Handler>(
     listeners: Vec<(TcpListener, Arc<H>)>,
     shared: Arc<Shared>,
     stop: CancellationToken,

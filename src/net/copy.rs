@@ -4,7 +4,7 @@
 //! `tokio::io::copy_bidirectional_with_sizes` owns two buffers per connection
 //! for the connection's whole life: with 64 KiB each, that was 133 KB of RSS
 //! per idle connection (HAProxy: 3.4 KB). Here each direction waits for
-//! readiness with no buffer, then borrows one from a small process-wide pool,
+//! readiness with no buffer, then borrows one from a small pool per thread,
 //! reads and writes until the socket is drained, and gives it back. An idle
 //! connection costs its task (this future is under 1 KiB) and two sockets:
 //! 2.5 KiB of RSS each by `bench/idle-memory.sh`; a busy one moves up to
@@ -13,7 +13,8 @@
 //! What it keeps from a plain bidirectional copy:
 //! - TCP half-close: the two directions are driven together and the copy ends
 //!   only when both are done; a direction that reads EOF shuts down the write
-//!   side of the other socket and the other direction goes on.
+//!   side of the other socket and the other direction goes on (the second
+//!   to finish leaves that FIN to the close that follows).
 //! - an idle timeout over both directions, and a half-close timeout once one
 //!   direction has finished, both counted from the last byte moved;
 //! - a stop signal (the drain period is over);
@@ -30,19 +31,19 @@
 //! without a buffer: [`copy_streams`] copies them through `AsyncRead` and
 //! `AsyncWrite` alone, with the same contract.
 
+use std::cell::RefCell;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::net::sockopt;
@@ -53,38 +54,30 @@ pub use stream::copy_streams;
 /// Bytes moved per read. 64 KiB carries a large value in few syscalls;
 /// tokio's 8 KiB default measurably loses throughput on 16 KiB values.
 pub const BUF_SIZE: usize = 64 * 1024;
-/// Free buffers the pool keeps per runtime worker thread (core). Under
-/// request/response load a worker has one direction of one connection in
-/// hand at a time, two when a connection streams both ways: with two per
-/// core the steady state allocates nothing, and a burst that used more
-/// leaves at most 128 KiB per core behind.
-const POOL_KEEP_PER_CORE: usize = 2;
-/// Bounds on the pool whatever the core count: a few buffers even on one
-/// core, at most 4 MiB on a large host.
-const POOL_KEEP_MIN: usize = 4;
-const POOL_KEEP_MAX: usize = 64;
+/// Free buffers each thread keeps. Under request/response load a runtime
+/// worker (one per core) has one direction of one connection in hand at a
+/// time, two when a connection streams both ways: with two the steady state
+/// allocates nothing, and a burst that used more leaves at most 128 KiB per
+/// thread behind.
+const POOL_KEEP_PER_THREAD: usize = 2;
 
-/// How many free buffers the pool keeps on this host.
-fn pool_keep() -> usize {
-    static KEEP: OnceLock<usize> = OnceLock::new();
-    *KEEP.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (cores * POOL_KEEP_PER_CORE).clamp(POOL_KEEP_MIN, POOL_KEEP_MAX)
-    })
+thread_local! {
+    /// Free copy buffers of this thread. Per thread, so that taking and
+    /// giving back a buffer, twice per request and direction, takes no lock
+    /// that the other worker threads contend for.
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
-
-/// Free copy buffers, shared by every connection.
-static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 /// Buffers on loan right now: one per direction that is moving data.
 static ON_LOAN: AtomicUsize = AtomicUsize::new(0);
 
-/// A copy buffer on loan from [`POOL`]; dropping it gives it back.
+/// A copy buffer on loan from [`POOL`]; dropping it gives it back to the
+/// pool of the thread that drops it.
 struct Buf(Box<[u8]>);
 
 impl Buf {
     fn take() -> Buf {
         ON_LOAN.fetch_add(1, Ordering::Relaxed);
-        let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pooled = POOL.try_with(|p| p.borrow_mut().pop()).ok().flatten();
         // Zeroed once, when allocated, then reused: a stream copy keeps
         // read bytes across polls while its writer pushes back, which takes
         // initialised memory (this crate has no unsafe code).
@@ -96,10 +89,13 @@ impl Drop for Buf {
     fn drop(&mut self) {
         ON_LOAN.fetch_sub(1, Ordering::Relaxed);
         let buf = std::mem::take(&mut self.0);
-        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < pool_keep() {
-            pool.push(buf);
-        }
+        // A thread that is exiting has no pool left: the buffer is freed.
+        let _ = POOL.try_with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < POOL_KEEP_PER_THREAD {
+                pool.push(buf);
+            }
+        });
     }
 }
 
@@ -181,6 +177,17 @@ impl Meters<'_> {
     }
 }
 
+/// Work on the server's socket that waits until the connection has lasted
+/// `after` (and its server side is waiting for data): a connection that
+/// ends sooner, as with a new connection per request, never pays for it.
+#[derive(Clone, Copy)]
+pub struct Later<'a> {
+    /// How long the connection lasts first.
+    pub after: Duration,
+    /// What is done then, once.
+    pub run: &'a (dyn Fn(&TcpStream) + Sync),
+}
+
 /// What a copy did.
 #[derive(Debug)]
 pub struct Report {
@@ -193,13 +200,15 @@ pub struct Report {
 
 /// Copies both ways between `client` and `server` until both directions
 /// reach end of stream, one fails, a limit expires or `stop` is cancelled,
-/// adding what moves to `meters`. The caller closes the sockets by dropping
-/// them.
+/// adding what moves to `meters`, and does `later` on the server's socket
+/// if the connection lasts long enough. The caller closes the sockets by
+/// dropping them.
 pub async fn copy_both(
     client: &mut TcpStream,
     server: &mut TcpStream,
     limits: Limits,
     meters: Meters<'_>,
+    later: Option<Later<'_>>,
     stop: &CancellationToken,
 ) -> Report {
     let clock = Clock::new();
@@ -215,14 +224,16 @@ pub async fn copy_both(
             &mut sw,
             Side::Client,
             &clock,
-            (&mut from_client, meters.from_client)
+            (&mut from_client, meters.from_client),
+            None
         ));
         let mut down = pin!(pump(
             &mut sr,
             &mut cw,
             Side::Server,
             &clock,
-            (&mut from_server, meters.from_server)
+            (&mut from_server, meters.from_server),
+            later
         ));
         drive(&clock, &limits, stop, |cx, from| match from {
             Side::Client => up.as_mut().poll(cx),
@@ -313,24 +324,35 @@ where
 }
 
 /// One direction: from `r` (the `from` side) to `w` (the other side), adding
-/// the bytes read to `moved` and its meters. Holds a buffer only while data
-/// is there.
+/// the bytes read to `moved` and its meters, and doing `later` on `r`'s
+/// socket when its time comes. Holds a buffer only while data is there.
 async fn pump(
     r: &mut ReadHalf<'_>,
     w: &mut WriteHalf<'_>,
     from: Side,
     clock: &Clock,
     (moved, meters): (&mut u64, &[&AtomicU64]),
+    later: Option<Later<'_>>,
 ) -> Flowed {
     let on_read = |e| (from, e);
     let on_write = |e| (from.other(), e);
+    // Boxed, and dropped once done: an idle connection keeps no timer.
+    let mut later = later.map(|l| (Box::pin(sleep(l.after)), l.run));
     loop {
         // Idle here: a readiness wait, no buffer. (`poll_read_ready` keeps
         // the waker in the socket's registration; `readable()` would add a
         // 168-byte waiter to every idle connection's future.)
-        poll_fn(|cx| r.as_ref().poll_read_ready(cx))
-            .await
-            .map_err(on_read)?;
+        poll_fn(|cx| {
+            if let Some((timer, run)) = &mut later {
+                if timer.as_mut().poll(cx).is_ready() {
+                    run(r.as_ref());
+                    later = None;
+                }
+            }
+            r.as_ref().poll_read_ready(cx)
+        })
+        .await
+        .map_err(on_read)?;
         let mut buf = Buf::take();
         loop {
             let mut chunk = ReadBuf::new(&mut buf);
@@ -350,6 +372,12 @@ async fn pump(
             };
             if n == 0 {
                 drop(buf);
+                // The other way finished first: both sockets close as soon
+                // as this returns, and the close sends the FIN a shutdown
+                // would (one syscall fewer on every short connection).
+                if clock.finish_direction() {
+                    return Ok(());
+                }
                 // Forward the FIN; the other direction goes on.
                 w.shutdown().await.map_err(on_write)?;
                 return Ok(());
@@ -375,10 +403,13 @@ async fn pump(
     }
 }
 
-/// When a byte last moved on a connection, in ms since the copy started.
+/// When a byte last moved on a connection, in ms since the copy started,
+/// and whether a direction has finished.
 struct Clock {
     start: Instant,
     last_ms: AtomicU64,
+    /// Set by the first direction to read end of stream.
+    one_finished: AtomicBool,
 }
 
 impl Clock {
@@ -386,7 +417,13 @@ impl Clock {
         Clock {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            one_finished: AtomicBool::new(false),
         }
+    }
+    /// Records that a direction read end of stream; true when the other
+    /// had already.
+    fn finish_direction(&self) -> bool {
+        self.one_finished.swap(true, Ordering::Relaxed)
     }
     fn touch(&self) {
         let ms = (Instant::now() - self.start).as_millis() as u64;
@@ -459,6 +496,7 @@ mod tests {
                 &mut server,
                 limits,
                 Meters::default(),
+                None,
                 &CancellationToken::new(),
             )
             .await
@@ -525,7 +563,14 @@ mod tests {
         // and two sockets); it was two 64 KiB buffers plus this before.
         let (mut a, mut b) = pair().await;
         let stop = CancellationToken::new();
-        let copy = copy_both(&mut a, &mut b, Limits::default(), Meters::default(), &stop);
+        let copy = copy_both(
+            &mut a,
+            &mut b,
+            Limits::default(),
+            Meters::default(),
+            None,
+            &stop,
+        );
         let size = std::mem::size_of_val(&copy);
         assert!(size <= 1536, "the copy future grew to {size} bytes");
     }
@@ -596,6 +641,7 @@ mod tests {
             &mut server,
             Limits::default(),
             Meters::default(),
+            None,
             &stop,
         )
         .await;

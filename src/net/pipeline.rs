@@ -100,8 +100,12 @@ impl Handler for Service {
     }
 }
 
-/// Socket options of the client side: no Nagle, keepalive, user timeout.
+/// Socket options of the client side: no Nagle, keepalive, user timeout,
+/// inherited from the listener where the kernel does that.
 fn accept_stage(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Shared) -> TcpStream {
+    if sockopt::ACCEPTED_INHERIT_OPTIONS {
+        return client;
+    }
     if let Err(e) = sockopt::tune_stream(&client, &shared.settings) {
         debug!(service = %svc.name, client = %peer, error = %e, "cannot set client socket options");
     }
@@ -174,6 +178,15 @@ async fn turn_away(client: &mut TcpStream, reply: &[u8], shared: &Shared) {
     }
 }
 
+/// How long a plain backend connection lasts before it gets keepalive and
+/// TCP_USER_TIMEOUT ([`sockopt::tune_stream`]). Both act only after tens of
+/// seconds (a probe after 30 s of silence, a reset after 60 s of
+/// unacknowledged data, by default), so a connection that ends sooner never
+/// needs them: a connection per request saves five `setsockopt` calls, a
+/// fifth of the system calls it cost. The kernel counts silence from the
+/// last packet, so a dead backend is noticed at most this much later.
+const BACKEND_OPTIONS_AFTER: Duration = Duration::from_secs(1);
+
 /// Bytes both ways until both sides are done, a limit ends the connection
 /// or the node's drain runs out; the counts go to the backend's stats.
 async fn copy_stage(
@@ -195,8 +208,20 @@ async fn copy_stage(
         from_client: &[&stats.bytes_out, &totals.bytes_out],
         from_server: &[&stats.bytes_in, &totals.bytes_in],
     };
+    let tune = |server: &TcpStream| {
+        if let Err(e) = sockopt::tune_stream(server, settings) {
+            debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
+                "cannot set backend socket options");
+        }
+    };
+    let later = copy::Later {
+        after: BACKEND_OPTIONS_AFTER,
+        run: &tune,
+    };
     let report = match &mut upstream.stream {
-        BackendStream::Plain(tcp) => copy::copy_both(&mut client, tcp, limits, meters, stop).await,
+        BackendStream::Plain(tcp) => {
+            copy::copy_both(&mut client, tcp, limits, meters, Some(later), stop).await
+        }
         BackendStream::Tls(tls) => {
             let report = copy::copy_streams(&mut client, &mut **tls, limits, meters, stop).await;
             copy::reset_after(&report.end, &client, tls.get_ref().0);
@@ -351,8 +376,15 @@ async fn establish(
     tls: Option<&Tls>,
 ) -> Result<BackendStream, Setback> {
     let stream = dial(&backend.spec.target, settings.connect_timeout).await?;
-    let _ = stream.set_nodelay(true);
-    if let Err(e) = sockopt::tune_stream(&stream, settings) {
+    // A plain backend socket gets keepalive and the user timeout from the
+    // copy stage, after BACKEND_OPTIONS_AFTER; a TLS one now (its handshake
+    // costs far more than these calls).
+    let tuned = if backend.spec.tls {
+        sockopt::tune_stream(&stream, settings)
+    } else {
+        stream.set_nodelay(true)
+    };
+    if let Err(e) = tuned {
         debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
             "cannot set backend socket options");
     }

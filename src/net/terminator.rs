@@ -94,8 +94,10 @@ impl Handler for Terminator {
 
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
         let settings = &shared.settings;
-        if let Err(e) = sockopt::tune_stream(&client, settings) {
-            debug!(provide = %self.provide, client = %peer, error = %e, "cannot set socket options");
+        if !sockopt::ACCEPTED_INHERIT_OPTIONS {
+            if let Err(e) = sockopt::tune_stream(&client, settings) {
+                debug!(provide = %self.provide, client = %peer, error = %e, "cannot set socket options");
+            }
         }
         let Some(slot) = self.handshake_slot(peer.ip()) else {
             return refused(
