@@ -21,7 +21,9 @@
 //!
 //! A false goodbye (a probe path broken while the peer lives, or a forged
 //! one) costs little: a live node that sees its own instance removed
-//! announces it again at once ([`super::mdns`]). Who watches a node that
+//! announces it again at once ([`super::mdns`]), and one that does not
+//! browse (a provider only) is found again by the trial below within a
+//! probe period. Who watches a node that
 //! only provides: its predecessor in the ring, if that one browses; a node
 //! whose predecessor does not browse keeps the TTL expiry. Third-party
 //! instances (Avahi service files, no `node=`) are not in the ring and
@@ -623,6 +625,15 @@ mod tests {
         assert_eq!(r.successor().unwrap().0, "b");
         r.gone(&format!("api@b.{SERVICE_TYPE}"));
         assert_eq!(r.successor().unwrap().0, "c");
+    }
+
+    #[test]
+    fn a_failed_instance_names_the_node_to_try() {
+        let r = ring("a", &["b", "c"]);
+        let (node, peer) = r.owner(&format!("web@c.{SERVICE_TYPE}")).unwrap();
+        assert_eq!((node.as_str(), peer.host.as_str()), ("c", "amb-c.local."));
+        // Third-party instances have no node: the one-query verify stays.
+        assert!(r.owner(&format!("web@avahi.{SERVICE_TYPE}")).is_none());
     }
 
     #[test]
