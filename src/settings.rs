@@ -36,10 +36,12 @@ pub const DEFAULT_BIND: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 /// Default connection limit: far above what one ambassador normally carries,
 /// low enough that two fds per connection fit a typical 65536 fd limit.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
-/// A backend on the same LAN answers a SYN in well under a millisecond; one
-/// second tolerates a loaded host while keeping failover to the next
-/// candidate quick when a host has silently vanished.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A backend on the same LAN answers a SYN in well under a millisecond, but
+/// Linux retransmits a lost SYN only after one second: a timeout of exactly
+/// one second fails the dial (and ejects a healthy backend) whenever one
+/// handshake packet is lost. Two seconds covers one loss, and failover from
+/// a host that silently vanished still takes seconds, not minutes.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Three candidates cover "one backend died and the next is also in trouble"
 /// without letting one client wait through a whole large pool.
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;

@@ -7,9 +7,11 @@
 //! idempotent; a second browse of a type replaces the first, so there is one
 //! browse and an internal fan-out; the event channel closes silently when it
 //! fills, so it is drained promptly and re-opened when it ends; a crashed
-//! peer lingers for its 120 s TTL, so a connect failure asks mdns-sd to
-//! `verify` the instance, and the witness ring ([`super::witness`]) says the goodbye of a crashed
-//! peer for the whole link.
+//! peer lingers for its 120 s TTL, so the witness ring ([`super::witness`])
+//! says the goodbye of a crashed peer for the whole link, and a connect
+//! failure puts the mesh node behind the instance on trial (its responder
+//! probed several times; mdns-sd's one-query `verify` only for third-party
+//! instances, which have no node to probe).
 //!
 //! The browse is never restarted on a timer: mdns-sd backs its own query
 //! off (1, 2, 4... s up to an hour) and refreshes cached records before
@@ -39,7 +41,7 @@ use tracing::{debug, info, warn};
 use super::addr::{self, PeerAddr};
 use super::stats::DiscoveryStats;
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
-use super::witness::{self, Ring};
+use super::witness::{self, Ring, Trials, Verdict};
 use crate::backends::table::{Backend, BackendSpec, Health, Origin, Snapshot, Target, Update};
 use crate::backends::Service;
 use crate::net::loglimit::LogLimit;
@@ -48,9 +50,9 @@ use crate::security::ClusterKey;
 use crate::settings::DiscoverySettings;
 use crate::spec::ProvideSpec;
 
-/// How long a peer that failed a connect gets to answer a verification
-/// query before browsers drop it: a crashed peer leaves in this time instead
-/// of its two-minute TTL. Measured with mdns-sd 0.21.7: 1 s removed live
+/// How long a third-party peer that failed a connect gets to answer a
+/// verification query before browsers drop it: a crashed peer leaves in
+/// this time instead of its two-minute TTL. Measured with mdns-sd 0.21.7: 1 s removed live
 /// instances now and then (2-4 false removals in 24 s when two browsers
 /// verified at once); 2 s gave none in over 200 verifications.
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -69,6 +71,9 @@ const REBROWSE_AFTER_REMOVAL: Duration = Duration::from_secs(1);
 /// Random spread added to [`REBROWSE_AFTER_REMOVAL`], so nodes that
 /// verified the same instance do not query in step.
 const REBROWSE_JITTER: Duration = Duration::from_secs(2);
+/// Nodes declared dead by the witness, waiting to be put on trial: a few,
+/// as the witness declares at most one per period.
+const DEAD_QUEUE: usize = 8;
 /// How long after a verification of ours a removal counts as its result.
 const VERIFIED_RECENTLY: Duration = Duration::from_secs(5);
 /// A re-browse after the channel closed replays mdns-sd's cache at once;
@@ -301,6 +306,22 @@ impl Mdns {
         true
     }
 
+    /// Announces every instance of ours again: the link may have dropped
+    /// them while this node was cut off.
+    fn announce_again(&self) {
+        let all: Vec<(String, ServiceInfo)> = self
+            .announced_mut()
+            .iter()
+            .map(|(n, i)| (n.clone(), i.clone()))
+            .collect();
+        for (fullname, info) in all {
+            info!(instance = %fullname, "a node came back from a cut; announcing again");
+            if let Err(e) = self.daemon.register(info) {
+                warn!(instance = %fullname, error = %e, "cannot announce again");
+            }
+        }
+    }
+
     /// Withdraws our instance of `p` (goodbye packets) and waits until the
     /// daemon has sent them. Withdrawing what is not advertised is fine.
     pub async fn withdraw(&self, p: &ProvideSpec) -> anyhow::Result<()> {
@@ -435,16 +456,18 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 }
 
 /// Feeds the tables of the consumed services from the one browse of
-/// `_amb._tcp`, verifies instances the data plane reports as failing, and
-/// keeps the witness ring ([`super::witness`]) of the mesh-amb nodes it
+/// `_amb._tcp`, puts instances the data plane reports as failing on trial,
+/// and keeps the witness ring ([`super::witness`]) of the mesh-amb nodes it
 /// sees. With the cluster key, only sealed records count, and an instance
 /// leaves when its newest seal expires.
 ///
 /// The browse is started again (which replays mdns-sd's cache and resets
 /// its query back-off to one second) only when there is a reason: when its
 /// channel ends; a second or three after a verification of ours removed an
-/// instance, so one that was falsely suspected is found again in seconds;
-/// and when the consumed services change (a reload), so that a new one gets
+/// third-party instance, so one that was falsely suspected is found again
+/// in seconds; a second or two after a node declared dead answers again
+/// (this node then also announces its own instances again); and when the
+/// consumed services change (a reload), so that a new one gets
 /// what the cache holds. Only after the channel ended may removals have
 /// been lost: then instances that the cache does not replay within
 /// `SWEEP_GRACE` (2 s) are removed.
@@ -461,7 +484,15 @@ pub async fn browse(
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ring = Ring::new(&mdns.node_id);
     let (target_tx, target_rx) = watch::channel(None);
-    let _witness = AbortOnDropHandle::new(tokio::spawn(witness::watch(target_rx, stop.clone())));
+    let (dead_tx, mut dead_rx) = mpsc::channel(DEAD_QUEUE);
+    let _witness = AbortOnDropHandle::new(tokio::spawn(witness::watch(
+        target_rx,
+        dead_tx,
+        stop.clone(),
+    )));
+    // Dropped with the browse: the trials' tasks end with it.
+    let mut trials = Trials::default();
+
     // Instances this node verified, and when: a removal soon after is the
     // verification's result.
     let mut verified: HashMap<String, Instant> = HashMap::new();
@@ -548,7 +579,7 @@ pub async fn browse(
                     }
                 }
                 _ = sleep_until_some(next_rebrowse) => {
-                    debug!("restarting the browse after a verification removed an instance");
+                    debug!("restarting the browse to find an instance again");
                     ctx.drain(&mut events);
                     continue 'browse;
                 }
@@ -559,13 +590,38 @@ pub async fn browse(
                 }
                 Some(key) = suspects.recv() => {
                     // The sender already spaces reports of one instance
-                    // (backends::Suspects), so a burst of failed connects
-                    // does not flood the LAN.
-                    debug!(instance = %key, "verifying an instance after a failed connect");
-                    verified.retain(|_, t| t.elapsed() < VERIFIED_RECENTLY);
-                    verified.insert(key.clone(), Instant::now());
-                    mdns.verify(&key);
+                    // (backends::Suspects), and a node is on trial once at
+                    // a time, so a burst of failed connects does not flood
+                    // the LAN.
+                    if let Some((node, peer)) = ctx.ring.owner(&key) {
+                        debug!(instance = %key, node, "checking a node after a failed connect");
+                        trials.suspect(node, peer);
+                    } else {
+                        debug!(instance = %key, "verifying an instance after a failed connect");
+                        verified.retain(|_, t| t.elapsed() < VERIFIED_RECENTLY);
+                        verified.insert(key.clone(), Instant::now());
+                        mdns.verify(&key);
+                    }
                 }
+                Some((node, peer)) = dead_rx.recv() => trials.dead(node, peer),
+                (node, peer, verdict) = trials.next() => match verdict {
+                    Verdict::Dead => {
+                        // Here at once: the goodbye takes a second to act.
+                        for instance in &peer.instances {
+                            removed(&services, instance);
+                        }
+                        trials.dead(node, peer);
+                    }
+                    Verdict::Revived => {
+                        // Soon, spread so that nodes which saw the same
+                        // return do not query in step.
+                        let at = Instant::now() + REBROWSE_JITTER.mul_f64(fastrand::f64());
+                        debug!(node, "a node declared dead answers again; browsing again soon");
+                        next_rebrowse = Some(next_rebrowse.map_or(at, |t| t.min(at)));
+                        mdns.announce_again();
+                    }
+                    Verdict::Alive | Verdict::Forgotten => {}
+                },
             }
         }
     }

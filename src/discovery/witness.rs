@@ -21,22 +21,44 @@
 //!
 //! A false goodbye (a probe path broken while the peer lives, or a forged
 //! one) costs little: a live node that sees its own instance removed
-//! announces it again at once ([`super::mdns`]). Who watches a node that
+//! announces it again at once ([`super::mdns`]), and one that does not
+//! browse (a provider only) is found again by the trial below within a
+//! probe period. Who watches a node that
 //! only provides: its predecessor in the ring, if that one browses; a node
 //! whose predecessor does not browse keeps the TTL expiry. Third-party
 //! instances (Avahi service files, no `node=`) are not in the ring and
 //! keep the TTL expiry too.
 //!
-//! Bounded work: one probe in flight, to one peer, whatever the link says;
-//! a stranger's records can change which node is watched (without the
-//! cluster key), not how much is sent.
+//! The same check answers a failed connect ([`Trials::suspect`]): a
+//! consumer whose dial to a mesh node failed probes that node's responder
+//! (up to [`MISSES_TO_DEAD`] times) instead of trusting one unanswered
+//! multicast query, and when it is dead tells the whole link with the
+//! goodbye. One lost packet on a lossy link no longer removes a live
+//! provider.
+//!
+//! A node declared dead stays on trial: it is probed once per
+//! [`PROBE_EVERY`] for up to [`FORGET_AFTER`]. A node that answers again
+//! was cut off, not dead (a partition, a link that lost every probe), and
+//! nobody else would find it: its link never went down, so it does not
+//! announce again, and browsers query only as their back-off allows (up
+//! to an hour). So the node that sees it return restarts its browse (the
+//! query carries the known answers, so only the missing responders answer,
+//! by multicast, which every browser hears) and announces its own
+//! instances once: it cannot tell which side of the cut it was on, and if
+//! it was the one cut off the others have dropped it.
+//!
+//! Bounded work: one ring probe in flight, to one peer, whatever the link
+//! says; at most [`MAX_TRIALS`] nodes on trial, one probe per period each
+//! once declared dead. A stranger's records can change which node is
+//! watched (without the cluster key), not how much is sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -63,11 +85,27 @@ const PROBE_JITTER: Duration = Duration::from_millis(800);
 /// question at once; this covers a busy 2-core machine and a 50 ms jitter
 /// link several times over.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+/// The same for a suspect, a node whose instance just failed a connect:
+/// the client already waited out the connect timeout, and the dialing
+/// consumer wants the verdict within a few seconds of the crash. A late
+/// answer still counts in the next probe's window, so what a lossy link
+/// with 50 ms jitter must fit is one round trip (~300 ms there) within the
+/// whole check (five of these, 1.5 s).
+pub const SUSPECT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// Unanswered probes in a row before the peer counts as dead. A probe is
 /// lost with ~10 % odds on a link losing 5 % of packets each way; five
 /// misses in a row then happen once in 100,000 probes (a false goodbye,
 /// which the live peer answers by announcing again).
 pub const MISSES_TO_DEAD: u32 = 5;
+/// How long a node declared dead stays on trial (probed once a period):
+/// a partition or a flapping link rarely lasts longer, and a node that
+/// crashed never answers under its old id (a restarted mesh-amb is a new
+/// node). Afterwards it is found again only by the browsers' own queries.
+pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
+/// Most nodes on trial at once: a burst of failed connects to many nodes
+/// (this node's own link went down) is checked a few dozen at a time, and
+/// the rest wait for their next failure.
+pub const MAX_TRIALS: usize = 32;
 /// Longest answer read; mdns-sd's unicast answers are a few hundred bytes.
 const MAX_PACKET: usize = 9000;
 /// The mDNS port and IPv4 group.
@@ -148,6 +186,14 @@ impl Ring {
         });
     }
 
+    /// The node that announced instance `fullname`, if it can be probed.
+    pub fn owner(&self, fullname: &str) -> Option<(String, Peer)> {
+        self.nodes
+            .iter()
+            .find(|(_, p)| p.addr.is_some() && p.instances.iter().any(|i| i == fullname))
+            .map(|(id, p)| (id.clone(), p.clone()))
+    }
+
     /// The node this one watches: its successor by node id, wrapping
     /// around, among those with an address to probe.
     pub fn successor(&self) -> Option<(String, Peer)> {
@@ -180,9 +226,14 @@ fn probe_addr(addrs: &[PeerAddr]) -> Option<IpAddr> {
         })
 }
 
-/// Watches whichever node `target` names, until `stop`: probes it, and
-/// multicasts its goodbye when it stops answering.
-pub async fn watch(mut target: watch::Receiver<Option<(String, Peer)>>, stop: CancellationToken) {
+/// Watches whichever node `target` names, until `stop`: probes it,
+/// multicasts its goodbye when it stops answering, and hands it to `dead`
+/// (for [`Trials::dead`]).
+pub async fn watch(
+    mut target: watch::Receiver<Option<(String, Peer)>>,
+    dead: mpsc::Sender<(String, Peer)>,
+    stop: CancellationToken,
+) {
     loop {
         let current = target.borrow_and_update().clone();
         tokio::select! {
@@ -190,7 +241,7 @@ pub async fn watch(mut target: watch::Receiver<Option<(String, Peer)>>, stop: Ca
             changed = target.changed() => if changed.is_err() { return },
             _ = async {
                 match current {
-                    Some((node, peer)) => watch_one(&node, &peer).await,
+                    Some((node, peer)) => watch_one(&node, &peer, &dead).await,
                     None => std::future::pending().await,
                 }
             } => {}
@@ -202,7 +253,7 @@ pub async fn watch(mut target: watch::Receiver<Option<(String, Peer)>>, stop: Ca
 /// goodbye once when it stops answering. Probing goes on after the
 /// goodbye: the goodbye normally moves the watch on to the next node, and
 /// a node that answers again (it was alive after all) is watched as before.
-async fn watch_one(node: &str, peer: &Peer) {
+async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>) {
     let (Some(addr), Some(prober)) = (peer.addr, Prober::open(peer).await) else {
         return std::future::pending().await;
     };
@@ -210,15 +261,116 @@ async fn watch_one(node: &str, peer: &Peer) {
     debug!(node, %addr, "witness: watching");
     let mut said_goodbye = false;
     loop {
-        let wait = PROBE_EVERY - PROBE_JITTER / 2 + PROBE_JITTER.mul_f64(fastrand::f64());
-        tokio::time::sleep(wait).await;
-        if prober.alive(node).await {
+        tokio::time::sleep(period()).await;
+        if prober.alive(node, PROBE_TIMEOUT).await {
             said_goodbye = false;
         } else if !said_goodbye {
             goodbye_for(node, peer).await;
+            // Full: the trials are busy with others; this node's own
+            // goodbye still stands, it is just not watched for a return.
+            let _ = dead.try_send((node.to_owned(), peer.clone()));
             said_goodbye = true;
         }
     }
+}
+
+/// One probe period, spread by [`PROBE_JITTER`].
+fn period() -> Duration {
+    PROBE_EVERY - PROBE_JITTER / 2 + PROBE_JITTER.mul_f64(fastrand::f64())
+}
+
+/// How a trial ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The suspect answered: nothing was said.
+    Alive,
+    /// The suspect never answered: its goodbye was sent. Hand it back
+    /// with [`Trials::dead`] to watch for its return.
+    Dead,
+    /// The node declared dead answered again.
+    Revived,
+    /// The node declared dead never answered within [`FORGET_AFTER`] (or
+    /// cannot be probed).
+    Forgotten,
+}
+
+/// The nodes on trial: suspects being checked, and nodes declared dead
+/// being watched for a return.
+#[derive(Default)]
+pub struct Trials {
+    /// One task per node.
+    running: JoinSet<Verdict>,
+    /// Which node each task tries.
+    nodes: HashMap<Id, (String, Peer)>,
+}
+
+impl Trials {
+    /// Checks `node`, whose instance failed a connect: probes its
+    /// responder; if it never answers, multicasts its goodbye and watches
+    /// for its return.
+    pub fn suspect(&mut self, node: String, peer: Peer) {
+        self.start(node, peer, false);
+    }
+
+    /// Watches `node`, whose goodbye was said, for its return.
+    pub fn dead(&mut self, node: String, peer: Peer) {
+        self.start(node, peer, true);
+    }
+
+    fn start(&mut self, node: String, peer: Peer, said_goodbye: bool) {
+        if self.nodes.values().any(|(n, _)| *n == node) {
+            return;
+        }
+        if self.nodes.len() >= MAX_TRIALS {
+            debug!(node, "witness: too many nodes on trial; not checked");
+            return;
+        }
+        let task = self
+            .running
+            .spawn(trial(node.clone(), peer.clone(), said_goodbye));
+        self.nodes.insert(task.id(), (node, peer));
+    }
+
+    /// The next trial to end: the node, what was known of it, and the
+    /// verdict. Pending while none runs.
+    pub async fn next(&mut self) -> (String, Peer, Verdict) {
+        loop {
+            let Some(ended) = self.running.join_next_with_id().await else {
+                return std::future::pending().await;
+            };
+            let (id, verdict) = match ended {
+                Ok(done) => done,
+                Err(e) => (e.id(), Verdict::Forgotten),
+            };
+            if let Some((node, peer)) = self.nodes.remove(&id) {
+                return (node, peer, verdict);
+            }
+        }
+    }
+}
+
+/// One node's trial (see [`Trials`]).
+async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
+    let Some(prober) = Prober::open(&peer).await else {
+        return Verdict::Forgotten;
+    };
+    if !said_goodbye {
+        if prober.alive(&node, SUSPECT_PROBE_TIMEOUT).await {
+            debug!(node, "witness: the suspect answers");
+            return Verdict::Alive;
+        }
+        goodbye_for(&node, &peer).await;
+        return Verdict::Dead;
+    }
+    let forget_at = tokio::time::Instant::now() + FORGET_AFTER;
+    while tokio::time::Instant::now() < forget_at {
+        tokio::time::sleep(period()).await;
+        if prober.ask(&node, PROBE_TIMEOUT).await {
+            info!(node, "witness: a node declared dead answers again");
+            return Verdict::Revived;
+        }
+    }
+    Verdict::Forgotten
 }
 
 async fn goodbye_for(node: &str, peer: &Peer) {
@@ -242,10 +394,19 @@ struct Prober {
 impl Prober {
     async fn open(peer: &Peer) -> Option<Prober> {
         let addr = peer.addr?;
-        match UdpSocket::bind(unspecified(addr)).await {
+        let to = SocketAddr::new(addr, MDNS_PORT);
+        // Connected, so that a host whose responder is gone says so at once
+        // (ICMP port unreachable comes back as ECONNREFUSED) instead of
+        // letting each probe wait out its timeout.
+        let sock = async {
+            let sock = UdpSocket::bind(unspecified(addr)).await?;
+            sock.connect(to).await?;
+            Ok::<_, std::io::Error>(sock)
+        };
+        match sock.await {
             Ok(sock) => Some(Prober {
                 sock,
-                to: SocketAddr::new(addr, MDNS_PORT),
+                to,
                 question: query(&peer.host, 0),
             }),
             Err(e) => {
@@ -257,35 +418,44 @@ impl Prober {
 
     /// Asks until an answer comes, at most [`MISSES_TO_DEAD`] times in a
     /// row; whether one came.
-    async fn alive(&self, node: &str) -> bool {
+    async fn alive(&self, node: &str, timeout: Duration) -> bool {
         for misses in 1..=MISSES_TO_DEAD {
-            let id = fastrand::u16(..);
-            let mut q = self.question.clone();
-            q[..2].copy_from_slice(&id.to_be_bytes());
-            if let Err(e) = self.sock.send_to(&q, self.to).await {
-                debug!(node, error = %e, "witness: probe not sent");
-            }
-            if answered(&self.sock, self.to).await {
+            if self.ask(node, timeout).await {
                 return true;
             }
             debug!(node, misses, "witness: probe unanswered");
         }
         false
     }
+
+    /// Asks once; whether an answer came within `timeout`.
+    async fn ask(&self, node: &str, timeout: Duration) -> bool {
+        let id = fastrand::u16(..);
+        let mut q = self.question.clone();
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        if let Err(e) = self.sock.send(&q).await {
+            debug!(node, error = %e, "witness: probe not sent");
+        }
+        answered(&self.sock, self.to, timeout).await
+    }
 }
 
-/// Whether an answer comes from `from` within [`PROBE_TIMEOUT`]. Any
+/// Whether an answer comes from `from` within `timeout`. Any
 /// response from the peer on this socket counts, a late answer to an
 /// earlier probe included: a responder busy with a storm of start-up
-/// traffic may answer seconds late, and is alive.
-async fn answered(sock: &UdpSocket, from: SocketAddr) -> bool {
+/// traffic may answer seconds late, and is alive. A refusal (nothing
+/// listens on the peer's mDNS port: its process is gone) is a miss at
+/// once; it still takes [`MISSES_TO_DEAD`] of them in a row.
+async fn answered(sock: &UdpSocket, from: SocketAddr, timeout: Duration) -> bool {
     let mut buf = vec![0u8; MAX_PACKET];
-    let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let got = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await;
         match got {
             Err(_) => return false,
-            // An ICMP error, say: no answer, but the probe keeps its pace.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return false,
+            // Another ICMP error (unreachable host, say): no answer, but
+            // the probe keeps its pace.
             Ok(Err(_)) => {
                 tokio::time::sleep_until(deadline).await;
                 return false;
@@ -455,6 +625,15 @@ mod tests {
         assert_eq!(r.successor().unwrap().0, "b");
         r.gone(&format!("api@b.{SERVICE_TYPE}"));
         assert_eq!(r.successor().unwrap().0, "c");
+    }
+
+    #[test]
+    fn a_failed_instance_names_the_node_to_try() {
+        let r = ring("a", &["b", "c"]);
+        let (node, peer) = r.owner(&format!("web@c.{SERVICE_TYPE}")).unwrap();
+        assert_eq!((node.as_str(), peer.host.as_str()), ("c", "amb-c.local."));
+        // Third-party instances have no node: the one-query verify stays.
+        assert!(r.owner(&format!("web@avahi.{SERVICE_TYPE}")).is_none());
     }
 
     #[test]
