@@ -233,7 +233,7 @@ fn help_shows_the_defaults() {
     let help = String::from_utf8_lossy(&out.stdout);
     for (flag, default) in [
         ("--max-connections", "[default: 10000]"),
-        ("--connect-timeout", "[default: 1s]"),
+        ("--connect-timeout", "[default: 2s]"),
         ("--idle-timeout", "[default: off]"),
         ("--bind", "[default: 127.0.0.1]"),
         ("--balance", "[default: p2c]"),

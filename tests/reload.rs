@@ -171,7 +171,7 @@ fn sighup_under_load_adds_changes_and_removes_consumes_without_a_failed_connecti
     write(
         &file,
         r#"consume = ["one:6001=127.0.0.1:7002", "new:6003=127.0.0.1:7003"]
-connect_timeout = "2s""#,
+connect_timeout = "5s""#,
     );
     let line = hangup(&amb, 2);
     assert!(line.contains("reloaded: ~connect_timeout"), "{line}");

@@ -306,16 +306,16 @@ impl Mdns {
         true
     }
 
-    /// Announces every instance of ours again: the link may have dropped
-    /// them while this node was cut off.
-    fn announce_again(&self) {
+    /// Announces every instance of ours again, logging `why`: the link may
+    /// have dropped them.
+    fn announce_again(&self, why: &str) {
         let all: Vec<(String, ServiceInfo)> = self
             .announced_mut()
             .iter()
             .map(|(n, i)| (n.clone(), i.clone()))
             .collect();
         for (fullname, info) in all {
-            info!(instance = %fullname, "a node came back from a cut; announcing again");
+            info!(instance = %fullname, "{why}; announcing again");
             if let Err(e) = self.daemon.register(info) {
                 warn!(instance = %fullname, error = %e, "cannot announce again");
             }
@@ -332,7 +332,14 @@ impl Mdns {
             .unregister(&self.fullname(p))
             .with_context(|| format!("cannot withdraw the advertisement of {p}"))?;
         match tokio::time::timeout(DAEMON_REPLY_TIMEOUT, rx.recv_async()).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                // mdns-sd's goodbye also withdraws the host's address records,
+                // which our other instances share: browsers then drop those
+                // too, and nothing would bring them back before their next
+                // query, which may be an hour away.
+                self.announce_again("an instance sharing our addresses was withdrawn");
+                Ok(())
+            }
             Ok(Err(_)) | Err(_) => {
                 anyhow::bail!("the mDNS daemon did not confirm the withdrawal of {p}")
             }
@@ -618,7 +625,7 @@ pub async fn browse(
                         let at = Instant::now() + REBROWSE_JITTER.mul_f64(fastrand::f64());
                         debug!(node, "a node declared dead answers again; browsing again soon");
                         next_rebrowse = Some(next_rebrowse.map_or(at, |t| t.min(at)));
-                        mdns.announce_again();
+                        mdns.announce_again("a node came back from a cut");
                     }
                     Verdict::Alive | Verdict::Forgotten => {}
                 },

@@ -204,7 +204,7 @@ mod tests {
         let old = config();
         let mut new = config();
         assert!(proxy_changes(&old, &new).is_empty());
-        new.proxy.connect_timeout = Duration::from_secs(2);
+        new.proxy.connect_timeout = Duration::from_secs(5);
         new.proxy.idle_timeout = Some(Duration::from_secs(60));
         new.discovery.rise = 5;
         assert_eq!(
