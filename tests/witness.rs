@@ -196,3 +196,46 @@ fn strangers_in_the_ring_cost_one_probe_at_a_time() {
     );
     assert!(node.is_running(), "{}", node.output_tail(20));
 }
+
+/// A provider whose host also runs avahi-daemon: both bind UDP 5353, and
+/// the kernel hands each unicast datagram to one of them, so the witness's
+/// unicast probes may all land in Avahi, which does not own the node's host
+/// name and stays silent. The multicast confirmation reaches both, and the
+/// live provider must never be declared dead.
+#[test]
+fn a_provider_sharing_its_port_with_avahi_is_not_declared_dead() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _avahi = h1.start_avahi();
+    serve(h1);
+    let provider = amb(h1, &["--provide", "web:7000", "--node-id", "p1"]);
+    wait_log(&provider, ADVERTISING);
+    let consumer = amb(h2, &["--consume", "web:8080"]);
+    let watched = wait_until(WATCH_DEADLINE, || {
+        consumer.stderr().contains("witness: watching node=\"p1\"")
+    });
+    assert!(watched, "p1 never watched:\n{}", consumer.output_tail(30));
+    // Several probe periods: each one either answered by unicast or, when
+    // Avahi took the probes, confirmed by multicast.
+    let confirmed = wait_until(WATCH_DEADLINE, || {
+        consumer
+            .stderr()
+            .contains("witness: the node answered by multicast only; alive")
+    });
+    let said_goodbye = log_lines(&consumer, &["goodbye sent"]);
+    let left = log_lines(&consumer, &["backend left", "instance=web@p1"]);
+    assert_eq!(
+        (said_goodbye, left),
+        (0, 0),
+        "the live provider was declared dead:\n{}",
+        consumer.output_tail(40)
+    );
+    eprintln!(
+        "avahi took the unicast probes: {}",
+        if confirmed {
+            "yes, confirmed by multicast"
+        } else {
+            "no"
+        }
+    );
+}

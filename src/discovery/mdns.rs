@@ -309,14 +309,13 @@ impl Mdns {
     /// Announces every instance of ours again, logging `why`: the link may
     /// have dropped them.
     fn announce_again(&self, why: &str) {
-        let all: Vec<(String, ServiceInfo)> = self
-            .announced_mut()
-            .iter()
-            .map(|(n, i)| (n.clone(), i.clone()))
-            .collect();
-        for (fullname, info) in all {
+        // Under the lock: a withdrawal running meanwhile must not be undone
+        // by announcing what it just removed (register only queues a
+        // command for the daemon's thread, so holding the lock is brief).
+        let announced = self.announced_mut();
+        for (fullname, info) in announced.iter() {
             info!(instance = %fullname, "{why}; announcing again");
-            if let Err(e) = self.daemon.register(info) {
+            if let Err(e) = self.daemon.register(info.clone()) {
                 warn!(instance = %fullname, error = %e, "cannot announce again");
             }
         }
@@ -672,7 +671,7 @@ impl Browsing<'_> {
                 );
                 if let Some(peer) = seen {
                     if let Some(node) = r.get_property_val_str("node") {
-                        self.ring.seen(node, &r.fullname, r.get_hostname(), &peer);
+                        self.ring.seen(node, &r.fullname, &peer);
                     }
                 }
                 None

@@ -13,7 +13,10 @@
 //! while the node has any service announced: nothing is multicast while the
 //! peer lives. After [`MISSES_TO_DEAD`] unanswered probes in a row (retried
 //! at once after a miss, so a lost packet costs one quick retry, not a
-//! verdict), the witness multicasts the goodbye the dead responder could
+//! verdict) and, when they met silence rather than a refusal, one
+//! multicast confirmation (see `Prober::confirm`: another daemon on the
+//! peer's port 5353, Avahi say, can swallow unicast probes for good), the
+//! witness multicasts the goodbye the dead responder could
 //! not send: the PTR record of each of its instances with TTL 0 (RFC 6762
 //! §10.1), sent from port 5353 as responses must be (§11). Every browser on
 //! the link, mesh-amb, `mesh-amb ls` and Avahi alike, drops the instances
@@ -108,9 +111,13 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
 pub const MAX_TRIALS: usize = 32;
 /// Longest answer read; mdns-sd's unicast answers are a few hundred bytes.
 const MAX_PACKET: usize = 9000;
+/// Multicast confirmations of a silent peer before it counts as dead.
+const CONFIRMS: u32 = 2;
 /// The mDNS port and IPv4 group.
 const MDNS_PORT: u16 = 5353;
 const MDNS_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
+/// The mDNS IPv6 group (link-local scope).
+const MDNS_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb);
 /// Most instances named in one goodbye: one node's services, with room to
 /// spare; more would not fit one packet anyway.
 const MAX_GOODBYE_INSTANCES: usize = 32;
@@ -151,10 +158,15 @@ impl Ring {
         }
     }
 
-    /// Notes that `node`'s instance `fullname` resolved on host `host` at
-    /// `addrs` (an IPv4 address is preferred for the probe; loopback means
-    /// the node shares our network stack and is not probed).
-    pub fn seen(&mut self, node: &str, fullname: &str, host: &str, addrs: &[PeerAddr]) {
+    /// Notes that `node`'s instance `fullname` resolved at `addrs` (an IPv4
+    /// address is preferred for the probe; loopback means the node shares
+    /// our network stack and is not probed). The probe asks for the host
+    /// name mesh-amb derives from the node id, not the record's SRV target:
+    /// a seal does not cover that target, so a replayed record naming
+    /// another host must not make the witness ask the node for a name it
+    /// does not own.
+    pub fn seen(&mut self, node: &str, fullname: &str, addrs: &[PeerAddr]) {
+        let host = super::wire::host_name(node);
         if node == self.me {
             return;
         }
@@ -163,12 +175,12 @@ impl Ring {
             return;
         }
         let peer = self.nodes.entry(node.to_owned()).or_insert_with(|| Peer {
-            host: host.to_owned(),
+            host: host.clone(),
             addr,
             instances: Vec::new(),
             since: tokio::time::Instant::now(),
         });
-        peer.host = host.to_owned();
+        peer.host = host;
         peer.addr = addr.or(peer.addr);
         if !peer.instances.iter().any(|i| i == fullname)
             && peer.instances.len() < MAX_GOODBYE_INSTANCES
@@ -365,7 +377,7 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
     let forget_at = tokio::time::Instant::now() + FORGET_AFTER;
     while tokio::time::Instant::now() < forget_at {
         tokio::time::sleep(period()).await;
-        if prober.ask(&node, PROBE_TIMEOUT).await {
+        if matches!(prober.ask(&node, PROBE_TIMEOUT).await, Probe::Answered) {
             info!(node, "witness: a node declared dead answers again");
             return Verdict::Revived;
         }
@@ -417,19 +429,23 @@ impl Prober {
     }
 
     /// Asks until an answer comes, at most [`MISSES_TO_DEAD`] times in a
-    /// row; whether one came.
+    /// row; whether one came. Silence (not a refusal) is confirmed by
+    /// [`Prober::confirm`] before the peer counts as dead.
     async fn alive(&self, node: &str, timeout: Duration) -> bool {
+        let mut silent = false;
         for misses in 1..=MISSES_TO_DEAD {
-            if self.ask(node, timeout).await {
-                return true;
+            match self.ask(node, timeout).await {
+                Probe::Answered => return true,
+                Probe::Refused => {}
+                Probe::Silent => silent = true,
             }
             debug!(node, misses, "witness: probe unanswered");
         }
-        false
+        silent && self.confirm(node, timeout).await
     }
 
-    /// Asks once; whether an answer came within `timeout`.
-    async fn ask(&self, node: &str, timeout: Duration) -> bool {
+    /// Asks once.
+    async fn ask(&self, node: &str, timeout: Duration) -> Probe {
         let id = fastrand::u16(..);
         let mut q = self.question.clone();
         q[..2].copy_from_slice(&id.to_be_bytes());
@@ -437,6 +453,103 @@ impl Prober {
             debug!(node, error = %e, "witness: probe not sent");
         }
         answered(&self.sock, self.to, timeout).await
+    }
+
+    /// The unicast probes went unanswered without a refusal: ask once more
+    /// by multicast, still as a legacy querier (answered by unicast to an
+    /// unconnected socket, from whatever address the peer's kernel picks).
+    /// A unicast probe can miss a live responder for good: another daemon
+    /// bound to port 5353 on the peer's host (avahi-daemon, a second
+    /// mesh-amb) may be the one socket the kernel hands it to, and a probe
+    /// to a secondary address is answered from the primary one, which a
+    /// connected socket drops. Multicast reaches every socket on the port,
+    /// and only the owner of the host name answers. It costs one multicast
+    /// query per suspected death, not per probe.
+    async fn confirm(&self, node: &str, timeout: Duration) -> bool {
+        let sock = match multicast_querier(self.to.ip()) {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(node, error = %e, "witness: no multicast confirmation");
+                return false;
+            }
+        };
+        for _ in 0..CONFIRMS {
+            let id = fastrand::u16(..);
+            let mut q = self.question.clone();
+            q[..2].copy_from_slice(&id.to_be_bytes());
+            let group = match self.to.ip() {
+                IpAddr::V4(_) => SocketAddr::from((MDNS_V4, MDNS_PORT)),
+                IpAddr::V6(_) => SocketAddr::from((MDNS_V6, MDNS_PORT)),
+            };
+            if let Err(e) = sock.send_to(&q, group).await {
+                debug!(node, error = %e, "witness: confirmation not sent");
+                return false;
+            }
+            if answered_with_id(&sock, id, timeout).await {
+                info!(node, "witness: the node answered by multicast only; alive");
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// What one probe got.
+enum Probe {
+    Answered,
+    /// Nothing listens on the peer's mDNS port at that address: its
+    /// responder is gone.
+    Refused,
+    /// No answer in time: lost, late, or the peer is gone.
+    Silent,
+}
+
+/// An unconnected socket for legacy multicast queries, on the interface
+/// that routes to `peer`.
+fn multicast_querier(peer: IpAddr) -> std::io::Result<UdpSocket> {
+    let s = match peer {
+        IpAddr::V4(v4) => {
+            let route = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            route.connect((v4, MDNS_PORT))?;
+            let IpAddr::V4(local) = route.local_addr()?.ip() else {
+                return Err(std::io::Error::other("no IPv4 route to the peer"));
+            };
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            s.set_multicast_if_v4(&local)?;
+            s.set_multicast_ttl_v4(255)?;
+            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+            std::net::UdpSocket::from(s)
+        }
+        IpAddr::V6(_) => std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0))?,
+    };
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+/// Whether a response with message id `id` comes, from anywhere, within
+/// `timeout`.
+async fn answered_with_id(sock: &UdpSocket, id: u16, timeout: Duration) -> bool {
+    let mut buf = vec![0u8; MAX_PACKET];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+            Err(_) => return false,
+            // An ICMP error left by an earlier send: no answer from it.
+            Ok(Err(_)) => {
+                tokio::time::sleep_until(deadline).await;
+                return false;
+            }
+            Ok(Ok((n, _))) => {
+                let pkt = &buf[..n];
+                if n >= 12 && pkt[2] & 0x80 != 0 && pkt[..2] == id.to_be_bytes() {
+                    return true;
+                }
+            }
+        }
     }
 }
 
@@ -446,25 +559,27 @@ impl Prober {
 /// traffic may answer seconds late, and is alive. A refusal (nothing
 /// listens on the peer's mDNS port: its process is gone) is a miss at
 /// once; it still takes [`MISSES_TO_DEAD`] of them in a row.
-async fn answered(sock: &UdpSocket, from: SocketAddr, timeout: Duration) -> bool {
+async fn answered(sock: &UdpSocket, from: SocketAddr, timeout: Duration) -> Probe {
     let mut buf = vec![0u8; MAX_PACKET];
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let got = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await;
         match got {
-            Err(_) => return false,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return false,
+            Err(_) => return Probe::Silent,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Probe::Refused
+            }
             // Another ICMP error (unreachable host, say): no answer, but
             // the probe keeps its pace.
             Ok(Err(_)) => {
                 tokio::time::sleep_until(deadline).await;
-                return false;
+                return Probe::Silent;
             }
             Ok(Ok((n, src))) => {
                 let pkt = &buf[..n];
                 let is_answer = n >= 12 && pkt[2] & 0x80 != 0;
                 if src.ip() == from.ip() && is_answer {
-                    return true;
+                    return Probe::Answered;
                 }
             }
         }
@@ -510,8 +625,7 @@ fn send_goodbye_v6(packet: &[u8]) -> std::io::Result<()> {
     s.set_reuse_port(true)?;
     s.set_multicast_hops_v6(255)?;
     s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, MDNS_PORT)).into())?;
-    let group: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb);
-    s.send_to(packet, &SocketAddr::from((group, MDNS_PORT)).into())?;
+    s.send_to(packet, &SocketAddr::from((MDNS_V6, MDNS_PORT)).into())?;
     Ok(())
 }
 
@@ -587,12 +701,7 @@ mod tests {
         let mut r = Ring::new(me);
         for (i, id) in others.iter().enumerate() {
             let name = format!("web@{id}.{SERVICE_TYPE}");
-            r.seen(
-                id,
-                &name,
-                &format!("amb-{id}.local."),
-                &addr(&format!("10.0.0.{}", i + 1)),
-            );
+            r.seen(id, &name, &addr(&format!("10.0.0.{}", i + 1)));
         }
         r
     }
@@ -615,12 +724,7 @@ mod tests {
     #[test]
     fn a_node_leaves_the_ring_with_its_last_instance() {
         let mut r = ring("a", &["b", "c"]);
-        r.seen(
-            "b",
-            &format!("api@b.{SERVICE_TYPE}"),
-            "amb-b.local.",
-            &addr("10.0.0.1"),
-        );
+        r.seen("b", &format!("api@b.{SERVICE_TYPE}"), &addr("10.0.0.1"));
         r.gone(&format!("web@b.{SERVICE_TYPE}"));
         assert_eq!(r.successor().unwrap().0, "b");
         r.gone(&format!("api@b.{SERVICE_TYPE}"));
@@ -639,17 +743,12 @@ mod tests {
     #[test]
     fn peers_without_a_probe_address_are_not_watched() {
         let mut r = Ring::new("a");
-        r.seen(
-            "b",
-            &format!("web@b.{SERVICE_TYPE}"),
-            "amb-b.local.",
-            &addr("127.0.0.1"),
-        );
+        r.seen("b", &format!("web@b.{SERVICE_TYPE}"), &addr("127.0.0.1"));
         assert!(r.successor().is_none());
         let web_b = format!("web@b.{SERVICE_TYPE}");
-        r.seen("b", &web_b, "amb-b.local.", &addr("fe80::1"));
+        r.seen("b", &web_b, &addr("fe80::1"));
         assert!(r.successor().is_none());
-        r.seen("b", &web_b, "amb-b.local.", &addr("10.0.0.2"));
+        r.seen("b", &web_b, &addr("10.0.0.2"));
         assert_eq!(
             r.successor().unwrap().1.addr,
             Some("10.0.0.2".parse().unwrap())
