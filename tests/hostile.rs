@@ -268,3 +268,63 @@ fn with_a_key_a_forged_flawed_record_under_a_real_name_changes_nothing() {
         "a forged record took the real instance out"
     );
 }
+
+/// Long enough for the flood's records to expire from the consumer's
+/// mDNS cache (their 120 s TTL), a recovery on each side of that, and a
+/// loaded machine.
+const RECOVERED_WITHIN: std::time::Duration = std::time::Duration::from_secs(300);
+
+#[test]
+fn news_dropped_in_a_flood_is_recovered_once_it_ebbs() {
+    let mesh = Mesh::start_with(Lab::new(4), &[], &[]);
+    let stranger = mesh.stranger();
+    let fakes = FakeInstance::many("flood", 10_000, "redis", DEAD_PORTS, stranger.ip.into());
+    let rogue = Rogue::start(stranger, fakes);
+    let dropping = wait_until(RECOVERED_WITHIN, || {
+        log_lines(
+            &mesh.consumer,
+            &["mDNS events come faster than they can be applied"],
+        ) > 0
+    });
+    assert!(
+        dropping,
+        "no event dropped:\n{}",
+        mesh.consumer.output_tail(40)
+    );
+    // While events are being dropped: the real provider leaves (its
+    // goodbye is news), and another one arrives.
+    let h4 = mesh.lab.host("h4");
+    let _late_redis = redis(h4, REDIS_PORT);
+    let _late = amb_info(h4, &["--provide", "redis:7000", "--node-id", "late"]);
+    let mut provider = mesh._provider;
+    provider.signal(libc::SIGTERM);
+    assert!(provider.wait_exit(DEADLINE).is_some());
+    drop(rogue);
+
+    // Whatever the flood swallowed, the consumer ends with h4 in its
+    // table and h1 out of it.
+    let joined = |c: &Proc| log_lines(c, &["backend joined", "instance=redis@late"]) > 0;
+    let left = |c: &Proc| log_lines(c, &["backend left", "instance=redis@real"]) > 0;
+    // And it browsed again to get there, or to make sure.
+    let recovering = |c: &Proc| log_lines(c, &["browsing again to recover"]) > 0;
+    let recovered = wait_until(RECOVERED_WITHIN, || {
+        joined(&mesh.consumer) && left(&mesh.consumer) && recovering(&mesh.consumer)
+    });
+    let log = mesh.consumer.stderr();
+    let recovery = log
+        .find("browsing again to recover")
+        .map(|at| (log[..at].lines().count(), at));
+    let line_of = |words: &[&str]| {
+        log.lines()
+            .position(|l| words.iter().all(|w| l.contains(w)))
+    };
+    eprintln!(
+        "recovery at log line {:?}; late joined at {:?}, real left at {:?}",
+        recovery.map(|r| r.0),
+        line_of(&["backend joined", "instance=redis@late"]),
+        line_of(&["backend left", "instance=redis@real"]),
+    );
+    assert!(recovered, "{}", mesh.consumer.output_tail(40));
+    let failed = failed_requests(mesh.lab.host("h3"), 20, "h4");
+    assert_eq!(failed, 0, "{}", mesh.consumer.output_tail(40));
+}

@@ -92,6 +92,18 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 /// events are dropped and counted, and the next re-browse brings back what
 /// they said. About 1 KiB an event: a few MiB at most.
 const EVENT_QUEUE: usize = 4096;
+/// How often the browse looks whether events were dropped (see
+/// [`EVENT_QUEUE`]). Dropped events are lost news (an arrival, a removal)
+/// that nothing else repeats: mdns-sd reports an instance once, and the
+/// link re-sends nothing while nothing changes. So once a check finds no
+/// new drops (the flood ebbed), the browse restarts: mdns-sd replays its
+/// cache, which brings back the arrivals, and what the replay lacks is
+/// swept, which applies the removals.
+const DROPS_CHECK: Duration = Duration::from_secs(10);
+/// Least time between two such recoveries: a restarted browse queries the
+/// link with every known answer (many packets after a flood of records),
+/// so a node on a link that floods again and again re-queries this seldom.
+const RECOVER_EVERY: Duration = Duration::from_secs(120);
 /// Most discovered instances in one service's table. Far above a real
 /// deployment of one service on one link (mDNS is for a link: tens to
 /// hundreds of hosts), low enough that a flood of fake records costs at
@@ -474,9 +486,10 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// in seconds; a second or two after a node declared dead answers again
 /// (this node then also announces its own instances again); and when the
 /// consumed services change (a reload), so that a new one gets
-/// what the cache holds. Only after the channel ended may removals have
-/// been lost: then instances that the cache does not replay within
-/// `SWEEP_GRACE` (2 s) are removed.
+/// what the cache holds; and once a flood that made us drop events has
+/// ebbed (at most every `RECOVER_EVERY`). Only after the channel ended or
+/// events were dropped may removals have been lost: then instances that
+/// the cache does not replay within `SWEEP_GRACE` (2 s) are removed.
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,
@@ -503,6 +516,13 @@ pub async fn browse(
     // verification's result.
     let mut verified: HashMap<String, Instant> = HashMap::new();
     let mut sweep_next = false;
+    let mut drops_check = tokio::time::interval(DROPS_CHECK);
+    drops_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The drop count last looked at, whether drops since the last recovery
+    // await one, and when that was.
+    let mut drops_seen = stats.events_dropped.load(Ordering::Relaxed);
+    let mut lost_events = false;
+    let mut recovered_at: Option<Instant> = None;
     'browse: loop {
         // Static services' tables are not discovery's.
         let services: Vec<Arc<Service>> = consumed
@@ -575,6 +595,22 @@ pub async fn browse(
                     let seen = replayed.take().unwrap_or_default();
                     if stats.events_dropped.load(Ordering::Relaxed) == dropped_before {
                         sweep(&services, &seen);
+                    }
+                }
+                _ = drops_check.tick() => {
+                    let dropped = stats.events_dropped.load(Ordering::Relaxed);
+                    if dropped != drops_seen {
+                        drops_seen = dropped;
+                        lost_events = true;
+                    } else if lost_events
+                        && recovered_at.is_none_or(|t| t.elapsed() >= RECOVER_EVERY)
+                    {
+                        info!("mDNS events were dropped in a flood; browsing again to recover what they said");
+                        lost_events = false;
+                        recovered_at = Some(Instant::now());
+                        sweep_next = true;
+                        ctx.drain(&mut events);
+                        continue 'browse;
                     }
                 }
                 _ = expiry.tick(), if ctx.verifier.is_some() => {
