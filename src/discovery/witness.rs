@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use tokio::task::{Id, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -107,7 +107,8 @@ pub const MISSES_TO_DEAD: u32 = 5;
 pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Most nodes on trial at once: a burst of failed connects to many nodes
 /// (this node's own link went down) is checked a few dozen at a time, and
-/// the rest wait for their next failure.
+/// the rest wait for their next failure. A suspect takes the place of the
+/// oldest watch for a dead node's return when all are taken.
 pub const MAX_TRIALS: usize = 32;
 /// Longest answer read; mdns-sd's unicast answers are a few hundred bytes.
 const MAX_PACKET: usize = 9000;
@@ -313,7 +314,17 @@ pub struct Trials {
     /// One task per node.
     running: JoinSet<Verdict>,
     /// Which node each task tries.
-    nodes: HashMap<Id, (String, Peer)>,
+    nodes: HashMap<Id, OnTrial>,
+}
+
+/// One running trial.
+struct OnTrial {
+    node: String,
+    peer: Peer,
+    /// A node declared dead, watched for its return (else a suspect).
+    dead: bool,
+    started: tokio::time::Instant,
+    abort: AbortHandle,
 }
 
 impl Trials {
@@ -330,17 +341,51 @@ impl Trials {
     }
 
     fn start(&mut self, node: String, peer: Peer, said_goodbye: bool) {
-        if self.nodes.values().any(|(n, _)| *n == node) {
+        if self.nodes.values().any(|t| t.node == node) {
             return;
         }
-        if self.nodes.len() >= MAX_TRIALS {
+        let room = self.nodes.len() < MAX_TRIALS || (!said_goodbye && self.evict_oldest_dead());
+        if !room {
             debug!(node, "witness: too many nodes on trial; not checked");
             return;
         }
-        let task = self
+        let abort = self
             .running
             .spawn(trial(node.clone(), peer.clone(), said_goodbye));
-        self.nodes.insert(task.id(), (node, peer));
+        let started = tokio::time::Instant::now();
+        let t = OnTrial {
+            node,
+            peer,
+            dead: said_goodbye,
+            started,
+            abort,
+        };
+        self.nodes.insert(t.abort.id(), t);
+    }
+
+    /// Ends the longest watch for a dead node's return, to make room for a
+    /// suspect: a failed connect is fresh news about a node a client
+    /// wants, while the oldest watch is the least likely to see a return
+    /// (and a stranger's dead fake nodes could otherwise fill every place
+    /// for an hour). Whether there was one.
+    fn evict_oldest_dead(&mut self) -> bool {
+        let Some(id) = self
+            .nodes
+            .iter()
+            .filter(|(_, t)| t.dead)
+            .min_by_key(|(_, t)| t.started)
+            .map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        if let Some(t) = self.nodes.remove(&id) {
+            debug!(
+                node = t.node,
+                "witness: no longer watching a dead node, to check a suspect"
+            );
+            t.abort.abort();
+        }
+        true
     }
 
     /// The next trial to end: the node, what was known of it, and the
@@ -354,8 +399,9 @@ impl Trials {
                 Ok(done) => done,
                 Err(e) => (e.id(), Verdict::Forgotten),
             };
-            if let Some((node, peer)) = self.nodes.remove(&id) {
-                return (node, peer, verdict);
+            // Not there: evicted (and aborted) to make room.
+            if let Some(t) = self.nodes.remove(&id) {
+                return (t.node, t.peer, verdict);
             }
         }
     }
@@ -765,5 +811,45 @@ mod tests {
         let ttl_at = 12 + "\x04_amb\x04_tcp\x05local\x00".len() + 4;
         assert_eq!(&g[ttl_at..ttl_at + 4], &[0, 0, 0, 0]);
         assert!(g.ends_with(b"\x05web@b\x04_amb\x04_tcp\x05local\x00"));
+    }
+
+    /// A peer without a probe address: its trial ends without sending a
+    /// thing (nor a goodbye), but holds its place until [`Trials::next`]
+    /// takes its verdict.
+    fn nobody(id: &str) -> Peer {
+        Peer {
+            host: super::super::wire::host_name(id),
+            addr: None,
+            instances: vec![format!("web@{id}.{SERVICE_TYPE}")],
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_suspect_takes_the_place_of_the_oldest_dead_watch() {
+        let mut trials = Trials::default();
+        for i in 0..MAX_TRIALS {
+            trials.dead(format!("dead{i}"), nobody(&format!("dead{i}")));
+            // Distinct start times: the oldest is dead0.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let on_trial = |t: &Trials, n: &str| t.nodes.values().any(|o| o.node == n);
+        // Full: another dead node waits for its next verdict...
+        trials.dead("late".into(), nobody("late"));
+        assert!(!on_trial(&trials, "late"));
+        // ...but a suspect is checked, in the oldest watch's place.
+        trials.suspect("suspect".into(), nobody("suspect"));
+        assert_eq!(trials.nodes.len(), MAX_TRIALS);
+        assert!(on_trial(&trials, "suspect"));
+        assert!(!on_trial(&trials, "dead0"));
+        assert!(on_trial(&trials, "dead1"));
+        // With every place a suspect's, the next one waits.
+        let mut full = Trials::default();
+        for i in 0..MAX_TRIALS {
+            full.suspect(format!("s{i}"), nobody(&format!("s{i}")));
+        }
+        full.suspect("more".into(), nobody("more"));
+        assert!(!on_trial(&full, "more"));
+        assert_eq!(full.nodes.len(), MAX_TRIALS);
     }
 }
