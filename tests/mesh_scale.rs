@@ -128,20 +128,24 @@ fn run(n: usize, settle: Duration, window: Duration) {
     let survivors: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
     let crash = delays(&survivors, &victim.instance, "backend left", t0);
 
-    // A live provider must never have left any table.
-    let dropped: usize = nodes
-        .iter()
-        .map(|x| {
-            x.proc
-                .stderr()
-                .lines()
-                .filter(|l| l.contains("backend left"))
-                .filter(|l| {
-                    instance_of(l).is_some_and(|i| i != victim.instance && i != joiner.instance)
-                })
-                .count()
-        })
-        .sum();
+    // A live provider must never have left any table; when one did, what
+    // the node logged just before says why (a goodbye, a sweep, a trial).
+    let mut dropped = 0;
+    let mut before_drop: BTreeMap<String, usize> = BTreeMap::new();
+    let mut drop_times: Vec<f64> = Vec::new();
+    for x in &nodes {
+        let log = x.proc.stderr();
+        let lines: Vec<&str> = log.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let live = instance_of(l).is_some_and(|i| i != victim.instance && i != joiner.instance);
+            if l.contains("backend left") && live {
+                dropped += 1;
+                drop_times.extend(stamp(l).map(|t| t - t_start));
+                let prev = i.checked_sub(1).map_or("(first line)", |p| lines[p]);
+                *before_drop.entry(message(prev)).or_default() += 1;
+            }
+        }
+    }
 
     println!("--- {n} hosts (all tables full {converged:.1} s after the first start, starts {STAGGER:?} apart)");
     summary("join: start -> in every table", join);
@@ -161,6 +165,22 @@ fn run(n: usize, settle: Duration, window: Duration) {
     let max = cpu.iter().cloned().fold(0.0, f64::max);
     println!("idle CPU per host: mean {mean:.2} %, max {max:.2} % of one core");
     println!("live providers dropped from a table during the run: {dropped}");
+    for (msg, count) in &before_drop {
+        println!("  {count} after: {msg}");
+    }
+    if let (Some(first), Some(last)) = (
+        drop_times.iter().cloned().reduce(f64::min),
+        drop_times.iter().cloned().reduce(f64::max),
+    ) {
+        println!("  between {first:.0} s and {last:.0} s after the first start");
+    }
+}
+
+/// A log line without its timestamp and fields: what kind of line it is.
+fn message(line: &str) -> String {
+    let text = line.split_once("Z ").map_or(line, |(_, rest)| rest);
+    let cut = text.find('=').and_then(|eq| text[..eq].rfind(' '));
+    text[..cut.unwrap_or(text.len())].to_owned()
 }
 
 /// A listener on 7000 in `host` that accepts and closes, for the whole
