@@ -5,9 +5,10 @@
 //! what probation means to the balancer.
 //!
 //! A backend whose probe failed is ejected for the long back-off of a
-//! never-proven backend and probed again when that ends; it is also
-//! reported for mDNS verification, so a stale record of a crashed host
-//! leaves the table in seconds.
+//! never-proven backend and probed again when that ends. A third-party
+//! one is also reported for mDNS verification, so a stale record of a
+//! crashed host leaves the table in seconds; a mesh node is left to the
+//! witness ring.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::stats::DiscoveryStats;
-use crate::backends::table::{Backend, Health};
+use crate::backends::table::{Backend, Health, Origin};
 use crate::backends::Service;
 use crate::net::checks::reach;
 use crate::net::dial::DialError;
@@ -103,7 +104,14 @@ fn settle(svc: &Service, stats: &DiscoveryStats, b: &Backend, result: std::io::R
             }
             svc.table
                 .report_failure(&b.stats, &"never answered its probe");
-            svc.suspect(&b.spec.key);
+            // A mesh node is the witness ring's to judge, once it has been
+            // seen for a while: at 64 hosts starting together, probes of a
+            // record whose IPv4 address came 16-500 ms later failed, and
+            // the trials they started found the young responders too busy
+            // to answer: false goodbyes, re-announcements, more load.
+            if b.spec.origin != Origin::Mesh {
+                svc.suspect(&b.spec.key);
+            }
             stats.ignore(
                 &stats.probes_failed,
                 &b.spec.key,
