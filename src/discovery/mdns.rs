@@ -74,6 +74,16 @@ const REBROWSE_JITTER: Duration = Duration::from_secs(2);
 /// Nodes declared dead by the witness, waiting to be put on trial: a few,
 /// as the witness declares at most one per period.
 const DEAD_QUEUE: usize = 8;
+/// The one browse restart a node makes on its own, at a random time this
+/// long after it starts browsing, plus up to [`DESYNC_SPREAD`]. mdns-sd's
+/// queries back off from a browse's start (1, 2, 4 ... s, up to an hour),
+/// each carrying every known answer (~15 packets, IPv4 and IPv6, at 64
+/// hosts): nodes started together (after a power cut, a lab's start)
+/// stay in step, and put ~900-1,600 packets on the link in one second at
+/// each doubling (measured at 64 hosts). One restart at a random time
+/// spreads those steps for good, for one more series of early queries.
+const DESYNC_AFTER: Duration = Duration::from_secs(10);
+const DESYNC_SPREAD: Duration = Duration::from_secs(60);
 /// How long a removal reported by mdns-sd waits before it is applied: if
 /// the instance resolves again meanwhile, it stays. Measured at 64 hosts
 /// started together: about 72 s after the start, mdns-sd reported live
@@ -489,7 +499,8 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// leaves when its newest seal expires.
 ///
 /// The browse is started again (which replays mdns-sd's cache and resets
-/// its query back-off to one second) only when there is a reason: when its
+/// its query back-off to one second) only when there is a reason: once,
+/// 10-70 s after the start, to fall out of step (`DESYNC_AFTER`); when its
 /// channel ends; a second or three after a verification of ours removed an
 /// third-party instance, so one that was falsely suspected is found again
 /// in seconds; a second or two after a node declared dead answers again
@@ -527,6 +538,8 @@ pub async fn browse(
     // Removals reported by mdns-sd, applied at their time unless the
     // instance resolves again first (see REMOVAL_GRACE).
     let mut pending: HashMap<String, Instant> = HashMap::new();
+    let mut desync_at =
+        Some(Instant::now() + DESYNC_AFTER + DESYNC_SPREAD.mul_f64(fastrand::f64()));
     let mut sweep_next = false;
     let mut drops_check = tokio::time::interval(DROPS_CHECK);
     drops_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -634,6 +647,12 @@ pub async fn browse(
                         }
                         retarget(&target_tx, ctx.ring);
                     }
+                }
+                _ = sleep_until_some(desync_at) => {
+                    debug!("restarting the browse once, to fall out of step with nodes started together");
+                    desync_at = None;
+                    ctx.drain(&mut events);
+                    continue 'browse;
                 }
                 _ = sleep_until_some(next_rebrowse) => {
                     debug!("restarting the browse to find an instance again");
