@@ -20,7 +20,8 @@
 //! not send: the PTR record of each of its instances with TTL 0 (RFC 6762
 //! §10.1), sent from port 5353 as responses must be (§11). Every browser on
 //! the link, mesh-amb, `mesh-amb ls` and Avahi alike, drops the instances
-//! one second later.
+//! one second later (mesh-amb's tables a second after that: see
+//! `mdns::REMOVAL_GRACE`).
 //!
 //! A false goodbye (a probe path broken while the peer lives, or a forged
 //! one) costs little: a live node that sees its own instance removed
@@ -72,8 +73,8 @@ use super::wire::SERVICE_TYPE;
 /// crashed process (its port refuses) is detected within about
 /// `PROBE_EVERY` plus a few milliseconds, a silent host (powered off, cut
 /// off) within `PROBE_EVERY + MISSES_TO_DEAD x PROBE_TIMEOUT` plus the
-/// multicast confirmations (~10.5 s), and the browsers drop it one second
-/// after the goodbye; each
+/// multicast confirmations (~10.5 s), and the browsers drop it a second or
+/// two after the goodbye; each
 /// watching node sends one query and gets one answer per period: at 64
 /// nodes, 32 unicast packets a second on the whole link.
 pub const PROBE_EVERY: Duration = Duration::from_secs(4);
