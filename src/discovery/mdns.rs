@@ -827,6 +827,17 @@ fn forward(
     let task = tokio::spawn(async move {
         while let Ok(ev) = events.recv_async().await {
             stats.events.fetch_add(1, Ordering::Relaxed);
+            // Only what the browse acts on takes room in the queue: a found
+            // but unresolved instance says nothing it uses, and a replay
+            // after a flood holds one for every stale PTR record (they live
+            // 75 minutes after the rest of the record has expired), enough
+            // to drop events at every replay and so never sweep.
+            if matches!(
+                ev,
+                ServiceEvent::ServiceFound(..) | ServiceEvent::SearchStarted(..)
+            ) {
+                continue;
+            }
             match tx.try_send(ev) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
