@@ -574,26 +574,35 @@ enum Probe {
     Silent,
 }
 
+/// A UDP socket bound to `port` (0: any; else shared with the daemon's,
+/// SO_REUSEPORT as mdns-sd's own) that multicasts with TTL 255 on the
+/// interface whose address routes to `peer`.
+fn multicast_socket_v4(peer: Ipv4Addr, port: u16) -> std::io::Result<socket2::Socket> {
+    let route = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    route.connect((peer, MDNS_PORT))?;
+    let IpAddr::V4(local) = route.local_addr()?.ip() else {
+        return Err(std::io::Error::other("no IPv4 route to the peer"));
+    };
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if port != 0 {
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+    }
+    s.set_multicast_if_v4(&local)?;
+    s.set_multicast_ttl_v4(255)?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+    Ok(s)
+}
+
 /// An unconnected socket for legacy multicast queries, on the interface
 /// that routes to `peer`.
 fn multicast_querier(peer: IpAddr) -> std::io::Result<UdpSocket> {
     let s = match peer {
-        IpAddr::V4(v4) => {
-            let route = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-            route.connect((v4, MDNS_PORT))?;
-            let IpAddr::V4(local) = route.local_addr()?.ip() else {
-                return Err(std::io::Error::other("no IPv4 route to the peer"));
-            };
-            let s = socket2::Socket::new(
-                socket2::Domain::IPV4,
-                socket2::Type::DGRAM,
-                Some(socket2::Protocol::UDP),
-            )?;
-            s.set_multicast_if_v4(&local)?;
-            s.set_multicast_ttl_v4(255)?;
-            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
-            std::net::UdpSocket::from(s)
-        }
+        IpAddr::V4(v4) => std::net::UdpSocket::from(multicast_socket_v4(v4, 0)?),
         IpAddr::V6(_) => std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0))?,
     };
     s.set_nonblocking(true)?;
@@ -666,22 +675,7 @@ async fn say_goodbye(peer: &Peer) -> std::io::Result<()> {
         // IPv6-only peers get their goodbye on the v6 group.
         return send_goodbye_v6(&packet);
     };
-    // The local address that routes to the peer names the interface.
-    let probe = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    probe.connect((peer_v4, MDNS_PORT))?;
-    let IpAddr::V4(local) = probe.local_addr()?.ip() else {
-        return Err(std::io::Error::other("no IPv4 route to the peer"));
-    };
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_multicast_if_v4(&local)?;
-    s.set_multicast_ttl_v4(255)?;
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, MDNS_PORT)).into())?;
+    let s = multicast_socket_v4(peer_v4, MDNS_PORT)?;
     s.send_to(&packet, &SocketAddr::from((MDNS_V4, MDNS_PORT)).into())?;
     Ok(())
 }
