@@ -743,13 +743,23 @@ fn figures() {
     summary("migration gap (stop h1, start h3)", gap);
 }
 
-/// Questions for the mesh's service type asked by each sender, as seen by
-/// a socket in `host` joined to the mDNS group, until `done(counts)` holds
-/// or the deadline passes.
-fn sniff_mesh_queries(
+/// What one sender put on the mDNS group, as a sniffer saw it.
+#[derive(Debug, Default, Clone)]
+struct Sent {
+    /// The names its queries asked about, one per question.
+    questions: Vec<String>,
+    /// Its responses naming `_amb._tcp` anywhere.
+    responses: usize,
+}
+
+/// The mDNS traffic on the group by sender (address and port), as seen by
+/// a socket in `host` joined to it, until `done(seen)` holds or `deadline`
+/// passes.
+fn sniff(
     host: &Host,
-    mut done: impl FnMut(&HashMap<std::net::IpAddr, (usize, usize)>) -> bool,
-) -> HashMap<std::net::IpAddr, (usize, usize)> {
+    deadline: Duration,
+    mut done: impl FnMut(&HashMap<std::net::SocketAddr, Sent>) -> bool,
+) -> HashMap<std::net::SocketAddr, Sent> {
     let sock = host.enter(|| {
         let s = std::net::UdpSocket::bind("0.0.0.0:5353").expect("bind 5353 in the lab host");
         s.join_multicast_v4(&"224.0.0.251".parse().unwrap(), &host.ip)
@@ -758,11 +768,10 @@ fn sniff_mesh_queries(
             .unwrap();
         s
     });
-    // sender -> (queries for _amb._tcp, responses naming _amb._tcp)
-    let mut counts: HashMap<std::net::IpAddr, (usize, usize)> = HashMap::new();
-    let end = Instant::now() + DEADLINE;
+    let mut seen: HashMap<std::net::SocketAddr, Sent> = HashMap::new();
+    let end = Instant::now() + deadline;
     let mut buf = [0u8; 9000];
-    while Instant::now() < end && !done(&counts) {
+    while Instant::now() < end && !done(&seen) {
         let Ok((n, from)) = sock.recv_from(&mut buf) else {
             continue;
         };
@@ -770,29 +779,44 @@ fn sniff_mesh_queries(
         if pkt.len() < 12 {
             continue;
         }
-        let entry = counts.entry(from.ip()).or_default();
-        let is_response = pkt[2] & 0x80 != 0;
-        let questions = u16::from_be_bytes([pkt[4], pkt[5]]) as usize;
-        if is_response {
+        let sent = seen.entry(from).or_default();
+        if pkt[2] & 0x80 != 0 {
             // A response's records sit after its (usually no) questions;
             // the service type in clear anywhere is enough to know it.
             if pkt.windows(4).any(|w| w == b"_amb") {
-                entry.1 += 1;
+                sent.responses += 1;
             }
             continue;
         }
+        let questions = u16::from_be_bytes([pkt[4], pkt[5]]) as usize;
         let mut at = 12;
         for _ in 0..questions {
             let Some((name, next)) = dns_name(pkt, at) else {
                 break;
             };
-            if name.eq_ignore_ascii_case("_amb._tcp.local") {
-                entry.0 += 1;
-            }
+            sent.questions.push(name);
             at = next + 4; // QTYPE, QCLASS
         }
     }
-    counts
+    seen
+}
+
+/// What `ip` sent, over all its ports.
+fn sent_by(seen: &HashMap<std::net::SocketAddr, Sent>, ip: std::net::IpAddr) -> Sent {
+    let mut all = Sent::default();
+    for (_, s) in seen.iter().filter(|(from, _)| from.ip() == ip) {
+        all.questions.extend(s.questions.iter().cloned());
+        all.responses += s.responses;
+    }
+    all
+}
+
+/// Questions for the mesh's service type in `sent`.
+fn browses(sent: &Sent) -> usize {
+    sent.questions
+        .iter()
+        .filter(|q| q.eq_ignore_ascii_case("_amb._tcp.local"))
+        .count()
 }
 
 /// The DNS name at `at` (following compression pointers) and the offset
@@ -828,9 +852,9 @@ fn a_provider_only_node_does_not_browse() {
         let h2 = h2.clone();
         std::thread::spawn(move || {
             let mut both_seen: Option<Instant> = None;
-            sniff_mesh_queries(&h2, |counts| {
-                let announced = counts.get(&provider_ip).is_some_and(|c| c.1 > 0);
-                let browsed = counts.get(&consumer_ip).is_some_and(|c| c.0 > 0);
+            sniff(&h2, DEADLINE, |seen| {
+                let announced = sent_by(seen, provider_ip).responses > 0;
+                let browsed = browses(&sent_by(seen, consumer_ip)) > 0;
                 // A browse queries at once; give the provider two more
                 // seconds after its announcement to show any query.
                 if announced && browsed {
@@ -843,20 +867,67 @@ fn a_provider_only_node_does_not_browse() {
     };
     let provider = amb(h1, &["--provide", "api:7000"]);
     let consumer = amb(h3, &["--consume", "api:8080"]);
-    let counts = sniffing.join().expect("sniffer");
-    let (p, c) = (
-        counts.get(&provider_ip).copied().unwrap_or_default(),
-        counts.get(&consumer_ip).copied().unwrap_or_default(),
-    );
+    let seen = sniffing.join().expect("sniffer");
+    let (p, c) = (sent_by(&seen, provider_ip), sent_by(&seen, consumer_ip));
     assert!(
-        p.1 > 0 && c.0 > 0,
-        "the sniffer saw neither the announcement nor the consumer's browse: {counts:?}\n{}\n{}",
+        p.responses > 0 && browses(&c) > 0,
+        "the sniffer saw neither the announcement nor the consumer's browse: {seen:?}\n{}\n{}",
         provider.output_tail(20),
         consumer.output_tail(20)
     );
     assert_eq!(
-        p.0, 0,
-        "the provider-only node asked {} questions for _amb._tcp",
-        p.0
+        browses(&p),
+        0,
+        "the provider-only node asked questions for _amb._tcp: {:?}",
+        p.questions
+    );
+}
+
+/// When a cached record reaches 80 % of its TTL, mdns-sd asks for it
+/// again (RFC 6762 §5.2): 96 s after it heard a provider's 120 s host
+/// records, every consumer on the link would query for them in the same
+/// millisecond. The provider announces them again before that
+/// (`mdns::REFRESH_EVERY`), so an idle consumer asks nothing about it and
+/// still holds it.
+#[test]
+fn an_idle_consumer_never_asks_again_for_a_live_providers_records() {
+    /// mdns-sd's first refresh query, after the records were heard, and
+    /// room for its 85 % and 90 % retries on a loaded machine.
+    const CACHES_ASK_AT: Duration = Duration::from_secs(96);
+    const RETRIES: Duration = Duration::from_secs(14);
+    const REFRESHED: &str = "announcing again before caches query for it";
+    let lab = Lab::new(3);
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    let _redis = redis(h1, 7000);
+    let provider = amb(h1, &["--provide", "api:7000", "--node-id", "prov1"]);
+    let consumer = amb(h3, &["--consume", "api:8080"]);
+    wait_log(&consumer, "backend joined");
+    let joined = Instant::now();
+    let consumer_ip: std::net::IpAddr = h3.ip.into();
+    let seen = sniff(h2, CACHES_ASK_AT + RETRIES + DEADLINE, |_| {
+        joined.elapsed() >= CACHES_ASK_AT + RETRIES && provider.stderr().contains(REFRESHED)
+    });
+    assert!(
+        provider.stderr().contains(REFRESHED),
+        "the provider never announced again:\n{}",
+        provider.output_tail(20)
+    );
+    // From the daemon's port only: the witness's rare multicast
+    // confirmation asks from a port of its own.
+    let asked: Vec<&String> = seen
+        .iter()
+        .filter(|(from, _)| from.ip() == consumer_ip && from.port() == 5353)
+        .flat_map(|(_, s)| &s.questions)
+        .filter(|q| q.contains("prov1"))
+        .collect();
+    assert!(
+        asked.is_empty(),
+        "the consumer asked again for the provider's records: {asked:?}"
+    );
+    assert_eq!(
+        log_lines(&consumer, &["backend left"]),
+        0,
+        "{}",
+        consumer.output_tail(20)
     );
 }

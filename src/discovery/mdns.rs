@@ -14,8 +14,9 @@
 //! instances, which have no node to probe).
 //!
 //! The browse is never restarted on a timer: mdns-sd backs its own query
-//! off (1, 2, 4... s up to an hour) and refreshes cached records before
-//! their TTL ends, which keeps an idle link near silent. A restart resets
+//! off (1, 2, 4... s up to an hour), and each provider announces its records
+//! again before caches would query for them ([`REFRESH_EVERY`]), which
+//! keeps an idle link near silent. A restart resets
 //! that back-off on every node that makes it, and restarts on a timer,
 //! starting together, made the whole mesh query and answer in the same
 //! second.
@@ -155,6 +156,39 @@ pub struct Stamp {
     pub signed_at: u64,
 }
 
+/// How often our records are announced again, unasked, spread at random
+/// over this range. mdns-sd (as RFC 6762 §5.2 asks) queries for a cached
+/// record at 80 % of its TTL, 96 s for the 120 s host records, and every
+/// cache that heard the same announcement reaches that point in the same
+/// millisecond: at 64 hosts each node's records drew about 60 queries and
+/// their answers every 96 s, some 40 packets a second on an idle link,
+/// growing with the square of the hosts. An announcement heard before
+/// that point restarts every cache's clock at the cost of its own four
+/// packets (IPv4 and IPv6, sent twice a second apart); the range leaves a
+/// lost pair one more try before the caches ask.
+pub const REFRESH_EVERY: std::ops::Range<Duration> =
+    Duration::from_secs(60)..Duration::from_secs(80);
+
+/// One instance of ours as announced, and when to announce it again.
+struct Announced {
+    info: ServiceInfo,
+    refresh_at: Instant,
+}
+
+impl Announced {
+    fn new(info: ServiceInfo) -> Announced {
+        Announced {
+            info,
+            refresh_at: Announced::next_refresh(),
+        }
+    }
+
+    fn next_refresh() -> Instant {
+        let spread = REFRESH_EVERY.end - REFRESH_EVERY.start;
+        Instant::now() + REFRESH_EVERY.start + spread.mul_f64(fastrand::f64())
+    }
+}
+
 /// This node's mDNS daemon.
 pub struct Mdns {
     daemon: ServiceDaemon,
@@ -175,8 +209,8 @@ pub struct Mdns {
     signed_at: Mutex<HashMap<String, u64>>,
     /// What is announced now, by lower-case full name: announced again
     /// when the link says goodbye for it while it lives (a witness's
-    /// mistake, or a forgery).
-    announced: Mutex<HashMap<String, ServiceInfo>>,
+    /// mistake, or a forgery), and before caches would query for it.
+    announced: Mutex<HashMap<String, Announced>>,
 }
 
 impl Mdns {
@@ -273,7 +307,7 @@ impl Mdns {
             .register(info)
             .with_context(|| format!("cannot advertise {p}"))?;
         self.announced_mut()
-            .insert(self.fullname(p).to_lowercase(), again);
+            .insert(self.fullname(p).to_lowercase(), Announced::new(again));
         Ok(stamp)
     }
 
@@ -320,20 +354,19 @@ impl Mdns {
         at
     }
 
-    fn announced_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, ServiceInfo>> {
+    fn announced_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, Announced>> {
         self.announced.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Announces `fullname` again if it is ours and still announced: the
     /// link was told it is gone while it is not. Whether it was ours.
     fn defend(&self, fullname: &str) -> bool {
-        let Some(info) = self.announced_mut().get(&fullname.to_lowercase()).cloned() else {
+        let mut announced = self.announced_mut();
+        let Some(a) = announced.get_mut(&fullname.to_lowercase()) else {
             return false;
         };
         warn!(instance = %fullname, "the link said goodbye for our live instance; announcing it again");
-        if let Err(e) = self.daemon.register(info) {
-            warn!(instance = %fullname, error = %e, "cannot announce again");
-        }
+        self.register_again(fullname, a);
         true
     }
 
@@ -343,12 +376,31 @@ impl Mdns {
         // Under the lock: a withdrawal running meanwhile must not be undone
         // by announcing what it just removed (register only queues a
         // command for the daemon's thread, so holding the lock is brief).
-        let announced = self.announced_mut();
-        for (fullname, info) in announced.iter() {
+        let mut announced = self.announced_mut();
+        for (fullname, a) in announced.iter_mut() {
             info!(instance = %fullname, "{why}; announcing again");
-            if let Err(e) = self.daemon.register(info.clone()) {
-                warn!(instance = %fullname, error = %e, "cannot announce again");
+            self.register_again(fullname, a);
+        }
+    }
+
+    /// Announces our instance of `p` again once its records near the
+    /// point where caches would query for them ([`REFRESH_EVERY`]).
+    pub fn refresh_if_due(&self, p: &ProvideSpec) {
+        let fullname = self.fullname(p).to_lowercase();
+        let mut announced = self.announced_mut();
+        if let Some(a) = announced.get_mut(&fullname) {
+            if Instant::now() >= a.refresh_at {
+                debug!(instance = %fullname, "announcing again before caches query for it");
+                self.register_again(&fullname, a);
             }
+        }
+    }
+
+    /// Hands a stored announcement to the daemon again.
+    fn register_again(&self, fullname: &str, a: &mut Announced) {
+        a.refresh_at = Announced::next_refresh();
+        if let Err(e) = self.daemon.register(a.info.clone()) {
+            warn!(instance = %fullname, error = %e, "cannot announce again");
         }
     }
 

@@ -181,6 +181,7 @@ pub async fn run(
                     Err(e) => warn!(provide = %p, "{e:#}; retrying"),
                 }
             }
+            (true, true) => mdns.refresh_if_due(&p),
             (false, true) => {
                 // "down" first: a TXT change takes consumers' traffic away in
                 // milliseconds, the goodbye only after a second.
