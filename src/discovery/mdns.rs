@@ -211,6 +211,10 @@ pub struct Mdns {
     /// when the link says goodbye for it while it lives (a witness's
     /// mistake, or a forgery), and before caches would query for it.
     announced: Mutex<HashMap<String, Announced>>,
+    /// The ring link listener until [`Mdns::take_link`] hands it to its
+    /// task, and its port, which our advertisements name.
+    link: Mutex<Option<std::net::TcpListener>>,
+    link_port: Option<u16>,
 }
 
 impl Mdns {
@@ -225,6 +229,14 @@ impl Mdns {
             .collect();
         ifaces.extend(settings.advertise_addrs.iter().map(|a| IfKind::Addr(*a)));
         let daemon = start_daemon(&ifaces)?;
+        // Without one, watchers probe this node at their faster pace.
+        let link = super::link::bind()
+            .inspect_err(|e| warn!(error = %e, "no ring link: watchers will probe more often"))
+            .ok();
+        let link_port = link
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port());
         if ifaces.is_empty() {
             ifaces.push(IfKind::All);
         }
@@ -238,7 +250,15 @@ impl Mdns {
             key: key.map(AdvertKey::new),
             signed_at: Mutex::new(HashMap::new()),
             announced: Mutex::new(HashMap::new()),
+            link: Mutex::new(link),
+            link_port,
         })
+    }
+
+    /// The ring link listener, for [`super::link::serve`]; `None` after
+    /// the first call or when it could not be bound.
+    pub fn take_link(&self) -> Option<std::net::TcpListener> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The DNS-SD full name of our instance of `p`.
@@ -264,6 +284,9 @@ impl Mdns {
     ) -> anyhow::Result<Option<Stamp>> {
         let label = wire::instance_label(&p.name, &self.node_id);
         let mut txt = wire::txt(&p.name, &self.node_id, p.weight, state, offer.tls);
+        if let Some(port) = self.link_port {
+            txt.push((wire::LINK_KEY.into(), port.to_string()));
+        }
         let stamp = self.key.as_ref().map(|key| {
             let candidates = self.signable_addrs();
             let (signed, left_out) = advert::fit_addrs(&candidates, advert::pairs_len(&txt));
@@ -818,7 +841,8 @@ impl Browsing<'_> {
                 );
                 if let Some(peer) = seen {
                     if let Some(node) = r.get_property_val_str("node") {
-                        self.ring.seen(node, &r.fullname, &peer);
+                        let link = wire::link_port(|k| r.get_property_val_str(k));
+                        self.ring.seen(node, &r.fullname, &peer, link);
                     }
                 }
             }

@@ -12,10 +12,13 @@
 //! - [`witness`]: crash removal for the whole link: each browsing node
 //!   probes the next node in node-id order and multicasts its goodbye when
 //!   it dies.
+//! - [`link`]: the TCP link each witness holds to the node it watches, so a
+//!   dead process is news at once.
 //! - [`listing`]: a one-off browse of everything the link advertises
 //!   (`mesh-amb ls`).
 
 pub mod addr;
+pub mod link;
 pub mod listing;
 pub mod mdns;
 pub mod probation;

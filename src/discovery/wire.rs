@@ -12,6 +12,7 @@
 //! | `weight`| relative share of connections, 1..=1000   | no (1)   |
 //! | `state` | `up`, `draining` or `down`                | no (up)  |
 //! | `tls`   | `1`: the SRV port is a TLS terminator      | no (0)   |
+//! | `link`  | TCP port of the node's ring link ([`super::link`]), not sealed | no |
 //! | `ts`, `addr`, `sig` | the seal of a provider holding the cluster key ([`crate::security::advert`]) | no |
 //!
 //! Only `svc` is required, so any Avahi or Bonjour host can provide a
@@ -26,6 +27,8 @@ use crate::spec::MAX_WEIGHT;
 
 /// The DNS-SD service type every ambassador advertises and browses.
 pub const SERVICE_TYPE: &str = "_amb._tcp.local.";
+/// TXT key of the node's ring link port ([`super::link`]).
+pub const LINK_KEY: &str = "link";
 /// Version of the TXT schema this build writes.
 pub const SCHEMA_VERSION: &str = "1";
 /// Largest TXT record a consumer accepts, counted as on the wire
@@ -107,6 +110,16 @@ pub struct Advert {
     pub state: State,
     /// The SRV port speaks mutual TLS.
     pub tls: bool,
+}
+
+/// The ring link port a TXT record names, read through `get(key)`; `None`
+/// without a usable one.
+pub fn link_port<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Option<u16> {
+    get(LINK_KEY)?
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
 }
 
 /// Reads a TXT record through `get(key)`. `None` when it is not a usable

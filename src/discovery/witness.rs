@@ -67,17 +67,23 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::addr::PeerAddr;
+use super::link::Link;
 use super::wire::SERVICE_TYPE;
 
-/// Time between probes of a healthy peer. With the retries below, a
-/// crashed process (its port refuses) is detected within about
-/// `PROBE_EVERY` plus a few milliseconds, a silent host (powered off, cut
-/// off) within `PROBE_EVERY + MISSES_TO_DEAD x PROBE_TIMEOUT` plus the
-/// multicast confirmations (~10.5 s), and the browsers drop it a second or
-/// two after the goodbye; each
-/// watching node sends one query and gets one answer per period: at 64
-/// nodes, 32 unicast packets a second on the whole link.
+/// Time between probes of a healthy peer with no ring link up
+/// ([`super::link`]). With the retries below, a crashed process (its port
+/// refuses) is detected within about `PROBE_EVERY` plus a few
+/// milliseconds, a silent host (powered off, cut off) within
+/// `PROBE_EVERY + MISSES_TO_DEAD x PROBE_TIMEOUT` plus the multicast
+/// confirmations (~10.5 s), and the browsers drop it a second or two after
+/// the goodbye; each watching node sends one query and gets one answer per
+/// period: at 64 nodes, 32 unicast packets a second on the whole link.
 pub const PROBE_EVERY: Duration = Duration::from_secs(4);
+/// The same while the link to the peer is up: a dead process closes the
+/// link and is probed at once, so the period only bounds how long a silent
+/// host (powered off, cut off, hung) stays: within about 22 s plus the
+/// goodbye's second or two. At 64 nodes: 8.5 unicast packets a second.
+pub const LINKED_PROBE_EVERY: Duration = Duration::from_secs(15);
 /// A node is probed only once it has been in the ring this long: a
 /// responder that just started leaves unicast questions unanswered for a
 /// few seconds (measured in the lab: probes 2 to 7 s after a node's start
@@ -85,9 +91,9 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(4);
 /// verdicts were all false). A node that crashes sooner keeps the TTL
 /// expiry.
 pub const WATCH_AFTER: Duration = Duration::from_secs(30);
-/// Random spread of each period, so nodes started together do not probe in
-/// step.
-const PROBE_JITTER: Duration = Duration::from_millis(800);
+/// Random spread of each period, as a share of it, so nodes started
+/// together do not probe in step.
+const PROBE_JITTER: f64 = 0.2;
 /// How long a probe waits for its answer: mdns-sd answers a unicast
 /// question at once; this covers a busy 2-core machine and a 50 ms jitter
 /// link several times over.
@@ -146,6 +152,8 @@ pub struct Peer {
     pub addr: Option<IpAddr>,
     /// Its instances' full names, for the goodbye.
     pub instances: Vec<String>,
+    /// Its ring link port, if it advertises one.
+    pub link: Option<u16>,
     /// When this node first saw it (since it last left the ring).
     pub since: tokio::time::Instant,
 }
@@ -179,7 +187,10 @@ impl Ring {
     /// a seal does not cover that target, so a replayed record naming
     /// another host must not make the witness ask the node for a name it
     /// does not own.
-    pub fn seen(&mut self, node: &str, fullname: &str, addrs: &[PeerAddr]) {
+    ///
+    /// The first link port heard for a node is kept: it is not sealed, and
+    /// a stranger changing it back and forth must not restart the watch.
+    pub fn seen(&mut self, node: &str, fullname: &str, addrs: &[PeerAddr], link: Option<u16>) {
         let host = super::wire::host_name(node);
         if node == self.me {
             return;
@@ -192,10 +203,12 @@ impl Ring {
             host: host.clone(),
             addr,
             instances: Vec::new(),
+            link,
             since: tokio::time::Instant::now(),
         });
         peer.host = host;
         peer.addr = addr.or(peer.addr);
+        peer.link = peer.link.or(link);
         if !peer.instances.iter().any(|i| i == fullname)
             && peer.instances.len() < MAX_GOODBYE_INSTANCES
         {
@@ -284,17 +297,34 @@ pub async fn watch(
 /// goodbye once when it stops answering. Probing goes on after the
 /// goodbye: the goodbye normally moves the watch on to the next node, and
 /// a node that answers again (it was alive after all) is watched as before.
+/// While the ring link to it is up, it is probed less often, and at once
+/// when the link closes.
 async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>) {
     let (Some(addr), Some(prober)) = (peer.addr, Prober::open(peer).await) else {
         return std::future::pending().await;
     };
     tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
-    debug!(node, %addr, "witness: watching");
+    let mut link = Link::default();
+    if let Some(port) = peer.link {
+        link.connect(SocketAddr::new(addr, port)).await;
+    }
+    debug!(node, %addr, linked = link.is_up(), "witness: watching");
     let mut said_goodbye = false;
     loop {
-        tokio::time::sleep(period()).await;
+        let every = if link.is_up() {
+            LINKED_PROBE_EVERY
+        } else {
+            PROBE_EVERY
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(period(every)) => {}
+            _ = link.closed() => debug!(node, "witness: the link to the node closed; probing now"),
+        }
         if prober.alive(node, PROBE_TIMEOUT, &RING_CONFIRMS).await {
             said_goodbye = false;
+            if let Some(port) = peer.link {
+                link.connect(SocketAddr::new(addr, port)).await;
+            }
         } else if !said_goodbye {
             goodbye_for(node, peer).await;
             // Full: the trials are busy with others; this node's own
@@ -305,9 +335,9 @@ async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>)
     }
 }
 
-/// One probe period, spread by [`PROBE_JITTER`].
-fn period() -> Duration {
-    PROBE_EVERY - PROBE_JITTER / 2 + PROBE_JITTER.mul_f64(fastrand::f64())
+/// One probe period of about `every`, spread by [`PROBE_JITTER`].
+fn period(every: Duration) -> Duration {
+    every.mul_f64(1.0 - PROBE_JITTER / 2.0 + PROBE_JITTER * fastrand::f64())
 }
 
 /// How a trial ended.
@@ -443,7 +473,7 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
     }
     let forget_at = tokio::time::Instant::now() + FORGET_AFTER;
     while tokio::time::Instant::now() < forget_at {
-        tokio::time::sleep(period()).await;
+        tokio::time::sleep(period(PROBE_EVERY)).await;
         if matches!(prober.ask(&node, PROBE_TIMEOUT).await, Probe::Answered) {
             info!(node, "witness: a node declared dead answers again");
             return Verdict::Revived;
@@ -496,19 +526,23 @@ impl Prober {
     }
 
     /// Asks until an answer comes, at most [`MISSES_TO_DEAD`] times in a
-    /// row; whether one came. Silence (not a refusal) is confirmed by
-    /// [`Prober::confirm`] before the peer counts as dead.
+    /// row; whether one came. Silence alone is confirmed by
+    /// [`Prober::confirm`] before the peer counts as dead; a refusal
+    /// among the misses needs no confirmation: nothing listened on the
+    /// peer's port then. (A killed process's ring link may close a moment
+    /// before its mDNS socket does, so the first probe after it can go
+    /// unanswered and the next ones be refused.)
     async fn alive(&self, node: &str, timeout: Duration, confirms: &[Duration]) -> bool {
-        let mut silent = false;
+        let mut refused = false;
         for misses in 1..=MISSES_TO_DEAD {
             match self.ask(node, timeout).await {
                 Probe::Answered => return true,
-                Probe::Refused => {}
-                Probe::Silent => silent = true,
+                Probe::Refused => refused = true,
+                Probe::Silent => {}
             }
             debug!(node, misses, "witness: probe unanswered");
         }
-        silent && self.confirm(node, confirms).await
+        !refused && self.confirm(node, confirms).await
     }
 
     /// Asks once.
@@ -766,7 +800,7 @@ mod tests {
         let mut r = Ring::new(me);
         for (i, id) in others.iter().enumerate() {
             let name = format!("web@{id}.{SERVICE_TYPE}");
-            r.seen(id, &name, &addr(&format!("10.0.0.{}", i + 1)));
+            r.seen(id, &name, &addr(&format!("10.0.0.{}", i + 1)), None);
         }
         r
     }
@@ -789,7 +823,12 @@ mod tests {
     #[test]
     fn a_node_leaves_the_ring_with_its_last_instance() {
         let mut r = ring("a", &["b", "c"]);
-        r.seen("b", &format!("api@b.{SERVICE_TYPE}"), &addr("10.0.0.1"));
+        r.seen(
+            "b",
+            &format!("api@b.{SERVICE_TYPE}"),
+            &addr("10.0.0.1"),
+            None,
+        );
         r.gone(&format!("web@b.{SERVICE_TYPE}"));
         assert_eq!(r.successor().unwrap().0, "b");
         r.gone(&format!("api@b.{SERVICE_TYPE}"));
@@ -808,12 +847,17 @@ mod tests {
     #[test]
     fn peers_without_a_probe_address_are_not_watched() {
         let mut r = Ring::new("a");
-        r.seen("b", &format!("web@b.{SERVICE_TYPE}"), &addr("127.0.0.1"));
+        r.seen(
+            "b",
+            &format!("web@b.{SERVICE_TYPE}"),
+            &addr("127.0.0.1"),
+            None,
+        );
         assert!(r.successor().is_none());
         let web_b = format!("web@b.{SERVICE_TYPE}");
-        r.seen("b", &web_b, &addr("fe80::1"));
+        r.seen("b", &web_b, &addr("fe80::1"), None);
         assert!(r.successor().is_none());
-        r.seen("b", &web_b, &addr("10.0.0.2"));
+        r.seen("b", &web_b, &addr("10.0.0.2"), None);
         assert_eq!(
             r.successor().unwrap().1.addr,
             Some("10.0.0.2".parse().unwrap())
@@ -840,6 +884,7 @@ mod tests {
             host: super::super::wire::host_name(id),
             addr: None,
             instances: vec![format!("web@{id}.{SERVICE_TYPE}")],
+            link: None,
             since: tokio::time::Instant::now(),
         }
     }

@@ -376,6 +376,10 @@ impl Running {
             info!(key = %key.fingerprint(),
                 "cluster key: our advertisements are signed, and only signed ones are used");
         }
+        if let Some(link) = m.take_link() {
+            self.side_tasks
+                .spawn(crate::discovery::link::serve(link, self.background.clone()));
+        }
         self.mdns = Some(m);
     }
 

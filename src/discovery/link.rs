@@ -1,0 +1,188 @@
+//! The ring link: a TCP connection each witness ([`super::witness`]) holds
+//! to the node it watches, so that the death of that node's process is
+//! news at once and costs nothing while nothing happens.
+//!
+//! When a process dies, by SIGKILL or a crash, its kernel closes its
+//! sockets and the watcher's end of the link reads end-of-file within a
+//! round trip; the witness then probes at once instead of at its next
+//! period, and a dead process (refused probes) is declared dead within
+//! milliseconds. The link cannot tell a host that lost power or its cable
+//! from an idle one, so the witness still probes, only less often while
+//! the link is up.
+//!
+//! Each node listens on a port of its own, named by the `link` TXT key of
+//! its advertisements. The key is not covered by the seal: a forged port
+//! only makes a watcher connect somewhere useless, after which it probes
+//! as often as it does without a link. Nothing is ever written on a link,
+//! and whatever a peer writes is read and dropped.
+
+use std::collections::VecDeque;
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::debug;
+
+/// Most links held at once. In a settled ring a node is watched by one
+/// other; while nodes join, or views differ, by a few. A stranger
+/// connecting over and over pushes out the oldest links, whose watchers
+/// probe, find the node alive, and connect again.
+pub const MAX_LINKS: usize = 64;
+/// How long a watcher waits for a link's connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause after a failed accept (out of descriptors): the listener is
+/// ready again at once, and retrying at once would spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds the link listener on every address, IPv4 and IPv6, on a port the
+/// kernel picks.
+pub fn bind() -> std::io::Result<std::net::TcpListener> {
+    let dual = || -> std::io::Result<std::net::TcpListener> {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.set_only_v6(false)?;
+        s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)).into())?;
+        s.listen(16)?;
+        Ok(s.into())
+    };
+    // A host without IPv6 still gets its IPv4 links.
+    let l = dual().or_else(|_| std::net::TcpListener::bind(("0.0.0.0", 0)))?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Accepts links and holds them until their watchers close them, `stop`
+/// fires, or newer ones push them out.
+pub async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            debug!(error = %e, "ring link: cannot listen");
+            return;
+        }
+    };
+    let mut held: VecDeque<AbortOnDropHandle<()>> = VecDeque::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                held.retain(|h| !h.is_finished());
+                if held.len() >= MAX_LINKS {
+                    held.pop_front();
+                }
+                held.push_back(AbortOnDropHandle::new(tokio::spawn(drain(stream))));
+            }
+            Err(e) => {
+                debug!(error = %e, "ring link: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Reads and drops until the other end closes.
+async fn drain(mut stream: TcpStream) {
+    let mut buf = [0u8; 64];
+    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+/// A watcher's end of a link, when it has one.
+#[derive(Default)]
+pub struct Link {
+    stream: Option<TcpStream>,
+}
+
+impl Link {
+    /// Whether a link is up (as far as this end knows).
+    pub fn is_up(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Connects to `to` unless a link is up; without one (refused,
+    /// timed out) the witness probes as often as it does with no link.
+    pub async fn connect(&mut self, to: SocketAddr) {
+        if self.stream.is_some() {
+            return;
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+            Ok(Ok(s)) => self.stream = Some(s),
+            Ok(Err(e)) => debug!(%to, error = %e, "ring link: cannot connect"),
+            Err(_) => debug!(%to, "ring link: connect timed out"),
+        }
+    }
+
+    /// Resolves when the link closes (never without one); it is down
+    /// afterwards.
+    pub async fn closed(&mut self) {
+        let Some(stream) = self.stream.as_mut() else {
+            return std::future::pending().await;
+        };
+        let mut buf = [0u8; 64];
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        self.stream = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn listening() -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        let l = bind().unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(l, stop.clone()));
+        (SocketAddr::from(([127, 0, 0, 1], port)), stop, task)
+    }
+
+    #[tokio::test]
+    async fn a_link_closes_when_the_listening_side_goes() {
+        let (to, stop, task) = listening().await;
+        let mut link = Link::default();
+        link.connect(to).await;
+        assert!(link.is_up());
+        stop.cancel();
+        task.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), link.closed())
+            .await
+            .expect("the link never closed");
+        assert!(!link.is_up());
+    }
+
+    #[tokio::test]
+    async fn the_oldest_link_makes_room_for_a_new_one() {
+        let (to, _stop, _task) = listening().await;
+        let mut first = Link::default();
+        first.connect(to).await;
+        let mut others = Vec::new();
+        for _ in 0..MAX_LINKS {
+            let mut l = Link::default();
+            l.connect(to).await;
+            assert!(l.is_up());
+            others.push(l);
+        }
+        tokio::time::timeout(Duration::from_secs(5), first.closed())
+            .await
+            .expect("the oldest link was kept");
+    }
+
+    #[tokio::test]
+    async fn no_listener_leaves_no_link() {
+        let to = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let mut link = Link::default();
+        link.connect(to).await;
+        assert!(!link.is_up());
+    }
+}
