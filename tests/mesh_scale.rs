@@ -69,6 +69,7 @@ struct Node {
 }
 
 fn run(n: usize, settle: Duration, window: Duration) {
+    let drops0 = softnet_drops();
     let lab = Lab::new(n + 1);
     let hosts = lab.hosts();
     for h in hosts {
@@ -164,6 +165,10 @@ fn run(n: usize, settle: Duration, window: Duration) {
     let mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
     let max = cpu.iter().cloned().fold(0.0, f64::max);
     println!("idle CPU per host: mean {mean:.2} %, max {max:.2} % of one core");
+    println!(
+        "kernel input-queue drops during the run (all namespaces share one backlog): {}",
+        softnet_drops() - drops0
+    );
     println!("live providers dropped from a table during the run: {dropped}");
     for (msg, count) in &before_drop {
         println!("  {count} after: {msg}");
@@ -297,6 +302,20 @@ fn summary(name: &str, mut runs: Vec<f64>) {
 }
 
 /// utime + stime of a process, in clock ticks.
+/// Packets the kernel dropped because a CPU's input queue
+/// (`net.core.netdev_max_backlog`) was full, since boot: every lab host's
+/// veth delivers into the same per-CPU queues, and a multicast packet on
+/// the bridge is one entry per host, so bursts overflow them where a real
+/// LAN's separate machines would not.
+fn softnet_drops() -> u64 {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|d| u64::from_str_radix(d, 16).ok())
+        .sum()
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses.
