@@ -290,8 +290,10 @@ fn crash_h1(how: impl FnOnce(&mut ApiLab)) -> ApiLab {
         0,
         "failures before the crash"
     );
+    // The connect timeout (2 s) and the trial (~2.4 s) remove it, not the
+    // records' 120 s TTL; the bound leaves room for a loaded machine.
     assert!(
-        gone < Duration::from_secs(5),
+        gone < Duration::from_secs(10),
         "the dead instance stayed {gone:?}"
     );
     let after: Vec<&Sample> = samples.iter().filter(|s| s.start > t0 + gone).collect();

@@ -492,7 +492,9 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
     Verdict::Forgotten
 }
 
-/// Says the goodbye of a dead node, twice a second apart ([`GOODBYE_AGAIN`]).
+/// Says the goodbye of a dead node, and again [`GOODBYE_AGAIN`] later in
+/// the background: the verdict (a suspect's removal from this node's own
+/// tables) does not wait for the repeat.
 async fn goodbye_for(node: &str, peer: &Peer) {
     match say_goodbye(peer).await {
         Ok(()) => info!(
@@ -502,10 +504,13 @@ async fn goodbye_for(node: &str, peer: &Peer) {
         ),
         Err(e) => warn!(node, error = %e, "witness: cannot send the goodbye of a dead node"),
     }
-    tokio::time::sleep(GOODBYE_AGAIN).await;
-    if let Err(e) = say_goodbye(peer).await {
-        debug!(node, error = %e, "witness: cannot repeat the goodbye");
-    }
+    let (node, peer) = (node.to_owned(), peer.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(GOODBYE_AGAIN).await;
+        if let Err(e) = say_goodbye(&peer).await {
+            debug!(node, error = %e, "witness: cannot repeat the goodbye");
+        }
+    });
 }
 
 /// Legacy-unicast questions to one peer's responder.
