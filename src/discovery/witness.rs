@@ -5,7 +5,10 @@
 //! outside). Polling every peer from every node would cost O(N²) packets;
 //! instead the mesh-amb nodes on the link form a ring ordered by node id
 //! (TXT `node=`), and each browsing node watches its successor, the next
-//! node id after its own: O(N) probes in total, all unicast.
+//! node id after its own: O(N) probes in total, all unicast. It also
+//! holds a TCP connection to it, the ring link ([`super::link`]), whose
+//! close says at once that the process died, and probes less often while
+//! that link is up.
 //!
 //! The probe is an RFC 6762 §6.7 legacy-unicast question (from an
 //! ephemeral port, straight to the peer's responder on port 5353) for the
@@ -13,12 +16,13 @@
 //! while the node has any service announced: nothing is multicast while the
 //! peer lives. After [`MISSES_TO_DEAD`] unanswered probes in a row (retried
 //! at once after a miss, so a lost packet costs one quick retry, not a
-//! verdict) and, when they met silence rather than a refusal, one
-//! multicast confirmation (see `Prober::confirm`: another daemon on the
+//! verdict) and, when none of them was refused, multicast confirmations (see `Prober::confirm`: another daemon on the
 //! peer's port 5353, Avahi say, can swallow unicast probes for good), the
 //! witness multicasts the goodbye the dead responder could
 //! not send: the PTR record of each of its instances with TTL 0 (RFC 6762
-//! §10.1), sent from port 5353 as responses must be (§11). Every browser on
+//! §10.1), sent from port 5353 as responses must be (§11), and again a
+//! second later (one lost packet must not leave the dead node in every
+//! table for its TTL). Every browser on
 //! the link, mesh-amb, `mesh-amb ls` and Avahi alike, drops the instances
 //! one second later (mesh-amb's tables a second after that: see
 //! `mdns::REMOVAL_GRACE`).
