@@ -79,7 +79,10 @@ pub async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
                 if held.len() >= MAX_LINKS {
                     held.pop_front();
                 }
-                held.push_back(AbortOnDropHandle::new(tokio::spawn(drain(stream))));
+                held.push_back(AbortOnDropHandle::new(tokio::spawn(async move {
+                    let mut stream = stream;
+                    drain(&mut stream).await
+                })));
             }
             Err(e) => {
                 debug!(error = %e, "ring link: accept failed");
@@ -89,8 +92,8 @@ pub async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
     }
 }
 
-/// Reads and drops until the other end closes.
-async fn drain(mut stream: TcpStream) {
+/// Reads and drops until the other end closes (or the read fails).
+async fn drain(stream: &mut TcpStream) {
     let mut buf = [0u8; 64];
     while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
 }
@@ -126,8 +129,7 @@ impl Link {
         let Some(stream) = self.stream.as_mut() else {
             return std::future::pending().await;
         };
-        let mut buf = [0u8; 64];
-        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        drain(stream).await;
         self.stream = None;
     }
 }

@@ -16,8 +16,9 @@
 //! while the node has any service announced: nothing is multicast while the
 //! peer lives. After [`MISSES_TO_DEAD`] unanswered probes in a row (retried
 //! at once after a miss, so a lost packet costs one quick retry, not a
-//! verdict) and, when none of them was refused, multicast confirmations (see `Prober::confirm`: another daemon on the
-//! peer's port 5353, Avahi say, can swallow unicast probes for good), the
+//! verdict) and, when none of them was refused, multicast confirmations
+//! (see `Prober::confirm`: another daemon on the peer's port 5353, Avahi
+//! say, can swallow unicast probes for good), the
 //! witness multicasts the goodbye the dead responder could
 //! not send: the PTR record of each of its instances with TTL 0 (RFC 6762
 //! §10.1), sent from port 5353 as responses must be (§11), and again a
