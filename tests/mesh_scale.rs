@@ -169,6 +169,13 @@ fn run(n: usize, settle: Duration, window: Duration) {
         "kernel input-queue drops during the run (all namespaces share one backlog): {}",
         softnet_drops() - drops0
     );
+    let rcvbuf: Vec<u64> = hosts[..n].iter().map(udp_rcvbuf_errors).collect();
+    println!(
+        "UDP receive-buffer drops during the run: {} over {} of {n} hosts (most {} on one)",
+        rcvbuf.iter().sum::<u64>(),
+        rcvbuf.iter().filter(|&&d| d > 0).count(),
+        rcvbuf.iter().max().unwrap_or(&0)
+    );
     println!("live providers dropped from a table during the run: {dropped}");
     for (msg, count) in &before_drop {
         println!("  {count} after: {msg}");
@@ -301,7 +308,6 @@ fn summary(name: &str, mut runs: Vec<f64>) {
     );
 }
 
-/// utime + stime of a process, in clock ticks.
 /// Packets the kernel dropped because a CPU's input queue
 /// (`net.core.netdev_max_backlog`) was full, since boot: every lab host's
 /// veth delivers into the same per-CPU queues, and a multicast packet on
@@ -316,6 +322,29 @@ fn softnet_drops() -> u64 {
         .sum()
 }
 
+/// Datagrams the kernel dropped in `host` because a socket's receive
+/// buffer was full (`RcvbufErrors` of `/proc/net/snmp`, counted per
+/// namespace): a responder that falls behind loses questions, unicast
+/// probes among them.
+fn udp_rcvbuf_errors(host: &Host) -> u64 {
+    let snmp = host.enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"));
+    let udp: Vec<Vec<&str>> = snmp
+        .as_deref()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("Udp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let [names, values] = &udp[..] else { return 0 };
+    names
+        .iter()
+        .position(|n| *n == "RcvbufErrors")
+        .and_then(|i| values.get(i))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses.

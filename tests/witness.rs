@@ -1,13 +1,14 @@
 //! The witness ring (src/discovery/witness.rs) in the namespace lab: a
 //! provider killed without goodbye leaves every consumer's table within
-//! seconds, the ones that never dial it included, and a live node answers a
-//! goodbye said in its name by announcing itself again.
+//! seconds, the ones that never dial it included, a live node answers a
+//! goodbye said in its name by announcing itself again, and one whose
+//! responder hears nothing while its process runs is not declared dead.
 
 use std::net::{TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 use mesh_amb::discovery::witness::{MISSES_TO_DEAD, PROBE_TIMEOUT};
-use mesh_amb_lab::{wait_until, FakeInstance, Host, Lab, Proc, Rogue};
+use mesh_amb_lab::{wait_until, FakeInstance, Host, Impairment, Lab, Proc, Rogue};
 
 mod common;
 
@@ -164,6 +165,59 @@ fn a_stopped_node_leaves_every_table(how: Stop, within: Duration) {
             victim.kill();
         }
     }
+}
+
+/// A node whose mDNS responder hears nothing (every unicast probe and
+/// multicast confirmation of its watcher lost, as in a burst its receive
+/// queue cannot hold) but whose process runs answers on its ring link, and
+/// its watcher keeps it. Without the link's answer the watcher says its
+/// goodbye after the five missed probes.
+#[test]
+fn a_node_with_a_deaf_responder_but_a_live_process_is_kept() {
+    let lab = Lab::impaired(2, Impairment::NONE);
+    let nodes: Vec<(Proc, String)> = lab.hosts().iter().map(node).collect();
+    let [(_, deaf_instance), (watcher, _)] = &nodes[..] else {
+        unreachable!("two hosts")
+    };
+    let joined = wait_until(DEADLINE, || {
+        has(watcher, "backend joined", deaf_instance) > 0
+    });
+    assert!(
+        joined,
+        "h1's instance never reached h2:\n{}",
+        watcher.output_tail(20)
+    );
+    let id = deaf_instance.split(['@', '.']).nth(1).unwrap().to_owned();
+    let linked = [&format!("witness: watching node=\"{id}\""), "linked=true"];
+    let watched = wait_until(WATCH_DEADLINE, || log_lines(watcher, &linked) > 0);
+    assert!(
+        watched,
+        "no ring link to {id}:\n{}",
+        watcher.output_tail(20)
+    );
+
+    lab.hub().deafen("h1", Some(5353));
+    let missed = [
+        "witness: probe unanswered",
+        &format!("node=\"{id}\""),
+        &format!("misses={MISSES_TO_DEAD}"),
+    ];
+    let checked = wait_until(WATCH_DEADLINE, || {
+        log_lines(watcher, &missed) >= 2
+            && log_lines(
+                watcher,
+                &["answers on the ring link", &format!("node=\"{id}\"")],
+            ) >= 2
+    });
+    let goodbyes = log_lines(watcher, &["goodbye sent"]);
+    let left = has(watcher, "backend left", deaf_instance);
+    lab.hub().deafen("h1", None);
+    assert!(
+        checked && goodbyes == 0 && left == 0,
+        "two checks of the deaf node ({}), goodbyes {goodbyes}, left {left}:\n{}",
+        log_lines(watcher, &missed),
+        watcher.output_tail(30)
+    );
 }
 
 #[test]

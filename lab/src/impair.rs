@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -216,6 +216,9 @@ struct HubShared {
     impairment: Mutex<Impairment>,
     /// Per port: whether the host is cut off (see [`Hub::cut`]).
     cut: Vec<AtomicBool>,
+    /// Per port: the UDP port the host hears nothing on, 0 for none (see
+    /// [`Hub::deafen`]).
+    deaf: Vec<AtomicU16>,
     /// Source MAC -> port, learnt from the frames, as a switch does.
     macs: Mutex<HashMap<[u8; 6], usize>>,
     /// Frames waiting for their delivery time.
@@ -255,6 +258,7 @@ impl Hub {
             taps,
             impairment: Mutex::new(impairment),
             cut: (0..ports).map(|_| AtomicBool::new(false)).collect(),
+            deaf: (0..ports).map(|_| AtomicU16::new(0)).collect(),
             macs: Mutex::new(HashMap::new()),
             queue: Mutex::new(BinaryHeap::new()),
             seq: AtomicU64::new(0),
@@ -299,13 +303,27 @@ impl Hub {
     /// every frame to or from it is dropped. Its link stays up. Panics if
     /// the hub has no such host.
     pub fn cut(&self, name: &str, cut: bool) {
-        let port = self
-            .shared
+        let port = self.port(name);
+        self.shared.cut[port].store(cut, Ordering::SeqCst);
+    }
+
+    /// Makes host `name` hear nothing on UDP port `udp_port` (IPv4 and
+    /// IPv6, unicast and multicast), or everything again (`None`): the
+    /// frames are dropped on their way to it, counted as cut. Everything
+    /// else it sends and receives, TCP included, goes on as before: a host
+    /// whose responder is deaf while its processes run. Panics if the hub
+    /// has no such host.
+    pub fn deafen(&self, name: &str, udp_port: Option<u16>) {
+        let port = self.port(name);
+        self.shared.deaf[port].store(udp_port.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    fn port(&self, name: &str) -> usize {
+        self.shared
             .names
             .iter()
             .position(|n| n == name)
-            .unwrap_or_else(|| panic!("the hub has no host {name:?}"));
-        self.shared.cut[port].store(cut, Ordering::SeqCst);
+            .unwrap_or_else(|| panic!("the hub has no host {name:?}"))
     }
 
     /// Frames counted so far.
@@ -386,8 +404,10 @@ impl HubShared {
             }
             let uplink = rng.delay(&imp);
             let mut queued = Vec::with_capacity(targets.len());
+            let udp_to = udp_destination_port(&frame);
             for to in targets {
-                if self.cut[to].load(Ordering::Relaxed) {
+                let deaf = self.deaf[to].load(Ordering::Relaxed);
+                if self.cut[to].load(Ordering::Relaxed) || (deaf != 0 && udp_to == Some(deaf)) {
                     self.cut_frames.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -438,6 +458,19 @@ impl HubShared {
                 .0;
         }
     }
+}
+
+/// The UDP destination port of an Ethernet frame carrying IPv4 or IPv6
+/// (no VLAN tag, no IPv6 extension header: what the lab's hosts send).
+fn udp_destination_port(frame: &[u8]) -> Option<u16> {
+    const UDP: u8 = 17;
+    let (ether, ip) = (frame.get(12..14)?, frame.get(14..)?);
+    let udp = match u16::from_be_bytes([ether[0], ether[1]]) {
+        0x0800 if *ip.get(9)? == UDP => ip.get(usize::from(ip[0] & 0x0f) * 4..)?,
+        0x86dd if *ip.get(6)? == UDP => ip.get(40..)?,
+        _ => return None,
+    };
+    Some(u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]))
 }
 
 /// Whether `f` has data to read within `timeout`.

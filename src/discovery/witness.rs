@@ -18,7 +18,9 @@
 //! at once after a miss, so a lost packet costs one quick retry, not a
 //! verdict) and, when none of them was refused, multicast confirmations
 //! (see `Prober::confirm`: another daemon on the peer's port 5353, Avahi
-//! say, can swallow unicast probes for good), the
+//! say, can swallow unicast probes for good) and a byte the node's
+//! process did not echo on the ring link (a responder that hears nothing
+//! for a while does not make a live process dead), the
 //! witness multicasts the goodbye the dead responder could
 //! not send: the PTR record of each of its instances with TTL 0 (RFC 6762
 //! §10.1), sent from port 5353 as responses must be (§11), and again a
@@ -80,14 +82,14 @@ use super::wire::SERVICE_TYPE;
 /// refuses) is detected within about `PROBE_EVERY` plus a few
 /// milliseconds, a silent host (powered off, cut off) within
 /// `PROBE_EVERY + MISSES_TO_DEAD x PROBE_TIMEOUT` plus the multicast
-/// confirmations (~10.5 s), and the browsers drop it a second or two after
+/// confirmations and the link's answer (~12.5 s), and the browsers drop it a second or two after
 /// the goodbye; each watching node sends one query and gets one answer per
 /// period: at 64 nodes, 32 unicast packets a second on the whole link.
 pub const PROBE_EVERY: Duration = Duration::from_secs(4);
 /// The same while the link to the peer is up: a dead process closes the
 /// link and is probed at once, so the period only bounds how long a silent
-/// host (powered off, cut off, hung) stays: within about 23 s with the
-/// misses and the confirmations, plus the goodbye's second or two. At 64
+/// host (powered off, cut off, hung) stays: within about 25 s with the
+/// misses, the confirmations and the link's answer, plus the goodbye's second or two. At 64
 /// nodes: 8.5 unicast packets a second.
 pub const LINKED_PROBE_EVERY: Duration = Duration::from_secs(15);
 /// A node is probed only once it has been in the ring this long: a
@@ -335,7 +337,15 @@ async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>)
             _ = tokio::time::sleep(period(every)) => {}
             _ = link.closed() => debug!(node, "witness: the link to the node closed; probing now"),
         }
-        if prober.alive(node, PROBE_TIMEOUT, &RING_CONFIRMS).await {
+        let alive = match prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
+            Probe::Answered => true,
+            Probe::Refused => false,
+            Probe::Silent => {
+                let link_to = peer.link.map(|port| SocketAddr::new(addr, port));
+                confirm_ring(node, &prober, &mut link, link_to).await
+            }
+        };
+        if alive {
             said_goodbye = false;
             if let Some(port) = peer.link {
                 link.connect(SocketAddr::new(addr, port)).await;
@@ -346,6 +356,48 @@ async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>)
             // goodbye still stands, it is just not watched for a return.
             let _ = dead.try_send((node.to_owned(), peer.clone()));
             said_goodbye = true;
+        }
+    }
+}
+
+/// Whether a ring peer that left every probe unanswered is alive after
+/// all: it answers a multicast confirmation ([`Prober::confirm`]), or its
+/// process echoes on the ring link ([`Link::answers`]), whichever says so
+/// first. The link is asked because a responder can hear nothing for
+/// seconds while its process runs (at 64 hosts, live nodes' responders
+/// missed every probe and confirmation of a check, their sockets'
+/// receive queues full, while their links stayed up), and TCP resends
+/// what such a burst loses.
+async fn confirm_ring(
+    node: &str,
+    prober: &Prober,
+    link: &mut Link,
+    link_to: Option<SocketAddr>,
+) -> bool {
+    let mut by_multicast = std::pin::pin!(prober.confirm(node, &RING_CONFIRMS));
+    let mut by_link = std::pin::pin!(async {
+        match link_to {
+            Some(to) => link.answers(to).await,
+            None => false,
+        }
+    });
+    let (mut multicast_said_no, mut link_said_no) = (false, false);
+    loop {
+        tokio::select! {
+            alive = &mut by_multicast, if !multicast_said_no => {
+                if alive {
+                    return true;
+                }
+                multicast_said_no = true;
+            }
+            alive = &mut by_link, if !link_said_no => {
+                if alive {
+                    info!(node, "witness: the node's responder is silent but its process answers on the ring link; alive");
+                    return true;
+                }
+                link_said_no = true;
+            }
+            else => return false,
         }
     }
 }
@@ -476,10 +528,12 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
         return Verdict::Forgotten;
     };
     if !said_goodbye {
-        if prober
-            .alive(&node, SUSPECT_PROBE_TIMEOUT, &SUSPECT_CONFIRMS)
-            .await
-        {
+        let alive = match prober.ask_in_a_row(&node, SUSPECT_PROBE_TIMEOUT).await {
+            Probe::Answered => true,
+            Probe::Refused => false,
+            Probe::Silent => prober.confirm(&node, &SUSPECT_CONFIRMS).await,
+        };
+        if alive {
             debug!(node, "witness: the suspect answers");
             return Verdict::Alive;
         }
@@ -551,23 +605,27 @@ impl Prober {
     }
 
     /// Asks until an answer comes, at most [`MISSES_TO_DEAD`] times in a
-    /// row; whether one came. Silence alone is confirmed by
-    /// [`Prober::confirm`] before the peer counts as dead; a refusal
-    /// among the misses needs no confirmation: nothing listened on the
-    /// peer's port then. (A killed process's ring link may close a moment
-    /// before its mDNS socket does, so the first probe after it can go
-    /// unanswered and the next ones be refused.)
-    async fn alive(&self, node: &str, timeout: Duration, confirms: &[Duration]) -> bool {
+    /// row: `Answered` if one came, `Refused` if none did and one probe
+    /// was refused (nothing listened on the peer's port then: dead, no
+    /// confirmation needed), else `Silent`, which the caller confirms
+    /// before the peer counts as dead. (A killed process's ring link may
+    /// close a moment before its mDNS socket does, so the first probe
+    /// after it can go unanswered and the next ones be refused.)
+    async fn ask_in_a_row(&self, node: &str, timeout: Duration) -> Probe {
         let mut refused = false;
         for misses in 1..=MISSES_TO_DEAD {
             match self.ask(node, timeout).await {
-                Probe::Answered => return true,
+                Probe::Answered => return Probe::Answered,
                 Probe::Refused => refused = true,
                 Probe::Silent => {}
             }
             debug!(node, misses, "witness: probe unanswered");
         }
-        !refused && self.confirm(node, confirms).await
+        if refused {
+            Probe::Refused
+        } else {
+            Probe::Silent
+        }
     }
 
     /// Asks once.
