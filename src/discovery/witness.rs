@@ -82,15 +82,17 @@ use super::wire::SERVICE_TYPE;
 /// refuses) is detected within about `PROBE_EVERY` plus a few
 /// milliseconds, a silent host (powered off, cut off) within
 /// `PROBE_EVERY + MISSES_TO_DEAD x PROBE_TIMEOUT` plus the multicast
-/// confirmations and the link's answer (~12.5 s), and the browsers drop it a second or two after
+/// confirmations (~10.5 s; a link it cannot connect to fails its 3 s
+/// connect within them), and the browsers drop it a second or two after
 /// the goodbye; each watching node sends one query and gets one answer per
 /// period: at 64 nodes, 32 unicast packets a second on the whole link.
 pub const PROBE_EVERY: Duration = Duration::from_secs(4);
 /// The same while the link to the peer is up: a dead process closes the
 /// link and is probed at once, so the period only bounds how long a silent
-/// host (powered off, cut off, hung) stays: within about 25 s with the
-/// misses, the confirmations and the link's answer, plus the goodbye's second or two. At 64
-/// nodes: 8.5 unicast packets a second.
+/// host (powered off, cut off, hung) stays: within about 35 s with the
+/// misses and the wait for the link's answer (`link::ANSWER_WITHIN`),
+/// plus the goodbye's second or two. At 64 nodes: 8.5 unicast packets a
+/// second.
 pub const LINKED_PROBE_EVERY: Duration = Duration::from_secs(15);
 /// A node is probed only once it has been in the ring this long: a
 /// responder that just started leaves unicast questions unanswered for a
@@ -377,7 +379,7 @@ async fn confirm_ring(
     let mut by_multicast = std::pin::pin!(prober.confirm(node, &RING_CONFIRMS));
     let mut by_link = std::pin::pin!(async {
         match link_to {
-            Some(to) => link.answers(to).await,
+            Some(to) => link.answers(to, super::link::ANSWER_WITHIN).await,
             None => false,
         }
     });
