@@ -168,9 +168,9 @@ fn a_stopped_node_leaves_every_table(how: Stop, within: Duration) {
 }
 
 /// A node whose mDNS responder hears nothing (every unicast probe and
-/// multicast confirmation of its watcher lost, as in a burst its receive
-/// queue cannot hold) but whose process runs answers on its ring link, and
-/// its watcher keeps it. Without the link's answer the watcher says its
+/// multicast confirmation of its watcher lost, as in a burst of loss)
+/// but whose process runs answers on its ring link, and its watcher
+/// keeps it. Without the link's answer the watcher says its
 /// goodbye after the five missed probes.
 #[test]
 fn a_node_with_a_deaf_responder_but_a_live_process_is_kept() {

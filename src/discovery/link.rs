@@ -49,12 +49,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// would do: the node echoes whatever comes).
 const PING: u8 = b'?';
 /// How long a watcher waits for its byte to come back ([`Link::answers`]).
-/// At 64 hosts on one 2-core machine, live nodes' links stayed silent for
-/// up to 13 s while the machine's packet queues overflowed (measured: the
-/// watched nodes idle, their sockets' queues empty, the packets dropped on
-/// the way); TCP resends a lost segment after 0.2, 0.6, 1.4, 3, 6.2 and
-/// 12.6 s, so this waits out such a burst. A stopped process or a host
-/// gone without a word is called dead this much later.
+/// At 64 hosts on one 2-core machine, the packets between a watcher and a
+/// live node were lost for 10-20 s at a time (measured: the watched nodes
+/// idle, their sockets' queues empty, the watcher's probes never on the
+/// bridge); TCP resends a lost segment after 0.2, 0.6, 1.4, 3, 6.2 and
+/// 12.6 s, so this waits out most such bursts (5 s left 2-4 false
+/// goodbyes per run, 15 s 0-8). A stopped process or a host gone without
+/// a word is called dead this much later.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(15);
 /// Pause after a failed accept (out of descriptors): the listener is
 /// ready again at once, and retrying at once would spin a core.

@@ -365,10 +365,9 @@ async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>)
 /// Whether a ring peer that left every probe unanswered is alive after
 /// all: it answers a multicast confirmation ([`Prober::confirm`]), or its
 /// process echoes on the ring link ([`Link::answers`]), whichever says so
-/// first. The link is asked because a responder can hear nothing for
-/// seconds while its process runs (at 64 hosts, live nodes' responders
-/// missed every probe and confirmation of a check, their sockets'
-/// receive queues full, while their links stayed up), and TCP resends
+/// first. The link is asked because every probe and confirmation of a
+/// check can be lost while the node runs (at 64 hosts, for 10-20 s, the
+/// watched nodes idle, while their links stayed up), and TCP resends
 /// what such a burst loses.
 async fn confirm_ring(
     node: &str,
