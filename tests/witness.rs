@@ -23,9 +23,9 @@ const CRASH_REMOVED_WITHIN: Duration = Duration::from_secs(30);
 /// advertising" warning comes first when the local check is slow).
 const ADVERTISING: &str = "local service answers: advertising";
 /// A node is watched 30 s after it was first seen (witness::WATCH_AFTER);
-/// its first verdict of silence takes up to a 16.5 s linked period, five
-/// misses and 3 s of confirmations more (~53 s in all); this leaves room
-/// on a loaded machine.
+/// a check of a silent node takes up to a 16.5 s linked period, five
+/// misses and the link's 15 s wait for an echo more (~65 s in all); this
+/// leaves room on a loaded machine.
 const WATCH_DEADLINE: Duration = Duration::from_secs(120);
 /// Spacing of the forged goodbyes: longer than the second a goodbye
 /// takes to act.
@@ -82,8 +82,8 @@ fn a_hung_node_leaves_every_table_although_its_link_stays_up() {
 }
 
 /// Above the linked probe period (up to 16.5 s), the five misses and the
-/// multicast confirmations (~23 s in all) on a loaded machine; below the
-/// two minutes of the records' TTL.
+/// wait for the ring link's echo (15 s: ~35 s in all) on a loaded
+/// machine; below the two minutes of the records' TTL.
 const HUNG_REMOVED_WITHIN: Duration = Duration::from_secs(90);
 
 /// Three nodes, each providing and consuming `web`; the first one stops

@@ -323,9 +323,10 @@ async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>)
         return std::future::pending().await;
     };
     tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
+    let link_to = peer.link.map(|port| SocketAddr::new(addr, port));
     let mut link = Link::default();
-    if let Some(port) = peer.link {
-        link.connect(SocketAddr::new(addr, port)).await;
+    if let Some(to) = link_to {
+        link.connect(to).await;
     }
     debug!(node, %addr, linked = link.is_up(), "witness: watching");
     let mut said_goodbye = false;
@@ -342,15 +343,12 @@ async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>)
         let alive = match prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
             Probe::Answered => true,
             Probe::Refused => false,
-            Probe::Silent => {
-                let link_to = peer.link.map(|port| SocketAddr::new(addr, port));
-                confirm_ring(node, &prober, &mut link, link_to).await
-            }
+            Probe::Silent => confirm_ring(node, &prober, &mut link, link_to).await,
         };
         if alive {
             said_goodbye = false;
-            if let Some(port) = peer.link {
-                link.connect(SocketAddr::new(addr, port)).await;
+            if let Some(to) = link_to {
+                link.connect(to).await;
             }
         } else if !said_goodbye {
             goodbye_for(node, peer).await;
@@ -375,31 +373,20 @@ async fn confirm_ring(
     link: &mut Link,
     link_to: Option<SocketAddr>,
 ) -> bool {
-    let mut by_multicast = std::pin::pin!(prober.confirm(node, &RING_CONFIRMS));
-    let mut by_link = std::pin::pin!(async {
+    let by_link = async {
         match link_to {
             Some(to) => link.answers(to, super::link::ANSWER_WITHIN).await,
             None => false,
         }
-    });
-    let (mut multicast_said_no, mut link_said_no) = (false, false);
-    loop {
-        tokio::select! {
-            alive = &mut by_multicast, if !multicast_said_no => {
-                if alive {
-                    return true;
-                }
-                multicast_said_no = true;
-            }
-            alive = &mut by_link, if !link_said_no => {
-                if alive {
-                    info!(node, "witness: the node's responder is silent but its process answers on the ring link; alive");
-                    return true;
-                }
-                link_said_no = true;
-            }
-            else => return false,
+    };
+    // A `false` leaves the other one to finish; both `false`: dead.
+    tokio::select! {
+        true = prober.confirm(node, &RING_CONFIRMS) => true,
+        true = by_link => {
+            info!(node, "witness: the node's responder is silent but its process answers on the ring link; alive");
+            true
         }
+        else => false,
     }
 }
 
