@@ -343,3 +343,39 @@ fn drop_cleans_up_on_panic() {
     }
     assert!(!dir.exists() || std::env::var_os("LAB_KEEP").is_some());
 }
+
+/// The neighbour tables' collection thresholds the lab raises (they are
+/// machine-wide), IPv4 and IPv6.
+fn neighbour_thresholds() -> Vec<(String, u64)> {
+    ["ipv4", "ipv6"]
+        .iter()
+        .flat_map(|t| (1..=3).map(move |i| format!("/proc/sys/net/{t}/neigh/default/gc_thresh{i}")))
+        .filter_map(|p| {
+            let v = std::fs::read_to_string(&p).ok()?.trim().parse().ok()?;
+            Some((p, v))
+        })
+        .collect()
+}
+
+#[test]
+fn a_big_lab_has_room_in_the_neighbour_tables_while_it_lives() {
+    // 12 hosts that all talk hold up to 12 x 20 entries: past the kernel's
+    // default gc_thresh1 (128), so the lab must raise it and put it back.
+    const HOSTS: u64 = 12;
+    let before = neighbour_thresholds();
+    assert!(!before.is_empty(), "no neighbour tables in /proc/sys");
+    let lab = Lab::new(HOSTS as usize);
+    let during = neighbour_thresholds();
+    for (path, value) in &during {
+        let least = match path.chars().last() {
+            Some('1') => HOSTS * (HOSTS + 8),
+            _ => 2 * HOSTS * (HOSTS + 8),
+        };
+        assert!(
+            *value >= least,
+            "{path} = {value} in a lab of {HOSTS} hosts"
+        );
+    }
+    drop(lab);
+    assert_eq!(neighbour_thresholds(), before, "not put back after the lab");
+}

@@ -102,7 +102,7 @@ impl Lab {
     /// Fallible [`Lab::impaired`].
     pub fn try_impaired(n: usize, impairment: Impairment) -> io::Result<ImpairedLab> {
         assert!((1..255).contains(&n), "1..=254 hosts");
-        let mut lab = Lab::empty()?;
+        let mut lab = Lab::empty(n)?;
         let mut taps = Vec::new();
         for i in 1..=n {
             let name = format!("h{i}");

@@ -32,6 +32,13 @@
 //! interfaces and routes are never touched: veth pairs are created *inside*
 //! the bridge namespace (`ip -n <br> link add ... peer ... netns <host>`).
 //!
+//! The kernel's neighbour tables (ARP, IPv6 neighbour discovery) keep
+//! each namespace's entries apart but collect them by machine-wide
+//! thresholds sized for one host; a lab of more than 7 hosts raises them
+//! for its lifetime, so that its hosts keep their peers' link-layer
+//! addresses as separate machines would (`neigh.rs` says what happens
+//! otherwise).
+//!
 //! # Impaired links
 //!
 //! [`Lab::impaired`]`(n, impairment)` builds the one-segment topology with
@@ -98,12 +105,15 @@
 //! message instead of skipping.
 
 mod impair;
+mod neigh;
 mod rogue;
 mod silent;
 
 pub use impair::{Hub, HubStats, ImpairedLab, Impairment};
 pub use rogue::{FakeInstance, Rogue};
 pub use silent::SilentListener;
+
+use neigh::NeighbourRoom;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -253,6 +263,9 @@ pub struct Lab {
     /// Every namespace created so far, in creation order (deleted in
     /// reverse). Filled as we go so a half-built lab is cleaned up too.
     namespaces: Vec<String>,
+    /// Room for the hosts in the machine's neighbour tables; given back
+    /// after the namespaces are gone (fields drop after `Drop::drop`).
+    _neighbours: NeighbourRoom,
 }
 
 /// State shared between a [`Lab`], its [`Host`]s and their [`Proc`]s.
@@ -293,7 +306,7 @@ impl Lab {
     /// Fallible [`Lab::new`].
     pub fn try_new(n: usize) -> io::Result<Lab> {
         assert!((1..ROUTER_HOST as usize).contains(&n), "1..=253 hosts");
-        let mut lab = Lab::empty()?;
+        let mut lab = Lab::empty(n)?;
         let br = lab.add_bridge("br")?;
         for i in 1..=n {
             let ip = Ipv4Addr::new(NET_A, NET_B, 0, i as u8);
@@ -315,7 +328,7 @@ impl Lab {
     /// Fallible [`Lab::two_segments`].
     pub fn try_two_segments(a: usize, b: usize) -> io::Result<Lab> {
         assert!(a < ROUTER_HOST as usize && b < ROUTER_HOST as usize);
-        let mut lab = Lab::empty()?;
+        let mut lab = Lab::empty(a + b + 1)?;
         let br_a = lab.add_bridge("brA")?;
         let br_b = lab.add_bridge("brB")?;
         let gw_a = Ipv4Addr::new(NET_A, NET_B, 1, ROUTER_HOST);
@@ -379,7 +392,8 @@ impl Lab {
         &self.namespaces
     }
 
-    fn empty() -> io::Result<Lab> {
+    /// A lab with no namespaces yet, with room for `hosts` hosts.
+    fn empty(hosts: usize) -> io::Result<Lab> {
         let id = format!(
             "amb-{}-{}",
             std::process::id(),
@@ -400,6 +414,7 @@ impl Lab {
             hosts: Vec::new(),
             router: None,
             namespaces: Vec::new(),
+            _neighbours: NeighbourRoom::for_hosts(hosts),
         })
     }
 

@@ -15,9 +15,10 @@
 //! a silent node dead the watcher writes one byte and waits for it to come
 //! back ([`Link::answers`]). TCP resends what is lost, so the echo rides
 //! out the bursts of loss that swallow every unicast probe and multicast
-//! confirmation of a check (measured at 64 hosts: live nodes missed all of
-//! them for seconds while their link stayed up); a process that is gone,
-//! or stopped, does not echo.
+//! confirmation of a check (a neighbour entry being resolved again is
+//! enough: packets wait for it and are dropped when it fails, UDP and TCP
+//! alike, but TCP sends again); a process that is gone, or stopped, does
+//! not echo.
 //!
 //! Each node listens on a port of its own, named by the `link` TXT key of
 //! its advertisements. The key is not covered by the seal: a forged port
@@ -49,13 +50,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// would do: the node echoes whatever comes).
 const PING: u8 = b'?';
 /// How long a watcher waits for its byte to come back ([`Link::answers`]).
-/// At 64 hosts on one 2-core machine, the packets between a watcher and a
-/// live node were lost for 10-20 s at a time (measured: the watched nodes
-/// idle, their sockets' queues empty, the watcher's probes never on the
-/// bridge); TCP resends a lost segment after 0.2, 0.6, 1.4, 3, 6.2 and
-/// 12.6 s, so this waits out most such bursts (5 s left 2-4 false
-/// goodbyes per run, 15 s 0-8). A stopped process or a host gone without
-/// a word is called dead this much later.
+/// In the namespace lab at 64 hosts, the packets between a watcher and a
+/// live node were lost for 2-20 s at a time while one of them resolved
+/// the other's link-layer address again (the kernel's neighbour table,
+/// shared by all the lab's namespaces, was collected in waves; the lab now
+/// sizes it, see `lab/src/neigh.rs`); TCP resends a lost segment after
+/// 0.2, 0.6, 1.4, 3, 6.2 and 12.6 s, so this waits out most such losses
+/// on a real link too (5 s left 2-4 false goodbyes per run there, 15 s
+/// 0-8). A stopped process or a host gone without a word is called dead
+/// this much later.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(15);
 /// Pause after a failed accept (out of descriptors): the listener is
 /// ready again at once, and retrying at once would spin a core.

@@ -143,7 +143,9 @@ const MAX_PACKET: usize = 9000;
 /// A node whose process died is refused and needs none of them. (Waits
 /// of 1, 2, 4 and 8 s were tried too: in two 64-host runs live nodes
 /// still fell silent that long, in waves, and a silent host took 12 s
-/// longer to leave.)
+/// longer to leave. Those waves were later traced to the lab's kernel
+/// re-resolving its hosts' neighbours (`link::ANSWER_WITHIN`); the waits
+/// stay as margin for real links.)
 const RING_CONFIRMS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
 const SUSPECT_CONFIRMS: [Duration; 2] = [Duration::from_millis(300), Duration::from_millis(600)];
 /// The goodbye is one packet that only this node sends: it is sent again
@@ -364,9 +366,10 @@ async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>)
 /// all: it answers a multicast confirmation ([`Prober::confirm`]), or its
 /// process echoes on the ring link ([`Link::answers`]), whichever says so
 /// first. The link is asked because every probe and confirmation of a
-/// check can be lost while the node runs (at 64 hosts, for 10-20 s, the
-/// watched nodes idle, while their links stayed up), and TCP resends
-/// what such a burst loses.
+/// check can be lost while the node runs (for as long as either end
+/// resolves the other's link-layer address again: 2-20 s in the lab at 64
+/// hosts before it sized the kernel's neighbour table), and TCP resends
+/// what such a loss swallows.
 async fn confirm_ring(
     node: &str,
     prober: &Prober,
