@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 use super::addr::{self, PeerAddr};
 use super::stats::DiscoveryStats;
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
-use super::witness::{self, Ring, Trials, Verdict};
+use super::witness::{Aim, Ring, Trials, Verdict};
 use crate::backends::table::{Backend, BackendSpec, Health, Origin, Snapshot, Target, Update};
 use crate::backends::Service;
 use crate::net::loglimit::LogLimit;
@@ -597,13 +597,9 @@ pub async fn browse(
     let mut expiry = tokio::time::interval(EXPIRE_EVERY);
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ring = Ring::new(&mdns.node_id);
-    let (target_tx, target_rx) = watch::channel(None);
+    let aim = Aim::default();
     let (dead_tx, mut dead_rx) = mpsc::channel(DEAD_QUEUE);
-    let _witness = AbortOnDropHandle::new(tokio::spawn(witness::watch(
-        target_rx,
-        dead_tx,
-        stop.clone(),
-    )));
+    let _witness = AbortOnDropHandle::new(tokio::spawn(aim.watch(dead_tx, stop.clone())));
     // Dropped with the browse: the trials' tasks end with it.
     let mut trials = Trials::default();
 
@@ -674,7 +670,7 @@ pub async fn browse(
                             }
                         }
                         ctx.event(ev);
-                        retarget(&target_tx, ctx.ring);
+                        aim.follow(ctx.ring);
                     }
                 },
                 _ = sleep_until_some(ctx.pending.values().min().copied()) => {
@@ -689,7 +685,7 @@ pub async fn browse(
                             next_rebrowse = Some(next_rebrowse.map_or(at, |t| t.min(at)));
                         }
                     }
-                    retarget(&target_tx, ctx.ring);
+                    aim.follow(ctx.ring);
                 }
                 _ = tokio::time::sleep_until(sweep_at), if replayed.is_some() => {
                     let seen = replayed.take().unwrap_or_default();
@@ -720,7 +716,7 @@ pub async fn browse(
                             ctx.ring.gone(&instance);
                             removed(&services, &instance);
                         }
-                        retarget(&target_tx, ctx.ring);
+                        aim.follow(ctx.ring);
                     }
                 }
                 _ = sleep_until_some(desync_at) => {
@@ -785,16 +781,6 @@ pub async fn browse(
             }
         }
     }
-}
-
-/// Points the witness at the ring's successor, if that changed.
-fn retarget(target: &watch::Sender<Option<(String, witness::Peer)>>, ring: &Ring) {
-    target.send_if_modified(|t| {
-        let next = ring.successor();
-        let changed = *t != next;
-        *t = next;
-        changed
-    });
 }
 
 /// Sleeps until `at`, or forever without one.

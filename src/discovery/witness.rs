@@ -87,13 +87,18 @@ use super::wire::SERVICE_TYPE;
 /// the goodbye; each watching node sends one query and gets one answer per
 /// period: at 64 nodes, 32 unicast packets a second on the whole link.
 pub const PROBE_EVERY: Duration = Duration::from_secs(4);
-/// The same while the link to the peer is up: a dead process closes the
-/// link and is probed at once, so the period only bounds how long a silent
-/// host (powered off, cut off, hung) stays: within about 35 s with the
-/// misses and the wait for the link's answer (`link::ANSWER_WITHIN`),
-/// plus the goodbye's second or two. At 64 nodes: 8.5 unicast packets a
-/// second.
+/// The same while the link to the peer is up, in a ring of up to 30 nodes:
+/// a dead process closes the link and is probed at once, so the period
+/// only bounds how long a silent host (powered off, cut off, hung) stays:
+/// within about 35 s with the misses and the wait for the link's answer
+/// (`link::ANSWER_WITHIN`), plus the goodbye's second or two.
 pub const LINKED_PROBE_EVERY: Duration = Duration::from_secs(15);
+/// Unicast packets a second that the probes of a whole ring with its links
+/// up may put on the link: each node's query and its answer once a period.
+/// In rings of more than 30 nodes the period grows with the ring (32 s at
+/// 64 nodes, where a silent host then stays about 50 s), so the probes
+/// cost the link the same however many nodes share it.
+pub const RING_PACKETS_PER_SECOND: f64 = 4.0;
 /// A node is probed only once it has been in the ring this long: a
 /// responder that just started leaves unicast questions unanswered for a
 /// few seconds (measured in the lab: probes 2 to 7 s after a node's start
@@ -259,6 +264,11 @@ impl Ring {
             .map(|(id, p)| (id.clone(), p.clone()))
     }
 
+    /// Nodes in the ring, this one included.
+    pub fn size(&self) -> usize {
+        self.nodes.len() + 1
+    }
+
     /// The node this one watches: its successor by node id, wrapping
     /// around, among those with an address to probe.
     pub fn successor(&self) -> Option<(String, Peer)> {
@@ -291,27 +301,71 @@ fn probe_addr(addrs: &[PeerAddr]) -> Option<IpAddr> {
         })
 }
 
-/// Watches whichever node `target` names, until `stop`: probes it,
-/// multicasts its goodbye when it stops answering, and hands it to `dead`
-/// (for [`Trials::dead`]).
-pub async fn watch(
-    mut target: watch::Receiver<Option<(String, Peer)>>,
-    dead: mpsc::Sender<(String, Peer)>,
-    stop: CancellationToken,
-) {
-    loop {
-        let current = target.borrow_and_update().clone();
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            changed = target.changed() => if changed.is_err() { return },
-            _ = async {
-                match current {
-                    Some((node, peer)) => watch_one(&node, &peer, &dead).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
+/// What the witness is told of the ring: the node to watch, and how many
+/// nodes the ring holds (which sets how often it probes while linked).
+pub struct Aim {
+    node: watch::Sender<Option<(String, Peer)>>,
+    size: watch::Sender<usize>,
+}
+
+impl Default for Aim {
+    fn default() -> Aim {
+        Aim {
+            node: watch::Sender::new(None),
+            size: watch::Sender::new(1),
         }
     }
+}
+
+impl Aim {
+    /// Points the witness at the ring's successor, if that changed, and
+    /// tells it the ring's size.
+    pub fn follow(&self, ring: &Ring) {
+        self.node.send_if_modified(|t| {
+            let next = ring.successor();
+            let changed = *t != next;
+            *t = next;
+            changed
+        });
+        self.size.send_if_modified(|n| {
+            let changed = *n != ring.size();
+            *n = ring.size();
+            changed
+        });
+    }
+
+    /// Watches whichever node this aims at, until `stop`: probes it,
+    /// multicasts its goodbye when it stops answering, and hands it to
+    /// `dead` (for [`Trials::dead`]).
+    pub fn watch(
+        &self,
+        dead: mpsc::Sender<(String, Peer)>,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (mut target, size) = (self.node.subscribe(), self.size.subscribe());
+        async move {
+            loop {
+                let current = target.borrow_and_update().clone();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = target.changed() => if changed.is_err() { return },
+                    _ = async {
+                        match current {
+                            Some((node, peer)) => watch_one(&node, &peer, &size, &dead).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                }
+            }
+        }
+    }
+}
+
+/// The probe period while the link is up, in a ring of `size` nodes (see
+/// [`RING_PACKETS_PER_SECOND`]).
+pub fn linked_period(size: usize) -> Duration {
+    let share = Duration::from_secs_f64(2.0 * size as f64 / RING_PACKETS_PER_SECOND);
+    LINKED_PROBE_EVERY.max(share)
 }
 
 /// Probes `peer` for as long as it is this node's successor, and says its
@@ -320,7 +374,12 @@ pub async fn watch(
 /// a node that answers again (it was alive after all) is watched as before.
 /// While the ring link to it is up, it is probed less often, and at once
 /// when the link closes.
-async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>) {
+async fn watch_one(
+    node: &str,
+    peer: &Peer,
+    size: &watch::Receiver<usize>,
+    dead: &mpsc::Sender<(String, Peer)>,
+) {
     let (Some(addr), Some(prober)) = (peer.addr, Prober::open(peer).await) else {
         return std::future::pending().await;
     };
@@ -334,7 +393,7 @@ async fn watch_one(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>)
     let mut said_goodbye = false;
     loop {
         let every = if link.is_up() {
-            LINKED_PROBE_EVERY
+            linked_period(*size.borrow())
         } else {
             PROBE_EVERY
         };
@@ -936,6 +995,21 @@ mod tests {
             r.successor().unwrap().1.addr,
             Some("10.0.0.2".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn the_linked_probes_of_a_big_ring_share_a_fixed_budget() {
+        for size in [1, 2, 30] {
+            assert_eq!(linked_period(size), LINKED_PROBE_EVERY, "{size} nodes");
+        }
+        assert_eq!(linked_period(64), Duration::from_secs(32));
+        for size in [31, 64, 200, 1024] {
+            let packets = 2.0 * size as f64 / linked_period(size).as_secs_f64();
+            assert!(
+                (packets - RING_PACKETS_PER_SECOND).abs() < 1e-9,
+                "{size} nodes: {packets} packets/s"
+            );
+        }
     }
 
     #[test]
