@@ -5,7 +5,8 @@
 # wrongly dropped. The 64-host run takes several minutes.
 #   bench/mesh-scale.sh [SIZES]   (default 8,32,64)
 # MESH_SETTLE and MESH_WINDOW (seconds) set the idle settle time and the
-# traffic window (default 20 and 60).
+# traffic window (default 20 and 60); MESH_ARGS adds arguments to every node
+# ({ip} is the node's address), e.g. MESH_ARGS='--advertise-addr {ip}'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESH_HOSTS=${1:-8,32,64} cargo test --release -q --test mesh_scale -- --ignored --exact scale --nocapture 2>&1 \

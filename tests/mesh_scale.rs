@@ -11,7 +11,9 @@
 //! `MESH_WINDOW` (seconds, default 20 and 60): the idle time before the
 //! traffic window and the window itself. `MESH_AMB_BIN`: another
 //! mesh-amb binary to measure (an older build, for before/after figures);
-//! `MESH_LOG`: the nodes' `RUST_LOG` (default `mesh_amb=info`).
+//! `MESH_LOG`: the nodes' `RUST_LOG` (default `mesh_amb=info`);
+//! `MESH_ARGS`: more arguments for every node, split at spaces, with
+//! `{ip}` standing for the host's address (`--advertise-addr {ip}`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
@@ -210,7 +212,13 @@ fn serve_forever(host: &Host) {
 fn start_node(host: &Host) -> Node {
     let bin = std::env::var("MESH_AMB_BIN").unwrap_or_else(|_| BIN.to_owned());
     let mut cmd = host.command(bin);
+    let ip = host.ip.to_string();
     cmd.args(["--provide", "web:7000", "--consume", "web:8080"])
+        .args(
+            env_or("MESH_ARGS", "")
+                .split_whitespace()
+                .map(|a| a.replace("{ip}", &ip)),
+        )
         .env("RUST_LOG", env_or("MESH_LOG", "mesh_amb=info"));
     let proc = host.spawn_cmd("mesh-amb", cmd);
     wait_log(&proc, ADVERTISING);

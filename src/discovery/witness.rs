@@ -96,9 +96,15 @@ pub const LINKED_PROBE_EVERY: Duration = Duration::from_secs(15);
 /// Unicast packets a second that the probes of a whole ring with its links
 /// up may put on the link: each node's query and its answer once a period.
 /// In rings of more than 30 nodes the period grows with the ring (32 s at
-/// 64 nodes, where a silent host then stays about 50 s), so the probes
-/// cost the link the same however many nodes share it.
+/// 64 nodes, where a silent host then stays up to about 55 s), so the probes
+/// cost the link the same however many nodes share it, up to
+/// [`LINKED_PROBE_MOST`].
 pub const RING_PACKETS_PER_SECOND: f64 = 4.0;
+/// The longest linked probe period, reached at 120 nodes: a silent host
+/// stops announcing, so caches drop its records by their 120 s TTL even
+/// unprobed, and strangers that flood the link with fake nodes (which
+/// join the ring without a cluster key) cannot stretch the period past it.
+pub const LINKED_PROBE_MOST: Duration = Duration::from_secs(60);
 /// A node is probed only once it has been in the ring this long: a
 /// responder that just started leaves unicast questions unanswered for a
 /// few seconds (measured in the lab: probes 2 to 7 s after a node's start
@@ -365,7 +371,7 @@ impl Aim {
 /// [`RING_PACKETS_PER_SECOND`]).
 pub fn linked_period(size: usize) -> Duration {
     let share = Duration::from_secs_f64(2.0 * size as f64 / RING_PACKETS_PER_SECOND);
-    LINKED_PROBE_EVERY.max(share)
+    share.clamp(LINKED_PROBE_EVERY, LINKED_PROBE_MOST)
 }
 
 /// Probes `peer` for as long as it is this node's successor, and says its
@@ -1003,13 +1009,15 @@ mod tests {
             assert_eq!(linked_period(size), LINKED_PROBE_EVERY, "{size} nodes");
         }
         assert_eq!(linked_period(64), Duration::from_secs(32));
-        for size in [31, 64, 200, 1024] {
+        for size in [31, 64, 120] {
             let packets = 2.0 * size as f64 / linked_period(size).as_secs_f64();
             assert!(
                 (packets - RING_PACKETS_PER_SECOND).abs() < 1e-9,
                 "{size} nodes: {packets} packets/s"
             );
         }
+        // A flood of fake nodes does not stretch it further.
+        assert_eq!(linked_period(MAX_NODES + 1), LINKED_PROBE_MOST);
     }
 
     #[test]
