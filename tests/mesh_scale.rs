@@ -72,6 +72,7 @@ struct Node {
 
 fn run(n: usize, settle: Duration, window: Duration) {
     let drops0 = softnet_drops();
+    let neigh0 = neighbour_trouble();
     let lab = Lab::new(n + 1);
     let hosts = lab.hosts();
     for h in hosts {
@@ -170,6 +171,16 @@ fn run(n: usize, settle: Duration, window: Duration) {
     println!(
         "kernel input-queue drops during the run (all namespaces share one backlog): {}",
         softnet_drops() - drops0
+    );
+    let neigh: Vec<u64> = neighbour_trouble()
+        .iter()
+        .zip(neigh0)
+        .map(|(now, before)| now.saturating_sub(before))
+        .collect();
+    println!(
+        "neighbour tables during the run (machine-wide, sized by the lab): {} forced collections, \
+         {} refusals of a full table, {} failed resolutions, {} packets dropped unresolved",
+        neigh[0], neigh[1], neigh[2], neigh[3]
     );
     let rcvbuf: Vec<u64> = hosts[..n].iter().map(udp_rcvbuf_errors).collect();
     println!(
@@ -328,6 +339,42 @@ fn softnet_drops() -> u64 {
         .filter_map(|l| l.split_whitespace().nth(1))
         .filter_map(|d| u64::from_str_radix(d, 16).ok())
         .sum()
+}
+
+/// The columns of the kernel's neighbour-table statistics that mean
+/// trouble for the lab, whose namespaces share the tables
+/// (`lab/src/neigh.rs`): collections forced by a crowded table, entries
+/// refused by a full one, resolutions that failed, packets dropped while
+/// waiting for one.
+const NEIGH_TROUBLE: [&str; 4] = [
+    "forced_gc_runs",
+    "table_fulls",
+    "res_failed",
+    "unresolved_discards",
+];
+
+/// [`NEIGH_TROUBLE`] since boot, summed over CPUs and over the ARP and
+/// IPv6 neighbour-discovery tables (machine-wide, like the tables).
+fn neighbour_trouble() -> [u64; 4] {
+    let mut sum = [0; 4];
+    for table in ["arp_cache", "ndisc_cache"] {
+        let text = std::fs::read_to_string(format!("/proc/net/stat/{table}")).unwrap_or_default();
+        let mut lines = text.lines();
+        let Some(header) = lines.next() else { continue };
+        let columns: Vec<&str> = header.split_whitespace().collect();
+        for line in lines {
+            let values: Vec<&str> = line.split_whitespace().collect();
+            for (total, name) in sum.iter_mut().zip(NEIGH_TROUBLE) {
+                *total += columns
+                    .iter()
+                    .position(|c| *c == name)
+                    .and_then(|i| values.get(i))
+                    .and_then(|v| u64::from_str_radix(v, 16).ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    sum
 }
 
 /// Datagrams the kernel dropped in `host` because a socket's receive
