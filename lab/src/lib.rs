@@ -34,7 +34,7 @@
 //!
 //! The kernel's neighbour tables (ARP, IPv6 neighbour discovery) keep
 //! each namespace's entries apart but collect them by machine-wide
-//! thresholds sized for one host; a lab of more than 7 hosts raises them
+//! thresholds sized for one host; a lab of more than 8 hosts raises them
 //! for its lifetime, so that its hosts keep their peers' link-layer
 //! addresses as separate machines would (`neigh.rs` says what happens
 //! otherwise).

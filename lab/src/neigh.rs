@@ -9,7 +9,7 @@
 //! plus multicast ones). Past `gc_thresh2`, the kernel's forced collection
 //! deletes, in all namespaces at once, every entry not confirmed within
 //! the last 5 s, and the hosts must resolve their peers again: measured at
-//! 64 hosts, ~70 unicast probes per run went unanswered while their
+//! 64 hosts, 85 unicast probes in a run went unanswered while their
 //! sender or their target re-resolved the other (a resolution took 2 s or
 //! more among 64 hosts' broadcasts, or failed), in waves, and the mesh
 //! took 27-42 s to fill its tables instead of 7 s. Real hosts, each with
@@ -55,8 +55,9 @@ impl NeighbourRoom {
     /// Room for `hosts` hosts that may all talk to each other: no
     /// collection at all until they hold that many entries, forced
     /// collection only past twice that. Changes nothing when the tables
-    /// already have it (labs of up to 7 hosts, by the kernel's defaults); warns and goes on when the
-    /// thresholds cannot be written (the lab works, big labs lose packets).
+    /// already have it (labs of up to 8 hosts, by the kernel's defaults);
+    /// warns and goes on when the thresholds cannot be written (the lab
+    /// works, big labs lose packets).
     pub(crate) fn for_hosts(hosts: usize) -> NeighbourRoom {
         let need = (hosts * (hosts + EXTRA_PER_HOST)) as u64;
         let mut raised = RAISED.lock().unwrap_or_else(|e| e.into_inner());

@@ -327,17 +327,12 @@ impl Aim {
     /// Points the witness at the ring's successor, if that changed, and
     /// tells it the ring's size.
     pub fn follow(&self, ring: &Ring) {
-        self.node.send_if_modified(|t| {
-            let next = ring.successor();
-            let changed = *t != next;
-            *t = next;
-            changed
-        });
-        self.size.send_if_modified(|n| {
-            let changed = *n != ring.size();
-            *n = ring.size();
-            changed
-        });
+        let next = ring.successor();
+        self.node
+            .send_if_modified(|t| std::mem::replace(t, next.clone()) != next);
+        let size = ring.size();
+        self.size
+            .send_if_modified(|n| std::mem::replace(n, size) != size);
     }
 
     /// Watches whichever node this aims at, until `stop`: probes it,
