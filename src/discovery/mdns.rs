@@ -172,13 +172,16 @@ pub const REFRESH_EVERY: std::ops::Range<Duration> =
 /// One instance of ours as announced, and when to announce it again.
 struct Announced {
     info: ServiceInfo,
+    /// The same under [`wire::leaving_host_name`], for its goodbye.
+    leaving: ServiceInfo,
     refresh_at: Instant,
 }
 
 impl Announced {
-    fn new(info: ServiceInfo) -> Announced {
+    fn new(info: ServiceInfo, leaving: ServiceInfo) -> Announced {
         Announced {
             info,
+            leaving,
             refresh_at: Announced::next_refresh(),
         }
     }
@@ -309,28 +312,34 @@ impl Mdns {
                 signed_at,
             }
         });
-        let addrs: Vec<IpAddr> = self.advertise.clone();
-        let mut info = ServiceInfo::new(
-            SERVICE_TYPE,
-            &label,
-            &self.host,
-            &addrs[..],
-            offer.port,
-            &txt[..],
-        )
-        .with_context(|| format!("cannot build the advertisement of {p}"))?;
-        if addrs.is_empty() {
-            info = info.enable_addr_auto();
-        }
-        info.set_interfaces(self.ifaces.clone());
-        info.set_requires_probe(probe);
-        let mut again = info.clone();
-        again.set_requires_probe(false);
+        let info = |host: &str| {
+            let mut info = ServiceInfo::new(
+                SERVICE_TYPE,
+                &label,
+                host,
+                &self.advertise[..],
+                offer.port,
+                &txt[..],
+            )
+            .with_context(|| format!("cannot build the advertisement of {p}"))?;
+            if self.advertise.is_empty() {
+                info = info.enable_addr_auto();
+            }
+            info.set_interfaces(self.ifaces.clone());
+            info.set_requires_probe(false);
+            anyhow::Ok(info)
+        };
+        let again = info(&self.host)?;
+        let leaving = info(&wire::leaving_host_name(&p.name, &self.node_id))?;
+        let mut first = again.clone();
+        first.set_requires_probe(probe);
         self.daemon
-            .register(info)
+            .register(first)
             .with_context(|| format!("cannot advertise {p}"))?;
-        self.announced_mut()
-            .insert(self.fullname(p).to_lowercase(), Announced::new(again));
+        self.announced_mut().insert(
+            self.fullname(p).to_lowercase(),
+            Announced::new(again, leaving),
+        );
         Ok(stamp)
     }
 
@@ -430,21 +439,29 @@ impl Mdns {
     /// Withdraws our instance of `p` (goodbye packets) and waits until the
     /// daemon has sent them. Withdrawing what is not advertised is fine.
     pub async fn withdraw(&self, p: &ProvideSpec) -> anyhow::Result<()> {
-        self.announced_mut()
+        let announced = self
+            .announced_mut()
             .remove(&self.fullname(p).to_lowercase());
+        // mdns-sd's goodbye for an instance also says goodbye to its host
+        // name's address records. Our other instances share that name:
+        // browsers that heard it dropped them, and mdns-sd browsers did
+        // not resolve them again when later announcements merely renewed
+        // those records (measured: a live instance left a consumer's table
+        // until that consumer's next browse, tens of seconds later). So the
+        // instance moves to a host name of its own first (announced once,
+        // unprobed), and the goodbye withdraws that name's records only.
+        // The daemon runs both commands in order.
+        if let Some(a) = announced {
+            if let Err(e) = self.daemon.register(a.leaving) {
+                warn!(provide = %p, error = %e, "cannot move the instance to its leaving host name; its goodbye may drop our other instances for a while");
+            }
+        }
         let rx = self
             .daemon
             .unregister(&self.fullname(p))
             .with_context(|| format!("cannot withdraw the advertisement of {p}"))?;
         match tokio::time::timeout(DAEMON_REPLY_TIMEOUT, rx.recv_async()).await {
-            Ok(Ok(_)) => {
-                // mdns-sd's goodbye also withdraws the host's address records,
-                // which our other instances share: browsers then drop those
-                // too, and nothing would bring them back before their next
-                // query, which may be an hour away.
-                self.announce_again("an instance sharing our addresses was withdrawn");
-                Ok(())
-            }
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) | Err(_) => {
                 anyhow::bail!("the mDNS daemon did not confirm the withdrawal of {p}")
             }

@@ -74,6 +74,14 @@ pub fn host_name(node: &str) -> String {
     format!("amb-{node}.local.")
 }
 
+/// `amb-7f3a9c21_redis.local.`: the host name an instance of `service`
+/// moves to just before its goodbye, which withdraws that name's address
+/// records too (mdns-sd puts them in every goodbye). No other instance
+/// uses it, and no node's [`host_name`] can be it: node ids have no `_`.
+pub fn leaving_host_name(service: &str, node: &str) -> String {
+    format!("amb-{node}_{service}.local.")
+}
+
 /// The `<label>` of `<label>.<SERVICE_TYPE>`; `None` for another type.
 pub fn label_of(fullname: &str) -> Option<&str> {
     fullname
@@ -308,6 +316,10 @@ mod tests {
         assert!(valid_node_id(&id) && id.len() == 8);
         assert!(!instance_label("redis", &id).contains('.'));
         assert_eq!(host_name("ab12"), "amb-ab12.local.");
+        assert_eq!(leaving_host_name("redis", "ab12"), "amb-ab12_redis.local.");
+        // The longest of each still fits one DNS label.
+        let longest = leaving_host_name(&"s".repeat(40), &"n".repeat(16));
+        assert!(longest.trim_end_matches(".local.").len() <= 63, "{longest}");
         assert_eq!(label_of("redis@ab12._amb._tcp.local."), Some("redis@ab12"));
         assert_eq!(label_of("odd"), None);
         assert!(!valid_node_id("a.b") && !valid_node_id(""));
