@@ -448,8 +448,9 @@ const FLOOD_CLIENTS: usize = 400;
 /// that connections pile up instead of spinning through.
 const FLOOD_HOLD: Duration = Duration::from_millis(500);
 /// Descriptor limit the consumer starts with: its connection limit is
-/// sized to fit ((256 - 100 spare) / 2 = 78 connections), so the flood
-/// waits in the accept queue instead of running it out of descriptors.
+/// sized to fit ((256 - 100 spare - 4 per connection runtime) / 2 = 74
+/// connections on 2 cores), so the flood waits in the accept queue instead
+/// of running it out of descriptors.
 const START_FD_LIMIT: u64 = 256;
 /// Descriptor limit the consumer is lowered to while it runs: far below
 /// what its connection limit (sized for the limit it started with)

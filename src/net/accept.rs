@@ -1,5 +1,6 @@
 //! The accept loop: one per listener (a consume's, a TLS terminator's), one
-//! task per client connection, the connection limit taken before `accept`.
+//! task per client connection on one of the [`Shards`], the connection
+//! limit taken before `accept`.
 
 use std::future::Future;
 use std::io;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::net::shards::Shards;
 use crate::net::sockopt;
 use crate::settings::ProxySettings;
 
@@ -40,6 +42,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Mutual TLS between ambassadors, when a cluster key or PKI is set.
     pub tls: Option<Arc<crate::security::Tls>>,
+    /// Where the connections run.
+    pub shards: Arc<Shards>,
 }
 
 impl Shared {
@@ -48,12 +52,14 @@ impl Shared {
         settings: ProxySettings,
         hard_stop: CancellationToken,
         tls: Option<Arc<crate::security::Tls>>,
+        shards: Arc<Shards>,
     ) -> Shared {
         Shared {
             limit: Arc::new(Semaphore::new(settings.max_connections)),
             settings,
             hard_stop,
             tls,
+            shards,
         }
     }
 }
@@ -139,13 +145,27 @@ async fn accept_loop<H: Handler>(
         match accepted {
             Ok((client, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let (handler, shared) = (handler.clone(), shared.clone());
+                // Registered again on its shard (in the task's first poll),
+                // which polls it from now on.
+                let client = match client.into_std() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(service = %handler.name(), error = %e, "cannot hand over a connection");
+                        continue;
+                    }
+                };
+                let (handler, task_shared) = (handler.clone(), shared.clone());
                 // The handler's future is made inside the task: made outside
                 // and moved in, it would take its size twice in the task
                 // (the captured future, then the awaited one), per idle
                 // connection.
-                tracker.spawn(async move {
-                    handler.handle(client, peer, shared).await;
+                shared.shards.spawn(&tracker, async move {
+                    match TcpStream::from_std(client) {
+                        Ok(client) => handler.handle(client, peer, task_shared).await,
+                        Err(e) => {
+                            warn!(service = %handler.name(), error = %e, "cannot take over a connection");
+                        }
+                    }
                     drop(permit);
                 });
             }

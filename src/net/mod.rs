@@ -2,8 +2,9 @@
 //! ([`pipeline`]: dial, TLS, login, then copy), and what they are built from: dialing a
 //! backend ([`dial`]), copying without holding buffers while idle
 //! ([`copy`]), socket options and limits ([`sockopt`]), active checks
-//! ([`checks`]); a provider's TLS terminator ([`terminator`]); and the
-//! rate limit of warnings a burst could repeat ([`loglimit`]).
+//! ([`checks`]); a provider's TLS terminator ([`terminator`]); the
+//! per-core runtimes connections run on ([`shards`]); and the rate limit of
+//! warnings a burst could repeat ([`loglimit`]).
 
 pub mod accept;
 pub mod checks;
@@ -11,5 +12,6 @@ pub mod copy;
 pub mod dial;
 pub mod loglimit;
 pub mod pipeline;
+pub mod shards;
 pub mod sockopt;
 pub mod terminator;

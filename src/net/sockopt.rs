@@ -167,17 +167,19 @@ pub fn clamp_max_connections(requested: usize, fd_limit: u64, margin: u64) -> us
 
 /// [`clamp_max_connections`] for this process's descriptor limit, with one
 /// log line when the limit had to be lowered: past it, accept would fail with
-/// EMFILE while clients think they are queued.
-pub fn fit_connections(requested: usize) -> usize {
+/// EMFILE while clients think they are queued. `held` are descriptors the
+/// process keeps besides [`FD_MARGIN`]'s (its connection runtimes').
+pub fn fit_connections(requested: usize, held: u64) -> usize {
     let limit = fd_limit();
-    let fits = clamp_max_connections(requested, limit, FD_MARGIN);
+    let fits = clamp_max_connections(requested, limit, FD_MARGIN + held);
     if fits < requested {
         warn!(
             requested,
             max_connections = fits,
             fd_limit = limit,
             "lowered the connection limit to fit the file descriptor limit \
-             (two per connection plus {FD_MARGIN}); raise `ulimit -n` to allow more"
+             (two per connection plus {}); raise `ulimit -n` to allow more",
+            FD_MARGIN + held
         );
     }
     fits

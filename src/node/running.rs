@@ -25,6 +25,7 @@ use crate::discovery::probation;
 use crate::discovery::provider::{self, ProvideStatus, Published};
 use crate::discovery::stats::DiscoveryStats;
 use crate::net::accept::Shared;
+use crate::net::shards::Shards;
 use crate::net::sockopt;
 use crate::net::terminator::Terminator;
 use crate::security::Tls;
@@ -121,10 +122,17 @@ impl Running {
         )
         .context("cannot set up TLS")?;
         let (suspects, suspects_rx) = Suspects::channel(mdns::VERIFY_TIMEOUT * 2);
+        let shards = Arc::new(Shards::per_core()?);
         let mut settings = config.proxy.clone();
-        settings.max_connections = sockopt::fit_connections(settings.max_connections);
-        let local = Shared::new(settings.clone(), shutdown.immediate.clone(), tls.clone());
-        let mesh = Shared::new(settings, shutdown.immediate.clone(), tls.clone());
+        settings.max_connections =
+            sockopt::fit_connections(settings.max_connections, shards.descriptors());
+        let local = Shared::new(
+            settings.clone(),
+            shutdown.immediate.clone(),
+            tls.clone(),
+            shards.clone(),
+        );
+        let mesh = Shared::new(settings, shutdown.immediate.clone(), tls.clone(), shards);
         let config = Arc::new(config.clone());
         let (config_tx, config_rx) = watch::channel(config.clone());
         let (services_tx, services_rx) = watch::channel(Vec::new());

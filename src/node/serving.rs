@@ -53,6 +53,7 @@ fn with_hard_stop(base: &Shared, hard_stop: CancellationToken) -> Arc<Shared> {
         limit: base.limit.clone(),
         hard_stop,
         tls: base.tls.clone(),
+        shards: base.shards.clone(),
     })
 }
 
