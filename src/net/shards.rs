@@ -11,8 +11,10 @@
 //! runtime and hand each new connection to the shard with the fewest.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use tokio::runtime::Handle;
@@ -46,6 +48,26 @@ struct Live(Arc<AtomicUsize>);
 impl Drop for Live {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A task with its [`Live`] count. A struct, not an `async` block
+    /// awaiting the task: such a block keeps the task it captured and the
+    /// one it awaits in separate slots, and a connection's task would take
+    /// its size twice (measured: 1.7 KiB more per idle connection).
+    struct Counted<F> {
+        #[pin]
+        task: F,
+        live: Live,
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().task.poll(cx)
     }
 }
 
@@ -88,13 +110,7 @@ impl Shards {
             .expect("at least one shard");
         shard.live.fetch_add(1, Ordering::Relaxed);
         let live = Live(shard.live.clone());
-        tracker.spawn_on(
-            async move {
-                let _live = live;
-                task.await;
-            },
-            &shard.handle,
-        );
+        tracker.spawn_on(Counted { task, live }, &shard.handle);
     }
 }
 
