@@ -6,9 +6,11 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{ready, Poll};
 use std::time::Duration;
 
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::sleep;
@@ -105,6 +107,12 @@ pub fn serve<H: Handler>(
     accept_loop(listeners, shared, stop, tracker)
 }
 
+/// A listener as the accept loop polls it: the sockets it accepts are not
+/// registered with the node's runtime, only once with their shard's (a
+/// tokio `TcpListener` would register each, then have to deregister it:
+/// two system calls per connection).
+type Polled<H> = (AsyncFd<std::net::TcpListener>, Arc<H>);
+
 /// The loop of [`serve`].
 async fn accept_loop<H: Handler>(
     listeners: Vec<(TcpListener, Arc<H>)>,
@@ -112,6 +120,35 @@ async fn accept_loop<H: Handler>(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) -> Vec<(TcpListener, Arc<H>)> {
+    let polled: Vec<Polled<H>> = listeners
+        .into_iter()
+        .map(|(l, h)| Ok((polled(l)?, h)))
+        .collect::<io::Result<_>>()
+        // Only fails when the runtime has no I/O driver: this one has.
+        .expect("a listener moves between registrations");
+    accept_polled(&polled, &shared, &stop, &tracker).await;
+    polled
+        .into_iter()
+        .map(|(l, h)| (TcpListener::from_std(l.into_inner()), h))
+        .map(|(l, h)| (l.expect("a listener moves between registrations"), h))
+        .collect()
+}
+
+/// `listener` registered for [`accept_polled`].
+// `AsyncFd::with_interest` is deprecated for types that may not own the
+// descriptor they lend; a std listener owns its own.
+#[allow(deprecated)]
+fn polled(listener: TcpListener) -> io::Result<AsyncFd<std::net::TcpListener>> {
+    AsyncFd::with_interest(listener.into_std()?, Interest::READABLE)
+}
+
+/// The loop of [`accept_loop`], on listeners as it polls them.
+async fn accept_polled<H: Handler>(
+    listeners: &[Polled<H>],
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+    tracker: &TaskTracker,
+) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut at_limit = false;
     // Where the next poll starts, so a busy listener cannot starve others.
@@ -138,28 +175,20 @@ async fn accept_loop<H: Handler>(
         };
         let (i, accepted) = tokio::select! {
             _ = stop.cancelled() => break,
-            r = accept_any(&listeners, start) => r,
+            r = accept_any(listeners, start) => r,
         };
         start = (i + 1) % listeners.len();
         let handler = &listeners[i].1;
         match accepted {
             Ok((client, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                // Registered again on its shard (in the task's first poll),
-                // which polls it from now on.
-                let client = match client.into_std() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        warn!(service = %handler.name(), error = %e, "cannot hand over a connection");
-                        continue;
-                    }
-                };
-                let (handler, task_shared) = (handler.clone(), shared.clone());
+                let (handler, task_shared) = (handler.clone(), Arc::clone(shared));
                 // The handler's future is made inside the task: made outside
                 // and moved in, it would take its size twice in the task
                 // (the captured future, then the awaited one), per idle
                 // connection.
-                shared.shards.spawn(&tracker, async move {
+                shared.shards.spawn(tracker, async move {
+                    // Registered on the shard, in the task's first poll.
                     match TcpStream::from_std(client) {
                         Ok(client) => handler.handle(client, peer, task_shared).await,
                         Err(e) => {
@@ -189,22 +218,48 @@ async fn accept_loop<H: Handler>(
         }
     }
     debug!("stopped accepting");
-    listeners
 }
 
 /// The next connection on any listener, polling from `start` on.
 async fn accept_any<H>(
-    listeners: &[(TcpListener, Arc<H>)],
+    listeners: &[Polled<H>],
     start: usize,
-) -> (usize, io::Result<(TcpStream, SocketAddr)>) {
+) -> (usize, io::Result<(std::net::TcpStream, SocketAddr)>) {
     std::future::poll_fn(|cx| {
         for k in 0..listeners.len() {
             let i = (start + k) % listeners.len();
-            if let Poll::Ready(r) = listeners[i].0.poll_accept(cx) {
+            if let Poll::Ready(r) = poll_accept(&listeners[i].0, cx) {
                 return Poll::Ready((i, r));
             }
         }
         Poll::Pending
     })
     .await
+}
+
+/// Accepts a connection on `listener` once it is readable.
+fn poll_accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<io::Result<(std::net::TcpStream, SocketAddr)>> {
+    loop {
+        let mut ready = ready!(listener.poll_read_ready(cx))?;
+        // `Err` is "would block": readiness is cleared, poll again.
+        if let Ok(accepted) = ready.try_io(|l| accept_nonblocking(l.get_ref())) {
+            return Poll::Ready(accepted);
+        }
+    }
+}
+
+/// `accept4` with the socket non-blocking and close-on-exec from the
+/// start (std's `accept` would need a call more to make it non-blocking).
+fn accept_nonblocking(
+    listener: &std::net::TcpListener,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::{acceptfrom_with, SocketFlags};
+    let (fd, addr) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let peer = addr
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .ok_or_else(|| io::Error::other("accepted a connection that has no IP address"))?;
+    Ok((std::net::TcpStream::from(fd), peer))
 }
