@@ -441,9 +441,14 @@ fn a_partitioned_host_loses_no_request_and_comes_back() {
     );
 }
 
-/// Concurrent flood clients: many more than the consumer has descriptors
-/// in either variant below.
-const FLOOD_CLIENTS: usize = 400;
+/// Concurrent flood clients: more than twice the connections the consumer
+/// can serve at once in either variant below, and fewer than those plus
+/// its listen backlog (74 + 128 with `START_FD_LIMIT`). Past that the
+/// kernel drops handshakes, and a client waits for the SYN-ACK's
+/// retransmissions (1, 3, 7, 15, 31 s), which its own timeout may not
+/// outlast: with 400 clients about 1 % of the flood's connections did
+/// not, and now and then one of the steady client's.
+const FLOOD_CLIENTS: usize = 180;
 /// How long a flood client holds its connection after the answer, so
 /// that connections pile up instead of spinning through.
 const FLOOD_HOLD: Duration = Duration::from_millis(500);
@@ -470,7 +475,14 @@ fn a_flood_under_a_low_descriptor_limit_waits_its_turn() {
     let f = flood(&mesh);
     f.print(&format!("started with ulimit -n {START_FD_LIMIT}"));
     f.assert_held_up(&mesh);
-    assert_eq!(f.steady_refused, 0, "the steady client was turned away");
+    assert_eq!(f.refused, 0, "flood clients were turned away");
+    assert_eq!(
+        f.steady_refused,
+        0,
+        "the steady client was turned away: {}\n{}",
+        f.reasons,
+        mesh.consumer.output_tail(40)
+    );
 }
 
 /// Scenario 3, the hard way: the consumer's descriptor limit drops to 64

@@ -97,7 +97,7 @@ pub fn serve<H: Handler>(
     shared: Arc<Shared>,
     stop: CancellationToken,
     tracker: TaskTracker,
-) -> impl Future<Output = Vec<(TcpListener, Arc<H>)>> {
+) -> impl Future<Output = io::Result<Vec<(TcpListener, Arc<H>)>>> {
     for (listener, handler) in &listeners {
         // Accepted sockets inherit these: nothing to set per client.
         if let Err(e) = sockopt::tune_listener(listener, &shared.settings) {
@@ -113,24 +113,28 @@ pub fn serve<H: Handler>(
 /// two system calls per connection).
 type Polled<H> = (AsyncFd<std::net::TcpListener>, Arc<H>);
 
-/// The loop of [`serve`].
+/// The loop of [`serve`]. Fails only when a listener cannot be registered
+/// with the runtime (the kernel's epoll watches exhausted): it is closed.
 async fn accept_loop<H: Handler>(
     listeners: Vec<(TcpListener, Arc<H>)>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     tracker: TaskTracker,
-) -> Vec<(TcpListener, Arc<H>)> {
-    let polled: Vec<Polled<H>> = listeners
+) -> io::Result<Vec<(TcpListener, Arc<H>)>> {
+    let polled = listeners
         .into_iter()
-        .map(|(l, h)| Ok((polled(l)?, h)))
-        .collect::<io::Result<_>>()
-        // Only fails when the runtime has no I/O driver: this one has.
-        .expect("a listener moves between registrations");
+        .map(|(l, h)| match polled(l) {
+            Ok(l) => Ok((l, h)),
+            Err(e) => {
+                warn!(service = %h.name(), error = %e, "cannot poll the listener; it is closed");
+                Err(e)
+            }
+        })
+        .collect::<io::Result<Vec<Polled<H>>>>()?;
     accept_polled(&polled, &shared, &stop, &tracker).await;
     polled
         .into_iter()
-        .map(|(l, h)| (TcpListener::from_std(l.into_inner()), h))
-        .map(|(l, h)| (l.expect("a listener moves between registrations"), h))
+        .map(|(l, h)| Ok((TcpListener::from_std(l.into_inner())?, h)))
         .collect()
 }
 

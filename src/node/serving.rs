@@ -17,7 +17,7 @@ use tracing::warn;
 use crate::net::accept::{self, Handler, Shared};
 
 /// An accept loop, which gives its listener back when stopped.
-type AcceptLoop<H> = JoinHandle<Vec<(TcpListener, Arc<H>)>>;
+type AcceptLoop<H> = JoinHandle<std::io::Result<Vec<(TcpListener, Arc<H>)>>>;
 
 /// A listener, its accept loop and its connections.
 pub(super) struct Serving<H: Handler> {
@@ -96,6 +96,7 @@ impl<H: Handler> Serving<H> {
         let listener = task
             .await
             .context("the accept loop failed")?
+            .context("the listener was lost")?
             .pop()
             .map(|(l, _)| l)
             .context("the accept loop lost its listener")?;
@@ -117,7 +118,10 @@ impl<H: Handler> Serving<H> {
         self.stop.cancel();
         // The listener is dropped, so closed, with what the loop returns.
         let stopped = match self.accept {
-            Some(task) => task.await.map(drop).context("the accept loop failed"),
+            Some(task) => task
+                .await
+                .context("the accept loop failed")
+                .and_then(|stopped| stopped.map(drop).context("the listener was lost")),
             None => Ok(()),
         };
         self.tracker.close();
