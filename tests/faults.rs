@@ -443,11 +443,12 @@ fn a_partitioned_host_loses_no_request_and_comes_back() {
 
 /// Concurrent flood clients: more than twice the connections the consumer
 /// can serve at once in either variant below, and fewer than those plus
-/// its listen backlog (74 + 128 with `START_FD_LIMIT`). Past that the
-/// kernel drops handshakes, and a client waits for the SYN-ACK's
-/// retransmissions (1, 3, 7, 15, 31 s), which its own timeout may not
-/// outlast: with 400 clients about 1 % of the flood's connections did
-/// not, and now and then one of the steady client's.
+/// its listen backlog (74 + 128 with `START_FD_LIMIT` on 2 cores, at
+/// least 70 + 128 on any: that limit allows at most 4 connection
+/// runtimes). Past that the kernel drops handshakes, and a client waits
+/// for the SYN-ACK's retransmissions (1, 3, 7, 15, 31 s), which its own
+/// timeout may not outlast: with 400 clients about 1 % of the flood's
+/// connections did not, and now and then one of the steady client's.
 const FLOOD_CLIENTS: usize = 180;
 /// How long a flood client holds its connection after the answer, so
 /// that connections pile up instead of spinning through.

@@ -31,6 +31,19 @@ pub struct Shards {
     stop: CancellationToken,
 }
 
+/// At most one shard per this many descriptors of the process's limit.
+const DESCRIPTORS_PER_SHARD_AT_MOST: u64 = 64;
+
+/// Shards for `cores` under a descriptor limit of `fd_limit`: one per
+/// core, but their descriptors never take more than a sixteenth of the
+/// limit. Under a tight limit a descriptor is worth more as half a
+/// connection than as a quarter of a thread: 64 cores under `ulimit -n 256`
+/// would otherwise leave no connection at all.
+pub fn shard_count(cores: usize, fd_limit: u64) -> usize {
+    let afford = usize::try_from(fd_limit / DESCRIPTORS_PER_SHARD_AT_MOST).unwrap_or(usize::MAX);
+    cores.min(afford).max(1)
+}
+
 /// Descriptors each shard's runtime holds: its epoll instance and a clone,
 /// the eventfd that wakes it, and its end of tokio's signal pipe (counted
 /// in /proc/PID/fd).
@@ -72,10 +85,11 @@ impl<F: Future> Future for Counted<F> {
 }
 
 impl Shards {
-    /// One shard per core this process may run on.
-    pub fn per_core() -> anyhow::Result<Shards> {
+    /// One shard per core this process may run on, as far as `fd_limit`
+    /// allows: see [`shard_count`].
+    pub fn per_core(fd_limit: u64) -> anyhow::Result<Shards> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Shards::new(cores)
+        Shards::new(shard_count(cores, fd_limit))
     }
 
     /// `count` shards (at least one), each a thread running its own runtime.
@@ -170,6 +184,15 @@ mod tests {
             *per_thread.entry(name).or_insert(0) += 1;
         }
         per_thread
+    }
+
+    #[test]
+    fn a_tight_descriptor_limit_caps_the_shards() {
+        assert_eq!(shard_count(2, 256), 2);
+        assert_eq!(shard_count(64, 256), 4);
+        assert_eq!(shard_count(64, 1 << 20), 64);
+        assert_eq!(shard_count(8, 10), 1);
+        assert_eq!(shard_count(0, 1 << 20), 1);
     }
 
     #[test]

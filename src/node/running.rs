@@ -122,7 +122,7 @@ impl Running {
         )
         .context("cannot set up TLS")?;
         let (suspects, suspects_rx) = Suspects::channel(mdns::VERIFY_TIMEOUT * 2);
-        let shards = Arc::new(Shards::per_core()?);
+        let shards = Arc::new(Shards::per_core(sockopt::fd_limit())?);
         let mut settings = config.proxy.clone();
         settings.max_connections =
             sockopt::fit_connections(settings.max_connections, shards.descriptors());
