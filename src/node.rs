@@ -77,15 +77,13 @@ pub struct Reloader {
 }
 
 impl Node {
-    /// Binds one listener per consume on the configured address, with a
-    /// listen backlog as deep as the connection limit that fits this
-    /// process's descriptors (raise them first: [`sockopt::raise_fd_limit`]).
+    /// Binds one listener per consume on the configured address
+    /// ([`sockopt::bind_listener`]).
     pub fn bind(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
-        let backlog = backlog(config);
         let mut listeners = Vec::new();
         for c in &config.consumes {
             let addr = std::net::SocketAddr::new(config.bind, c.port);
-            let l = sockopt::bind_listener(addr, backlog)
+            let l = sockopt::bind_listener(addr)
                 .with_context(|| format!("cannot listen on {addr} for '{}'", c.name))?;
             listeners.push(l);
         }
@@ -127,17 +125,6 @@ impl Node {
             task,
         })
     }
-}
-
-/// The listen backlog of consume listeners: as deep as the connection limit
-/// that fits this process's descriptors.
-fn backlog(config: &Config) -> u32 {
-    let max = sockopt::clamp_max_connections(
-        config.proxy.max_connections,
-        sockopt::fd_limit(),
-        sockopt::FD_MARGIN,
-    );
-    sockopt::backlog_for(max)
 }
 
 impl NodeHandle {

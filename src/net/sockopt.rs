@@ -16,8 +16,10 @@ use tracing::{debug, warn};
 
 use crate::settings::ProxySettings;
 
-/// Smallest backlog we ask for: mio's (and most servers') default.
-pub const MIN_BACKLOG: u32 = 128;
+/// tokio's (and mio's) fixed listen backlog, which [`bind_listener`]
+/// replaces.
+#[cfg(test)]
+const TOKIO_BACKLOG: u32 = 128;
 /// The kernel's cap on any listen backlog when `somaxconn` cannot be read:
 /// its default since Linux 5.4.
 const FALLBACK_SOMAXCONN: u32 = 4096;
@@ -30,17 +32,8 @@ pub const FD_MARGIN: u64 = 100;
 /// Descriptors per proxied connection: the client's and the backend's.
 const FDS_PER_CONNECTION: u64 = 2;
 
-/// The listen backlog for a connection limit: as many clients may wait in the
-/// kernel as may be served, at least [`MIN_BACKLOG`], at most what the
-/// kernel grants (`net.core.somaxconn`).
-pub fn backlog_for(max_connections: usize) -> u32 {
-    let want = u32::try_from(max_connections)
-        .unwrap_or(u32::MAX)
-        .max(MIN_BACKLOG);
-    want.min(somaxconn())
-}
-
-/// The kernel's cap on listen backlogs; larger requests are silently cut.
+/// The kernel's cap on listen backlogs (`net.core.somaxconn`, per network
+/// namespace); larger requests are silently cut.
 fn somaxconn() -> u32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
@@ -49,16 +42,22 @@ fn somaxconn() -> u32 {
 }
 
 /// Binds a listener with SO_REUSEADDR (a restarted ambassador can listen again
-/// while old connections sit in TIME_WAIT) and the given accept backlog,
-/// capped by `somaxconn`. tokio's own `bind` always asks for 128: at the
-/// connection limit, SYNs past the 129th queued client would be dropped
-/// instead of waiting in the kernel.
-pub fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+/// while old connections sit in TIME_WAIT) and the deepest accept backlog
+/// the kernel grants, whatever the connection limit (as Go's `net.Listen`
+/// does). Clients past the limit wait in that queue for their turn; a
+/// shallower one (tokio's `bind` asks for 128) drops their handshakes, and
+/// such a client waits for the SYN-ACK's retransmissions (1, 3, 7, 15 s)
+/// instead, which its own timeout may not outlast. A queued handshake costs
+/// the kernel a socket's memory, nothing in this process.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    listen_with_backlog(addr, somaxconn())
+}
+
+fn listen_with_backlog(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    let backlog = backlog.min(somaxconn());
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     debug!(%addr, backlog, "listening");
     TcpListener::from_std(socket.into())
@@ -210,14 +209,6 @@ mod tests {
     }
 
     #[test]
-    fn backlog_follows_the_connection_limit_within_kernel_bounds() {
-        let cap = somaxconn();
-        assert_eq!(backlog_for(1), MIN_BACKLOG.min(cap));
-        assert_eq!(backlog_for(300), 300.min(cap));
-        assert_eq!(backlog_for(usize::MAX), cap);
-    }
-
-    #[test]
     fn raising_the_fd_limit_reaches_the_hard_limit() {
         let soft = raise_fd_limit().expect("raise RLIMIT_NOFILE");
         assert_eq!(soft, fd_limit());
@@ -248,7 +239,7 @@ mod tests {
             return;
         }
         // A listener that never accepts: every client waits in the backlog.
-        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), 1024).unwrap();
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let open =
             tokio::task::spawn_blocking(move || handshakes(addr, CLIENTS, Duration::from_secs(2)))
@@ -259,7 +250,7 @@ mod tests {
 
         // The same with tokio's default backlog: the queue is full at 129,
         // the next SYN is dropped and that client hangs (proves the test).
-        let listener = bind_listener("127.0.0.1:0".parse().unwrap(), MIN_BACKLOG).unwrap();
+        let listener = listen_with_backlog("127.0.0.1:0".parse().unwrap(), TOKIO_BACKLOG).unwrap();
         let addr = listener.local_addr().unwrap();
         let open = tokio::task::spawn_blocking(move || {
             handshakes(addr, CLIENTS, Duration::from_millis(500))
@@ -267,8 +258,8 @@ mod tests {
         .await
         .unwrap();
         assert!(
-            open.len() < CLIENTS && open.len() >= MIN_BACKLOG as usize,
-            "with backlog {MIN_BACKLOG}: {} of {CLIENTS} connected",
+            open.len() < CLIENTS && open.len() >= TOKIO_BACKLOG as usize,
+            "with backlog {TOKIO_BACKLOG}: {} of {CLIENTS} connected",
             open.len()
         );
     }
@@ -329,7 +320,7 @@ mod tests {
             tcp_user_timeout: Some(Duration::from_secs(59)),
             ..ProxySettings::default()
         };
-        let l = bind_listener("127.0.0.1:0".parse().unwrap(), MIN_BACKLOG).unwrap();
+        let l = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
         async fn accepted(l: &TcpListener) -> TcpStream {
             let _c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
             l.accept().await.unwrap().0

@@ -79,11 +79,11 @@ impl Terminator {
     /// A listener on every address of the host (dual-stack where IPv6
     /// exists), on `port`, or one the kernel picks (`None`): consumers learn
     /// it from the SRV record.
-    pub fn bind(port: Option<u16>, backlog: u32) -> io::Result<TcpListener> {
+    pub fn bind(port: Option<u16>) -> io::Result<TcpListener> {
         let port = port.unwrap_or(0);
         let any6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
         let any4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-        sockopt::bind_listener(any6, backlog).or_else(|_| sockopt::bind_listener(any4, backlog))
+        sockopt::bind_listener(any6).or_else(|_| sockopt::bind_listener(any4))
     }
 }
 

@@ -26,7 +26,7 @@ macro_rules! differing {
 
 /// `new` with every setting a running node cannot change set back to
 /// `old`'s, and the names of those that differed (config file keys).
-/// They are fixed at start: the listeners' address and backlog, the mDNS
+/// They are fixed at start: the listeners' address, the mDNS
 /// daemon's interfaces and host name, the TLS identity, the connection
 /// limit's semaphore, the tables' ejection period and what the browse
 /// accepts.

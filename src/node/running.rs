@@ -183,7 +183,6 @@ impl Running {
     ) -> anyhow::Result<Prepared> {
         let (config, needs_restart) = plan::keep_restart_settings(&self.config, new);
         config.validate()?;
-        let backlog = super::backlog(&config);
         let mut listeners = HashMap::new();
         for c in &config.consumes {
             if self.consumes.contains_key(&c.port) {
@@ -192,7 +191,7 @@ impl Running {
             let addr = SocketAddr::new(config.bind, c.port);
             let listener = match given.remove(&c.port) {
                 Some(l) => l,
-                None => sockopt::bind_listener(addr, backlog)
+                None => sockopt::bind_listener(addr)
                     .with_context(|| format!("cannot listen on {addr} for '{}'", c.name))?,
             };
             let addr = listener.local_addr().unwrap_or(addr);
@@ -206,8 +205,7 @@ impl Running {
                 if port.is_some_and(|port| p.tls_port.is_none_or(|want| want == port)) {
                     continue;
                 }
-                let backlog = sockopt::backlog_for(config.proxy.max_connections);
-                let listener = Terminator::bind(p.tls_port, backlog).with_context(|| {
+                let listener = Terminator::bind(p.tls_port).with_context(|| {
                     format!("cannot listen for TLS connections to '{}'", p.name)
                 })?;
                 let addr = listener.local_addr()?;
