@@ -8,10 +8,7 @@
 source "$(dirname "$0")/lib/scenario.sh"
 
 t=$(sc_now)
-case "$LAB" in
-  netns) lab_up_segments 1 1 ;;
-  *) sc_skip "LAB=$LAB has no two-segment topology (netns only, for now)" ;;
-esac
+lab_up_segments 1 1
 lab_up=$(sc_secs "$t")
 
 start_redis a1 redis 12345

@@ -4,7 +4,9 @@
 #   ROLE     provider (offers the local Redis as "redis") or consumer
 #            (localhost:6379 stands in for "redis")
 #   INSTALL  build: compile mesh-amb from /vagrant with Debian's Rust
+#            (needs a Debian mirror and crates.io from the VM)
 #            prebuilt: install /vagrant/vagrant/bin/mesh-amb as it is
+#            (needs nothing from outside when the box has the packages)
 # Safe to run again (`vagrant provision`): it rebuilds and restarts.
 set -euo pipefail
 ip=$1 role=$2 install=$3
@@ -17,8 +19,17 @@ export DEBIAN_FRONTEND=noninteractive
 # Debian and crates.io.
 packages=(redis-server redis-tools avahi-daemon avahi-utils ca-certificates)
 [ "$install" = prebuilt ] || packages+=(cargo-web rustc-web gcc libc6-dev)
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${packages[@]}" > /dev/null
+# Only what the box lacks: a box made by build-box.sh has every package of
+# a prebuilt lab, so an isolated lab (no route to a mirror) provisions too.
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "provision: installing ${missing[*]} (needs a Debian mirror)"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+fi
 
 # The NIC that holds the private-network address: eth1 on VirtualBox, the
 # second NIC under whatever name on libvirt. The first NIC is the NAT /

@@ -7,16 +7,20 @@
 #   lab_up N                  hosts h1..hN on one segment
 #   lab_up_segments A B       hosts a1..aA and b1..bB on two segments joined by
 #                             router r (avahi-daemon reflecting mDNS unless
-#                             LAB_REFLECTOR=no); netns only
+#                             LAB_REFLECTOR=no)
 #   lab_exec HOST CMD...      run CMD on HOST as root, return its status
 #   lab_bg HOST NAME CMD...   start a long-running CMD on HOST, output logged
 #   lab_kill HOST NAME [SIG]  signal it (default TERM) and wait until it is gone
 #                             (SIGKILL after LAB_KILL_WAIT seconds)
 #   lab_running HOST NAME     whether it still runs
 #   lab_log HOST NAME         its output so far
-#   lab_ip HOST               its lab address (10.78.x.y / 192.168.56.x)
+#   lab_ip HOST               its lab address (10.78.x.y / 192.168.56-57.x)
 #   lab_iface HOST            its lab interface (for mesh-amb --interface)
 #   lab_down                  kill everything started, remove the lab
+#
+# LAB_TIME_SCALE is what a scenario's time limits are multiplied by on this
+# lab (set by lab_up unless given): 1 for netns; in VMs 2, and 4 under
+# QEMU's emulation (TCG), where every instruction costs 10-40 times more.
 #
 # LAB_AMB is the path of the mesh-amb binary on the hosts.
 #
@@ -26,7 +30,8 @@
 # namespace's interfaces and routes are never touched. Needs root and
 # iproute2 (plus avahi-daemon and dbus-daemon for lab_up_segments).
 #
-# vagrant: hosts are the VMs h1..hN of vagrant/Vagrantfile (must be up);
+# vagrant: hosts are the VMs h1..hN of vagrant/Vagrantfile (must be up;
+# for two segments also b1..bB and the router r: AMB_VMS_B);
 # commands go over `vagrant ssh-config` + ssh (what `vagrant ssh HOST -c`
 # does, without starting Ruby for every command; LAB_VAGRANT_SSH=vagrant
 # uses `vagrant ssh` itself); background commands are transient systemd
@@ -70,6 +75,7 @@ lab__init() {
       [ "$(id -u)" -eq 0 ] || lab__die "the netns lab needs root (sudo LAB=netns ...)" || return 1
       command -v ip >/dev/null || lab__die "iproute2 (ip) is missing" || return 1
       LAB_AMB=${MESH_AMB_BIN:-$LAB_REPO/target/release/mesh-amb}
+      LAB_TIME_SCALE=${LAB_TIME_SCALE:-1}
       [ -x "$LAB_AMB" ] || lab__die "no mesh-amb binary at $LAB_AMB (cargo build --release)" || return 1
       ;;
     vagrant)
@@ -227,40 +233,57 @@ lab__netns_down() {
 # -------------------------------------------------------------- vagrant --
 
 LAB_VAGRANT_SSH=${LAB_VAGRANT_SSH:-ssh-config}
-# Base of the VMs' private-network addresses; must match vagrant/Vagrantfile.
+# The VMs' private-network addresses; must match vagrant/Vagrantfile.
 AMB_SUBNET=${AMB_SUBNET:-192.168.56}
+AMB_SUBNET_B=${AMB_SUBNET_B:-192.168.57}
 AMB_IP_BASE=${AMB_IP_BASE:-10}
+declare -A LAB_VM=()       # vagrant: host -> VM (segment A's a1 is VM h1)
+LAB_ROUTES=()              # vagrant: "host prefix via" routes lab_up added
 
-lab__vagrant_sh() { # HOST SCRIPT: run a shell script as root in the VM
-  local host=$1 script=$2
+lab__vagrant_sh() { # HOST SCRIPT: run a shell script as root in HOST's VM
+  local vm=${LAB_VM[$1]:-$1} script=$2
   if [ "$LAB_VAGRANT_SSH" = vagrant ]; then
-    vagrant ssh "$host" -c "sudo bash -c $(printf '%q' "$script")" -- -q -o LogLevel=ERROR < /dev/null
+    vagrant ssh "$vm" -c "sudo bash -c $(printf '%q' "$script")" -- -q -o LogLevel=ERROR < /dev/null
   else
-    ssh -F "$LAB_DIR/ssh_config" -o LogLevel=ERROR "$host" "sudo bash -c $(printf '%q' "$script")" < /dev/null
+    ssh -F "$LAB_DIR/ssh_config" -o LogLevel=ERROR "$vm" "sudo bash -c $(printf '%q' "$script")" < /dev/null
   fi
 }
 
-lab__vagrant_up() {
-  local n=$1 i host state
-  for ((i = 1; i <= n; i++)); do LAB_HOSTS+=("h$i"); done
-  state=$(vagrant status --machine-readable "${LAB_HOSTS[@]}") ||
-    lab__die "vagrant status failed (VAGRANT_CWD=$VAGRANT_CWD; AMB_VMS >= $n?)" || return 1
-  for host in "${LAB_HOSTS[@]}"; do
-    grep -q ",$host,state,running" <<<"$state" ||
-      lab__die "VM $host is not running: run 'vagrant up' in $VAGRANT_CWD (AMB_VMS >= $n)" || return 1
+# lab__vagrant_attach HOST=VM=IP...: the running VMs the lab's hosts are.
+lab__vagrant_attach() {
+  local entry host vm ip vms=() state
+  for entry in "$@"; do
+    IFS='=' read -r host vm ip <<<"$entry"
+    LAB_HOSTS+=("$host")
+    LAB_VM[$host]=$vm
+    LAB_IPADDR[$host]=$ip
+    vms+=("$vm")
+  done
+  state=$(vagrant status --machine-readable "${vms[@]}") ||
+    lab__die "vagrant status failed (VAGRANT_CWD=$VAGRANT_CWD; enough VMs: AMB_VMS, AMB_VMS_B?)" || return 1
+  for vm in "${vms[@]}"; do
+    grep -q ",$vm,state,running" <<<"$state" ||
+      lab__die "VM $vm is not running: run 'vagrant up' in $VAGRANT_CWD (AMB_VMS, AMB_VMS_B)" || return 1
   done
   if [ "$LAB_VAGRANT_SSH" != vagrant ]; then
-    vagrant ssh-config "${LAB_HOSTS[@]}" > "$LAB_DIR/ssh_config"
+    vagrant ssh-config "${vms[@]}" > "$LAB_DIR/ssh_config"
   fi
-  for ((i = 1; i <= n; i++)); do
-    host=h$i
-    LAB_IPADDR[$host]=$AMB_SUBNET.$((AMB_IP_BASE + i))
+  if [ -z "${LAB_TIME_SCALE:-}" ]; then
+    # systemd-detect-virt says "qemu" for emulation, "kvm", "oracle"
+    # (VirtualBox) and so on for hardware virtualisation.
+    case "$(lab__vagrant_sh "${LAB_HOSTS[0]}" "systemd-detect-virt || true")" in
+      qemu) LAB_TIME_SCALE=4 ;;
+      *) LAB_TIME_SCALE=2 ;;
+    esac
+  fi
+  for host in "${LAB_HOSTS[@]}"; do
+    ip=${LAB_IPADDR[$host]}
     # The NIC holding the private-network address (eth1 on VirtualBox,
     # something else on libvirt): never the NAT adapter.
     LAB_IFNAME[$host]=$(lab__vagrant_sh "$host" \
-      "ip -o -4 addr show | awk '\$4 ~ /^${LAB_IPADDR[$host]//./\\.}\\// {print \$2; exit}'")
+      "ip -o -4 addr show | awk '\$4 ~ /^${ip//./\\.}\\// {print \$2; exit}'")
     [ -n "${LAB_IFNAME[$host]}" ] ||
-      lab__die "$host has no address ${LAB_IPADDR[$host]}: is AMB_SUBNET right?" || return 1
+      lab__die "$host (VM ${LAB_VM[$host]}) has no address $ip: is AMB_SUBNET right?" || return 1
     # The scenarios own the VMs while they run: park the provisioned role
     # units (they hold ports 6379 and 5353 peers) and remember them.
     lab__vagrant_sh "$host" "
@@ -270,8 +293,48 @@ lab__vagrant_up() {
   done
 }
 
+lab__vagrant_up() {
+  local n=$1 i hosts=()
+  for ((i = 1; i <= n; i++)); do hosts+=("h$i=h$i=$AMB_SUBNET.$((AMB_IP_BASE + i))"); done
+  lab__vagrant_attach "${hosts[@]}"
+}
+
+# Segment A's hosts a1..aA are the VMs h1..hA, segment B's b1..bB the VMs
+# b1..bB, and r the router VM (AMB_VMS_B=B in vagrant/Vagrantfile). Each
+# host gets a route to the other segment through r for the run.
+lab__vagrant_segments() {
+  local a=$1 b=$2 i hosts=() host
+  for ((i = 1; i <= a; i++)); do hosts+=("a$i=h$i=$AMB_SUBNET.$((AMB_IP_BASE + i))"); done
+  for ((i = 1; i <= b; i++)); do hosts+=("b$i=b$i=$AMB_SUBNET_B.$((AMB_IP_BASE + i))"); done
+  hosts+=("r=r=$AMB_SUBNET.254")
+  lab__vagrant_attach "${hosts[@]}" || return 1
+  for host in "${LAB_HOSTS[@]}"; do
+    case "$host" in
+      a*) LAB_ROUTES+=("$host $AMB_SUBNET_B.0/24 $AMB_SUBNET.254") ;;
+      b*) LAB_ROUTES+=("$host $AMB_SUBNET.0/24 $AMB_SUBNET_B.254") ;;
+    esac
+  done
+  local route prefix via
+  for route in "${LAB_ROUTES[@]}"; do
+    read -r host prefix via <<<"$route"
+    lab_exec "$host" ip route replace "$prefix" via "$via" ||
+      lab__die "$host: no route to $prefix via $via" || return 1
+  done
+  # LAB_REFLECTOR=no: a plain router, to see discovery stop at it; its
+  # avahi-daemon is parked like the role units.
+  if [ "${LAB_REFLECTOR:-yes}" != yes ]; then
+    lab__vagrant_sh r "systemctl stop avahi-daemon.socket avahi-daemon.service
+      printf 'avahi-daemon.socket\navahi-daemon.service\n' >> /run/$LAB_RUN.parked"
+  fi
+}
+
 lab__vagrant_down() {
-  local host
+  local host route prefix via
+  for route in "${LAB_ROUTES[@]}"; do
+    read -r host prefix via <<<"$route"
+    lab_exec "$host" ip route del "$prefix" via "$via" || echo "lab: could not remove $host's route to $prefix" >&2
+  done
+  LAB_ROUTES=()
   for host in "${LAB_HOSTS[@]}"; do
     lab__vagrant_sh "$host" "
       systemctl kill -s KILL '$LAB_RUN-*' 2>/dev/null
@@ -296,7 +359,7 @@ lab_up_segments() {
   lab__init || return 1
   case "$LAB" in
     netns) lab__netns_segments "${1:-1}" "${2:-1}" ;;
-    vagrant) lab__die "two segments are not provided by vagrant/Vagrantfile yet" ;;
+    vagrant) lab__vagrant_segments "${1:-1}" "${2:-1}" ;;
   esac
 }
 
@@ -324,8 +387,11 @@ lab_bg() {
       disown "$!"
       ;;
     vagrant)
+      # systemd expands $VAR and ${VAR} in a unit's command line itself
+      # (a client loop's ${EPOCHREALTIME/./} became empty); "$$" is its
+      # escape for a "$".
       lab__vagrant_sh "$host" "systemd-run --quiet --collect --unit=$LAB_RUN-$name \
-        --property=KillMode=control-group --property=WorkingDirectory=/tmp -- $(printf '%q ' "$@")"
+        --property=KillMode=control-group --property=WorkingDirectory=/tmp -- $(printf '%q ' "${@//\$/\$\$}")"
       ;;
   esac
 }

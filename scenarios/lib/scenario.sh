@@ -97,9 +97,10 @@ for sc__sig in INT TERM HUP; do
 done
 
 # sc_wait SECS WHAT CMD...: polls CMD until it succeeds, or fails the
-# scenario with "WHAT not within SECS s".
+# scenario with "WHAT not within SECS s". SECS is what the netns lab needs
+# with room to spare, scaled by LAB_TIME_SCALE (lab.sh) for slower labs.
 sc_wait() {
-  local secs=$1 what=$2
+  local secs=$(($1 * ${LAB_TIME_SCALE:-1})) what=$2
   shift 2
   lab_wait "$secs" "$@" || sc_fail "$what not within ${secs}s"
 }
