@@ -258,9 +258,6 @@ lab__vagrant_attach() {
   local entry host vm ip vms=() state
   for entry in "$@"; do
     IFS='=' read -r host vm ip <<<"$entry"
-    LAB_HOSTS+=("$host")
-    LAB_VM[$host]=$vm
-    LAB_IPADDR[$host]=$ip
     vms+=("$vm")
   done
   state=$(vagrant status --machine-readable "${vms[@]}") ||
@@ -268,6 +265,14 @@ lab__vagrant_attach() {
   for vm in "${vms[@]}"; do
     grep -q ",$vm,state,running" <<<"$state" ||
       lab__die "VM $vm is not running: run 'vagrant up' in $VAGRANT_CWD (AMB_VMS, AMB_VMS_B)" || return 1
+  done
+  # Hosts join the lab only now: lab_down cleans up every host in it, and a
+  # VM that is not there has nothing to clean.
+  for entry in "$@"; do
+    IFS='=' read -r host vm ip <<<"$entry"
+    LAB_HOSTS+=("$host")
+    LAB_VM[$host]=$vm
+    LAB_IPADDR[$host]=$ip
   done
   if [ "$LAB_VAGRANT_SSH" != vagrant ]; then
     vagrant ssh-config "${vms[@]}" > "$LAB_DIR/ssh_config"
