@@ -211,7 +211,7 @@ pub async fn copy_both(
     later: Option<Later<'_>>,
     stop: &CancellationToken,
 ) -> Report {
-    let clock = Clock::new();
+    let clock = Clock::new(&limits);
     let (mut from_client, mut from_server) = (0, 0);
     // Everything lives in this one frame (no futures passed by value to
     // another async fn, which would store them twice): an idle connection
@@ -405,18 +405,27 @@ async fn pump(
 
 /// When a byte last moved on a connection, in ms since the copy started,
 /// and whether a direction has finished.
+///
+/// The time is only read while a limit counts from it: with the default
+/// settings (no idle timeout) a connection that both ways still flow never
+/// reads the clock. Read at every chunk it was about 1 % of the proxy's CPU
+/// time per request (`perf record`, `-c 50` GETs), four reads per request.
 struct Clock {
     start: Instant,
     last_ms: AtomicU64,
-    /// Set by the first direction to read end of stream.
+    /// An idle timeout counts from the last byte: every chunk is noted.
+    idle_limit: bool,
+    /// Set by the first direction to read end of stream; from then on the
+    /// half-close timeout counts from the last byte too.
     one_finished: AtomicBool,
 }
 
 impl Clock {
-    fn new() -> Clock {
+    fn new(limits: &Limits) -> Clock {
         Clock {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            idle_limit: limits.idle.is_some(),
             one_finished: AtomicBool::new(false),
         }
     }
@@ -426,6 +435,12 @@ impl Clock {
         self.one_finished.swap(true, Ordering::Relaxed)
     }
     fn touch(&self) {
+        // Before a direction finished, only the idle limit needs the time:
+        // the half-close limit then counts from the later of the last byte
+        // and the finish, which comes after anything noted before it.
+        if !self.idle_limit && !self.one_finished.load(Ordering::Relaxed) {
+            return;
+        }
         let ms = (Instant::now() - self.start).as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }

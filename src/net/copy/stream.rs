@@ -44,7 +44,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let clock = Clock::new();
+    let clock = Clock::new(&limits);
     let mut up = Flow::new(Side::Client, meters.from_client);
     let mut down = Flow::new(Side::Server, meters.from_server);
     let end = drive(&clock, &limits, stop, |cx, from| match from {
