@@ -93,7 +93,10 @@ impl Node {
     /// Starts serving `listeners` (one per consume, in `config.consumes`
     /// order), advertising the provides and browsing for the discovered
     /// consumes. Must be called inside a tokio runtime. Fails at once on an
-    /// invalid config or when the mDNS daemon cannot start.
+    /// invalid config or when the mDNS daemon cannot start. The node runs
+    /// as a task of that runtime: dropping the handle leaves it running
+    /// (stop it with [`NodeHandle::shutdown`]); dropping the runtime stops
+    /// it and closes its connections at once.
     pub fn start(config: Config, listeners: Vec<TcpListener>) -> anyhow::Result<NodeHandle> {
         // The binary validated already; a config built in code may not be.
         config.validate()?;

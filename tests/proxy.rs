@@ -269,6 +269,36 @@ async fn drain_timeout_closes_what_is_left() {
     amb.join().await.unwrap();
 }
 
+/// An embedder that drops the runtime a node runs on, without a shutdown:
+/// the node's connections run on threads of their own (one runtime per
+/// core), which must not serve on without it.
+#[test]
+fn a_node_whose_runtime_is_dropped_closes_its_connections() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (redis, client) = runtime.block_on(async {
+        let redis = Redis::start().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Amb::config(addr, &[redis.addr], ProxySettings::default());
+        let node = mesh_amb::Node::start(config, vec![listener]).unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let pong = command(&mut s, &[b"PING"]).await.unwrap();
+        assert_eq!(pong, Reply::Simple("PONG".into()));
+        drop(node); // the handle only: the node runs on
+        (redis, s.into_std().unwrap())
+    });
+    drop(runtime);
+    client.set_nonblocking(false).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let read = std::io::Read::read(&mut &client, &mut [0u8; 1]);
+    assert!(
+        matches!(&read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection stayed open after its node's runtime was dropped: {read:?}"
+    );
+    drop(redis);
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_busy_ones_are_not() {
     let redis = Redis::start().await;

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
@@ -109,6 +109,11 @@ pub(super) struct Running {
     services_tx: watch::Sender<Vec<Arc<Service>>>,
     parts_tx: watch::Sender<Parts>,
     discovery_stats: Arc<DiscoveryStats>,
+    /// Closes every connection if the node is dropped without a shutdown
+    /// (an embedder dropped the runtime it ran on): connections run on the
+    /// shards' threads, which would serve them on, and stay up for them,
+    /// without the node. After a shutdown it closes nothing: none is left.
+    _close_connections: DropGuard,
 }
 
 impl Running {
@@ -149,6 +154,7 @@ impl Running {
             services: services_rx,
             discovery_stats: discovery_stats.clone(),
         };
+        let close_connections = shutdown.immediate.clone().drop_guard();
         let running = Running {
             config,
             consumes: HashMap::new(),
@@ -169,6 +175,7 @@ impl Running {
             services_tx,
             parts_tx,
             discovery_stats,
+            _close_connections: close_connections,
         };
         Ok((running, watches))
     }

@@ -165,7 +165,18 @@ impl Amb {
     pub async fn start(backends: &[SocketAddr], proxy: ProxySettings) -> Amb {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
-        let config = Config {
+        let config = Amb::config(addr, backends, proxy);
+        let node = Node::start(config, vec![listener]).expect("start the node");
+        Amb {
+            addr,
+            shutdown: node.shutdown().clone(),
+            node: Some(node),
+        }
+    }
+
+    /// One consume named "redis" on `addr`, to static `backends`.
+    pub fn config(addr: SocketAddr, backends: &[SocketAddr], proxy: ProxySettings) -> Config {
+        Config {
             bind: addr.ip(),
             consumes: vec![ConsumeSpec {
                 name: "redis".into(),
@@ -184,12 +195,6 @@ impl Amb {
             proxy,
             discovery: Default::default(),
             security: Default::default(),
-        };
-        let node = Node::start(config, vec![listener]).expect("start the node");
-        Amb {
-            addr,
-            shutdown: node.shutdown().clone(),
-            node: Some(node),
         }
     }
 
