@@ -33,6 +33,9 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// every successful accept (each resets the back-off), tens of times a
 /// second; one line a second says it.
 static ACCEPT_ERRORS: super::loglimit::LogLimit = super::loglimit::LogLimit::new();
+/// Accepted sockets a shard could not register (its epoll out of watches or
+/// memory): under a flood that is every connection, so one line a second.
+static TAKEOVER_ERRORS: super::loglimit::LogLimit = super::loglimit::LogLimit::new();
 
 /// What every connection task of the process shares.
 pub struct Shared {
@@ -79,6 +82,29 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send;
 }
 
+/// A listener registered with the node's runtime, ready for [`serve`]:
+/// registered when bound, so that a node that cannot poll it (the kernel's
+/// epoll watches exhausted) fails to start, or to reload, with the reason,
+/// instead of serving on with a port nobody answers. The sockets it
+/// accepts are not registered with the node's runtime, only once with
+/// their shard's (a tokio `TcpListener` would register each, then have to
+/// deregister it: two system calls per connection).
+pub struct Listener(AsyncFd<std::net::TcpListener>);
+
+impl Listener {
+    /// Registers `listener` with the runtime of the caller's context.
+    // `AsyncFd::with_interest` is deprecated for types that may not own the
+    // descriptor they lend; a std listener owns its own.
+    #[allow(deprecated)]
+    pub fn register(listener: TcpListener) -> io::Result<Listener> {
+        AsyncFd::with_interest(listener.into_std()?, Interest::READABLE).map(Listener)
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.get_ref().local_addr()
+    }
+}
+
 /// Accepts on every listener until `stop` is cancelled; connection tasks go
 /// to `tracker`. The listeners carry the client sockets' options
 /// ([`sockopt::tune_listener`]), set from `shared`'s settings by this call
@@ -93,62 +119,26 @@ pub trait Handler: Send + Sync + 'static {
 /// a limit in the thousands, and what lets each listener stop and drain on
 /// its own.
 pub fn serve<H: Handler>(
-    listeners: Vec<(TcpListener, Arc<H>)>,
+    listeners: Vec<(Listener, Arc<H>)>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     tracker: TaskTracker,
-) -> impl Future<Output = io::Result<Vec<(TcpListener, Arc<H>)>>> {
+) -> impl Future<Output = Vec<(Listener, Arc<H>)>> {
     for (listener, handler) in &listeners {
         // Accepted sockets inherit these: nothing to set per client.
-        if let Err(e) = sockopt::tune_listener(listener, &shared.settings) {
+        if let Err(e) = sockopt::tune_listener(listener.0.get_ref(), &shared.settings) {
             warn!(service = %handler.name(), error = %e, "cannot set socket options on the listener");
         }
     }
-    accept_loop(listeners, shared, stop, tracker)
+    async move {
+        accept_loop(&listeners, &shared, &stop, &tracker).await;
+        listeners
+    }
 }
 
-/// A listener as the accept loop polls it: the sockets it accepts are not
-/// registered with the node's runtime, only once with their shard's (a
-/// tokio `TcpListener` would register each, then have to deregister it:
-/// two system calls per connection).
-type Polled<H> = (AsyncFd<std::net::TcpListener>, Arc<H>);
-
-/// The loop of [`serve`]. Fails only when a listener cannot be registered
-/// with the runtime (the kernel's epoll watches exhausted): it is closed.
+/// The loop of [`serve`].
 async fn accept_loop<H: Handler>(
-    listeners: Vec<(TcpListener, Arc<H>)>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) -> io::Result<Vec<(TcpListener, Arc<H>)>> {
-    let polled = listeners
-        .into_iter()
-        .map(|(l, h)| match polled(l) {
-            Ok(l) => Ok((l, h)),
-            Err(e) => {
-                warn!(service = %h.name(), error = %e, "cannot poll the listener; it is closed");
-                Err(e)
-            }
-        })
-        .collect::<io::Result<Vec<Polled<H>>>>()?;
-    accept_polled(&polled, &shared, &stop, &tracker).await;
-    polled
-        .into_iter()
-        .map(|(l, h)| Ok((TcpListener::from_std(l.into_inner())?, h)))
-        .collect()
-}
-
-/// `listener` registered for [`accept_polled`].
-// `AsyncFd::with_interest` is deprecated for types that may not own the
-// descriptor they lend; a std listener owns its own.
-#[allow(deprecated)]
-fn polled(listener: TcpListener) -> io::Result<AsyncFd<std::net::TcpListener>> {
-    AsyncFd::with_interest(listener.into_std()?, Interest::READABLE)
-}
-
-/// The loop of [`accept_loop`], on listeners as it polls them.
-async fn accept_polled<H: Handler>(
-    listeners: &[Polled<H>],
+    listeners: &[(Listener, Arc<H>)],
     shared: &Arc<Shared>,
     stop: &CancellationToken,
     tracker: &TaskTracker,
@@ -195,9 +185,14 @@ async fn accept_polled<H: Handler>(
                     // Registered on the shard, in the task's first poll.
                     match TcpStream::from_std(client) {
                         Ok(client) => handler.handle(client, peer, task_shared).await,
-                        Err(e) => {
-                            warn!(service = %handler.name(), error = %e, "cannot take over a connection");
-                        }
+                        Err(e) => match TAKEOVER_ERRORS.admit() {
+                            Some(0) => warn!(service = %handler.name(), error = %e,
+                                "cannot take over a connection"),
+                            Some(more) => warn!(service = %handler.name(), error = %e,
+                                "cannot take over a connection ({more} more since the last such line)"),
+                            None => debug!(service = %handler.name(), error = %e,
+                                "cannot take over a connection"),
+                        },
                     }
                     drop(permit);
                 });
@@ -226,13 +221,13 @@ async fn accept_polled<H: Handler>(
 
 /// The next connection on any listener, polling from `start` on.
 async fn accept_any<H>(
-    listeners: &[Polled<H>],
+    listeners: &[(Listener, Arc<H>)],
     start: usize,
 ) -> (usize, io::Result<(std::net::TcpStream, SocketAddr)>) {
     std::future::poll_fn(|cx| {
         for k in 0..listeners.len() {
             let i = (start + k) % listeners.len();
-            if let Poll::Ready(r) = poll_accept(&listeners[i].0, cx) {
+            if let Poll::Ready(r) = poll_accept(&listeners[i].0 .0, cx) {
                 return Poll::Ready((i, r));
             }
         }

@@ -81,7 +81,10 @@ pub const ACCEPTED_INHERIT_OPTIONS: bool = cfg!(target_os = "linux");
 /// The options of [`tune_stream`] on a listener, for the sockets it will
 /// accept ([`ACCEPTED_INHERIT_OPTIONS`]). Options turned off are cleared,
 /// so that a listener kept across a reload follows the new settings.
-pub fn tune_listener(listener: &TcpListener, settings: &ProxySettings) -> io::Result<()> {
+pub fn tune_listener(
+    listener: &impl std::os::fd::AsFd,
+    settings: &ProxySettings,
+) -> io::Result<()> {
     tune(SockRef::from(listener), settings, true)
 }
 

@@ -24,7 +24,7 @@ use crate::discovery::mdns::{self, Mdns, Offer, TlsUse};
 use crate::discovery::probation;
 use crate::discovery::provider::{self, ProvideStatus, Published};
 use crate::discovery::stats::DiscoveryStats;
-use crate::net::accept::Shared;
+use crate::net::accept::{Listener, Shared};
 use crate::net::shards::Shards;
 use crate::net::sockopt;
 use crate::net::terminator::Terminator;
@@ -67,9 +67,9 @@ pub(super) struct Prepared {
     config: Config,
     needs_restart: Vec<&'static str>,
     /// Bound for the consumes to add, by port.
-    listeners: HashMap<u16, (TcpListener, SocketAddr)>,
+    listeners: HashMap<u16, (Listener, SocketAddr)>,
     /// Bound for the terminators to start, by provided name.
-    terminators: HashMap<String, (TcpListener, SocketAddr)>,
+    terminators: HashMap<String, (Listener, SocketAddr)>,
     /// Started because the new configuration is the first to need it.
     mdns: Option<Arc<Mdns>>,
 }
@@ -202,6 +202,8 @@ impl Running {
                     .with_context(|| format!("cannot listen on {addr} for '{}'", c.name))?,
             };
             let addr = listener.local_addr().unwrap_or(addr);
+            let listener = Listener::register(listener)
+                .with_context(|| format!("cannot poll the listener on {addr} for '{}'", c.name))?;
             listeners.insert(c.port, (listener, addr));
         }
         let mut terminators = HashMap::new();
@@ -212,10 +214,11 @@ impl Running {
                 if port.is_some_and(|port| p.tls_port.is_none_or(|want| want == port)) {
                     continue;
                 }
-                let listener = Terminator::bind(p.tls_port).with_context(|| {
-                    format!("cannot listen for TLS connections to '{}'", p.name)
-                })?;
-                let addr = listener.local_addr()?;
+                let what = || format!("cannot listen for TLS connections to '{}'", p.name);
+                let listener = Terminator::bind(p.tls_port)
+                    .and_then(Listener::register)
+                    .with_context(what)?;
+                let addr = listener.local_addr().with_context(what)?;
                 terminators.insert(p.name.clone(), (listener, addr));
             }
         }
@@ -524,7 +527,7 @@ impl Running {
         stop
     }
 
-    fn add_consume(&mut self, c: &ConsumeSpec, listener: TcpListener, addr: SocketAddr) {
+    fn add_consume(&mut self, c: &ConsumeSpec, listener: Listener, addr: SocketAddr) {
         let service = self.service(c, None);
         log_listening(&service, addr, "listening");
         let serving = Serving::start(
@@ -627,7 +630,7 @@ impl Running {
     fn start_terminator(
         &self,
         p: &ProvideSpec,
-        bound: Option<(TcpListener, SocketAddr)>,
+        bound: Option<(Listener, SocketAddr)>,
     ) -> Option<Serving<Terminator>> {
         let ((listener, addr), tls) = bound.zip(self.tls.as_ref())?;
         info!(provide = %p.name, listen = %addr, "TLS terminator listening");
@@ -672,7 +675,7 @@ impl Running {
         (task, status)
     }
 
-    fn add_provide(&mut self, p: &ProvideSpec, bound: Option<(TcpListener, SocketAddr)>) {
+    fn add_provide(&mut self, p: &ProvideSpec, bound: Option<(Listener, SocketAddr)>) {
         let terminator = self.start_terminator(p, bound);
         let leaving = self.shutdown.graceful.child_token();
         let (task, status) = self.spawn_provider(
@@ -699,7 +702,7 @@ impl Running {
     async fn change_provide(
         &mut self,
         p: &ProvideSpec,
-        bound: Option<(TcpListener, SocketAddr)>,
+        bound: Option<(Listener, SocketAddr)>,
         checks: bool,
         proxy: bool,
     ) -> bool {

@@ -8,16 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::net::accept::{self, Handler, Shared};
+use crate::net::accept::{self, Handler, Listener, Shared};
 
 /// An accept loop, which gives its listener back when stopped.
-type AcceptLoop<H> = JoinHandle<std::io::Result<Vec<(TcpListener, Arc<H>)>>>;
+type AcceptLoop<H> = JoinHandle<Vec<(Listener, Arc<H>)>>;
 
 /// A listener, its accept loop and its connections.
 pub(super) struct Serving<H: Handler> {
@@ -33,7 +32,7 @@ pub(super) struct Serving<H: Handler> {
     /// Stops the loop now running.
     stop: CancellationToken,
     /// The loop now running; gives the listener back when stopped. `None`
-    /// once it failed.
+    /// once it panicked.
     accept: Option<AcceptLoop<H>>,
     /// Its connections, across loops.
     tracker: TaskTracker,
@@ -61,7 +60,7 @@ impl<H: Handler> Serving<H> {
     /// Starts accepting on `listener` with `base`'s settings and connection
     /// limit, until `stop_parent` (or [`Self::close`]).
     pub fn start(
-        listener: TcpListener,
+        listener: Listener,
         addr: SocketAddr,
         handler: Arc<H>,
         base: &Shared,
@@ -96,7 +95,6 @@ impl<H: Handler> Serving<H> {
         let listener = task
             .await
             .context("the accept loop failed")?
-            .context("the listener was lost")?
             .pop()
             .map(|(l, _)| l)
             .context("the accept loop lost its listener")?;
@@ -118,10 +116,7 @@ impl<H: Handler> Serving<H> {
         self.stop.cancel();
         // The listener is dropped, so closed, with what the loop returns.
         let stopped = match self.accept {
-            Some(task) => task
-                .await
-                .context("the accept loop failed")
-                .and_then(|stopped| stopped.map(drop).context("the listener was lost")),
+            Some(task) => task.await.map(drop).context("the accept loop failed"),
             None => Ok(()),
         };
         self.tracker.close();
