@@ -319,6 +319,7 @@ where
         if let Err((side, error)) = finished {
             return End::Failed { side, error };
         }
+        clock.half_closed();
         half_closed_at.get_or_insert_with(Instant::now);
     }
 }
@@ -408,14 +409,16 @@ async fn pump(
 ///
 /// The time is only read while a limit counts from it: with the default
 /// settings (no idle timeout) a connection that both ways still flow never
-/// reads the clock. Read at every chunk it was about 1 % of the proxy's CPU
-/// time per request (`perf record`, `-c 50` GETs), four reads per request.
+/// reads the clock, and `last_ms` stays stale until one direction has
+/// finished. Read at every chunk it was about 1 % of the proxy's CPU time
+/// per request (`perf record`, `-c 50` GETs), four reads per request.
 struct Clock {
     start: Instant,
     last_ms: AtomicU64,
     /// An idle timeout counts from the last byte: every chunk is noted.
     idle_limit: bool,
-    /// Set by the first direction to read end of stream; from then on the
+    /// Set once a direction has finished (by the first plain direction to
+    /// read end of stream, and by [`drive`] for any copy); from then on the
     /// half-close timeout counts from the last byte too.
     one_finished: AtomicBool,
 }
@@ -433,6 +436,11 @@ impl Clock {
     /// had already.
     fn finish_direction(&self) -> bool {
         self.one_finished.swap(true, Ordering::Relaxed)
+    }
+    /// A direction has finished: from now on every chunk is noted, for the
+    /// half-close timeout. Bytes that moved before count from this moment.
+    fn half_closed(&self) {
+        self.one_finished.store(true, Ordering::Relaxed);
     }
     fn touch(&self) {
         // Before a direction finished, only the idle limit needs the time:
@@ -616,6 +624,55 @@ mod tests {
                 report.end
             );
         }
+    }
+
+    /// After `app` half-closed, `backend` goes on talking for three times
+    /// `limit`, a little every fifth of it, and `app` reads each word; then
+    /// `backend` finishes too. Returns the bytes it sent. Panics if the copy
+    /// cut the reply off.
+    pub(super) async fn talk_after_a_half_close(
+        app: &mut TcpStream,
+        backend: &mut TcpStream,
+        limit: Duration,
+    ) -> u64 {
+        let deadline = Duration::from_secs(15);
+        app.shutdown().await.unwrap();
+        let fin = tokio::time::timeout(deadline, backend.read(&mut [0; 1])).await;
+        assert!(matches!(fin, Ok(Ok(0))), "the FIN was forwarded: {fin:?}");
+        let half_closed = Instant::now();
+        let mut sent = 0;
+        while half_closed.elapsed() < limit * 3 {
+            backend.write_all(b"more").await.unwrap();
+            sent += 4;
+            let mut word = [0; 4];
+            let got = tokio::time::timeout(deadline, app.read_exact(&mut word)).await;
+            assert!(
+                matches!(got, Ok(Ok(_))) && &word == b"more",
+                "the reply was cut off {:?} after the half-close: {got:?}",
+                half_closed.elapsed()
+            );
+            // The pace of the reply, well inside the limit.
+            tokio::time::sleep(limit / 5).await;
+        }
+        backend.shutdown().await.unwrap();
+        sent
+    }
+
+    #[tokio::test]
+    async fn a_reply_still_flowing_after_a_half_close_is_not_cut_off() {
+        let limit = Duration::from_secs(1);
+        let mut p = proxied(Limits {
+            idle: None,
+            half_close: Some(limit),
+        })
+        .await;
+        let sent = talk_after_a_half_close(&mut p.app, &mut p.backend, limit).await;
+        let report = tokio::time::timeout(Duration::from_secs(15), p.copy)
+            .await
+            .expect("the copy ends")
+            .unwrap();
+        assert!(matches!(report.end, End::Done), "{:?}", report.end);
+        assert_eq!(report.from_server, sent);
     }
 
     #[tokio::test]

@@ -172,7 +172,7 @@ mod tests {
     use tokio::time::{timeout, Instant};
 
     use super::*;
-    use crate::net::copy::tests::{pair, value};
+    use crate::net::copy::tests::{pair, talk_after_a_half_close, value};
     use crate::net::copy::{buffers_in_use, reset_after, End};
     use crate::net::sockopt;
 
@@ -366,6 +366,20 @@ mod tests {
         let report = ended(p.copy).await;
         assert!(matches!(report.end, End::HalfClose), "{:?}", report.end);
         assert!(half_closed.elapsed() >= limit, "ended before the limit");
+    }
+
+    #[tokio::test]
+    async fn a_reply_still_flowing_after_a_half_close_is_not_cut_off() {
+        let limit = Duration::from_secs(1);
+        let mut p = proxied(Limits {
+            idle: None,
+            half_close: Some(limit),
+        })
+        .await;
+        let sent = talk_after_a_half_close(&mut p.app, &mut p.backend, limit).await;
+        let report = ended(p.copy).await;
+        assert!(matches!(report.end, End::Done), "{:?}", report.end);
+        assert_eq!(report.from_server, sent);
     }
 
     /// A connected pair whose kernel buffers towards the accepted end are
