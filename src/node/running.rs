@@ -215,10 +215,11 @@ impl Running {
                     continue;
                 }
                 let what = || format!("cannot listen for TLS connections to '{}'", p.name);
-                let listener = Terminator::bind(p.tls_port)
-                    .and_then(Listener::register)
-                    .with_context(what)?;
+                let listener = Terminator::bind(p.tls_port).with_context(what)?;
                 let addr = listener.local_addr().with_context(what)?;
+                let listener = Listener::register(listener).with_context(|| {
+                    format!("cannot poll the TLS listener on {addr} for '{}'", p.name)
+                })?;
                 terminators.insert(p.name.clone(), (listener, addr));
             }
         }
@@ -803,7 +804,8 @@ impl Running {
         for (_, p) in self.provides {
             if let Some(t) = p.terminator {
                 let (d, stopped) = t.close().await;
-                let stopped = stopped.context("the TLS terminators' accept loop failed");
+                let stopped =
+                    stopped.with_context(|| format!("TLS terminator of '{}'", p.spec.name));
                 failed = failed.or(stopped.err());
                 draining.push(d);
             }
