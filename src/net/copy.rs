@@ -627,14 +627,16 @@ mod tests {
     }
 
     /// After `app` half-closed, `backend` goes on talking for three times
-    /// `limit`, a little every fifth of it, and `app` reads each word; then
-    /// `backend` finishes too. Returns the bytes it sent. Panics if the copy
-    /// cut the reply off.
-    pub(super) async fn talk_after_a_half_close(
+    /// `limit` (the copy's half-close limit), a little every fifth of it,
+    /// and `app` reads each word; then `backend` finishes too, and `copy`
+    /// must end as done, having moved every word: a copy that cut the reply
+    /// off fails.
+    pub(super) async fn a_reply_flows_on_after_a_half_close(
         app: &mut TcpStream,
         backend: &mut TcpStream,
+        copy: JoinHandle<Report>,
         limit: Duration,
-    ) -> u64 {
+    ) {
         let deadline = Duration::from_secs(15);
         app.shutdown().await.unwrap();
         let fin = tokio::time::timeout(deadline, backend.read(&mut [0; 1])).await;
@@ -655,7 +657,12 @@ mod tests {
             tokio::time::sleep(limit / 5).await;
         }
         backend.shutdown().await.unwrap();
-        sent
+        let report = tokio::time::timeout(deadline, copy)
+            .await
+            .expect("the copy ends")
+            .unwrap();
+        assert!(matches!(report.end, End::Done), "{:?}", report.end);
+        assert_eq!(report.from_server, sent);
     }
 
     #[tokio::test]
@@ -666,13 +673,7 @@ mod tests {
             half_close: Some(limit),
         })
         .await;
-        let sent = talk_after_a_half_close(&mut p.app, &mut p.backend, limit).await;
-        let report = tokio::time::timeout(Duration::from_secs(15), p.copy)
-            .await
-            .expect("the copy ends")
-            .unwrap();
-        assert!(matches!(report.end, End::Done), "{:?}", report.end);
-        assert_eq!(report.from_server, sent);
+        a_reply_flows_on_after_a_half_close(&mut p.app, &mut p.backend, p.copy, limit).await;
     }
 
     #[tokio::test]

@@ -172,7 +172,7 @@ mod tests {
     use tokio::time::{timeout, Instant};
 
     use super::*;
-    use crate::net::copy::tests::{pair, talk_after_a_half_close, value};
+    use crate::net::copy::tests::{a_reply_flows_on_after_a_half_close, pair, value};
     use crate::net::copy::{buffers_in_use, reset_after, End};
     use crate::net::sockopt;
 
@@ -376,10 +376,7 @@ mod tests {
             half_close: Some(limit),
         })
         .await;
-        let sent = talk_after_a_half_close(&mut p.app, &mut p.backend, limit).await;
-        let report = ended(p.copy).await;
-        assert!(matches!(report.end, End::Done), "{:?}", report.end);
-        assert_eq!(report.from_server, sent);
+        a_reply_flows_on_after_a_half_close(&mut p.app, &mut p.backend, p.copy, limit).await;
     }
 
     /// A connected pair whose kernel buffers towards the accepted end are
