@@ -163,9 +163,9 @@ pub struct Stamp {
 /// millisecond: at 64 hosts each node's records drew about 60 queries and
 /// their answers every 96 s, some 40 packets a second on an idle link,
 /// growing with the square of the hosts. An announcement heard before
-/// that point restarts every cache's clock at the cost of its own four
-/// packets (IPv4 and IPv6, sent twice a second apart); the range leaves a
-/// lost pair one more try before the caches ask.
+/// that point restarts every cache's clock at the cost of one packet per
+/// interface ([`super::refresh`]); a cache that missed it asks once, and
+/// its answer, multicast, refreshes the others.
 pub const REFRESH_EVERY: std::ops::Range<Duration> =
     Duration::from_secs(60)..Duration::from_secs(80);
 
@@ -415,16 +415,34 @@ impl Mdns {
         }
     }
 
-    /// Announces our instance of `p` again once its records near the
-    /// point where caches would query for them ([`REFRESH_EVERY`]).
+    /// Announces our instances again once the records of `p`'s near the
+    /// point where caches would query for them ([`REFRESH_EVERY`]): all of
+    /// them in one packet per interface ([`super::refresh`]), or through
+    /// mdns-sd if that cannot be sent.
     pub fn refresh_if_due(&self, p: &ProvideSpec) {
         let fullname = self.fullname(p).to_lowercase();
         let mut announced = self.announced_mut();
-        if let Some(a) = announced.get_mut(&fullname) {
-            if Instant::now() >= a.refresh_at {
-                debug!(instance = %fullname, "announcing again before caches query for it");
-                self.register_again(&fullname, a);
+        if announced
+            .get(&fullname)
+            .is_none_or(|a| Instant::now() < a.refresh_at)
+        {
+            return;
+        }
+        debug!(
+            instances = announced.len(),
+            "announcing again before caches query for it"
+        );
+        let infos: Vec<&ServiceInfo> = announced.values().map(|a| &a.info).collect();
+        let intfs = super::refresh::interfaces(&self.ifaces);
+        if let Err(e) = super::refresh::send(&infos, &intfs, &self.advertise) {
+            debug!(error = %e, "cannot send the refresh; mdns-sd announces instead");
+            for (fullname, a) in announced.iter_mut() {
+                self.register_again(fullname, a);
             }
+            return;
+        }
+        for a in announced.values_mut() {
+            a.refresh_at = Announced::next_refresh();
         }
     }
 

@@ -23,6 +23,7 @@ pub mod listing;
 pub mod mdns;
 pub mod probation;
 pub mod provider;
+pub mod refresh;
 pub mod stats;
 pub mod wire;
 pub mod witness;

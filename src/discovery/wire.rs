@@ -210,6 +210,36 @@ pub fn is_bidi_control(c: char) -> bool {
     )
 }
 
+/// The mDNS port and groups (RFC 6762; the IPv6 one of link-local scope),
+/// for the packets mesh-amb writes itself: the witness's probes and
+/// goodbyes, and the refresh of our records.
+pub(super) const MDNS_PORT: u16 = 5353;
+pub(super) const MDNS_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(224, 0, 0, 251);
+pub(super) const MDNS_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb);
+/// DNS record types and class in those packets.
+pub(super) const TYPE_A: u16 = 1;
+pub(super) const TYPE_PTR: u16 = 12;
+pub(super) const TYPE_TXT: u16 = 16;
+pub(super) const TYPE_AAAA: u16 = 28;
+pub(super) const TYPE_SRV: u16 = 33;
+pub(super) const CLASS_IN: u16 = 1;
+/// RFC 6762 §10.2: the record replaces what caches hold under its name.
+pub(super) const CACHE_FLUSH: u16 = 0x8000;
+
+/// Appends `name` (dot-separated, trailing dot optional) in DNS label
+/// form. Labels were checked on the way in ([`check`]: no
+/// dots, at most 63 bytes); a longer one is cut rather than corrupting the
+/// packet.
+pub(super) fn put_name(p: &mut Vec<u8>, name: &str) {
+    for label in name.trim_end_matches('.').split('.') {
+        let bytes = &label.as_bytes()[..label.len().min(63)];
+        p.push(bytes.len() as u8);
+        p.extend_from_slice(bytes);
+    }
+    p.push(0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,7 +75,9 @@ use tracing::{debug, info, warn};
 
 use super::addr::PeerAddr;
 use super::link::Link;
-use super::wire::SERVICE_TYPE;
+use super::wire::{
+    put_name, CLASS_IN, MDNS_PORT, MDNS_V4, MDNS_V6, SERVICE_TYPE, TYPE_A, TYPE_PTR,
+};
 
 /// Time between probes of a healthy peer with no ring link up
 /// ([`super::link`]). With the retries below, a crashed process (its port
@@ -165,11 +167,6 @@ const SUSPECT_CONFIRMS: [Duration; 2] = [Duration::from_millis(300), Duration::f
 /// kernel's input queue overflowing), and the dead node stayed in every
 /// other table for its TTL. Receivers remove an instance once.
 const GOODBYE_AGAIN: Duration = Duration::from_secs(1);
-/// The mDNS port and IPv4 group.
-const MDNS_PORT: u16 = 5353;
-const MDNS_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
-/// The mDNS IPv6 group (link-local scope).
-const MDNS_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb);
 /// Most instances named in one goodbye: one node's services, with room to
 /// spare; more would not fit one packet anyway.
 const MAX_GOODBYE_INSTANCES: usize = 32;
@@ -869,11 +866,6 @@ fn unspecified(like: IpAddr) -> SocketAddr {
     }
 }
 
-/// DNS record types and class used here.
-const TYPE_A: u16 = 1;
-const TYPE_PTR: u16 = 12;
-const CLASS_IN: u16 = 1;
-
 /// A one-question query for the A record of `host`, with message id `id`.
 fn query(host: &str, id: u16) -> Vec<u8> {
     let mut p = Vec::with_capacity(64);
@@ -904,19 +896,6 @@ fn goodbye(instances: &[String]) -> Vec<u8> {
         p.extend_from_slice(&rdata);
     }
     p
-}
-
-/// Appends `name` (dot-separated, trailing dot optional) in DNS label
-/// form. Labels were checked on the way in ([`super::wire::check`]: no
-/// dots, at most 63 bytes); a longer one is cut rather than corrupting the
-/// packet.
-fn put_name(p: &mut Vec<u8>, name: &str) {
-    for label in name.trim_end_matches('.').split('.') {
-        let bytes = &label.as_bytes()[..label.len().min(63)];
-        p.push(bytes.len() as u8);
-        p.extend_from_slice(bytes);
-    }
-    p.push(0);
 }
 
 #[cfg(test)]
