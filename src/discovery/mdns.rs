@@ -27,12 +27,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use mdns_sd::{IfKind, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
+use mdns_sd::{
+    DaemonEvent, IfKind, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -169,11 +171,18 @@ pub struct Stamp {
 pub const REFRESH_EVERY: std::ops::Range<Duration> =
     Duration::from_secs(60)..Duration::from_secs(80);
 
+/// How long an announcement handed to mdns-sd is left out of the refresh
+/// of the node's other instances: its conflict probe (750 ms) and first
+/// announcement are over by then.
+const FRESH: Duration = Duration::from_secs(2);
+
 /// One instance of ours as announced, and when to announce it again.
 struct Announced {
     info: ServiceInfo,
     /// The same under [`wire::leaving_host_name`], for its goodbye.
     leaving: ServiceInfo,
+    /// When it was handed to mdns-sd.
+    since: Instant,
     refresh_at: Instant,
 }
 
@@ -182,6 +191,7 @@ impl Announced {
         Announced {
             info,
             leaving,
+            since: Instant::now(),
             refresh_at: Announced::next_refresh(),
         }
     }
@@ -210,6 +220,10 @@ pub struct Mdns {
     /// Last signing time per instance label: each seal is newer than the
     /// one before, so a consumer can refuse an older one as a replay.
     signed_at: Mutex<HashMap<String, u64>>,
+    /// mdns-sd renamed a record of ours after a conflict probe: from then
+    /// on the refreshes go through mdns-sd, which knows the names it won
+    /// ([`Mdns::refresh_if_due`]).
+    renamed: Arc<AtomicBool>,
     /// What is announced now, by lower-case full name: announced again
     /// when the link says goodbye for it while it lives (a witness's
     /// mistake, or a forgery), and before caches would query for it.
@@ -232,6 +246,10 @@ impl Mdns {
             .collect();
         ifaces.extend(settings.advertise_addrs.iter().map(|a| IfKind::Addr(*a)));
         let daemon = start_daemon(&ifaces)?;
+        let renamed = Arc::new(AtomicBool::new(false));
+        if settings.probe {
+            watch_renames(&daemon, renamed.clone());
+        }
         // Without one, watchers probe this node at their faster pace.
         let link = super::link::bind()
             .inspect_err(|e| warn!(error = %e, "no ring link: watchers will probe more often"))
@@ -252,6 +270,7 @@ impl Mdns {
             iface_names: settings.interfaces.clone(),
             key: key.map(AdvertKey::new),
             signed_at: Mutex::new(HashMap::new()),
+            renamed,
             announced: Mutex::new(HashMap::new()),
             link: Mutex::new(link),
             link_port,
@@ -333,13 +352,19 @@ impl Mdns {
         let leaving = info(&wire::leaving_host_name(&p.name, &self.node_id))?;
         let mut first = again.clone();
         first.set_requires_probe(probe);
-        self.daemon
-            .register(first)
-            .with_context(|| format!("cannot advertise {p}"))?;
-        self.announced_mut().insert(
-            self.fullname(p).to_lowercase(),
-            Announced::new(again, leaving),
-        );
+        // Stored before the daemon has it, under the lock: a refresh of
+        // the node's other instances meanwhile must not send this one's
+        // previous records after the daemon's new ones.
+        let fullname = self.fullname(p).to_lowercase();
+        let mut announced = self.announced_mut();
+        let previous = announced.insert(fullname.clone(), Announced::new(again, leaving));
+        if let Err(e) = self.daemon.register(first) {
+            match previous {
+                Some(a) => announced.insert(fullname, a),
+                None => announced.remove(&fullname),
+            };
+            return Err(e).with_context(|| format!("cannot advertise {p}"));
+        }
         Ok(stamp)
     }
 
@@ -418,7 +443,8 @@ impl Mdns {
     /// Announces our instances again once the records of `p`'s near the
     /// point where caches would query for them ([`REFRESH_EVERY`]): all of
     /// them in one packet per interface ([`super::refresh`]), or through
-    /// mdns-sd if that cannot be sent.
+    /// mdns-sd if that cannot be sent, or if a conflict probe may have
+    /// renamed them.
     pub fn refresh_if_due(&self, p: &ProvideSpec) {
         let fullname = self.fullname(p).to_lowercase();
         let mut announced = self.announced_mut();
@@ -432,10 +458,22 @@ impl Mdns {
             instances = announced.len(),
             "announcing again before caches query for it"
         );
-        let infos: Vec<&ServiceInfo> = announced.values().map(|a| &a.info).collect();
+        if self.renamed.load(Ordering::Relaxed) {
+            if let Some(a) = announced.get_mut(&fullname) {
+                self.register_again(&fullname, a);
+            }
+            return;
+        }
+        // One announced a moment ago is fresh in every cache, and may be
+        // in its conflict probe still.
+        let infos: Vec<&ServiceInfo> = announced
+            .values()
+            .filter(|a| a.since.elapsed() >= FRESH)
+            .map(|a| &a.info)
+            .collect();
         let intfs = super::refresh::interfaces(&self.ifaces);
         if let Err(e) = super::refresh::send(&infos, &intfs, &self.advertise) {
-            debug!(error = %e, "cannot send the refresh; mdns-sd announces instead");
+            warn!(error = %e, "cannot send the refresh of our records; mdns-sd announces them instead");
             for (fullname, a) in announced.iter_mut() {
                 self.register_again(fullname, a);
             }
@@ -504,6 +542,31 @@ impl Mdns {
             }
             Err(e) => debug!(error = %e, "mDNS daemon already stopped"),
         }
+    }
+}
+
+/// Notes in `renamed` when mdns-sd renames a record of ours after a
+/// conflict probe (a node id given to two hosts), on a thread that ends
+/// with the daemon. Without a way to know, assumes it did.
+fn watch_renames(daemon: &ServiceDaemon, renamed: Arc<AtomicBool>) {
+    let Ok(events) = daemon.monitor() else {
+        renamed.store(true, Ordering::Relaxed);
+        return;
+    };
+    let flag = renamed.clone();
+    let watching = std::thread::Builder::new()
+        .name("amb-mdns-names".into())
+        .spawn(move || {
+            while let Ok(event) = events.recv() {
+                if let DaemonEvent::NameChange(change) = event {
+                    warn!(original = %change.original, renamed = %change.new_name,
+                        "mDNS: a name of ours was taken on the link; mdns-sd renamed ours");
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+    if watching.is_err() {
+        renamed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -676,7 +739,8 @@ pub async fn browse(
         // Instances replayed since this browse started, until the sweep.
         let mut replayed: Option<HashSet<String>> =
             std::mem::take(&mut sweep_next).then(HashSet::new);
-        // A replay with events dropped is incomplete: no sweep after it.
+        // A replay with events dropped is incomplete: no sweep after it
+        // (the mesh nodes it lacked are checked instead).
         let dropped_before = stats.events_dropped.load(Ordering::Relaxed);
         let sweep_at = Instant::now() + SWEEP_GRACE;
         let mut ctx = Browsing {
@@ -726,6 +790,18 @@ pub async fn browse(
                     let seen = replayed.take().unwrap_or_default();
                     if stats.events_dropped.load(Ordering::Relaxed) == dropped_before {
                         sweep(&services, &seen);
+                    } else {
+                        // Incomplete: what it lacks may be there still, or
+                        // gone with its goodbye lost in the flood, and a
+                        // cache full of a flood's records may never replay
+                        // whole. So the mesh nodes among it are checked, as
+                        // after a failed connect (a few on trial at once).
+                        for (_, key) in unreplayed(&services, &seen) {
+                            if let Some((node, peer)) = ctx.ring.owner(&key) {
+                                debug!(instance = %key, node, "checking a node the replay lacked");
+                                trials.suspect(node, peer);
+                            }
+                        }
                     }
                 }
                 _ = drops_check.tick() => {
@@ -954,13 +1030,25 @@ fn forward(
     (rx, AbortOnDropHandle::new(task))
 }
 
-/// Removes discovered backends that a fresh browse did not replay.
-fn sweep(services: &[Arc<Service>], seen: &HashSet<String>) {
+/// Discovered backends that a fresh browse did not replay, with their
+/// service.
+fn unreplayed(services: &[Arc<Service>], seen: &HashSet<String>) -> Vec<(Arc<Service>, String)> {
+    let mut lacking = Vec::new();
     for svc in services {
         for b in svc.table.snapshot().backends.iter() {
-            if !seen.contains(&b.spec.key) && svc.table.apply(Update::Remove(b.spec.key.clone())) {
-                info!(service = %svc.name, instance = %b.spec.key, "backend left (gone from the mDNS cache)");
+            if !seen.contains(&b.spec.key) {
+                lacking.push((svc.clone(), b.spec.key.clone()));
             }
+        }
+    }
+    lacking
+}
+
+/// Removes discovered backends that a fresh browse did not replay.
+fn sweep(services: &[Arc<Service>], seen: &HashSet<String>) {
+    for (svc, key) in unreplayed(services, seen) {
+        if svc.table.apply(Update::Remove(key.clone())) {
+            info!(service = %svc.name, instance = %key, "backend left (gone from the mDNS cache)");
         }
     }
 }

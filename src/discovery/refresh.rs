@@ -12,7 +12,13 @@
 //! TTLs and cache-flush bits, from port 5353 as responses must be (§11),
 //! over IPv4 where the interface has an IPv4 address, else over IPv6. The
 //! AAAA records ride in the IPv4 packet: mdns-sd caches a record by the
-//! interface it came in on, not by the family that carried it.
+//! interface it came in on, not by the family that carried it. (So a node
+//! whose mDNS is IPv4 alone, `--advertise-addr <its IPv4 address>`, learns
+//! our IPv6 addresses too, which mdns-sd's IPv4 announcements leave out.)
+//!
+//! Only this timed refresh is sent here. New records, changed ones, and
+//! announcements after a conflict probe (which may have renamed them:
+//! mdns-sd knows the names it won) still go through mdns-sd.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -27,6 +33,8 @@ use super::wire::{
 
 /// Most bytes per packet: instances beyond it go in another one.
 const MAX_PACKET: usize = 1400;
+/// A DNS message's header.
+const HEADER: usize = 12;
 
 /// One interface our records are announced on, as mdns-sd selects it.
 #[derive(Debug, Default, PartialEq)]
@@ -40,16 +48,26 @@ pub(super) struct Interface {
 /// The interfaces mdns-sd announces on under `kinds` (the node's
 /// `--interface` and `--advertise-addr` choices, or every interface):
 /// those up and not point-to-point, loopback included, as mdns-sd's own
-/// selection.
+/// selection. An address selects every address of its family on its
+/// interface, as mdns-sd turns it into that interface's index.
 pub(super) fn interfaces(kinds: &[IfKind]) -> Vec<Interface> {
+    let all = if_addrs::get_if_addrs().unwrap_or_default();
+    let by_addr: Vec<(Option<u32>, bool)> = kinds
+        .iter()
+        .filter_map(|k| match k {
+            IfKind::Addr(a) => all.iter().find(|i| i.ip() == *a),
+            _ => None,
+        })
+        .map(|i| (i.index, i.ip().is_ipv4()))
+        .collect();
     let mut by_index: BTreeMap<u32, Interface> = BTreeMap::new();
-    for i in if_addrs::get_if_addrs().unwrap_or_default() {
-        let selected = kinds.iter().any(|k| match k {
-            IfKind::All => true,
-            IfKind::Name(name) => *name == i.name,
-            IfKind::Addr(a) => *a == i.ip(),
-            _ => false,
-        });
+    for i in all {
+        let selected = by_addr.contains(&(i.index, i.ip().is_ipv4()))
+            || kinds.iter().any(|k| match k {
+                IfKind::All => true,
+                IfKind::Name(name) => *name == i.name,
+                _ => false,
+            });
         let Some(index) = i
             .index
             .filter(|_| selected && i.is_oper_up() && !i.is_p2p())
@@ -93,10 +111,10 @@ impl Interface {
     }
 }
 
-/// Sends the refresh of `instances` (all announced under `host`) on every
-/// interface of `intfs`, with `advertise` as the addresses when given (else
-/// each interface's own). Fails if any interface could not be sent on: the
-/// caller then leaves the refresh to mdns-sd.
+/// Sends the refresh of `instances` (all announced under one host name) on
+/// every interface of `intfs`, with `advertise` as the addresses when given
+/// (else each interface's own). Fails if any interface could not be sent
+/// on, or none could: the caller then leaves the refresh to mdns-sd.
 pub(super) fn send(
     instances: &[&ServiceInfo],
     intfs: &[Interface],
@@ -107,6 +125,7 @@ pub(super) fn send(
     } else {
         advertise.to_vec()
     };
+    let mut sent = false;
     for intf in intfs {
         let addrs = intf.on_link(&all);
         if addrs.is_empty() {
@@ -117,9 +136,16 @@ pub(super) fn send(
                 Some((local, _)) => send_v4(*local, &packet)?,
                 None => send_v6(intf.index, &packet)?,
             }
+            sent = true;
         }
     }
-    Ok(())
+    if sent || instances.is_empty() {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "no interface with an address to send it on",
+        ))
+    }
 }
 
 /// Responses holding the records of `instances` and, in each, the address
@@ -141,9 +167,8 @@ fn packets(instances: &[&ServiceInfo], addrs: &[IpAddr]) -> Vec<Vec<u8>> {
     let mut batch = Records::default();
     for info in instances {
         let records = instance_records(info);
-        if batch.count > 0
-            && batch.bytes.len() + records.bytes.len() + host_records.bytes.len() > MAX_PACKET
-        {
+        let len = HEADER + batch.bytes.len() + records.bytes.len() + host_records.bytes.len();
+        if batch.count > 0 && len > MAX_PACKET {
             out.push(batch.packet(&host_records));
             batch = Records::default();
         }
@@ -315,7 +340,7 @@ mod tests {
         let packets = packets(&refs, &addrs);
         assert!(packets.len() > 1);
         for p in &packets {
-            assert!(p.len() <= MAX_PACKET + 64, "{} bytes", p.len());
+            assert!(p.len() <= MAX_PACKET, "{} bytes", p.len());
         }
         let records: u16 = packets.iter().map(|p| answers(p)).sum();
         let instances = records - packets.len() as u16; // one A record each
