@@ -37,7 +37,7 @@ const MAX_PACKET: usize = 1400;
 const HEADER: usize = 12;
 
 /// One interface our records are announced on, as mdns-sd selects it.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub(super) struct Interface {
     index: u32,
     /// Its selected addresses, with their netmasks.
