@@ -124,6 +124,17 @@ async fn metrics_parse_and_count_an_open_connection_live() {
     );
 
     ping(amb.addr).await.unwrap();
+    // The proxy counts a connection gone once both its ends are: after the
+    // client's FIN has reached Redis and Redis's has come back.
+    wait_for(
+        DEADLINE,
+        "the ping's connection to be counted closed",
+        || async {
+            let now = parse_prometheus(&get(admin.addr, "/metrics").await);
+            value(&now, "mesh_amb_active_connections", &svc) == 0.0
+        },
+    )
+    .await;
     // A connection that stays open: its bytes must show before it closes.
     const VALUE: usize = 200 * 1024;
     let mut open = TcpStream::connect(amb.addr).await.unwrap();
