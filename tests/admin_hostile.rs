@@ -495,11 +495,16 @@ fn a_flood_of_fake_instances_leaves_the_admin_endpoint_quick_and_bounded() {
         .iter()
         .filter(|a| a.as_deref() != Some("h1"))
         .count();
+    // The tail shows the flood; what happened to the real instance may be
+    // thousands of lines up.
+    let log = consumer.stderr();
+    let about_real: Vec<&str> = log.lines().filter(|l| l.contains(&real)).collect();
     assert_eq!(
         failed,
         0,
-        "answers {answers:?}; h1's instance is {:?}\n{}",
+        "answers {answers:?}; h1's instance is {:?}; its log lines:\n{}\n{}",
         state_of(&status(h3, admin), &real),
+        about_real.join("\n"),
         consumer.output_tail(40)
     );
 }

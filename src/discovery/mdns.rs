@@ -98,10 +98,13 @@ const DESYNC_SPREAD: Duration = Duration::from_secs(60);
 const REMOVAL_GRACE: Duration = Duration::from_secs(1);
 /// How long after a verification of ours a removal counts as its result.
 const VERIFIED_RECENTLY: Duration = Duration::from_secs(5);
-/// A re-browse after the channel closed replays mdns-sd's cache at once;
-/// this leaves margin for a busy machine before missing instances count as
-/// gone.
-const SWEEP_GRACE: Duration = Duration::from_secs(2);
+/// mdns-sd replays its cache into a new browse between the browse's first
+/// `SearchStarted` event and its second, which comes with the first query
+/// (20-120 ms later, from the same thread, through the same channel). So
+/// the second marks the replay whole, however long a busy machine takes
+/// to deliver it: a sweep at a fixed 2 s once removed a live provider that
+/// a replay of 10,000 flood records had not reached yet.
+const REPLAY_WHOLE_AT_SEARCH: u32 = 2;
 /// How often a consumer with the key drops instances whose newest signature
 /// has expired (a provider killed without goodbye, or one that stopped
 /// re-signing): within seconds of the end of validity.
@@ -682,7 +685,8 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// what the cache holds; and once a flood that made us drop events has
 /// ebbed (at most every `RECOVER_EVERY`). Only after the channel ended or
 /// events were dropped may removals have been lost: then instances that
-/// the cache does not replay within `SWEEP_GRACE` (2 s) are removed.
+/// the cache does not replay are removed, once the replay is whole
+/// (`REPLAY_WHOLE_AT_SEARCH`).
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,
@@ -742,7 +746,8 @@ pub async fn browse(
         // A replay with events dropped is incomplete: no sweep after it
         // (the mesh nodes it lacked are checked instead).
         let dropped_before = stats.events_dropped.load(Ordering::Relaxed);
-        let sweep_at = Instant::now() + SWEEP_GRACE;
+        // `SearchStarted` events of this browse so far.
+        let mut searches = 0;
         let mut ctx = Browsing {
             mdns: &mdns,
             services: &services,
@@ -761,6 +766,28 @@ pub async fn browse(
                         sweep_next = true;
                         tokio::time::sleep(REBROWSE_DELAY).await;
                         continue 'browse;
+                    }
+                    Some(ServiceEvent::SearchStarted(_)) => {
+                        searches += 1;
+                        if searches < REPLAY_WHOLE_AT_SEARCH {
+                            continue;
+                        }
+                        let Some(seen) = replayed.take() else { continue };
+                        if stats.events_dropped.load(Ordering::Relaxed) == dropped_before {
+                            sweep(&services, &seen);
+                        } else {
+                            // Incomplete: what it lacks may be there still, or
+                            // gone with its goodbye lost in the flood, and a
+                            // cache full of a flood's records may never replay
+                            // whole. So the mesh nodes among it are checked, as
+                            // after a failed connect (a few on trial at once).
+                            for (_, key) in unreplayed(&services, &seen) {
+                                if let Some((node, peer)) = ctx.ring.owner(&key) {
+                                    debug!(instance = %key, node, "checking a node the replay lacked");
+                                    trials.suspect(node, peer);
+                                }
+                            }
+                        }
                     }
                     Some(ev) => {
                         if let Some(seen) = &mut replayed {
@@ -785,24 +812,6 @@ pub async fn browse(
                         }
                     }
                     aim.follow(ctx.ring);
-                }
-                _ = tokio::time::sleep_until(sweep_at), if replayed.is_some() => {
-                    let seen = replayed.take().unwrap_or_default();
-                    if stats.events_dropped.load(Ordering::Relaxed) == dropped_before {
-                        sweep(&services, &seen);
-                    } else {
-                        // Incomplete: what it lacks may be there still, or
-                        // gone with its goodbye lost in the flood, and a
-                        // cache full of a flood's records may never replay
-                        // whole. So the mesh nodes among it are checked, as
-                        // after a failed connect (a few on trial at once).
-                        for (_, key) in unreplayed(&services, &seen) {
-                            if let Some((node, peer)) = ctx.ring.owner(&key) {
-                                debug!(instance = %key, node, "checking a node the replay lacked");
-                                trials.suspect(node, peer);
-                            }
-                        }
-                    }
                 }
                 _ = drops_check.tick() => {
                     let dropped = stats.events_dropped.load(Ordering::Relaxed);
@@ -1005,10 +1014,17 @@ fn forward(
             // after a flood holds one for every stale PTR record (they live
             // 75 minutes after the rest of the record has expired), enough
             // to drop events at every replay and so never sweep.
-            if matches!(
-                ev,
-                ServiceEvent::ServiceFound(..) | ServiceEvent::SearchStarted(..)
-            ) {
+            if matches!(ev, ServiceEvent::ServiceFound(..)) {
+                continue;
+            }
+            // The end of a replay (`REPLAY_WHOLE_AT_SEARCH`), the event a
+            // full queue would drop first, waits for room instead: one
+            // event a query, and the browse frees a slot in microseconds,
+            // long before mdns-sd's channel of 1,000 could fill.
+            if matches!(ev, ServiceEvent::SearchStarted(..)) {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
                 continue;
             }
             match tx.try_send(ev) {
