@@ -269,7 +269,8 @@ fn mdns_socket(domain: socket2::Domain) -> io::Result<socket2::Socket> {
     Ok(s)
 }
 
-fn send_v4(local: Ipv4Addr, packet: &[u8]) -> io::Result<()> {
+/// Multicasts `packet` from port 5353 on the interface that has `local`.
+pub(super) fn send_v4(local: Ipv4Addr, packet: &[u8]) -> io::Result<()> {
     let s = mdns_socket(socket2::Domain::IPV4)?;
     s.set_multicast_if_v4(&local)?;
     s.set_multicast_ttl_v4(255)?;
@@ -278,7 +279,9 @@ fn send_v4(local: Ipv4Addr, packet: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn send_v6(index: u32, packet: &[u8]) -> io::Result<()> {
+/// Multicasts `packet` from port 5353 on interface `index` (0: the
+/// system's default for the group).
+pub(super) fn send_v6(index: u32, packet: &[u8]) -> io::Result<()> {
     let s = mdns_socket(socket2::Domain::IPV6)?;
     s.set_multicast_if_v6(index)?;
     s.set_multicast_hops_v6(255)?;

@@ -75,6 +75,7 @@ use tracing::{debug, info, warn};
 
 use super::addr::PeerAddr;
 use super::link::Link;
+use super::refresh;
 use super::wire::{
     put_name, CLASS_IN, MDNS_PORT, MDNS_V4, MDNS_V6, SERVICE_TYPE, TYPE_A, TYPE_PTR,
 };
@@ -739,27 +740,27 @@ enum Probe {
     Silent,
 }
 
-/// A UDP socket bound to `port` (0: any; else shared with the daemon's,
-/// SO_REUSEPORT as mdns-sd's own) that multicasts with TTL 255 on the
-/// interface whose address routes to `peer`.
-fn multicast_socket_v4(peer: Ipv4Addr, port: u16) -> std::io::Result<socket2::Socket> {
+/// Our IPv4 address on the interface that routes to `peer`.
+fn local_towards(peer: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
     let route = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
     route.connect((peer, MDNS_PORT))?;
-    let IpAddr::V4(local) = route.local_addr()?.ip() else {
-        return Err(std::io::Error::other("no IPv4 route to the peer"));
-    };
+    match route.local_addr()?.ip() {
+        IpAddr::V4(local) => Ok(local),
+        IpAddr::V6(_) => Err(std::io::Error::other("no IPv4 route to the peer")),
+    }
+}
+
+/// A UDP socket on any port that multicasts with TTL 255 on the interface
+/// that routes to `peer`.
+fn multicast_socket_v4(peer: Ipv4Addr) -> std::io::Result<socket2::Socket> {
     let s = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
-    if port != 0 {
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
-    }
-    s.set_multicast_if_v4(&local)?;
+    s.set_multicast_if_v4(&local_towards(peer)?)?;
     s.set_multicast_ttl_v4(255)?;
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
     Ok(s)
 }
 
@@ -767,7 +768,7 @@ fn multicast_socket_v4(peer: Ipv4Addr, port: u16) -> std::io::Result<socket2::So
 /// that routes to `peer`.
 fn multicast_querier(peer: IpAddr) -> std::io::Result<UdpSocket> {
     let s = match peer {
-        IpAddr::V4(v4) => std::net::UdpSocket::from(multicast_socket_v4(v4, 0)?),
+        IpAddr::V4(v4) => std::net::UdpSocket::from(multicast_socket_v4(v4)?),
         IpAddr::V6(_) => std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0))?,
     };
     s.set_nonblocking(true)?;
@@ -832,31 +833,16 @@ async fn answered(sock: &UdpSocket, from: SocketAddr, timeout: Duration) -> Prob
 }
 
 /// Multicasts TTL-0 PTR records for the instances of `peer`, from port
-/// 5353 on the interface that reaches it. The socket shares the port with
-/// the daemon's (SO_REUSEPORT, as mdns-sd's own) and lives for one send.
+/// 5353 on the interface that reaches it (as the refresh of our own
+/// records is sent).
 async fn say_goodbye(peer: &Peer) -> std::io::Result<()> {
     let packet = goodbye(&peer.instances);
-    let Some(IpAddr::V4(peer_v4)) = peer.addr else {
-        // IPv6-only peers get their goodbye on the v6 group.
-        return send_goodbye_v6(&packet);
-    };
-    let s = multicast_socket_v4(peer_v4, MDNS_PORT)?;
-    s.send_to(&packet, &SocketAddr::from((MDNS_V4, MDNS_PORT)).into())?;
-    Ok(())
-}
-
-fn send_goodbye_v6(packet: &[u8]) -> std::io::Result<()> {
-    let s = socket2::Socket::new(
-        socket2::Domain::IPV6,
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.set_multicast_hops_v6(255)?;
-    s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, MDNS_PORT)).into())?;
-    s.send_to(packet, &SocketAddr::from((MDNS_V6, MDNS_PORT)).into())?;
-    Ok(())
+    match peer.addr {
+        Some(IpAddr::V4(peer_v4)) => refresh::send_v4(local_towards(peer_v4)?, &packet),
+        // IPv6-only peers get their goodbye on the v6 group, on the
+        // system's default interface for it.
+        _ => refresh::send_v6(0, &packet),
+    }
 }
 
 fn unspecified(like: IpAddr) -> SocketAddr {
