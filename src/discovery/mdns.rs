@@ -100,11 +100,15 @@ const REMOVAL_GRACE: Duration = Duration::from_secs(1);
 const VERIFIED_RECENTLY: Duration = Duration::from_secs(5);
 /// mdns-sd replays its cache into a new browse between the browse's first
 /// `SearchStarted` event and its second, which comes with the first query
-/// (20-120 ms later, from the same thread, through the same channel). So
+/// (10-50 ms later, from the same thread, through the same channel). So
 /// the second marks the replay whole, however long a busy machine takes
-/// to deliver it: a sweep at a fixed 2 s once removed a live provider that
-/// a replay of 10,000 flood records had not reached yet.
+/// to deliver it: a sweep at a fixed 2 s after the restart once removed a
+/// live provider that a replay of 10,000 flood records had not reached.
 const REPLAY_WHOLE_AT_SEARCH: u32 = 2;
+/// How long after the replay the sweep waits: an instance whose cached
+/// records no longer resolve (an address record that lapsed) is not
+/// replayed, and comes back with the answers to that first query.
+const SWEEP_AFTER_REPLAY: Duration = Duration::from_secs(2);
 /// How often a consumer with the key drops instances whose newest signature
 /// has expired (a provider killed without goodbye, or one that stopped
 /// re-signing): within seconds of the end of validity.
@@ -685,8 +689,8 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// what the cache holds; and once a flood that made us drop events has
 /// ebbed (at most every `RECOVER_EVERY`). Only after the channel ended or
 /// events were dropped may removals have been lost: then instances that
-/// the cache does not replay are removed, once the replay is whole
-/// (`REPLAY_WHOLE_AT_SEARCH`).
+/// neither the cache's replay nor the answers to the browse's first query
+/// bring back are removed (`REPLAY_WHOLE_AT_SEARCH`, `SWEEP_AFTER_REPLAY`).
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,
@@ -746,8 +750,10 @@ pub async fn browse(
         // A replay with events dropped is incomplete: no sweep after it
         // (the mesh nodes it lacked are checked instead).
         let dropped_before = stats.events_dropped.load(Ordering::Relaxed);
-        // `SearchStarted` events of this browse so far.
+        // `SearchStarted` events of this browse so far, and when the
+        // sweep is due once the replay has ended.
         let mut searches = 0;
+        let mut sweep_at: Option<Instant> = None;
         let mut ctx = Browsing {
             mdns: &mdns,
             services: &services,
@@ -769,24 +775,8 @@ pub async fn browse(
                     }
                     Some(ServiceEvent::SearchStarted(_)) => {
                         searches += 1;
-                        if searches < REPLAY_WHOLE_AT_SEARCH {
-                            continue;
-                        }
-                        let Some(seen) = replayed.take() else { continue };
-                        if stats.events_dropped.load(Ordering::Relaxed) == dropped_before {
-                            sweep(&services, &seen);
-                        } else {
-                            // Incomplete: what it lacks may be there still, or
-                            // gone with its goodbye lost in the flood, and a
-                            // cache full of a flood's records may never replay
-                            // whole. So the mesh nodes among it are checked, as
-                            // after a failed connect (a few on trial at once).
-                            for (_, key) in unreplayed(&services, &seen) {
-                                if let Some((node, peer)) = ctx.ring.owner(&key) {
-                                    debug!(instance = %key, node, "checking a node the replay lacked");
-                                    trials.suspect(node, peer);
-                                }
-                            }
+                        if searches == REPLAY_WHOLE_AT_SEARCH && replayed.is_some() {
+                            sweep_at = Some(Instant::now() + SWEEP_AFTER_REPLAY);
                         }
                     }
                     Some(ev) => {
@@ -812,6 +802,25 @@ pub async fn browse(
                         }
                     }
                     aim.follow(ctx.ring);
+                }
+                _ = sleep_until_some(sweep_at) => {
+                    sweep_at = None;
+                    let seen = replayed.take().unwrap_or_default();
+                    if stats.events_dropped.load(Ordering::Relaxed) == dropped_before {
+                        sweep(&services, &seen);
+                    } else {
+                        // Incomplete: what it lacks may be there still, or
+                        // gone with its goodbye lost in the flood, and a
+                        // cache full of a flood's records may never replay
+                        // whole. So the mesh nodes among it are checked, as
+                        // after a failed connect (a few on trial at once).
+                        for (_, key) in unreplayed(&services, &seen) {
+                            if let Some((node, peer)) = ctx.ring.owner(&key) {
+                                debug!(instance = %key, node, "checking a node the replay lacked");
+                                trials.suspect(node, peer);
+                            }
+                        }
+                    }
                 }
                 _ = drops_check.tick() => {
                     let dropped = stats.events_dropped.load(Ordering::Relaxed);
@@ -842,16 +851,22 @@ pub async fn browse(
                 _ = sleep_until_some(desync_at) => {
                     debug!("restarting the browse once, to fall out of step with nodes started together");
                     desync_at = None;
+                    // A sweep still due is the new browse's to make.
+                    sweep_next |= replayed.is_some();
                     ctx.drain(&mut events);
                     continue 'browse;
                 }
                 _ = sleep_until_some(next_rebrowse) => {
                     debug!("restarting the browse to find an instance again");
+                    // A sweep still due is the new browse's to make.
+                    sweep_next |= replayed.is_some();
                     ctx.drain(&mut events);
                     continue 'browse;
                 }
                 Ok(()) = consumed.changed() => {
                     debug!("the consumed services changed; restarting the browse");
+                    // A sweep still due is the new browse's to make.
+                    sweep_next |= replayed.is_some();
                     ctx.drain(&mut events);
                     continue 'browse;
                 }
