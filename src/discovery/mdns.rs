@@ -718,6 +718,7 @@ pub async fn browse(
     let mut desync_at =
         Some(Instant::now() + DESYNC_AFTER + DESYNC_SPREAD.mul_f64(fastrand::f64()));
     let mut sweep_next = false;
+    let mut replayed: Option<HashSet<String>> = None;
     let mut drops_check = tokio::time::interval(DROPS_CHECK);
     drops_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The drop count last looked at, whether drops since the last recovery
@@ -744,9 +745,9 @@ pub async fn browse(
             }
         };
         let mut next_rebrowse: Option<Instant> = None;
-        // Instances replayed since this browse started, until the sweep.
-        let mut replayed: Option<HashSet<String>> =
-            std::mem::take(&mut sweep_next).then(HashSet::new);
+        // Instances replayed since this browse started, until the sweep; a
+        // sweep still due when a browse restarts is the new browse's.
+        replayed = (std::mem::take(&mut sweep_next) || replayed.is_some()).then(HashSet::new);
         // A replay with events dropped is incomplete: no sweep after it
         // (the mesh nodes it lacked are checked instead).
         let dropped_before = stats.events_dropped.load(Ordering::Relaxed);
@@ -851,22 +852,16 @@ pub async fn browse(
                 _ = sleep_until_some(desync_at) => {
                     debug!("restarting the browse once, to fall out of step with nodes started together");
                     desync_at = None;
-                    // A sweep still due is the new browse's to make.
-                    sweep_next |= replayed.is_some();
                     ctx.drain(&mut events);
                     continue 'browse;
                 }
                 _ = sleep_until_some(next_rebrowse) => {
                     debug!("restarting the browse to find an instance again");
-                    // A sweep still due is the new browse's to make.
-                    sweep_next |= replayed.is_some();
                     ctx.drain(&mut events);
                     continue 'browse;
                 }
                 Ok(()) = consumed.changed() => {
                     debug!("the consumed services changed; restarting the browse");
-                    // A sweep still due is the new browse's to make.
-                    sweep_next |= replayed.is_some();
                     ctx.drain(&mut events);
                     continue 'browse;
                 }
