@@ -37,6 +37,25 @@ fn a_consumer_finds_a_provider_on_another_host() {
     drop(provider);
 }
 
+/// A node started before its network came up (a service that starts
+/// before DHCP or Wi-Fi has, a cable plugged in later) joins the mesh
+/// once it is up: mdns-sd's interface check, which the node runs only
+/// when the interfaces change (src/discovery/ifaces.rs), takes the new
+/// interface in.
+#[test]
+fn a_provider_started_before_its_link_came_up_is_found_once_it_is_up() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _redis = redis(h1, 12345);
+    h1.run_ok("ip", ["link", "set", "eth0", "down"]);
+    let provider = amb(h1, &["--provide", "redis:12345"]);
+    wait_log(&provider, "local service answers: advertising");
+    let _consumer = amb(h2, &["--consume", "redis:6379"]);
+    h1.run_ok("ip", ["link", "set", "eth0", "up"]);
+    let took = wait_routed_to(h2, 6379, "h1");
+    eprintln!("routed to the provider {took:?} after its link came up");
+}
+
 /// What one request of a client loop saw.
 #[derive(Clone)]
 struct Sample {

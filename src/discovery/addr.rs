@@ -28,10 +28,9 @@ pub struct LocalAddr {
     pub prefix_len: u8,
 }
 
-/// Our own interface addresses, read from the OS.
+/// Our own interface addresses (as last read, when they cannot be read).
 pub fn local_addrs() -> Vec<LocalAddr> {
-    if_addrs::get_if_addrs()
-        .unwrap_or_default()
+    super::ifaces::current()
         .into_iter()
         .map(|i| match i.addr {
             if_addrs::IfAddr::V4(a) => LocalAddr {

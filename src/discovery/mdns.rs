@@ -284,6 +284,15 @@ impl Mdns {
         })
     }
 
+    /// Runs until `stop`: mdns-sd's interface check, which a failure to
+    /// read the interfaces must not reach ([`super::ifaces`]).
+    pub fn drive_interface_check(
+        &self,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        super::ifaces::drive_mdns_check(self.daemon.clone(), stop)
+    }
+
     /// The ring link listener, for [`super::link::serve`]; `None` after
     /// the first call or when it could not be bound.
     pub fn take_link(&self) -> Option<std::net::TcpListener> {
@@ -391,8 +400,7 @@ impl Mdns {
     /// ones, or all of the host's. Sorted, to compare.
     fn signable_addrs(&self) -> Vec<IpAddr> {
         let mut addrs: Vec<IpAddr> = if self.advertise.is_empty() {
-            if_addrs::get_if_addrs()
-                .unwrap_or_default()
+            super::ifaces::current()
                 .into_iter()
                 .filter(|i| self.iface_names.is_empty() || self.iface_names.contains(&i.name))
                 .map(|i| i.ip())

@@ -3,6 +3,8 @@
 //!
 //! - [`wire`]: the contract with other nodes (names, TXT schema).
 //! - [`addr`]: which of a peer's addresses to dial.
+//! - [`ifaces`]: the host's interfaces as last read, and mdns-sd's
+//!   interface check, run only when they change.
 //! - [`mdns`]: the mdns-sd daemon of this node: one per process, one browse
 //!   of `_amb._tcp`, fanned out to every consumed service's table.
 //! - [`provider`]: advertises a local service while its health check passes,
@@ -18,6 +20,7 @@
 //!   (`mesh-amb ls`).
 
 pub mod addr;
+pub mod ifaces;
 pub mod link;
 pub mod listing;
 pub mod mdns;

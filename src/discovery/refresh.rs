@@ -51,7 +51,7 @@ pub(super) struct Interface {
 /// selection. An address selects every address of its family on its
 /// interface, as mdns-sd turns it into that interface's index.
 pub(super) fn interfaces(kinds: &[IfKind]) -> Vec<Interface> {
-    let all = if_addrs::get_if_addrs().unwrap_or_default();
+    let all = super::ifaces::current();
     let by_addr: Vec<(Option<u32>, bool)> = kinds
         .iter()
         .filter_map(|k| match k {
