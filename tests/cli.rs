@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -645,6 +646,61 @@ async fn flags_beat_the_environment_which_beats_the_file() {
             "{args:?} {env:?}: {stderr}"
         );
     }
+}
+
+/// The connection limit a node with a static consume settles on under
+/// `ulimit -n 256`, read from its warning, with `extra` arguments.
+fn limit_under_256_descriptors(extra: &[&str]) -> usize {
+    let consume = format!("redis:{}=127.0.0.1:1", free_port());
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=256:256", BIN, "--consume", &consume])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn prlimit (util-linux) and mesh-amb");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    let limit = loop {
+        let Ok(line) = rx.recv_timeout(DEADLINE) else {
+            break None;
+        };
+        if let Some((_, v)) = line.split_once("max_connections=") {
+            break v.split_whitespace().next().and_then(|n| n.parse().ok());
+        }
+        seen.push_str(&line);
+        seen.push('\n');
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    limit.unwrap_or_else(|| panic!("no lowered connection limit in the log:\n{seen}"))
+}
+
+#[test]
+fn with_a_cluster_key_the_connection_limit_leaves_descriptors_for_the_terminators() {
+    let dir = TempDir::new();
+    let key = dir.path("cluster.key");
+    let keygen = run(&["keygen", key.to_str().unwrap()], &[]);
+    assert!(keygen.status.success(), "{keygen:?}");
+    let plain = limit_under_256_descriptors(&[]);
+    let keyed = limit_under_256_descriptors(&["--cluster-key", key.to_str().unwrap()]);
+    // Each connection holds two descriptors, and the terminators' limit is
+    // as large as the consumes': the two fill the same budget.
+    assert!(
+        plain * 2 <= 256,
+        "{plain} connections cannot fit 256 descriptors"
+    );
+    assert!(
+        keyed * 2 <= plain + 1,
+        "two limits of {keyed} do not fit where one of {plain} does"
+    );
 }
 
 /// The listen backlog the kernel shows for a listening port (`ss`'s Send-Q).

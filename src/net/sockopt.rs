@@ -159,10 +159,11 @@ fn nr_open() -> u64 {
         .unwrap_or(1 << 20)
 }
 
-/// The connection limit that fits `fd_limit`: two descriptors per connection
-/// plus `margin`, never below one. Pure, for tests; see [`fit_connections`].
-pub fn clamp_max_connections(requested: usize, fd_limit: u64, margin: u64) -> usize {
-    let fits = fd_limit.saturating_sub(margin) / FDS_PER_CONNECTION;
+/// The connection limit that fits `fd_limit` for each of `pools` pools
+/// that may all be full at once: two descriptors per connection plus
+/// `margin`, never below one. Pure, for tests; see [`fit_connections`].
+pub fn clamp_max_connections(requested: usize, fd_limit: u64, margin: u64, pools: u64) -> usize {
+    let fits = fd_limit.saturating_sub(margin) / (FDS_PER_CONNECTION * pools.max(1));
     let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
     requested.min(fits)
 }
@@ -170,19 +171,30 @@ pub fn clamp_max_connections(requested: usize, fd_limit: u64, margin: u64) -> us
 /// [`clamp_max_connections`] for this process's descriptor limit, with one
 /// log line when the limit had to be lowered: past it, accept would fail with
 /// EMFILE while clients think they are queued. `held` are descriptors the
-/// process keeps besides [`FD_MARGIN`]'s (its connection runtimes').
-pub fn fit_connections(requested: usize, held: u64) -> usize {
+/// process keeps besides [`FD_MARGIN`]'s (its connection runtimes');
+/// `pools` are the connection limits of that size (the consume listeners',
+/// and the TLS terminators' when there are any), which may fill at once.
+pub fn fit_connections(requested: usize, held: u64, pools: u64) -> usize {
     let limit = fd_limit();
-    let fits = clamp_max_connections(requested, limit, FD_MARGIN + held);
-    if fits < requested {
-        warn!(
+    let fits = clamp_max_connections(requested, limit, FD_MARGIN + held, pools);
+    let margin = FD_MARGIN + held;
+    match pools {
+        _ if fits >= requested => {}
+        0 | 1 => warn!(
             requested,
             max_connections = fits,
             fd_limit = limit,
             "lowered the connection limit to fit the file descriptor limit \
-             (two per connection plus {}); raise `ulimit -n` to allow more",
-            FD_MARGIN + held
-        );
+             (two per connection plus {margin}); raise `ulimit -n` to allow more"
+        ),
+        _ => warn!(
+            requested,
+            max_connections = fits,
+            fd_limit = limit,
+            "lowered the connection limits to fit the file descriptor limit \
+             (two per connection plus {margin}; the consume listeners' limit and the \
+             TLS terminators' are each this size); raise `ulimit -n` to allow more"
+        ),
     }
     fits
 }
@@ -193,20 +205,25 @@ mod tests {
 
     #[test]
     fn clamp_fits_two_fds_per_connection_plus_the_margin() {
-        for (requested, limit, margin, want) in [
-            (10_000, 1_048_576, 100, 10_000), // plenty of descriptors
-            (10_000, 1024, 100, 462),         // a default soft limit
-            (10_000, 20_100, 100, 10_000),    // exactly fits
-            (10_000, 20_099, 100, 9_999),     // one descriptor short
-            (5, 1024, 100, 5),                // a small limit is kept
-            (10_000, 50, 100, 1),             // never zero
-            (10_000, 101, 100, 1),
-            (10_000, u64::MAX, 100, 10_000), // unlimited
+        for (requested, limit, margin, pools, want) in [
+            (10_000, 1_048_576, 100, 1, 10_000), // plenty of descriptors
+            (10_000, 1_048_576, 100, 2, 10_000),
+            (10_000, 1024, 100, 1, 462),      // a default soft limit
+            (10_000, 1024, 100, 2, 231),      // shared by two pools
+            (10_000, 20_100, 100, 1, 10_000), // exactly fits
+            (10_000, 20_099, 100, 1, 9_999),  // one descriptor short
+            (10_000, 40_100, 100, 2, 10_000), // exactly fits twice
+            (10_000, 40_099, 100, 2, 9_999),
+            (5, 1024, 100, 2, 5),    // a small limit is kept
+            (10_000, 50, 100, 1, 1), // never zero
+            (10_000, 101, 100, 2, 1),
+            (10_000, u64::MAX, 100, 2, 10_000), // unlimited
+            (10_000, 1024, 100, 0, 462),        // no pool counts as one
         ] {
             assert_eq!(
-                clamp_max_connections(requested, limit, margin),
+                clamp_max_connections(requested, limit, margin, pools),
                 want,
-                "requested {requested}, fd limit {limit}, margin {margin}"
+                "requested {requested}, fd limit {limit}, margin {margin}, pools {pools}"
             );
         }
     }

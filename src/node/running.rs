@@ -129,8 +129,11 @@ impl Running {
         let (suspects, suspects_rx) = Suspects::channel(mdns::VERIFY_TIMEOUT * 2);
         let shards = Arc::new(Shards::per_core(sockopt::fd_limit())?);
         let mut settings = config.proxy.clone();
+        // The TLS terminators' connections have a limit of their own
+        // (`mesh`), as large: both may be full at once.
+        let pools = if tls.is_some() { 2 } else { 1 };
         settings.max_connections =
-            sockopt::fit_connections(settings.max_connections, shards.descriptors());
+            sockopt::fit_connections(settings.max_connections, shards.descriptors(), pools);
         let local = Shared::new(
             settings.clone(),
             shutdown.immediate.clone(),
