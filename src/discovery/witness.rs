@@ -379,8 +379,17 @@ async fn watch_one(
     size: &watch::Receiver<usize>,
     dead: &mpsc::Sender<(String, Peer)>,
 ) {
-    let (Some(addr), Some(prober)) = (peer.addr, Prober::open(peer).await) else {
+    let Some(addr) = peer.addr else {
         return std::future::pending().await;
+    };
+    // A socket cannot be had when the process is out of descriptors (a
+    // flood of clients): try again a period later rather than never
+    // watch this node.
+    let prober = loop {
+        match Prober::open(peer).await {
+            Some(prober) => break prober,
+            None => tokio::time::sleep(period(PROBE_EVERY)).await,
+        }
     };
     tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
     let link_to = peer.link.map(|port| SocketAddr::new(addr, port));
