@@ -175,26 +175,28 @@ pub fn clamp_max_connections(requested: usize, fd_limit: u64, margin: u64, pools
 /// `pools` are the connection limits of that size (the consume listeners',
 /// and the TLS terminators' when there are any), which may fill at once.
 pub fn fit_connections(requested: usize, held: u64, pools: u64) -> usize {
-    let limit = fd_limit();
-    let fits = clamp_max_connections(requested, limit, FD_MARGIN + held, pools);
-    let margin = FD_MARGIN + held;
-    match pools {
-        _ if fits >= requested => {}
-        0 | 1 => warn!(
-            requested,
-            max_connections = fits,
-            fd_limit = limit,
-            "lowered the connection limit to fit the file descriptor limit \
-             (two per connection plus {margin}); raise `ulimit -n` to allow more"
-        ),
-        _ => warn!(
+    let (limit, margin) = (fd_limit(), FD_MARGIN + held);
+    let fits = clamp_max_connections(requested, limit, margin, pools);
+    if fits >= requested {
+        return fits;
+    }
+    if pools > 1 {
+        warn!(
             requested,
             max_connections = fits,
             fd_limit = limit,
             "lowered the connection limits to fit the file descriptor limit \
              (two per connection plus {margin}; the consume listeners' limit and the \
              TLS terminators' are each this size); raise `ulimit -n` to allow more"
-        ),
+        );
+    } else {
+        warn!(
+            requested,
+            max_connections = fits,
+            fd_limit = limit,
+            "lowered the connection limit to fit the file descriptor limit \
+             (two per connection plus {margin}); raise `ulimit -n` to allow more"
+        );
     }
     fits
 }
