@@ -39,8 +39,7 @@ fn a_consumer_finds_a_provider_on_another_host() {
 
 /// A node started before its network came up (a service that starts
 /// before DHCP or Wi-Fi has, a cable plugged in later) joins the mesh
-/// once it is up: mdns-sd's interface check, which the node runs only
-/// when the interfaces change (src/discovery/ifaces.rs), takes the new
+/// once it is up: mdns-sd's interface check (every 5 s) takes the new
 /// interface in.
 #[test]
 fn a_provider_started_before_its_link_came_up_is_found_once_it_is_up() {

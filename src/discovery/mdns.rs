@@ -284,15 +284,6 @@ impl Mdns {
         })
     }
 
-    /// Runs until `stop`: mdns-sd's interface check, which a failure to
-    /// read the interfaces must not reach ([`super::ifaces`]).
-    pub fn drive_interface_check(
-        &self,
-        stop: CancellationToken,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        super::ifaces::drive_mdns_check(self.daemon.clone(), stop)
-    }
-
     /// The ring link listener, for [`super::link::serve`]; `None` after
     /// the first call or when it could not be bound.
     pub fn take_link(&self) -> Option<std::net::TcpListener> {
