@@ -358,6 +358,12 @@ fn a_provider_host_cut_off_the_network_costs_no_client_request() {
 #[test]
 fn backend_checks_notice_a_crash_without_any_client() {
     let mut api = ApiLab::start_with(&[], &["--backend-check", "500ms"]);
+    // In service first: a backend that dies before its first probe is
+    // kept behind the others and never checked as a live one.
+    wait_log(
+        &api.consumer,
+        "new backend answered its probe service=api instance=api@h1._amb._tcp.local.",
+    );
     api.redis[0].kill();
     api.providers[0].kill();
     let gone = wait_log(
