@@ -23,7 +23,7 @@ use super::stats::DiscoveryStats;
 use crate::backends::table::{Backend, Health, Origin};
 use crate::backends::Service;
 use crate::net::checks::reach;
-use crate::net::dial::DialError;
+use crate::net::dial::{Concurrent, DialError};
 use crate::security::Tls;
 
 /// How often the table is scanned for backends to probe: a new provider
@@ -32,52 +32,61 @@ use crate::security::Tls;
 pub const PROBE_SCAN: Duration = Duration::from_millis(100);
 /// Probes in flight at once per service. Each is a socket for up to
 /// `--connect-timeout`: 10,000 records that drop SYNs cost at most this
-/// many descriptors, and are worked through at 32 per second (refusals,
-/// the usual case on a LAN, at thousands per second).
+/// many descriptors, and are worked through at 32 per connect timeout;
+/// refusals, the usual case on a LAN, free their slot at once and the
+/// next probe starts then, not at the next scan: thousands per second.
+/// (Started only at each scan, a flood of 10,000 refusing records was
+/// worked through at 320 a second, and a real provider that joined
+/// behind them waited seconds for its probe, its clients meanwhile sent
+/// to the records.)
 pub const PROBES_AT_ONCE: usize = 32;
 
-/// Probes `svc`'s backends on probation until `stop`.
+/// Probes `svc`'s backends on probation until `stop`, looking for new
+/// ones every `scan` ([`PROBE_SCAN`]) and whenever a probe ends.
 pub async fn run(
     svc: Arc<Service>,
+    scan: Duration,
     timeout: Duration,
     tls: Option<Arc<Tls>>,
     stats: Arc<DiscoveryStats>,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(PROBE_SCAN);
+    let mut ticker = tokio::time::interval(scan);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut probing: HashSet<String> = HashSet::new();
-    let mut probes = crate::net::dial::Concurrent::new();
+    let mut probes: Concurrent<(std::io::Result<bool>, Arc<Backend>)> = Concurrent::new();
+    // Set when a probe could not be started for want of a descriptor:
+    // the next one waits for the scan, so a process out of descriptors
+    // does not retry in a loop.
+    let mut starved = false;
     loop {
-        let done = tokio::select! {
+        tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticker.tick() => None,
-            Some(done) = probes.next(), if !probes.is_empty() => Some(done),
-        };
-        match done {
-            None => {
-                let snap = svc.table.snapshot();
-                for b in snap.backends.iter().filter(|b| due(&svc, b)) {
-                    if probes.len() >= PROBES_AT_ONCE {
-                        break;
-                    }
-                    if probing.insert(b.spec.key.clone()) {
-                        let b = b.clone();
-                        let tls = tls.clone();
-                        probes.push(async move {
-                            let reached = match reach(&b, timeout, tls.as_deref()).await {
-                                Ok(()) => Ok(true),
-                                Err(DialError::Backend(_)) => Ok(false),
-                                Err(DialError::Local(e)) => Err(e),
-                            };
-                            (reached, b)
-                        });
-                    }
+            _ = ticker.tick() => starved = false,
+            Some((result, b)) = probes.next(), if !probes.is_empty() => {
+                probing.remove(&b.spec.key);
+                starved |= settle(&svc, &stats, &b, result);
+                if starved {
+                    continue;
                 }
             }
-            Some((result, b)) => {
-                probing.remove(&b.spec.key);
-                settle(&svc, &stats, &b, result);
+        }
+        let snap = svc.table.snapshot();
+        for b in snap.backends.iter().filter(|b| due(&svc, b)) {
+            if probes.len() >= PROBES_AT_ONCE {
+                break;
+            }
+            if probing.insert(b.spec.key.clone()) {
+                let b = b.clone();
+                let tls = tls.clone();
+                probes.push(async move {
+                    let reached = match reach(&b, timeout, tls.as_deref()).await {
+                        Ok(()) => Ok(true),
+                        Err(DialError::Backend(_)) => Ok(false),
+                        Err(DialError::Local(e)) => Err(e),
+                    };
+                    (reached, b)
+                });
             }
         }
     }
@@ -88,19 +97,27 @@ fn due(svc: &Service, b: &Backend) -> bool {
     !svc.table.is_proven(&b.stats) && svc.table.health(&b.stats) == Health::Healthy
 }
 
-fn settle(svc: &Service, stats: &DiscoveryStats, b: &Backend, result: std::io::Result<bool>) {
+/// Records a probe's outcome; whether it could not be made at all (out of
+/// descriptors).
+fn settle(
+    svc: &Service,
+    stats: &DiscoveryStats,
+    b: &Backend,
+    result: std::io::Result<bool>,
+) -> bool {
     match result {
         Ok(true) => {
             stats.probes_passed.fetch_add(1, Ordering::Relaxed);
             svc.table.report_success(&b.stats);
             debug!(service = %svc.name, instance = %b.spec.key, backend = %b.spec.target,
                 "new backend answered its probe");
+            false
         }
         Ok(false) => {
             // A client may have proven it meanwhile: then the probe's
             // failure is an ordinary one, not a probation's.
             if svc.table.is_proven(&b.stats) || stale(svc, b) {
-                return;
+                return false;
             }
             svc.table
                 .report_failure(&b.stats, &"never answered its probe");
@@ -117,11 +134,15 @@ fn settle(svc: &Service, stats: &DiscoveryStats, b: &Backend, result: std::io::R
                 &b.spec.key,
                 "never answered its probe: kept behind proven backends",
             );
+            false
         }
         // Out of descriptors: says nothing about the backend; the next
         // scan probes it again.
-        Err(e) => debug!(service = %svc.name, backend = %b.spec.target, error = %e,
-            "cannot probe a new backend"),
+        Err(e) => {
+            debug!(service = %svc.name, backend = %b.spec.target, error = %e,
+                "cannot probe a new backend");
+            true
+        }
     }
 }
 
@@ -129,7 +150,7 @@ fn settle(svc: &Service, stats: &DiscoveryStats, b: &Backend, result: std::io::R
 /// probe did: a peer's first record often resolves with one address (a
 /// link-local IPv6 one its service may not listen on) and the rest follow
 /// within milliseconds; a failure of the old target says nothing of the
-/// new one, which the next scan probes. Suspecting it would ask mDNS to
+/// new one, which is probed next. Suspecting it would ask mDNS to
 /// verify a live instance: at 64 hosts starting together, thousands of
 /// such verifications removed live instances.
 fn stale(svc: &Service, b: &Backend) -> bool {
@@ -139,4 +160,74 @@ fn stale(svc: &Service, b: &Backend) -> bool {
         .iter()
         .find(|x| x.spec.key == b.spec.key)
         .is_some_and(|now| now.spec.target != b.spec.target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::balance::{Balancer, Policy};
+    use crate::backends::service::Source;
+    use crate::backends::table::{BackendSpec, Table, Target, Update};
+
+    /// A flood of records nobody listens for does not hold up the probe of
+    /// a real provider listed after them: each refusal frees its slot for
+    /// the next probe at once, without waiting for a scan.
+    #[tokio::test]
+    async fn refusals_make_way_for_the_next_probe_at_once() {
+        let refused = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let table = Arc::new(Table::with_probation(Duration::from_secs(60)));
+        let records = 10 * PROBES_AT_ONCE;
+        let targets = (0..records)
+            .map(|i| (format!("dead{i}"), refused))
+            .chain([("up".to_string(), up.local_addr().unwrap())]);
+        for (key, addr) in targets {
+            table.apply(Update::Upsert(BackendSpec {
+                key,
+                target: Target::Addrs(vec![addr]),
+                weight: 1,
+                draining: false,
+                tls: false,
+                origin: Origin::Static,
+            }));
+        }
+        let svc = Arc::new(Service {
+            name: "redis".into(),
+            table: table.clone(),
+            balancer: Balancer::new(Policy::P2c),
+            source: Source::Static,
+            credentials: None,
+            counters: Default::default(),
+        });
+        let stop = CancellationToken::new();
+        // One scan, at the start: whatever is probed after the first
+        // `PROBES_AT_ONCE` is started by the probes' own ends.
+        let probation = tokio::spawn(run(
+            svc,
+            Duration::from_secs(3600),
+            Duration::from_secs(5),
+            None,
+            Arc::new(DiscoveryStats::default()),
+            stop.clone(),
+        ));
+        let snap = table.snapshot();
+        let end = tokio::time::Instant::now() + Duration::from_secs(15);
+        while !table.is_proven(&snap.backends[records].stats) {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "the provider behind {records} refusing records was never probed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ejected = snap.backends[..records]
+            .iter()
+            .filter(|b| matches!(table.health(&b.stats), Health::Ejected { .. }))
+            .count();
+        assert_eq!(ejected, records, "every record that refused is kept behind");
+        stop.cancel();
+        probation.await.unwrap();
+    }
 }

@@ -514,6 +514,7 @@ impl Running {
         let timeout = self.config.proxy.connect_timeout;
         self.side_tasks.spawn(probation::run(
             svc.clone(),
+            probation::PROBE_SCAN,
             timeout,
             self.tls.clone(),
             self.discovery_stats.clone(),
