@@ -3,9 +3,7 @@
 # they do not compete for the CPU), printing each scenario's `faults:` line:
 #   bench/faults.sh [SOAK_SECS]
 # SOAK_SECS (default 600) is the graceful soak's length; the FAULTS_*
-# variables below may be set to override the other lengths. Then the
-# scenario that is known to fail (descriptor limit lowered at run time:
-# mdns-sd drops its interfaces, see tests/faults.rs) runs and reports.
+# variables below may be set to override the other lengths.
 # Needs root (network namespaces), like the tests. The whole output goes to
 # $FAULTS_LOG (default target/faults-bench.log).
 set -euo pipefail
@@ -30,9 +28,4 @@ summaries() {
 cargo test -q --test faults --no-run 2>&1 | tee -a "$log" >/dev/null
 echo "faults: soak ${FAULTS_SOAK_SECS} s, crash soak ${FAULTS_CRASH_SOAK_SECS} s, loss ${FAULTS_LOSS_SECS} s," \
   "partition ${FAULTS_PARTITION_SECS} s, flood ${FAULTS_FLOOD_SECS} s; log in $log"
-status=0
-cargo test --test faults -- --nocapture --test-threads=1 2>&1 | summaries || status=1
-if ! cargo test --test faults -- --ignored --nocapture 2>&1 | summaries; then
-  echo "faults: the ignored scenario still fails (known, see tests/faults.rs)"
-fi
-exit "$status"
+cargo test --test faults -- --nocapture --test-threads=1 2>&1 | summaries

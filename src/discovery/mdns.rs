@@ -284,6 +284,15 @@ impl Mdns {
         })
     }
 
+    /// Runs until `stop`: pauses mdns-sd's interface check while the
+    /// process is out of descriptors ([`super::ifaces`]).
+    pub fn pause_interface_check_when_short(
+        &self,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        super::ifaces::pause_mdns_check_when_short(self.daemon.clone(), stop)
+    }
+
     /// The ring link listener, for [`super::link::serve`]; `None` after
     /// the first call or when it could not be bound.
     pub fn take_link(&self) -> Option<std::net::TcpListener> {

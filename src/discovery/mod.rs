@@ -3,7 +3,8 @@
 //!
 //! - [`wire`]: the contract with other nodes (names, TXT schema).
 //! - [`addr`]: which of a peer's addresses to dial.
-//! - [`ifaces`]: the host's interfaces as last read.
+//! - [`ifaces`]: the host's interfaces as last read, and mdns-sd's
+//!   interface check, paused while the process is out of descriptors.
 //! - [`mdns`]: the mdns-sd daemon of this node: one per process, one browse
 //!   of `_amb._tcp`, fanned out to every consumed service's table.
 //! - [`provider`]: advertises a local service while its health check passes,

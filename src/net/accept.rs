@@ -200,6 +200,7 @@ async fn accept_loop<H: Handler>(
             // The client gave up between SYN and accept: nothing to wait for.
             Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
             Err(e) => {
+                super::shortage::note(&e);
                 match ACCEPT_ERRORS.admit() {
                     Some(0) => warn!(service = %handler.name(), error = %e,
                         retry_in = ?backoff, "accept failed"),

@@ -57,6 +57,7 @@ impl DialError {
 
 impl From<io::Error> for DialError {
     fn from(e: io::Error) -> DialError {
+        super::shortage::note(&e);
         if is_local(&e) {
             DialError::Local(e)
         } else {
@@ -197,6 +198,7 @@ struct Failures {
 
 impl Failures {
     fn add(&mut self, e: io::Error) {
+        super::shortage::note(&e);
         if is_local(&e) {
             self.local.get_or_insert(e);
         } else {

@@ -3,8 +3,9 @@
 //! backend ([`dial`]), copying without holding buffers while idle
 //! ([`copy`]), socket options and limits ([`sockopt`]), active checks
 //! ([`checks`]); a provider's TLS terminator ([`terminator`]); the
-//! per-core runtimes connections run on ([`shards`]); and the rate limit of
-//! warnings a burst could repeat ([`loglimit`]).
+//! per-core runtimes connections run on ([`shards`]); the rate limit of
+//! warnings a burst could repeat ([`loglimit`]); and when the process last
+//! ran out of descriptors ([`shortage`]).
 
 pub mod accept;
 pub mod checks;
@@ -13,5 +14,6 @@ pub mod dial;
 pub mod loglimit;
 pub mod pipeline;
 pub mod shards;
+pub mod shortage;
 pub mod sockopt;
 pub mod terminator;

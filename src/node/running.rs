@@ -396,6 +396,8 @@ impl Running {
             info!(key = %key.fingerprint(),
                 "cluster key: our advertisements are signed, and only signed ones are used");
         }
+        self.side_tasks
+            .spawn(m.pause_interface_check_when_short(self.background.clone()));
         if let Some(link) = m.take_link() {
             self.side_tasks
                 .spawn(crate::discovery::link::serve(link, self.background.clone()));
