@@ -13,14 +13,10 @@ use tokio::sync::watch;
 /// The moment of the last shortage reported, to each subscriber.
 static LAST: LazyLock<watch::Sender<Option<Instant>>> = LazyLock::new(|| watch::Sender::new(None));
 
-/// Whether `e` says the process (or the system) is out of descriptors.
-pub fn is_shortage(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
-}
-
-/// Notes `e` if it is a shortage ([`is_shortage`]).
+/// Notes `e` if it says the process (EMFILE) or the system (ENFILE) is
+/// out of descriptors.
 pub fn note(e: &io::Error) {
-    if is_shortage(e) {
+    if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
         LAST.send_replace(Some(Instant::now()));
     }
 }
