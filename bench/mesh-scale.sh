@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The mesh at 8, 32 and 64 hosts in the namespace lab (needs root): join,
 # graceful leave and crash removal (p50/p99 over every consumer's table),
-# idle mDNS traffic on the bridge, idle CPU per host, and live providers
-# wrongly dropped. The 64-host run takes several minutes.
+# idle traffic on the bridge (every frame, mDNS apart), idle CPU per host,
+# and live providers wrongly dropped. The 64-host run takes several minutes.
 #   bench/mesh-scale.sh [SIZES]   (default 8,32,64)
 # MESH_SETTLE and MESH_WINDOW (seconds) set the idle settle time and the
 # traffic window (default 20 and 60); MESH_ARGS adds arguments to every node

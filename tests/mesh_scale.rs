@@ -3,8 +3,9 @@
 //! --consume web:8080` with a listener on 7000, and one more host that
 //! joins and leaves. Printed per N: join, graceful leave and crash removal
 //! (p50/p99 over every consumer's table, from the timestamps of their log
-//! lines), idle mDNS traffic on the bridge (a tcpdump of port 5353 on the
-//! bridge itself, which sees every frame) and idle CPU per host; and how
+//! lines), idle traffic on the bridge (a tcpdump of every frame on the
+//! bridge itself, which sees them all: mDNS, the witness ring's beats and
+//! links, ARP and neighbour discovery) and idle CPU per host; and how
 //! many live providers any table dropped during the run (must be 0).
 //!
 //! `MESH_HOSTS` (default `8`): comma-separated sizes; `MESH_SETTLE` and
@@ -156,13 +157,15 @@ fn run(n: usize, settle: Duration, window: Duration) {
     summary("graceful leave -> draining everywhere", drain);
     summary("graceful leave -> gone everywhere (2 s drain)", leave);
     summary("SIGKILL -> gone from every table", crash);
+    let rate = |n: usize| n as f64 / (w1 - w0);
     println!(
-        "idle mDNS over {:.0} s: {:.1} packets/s ({:.1} multicast, {:.1} unicast), {:.0} B/s, max {} packets in 1 s",
+        "idle traffic over {:.0} s: {:.1} packets/s in all (mDNS {:.1} multicast + {:.1} unicast, other {:.1}: ring beats and links, ARP, ND), {:.0} B/s, max {} packets in 1 s",
         w1 - w0,
-        traffic.packets as f64 / (w1 - w0),
-        traffic.multicast as f64 / (w1 - w0),
-        (traffic.packets - traffic.multicast) as f64 / (w1 - w0),
-        traffic.bytes as f64 / (w1 - w0),
+        rate(traffic.packets),
+        rate(traffic.mdns_multicast),
+        rate(traffic.mdns - traffic.mdns_multicast),
+        rate(traffic.packets - traffic.mdns),
+        rate(traffic.bytes),
         traffic.max_per_second,
     );
     let mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
@@ -414,8 +417,8 @@ fn clock_ticks() -> f64 {
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
-/// tcpdump of mDNS (UDP 5353) on the lab's bridge, which in promiscuous
-/// mode sees every frame the hosts exchange, multicast and unicast.
+/// tcpdump of every frame on the lab's bridge, which in promiscuous mode
+/// sees every frame the hosts exchange, multicast and unicast.
 struct Capture {
     child: Child,
     file: PathBuf,
@@ -424,7 +427,10 @@ struct Capture {
 /// What crossed the bridge in a window.
 struct Traffic {
     packets: usize,
-    multicast: usize,
+    /// Frames to or from UDP port 5353.
+    mdns: usize,
+    /// Of those, the ones sent to a multicast group.
+    mdns_multicast: usize,
     /// Ethernet frame bytes.
     bytes: usize,
     /// Most packets in any one-second bucket of the window.
@@ -438,7 +444,7 @@ impl Capture {
             .iter()
             .find(|n| n.ends_with("-br"))
             .expect("the lab's bridge namespace");
-        let file = lab.dir().join("mdns.pcap");
+        let file = lab.dir().join("bridge.pcap");
         let log = lab.dir().join("tcpdump.log");
         let child = Command::new("ip")
             .args([
@@ -446,7 +452,6 @@ impl Capture {
             ])
             .arg("-w")
             .arg(&file)
-            .args(["udp", "port", "5353"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -466,12 +471,31 @@ impl Capture {
     }
 }
 
+/// Whether an Ethernet frame carries UDP to or from port 5353 (IPv4, or
+/// IPv6 without extension headers, as mDNS goes).
+fn is_mdns(frame: &[u8]) -> bool {
+    let udp_at = match frame.get(12..14) {
+        Some([0x08, 0x00]) if frame.get(23) == Some(&17) => {
+            14 + usize::from(frame.get(14).map_or(0, |b| b & 0x0f)) * 4
+        }
+        Some([0x86, 0xdd]) if frame.get(20) == Some(&17) => 54,
+        _ => return false,
+    };
+    let port = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|p| u16::from_be_bytes([p[0], p[1]]))
+    };
+    port(udp_at) == Some(5353) || port(udp_at + 2) == Some(5353)
+}
+
 /// Counts the frames of a pcap file whose time is in `[w0, w1)`.
 fn read_pcap(file: &Path, w0: f64, w1: f64) -> Traffic {
     let data = std::fs::read(file).expect("the capture");
     let mut t = Traffic {
         packets: 0,
-        multicast: 0,
+        mdns: 0,
+        mdns_multicast: 0,
         bytes: 0,
         max_per_second: 0,
     };
@@ -488,8 +512,11 @@ fn read_pcap(file: &Path, w0: f64, w1: f64) -> Traffic {
         }
         t.packets += 1;
         t.bytes += orig;
-        if frame.first().is_some_and(|b| b & 1 == 1) {
-            t.multicast += 1;
+        if is_mdns(frame) {
+            t.mdns += 1;
+            if frame.first().is_some_and(|b| b & 1 == 1) {
+                t.mdns_multicast += 1;
+            }
         }
         *buckets.entry((ts - w0) as u64).or_default() += 1;
     }

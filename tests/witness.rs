@@ -23,8 +23,9 @@ const CRASH_REMOVED_WITHIN: Duration = Duration::from_secs(30);
 /// advertising" warning comes first when the local check is slow).
 const ADVERTISING: &str = "local service answers: advertising";
 /// A node is watched 30 s after it was first seen (witness::WATCH_AFTER);
-/// a check of a silent node takes up to a 16.5 s linked period, five
-/// misses and the link's 15 s wait for an echo more (~65 s in all); this
+/// a check of a silent node takes up to an 18 s wait for its late beat
+/// (a 15 s period and its margin), five misses and the link's 15 s wait
+/// for an echo more (~70 s in all); this
 /// leaves room on a loaded machine.
 const WATCH_DEADLINE: Duration = Duration::from_secs(120);
 /// Spacing of the forged goodbyes: longer than the second a goodbye
@@ -81,8 +82,8 @@ fn a_hung_node_leaves_every_table_although_its_link_stays_up() {
     a_stopped_node_leaves_every_table(Stop::Hang, HUNG_REMOVED_WITHIN);
 }
 
-/// Above the linked probe period (up to 16.5 s), the five misses and the
-/// wait for the ring link's echo (15 s: ~35 s in all) on a loaded
+/// Above the wait for a late beat (up to 18 s), the five misses and the
+/// wait for the ring link's echo (15 s: ~38 s in all) on a loaded
 /// machine; below the two minutes of the records' TTL.
 const HUNG_REMOVED_WITHIN: Duration = Duration::from_secs(90);
 
@@ -168,10 +169,12 @@ fn a_stopped_node_leaves_every_table(how: Stop, within: Duration) {
 }
 
 /// A node whose mDNS responder hears nothing (every unicast probe and
-/// multicast confirmation of its watcher lost, as in a burst of loss)
-/// but whose process runs answers on its ring link, and its watcher
-/// keeps it. Without the link's answer the watcher says its
-/// goodbye after the five missed probes.
+/// multicast confirmation of its watcher lost, as in a burst of loss) is
+/// not even asked while it beats on its ring link: its watcher hears the
+/// beats and sends no probe. When its beats are lost too, while its
+/// process runs, it answers on the link, and its watcher keeps it.
+/// Without the link's answer the watcher says its goodbye after the five
+/// missed probes.
 #[test]
 fn a_node_with_a_deaf_responder_but_a_live_process_is_kept() {
     let lab = Lab::impaired(2, Impairment::NONE);
@@ -188,36 +191,96 @@ fn a_node_with_a_deaf_responder_but_a_live_process_is_kept() {
         watcher.output_tail(20)
     );
     let id = deaf_instance.split(['@', '.']).nth(1).unwrap().to_owned();
-    let linked = [&format!("witness: watching node=\"{id}\""), "linked=true"];
+    let node = format!("node=\"{id}\"");
+    let linked = [&format!("witness: watching {node}"), "linked=true"];
     let watched = wait_until(WATCH_DEADLINE, || log_lines(watcher, &linked) > 0);
     assert!(
         watched,
         "no ring link to {id}:\n{}",
         watcher.output_tail(20)
     );
+    let beat_port: u16 = watcher
+        .stderr()
+        .lines()
+        .find(|l| linked.iter().all(|w| l.contains(w)))
+        .and_then(|l| l.split("beats=Some(").nth(1))
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the watcher asked for beats");
 
     lab.hub().deafen("h1", Some(5353));
+    let missed = ["witness: probe unanswered", &node];
+    let beat = ["witness: beat", &node];
+    let beats_before = log_lines(watcher, &beat);
+    let beating = wait_until(WATCH_DEADLINE, || {
+        log_lines(watcher, &beat) >= beats_before + 2
+    });
+    assert!(
+        beating && log_lines(watcher, &missed) == 0,
+        "the deaf node was probed ({} misses) or did not beat:\n{}",
+        log_lines(watcher, &missed),
+        watcher.output_tail(30)
+    );
+
+    // Its beats lost as well: only the link says it lives.
+    lab.hub().deafen("h2", Some(beat_port));
     let missed = [
         "witness: probe unanswered",
-        &format!("node=\"{id}\""),
+        &node,
         &format!("misses={MISSES_TO_DEAD}"),
     ];
     let checked = wait_until(WATCH_DEADLINE, || {
         log_lines(watcher, &missed) >= 2
-            && log_lines(
-                watcher,
-                &["answers on the ring link", &format!("node=\"{id}\"")],
-            ) >= 2
+            && log_lines(watcher, &["answers on the ring link", &node]) >= 2
     });
     let goodbyes = log_lines(watcher, &["goodbye sent"]);
     let left = has(watcher, "backend left", deaf_instance);
     lab.hub().deafen("h1", None);
+    lab.hub().deafen("h2", None);
     assert!(
         checked && goodbyes == 0 && left == 0,
         "two checks of the deaf node ({}), goodbyes {goodbyes}, left {left}:\n{}",
         log_lines(watcher, &missed),
         watcher.output_tail(30)
     );
+}
+
+/// A watcher behind a firewall that drops every UDP datagram but mDNS's
+/// (its host's netfilter) never hears the beats it asks for: after two
+/// periods it stops asking, and probes the node once a period instead,
+/// which the node answers. Nobody is declared dead.
+#[test]
+fn a_watcher_whose_firewall_drops_the_beats_probes_instead() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    for rule in [
+        &["-p", "udp", "--sport", "5353", "-j", "ACCEPT"][..],
+        &["-p", "udp", "--dport", "5353", "-j", "ACCEPT"],
+        &["-p", "udp", "-j", "DROP"],
+    ] {
+        h2.run_ok("iptables", ["-A", "INPUT"].iter().chain(rule));
+    }
+    let (_beating, instance) = node(h1);
+    let (watcher, _) = node(h2);
+    let id = instance.split(['@', '.']).nth(1).unwrap().to_owned();
+    let node = format!("node=\"{id}\"");
+    let instead = ["beats do not come through; probing instead", &node];
+    let answered = ["witness: probe answered", &node];
+    // Two periods of 15 s and their margin after the 30 s watch delay,
+    // then a probe period (~85 s), on a loaded machine.
+    let probing = wait_until(WATCH_DEADLINE * 3 / 2, || {
+        log_lines(&watcher, &instead) == 1 && log_lines(&watcher, &answered) >= 3
+    });
+    assert!(
+        probing,
+        "no fallback to probes ({} lines), {} probes answered:\n{}",
+        log_lines(&watcher, &instead),
+        log_lines(&watcher, &answered),
+        watcher.output_tail(30)
+    );
+    assert_eq!(log_lines(&watcher, &["witness: beat", &node]), 0);
+    assert_eq!(log_lines(&watcher, &["goodbye sent"]), 0);
+    assert_eq!(has(&watcher, "backend left", &instance), 0);
 }
 
 #[test]

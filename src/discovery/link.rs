@@ -20,19 +20,35 @@
 //! alike, but TCP sends again); a process that is gone, or stopped, does
 //! not echo.
 //!
+//! The link also carries the node's beat, so that a live node costs its
+//! watcher one packet a period instead of a probe and its answer: a
+//! watcher that opens a link asks, in its first bytes (the hello:
+//! [`HELLO`], a UDP port, a period and a token), for a beat, and the node
+//! sends the token in one UDP datagram to that port once a period for as
+//! long as the link stays open ([`Link::next`]). The watcher probes only
+//! when a beat is late. A node of an older version just echoes the hello
+//! and never beats, and is probed as before; a watcher that hears no beat
+//! in two periods (a firewall that drops it) opens its link again without
+//! asking.
+//!
 //! Each node listens on a port of its own, named by the `link` TXT key of
 //! its advertisements. The key is not covered by the seal: a forged port
 //! only makes a watcher connect somewhere useless, after which it probes
 //! as often as it does without a link and gets no echo. Whatever a peer
 //! writes is echoed, a few bytes at a time and only as fast as the peer
-//! reads: a stranger gets back what it sent, nothing more.
+//! reads: a stranger gets back what it sent, nothing more, and the beats
+//! it asks for go to its own address (the link's), at most one a
+//! [`LEAST_BEAT`] for each link it holds open. A beat names its token,
+//! which only the two ends of the link know: a stranger off the path
+//! cannot keep a dead node alive with forged beats (one on the path can
+//! forge its probe answers too).
 
 use std::collections::VecDeque;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
@@ -60,6 +76,21 @@ const PING: u8 = b'?';
 /// 0-8). A stopped process or a host gone without a word is called dead
 /// this much later.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(15);
+/// The first byte of a watcher's hello, which asks the node for its beat:
+/// then the UDP port to send it to (2 bytes), the period in milliseconds
+/// (4 bytes) and the token each beat carries (4 bytes), big-endian.
+pub const HELLO: u8 = b'B';
+const HELLO_LEN: usize = 11;
+/// What a beat datagram starts with, before its token.
+const BEAT_MAGIC: &[u8; 4] = b"ambB";
+/// The shortest beat period a node grants: a stranger that holds links
+/// open gets at most this many beats, to its own address.
+pub const LEAST_BEAT: Duration = Duration::from_secs(1);
+/// The longest: a watcher of a silent node must not wait for ever.
+const MOST_BEAT: Duration = Duration::from_secs(600);
+/// Spread of each beat period, as a share of it, so that the nodes
+/// started together do not beat in step. A watcher allows for it.
+pub const BEAT_JITTER: f64 = 0.2;
 /// Pause after a failed accept (out of descriptors): the listener is
 /// ready again at once, and retrying at once would spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -84,8 +115,9 @@ pub fn bind() -> std::io::Result<std::net::TcpListener> {
     Ok(l)
 }
 
-/// Accepts links and holds them, echoing what their watchers write, until
-/// the watchers close them, `stop` fires, or newer ones push them out.
+/// Accepts links and holds them, echoing what their watchers write and
+/// beating as they ask, until the watchers close them, `stop` fires, or
+/// newer ones push them out.
 pub async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -106,7 +138,7 @@ pub async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
                 if held.len() >= MAX_LINKS {
                     held.pop_front();
                 }
-                held.push_back(AbortOnDropHandle::new(tokio::spawn(echo(stream))));
+                held.push_back(AbortOnDropHandle::new(tokio::spawn(hold(stream))));
             }
             Err(e) => {
                 debug!(error = %e, "ring link: accept failed");
@@ -117,12 +149,62 @@ pub async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
 }
 
 /// Writes back what the watcher writes until it closes the link (or a read
-/// or write fails).
-async fn echo(mut stream: TcpStream) {
+/// or write fails), and beats while the link lasts if its first bytes
+/// were a hello.
+async fn hold(mut stream: TcpStream) {
     let mut buf = [0u8; 64];
+    // The hello so far, while its bytes are still coming.
+    let mut hello = Some(Vec::with_capacity(HELLO_LEN));
+    // Aborted with this task: beats stop when the link does.
+    let mut _beats = None;
     while let Ok(n @ 1..) = stream.read(&mut buf).await {
+        if let Some(h) = hello.as_mut() {
+            let take = (HELLO_LEN - h.len()).min(n);
+            h.extend_from_slice(&buf[..take]);
+            if h[0] != HELLO {
+                hello = None;
+            } else if let (Ok(h), Ok(to)) =
+                (<[u8; HELLO_LEN]>::try_from(&h[..]), stream.peer_addr())
+            {
+                _beats = Some(AbortOnDropHandle::new(tokio::spawn(beat(to.ip(), h))));
+                hello = None;
+            }
+        }
         if stream.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Sends the beat that `hello` asks for to `ip`, once a period, until
+/// aborted or refused (nothing listens there any more).
+async fn beat(ip: IpAddr, hello: [u8; HELLO_LEN]) {
+    let port = u16::from_be_bytes([hello[1], hello[2]]);
+    let every = Duration::from_millis(u32::from_be_bytes(hello[3..7].try_into().unwrap()).into())
+        .clamp(LEAST_BEAT, MOST_BEAT);
+    let mut datagram = BEAT_MAGIC.to_vec();
+    datagram.extend_from_slice(&hello[7..11]);
+    // A dual-stack listener sees IPv4 watchers as mapped IPv6 addresses.
+    let to = SocketAddr::new(ip.to_canonical(), port);
+    let sock = async {
+        let sock = UdpSocket::bind(super::witness::unspecified(to.ip())).await?;
+        sock.connect(to).await?;
+        Ok::<_, std::io::Error>(sock)
+    };
+    let sock = match sock.await {
+        Ok(sock) => sock,
+        Err(e) => {
+            debug!(%to, error = %e, "ring link: cannot beat");
+            return;
+        }
+    };
+    loop {
+        tokio::time::sleep(every.mul_f64(1.0 - BEAT_JITTER * fastrand::f64())).await;
+        if let Err(e) = sock.send(&datagram).await {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                debug!(%to, "ring link: the watcher hears no beats; stopped");
+                return;
+            }
         }
     }
 }
@@ -137,6 +219,29 @@ async fn drain(stream: &mut TcpStream) {
 #[derive(Default)]
 pub struct Link {
     stream: Option<TcpStream>,
+    /// The beat period to ask for when connecting ([`Link::ask_beats`]).
+    wish: Option<Duration>,
+    /// Where the node's beats come in, while the link is up and the node
+    /// was asked for them.
+    beats: Option<Beats>,
+}
+
+/// A watcher's side of the beats of one link.
+struct Beats {
+    sock: UdpSocket,
+    from: IpAddr,
+    period: Duration,
+    token: [u8; 4],
+    heard: bool,
+}
+
+/// What happened on a link ([`Link::next`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The node beat: its process lives, and the host is reachable.
+    Beat,
+    /// The link closed: it is down now.
+    Closed,
 }
 
 impl Link {
@@ -145,17 +250,60 @@ impl Link {
         self.stream.is_some()
     }
 
-    /// Connects to `to` unless a link is up; without one (refused,
-    /// timed out) the witness probes as often as it does with no link.
+    /// Asks for a beat every `every` on the links opened from now on (none
+    /// with `None`). A link up that beats at another period than asked is
+    /// closed, for the caller to connect again.
+    pub fn ask_beats(&mut self, every: Option<Duration>) {
+        self.wish = every;
+        if self.is_up() && self.beats.as_ref().map(|b| b.period) != every {
+            self.reset();
+        }
+    }
+
+    /// The period the node was asked to beat at, while the link is up and
+    /// it was asked.
+    pub fn beat_period(&self) -> Option<Duration> {
+        self.beats.as_ref().map(|b| b.period)
+    }
+
+    /// Whether a beat came on this link since it was opened.
+    pub fn heard_beats(&self) -> bool {
+        self.beats.as_ref().is_some_and(|b| b.heard)
+    }
+
+    /// The local UDP port the beats come to, while asked for.
+    pub fn beat_port(&self) -> Option<u16> {
+        let b = self.beats.as_ref()?;
+        b.sock.local_addr().ok().map(|a| a.port())
+    }
+
+    /// Closes the link (down afterwards).
+    pub fn reset(&mut self) {
+        self.stream = None;
+        self.beats = None;
+    }
+
+    /// Connects to `to` unless a link is up, asking for beats if
+    /// [`Link::ask_beats`] said so; without a link (refused, timed out,
+    /// the hello not echoed) the witness probes as often as it does with
+    /// no link.
     pub async fn connect(&mut self, to: SocketAddr) {
         if self.stream.is_some() {
             return;
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
-            Ok(Ok(s)) => self.stream = Some(s),
-            Ok(Err(e)) => debug!(%to, error = %e, "ring link: cannot connect"),
-            Err(_) => debug!(%to, "ring link: connect timed out"),
+        let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return debug!(%to, error = %e, "ring link: cannot connect"),
+            Err(_) => return debug!(%to, "ring link: connect timed out"),
+        };
+        if let Some(period) = self.wish {
+            match tokio::time::timeout(CONNECT_TIMEOUT, hello(&mut stream, period)).await {
+                Ok(Ok(beats)) => self.beats = Some(beats),
+                Ok(Err(e)) => return debug!(%to, error = %e, "ring link: hello failed"),
+                Err(_) => return debug!(%to, "ring link: hello not echoed"),
+            }
         }
+        self.stream = Some(stream);
     }
 
     /// Whether the node's process answers on the link: one byte written
@@ -188,21 +336,84 @@ impl Link {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 debug!(%to, error = %e, "ring link: lost");
-                self.stream = None;
+                self.reset();
                 false
             }
             Err(_) => false,
         }
     }
 
-    /// Resolves when the link closes (never without one); it is down
-    /// afterwards.
-    pub async fn closed(&mut self) {
-        let Some(stream) = self.stream.as_mut() else {
+    /// The next beat or the link's close (never, without a link; no beat
+    /// comes on a link that did not ask). A closed link is down afterwards.
+    pub async fn next(&mut self) -> Event {
+        let Link { stream, beats, .. } = self;
+        let Some(stream) = stream.as_mut() else {
             return std::future::pending().await;
         };
-        drain(stream).await;
-        self.stream = None;
+        let beat = async {
+            match beats.as_mut() {
+                Some(b) => b.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = drain(stream) => {}
+            () = beat => return Event::Beat,
+        }
+        self.reset();
+        Event::Closed
+    }
+}
+
+/// Asks the node at the other end of `stream` to beat every `period`, and
+/// waits for its echo of the hello, so that what comes back later answers
+/// only [`Link::answers`]'s bytes.
+async fn hello(stream: &mut TcpStream, period: Duration) -> std::io::Result<Beats> {
+    let local = stream.local_addr()?;
+    let from = stream.peer_addr()?.ip().to_canonical();
+    let sock = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
+    let token = fastrand::u32(..).to_be_bytes();
+    let millis = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    let mut hello = vec![HELLO];
+    hello.extend_from_slice(&sock.local_addr()?.port().to_be_bytes());
+    hello.extend_from_slice(&millis.to_be_bytes());
+    hello.extend_from_slice(&token);
+    stream.write_all(&hello).await?;
+    let mut echo = [0u8; HELLO_LEN];
+    stream.read_exact(&mut echo).await?;
+    if echo[..] != hello[..] {
+        return Err(std::io::Error::other("the hello came back changed"));
+    }
+    Ok(Beats {
+        sock,
+        from,
+        period,
+        token,
+        heard: false,
+    })
+}
+
+impl Beats {
+    /// The next beat from the node; anything else is dropped.
+    async fn next(&mut self) {
+        let mut buf = [0u8; 16];
+        loop {
+            let (n, from) = match self.sock.recv_from(&mut buf).await {
+                Ok(got) => got,
+                // Without its beats the link still says when the process
+                // dies, and the witness probes when a beat is late.
+                Err(e) => {
+                    debug!(error = %e, "ring link: cannot hear beats");
+                    return std::future::pending().await;
+                }
+            };
+            if from.ip().to_canonical() == self.from
+                && buf[..n].strip_prefix(BEAT_MAGIC) == Some(&self.token[..])
+            {
+                self.heard = true;
+                return;
+            }
+        }
     }
 }
 
@@ -226,9 +437,8 @@ mod tests {
         assert!(link.is_up());
         stop.cancel();
         task.await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), link.closed())
-            .await
-            .expect("the link never closed");
+        let event = tokio::time::timeout(Duration::from_secs(5), link.next()).await;
+        assert_eq!(event.ok(), Some(Event::Closed), "the link never closed");
         assert!(!link.is_up());
     }
 
@@ -244,9 +454,8 @@ mod tests {
             assert!(l.is_up());
             others.push(l);
         }
-        tokio::time::timeout(Duration::from_secs(5), first.closed())
-            .await
-            .expect("the oldest link was kept");
+        let event = tokio::time::timeout(Duration::from_secs(5), first.next()).await;
+        assert_eq!(event.ok(), Some(Event::Closed), "the oldest link was kept");
     }
 
     /// An echo's wait in these tests: loopback answers in microseconds.
@@ -267,6 +476,63 @@ mod tests {
         assert!(!link.answers(to, QUICK).await, "an answer from a mute peer");
         assert!(started.elapsed() >= QUICK);
         assert!(link.is_up(), "a silent link is not a closed one");
+    }
+
+    #[tokio::test]
+    async fn a_node_beats_as_its_watcher_asks_and_still_echoes() {
+        let (to, _stop, _task) = listening().await;
+        let mut link = Link::default();
+        link.ask_beats(Some(LEAST_BEAT));
+        link.connect(to).await;
+        assert_eq!(link.beat_period(), Some(LEAST_BEAT));
+        for _ in 0..2 {
+            let event = tokio::time::timeout(LEAST_BEAT * 5, link.next()).await;
+            assert_eq!(event.ok(), Some(Event::Beat), "no beat");
+        }
+        assert!(link.heard_beats());
+        // The hello's echo was read: the next byte back answers the ping.
+        assert!(link.answers(to, QUICK).await, "no echo after the hello");
+    }
+
+    #[tokio::test]
+    async fn a_beat_without_the_token_is_not_heard() {
+        let (to, _stop, _task) = listening().await;
+        let mut link = Link::default();
+        // Long enough that the node's own beat does not come in the test.
+        link.ask_beats(Some(Duration::from_secs(600)));
+        link.connect(to).await;
+        let port = link.beat_port().expect("beats asked for");
+        let forger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut forged = BEAT_MAGIC.to_vec();
+        forged.extend_from_slice(&[0; 4]);
+        for token in [[0u8; 4], [1, 2, 3, 4], [0xff; 4]] {
+            forged[4..].copy_from_slice(&token);
+            forger.send_to(&forged, ("127.0.0.1", port)).unwrap();
+        }
+        forger.send_to(BEAT_MAGIC, ("127.0.0.1", port)).unwrap();
+        let event = tokio::time::timeout(QUICK, link.next()).await;
+        assert!(event.is_err(), "a forged beat was heard: {event:?}");
+        assert!(!link.heard_beats());
+    }
+
+    #[tokio::test]
+    async fn a_node_that_only_echoes_is_linked_without_beats() {
+        // An older node: it echoes everything, the hello too, and never
+        // beats.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let (mut r, mut w) = s.split();
+            tokio::io::copy(&mut r, &mut w).await.ok();
+        });
+        let mut link = Link::default();
+        link.ask_beats(Some(LEAST_BEAT));
+        link.connect(to).await;
+        assert!(link.is_up(), "the hello's echo was not taken");
+        let event = tokio::time::timeout(LEAST_BEAT * 3, link.next()).await;
+        assert!(event.is_err(), "a beat from a node that cannot beat");
+        assert!(link.answers(to, QUICK).await);
     }
 
     #[tokio::test]

@@ -7,8 +7,10 @@
 //! (TXT `node=`), and each browsing node watches its successor, the next
 //! node id after its own: O(N) probes in total, all unicast. It also
 //! holds a TCP connection to it, the ring link ([`super::link`]), whose
-//! close says at once that the process died, and probes less often while
-//! that link is up.
+//! close says at once that the process died, and on which the successor
+//! beats: one UDP datagram a period to its watcher, so that a live node
+//! costs one packet a period, and the watcher probes only when a beat is
+//! late (or the link closed, or it has none).
 //!
 //! The probe is an RFC 6762 §6.7 legacy-unicast question (from an
 //! ephemeral port, straight to the peer's responder on port 5353) for the
@@ -74,7 +76,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::addr::PeerAddr;
-use super::link::Link;
+use super::link::{Event, Link};
 use super::refresh;
 use super::wire::{
     put_name, CLASS_IN, MDNS_PORT, MDNS_V4, MDNS_V6, SERVICE_TYPE, TYPE_A, TYPE_PTR,
@@ -91,18 +93,20 @@ use super::wire::{
 /// period: at 64 nodes, 32 unicast packets a second on the whole link.
 pub const PROBE_EVERY: Duration = Duration::from_secs(4);
 /// The same while the link to the peer is up, in a ring of up to 30 nodes:
-/// a dead process closes the link and is probed at once, so the period
-/// only bounds how long a silent host (powered off, cut off, hung) stays:
-/// within about 35 s with the misses and the wait for the link's answer
-/// (`link::ANSWER_WITHIN`), plus the goodbye's second or two.
+/// a dead process closes the link and is probed at once, and a live node
+/// beats on it once a period ([`super::link`]), so that it is probed only
+/// when a beat is late. The period bounds how long a silent host (powered
+/// off, cut off, hung) stays: within about 40 s with the beat's margin,
+/// the misses and the wait for the link's answer (`link::ANSWER_WITHIN`),
+/// plus the goodbye's second or two.
 pub const LINKED_PROBE_EVERY: Duration = Duration::from_secs(15);
-/// Unicast packets a second that the probes of a whole ring with its links
-/// up may put on the link: each node's query and its answer once a period.
-/// In rings of more than 30 nodes the period grows with the ring (32 s at
-/// 64 nodes, where a silent host then stays up to about 55 s), so the probes
-/// cost the link the same however many nodes share it, up to
-/// [`LINKED_PROBE_MOST`].
-pub const RING_PACKETS_PER_SECOND: f64 = 4.0;
+/// Unicast packets a second that a whole ring with its links up may put
+/// on the link: each node's beat once a period (a node that does not beat,
+/// of an older version, costs its probe and answer, two). In rings of more
+/// than 30 nodes the period grows with the ring (32 s at 64 nodes, where a
+/// silent host then stays up to about 60 s), so the beats cost the link
+/// the same however many nodes share it, up to [`LINKED_PROBE_MOST`].
+pub const RING_PACKETS_PER_SECOND: f64 = 2.0;
 /// The longest linked probe period, reached at 120 nodes: a silent host
 /// stops announcing, so caches drop its records by their 120 s TTL even
 /// unprobed, and strangers that flood the link with fake nodes (which
@@ -360,10 +364,11 @@ impl Aim {
     }
 }
 
-/// The probe period while the link is up, in a ring of `size` nodes (see
+/// The beat period (or, for a node that does not beat, the probe period)
+/// while the link is up, in a ring of `size` nodes (see
 /// [`RING_PACKETS_PER_SECOND`]).
 pub fn linked_period(size: usize) -> Duration {
-    let share = Duration::from_secs_f64(2.0 * size as f64 / RING_PACKETS_PER_SECOND);
+    let share = Duration::from_secs_f64(size as f64 / RING_PACKETS_PER_SECOND);
     share.clamp(LINKED_PROBE_EVERY, LINKED_PROBE_MOST)
 }
 
@@ -371,8 +376,9 @@ pub fn linked_period(size: usize) -> Duration {
 /// goodbye once when it stops answering. Probing goes on after the
 /// goodbye: the goodbye normally moves the watch on to the next node, and
 /// a node that answers again (it was alive after all) is watched as before.
-/// While the ring link to it is up, it is probed less often, and at once
-/// when the link closes.
+/// While the ring link to it is up, it is probed only when its beat is
+/// late (or, if it does not beat, less often), and at once when the link
+/// closes.
 async fn watch_one(
     node: &str,
     peer: &Peer,
@@ -394,23 +400,61 @@ async fn watch_one(
     tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
     let link_to = peer.link.map(|port| SocketAddr::new(addr, port));
     let mut link = Link::default();
+    link.ask_beats(Some(linked_period(*size.borrow())));
     if let Some(to) = link_to {
         link.connect(to).await;
     }
-    debug!(node, %addr, linked = link.is_up(), "witness: watching");
+    debug!(node, %addr, linked = link.is_up(), beats = ?link.beat_port(), "witness: watching");
     let mut said_goodbye = false;
+    // Periods waited in a row on a link that asked for beats and heard none.
+    let mut unheard = 0;
     loop {
-        let every = if link.is_up() {
-            linked_period(*size.borrow())
-        } else {
-            PROBE_EVERY
+        if let Some(asked) = link.beat_period() {
+            let wish = linked_period(*size.borrow());
+            if wish.abs_diff(asked) > asked / 4 {
+                // The ring grew or shrank by a quarter: the node is asked
+                // again, on a new link.
+                link.ask_beats(Some(wish));
+                if let Some(to) = link_to {
+                    link.connect(to).await;
+                }
+            }
+        }
+        let wait = match link.beat_period() {
+            Some(beats) => beats.mul_f64(1.0 + super::link::BEAT_JITTER),
+            None if link.is_up() => period(linked_period(*size.borrow())),
+            None => period(PROBE_EVERY),
         };
         tokio::select! {
-            _ = tokio::time::sleep(period(every)) => {}
-            _ = link.closed() => debug!(node, "witness: the link to the node closed; probing now"),
+            _ = tokio::time::sleep(wait) => {
+                unheard = if link.heard_beats() { 0 } else { unheard + 1 };
+                if link.beat_period().is_some() && unheard >= 2 {
+                    // Beats that never come (a firewall drops them, or the
+                    // node cannot beat) would cost a packet a period for
+                    // nothing: probe instead, on a link that does not ask
+                    // for them. Two periods, so that one lost beat does
+                    // not decide it.
+                    debug!(node, "witness: the node's beats do not come through; probing instead");
+                    link.ask_beats(None);
+                    if let Some(to) = link_to {
+                        link.connect(to).await;
+                    }
+                }
+            }
+            event = link.next() => match event {
+                Event::Beat => {
+                    debug!(node, "witness: beat");
+                    said_goodbye = false;
+                    continue;
+                }
+                Event::Closed => debug!(node, "witness: the link to the node closed; probing now"),
+            },
         }
         let alive = match prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
-            Probe::Answered => true,
+            Probe::Answered => {
+                debug!(node, "witness: probe answered");
+                true
+            }
             Probe::Refused => false,
             Probe::Silent => confirm_ring(node, &prober, &mut link, link_to).await,
         };
@@ -854,7 +898,9 @@ async fn say_goodbye(peer: &Peer) -> std::io::Result<()> {
     }
 }
 
-fn unspecified(like: IpAddr) -> SocketAddr {
+/// The unspecified address of `like`'s family, any port: where a socket
+/// that talks to `like` binds.
+pub(super) fn unspecified(like: IpAddr) -> SocketAddr {
     match like {
         IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
@@ -979,7 +1025,7 @@ mod tests {
         }
         assert_eq!(linked_period(64), Duration::from_secs(32));
         for size in [31, 64, 120] {
-            let packets = 2.0 * size as f64 / linked_period(size).as_secs_f64();
+            let packets = size as f64 / linked_period(size).as_secs_f64();
             assert!(
                 (packets - RING_PACKETS_PER_SECOND).abs() < 1e-9,
                 "{size} nodes: {packets} packets/s"
