@@ -516,6 +516,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stranger_asking_for_beats_without_pause_gets_one_a_second() {
+        let (to, _stop, _task) = listening().await;
+        let ear = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut hello = vec![HELLO];
+        hello.extend_from_slice(&ear.local_addr().unwrap().port().to_be_bytes());
+        hello.extend_from_slice(&0u32.to_be_bytes()); // a period of 0 ms
+        hello.extend_from_slice(&[7; 4]);
+        let mut stream = TcpStream::connect(to).await.unwrap();
+        stream.write_all(&hello).await.unwrap();
+        // One beat every 0.8-1 s: at most 3 in a window of 3 s (4 allowed),
+        // where a period of 0 would send them back to back.
+        let window = LEAST_BEAT * 3;
+        let until = tokio::time::Instant::now() + window;
+        let mut buf = [0u8; 16];
+        let mut counted = 0;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(until, ear.recv(&mut buf)).await {
+            assert_eq!(&buf[..n], b"ambB\x07\x07\x07\x07");
+            counted += 1;
+        }
+        assert!((1..=4).contains(&counted), "{counted} beats in {window:?}");
+    }
+
+    #[tokio::test]
     async fn a_node_that_only_echoes_is_linked_without_beats() {
         // An older node: it echoes everything, the hello too, and never
         // beats.
