@@ -278,7 +278,7 @@ impl Link {
     }
 
     /// Closes the link (down afterwards).
-    pub fn reset(&mut self) {
+    fn reset(&mut self) {
         self.stream = None;
         self.beats = None;
     }

@@ -415,10 +415,13 @@ async fn watch_one(
                 // The ring grew or shrank by a quarter: the node is asked
                 // again, on a new link.
                 link.ask_beats(Some(wish));
-                if let Some(to) = link_to {
-                    link.connect(to).await;
-                }
             }
+        }
+        // Whatever closed the link (the ask above, the fallback below, a
+        // lost link), a node that answers gets one again; a dead one is
+        // left alone until it answers.
+        if let (Some(to), false) = (link_to, said_goodbye) {
+            link.connect(to).await;
         }
         let wait = match link.beat_period() {
             Some(beats) => beats.mul_f64(1.0 + super::link::BEAT_JITTER),
@@ -436,9 +439,6 @@ async fn watch_one(
                     // not decide it.
                     debug!(node, "witness: the node's beats do not come through; probing instead");
                     link.ask_beats(None);
-                    if let Some(to) = link_to {
-                        link.connect(to).await;
-                    }
                 }
             }
             event = link.next() => match event {
@@ -460,9 +460,6 @@ async fn watch_one(
         };
         if alive {
             said_goodbye = false;
-            if let Some(to) = link_to {
-                link.connect(to).await;
-            }
         } else if !said_goodbye {
             goodbye_for(node, peer).await;
             // Full: the trials are busy with others; this node's own
