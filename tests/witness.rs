@@ -248,9 +248,11 @@ fn a_node_with_a_deaf_responder_but_a_live_process_is_kept() {
 /// A watcher behind a firewall that drops every UDP datagram but mDNS's
 /// (its host's netfilter) never hears the beats it asks for: after two
 /// periods it stops asking, and probes the node once a period instead,
-/// which the node answers. Nobody is declared dead.
+/// which the node answers. Nobody is declared dead. Once the firewall is
+/// lifted, the watcher's next ask (four periods after it gave up) brings
+/// the beats back.
 #[test]
-fn a_watcher_whose_firewall_drops_the_beats_probes_instead() {
+fn a_watcher_whose_firewall_drops_the_beats_probes_instead_and_asks_again() {
     let lab = Lab::new(2);
     let (h1, h2) = (lab.host("h1"), lab.host("h2"));
     for rule in [
@@ -279,6 +281,22 @@ fn a_watcher_whose_firewall_drops_the_beats_probes_instead() {
         watcher.output_tail(30)
     );
     assert_eq!(log_lines(&watcher, &["witness: beat", &node]), 0);
+
+    // The firewall is lifted two probe periods before the watcher asks
+    // again (after four): it must hear the beats then.
+    h2.run_ok("iptables", ["-D", "INPUT", "-p", "udp", "-j", "DROP"]);
+    let again = ["asking the node to beat again", &node];
+    let beating = wait_until(WATCH_DEADLINE, || {
+        log_lines(&watcher, &["witness: beat", &node]) >= 1
+    });
+    assert!(
+        beating,
+        "no beat after the firewall was lifted ({} asks again):\n{}",
+        log_lines(&watcher, &again),
+        watcher.output_tail(30)
+    );
+    assert_eq!(log_lines(&watcher, &again), 1);
+    assert_eq!(log_lines(&watcher, &instead), 1);
     assert_eq!(log_lines(&watcher, &["goodbye sent"]), 0);
     assert_eq!(has(&watcher, "backend left", &instance), 0);
 }
