@@ -93,15 +93,20 @@ fn run(n: usize, settle: Duration, window: Duration) {
     });
     assert!(full, "the {n} tables never held all {n} instances");
     let converged = now() - t_start;
+    // Receive-buffer drops in all nodes' hosts at the end of each phase.
+    let rcvbuf_sum = || hosts[..n].iter().map(udp_rcvbuf_errors).sum::<u64>();
+    let mut rcvbuf_phases = vec![("the start", rcvbuf_sum())];
 
     // Idle: traffic and CPU over the window, after the settle time.
     std::thread::sleep(settle);
     let capture = Capture::start(&lab);
     let cpu0: Vec<u64> = nodes.iter().map(|x| cpu_ticks(x.proc.pid())).collect();
+    rcvbuf_phases.push(("the settling", rcvbuf_sum()));
     let w0 = now();
     std::thread::sleep(window);
     let w1 = now();
     let cpu1: Vec<u64> = nodes.iter().map(|x| cpu_ticks(x.proc.pid())).collect();
+    rcvbuf_phases.push(("the idle window", rcvbuf_sum()));
     let traffic = capture.finish(w0, w1);
     let tick = clock_ticks();
     let cpu: Vec<f64> = cpu0
@@ -117,6 +122,7 @@ fn run(n: usize, settle: Duration, window: Duration) {
     let mut everyone: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
     everyone.push(&joiner.proc);
     let join = delays(&everyone, &joiner.instance, "backend joined", t0);
+    rcvbuf_phases.push(("the join", rcvbuf_sum()));
 
     // Graceful leave: SIGTERM -> draining, then gone from every other table.
     let t0 = now();
@@ -125,6 +131,7 @@ fn run(n: usize, settle: Duration, window: Duration) {
     let drain = delays(&others, &joiner.instance, "backend draining", t0);
     let leave = delays(&others, &joiner.instance, "backend left", t0);
     joiner.proc.wait_exit(EVENT_DEADLINE);
+    rcvbuf_phases.push(("the leave", rcvbuf_sum()));
 
     // Crash: SIGKILL of the last node -> gone from every other table.
     let mut victim = nodes.pop().unwrap();
@@ -132,6 +139,7 @@ fn run(n: usize, settle: Duration, window: Duration) {
     victim.proc.kill();
     let survivors: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
     let crash = delays(&survivors, &victim.instance, "backend left", t0);
+    rcvbuf_phases.push(("the crash", rcvbuf_sum()));
 
     // A live provider must never have left any table; when one did, what
     // the node logged just before says why (a goodbye, a sweep, a trial).
@@ -186,11 +194,23 @@ fn run(n: usize, settle: Duration, window: Duration) {
         neigh[0], neigh[1], neigh[2], neigh[3]
     );
     let rcvbuf: Vec<u64> = hosts[..n].iter().map(udp_rcvbuf_errors).collect();
+    let mut before = 0;
+    let by_phase: Vec<String> = rcvbuf_phases
+        .iter()
+        .map(|(phase, total)| {
+            let during = total - std::mem::replace(&mut before, *total);
+            format!("{during} in {phase}")
+        })
+        .collect();
+    let [mdns, other] = udp_socket_drops(&hosts[..n]);
     println!(
-        "UDP receive-buffer drops during the run: {} over {} of {n} hosts (most {} on one)",
+        "UDP receive-buffer drops during the run (IPv4 and IPv6): {} over {} of {n} hosts (most {} \
+         on one): {}; by the sockets still open, {mdns} on port 5353 and {other} on others (the \
+         ring's probes and beats)",
         rcvbuf.iter().sum::<u64>(),
         rcvbuf.iter().filter(|&&d| d > 0).count(),
-        rcvbuf.iter().max().unwrap_or(&0)
+        rcvbuf.iter().max().unwrap_or(&0),
+        by_phase.join(", "),
     );
     println!("live providers dropped from a table during the run: {dropped}");
     for (msg, count) in &before_drop {
@@ -381,11 +401,14 @@ fn neighbour_trouble() -> [u64; 4] {
 }
 
 /// Datagrams the kernel dropped in `host` because a socket's receive
-/// buffer was full (`RcvbufErrors` of `/proc/net/snmp`, counted per
-/// namespace): a responder that falls behind loses questions, unicast
-/// probes among them.
+/// buffer was full (`RcvbufErrors` of `/proc/net/snmp` for IPv4 and
+/// `Udp6RcvbufErrors` of `snmp6`, counted per namespace): a responder
+/// that falls behind loses questions, unicast probes among them.
 fn udp_rcvbuf_errors(host: &Host) -> u64 {
-    let snmp = host.enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"));
+    let (snmp, snmp6) = host.enter(|| {
+        let read = |f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}"));
+        (read("snmp"), read("snmp6"))
+    });
     let udp: Vec<Vec<&str>> = snmp
         .as_deref()
         .unwrap_or_default()
@@ -393,13 +416,41 @@ fn udp_rcvbuf_errors(host: &Host) -> u64 {
         .filter(|l| l.starts_with("Udp:"))
         .map(|l| l.split_whitespace().collect())
         .collect();
-    let [names, values] = &udp[..] else { return 0 };
-    names
-        .iter()
-        .position(|n| *n == "RcvbufErrors")
-        .and_then(|i| values.get(i))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    let v4 = match &udp[..] {
+        [names, values] => names
+            .iter()
+            .position(|n| *n == "RcvbufErrors")
+            .and_then(|i| values.get(i))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let v6 = snmp6
+        .as_deref()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6RcvbufErrors"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    v4 + v6
+}
+
+/// Datagrams dropped by the UDP sockets open in `hosts`, those bound to
+/// mDNS's port 5353 and the others (the `drops` column of
+/// `/proc/net/udp` and `udp6`; a closed socket's count is gone).
+fn udp_socket_drops(hosts: &[Host]) -> [u64; 2] {
+    let mut drops = [0, 0];
+    for (host, table) in hosts.iter().flat_map(|h| [(h, "udp"), (h, "udp6")]) {
+        let text = host.enter(|| std::fs::read_to_string(format!("/proc/thread-self/net/{table}")));
+        for line in text.as_deref().unwrap_or_default().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = f.get(1).and_then(|a| a.rsplit_once(':'));
+            let port = port.and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            let dropped = f.last().and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+            drops[usize::from(port != Some(5353))] += dropped;
+        }
+    }
+    drops
 }
 
 /// utime + stime of a process, in clock ticks.
