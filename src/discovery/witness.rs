@@ -122,9 +122,10 @@ pub const WATCH_AFTER: Duration = Duration::from_secs(30);
 /// Probe periods after a watcher gave up on a node's beats before it asks
 /// for them again, and the most this doubles to at each failed ask. What
 /// stopped them (a firewall, a beat lost twice at the start, an older
-/// node upgraded in place) may be gone; each ask costs a new link, about
-/// ten packets, against the two of each period's probe: at the most, one
-/// ask in 32 periods, 5 % more than probing alone.
+/// node upgraded in place) may be gone; each ask costs a new link and the
+/// two beats it waits for, about a dozen packets, against the two of each
+/// period's probe: at the cap, one ask in 32 periods, about a sixth more
+/// than probing alone.
 const BEATS_AGAIN_AFTER: u32 = 4;
 const BEATS_AGAIN_MOST: u32 = 32;
 /// Random spread of each period, as a share of it, so nodes started
