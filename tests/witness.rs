@@ -282,7 +282,8 @@ fn a_watcher_whose_firewall_drops_the_beats_probes_instead_and_asks_again() {
     );
     assert_eq!(log_lines(&watcher, &["witness: beat", &node]), 0);
 
-    // The firewall is lifted two probe periods before the watcher asks
+    // The third answered probe comes one period after the fallback, so
+    // the firewall is lifted about three periods before the watcher asks
     // again (after four): it must hear the beats then.
     h2.run_ok("iptables", ["-D", "INPUT", "-p", "udp", "-j", "DROP"]);
     let again = ["asking the node to beat again", &node];
