@@ -415,12 +415,7 @@ async fn watch_one(
     }
     debug!(node, %addr, linked = link.is_up(), beats = ?link.beat_port(), "witness: watching");
     let mut said_goodbye = false;
-    // Periods waited in a row on a link that asked for beats and heard none.
-    let mut unheard = 0;
-    // Periods probed since the beats were given up (while they are), and
-    // how many of them until they are asked for again.
-    let mut probed_instead: Option<u32> = None;
-    let mut beats_again_after = BEATS_AGAIN_AFTER;
+    let mut fallback = Fallback::default();
     loop {
         if let Some(asked) = link.beat_period() {
             let wish = linked_period(*size.borrow());
@@ -443,24 +438,15 @@ async fn watch_one(
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {
-                unheard = if link.heard_beats() { 0 } else { unheard + 1 };
-                if link.beat_period().is_some() && unheard >= 2 {
-                    // Beats that never come (a firewall drops them, or the
-                    // node cannot beat) would cost a packet a period for
-                    // nothing: probe instead, on a link that does not ask
-                    // for them. Two periods, so that one lost beat does
-                    // not decide it.
-                    debug!(node, "witness: the node's beats do not come through; probing instead");
-                    link.ask_beats(None);
-                    probed_instead = Some(0);
-                } else if let Some(probed) = probed_instead.as_mut() {
-                    *probed += 1;
-                    if *probed >= beats_again_after {
-                        debug!(node, periods = *probed, "witness: asking the node to beat again");
+                match fallback.period_passed(link.beat_period().is_some(), link.heard_beats()) {
+                    Turn::Wait => {}
+                    Turn::ProbeInstead => {
+                        debug!(node, "witness: the node's beats do not come through; probing instead");
+                        link.ask_beats(None);
+                    }
+                    Turn::AskAgain { probed } => {
+                        debug!(node, periods = probed, "witness: asking the node to beat again");
                         link.ask_beats(Some(linked_period(*size.borrow())));
-                        probed_instead = None;
-                        unheard = 0;
-                        beats_again_after = (beats_again_after * 2).min(BEATS_AGAIN_MOST);
                     }
                 }
             }
@@ -468,7 +454,7 @@ async fn watch_one(
                 Event::Beat => {
                     debug!(node, "witness: beat");
                     said_goodbye = false;
-                    beats_again_after = BEATS_AGAIN_AFTER;
+                    fallback.heard_beat();
                     continue;
                 }
                 Event::Closed => debug!(node, "witness: the link to the node closed; probing now"),
@@ -491,6 +477,72 @@ async fn watch_one(
             let _ = dead.try_send((node.to_owned(), peer.clone()));
             said_goodbye = true;
         }
+    }
+}
+
+/// When a watcher gives up waiting for its node's beats and probes
+/// instead, and when it asks for them again ([`watch_one`]'s schedule).
+#[derive(Debug)]
+struct Fallback {
+    /// Periods waited in a row on a link that asked for beats and heard none.
+    unheard: u32,
+    /// Periods probed since the beats were given up, while they are.
+    probed: Option<u32>,
+    /// How many probed periods until the beats are asked for again.
+    again_after: u32,
+}
+
+/// What a watcher does at the end of a period in which no beat came.
+#[derive(Debug, PartialEq, Eq)]
+enum Turn {
+    /// Probe, and wait another period on the same link.
+    Wait,
+    /// Give up on the beats: probe from now on, on a link that does not
+    /// ask for them.
+    ProbeInstead,
+    /// Ask for the beats again, on a new link, after `probed` periods.
+    AskAgain { probed: u32 },
+}
+
+impl Default for Fallback {
+    fn default() -> Fallback {
+        Fallback {
+            unheard: 0,
+            probed: None,
+            again_after: BEATS_AGAIN_AFTER,
+        }
+    }
+}
+
+impl Fallback {
+    /// A period ended with no beat; `asking` is whether the link up asked
+    /// for beats, `heard` whether any came on it.
+    fn period_passed(&mut self, asking: bool, heard: bool) -> Turn {
+        self.unheard = if heard { 0 } else { self.unheard + 1 };
+        if asking && self.unheard >= 2 {
+            // Beats that never come (a firewall drops them, or the node
+            // cannot beat) would cost a packet a period for nothing. Two
+            // periods, so that one lost beat does not decide it.
+            self.probed = Some(0);
+            return Turn::ProbeInstead;
+        }
+        let Some(probed) = self.probed.as_mut() else {
+            return Turn::Wait;
+        };
+        *probed += 1;
+        if *probed < self.again_after {
+            return Turn::Wait;
+        }
+        let probed = *probed;
+        self.probed = None;
+        self.unheard = 0;
+        self.again_after = (self.again_after * 2).min(BEATS_AGAIN_MOST);
+        Turn::AskAgain { probed }
+    }
+
+    /// A beat came: whatever stopped them before is gone.
+    fn heard_beat(&mut self) {
+        self.again_after = BEATS_AGAIN_AFTER;
     }
 }
 
@@ -1054,6 +1106,55 @@ mod tests {
         }
         // A flood of fake nodes does not stretch it further.
         assert_eq!(linked_period(MAX_NODES + 1), LINKED_PROBE_MOST);
+    }
+
+    /// Drives a [`Fallback`] through an ask whose beats never come: the
+    /// periods it waits asking, then the probed periods until it asks again.
+    fn ask_unanswered(f: &mut Fallback) -> u32 {
+        assert_eq!(
+            f.period_passed(true, false),
+            Turn::Wait,
+            "gave up after one lost beat"
+        );
+        assert_eq!(f.period_passed(true, false), Turn::ProbeInstead);
+        for n in 1.. {
+            match f.period_passed(false, false) {
+                Turn::Wait => {}
+                Turn::AskAgain { probed } => {
+                    assert_eq!(probed, n);
+                    return n;
+                }
+                Turn::ProbeInstead => panic!("gave up on a link that did not ask"),
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn a_watcher_asks_for_beats_again_ever_later_until_one_comes() {
+        let mut f = Fallback::default();
+        let waits: Vec<u32> = (0..6).map(|_| ask_unanswered(&mut f)).collect();
+        assert_eq!(waits, [4, 8, 16, 32, 32, 32]);
+
+        // This ask is answered: a link that heard a beat never gives up,
+        // however many later beats are lost (each late one is probed).
+        assert_eq!(f.period_passed(true, false), Turn::Wait);
+        f.heard_beat();
+        for _ in 0..10 {
+            assert_eq!(f.period_passed(true, true), Turn::Wait);
+        }
+        // The beats stop on a later link (the node moved behind a
+        // firewall): the wait starts over from the shortest.
+        assert_eq!(ask_unanswered(&mut f), 4);
+        assert_eq!(ask_unanswered(&mut f), 8);
+    }
+
+    #[test]
+    fn a_link_that_never_asked_for_beats_is_only_probed() {
+        let mut f = Fallback::default();
+        for _ in 0..100 {
+            assert_eq!(f.period_passed(false, false), Turn::Wait);
+        }
     }
 
     #[test]
