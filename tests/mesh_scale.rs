@@ -5,8 +5,10 @@
 //! (p50/p99 over every consumer's table, from the timestamps of their log
 //! lines), idle traffic on the bridge (a tcpdump of every frame on the
 //! bridge itself, which sees them all: mDNS, the witness ring's beats and
-//! links, ARP and neighbour discovery) and idle CPU per host; and how
-//! many live providers any table dropped during the run (must be 0).
+//! links, ARP and neighbour discovery) and idle CPU per host; the mDNS
+//! queries and responses of the join, the leave and the crash, and their
+//! densest 100 ms; UDP receive-buffer drops by phase; and how many live
+//! providers any table dropped during the run (must be 0).
 //!
 //! `MESH_HOSTS` (default `8`): comma-separated sizes; `MESH_SETTLE` and
 //! `MESH_WINDOW` (seconds, default 20 and 60): the idle time before the
@@ -107,7 +109,6 @@ fn run(n: usize, settle: Duration, window: Duration) {
     let w1 = now();
     let cpu1: Vec<u64> = nodes.iter().map(|x| cpu_ticks(x.proc.pid())).collect();
     rcvbuf_phases.push(("the idle window", rcvbuf_sum()));
-    let traffic = capture.finish(w0, w1);
     let tick = clock_ticks();
     let cpu: Vec<f64> = cpu0
         .iter()
@@ -118,11 +119,13 @@ fn run(n: usize, settle: Duration, window: Duration) {
     // Join: the new host's start -> in every table (its own too).
     let joiner_host = &hosts[n];
     let t0 = now();
+    let mut phases = Vec::new();
     let mut joiner = start_node(joiner_host);
     let mut everyone: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
     everyone.push(&joiner.proc);
     let join = delays(&everyone, &joiner.instance, "backend joined", t0);
     rcvbuf_phases.push(("the join", rcvbuf_sum()));
+    phases.push(("the join", t0, now()));
 
     // Graceful leave: SIGTERM -> draining, then gone from every other table.
     let t0 = now();
@@ -132,6 +135,7 @@ fn run(n: usize, settle: Duration, window: Duration) {
     let leave = delays(&others, &joiner.instance, "backend left", t0);
     joiner.proc.wait_exit(EVENT_DEADLINE);
     rcvbuf_phases.push(("the leave", rcvbuf_sum()));
+    phases.push(("the leave", t0, now()));
 
     // Crash: SIGKILL of the last node -> gone from every other table.
     let mut victim = nodes.pop().unwrap();
@@ -140,6 +144,9 @@ fn run(n: usize, settle: Duration, window: Duration) {
     let survivors: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
     let crash = delays(&survivors, &victim.instance, "backend left", t0);
     rcvbuf_phases.push(("the crash", rcvbuf_sum()));
+    phases.push(("the crash", t0, now()));
+    let frames = capture.finish();
+    let traffic = Traffic::of(&frames, w0, w1);
 
     // A live provider must never have left any table; when one did, what
     // the node logged just before says why (a goodbye, a sweep, a trial).
@@ -176,6 +183,17 @@ fn run(n: usize, settle: Duration, window: Duration) {
         rate(traffic.bytes),
         traffic.max_per_second,
     );
+    // Which burst overflows the responders' receive buffers, if one does.
+    for (phase, p0, p1) in &phases {
+        let burst = Burst::of(&frames, *p0, *p1);
+        println!(
+            "mDNS during {phase} ({:.1} s): {} queries and {} responses, most {} frames in 100 ms",
+            p1 - p0,
+            burst.queries,
+            burst.responses,
+            burst.most_in_100ms,
+        );
+    }
     let mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
     let max = cpu.iter().cloned().fold(0.0, f64::max);
     println!("idle CPU per host: mean {mean:.2} %, max {max:.2} % of one core");
@@ -475,6 +493,22 @@ struct Capture {
     file: PathBuf,
 }
 
+/// One captured frame.
+struct Frame {
+    /// Seconds since the epoch.
+    ts: f64,
+    /// Its length on the wire.
+    len: usize,
+    /// For UDP to or from port 5353, whether it is a response (the DNS
+    /// header's QR bit) and whether it went to a multicast group.
+    mdns: Option<Mdns>,
+}
+
+struct Mdns {
+    response: bool,
+    multicast: bool,
+}
+
 /// What crossed the bridge in a window.
 struct Traffic {
     packets: usize,
@@ -488,6 +522,57 @@ struct Traffic {
     max_per_second: usize,
 }
 
+impl Traffic {
+    fn of(frames: &[Frame], w0: f64, w1: f64) -> Traffic {
+        let within = in_window(frames, w0, w1);
+        let mdns = || within.iter().filter_map(|f| f.mdns.as_ref());
+        Traffic {
+            packets: within.len(),
+            mdns: mdns().count(),
+            mdns_multicast: mdns().filter(|m| m.multicast).count(),
+            bytes: within.iter().map(|f| f.len).sum(),
+            max_per_second: most_in(within.iter(), w0, 1.0),
+        }
+    }
+}
+
+/// The mDNS frames of a window, which at 64 hosts come in bursts.
+struct Burst {
+    queries: usize,
+    responses: usize,
+    most_in_100ms: usize,
+}
+
+impl Burst {
+    fn of(frames: &[Frame], w0: f64, w1: f64) -> Burst {
+        let within = in_window(frames, w0, w1);
+        let mdns: Vec<&Mdns> = within.iter().filter_map(|f| f.mdns.as_ref()).collect();
+        let responses = mdns.iter().filter(|m| m.response).count();
+        Burst {
+            queries: mdns.len() - responses,
+            responses,
+            most_in_100ms: most_in(within.iter().filter(|f| f.mdns.is_some()), w0, 0.1),
+        }
+    }
+}
+
+/// The frames whose time is in `[w0, w1)` (tcpdump writes them in the
+/// order of their times).
+fn in_window(frames: &[Frame], w0: f64, w1: f64) -> &[Frame] {
+    let from = frames.partition_point(|f| f.ts < w0);
+    let to = frames.partition_point(|f| f.ts < w1);
+    &frames[from..to.max(from)]
+}
+
+/// Most frames in any bucket of `width` seconds counted from `w0`.
+fn most_in<'a>(frames: impl Iterator<Item = &'a Frame>, w0: f64, width: f64) -> usize {
+    let mut buckets: BTreeMap<u64, usize> = BTreeMap::new();
+    for f in frames {
+        *buckets.entry(((f.ts - w0) / width) as u64).or_default() += 1;
+    }
+    buckets.values().copied().max().unwrap_or(0)
+}
+
 impl Capture {
     fn start(lab: &Lab) -> Capture {
         let ns = lab
@@ -497,9 +582,10 @@ impl Capture {
             .expect("the lab's bridge namespace");
         let file = lab.dir().join("bridge.pcap");
         let log = lab.dir().join("tcpdump.log");
+        // 96 bytes reach the DNS header's flags over IPv6 too.
         let child = Command::new("ip")
             .args([
-                "netns", "exec", ns, "tcpdump", "-i", "br0", "-n", "-U", "-s", "64",
+                "netns", "exec", ns, "tcpdump", "-i", "br0", "-n", "-U", "-s", "96",
             ])
             .arg("-w")
             .arg(&file)
@@ -514,63 +600,56 @@ impl Capture {
         Capture { child, file }
     }
 
-    fn finish(mut self, w0: f64, w1: f64) -> Traffic {
+    fn finish(mut self) -> Vec<Frame> {
         // SAFETY: kill(2) on our own child's PID.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
-        read_pcap(&self.file, w0, w1)
+        read_pcap(&self.file)
     }
 }
 
-/// Whether an Ethernet frame carries UDP to or from port 5353 (IPv4, or
-/// IPv6 without extension headers, as mDNS goes).
-fn is_mdns(frame: &[u8]) -> bool {
+/// The mDNS part of an Ethernet frame carrying UDP to or from port 5353
+/// (IPv4, or IPv6 without extension headers, as mDNS goes).
+fn mdns_of(frame: &[u8]) -> Option<Mdns> {
     let udp_at = match frame.get(12..14) {
         Some([0x08, 0x00]) if frame.get(23) == Some(&17) => {
             14 + usize::from(frame.get(14).map_or(0, |b| b & 0x0f)) * 4
         }
         Some([0x86, 0xdd]) if frame.get(20) == Some(&17) => 54,
-        _ => return false,
+        _ => return None,
     };
     let port = |at: usize| {
         frame
             .get(at..at + 2)
             .map(|p| u16::from_be_bytes([p[0], p[1]]))
     };
-    port(udp_at) == Some(5353) || port(udp_at + 2) == Some(5353)
+    if port(udp_at) != Some(5353) && port(udp_at + 2) != Some(5353) {
+        return None;
+    }
+    Some(Mdns {
+        // The DNS header follows the 8-byte UDP header; QR is the flags'
+        // top bit.
+        response: frame.get(udp_at + 10).is_some_and(|b| b & 0x80 != 0),
+        multicast: frame.first().is_some_and(|b| b & 1 == 1),
+    })
 }
 
-/// Counts the frames of a pcap file whose time is in `[w0, w1)`.
-fn read_pcap(file: &Path, w0: f64, w1: f64) -> Traffic {
+/// Every frame of a pcap file, in the order captured.
+fn read_pcap(file: &Path) -> Vec<Frame> {
     let data = std::fs::read(file).expect("the capture");
-    let mut t = Traffic {
-        packets: 0,
-        mdns: 0,
-        mdns_multicast: 0,
-        bytes: 0,
-        max_per_second: 0,
-    };
-    let mut buckets: BTreeMap<u64, usize> = BTreeMap::new();
     let u32_at = |i: usize| u32::from_le_bytes(data[i..i + 4].try_into().unwrap());
+    let mut frames = Vec::new();
     let mut at = 24; // global header
     while at + 16 <= data.len() {
         let ts = u32_at(at) as f64 + u32_at(at + 4) as f64 / 1e6;
         let (incl, orig) = (u32_at(at + 8) as usize, u32_at(at + 12) as usize);
         let frame = &data[at + 16..(at + 16 + incl).min(data.len())];
         at += 16 + incl;
-        if ts < w0 || ts >= w1 {
-            continue;
-        }
-        t.packets += 1;
-        t.bytes += orig;
-        if is_mdns(frame) {
-            t.mdns += 1;
-            if frame.first().is_some_and(|b| b & 1 == 1) {
-                t.mdns_multicast += 1;
-            }
-        }
-        *buckets.entry((ts - w0) as u64).or_default() += 1;
+        frames.push(Frame {
+            ts,
+            len: orig,
+            mdns: mdns_of(frame),
+        });
     }
-    t.max_per_second = buckets.values().copied().max().unwrap_or(0);
-    t
+    frames
 }
