@@ -180,7 +180,15 @@ const SUSPECT_CONFIRMS: [Duration; 2] = [Duration::from_millis(300), Duration::f
 /// in the namespace lab a single goodbye was lost now and then (the
 /// kernel's input queue overflowing), and the dead node stayed in every
 /// other table for its TTL. Receivers remove an instance once.
-const GOODBYE_AGAIN: Duration = Duration::from_secs(1);
+///
+/// Within the second that a goodbye leaves the record cached (RFC 6762
+/// §10.1): a repeat that finds it gone makes mdns-sd (0.21) cache it anew
+/// with a TTL of 1 s and query for it at 80 % of that, so every node
+/// queried the service type with all its known answers in the same 200
+/// ms (at 64 hosts about 440 packets, and the receive buffers of a third
+/// of the hosts overflowed). A repeat that finds the record only renews
+/// its last second.
+const GOODBYE_AGAIN: Duration = Duration::from_millis(500);
 /// Most instances named in one goodbye: one node's services, with room to
 /// spare; more would not fit one packet anyway.
 const MAX_GOODBYE_INSTANCES: usize = 32;
