@@ -187,8 +187,12 @@ const SUSPECT_CONFIRMS: [Duration; 2] = [Duration::from_millis(300), Duration::f
 /// queried the service type with all its known answers in the same 200
 /// ms (at 64 hosts about 440 packets, and the receive buffers of a third
 /// of the hosts overflowed). A repeat that finds the record only renews
-/// its last second.
+/// its last second. (mdns-sd repeats its own goodbyes 120 ms apart.)
 const GOODBYE_AGAIN: Duration = Duration::from_millis(500);
+const _: () = assert!(
+    GOODBYE_AGAIN.as_millis() < 1000,
+    "a goodbye leaves a record cached for 1 s"
+);
 /// Most instances named in one goodbye: one node's services, with room to
 /// spare; more would not fit one packet anyway.
 const MAX_GOODBYE_INSTANCES: usize = 32;
