@@ -33,9 +33,9 @@
 //!   services while their check passes, browsing into the tables (what the
 //!   link sends is checked, capped and counted; new backends are probed
 //!   before they take clients).
-//! - [`net`]: the data plane: the accept loop (on the node's runtime), each
-//!   connection's pipeline of stages (on one of the per-core runtimes,
-//!   [`net::shards`]), dialing ([`net::dial`]), copying, socket options,
+//! - [`net`]: the data plane: the accept loops and each connection's
+//!   pipeline of stages (both on the per-core runtimes, [`net::shards`],
+//!   not the node's), dialing ([`net::dial`]), copying, socket options,
 //!   active checks ([`net::checks`], also used by providers for their local
 //!   service).
 //! - [`secret`]: secret files (owner-only, read once) and secret bytes

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
@@ -82,26 +83,38 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = ()> + Send;
 }
 
-/// A listener registered with the node's runtime, ready for [`serve`]:
+/// A listener registered with the runtime of the shard its accept loop
+/// runs on (its home, [`Shards::home_for_listener`]), ready for [`serve`]:
 /// registered when bound, so that a node that cannot poll it (the kernel's
 /// epoll watches exhausted) fails to start, or to reload, with the reason,
 /// instead of serving on with a port nobody answers. The sockets it
-/// accepts are not registered with the node's runtime, only once with
-/// their shard's (a tokio `TcpListener` would register each, then have to
-/// deregister it: two system calls per connection).
-pub struct Listener(AsyncFd<std::net::TcpListener>);
+/// accepts are registered once, with their own shard's runtime (a tokio
+/// `TcpListener` would register each with its own, then have to move it:
+/// two system calls per connection).
+pub struct Listener {
+    fd: AsyncFd<std::net::TcpListener>,
+    home: Handle,
+}
 
 impl Listener {
-    /// Registers `listener` with the runtime of the caller's context.
+    /// Registers `listener` with `home`, the runtime its accept loop must
+    /// run on.
     // `AsyncFd::with_interest` is deprecated for types that may not own the
     // descriptor they lend; a std listener owns its own.
     #[allow(deprecated)]
-    pub fn register(listener: TcpListener) -> io::Result<Listener> {
-        AsyncFd::with_interest(listener.into_std()?, Interest::READABLE).map(Listener)
+    pub fn register(listener: TcpListener, home: Handle) -> io::Result<Listener> {
+        let _in_home = home.enter();
+        let fd = AsyncFd::with_interest(listener.into_std()?, Interest::READABLE)?;
+        Ok(Listener { fd, home })
+    }
+
+    /// The runtime [`serve`] must run on for this listener.
+    pub fn home(&self) -> &Handle {
+        &self.home
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.get_ref().local_addr()
+        self.fd.get_ref().local_addr()
     }
 }
 
@@ -117,7 +130,8 @@ impl Listener {
 /// connection limit while it waits in `accept`, so a node serving N
 /// listeners can be N - 1 connections short of its limit: nothing next to
 /// a limit in the thousands, and what lets each listener stop and drain on
-/// its own.
+/// its own. The future must run on the listeners' home runtime
+/// ([`Listener::home`]), one they share: there they are polled.
 pub fn serve<H: Handler>(
     listeners: Vec<(Listener, Arc<H>)>,
     shared: Arc<Shared>,
@@ -126,7 +140,7 @@ pub fn serve<H: Handler>(
 ) -> impl Future<Output = Vec<(Listener, Arc<H>)>> {
     for (listener, handler) in &listeners {
         // Accepted sockets inherit these: nothing to set per client.
-        if let Err(e) = sockopt::tune_listener(listener.0.get_ref(), &shared.settings) {
+        if let Err(e) = sockopt::tune_listener(listener.fd.get_ref(), &shared.settings) {
             warn!(service = %handler.name(), error = %e, "cannot set socket options on the listener");
         }
     }
@@ -228,7 +242,7 @@ async fn accept_any<H>(
     std::future::poll_fn(|cx| {
         for k in 0..listeners.len() {
             let i = (start + k) % listeners.len();
-            if let Poll::Ready(r) = poll_accept(&listeners[i].0 .0, cx) {
+            if let Poll::Ready(r) = poll_accept(&listeners[i].0.fd, cx) {
                 return Poll::Ready((i, r));
             }
         }

@@ -205,7 +205,7 @@ impl Running {
                     .with_context(|| format!("cannot listen on {addr} for '{}'", c.name))?,
             };
             let addr = listener.local_addr().unwrap_or(addr);
-            let listener = Listener::register(listener)
+            let listener = Listener::register(listener, self.local.shards.home_for_listener())
                 .with_context(|| format!("cannot poll the listener on {addr} for '{}'", c.name))?;
             listeners.insert(c.port, (listener, addr));
         }
@@ -220,7 +220,8 @@ impl Running {
                 let what = || format!("cannot listen for TLS connections to '{}'", p.name);
                 let listener = Terminator::bind(p.tls_port).with_context(what)?;
                 let addr = listener.local_addr().with_context(what)?;
-                let listener = Listener::register(listener).with_context(|| {
+                let home = self.mesh.shards.home_for_listener();
+                let listener = Listener::register(listener, home).with_context(|| {
                     format!("cannot poll the TLS listener on {addr} for '{}'", p.name)
                 })?;
                 terminators.insert(p.name.clone(), (listener, addr));

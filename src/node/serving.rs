@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
@@ -31,6 +31,10 @@ pub(super) struct Serving<H: Handler> {
     stop_parent: CancellationToken,
     /// Stops the loop now running.
     stop: CancellationToken,
+    /// Stops it when this is dropped without [`Self::close`] (the node
+    /// dropped with its runtime): the loop runs on a shard's thread, which
+    /// would accept on without the node.
+    _stop_when_dropped: DropGuard,
     /// The loop now running; gives the listener back when stopped. `None`
     /// once it panicked.
     accept: Option<AcceptLoop<H>>,
@@ -69,7 +73,8 @@ impl<H: Handler> Serving<H> {
         let shared = with_hard_stop(base, base.hard_stop.child_token());
         let stop = stop_parent.child_token();
         let tracker = TaskTracker::new();
-        let accept = tokio::spawn(accept::serve(
+        let home = listener.home().clone();
+        let accept = home.spawn(accept::serve(
             vec![(listener, handler.clone())],
             shared.clone(),
             stop.clone(),
@@ -80,6 +85,7 @@ impl<H: Handler> Serving<H> {
             handler,
             shared,
             stop_parent: stop_parent.clone(),
+            _stop_when_dropped: stop.clone().drop_guard(),
             stop,
             accept: Some(accept),
             tracker,
@@ -101,7 +107,9 @@ impl<H: Handler> Serving<H> {
         self.handler = handler;
         self.shared = with_hard_stop(base, self.shared.hard_stop.clone());
         self.stop = self.stop_parent.child_token();
-        self.accept = Some(tokio::spawn(accept::serve(
+        self._stop_when_dropped = self.stop.clone().drop_guard();
+        let home = listener.home().clone();
+        self.accept = Some(home.spawn(accept::serve(
             vec![(listener, self.handler.clone())],
             self.shared.clone(),
             self.stop.clone(),
@@ -147,6 +155,95 @@ impl Draining {
             }
             self.hard_stop.cancel();
             self.tracker.wait().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{ErrorKind, Read};
+    use std::time::Instant;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    use crate::net::shards::Shards;
+    use crate::settings::ProxySettings;
+
+    /// Says "hi" and hangs up.
+    struct Hi;
+
+    impl Handler for Hi {
+        fn name(&self) -> &str {
+            "hi"
+        }
+
+        async fn handle(self: Arc<Self>, mut client: TcpStream, _: SocketAddr, _: Arc<Shared>) {
+            let _ = client.write_all(b"hi").await;
+        }
+    }
+
+    /// A listener on its shard, started from a runtime that is not driven
+    /// afterwards: the node's, as busy or as blocked as it can be.
+    fn start_then_block_the_node() -> (Serving<Hi>, SocketAddr, tokio::runtime::Runtime) {
+        let node = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let shards = Arc::new(Shards::new(2).unwrap());
+        let base = Shared::new(
+            ProxySettings::default(),
+            CancellationToken::new(),
+            None,
+            shards.clone(),
+        );
+        let (serving, addr) = node.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let listener = Listener::register(listener, shards.home_for_listener()).unwrap();
+            let serving = Serving::start(
+                listener,
+                addr,
+                Arc::new(Hi),
+                &base,
+                &CancellationToken::new(),
+            );
+            (serving, addr)
+        });
+        (serving, addr, node)
+    }
+
+    #[test]
+    fn a_listener_accepts_and_serves_without_the_nodes_runtime() {
+        let (_serving, addr, _node) = start_then_block_the_node();
+        for _ in 0..4 {
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut said = String::new();
+            client
+                .read_to_string(&mut said)
+                .expect("no answer in 10 s: the accept loop waits for the node's runtime");
+            assert_eq!(said, "hi");
+        }
+    }
+
+    #[test]
+    fn a_listener_dropped_with_its_node_stops_accepting() {
+        let (serving, addr, node) = start_then_block_the_node();
+        drop(serving);
+        drop(node);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::net::TcpStream::connect(addr) {
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
+                _ if Instant::now() > deadline => {
+                    panic!("{addr} still accepts 10 s after its node was dropped")
+                }
+                _ => std::thread::sleep(Duration::from_millis(10)),
+            }
         }
     }
 }
