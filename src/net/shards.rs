@@ -13,7 +13,7 @@
 //! accepting shard starts without waking another thread. Run on the node's
 //! runtime instead, every connection woke two threads, the loop's and its
 //! shard's (measured under `redis-benchmark -k 0`: 1.0 context switch per
-//! connection against 0.45, and 12-26 % more CPU per connection,
+//! connection against 0.45, and about a tenth more CPU per connection,
 //! bench/dataplane-notes.md).
 
 use std::future::Future;
