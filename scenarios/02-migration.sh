@@ -60,11 +60,11 @@ read -r gap1 failed1 < <(gap "$mark1" h1 h3)
 [ "$gap1" -lt $((15000 * LAB_TIME_SCALE)) ] || sc_fail "cold move gap ${gap1} ms"
 moved1=$(sc_secs "$t")
 
-# 2. Planned move h3 -> h1:34567: start the new one, wait until h2's
+# 2. Planned move h3 -> h1:14567: start the new one, wait until h2's
 #    ambassador has it, then let the old provider drain and leave.
 mark2=$(lines)
-start_redis h1 redis-34567 34567
-provide h1 34567
+start_redis h1 redis-14567 14567
+provide h1 14567
 sc_wait 30 "h2's ambassador to see the new h1 backend" at_least "$mark2" h1 1
 lab_kill h3 provider-23456 TERM
 lab_kill h3 redis-23456 TERM

@@ -106,10 +106,16 @@ sc_wait() {
 }
 
 # start_redis HOST NAME PORT [redis-server args...]: a throwaway Redis
-# (no persistence) whose key `whoami` holds HOST, once it answers.
+# (no persistence) whose key `whoami` holds HOST, once it answers. PORT must
+# lie outside HOST's ephemeral range: there any outgoing connection, or its
+# TIME_WAIT, may hold it, and Redis then fails to bind at random.
 start_redis() {
-  local host=$1 name=$2 port=$3
+  local host=$1 name=$2 port=$3 low high
   shift 3
+  read -r low high < <(lab_exec "$host" cat /proc/sys/net/ipv4/ip_local_port_range)
+  if [ "$port" -ge "$low" ] && [ "$port" -le "$high" ]; then
+    sc_fail "redis port $port is in $host's ephemeral range $low-$high"
+  fi
   lab_bg "$host" "$name" redis-server --port "$port" --protected-mode no \
     --save '' --appendonly no "$@"
   sc_wait 10 "redis on $host:$port" redis_says "$host" "$port" PONG ping
