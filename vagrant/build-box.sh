@@ -14,7 +14,8 @@
 # redis-server, redis-tools, avahi-daemon and avahi-utils, every package
 # upgraded from bookworm-updates and bookworm-security. The `vagrant` user
 # takes Vagrant's well-known insecure key, which `vagrant up` replaces.
-# Each VM draws its SSH host keys and machine-id at first boot.
+# Each VM draws its SSH host key (Ed25519 only) and machine-id at first
+# boot.
 #
 # The built box is cached in AMB_BOX_CACHE (default /var/cache/mesh-amb),
 # outside the work tree, under a name made from the content of this script
@@ -112,12 +113,23 @@ EOF
   # The VM waits for no NIC that stays down (an isolated network has no
   # DHCP answer for a NIC Vagrant has not configured yet).
   in_root systemctl mask -q systemd-networkd-wait-online.service
-  # Host keys are drawn at first boot, one set per VM.
+  # A host key is drawn at first boot, one per VM, and only an Ed25519
+  # one: `ssh-keygen -A` also draws RSA 3072, which under emulation with
+  # five VMs booting took longer than ssh.service's 90 s start limit (the
+  # unit failed, and its restart drew all three again: sshd listened 2 min
+  # 19 s after it first started). Ed25519 takes a fraction of a second.
   rm -f "$root"/etc/ssh/ssh_host_*
   mkdir -p "$root/etc/systemd/system/ssh.service.d"
-  printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' \
-    > "$root/etc/systemd/system/ssh.service.d/host-keys.conf"
-  echo "UseDNS no" > "$root/etc/ssh/sshd_config.d/vagrant.conf"
+  cat > "$root/etc/systemd/system/ssh.service.d/host-keys.conf" <<'EOF'
+[Service]
+ExecStartPre=
+ExecStartPre=/bin/sh -c 'test -e /etc/ssh/ssh_host_ed25519_key || exec /usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key'
+ExecStartPre=/usr/sbin/sshd -t
+EOF
+  printf 'UseDNS no\nHostKey /etc/ssh/ssh_host_ed25519_key\n' > "$root/etc/ssh/sshd_config.d/vagrant.conf"
+  # Nothing for e2scrub to reap (no LVM), and it would start in the
+  # boot's busiest minute.
+  in_root systemctl mask -q e2scrub_reap.service e2scrub_all.timer
   # An empty machine-id: systemd makes a new one at first boot.
   : > "$root/etc/machine-id"
   rm -f "$root/var/lib/dbus/machine-id"
