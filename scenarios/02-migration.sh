@@ -22,9 +22,10 @@ sc_wait 30 "PONG through h2's ambassador" redis_says h2 6379 h1 get whoami
 
 # The client: one line per request, "<start µs> <duration µs> <reply>".
 # shellcheck disable=SC2016 # expanded on h2
-lab_bg h2 client bash -c 'while :; do
+lab_bg h2 client bash -c "$(sc_whoami_fn 6379 2)"'
+  while :; do
     t=${EPOCHREALTIME/./}
-    r=$(timeout 2 redis-cli -p 6379 get whoami 2>/dev/null | head -n 1) || true
+    get_whoami
     echo "$t $((${EPOCHREALTIME/./} - t)) ${r:-ERR}"
     sleep 0.05
   done'

@@ -42,9 +42,10 @@ discovered=$(sc_secs "$t")
 # down.
 go=/tmp/$LAB_RUN-go
 # shellcheck disable=SC2016 # expanded on h1
-lab_bg h1 client bash -c 'for ((n = 1; n <= '"$REQUESTS"'; n++)); do
+lab_bg h1 client bash -c "$(sc_whoami_fn 8080 5)"'
+  for ((n = 1; n <= '"$REQUESTS"'; n++)); do
     t=${EPOCHREALTIME/./}
-    r=$(timeout 5 redis-cli -p 8080 get whoami 2>/dev/null | head -n 1) || true
+    get_whoami
     echo "$n $((${EPOCHREALTIME/./} - t)) ${r:-ERR}"
     if [ "$n" = '"$KILL_AT"' ]; then
       for ((w = 0; w < 3000; w++)); do [ -e '"$go"' ] && break; sleep 0.01; done

@@ -131,6 +131,23 @@ redis_says() {
   [ "$out" = "$want" ]
 }
 
+# sc_whoami_fn PORT SECS: the definition of a shell function `get_whoami`
+# for a client loop run on a lab host (bash -c): it asks localhost:PORT
+# `GET whoami` on a new connection, waiting SECS at most for the reply,
+# and leaves the reply in $r (empty if none came). It speaks RESP through
+# bash's own /dev/tcp instead of starting a redis-cli: under QEMU's
+# emulation a process started per request cost about 300 ms, most of a
+# client's time.
+sc_whoami_fn() {
+  local port=$1 secs=$2
+  # shellcheck disable=SC2016 # expanded on the host
+  printf '%s\n' \
+    'get_whoami_() {' \
+    '  printf "GET whoami\r\n" >&3 && read -r -t '"$secs"' _ <&3 && read -r -t '"$secs"' r <&3' \
+    '} 3<>/dev/tcp/127.0.0.1/'"$port" \
+    'get_whoami() { r=; get_whoami_ 2>/dev/null || r=; r=${r//[[:cntrl:]]/}; }'
+}
+
 # start_amb HOST NAME ARGS...: mesh-amb with ARGS in the background on HOST.
 start_amb() {
   local host=$1 name=$2
