@@ -15,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::rogue::MDNS_PORT;
 use crate::{ip, wait_until, Deadline, Host, Iface, Lab, LINK_UP_TIMEOUT, NET_A, NET_B};
 
 /// How often the hub's blocked threads look at the stop flag: the bound
@@ -219,6 +220,8 @@ struct HubShared {
     /// Per port: the UDP port the host hears nothing on, 0 for none (see
     /// [`Hub::deafen`]).
     deaf: Vec<AtomicU16>,
+    /// The one mDNS response to lose (see [`Hub::lose_next_response`]).
+    lose_next: Mutex<Option<LoseNext>>,
     /// Source MAC -> port, learnt from the frames, as a switch does.
     macs: Mutex<HashMap<[u8; 6], usize>>,
     /// Frames waiting for their delivery time.
@@ -235,6 +238,30 @@ struct HubShared {
     crossings: AtomicU64,
     lost: AtomicU64,
     cut_frames: AtomicU64,
+}
+
+/// The packet [`Hub::lose_next_response`] is to lose.
+#[derive(Debug)]
+struct LoseNext {
+    /// Bytes the DNS message holds.
+    needle: Vec<u8>,
+    /// The port whose frames are spared.
+    except_port: usize,
+    /// Lost already: the rule does nothing more.
+    done: bool,
+}
+
+impl LoseNext {
+    /// Whether `frame`, read from `port`, is the packet to lose.
+    fn matches(&self, port: usize, frame: &[u8]) -> bool {
+        !self.done
+            && port != self.except_port
+            && udp(frame).is_some_and(|(to, dns)| {
+                to == MDNS_PORT
+                    && dns.get(2).is_some_and(|flags| flags & 0x80 != 0)
+                    && dns.windows(self.needle.len()).any(|w| w == self.needle)
+            })
+    }
 }
 
 /// A frame on its way to one port.
@@ -259,6 +286,7 @@ impl Hub {
             impairment: Mutex::new(impairment),
             cut: (0..ports).map(|_| AtomicBool::new(false)).collect(),
             deaf: (0..ports).map(|_| AtomicU16::new(0)).collect(),
+            lose_next: Mutex::new(None),
             macs: Mutex::new(HashMap::new()),
             queue: Mutex::new(BinaryHeap::new()),
             seq: AtomicU64::new(0),
@@ -324,6 +352,29 @@ impl Hub {
             .iter()
             .position(|n| n == name)
             .unwrap_or_else(|| panic!("the hub has no host {name:?}"))
+    }
+
+    /// Loses the next mDNS response (UDP to port 5353, the DNS header's
+    /// QR bit set) that holds the bytes `needle` and that a host other
+    /// than `except_from` sends: one packet gone, as a collision or a full
+    /// queue loses one, where random loss cannot pick which. Replaces a
+    /// rule not yet used; [`Hub::lost_response`] tells whether it was.
+    /// Panics if the hub has no host `except_from`.
+    pub fn lose_next_response(&self, needle: &[u8], except_from: &str) {
+        assert!(!needle.is_empty(), "an empty needle matches every response");
+        let rule = LoseNext {
+            needle: needle.to_vec(),
+            except_port: self.port(except_from),
+            done: false,
+        };
+        *lock(&self.shared.lose_next) = Some(rule);
+    }
+
+    /// Whether the rule of [`Hub::lose_next_response`] has lost its packet.
+    pub fn lost_response(&self) -> bool {
+        lock(&self.shared.lose_next)
+            .as_ref()
+            .is_some_and(|r| r.done)
     }
 
     /// Frames counted so far.
@@ -396,6 +447,13 @@ impl HubShared {
                 self.cut_frames.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            if let Some(rule) = lock(&self.lose_next)
+                .as_mut()
+                .filter(|r| r.matches(port, &frame))
+            {
+                rule.done = true;
+                continue;
+            }
             // The sender's link: one crossing for every receiver.
             self.crossings.fetch_add(1, Ordering::Relaxed);
             if rng.chance(imp.loss) {
@@ -404,7 +462,7 @@ impl HubShared {
             }
             let uplink = rng.delay(&imp);
             let mut queued = Vec::with_capacity(targets.len());
-            let udp_to = udp_destination_port(&frame);
+            let udp_to = udp(&frame).map(|(to, _)| to);
             for to in targets {
                 let deaf = self.deaf[to].load(Ordering::Relaxed);
                 if self.cut[to].load(Ordering::Relaxed) || (deaf != 0 && udp_to == Some(deaf)) {
@@ -460,9 +518,10 @@ impl HubShared {
     }
 }
 
-/// The UDP destination port of an Ethernet frame carrying IPv4 or IPv6
-/// (no VLAN tag, no IPv6 extension header: what the lab's hosts send).
-fn udp_destination_port(frame: &[u8]) -> Option<u16> {
+/// The UDP destination port and payload of an Ethernet frame carrying
+/// IPv4 or IPv6 (no VLAN tag, no IPv6 extension header: what the lab's
+/// hosts send).
+fn udp(frame: &[u8]) -> Option<(u16, &[u8])> {
     const UDP: u8 = 17;
     let (ether, ip) = (frame.get(12..14)?, frame.get(14..)?);
     let udp = match u16::from_be_bytes([ether[0], ether[1]]) {
@@ -470,7 +529,8 @@ fn udp_destination_port(frame: &[u8]) -> Option<u16> {
         0x86dd if *ip.get(6)? == UDP => ip.get(40..)?,
         _ => return None,
     };
-    Some(u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]))
+    let to = u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]);
+    Some((to, udp.get(8..)?))
 }
 
 /// Whether `f` has data to read within `timeout`.
@@ -513,5 +573,43 @@ impl Rng {
     fn delay(&mut self, imp: &Impairment) -> Duration {
         let spread = imp.jitter.as_secs_f64() * (2.0 * self.unit() - 1.0);
         Duration::from_secs_f64((imp.delay.as_secs_f64() + spread).max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet frame carrying IPv4 and UDP to `port`, with `payload`.
+    fn udp_frame(port: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 1, 17, 0, 0];
+        ip.extend_from_slice(&[10, 77, 0, 2, 224, 0, 0, 251]);
+        f.extend(ip);
+        f.extend_from_slice(&5353u16.to_be_bytes());
+        f.extend_from_slice(&port.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn the_rule_picks_a_response_naming_the_needle_from_another_host() {
+        let rule = |done| LoseNext {
+            needle: b"web@n1".to_vec(),
+            except_port: 0,
+            done,
+        };
+        let response = udp_frame(MDNS_PORT, b"\0\0\x84\0 ... \x06web@n1\x04_amb");
+        let query = udp_frame(MDNS_PORT, b"\0\0\0\0 ... \x06web@n1\x04_amb");
+        let other = udp_frame(MDNS_PORT, b"\0\0\x84\0 ... \x06web@n2\x04_amb");
+        let beat = udp_frame(40000, b"\0\0\x84\0 ... \x06web@n1\x04_amb");
+        assert!(rule(false).matches(1, &response));
+        assert!(!rule(true).matches(1, &response), "lost once already");
+        assert!(!rule(false).matches(0, &response), "from the spared host");
+        assert!(!rule(false).matches(1, &query), "a query");
+        assert!(!rule(false).matches(1, &other), "another instance");
+        assert!(!rule(false).matches(1, &beat), "not mDNS");
     }
 }

@@ -66,9 +66,10 @@
 //! A multicast frame is lost or delayed independently on each receiver's
 //! link. Jitter reorders frames, as netem's does. [`Hub::cut`] partitions a
 //! host: every frame to or from it vanishes while its link stays up (the
-//! host cannot tell, as behind a failed switch port). Everything else
-//! about the hosts (`lo`, the multicast route, [`Host::enter`], processes)
-//! is as in [`Lab::new`].
+//! host cannot tell, as behind a failed switch port).
+//! [`Hub::lose_next_response`] loses one chosen mDNS packet, where random
+//! loss cannot pick which. Everything else about the hosts (`lo`, the
+//! multicast route, [`Host::enter`], processes) is as in [`Lab::new`].
 //!
 //! The hub's frames are counted ([`Hub::stats`]), so a test can show the
 //! loss it really applied.

@@ -26,7 +26,7 @@ use crate::Host;
 
 /// The mDNS group and port (RFC 6762).
 const MDNS_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
-const MDNS_PORT: u16 = 5353;
+pub(crate) const MDNS_PORT: u16 = 5353;
 /// The service type every instance is announced under.
 const SERVICE_TYPE: [&[u8]; 3] = [b"_amb", b"_tcp", b"local"];
 /// Packets stay below this, so they fit a 1500-byte Ethernet frame with IP
