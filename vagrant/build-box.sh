@@ -20,6 +20,7 @@
 # The built box is cached in AMB_BOX_CACHE (default /var/cache/mesh-amb),
 # outside the work tree, under a name made from the content of this script
 # and of box.Vagrantfile: an edit builds a new box, no edit reuses it.
+# Boxes of earlier versions are removed then (see prune below).
 # Environment:
 #   AMB_BOX_CACHE   where built boxes are kept
 #   DEBIAN_MIRROR   default http://deb.debian.org/debian (and -security)
@@ -41,8 +42,57 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 box=$cache/debian12-$key.box
 size_gib=8
 
+# Boxes of earlier versions of this script: each holds about 300 MB in the
+# cache, as much again in libvirt's storage pool (`vagrant box remove`
+# leaves the volume vagrant-libvirt made of it there) and a line in
+# `vagrant box list`. Removed once this version's box is there, unless a
+# VM's disk still has the old volume as its backing file (a lab brought up
+# from it and kept): then a later run removes it.
+prune() {
+  local pools pool vol k in_use=" " backing listed olds
+  vsh() { virsh -q -c qemu:///system "$@"; }
+  pools=$(vsh pool-list --name 2> /dev/null) ||
+    { echo "build-box: libvirt is not reachable; older boxes, if any, left"; return 0; }
+  backing=$(for pool in $pools; do
+    for vol in $(vsh vol-list --pool "$pool" | awk '{print $1}'); do
+      vsh vol-dumpxml --pool "$pool" "$vol" |
+        awk '/<backingStore>/ {b = 1} b && /<path>/ {gsub(/ *<\/?path>/, ""); print; b = 0}'
+    done
+  done)
+  for pool in $pools; do
+    for vol in $(vsh vol-list --pool "$pool" | awk '$1 ~ /^mesh-amb-VAGRANTSLASH-debian12-[0-9a-f]+_vagrant_box_image_/ {print $1}'); do
+      k=${vol#mesh-amb-VAGRANTSLASH-debian12-}
+      k=${k%%_*}
+      [ "$k" != "$key" ] || continue
+      if grep -q "/$vol\$" <<< "$backing"; then
+        in_use="$in_use$k "
+      else
+        vsh vol-delete --pool "$pool" "$vol" > /dev/null && echo "build-box: removed $vol from pool $pool"
+      fi
+    done
+  done
+  listed=$(vagrant box list 2> /dev/null | awk '$1 ~ /^mesh-amb\/debian12-[0-9a-f]+$/ {print $1}')
+  olds=$({
+    echo "${listed//mesh-amb\/debian12-/}"
+    find "$cache" -maxdepth 1 -name 'debian12-*.box' -printf '%f\n' 2> /dev/null |
+      sed 's/^debian12-//; s/\.box$//'
+  } | sort -u)
+  for k in $olds; do
+    if [ "$k" = "$key" ] || [[ "$in_use" == *" $k "* ]]; then
+      continue
+    fi
+    if grep -qx "mesh-amb/debian12-$k" <<< "$listed"; then
+      vagrant box remove --force --all "mesh-amb/debian12-$k" > /dev/null &&
+        echo "build-box: removed box mesh-amb/debian12-$k"
+    fi
+    rm -f "$cache/debian12-$k.box"
+  done
+  [ "$in_use" = " " ] || echo "build-box: kept older boxes whose volumes back a VM's disk:${in_use% }"
+}
+
 if vagrant box list 2>/dev/null | grep -q "^$name "; then
   echo "build-box: $name is already added"
+  prune
   exit 0
 fi
 
@@ -179,3 +229,4 @@ EOF
 fi
 vagrant box add --force --name "$name" "$box"
 echo "build-box: added $name (AMB_BOX=$name vagrant up --provider=libvirt)"
+prune
