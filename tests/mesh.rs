@@ -359,11 +359,19 @@ fn a_provider_host_cut_off_the_network_costs_no_client_request() {
 fn backend_checks_notice_a_crash_without_any_client() {
     let mut api = ApiLab::start_with(&[], &["--backend-check", "500ms"]);
     // In service first: a backend that dies before its first probe is
-    // kept behind the others and never checked as a live one.
-    wait_log(
-        &api.consumer,
-        "new backend answered its probe service=api instance=api@h1._amb._tcp.local.",
+    // kept behind the others and never checked as a live one. Its probe
+    // proves it, or a check that came first (then the probe, which only
+    // dials backends still on probation, is never made).
+    let probed = "new backend answered its probe service=api instance=api@h1._amb._tcp.local.";
+    let checked = format!(
+        "backend check ok service=api backend={}:7000",
+        api.lab.host("h1").ip
     );
+    let proven = wait_until(DEADLINE, || {
+        let log = api.consumer.stderr();
+        log.contains(probed) || log.contains(&checked)
+    });
+    assert!(proven, "h1 never proven:\n{}", api.consumer.output_tail(40));
     api.redis[0].kill();
     api.providers[0].kill();
     let gone = wait_log(
