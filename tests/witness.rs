@@ -202,7 +202,8 @@ fn a_lost_goodbye_is_said_again() {
 
     // The first response naming the dead instance that a live node sends
     // is the watcher's goodbye.
-    lab.hub().lose_next_response(label.as_bytes(), "h1");
+    lab.hub()
+        .lose_next_response(label.as_bytes(), &lab.hosts()[0].name);
     let t0 = Instant::now();
     victim.kill();
     let left = wait_until(GOODBYE_REPEATED_WITHIN, || {
@@ -222,6 +223,8 @@ fn a_lost_goodbye_is_said_again() {
     );
     eprintln!("removed from the bystander's table in {:?}", t0.elapsed());
     assert!(watcher.stderr().contains("goodbye sent for its instances"));
+    // It heard the watcher's goodbye: it had no verdict of its own.
+    assert_eq!(log_lines(bystander, &["goodbye sent"]), 0);
 }
 
 /// Above the watcher's detection through the ring link and its two

@@ -357,9 +357,10 @@ impl Hub {
     /// Loses the next mDNS response (UDP to port 5353, the DNS header's
     /// QR bit set) that holds the bytes `needle` and that a host other
     /// than `except_from` sends: one packet gone, as a collision or a full
-    /// queue loses one, where random loss cannot pick which. Replaces a
-    /// rule not yet used; [`Hub::lost_response`] tells whether it was.
-    /// Panics if the hub has no host `except_from`.
+    /// queue loses one, where random loss cannot pick which. Replaces any
+    /// earlier rule; [`Hub::lost_response`] tells whether the packet was
+    /// lost (it is not counted in [`Hub::stats`], whose `lost` is the
+    /// impairment's). Panics if the hub has no host `except_from`.
     pub fn lose_next_response(&self, needle: &[u8], except_from: &str) {
         assert!(!needle.is_empty(), "an empty needle matches every response");
         let rule = LoseNext {
