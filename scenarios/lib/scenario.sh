@@ -133,17 +133,22 @@ redis_says() {
 
 # sc_whoami_fn PORT SECS: the definition of a shell function `get_whoami`
 # for a client loop run on a lab host (bash -c): it asks localhost:PORT
-# `GET whoami` on a new connection, waiting SECS at most for the reply,
-# and leaves the reply in $r (empty if none came). It speaks RESP through
-# bash's own /dev/tcp instead of starting a redis-cli: under QEMU's
-# emulation a process started per request cost about 300 ms, most of a
-# client's time.
+# `GET whoami` on a new connection, waiting SECS at most for the reply's
+# first line, and leaves the value in $r (empty if no bulk string came:
+# an error, a nil, a reset, a timeout). It speaks RESP through bash's own
+# /dev/tcp instead of starting a redis-cli: under QEMU's emulation a
+# process started per request cost about 300 ms, most of a client's time.
+# SIGPIPE is ignored: a write to a reset connection fails that request,
+# not the whole loop (printf is a builtin). The connect has no timeout of
+# its own: to a local listener it is refused or accepted at once.
 sc_whoami_fn() {
   local port=$1 secs=$2
   # shellcheck disable=SC2016 # expanded on the host
   printf '%s\n' \
+    "trap '' PIPE" \
     'get_whoami_() {' \
-    '  printf "GET whoami\r\n" >&3 && read -r -t '"$secs"' _ <&3 && read -r -t '"$secs"' r <&3' \
+    '  printf "GET whoami\r\n" >&3 && read -r -t '"$secs"' h <&3 && [[ $h == \$[0-9]* ]] &&' \
+    '    read -r -t '"$secs"' r <&3' \
     '} 3<>/dev/tcp/127.0.0.1/'"$port" \
     'get_whoami() { r=; get_whoami_ 2>/dev/null || r=; r=${r//[[:cntrl:]]/}; }'
 }
