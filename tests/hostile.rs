@@ -325,6 +325,18 @@ fn news_dropped_in_a_flood_is_recovered_once_it_ebbs() {
         line_of(&["backend left", "instance=redis@real"]),
     );
     assert!(recovered, "{}", mesh.consumer.output_tail(40));
+    // The sweep after a re-browse waits until mdns-sd's replay of its
+    // cache is whole: one at a fixed 2 s once swept a live provider that a
+    // replay of the flood had not reached yet.
+    assert_eq!(
+        log_lines(
+            &mesh.consumer,
+            &["gone from the mDNS cache", "instance=redis@late"]
+        ),
+        0,
+        "a live provider was swept:\n{}",
+        mesh.consumer.output_tail(40)
+    );
     // h4 takes clients once its probe has passed: until then a client is
     // as likely to be sent to one of the flood's records still on
     // probation (each refuses, is ejected, and the next is tried).
