@@ -20,7 +20,7 @@
 # The built box is cached in AMB_BOX_CACHE (default /var/cache/mesh-amb),
 # outside the work tree, under a name made from the content of this script
 # and of box.Vagrantfile: an edit builds a new box, no edit reuses it.
-# Boxes of earlier versions are removed then (see prune below).
+# Older boxes are removed then, but for the newest of them (see prune below).
 # Environment:
 #   AMB_BOX_CACHE   where built boxes are kept
 #   DEBIAN_MIRROR   default http://deb.debian.org/debian (and -security)
@@ -42,57 +42,66 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 box=$cache/debian12-$key.box
 size_gib=8
 
-# Boxes of earlier versions of this script: each holds about 300 MB in the
-# cache, as much again in libvirt's storage pool (`vagrant box remove`
+# Boxes of other versions of this script: each holds about 300 MB in the
+# cache, as much again in libvirt's storage pools (`vagrant box remove`
 # leaves the volume vagrant-libvirt made of it there) and a line in
-# `vagrant box list`. Removed once this version's box is there, unless a
-# VM's disk still has the old volume as its backing file (a lab brought up
-# from it and kept): then a later run removes it.
+# `vagrant box list`. Once this version's box is there, all of them go but
+# the newest (a second checkout at another version, such as a branch and
+# CI's clone of main, then does not rebuild its box at every run) and any
+# whose volume backs a VM's disk (a lab brought up from it and kept; a
+# later run looks again). Nothing is removed when a pool cannot be listed.
 prune() {
-  local pools pool vol k in_use=" " backing listed olds
+  local pools pool listing vol vols=() backing='' k olds newest keep
   vsh() { virsh -q -c qemu:///system "$@"; }
-  pools=$(vsh pool-list --name 2> /dev/null) ||
+  pools=$(vsh pool-list --all --name 2> /dev/null) ||
     { echo "build-box: libvirt is not reachable; older boxes, if any, left"; return 0; }
-  backing=$(for pool in $pools; do
-    for vol in $(vsh vol-list --pool "$pool" | awk '{print $1}'); do
-      vsh vol-dumpxml --pool "$pool" "$vol" |
-        awk '/<backingStore>/ {b = 1} b && /<path>/ {gsub(/ *<\/?path>/, ""); print; b = 0}'
-    done
-  done)
   for pool in $pools; do
-    for vol in $(vsh vol-list --pool "$pool" | awk '$1 ~ /^mesh-amb-VAGRANTSLASH-debian12-[0-9a-f]+_vagrant_box_image_/ {print $1}'); do
-      k=${vol#mesh-amb-VAGRANTSLASH-debian12-}
-      k=${k%%_*}
-      [ "$k" != "$key" ] || continue
-      if grep -q "/$vol\$" <<< "$backing"; then
-        in_use="$in_use$k "
-      else
-        vsh vol-delete --pool "$pool" "$vol" > /dev/null && echo "build-box: removed $vol from pool $pool"
-      fi
-    done
+    listing=$(vsh vol-list --pool "$pool" 2> /dev/null) ||
+      { echo "build-box: cannot list libvirt pool $pool; older boxes, if any, left"; return 0; }
+    while read -r vol _; do
+      [ -n "$vol" ] || continue
+      vols+=("$pool/$vol")
+      backing+=$(vsh vol-dumpxml --pool "$pool" "$vol" < /dev/null |
+        awk '/<backingStore>/ {b = 1} b && /<path>/ {gsub(/ *<\/?path>/, ""); print; b = 0}')$'\n'
+    done <<< "$listing"
   done
-  listed=$(vagrant box list 2> /dev/null | awk '$1 ~ /^mesh-amb\/debian12-[0-9a-f]+$/ {print $1}')
+  # Keys of boxes: listed by Vagrant, cached, or in a pool.
   olds=$({
-    echo "${listed//mesh-amb\/debian12-/}"
+    vagrant box list 2> /dev/null | awk '$1 ~ /^mesh-amb\/debian12-[0-9a-f]+$/ {sub(/.*-/, "", $1); print $1}'
     find "$cache" -maxdepth 1 -name 'debian12-*.box' -printf '%f\n' 2> /dev/null |
       sed 's/^debian12-//; s/\.box$//'
-  } | sort -u)
+    printf '%s\n' "${vols[@]}" | sed -n 's|^.*/mesh-amb-VAGRANTSLASH-debian12-\([0-9a-f]*\)_vagrant_box_image_.*|\1|p'
+  } | grep -vx "$key" | sort -u)
+  newest=$(find "$cache" -maxdepth 1 -name 'debian12-*.box' ! -name "debian12-$key.box" \
+    -printf '%T@ %f\n' 2> /dev/null | sort -rn | awk 'NR == 1 {print $2}')
   for k in $olds; do
-    if [ "$k" = "$key" ] || [[ "$in_use" == *" $k "* ]]; then
+    [ "debian12-$k.box" != "$newest" ] || continue
+    keep=
+    for vol in "${vols[@]}"; do
+      [[ "$vol" == */mesh-amb-VAGRANTSLASH-debian12-${k}_vagrant_box_image_* ]] || continue
+      if grep -q "/${vol#*/}\$" <<< "$backing"; then
+        keep=yes
+      fi
+    done
+    if [ -n "$keep" ]; then
+      echo "build-box: kept mesh-amb/debian12-$k: its volume backs a VM's disk"
       continue
     fi
-    if grep -qx "mesh-amb/debian12-$k" <<< "$listed"; then
+    for vol in "${vols[@]}"; do
+      [[ "$vol" == */mesh-amb-VAGRANTSLASH-debian12-${k}_vagrant_box_image_* ]] || continue
+      vsh vol-delete --pool "${vol%%/*}" "${vol#*/}" > /dev/null && echo "build-box: removed volume $vol"
+    done
+    if vagrant box list 2> /dev/null | grep -q "^mesh-amb/debian12-$k "; then
       vagrant box remove --force --all "mesh-amb/debian12-$k" > /dev/null &&
         echo "build-box: removed box mesh-amb/debian12-$k"
     fi
     rm -f "$cache/debian12-$k.box"
   done
-  [ "$in_use" = " " ] || echo "build-box: kept older boxes whose volumes back a VM's disk:${in_use% }"
 }
 
 if vagrant box list 2>/dev/null | grep -q "^$name "; then
   echo "build-box: $name is already added"
-  prune
+  prune || echo "build-box: pruning older boxes failed" >&2
   exit 0
 fi
 
@@ -229,4 +238,4 @@ EOF
 fi
 vagrant box add --force --name "$name" "$box"
 echo "build-box: added $name (AMB_BOX=$name vagrant up --provider=libvirt)"
-prune
+prune || echo "build-box: pruning older boxes failed" >&2
