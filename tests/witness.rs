@@ -63,6 +63,23 @@ fn has(p: &Proc, what: &str, instance: &str) -> usize {
     log_lines(p, &[what, &format!("instance={instance}")])
 }
 
+/// A node on each of `hosts` (see [`node`]), once every table holds every
+/// instance.
+fn all_joined(hosts: &[Host]) -> Vec<(Proc, String)> {
+    let nodes: Vec<(Proc, String)> = hosts.iter().map(node).collect();
+    let joined = wait_until(DEADLINE, || {
+        nodes
+            .iter()
+            .all(|(p, _)| nodes.iter().all(|(_, i)| has(p, "backend joined", i) > 0))
+    });
+    assert!(
+        joined,
+        "the tables never held all {} instances",
+        nodes.len()
+    );
+    nodes
+}
+
 /// How a node stops in [`a_stopped_node_leaves_every_table`].
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Stop {
@@ -93,17 +110,7 @@ const HUNG_REMOVED_WITHIN: Duration = Duration::from_secs(90);
 /// `within`, while the live ones stay.
 fn a_stopped_node_leaves_every_table(how: Stop, within: Duration) {
     let lab = Lab::new(3);
-    let nodes: Vec<(Proc, String)> = lab.hosts().iter().map(node).collect();
-    let all_joined = wait_until(DEADLINE, || {
-        nodes
-            .iter()
-            .all(|(p, _)| nodes.iter().all(|(_, i)| has(p, "backend joined", i) > 0))
-    });
-    assert!(
-        all_joined,
-        "the three tables never held all three instances"
-    );
-    let mut nodes = nodes;
+    let mut nodes = all_joined(lab.hosts());
     let (mut victim, gone) = nodes.remove(0);
     // A node is watched once it has been seen for a while (WATCH_AFTER),
     // through its ring link.
@@ -179,17 +186,7 @@ fn a_stopped_node_leaves_every_table(how: Stop, within: Duration) {
 #[test]
 fn a_lost_goodbye_is_said_again() {
     let lab = Lab::impaired(3, Impairment::NONE);
-    let nodes: Vec<(Proc, String)> = lab.hosts().iter().map(node).collect();
-    let all_joined = wait_until(DEADLINE, || {
-        nodes
-            .iter()
-            .all(|(p, _)| nodes.iter().all(|(_, i)| has(p, "backend joined", i) > 0))
-    });
-    assert!(
-        all_joined,
-        "the three tables never held all three instances"
-    );
-    let mut nodes = nodes;
+    let mut nodes = all_joined(lab.hosts());
     let (mut victim, gone) = nodes.remove(0);
     let label = gone.split('.').next().unwrap().to_owned();
     let id = label.split('@').nth(1).unwrap().to_owned();
