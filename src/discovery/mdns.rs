@@ -42,6 +42,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
+use super::replay::Replay;
 use super::stats::DiscoveryStats;
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
 use super::witness::{Aim, Ring, Trials, Verdict};
@@ -98,17 +99,6 @@ const DESYNC_SPREAD: Duration = Duration::from_secs(60);
 const REMOVAL_GRACE: Duration = Duration::from_secs(1);
 /// How long after a verification of ours a removal counts as its result.
 const VERIFIED_RECENTLY: Duration = Duration::from_secs(5);
-/// mdns-sd replays its cache into a new browse between the browse's first
-/// `SearchStarted` event and its second, which comes with the first query
-/// (10-50 ms later, from the same thread, through the same channel). So
-/// the second marks the replay whole, however long a busy machine takes
-/// to deliver it: a sweep at a fixed 2 s after the restart once removed a
-/// live provider that a replay of 10,000 flood records had not reached.
-const REPLAY_WHOLE_AT_SEARCH: u32 = 2;
-/// How long after the replay the sweep waits: an instance whose cached
-/// records no longer resolve (an address record that lapsed) is not
-/// replayed, and comes back with the answers to that first query.
-const SWEEP_AFTER_REPLAY: Duration = Duration::from_secs(2);
 /// How often a consumer with the key drops instances whose newest signature
 /// has expired (a provider killed without goodbye, or one that stopped
 /// re-signing): within seconds of the end of validity.
@@ -698,7 +688,7 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// ebbed (at most every `RECOVER_EVERY`). Only after the channel ended or
 /// events were dropped may removals have been lost: then instances that
 /// neither the cache's replay nor the answers to the browse's first query
-/// bring back are removed (`REPLAY_WHOLE_AT_SEARCH`, `SWEEP_AFTER_REPLAY`).
+/// bring back are removed (see `replay`).
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,
@@ -726,7 +716,7 @@ pub async fn browse(
     let mut desync_at =
         Some(Instant::now() + DESYNC_AFTER + DESYNC_SPREAD.mul_f64(fastrand::f64()));
     let mut sweep_next = false;
-    let mut replayed: Option<HashSet<String>> = None;
+    let mut replay = Replay::default();
     let mut drops_check = tokio::time::interval(DROPS_CHECK);
     drops_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The drop count last looked at, whether drops since the last recovery
@@ -753,16 +743,10 @@ pub async fn browse(
             }
         };
         let mut next_rebrowse: Option<Instant> = None;
-        // Instances replayed since this browse started, until the sweep; a
-        // sweep still due when a browse restarts is the new browse's.
-        replayed = (std::mem::take(&mut sweep_next) || replayed.is_some()).then(HashSet::new);
+        replay.start(std::mem::take(&mut sweep_next));
         // A replay with events dropped is incomplete: no sweep after it
         // (the mesh nodes it lacked are checked instead).
         let dropped_before = stats.events_dropped.load(Ordering::Relaxed);
-        // `SearchStarted` events of this browse so far, and when the
-        // sweep is due once the replay has ended.
-        let mut searches = 0;
-        let mut sweep_at: Option<Instant> = None;
         let mut ctx = Browsing {
             mdns: &mdns,
             services: &services,
@@ -782,17 +766,10 @@ pub async fn browse(
                         tokio::time::sleep(REBROWSE_DELAY).await;
                         continue 'browse;
                     }
-                    Some(ServiceEvent::SearchStarted(_)) => {
-                        searches += 1;
-                        if searches == REPLAY_WHOLE_AT_SEARCH && replayed.is_some() {
-                            sweep_at = Some(Instant::now() + SWEEP_AFTER_REPLAY);
-                        }
-                    }
+                    Some(ServiceEvent::SearchStarted(_)) => replay.search_started(Instant::now()),
                     Some(ev) => {
-                        if let Some(seen) = &mut replayed {
-                            if let ServiceEvent::ServiceResolved(r) = &ev {
-                                seen.insert(r.fullname.clone());
-                            }
+                        if let ServiceEvent::ServiceResolved(r) = &ev {
+                            replay.resolved(&r.fullname);
                         }
                         ctx.event(ev);
                         aim.follow(ctx.ring);
@@ -812,9 +789,8 @@ pub async fn browse(
                     }
                     aim.follow(ctx.ring);
                 }
-                _ = sleep_until_some(sweep_at) => {
-                    sweep_at = None;
-                    let seen = replayed.take().unwrap_or_default();
+                _ = sleep_until_some(replay.due()) => {
+                    let seen = replay.take();
                     if stats.events_dropped.load(Ordering::Relaxed) == dropped_before {
                         sweep(&services, &seen);
                     } else {
@@ -1035,7 +1011,7 @@ fn forward(
             if matches!(ev, ServiceEvent::ServiceFound(..)) {
                 continue;
             }
-            // The end of a replay (`REPLAY_WHOLE_AT_SEARCH`), the event a
+            // The end of a replay (see `replay`), the event a
             // full queue would drop first, waits for room instead: one
             // event a query, and the browse frees a slot in microseconds,
             // long before mdns-sd's channel of 1,000 could fill.

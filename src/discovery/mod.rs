@@ -7,6 +7,8 @@
 //!   interface check, paused while the process is out of descriptors.
 //! - [`mdns`]: the mdns-sd daemon of this node: one per process, one browse
 //!   of `_amb._tcp`, fanned out to every consumed service's table.
+//! - [`replay`]: when a restarted browse may sweep what its replay of the
+//!   cache lacks.
 //! - [`provider`]: advertises a local service while its health check passes,
 //!   drains and says goodbye on shutdown.
 //! - [`probation`]: dials each new backend once before it may take clients.
@@ -27,6 +29,7 @@ pub mod mdns;
 pub mod probation;
 pub mod provider;
 pub mod refresh;
+pub mod replay;
 pub mod stats;
 pub mod wire;
 pub mod witness;
