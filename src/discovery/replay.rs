@@ -20,7 +20,7 @@ const REPLAY_WHOLE_AT_SEARCH: u32 = 2;
 /// How long after the replay the sweep waits: an instance whose cached
 /// records no longer resolve (an address record that lapsed) is not
 /// replayed, and comes back with the answers to that first query.
-pub const SWEEP_AFTER_REPLAY: Duration = Duration::from_secs(2);
+const SWEEP_AFTER_REPLAY: Duration = Duration::from_secs(2);
 
 /// One browse's replay, followed for its sweep.
 #[derive(Debug, Default)]
