@@ -51,7 +51,7 @@ size_gib=8
 # whose volume backs a VM's disk (a lab brought up from it and kept; a
 # later run looks again). Nothing is removed when a pool cannot be listed.
 prune() {
-  local pools pool listing vol vols=() backing='' k olds newest keep
+  local pools pool listing vol vols=() backing='' boxes k olds newest mine keep
   vsh() { virsh -q -c qemu:///system "$@"; }
   pools=$(vsh pool-list --all --name 2> /dev/null) ||
     { echo "build-box: libvirt is not reachable; older boxes, if any, left"; return 0; }
@@ -65,9 +65,10 @@ prune() {
         awk '/<backingStore>/ {b = 1} b && /<path>/ {gsub(/ *<\/?path>/, ""); print; b = 0}')$'\n'
     done <<< "$listing"
   done
+  boxes=$(vagrant box list 2> /dev/null | awk '$1 ~ /^mesh-amb\/debian12-[0-9a-f]+$/ {print $1}')
   # Keys of boxes: listed by Vagrant, cached, or in a pool.
   olds=$({
-    vagrant box list 2> /dev/null | awk '$1 ~ /^mesh-amb\/debian12-[0-9a-f]+$/ {sub(/.*-/, "", $1); print $1}'
+    echo "${boxes//mesh-amb\/debian12-/}"
     find "$cache" -maxdepth 1 -name 'debian12-*.box' -printf '%f\n' 2> /dev/null |
       sed 's/^debian12-//; s/\.box$//'
     printf '%s\n' "${vols[@]}" | sed -n 's|^.*/mesh-amb-VAGRANTSLASH-debian12-\([0-9a-f]*\)_vagrant_box_image_.*|\1|p'
@@ -76,9 +77,10 @@ prune() {
     -printf '%T@ %f\n' 2> /dev/null | sort -rn | awk 'NR == 1 {print $2}')
   for k in $olds; do
     [ "debian12-$k.box" != "$newest" ] || continue
-    keep=
+    mine=() keep=
     for vol in "${vols[@]}"; do
       [[ "$vol" == */mesh-amb-VAGRANTSLASH-debian12-${k}_vagrant_box_image_* ]] || continue
+      mine+=("$vol")
       if grep -q "/${vol#*/}\$" <<< "$backing"; then
         keep=yes
       fi
@@ -87,11 +89,10 @@ prune() {
       echo "build-box: kept mesh-amb/debian12-$k: its volume backs a VM's disk"
       continue
     fi
-    for vol in "${vols[@]}"; do
-      [[ "$vol" == */mesh-amb-VAGRANTSLASH-debian12-${k}_vagrant_box_image_* ]] || continue
+    for vol in "${mine[@]}"; do
       vsh vol-delete --pool "${vol%%/*}" "${vol#*/}" > /dev/null && echo "build-box: removed volume $vol"
     done
-    if vagrant box list 2> /dev/null | grep -q "^mesh-amb/debian12-$k "; then
+    if grep -qx "mesh-amb/debian12-$k" <<< "$boxes"; then
       vagrant box remove --force --all "mesh-amb/debian12-$k" > /dev/null &&
         echo "build-box: removed box mesh-amb/debian12-$k"
     fi
