@@ -2,8 +2,9 @@
 //! provider killed without goodbye leaves every consumer's table within
 //! seconds, the ones that never dial it included (also when the first of
 //! the witness's two goodbyes is lost), a live node answers a goodbye said
-//! in its name by announcing itself again, and one whose responder hears
-//! nothing while its process runs is not declared dead.
+//! in its name by announcing itself again, one whose responder hears
+//! nothing while its process runs is not declared dead, and one whose
+//! watcher's host vanished stops beating to it.
 
 use std::net::{TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
@@ -223,6 +224,75 @@ fn a_lost_goodbye_is_said_again() {
     // It heard the watcher's goodbye: it had no verdict of its own.
     assert_eq!(log_lines(bystander, &["goodbye sent"]), 0);
 }
+
+/// A node's watcher can vanish without a word (its host powered off,
+/// asleep, unplugged), and nothing closes their ring link then. The node
+/// must not beat into the void for good, each beat resolving the
+/// watcher's address anew by broadcast: once its beats cannot be
+/// delivered, it stops them and drops the link.
+#[test]
+fn beats_to_a_watcher_whose_host_vanished_stop() {
+    let lab = Lab::impaired(3, Impairment::NONE);
+    let nodes = all_joined(lab.hosts());
+    let beating = &nodes[0].0;
+    let id = nodes[0].1.split(['@', '.']).nth(1).unwrap().to_owned();
+    let watching = [
+        &format!("witness: watching node=\"{id}\""),
+        "linked=true",
+        "beats=Some",
+    ];
+    let w = wait_for(WATCH_DEADLINE, || {
+        (1..nodes.len()).find(|&i| log_lines(&nodes[i].0, &watching) > 0)
+    })
+    .unwrap_or_else(|| panic!("nobody asks {id} for beats"));
+    let (h1, gone) = (&lab.hosts()[0], &lab.hosts()[w]);
+    // The sockets h1 keeps for its watcher: the link it holds and the
+    // one it beats from (in a ring of three it watches the other node).
+    let toward_gone = || {
+        let ip = gone.ip.to_string();
+        let mapped = format!("[::ffff:{ip}]");
+        let ss = |ip: &str| h1.run_ok("ss", ["-Hntu", "state", "established", "dst", ip]);
+        ss(&ip) + &ss(&mapped)
+    };
+    let held = toward_gone();
+    assert!(
+        held.contains("tcp") && held.contains("udp"),
+        "h1 holds no link and beat socket for its watcher:\n{held}"
+    );
+
+    lab.hub().cut(&gone.name, true);
+    let t0 = Instant::now();
+    let stopped = wait_until(BEATS_STOPPED_WITHIN, || {
+        beating.stderr().contains("the watcher's host is gone")
+    });
+    assert!(
+        stopped,
+        "h1 still beats {:?} after its watcher vanished:\n{}",
+        t0.elapsed(),
+        beating.output_tail(20)
+    );
+    eprintln!(
+        "beats stopped {:?} after the watcher vanished",
+        t0.elapsed()
+    );
+    let mut left = String::new();
+    let dropped = wait_until(DEADLINE, || {
+        left = toward_gone();
+        left.is_empty()
+    });
+    assert!(
+        dropped,
+        "h1 still holds sockets for its vanished watcher:\n{left}"
+    );
+}
+
+/// The cut can come just after h1's neighbour entry for its watcher was
+/// confirmed, which then stays valid for up to 45 s (Linux's 30 s
+/// reachable time, randomised up to 1.5 times); then the beat whose
+/// resolution fails (5 s of delay and 3 s of probes), and three
+/// undelivered beats, each a 15 s period apart (12-15 s with the jitter):
+/// about 115 s at worst, on a loaded machine more. Measured here: 54-94 s.
+const BEATS_STOPPED_WITHIN: Duration = Duration::from_secs(180);
 
 /// Above the watcher's detection through the ring link and its two
 /// confirmations (about 3 s) plus the repeat's half second, on a loaded

@@ -42,6 +42,13 @@
 //! which only the two ends of the link know: a stranger off the path
 //! cannot keep a dead node alive with forged beats (one on the path can
 //! forge its probe answers too).
+//!
+//! A watcher's host can vanish without a word (powered off, asleep,
+//! unplugged), and then nothing closes the link: its node would hold it
+//! and beat into the void for good, each beat sending the neighbour
+//! layer's broadcasts for an address nobody answers. So a node that could
+//! not deliver three beats in a row (its kernel reports each as
+//! unreachable) stops beating and closes the link.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -91,6 +98,13 @@ const MOST_BEAT: Duration = Duration::from_secs(600);
 /// Spread of each beat period, as a share of it, so that the nodes
 /// started together do not beat in step. A watcher allows for it.
 pub const BEAT_JITTER: f64 = 0.2;
+/// Beats in a row that the node could not deliver before it takes its
+/// watcher's host for gone. Each is a period apart (15 s or more for a
+/// watcher of the ring), so a neighbour entry resolved again, which has
+/// lost packets for up to 20 s at a time in the lab, does not close a live
+/// watcher's link; and detection needs periods longer than the kernel's
+/// few seconds of resolution, which every watcher's are.
+const UNDELIVERED_TO_STOP: u32 = 3;
 /// Pause after a failed accept (out of descriptors): the listener is
 /// ready again at once, and retrying at once would spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -150,14 +164,24 @@ pub async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
 
 /// Writes back what the watcher writes until it closes the link (or a read
 /// or write fails), and beats while the link lasts if its first bytes
-/// were a hello.
+/// were a hello. A link whose watcher's host is gone ([`beat`]) is closed.
 async fn hold(mut stream: TcpStream) {
     let mut buf = [0u8; 64];
     // The hello so far, while its bytes are still coming.
     let mut hello = Some(Vec::with_capacity(HELLO_LEN));
     // Aborted with this task: beats stop when the link does.
     let mut _beats = None;
-    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+    let gone = CancellationToken::new();
+    loop {
+        let n = tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(n @ 1..) => n,
+                _ => return,
+            },
+            // A watcher that was only cut off for a while and gets the
+            // close connects again.
+            () = gone.cancelled() => return,
+        };
         if let Some(h) = hello.as_mut() {
             let take = (HELLO_LEN - h.len()).min(n);
             h.extend_from_slice(&buf[..take]);
@@ -166,7 +190,8 @@ async fn hold(mut stream: TcpStream) {
             } else if let (Ok(h), Ok(to)) =
                 (<[u8; HELLO_LEN]>::try_from(&h[..]), stream.peer_addr())
             {
-                _beats = Some(AbortOnDropHandle::new(tokio::spawn(beat(to.ip(), h))));
+                let beats = beat(to.ip(), h, gone.clone());
+                _beats = Some(AbortOnDropHandle::new(tokio::spawn(beats)));
                 hello = None;
             }
         }
@@ -177,8 +202,11 @@ async fn hold(mut stream: TcpStream) {
 }
 
 /// Sends the beat that `hello` asks for to `ip`, once a period, until
-/// aborted or refused (nothing listens there any more).
-async fn beat(ip: IpAddr, hello: [u8; HELLO_LEN]) {
+/// aborted or refused (nothing listens there any more), or until
+/// [`UNDELIVERED_TO_STOP`] beats in a row could not be delivered: then
+/// the watcher's host is gone (powered off, asleep, unplugged) and `gone`
+/// is cancelled, so that the link closes too.
+async fn beat(ip: IpAddr, hello: [u8; HELLO_LEN], gone: CancellationToken) {
     let port = u16::from_be_bytes([hello[1], hello[2]]);
     let every = Duration::from_millis(u32::from_be_bytes(hello[3..7].try_into().unwrap()).into())
         .clamp(LEAST_BEAT, MOST_BEAT);
@@ -188,6 +216,9 @@ async fn beat(ip: IpAddr, hello: [u8; HELLO_LEN]) {
     let to = SocketAddr::new(ip.to_canonical(), port);
     let sock = async {
         let sock = UdpSocket::bind(super::witness::unspecified(to.ip())).await?;
+        if let Err(e) = report_unreachable(&sock, to.ip()) {
+            debug!(%to, error = %e, "ring link: beats to a host that is gone will not stop");
+        }
         sock.connect(to).await?;
         Ok::<_, std::io::Error>(sock)
     };
@@ -198,15 +229,96 @@ async fn beat(ip: IpAddr, hello: [u8; HELLO_LEN]) {
             return;
         }
     };
+    let mut undelivered = 0;
     loop {
         tokio::time::sleep(every.mul_f64(1.0 - BEAT_JITTER * fastrand::f64())).await;
-        if let Err(e) = sock.send(&datagram).await {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        match send_beat(&sock, &datagram).await {
+            Sent::Yes => undelivered = 0,
+            Sent::Refused => {
                 debug!(%to, "ring link: the watcher hears no beats; stopped");
                 return;
             }
+            Sent::AfterUndelivered => {
+                undelivered += 1;
+                if undelivered >= UNDELIVERED_TO_STOP {
+                    debug!(%to, beats = undelivered, "ring link: the watcher's host is gone; beats stopped, link closed");
+                    gone.cancel();
+                    return;
+                }
+            }
         }
     }
+}
+
+/// What became of a beat, as far as the node can know when sending it.
+enum Sent {
+    /// Handed to the kernel; nothing said the one before was lost.
+    Yes,
+    /// The watcher's host said nothing listens on the beat port.
+    Refused,
+    /// The one before could not be delivered (no link-layer address for
+    /// the watcher, or no route to it); this one was sent anyway.
+    AfterUndelivered,
+}
+
+/// Sends one beat. A connected socket learns of a lost datagram only at
+/// its next send, which then fails and sends nothing: that send is made
+/// again, so a watcher cut off for a moment misses no beat for it.
+async fn send_beat(sock: &UdpSocket, datagram: &[u8]) -> Sent {
+    match sock.send(datagram).await {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Sent::Refused,
+        Err(e) if undelivered(&e) => {
+            drain_errors(sock);
+            let _ = sock.send(datagram).await;
+            Sent::AfterUndelivered
+        }
+        // Out of buffers, say: nothing known about the watcher.
+        Ok(_) | Err(_) => Sent::Yes,
+    }
+}
+
+fn undelivered(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{HostUnreachable, NetworkUnreachable};
+    matches!(e.kind(), HostUnreachable | NetworkUnreachable)
+}
+
+/// Asks the kernel to report every ICMP error on `sock`'s sends, the
+/// host's unreachability included: without it Linux reports to a
+/// connected UDP socket only the errors it deems hard (a refused port).
+/// The neighbour layer's failure to resolve the watcher's address reaches
+/// the socket this way.
+#[allow(unsafe_code)]
+fn report_unreachable(sock: &UdpSocket, like: IpAddr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let (level, name) = match like {
+        IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_RECVERR),
+        IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor for the call's duration (borrowed from
+    // `sock`), and a pointer to a c_int with its size, as the option takes.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of_val(&on) as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Empties `sock`'s error queue, where each reported error also waits
+/// (bounded by the receive buffer, but held for the socket's life).
+fn drain_errors(sock: &UdpSocket) {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+    let sock = socket2::SockRef::from(sock);
+    while sock.recv_with_flags(&mut buf, libc::MSG_ERRQUEUE).is_ok() {}
 }
 
 /// Reads and drops until the other end closes (or the read fails).
