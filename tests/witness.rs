@@ -101,6 +101,10 @@ fn a_hung_node_leaves_every_table_although_its_link_stays_up() {
     a_stopped_node_leaves_every_table(Stop::Hang, HUNG_REMOVED_WITHIN);
 }
 
+/// Three refused probes of the dead node's trial, once per 4 s, on a
+/// loaded machine.
+const FORGOTTEN_WITHIN: Duration = Duration::from_secs(60);
+
 /// Above the wait for a late beat (up to 18 s), the five misses and the
 /// wait for the ring link's echo (15 s: ~38 s in all) on a loaded
 /// machine; below the two minutes of the records' TTL.
@@ -170,6 +174,31 @@ fn a_stopped_node_leaves_every_table(how: Stop, within: Duration) {
                 nodes[0].0.output_tail(20),
                 nodes[1].0.output_tail(20)
             );
+            // Its host lives on and refuses every probe of the trial that
+            // watches for the dead node's return: the node that said the
+            // goodbye forgets it, instead of probing it for an hour.
+            let forgot = [
+                "nothing listens on the dead node's mDNS port; forgotten",
+                &format!("node=\"{id}\""),
+            ];
+            let forgetting = wait_for(FORGOTTEN_WITHIN, || {
+                nodes.iter().position(|(p, _)| log_lines(p, &forgot) > 0)
+            });
+            let Some(i) = forgetting else {
+                panic!(
+                    "{id} still on trial {:?} after the crash:\n{}\n{}",
+                    t0.elapsed(),
+                    nodes[0].0.output_tail(20),
+                    nodes[1].0.output_tail(20)
+                );
+            };
+            let (host, dead) = (&lab.hosts()[i + 1], lab.hosts()[0].ip.to_string());
+            let mut left = String::new();
+            let closed = wait_until(DEADLINE, || {
+                left = host.run_ok("ss", ["-Hnu", "state", "established", "dst", &dead]);
+                left.is_empty()
+            });
+            assert!(closed, "{} still probes {id}:\n{left}", host.name);
         }
         Stop::Hang => {
             victim.kill();
