@@ -317,10 +317,11 @@ fn beats_to_a_watcher_whose_host_vanished_stop() {
 
 /// The cut can come just after h1's neighbour entry for its watcher was
 /// confirmed, which then stays valid for up to 45 s (Linux's 30 s
-/// reachable time, randomised up to 1.5 times); then the beat whose
-/// resolution fails (5 s of delay and 3 s of probes), and three
+/// reachable time, randomised up to 1.5 times); a beat sent while the
+/// entry is checked again goes to the old address and its loss is not
+/// reported, so the next beat is the first that is; then three
 /// undelivered beats, each a 15 s period apart (12-15 s with the jitter):
-/// about 115 s at worst, on a loaded machine more. Measured here: 54-94 s.
+/// about 120 s at worst, on a loaded machine more. Measured here: 54-98 s.
 const BEATS_STOPPED_WITHIN: Duration = Duration::from_secs(180);
 
 /// Above the watcher's detection through the ring link and its two

@@ -48,7 +48,10 @@
 //! and beat into the void for good, each beat sending the neighbour
 //! layer's broadcasts for an address nobody answers. So a node that could
 //! not deliver three beats in a row (its kernel reports each as
-//! unreachable) stops beating and closes the link.
+//! unreachable) stops beating and closes the link. Only a watcher on the
+//! same link is reported so (a router that drops a vanished host's
+//! packets may say nothing, and a sleep proxy answering for it keeps it
+//! reachable): there the beats go on until newer links push it out.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -99,12 +102,17 @@ const MOST_BEAT: Duration = Duration::from_secs(600);
 /// started together do not beat in step. A watcher allows for it.
 pub const BEAT_JITTER: f64 = 0.2;
 /// Beats in a row that the node could not deliver before it takes its
-/// watcher's host for gone. Each is a period apart (15 s or more for a
-/// watcher of the ring), so a neighbour entry resolved again, which has
-/// lost packets for up to 20 s at a time in the lab, does not close a live
-/// watcher's link; and detection needs periods longer than the kernel's
-/// few seconds of resolution, which every watcher's are.
+/// watcher's host for gone. Each is a period apart (12-15 s or more with
+/// the jitter for a watcher of the ring), so it takes about 30 s of
+/// failed resolution to stop: a neighbour entry resolved again, which
+/// lost packets for up to 20 s at a time in the lab, does not close a
+/// live watcher's link.
 const UNDELIVERED_TO_STOP: u32 = 3;
+/// How long the kernel may take to report a beat undelivered: its three
+/// address resolution requests a second apart, and margin. A beat that
+/// went out without an error sooner after the last undelivered one says
+/// nothing about the watcher yet.
+const RESOLVED_WITHIN: Duration = Duration::from_secs(5);
 /// Pause after a failed accept (out of descriptors): the listener is
 /// ready again at once, and retrying at once would spin a core.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -178,8 +186,9 @@ async fn hold(mut stream: TcpStream) {
                 Ok(n @ 1..) => n,
                 _ => return,
             },
-            // A watcher that was only cut off for a while and gets the
-            // close connects again.
+            // A watcher that was only cut off, and returns while the FIN
+            // is still sent again, connects again; one that returns later
+            // finds its half-open link through its beats' fallback.
             () = gone.cancelled() => return,
         };
         if let Some(h) = hello.as_mut() {
@@ -195,8 +204,13 @@ async fn hold(mut stream: TcpStream) {
                 hello = None;
             }
         }
-        if stream.write_all(&buf[..n]).await.is_err() {
-            return;
+        // A peer gone with the send buffer full would hold the task until
+        // TCP gives up, minutes later.
+        tokio::select! {
+            wrote = stream.write_all(&buf[..n]) => if wrote.is_err() {
+                return;
+            },
+            () = gone.cancelled() => return,
         }
     }
 }
@@ -229,31 +243,56 @@ async fn beat(ip: IpAddr, hello: [u8; HELLO_LEN], gone: CancellationToken) {
             return;
         }
     };
-    let mut undelivered = 0;
+    let mut undelivered = Undelivered::default();
     loop {
         tokio::time::sleep(every.mul_f64(1.0 - BEAT_JITTER * fastrand::f64())).await;
-        match send_beat(&sock, &datagram).await {
-            Sent::Yes => undelivered = 0,
-            Sent::Refused => {
-                debug!(%to, "ring link: the watcher hears no beats; stopped");
-                return;
-            }
-            Sent::AfterUndelivered => {
-                undelivered += 1;
-                if undelivered >= UNDELIVERED_TO_STOP {
-                    debug!(%to, beats = undelivered, "ring link: the watcher's host is gone; beats stopped, link closed");
-                    gone.cancel();
-                    return;
-                }
-            }
+        let sent = send_beat(&sock, &datagram).await;
+        if sent == Sent::Refused {
+            debug!(%to, "ring link: the watcher hears no beats; stopped");
+            return;
+        }
+        if undelivered.gone_after(sent, tokio::time::Instant::now()) {
+            debug!(%to, "ring link: the watcher's host is gone; beats stopped, link closed");
+            gone.cancel();
+            return;
         }
     }
 }
 
+/// The beats in a row that could not be delivered.
+#[derive(Default)]
+struct Undelivered {
+    in_a_row: u32,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Undelivered {
+    /// Notes what became of a beat sent `now`: whether the watcher's host
+    /// is to be taken for gone ([`UNDELIVERED_TO_STOP`]).
+    fn gone_after(&mut self, sent: Sent, now: tokio::time::Instant) -> bool {
+        match sent {
+            // Sent while the kernel may still be resolving the address for
+            // the one before: nothing known yet (a stranger may ask for a
+            // beat a second, shorter than a failed resolution).
+            Sent::Yes if self.last.is_some_and(|t| now - t < RESOLVED_WITHIN) => {}
+            Sent::Yes => self.in_a_row = 0,
+            Sent::AfterUndelivered => {
+                self.in_a_row += 1;
+                self.last = Some(now);
+            }
+            Sent::Unknown | Sent::Refused => {}
+        }
+        self.in_a_row >= UNDELIVERED_TO_STOP
+    }
+}
+
 /// What became of a beat, as far as the node can know when sending it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
     /// Handed to the kernel; nothing said the one before was lost.
     Yes,
+    /// Not sent, for a reason of this host's (out of buffers, say).
+    Unknown,
     /// The watcher's host said nothing listens on the beat port.
     Refused,
     /// The one before could not be delivered (no link-layer address for
@@ -272,8 +311,8 @@ async fn send_beat(sock: &UdpSocket, datagram: &[u8]) -> Sent {
             let _ = sock.send(datagram).await;
             Sent::AfterUndelivered
         }
-        // Out of buffers, say: nothing known about the watcher.
-        Ok(_) | Err(_) => Sent::Yes,
+        Ok(_) => Sent::Yes,
+        Err(_) => Sent::Unknown,
     }
 }
 
@@ -668,6 +707,33 @@ mod tests {
         let event = tokio::time::timeout(LEAST_BEAT * 3, link.next()).await;
         assert!(event.is_err(), "a beat from a node that cannot beat");
         assert!(link.answers(to, QUICK).await);
+    }
+
+    /// What a beat's sends report, one period apart from `start`.
+    fn gone_after(reports: &[Sent], period: Duration) -> Option<usize> {
+        let start = tokio::time::Instant::now();
+        let mut undelivered = Undelivered::default();
+        (0..reports.len()).find(|&i| undelivered.gone_after(reports[i], start + period * i as u32))
+    }
+
+    #[test]
+    fn a_watcher_is_taken_for_gone_after_three_undelivered_beats_in_a_row() {
+        use Sent::{AfterUndelivered as Lost, Yes};
+        let ring = Duration::from_secs(15);
+        assert_eq!(gone_after(&[Yes, Lost, Lost, Lost, Yes], ring), Some(3));
+        // A live watcher whose address failed to resolve for a while.
+        assert_eq!(gone_after(&[Lost, Lost, Yes, Lost, Lost, Yes], ring), None);
+        assert_eq!(
+            gone_after(&[Lost, Sent::Unknown, Lost, Lost], ring),
+            Some(3)
+        );
+        // One a second: each failed resolution (3 s) is reported at the
+        // send after it, and the sends between say nothing.
+        let stranger = Duration::from_secs(1);
+        let gone = [Lost, Yes, Yes, Lost, Yes, Yes, Lost];
+        assert_eq!(gone_after(&gone, stranger), Some(6));
+        let back = [Lost, Yes, Yes, Yes, Yes, Yes, Yes, Lost, Yes, Lost];
+        assert_eq!(gone_after(&back, stranger), None);
     }
 
     #[tokio::test]
