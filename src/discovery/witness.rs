@@ -54,9 +54,9 @@
 //! the longer it stays dead, and it is forgotten at once when its host
 //! says that nothing listens on its mDNS port any more. A node that
 //! answers again was cut off, not dead (a partition, a link that lost
-//! every probe), and nobody else would find it: its link never went down,
-//! so it does not announce again, and browsers query only as their
-//! back-off allows (up to an hour). So the node that sees it return restarts its browse (the
+//! every probe), and nobody else would find it soon: its link never went
+//! down, so it announces again only at its next refresh (within 80 s),
+//! and browsers query only as their back-off allows (up to an hour). So the node that sees it return restarts its browse (the
 //! query carries the known answers, so only the missing responders answer,
 //! by multicast, which every browser hears) and announces its own
 //! instances once: it cannot tell which side of the cut it was on, and if
@@ -162,16 +162,22 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Each probe of a host that is gone costs the link the neighbour layer's
 /// broadcasts for its address (three ARP requests), and one of a host
 /// whose process crashed a probe and its ICMP error: over the hour on
-/// trial about 140 probes instead of the 900 of a fixed period.
+/// trial about 140 probes instead of the 770-900 of a fixed period (a
+/// probe that goes unanswered waits 0.7 s for its answer first).
 const TRIAL_SLOWS_BY: u32 = 30;
 /// The longest period between probes of a node declared dead.
 const TRIAL_PROBE_MOST: Duration = Duration::from_secs(64);
-/// Probes in a row refused (by an ICMP port unreachable: the host is up,
-/// and nothing listens on its mDNS port) before a node declared dead is
-/// forgotten: its process is gone, and its responder with it. Not one, so
-/// that a responder restarting on a live node (a reload) does not end its
-/// trial; a live node found dead announces itself again anyway.
-const REFUSALS_TO_FORGET: u32 = 3;
+/// How long the probes of a node declared dead must all be refused (by
+/// an ICMP port unreachable: the host is up, and nothing listens on its
+/// mDNS port) before it is forgotten: its process is gone, its responder
+/// with it (a live process keeps its responder across reloads). Not at
+/// the first refusal: a firewall that cuts a host off with REJECT rules
+/// refuses for it too, and a cut shorter than this keeps the quick return
+/// of the trial; after a longer one the node is found again at its next
+/// announcement ([`super::mdns::REFRESH_EVERY`], within 80 s). While
+/// refused, it is still probed once per [`PROBE_EVERY`]: about 15 probes
+/// and their errors, against about 140 over the hour.
+const REFUSED_FOR_TO_FORGET: Duration = Duration::from_secs(60);
 /// Most nodes on trial at once: a burst of failed connects to many nodes
 /// (this node's own link went down) is checked a few dozen at a time, and
 /// the rest wait for their next failure. A suspect takes the place of the
@@ -624,8 +630,9 @@ pub enum Verdict {
     Dead,
     /// The node declared dead answered again.
     Revived,
-    /// The node declared dead never answered within [`FORGET_AFTER`] (or
-    /// cannot be probed).
+    /// The node declared dead never answered within [`FORGET_AFTER`], or
+    /// its host refused every probe for a minute (or it cannot be
+    /// probed).
     Forgotten,
 }
 
@@ -748,7 +755,7 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
         return Verdict::Dead;
     }
     let dead_since = tokio::time::Instant::now();
-    let mut refused = 0;
+    let mut refused_since = None;
     while dead_since.elapsed() < FORGET_AFTER {
         tokio::time::sleep(period(trial_period(dead_since.elapsed()))).await;
         match prober.ask(&node, PROBE_TIMEOUT).await {
@@ -757,8 +764,8 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
                 return Verdict::Revived;
             }
             Probe::Refused => {
-                refused += 1;
-                if refused >= REFUSALS_TO_FORGET {
+                let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= REFUSED_FOR_TO_FORGET {
                     debug!(
                         node,
                         "witness: nothing listens on the dead node's mDNS port; forgotten"
@@ -766,7 +773,7 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
                     return Verdict::Forgotten;
                 }
             }
-            Probe::Silent => refused = 0,
+            Probe::Silent => refused_since = None,
         }
     }
     Verdict::Forgotten
@@ -1112,7 +1119,8 @@ mod tests {
         assert_eq!(trial_period(FORGET_AFTER), TRIAL_PROBE_MOST);
         let (all, early) = trial_probes(short);
         assert_eq!(early, 30, "probes in the first two minutes");
-        // A fixed period of PROBE_EVERY would make 900.
+        // A fixed period of PROBE_EVERY would make 900 (770 when each
+        // probe waits out its timeout).
         assert!((100..=200).contains(&all), "{all} probes in the hour");
     }
 
