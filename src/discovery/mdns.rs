@@ -42,7 +42,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
-use super::replay::Replay;
+use super::replay::{Replay, Whole};
 use super::stats::DiscoveryStats;
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
 use super::witness::{Aim, Ring, Trials, Verdict};
@@ -432,6 +432,24 @@ impl Mdns {
         true
     }
 
+    /// Announces again each instance of ours that a whole replay of the
+    /// cache into a new browse lacked (`seen`: what it resolved): its
+    /// records left the cache, and with them our defence, when their
+    /// removal event went to the old browse (a goodbye said for it just
+    /// before the restart). Our own instances are in every replay
+    /// otherwise; one handed to mdns-sd moments ago ([`FRESH`]) may not be
+    /// yet.
+    fn defend_unreplayed(&self, seen: &HashSet<String>) {
+        let seen: HashSet<String> = seen.iter().map(|s| s.to_lowercase()).collect();
+        let mut announced = self.announced_mut();
+        for (fullname, a) in announced.iter_mut() {
+            if a.since.elapsed() >= FRESH && !seen.contains(fullname) {
+                warn!(instance = %fullname, "our live instance left the cache as the browse restarted (a goodbye said for it); announcing it again");
+                self.register_again(fullname, a);
+            }
+        }
+    }
+
     /// Announces every instance of ours again, logging `why`: the link may
     /// have dropped them.
     fn announce_again(&self, why: &str) {
@@ -790,10 +808,14 @@ pub async fn browse(
                     aim.follow(ctx.ring);
                 }
                 _ = sleep_until_some(replay.due()) => {
-                    let seen = replay.take();
-                    if stats.events_dropped.load(Ordering::Relaxed) == dropped_before {
+                    let Whole { seen, sweep: to_sweep } = replay.take();
+                    let complete = stats.events_dropped.load(Ordering::Relaxed) == dropped_before;
+                    if complete {
+                        mdns.defend_unreplayed(&seen);
+                    }
+                    if to_sweep && complete {
                         sweep(&services, &seen);
-                    } else {
+                    } else if to_sweep {
                         // Incomplete: what it lacks may be there still, or
                         // gone with its goodbye lost in the flood, and a
                         // cache full of a flood's records may never replay

@@ -1,9 +1,11 @@
-//! When a restarted browse may sweep: mdns-sd replays its cache into a new
-//! browse, and a discovered backend that neither the replay nor the
-//! answers to the browse's first query bring back has gone from the cache
-//! (its removal event lost, in a flood or with the old browse). The sweep
-//! that removes it must not come before the replay is whole, or it removes
-//! live providers the replay had not reached yet.
+//! When a restarted browse may take stock: mdns-sd replays its cache into
+//! a new browse, and an instance that neither the replay nor the answers
+//! to the browse's first query bring back has gone from the cache (its
+//! removal event lost, in a flood or with the old browse). A discovered
+//! backend so gone is swept (when the restart asks for it), and an
+//! instance of our own so gone is announced again. Neither may come
+//! before the replay is whole, or it acts on live instances the replay
+//! had not reached yet.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -17,21 +19,31 @@ use tokio::time::Instant;
 /// to deliver it: a sweep at a fixed 2 s after the restart once removed a
 /// live provider that a replay of 10,000 flood records had not reached.
 const REPLAY_WHOLE_AT_SEARCH: u32 = 2;
-/// How long after the replay the sweep waits: an instance whose cached
-/// records no longer resolve (an address record that lapsed) is not
-/// replayed, and comes back with the answers to that first query.
+/// How long after the replay the browse waits to take stock: an instance
+/// whose cached records no longer resolve (an address record that lapsed)
+/// is not replayed, and comes back with the answers to that first query.
 const SWEEP_AFTER_REPLAY: Duration = Duration::from_secs(2);
 
-/// One browse's replay, followed for its sweep.
+/// One browse's replay, followed until it is whole.
 #[derive(Debug, Default)]
 pub struct Replay {
-    /// Instances resolved since the browse started, while a sweep is
-    /// wanted.
+    /// Instances resolved since the browse started, until taken.
     seen: Option<HashSet<String>>,
+    /// Whether the browse is to sweep.
+    sweep: bool,
     /// `SearchStarted` events of this browse so far.
     searches: u32,
-    /// When the sweep is due, once the replay is whole.
-    sweep_at: Option<Instant>,
+    /// When the replay is whole and settled.
+    whole_at: Option<Instant>,
+}
+
+/// What a whole replay brought back ([`Replay::take`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Whole {
+    /// Every instance the browse resolved.
+    pub seen: HashSet<String>,
+    /// Whether to sweep what it lacks from the tables.
+    pub sweep: bool,
 }
 
 impl Replay {
@@ -39,16 +51,17 @@ impl Replay {
     /// ended, or events were dropped). A sweep still due when a browse
     /// restarts is the new browse's.
     pub fn start(&mut self, sweep: bool) {
-        self.seen = (sweep || self.seen.is_some()).then(HashSet::new);
+        self.seen = Some(HashSet::new());
+        self.sweep |= sweep;
         self.searches = 0;
-        self.sweep_at = None;
+        self.whole_at = None;
     }
 
     /// The browse's `SearchStarted` event, at `now`.
     pub fn search_started(&mut self, now: Instant) {
         self.searches += 1;
         if self.searches == REPLAY_WHOLE_AT_SEARCH && self.seen.is_some() {
-            self.sweep_at = Some(now + SWEEP_AFTER_REPLAY);
+            self.whole_at = Some(now + SWEEP_AFTER_REPLAY);
         }
     }
 
@@ -59,15 +72,19 @@ impl Replay {
         }
     }
 
-    /// When the sweep is due, if one is.
+    /// When the replay is whole, until it is taken.
     pub fn due(&self) -> Option<Instant> {
-        self.sweep_at
+        self.whole_at
     }
 
-    /// The sweep happens: what the browse brought back, to keep.
-    pub fn take(&mut self) -> HashSet<String> {
-        self.sweep_at = None;
-        self.seen.take().unwrap_or_default()
+    /// What the browse brought back, and whether to sweep the rest; once
+    /// per browse.
+    pub fn take(&mut self) -> Whole {
+        self.whole_at = None;
+        Whole {
+            seen: self.seen.take().unwrap_or_default(),
+            sweep: std::mem::take(&mut self.sweep),
+        }
     }
 }
 
@@ -77,6 +94,13 @@ mod tests {
 
     fn set(names: &[&str]) -> HashSet<String> {
         names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn swept(names: &[&str]) -> Whole {
+        Whole {
+            seen: set(names),
+            sweep: true,
+        }
     }
 
     #[test]
@@ -94,21 +118,25 @@ mod tests {
         assert_eq!(r.due(), Some(whole + SWEEP_AFTER_REPLAY));
         // The answers to the first query count as well.
         r.resolved("b");
-        assert_eq!(r.take(), set(&["a", "b"]));
+        assert_eq!(r.take(), swept(&["a", "b"]));
         assert_eq!(r.due(), None);
     }
 
     #[test]
-    fn a_browse_restarted_for_another_reason_does_not_sweep() {
+    fn a_browse_restarted_for_another_reason_takes_stock_without_sweeping() {
         let t = Instant::now();
         let mut r = Replay::default();
         r.start(false);
-        for _ in 0..3 {
-            r.search_started(t);
-        }
         r.resolved("a");
+        r.search_started(t);
         assert_eq!(r.due(), None);
-        assert!(r.take().is_empty());
+        r.search_started(t);
+        assert_eq!(r.due(), Some(t + SWEEP_AFTER_REPLAY));
+        let whole = r.take();
+        assert_eq!((whole.seen, whole.sweep), (set(&["a"]), false));
+        // Once per browse.
+        r.search_started(t);
+        assert_eq!(r.due(), None);
     }
 
     #[test]
@@ -126,11 +154,11 @@ mod tests {
         r.resolved("a");
         r.search_started(t);
         assert_eq!(r.due(), Some(t + SWEEP_AFTER_REPLAY));
-        assert_eq!(r.take(), set(&["a"]));
+        assert_eq!(r.take(), swept(&["a"]));
         // Once swept, the next restart does not sweep again.
         r.start(false);
         r.search_started(t);
         r.search_started(t);
-        assert_eq!(r.due(), None);
+        assert!(!r.take().sweep);
     }
 }
