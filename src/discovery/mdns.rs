@@ -433,18 +433,21 @@ impl Mdns {
     }
 
     /// Announces again each instance of ours that a whole replay of the
-    /// cache into a new browse lacked (`seen`: what it resolved): its
-    /// records left the cache, and with them our defence, when their
-    /// removal event went to the old browse (a goodbye said for it just
-    /// before the restart). Our own instances are in every replay
-    /// otherwise; one handed to mdns-sd moments ago ([`FRESH`]) may not be
-    /// yet.
+    /// cache into a new browse lacked (`seen`: what it resolved). A
+    /// goodbye said for it in the second before the restart cut its
+    /// records' TTL to one second, and mdns-sd's replay leaves out records
+    /// about to expire; then either they expire, and the removal event
+    /// may fall in the moment between the old browse and the new one, or
+    /// the answers to the new browse's first query renew them, which
+    /// raises no event at all. Either way no removal reaches
+    /// [`Mdns::defend`]. One handed to mdns-sd moments ago ([`FRESH`]) may
+    /// not be replayed yet.
     fn defend_unreplayed(&self, seen: &HashSet<String>) {
         let seen: HashSet<String> = seen.iter().map(|s| s.to_lowercase()).collect();
         let mut announced = self.announced_mut();
         for (fullname, a) in announced.iter_mut() {
             if a.since.elapsed() >= FRESH && !seen.contains(fullname) {
-                warn!(instance = %fullname, "our live instance left the cache as the browse restarted (a goodbye said for it); announcing it again");
+                warn!(instance = %fullname, "our live instance was missing from the restarted browse's replay (a goodbye said for it); announcing it again");
                 self.register_again(fullname, a);
             }
         }
@@ -703,10 +706,12 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// (this node then also announces its own instances again); and when the
 /// consumed services change (a reload), so that a new one gets
 /// what the cache holds; and once a flood that made us drop events has
-/// ebbed (at most every `RECOVER_EVERY`). Only after the channel ended or
-/// events were dropped may removals have been lost: then instances that
-/// neither the cache's replay nor the answers to the browse's first query
-/// bring back are removed (see `replay`).
+/// ebbed (at most every `RECOVER_EVERY`). Removals may be lost at any
+/// restart (see `Mdns::defend_unreplayed`), but only after the channel
+/// ended or events were dropped are instances that neither the cache's
+/// replay nor the answers to the browse's first query bring back removed
+/// from the tables (see `replay`); our own are announced again after
+/// every restart.
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,

@@ -3,9 +3,10 @@
 //! to the browse's first query bring back has gone from the cache (its
 //! removal event lost, in a flood or with the old browse). A discovered
 //! backend so gone is swept (when the restart asks for it), and an
-//! instance of our own so gone is announced again. Neither may come
-//! before the replay is whole, or it acts on live instances the replay
-//! had not reached yet.
+//! instance of our own missing from the replay is announced again (a
+//! goodbye said for it just before the restart: see
+//! `Mdns::defend_unreplayed`). Neither may come before the replay is
+//! whole, or it acts on live instances the replay had not reached yet.
 
 use std::collections::HashSet;
 use std::time::Duration;
