@@ -710,8 +710,8 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
 /// ended or events were dropped are instances that neither the cache's
 /// replay nor the answers to the browse's first query bring back removed
-/// from the tables (see `replay`); our own are announced again after
-/// every restart.
+/// from the tables (see `replay`); our own that a replay lacks are
+/// announced again after any restart.
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,

@@ -51,12 +51,13 @@
 //!
 //! A node declared dead stays on trial: it is probed for up to
 //! [`FORGET_AFTER`], at first once per [`PROBE_EVERY`], then less often
-//! the longer it stays dead, and it is forgotten at once when its host
-//! says that nothing listens on its mDNS port any more. A node that
-//! answers again was cut off, not dead (a partition, a link that lost
-//! every probe), and nobody else would find it soon: its link never went
-//! down, so it announces again only at its next refresh (within 80 s),
-//! and browsers query only as their back-off allows (up to an hour). So the node that sees it return restarts its browse (the
+//! the longer it stays dead, and it is forgotten once its host has said
+//! for a minute that nothing listens on its mDNS port any more. A node
+//! that answers again was cut off, not dead (a partition, a link that
+//! lost every probe), and nobody else would find it soon: its link never
+//! went down, so it announces again only at its next refresh (within
+//! 80 s), and browsers query only as their back-off allows (up to an
+//! hour). So the node that sees it return restarts its browse (the
 //! query carries the known answers, so only the missing responders answer,
 //! by multicast, which every browser hears) and announces its own
 //! instances once: it cannot tell which side of the cut it was on, and if
