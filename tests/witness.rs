@@ -6,7 +6,7 @@
 //! nothing while its process runs is not declared dead, and one whose
 //! watcher's host vanished stops beating to it.
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 use mesh_amb::discovery::witness::{MISSES_TO_DEAD, PROBE_TIMEOUT};
@@ -58,6 +58,14 @@ fn node(host: &Host) -> (Proc, String) {
         .expect("instance in the log")
         .to_owned();
     (p, instance)
+}
+
+/// The established TCP and connected UDP sockets of `host` toward `ip`
+/// (IPv4-mapped too, as a dual-stack socket names it), as `ss` lists
+/// them: empty when there are none.
+fn connected_toward(host: &Host, ip: Ipv4Addr) -> String {
+    let ss = |dst: &str| host.run_ok("ss", ["-Hntu", "state", "established", "dst", dst]);
+    ss(&ip.to_string()) + &ss(&format!("[::ffff:{ip}]"))
 }
 
 fn has(p: &Proc, what: &str, instance: &str) -> usize {
@@ -183,11 +191,8 @@ fn a_stopped_node_leaves_every_table(how: Stop, within: Duration) {
                     .position(|(p, _)| p.stderr().contains("goodbye sent for its instances"))
             })
             .expect("the goodbye was said");
-            let (host, dead) = (&lab.hosts()[sayer + 1], &lab.hosts()[0].ip);
-            let probing = || {
-                let ss = |ip: &str| host.run_ok("ss", ["-Hnu", "state", "established", "dst", ip]);
-                ss(&dead.to_string()) + &ss(&format!("[::ffff:{dead}]"))
-            };
+            let (host, dead) = (&lab.hosts()[sayer + 1], lab.hosts()[0].ip);
+            let probing = || connected_toward(host, dead);
             assert!(
                 wait_until(DEADLINE, || !probing().is_empty()),
                 "{} does not probe {id} after its goodbye",
@@ -289,12 +294,7 @@ fn beats_to_a_watcher_whose_host_vanished_stop() {
     let (h1, gone) = (&lab.hosts()[0], &lab.hosts()[w]);
     // The sockets h1 keeps for its watcher: the link it holds and the
     // one it beats from (in a ring of three it watches the other node).
-    let toward_gone = || {
-        let ip = gone.ip.to_string();
-        let mapped = format!("[::ffff:{ip}]");
-        let ss = |ip: &str| h1.run_ok("ss", ["-Hntu", "state", "established", "dst", ip]);
-        ss(&ip) + &ss(&mapped)
-    };
+    let toward_gone = || connected_toward(h1, gone.ip);
     let held = toward_gone();
     assert!(
         held.contains("tcp") && held.contains("udp"),
