@@ -6,6 +6,11 @@
 
 mod common;
 
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
 use mesh_amb_lab::{wait_until, FakeInstance, Host, Lab, Proc, Rogue};
 
 use common::mesh::*;
@@ -257,6 +262,7 @@ fn with_a_key_a_forged_flawed_record_under_a_real_name_changes_nothing() {
         port: 7000,
         txt: vec![b"x=1".to_vec()],
         addrs: vec![stranger.ip.into()],
+        ptr_ttl: None,
     };
     let _rogue = Rogue::start(stranger, vec![forged]);
     mesh.wait_log(&["not a mesh service", "redis@real"], 1);
@@ -349,4 +355,71 @@ fn news_dropped_in_a_flood_is_recovered_once_it_ebbs() {
     );
     let failed = failed_requests(h3, 20, "h4");
     assert_eq!(failed, 0, "{}", mesh.consumer.output_tail(40));
+}
+
+/// The PTR records' TTL of a flood that leaves the cache seconds after it
+/// ends, so the recovery's replay is whole and sweeps.
+const FLEETING_TTL: u32 = 5;
+/// How often the stranger says the goodbye: well within the second a
+/// goodbye leaves a record, so the record is about to expire throughout.
+const GOODBYE_EVERY: Duration = Duration::from_millis(300);
+/// The flood loses news, its records expire (FLEETING_TTL), a 10 s check
+/// finds no new drop after that, the sweep asks, and a slow machine.
+const SWEPT_WITHIN: Duration = Duration::from_secs(120);
+
+#[test]
+fn a_live_provider_whose_goodbye_a_stranger_keeps_saying_is_not_swept() {
+    let mesh = Mesh::start(&[]);
+    let stranger = mesh.stranger();
+    let mut fakes = FakeInstance::many("flood", 10_000, "redis", DEAD_PORTS, stranger.ip.into());
+    for f in &mut fakes {
+        f.ptr_ttl = Some(FLEETING_TTL);
+    }
+    let rogue = Rogue::start(stranger, fakes);
+    // Either loses news, and the browse restarts later to sweep.
+    let losing = wait_until(SWEPT_WITHIN, || {
+        log_lines(
+            &mesh.consumer,
+            &["mDNS events come faster than they can be applied"],
+        ) > 0
+            || log_lines(&mesh.consumer, &["the mDNS browse ended"]) > 0
+    });
+    assert!(losing, "no news lost:\n{}", mesh.consumer.output_tail(40));
+    drop(rogue);
+
+    // Meanwhile the stranger says the live provider's goodbye again and
+    // again: each keeps its records a second from expiring, so the replay
+    // of the consumer's restart to recover what the flood swallowed (a
+    // restart that sweeps) leaves them out, and the provider's answers
+    // renew them without an event.
+    let packet = goodbye("redis@real._amb._tcp.local.");
+    let sock = stranger.enter(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let saying = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                sock.send_to(&packet, "224.0.0.251:5353").unwrap();
+                std::thread::sleep(GOODBYE_EVERY);
+            }
+        })
+    };
+    let swept = |c: &Proc| log_lines(c, &["gone from the mDNS cache", "instance=redis@real"]) > 0;
+    let kept = |c: &Proc| log_lines(c, &["still answers for itself", "instance=redis@real"]) > 0;
+    let judged = wait_until(SWEPT_WITHIN, || {
+        swept(&mesh.consumer) || kept(&mesh.consumer)
+    });
+    stop.store(true, Ordering::Relaxed);
+    saying.join().unwrap();
+    assert!(judged, "no sweep:\n{}", mesh.consumer.output_tail(40));
+    assert!(
+        !swept(&mesh.consumer),
+        "a live provider was swept:\n{}",
+        mesh.consumer.output_tail(40)
+    );
+    // Once the stranger stops, the goodbye's second runs out (the
+    // provider announces again if it had left), and h1 serves.
+    let served = wait_until(DEADLINE, || failed_requests(mesh.client(), 1, "h1") == 0);
+    assert!(served, "{}", mesh.consumer.output_tail(40));
+    assert_eq!(failed_requests(mesh.client(), 20, "h1"), 0);
 }

@@ -539,26 +539,6 @@ fn a_live_node_answers_a_goodbye_in_its_name() {
 const FLOOD_FOR: Duration = Duration::from_secs(5);
 const MAX_DEFENCES: usize = 5;
 
-/// An mDNS response with a TTL-0 PTR `_amb._tcp.local. -> instance`.
-fn goodbye(instance: &str) -> Vec<u8> {
-    let name = |n: &str| {
-        let mut v = Vec::new();
-        for l in n.trim_end_matches('.').split('.') {
-            v.push(l.len() as u8);
-            v.extend_from_slice(l.as_bytes());
-        }
-        v.push(0);
-        v
-    };
-    let mut p = vec![0, 0, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0];
-    p.extend(name("_amb._tcp.local."));
-    p.extend_from_slice(&[0, 12, 0, 1, 0, 0, 0, 0]);
-    let rdata = name(instance);
-    p.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-    p.extend(rdata);
-    p
-}
-
 #[test]
 fn strangers_in_the_ring_cost_one_probe_at_a_time() {
     let lab = Lab::new(2);

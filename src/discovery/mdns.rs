@@ -42,6 +42,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
+use super::reconfirm::{self, Reconfirms};
 use super::replay::{Replay, Whole};
 use super::stats::DiscoveryStats;
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
@@ -117,7 +118,8 @@ const EVENT_QUEUE: usize = 4096;
 /// link re-sends nothing while nothing changes. So once a check finds no
 /// new drops (the flood ebbed), the browse restarts: mdns-sd replays its
 /// cache, which brings back the arrivals, and what the replay lacks is
-/// swept, which applies the removals.
+/// swept once its responder does not answer for it (see `reconfirm`),
+/// which applies the removals.
 const DROPS_CHECK: Duration = Duration::from_secs(10);
 /// Least time between two such recoveries: a restarted browse queries the
 /// link with every known answer (many packets after a flood of records),
@@ -710,7 +712,8 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
 /// ended or events were dropped are instances that neither the cache's
 /// replay nor the answers to the browse's first query bring back removed
-/// from the tables (see `replay`); our own that a replay lacks are
+/// from the tables (see `replay`), and only once their responders do not
+/// answer for them (see `reconfirm`); our own that a replay lacks are
 /// announced again after any restart.
 pub async fn browse(
     mdns: Arc<Mdns>,
@@ -740,6 +743,7 @@ pub async fn browse(
         Some(Instant::now() + DESYNC_AFTER + DESYNC_SPREAD.mul_f64(fastrand::f64()));
     let mut sweep_next = false;
     let mut replay = Replay::default();
+    let mut asking = Reconfirms::default();
     let mut drops_check = tokio::time::interval(DROPS_CHECK);
     drops_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The drop count last looked at, whether drops since the last recovery
@@ -793,6 +797,7 @@ pub async fn browse(
                     Some(ev) => {
                         if let ServiceEvent::ServiceResolved(r) = &ev {
                             replay.resolved(&r.fullname);
+                            asking.resolved(&r.fullname);
                         }
                         ctx.event(ev);
                         aim.follow(ctx.ring);
@@ -819,19 +824,33 @@ pub async fn browse(
                         mdns.defend_unreplayed(&seen);
                     }
                     if to_sweep && complete {
-                        sweep(&services, &seen);
+                        // Each is swept once its responder has not
+                        // answered for it (see `reconfirm`).
+                        for (key, target) in unreplayed(&services, &seen) {
+                            match reconfirm::responder(&target) {
+                                Some(at) => asking.ask(key, at),
+                                None => sweep(&services, &key),
+                            }
+                        }
                     } else if to_sweep {
                         // Incomplete: what it lacks may be there still, or
                         // gone with its goodbye lost in the flood, and a
                         // cache full of a flood's records may never replay
                         // whole. So the mesh nodes among it are checked, as
                         // after a failed connect (a few on trial at once).
-                        for (_, key) in unreplayed(&services, &seen) {
+                        for (key, _) in unreplayed(&services, &seen) {
                             if let Some((node, peer)) = ctx.ring.owner(&key) {
                                 debug!(instance = %key, node, "checking a node the replay lacked");
                                 trials.suspect(node, peer);
                             }
                         }
+                    }
+                }
+                (instance, held) = asking.next() => {
+                    if held {
+                        info!(instance = %instance, "a backend the restarted browse's replay lacked still answers for itself (a goodbye said for it as the browse restarted); kept");
+                    } else {
+                        sweep(&services, &instance);
                     }
                 }
                 _ = drops_check.tick() => {
@@ -1067,24 +1086,24 @@ fn forward(
     (rx, AbortOnDropHandle::new(task))
 }
 
-/// Discovered backends that a fresh browse did not replay, with their
-/// service.
-fn unreplayed(services: &[Arc<Service>], seen: &HashSet<String>) -> Vec<(Arc<Service>, String)> {
-    let mut lacking = Vec::new();
+/// Discovered backends that a fresh browse did not replay, with where
+/// they are.
+fn unreplayed(services: &[Arc<Service>], seen: &HashSet<String>) -> HashMap<String, Target> {
+    let mut lacking = HashMap::new();
     for svc in services {
         for b in svc.table.snapshot().backends.iter() {
             if !seen.contains(&b.spec.key) {
-                lacking.push((svc.clone(), b.spec.key.clone()));
+                lacking.insert(b.spec.key.clone(), b.spec.target.clone());
             }
         }
     }
     lacking
 }
 
-/// Removes discovered backends that a fresh browse did not replay.
-fn sweep(services: &[Arc<Service>], seen: &HashSet<String>) {
-    for (svc, key) in unreplayed(services, seen) {
-        if svc.table.apply(Update::Remove(key.clone())) {
+/// Removes a discovered backend gone from mdns-sd's cache unannounced.
+fn sweep(services: &[Arc<Service>], key: &str) {
+    for svc in services {
+        if svc.table.apply(Update::Remove(key.to_owned())) {
             info!(service = %svc.name, instance = %key, "backend left (gone from the mDNS cache)");
         }
     }

@@ -9,6 +9,8 @@
 //!   of `_amb._tcp`, fanned out to every consumed service's table.
 //! - [`replay`]: when a restarted browse may sweep what its replay of the
 //!   cache lacks.
+//! - [`reconfirm`]: before a sweep removes a backend, its responder is
+//!   asked whether it still holds the instance.
 //! - [`provider`]: advertises a local service while its health check passes,
 //!   drains and says goodbye on shutdown.
 //! - [`probation`]: dials each new backend once before it may take clients.
@@ -28,6 +30,7 @@ pub mod listing;
 pub mod mdns;
 pub mod probation;
 pub mod provider;
+pub mod reconfirm;
 pub mod refresh;
 pub mod replay;
 pub mod stats;

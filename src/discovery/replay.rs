@@ -2,7 +2,8 @@
 //! a new browse, and an instance that neither the replay nor the answers
 //! to the browse's first query bring back has gone from the cache (its
 //! removal event lost, in a flood or with the old browse). A discovered
-//! backend so gone is swept (when the restart asks for it), and an
+//! backend so gone is swept (when the restart asks for it, and once its
+//! responder does not answer for it: see `reconfirm`), and an
 //! instance of our own missing from the replay is announced again (a
 //! goodbye said for it just before the restart: see
 //! `Mdns::defend_unreplayed`). Neither may come before the replay is

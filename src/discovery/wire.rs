@@ -240,6 +240,19 @@ pub(super) fn put_name(p: &mut Vec<u8>, name: &str) {
     p.push(0);
 }
 
+/// A one-question query with message id `id` for the `ty` record of
+/// `name`, as a legacy querier sends it (RFC 6762 §6.7: from a port other
+/// than 5353, answered by unicast).
+pub(super) fn question(name: &str, ty: u16, id: u16) -> Vec<u8> {
+    let mut p = Vec::with_capacity(96);
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]); // flags 0, one question
+    put_name(&mut p, name);
+    p.extend_from_slice(&ty.to_be_bytes());
+    p.extend_from_slice(&CLASS_IN.to_be_bytes());
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,7 +82,7 @@ use super::addr::PeerAddr;
 use super::link::{Event, Link};
 use super::refresh;
 use super::wire::{
-    put_name, CLASS_IN, MDNS_PORT, MDNS_V4, MDNS_V6, SERVICE_TYPE, TYPE_A, TYPE_PTR,
+    put_name, question, CLASS_IN, MDNS_PORT, MDNS_V4, MDNS_V6, SERVICE_TYPE, TYPE_A, TYPE_PTR,
 };
 
 /// Time between probes of a healthy peer with no ring link up
@@ -830,7 +830,7 @@ impl Prober {
             Ok(sock) => Some(Prober {
                 sock,
                 to,
-                question: query(&peer.host, 0),
+                question: question(&peer.host, TYPE_A, 0),
             }),
             Err(e) => {
                 warn!(error = %e, "witness: cannot open a probe socket");
@@ -1040,17 +1040,6 @@ pub(super) fn unspecified(like: IpAddr) -> SocketAddr {
     }
 }
 
-/// A one-question query for the A record of `host`, with message id `id`.
-fn query(host: &str, id: u16) -> Vec<u8> {
-    let mut p = Vec::with_capacity(64);
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]); // flags 0, one question
-    put_name(&mut p, host);
-    p.extend_from_slice(&TYPE_A.to_be_bytes());
-    p.extend_from_slice(&CLASS_IN.to_be_bytes());
-    p
-}
-
 /// An mDNS response holding a TTL-0 PTR record `_amb._tcp.local. ->
 /// instance` for each of `instances`.
 fn goodbye(instances: &[String]) -> Vec<u8> {
@@ -1252,7 +1241,7 @@ mod tests {
 
     #[test]
     fn packets_are_well_formed() {
-        let q = query("amb-b.local.", 0x1234);
+        let q = question("amb-b.local.", TYPE_A, 0x1234);
         assert_eq!(&q[..6], &[0x12, 0x34, 0, 0, 0, 1]);
         assert_eq!(&q[12..], b"\x05amb-b\x05local\x00\x00\x01\x00\x01");
         let g = goodbye(&[format!("web@b.{SERVICE_TYPE}")]);

@@ -137,3 +137,23 @@ pub fn wait_log(p: &Proc, needle: &str) -> Duration {
     );
     t0.elapsed()
 }
+
+/// An mDNS response with a TTL-0 PTR `_amb._tcp.local. -> instance`.
+pub fn goodbye(instance: &str) -> Vec<u8> {
+    let name = |n: &str| {
+        let mut v = Vec::new();
+        for l in n.trim_end_matches('.').split('.') {
+            v.push(l.len() as u8);
+            v.extend_from_slice(l.as_bytes());
+        }
+        v.push(0);
+        v
+    };
+    let mut p = vec![0, 0, 0x84, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    p.extend(name("_amb._tcp.local."));
+    p.extend_from_slice(&[0, 12, 0, 1, 0, 0, 0, 0]);
+    let rdata = name(instance);
+    p.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    p.extend(rdata);
+    p
+}
