@@ -418,6 +418,11 @@ impl Mdns {
         at
     }
 
+    /// Whether `fullname` is an instance of ours, announced.
+    fn announces(&self, fullname: &str) -> bool {
+        self.announced_mut().contains_key(&fullname.to_lowercase())
+    }
+
     fn announced_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, Announced>> {
         self.announced.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -782,6 +787,7 @@ pub async fn browse(
             stats: &stats,
             ring: &mut ring,
             pending: &mut pending,
+            asking: &mut asking,
         };
         loop {
             tokio::select! {
@@ -797,7 +803,6 @@ pub async fn browse(
                     Some(ev) => {
                         if let ServiceEvent::ServiceResolved(r) = &ev {
                             replay.resolved(&r.fullname);
-                            asking.resolved(&r.fullname);
                         }
                         ctx.event(ev);
                         aim.follow(ctx.ring);
@@ -826,9 +831,17 @@ pub async fn browse(
                     if to_sweep && complete {
                         // Each is swept once its responder has not
                         // answered for it (see `reconfirm`).
-                        for (key, target) in unreplayed(&services, &seen) {
+                        let mut lacking = unreplayed(&services, &seen);
+                        lacking.retain(|key, _| !mdns.announces(key));
+                        if !lacking.is_empty() {
+                            info!(
+                                backends = lacking.len(),
+                                "the restarted browse's replay lacks backends; asking their responders before sweeping them"
+                            );
+                        }
+                        for (key, target) in lacking {
                             match reconfirm::responder(&target) {
-                                Some(at) => asking.ask(key, at),
+                                Some(at) => ctx.asking.ask(key, at),
                                 None => sweep(&services, &key),
                             }
                         }
@@ -846,7 +859,7 @@ pub async fn browse(
                         }
                     }
                 }
-                (instance, held) = asking.next() => {
+                (instance, held) = ctx.asking.next() => {
                     if held {
                         info!(instance = %instance, "a backend the restarted browse's replay lacked still answers for itself (a goodbye said for it as the browse restarted); kept");
                     } else {
@@ -967,6 +980,9 @@ struct Browsing<'a> {
     ring: &'a mut Ring,
     /// Removals waiting for their time, by instance.
     pending: &'a mut HashMap<String, Instant>,
+    /// Backends a sweep is asking about, which an instance resolved again
+    /// leaves (see `reconfirm`).
+    asking: &'a mut Reconfirms,
 }
 
 impl Browsing<'_> {
@@ -975,6 +991,7 @@ impl Browsing<'_> {
     fn event(&mut self, ev: ServiceEvent) {
         match ev {
             ServiceEvent::ServiceResolved(r) => {
+                self.asking.resolved(&r.fullname);
                 if self.pending.remove(&r.fullname).is_some() {
                     debug!(instance = %r.fullname, "mDNS reported an instance gone and resolved it again; it stays");
                 }

@@ -17,12 +17,22 @@
 //! the instance's SRV record, from an ephemeral port straight to port 5353
 //! at the backend's address, which the owner's responder answers by
 //! unicast, touching no cache on the link. An answer keeps the backend; a
-//! refusal (nothing listens there) or [`ASKS`] questions unanswered remove
-//! it. Limits: a responder that is not at the backend's address, or whose
-//! host has another daemon on port 5353 that takes unicast questions (see
-//! `witness`), never answers, and the backend is swept as before.
+//! refusal (nothing listens there: the responder's other instances go
+//! too, unasked) or [`ASKS`] questions unanswered remove it. Our own
+//! instances are not asked: they live while we announce them.
+//!
+//! Limits. An answer says the responder holds the instance, not that our
+//! cache does: one that answers unicast but whose multicast never reaches
+//! us keeps its backend until a later sweep. The backend is swept as
+//! before when its responder cannot answer: it is not at the backend's
+//! first IPv4 address, or answers from another of its addresses (the
+//! socket is connected, for the refusals); it runs on this host, where
+//! the question comes in over loopback, on which a node restricted to
+//! chosen interfaces (`--interface`) does not listen; or its host has another
+//! daemon on port 5353 that takes unicast questions (see `witness`; each
+//! question goes from a new port, which may reach another of them).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -48,21 +58,40 @@ const MOST_AT_ONCE: usize = 32;
 /// Largest answer read.
 const MAX_PACKET: usize = 9000;
 
+/// What a responder said of one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// It answered for it.
+    Yes,
+    /// It did not answer.
+    No,
+    /// Nothing listens on its port: its other instances are gone too.
+    Refused,
+}
+
 /// The instances being asked about.
 #[derive(Default)]
 pub struct Reconfirms {
-    running: JoinSet<(String, bool)>,
+    running: JoinSet<(String, IpAddr, Held)>,
     /// The running questions, by instance.
     asking: HashMap<String, AbortHandle>,
     /// Those waiting for room, with the responder to ask.
     waiting: VecDeque<(String, SocketAddr)>,
+    /// The instances in `waiting`.
+    queued: HashSet<String>,
+    /// Responders that refused a question: the instances waiting for them
+    /// are gone without asking (a flood's hundreds of instances share one
+    /// dead responder, whose host sends about one refusal a second).
+    refused: HashSet<IpAddr>,
+    /// Outcomes not yet taken.
+    ready: VecDeque<(String, bool)>,
 }
 
 impl Reconfirms {
     /// Asks the responder at `responder` whether it still holds
     /// `instance`, unless that is already being asked.
     pub fn ask(&mut self, instance: String, responder: SocketAddr) {
-        if self.asking.contains_key(&instance) || self.waiting.iter().any(|(i, _)| *i == instance) {
+        if self.asking.contains_key(&instance) || !self.queued.insert(instance.clone()) {
             return;
         }
         self.waiting.push_back((instance, responder));
@@ -75,23 +104,42 @@ impl Reconfirms {
         if let Some(task) = self.asking.remove(instance) {
             task.abort();
         }
-        self.waiting.retain(|(i, _)| i != instance);
+        if self.queued.remove(instance) {
+            self.waiting.retain(|(i, _)| i != instance);
+        }
+        if !self.ready.is_empty() {
+            self.ready.retain(|(i, _)| i != instance);
+        }
     }
 
     /// The next answer: an instance, and whether its responder holds it.
     /// Pending while nothing is being asked.
     pub async fn next(&mut self) -> (String, bool) {
         loop {
-            let Some(done) = self.running.join_next().await else {
+            if let Some(outcome) = self.ready.pop_front() {
+                return outcome;
+            }
+            let Some(done) = self.running.join_next_with_id().await else {
+                // A sweep's questions are over: a responder that refused
+                // then may be back for the next one.
+                self.refused.clear();
                 return std::future::pending().await;
             };
-            self.fill();
-            if let Ok((instance, held)) = done {
-                // Else it resolved again while its task was ending.
-                if self.asking.remove(&instance).is_some() {
-                    return (instance, held);
+            let Ok((id, (instance, at, held))) = done else {
+                // Aborted: it resolved again.
+                self.fill();
+                continue;
+            };
+            // Else it resolved again while its task was ending (and may be
+            // asked again since).
+            if self.asking.get(&instance).is_some_and(|t| t.id() == id) {
+                self.asking.remove(&instance);
+                if held == Held::Refused {
+                    self.refused.insert(at);
                 }
+                self.ready.push_back((instance, held == Held::Yes));
             }
+            self.fill();
         }
     }
 
@@ -100,10 +148,15 @@ impl Reconfirms {
             let Some((instance, responder)) = self.waiting.pop_front() else {
                 return;
             };
+            self.queued.remove(&instance);
+            if self.refused.contains(&responder.ip()) {
+                self.ready.push_back((instance, false));
+                continue;
+            }
             let name = instance.clone();
             let task = self.running.spawn(async move {
                 let held = holds(&name, responder).await;
-                (name, held)
+                (name, responder.ip(), held)
             });
             self.asking.insert(instance, task);
         }
@@ -122,54 +175,56 @@ pub fn responder(target: &Target) -> Option<SocketAddr> {
     Some(at)
 }
 
-/// Whether the responder at `responder` answers for `instance`.
-async fn holds(instance: &str, responder: SocketAddr) -> bool {
-    // Connected, so that a host with nothing on port 5353 says so at once
-    // (ICMP port unreachable comes back as ECONNREFUSED).
-    let sock = async {
-        let sock = UdpSocket::bind(unspecified(responder.ip())).await?;
-        sock.connect(responder).await?;
-        Ok::<_, std::io::Error>(sock)
-    };
-    let sock = match sock.await {
-        Ok(sock) => sock,
-        Err(e) => {
-            debug!(instance, error = %e, "cannot ask the responder; taken for gone");
-            return false;
-        }
-    };
+/// What the responder at `responder` says of `instance`. Each question
+/// goes from a socket of its own: a host whose port 5353 several daemons
+/// share hands each source port to one of them.
+async fn holds(instance: &str, responder: SocketAddr) -> Held {
     for _ in 0..ASKS {
+        // Connected, so that a host with nothing on port 5353 says so at
+        // once (ICMP port unreachable comes back as ECONNREFUSED).
+        let sock = async {
+            let sock = UdpSocket::bind(unspecified(responder.ip())).await?;
+            sock.connect(responder).await?;
+            Ok::<_, std::io::Error>(sock)
+        };
+        let sock = match sock.await {
+            Ok(sock) => sock,
+            Err(e) => {
+                debug!(instance, error = %e, "cannot ask the responder; taken for gone");
+                return Held::No;
+            }
+        };
         let id = fastrand::u16(..);
         match sock.send(&question(instance, TYPE_SRV, id)).await {
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return false,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Held::Refused,
             _ => {}
         }
-        match answer(&sock, responder.ip(), id).await {
+        match answer(&sock, id).await {
             Some(held) => return held,
             None => debug!(instance, "the responder did not answer for the instance"),
         }
     }
-    false
+    Held::No
 }
 
-/// What came to question `id` within [`ASK_TIMEOUT`]: `Some(true)` an
-/// answer from `from`, `Some(false)` a refusal, `None` nothing.
-async fn answer(sock: &UdpSocket, from: IpAddr, id: u16) -> Option<bool> {
+/// What came to question `id` within [`ASK_TIMEOUT`] (the socket is
+/// connected to the responder): an answer, a refusal, or nothing.
+async fn answer(sock: &UdpSocket, id: u16) -> Option<Held> {
     let mut buf = vec![0u8; MAX_PACKET];
     let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
     loop {
-        match tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
+        match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
             Err(_) => return None,
-            Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => return Some(false),
+            Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => return Some(Held::Refused),
             // Another ICMP error (an unreachable host): no answer, but the
             // question keeps its pace.
             Ok(Err(_)) => {
                 tokio::time::sleep_until(deadline).await;
                 return None;
             }
-            Ok(Ok((n, src))) => {
-                if src.ip() == from && answers(&buf[..n], id) {
-                    return Some(true);
+            Ok(Ok(n)) => {
+                if answers(&buf[..n], id) {
+                    return Some(Held::Yes);
                 }
             }
         }
@@ -212,5 +267,67 @@ mod tests {
         p[7] = 1;
         assert!(answers(&p, 7));
         assert!(!answers(&p, 8), "a response to another question");
+    }
+
+    /// A responder on loopback that answers every question `answers`
+    /// times, echoing its id with one answer; where it listens.
+    async fn responder_answering(answers: usize) -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let at = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            for _ in 0..answers {
+                let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+                let mut reply = buf[..n].to_vec();
+                reply[2] |= 0x80;
+                reply[7] = 1;
+                sock.send_to(&reply, from).await.unwrap();
+            }
+        });
+        at
+    }
+
+    /// A loopback address where nothing listens.
+    fn nobody() -> SocketAddr {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    async fn next_within(r: &mut Reconfirms, wait: Duration) -> Option<(String, bool)> {
+        tokio::time::timeout(wait, r.next()).await.ok()
+    }
+
+    #[tokio::test]
+    async fn an_answer_keeps_the_backend_and_refusals_sweep_more_than_fit_in_flight() {
+        let mut r = Reconfirms::default();
+        r.ask("live".into(), responder_answering(1).await);
+        assert_eq!(r.next().await, ("live".to_string(), true));
+        // Nothing listens: each is swept, however many wait their turn.
+        let dead = nobody();
+        for i in 0..MOST_AT_ONCE * 3 {
+            r.ask(format!("gone-{i}"), dead);
+        }
+        let mut outcomes = Vec::new();
+        while let Some(o) = next_within(&mut r, ASK_TIMEOUT * ASKS * 2).await {
+            outcomes.push(o);
+        }
+        assert_eq!(outcomes.len(), MOST_AT_ONCE * 3, "{outcomes:?}");
+        assert!(outcomes.iter().all(|(_, held)| !held), "{outcomes:?}");
+    }
+
+    #[tokio::test]
+    async fn an_instance_resolved_again_meanwhile_is_left_alone() {
+        let mut r = Reconfirms::default();
+        // A responder that never answers: the question runs its course.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        r.ask("back".into(), silent.local_addr().unwrap());
+        r.ask("back".into(), silent.local_addr().unwrap());
+        r.resolved("back");
+        assert_eq!(next_within(&mut r, ASK_TIMEOUT * (ASKS + 1)).await, None);
+        // Asked again afterwards, it is asked afresh.
+        r.ask("back".into(), responder_answering(1).await);
+        assert_eq!(r.next().await, ("back".to_string(), true));
     }
 }
