@@ -833,12 +833,11 @@ pub async fn browse(
                         // answered for it (see `reconfirm`).
                         let mut lacking = unreplayed(&services, &seen);
                         lacking.retain(|key, _| !mdns.announces(key));
-                        if !lacking.is_empty() {
-                            info!(
-                                backends = lacking.len(),
-                                "the restarted browse's replay lacks backends; asking their responders before sweeping them"
-                            );
-                        }
+                        // Rare (news was lost), so always said.
+                        info!(
+                            lacking = lacking.len(),
+                            "the restarted browse's replay is whole; asking the responders of the backends it lacks before sweeping them"
+                        );
                         for (key, target) in lacking {
                             match reconfirm::responder(&target) {
                                 Some(at) => ctx.asking.ask(key, at),
