@@ -42,7 +42,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::debug;
 
 use super::wire::{question, MDNS_PORT, TYPE_SRV};
-use super::witness::unspecified;
+use super::witness::{answered, unspecified, Probe};
 use crate::backends::table::Target;
 
 /// How long one question waits for its answer: a responder answers a
@@ -55,24 +55,10 @@ pub const ASKS: u32 = 3;
 /// Questions in flight at once; the rest wait their turn. A sweep after a
 /// flood may lack hundreds of the flood's dead instances.
 const MOST_AT_ONCE: usize = 32;
-/// Largest answer read.
-const MAX_PACKET: usize = 9000;
-
-/// What a responder said of one instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Held {
-    /// It answered for it.
-    Yes,
-    /// It did not answer.
-    No,
-    /// Nothing listens on its port: its other instances are gone too.
-    Refused,
-}
-
 /// The instances being asked about.
 #[derive(Default)]
 pub struct Reconfirms {
-    running: JoinSet<(String, IpAddr, Held)>,
+    running: JoinSet<(String, IpAddr, Probe)>,
     /// The running questions, by instance.
     asking: HashMap<String, AbortHandle>,
     /// Those waiting for room, with the responder to ask.
@@ -134,10 +120,11 @@ impl Reconfirms {
             // asked again since).
             if self.asking.get(&instance).is_some_and(|t| t.id() == id) {
                 self.asking.remove(&instance);
-                if held == Held::Refused {
+                if matches!(held, Probe::Refused) {
                     self.refused.insert(at);
                 }
-                self.ready.push_back((instance, held == Held::Yes));
+                self.ready
+                    .push_back((instance, matches!(held, Probe::Answered)));
             }
             self.fill();
         }
@@ -178,7 +165,7 @@ pub fn responder(target: &Target) -> Option<SocketAddr> {
 /// What the responder at `responder` says of `instance`. Each question
 /// goes from a socket of its own: a host whose port 5353 several daemons
 /// share hands each source port to one of them.
-async fn holds(instance: &str, responder: SocketAddr) -> Held {
+async fn holds(instance: &str, responder: SocketAddr) -> Probe {
     for _ in 0..ASKS {
         // Connected, so that a host with nothing on port 5353 says so at
         // once (ICMP port unreachable comes back as ECONNREFUSED).
@@ -191,52 +178,20 @@ async fn holds(instance: &str, responder: SocketAddr) -> Held {
             Ok(sock) => sock,
             Err(e) => {
                 debug!(instance, error = %e, "cannot ask the responder; taken for gone");
-                return Held::No;
+                return Probe::Silent;
             }
         };
         let id = fastrand::u16(..);
         match sock.send(&question(instance, TYPE_SRV, id)).await {
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Held::Refused,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Probe::Refused,
             _ => {}
         }
-        match answer(&sock, id).await {
-            Some(held) => return held,
-            None => debug!(instance, "the responder did not answer for the instance"),
+        match answered(&sock, responder, ASK_TIMEOUT).await {
+            Probe::Silent => debug!(instance, "the responder did not answer for the instance"),
+            said => return said,
         }
     }
-    Held::No
-}
-
-/// What came to question `id` within [`ASK_TIMEOUT`] (the socket is
-/// connected to the responder): an answer, a refusal, or nothing.
-async fn answer(sock: &UdpSocket, id: u16) -> Option<Held> {
-    let mut buf = vec![0u8; MAX_PACKET];
-    let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => return Some(Held::Refused),
-            // Another ICMP error (an unreachable host): no answer, but the
-            // question keeps its pace.
-            Ok(Err(_)) => {
-                tokio::time::sleep_until(deadline).await;
-                return None;
-            }
-            Ok(Ok(n)) => {
-                if answers(&buf[..n], id) {
-                    return Some(Held::Yes);
-                }
-            }
-        }
-    }
-}
-
-/// Whether `packet` is a response to question `id` with an answer in it.
-fn answers(packet: &[u8], id: u16) -> bool {
-    packet.len() >= 12
-        && u16::from_be_bytes([packet[0], packet[1]]) == id
-        && packet[2] & 0x80 != 0
-        && u16::from_be_bytes([packet[6], packet[7]]) > 0
+    Probe::Silent
 }
 
 #[cfg(test)]
@@ -256,17 +211,6 @@ mod tests {
             Some("[fe80::1%3]:5353".parse().unwrap())
         );
         assert_eq!(responder(&Target::Name("db.example".into(), 7000)), None);
-    }
-
-    #[test]
-    fn only_a_response_to_the_question_with_an_answer_counts() {
-        let mut p = question("redis@h1._amb._tcp.local.", TYPE_SRV, 7);
-        assert!(!answers(&p, 7), "the question itself");
-        p[2] |= 0x80;
-        assert!(!answers(&p, 7), "a response without an answer");
-        p[7] = 1;
-        assert!(answers(&p, 7));
-        assert!(!answers(&p, 8), "a response to another question");
     }
 
     /// A responder on loopback that answers every question `answers`

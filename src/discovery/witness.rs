@@ -917,7 +917,7 @@ impl Prober {
 }
 
 /// What one probe got.
-enum Probe {
+pub(super) enum Probe {
     Answered,
     /// Nothing listens on the peer's mDNS port at that address: its
     /// responder is gone.
@@ -991,7 +991,7 @@ async fn answered_with_id(sock: &UdpSocket, ids: &[u16], timeout: Duration) -> b
 /// traffic may answer seconds late, and is alive. A refusal (nothing
 /// listens on the peer's mDNS port: its process is gone) is a miss at
 /// once; it still takes [`MISSES_TO_DEAD`] of them in a row.
-async fn answered(sock: &UdpSocket, from: SocketAddr, timeout: Duration) -> Probe {
+pub(super) async fn answered(sock: &UdpSocket, from: SocketAddr, timeout: Duration) -> Probe {
     let mut buf = vec![0u8; MAX_PACKET];
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
