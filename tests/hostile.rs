@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_amb_lab::{wait_until, FakeInstance, Host, Lab, Proc, Rogue};
+use mesh_amb_lab::{wait_for, wait_until, FakeInstance, Host, Lab, Proc, Rogue};
 
 use common::mesh::*;
 
@@ -471,5 +471,112 @@ fn a_live_provider_whose_goodbye_a_stranger_keeps_saying_is_not_swept() {
     // provider announces again if it had left), and h1 serves.
     let served = wait_until(DEADLINE, || failed_requests(mesh.client(), 1, "h1") == 0);
     assert!(served, "{}", mesh.consumer.output_tail(40));
+    assert_eq!(failed_requests(mesh.client(), 20, "h1"), 0);
+}
+
+/// A one-off flood small enough to join whole (the table holds 1,024),
+/// large enough that its leftovers would cost thousands of queries.
+const ONE_OFF: usize = 1_000;
+/// From the flood to the cache's clearing: the fakes fail their probes,
+/// are verified and removed, and the browse restarts to find any falsely
+/// suspected one again; that restart's replay lists the leftovers. Under
+/// 15 s here.
+const CLEARED_WITHIN: Duration = Duration::from_secs(120);
+/// The window watched, from the flood's end. mdns-sd's queries back off
+/// from the browse's last restart (1, 2, 4 ... s); without the clearing,
+/// the restart that follows the verifications (seconds after the flood)
+/// puts one with a question for every leftover about 64 s after it, and
+/// the node's one restart to fall out of step (10-70 s after it starts)
+/// another series. With it, a later restart may still list the few that
+/// a clearing missed: fewer than `replay::STALE_TO_CLEAR` (16) a query.
+const QUIET_FROM: Duration = Duration::from_secs(60);
+const QUIET_UNTIL: Duration = Duration::from_secs(90);
+/// Most datagrams the consumer may send in that window: its browse's
+/// queries and the witness's beats are a few dozen; a query about the
+/// leftovers would be two thousand.
+const QUIET_MOST: u64 = 200;
+
+/// UDP datagrams `host` has sent, over IPv4 and IPv6 (`OutDatagrams` of
+/// `/proc/net/snmp` and `Udp6OutDatagrams` of `snmp6`, per namespace).
+fn udp_sent(host: &Host) -> u64 {
+    let (snmp, snmp6) = host.enter(|| {
+        let read = |f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap();
+        (read("snmp"), read("snmp6"))
+    });
+    let udp: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Udp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let [names, values] = &udp[..] else {
+        panic!("no Udp lines in snmp:\n{snmp}")
+    };
+    let at = names.iter().position(|n| *n == "OutDatagrams").unwrap();
+    let v4: u64 = values[at].parse().unwrap();
+    let v6: u64 = snmp6
+        .lines()
+        .find_map(|l| l.strip_prefix("Udp6OutDatagrams"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Udp6OutDatagrams in snmp6");
+    v4 + v6
+}
+
+#[test]
+fn a_one_off_flood_leaves_no_queries_behind() {
+    let mesh = Mesh::start(&[]);
+    let stranger = mesh.stranger();
+    // The stranger announces its instances once and is gone: their PTR
+    // records stay in caches for 75 minutes, the rest of their records
+    // leave with the consumer's verifications (or in 2 minutes).
+    let fakes = FakeInstance::many("gone", ONE_OFF, "redis", DEAD_PORTS, stranger.ip.into());
+    let rogue = Rogue::start(stranger, fakes);
+    assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
+    drop(rogue);
+    let flooded = std::time::Instant::now();
+    let joined = |c: &Proc| log_lines(c, &["backend joined", "instance=gone-"]);
+    let left = |c: &Proc| log_lines(c, &["backend left", "instance=gone-"]);
+    let cleared = |c: &Proc| log_lines(c, &["clearing the cache"]);
+    let done = wait_until(CLEARED_WITHIN, || {
+        let c = &mesh.consumer;
+        cleared(c) > 0 && joined(c) > 0 && left(c) == joined(c)
+    });
+    assert!(
+        done,
+        "{} cleared, {} of {} fakes left:\n{}",
+        cleared(&mesh.consumer),
+        left(&mesh.consumer),
+        joined(&mesh.consumer),
+        mesh.consumer.output_tail(40)
+    );
+    // Then the consumer has nothing to ask for but its browse's own
+    // queries, which carry the provider as a known answer, and the
+    // witness's beats.
+    let h3 = mesh.client();
+    let from = wait_for(QUIET_UNTIL, || {
+        (flooded.elapsed() >= QUIET_FROM).then(|| udp_sent(h3))
+    })
+    .expect("the window's start");
+    let noisy = wait_until(QUIET_UNTIL - QUIET_FROM, || {
+        udp_sent(h3) - from > QUIET_MOST
+    });
+    let sent = udp_sent(h3) - from;
+    eprintln!(
+        "{} fakes joined, {} clearings; the consumer sent {sent} datagrams {}-{} s after the flood",
+        joined(&mesh.consumer),
+        cleared(&mesh.consumer),
+        QUIET_FROM.as_secs(),
+        flooded.elapsed().as_secs()
+    );
+    assert!(
+        !noisy,
+        "{sent} datagrams:\n{}",
+        mesh.consumer.output_tail(40)
+    );
+    assert_eq!(
+        log_lines(&mesh.consumer, &["backend left", "instance=redis@real"]),
+        0,
+        "{}",
+        mesh.consumer.output_tail(40)
+    );
     assert_eq!(failed_requests(mesh.client(), 20, "h1"), 0);
 }

@@ -43,7 +43,7 @@ use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
 use super::reconfirm::{self, Reconfirms};
-use super::replay::{Replay, Whole};
+use super::replay::{Clearing, Leftovers, Replay, Whole};
 use super::stats::DiscoveryStats;
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
 use super::witness::{Aim, Ring, Trials, Verdict};
@@ -712,8 +712,12 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// in seconds; a second or two after a node declared dead answers again
 /// (this node then also announces its own instances again); and when the
 /// consumed services change (a reload), so that a new one gets
-/// what the cache holds; and once a flood that made us drop events has
-/// ebbed (at most every `RECOVER_EVERY`). Removals may be lost at any
+/// what the cache holds; once a flood that made us drop events has
+/// ebbed (at most every `RECOVER_EVERY`); and, ended first so that
+/// mdns-sd drops every record of the type, when a replay lists instances
+/// it cannot resolve, which mdns-sd would ask the link about with every
+/// query for an hour (see `replay::Leftovers` and `replay::Clearing`).
+/// Removals may be lost at any
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
 /// ended or events were dropped are instances that neither the cache's
 /// replay nor the answers to the browse's first query bring back removed
@@ -756,6 +760,8 @@ pub async fn browse(
     let mut drops_seen = stats.events_dropped.load(Ordering::Relaxed);
     let mut lost_events = false;
     let mut recovered_at: Option<Instant> = None;
+    // When to clear the cache of stale instances.
+    let mut clearing = Clearing::default();
     'browse: loop {
         // Static services' tables are not discovery's.
         let services: Vec<Arc<Service>> = consumed
@@ -764,7 +770,7 @@ pub async fn browse(
             .filter(|s| s.is_discovered())
             .cloned()
             .collect();
-        let (mut events, _forwarding) = match mdns.daemon.browse(SERVICE_TYPE) {
+        let (mut events, _forwarding, mut leftovers) = match mdns.daemon.browse(SERVICE_TYPE) {
             Ok(rx) => forward(rx, stats.clone()),
             Err(e) => {
                 warn!(error = %e, "cannot browse {SERVICE_TYPE}; retrying");
@@ -864,6 +870,31 @@ pub async fn browse(
                     } else {
                         sweep(&services, &instance);
                     }
+                }
+                Some(stale) = leftovers.recv() => clearing.want(Instant::now(), stale),
+                _ = sleep_until_some(clearing.due()) => {
+                    let stale = clearing.take();
+                    // Said once a flood, or after many crashed peers.
+                    info!(
+                        stale,
+                        "the mDNS cache lists instances whose other records are gone, and mdns-sd queries the link for each with every query it sends; clearing the cache and browsing afresh"
+                    );
+                    // Drops every record of the type. What the fresh
+                    // browse does not bring back is swept, once its
+                    // responder does not answer for it.
+                    let took = match mdns.daemon.stop_browse(SERVICE_TYPE) {
+                        Ok(()) => ctx.ended(&mut events).await,
+                        Err(e) => {
+                            warn!(error = %e, "cannot end the browse to clear the mDNS cache");
+                            false
+                        }
+                    };
+                    if !took {
+                        debug!("the clearing found no browse to end (mdns-sd had ended it) and cleared nothing");
+                    }
+                    clearing.made(Instant::now(), took);
+                    sweep_next = true;
+                    continue 'browse;
                 }
                 _ = drops_check.tick() => {
                     let dropped = stats.events_dropped.load(Ordering::Relaxed);
@@ -1042,6 +1073,25 @@ impl Browsing<'_> {
         gone
     }
 
+    /// Applies what comes until the browse ends after a `stop_browse`;
+    /// whether it was that call that ended it. mdns-sd says
+    /// `SearchStopped` to the browse it ends, and nothing to one it had
+    /// already ended (its channel full), whose records it then keeps.
+    async fn ended(&mut self, events: &mut mpsc::Receiver<ServiceEvent>) -> bool {
+        let ended = async {
+            loop {
+                match events.recv().await {
+                    Some(ServiceEvent::SearchStopped(_)) => return true,
+                    Some(ev) => self.event(ev),
+                    None => return false,
+                }
+            }
+        };
+        tokio::time::timeout(DAEMON_REPLY_TIMEOUT, ended)
+            .await
+            .unwrap_or(false)
+    }
+
     /// Applies what is already queued before the browse restarts: dropping
     /// the queue would lose those events (a removal among them).
     fn drain(&mut self, events: &mut mpsc::Receiver<ServiceEvent>) {
@@ -1056,20 +1106,44 @@ static EVENT_DROPS: LogLimit = LogLimit::new();
 
 /// Moves browse events from mdns-sd's channel into a queue of ours as fast
 /// as they come (see [`EVENT_QUEUE`]); the queue ends when the browse does.
-/// The task stops when the returned handle is dropped.
+/// The task stops when the returned handle is dropped. The third receives
+/// how many instances a replay left unresolved, when that is
+/// `replay::STALE_TO_CLEAR` or more.
 fn forward(
     events: mdns_sd::Receiver<ServiceEvent>,
     stats: Arc<DiscoveryStats>,
-) -> (mpsc::Receiver<ServiceEvent>, AbortOnDropHandle<()>) {
+) -> (
+    mpsc::Receiver<ServiceEvent>,
+    AbortOnDropHandle<()>,
+    mpsc::Receiver<usize>,
+) {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let (stale_tx, stale_rx) = mpsc::channel(1);
     let task = tokio::spawn(async move {
+        let mut leftovers = Leftovers::default();
         while let Ok(ev) = events.recv_async().await {
             stats.events.fetch_add(1, Ordering::Relaxed);
             // Only what the browse acts on takes room in the queue: a found
             // but unresolved instance says nothing it uses, and a replay
             // after a flood holds one for every stale PTR record (they live
             // 75 minutes after the rest of the record has expired), enough
-            // to drop events at every replay and so never sweep.
+            // to drop events at every replay and so never sweep. They are
+            // counted here instead.
+            let stale = match &ev {
+                ServiceEvent::ServiceFound(_, fullname) => {
+                    leftovers.found(fullname);
+                    None
+                }
+                ServiceEvent::ServiceResolved(r) => {
+                    leftovers.resolved(&r.fullname);
+                    None
+                }
+                ServiceEvent::SearchStarted(_) => leftovers.search_started(),
+                _ => None,
+            };
+            if let Some(n) = stale {
+                let _ = stale_tx.try_send(n);
+            }
             if matches!(ev, ServiceEvent::ServiceFound(..)) {
                 continue;
             }
@@ -1099,7 +1173,7 @@ fn forward(
             }
         }
     });
-    (rx, AbortOnDropHandle::new(task))
+    (rx, AbortOnDropHandle::new(task), stale_rx)
 }
 
 /// Discovered backends that a fresh browse did not replay, with where

@@ -8,7 +8,7 @@
 //! - [`mdns`]: the mdns-sd daemon of this node: one per process, one browse
 //!   of `_amb._tcp`, fanned out to every consumed service's table.
 //! - [`replay`]: when a restarted browse may sweep what its replay of the
-//!   cache lacks.
+//!   cache lacks, and when it clears the cache of what it cannot resolve.
 //! - [`reconfirm`]: before a sweep removes a backend, its responder is
 //!   asked whether it still holds the instance.
 //! - [`provider`]: advertises a local service while its health check passes,

@@ -8,6 +8,9 @@
 //! goodbye said for it just before the restart: see
 //! `Mdns::defend_unreplayed`). Neither may come before the replay is
 //! whole, or it acts on live instances the replay had not reached yet.
+//! A replay also shows the instances whose records have left the cache
+//! but for their PTR record ([`Leftovers`]), which mdns-sd queries for
+//! again and again; enough of them and the browse clears the cache.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -90,6 +93,144 @@ impl Replay {
     }
 }
 
+/// Stale PTR records in a replay before the cache is cleared: each one
+/// costs a query per family at every query of the browse (1, 2, 4 ... s
+/// after each restart), so a few dozen queries apiece over their life,
+/// where clearing the cache costs one query and an answer from each live
+/// node on the link.
+pub const STALE_TO_CLEAR: usize = 16;
+/// Instances a replay may list unresolved before the count stops: enough
+/// to tell a flood, a bounded memory however large the cache.
+const STALE_MEMORY: usize = 4096;
+
+/// Counts what a replay lists but cannot resolve: instances whose PTR
+/// record mdns-sd still holds (4,500 s, 75 minutes, for mdns-sd's own and
+/// for most responders') after the rest of their records left the cache
+/// (their 120 s lapsed, or a verification of ours expired them). mdns-sd
+/// 0.21.7 sends an SRV and TXT question for every such instance, or an
+/// address question for its host, with each query of the browse, until
+/// the PTR lapses: measured on the lab, a stranger's one-off flood of
+/// 2,000 instances made a consumer send 104,000-111,000 datagrams in the
+/// next 135 s. Nothing in mdns-sd's API removes a single record;
+/// ending the browse (`stop_browse`) drops every record of the type.
+///
+/// In a replay mdns-sd lists each cached instance (`ServiceFound`) and
+/// resolves it from the cache (`ServiceResolved`) when its records are
+/// whole. Answers that arrive meanwhile list and resolve instances too, a
+/// packet's worth of listings before their resolutions, so what counts is
+/// what the replay listed and had not resolved by its end.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// `SearchStarted` events so far: the replay lies between the first
+    /// and the second ([`REPLAY_WHOLE_AT_SEARCH`]).
+    searches: u32,
+    /// Listed in the replay and not resolved (at most [`STALE_MEMORY`]).
+    unresolved: HashSet<String>,
+}
+
+impl Leftovers {
+    /// The browse's `SearchStarted` event; at the end of the replay, how
+    /// many instances it left unresolved, if that is [`STALE_TO_CLEAR`]
+    /// or more.
+    pub fn search_started(&mut self) -> Option<usize> {
+        self.searches += 1;
+        if self.searches != REPLAY_WHOLE_AT_SEARCH {
+            return None;
+        }
+        let stale = std::mem::take(&mut self.unresolved).len();
+        (stale >= STALE_TO_CLEAR).then_some(stale)
+    }
+
+    /// The browse listed `fullname`.
+    pub fn found(&mut self, fullname: &str) {
+        if self.searches == 1 && self.unresolved.len() < STALE_MEMORY {
+            self.unresolved.insert(fullname.to_owned());
+        }
+    }
+
+    /// The browse resolved `fullname`.
+    pub fn resolved(&mut self, fullname: &str) {
+        self.unresolved.remove(fullname);
+    }
+}
+
+/// Most time between two clearings of the cache: each costs the link a
+/// query and an answer from every live node, so a stranger who floods
+/// again and again gets one a node this seldom.
+pub const CLEAR_EVERY: Duration = Duration::from_secs(120);
+/// Least time between two clearings: one made while mdns-sd is still
+/// taking in a flood (thousands of records, for seconds) misses what it
+/// takes in afterwards, or the stranger floods again, so the next replay
+/// may list them still; the wait doubles from this up to [`CLEAR_EVERY`].
+pub const CLEAR_AGAIN_AFTER: Duration = Duration::from_secs(5);
+
+/// Clearings in a row that may find no browse to end before the next one
+/// waits its turn: each miss costs a restart of the browse.
+const MISSES_AT_ONCE: u32 = 3;
+
+/// When the browse is to clear the cache of stale instances next: at once
+/// the first time, then after a wait that doubles from
+/// [`CLEAR_AGAIN_AFTER`] to [`CLEAR_EVERY`], and starts again once a
+/// clearing has held that long. A clearing that found no browse to end
+/// cleared nothing, and is made again at the next replay's end, a few
+/// times in a row.
+#[derive(Debug, Default)]
+pub struct Clearing {
+    /// When the last clearing that took was made.
+    last: Option<Instant>,
+    /// The least wait after it; zero for at once.
+    wait: Duration,
+    /// Clearings in a row that found no browse to end.
+    misses: u32,
+    /// When the next is due, and the stale instances that asked for it.
+    due: Option<(Instant, usize)>,
+}
+
+impl Clearing {
+    /// A replay ended at `now` with `stale` instances it could not
+    /// resolve. Only then: the browse is known to be there (mdns-sd ends
+    /// one whose channel fills, and ending a browse it no longer has
+    /// clears nothing).
+    pub fn want(&mut self, now: Instant, stale: usize) {
+        if self.last.is_some_and(|t| now >= t + CLEAR_EVERY) {
+            // The last one held.
+            self.wait = Duration::ZERO;
+        }
+        let at = match self.last {
+            Some(t) if self.misses == 0 => now.max(t + self.wait),
+            _ => now,
+        };
+        let at = self.due.map_or(at, |(t, _)| t.min(at));
+        self.due = Some((at, stale));
+    }
+
+    /// When the next clearing is due.
+    pub fn due(&self) -> Option<Instant> {
+        self.due.map(|(at, _)| at)
+    }
+
+    /// The clearing due is being made; the stale instances that asked for
+    /// it.
+    pub fn take(&mut self) -> usize {
+        self.due.take().map_or(0, |(_, n)| n)
+    }
+
+    /// The clearing made at `now` ended a browse (`took`), or found none.
+    pub fn made(&mut self, now: Instant, took: bool) {
+        if !took && self.misses < MISSES_AT_ONCE {
+            self.misses += 1;
+            return;
+        }
+        self.misses = 0;
+        self.wait = if self.wait.is_zero() {
+            CLEAR_AGAIN_AFTER
+        } else {
+            (self.wait * 2).min(CLEAR_EVERY)
+        };
+        self.last = Some(now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +303,113 @@ mod tests {
         r.search_started(t);
         r.search_started(t);
         assert!(!r.take().sweep);
+    }
+
+    #[test]
+    fn a_replay_counts_the_instances_it_cannot_resolve() {
+        let mut l = Leftovers::default();
+        assert_eq!(l.search_started(), None);
+        l.found("live");
+        l.resolved("live");
+        for i in 0..STALE_TO_CLEAR {
+            l.found(&format!("stale-{i}"));
+        }
+        // An answer's instances, listed before they are resolved.
+        l.found("answer-1");
+        l.found("answer-2");
+        l.resolved("answer-2");
+        l.resolved("answer-1");
+        assert_eq!(l.search_started(), Some(STALE_TO_CLEAR));
+        // After the replay, what the link sends is news, not leftovers.
+        l.found("news");
+        assert_eq!(l.search_started(), None);
+    }
+
+    #[test]
+    fn a_few_leftovers_are_not_worth_a_clearing() {
+        let mut l = Leftovers::default();
+        l.search_started();
+        for i in 0..STALE_TO_CLEAR - 1 {
+            l.found(&format!("stale-{i}"));
+        }
+        for i in 0..4 * STALE_TO_CLEAR {
+            let name = format!("live-{i}");
+            l.found(&name);
+            l.resolved(&name);
+        }
+        assert_eq!(l.search_started(), None);
+    }
+
+    #[test]
+    fn a_flood_of_leftovers_is_counted_within_bounds() {
+        let mut l = Leftovers::default();
+        l.search_started();
+        for i in 0..2 * STALE_MEMORY {
+            l.found(&format!("stale-{i}"));
+        }
+        assert_eq!(l.search_started(), Some(STALE_MEMORY));
+    }
+
+    /// Makes the clearing due, at its time.
+    fn make(c: &mut Clearing, took: bool) -> Instant {
+        let at = c.due().expect("a clearing due");
+        c.take();
+        c.made(at, took);
+        at
+    }
+
+    #[test]
+    fn clearings_come_at_once_then_less_and_less_often() {
+        let t = Instant::now();
+        let mut c = Clearing::default();
+        assert_eq!(c.due(), None);
+        c.want(t, 20);
+        assert_eq!(c.due(), Some(t));
+        assert_eq!(c.take(), 20);
+        c.made(t, true);
+        assert_eq!(c.due(), None);
+        // The next replay still lists them: a flood came in after it.
+        c.want(t + Duration::from_secs(1), 30);
+        let again = t + CLEAR_AGAIN_AFTER;
+        assert_eq!(c.due(), Some(again));
+        // Asked again meanwhile, it is still due at that time.
+        c.want(t + Duration::from_secs(2), 40);
+        assert_eq!(c.due(), Some(again));
+        assert_eq!(make(&mut c, true), again);
+        // Each one soon after the last waits twice as long, up to the most.
+        let mut last = again;
+        for wait in [2, 4, 8, 16, 24, 24].map(|n| CLEAR_AGAIN_AFTER * n) {
+            c.want(last, 1);
+            let at = make(&mut c, true);
+            assert_eq!(at - last, wait.min(CLEAR_EVERY));
+            last = at;
+        }
+        // One that held for the longest wait starts the doubling afresh.
+        let quiet = last + CLEAR_EVERY;
+        c.want(quiet, 1);
+        assert_eq!(make(&mut c, true), quiet);
+        c.want(quiet, 1);
+        assert_eq!(c.due(), Some(quiet + CLEAR_AGAIN_AFTER));
+    }
+
+    #[test]
+    fn a_clearing_that_found_no_browse_is_made_again_a_few_times_at_once() {
+        let t = Instant::now();
+        let mut c = Clearing::default();
+        c.want(t, 20);
+        make(&mut c, true);
+        let soon = t + Duration::from_secs(1);
+        c.want(soon, 20);
+        let at = make(&mut c, false);
+        assert_eq!(at, t + CLEAR_AGAIN_AFTER);
+        for _ in 1..MISSES_AT_ONCE {
+            c.want(at, 20);
+            assert_eq!(make(&mut c, false), at);
+        }
+        // The last miss counts as made: the next waits its turn.
+        c.want(at, 20);
+        assert_eq!(make(&mut c, false), at);
+        c.want(at, 20);
+        assert_eq!(c.due(), Some(at + CLEAR_AGAIN_AFTER * 2));
     }
 }
