@@ -98,6 +98,15 @@ const DESYNC_SPREAD: Duration = Duration::from_secs(60);
 /// already announced by its draining state, and a crash by its goodbye a
 /// second before; this adds one second to either.
 const REMOVAL_GRACE: Duration = Duration::from_secs(1);
+/// How long after a clearing of the cache (see `replay::Clearing`) a
+/// removal waits [`REMOVAL_GRACE_FRESH`] instead, and one of our own
+/// instances is not taken for a goodbye. mdns-sd relearns every live
+/// instance from the link then, and a PTR record that comes without the
+/// rest (its additionals held back by the responder's once-a-second rate
+/// limit, or in another packet) makes it report a live instance removed
+/// until the rest comes, a second or so later.
+const FRESH_FOR: Duration = Duration::from_secs(10);
+const REMOVAL_GRACE_FRESH: Duration = Duration::from_secs(5);
 /// How long after a verification of ours a removal counts as its result.
 const VERIFIED_RECENTLY: Duration = Duration::from_secs(5);
 /// How often a consumer with the key drops instances whose newest signature
@@ -719,11 +728,12 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// query for an hour (see `replay::Leftovers` and `replay::Clearing`).
 /// Removals may be lost at any
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
-/// ended or events were dropped are instances that neither the cache's
-/// replay nor the answers to the browse's first query bring back removed
+/// ended, events were dropped or the cache was cleared are instances that
+/// neither the cache's replay nor the answers to the browse's first query
+/// (its second, after a clearing) bring back removed
 /// from the tables (see `replay`), and only once their responders do not
 /// answer for them (see `reconfirm`); our own that a replay lacks are
-/// announced again after any restart.
+/// announced again after any restart but a clearing's.
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,
@@ -760,8 +770,10 @@ pub async fn browse(
     let mut drops_seen = stats.events_dropped.load(Ordering::Relaxed);
     let mut lost_events = false;
     let mut recovered_at: Option<Instant> = None;
-    // When to clear the cache of stale instances.
+    // When to clear the cache of stale instances, and whether the next
+    // browse starts on a cache just cleared.
     let mut clearing = Clearing::default();
+    let mut cleared = false;
     'browse: loop {
         // Static services' tables are not discovery's.
         let services: Vec<Arc<Service>> = consumed
@@ -781,7 +793,8 @@ pub async fn browse(
             }
         };
         let mut next_rebrowse: Option<Instant> = None;
-        replay.start(std::mem::take(&mut sweep_next));
+        let fresh = std::mem::take(&mut cleared);
+        replay.start(std::mem::take(&mut sweep_next), fresh);
         // A replay with events dropped is incomplete: no sweep after it
         // (the mesh nodes it lacked are checked instead).
         let dropped_before = stats.events_dropped.load(Ordering::Relaxed);
@@ -794,6 +807,7 @@ pub async fn browse(
             ring: &mut ring,
             pending: &mut pending,
             asking: &mut asking,
+            fresh_until: fresh.then(|| Instant::now() + FRESH_FOR),
         };
         loop {
             tokio::select! {
@@ -831,7 +845,9 @@ pub async fn browse(
                 _ = sleep_until_some(replay.due()) => {
                     let Whole { seen, sweep: to_sweep } = replay.take();
                     let complete = stats.events_dropped.load(Ordering::Relaxed) == dropped_before;
-                    if complete {
+                    // After a clearing our own instances come back only
+                    // with our own answers, which the link has too.
+                    if complete && !fresh {
                         mdns.defend_unreplayed(&seen);
                     }
                     if to_sweep && complete {
@@ -874,7 +890,9 @@ pub async fn browse(
                 Some(stale) = leftovers.recv() => clearing.want(Instant::now(), stale),
                 _ = sleep_until_some(clearing.due()) => {
                     let stale = clearing.take();
-                    // Said once a flood, or after many crashed peers.
+                    // Said once a flood, or after many peers vanished
+                    // without a goodbye (the witness says one for the
+                    // mesh nodes it watches).
                     info!(
                         stale,
                         "the mDNS cache lists instances whose other records are gone, and mdns-sd queries the link for each with every query it sends; clearing the cache and browsing afresh"
@@ -883,17 +901,18 @@ pub async fn browse(
                     // browse does not bring back is swept, once its
                     // responder does not answer for it.
                     let took = match mdns.daemon.stop_browse(SERVICE_TYPE) {
-                        Ok(()) => ctx.ended(&mut events).await,
+                        Ok(()) => ctx.ended(&mut events, &stop).await,
                         Err(e) => {
                             warn!(error = %e, "cannot end the browse to clear the mDNS cache");
                             false
                         }
                     };
                     if !took {
-                        debug!("the clearing found no browse to end (mdns-sd had ended it) and cleared nothing");
+                        debug!("the clearing saw no end of the browse: mdns-sd had ended it (and cleared nothing) or its word was lost");
                     }
                     clearing.made(Instant::now(), took);
                     sweep_next = true;
+                    cleared = true;
                     continue 'browse;
                 }
                 _ = drops_check.tick() => {
@@ -1013,6 +1032,9 @@ struct Browsing<'a> {
     /// Backends a sweep is asking about, which an instance resolved again
     /// leaves (see `reconfirm`).
     asking: &'a mut Reconfirms,
+    /// Until when the browse is relearning a cleared cache (see
+    /// [`FRESH_FOR`]).
+    fresh_until: Option<Instant>,
 }
 
 impl Browsing<'_> {
@@ -1040,13 +1062,23 @@ impl Browsing<'_> {
                 }
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
+                let fresh = self.fresh_until.is_some_and(|t| Instant::now() < t);
+                if fresh && self.mdns.announces(&fullname) {
+                    debug!(instance = %fullname, "mDNS reported our own instance gone while relearning a cleared cache; ignored");
+                    return;
+                }
                 if self.mdns.defend(&fullname) {
                     self.ring.gone(&fullname);
                     return;
                 }
+                let grace = if fresh {
+                    REMOVAL_GRACE_FRESH
+                } else {
+                    REMOVAL_GRACE
+                };
                 self.pending
                     .entry(fullname)
-                    .or_insert_with(|| Instant::now() + REMOVAL_GRACE);
+                    .or_insert_with(|| Instant::now() + grace);
             }
             _ => {}
         }
@@ -1074,10 +1106,16 @@ impl Browsing<'_> {
     }
 
     /// Applies what comes until the browse ends after a `stop_browse`;
-    /// whether it was that call that ended it. mdns-sd says
-    /// `SearchStopped` to the browse it ends, and nothing to one it had
-    /// already ended (its channel full), whose records it then keeps.
-    async fn ended(&mut self, events: &mut mpsc::Receiver<ServiceEvent>) -> bool {
+    /// whether it said it was stopped. mdns-sd says `SearchStopped` to the
+    /// browse it ends, and nothing to one it had already ended (its
+    /// channel full), whose records it then keeps; its word can also be
+    /// lost in a channel full at that moment, which costs one clearing
+    /// more.
+    async fn ended(
+        &mut self,
+        events: &mut mpsc::Receiver<ServiceEvent>,
+        stop: &CancellationToken,
+    ) -> bool {
         let ended = async {
             loop {
                 match events.recv().await {
@@ -1087,9 +1125,10 @@ impl Browsing<'_> {
                 }
             }
         };
-        tokio::time::timeout(DAEMON_REPLY_TIMEOUT, ended)
-            .await
-            .unwrap_or(false)
+        tokio::select! {
+            r = tokio::time::timeout(DAEMON_REPLY_TIMEOUT, ended) => r.unwrap_or(false),
+            _ = stop.cancelled() => false,
+        }
     }
 
     /// Applies what is already queued before the browse restarts: dropping
@@ -1150,8 +1189,12 @@ fn forward(
             // The end of a replay (see `replay`), the event a
             // full queue would drop first, waits for room instead: one
             // event a query, and the browse frees a slot in microseconds,
-            // long before mdns-sd's channel of 1,000 could fill.
-            if matches!(ev, ServiceEvent::SearchStarted(..)) {
+            // long before mdns-sd's channel of 1,000 could fill. So does
+            // the end of a browse, which a clearing waits for.
+            if matches!(
+                ev,
+                ServiceEvent::SearchStarted(..) | ServiceEvent::SearchStopped(..)
+            ) {
                 if tx.send(ev).await.is_err() {
                     return;
                 }

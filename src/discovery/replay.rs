@@ -24,6 +24,14 @@ use tokio::time::Instant;
 /// to deliver it: a sweep at a fixed 2 s after the restart once removed a
 /// live provider that a replay of 10,000 flood records had not reached.
 const REPLAY_WHOLE_AT_SEARCH: u32 = 2;
+/// After a clearing of the cache the replay is empty, and every live
+/// instance comes back from the answers to the browse's queries instead:
+/// a responder sends a record by multicast at most once a second
+/// (mdns-sd's rate limit), so one that has just answered another node's
+/// query (every node that saw a flood clears after it) answers only the
+/// second query, a second after the first. So such a browse takes stock
+/// after its second query.
+const FRESH_WHOLE_AT_SEARCH: u32 = 3;
 /// How long after the replay the browse waits to take stock: an instance
 /// whose cached records no longer resolve (an address record that lapsed)
 /// is not replayed, and comes back with the answers to that first query.
@@ -38,6 +46,8 @@ pub struct Replay {
     sweep: bool,
     /// `SearchStarted` events of this browse so far.
     searches: u32,
+    /// The one that marks the replay whole.
+    whole_at_search: u32,
     /// When the replay is whole and settled.
     whole_at: Option<Instant>,
 }
@@ -53,19 +63,25 @@ pub struct Whole {
 
 impl Replay {
     /// A browse starts; `sweep` says whether it is to sweep (the old one
-    /// ended, or events were dropped). A sweep still due when a browse
-    /// restarts is the new browse's.
-    pub fn start(&mut self, sweep: bool) {
+    /// ended, or events were dropped), `fresh` whether it starts on a
+    /// cleared cache. A sweep still due when a browse restarts is the new
+    /// browse's.
+    pub fn start(&mut self, sweep: bool, fresh: bool) {
         self.seen = Some(HashSet::new());
         self.sweep |= sweep;
         self.searches = 0;
+        self.whole_at_search = if fresh {
+            FRESH_WHOLE_AT_SEARCH
+        } else {
+            REPLAY_WHOLE_AT_SEARCH
+        };
         self.whole_at = None;
     }
 
     /// The browse's `SearchStarted` event, at `now`.
     pub fn search_started(&mut self, now: Instant) {
         self.searches += 1;
-        if self.searches == REPLAY_WHOLE_AT_SEARCH && self.seen.is_some() {
+        if self.searches == self.whole_at_search && self.seen.is_some() {
             self.whole_at = Some(now + SWEEP_AFTER_REPLAY);
         }
     }
@@ -107,11 +123,14 @@ const STALE_MEMORY: usize = 4096;
 /// record mdns-sd still holds (4,500 s, 75 minutes, for mdns-sd's own and
 /// for most responders') after the rest of their records left the cache
 /// (their 120 s lapsed, or a verification of ours expired them). mdns-sd
-/// 0.21.7 sends an SRV and TXT question for every such instance, or an
-/// address question for its host, with each query of the browse, until
-/// the PTR lapses: measured on the lab, a stranger's one-off flood of
-/// 2,000 instances made a consumer send 104,000-111,000 datagrams in the
-/// next 135 s. Nothing in mdns-sd's API removes a single record;
+/// 0.21.7 tries to resolve each again at every restart, and once it no
+/// longer counts one as resolved it sends an SRV and TXT question for
+/// it, or an address question for its host, with each query of the
+/// browse until the PTR lapses. A flood from one host gets there at once
+/// (verifying one of its instances expires the address of the host they
+/// share): measured on the lab, a stranger's one-off flood of 2,000
+/// instances made a consumer send 104,000-111,000 datagrams in the next
+/// 135 s. Nothing in mdns-sd's API removes a single record;
 /// ending the browse (`stop_browse`) drops every record of the type.
 ///
 /// In a replay mdns-sd lists each cached instance (`ServiceFound`) and
@@ -250,7 +269,7 @@ mod tests {
     fn the_sweep_waits_for_the_replay_however_long_it_takes() {
         let t = Instant::now();
         let mut r = Replay::default();
-        r.start(true);
+        r.start(true, false);
         r.search_started(t);
         // A replay of a flood's records, delivered slowly by a busy
         // machine: no sweep is due while it lasts.
@@ -269,7 +288,7 @@ mod tests {
     fn a_browse_restarted_for_another_reason_takes_stock_without_sweeping() {
         let t = Instant::now();
         let mut r = Replay::default();
-        r.start(false);
+        r.start(false, false);
         r.resolved("a");
         r.search_started(t);
         assert_eq!(r.due(), None);
@@ -286,12 +305,12 @@ mod tests {
     fn a_sweep_still_due_is_the_next_browses() {
         let t = Instant::now();
         let mut r = Replay::default();
-        r.start(true);
+        r.start(true, false);
         r.search_started(t);
         r.resolved("old");
         // Restarted before its replay was whole: the new browse sweeps,
         // on what it replays itself.
-        r.start(false);
+        r.start(false, false);
         assert_eq!(r.due(), None);
         r.search_started(t);
         r.resolved("a");
@@ -299,7 +318,7 @@ mod tests {
         assert_eq!(r.due(), Some(t + SWEEP_AFTER_REPLAY));
         assert_eq!(r.take(), swept(&["a"]));
         // Once swept, the next restart does not sweep again.
-        r.start(false);
+        r.start(false, false);
         r.search_started(t);
         r.search_started(t);
         assert!(!r.take().sweep);
@@ -411,5 +430,27 @@ mod tests {
         assert_eq!(make(&mut c, false), at);
         c.want(at, 20);
         assert_eq!(c.due(), Some(at + CLEAR_AGAIN_AFTER * 2));
+    }
+
+    #[test]
+    fn a_browse_on_a_cleared_cache_takes_stock_after_its_second_query() {
+        let t = Instant::now();
+        let mut r = Replay::default();
+        r.start(true, true);
+        r.search_started(t);
+        // Its first query: a responder that answered another node a
+        // moment ago stays silent to it.
+        r.search_started(t);
+        assert_eq!(r.due(), None);
+        let second = t + Duration::from_secs(1);
+        r.search_started(second);
+        r.resolved("late");
+        assert_eq!(r.due(), Some(second + SWEEP_AFTER_REPLAY));
+        assert_eq!(r.take(), swept(&["late"]));
+        // The next browse, on a cache replayed as usual, does not wait so.
+        r.start(false, false);
+        r.search_started(t);
+        r.search_started(t);
+        assert_eq!(r.due(), Some(t + SWEEP_AFTER_REPLAY));
     }
 }
