@@ -527,7 +527,11 @@ fn a_one_off_flood_leaves_no_queries_behind() {
     let stranger = mesh.stranger();
     // The stranger announces its instances once and is gone: their PTR
     // records stay in caches for 75 minutes, the rest of their records
-    // leave with the consumer's verifications (or in 2 minutes).
+    // leave with the consumer's verifications (or in 2 minutes). They
+    // share one host name, as a flood from one machine does: verifying
+    // one expires that host's address, so mdns-sd no longer counts any of
+    // them as resolved and asks about each at every query (fakes each on
+    // a host of their own would be asked about only at restarts).
     let fakes = FakeInstance::many("gone", ONE_OFF, "redis", DEAD_PORTS, stranger.ip.into());
     let rogue = Rogue::start(stranger, fakes);
     assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
