@@ -496,31 +496,6 @@ const QUIET_UNTIL: Duration = Duration::from_secs(90);
 /// leftovers would be two thousand.
 const QUIET_MOST: u64 = 200;
 
-/// UDP datagrams `host` has sent, over IPv4 and IPv6 (`OutDatagrams` of
-/// `/proc/net/snmp` and `Udp6OutDatagrams` of `snmp6`, per namespace).
-fn udp_sent(host: &Host) -> u64 {
-    let (snmp, snmp6) = host.enter(|| {
-        let read = |f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap();
-        (read("snmp"), read("snmp6"))
-    });
-    let udp: Vec<Vec<&str>> = snmp
-        .lines()
-        .filter(|l| l.starts_with("Udp:"))
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    let [names, values] = &udp[..] else {
-        panic!("no Udp lines in snmp:\n{snmp}")
-    };
-    let at = names.iter().position(|n| *n == "OutDatagrams").unwrap();
-    let v4: u64 = values[at].parse().unwrap();
-    let v6: u64 = snmp6
-        .lines()
-        .find_map(|l| l.strip_prefix("Udp6OutDatagrams"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("Udp6OutDatagrams in snmp6");
-    v4 + v6
-}
-
 #[test]
 fn a_one_off_flood_leaves_no_queries_behind() {
     let mesh = Mesh::start(&[]);
@@ -555,15 +530,15 @@ fn a_one_off_flood_leaves_no_queries_behind() {
     // Then the consumer has nothing to ask for but its browse's own
     // queries, which carry the provider as a known answer, and the
     // witness's beats.
-    let h3 = mesh.client();
+    let sent_so_far = || udp_counter(mesh.client(), "OutDatagrams");
     let from = wait_for(QUIET_UNTIL, || {
-        (flooded.elapsed() >= QUIET_FROM).then(|| udp_sent(h3))
+        (flooded.elapsed() >= QUIET_FROM).then(&sent_so_far)
     })
     .expect("the window's start");
     let noisy = wait_until(QUIET_UNTIL - QUIET_FROM, || {
-        udp_sent(h3) - from > QUIET_MOST
+        sent_so_far() - from > QUIET_MOST
     });
-    let sent = udp_sent(h3) - from;
+    let sent = sent_so_far() - from;
     eprintln!(
         "{} fakes joined, {} clearings; the consumer sent {sent} datagrams {}-{} s after the flood",
         joined(&mesh.consumer),

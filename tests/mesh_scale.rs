@@ -419,38 +419,10 @@ fn neighbour_trouble() -> [u64; 4] {
 }
 
 /// Datagrams the kernel dropped in `host` because a socket's receive
-/// buffer was full (`RcvbufErrors` of `/proc/net/snmp` for IPv4 and
-/// `Udp6RcvbufErrors` of `snmp6`, counted per namespace): a responder
-/// that falls behind loses questions, unicast probes among them.
+/// buffer was full, per namespace: a responder that falls behind loses
+/// questions, unicast probes among them.
 fn udp_rcvbuf_errors(host: &Host) -> u64 {
-    let (snmp, snmp6) = host.enter(|| {
-        let read = |f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}"));
-        (read("snmp"), read("snmp6"))
-    });
-    let udp: Vec<Vec<&str>> = snmp
-        .as_deref()
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("Udp:"))
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    let v4 = match &udp[..] {
-        [names, values] => names
-            .iter()
-            .position(|n| *n == "RcvbufErrors")
-            .and_then(|i| values.get(i))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0),
-        _ => 0,
-    };
-    let v6 = snmp6
-        .as_deref()
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Udp6RcvbufErrors"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    v4 + v6
+    udp_counter(host, "RcvbufErrors")
 }
 
 /// Datagrams dropped by the UDP sockets open in `hosts`, those bound to

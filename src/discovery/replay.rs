@@ -162,7 +162,8 @@ impl Leftovers {
 
     /// The browse listed `fullname`.
     pub fn found(&mut self, fullname: &str) {
-        if self.searches == 1 && self.unresolved.len() < STALE_MEMORY {
+        let replaying = self.searches > 0 && self.searches < REPLAY_WHOLE_AT_SEARCH;
+        if replaying && self.unresolved.len() < STALE_MEMORY {
             self.unresolved.insert(fullname.to_owned());
         }
     }

@@ -157,3 +157,38 @@ pub fn goodbye(instance: &str) -> Vec<u8> {
     p.extend(rdata);
     p
 }
+
+/// A UDP counter of `host`'s namespace over both families: `name` in the
+/// `Udp:` lines of `/proc/net/snmp` plus `Udp6<name>` in `snmp6` (e.g.
+/// `OutDatagrams`, `RcvbufErrors`). A kernel without IPv6 adds nothing for
+/// it; the IPv4 counter must be there.
+pub fn udp_counter(host: &Host, name: &str) -> u64 {
+    let (snmp, snmp6) = host.enter(|| {
+        let read = |f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}"));
+        (read("snmp"), read("snmp6"))
+    });
+    let snmp = snmp.expect("/proc/net/snmp");
+    let udp: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Udp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let v4 = match &udp[..] {
+        [names, values] => names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| values.get(i))
+            .and_then(|v| v.parse::<u64>().ok()),
+        _ => None,
+    }
+    .unwrap_or_else(|| panic!("no Udp {name} in /proc/net/snmp:\n{snmp}"));
+    let v6_name = format!("Udp6{name}");
+    let v6 = snmp6
+        .as_deref()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(v6_name.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    v4 + v6
+}
