@@ -43,8 +43,9 @@ use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
 use super::reconfirm::{self, Reconfirms};
-use super::replay::{Clearing, Leftovers, Replay, Whole};
+use super::replay::{Cause, Clearing, Leftovers, Replay, Whole};
 use super::stats::DiscoveryStats;
+use super::verifying::Verifications;
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
 use super::witness::{Aim, Ring, Trials, Verdict};
 use crate::backends::table::{Backend, BackendSpec, Health, Origin, Snapshot, Target, Update};
@@ -725,7 +726,9 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// ebbed (at most every `RECOVER_EVERY`); and, ended first so that
 /// mdns-sd drops every record of the type, when a replay lists instances
 /// it cannot resolve, which mdns-sd would ask the link about with every
-/// query for an hour (see `replay::Leftovers` and `replay::Clearing`).
+/// query for an hour (see `replay::Leftovers` and `replay::Clearing`),
+/// or when third-party instances fail faster than they may be verified
+/// one by one (see `verifying`).
 /// Removals may be lost at any
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
 /// ended, events were dropped or the cache was cleared are instances that
@@ -774,6 +777,7 @@ pub async fn browse(
     // browse starts on a cache just cleared.
     let mut clearing = Clearing::default();
     let mut cleared = false;
+    let mut verifications = Verifications::new(Instant::now());
     'browse: loop {
         // Static services' tables are not discovery's.
         let services: Vec<Arc<Service>> = consumed
@@ -887,16 +891,22 @@ pub async fn browse(
                         sweep(&services, &instance);
                     }
                 }
-                Some(stale) = leftovers.recv() => clearing.want(Instant::now(), stale),
+                Some(stale) = leftovers.recv() => clearing.want(Instant::now(), Cause::Stale(stale)),
                 _ = sleep_until_some(clearing.due()) => {
-                    let stale = clearing.take();
                     // Said once a flood, or after many peers vanished
                     // without a goodbye (the witness says one for the
                     // mesh nodes it watches).
-                    info!(
-                        stale,
-                        "the mDNS cache lists instances whose other records are gone, and mdns-sd queries the link for each with every query it sends; clearing the cache and browsing afresh"
-                    );
+                    match clearing.take() {
+                        Some(Cause::Flood(failing)) => info!(
+                            failing,
+                            "third-party instances fail their probes faster than they can be verified one by one (a flood); clearing the cache and browsing afresh"
+                        ),
+                        Some(Cause::Stale(stale)) => info!(
+                            stale,
+                            "the mDNS cache lists instances whose other records are gone, and mdns-sd queries the link for each with every query it sends; clearing the cache and browsing afresh"
+                        ),
+                        None => {}
+                    }
                     // Drops every record of the type. What the fresh
                     // browse does not bring back is swept, once its
                     // responder does not answer for it.
@@ -911,6 +921,7 @@ pub async fn browse(
                         debug!("the clearing saw no end of the browse: mdns-sd had ended it (and cleared nothing) or its word was lost");
                     }
                     clearing.made(Instant::now(), took);
+                    verifications.cleared();
                     sweep_next = true;
                     cleared = true;
                     continue 'browse;
@@ -965,6 +976,13 @@ pub async fn browse(
                     if let Some((node, peer)) = ctx.ring.owner(&key) {
                         debug!(instance = %key, node, "checking a node after a failed connect");
                         trials.suspect(node, peer);
+                    } else if ctx.relearning() || ctx.asking.holds(&key) {
+                        // Its records went with the cache: the fresh
+                        // browse's sweep judges it.
+                        debug!(instance = %key, "not verifying an instance while a cleared cache is relearnt");
+                    } else if !verifications.admit(Instant::now()) {
+                        debug!(instance = %key, "not verifying an instance: too many fail at once; clearing the cache instead");
+                        clearing.want(Instant::now(), Cause::Flood(verifications.refused()));
                     } else {
                         debug!(instance = %key, "verifying an instance after a failed connect");
                         verified.retain(|_, t| t.elapsed() < VERIFIED_RECENTLY);
@@ -1062,7 +1080,7 @@ impl Browsing<'_> {
                 }
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
-                let fresh = self.fresh_until.is_some_and(|t| Instant::now() < t);
+                let fresh = self.relearning();
                 if fresh && self.mdns.announces(&fullname) {
                     debug!(instance = %fullname, "mDNS reported our own instance gone while relearning a cleared cache; ignored");
                     return;
@@ -1082,6 +1100,11 @@ impl Browsing<'_> {
             }
             _ => {}
         }
+    }
+
+    /// Whether the browse is relearning a cleared cache (see [`FRESH_FOR`]).
+    fn relearning(&self) -> bool {
+        self.fresh_until.is_some_and(|t| Instant::now() < t)
     }
 
     /// Applies the removals that are due; the instances they removed from

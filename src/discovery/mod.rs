@@ -9,6 +9,8 @@
 //!   of `_amb._tcp`, fanned out to every consumed service's table.
 //! - [`replay`]: when a restarted browse may sweep what its replay of the
 //!   cache lacks, and when it clears the cache of what it cannot resolve.
+//! - [`verifying`]: how many failing instances are verified one by one
+//!   before they are taken for a flood and the cache is cleared instead.
 //! - [`reconfirm`]: before a sweep removes a backend, its responder is
 //!   asked whether it still holds the instance.
 //! - [`provider`]: advertises a local service while its health check passes,
@@ -34,5 +36,6 @@ pub mod reconfirm;
 pub mod refresh;
 pub mod replay;
 pub mod stats;
+pub mod verifying;
 pub mod wire;
 pub mod witness;

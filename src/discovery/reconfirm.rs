@@ -84,6 +84,11 @@ impl Reconfirms {
         self.fill();
     }
 
+    /// Whether `instance` is being asked about, or waits its turn.
+    pub fn holds(&self, instance: &str) -> bool {
+        self.asking.contains_key(instance) || self.queued.contains(instance)
+    }
+
     /// `instance` resolved again meanwhile: it lives, whatever its
     /// responder says.
     pub fn resolved(&mut self, instance: &str) {

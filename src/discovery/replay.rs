@@ -188,6 +188,17 @@ pub const CLEAR_AGAIN_AFTER: Duration = Duration::from_secs(5);
 /// waits its turn: each miss costs a restart of the browse.
 const MISSES_AT_ONCE: u32 = 3;
 
+/// Why the cache is to be cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A replay ended with this many instances it could not resolve
+    /// ([`Leftovers`]); only then is the browse known to be there.
+    Stale(usize),
+    /// This many failing instances were refused a verification (see
+    /// `verifying`).
+    Flood(usize),
+}
+
 /// When the browse is to clear the cache of stale instances next: at once
 /// the first time, then after a wait that doubles from
 /// [`CLEAR_AGAIN_AFTER`] to [`CLEAR_EVERY`], and starts again once a
@@ -202,16 +213,15 @@ pub struct Clearing {
     wait: Duration,
     /// Clearings in a row that found no browse to end.
     misses: u32,
-    /// When the next is due, and the stale instances that asked for it.
-    due: Option<(Instant, usize)>,
+    /// When the next is due, and why.
+    due: Option<(Instant, Cause)>,
 }
 
 impl Clearing {
-    /// A replay ended at `now` with `stale` instances it could not
-    /// resolve. Only then: the browse is known to be there (mdns-sd ends
-    /// one whose channel fills, and ending a browse it no longer has
-    /// clears nothing).
-    pub fn want(&mut self, now: Instant, stale: usize) {
+    /// A clearing is wanted at `now`, for `cause`. mdns-sd ends a browse
+    /// whose channel fills, and ending a browse it no longer has clears
+    /// nothing: such a miss is made again at the next want.
+    pub fn want(&mut self, now: Instant, cause: Cause) {
         if self.last.is_some_and(|t| now >= t + CLEAR_EVERY) {
             // The last one held.
             self.wait = Duration::ZERO;
@@ -221,7 +231,7 @@ impl Clearing {
             _ => now,
         };
         let at = self.due.map_or(at, |(t, _)| t.min(at));
-        self.due = Some((at, stale));
+        self.due = Some((at, cause));
     }
 
     /// When the next clearing is due.
@@ -229,10 +239,9 @@ impl Clearing {
         self.due.map(|(at, _)| at)
     }
 
-    /// The clearing due is being made; the stale instances that asked for
-    /// it.
-    pub fn take(&mut self) -> usize {
-        self.due.take().map_or(0, |(_, n)| n)
+    /// The clearing due is being made; why (the last cause wanted).
+    pub fn take(&mut self) -> Option<Cause> {
+        self.due.take().map(|(_, cause)| cause)
     }
 
     /// The clearing made at `now` ended a browse (`took`), or found none.
@@ -383,32 +392,34 @@ mod tests {
         let t = Instant::now();
         let mut c = Clearing::default();
         assert_eq!(c.due(), None);
-        c.want(t, 20);
+        c.want(t, Cause::Stale(20));
         assert_eq!(c.due(), Some(t));
-        assert_eq!(c.take(), 20);
+        assert_eq!(c.take(), Some(Cause::Stale(20)));
         c.made(t, true);
         assert_eq!(c.due(), None);
         // The next replay still lists them: a flood came in after it.
-        c.want(t + Duration::from_secs(1), 30);
+        c.want(t + Duration::from_secs(1), Cause::Stale(30));
         let again = t + CLEAR_AGAIN_AFTER;
         assert_eq!(c.due(), Some(again));
         // Asked again meanwhile, it is still due at that time.
-        c.want(t + Duration::from_secs(2), 40);
+        c.want(t + Duration::from_secs(2), Cause::Flood(40));
         assert_eq!(c.due(), Some(again));
+        assert_eq!(c.take(), Some(Cause::Flood(40)));
+        c.want(t + Duration::from_secs(2), Cause::Stale(40));
         assert_eq!(make(&mut c, true), again);
         // Each one soon after the last waits twice as long, up to the most.
         let mut last = again;
         for wait in [2, 4, 8, 16, 24, 24].map(|n| CLEAR_AGAIN_AFTER * n) {
-            c.want(last, 1);
+            c.want(last, Cause::Stale(1));
             let at = make(&mut c, true);
             assert_eq!(at - last, wait.min(CLEAR_EVERY));
             last = at;
         }
         // One that held for the longest wait starts the doubling afresh.
         let quiet = last + CLEAR_EVERY;
-        c.want(quiet, 1);
+        c.want(quiet, Cause::Stale(1));
         assert_eq!(make(&mut c, true), quiet);
-        c.want(quiet, 1);
+        c.want(quiet, Cause::Stale(1));
         assert_eq!(c.due(), Some(quiet + CLEAR_AGAIN_AFTER));
     }
 
@@ -416,20 +427,20 @@ mod tests {
     fn a_clearing_that_found_no_browse_is_made_again_a_few_times_at_once() {
         let t = Instant::now();
         let mut c = Clearing::default();
-        c.want(t, 20);
+        c.want(t, Cause::Stale(20));
         make(&mut c, true);
         let soon = t + Duration::from_secs(1);
-        c.want(soon, 20);
+        c.want(soon, Cause::Stale(20));
         let at = make(&mut c, false);
         assert_eq!(at, t + CLEAR_AGAIN_AFTER);
         for _ in 1..MISSES_AT_ONCE {
-            c.want(at, 20);
+            c.want(at, Cause::Stale(20));
             assert_eq!(make(&mut c, false), at);
         }
         // The last miss counts as made: the next waits its turn.
-        c.want(at, 20);
+        c.want(at, Cause::Stale(20));
         assert_eq!(make(&mut c, false), at);
-        c.want(at, 20);
+        c.want(at, Cause::Stale(20));
         assert_eq!(c.due(), Some(at + CLEAR_AGAIN_AFTER * 2));
     }
 
