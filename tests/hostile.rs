@@ -576,3 +576,52 @@ fn a_one_off_flood_leaves_no_queries_behind() {
     );
     assert_eq!(failed_requests(mesh.client(), 20, "h1"), 0);
 }
+
+/// The window watched after a one-off flood at a keyed consumer, from its
+/// start: the unsigned fakes never join, and unless the cache is cleared
+/// of them, mdns-sd asks the link about each record four times as its 2
+/// minutes run out (96-114 s after the flood), and about each instance at
+/// every query of the browse after that.
+const KEYED_QUIET_FROM: Duration = Duration::from_secs(10);
+const KEYED_QUIET_UNTIL: Duration = Duration::from_secs(125);
+
+#[test]
+fn with_a_key_a_one_off_flood_is_cleared_before_anyone_asks_about_it() {
+    let lab = Lab::new(3);
+    let key = keygen(lab.dir(), "cluster.key");
+    let mesh = Mesh::start_with(lab, &["--cluster-key", key.to_str().unwrap()], &[]);
+    let stranger = mesh.stranger();
+    let fakes = FakeInstance::many("gone", ONE_OFF, "redis", DEAD_PORTS, stranger.ip.into());
+    let rogue = Rogue::start(stranger, fakes);
+    assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
+    drop(rogue);
+    let flooded = std::time::Instant::now();
+    mesh.wait_log(&["clearing the cache", "this node refuses"], 1);
+    let sent_so_far = || udp_counter(mesh.client(), "OutDatagrams");
+    let from = wait_for(KEYED_QUIET_UNTIL, || {
+        (flooded.elapsed() >= KEYED_QUIET_FROM).then(&sent_so_far)
+    })
+    .expect("the window's start");
+    let noisy = wait_until(KEYED_QUIET_UNTIL - KEYED_QUIET_FROM, || {
+        sent_so_far() - from > QUIET_MOST
+    });
+    let sent = sent_so_far() - from;
+    eprintln!(
+        "{} clearings; the consumer sent {sent} datagrams {}-{} s after the flood",
+        log_lines(&mesh.consumer, &["clearing the cache"]),
+        KEYED_QUIET_FROM.as_secs(),
+        flooded.elapsed().as_secs()
+    );
+    assert!(
+        !noisy,
+        "{sent} datagrams:\n{}",
+        mesh.consumer.output_tail(40)
+    );
+    assert_eq!(
+        log_lines(&mesh.consumer, &["backend left", "instance=redis@real"]),
+        0,
+        "{}",
+        mesh.consumer.output_tail(40)
+    );
+    assert_eq!(failed_requests(mesh.client(), 20, "h1"), 0);
+}

@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
 use super::reconfirm::{self, Reconfirms};
+use super::refusals::Refusals;
 use super::replay::{Cause, Clearing, Leftovers, Replay, Whole};
 use super::stats::DiscoveryStats;
 use super::verifying::Verifications;
@@ -727,8 +728,9 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// mdns-sd drops every record of the type, when a replay lists instances
 /// it cannot resolve, which mdns-sd would ask the link about with every
 /// query for an hour (see `replay::Leftovers` and `replay::Clearing`),
-/// or when third-party instances fail faster than they may be verified
-/// one by one (see `verifying`).
+/// when third-party instances fail faster than they may be verified one
+/// by one (see `verifying`), or when many new instances this node refuses
+/// come at once (see `refusals`).
 /// Removals may be lost at any
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
 /// ended, events were dropped or the cache was cleared are instances that
@@ -778,6 +780,7 @@ pub async fn browse(
     let mut clearing = Clearing::default();
     let mut cleared = false;
     let mut verifications = Verifications::new(Instant::now());
+    let mut refusals = Refusals::default();
     'browse: loop {
         // Static services' tables are not discovery's.
         let services: Vec<Arc<Service>> = consumed
@@ -812,6 +815,7 @@ pub async fn browse(
             pending: &mut pending,
             asking: &mut asking,
             fresh_until: fresh.then(|| Instant::now() + FRESH_FOR),
+            refusals: &mut refusals,
         };
         loop {
             tokio::select! {
@@ -830,6 +834,9 @@ pub async fn browse(
                         }
                         ctx.event(ev);
                         aim.follow(ctx.ring);
+                        if let Some(n) = ctx.refusals.burst() {
+                            clearing.want(Instant::now(), Cause::Refused(n));
+                        }
                     }
                 },
                 _ = sleep_until_some(ctx.pending.values().min().copied()) => {
@@ -900,6 +907,10 @@ pub async fn browse(
                         Some(Cause::Flood(failing)) => info!(
                             failing,
                             "third-party instances fail their probes faster than they can be verified one by one (a flood); clearing the cache and browsing afresh"
+                        ),
+                        Some(Cause::Refused(refused)) => info!(
+                            refused,
+                            "many new instances this node refuses came at once (a flood), which mdns-sd would ask the link about as their records ran out; clearing the cache and browsing afresh"
                         ),
                         Some(Cause::Stale(stale)) => info!(
                             stale,
@@ -1053,6 +1064,8 @@ struct Browsing<'a> {
     /// Until when the browse is relearning a cleared cache (see
     /// [`FRESH_FOR`]).
     fresh_until: Option<Instant>,
+    /// The instances refused (see `refusals`).
+    refusals: &'a mut Refusals,
 }
 
 impl Browsing<'_> {
@@ -1072,11 +1085,15 @@ impl Browsing<'_> {
                     self.verifier.as_deref_mut(),
                     self.stats,
                 );
-                if let Some(peer) = seen {
-                    if let Some(node) = r.get_property_val_str("node") {
-                        let link = wire::link_port(|k| r.get_property_val_str(k));
-                        self.ring.seen(node, &r.fullname, &peer, link);
+                match seen {
+                    Ok(peer) => {
+                        if let Some(node) = r.get_property_val_str("node") {
+                            let link = wire::link_port(|k| r.get_property_val_str(k));
+                            self.ring.seen(node, &r.fullname, &peer, link);
+                        }
                     }
+                    Err(Unused::Refused) => self.refusals.refused(Instant::now(), &r.fullname),
+                    Err(Unused::Stale) => {}
                 }
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
@@ -1288,20 +1305,33 @@ impl TlsUse {
     }
 }
 
+/// Why a resolved instance is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unused {
+    /// Nothing its owner can do makes it usable: unsigned or badly signed
+    /// under the cluster key, flawed, not a mesh service (see `refusals`).
+    Refused,
+    /// An out-of-date copy of a real instance's record (expired, replayed,
+    /// signed in the future, an address not signed): its owner's next
+    /// record counts.
+    Stale,
+}
+
 /// Turns one resolve event into table updates. Whatever the link sent is
 /// checked first: a flawed or unusable instance is counted and logged once
 /// (escaped). Without a key it also leaves any table it was in (the link is
 /// trusted, and this is the instance's newest record); with a key, a record
 /// that is not verified changes nothing, so a stranger cannot knock a
 /// verified instance out by forging a flawed record under its name.
-/// Returns the peer's usable addresses when the record is a valid one.
+/// Returns the peer's usable addresses when the record is a valid one,
+/// else why it is not used.
 fn resolved(
     services: &[Arc<Service>],
     r: &ResolvedService,
     tls: TlsUse,
     verifier: Option<&mut Verifier>,
     stats: &DiscoveryStats,
-) -> Option<Vec<PeerAddr>> {
+) -> Result<Vec<PeerAddr>, Unused> {
     let keyed = verifier.is_some();
     let txt_bytes = advert::txt_len(r.get_properties().iter().map(|p| (p.key(), p.val())));
     if let Err(flaw) = wire::check(&r.fullname, r.get_port(), txt_bytes) {
@@ -1314,7 +1344,7 @@ fn resolved(
         if !keyed {
             removed(services, &r.fullname);
         }
-        return None;
+        return Err(Unused::Refused);
     }
     let Some(advert) = wire::parse_txt(|k| r.get_property_val_str(k)) else {
         stats.ignore(
@@ -1325,7 +1355,7 @@ fn resolved(
         if !keyed {
             removed(services, &r.fullname);
         }
-        return None;
+        return Err(Unused::Refused);
     };
     let peer = peer_addrs(r);
     debug!(instance = %r.fullname, advertised = %Joined(&peer), "resolved");
@@ -1339,13 +1369,18 @@ fn resolved(
         // take it away either.
         Some(Err(why)) => {
             stats.ignore(counter(stats, why), &r.fullname, why.reason());
-            return None;
+            return Err(match why {
+                Reject::Unsigned | Reject::BadSignature => Unused::Refused,
+                Reject::Expired | Reject::Future | Reject::Replayed | Reject::ForeignAddress => {
+                    Unused::Stale
+                }
+            });
         }
     };
     if let Some(why) = tls.refuses(advert.tls) {
         stats.ignore(&stats.tls_mismatch, &r.fullname, why);
         removed(services, &r.fullname);
-        return Some(peer);
+        return Ok(peer);
     }
     let addrs = addr::choose(&peer, r.get_port(), &addr::local_addrs());
     // Every ambassador names its node; an Avahi service file need not.
@@ -1388,7 +1423,7 @@ fn resolved(
                 weight = advert.weight, "{what}");
         }
     }
-    Some(peer)
+    Ok(peer)
 }
 
 /// Whether a new instance may join `svc`'s table (`snap`) under the caps.

@@ -11,6 +11,8 @@
 //!   cache lacks, and when it clears the cache of what it cannot resolve.
 //! - [`verifying`]: how many failing instances are verified one by one
 //!   before they are taken for a flood and the cache is cleared instead.
+//! - [`refusals`]: a burst of new instances this node refuses is cleared
+//!   from the cache before mdns-sd asks the link about each.
 //! - [`reconfirm`]: before a sweep removes a backend, its responder is
 //!   asked whether it still holds the instance.
 //! - [`provider`]: advertises a local service while its health check passes,
@@ -34,6 +36,7 @@ pub mod probation;
 pub mod provider;
 pub mod reconfirm;
 pub mod refresh;
+pub mod refusals;
 pub mod replay;
 pub mod stats;
 pub mod verifying;

@@ -197,6 +197,9 @@ pub enum Cause {
     /// This many failing instances were refused a verification (see
     /// `verifying`).
     Flood(usize),
+    /// This many new instances this node refuses came at once (see
+    /// `refusals`).
+    Refused(usize),
 }
 
 /// When the browse is to clear the cache of stale instances next: at once
