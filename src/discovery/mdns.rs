@@ -46,7 +46,7 @@ use super::reconfirm::{self, Reconfirms};
 use super::refusals::Refusals;
 use super::replay::{Cause, Clearing, Leftovers, Replay, Whole};
 use super::stats::DiscoveryStats;
-use super::verifying::Verifications;
+use super::verifying::{Action, Verifications};
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
 use super::witness::{Aim, Ring, Trials, Verdict};
 use crate::backends::table::{Backend, BackendSpec, Health, Origin, Snapshot, Target, Update};
@@ -78,6 +78,12 @@ const REBROWSE_AFTER_REMOVAL: Duration = Duration::from_secs(1);
 /// Random spread added to [`REBROWSE_AFTER_REMOVAL`], so nodes that
 /// verified the same instance do not query in step.
 const REBROWSE_JITTER: Duration = Duration::from_secs(2);
+/// How long after a flood its clearing comes at the soonest, and the
+/// random spread added (see [`after_a_flood`]). mdns-sd first asks about
+/// a record 96 s after it came (at 80 % of its 2 minutes), so nothing is
+/// lost by waiting.
+const FLOOD_SETTLE: Duration = Duration::from_secs(2);
+const FLOOD_SPREAD: Duration = Duration::from_secs(8);
 /// Nodes declared dead by the witness, waiting to be put on trial: a few,
 /// as the witness declares at most one per period.
 const DEAD_QUEUE: usize = 8;
@@ -728,8 +734,8 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// mdns-sd drops every record of the type, when a replay lists instances
 /// it cannot resolve, which mdns-sd would ask the link about with every
 /// query for an hour (see `replay::Leftovers` and `replay::Clearing`),
-/// when third-party instances fail faster than they may be verified one
-/// by one (see `verifying`), or when many new instances this node refuses
+/// when 16 or more third-party instances fail within a second (see
+/// `verifying`), or when many new instances this node refuses
 /// come at once (see `refusals`).
 /// Removals may be lost at any
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
@@ -835,7 +841,7 @@ pub async fn browse(
                         ctx.event(ev);
                         aim.follow(ctx.ring);
                         if let Some(n) = ctx.refusals.burst() {
-                            clearing.want(Instant::now(), Cause::Refused(n));
+                            clearing.want(after_a_flood(), Cause::Refused(n));
                         }
                     }
                 },
@@ -906,7 +912,7 @@ pub async fn browse(
                     match clearing.take() {
                         Some(Cause::Flood(failing)) => info!(
                             failing,
-                            "third-party instances fail their probes faster than they can be verified one by one (a flood); clearing the cache and browsing afresh"
+                            "many third-party instances failed their probes at once (a flood); clearing the cache and browsing afresh"
                         ),
                         Some(Cause::Refused(refused)) => info!(
                             refused,
@@ -928,13 +934,15 @@ pub async fn browse(
                             false
                         }
                     };
-                    if !took {
-                        debug!("the clearing saw no end of the browse: mdns-sd had ended it (and cleared nothing) or its word was lost");
+                    if took {
+                        verifications.cleared();
+                        refusals.cleared();
+                    } else {
+                        info!("the clearing saw no end of the browse: mdns-sd had ended it (and cleared nothing) or its word was lost; clearing again");
                     }
                     clearing.made(Instant::now(), took);
-                    verifications.cleared();
                     sweep_next = true;
-                    cleared = true;
+                    cleared = took;
                     continue 'browse;
                 }
                 _ = drops_check.tick() => {
@@ -991,14 +999,23 @@ pub async fn browse(
                         // Its records went with the cache: the fresh
                         // browse's sweep judges it.
                         debug!(instance = %key, "not verifying an instance while a cleared cache is relearnt");
-                    } else if !verifications.admit(Instant::now()) {
-                        debug!(instance = %key, "not verifying an instance: too many fail at once; clearing the cache instead");
-                        clearing.want(Instant::now(), Cause::Flood(verifications.refused()));
+                    } else if clearing.due().is_some() {
+                        debug!(instance = %key, "not verifying an instance: the cache is about to be cleared");
                     } else {
-                        debug!(instance = %key, "verifying an instance after a failed connect");
-                        verified.retain(|_, t| t.elapsed() < VERIFIED_RECENTLY);
-                        verified.insert(key.clone(), Instant::now());
-                        mdns.verify(&key);
+                        verifications.failed(Instant::now(), &key);
+                    }
+                }
+                _ = sleep_until_some(verifications.due()) => {
+                    match verifications.take(Instant::now()) {
+                        Action::Clear(n) => clearing.want(after_a_flood(), Cause::Flood(n)),
+                        Action::Verify(keys) => {
+                            verified.retain(|_, t| t.elapsed() < VERIFIED_RECENTLY);
+                            for key in keys {
+                                debug!(instance = %key, "verifying an instance after a failed connect");
+                                verified.insert(key.clone(), Instant::now());
+                                mdns.verify(&key);
+                            }
+                        }
                     }
                 }
                 Some((node, peer)) = dead_rx.recv() => trials.dead(node, peer),
@@ -1032,6 +1049,14 @@ pub async fn browse(
             }
         }
     }
+}
+
+/// When to clear the cache after a flood: every node on the link sees
+/// the same flood, so their clearings (and the fresh browses' queries)
+/// are spread; and the flood's packets, which come within a second, go
+/// with one clearing.
+fn after_a_flood() -> Instant {
+    Instant::now() + FLOOD_SETTLE + FLOOD_SPREAD.mul_f64(fastrand::f64())
 }
 
 /// Sleeps until `at`, or forever without one.

@@ -11,6 +11,8 @@
 //!   cache lacks, and when it clears the cache of what it cannot resolve.
 //! - [`verifying`]: how many failing instances are verified one by one
 //!   before they are taken for a flood and the cache is cleared instead.
+//! - [`names`]: a bounded set of names, for what a node remembers of
+//!   floods.
 //! - [`refusals`]: a burst of new instances this node refuses is cleared
 //!   from the cache before mdns-sd asks the link about each.
 //! - [`reconfirm`]: before a sweep removes a backend, its responder is
@@ -32,6 +34,7 @@ pub mod ifaces;
 pub mod link;
 pub mod listing;
 pub mod mdns;
+pub mod names;
 pub mod probation;
 pub mod provider;
 pub mod reconfirm;

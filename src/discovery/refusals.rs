@@ -18,25 +18,26 @@
 //! too) and does not count again, so a neighbouring cluster with another
 //! key costs a node one clearing, not one every two minutes.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::names::{Names, MEMORY};
 
 /// New refused instances that make a burst (as many leftovers make a
 /// clearing: `replay::STALE_TO_CLEAR`).
 pub const BURST: usize = 16;
 /// The burst's window: a flood's packets come within a second.
 pub const WITHIN: Duration = Duration::from_secs(10);
-/// Refused names remembered; when full, all are forgotten (a neighbour's
-/// instances may then cost one clearing more).
-const MEMORY: usize = 4096;
 
 /// The instances this node refused, and when the new ones came.
 #[derive(Debug, Default)]
 pub struct Refusals {
-    /// Every refused name seen (at most [`MEMORY`]).
-    known: HashSet<String>,
+    /// The refused names seen (the newest [`MEMORY`]: a stranger who
+    /// keeps announcing more gets clearings at the pace of
+    /// `replay::Clearing`).
+    known: Names,
     /// When each new refused name came, within [`WITHIN`] (at most
     /// [`MEMORY`]).
     recent: VecDeque<Instant>,
@@ -50,10 +51,7 @@ impl Refusals {
         if self.known.contains(fullname) {
             return;
         }
-        if self.known.len() >= MEMORY {
-            self.known.clear();
-        }
-        self.known.insert(fullname.to_owned());
+        self.known.insert(fullname);
         while self
             .recent
             .front()
@@ -76,6 +74,12 @@ impl Refusals {
         let n = self.burst.take()?;
         self.recent.clear();
         Some(n)
+    }
+
+    /// The cache was cleared: a burst not yet taken went with it.
+    pub fn cleared(&mut self) {
+        self.burst = None;
+        self.recent.clear();
     }
 }
 
@@ -127,9 +131,30 @@ mod tests {
         let mut r = Refusals::default();
         for i in 0..3 * MEMORY {
             r.refused(t, &format!("fake-{i}"));
-            assert!(r.known.len() <= MEMORY);
         }
+        assert_eq!(r.known.len(), MEMORY);
         assert!(r.recent.len() <= MEMORY);
         assert!(r.burst().is_some());
+        // The newest are still known, the oldest forgotten.
+        r.refused(t, &format!("fake-{}", 3 * MEMORY - 1));
+        assert_eq!(r.burst(), None);
+        for i in 0..BURST {
+            r.refused(t, &format!("fake-{i}"));
+        }
+        assert_eq!(r.burst(), Some(BURST));
+    }
+
+    #[test]
+    fn a_clearing_takes_a_burst_not_yet_taken() {
+        let t = Instant::now();
+        let mut r = Refusals::default();
+        for i in 0..BURST {
+            r.refused(t, &format!("fake-{i}"));
+        }
+        r.cleared();
+        assert_eq!(r.burst(), None);
+        // The count starts afresh.
+        r.refused(t, "one-more");
+        assert_eq!(r.burst(), None);
     }
 }

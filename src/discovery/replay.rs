@@ -202,12 +202,13 @@ pub enum Cause {
     Refused(usize),
 }
 
-/// When the browse is to clear the cache of stale instances next: at once
-/// the first time, then after a wait that doubles from
-/// [`CLEAR_AGAIN_AFTER`] to [`CLEAR_EVERY`], and starts again once a
-/// clearing has held that long. A clearing that found no browse to end
-/// cleared nothing, and is made again at the next replay's end, a few
-/// times in a row.
+/// When the browse is to clear the cache next: at once the first time,
+/// then after a wait that doubles from [`CLEAR_AGAIN_AFTER`] to
+/// [`CLEAR_EVERY`] and halves for every [`CLEAR_EVERY`] that passes
+/// without one, so a stranger who floods whenever a clearing is allowed
+/// gets one about every [`CLEAR_EVERY`], not a series from the start. A
+/// clearing that found no browse to end cleared nothing, and is made
+/// again at once (the browse restarts meanwhile), a few times in a row.
 #[derive(Debug, Default)]
 pub struct Clearing {
     /// When the last clearing that took was made.
@@ -218,23 +219,35 @@ pub struct Clearing {
     misses: u32,
     /// When the next is due, and why.
     due: Option<(Instant, Cause)>,
+    /// Why the clearing being made was wanted.
+    making: Option<Cause>,
 }
 
 impl Clearing {
-    /// A clearing is wanted at `now`, for `cause`. mdns-sd ends a browse
-    /// whose channel fills, and ending a browse it no longer has clears
-    /// nothing: such a miss is made again at the next want.
+    /// A clearing is wanted at `now`, for `cause`.
     pub fn want(&mut self, now: Instant, cause: Cause) {
-        if self.last.is_some_and(|t| now >= t + CLEAR_EVERY) {
-            // The last one held.
-            self.wait = Duration::ZERO;
-        }
         let at = match self.last {
-            Some(t) if self.misses == 0 => now.max(t + self.wait),
+            Some(t) if self.misses == 0 => now.max(t + self.wait_at(now)),
             _ => now,
         };
         let at = self.due.map_or(at, |(t, _)| t.min(at));
         self.due = Some((at, cause));
+    }
+
+    /// The wait after the last clearing, as it stands at `now`: halved
+    /// for every [`CLEAR_EVERY`] since, and none once below
+    /// [`CLEAR_AGAIN_AFTER`].
+    fn wait_at(&self, now: Instant) -> Duration {
+        let Some(t) = self.last else {
+            return Duration::ZERO;
+        };
+        let quiet = now.saturating_duration_since(t).as_nanos() / CLEAR_EVERY.as_nanos();
+        let wait = self.wait / 2u32.saturating_pow(quiet.min(31) as u32);
+        if wait < CLEAR_AGAIN_AFTER {
+            Duration::ZERO
+        } else {
+            wait
+        }
     }
 
     /// When the next clearing is due.
@@ -244,20 +257,27 @@ impl Clearing {
 
     /// The clearing due is being made; why (the last cause wanted).
     pub fn take(&mut self) -> Option<Cause> {
-        self.due.take().map(|(_, cause)| cause)
+        let (_, cause) = self.due.take()?;
+        self.making = Some(cause);
+        Some(cause)
     }
 
     /// The clearing made at `now` ended a browse (`took`), or found none.
     pub fn made(&mut self, now: Instant, took: bool) {
+        let cause = self.making.take();
         if !took && self.misses < MISSES_AT_ONCE {
             self.misses += 1;
+            if let Some(cause) = cause {
+                self.want(now, cause);
+            }
             return;
         }
         self.misses = 0;
-        self.wait = if self.wait.is_zero() {
+        let wait = self.wait_at(now);
+        self.wait = if wait.is_zero() {
             CLEAR_AGAIN_AFTER
         } else {
-            (self.wait * 2).min(CLEAR_EVERY)
+            (wait * 2).min(CLEAR_EVERY)
         };
         self.last = Some(now);
     }
@@ -418,12 +438,21 @@ mod tests {
             assert_eq!(at - last, wait.min(CLEAR_EVERY));
             last = at;
         }
-        // One that held for the longest wait starts the doubling afresh.
+        // One after the longest wait held comes at once, but the next
+        // waits as long again: a stranger who floods whenever allowed
+        // gets one every CLEAR_EVERY.
         let quiet = last + CLEAR_EVERY;
-        c.want(quiet, Cause::Stale(1));
+        c.want(quiet, Cause::Refused(1));
         assert_eq!(make(&mut c, true), quiet);
-        c.want(quiet, Cause::Stale(1));
-        assert_eq!(c.due(), Some(quiet + CLEAR_AGAIN_AFTER));
+        c.want(quiet, Cause::Refused(1));
+        assert_eq!(c.due(), Some(quiet + CLEAR_EVERY));
+        let last = make(&mut c, true);
+        // After a long quiet the doubling starts afresh.
+        let long = last + CLEAR_EVERY * 10;
+        c.want(long, Cause::Stale(1));
+        assert_eq!(make(&mut c, true), long);
+        c.want(long, Cause::Stale(1));
+        assert_eq!(c.due(), Some(long + CLEAR_AGAIN_AFTER));
     }
 
     #[test]
@@ -437,12 +466,14 @@ mod tests {
         let at = make(&mut c, false);
         assert_eq!(at, t + CLEAR_AGAIN_AFTER);
         for _ in 1..MISSES_AT_ONCE {
-            c.want(at, Cause::Stale(20));
-            assert_eq!(make(&mut c, false), at);
+            // Made again at once, unasked, for the same cause.
+            assert_eq!(c.due(), Some(at));
+            assert_eq!(c.take(), Some(Cause::Stale(20)));
+            c.made(at, false);
         }
         // The last miss counts as made: the next waits its turn.
-        c.want(at, Cause::Stale(20));
         assert_eq!(make(&mut c, false), at);
+        assert_eq!(c.due(), None);
         c.want(at, Cause::Stale(20));
         assert_eq!(c.due(), Some(at + CLEAR_AGAIN_AFTER * 2));
     }
