@@ -642,3 +642,30 @@ fn with_a_key_a_one_off_flood_is_cleared_before_anyone_asks_about_it() {
     );
     mesh.assert_provider_kept();
 }
+
+/// How long a stranger who keeps announcing dead instances is watched
+/// after the consumer's first clearing of them. The stranger answers the
+/// fresh browse's query, so its instances are back at once; their probes
+/// fail again 30 s later (a never-proven backend's back-off) and 60 s
+/// after that. Without the hold, each time would be a flood again.
+const PERSISTENT_WATCH: Duration = Duration::from_secs(100);
+
+#[test]
+fn a_stranger_who_keeps_announcing_dead_instances_gets_one_clearing() {
+    let mesh = Mesh::start(&[]);
+    let stranger = mesh.stranger();
+    let fakes = FakeInstance::many("stay", 40, "redis", DEAD_PORTS, stranger.ip.into());
+    let _rogue = Rogue::start(stranger, fakes);
+    let flood = ["failed their probes at once", "clearing the cache"];
+    mesh.wait_log(&flood, 1);
+    let cleared_again = wait_until(PERSISTENT_WATCH, || log_lines(&mesh.consumer, &flood) > 1);
+    assert!(!cleared_again, "{}", mesh.consumer.output_tail(40));
+    // Not for want of failures: they came, and stopped the clearings.
+    assert_eq!(
+        log_lines(&mesh.consumer, &["a flood that was cleared fails again"]),
+        1,
+        "{}",
+        mesh.consumer.output_tail(40)
+    );
+    mesh.assert_provider_kept();
+}

@@ -1001,8 +1001,8 @@ pub async fn browse(
                         debug!(instance = %key, "not verifying an instance while a cleared cache is relearnt");
                     } else if clearing.due().is_some() {
                         debug!(instance = %key, "not verifying an instance: the cache is about to be cleared");
-                    } else {
-                        verifications.failed(Instant::now(), &key);
+                    } else if verifications.failed(Instant::now(), &key) {
+                        info!(instance = %key, "an instance of a flood that was cleared fails again: its stranger still announces it; no more clearings for such floods for an hour, failing instances are verified a few at a time");
                     }
                 }
                 _ = sleep_until_some(verifications.due()) => {

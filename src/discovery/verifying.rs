@@ -93,14 +93,18 @@ impl Verifications {
         }
     }
 
-    /// `instance` failed at `now`.
-    pub fn failed(&mut self, now: Instant, instance: &str) {
+    /// `instance` failed at `now`; whether that starts a hold (it was a
+    /// flood's, cleared, and fails again).
+    pub fn failed(&mut self, now: Instant, instance: &str) -> bool {
+        let mut holds = false;
         if self.cleared.contains(instance) {
             // Back after a clearing: announced again, by a live stranger.
+            holds = self.hold_until.is_none_or(|t| now >= t);
             self.hold_until = Some(now + HOLD);
         }
         self.gathered.insert(instance);
         self.gathered_until.get_or_insert(now + GATHER);
+        holds
     }
 
     /// When the gathering ends.
@@ -206,8 +210,10 @@ mod tests {
         // One of them fails again: the stranger announces them still. Only
         // the budget's worth is verified.
         let later = t + GATHER * 30;
-        let mut again = names("more", 2 * FLOOD);
-        again.push("fake-3".into());
+        assert!(!v.failed(later, "new"));
+        assert!(v.failed(later, "fake-3"), "a hold starts");
+        assert!(!v.failed(later, "fake-4"), "once");
+        let again = names("more", 2 * FLOOD);
         let Action::Verify(verified) = gather(&mut v, later, &again) else {
             panic!("cleared again");
         };
