@@ -15,9 +15,9 @@
 //! sent. [`FLOOD`] or more in one gathering are a flood: none is
 //! verified, and the cache is cleared instead (see `replay::Clearing`,
 //! which paces clearings). Verifying even one would cost more than the
-//! clearing: a flood's instances share their host, and the expiry of its
-//! address (a verification's result) makes mdns-sd ask about every one
-//! of them four times. The clearing drops every record of the type at
+//! clearing: a flood from one machine shares its host name, and the
+//! expiry of that host's address (a verification's result) makes mdns-sd
+//! ask about every one of its instances four times. The clearing drops every record of the type at
 //! once, the fresh browse relearns the live instances from their answers,
 //! and what it does not find is swept once its responder does not answer
 //! for it (see `reconfirm`: a unicast question to one host, not a
