@@ -107,6 +107,21 @@ impl Mesh {
         udp_counter(self.client(), "OutDatagrams")
     }
 
+    /// The window `from`-`until` after `start`: what the consumer's host
+    /// had sent by its start, and how many datagrams it sent in it, the
+    /// count ending early once it passes `QUIET_MOST`.
+    fn sent_between(
+        &self,
+        start: std::time::Instant,
+        from: Duration,
+        until: Duration,
+    ) -> (u64, u64) {
+        let before = wait_for(until, || (start.elapsed() >= from).then(|| self.sent()))
+            .expect("the window's start");
+        wait_until(until - from, || self.sent() - before > QUIET_MOST);
+        (before, self.sent() - before)
+    }
+
     fn stranger(&self) -> &Host {
         self.lab.host("h2")
     }
@@ -552,8 +567,7 @@ fn a_one_off_flood_leaves_no_queries_behind() {
     // each at every query (fakes each on a host of their own would be
     // asked about only at restarts).
     let flooded = mesh.flood_once();
-    let sent_so_far = || mesh.sent();
-    let at_flood = sent_so_far();
+    let at_flood = mesh.sent();
     let joined = |c: &Proc| log_lines(c, &["backend joined", "instance=gone-"]);
     let left = |c: &Proc| log_lines(c, &["backend left", "instance=gone-"]);
     // Cleared as a flood of failing instances or, when the first few
@@ -574,15 +588,8 @@ fn a_one_off_flood_leaves_no_queries_behind() {
     // Then the consumer has nothing to ask for but its browse's own
     // queries, which carry the provider as a known answer, and the
     // witness's beats.
-    let from = wait_for(QUIET_UNTIL, || {
-        (flooded.elapsed() >= QUIET_FROM).then(&sent_so_far)
-    })
-    .expect("the window's start");
+    let (from, sent) = mesh.sent_between(flooded, QUIET_FROM, QUIET_UNTIL);
     let flood_cost = from - at_flood;
-    let noisy = wait_until(QUIET_UNTIL - QUIET_FROM, || {
-        sent_so_far() - from > QUIET_MOST
-    });
-    let sent = sent_so_far() - from;
     eprintln!(
         "{} fakes joined, {} clearings; the consumer sent {} datagrams in the first {} s after the flood, then {sent} datagrams {}-{} s after it",
         joined(&mesh.consumer),
@@ -598,7 +605,7 @@ fn a_one_off_flood_leaves_no_queries_behind() {
         mesh.consumer.output_tail(40)
     );
     assert!(
-        !noisy,
+        sent <= QUIET_MOST,
         "{sent} datagrams:\n{}",
         mesh.consumer.output_tail(40)
     );
@@ -618,15 +625,7 @@ fn with_a_key_a_one_off_flood_is_cleared_before_anyone_asks_about_it() {
     let mesh = Mesh::keyed();
     let flooded = mesh.flood_once();
     mesh.wait_log(&["clearing the cache", "this node refuses"], 1);
-    let sent_so_far = || mesh.sent();
-    let from = wait_for(KEYED_QUIET_UNTIL, || {
-        (flooded.elapsed() >= KEYED_QUIET_FROM).then(&sent_so_far)
-    })
-    .expect("the window's start");
-    let noisy = wait_until(KEYED_QUIET_UNTIL - KEYED_QUIET_FROM, || {
-        sent_so_far() - from > QUIET_MOST
-    });
-    let sent = sent_so_far() - from;
+    let (_, sent) = mesh.sent_between(flooded, KEYED_QUIET_FROM, KEYED_QUIET_UNTIL);
     let made = clearings(&mesh.consumer);
     eprintln!(
         "{made} clearings; the consumer sent {sent} datagrams {}-{} s after the flood",
@@ -636,7 +635,7 @@ fn with_a_key_a_one_off_flood_is_cleared_before_anyone_asks_about_it() {
     // One flood, one clearing: its packets come within a second.
     assert_eq!(made, 1, "{}", mesh.consumer.output_tail(40));
     assert!(
-        !noisy,
+        sent <= QUIET_MOST,
         "{sent} datagrams:\n{}",
         mesh.consumer.output_tail(40)
     );
