@@ -7,7 +7,9 @@
 # MESH_SETTLE and MESH_WINDOW (seconds) set the idle settle time and the
 # traffic window (default 20 and 60); MESH_ARGS adds arguments to every node
 # ({ip} is the node's address), e.g. MESH_ARGS='--advertise-addr {ip}'.
+# MESH_FLOOD=1000 adds a stranger.s one-off flood of dead instances after the
+# crash and prints what it costs (MESH_FLOOD_WINDOW seconds, default 150).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESH_HOSTS=${1:-8,32,64} cargo test --release -q --test mesh_scale -- --ignored --exact scale --nocapture 2>&1 \
-  | grep -E '^(---|join|graceful|SIGKILL|idle|mDNS|kernel|neighbour|UDP|live|  )|panicked|error'
+  | grep -E '^(---|join|graceful|SIGKILL|idle|mDNS|kernel|neighbour|UDP|live|flood|fakes|clearings|CPU|  )|panicked|error'

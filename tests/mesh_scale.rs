@@ -17,6 +17,14 @@
 //! `MESH_LOG`: the nodes' `RUST_LOG` (default `mesh_amb=info`);
 //! `MESH_ARGS`: more arguments for every node, split at spaces, with
 //! `{ip}` standing for the host's address (`--advertise-addr {ip}`).
+//!
+//! `MESH_FLOOD` (default 0, none): after the crash, a stranger on a host of
+//! its own announces this many dead `web` instances once and goes, as in
+//! `tests/hostile.rs` but seen by every node at once. Printed over the
+//! `MESH_FLOOD_WINDOW` seconds after it (default 150, past the fakes'
+//! 120 s records): the mDNS traffic it costs the link, each node's
+//! clearings of its cache and when they came, and how long the fakes
+//! stayed in the tables.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
@@ -24,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use mesh_amb_lab::{wait_until, Host, Lab, Proc};
+use mesh_amb_lab::{wait_until, FakeInstance, Host, Lab, Proc, Rogue};
 
 mod common;
 
@@ -58,8 +66,14 @@ fn scale() {
         .collect();
     let settle = Duration::from_secs(env_or("MESH_SETTLE", "20").parse().unwrap());
     let window = Duration::from_secs(env_or("MESH_WINDOW", "60").parse().unwrap());
+    let flood = Flood {
+        instances: env_or("MESH_FLOOD", "0")
+            .parse()
+            .expect("MESH_FLOOD: a count"),
+        window: Duration::from_secs(env_or("MESH_FLOOD_WINDOW", "150").parse().unwrap()),
+    };
     for n in sizes {
-        run(n, settle, window);
+        run(n, settle, window, &flood);
     }
 }
 
@@ -73,10 +87,11 @@ struct Node {
     instance: String,
 }
 
-fn run(n: usize, settle: Duration, window: Duration) {
+fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
     let drops0 = softnet_drops();
     let neigh0 = neighbour_trouble();
-    let lab = Lab::new(n + 1);
+    // The nodes, the joiner, and the stranger if there is a flood.
+    let lab = Lab::new(n + 1 + usize::from(flood.instances > 0));
     let hosts = lab.hosts();
     for h in hosts {
         serve_forever(h);
@@ -145,6 +160,18 @@ fn run(n: usize, settle: Duration, window: Duration) {
     let crash = delays(&survivors, &victim.instance, "backend left", t0);
     rcvbuf_phases.push(("the crash", rcvbuf_sum()));
     phases.push(("the crash", t0, now()));
+
+    let flooded = (flood.instances > 0).then(|| {
+        let cpu0: Vec<u64> = nodes.iter().map(|x| cpu_ticks(x.proc.pid())).collect();
+        let (f0, f1) = flood.run(&hosts[n + 1], &nodes);
+        let cpu1: Vec<u64> = nodes.iter().map(|x| cpu_ticks(x.proc.pid())).collect();
+        let cpu = cpu0.iter().zip(&cpu1);
+        let cpu: Vec<f64> = cpu
+            .map(|(a, b)| (b - a) as f64 / tick / (f1 - f0) * 100.0)
+            .collect();
+        rcvbuf_phases.push(("the flood", rcvbuf_sum()));
+        (f0, f1, cpu)
+    });
     let frames = capture.finish();
     let traffic = Traffic::of(&frames, w0, w1);
 
@@ -157,7 +184,9 @@ fn run(n: usize, settle: Duration, window: Duration) {
         let log = x.proc.stderr();
         let lines: Vec<&str> = log.lines().collect();
         for (i, l) in lines.iter().enumerate() {
-            let live = instance_of(l).is_some_and(|i| i != victim.instance && i != joiner.instance);
+            let live = instance_of(l).is_some_and(|i| {
+                i != victim.instance && i != joiner.instance && !i.starts_with(FLOOD_PREFIX)
+            });
             if l.contains("backend left") && live {
                 dropped += 1;
                 drop_times.extend(stamp(l).map(|t| t - t_start));
@@ -194,9 +223,11 @@ fn run(n: usize, settle: Duration, window: Duration) {
             burst.most_in_100ms,
         );
     }
-    let mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
-    let max = cpu.iter().cloned().fold(0.0, f64::max);
+    let (mean, max) = mean_max(&cpu);
     println!("idle CPU per host: mean {mean:.2} %, max {max:.2} % of one core");
+    if let Some((f0, f1, cpu)) = flooded {
+        flood.report(&frames, &nodes, f0, f1, &cpu);
+    }
     println!(
         "kernel input-queue drops during the run (all namespaces share one backlog): {}",
         softnet_drops() - drops0
@@ -240,6 +271,149 @@ fn run(n: usize, settle: Duration, window: Duration) {
     ) {
         println!("  between {first:.0} s and {last:.0} s after the first start");
     }
+}
+
+fn mean_max(v: &[f64]) -> (f64, f64) {
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    (mean, v.iter().cloned().fold(0.0, f64::max))
+}
+
+/// The instance names of the stranger's flood.
+const FLOOD_PREFIX: &str = "flood-";
+/// First port of the fakes: nothing listens there, so every probe is
+/// refused.
+const FLOOD_PORTS: u16 = 20_000;
+
+/// The stranger's one-off flood of dead instances (`MESH_FLOOD`).
+struct Flood {
+    instances: usize,
+    window: Duration,
+}
+
+impl Flood {
+    /// Announces the fakes once from `stranger`, stops, and watches until
+    /// the window is over; the window's start and end.
+    fn run(&self, stranger: &Host, nodes: &[Node]) -> (f64, f64) {
+        let prefix = FLOOD_PREFIX.trim_end_matches('-');
+        let fakes = FakeInstance::many(
+            prefix,
+            self.instances,
+            "web",
+            FLOOD_PORTS,
+            stranger.ip.into(),
+        );
+        let t0 = now();
+        let rogue = Rogue::start(stranger, fakes);
+        assert!(
+            wait_until(EVENT_DEADLINE, || rogue.rounds() >= 1),
+            "the flood was never sent"
+        );
+        drop(rogue);
+        // Every table took some fakes in, or the flood tells nothing.
+        let joined = wait_until(EVENT_DEADLINE, || {
+            nodes
+                .iter()
+                .all(|x| flood_lines(&x.proc, "backend joined", t0) > 0)
+        });
+        assert!(joined, "some nodes never took in the flood");
+        let end = t0 + self.window.as_secs_f64();
+        std::thread::sleep(Duration::from_secs_f64((end - now()).max(0.0)));
+        (t0, now())
+    }
+
+    fn report(&self, frames: &[Frame], nodes: &[Node], t0: f64, t1: f64, cpu: &[f64]) {
+        println!(
+            "--- a stranger announces {} dead web instances once, from one host; {:.0} s after it",
+            self.instances,
+            t1 - t0
+        );
+        for (from, to) in [(0.0, 10.0), (10.0, 60.0), (60.0, t1 - t0)] {
+            let (w0, w1) = (t0 + from, (t0 + to).min(t1));
+            if w1 <= w0 {
+                continue;
+            }
+            let burst = Burst::of(frames, w0, w1);
+            let all = in_window(frames, w0, w1).len();
+            println!(
+                "flood {from:>3.0}-{:<3.0} s: mDNS {} queries and {} responses ({:.1}/s, most {} in 100 ms), other frames {} (the probes' connects among them)",
+                w1 - t0,
+                burst.queries,
+                burst.responses,
+                (burst.queries + burst.responses) as f64 / (w1 - w0),
+                burst.most_in_100ms,
+                all - burst.queries - burst.responses,
+            );
+        }
+        let mut took_in = Vec::new();
+        let mut gone = Vec::new();
+        let mut left_in = 0;
+        let mut clearings: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut misses = 0;
+        let mut holds = 0;
+        for x in nodes {
+            let log = x.proc.stderr();
+            took_in.push(flood_lines(&x.proc, "backend joined", t0) as f64);
+            let fakes = table(&log)
+                .iter()
+                .filter(|i| i.starts_with(FLOOD_PREFIX))
+                .count();
+            left_in += fakes;
+            if fakes == 0 {
+                let last = log
+                    .lines()
+                    .filter(|l| l.contains("backend left"))
+                    .filter(|l| instance_of(l).is_some_and(|i| i.starts_with(FLOOD_PREFIX)))
+                    .filter_map(stamp)
+                    .fold(t0, f64::max);
+                gone.push(last - t0);
+            }
+            for l in log.lines().filter(|l| stamp(l).is_some_and(|t| t >= t0)) {
+                if l.contains("saw no end of the browse") {
+                    misses += 1;
+                } else if l.contains("fails again") {
+                    holds += 1;
+                } else if l.contains("clearing the cache and browsing afresh") {
+                    let cause = if l.contains("failed their probes") {
+                        "failing (flood)"
+                    } else if l.contains("refuses") {
+                        "refused"
+                    } else {
+                        "stale"
+                    };
+                    clearings
+                        .entry(cause)
+                        .or_default()
+                        .extend(stamp(l).map(|t| t - t0));
+                }
+            }
+        }
+        let (mean, most) = mean_max(&took_in);
+        println!("fakes taken into each table: mean {mean:.0}, most {most:.0}");
+        summary("flood -> last fake out of a table", gone);
+        println!("fakes still in a table at the end: {left_in}");
+        for (cause, times) in clearings {
+            let nodes_clearing = times.len();
+            summary(
+                &format!("flood -> clearing ({cause}), {nodes_clearing} made"),
+                times,
+            );
+        }
+        println!("clearings that found no browse (made again): {misses}; floods held off: {holds}");
+        let (mean, max) = mean_max(cpu);
+        println!(
+            "CPU per host over the flood window: mean {mean:.2} %, max {max:.2} % of one core"
+        );
+    }
+}
+
+/// Lines of `p`'s log from `t0` on that hold `what` for one of the fakes.
+fn flood_lines(p: &Proc, what: &str, t0: f64) -> usize {
+    p.stderr()
+        .lines()
+        .filter(|l| l.contains(what))
+        .filter(|l| instance_of(l).is_some_and(|i| i.starts_with(FLOOD_PREFIX)))
+        .filter(|l| stamp(l).is_some_and(|t| t >= t0))
+        .count()
 }
 
 /// A log line without its timestamp and fields: what kind of line it is.
