@@ -21,6 +21,15 @@
 //! too, unasked) or [`ASKS`] questions unanswered remove it. Our own
 //! instances are not asked: they live while we announce them.
 //!
+//! A responder is asked about one instance at a time until it has shown
+//! that it answers or stays silent; only then are its other instances
+//! asked about together. A flood's hundreds of instances share one dead
+//! responder, whose host refuses about one question a second (the
+//! kernel's ICMP rate limit): asked about 32 of them at
+//! once, it refused one and left the others to time out and be asked
+//! again, about 80 questions per node for one flood in an 8-host lab,
+//! where one question now does.
+//!
 //! Limits. An answer says the responder holds the instance, not that our
 //! cache does: one that answers unicast but whose multicast never reaches
 //! us keeps its backend until a later sweep. The backend is swept as
@@ -34,7 +43,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -58,9 +67,9 @@ const MOST_AT_ONCE: usize = 32;
 /// The instances being asked about.
 #[derive(Default)]
 pub struct Reconfirms {
-    running: JoinSet<(String, IpAddr, Probe)>,
-    /// The running questions, by instance.
-    asking: HashMap<String, AbortHandle>,
+    running: JoinSet<(String, SocketAddr, Probe)>,
+    /// The running questions, by instance, with the responder asked.
+    asking: HashMap<String, (AbortHandle, SocketAddr)>,
     /// Those waiting for room, with the responder to ask.
     waiting: VecDeque<(String, SocketAddr)>,
     /// The instances in `waiting`.
@@ -68,7 +77,13 @@ pub struct Reconfirms {
     /// Responders that refused a question: the instances waiting for them
     /// are gone without asking (a flood's hundreds of instances share one
     /// dead responder, whose host sends about one refusal a second).
-    refused: HashSet<IpAddr>,
+    refused: HashSet<SocketAddr>,
+    /// Responders asked about their first instance, which have not yet
+    /// answered, refused or stayed silent: their others wait.
+    scouted: HashSet<SocketAddr>,
+    /// Responders that answered or stayed silent: asked about several
+    /// instances at once.
+    known: HashSet<SocketAddr>,
     /// Outcomes not yet taken.
     ready: VecDeque<(String, bool)>,
 }
@@ -92,8 +107,10 @@ impl Reconfirms {
     /// `instance` resolved again meanwhile: it lives, whatever its
     /// responder says.
     pub fn resolved(&mut self, instance: &str) {
-        if let Some(task) = self.asking.remove(instance) {
+        if let Some((task, at)) = self.asking.remove(instance) {
             task.abort();
+            // It may have been the one question to its responder.
+            self.scouted.remove(&at);
         }
         if self.queued.remove(instance) {
             self.waiting.retain(|(i, _)| i != instance);
@@ -114,6 +131,7 @@ impl Reconfirms {
                 // A sweep's questions are over: a responder that refused
                 // then may be back for the next one.
                 self.refused.clear();
+                self.known.clear();
                 return std::future::pending().await;
             };
             let Ok((id, (instance, at, held))) = done else {
@@ -121,9 +139,17 @@ impl Reconfirms {
                 self.fill();
                 continue;
             };
+            self.scouted.remove(&at);
+            if !matches!(held, Probe::Refused) {
+                self.known.insert(at);
+            }
             // Else it resolved again while its task was ending (and may be
             // asked again since).
-            if self.asking.get(&instance).is_some_and(|t| t.id() == id) {
+            if self
+                .asking
+                .get(&instance)
+                .is_some_and(|(t, _)| t.id() == id)
+            {
                 self.asking.remove(&instance);
                 if matches!(held, Probe::Refused) {
                     self.refused.insert(at);
@@ -136,21 +162,31 @@ impl Reconfirms {
     }
 
     fn fill(&mut self) {
+        // Those whose responder is being scouted keep their place.
+        let mut held_back = Vec::new();
         while self.asking.len() < MOST_AT_ONCE {
             let Some((instance, responder)) = self.waiting.pop_front() else {
-                return;
+                break;
             };
-            self.queued.remove(&instance);
-            if self.refused.contains(&responder.ip()) {
+            if self.refused.contains(&responder) {
+                self.queued.remove(&instance);
                 self.ready.push_back((instance, false));
                 continue;
             }
+            if !self.known.contains(&responder) && !self.scouted.insert(responder) {
+                held_back.push((instance, responder));
+                continue;
+            }
+            self.queued.remove(&instance);
             let name = instance.clone();
             let task = self.running.spawn(async move {
                 let held = holds(&name, responder).await;
-                (name, responder.ip(), held)
+                (name, responder, held)
             });
-            self.asking.insert(instance, task);
+            self.asking.insert(instance, (task, responder));
+        }
+        for waiting in held_back.into_iter().rev() {
+            self.waiting.push_front(waiting);
         }
     }
 }
@@ -227,10 +263,7 @@ mod tests {
             let mut buf = [0u8; 512];
             for _ in 0..answers {
                 let (n, from) = sock.recv_from(&mut buf).await.unwrap();
-                let mut reply = buf[..n].to_vec();
-                reply[2] |= 0x80;
-                reply[7] = 1;
-                sock.send_to(&reply, from).await.unwrap();
+                sock.send_to(&answer(&buf[..n]), from).await.unwrap();
             }
         });
         at
@@ -264,6 +297,46 @@ mod tests {
         }
         assert_eq!(outcomes.len(), MOST_AT_ONCE * 3, "{outcomes:?}");
         assert!(outcomes.iter().all(|(_, held)| !held), "{outcomes:?}");
+    }
+
+    /// The echo of `responder_answering` to `question`.
+    fn answer(question: &[u8]) -> Vec<u8> {
+        let mut reply = question.to_vec();
+        reply[2] |= 0x80;
+        reply[7] = 1;
+        reply
+    }
+
+    #[tokio::test]
+    async fn a_responder_is_asked_about_one_instance_until_it_answers() {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let at = sock.local_addr().unwrap();
+        let mut r = Reconfirms::default();
+        for i in ["a", "b", "c"] {
+            r.ask(i.into(), at);
+        }
+        let mut buf = [0u8; 512];
+        let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+        let first = answer(&buf[..n]);
+        // Its retry would come after ASK_TIMEOUT; a second question
+        // sooner is another instance's.
+        let second = tokio::time::timeout(ASK_TIMEOUT / 2, sock.recv_from(&mut buf)).await;
+        assert!(second.is_err(), "asked about two instances at once");
+        sock.send_to(&first, from).await.unwrap();
+        assert!(r.next().await.1);
+        // It answers: the others are asked about together, both questions
+        // coming before either is answered.
+        let mut replies = Vec::new();
+        for _ in 0..2 {
+            let (n, from) = sock.recv_from(&mut buf).await.unwrap();
+            replies.push((answer(&buf[..n]), from));
+        }
+        for (reply, from) in replies {
+            sock.send_to(&reply, from).await.unwrap();
+        }
+        let mut rest = vec![r.next().await, r.next().await];
+        rest.sort();
+        assert_eq!(rest, [("b".into(), true), ("c".into(), true)]);
     }
 
     #[tokio::test]
