@@ -30,6 +30,7 @@
 //!   (`mesh-amb ls`).
 
 pub mod addr;
+pub mod bucket;
 pub mod ifaces;
 pub mod link;
 pub mod listing;

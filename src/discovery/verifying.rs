@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::bucket::Bucket;
 use super::names::Names;
 
 /// How long failing instances are gathered before any is verified: a
@@ -64,10 +65,7 @@ pub enum Action {
 /// token bucket), and the floods cleared.
 #[derive(Debug)]
 pub struct Verifications {
-    /// Verifications allowed now.
-    left: u32,
-    /// When the last token was added (or the bucket was full).
-    filled_at: Instant,
+    budget: Bucket,
     /// The failing instances gathered, and when the gathering ends.
     gathered: Names,
     gathered_until: Option<Instant>,
@@ -83,8 +81,7 @@ impl Verifications {
     /// A full budget at `now`.
     pub fn new(now: Instant) -> Self {
         Verifications {
-            left: BURST,
-            filled_at: now,
+            budget: Bucket::full(BURST, REFILL, now),
             gathered: Names::default(),
             gathered_until: None,
             flooded: Names::default(),
@@ -123,26 +120,8 @@ impl Verifications {
             }
             return Action::Clear(gathered.len());
         }
-        Action::Verify(gathered.into_iter().filter(|_| self.admit(now)).collect())
-    }
-
-    /// Takes a token if there is one.
-    fn admit(&mut self, now: Instant) -> bool {
-        let earned = (now.saturating_duration_since(self.filled_at).as_nanos() / REFILL.as_nanos())
-            .min(u128::from(BURST)) as u32;
-        if earned > 0 {
-            self.left = (self.left + earned).min(BURST);
-            self.filled_at = if self.left == BURST {
-                now
-            } else {
-                self.filled_at + REFILL * earned
-            };
-        }
-        if self.left == 0 {
-            return false;
-        }
-        self.left -= 1;
-        true
+        let budget = &mut self.budget;
+        Action::Verify(gathered.into_iter().filter(|_| budget.take(now)).collect())
     }
 
     /// The cache was cleared: the floods' instances went with it, unless
@@ -224,36 +203,5 @@ mod tests {
             gather(&mut v, after, &names("late", FLOOD)),
             Action::Clear(FLOOD)
         );
-    }
-
-    #[test]
-    fn the_budget_refills_at_its_pace_up_to_the_burst() {
-        let t = Instant::now();
-        let mut v = Verifications::new(t);
-        for _ in 0..BURST {
-            assert!(v.admit(t));
-        }
-        assert!(!v.admit(t));
-        // Half a refill period carries over to the next.
-        let later = t + REFILL * 3 + REFILL / 2;
-        for _ in 0..3 {
-            assert!(v.admit(later));
-        }
-        assert!(!v.admit(later));
-        assert!(v.admit(t + REFILL * 4));
-        assert!(!v.admit(t + REFILL * 4));
-
-        // One at each refill, for ever: never refused.
-        let mut at = t + REFILL * 4;
-        for _ in 0..100 {
-            at += REFILL;
-            assert!(v.admit(at));
-        }
-        // A long quiet refills the burst and no more.
-        let quiet = at + REFILL * 1000;
-        for _ in 0..BURST {
-            assert!(v.admit(quiet));
-        }
-        assert!(!v.admit(quiet));
     }
 }
