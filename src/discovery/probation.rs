@@ -9,16 +9,29 @@
 //! one is also reported for mDNS verification, so a stale record of a
 //! crashed host leaves the table in seconds; a mesh node is left to the
 //! witness ring.
+//!
+//! The backends of one host are probed [`HOST_BURST`] at once, then one
+//! each [`HOST_REFILL`]. A stranger's flood lists its hundreds of
+//! instances at one address, which may be anyone's, and every consumer on
+//! the link dialled every one of them: at 64 hosts, one flood of 1,000
+//! put about 100,000 frames (SYN and RST) on the link within seconds, a
+//! hundred times its mDNS traffic, aimed where the stranger chose. Paced,
+//! a consumer dials about a hundred of them before the flood's clearing
+//! (see `verifying`) takes them all away; another host's backends are
+//! not held up behind them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::bucket::Bucket;
+use super::reconfirm::responder;
 use super::stats::DiscoveryStats;
 use crate::backends::table::{Backend, Health, Origin};
 use crate::backends::Service;
@@ -40,6 +53,12 @@ pub const PROBE_SCAN: Duration = Duration::from_millis(100);
 /// behind them waited seconds for its probe, its clients meanwhile sent
 /// to the records.)
 pub const PROBES_AT_ONCE: usize = 32;
+/// Probes of one host's backends at once: more than a flood needs to be
+/// found out (`verifying::FLOOD` failing within a second), and more
+/// instances of one service than a host runs.
+pub const HOST_BURST: u32 = PROBES_AT_ONCE as u32;
+/// Then one more probe of that host's backends this often (8 a second).
+pub const HOST_REFILL: Duration = Duration::from_millis(125);
 
 /// Probes `svc`'s backends on probation until `stop`, looking for new
 /// ones every `scan` ([`PROBE_SCAN`]) and whenever a probe ends.
@@ -54,6 +73,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval(scan);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut probing: HashSet<String> = HashSet::new();
+    let mut pace: HashMap<IpAddr, Bucket> = HashMap::new();
     let mut probes: Concurrent<(std::io::Result<bool>, Arc<Backend>)> = Concurrent::new();
     // Set when a probe could not be started for want of a descriptor:
     // the next one waits for the scan, so a process out of descriptors
@@ -62,7 +82,11 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = ticker.tick() => starved = false,
+            _ = ticker.tick() => {
+                starved = false;
+                let now = Instant::now();
+                pace.retain(|_, bucket| !bucket.is_full(now));
+            }
             Some((result, b)) = probes.next(), if !probes.is_empty() => {
                 probing.remove(&b.spec.key);
                 starved |= settle(&svc, &stats, &b, result);
@@ -72,22 +96,38 @@ pub async fn run(
             }
         }
         let snap = svc.table.snapshot();
-        for b in snap.backends.iter().filter(|b| due(&svc, b)) {
+        let now = Instant::now();
+        // Never probed first: a host's pace is not spent on probing its
+        // dead records again while its new ones wait.
+        let fresh = |b: &&Arc<Backend>| b.stats.failures.load(Ordering::Relaxed) == 0;
+        let due = snap.backends.iter().filter(|b| due(&svc, b));
+        for b in due.clone().filter(fresh).chain(due.filter(|b| !fresh(b))) {
             if probes.len() >= PROBES_AT_ONCE {
                 break;
             }
-            if probing.insert(b.spec.key.clone()) {
-                let b = b.clone();
-                let tls = tls.clone();
-                probes.push(async move {
-                    let reached = match reach(&b, timeout, tls.as_deref()).await {
-                        Ok(()) => Ok(true),
-                        Err(DialError::Backend(_)) => Ok(false),
-                        Err(DialError::Local(e)) => Err(e),
-                    };
-                    (reached, b)
-                });
+            if probing.contains(&b.spec.key) {
+                continue;
             }
+            // Discovered backends have addresses; a name is the user's.
+            if let Some(host) = responder(&b.spec.target).map(|at| at.ip()) {
+                let bucket = pace
+                    .entry(host)
+                    .or_insert_with(|| Bucket::full(HOST_BURST, HOST_REFILL, now));
+                if !bucket.take(now) {
+                    continue;
+                }
+            }
+            probing.insert(b.spec.key.clone());
+            let b = b.clone();
+            let tls = tls.clone();
+            probes.push(async move {
+                let reached = match reach(&b, timeout, tls.as_deref()).await {
+                    Ok(()) => Ok(true),
+                    Err(DialError::Backend(_)) => Ok(false),
+                    Err(DialError::Local(e)) => Err(e),
+                };
+                (reached, b)
+            });
         }
     }
 }
@@ -168,22 +208,24 @@ mod tests {
     use crate::backends::balance::{Balancer, Policy};
     use crate::backends::service::Source;
     use crate::backends::table::{BackendSpec, Table, Target, Update};
+    use std::net::SocketAddr;
 
-    /// A flood of records nobody listens for does not hold up the probe of
-    /// a real provider listed after them: each refusal frees its slot for
-    /// the next probe at once, without waiting for a scan.
-    #[tokio::test]
-    async fn refusals_make_way_for_the_next_probe_at_once() {
+    /// `records` backends that refuse at 127.0.0.1, and one more that
+    /// answers at 127.0.0.2 if `up` is given, on probation in a table,
+    /// probed by [`run`] with `scan`; the table and the stopper.
+    fn probation(
+        records: usize,
+        up: Option<SocketAddr>,
+        scan: Duration,
+    ) -> (Arc<Table>, CancellationToken, tokio::task::JoinHandle<()>) {
         let refused = {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let table = Arc::new(Table::with_probation(Duration::from_secs(60)));
-        let records = 10 * PROBES_AT_ONCE;
         let targets = (0..records)
             .map(|i| (format!("dead{i}"), refused))
-            .chain([("up".to_string(), up.local_addr().unwrap())]);
+            .chain(up.map(|at| ("up".to_string(), at)));
         for (key, addr) in targets {
             table.apply(Update::Upsert(BackendSpec {
                 key,
@@ -203,31 +245,103 @@ mod tests {
             counters: Default::default(),
         });
         let stop = CancellationToken::new();
-        // One scan, at the start: whatever is probed after the first
-        // `PROBES_AT_ONCE` is started by the probes' own ends.
-        let probation = tokio::spawn(run(
+        let task = tokio::spawn(run(
             svc,
-            Duration::from_secs(3600),
+            scan,
             Duration::from_secs(5),
             None,
             Arc::new(DiscoveryStats::default()),
             stop.clone(),
         ));
+        (table, stop, task)
+    }
+
+    fn probed(table: &Table, records: usize) -> usize {
         let snap = table.snapshot();
-        let end = tokio::time::Instant::now() + Duration::from_secs(15);
-        while !table.is_proven(&snap.backends[records].stats) {
+        snap.backends[..records]
+            .iter()
+            .filter(|b| matches!(table.health(&b.stats), Health::Ejected { .. }))
+            .count()
+    }
+
+    /// Most probes of one host's backends by `elapsed` after the start.
+    fn paced_most(elapsed: Duration) -> usize {
+        HOST_BURST as usize + (elapsed.as_nanos() / HOST_REFILL.as_nanos()) as usize
+    }
+
+    /// A flood of records nobody listens for, at one host, does not hold
+    /// up the probe of a real provider at another listed after them: a
+    /// refusal frees its slot at once, and the flood's host has used up
+    /// its share.
+    #[tokio::test]
+    async fn a_flood_at_one_host_holds_up_no_other_hosts_probe() {
+        let up = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let records = 10 * PROBES_AT_ONCE;
+        let start = Instant::now();
+        // One scan, at the start: the provider is probed when the first
+        // probes end.
+        let (table, stop, task) = probation(
+            records,
+            Some(up.local_addr().unwrap()),
+            Duration::from_secs(3600),
+        );
+        let provider = table.snapshot().backends[records].clone();
+        let end = start + Duration::from_secs(15);
+        while !table.is_proven(&provider.stats) {
             assert!(
-                tokio::time::Instant::now() < end,
+                Instant::now() < end,
                 "the provider behind {records} refusing records was never probed"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let ejected = snap.backends[..records]
-            .iter()
-            .filter(|b| matches!(table.health(&b.stats), Health::Ejected { .. }))
-            .count();
-        assert_eq!(ejected, records, "every record that refused is kept behind");
+        let probed = probed(&table, records);
+        assert!(probed <= paced_most(start.elapsed()), "{probed} probed");
         stop.cancel();
-        probation.await.unwrap();
+        task.await.unwrap();
+    }
+
+    /// A host's dead records, back from their ejection, do not spend its
+    /// pace while a new one of its backends waits.
+    #[tokio::test]
+    async fn a_hosts_new_backend_is_probed_before_its_dead_ones_again() {
+        let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let records = 3 * PROBES_AT_ONCE;
+        let (table, stop, task) = probation(records, Some(up.local_addr().unwrap()), PROBE_SCAN);
+        let snap = table.snapshot();
+        // Failed once, their ejection over (the runner has not run yet:
+        // the test's runtime has one thread).
+        for b in &snap.backends[..records] {
+            b.stats.failures.store(1, Ordering::Relaxed);
+        }
+        let provider = snap.backends[records].clone();
+        let end = Instant::now() + Duration::from_secs(15);
+        while !table.is_proven(&provider.stats) {
+            assert!(Instant::now() < end, "the new backend was never probed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let probed = probed(&table, records);
+        assert!(probed < records, "all {probed} dead records probed first");
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    /// One host's backends are probed at its pace, and all in time.
+    #[tokio::test]
+    async fn one_hosts_backends_are_probed_at_its_pace() {
+        let records = 3 * PROBES_AT_ONCE;
+        let start = Instant::now();
+        let (table, stop, task) = probation(records, None, PROBE_SCAN);
+        let end = start + Duration::from_secs(30);
+        loop {
+            let probed = probed(&table, records);
+            assert!(probed <= paced_most(start.elapsed()), "{probed} probed");
+            if probed == records {
+                break;
+            }
+            assert!(Instant::now() < end, "{probed} of {records} probed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
     }
 }
