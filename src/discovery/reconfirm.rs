@@ -72,14 +72,16 @@ pub struct Reconfirms {
     asking: HashMap<String, (AbortHandle, SocketAddr)>,
     /// Those waiting for room, with the responder to ask.
     waiting: VecDeque<(String, SocketAddr)>,
-    /// The instances in `waiting`.
+    /// Those waiting for their responder's first answer, by responder.
+    parked: HashMap<SocketAddr, Vec<String>>,
+    /// The instances in `waiting` and `parked`.
     queued: HashSet<String>,
     /// Responders that refused a question: the instances waiting for them
     /// are gone without asking (a flood's hundreds of instances share one
     /// dead responder, whose host sends about one refusal a second).
     refused: HashSet<SocketAddr>,
     /// Responders asked about their first instance, which have not yet
-    /// answered, refused or stayed silent: their others wait.
+    /// answered, refused or stayed silent: their others are parked.
     scouted: HashSet<SocketAddr>,
     /// Responders that answered or stayed silent: asked about several
     /// instances at once.
@@ -93,6 +95,12 @@ impl Reconfirms {
     /// `instance`, unless that is already being asked.
     pub fn ask(&mut self, instance: String, responder: SocketAddr) {
         if self.asking.contains_key(&instance) || !self.queued.insert(instance.clone()) {
+            return;
+        }
+        // A sweep asks about thousands at once: they must not be looked
+        // through again at each.
+        if self.scouted.contains(&responder) {
+            self.parked.entry(responder).or_default().push(instance);
             return;
         }
         self.waiting.push_back((instance, responder));
@@ -109,11 +117,18 @@ impl Reconfirms {
     pub fn resolved(&mut self, instance: &str) {
         if let Some((task, at)) = self.asking.remove(instance) {
             task.abort();
-            // It may have been the one question to its responder.
-            self.scouted.remove(&at);
+            // It may have been the one question to its responder: the
+            // next of its instances asks instead (once `next` sees the
+            // abort).
+            if self.scouted.remove(&at) {
+                self.unpark(at);
+            }
         }
         if self.queued.remove(instance) {
             self.waiting.retain(|(i, _)| i != instance);
+            for parked in self.parked.values_mut() {
+                parked.retain(|i| i != instance);
+            }
         }
         if !self.ready.is_empty() {
             self.ready.retain(|(i, _)| i != instance);
@@ -139,12 +154,8 @@ impl Reconfirms {
                 self.fill();
                 continue;
             };
-            self.scouted.remove(&at);
-            if !matches!(held, Probe::Refused) {
-                self.known.insert(at);
-            }
             // Else it resolved again while its task was ending (and may be
-            // asked again since).
+            // asked again since): `resolved` saw to its responder.
             if self
                 .asking
                 .get(&instance)
@@ -153,6 +164,11 @@ impl Reconfirms {
                 self.asking.remove(&instance);
                 if matches!(held, Probe::Refused) {
                     self.refused.insert(at);
+                } else {
+                    self.known.insert(at);
+                }
+                if self.scouted.remove(&at) {
+                    self.unpark(at);
                 }
                 self.ready
                     .push_back((instance, matches!(held, Probe::Answered)));
@@ -161,9 +177,15 @@ impl Reconfirms {
         }
     }
 
+    /// `responder`'s scouting is over: its parked instances wait for
+    /// room like the others.
+    fn unpark(&mut self, responder: SocketAddr) {
+        for instance in self.parked.remove(&responder).unwrap_or_default() {
+            self.waiting.push_back((instance, responder));
+        }
+    }
+
     fn fill(&mut self) {
-        // Those whose responder is being scouted keep their place.
-        let mut held_back = Vec::new();
         while self.asking.len() < MOST_AT_ONCE {
             let Some((instance, responder)) = self.waiting.pop_front() else {
                 break;
@@ -174,7 +196,7 @@ impl Reconfirms {
                 continue;
             }
             if !self.known.contains(&responder) && !self.scouted.insert(responder) {
-                held_back.push((instance, responder));
+                self.parked.entry(responder).or_default().push(instance);
                 continue;
             }
             self.queued.remove(&instance);
@@ -184,9 +206,6 @@ impl Reconfirms {
                 (name, responder, held)
             });
             self.asking.insert(instance, (task, responder));
-        }
-        for waiting in held_back.into_iter().rev() {
-            self.waiting.push_front(waiting);
         }
     }
 }
