@@ -197,6 +197,12 @@ impl Stats {
     pub fn failing_in_a_row(&self) -> u32 {
         self.consecutive_failures.load(Ordering::Relaxed)
     }
+
+    /// As after `n` failed connects, its ejection over.
+    #[cfg(test)]
+    pub fn set_failing_in_a_row(&self, n: u32) {
+        self.consecutive_failures.store(n, Ordering::Relaxed);
+    }
 }
 
 /// Now, in ms since the Unix epoch (0 if the clock is before it).

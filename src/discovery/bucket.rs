@@ -36,6 +36,11 @@ impl Bucket {
         true
     }
 
+    /// Returns a token taken for something that was not done.
+    pub fn give_back(&mut self) {
+        self.left = (self.left + 1).min(self.burst);
+    }
+
     /// Whether it is full again at `now`: one made afresh is the same.
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.fill(now);

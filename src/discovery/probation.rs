@@ -11,14 +11,16 @@
 //! witness ring.
 //!
 //! The backends of one host are probed [`HOST_BURST`] at once, then one
-//! each [`HOST_REFILL`]. A stranger's flood lists its hundreds of
-//! instances at one address, which may be anyone's, and every consumer on
-//! the link dialled every one of them: at 64 hosts, one flood of 1,000
-//! put about 100,000 frames (SYN and RST) on the link within seconds, a
-//! hundred times its mDNS traffic, aimed where the stranger chose. Paced,
-//! a consumer dials about a hundred of them before the flood's clearing
-//! (see `verifying`) takes them all away; another host's backends are
-//! not held up behind them.
+//! each [`HOST_REFILL`], with at most [`HOST_AT_ONCE`] in flight. A
+//! stranger's flood lists its hundreds of instances at one address, which
+//! may be anyone's, and every consumer on the link dialled every one of
+//! them: at 64 hosts, one flood of 1,000 put 101,649 frames (SYN and RST)
+//! on the link in 10 s, 17 times the flood's mDNS traffic over 150 s,
+//! aimed where the stranger chose. Paced, a consumer dials about a
+//! hundred of them before the flood's clearing (see `verifying`) takes
+//! them all away; another host's backends are not held up behind them,
+//! even when the flood's host drops SYNs and each probe waits out the
+//! connect timeout.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -59,6 +61,16 @@ pub const PROBES_AT_ONCE: usize = 32;
 pub const HOST_BURST: u32 = PROBES_AT_ONCE as u32;
 /// Then one more probe of that host's backends this often (8 a second).
 pub const HOST_REFILL: Duration = Duration::from_millis(125);
+/// Probes of one host's backends in flight at once: a host whose fakes
+/// drop SYNs, each probe holding its slot for the connect timeout, leaves
+/// the other half of the slots to other hosts.
+pub const HOST_AT_ONCE: usize = PROBES_AT_ONCE / 2;
+
+/// One host's share of the probes.
+struct Pace {
+    bucket: Bucket,
+    in_flight: usize,
+}
 
 /// Probes `svc`'s backends on probation until `stop`, looking for new
 /// ones every `scan` ([`PROBE_SCAN`]) and whenever a probe ends.
@@ -73,7 +85,7 @@ pub async fn run(
     let mut ticker = tokio::time::interval(scan);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut probing: HashSet<String> = HashSet::new();
-    let mut pace: HashMap<IpAddr, Bucket> = HashMap::new();
+    let mut hosts: HashMap<IpAddr, Pace> = HashMap::new();
     let mut probes: Concurrent<(std::io::Result<bool>, Arc<Backend>)> = Concurrent::new();
     // Set when a probe could not be started for want of a descriptor:
     // the next one waits for the scan, so a process out of descriptors
@@ -85,10 +97,17 @@ pub async fn run(
             _ = ticker.tick() => {
                 starved = false;
                 let now = Instant::now();
-                pace.retain(|_, bucket| !bucket.is_full(now));
+                hosts.retain(|_, pace| pace.in_flight > 0 || !pace.bucket.is_full(now));
             }
             Some((result, b)) = probes.next(), if !probes.is_empty() => {
                 probing.remove(&b.spec.key);
+                if let Some(pace) = host(&b).and_then(|h| hosts.get_mut(&h)) {
+                    pace.in_flight -= 1;
+                    // Out of descriptors: not a probe of that host.
+                    if result.is_err() {
+                        pace.bucket.give_back();
+                    }
+                }
                 starved |= settle(&svc, &stats, &b, result);
                 if starved {
                     continue;
@@ -99,7 +118,7 @@ pub async fn run(
         let now = Instant::now();
         // Never probed first: a host's pace is not spent on probing its
         // dead records again while its new ones wait.
-        let fresh = |b: &&Arc<Backend>| b.stats.failures.load(Ordering::Relaxed) == 0;
+        let fresh = |b: &&Arc<Backend>| b.stats.failing_in_a_row() == 0;
         let due = snap.backends.iter().filter(|b| due(&svc, b));
         for b in due.clone().filter(fresh).chain(due.filter(|b| !fresh(b))) {
             if probes.len() >= PROBES_AT_ONCE {
@@ -108,14 +127,15 @@ pub async fn run(
             if probing.contains(&b.spec.key) {
                 continue;
             }
-            // Discovered backends have addresses; a name is the user's.
-            if let Some(host) = responder(&b.spec.target).map(|at| at.ip()) {
-                let bucket = pace
-                    .entry(host)
-                    .or_insert_with(|| Bucket::full(HOST_BURST, HOST_REFILL, now));
-                if !bucket.take(now) {
+            if let Some(host) = host(b) {
+                let pace = hosts.entry(host).or_insert_with(|| Pace {
+                    bucket: Bucket::full(HOST_BURST, HOST_REFILL, now),
+                    in_flight: 0,
+                });
+                if pace.in_flight >= HOST_AT_ONCE || !pace.bucket.take(now) {
                     continue;
                 }
+                pace.in_flight += 1;
             }
             probing.insert(b.spec.key.clone());
             let b = b.clone();
@@ -130,6 +150,13 @@ pub async fn run(
             });
         }
     }
+}
+
+/// The host whose share a probe of `b` takes: its first IPv4 address,
+/// as `reconfirm` asks it. Discovered backends have addresses; a name is
+/// the user's, and trusted.
+fn host(b: &Backend) -> Option<IpAddr> {
+    responder(&b.spec.target).map(|at| at.ip())
 }
 
 /// On probation, and not waiting out a failed probe.
@@ -210,21 +237,24 @@ mod tests {
     use crate::backends::table::{BackendSpec, Table, Target, Update};
     use std::net::SocketAddr;
 
-    /// `records` backends that refuse at 127.0.0.1, and one more that
-    /// answers at 127.0.0.2 if `up` is given, on probation in a table,
-    /// probed by [`run`] with `scan`; the table and the stopper.
+    /// Where nothing listens, at 127.0.0.1.
+    fn refusing() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    /// `records` backends at `dead`, and one more at `up` if given, on
+    /// probation in a table, probed by [`run`] with `scan` and a 5 s
+    /// connect timeout; the table and the stopper.
     fn probation(
+        dead: SocketAddr,
         records: usize,
         up: Option<SocketAddr>,
         scan: Duration,
     ) -> (Arc<Table>, CancellationToken, tokio::task::JoinHandle<()>) {
-        let refused = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
         let table = Arc::new(Table::with_probation(Duration::from_secs(60)));
         let targets = (0..records)
-            .map(|i| (format!("dead{i}"), refused))
+            .map(|i| (format!("dead{i}"), dead))
             .chain(up.map(|at| ("up".to_string(), at)));
         for (key, addr) in targets {
             table.apply(Update::Upsert(BackendSpec {
@@ -281,6 +311,7 @@ mod tests {
         // One scan, at the start: the provider is probed when the first
         // probes end.
         let (table, stop, task) = probation(
+            refusing(),
             records,
             Some(up.local_addr().unwrap()),
             Duration::from_secs(3600),
@@ -306,12 +337,17 @@ mod tests {
     async fn a_hosts_new_backend_is_probed_before_its_dead_ones_again() {
         let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let records = 3 * PROBES_AT_ONCE;
-        let (table, stop, task) = probation(records, Some(up.local_addr().unwrap()), PROBE_SCAN);
+        let (table, stop, task) = probation(
+            refusing(),
+            records,
+            Some(up.local_addr().unwrap()),
+            PROBE_SCAN,
+        );
         let snap = table.snapshot();
         // Failed once, their ejection over (the runner has not run yet:
         // the test's runtime has one thread).
         for b in &snap.backends[..records] {
-            b.stats.failures.store(1, Ordering::Relaxed);
+            b.stats.set_failing_in_a_row(1);
         }
         let provider = snap.backends[records].clone();
         let end = Instant::now() + Duration::from_secs(15);
@@ -325,12 +361,47 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// A host whose records never answer, each probe waiting out the
+    /// connect timeout, holds half the slots: a provider at another host
+    /// is probed at once, not once those probes time out.
+    #[tokio::test]
+    async fn a_host_that_drops_syns_leaves_room_for_others() {
+        // A listener that never accepts, its queue full: the kernel drops
+        // further SYNs.
+        let sink = tokio::net::TcpSocket::new_v4().unwrap();
+        sink.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        let at = sink.local_addr().unwrap();
+        let _sink = sink.listen(0).unwrap();
+        let mut filled = Vec::new();
+        let connect = || tokio::net::TcpStream::connect(at);
+        while let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(300), connect()).await {
+            filled.push(c);
+        }
+        let up = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let records = 2 * PROBES_AT_ONCE;
+        let start = Instant::now();
+        let (table, stop, task) =
+            probation(at, records, Some(up.local_addr().unwrap()), PROBE_SCAN);
+        let provider = table.snapshot().backends[records].clone();
+        // Well within the 5 s connect timeout.
+        let end = start + Duration::from_secs(2);
+        while !table.is_proven(&provider.stats) {
+            assert!(
+                Instant::now() < end,
+                "the provider waited behind probes that time out"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        task.await.unwrap();
+    }
+
     /// One host's backends are probed at its pace, and all in time.
     #[tokio::test]
     async fn one_hosts_backends_are_probed_at_its_pace() {
         let records = 3 * PROBES_AT_ONCE;
         let start = Instant::now();
-        let (table, stop, task) = probation(records, None, PROBE_SCAN);
+        let (table, stop, task) = probation(refusing(), records, None, PROBE_SCAN);
         let end = start + Duration::from_secs(30);
         loop {
             let probed = probed(&table, records);
