@@ -91,12 +91,18 @@ impl Mesh {
         assert_eq!(failed_requests(self.client(), 20, "h1"), 0);
     }
 
+    /// The stranger announces `n` dead `redis` instances `<prefix>-<i>`,
+    /// on its one host, until the rogue returned is dropped.
+    fn announce(&self, prefix: &str, n: usize) -> Rogue {
+        let stranger = self.stranger();
+        let fakes = FakeInstance::many(prefix, n, "redis", DEAD_PORTS, stranger.ip.into());
+        Rogue::start(stranger, fakes)
+    }
+
     /// The stranger announces `ONE_OFF` dead instances once, on one host,
     /// and is gone; when it was done.
     fn flood_once(&self) -> std::time::Instant {
-        let stranger = self.stranger();
-        let fakes = FakeInstance::many("gone", ONE_OFF, "redis", DEAD_PORTS, stranger.ip.into());
-        let rogue = Rogue::start(stranger, fakes);
+        let rogue = self.announce("gone", ONE_OFF);
         assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
         drop(rogue);
         std::time::Instant::now()
@@ -149,9 +155,7 @@ const ALL_PROBED_WITHIN: Duration = Duration::from_secs(180);
 #[test]
 fn hundreds_of_dead_instances_take_no_client() {
     let mesh = Mesh::start(&[]);
-    let stranger = mesh.stranger();
-    let fakes = FakeInstance::many("dead", 500, "redis", DEAD_PORTS, stranger.ip.into());
-    let _rogue = Rogue::start(stranger, fakes);
+    let _rogue = mesh.announce("dead", 500);
     // Clients arrive while the fakes join and are being probed.
     mesh.wait_log(&["backend joined", "instance=dead-"], 100);
     let failed = failed_requests(mesh.client(), 100, "h1");
@@ -181,9 +185,7 @@ fn hundreds_of_dead_instances_take_no_client() {
 #[test]
 fn with_a_key_hundreds_of_dead_instances_never_even_join() {
     let mesh = Mesh::keyed();
-    let stranger = mesh.stranger();
-    let fakes = FakeInstance::many("dead", 500, "redis", DEAD_PORTS, stranger.ip.into());
-    let _rogue = Rogue::start(stranger, fakes);
+    let _rogue = mesh.announce("dead", 500);
     mesh.wait_log(
         &["ignoring an mDNS instance: unsigned", "instance=\"dead-"],
         500,
@@ -212,9 +214,7 @@ fn rss_kib(p: &Proc) -> u64 {
 fn ten_thousand_fake_instances_stay_within_the_cap() {
     let mesh = Mesh::start(&[]);
     let before = rss_kib(&mesh.consumer);
-    let stranger = mesh.stranger();
-    let fakes = FakeInstance::many("flood", 10_000, "redis", DEAD_PORTS, stranger.ip.into());
-    let rogue = Rogue::start(stranger, fakes);
+    let rogue = mesh.announce("flood", 10_000);
     // The table fills up to its cap; then newcomers replace fakes that
     // failed their probe, or are turned away.
     let capped = wait_until(DEADLINE, || {
@@ -340,9 +340,7 @@ const RECOVERED_WITHIN: std::time::Duration = std::time::Duration::from_secs(420
 #[test]
 fn news_dropped_in_a_flood_is_recovered_once_it_ebbs() {
     let mesh = Mesh::start_with(Lab::new(4), &[], &[]);
-    let stranger = mesh.stranger();
-    let fakes = FakeInstance::many("flood", 10_000, "redis", DEAD_PORTS, stranger.ip.into());
-    let rogue = Rogue::start(stranger, fakes);
+    let rogue = mesh.announce("flood", 10_000);
     let dropping = wait_until(RECOVERED_WITHIN, || {
         log_lines(
             &mesh.consumer,
@@ -670,9 +668,7 @@ const PERSISTENT_WATCH: Duration = Duration::from_secs(100);
 #[test]
 fn a_stranger_who_keeps_announcing_dead_instances_gets_one_clearing() {
     let mesh = Mesh::start(&[]);
-    let stranger = mesh.stranger();
-    let fakes = FakeInstance::many("stay", 40, "redis", DEAD_PORTS, stranger.ip.into());
-    let _rogue = Rogue::start(stranger, fakes);
+    let _rogue = mesh.announce("stay", 40);
     let flood = ["failed their probes at once", "clearing the cache"];
     mesh.wait_log(&flood, 1);
     let cleared_again = wait_until(PERSISTENT_WATCH, || log_lines(&mesh.consumer, &flood) > 1);

@@ -35,13 +35,9 @@ impl Names {
     }
 
     /// How many are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.order.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
     }
 
     /// The names, oldest first.

@@ -294,6 +294,14 @@ mod tests {
             .count()
     }
 
+    /// Waits until `b` is proven, failing with `never` past `end`.
+    async fn wait_proven(table: &Table, b: &Backend, end: Instant, never: &str) {
+        while !table.is_proven(&b.stats) {
+            assert!(Instant::now() < end, "{never}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Most probes of one host's backends by `elapsed` after the start.
     fn paced_most(elapsed: Duration) -> usize {
         HOST_BURST as usize + (elapsed.as_nanos() / HOST_REFILL.as_nanos()) as usize
@@ -317,14 +325,8 @@ mod tests {
             Duration::from_secs(3600),
         );
         let provider = table.snapshot().backends[records].clone();
-        let end = start + Duration::from_secs(15);
-        while !table.is_proven(&provider.stats) {
-            assert!(
-                Instant::now() < end,
-                "the provider behind {records} refusing records was never probed"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let never = format!("the provider behind {records} refusing records was never probed");
+        wait_proven(&table, &provider, start + Duration::from_secs(15), &never).await;
         let probed = probed(&table, records);
         assert!(probed <= paced_most(start.elapsed()), "{probed} probed");
         stop.cancel();
@@ -351,10 +353,7 @@ mod tests {
         }
         let provider = snap.backends[records].clone();
         let end = Instant::now() + Duration::from_secs(15);
-        while !table.is_proven(&provider.stats) {
-            assert!(Instant::now() < end, "the new backend was never probed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_proven(&table, &provider, end, "the new backend was never probed").await;
         let probed = probed(&table, records);
         assert!(probed < records, "all {probed} dead records probed first");
         stop.cancel();
@@ -385,13 +384,8 @@ mod tests {
         let provider = table.snapshot().backends[records].clone();
         // Well within the 5 s connect timeout.
         let end = start + Duration::from_secs(2);
-        while !table.is_proven(&provider.stats) {
-            assert!(
-                Instant::now() < end,
-                "the provider waited behind probes that time out"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let never = "the provider waited behind probes that time out";
+        wait_proven(&table, &provider, end, never).await;
         stop.cancel();
         task.await.unwrap();
     }

@@ -17,13 +17,14 @@
 //! which paces clearings). Verifying even one would cost more than the
 //! clearing: a flood from one machine shares its host name, and the
 //! expiry of that host's address (a verification's result) makes mdns-sd
-//! ask about every one of its instances four times. The clearing drops every record of the type at
-//! once, the fresh browse relearns the live instances from their answers,
-//! and what it does not find is swept once its responder does not answer
-//! for it (see `reconfirm`: a unicast question to one host, not a
-//! multicast to all). Fewer are verified, [`BURST`] at once, then one per
-//! [`REFILL`]; the rest are let be, and reported again at their next
-//! failed probe (30 s later, then less and less often).
+//! ask about every one of its instances four times. The clearing drops
+//! every record of the type at once, the fresh browse relearns the live
+//! instances from their answers, and what it does not find is swept once
+//! its responder does not answer for it (see `reconfirm`: a unicast
+//! question to one host, not a multicast to all). Fewer are verified,
+//! [`BURST`] at once, then one per [`REFILL`]; the rest are let be, and
+//! reported again at their next failed probe (30 s later, then less and
+//! less often).
 //!
 //! A clearing does nothing against a stranger who keeps announcing: its
 //! instances come back and fail again. One that does (an instance of a
