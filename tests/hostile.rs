@@ -6,12 +6,13 @@
 
 mod common;
 
+use std::borrow::Borrow;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_amb_lab::{wait_for, wait_until, FakeInstance, Host, Lab, Proc, Rogue};
+use mesh_amb_lab::{wait_for, wait_until, FakeInstance, Host, Impairment, Lab, Proc, Rogue};
 
 use common::mesh::*;
 
@@ -40,8 +41,8 @@ fn failed_requests(client: &Host, n: usize, want: &str) -> usize {
 
 /// h1: Redis and its provider; h3: a consumer of `redis`, already routed to
 /// h1; h2 is left to the stranger. `security` goes to both mesh-amb nodes.
-struct Mesh {
-    lab: Lab,
+struct Mesh<L: Borrow<Lab> = Lab> {
+    lab: L,
     _redis: Proc,
     _provider: Proc,
     consumer: Proc,
@@ -58,9 +59,12 @@ impl Mesh {
         let key = keygen(lab.dir(), "cluster.key");
         Mesh::start_with(lab, &["--cluster-key", key.to_str().unwrap()], &[])
     }
+}
 
-    fn start_with(lab: Lab, security: &[&str], consumer_args: &[&str]) -> Mesh {
-        let h1 = lab.host("h1");
+impl<L: Borrow<Lab>> Mesh<L> {
+    fn start_with(lab: L, security: &[&str], consumer_args: &[&str]) -> Mesh<L> {
+        let hosts: &Lab = lab.borrow();
+        let h1 = hosts.host("h1");
         let redis = redis(h1, REDIS_PORT);
         let mut args = vec!["--provide", "redis:7000", "--node-id", "real"];
         args.extend_from_slice(security);
@@ -69,8 +73,8 @@ impl Mesh {
         let mut args = vec!["--consume", &consume];
         args.extend_from_slice(security);
         args.extend_from_slice(consumer_args);
-        let consumer = amb_info(lab.host("h3"), &args);
-        let routed = wait_until(DEADLINE, || failed_requests(lab.host("h3"), 1, "h1") == 0);
+        let consumer = amb_info(hosts.host("h3"), &args);
+        let routed = wait_until(DEADLINE, || failed_requests(hosts.host("h3"), 1, "h1") == 0);
         assert!(routed, "never routed to h1:\n{}", consumer.output_tail(40));
         Mesh {
             lab,
@@ -128,12 +132,16 @@ impl Mesh {
         (before, self.sent() - before)
     }
 
+    fn lab(&self) -> &Lab {
+        self.lab.borrow()
+    }
+
     fn stranger(&self) -> &Host {
-        self.lab.host("h2")
+        self.lab().host("h2")
     }
 
     fn client(&self) -> &Host {
-        self.lab.host("h3")
+        self.lab().host("h3")
     }
 
     /// Waits until the consumer's log holds `n` lines with all of `words`.
@@ -354,7 +362,7 @@ fn news_dropped_in_a_flood_is_recovered_once_it_ebbs() {
     );
     // While events are being dropped: the real provider leaves (its
     // goodbye is news), and another one arrives.
-    let h4 = mesh.lab.host("h4");
+    let h4 = mesh.lab().host("h4");
     let _late_redis = redis(h4, REDIS_PORT);
     let _late = amb_info(h4, &["--provide", "redis:7000", "--node-id", "late"]);
     let mut provider = mesh._provider;
@@ -533,6 +541,48 @@ fn a_live_provider_whose_goodbye_a_stranger_keeps_saying_is_not_swept() {
     let served = wait_until(DEADLINE, || failed_requests(mesh.client(), 1, "h1") == 0);
     assert!(served, "{}", mesh.consumer.output_tail(40));
     assert_eq!(failed_requests(mesh.client(), 20, "h1"), 0);
+}
+
+/// Dead `redis` instances the stranger announces once to make the consumer
+/// clear its cache: more than `verifying` needs failing within a second
+/// (16), few enough for the impaired lab's hub to carry at once.
+const CLEARING_FLOOD: usize = 64;
+
+/// A live provider whose responder hears nothing while the consumer
+/// sweeps after a flood is kept. At 64 hosts one node's mdns-sd fell
+/// behind a flood and answered nothing for about 10 s, and the sweeps of
+/// 29 consumers, whose fresh browses lacked it, asked it three times in 2
+/// s and took it out of their tables. Here its host's port 5353 hears
+/// nothing until the consumer has found its process alive on the ring
+/// link; the consumer asks the responder again until it answers (or the
+/// provider's own answers resolve it again first). Without the link's
+/// answer, the sweep removes the provider after its three questions.
+#[test]
+fn a_live_provider_whose_responder_is_deaf_at_a_sweep_is_kept() {
+    let mesh = Mesh::start_with(Lab::impaired(3, Impairment::NONE), &[], &[]);
+    let consumer = &mesh.consumer;
+    let swept = |c: &Proc| log_lines(c, &["gone from the mDNS cache", "instance=redis@real"]) > 0;
+    let busy = |c: &Proc| log_lines(c, &["answers on its ring link", "instance=redis@real"]) > 0;
+    let kept = |c: &Proc| {
+        log_lines(c, &["still answers for itself", "instance=redis@real"])
+            + log_lines(c, &["resolved again while", "instance=redis@real"])
+            > 0
+    };
+    mesh.lab.hub().deafen("h1", Some(5353));
+    let rogue = mesh.announce("deaf", CLEARING_FLOOD);
+    assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
+    drop(rogue);
+    let asked = wait_until(CLEARED_WITHIN, || busy(consumer) || swept(consumer));
+    mesh.lab.hub().deafen("h1", None);
+    assert!(
+        asked && !swept(consumer),
+        "the sweep did not wait for the deaf provider ({} clearings):\n{}",
+        clearings(consumer),
+        consumer.output_tail(40)
+    );
+    let judged = wait_until(CLEARED_WITHIN, || kept(consumer) || swept(consumer));
+    assert!(judged && !swept(consumer), "{}", consumer.output_tail(40));
+    mesh.assert_provider_kept();
 }
 
 /// The clearings a consumer made, but for those that found no browse to

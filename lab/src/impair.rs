@@ -2,6 +2,7 @@
 //! userspace hub between them (why, and what it does: the crate docs,
 //! "Impaired links").
 
+use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -87,6 +88,13 @@ impl Deref for ImpairedLab {
     type Target = Lab;
 
     fn deref(&self) -> &Lab {
+        &self.lab
+    }
+}
+
+/// So that code holding either kind of lab can take both.
+impl Borrow<Lab> for ImpairedLab {
+    fn borrow(&self) -> &Lab {
         &self.lab
     }
 }

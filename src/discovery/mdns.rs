@@ -879,7 +879,10 @@ pub async fn browse(
                         );
                         for (key, target) in lacking {
                             match reconfirm::responder(&target) {
-                                Some(at) => ctx.asking.ask(key, at),
+                                Some(at) => {
+                                    let node = ctx.ring.owner(&key).and_then(|(_, p)| p.link_at());
+                                    ctx.asking.ask(key, at, node);
+                                }
                                 None => sweep(&services, &key),
                             }
                         }
@@ -1099,7 +1102,9 @@ impl Browsing<'_> {
     fn event(&mut self, ev: ServiceEvent) {
         match ev {
             ServiceEvent::ServiceResolved(r) => {
-                self.asking.resolved(&r.fullname);
+                if self.asking.resolved(&r.fullname) {
+                    info!(instance = %r.fullname, "a backend the restarted browse's replay lacked resolved again while its responder was asked about it; kept");
+                }
                 if self.pending.remove(&r.fullname).is_some() {
                     debug!(instance = %r.fullname, "mDNS reported an instance gone and resolved it again; it stays");
                 }

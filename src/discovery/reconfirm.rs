@@ -30,6 +30,23 @@
 //! again, about 80 questions per node for one flood in an 8-host lab,
 //! where one question now does.
 //!
+//! A responder can fall silent while its node lives: at 64 hosts on two
+//! cores, one node's mdns-sd fell behind a stranger's flood of 1,000
+//! records (thousands of datagrams lost from its receive buffer) and
+//! answered nothing for about 10 s, while 29 consumers' sweeps asked it
+//! within 2 s each and took its live provider out of their tables. So
+//! when a responder leaves the questions about its first instance
+//! unanswered and that instance is a mesh-amb node's, the node's process
+//! is asked on its ring link (see `link`: it echoes a byte), and while it
+//! answers, the responder is asked again after each of `BUSY_PAUSES`,
+//! about 25 s in all. A process that is gone refuses the link, and its
+//! instance is swept as before. Only a responder's first instance waits
+//! so: its others are asked once it has answered or the waits are over,
+//! so a stranger whose fake nodes name a link that echoes buys one such
+//! wait per responder address, not one per fake. The cost: a live node
+//! that withdrew the instance, its goodbye lost, does not answer for it
+//! either, and it stays those 25 s longer.
+//!
 //! Limits. An answer says the responder holds the instance, not that our
 //! cache does: one that answers unicast but whose multicast never reaches
 //! us keeps its backend until a later sweep. The backend is swept as
@@ -48,8 +65,9 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::task::{AbortHandle, JoinSet};
-use tracing::debug;
+use tracing::{debug, info};
 
+use super::link::Link;
 use super::wire::{question, MDNS_PORT, TYPE_SRV};
 use super::witness::{answered, unspecified, Probe};
 use crate::backends::table::Target;
@@ -64,16 +82,38 @@ pub const ASKS: u32 = 3;
 /// Questions in flight at once; the rest wait their turn. A sweep after a
 /// flood may lack hundreds of the flood's dead instances.
 const MOST_AT_ONCE: usize = 32;
+/// The waits before a silent responder, whose node's process answers on
+/// its ring link, is asked again: with the questions, about 25 s in all,
+/// over twice the silence seen (see the module docs).
+const BUSY_PAUSES: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+];
+/// How long the ring link may take to echo: a live process echoes at
+/// once, and one that is gone refuses it; a host gone without a word
+/// fails the connect within `link::CONNECT_TIMEOUT`.
+const ECHO_WITHIN: Duration = Duration::from_secs(3);
+
+/// One instance to ask about.
+struct Ask {
+    instance: String,
+    responder: SocketAddr,
+    /// The ring link of the mesh-amb node that announced it, if known.
+    node: Option<SocketAddr>,
+}
+
 /// The instances being asked about.
 #[derive(Default)]
 pub struct Reconfirms {
     running: JoinSet<(String, SocketAddr, Probe)>,
     /// The running questions, by instance, with the responder asked.
     asking: HashMap<String, (AbortHandle, SocketAddr)>,
-    /// Those waiting for room, with the responder to ask.
-    waiting: VecDeque<(String, SocketAddr)>,
+    /// Those waiting for room.
+    waiting: VecDeque<Ask>,
     /// Those waiting for their responder's first answer, by responder.
-    parked: HashMap<SocketAddr, Vec<String>>,
+    parked: HashMap<SocketAddr, Vec<Ask>>,
     /// The instances in `waiting` and `parked`.
     queued: HashSet<String>,
     /// Responders that refused a question: the instances waiting for them
@@ -92,18 +132,25 @@ pub struct Reconfirms {
 
 impl Reconfirms {
     /// Asks the responder at `responder` whether it still holds
-    /// `instance`, unless that is already being asked.
-    pub fn ask(&mut self, instance: String, responder: SocketAddr) {
+    /// `instance`, unless that is already being asked; `node` is the ring
+    /// link of the mesh-amb node that announced it, if known, which
+    /// answers for the node's process when the responder does not.
+    pub fn ask(&mut self, instance: String, responder: SocketAddr, node: Option<SocketAddr>) {
         if self.asking.contains_key(&instance) || !self.queued.insert(instance.clone()) {
             return;
         }
+        let ask = Ask {
+            instance,
+            responder,
+            node,
+        };
         // A sweep asks about thousands at once: they must not be looked
         // through again at each.
         if self.scouted.contains(&responder) {
-            self.parked.entry(responder).or_default().push(instance);
+            self.parked.entry(responder).or_default().push(ask);
             return;
         }
-        self.waiting.push_back((instance, responder));
+        self.waiting.push_back(ask);
         self.fill();
     }
 
@@ -113,8 +160,9 @@ impl Reconfirms {
     }
 
     /// `instance` resolved again meanwhile: it lives, whatever its
-    /// responder says.
-    pub fn resolved(&mut self, instance: &str) {
+    /// responder says. Whether it was being asked about, or waited.
+    pub fn resolved(&mut self, instance: &str) -> bool {
+        let held = self.holds(instance);
         if let Some((task, at)) = self.asking.remove(instance) {
             task.abort();
             // It may have been the one question to its responder: the
@@ -125,14 +173,15 @@ impl Reconfirms {
             }
         }
         if self.queued.remove(instance) {
-            self.waiting.retain(|(i, _)| i != instance);
+            self.waiting.retain(|a| a.instance != instance);
             for parked in self.parked.values_mut() {
-                parked.retain(|i| i != instance);
+                parked.retain(|a| a.instance != instance);
             }
         }
         if !self.ready.is_empty() {
             self.ready.retain(|(i, _)| i != instance);
         }
+        held
     }
 
     /// The next answer: an instance, and whether its responder holds it.
@@ -180,29 +229,36 @@ impl Reconfirms {
     /// `responder`'s scouting is over: its parked instances wait for
     /// room like the others.
     fn unpark(&mut self, responder: SocketAddr) {
-        for instance in self.parked.remove(&responder).unwrap_or_default() {
-            self.waiting.push_back((instance, responder));
-        }
+        self.waiting
+            .extend(self.parked.remove(&responder).unwrap_or_default());
     }
 
     fn fill(&mut self) {
         while self.asking.len() < MOST_AT_ONCE {
-            let Some((instance, responder)) = self.waiting.pop_front() else {
+            let Some(ask) = self.waiting.pop_front() else {
                 break;
             };
-            if self.refused.contains(&responder) {
-                self.queued.remove(&instance);
-                self.ready.push_back((instance, false));
+            if self.refused.contains(&ask.responder) {
+                self.queued.remove(&ask.instance);
+                self.ready.push_back((ask.instance, false));
                 continue;
             }
-            if !self.known.contains(&responder) && !self.scouted.insert(responder) {
-                self.parked.entry(responder).or_default().push(instance);
+            let scout = !self.known.contains(&ask.responder);
+            if scout && !self.scouted.insert(ask.responder) {
+                self.parked.entry(ask.responder).or_default().push(ask);
                 continue;
             }
+            let Ask {
+                instance,
+                responder,
+                node,
+            } = ask;
             self.queued.remove(&instance);
             let name = instance.clone();
+            // Only a responder's first question waits for a busy one.
+            let node = node.filter(|_| scout);
             let task = self.running.spawn(async move {
-                let held = holds(&name, responder).await;
+                let held = holds(&name, responder, node).await;
                 (name, responder, held)
             });
             self.asking.insert(instance, (task, responder));
@@ -222,10 +278,32 @@ pub fn responder(target: &Target) -> Option<SocketAddr> {
     Some(at)
 }
 
-/// What the responder at `responder` says of `instance`. Each question
-/// goes from a socket of its own: a host whose port 5353 several daemons
-/// share hands each source port to one of them.
-async fn holds(instance: &str, responder: SocketAddr) -> Probe {
+/// What the responder at `responder` says of `instance`, asked again
+/// after each of [`BUSY_PAUSES`] while it is silent and the process at
+/// the ring link `node` answers.
+async fn holds(instance: &str, responder: SocketAddr, node: Option<SocketAddr>) -> Probe {
+    let mut pauses = BUSY_PAUSES.iter();
+    loop {
+        let said = asked(instance, responder).await;
+        let (Probe::Silent, Some(node), Some(pause)) = (&said, node, pauses.next()) else {
+            return said;
+        };
+        if !Link::default().answers(node, ECHO_WITHIN).await {
+            return said;
+        }
+        info!(
+            instance = %instance,
+            %node,
+            "the responder of a backend the restarted browse's replay lacked is silent, but its node's process answers on its ring link (a responder behind a flood); asking again"
+        );
+        tokio::time::sleep(*pause).await;
+    }
+}
+
+/// What the responder at `responder` says of `instance`, in up to
+/// [`ASKS`] questions. Each goes from a socket of its own: a host whose
+/// port 5353 several daemons share hands each source port to one of them.
+async fn asked(instance: &str, responder: SocketAddr) -> Probe {
     for _ in 0..ASKS {
         // Connected, so that a host with nothing on port 5353 says so at
         // once (ICMP port unreachable comes back as ECONNREFUSED).
@@ -303,12 +381,12 @@ mod tests {
     #[tokio::test]
     async fn an_answer_keeps_the_backend_and_refusals_sweep_more_than_fit_in_flight() {
         let mut r = Reconfirms::default();
-        r.ask("live".into(), responder_answering(1).await);
+        r.ask("live".into(), responder_answering(1).await, None);
         assert_eq!(r.next().await, ("live".to_string(), true));
         // Nothing listens: each is swept, however many wait their turn.
         let dead = nobody();
         for i in 0..MOST_AT_ONCE * 3 {
-            r.ask(format!("gone-{i}"), dead);
+            r.ask(format!("gone-{i}"), dead, None);
         }
         let mut outcomes = Vec::new();
         while let Some(o) = next_within(&mut r, ASK_TIMEOUT * ASKS * 2).await {
@@ -332,7 +410,7 @@ mod tests {
         let at = sock.local_addr().unwrap();
         let mut r = Reconfirms::default();
         for i in ["a", "b", "c"] {
-            r.ask(i.into(), at);
+            r.ask(i.into(), at, None);
         }
         let mut buf = [0u8; 512];
         let (n, from) = sock.recv_from(&mut buf).await.unwrap();
@@ -358,17 +436,91 @@ mod tests {
         assert_eq!(rest, [("b".into(), true), ("c".into(), true)]);
     }
 
+    /// A node's ring link on loopback, served while the token lives.
+    async fn node_link() -> (SocketAddr, tokio_util::sync::DropGuard) {
+        let listener = super::super::link::bind().unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(super::super::link::serve(listener, stop.clone()));
+        (SocketAddr::from(([127, 0, 0, 1], port)), stop.drop_guard())
+    }
+
+    /// Reads one question at `sock` within `wait`; whom to answer, and how.
+    async fn question_within(sock: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+        let mut buf = [0u8; 512];
+        let (n, from) = tokio::time::timeout(wait, sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
+        Some((answer(&buf[..n]), from))
+    }
+
+    #[tokio::test]
+    async fn a_silent_responder_whose_node_answers_on_its_link_is_asked_again() {
+        let (node, _serving) = node_link().await;
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut r = Reconfirms::default();
+        r.ask("busy".into(), sock.local_addr().unwrap(), Some(node));
+        // Silent through a whole round: not swept, since its process
+        // echoes; the next round comes after the first pause.
+        let round = ASK_TIMEOUT * (ASKS + 1);
+        for _ in 0..ASKS {
+            assert!(question_within(&sock, round).await.is_some());
+        }
+        let (reply, from) = question_within(&sock, round + ECHO_WITHIN + BUSY_PAUSES[0])
+            .await
+            .expect("asked again while its node answers");
+        sock.send_to(&reply, from).await.unwrap();
+        assert_eq!(r.next().await, ("busy".to_string(), true));
+    }
+
+    #[tokio::test]
+    async fn only_a_responders_first_question_waits_for_its_node() {
+        let (node, _serving) = node_link().await;
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let at = sock.local_addr().unwrap();
+        let mut r = Reconfirms::default();
+        r.ask("first".into(), at, Some(node));
+        let (reply, from) = question_within(&sock, ASK_TIMEOUT).await.unwrap();
+        sock.send_to(&reply, from).await.unwrap();
+        assert_eq!(r.next().await, ("first".to_string(), true));
+        // It answered once: a silence now is the instance's, swept after
+        // one round whatever its node says.
+        r.ask("second".into(), at, Some(node));
+        assert_eq!(
+            next_within(&mut r, ASK_TIMEOUT * (ASKS + 1)).await,
+            Some(("second".to_string(), false))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_responder_whose_node_is_gone_is_swept_after_one_round() {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut r = Reconfirms::default();
+        // Nothing listens at the link: the process is gone.
+        r.ask("gone".into(), sock.local_addr().unwrap(), Some(nobody()));
+        assert_eq!(
+            next_within(&mut r, ASK_TIMEOUT * (ASKS + 1)).await,
+            Some(("gone".to_string(), false))
+        );
+        let mut asked = 0;
+        while question_within(&sock, Duration::ZERO).await.is_some() {
+            asked += 1;
+        }
+        assert_eq!(asked, ASKS);
+    }
+
     #[tokio::test]
     async fn an_instance_resolved_again_meanwhile_is_left_alone() {
         let mut r = Reconfirms::default();
         // A responder that never answers: the question runs its course.
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        r.ask("back".into(), silent.local_addr().unwrap());
-        r.ask("back".into(), silent.local_addr().unwrap());
+        r.ask("back".into(), silent.local_addr().unwrap(), None);
+        r.ask("back".into(), silent.local_addr().unwrap(), None);
         r.resolved("back");
         assert_eq!(next_within(&mut r, ASK_TIMEOUT * (ASKS + 1)).await, None);
         // Asked again afterwards, it is asked afresh.
-        r.ask("back".into(), responder_answering(1).await);
+        r.ask("back".into(), responder_answering(1).await, None);
         assert_eq!(r.next().await, ("back".to_string(), true));
     }
 }

@@ -240,6 +240,13 @@ pub struct Peer {
     pub since: tokio::time::Instant,
 }
 
+impl Peer {
+    /// Where its ring link is, if it advertises one and can be probed.
+    pub fn link_at(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::new(self.addr?, self.link?))
+    }
+}
+
 /// The ring as this node sees it: every mesh-amb node that advertises,
 /// by node id.
 #[derive(Debug, Default)]
@@ -446,7 +453,7 @@ async fn watch_one(
         }
     };
     tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
-    let link_to = peer.link.map(|port| SocketAddr::new(addr, port));
+    let link_to = peer.link_at();
     let mut link = Link::default();
     link.ask_beats(Some(linked_period(*size.borrow())));
     if let Some(to) = link_to {
