@@ -463,7 +463,9 @@ impl Link {
     /// link is up (its connect may have been lost in the same burst). A
     /// link that fails or closes is down afterwards; one that stays silent
     /// (a stopped process, a host gone without a word) stays up, and the
-    /// next probe asks again.
+    /// next probe asks again. Only the echo counts: a port that greets
+    /// with a banner of its own (SSH, SMTP), which a stranger's record may
+    /// name, is not a node.
     pub async fn answers(&mut self, to: SocketAddr, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         if tokio::time::timeout_at(deadline, self.connect(to))
@@ -477,10 +479,12 @@ impl Link {
         };
         let ping = async {
             stream.write_all(&[PING]).await?;
+            // Echoes of earlier pings that timed out may come first.
             let mut buf = [0u8; 64];
             match stream.read(&mut buf).await? {
                 0 => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
-                _ => Ok(()),
+                n if buf[..n].iter().all(|&b| b == PING) => Ok(()),
+                _ => Err(std::io::Error::other("not an echo")),
             }
         };
         match tokio::time::timeout_at(deadline, ping).await {
@@ -627,6 +631,19 @@ mod tests {
         assert!(!link.answers(to, QUICK).await, "an answer from a mute peer");
         assert!(started.elapsed() >= QUICK);
         assert!(link.is_up(), "a silent link is not a closed one");
+    }
+
+    #[tokio::test]
+    async fn a_port_that_greets_with_a_banner_does_not_answer() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let to = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = server.accept().await.unwrap();
+            s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n").await.unwrap();
+            drain(&mut s).await;
+        });
+        let mut link = Link::default();
+        assert!(!link.answers(to, QUICK).await, "a banner taken for an echo");
     }
 
     #[tokio::test]

@@ -877,6 +877,7 @@ pub async fn browse(
                             lacking = lacking.len(),
                             "the restarted browse's replay is whole; asking the responders of the backends it lacks before sweeping them"
                         );
+                        ctx.asking.sweep_starts();
                         for (key, target) in lacking {
                             match reconfirm::responder(&target) {
                                 Some(at) => {
@@ -1102,9 +1103,6 @@ impl Browsing<'_> {
     fn event(&mut self, ev: ServiceEvent) {
         match ev {
             ServiceEvent::ServiceResolved(r) => {
-                if self.asking.resolved(&r.fullname) {
-                    info!(instance = %r.fullname, "a backend the restarted browse's replay lacked resolved again while its responder was asked about it; kept");
-                }
                 if self.pending.remove(&r.fullname).is_some() {
                     debug!(instance = %r.fullname, "mDNS reported an instance gone and resolved it again; it stays");
                 }
@@ -1117,6 +1115,11 @@ impl Browsing<'_> {
                 );
                 match seen {
                     Ok(peer) => {
+                        // A record this node refuses (a stranger's, unsealed
+                        // or stale) says nothing about the instance.
+                        if self.asking.resolved(&r.fullname) {
+                            info!(instance = %r.fullname, "a backend the restarted browse's replay lacked resolved again while its responder was asked about it; not swept");
+                        }
                         if let Some(node) = r.get_property_val_str("node") {
                             let link = wire::link_port(|k| r.get_property_val_str(k));
                             self.ring.seen(node, &r.fullname, &peer, link);

@@ -40,17 +40,21 @@
 //! is asked on its ring link (see `link`: it echoes a byte), and while it
 //! answers, the responder is asked again after each of `BUSY_PAUSES`,
 //! about 25 s in all. A process that is gone refuses the link, and its
-//! instance is swept as before. Only a responder's first instance waits
-//! so: its others are asked once it has answered or the waits are over,
-//! so a stranger whose fake nodes name a link that echoes buys one such
-//! wait per responder address, not one per fake. The cost: a live node
+//! instance is swept as before. Only a responder's first instance that
+//! names a node waits so (an instance that names none is asked first if
+//! it comes first, then one that does): its others are asked once it has
+//! answered or the waits are over. Only a link at the responder's own
+//! address counts, and only the byte sent back counts as its echo: a
+//! stranger whose fake nodes name links buys one wait per live mesh-amb
+//! node on the link, not one per fake. The cost: a live node
 //! that withdrew the instance, its goodbye lost, does not answer for it
 //! either, and it stays those 25 s longer.
 //!
 //! Limits. An answer says the responder holds the instance, not that our
 //! cache does: one that answers unicast but whose multicast never reaches
 //! us keeps its backend until a later sweep. The backend is swept as
-//! before when its responder cannot answer: it is not at the backend's
+//! before (a mesh node's after the waits, its process answering) when its
+//! responder cannot answer: it is not at the backend's
 //! first IPv4 address, or answers from another of its addresses (the
 //! socket is connected, for the refusals); it runs on this host, where
 //! the question comes in over loopback, on which a node restricted to
@@ -107,7 +111,9 @@ struct Ask {
 /// The instances being asked about.
 #[derive(Default)]
 pub struct Reconfirms {
-    running: JoinSet<(String, SocketAddr, Probe)>,
+    /// Each question's instance, responder, outcome, and whether it
+    /// waited for a busy responder.
+    running: JoinSet<(String, SocketAddr, Probe, bool)>,
     /// The running questions, by instance, with the responder asked.
     asking: HashMap<String, (AbortHandle, SocketAddr)>,
     /// Those waiting for room.
@@ -139,6 +145,9 @@ impl Reconfirms {
         if self.asking.contains_key(&instance) || !self.queued.insert(instance.clone()) {
             return;
         }
+        // A stranger's fake node may name any host's link: only a process
+        // at the responder's own address speaks for it.
+        let node = node.filter(|n| n.ip() == responder.ip());
         let ask = Ask {
             instance,
             responder,
@@ -198,7 +207,7 @@ impl Reconfirms {
                 self.known.clear();
                 return std::future::pending().await;
             };
-            let Ok((id, (instance, at, held))) = done else {
+            let Ok((id, (instance, at, held, waited))) = done else {
                 // Aborted: it resolved again.
                 self.fill();
                 continue;
@@ -211,19 +220,49 @@ impl Reconfirms {
                 .is_some_and(|(t, _)| t.id() == id)
             {
                 self.asking.remove(&instance);
-                if matches!(held, Probe::Refused) {
-                    self.refused.insert(at);
-                } else {
-                    self.known.insert(at);
-                }
-                if self.scouted.remove(&at) {
-                    self.unpark(at);
+                let scout = self.scouted.remove(&at);
+                // Its first instance named no node (a stranger's, at a
+                // node's address, or one past the ring's list of a node's
+                // instances): one that does is asked next, with the waits.
+                let silent = matches!(held, Probe::Silent);
+                let relayed = scout && silent && !waited && self.relay(at);
+                if !relayed {
+                    if matches!(held, Probe::Refused) {
+                        self.refused.insert(at);
+                    } else {
+                        self.known.insert(at);
+                    }
+                    if scout {
+                        self.unpark(at);
+                    }
                 }
                 self.ready
                     .push_back((instance, matches!(held, Probe::Answered)));
             }
             self.fill();
         }
+    }
+
+    /// Makes a parked instance of `responder` that names its node the next
+    /// to ask, if there is one (see `next`).
+    fn relay(&mut self, responder: SocketAddr) -> bool {
+        let Some(parked) = self.parked.get_mut(&responder) else {
+            return false;
+        };
+        let Some(i) = parked.iter().position(|a| a.node.is_some()) else {
+            return false;
+        };
+        let ask = parked.swap_remove(i);
+        self.waiting.push_front(ask);
+        true
+    }
+
+    /// Starts a sweep's questions: what responders said during an earlier
+    /// sweep, perhaps half a minute ago while one waited for a busy
+    /// responder, is asked afresh.
+    pub fn sweep_starts(&mut self) {
+        self.known.clear();
+        self.refused.clear();
     }
 
     /// `responder`'s scouting is over: its parked instances wait for
@@ -259,7 +298,7 @@ impl Reconfirms {
             let node = node.filter(|_| scout);
             let task = self.running.spawn(async move {
                 let held = holds(&name, responder, node).await;
-                (name, responder, held)
+                (name, responder, held, node.is_some())
             });
             self.asking.insert(instance, (task, responder));
         }
@@ -491,6 +530,93 @@ mod tests {
             next_within(&mut r, ASK_TIMEOUT * (ASKS + 1)).await,
             Some(("second".to_string(), false))
         );
+        // A new sweep asks afresh: its first instance waits again.
+        r.sweep_starts();
+        r.ask("third".into(), at, Some(node));
+        let round = ASK_TIMEOUT * (ASKS + 1);
+        let asked = tokio::join!(
+            next_within(&mut r, round + ECHO_WITHIN + BUSY_PAUSES[0]),
+            async {
+                let mut n = 0;
+                while question_within(&sock, round).await.is_some() {
+                    n += 1;
+                }
+                n
+            }
+        );
+        assert_eq!(asked.0, None, "swept without waiting");
+        assert!(asked.1 > ASKS, "asked {} times", asked.1);
+    }
+
+    /// The instance a question of `reply` (its echo) is about.
+    fn about(reply: &[u8]) -> String {
+        String::from_utf8_lossy(&reply[13..reply[12] as usize + 13]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_responders_instance_that_names_its_node_waits_even_if_not_first() {
+        let (node, _serving) = node_link().await;
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let at = sock.local_addr().unwrap();
+        let mut r = Reconfirms::default();
+        // A stranger's fake at the node's address, first, then the node's.
+        r.ask("fake".into(), at, None);
+        r.ask("real".into(), at, Some(node));
+        let round = ASK_TIMEOUT * (ASKS + 1);
+        let mut asked = Vec::new();
+        for _ in 0..ASKS {
+            let (reply, _) = question_within(&sock, round).await.unwrap();
+            asked.push(about(&reply));
+        }
+        assert_eq!(r.next().await, ("fake".to_string(), false));
+        for _ in 0..ASKS {
+            let (reply, _) = question_within(&sock, round).await.unwrap();
+            asked.push(about(&reply));
+        }
+        assert_eq!(asked, ["fake", "fake", "fake", "real", "real", "real"]);
+        let (reply, from) = question_within(&sock, round + ECHO_WITHIN + BUSY_PAUSES[0])
+            .await
+            .expect("the node's instance asked again");
+        assert_eq!(about(&reply), "real");
+        sock.send_to(&reply, from).await.unwrap();
+        assert_eq!(r.next().await, ("real".to_string(), true));
+    }
+
+    #[tokio::test]
+    async fn a_link_at_another_address_than_the_responder_does_not_count() {
+        let (node, _serving) = node_link().await;
+        // The link listens on every address: 127.0.0.2 reaches it too.
+        let elsewhere = SocketAddr::from(([127, 0, 0, 2], node.port()));
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut r = Reconfirms::default();
+        r.ask("x".into(), sock.local_addr().unwrap(), Some(elsewhere));
+        assert_eq!(
+            next_within(&mut r, ASK_TIMEOUT * (ASKS + 1)).await,
+            Some(("x".to_string(), false))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_instance_resolved_while_it_waits_hands_the_responder_to_the_next() {
+        let (node, _serving) = node_link().await;
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let at = sock.local_addr().unwrap();
+        let mut r = Reconfirms::default();
+        r.ask("a".into(), at, Some(node));
+        r.ask("b".into(), at, Some(node));
+        let round = ASK_TIMEOUT * (ASKS + 1);
+        for _ in 0..ASKS {
+            let (reply, _) = question_within(&sock, round).await.unwrap();
+            assert_eq!(about(&reply), "a");
+        }
+        // Its round is over or about to be: it waits, or is about to.
+        assert!(r.resolved("a"));
+        let (asked, outcome) = tokio::join!(
+            question_within(&sock, round),
+            next_within(&mut r, ASK_TIMEOUT / 2)
+        );
+        assert_eq!(outcome, None);
+        assert_eq!(about(&asked.expect("b never asked").0), "b");
     }
 
     #[tokio::test]
