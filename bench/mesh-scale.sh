@@ -9,6 +9,8 @@
 # ({ip} is the node's address), e.g. MESH_ARGS='--advertise-addr {ip}'.
 # MESH_FLOOD=1000 adds a stranger.s one-off flood of dead instances after the
 # crash and prints what it costs (MESH_FLOOD_WINDOW seconds, default 150).
+# MESH_FLOOD_DEAF=10 makes the first node's port 5353 deaf for 10 s from the
+# flood's start (as a responder that fell behind it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESH_HOSTS=${1:-8,32,64} cargo test --release -q --test mesh_scale -- --ignored --exact scale --nocapture 2>&1 \

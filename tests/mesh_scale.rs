@@ -24,7 +24,11 @@
 //! `MESH_FLOOD_WINDOW` seconds after it (default 150, past the fakes'
 //! 120 s records): the mDNS traffic it costs the link, each node's
 //! clearings of its cache and when they came, and how long the fakes
-//! stayed in the tables.
+//! stayed in the tables. `MESH_FLOOD_DEAF` (seconds, default 0): the
+//! first node's host hears nothing on UDP port 5353 for this long from the
+//! flood's start (its netfilter drops it), as a responder that fell
+//! behind the flood; printed: how the other nodes' sweeps treated its
+//! live provider.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
@@ -71,6 +75,11 @@ fn scale() {
             .parse()
             .expect("MESH_FLOOD: a count"),
         window: Duration::from_secs(env_or("MESH_FLOOD_WINDOW", "150").parse().unwrap()),
+        deaf: Duration::from_secs(
+            env_or("MESH_FLOOD_DEAF", "0")
+                .parse()
+                .expect("MESH_FLOOD_DEAF: seconds"),
+        ),
     };
     for n in sizes {
         run(n, settle, window, &flood);
@@ -163,7 +172,7 @@ fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
 
     let flooded = (flood.instances > 0).then(|| {
         let cpu0: Vec<u64> = nodes.iter().map(|x| cpu_ticks(x.proc.pid())).collect();
-        let (f0, f1) = flood.run(&hosts[n + 1], &nodes);
+        let (f0, f1) = flood.run(&hosts[n + 1], &hosts[0], &nodes);
         let cpu1: Vec<u64> = nodes.iter().map(|x| cpu_ticks(x.proc.pid())).collect();
         let cpu = cpu0.iter().zip(&cpu1);
         let cpu: Vec<f64> = cpu
@@ -288,12 +297,27 @@ const FLOOD_PORTS: u16 = 20_000;
 struct Flood {
     instances: usize,
     window: Duration,
+    /// How long the first node's responder hears nothing from the flood's
+    /// start (`MESH_FLOOD_DEAF`).
+    deaf: Duration,
 }
+
+/// The netfilter rule that makes a host's responder deaf.
+const DEAF_RULE: [&str; 6] = ["INPUT", "-p", "udp", "--dport", "5353", "-j"];
 
 impl Flood {
     /// Announces the fakes once from `stranger`, stops, and watches until
-    /// the window is over; the window's start and end.
-    fn run(&self, stranger: &Host, nodes: &[Node]) -> (f64, f64) {
+    /// the window is over, `deaf_host` hearing nothing on port 5353 for
+    /// the first `self.deaf`; the window's start and end.
+    fn run(&self, stranger: &Host, deaf_host: &Host, nodes: &[Node]) -> (f64, f64) {
+        // IPv6 too: a responder deaf on one family still answers on the
+        // other, and mdns-sd resolves an instance from either.
+        let deafen = |op: &str| {
+            for tables in ["iptables", "ip6tables"] {
+                let rule = [op].into_iter().chain(DEAF_RULE).chain(["DROP"]);
+                deaf_host.run_ok(tables, rule);
+            }
+        };
         let prefix = FLOOD_PREFIX.trim_end_matches('-');
         let fakes = FakeInstance::many(
             prefix,
@@ -303,19 +327,29 @@ impl Flood {
             stranger.ip.into(),
         );
         let t0 = now();
+        if !self.deaf.is_zero() {
+            deafen("-I");
+        }
         let rogue = Rogue::start(stranger, fakes);
         assert!(
             wait_until(EVENT_DEADLINE, || rogue.rounds() >= 1),
             "the flood was never sent"
         );
         drop(rogue);
-        // Every table took some fakes in, or the flood tells nothing.
+        // Every table took some fakes in, or the flood tells nothing; but
+        // a deaf node's, which never hears them.
+        let hearing = &nodes[usize::from(!self.deaf.is_zero())..];
         let joined = wait_until(EVENT_DEADLINE, || {
-            nodes
+            hearing
                 .iter()
                 .all(|x| flood_lines(&x.proc, "backend joined", t0) > 0)
         });
         assert!(joined, "some nodes never took in the flood");
+        if !self.deaf.is_zero() {
+            let until = t0 + self.deaf.as_secs_f64();
+            std::thread::sleep(Duration::from_secs_f64((until - now()).max(0.0)));
+            deafen("-D");
+        }
         let end = t0 + self.window.as_secs_f64();
         std::thread::sleep(Duration::from_secs_f64((end - now()).max(0.0)));
         (t0, now())
@@ -399,9 +433,54 @@ impl Flood {
             );
         }
         println!("clearings that found no browse (made again): {misses}; floods held off: {holds}");
+        self.report_sweeps(nodes, t0);
         let (mean, max) = mean_max(cpu);
         println!(
             "CPU per host over the flood window: mean {mean:.2} %, max {max:.2} % of one core"
+        );
+    }
+}
+
+impl Flood {
+    /// How the nodes' sweeps from the flood's start `t0` on treated the
+    /// live providers whose responders did not answer the fresh browses:
+    /// the first node's, if deafened, and those that fell behind the
+    /// flood.
+    fn report_sweeps(&self, nodes: &[Node], t0: f64) {
+        let live: HashSet<&str> = nodes.iter().map(|x| x.instance.as_str()).collect();
+        let deaf = (!self.deaf.is_zero()).then(|| nodes[0].instance.as_str());
+        // Lines with `what`, of live providers, in all logs: how many,
+        // of how many providers, and how many of the deaf one's.
+        let count = |what: &str| {
+            let mut of = Vec::new();
+            for x in nodes {
+                let log = x.proc.stderr();
+                let lines = log.lines().filter(|l| stamp(l).is_some_and(|t| t >= t0));
+                of.extend(
+                    lines
+                        .filter(|l| l.contains(what))
+                        .filter_map(instance_of)
+                        .filter(|i| live.contains(i))
+                        .map(str::to_owned),
+                );
+            }
+            let providers = of.iter().collect::<HashSet<_>>().len();
+            let deaf = of.iter().filter(|i| Some(i.as_str()) == deaf).count();
+            format!(
+                "{} ({providers} providers, {deaf} the deaf one's)",
+                of.len()
+            )
+        };
+        println!(
+            "flood, live providers missing from the fresh browses{}: swept {}; waits on a ring link {}; kept by an answer {}, by their records {}",
+            deaf.map_or(String::new(), |_| format!(
+                " (the first node's port 5353 deaf for {} s from the start)",
+                self.deaf.as_secs()
+            )),
+            count("gone from the mDNS cache"),
+            count("answers on its ring link"),
+            count("still answers for itself"),
+            count("resolved again while"),
         );
     }
 }
