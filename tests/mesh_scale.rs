@@ -27,8 +27,9 @@
 //! stayed in the tables. `MESH_FLOOD_DEAF` (seconds, default 0): the
 //! first node's host hears nothing on UDP port 5353 for this long from the
 //! flood's start (its netfilter drops it), as a responder that fell
-//! behind the flood; printed: how the other nodes' sweeps treated its
-//! live provider.
+//! behind the flood. Every flood run prints how the nodes' sweeps
+//! treated the live providers missing from their fresh browses (the deaf
+//! one's, and any whose responder fell behind the flood).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::TcpListener;
@@ -439,9 +440,7 @@ impl Flood {
             "CPU per host over the flood window: mean {mean:.2} %, max {max:.2} % of one core"
         );
     }
-}
 
-impl Flood {
     /// How the nodes' sweeps from the flood's start `t0` on treated the
     /// live providers whose responders did not answer the fresh browses:
     /// the first node's, if deafened, and those that fell behind the

@@ -877,7 +877,7 @@ pub async fn browse(
                             lacking = lacking.len(),
                             "the restarted browse's replay is whole; asking the responders of the backends it lacks before sweeping them"
                         );
-                        ctx.asking.sweep_starts();
+                        ctx.asking.forget_responders();
                         for (key, target) in lacking {
                             match reconfirm::responder(&target) {
                                 Some(at) => {

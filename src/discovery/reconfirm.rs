@@ -111,8 +111,8 @@ struct Ask {
 /// The instances being asked about.
 #[derive(Default)]
 pub struct Reconfirms {
-    /// Each question's instance, responder, outcome, and whether it
-    /// waited for a busy responder.
+    /// Each question's instance, responder, outcome, and whether it was
+    /// asked with its node's link (and so waited for a busy responder).
     running: JoinSet<(String, SocketAddr, Probe, bool)>,
     /// The running questions, by instance, with the responder asked.
     asking: HashMap<String, (AbortHandle, SocketAddr)>,
@@ -203,8 +203,7 @@ impl Reconfirms {
             let Some(done) = self.running.join_next_with_id().await else {
                 // A sweep's questions are over: a responder that refused
                 // then may be back for the next one.
-                self.refused.clear();
-                self.known.clear();
+                self.forget_responders();
                 return std::future::pending().await;
             };
             let Ok((id, (instance, at, held, waited))) = done else {
@@ -257,10 +256,10 @@ impl Reconfirms {
         true
     }
 
-    /// Starts a sweep's questions: what responders said during an earlier
-    /// sweep, perhaps half a minute ago while one waited for a busy
-    /// responder, is asked afresh.
-    pub fn sweep_starts(&mut self) {
+    /// Forgets what responders said: a new sweep asks afresh, as what they
+    /// said during an earlier one may be half a minute old (one question
+    /// waiting for a busy responder keeps a sweep going that long).
+    pub fn forget_responders(&mut self) {
         self.known.clear();
         self.refused.clear();
     }
@@ -531,7 +530,7 @@ mod tests {
             Some(("second".to_string(), false))
         );
         // A new sweep asks afresh: its first instance waits again.
-        r.sweep_starts();
+        r.forget_responders();
         r.ask("third".into(), at, Some(node));
         let round = ASK_TIMEOUT * (ASKS + 1);
         let asked = tokio::join!(
