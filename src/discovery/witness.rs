@@ -68,7 +68,7 @@
 //! once declared dead. A stranger's records can change which node is
 //! watched (without the cluster key), not how much is sent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -255,6 +255,11 @@ pub struct Ring {
     me: String,
     /// The other nodes, by id.
     nodes: BTreeMap<String, Peer>,
+    /// The nodes that list each instance, in id order, as `nodes` has
+    /// them: a failed connect, a sweep and each removal look an instance
+    /// up, and a flood of fake nodes fills the ring, where a scan per
+    /// lookup held the discovery loop about 50 us per removal.
+    owners: HashMap<String, BTreeSet<String>>,
 }
 
 /// Most nodes the ring holds: far above a link's worth of mesh-amb nodes,
@@ -265,7 +270,7 @@ impl Ring {
     pub fn new(me: &str) -> Ring {
         Ring {
             me: me.to_owned(),
-            nodes: BTreeMap::new(),
+            ..Ring::default()
         }
     }
 
@@ -302,16 +307,24 @@ impl Ring {
             && peer.instances.len() < MAX_GOODBYE_INSTANCES
         {
             peer.instances.push(fullname.to_owned());
+            self.owners
+                .entry(fullname.to_owned())
+                .or_default()
+                .insert(node.to_owned());
         }
     }
 
     /// Forgets instance `fullname`; a node left without instances leaves
     /// the ring.
     pub fn gone(&mut self, fullname: &str) {
-        self.nodes.retain(|_, p| {
-            p.instances.retain(|i| i != fullname);
-            !p.instances.is_empty()
-        });
+        for node in self.owners.remove(fullname).unwrap_or_default() {
+            if let Some(p) = self.nodes.get_mut(&node) {
+                p.instances.retain(|i| i != fullname);
+                if p.instances.is_empty() {
+                    self.nodes.remove(&node);
+                }
+            }
+        }
     }
 
     /// Whether `node` has an instance in the ring now.
@@ -321,9 +334,10 @@ impl Ring {
 
     /// The node that announced instance `fullname`, if it can be probed.
     pub fn owner(&self, fullname: &str) -> Option<(String, Peer)> {
-        self.nodes
+        self.owners
+            .get(fullname)?
             .iter()
-            .find(|(_, p)| p.addr.is_some() && p.instances.iter().any(|i| i == fullname))
+            .find_map(|id| Some((id, self.nodes.get(id)?)).filter(|(_, p)| p.addr.is_some()))
             .map(|(id, p)| (id.clone(), p.clone()))
     }
 
@@ -1158,6 +1172,27 @@ mod tests {
         assert_eq!((node.as_str(), peer.host.as_str()), ("c", "amb-c.local."));
         // Third-party instances have no node: the one-query verify stays.
         assert!(r.owner(&format!("web@avahi.{SERVICE_TYPE}")).is_none());
+    }
+
+    #[test]
+    fn an_instance_two_nodes_claim_names_the_probed_one_and_leaves_both() {
+        // A stranger's record can name a live node's instance under
+        // another node id; the lookup and the removal must see both.
+        let mut r = ring("a", &["b", "c"]);
+        let web_c = format!("web@c.{SERVICE_TYPE}");
+        r.seen("b", &web_c, &addr("10.0.0.1"), None);
+        assert_eq!(r.owner(&web_c).unwrap().0, "b", "the first by id");
+        let mut unprobed = ring("a", &["c"]);
+        unprobed.seen("b", &web_c, &addr("127.0.0.1"), None);
+        assert_eq!(unprobed.owner(&web_c).unwrap().0, "c", "b has no address");
+        r.gone(&web_c);
+        assert!(r.owner(&web_c).is_none());
+        assert!(r.knows("b"), "b keeps its own instance");
+        assert!(!r.knows("c"), "c had no other");
+        assert!(r
+            .owners
+            .keys()
+            .all(|i| *i == format!("web@b.{SERVICE_TYPE}")));
     }
 
     #[test]
