@@ -7,7 +7,7 @@
 mod common;
 
 use std::borrow::Borrow;
-use std::net::UdpSocket;
+use std::net::{TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -743,4 +743,81 @@ fn a_stranger_who_keeps_announcing_dead_instances_gets_one_clearing() {
         mesh.consumer.output_tail(40)
     );
     mesh.assert_provider_kept();
+}
+
+/// Instances a stranger leaves in the consumer's mDNS cache: more than a
+/// restarted browse's replay carries (`replay::REPLAY_MOST`, 400), where
+/// mdns-sd's channel of 1,000 filled in 14 of 20 restarts.
+const CROWD: usize = 600;
+
+/// A browse restart while the cache is crowded is made as a clearing. In
+/// the 8-host flood runs, a node that restarted its browse while a flood
+/// filled its cache (its one restart to fall out of step) had the browse
+/// ended by mdns-sd at every replay, 6 to 39 times in a row, its clearings
+/// found no browse to end, and the link carried 12,000-14,000 queries
+/// about the flood's instances. The crowd here is of a service nobody
+/// consumes (no probe fails, nothing else clears it); a reload that adds
+/// a consume restarts the browse, unless the restart to fall out of step
+/// came first.
+#[test]
+fn a_restart_with_a_crowded_cache_clears_it_and_the_browse_lives() {
+    let lab = Lab::new(3);
+    let h1 = lab.host("h1");
+    let _redis = redis(h1, REDIS_PORT);
+    let _provider = amb_info(h1, &["--provide", "redis:7000", "--node-id", "real"]);
+    let h3 = lab.host("h3");
+    let file = h3.dir().join("amb.toml");
+    let consume = |list: &str| std::fs::write(&file, format!("consume = [{list}]")).unwrap();
+    consume(r#""redis:6379""#);
+    let consumer = amb_logging(
+        h3,
+        &["--config", file.to_str().unwrap()],
+        "mesh_amb=info,mesh_amb::discovery::mdns=debug",
+    );
+    assert!(wait_until(DEADLINE, || failed_requests(h3, 1, "h1") == 0));
+    let stranger = lab.host("h2");
+    let fakes = FakeInstance::many("crowd", CROWD, "other", DEAD_PORTS, stranger.ip.into());
+    let rogue = Rogue::start(stranger, fakes);
+    assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
+    drop(rogue);
+    let listed = || log_lines(&consumer, &["resolved", "instance=crowd-"]);
+    assert!(
+        wait_until(DEADLINE, || listed() >= CROWD),
+        "{} listed",
+        listed()
+    );
+
+    consume(r#""redis:6379", "api:6380""#);
+    consumer.signal(libc::SIGHUP);
+    let crowded = |c: &Proc| log_lines(c, &["than mdns-sd replays", "clearing the cache instead"]);
+    assert!(
+        wait_until(DEADLINE, || crowded(&consumer) > 0),
+        "no restart was made as a clearing; {} ended by mdns-sd:\n{}",
+        log_lines(&consumer, &["the mDNS browse ended"]),
+        consumer.output_tail(40)
+    );
+    let reloaded = || log_lines(&consumer, &["reloaded: ", "+consume api"]) == 1;
+    assert!(
+        wait_until(DEADLINE, reloaded),
+        "{}",
+        consumer.output_tail(40)
+    );
+    assert!(
+        wait_until(DEADLINE, || h3
+            .enter(|| TcpStream::connect(local(6380)))
+            .is_ok()),
+        "the added consume never listened"
+    );
+    assert_eq!(
+        log_lines(&consumer, &["the mDNS browse ended"]),
+        0,
+        "{}",
+        consumer.output_tail(40)
+    );
+    assert_eq!(clearings(&consumer), crowded(&consumer));
+    assert_eq!(
+        log_lines(&consumer, &["backend left", "instance=redis@real"]),
+        0
+    );
+    assert_eq!(failed_requests(h3, 20, "h1"), 0);
 }

@@ -27,7 +27,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 use super::addr::{self, PeerAddr};
 use super::reconfirm::{self, Reconfirms};
 use super::refusals::Refusals;
-use super::replay::{Cause, Clearing, Leftovers, Replay, Whole};
+use super::replay::{Cause, Clearing, Leftovers, Replay, Whole, REPLAY_MOST};
 use super::stats::DiscoveryStats;
 use super::verifying::{Action, Verifications};
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
@@ -736,7 +736,10 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// query for an hour (see `replay::Leftovers` and `replay::Clearing`),
 /// when 16 or more third-party instances fail within a second (see
 /// `verifying`), or when many new instances this node refuses
-/// come at once (see `refusals`).
+/// come at once (see `refusals`), or in place of any restart above
+/// while the cache lists more instances than a replay carries (see
+/// `replay::REPLAY_MOST`: mdns-sd ends a browse whose replay fills its
+/// channel).
 /// Removals may be lost at any
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
 /// ended, events were dropped or the cache was cleared are instances that
@@ -795,7 +798,12 @@ pub async fn browse(
             .filter(|s| s.is_discovered())
             .cloned()
             .collect();
-        let (mut events, _forwarding, mut leftovers) = match mdns.daemon.browse(SERVICE_TYPE) {
+        let Forwarded {
+            mut events,
+            mut leftovers,
+            listed,
+            _task,
+        } = match mdns.daemon.browse(SERVICE_TYPE) {
             Ok(rx) => forward(rx, stats.clone()),
             Err(e) => {
                 warn!(error = %e, "cannot browse {SERVICE_TYPE}; retrying");
@@ -828,8 +836,16 @@ pub async fn browse(
                 _ = stop.cancelled() => return,
                 ev = events.recv() => match ev {
                     Some(ServiceEvent::SearchStopped(_)) | None => {
-                        warn!("the mDNS browse ended; starting it again");
                         sweep_next = true;
+                        match crowded(&listed) {
+                            // Its replay would end the next browse too: that
+                            // one is cleared at once, if it lasts until then.
+                            Some(n) => {
+                                warn!(listed = n, "the mDNS browse ended with more instances in the cache than a restart replays (a flood); starting it again to clear the cache");
+                                clearing.urge(Instant::now(), Cause::Crowded(n));
+                            }
+                            None => warn!("the mDNS browse ended; starting it again"),
+                        }
                         tokio::time::sleep(REBROWSE_DELAY).await;
                         continue 'browse;
                     }
@@ -926,6 +942,10 @@ pub async fn browse(
                             stale,
                             "the mDNS cache lists instances whose other records are gone, and mdns-sd queries the link for each with every query it sends; clearing the cache and browsing afresh"
                         ),
+                        Some(Cause::Crowded(listed)) => info!(
+                            listed,
+                            "the browse was to restart with more instances in the mDNS cache than mdns-sd replays to a browse without ending it (a flood); clearing the cache instead"
+                        ),
                         None => {}
                     }
                     // Drops every record of the type. What the fresh
@@ -957,9 +977,13 @@ pub async fn browse(
                     } else if lost_events
                         && recovered_at.is_none_or(|t| t.elapsed() >= RECOVER_EVERY)
                     {
-                        info!("mDNS events were dropped in a flood; browsing again to recover what they said");
                         lost_events = false;
                         recovered_at = Some(Instant::now());
+                        if let Some(n) = crowded(&listed) {
+                            clearing.want(Instant::now(), Cause::Crowded(n));
+                            continue;
+                        }
+                        info!("mDNS events were dropped in a flood; browsing again to recover what they said");
                         sweep_next = true;
                         ctx.drain(&mut events);
                         continue 'browse;
@@ -976,17 +1000,31 @@ pub async fn browse(
                     }
                 }
                 _ = sleep_until_some(desync_at) => {
-                    debug!("restarting the browse once, to fall out of step with nodes started together");
                     desync_at = None;
+                    if let Some(n) = crowded(&listed) {
+                        clearing.want(Instant::now(), Cause::Crowded(n));
+                        continue;
+                    }
+                    debug!("restarting the browse once, to fall out of step with nodes started together");
                     ctx.drain(&mut events);
                     continue 'browse;
                 }
                 _ = sleep_until_some(next_rebrowse) => {
+                    if let Some(n) = crowded(&listed) {
+                        next_rebrowse = None;
+                        clearing.want(Instant::now(), Cause::Crowded(n));
+                        continue;
+                    }
                     debug!("restarting the browse to find an instance again");
                     ctx.drain(&mut events);
                     continue 'browse;
                 }
                 Ok(()) = consumed.changed() => {
+                    // Its new services wait for the next browse.
+                    if let Some(n) = crowded(&listed) {
+                        clearing.urge(Instant::now(), Cause::Crowded(n));
+                        continue;
+                    }
                     debug!("the consumed services changed; restarting the browse");
                     ctx.drain(&mut events);
                     continue 'browse;
@@ -1213,24 +1251,37 @@ impl Browsing<'_> {
     }
 }
 
+/// How many instances the browse has listed, if a restart would replay
+/// more than mdns-sd's channel holds (see [`REPLAY_MOST`]): the browse is
+/// then cleared instead.
+fn crowded(listed: &AtomicUsize) -> Option<usize> {
+    Some(listed.load(Ordering::Relaxed)).filter(|n| *n > REPLAY_MOST)
+}
+
 /// Warnings about dropped events: one a second during a flood.
 static EVENT_DROPS: LogLimit = LogLimit::new();
 
+/// One browse's events, moved out of mdns-sd's channel (see [`forward`]).
+struct Forwarded {
+    /// The events the browse acts on; ends when the browse does.
+    events: mpsc::Receiver<ServiceEvent>,
+    /// How many instances a replay left unresolved, when that is
+    /// `replay::STALE_TO_CLEAR` or more.
+    leftovers: mpsc::Receiver<usize>,
+    /// Instances the browse has listed and not seen removed: what a
+    /// restart would have mdns-sd replay (see `replay::REPLAY_MOST`).
+    listed: Arc<AtomicUsize>,
+    /// The task moving them; it stops when this is dropped.
+    _task: AbortOnDropHandle<()>,
+}
+
 /// Moves browse events from mdns-sd's channel into a queue of ours as fast
-/// as they come (see [`EVENT_QUEUE`]); the queue ends when the browse does.
-/// The task stops when the returned handle is dropped. The third receives
-/// how many instances a replay left unresolved, when that is
-/// `replay::STALE_TO_CLEAR` or more.
-fn forward(
-    events: mdns_sd::Receiver<ServiceEvent>,
-    stats: Arc<DiscoveryStats>,
-) -> (
-    mpsc::Receiver<ServiceEvent>,
-    AbortOnDropHandle<()>,
-    mpsc::Receiver<usize>,
-) {
+/// as they come (see [`EVENT_QUEUE`]).
+fn forward(events: mdns_sd::Receiver<ServiceEvent>, stats: Arc<DiscoveryStats>) -> Forwarded {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let (stale_tx, stale_rx) = mpsc::channel(1);
+    let listed = Arc::new(AtomicUsize::new(0));
+    let count = listed.clone();
     let task = tokio::spawn(async move {
         let mut leftovers = Leftovers::default();
         while let Ok(ev) = events.recv_async().await {
@@ -1243,6 +1294,7 @@ fn forward(
             // counted here instead.
             let stale = match &ev {
                 ServiceEvent::ServiceFound(_, fullname) => {
+                    count.fetch_add(1, Ordering::Relaxed);
                     leftovers.found(fullname);
                     None
                 }
@@ -1251,6 +1303,11 @@ fn forward(
                     None
                 }
                 ServiceEvent::SearchStarted(_) => leftovers.search_started(),
+                ServiceEvent::ServiceRemoved(..) => {
+                    let less = |n: usize| Some(n.saturating_sub(1));
+                    let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, less);
+                    None
+                }
                 _ => None,
             };
             if let Some(n) = stale {
@@ -1289,7 +1346,12 @@ fn forward(
             }
         }
     });
-    (rx, AbortOnDropHandle::new(task), stale_rx)
+    Forwarded {
+        events: rx,
+        leftovers: stale_rx,
+        listed,
+        _task: AbortOnDropHandle::new(task),
+    }
 }
 
 /// Discovered backends that a fresh browse did not replay, with where
