@@ -27,7 +27,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 use super::addr::{self, PeerAddr};
 use super::reconfirm::{self, Reconfirms};
 use super::refusals::Refusals;
-use super::replay::{Cause, Clearing, Leftovers, Replay, Whole, REPLAY_MOST};
+use super::replay::{Cause, Clearing, Leftovers, Listed, Replay, Whole, REPLAY_MOST};
 use super::stats::DiscoveryStats;
 use super::verifying::{Action, Verifications};
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
@@ -67,8 +67,12 @@ pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(2);
 /// acknowledgement covers a busy machine without hanging shutdown.
 pub(crate) const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause before re-opening a browse that ended, so a daemon in trouble is
-/// not asked in a tight loop.
+/// not asked in a tight loop. It doubles for each browse in a row that
+/// ended within [`REBROWSE_MOST`] of its start, up to that: a cache that
+/// holds more than a replay carries (`replay::REPLAY_MOST`) ends most
+/// restarts at their replay, and a clearing needs a browse that lasts.
 const REBROWSE_DELAY: Duration = Duration::from_millis(100);
+const REBROWSE_MOST: Duration = Duration::from_secs(10);
 /// Re-browse about this soon after a verification of ours removed an
 /// instance (debounced: one restart per burst), so one that was falsely
 /// suspected is found again in seconds, not at mdns-sd's next query
@@ -736,10 +740,11 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// query for an hour (see `replay::Leftovers` and `replay::Clearing`),
 /// when 16 or more third-party instances fail within a second (see
 /// `verifying`), or when many new instances this node refuses
-/// come at once (see `refusals`), or in place of any restart above
-/// while the cache lists more instances than a replay carries (see
-/// `replay::REPLAY_MOST`: mdns-sd ends a browse whose replay fills its
-/// channel).
+/// come at once (see `refusals`). While the browse has listed more
+/// instances than a replay carries (`replay::REPLAY_MOST`: mdns-sd ends
+/// a browse whose replay fills its channel), each restart above but the
+/// one after the channel ended is made as a clearing, at once for a
+/// reload, in the clearings' turn for the others (see `replay::Clearing`).
 /// Removals may be lost at any
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
 /// ended, events were dropped or the cache was cleared are instances that
@@ -790,6 +795,8 @@ pub async fn browse(
     let mut cleared = false;
     let mut verifications = Verifications::new(Instant::now());
     let mut refusals = Refusals::default();
+    // Browses in a row that ended by themselves soon after their start.
+    let mut ends_in_a_row = 0u32;
     'browse: loop {
         // Static services' tables are not discovery's.
         let services: Vec<Arc<Service>> = consumed
@@ -801,7 +808,7 @@ pub async fn browse(
         let Forwarded {
             mut events,
             mut leftovers,
-            listed,
+            crowded,
             _task,
         } = match mdns.daemon.browse(SERVICE_TYPE) {
             Ok(rx) => forward(rx, stats.clone()),
@@ -814,6 +821,7 @@ pub async fn browse(
             }
         };
         let mut next_rebrowse: Option<Instant> = None;
+        let started = Instant::now();
         let fresh = std::mem::take(&mut cleared);
         replay.start(std::mem::take(&mut sweep_next), fresh);
         // A replay with events dropped is incomplete: no sweep after it
@@ -837,16 +845,21 @@ pub async fn browse(
                 ev = events.recv() => match ev {
                     Some(ServiceEvent::SearchStopped(_)) | None => {
                         sweep_next = true;
-                        match crowded(&listed) {
-                            // Its replay would end the next browse too: that
-                            // one is cleared at once, if it lasts until then.
-                            Some(n) => {
-                                warn!(listed = n, "the mDNS browse ended with more instances in the cache than a restart replays (a flood); starting it again to clear the cache");
-                                clearing.urge(Instant::now(), Cause::Crowded(n));
-                            }
-                            None => warn!("the mDNS browse ended; starting it again"),
+                        // A replay that fills mdns-sd's channel ends every
+                        // restart until the cache is cleared, which needs a
+                        // browse that lasts; meanwhile the restarts slow down.
+                        if started.elapsed() >= REBROWSE_MOST {
+                            ends_in_a_row = 0;
                         }
-                        tokio::time::sleep(REBROWSE_DELAY).await;
+                        let pause = (REBROWSE_DELAY * 2u32.pow(ends_in_a_row.min(7))).min(REBROWSE_MOST);
+                        ends_in_a_row += 1;
+                        if crowded.load(Ordering::Relaxed) {
+                            warn!(most = REPLAY_MOST, pause = ?pause, "the mDNS browse ended with more instances in the cache than a restart replays (a flood); starting it again, to be cleared");
+                            clearing.want(Instant::now(), Cause::Crowded);
+                        } else {
+                            warn!(pause = ?pause, "the mDNS browse ended; starting it again");
+                        }
+                        tokio::time::sleep(pause).await;
                         continue 'browse;
                     }
                     Some(ServiceEvent::SearchStarted(_)) => replay.search_started(Instant::now()),
@@ -942,8 +955,8 @@ pub async fn browse(
                             stale,
                             "the mDNS cache lists instances whose other records are gone, and mdns-sd queries the link for each with every query it sends; clearing the cache and browsing afresh"
                         ),
-                        Some(Cause::Crowded(listed)) => info!(
-                            listed,
+                        Some(Cause::Crowded) => info!(
+                            most = REPLAY_MOST,
                             "the browse was to restart with more instances in the mDNS cache than mdns-sd replays to a browse without ending it (a flood); clearing the cache instead"
                         ),
                         None => {}
@@ -979,8 +992,8 @@ pub async fn browse(
                     {
                         lost_events = false;
                         recovered_at = Some(Instant::now());
-                        if let Some(n) = crowded(&listed) {
-                            clearing.want(Instant::now(), Cause::Crowded(n));
+                        if crowded.load(Ordering::Relaxed) {
+                            clearing.want(Instant::now(), Cause::Crowded);
                             continue;
                         }
                         info!("mDNS events were dropped in a flood; browsing again to recover what they said");
@@ -1001,8 +1014,8 @@ pub async fn browse(
                 }
                 _ = sleep_until_some(desync_at) => {
                     desync_at = None;
-                    if let Some(n) = crowded(&listed) {
-                        clearing.want(Instant::now(), Cause::Crowded(n));
+                    if crowded.load(Ordering::Relaxed) {
+                        clearing.want(Instant::now(), Cause::Crowded);
                         continue;
                     }
                     debug!("restarting the browse once, to fall out of step with nodes started together");
@@ -1010,9 +1023,9 @@ pub async fn browse(
                     continue 'browse;
                 }
                 _ = sleep_until_some(next_rebrowse) => {
-                    if let Some(n) = crowded(&listed) {
+                    if crowded.load(Ordering::Relaxed) {
                         next_rebrowse = None;
-                        clearing.want(Instant::now(), Cause::Crowded(n));
+                        clearing.want(Instant::now(), Cause::Crowded);
                         continue;
                     }
                     debug!("restarting the browse to find an instance again");
@@ -1021,8 +1034,8 @@ pub async fn browse(
                 }
                 Ok(()) = consumed.changed() => {
                     // Its new services wait for the next browse.
-                    if let Some(n) = crowded(&listed) {
-                        clearing.urge(Instant::now(), Cause::Crowded(n));
+                    if crowded.load(Ordering::Relaxed) {
+                        clearing.urge(Instant::now(), Cause::Crowded);
                         continue;
                     }
                     debug!("the consumed services changed; restarting the browse");
@@ -1251,13 +1264,6 @@ impl Browsing<'_> {
     }
 }
 
-/// How many instances the browse has listed, if a restart would replay
-/// more than mdns-sd's channel holds (see [`REPLAY_MOST`]): the browse is
-/// then cleared instead.
-fn crowded(listed: &AtomicUsize) -> Option<usize> {
-    Some(listed.load(Ordering::Relaxed)).filter(|n| *n > REPLAY_MOST)
-}
-
 /// Warnings about dropped events: one a second during a flood.
 static EVENT_DROPS: LogLimit = LogLimit::new();
 
@@ -1268,9 +1274,9 @@ struct Forwarded {
     /// How many instances a replay left unresolved, when that is
     /// `replay::STALE_TO_CLEAR` or more.
     leftovers: mpsc::Receiver<usize>,
-    /// Instances the browse has listed and not seen removed: what a
-    /// restart would have mdns-sd replay (see `replay::REPLAY_MOST`).
-    listed: Arc<AtomicUsize>,
+    /// Whether the browse has listed more instances than a restart's
+    /// replay carries (see `replay::Listed`).
+    crowded: Arc<AtomicBool>,
     /// The task moving them; it stops when this is dropped.
     _task: AbortOnDropHandle<()>,
 }
@@ -1280,10 +1286,11 @@ struct Forwarded {
 fn forward(events: mdns_sd::Receiver<ServiceEvent>, stats: Arc<DiscoveryStats>) -> Forwarded {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let (stale_tx, stale_rx) = mpsc::channel(1);
-    let listed = Arc::new(AtomicUsize::new(0));
-    let count = listed.clone();
+    let crowded = Arc::new(AtomicBool::new(false));
+    let crowd = crowded.clone();
     let task = tokio::spawn(async move {
         let mut leftovers = Leftovers::default();
+        let mut listed = Listed::default();
         while let Ok(ev) = events.recv_async().await {
             stats.events.fetch_add(1, Ordering::Relaxed);
             // Only what the browse acts on takes room in the queue: a found
@@ -1294,7 +1301,9 @@ fn forward(events: mdns_sd::Receiver<ServiceEvent>, stats: Arc<DiscoveryStats>) 
             // counted here instead.
             let stale = match &ev {
                 ServiceEvent::ServiceFound(_, fullname) => {
-                    count.fetch_add(1, Ordering::Relaxed);
+                    if listed.found(fullname) {
+                        crowd.store(true, Ordering::Relaxed);
+                    }
                     leftovers.found(fullname);
                     None
                 }
@@ -1303,11 +1312,6 @@ fn forward(events: mdns_sd::Receiver<ServiceEvent>, stats: Arc<DiscoveryStats>) 
                     None
                 }
                 ServiceEvent::SearchStarted(_) => leftovers.search_started(),
-                ServiceEvent::ServiceRemoved(..) => {
-                    let less = |n: usize| Some(n.saturating_sub(1));
-                    let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, less);
-                    None
-                }
                 _ => None,
             };
             if let Some(n) = stale {
@@ -1349,7 +1353,7 @@ fn forward(events: mdns_sd::Receiver<ServiceEvent>, stats: Arc<DiscoveryStats>) 
     Forwarded {
         events: rx,
         leftovers: stale_rx,
-        listed,
+        crowded,
         _task: AbortOnDropHandle::new(task),
     }
 }

@@ -189,6 +189,30 @@ impl Leftovers {
 /// the reader; past it, the browse is cleared instead (`Cause::Crowded`).
 pub const REPLAY_MOST: usize = 400;
 
+/// The distinct instances a browse has listed (`ServiceFound`), counted
+/// up to one more than [`REPLAY_MOST`]: whether a restart would replay
+/// more than that. Nothing is taken off. mdns-sd reports an instance
+/// removed once it no longer resolves (its SRV record lapsed after 2
+/// minutes, or the address it shares with a flood's other instances),
+/// while its PTR record, and so its place in a replay, stays up to 75
+/// minutes; and a stranger's goodbye for a name never listed reports one
+/// removed too. Counting one too many only makes a restart a clearing.
+#[derive(Debug, Default)]
+pub struct Listed {
+    names: HashSet<String>,
+}
+
+impl Listed {
+    /// The browse listed `fullname`; whether it has now listed more than
+    /// [`REPLAY_MOST`].
+    pub fn found(&mut self, fullname: &str) -> bool {
+        if self.names.len() <= REPLAY_MOST {
+            self.names.insert(fullname.to_owned());
+        }
+        self.names.len() > REPLAY_MOST
+    }
+}
+
 /// Most time between two clearings of the cache: each costs the link a
 /// query and an answer from every live node, so a stranger who floods
 /// again and again gets one a node this seldom.
@@ -215,9 +239,9 @@ pub enum Cause {
     /// This many new instances this node refuses came at once (see
     /// `refusals`).
     Refused(usize),
-    /// The browse was to restart with this many instances in the cache,
-    /// more than a replay carries ([`REPLAY_MOST`]).
-    Crowded(usize),
+    /// The browse was to restart with more instances in the cache than a
+    /// replay carries ([`REPLAY_MOST`]).
+    Crowded,
 }
 
 /// When the browse is to clear the cache next: at once the first time,
@@ -226,7 +250,9 @@ pub enum Cause {
 /// without one, so a stranger who floods whenever a clearing is allowed
 /// gets one about every [`CLEAR_EVERY`], not a series from the start. A
 /// clearing that found no browse to end cleared nothing, and is made
-/// again at once (the browse restarts meanwhile), a few times in a row.
+/// again at once (the browse restarts meanwhile), a few times in a row. A
+/// reload's clearing comes at once ([`Clearing::urge`]): only this node
+/// asks for it.
 #[derive(Debug, Default)]
 pub struct Clearing {
     /// When the last clearing that took was made.
@@ -268,9 +294,10 @@ impl Clearing {
         }
     }
 
-    /// A clearing is wanted at once, however soon after the last: the
-    /// browse cannot go on without it (a reload's new services, or a
-    /// browse that ended and would replay too much to stay).
+    /// A clearing is wanted at once, however soon after the last: a
+    /// reload's new services wait for the next browse, and a crowded cache
+    /// ([`REPLAY_MOST`]) makes that browse a clearing. Only a reload asks,
+    /// so a stranger cannot hurry clearings.
     pub fn urge(&mut self, now: Instant, cause: Cause) {
         self.due = Some((now, cause));
     }
@@ -516,9 +543,20 @@ mod tests {
         let soon = t + Duration::from_secs(1);
         c.want(soon, Cause::Stale(20));
         assert_eq!(c.due(), Some(t + CLEAR_AGAIN_AFTER), "paced");
-        c.urge(soon, Cause::Crowded(600));
+        c.urge(soon, Cause::Crowded);
         assert_eq!(c.due(), Some(soon));
-        assert_eq!(c.take(), Some(Cause::Crowded(600)));
+        assert_eq!(c.take(), Some(Cause::Crowded));
+    }
+
+    #[test]
+    fn a_browse_is_crowded_past_what_a_replay_carries_whatever_left() {
+        let mut l = Listed::default();
+        for i in 0..REPLAY_MOST {
+            assert!(!l.found(&format!("i{i}")));
+            assert!(!l.found("i0"), "a name listed again counts once");
+        }
+        assert!(l.found("one more"));
+        assert!(l.found("i0"));
     }
 
     #[test]

@@ -1189,10 +1189,8 @@ mod tests {
         assert!(r.owner(&web_c).is_none());
         assert!(r.knows("b"), "b keeps its own instance");
         assert!(!r.knows("c"), "c had no other");
-        assert!(r
-            .owners
-            .keys()
-            .all(|i| *i == format!("web@b.{SERVICE_TYPE}")));
+        let left: Vec<&String> = r.owners.keys().collect();
+        assert_eq!(left, [&format!("web@b.{SERVICE_TYPE}")]);
     }
 
     #[test]
