@@ -14,4 +14,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESH_HOSTS=${1:-8,32,64} cargo test --release -q --test mesh_scale -- --ignored --exact scale --nocapture 2>&1 \
-  | grep -E '^(---|join|graceful|SIGKILL|idle|mDNS|kernel|neighbour|UDP|live|flood|fakes|clearings|CPU|  )|panicked|error'
+  | grep -E '^(---|join|graceful|SIGKILL|idle|mDNS|kernel|neighbour|UDP|live|flood|fakes|clearings|browses|CPU|  )|panicked|error'

@@ -23,8 +23,9 @@
 //! `tests/hostile.rs` but seen by every node at once. Printed over the
 //! `MESH_FLOOD_WINDOW` seconds after it (default 150, past the fakes'
 //! 120 s records): the mDNS traffic it costs the link, each node's
-//! clearings of its cache and when they came, and how long the fakes
-//! stayed in the tables. `MESH_FLOOD_DEAF` (seconds, default 0): the
+//! clearings of its cache and when they came (a restart made as one, its
+//! cache crowded, among them), the browses mdns-sd ended, and how long
+//! the fakes stayed in the tables. `MESH_FLOOD_DEAF` (seconds, default 0): the
 //! first node's host hears nothing on UDP port 5353 for this long from the
 //! flood's start (its netfilter drops it), as a responder that fell
 //! behind the flood. Every flood run prints how the nodes' sweeps
@@ -383,7 +384,7 @@ impl Flood {
         let mut gone = Vec::new();
         let mut left_in = 0;
         let mut clearings: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-        let mut misses = 0;
+        let (mut misses, mut ended) = (0, 0);
         let mut holds = 0;
         for x in nodes {
             let log = x.proc.stderr();
@@ -403,10 +404,17 @@ impl Flood {
                 gone.push(last - t0);
             }
             for l in log.lines().filter(|l| stamp(l).is_some_and(|t| t >= t0)) {
-                if l.contains("saw no end of the browse") {
+                if l.contains("the mDNS browse ended") {
+                    ended += 1;
+                } else if l.contains("saw no end of the browse") {
                     misses += 1;
                 } else if l.contains("fails again") {
                     holds += 1;
+                } else if l.contains("clearing the cache instead") {
+                    clearings
+                        .entry("a restart, crowded")
+                        .or_default()
+                        .extend(stamp(l).map(|t| t - t0));
                 } else if l.contains("clearing the cache and browsing afresh") {
                     let cause = if l.contains("failed their probes") {
                         "failing (flood)"
@@ -434,6 +442,7 @@ impl Flood {
             );
         }
         println!("clearings that found no browse (made again): {misses}; floods held off: {holds}");
+        println!("browses ended by mdns-sd (its channel full): {ended}");
         self.report_sweeps(nodes, t0);
         let (mean, max) = mean_max(cpu);
         println!(
