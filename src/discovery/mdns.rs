@@ -73,6 +73,12 @@ pub(crate) const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// restarts at their replay, and a clearing needs a browse that lasts.
 const REBROWSE_DELAY: Duration = Duration::from_millis(100);
 const REBROWSE_MOST: Duration = Duration::from_secs(10);
+
+/// The pause before re-opening a browse that ended, the `n`th in a row
+/// (from 0) to end within [`REBROWSE_MOST`] of its start.
+fn rebrowse_pause(n: u32) -> Duration {
+    (REBROWSE_DELAY * 2u32.pow(n.min(7))).min(REBROWSE_MOST)
+}
 /// Re-browse about this soon after a verification of ours removed an
 /// instance (debounced: one restart per burst), so one that was falsely
 /// suspected is found again in seconds, not at mdns-sd's next query
@@ -851,7 +857,7 @@ pub async fn browse(
                         if started.elapsed() >= REBROWSE_MOST {
                             ends_in_a_row = 0;
                         }
-                        let pause = (REBROWSE_DELAY * 2u32.pow(ends_in_a_row.min(7))).min(REBROWSE_MOST);
+                        let pause = rebrowse_pause(ends_in_a_row);
                         ends_in_a_row += 1;
                         if crowded.load(Ordering::Relaxed) {
                             warn!(most = REPLAY_MOST, pause = ?pause, "the mDNS browse ended with more instances in the cache than a restart replays (a flood); starting it again, to be cleared");
@@ -1593,4 +1599,19 @@ fn removed(services: &[Arc<Service>], fullname: &str) -> bool {
         }
     }
     any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_browse_that_keeps_ending_is_reopened_slower_and_slower() {
+        let pauses: Vec<u128> = (0..9).map(|n| rebrowse_pause(n).as_millis()).collect();
+        assert_eq!(
+            pauses,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
+        assert_eq!(rebrowse_pause(u32::MAX), REBROWSE_MOST);
+    }
 }
