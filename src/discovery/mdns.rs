@@ -865,8 +865,10 @@ pub async fn browse(
                         } else {
                             warn!(pause = ?pause, "the mDNS browse ended; starting it again");
                         }
-                        tokio::time::sleep(pause).await;
-                        continue 'browse;
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(pause) => continue 'browse,
+                        }
                     }
                     Some(ServiceEvent::SearchStarted(_)) => replay.search_started(Instant::now()),
                     Some(ev) => {
