@@ -344,23 +344,20 @@ fn with_a_key_a_forged_flawed_record_under_a_real_name_changes_nothing() {
 /// mDNS cache (their 120 s TTL), a recovery on each side of that (two
 /// minutes apart at least), and a slow machine.
 const RECOVERED_WITHIN: std::time::Duration = std::time::Duration::from_secs(420);
-
+/// News during a flood of 10,000 records reaches the table, whether the
+/// consumer keeps up or loses some (its queue full, or mdns-sd ending its
+/// browse) and recovers it. Until a restart with a crowded cache was made
+/// as a clearing (`replay::REPLAY_MOST`), the restart to fall out of step
+/// replayed the flood and always lost news here; now the consumer mostly
+/// keeps up, and the recovery of lost news is exercised by the goodbye
+/// test below. Which way it went is printed.
 #[test]
-fn news_dropped_in_a_flood_is_recovered_once_it_ebbs() {
+fn news_in_a_flood_reaches_the_table() {
     let mesh = Mesh::start_with(Lab::new(4), &[], &[]);
     let rogue = mesh.announce("flood", 10_000);
-    let dropping = wait_until(RECOVERED_WITHIN, || {
-        log_lines(
-            &mesh.consumer,
-            &["mDNS events come faster than they can be applied"],
-        ) > 0
-    });
-    assert!(
-        dropping,
-        "no event dropped:\n{}",
-        mesh.consumer.output_tail(40)
-    );
-    // While events are being dropped: the real provider leaves (its
+    // Its fakes fail their probes, and the cache is cleared 2-10 s later.
+    mesh.wait_log(&["failed their probes at once"], 1);
+    // Mid-flood, its records coming again: the real provider leaves (its
     // goodbye is news), and another one arrives.
     let h4 = mesh.lab().host("h4");
     let _late_redis = redis(h4, REDIS_PORT);
@@ -374,10 +371,8 @@ fn news_dropped_in_a_flood_is_recovered_once_it_ebbs() {
     // table and h1 out of it.
     let joined = |c: &Proc| log_lines(c, &["backend joined", "instance=redis@late"]) > 0;
     let left = |c: &Proc| log_lines(c, &["backend left", "instance=redis@real"]) > 0;
-    // And it browsed again to get there, or to make sure.
-    let recovering = |c: &Proc| log_lines(c, &["browsing again to recover"]) > 0;
     let recovered = wait_until(RECOVERED_WITHIN, || {
-        joined(&mesh.consumer) && left(&mesh.consumer) && recovering(&mesh.consumer)
+        joined(&mesh.consumer) && left(&mesh.consumer)
     });
     let log = mesh.consumer.stderr();
     let recovery = log
@@ -388,7 +383,9 @@ fn news_dropped_in_a_flood_is_recovered_once_it_ebbs() {
             .position(|l| words.iter().all(|w| l.contains(w)))
     };
     eprintln!(
-        "recovery at log line {:?}; late joined at {:?}, real left at {:?}",
+        "{} losses (queue full, browse ended), recovery at log line {:?}; late joined at {:?}, real left at {:?}",
+        log_lines(&mesh.consumer, &["mDNS events come faster than they can be applied"])
+            + log_lines(&mesh.consumer, &["the mDNS browse ended"]),
         recovery.map(|r| r.0),
         line_of(&["backend joined", "instance=redis@late"]),
         line_of(&["backend left", "instance=redis@real"]),
