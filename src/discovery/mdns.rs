@@ -1000,8 +1000,7 @@ pub async fn browse(
                     {
                         lost_events = false;
                         recovered_at = Some(Instant::now());
-                        if crowded.load(Ordering::Relaxed) {
-                            clearing.want(Instant::now(), Cause::Crowded);
+                        if clearing_instead(&crowded, &mut clearing, false) {
                             continue;
                         }
                         info!("mDNS events were dropped in a flood; browsing again to recover what they said");
@@ -1022,8 +1021,7 @@ pub async fn browse(
                 }
                 _ = sleep_until_some(desync_at) => {
                     desync_at = None;
-                    if crowded.load(Ordering::Relaxed) {
-                        clearing.want(Instant::now(), Cause::Crowded);
+                    if clearing_instead(&crowded, &mut clearing, false) {
                         continue;
                     }
                     debug!("restarting the browse once, to fall out of step with nodes started together");
@@ -1031,9 +1029,8 @@ pub async fn browse(
                     continue 'browse;
                 }
                 _ = sleep_until_some(next_rebrowse) => {
-                    if crowded.load(Ordering::Relaxed) {
-                        next_rebrowse = None;
-                        clearing.want(Instant::now(), Cause::Crowded);
+                    next_rebrowse = None;
+                    if clearing_instead(&crowded, &mut clearing, false) {
                         continue;
                     }
                     debug!("restarting the browse to find an instance again");
@@ -1042,8 +1039,7 @@ pub async fn browse(
                 }
                 Ok(()) = consumed.changed() => {
                     // Its new services wait for the next browse.
-                    if crowded.load(Ordering::Relaxed) {
-                        clearing.urge(Instant::now(), Cause::Crowded);
+                    if clearing_instead(&crowded, &mut clearing, true) {
                         continue;
                     }
                     debug!("the consumed services changed; restarting the browse");
@@ -1270,6 +1266,20 @@ impl Browsing<'_> {
             self.event(ev);
         }
     }
+}
+
+/// Whether a restart of the browse is made as a clearing instead, the
+/// browse having listed more instances than a replay carries (see
+/// `replay::REPLAY_MOST`); if so, the clearing is wanted, `at_once` or in
+/// its turn.
+fn clearing_instead(crowded: &AtomicBool, clearing: &mut Clearing, at_once: bool) -> bool {
+    let crowded = crowded.load(Ordering::Relaxed);
+    if crowded && at_once {
+        clearing.urge(Instant::now(), Cause::Crowded);
+    } else if crowded {
+        clearing.want(Instant::now(), Cause::Crowded);
+    }
+    crowded
 }
 
 /// Warnings about dropped events: one a second during a flood.
