@@ -511,13 +511,12 @@ fn a_live_provider_whose_goodbye_a_stranger_keeps_saying_is_not_swept() {
         let losing = wait_until(LOST_WITHIN, || losses(&mesh.consumer) > lost_before);
         drop(rogue);
         if !losing {
-            // The consumer kept up with this round: another one.
-            assert!(
-                rounds < ROUNDS,
-                "no news lost in {ROUNDS} rounds:\n{}",
-                mesh.consumer.output_tail(40)
-            );
-            continue;
+            // The consumer kept up with this round: another one, unless
+            // it kept up with them all.
+            if rounds < ROUNDS {
+                continue;
+            }
+            break None;
         }
         let swept_again = wait_until(SWEPT_WITHIN, || sweeps(&mesh.consumer) > swept_before);
         assert!(swept_again, "no sweep:\n{}", mesh.consumer.output_tail(40));
@@ -525,7 +524,7 @@ fn a_live_provider_whose_goodbye_a_stranger_keeps_saying_is_not_swept() {
             swept(&mesh.consumer) || kept(&mesh.consumer)
         });
         if judged || lapsed(&mesh.consumer) || rounds == ROUNDS {
-            break judged;
+            break Some(judged);
         }
     };
     stop.store(true, Ordering::Relaxed);
@@ -536,15 +535,23 @@ fn a_live_provider_whose_goodbye_a_stranger_keeps_saying_is_not_swept() {
         "a live provider was swept:\n{}",
         mesh.consumer.output_tail(40)
     );
-    if !judged && lapsed(&mesh.consumer) {
-        eprintln!("the provider's record lapsed in the flood; no sweep could ask about it");
-        return;
+    match judged {
+        // Since a restart with a crowded cache is made as a clearing
+        // (`replay::REPLAY_MOST`), no restart replays the flood, which was
+        // the consumer's usual loss: it often keeps up now (all five rounds
+        // once in a chroot run at 6dce2ca, after passing in CI at db66b15).
+        None => eprintln!("no news lost in {ROUNDS} rounds; no sweep could ask about the provider"),
+        Some(false) if lapsed(&mesh.consumer) => {
+            eprintln!("the provider's record lapsed in the flood; no sweep could ask about it");
+            return;
+        }
+        Some(judged) => assert!(
+            judged,
+            "no sweep in {ROUNDS} rounds asked about the provider:
+{}",
+            mesh.consumer.output_tail(40)
+        ),
     }
-    assert!(
-        judged,
-        "no sweep in {ROUNDS} rounds asked about the provider:\n{}",
-        mesh.consumer.output_tail(40)
-    );
     // Once the stranger stops, the goodbye's second runs out (the
     // provider announces again if it had left), and h1 serves.
     let served = wait_until(DEADLINE, || failed_requests(mesh.client(), 1, "h1") == 0);
