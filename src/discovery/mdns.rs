@@ -68,9 +68,10 @@ pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause before re-opening a browse that ended, so a daemon in trouble is
 /// not asked in a tight loop. It doubles for each browse in a row that
-/// ended within [`REBROWSE_MOST`] of its start, up to that: a cache that
-/// holds more than a replay carries (`replay::REPLAY_MOST`) ends most
-/// restarts at their replay, and a clearing needs a browse that lasts.
+/// ended within [`REBROWSE_MOST`] of its start, up to that: a stranger who
+/// can end browses at will (a new address for a host of a thousand
+/// instances) gets a fresh browse's query, which every node answers, at
+/// most that often.
 const REBROWSE_DELAY: Duration = Duration::from_millis(100);
 const REBROWSE_MOST: Duration = Duration::from_secs(10);
 
@@ -750,7 +751,8 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// instances than a replay carries (`replay::REPLAY_MOST`: mdns-sd ends
 /// a browse whose replay fills its channel), each restart above but the
 /// one after the channel ended is made as a clearing, at once for a
-/// reload, in the clearings' turn for the others (see `replay::Clearing`).
+/// reload, in the clearings' turn for the others (see `replay::Clearing`);
+/// a browse that ended then is reopened on a cache cleared at once.
 /// Removals may be lost at any
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
 /// ended, events were dropped or the cache was cleared are instances that
@@ -859,11 +861,18 @@ pub async fn browse(
                         }
                         let pause = rebrowse_pause(ends_in_a_row);
                         ends_in_a_row += 1;
-                        if crowded.load(Ordering::Relaxed) {
-                            warn!(most = REPLAY_MOST, pause = ?pause, "the mDNS browse ended with more instances in the cache than a restart replays (a flood); starting it again, to be cleared");
-                            clearing.want(Instant::now(), Cause::Crowded);
-                        } else {
+                        if !crowded.load(Ordering::Relaxed) {
                             warn!(pause = ?pause, "the mDNS browse ended; starting it again");
+                        } else if let Err(e) = mdns.daemon.stop_browse(SERVICE_TYPE) {
+                            warn!(error = %e, pause = ?pause, "the mDNS browse ended with more instances in the cache than a restart replays (a flood), and the cache cannot be cleared; starting it again");
+                        } else {
+                            // The replay of this cache would end the next
+                            // browse too. Only the vendored mdns-sd clears
+                            // a cache whose browse is gone
+                            // (vendor/mdns-sd/PATCHED.md); the command
+                            // comes before the next browse's.
+                            warn!(most = REPLAY_MOST, pause = ?pause, "the mDNS browse ended with more instances in the cache than a restart replays (a flood); clearing the cache and browsing afresh");
+                            cleared = true;
                         }
                         tokio::select! {
                             _ = stop.cancelled() => return,
@@ -972,18 +981,24 @@ pub async fn browse(
                     // Drops every record of the type. What the fresh
                     // browse does not bring back is swept, once its
                     // responder does not answer for it.
+                    // The vendored mdns-sd clears the cache even when it
+                    // had ended the browse itself (vendor/mdns-sd/PATCHED.md),
+                    // and before the next browse starts.
                     let took = match mdns.daemon.stop_browse(SERVICE_TYPE) {
-                        Ok(()) => ctx.ended(&mut events, &stop).await,
+                        Ok(()) => {
+                            if !ctx.ended(&mut events, &stop).await {
+                                debug!("the clearing saw no end of the browse: mdns-sd had ended it");
+                            }
+                            true
+                        }
                         Err(e) => {
-                            warn!(error = %e, "cannot end the browse to clear the mDNS cache");
+                            warn!(error = %e, "cannot end the browse to clear the mDNS cache; clearing again");
                             false
                         }
                     };
                     if took {
                         verifications.cleared();
                         refusals.cleared();
-                    } else {
-                        info!("the clearing saw no end of the browse: mdns-sd had ended it (and cleared nothing) or its word was lost; clearing again");
                     }
                     clearing.made(Instant::now(), took);
                     sweep_next = true;

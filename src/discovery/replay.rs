@@ -182,11 +182,14 @@ impl Leftovers {
 /// 2-core machine, idle, restarts with 600 cached instances ended 14 of 20
 /// times (11 of 20 with a thread of its own reading), with 1,000 18 of
 /// 20, with 400 none. An ended browse restarted replays the same cache and
-/// ends again, a clearing finds no browse to end, and the instances whose
-/// records went on expiring are asked about with every restart: 12,000 to
-/// 14,000 queries in the lab's 8-host flood runs where a restart fell in
-/// the flood. Up to this many, a replay's 801 events fit however late
-/// the reader; past it, the browse is cleared instead (`Cause::Crowded`).
+/// ends again, and the instances whose records went on expiring are asked
+/// about with every restart: 12,000 to 14,000 queries in the lab's 8-host
+/// flood runs where a restart fell in the flood, whose clearings found no
+/// browse to end (upstream mdns-sd clears a cache only through a live
+/// browse; the vendored one does not need it, see
+/// vendor/mdns-sd/PATCHED.md). Up to this many, a replay's 801 events fit
+/// however late the reader; past it, the browse is cleared instead
+/// (`Cause::Crowded`), which keeps the browse, and its pacing, until then.
 pub const REPLAY_MOST: usize = 400;
 
 /// The distinct instances a browse has listed (`ServiceFound`), counted
@@ -223,7 +226,7 @@ pub const CLEAR_EVERY: Duration = Duration::from_secs(120);
 /// may list them still; the wait doubles from this up to [`CLEAR_EVERY`].
 pub const CLEAR_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
-/// Clearings in a row that may find no browse to end before the next one
+/// Clearings in a row that the daemon may refuse before the next one
 /// waits its turn: each miss costs a restart of the browse.
 const MISSES_AT_ONCE: u32 = 3;
 
@@ -249,8 +252,9 @@ pub enum Cause {
 /// [`CLEAR_EVERY`] and halves for every [`CLEAR_EVERY`] that passes
 /// without one, so a stranger who floods whenever a clearing is allowed
 /// gets one about every [`CLEAR_EVERY`], not a series from the start. A
-/// clearing that found no browse to end cleared nothing, and is made
-/// again at once (the browse restarts meanwhile), a few times in a row. A
+/// clearing the daemon refused (its command queue full) cleared nothing,
+/// and is made again at once (the browse restarts meanwhile), a few times
+/// in a row. A
 /// reload's clearing comes at once ([`Clearing::urge`]): only this node
 /// asks for it.
 #[derive(Debug, Default)]
@@ -259,7 +263,7 @@ pub struct Clearing {
     last: Option<Instant>,
     /// The least wait after it; zero for at once.
     wait: Duration,
-    /// Clearings in a row that found no browse to end.
+    /// Clearings in a row that the daemon refused.
     misses: u32,
     /// When the next is due, and why.
     due: Option<(Instant, Cause)>,
@@ -314,7 +318,8 @@ impl Clearing {
         Some(cause)
     }
 
-    /// The clearing made at `now` ended a browse (`took`), or found none.
+    /// The clearing made at `now` cleared the cache (`took`), or the
+    /// daemon refused it.
     pub fn made(&mut self, now: Instant, took: bool) {
         let cause = self.making.take();
         if !took && self.misses < MISSES_AT_ONCE {
