@@ -391,7 +391,6 @@ fn a_stranger_replaying_the_real_instance_from_its_own_address_gets_nothing() {
         port: TLS_PORT,
         txt: copied.txt.iter().map(|t| t.clone().into_bytes()).collect(),
         addrs: vec![h3.ip.into()],
-        ptr_ttl: None,
     };
     let stranger = Rogue::start(h3, vec![replay]);
     let inst = instance("redis@h1");

@@ -66,10 +66,6 @@ pub struct FakeInstance {
     pub txt: Vec<Vec<u8>>,
     /// A/AAAA records of `host`, sent beside the SRV.
     pub addrs: Vec<IpAddr>,
-    /// The TTL of its PTR record, which lists it under the service type,
-    /// or `None` for a real responder's: a short one takes it out of
-    /// browsers' caches soon after the rogue stops.
-    pub ptr_ttl: Option<u32>,
 }
 
 impl FakeInstance {
@@ -82,7 +78,6 @@ impl FakeInstance {
             port,
             txt: vec![format!("svc={svc}").into_bytes()],
             addrs: vec![addr],
-            ptr_ttl: None,
         }
     }
 
@@ -379,8 +374,9 @@ impl Packet {
             .map(|l| l.as_bytes().to_vec())
             .collect();
 
-        let ptr_ttl = inst.ptr_ttl.unwrap_or(TTL_SHARED);
-        self.record(&service, TYPE_PTR, CLASS_IN, ptr_ttl, |p| p.name(&instance));
+        self.record(&service, TYPE_PTR, CLASS_IN, TTL_SHARED, |p| {
+            p.name(&instance)
+        });
         self.record(
             &instance,
             TYPE_SRV,
