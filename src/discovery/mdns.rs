@@ -68,10 +68,10 @@ pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause before re-opening a browse that ended, so a daemon in trouble is
 /// not asked in a tight loop. It doubles for each browse in a row that
-/// ended within [`REBROWSE_MOST`] of its start, up to that: a stranger who
-/// can end browses at will (a new address for a host of a thousand
-/// instances) gets a fresh browse's query, which every node answers, at
-/// most that often.
+/// ended within [`REBROWSE_MOST`] of its start, up to that. A browse
+/// ended with a crowded cache (a stranger can end one at will: a new
+/// address for a host of a thousand instances) is reopened as a clearing,
+/// in the clearings' turn (`replay::Clearing`).
 const REBROWSE_DELAY: Duration = Duration::from_millis(100);
 const REBROWSE_MOST: Duration = Duration::from_secs(10);
 
@@ -751,8 +751,9 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// instances than a replay carries (`replay::REPLAY_MOST`: mdns-sd ends
 /// a browse whose replay fills its channel), each restart above but the
 /// one after the channel ended is made as a clearing, at once for a
-/// reload, in the clearings' turn for the others (see `replay::Clearing`);
-/// a browse that ended then is reopened on a cache cleared at once.
+/// reload, in the clearings' turn for the others (see `replay::Clearing`),
+/// and a browse that ended then is reopened on a cleared cache, in the
+/// clearings' turn too.
 /// Removals may be lost at any
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
 /// ended, events were dropped or the cache was cleared are instances that
@@ -853,31 +854,44 @@ pub async fn browse(
                 ev = events.recv() => match ev {
                     Some(ServiceEvent::SearchStopped(_)) | None => {
                         sweep_next = true;
-                        // A replay that fills mdns-sd's channel ends every
-                        // restart until the cache is cleared, which needs a
-                        // browse that lasts; meanwhile the restarts slow down.
+                        // A daemon in trouble, or a stranger who can end
+                        // browses at will, is not answered in a tight loop.
                         if started.elapsed() >= REBROWSE_MOST {
                             ends_in_a_row = 0;
                         }
-                        let pause = rebrowse_pause(ends_in_a_row);
+                        let mut pause = rebrowse_pause(ends_in_a_row);
                         ends_in_a_row += 1;
-                        if !crowded.load(Ordering::Relaxed) {
-                            warn!(pause = ?pause, "the mDNS browse ended; starting it again");
-                        } else if let Err(e) = mdns.daemon.stop_browse(SERVICE_TYPE) {
-                            warn!(error = %e, pause = ?pause, "the mDNS browse ended with more instances in the cache than a restart replays (a flood), and the cache cannot be cleared; starting it again");
-                        } else {
+                        let crowded = crowded.load(Ordering::Relaxed);
+                        if crowded {
                             // The replay of this cache would end the next
-                            // browse too. Only the vendored mdns-sd clears
-                            // a cache whose browse is gone
-                            // (vendor/mdns-sd/PATCHED.md); the command
-                            // comes before the next browse's.
+                            // browse too, so it is reopened on a cleared
+                            // cache: a clearing, which every live node
+                            // answers, in the clearings' turn.
+                            let now = Instant::now();
+                            pause = pause.max(clearing.allowed_at(now).saturating_duration_since(now));
                             warn!(most = REPLAY_MOST, pause = ?pause, "the mDNS browse ended with more instances in the cache than a restart replays (a flood); clearing the cache and browsing afresh");
-                            cleared = true;
+                        } else {
+                            warn!(pause = ?pause, "the mDNS browse ended; starting it again");
                         }
                         tokio::select! {
                             _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(pause) => continue 'browse,
+                            _ = tokio::time::sleep(pause) => {}
                         }
+                        if crowded {
+                            // Only the vendored mdns-sd clears a cache
+                            // whose browse is gone (vendor/mdns-sd/PATCHED.md);
+                            // the command comes before the next browse's.
+                            let took = mdns.daemon.stop_browse(SERVICE_TYPE).is_ok();
+                            // One due meanwhile is this one.
+                            clearing.take();
+                            clearing.made(Instant::now(), took);
+                            if took {
+                                verifications.cleared();
+                                refusals.cleared();
+                            }
+                            cleared = took;
+                        }
+                        continue 'browse;
                     }
                     Some(ServiceEvent::SearchStarted(_)) => replay.search_started(Instant::now()),
                     Some(ev) => {
@@ -1251,9 +1265,8 @@ impl Browsing<'_> {
     /// Applies what comes until the browse ends after a `stop_browse`;
     /// whether it said it was stopped. mdns-sd says `SearchStopped` to the
     /// browse it ends, and nothing to one it had already ended (its
-    /// channel full), whose records it then keeps; its word can also be
-    /// lost in a channel full at that moment, which costs one clearing
-    /// more.
+    /// channel full); the vendored mdns-sd clears the cache either way
+    /// (vendor/mdns-sd/PATCHED.md).
     async fn ended(
         &mut self,
         events: &mut mpsc::Receiver<ServiceEvent>,
