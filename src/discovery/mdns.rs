@@ -830,6 +830,11 @@ pub async fn browse(
             }
         };
         let mut next_rebrowse: Option<Instant> = None;
+        // Once the browse ended by itself: when to reopen it, and whether
+        // on a cleared cache. Until then the rest goes on (the witness's
+        // verdicts, failed connects, removals due), for up to the
+        // clearings' wait.
+        let mut reopen: Option<(Instant, bool)> = None;
         let started = Instant::now();
         let fresh = std::mem::take(&mut cleared);
         replay.start(std::mem::take(&mut sweep_next), fresh);
@@ -851,8 +856,9 @@ pub async fn browse(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                ev = events.recv() => match ev {
+                ev = events.recv(), if reopen.is_none() => match ev {
                     Some(ServiceEvent::SearchStopped(_)) | None => {
+                        // Whichever restart comes next sweeps.
                         sweep_next = true;
                         // A daemon in trouble, or a stranger who can end
                         // browses at will, is not answered in a tight loop.
@@ -873,25 +879,7 @@ pub async fn browse(
                         } else {
                             warn!(pause = ?pause, "the mDNS browse ended; starting it again");
                         }
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                        if crowded {
-                            // Only the vendored mdns-sd clears a cache
-                            // whose browse is gone (vendor/mdns-sd/PATCHED.md);
-                            // the command comes before the next browse's.
-                            let took = mdns.daemon.stop_browse(SERVICE_TYPE).is_ok();
-                            // One due meanwhile is this one.
-                            clearing.take();
-                            clearing.made(Instant::now(), took);
-                            if took {
-                                verifications.cleared();
-                                refusals.cleared();
-                            }
-                            cleared = took;
-                        }
-                        continue 'browse;
+                        reopen = Some((Instant::now() + pause, crowded));
                     }
                     Some(ServiceEvent::SearchStarted(_)) => replay.search_started(Instant::now()),
                     Some(ev) => {
@@ -919,7 +907,26 @@ pub async fn browse(
                     }
                     aim.follow(ctx.ring);
                 }
-                _ = sleep_until_some(replay.due()) => {
+                _ = sleep_until_some(reopen.map(|(at, _)| at)) => {
+                    let Some((_, clear)) = reopen else { continue };
+                    if clear {
+                        // Only the vendored mdns-sd clears a cache whose
+                        // browse is gone (vendor/mdns-sd/PATCHED.md); the
+                        // command comes before the next browse's.
+                        let took = mdns.daemon.stop_browse(SERVICE_TYPE).is_ok();
+                        // One due meanwhile is this one.
+                        clearing.take();
+                        clearing.made(Instant::now(), took);
+                        if took {
+                            verifications.cleared();
+                            refusals.cleared();
+                        }
+                        cleared = took;
+                    }
+                    continue 'browse;
+                }
+                // The replay of a browse that ended is not whole.
+                _ = sleep_until_some(replay.due()), if reopen.is_none() => {
                     let Whole { seen, sweep: to_sweep } = replay.take();
                     let complete = stats.events_dropped.load(Ordering::Relaxed) == dropped_before;
                     // After a clearing our own instances come back only
