@@ -406,7 +406,7 @@ impl Flood {
             for l in log.lines().filter(|l| stamp(l).is_some_and(|t| t >= t0)) {
                 if l.contains("the mDNS browse ended") {
                     ended += 1;
-                    if l.contains("clearing the cache") {
+                    if l.contains("a clearing reopens it") {
                         ended_crowded += 1;
                     }
                 } else if l.contains("fails again") {
@@ -444,7 +444,7 @@ impl Flood {
         }
         println!("floods held off: {holds}");
         println!(
-            "browses ended by mdns-sd (its channel full): {ended}, {ended_crowded} of them with a crowded cache (cleared)"
+            "browses ended by mdns-sd (its channel full): {ended}, {ended_crowded} of them with a crowded cache (reopened by a clearing)"
         );
         self.report_sweeps(nodes, t0);
         let (mean, max) = mean_max(cpu);

@@ -70,8 +70,8 @@ pub(crate) const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// not asked in a tight loop. It doubles for each browse in a row that
 /// ended within [`REBROWSE_MOST`] of its start, up to that. A browse
 /// ended with a crowded cache (a stranger can end one at will: a new
-/// address for a host of a thousand instances) is reopened as a clearing,
-/// in the clearings' turn (`replay::Clearing`).
+/// address for a host of a thousand instances) is reopened by a clearing
+/// instead, in the clearings' turn (`replay::Clearing`).
 const REBROWSE_DELAY: Duration = Duration::from_millis(100);
 const REBROWSE_MOST: Duration = Duration::from_secs(10);
 
@@ -752,8 +752,8 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// a browse whose replay fills its channel), each restart above but the
 /// one after the channel ended is made as a clearing, at once for a
 /// reload, in the clearings' turn for the others (see `replay::Clearing`),
-/// and a browse that ended then is reopened on a cleared cache, in the
-/// clearings' turn too.
+/// and a browse that ended then is reopened by a clearing, in its turn
+/// too.
 /// Removals may be lost at any
 /// restart (see `Mdns::defend_unreplayed`), but only after the channel
 /// ended, events were dropped or the cache was cleared are instances that
@@ -830,11 +830,11 @@ pub async fn browse(
             }
         };
         let mut next_rebrowse: Option<Instant> = None;
-        // Once the browse ended by itself: when to reopen it, and whether
-        // on a cleared cache. Until then the rest goes on (the witness's
-        // verdicts, failed connects, removals due), for up to the
-        // clearings' wait.
-        let mut reopen: Option<(Instant, bool)> = None;
+        // Whether the browse ended by itself, and when to reopen it (a
+        // crowded one is reopened by a clearing). Until then the rest goes
+        // on: the witness's verdicts, failed connects, removals due.
+        let mut ended = false;
+        let mut reopen_at: Option<Instant> = None;
         let started = Instant::now();
         let fresh = std::mem::take(&mut cleared);
         replay.start(std::mem::take(&mut sweep_next), fresh);
@@ -856,30 +856,30 @@ pub async fn browse(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                ev = events.recv(), if reopen.is_none() => match ev {
+                ev = events.recv(), if !ended => match ev {
                     Some(ServiceEvent::SearchStopped(_)) | None => {
+                        ended = true;
                         // Whichever restart comes next sweeps.
                         sweep_next = true;
-                        // A daemon in trouble, or a stranger who can end
-                        // browses at will, is not answered in a tight loop.
+                        if crowded.load(Ordering::Relaxed) {
+                            // The replay of this cache would end the next
+                            // browse too: it is cleared first (only the
+                            // vendored mdns-sd clears a cache whose browse
+                            // is gone, vendor/mdns-sd/PATCHED.md), in the
+                            // clearings' turn, since every live node
+                            // answers the fresh browse.
+                            warn!(most = REPLAY_MOST, "the mDNS browse ended with more instances in the cache than a restart replays (a flood); a clearing reopens it");
+                            clearing.want(Instant::now(), Cause::Crowded);
+                            continue;
+                        }
+                        // A daemon in trouble is not asked in a tight loop.
                         if started.elapsed() >= REBROWSE_MOST {
                             ends_in_a_row = 0;
                         }
-                        let mut pause = rebrowse_pause(ends_in_a_row);
+                        let pause = rebrowse_pause(ends_in_a_row);
                         ends_in_a_row += 1;
-                        let crowded = crowded.load(Ordering::Relaxed);
-                        if crowded {
-                            // The replay of this cache would end the next
-                            // browse too, so it is reopened on a cleared
-                            // cache: a clearing, which every live node
-                            // answers, in the clearings' turn.
-                            let now = Instant::now();
-                            pause = pause.max(clearing.allowed_at(now).saturating_duration_since(now));
-                            warn!(most = REPLAY_MOST, pause = ?pause, "the mDNS browse ended with more instances in the cache than a restart replays (a flood); clearing the cache and browsing afresh");
-                        } else {
-                            warn!(pause = ?pause, "the mDNS browse ended; starting it again");
-                        }
-                        reopen = Some((Instant::now() + pause, crowded));
+                        warn!(pause = ?pause, "the mDNS browse ended; starting it again");
+                        reopen_at = Some(Instant::now() + pause);
                     }
                     Some(ServiceEvent::SearchStarted(_)) => replay.search_started(Instant::now()),
                     Some(ev) => {
@@ -907,26 +907,9 @@ pub async fn browse(
                     }
                     aim.follow(ctx.ring);
                 }
-                _ = sleep_until_some(reopen.map(|(at, _)| at)) => {
-                    let Some((_, clear)) = reopen else { continue };
-                    if clear {
-                        // Only the vendored mdns-sd clears a cache whose
-                        // browse is gone (vendor/mdns-sd/PATCHED.md); the
-                        // command comes before the next browse's.
-                        let took = mdns.daemon.stop_browse(SERVICE_TYPE).is_ok();
-                        // One due meanwhile is this one.
-                        clearing.take();
-                        clearing.made(Instant::now(), took);
-                        if took {
-                            verifications.cleared();
-                            refusals.cleared();
-                        }
-                        cleared = took;
-                    }
-                    continue 'browse;
-                }
+                _ = sleep_until_some(reopen_at) => continue 'browse,
                 // The replay of a browse that ended is not whole.
-                _ = sleep_until_some(replay.due()), if reopen.is_none() => {
+                _ = sleep_until_some(replay.due()), if !ended => {
                     let Whole { seen, sweep: to_sweep } = replay.take();
                     let complete = stats.events_dropped.load(Ordering::Relaxed) == dropped_before;
                     // After a clearing our own instances come back only

@@ -274,7 +274,10 @@ pub struct Clearing {
 impl Clearing {
     /// A clearing is wanted at `now`, for `cause`.
     pub fn want(&mut self, now: Instant, cause: Cause) {
-        let at = self.allowed_at(now);
+        let at = match self.last {
+            Some(t) if self.misses == 0 => now.max(t + self.wait_at(now)),
+            _ => now,
+        };
         let at = self.due.map_or(at, |(t, _)| t.min(at));
         self.due = Some((at, cause));
     }
@@ -301,14 +304,6 @@ impl Clearing {
     /// so a stranger cannot hurry clearings.
     pub fn urge(&mut self, now: Instant, cause: Cause) {
         self.due = Some((now, cause));
-    }
-
-    /// The soonest a clearing wanted at `now` may be made.
-    pub fn allowed_at(&self, now: Instant) -> Instant {
-        match self.last {
-            Some(t) if self.misses == 0 => now.max(t + self.wait_at(now)),
-            _ => now,
-        }
     }
 
     /// When the next clearing is due.
