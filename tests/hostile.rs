@@ -348,7 +348,8 @@ const RECOVERED_WITHIN: std::time::Duration = std::time::Duration::from_secs(420
 /// browse) and recovers it. Until a restart with a crowded cache was made
 /// as a clearing (`replay::REPLAY_MOST`), the restart to fall out of step
 /// replayed the flood and always lost news here; now the consumer mostly
-/// keeps up (a browse ended at will is the moved-host test's, below).
+/// keeps up (a stranger who tries to end the browse at will is the
+/// moved-host test's, below).
 /// Which way it went is printed.
 #[test]
 fn news_in_a_flood_reaches_the_table() {
@@ -765,21 +766,24 @@ fn a_reload_with_a_crowded_cache_clears_it_and_the_browse_lives() {
 }
 
 /// Instances on one host name: when the host gets a new address, mdns-sd
-/// reports each of them again in one loop, more than its channel of 1,000
-/// holds, and ends the browse.
+/// reports each of them again in one loop of its thread, three times what
+/// upstream's browse channel of 1,000 holds.
 const MOVED_CROWD: usize = 3_000;
+/// The browse's restart to fall out of step comes 10-70 s after the
+/// start; this is a slow machine's margin on top.
+const DESYNCED_WITHIN: Duration = Duration::from_secs(100);
 
-/// A stranger can end a consumer's browse at will: it announces well over
-/// a thousand instances on one host name, then a new address for that
-/// host. Upstream mdns-sd then ends every browse reopened on that cache at
-/// its replay and clears the cache only through a live browse, so the
-/// consumer stayed blind until a replay happened to fit (8 ends in a
-/// minute in one run here, at 7c64797; the instances' records last 75
-/// minutes). The vendored mdns-sd clears it all the same
-/// (vendor/mdns-sd/PATCHED.md), and the consumer reopens on an empty
-/// cache: a provider that joins afterwards is found, with no other end.
+/// A stranger could end a consumer's browse at will: it announced well
+/// over a thousand instances on one host name, then a new address for that
+/// host, and mdns-sd reported every instance again in one loop, into a
+/// browse channel of 1,000 that ends the browse when it fills (with 1,200
+/// instances, 7 times of 13 here; 3,000 every time). The consumer was then
+/// blind until a clearing reopened the browse, and a stranger who kept at
+/// it kept it blind between clearings (up to 2 minutes each). The vendored
+/// mdns-sd's browse channel holds 16,384 events (vendor/mdns-sd/PATCHED.md):
+/// the browse takes the whole burst, and lives.
 #[test]
-fn a_stranger_who_moves_a_crowded_host_ends_the_browse_once() {
+fn a_stranger_who_moves_a_crowded_host_ends_no_browse() {
     let lab = Lab::new(4);
     let h1 = lab.host("h1");
     let _redis = redis(h1, REDIS_PORT);
@@ -792,6 +796,14 @@ fn a_stranger_who_moves_a_crowded_host_ends_the_browse_once() {
     );
     assert!(
         wait_until(DEADLINE, || failed_requests(h3, 1, "h1") == 0),
+        "{}",
+        consumer.output_tail(40)
+    );
+    // The one restart a browse makes by itself (to fall out of step) would
+    // be a clearing once the crowd is cached, and take it away.
+    let desynced = || log_lines(&consumer, &["to fall out of step"]) > 0;
+    assert!(
+        wait_until(DESYNCED_WITHIN, desynced),
         "{}",
         consumer.output_tail(40)
     );
@@ -812,23 +824,34 @@ fn a_stranger_who_moves_a_crowded_host_ends_the_browse_once() {
         "{} listed",
         listed()
     );
-    // Cached, and no longer answered for: only a replay of the cache can
-    // bring them back.
+    // Cached, and no longer answered for: what the consumer hears of them
+    // from now on comes from mdns-sd's cache.
     drop(crowd);
     // The same host name, another address (the provider's host's: nobody
     // dials an instance of a service nobody consumes).
     let mut moved = FakeInstance::many("crowd", 1, "other", DEAD_PORTS, h1.ip.into());
     moved[0].label = b"crowd-moved".to_vec();
     let mover = Rogue::start(stranger, moved);
+    // Every instance on the host, reported again with its new address (and
+    // the one that brought it).
+    let new_address = format!("advertised={}", h1.ip);
+    let moved_over = || log_lines(&consumer, &["resolved", "instance=crowd-", &new_address]);
     let ended = |c: &Proc| log_lines(c, &["the mDNS browse ended"]);
-    let cleared = |c: &Proc| log_lines(c, &["the mDNS browse ended", "a clearing reopens it"]);
     assert!(
-        wait_until(DEADLINE, || ended(&consumer) > 0),
-        "the new address ended no browse:\n{}",
+        wait_until(DEADLINE, || moved_over() > MOVED_CROWD
+            || ended(&consumer) > 0),
+        "{} moved over:\n{}",
+        moved_over(),
         consumer.output_tail(40)
     );
     drop(mover);
-    assert_eq!(cleared(&consumer), 1, "{}", consumer.output_tail(40));
+    assert_eq!(
+        ended(&consumer),
+        0,
+        "{} moved over:\n{}",
+        moved_over(),
+        consumer.output_tail(40)
+    );
 
     // A provider that joins now is found: the browse lives.
     let h4 = lab.host("h4");
@@ -841,16 +864,7 @@ fn a_stranger_who_moves_a_crowded_host_ends_the_browse_once() {
         ended(&consumer),
         consumer.output_tail(40)
     );
-    assert_eq!(ended(&consumer), 1, "{}", consumer.output_tail(40));
-    // The reopened browse did not replay the crowd: its cache was cleared.
-    let log = consumer.stderr();
-    let replayed = log
-        .lines()
-        .skip_while(|l| !l.contains("the mDNS browse ended"))
-        .filter(|l| l.contains("resolved") && l.contains("instance=crowd-"))
-        .filter(|l| !l.contains("instance=crowd-moved"))
-        .count();
-    assert_eq!(replayed, 0, "{}", consumer.output_tail(40));
+    assert_eq!(ended(&consumer), 0, "{}", consumer.output_tail(40));
     assert_eq!(
         log_lines(&consumer, &["backend left", "instance=redis@real"]),
         0,

@@ -69,9 +69,10 @@ pub(crate) const DAEMON_REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause before re-opening a browse that ended, so a daemon in trouble is
 /// not asked in a tight loop. It doubles for each browse in a row that
 /// ended within [`REBROWSE_MOST`] of its start, up to that. A browse
-/// ended with a crowded cache (a stranger can end one at will: a new
-/// address for a host of a thousand instances) is reopened by a clearing
-/// instead, in the clearings' turn (`replay::Clearing`).
+/// ended with a crowded cache (a burst of more events than mdns-sd's
+/// channel holds: a new address for a host of 16,384 instances) is
+/// reopened by a clearing instead, in the clearings' turn
+/// (`replay::Clearing`).
 const REBROWSE_DELAY: Duration = Duration::from_millis(100);
 const REBROWSE_MOST: Duration = Duration::from_secs(10);
 
@@ -132,11 +133,11 @@ const VERIFIED_RECENTLY: Duration = Duration::from_secs(5);
 /// has expired (a provider killed without goodbye, or one that stopped
 /// re-signing): within seconds of the end of validity.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
-/// Browse events waiting for the tables. mdns-sd's own channel holds 1,000
-/// and closes the browse for good when it fills; a flood of records (10,000
-/// fake instances) fills it faster than records can be checked and applied,
-/// and every re-browse replays the flood. So a task of its own moves events
-/// from that channel into this queue, which never closes: when it is full,
+/// Browse events waiting for the tables. mdns-sd's own channel (16,384 in
+/// the vendored copy, 1,000 upstream) closes the browse when it fills; a
+/// flood of records (10,000 fake instances) comes faster than records can
+/// be checked and applied. So a task of its own moves events from that
+/// channel into this queue as they come, which never closes: when it is full,
 /// events are dropped and counted, and the next re-browse brings back what
 /// they said. About 1 KiB an event: a few MiB at most.
 const EVENT_QUEUE: usize = 4096;
@@ -748,8 +749,8 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// when 16 or more third-party instances fail within a second (see
 /// `verifying`), or when many new instances this node refuses
 /// come at once (see `refusals`). While the browse has listed more
-/// instances than a replay carries (`replay::REPLAY_MOST`: mdns-sd ends
-/// a browse whose replay fills its channel), each restart above but the
+/// instances than a replay carries (`replay::REPLAY_MOST`: a flood's
+/// cache is cleared rather than replayed), each restart above but the
 /// one after the channel ended is made as a clearing, at once for a
 /// reload, in the clearings' turn for the others (see `replay::Clearing`),
 /// and a browse that ended then is reopened by a clearing, in its turn
@@ -862,8 +863,9 @@ pub async fn browse(
                         // Whichever restart comes next sweeps.
                         sweep_next = true;
                         if crowded.load(Ordering::Relaxed) {
-                            // The replay of this cache would end the next
-                            // browse too: it is cleared first (only the
+                            // A flood's cache (a burst past mdns-sd's
+                            // channel ended it) is not replayed: it is
+                            // cleared first (only the
                             // vendored mdns-sd clears a cache whose browse
                             // is gone, vendor/mdns-sd/PATCHED.md), in the
                             // clearings' turn, since every live node
@@ -1359,7 +1361,7 @@ fn forward(events: mdns_sd::Receiver<ServiceEvent>, stats: Arc<DiscoveryStats>) 
             // The end of a replay (see `replay`), the event a
             // full queue would drop first, waits for room instead: one
             // event a query, and the browse frees a slot in microseconds,
-            // long before mdns-sd's channel of 1,000 could fill. So does
+            // long before mdns-sd's channel could fill. So does
             // the end of a browse, which a clearing waits for.
             if matches!(
                 ev,

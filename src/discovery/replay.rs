@@ -175,20 +175,20 @@ impl Leftovers {
 }
 
 /// Most instances the cache may list for the browse to be restarted
-/// rather than cleared. mdns-sd replays its cache to a restarted browse
-/// from its own thread, two events an instance (listed, resolved), into a
-/// channel of 1,000 that ends the browse for good when it fills, and no
-/// reader keeps up with that loop: measured with mdns-sd 0.21.7 on this
-/// 2-core machine, idle, restarts with 600 cached instances ended 14 of 20
-/// times (11 of 20 with a thread of its own reading), with 1,000 18 of
-/// 20, with 400 none. An ended browse restarted replays the same cache and
-/// ends again, and the instances whose records went on expiring are asked
-/// about with every restart: 12,000 to 14,000 queries in the lab's 8-host
-/// flood runs where a restart fell in the flood, whose clearings found no
-/// browse to end (upstream mdns-sd clears a cache only through a live
-/// browse; the vendored one does not need it, see
-/// vendor/mdns-sd/PATCHED.md). Up to this many, a replay's 801 events fit
-/// however late the reader; past it, the browse is cleared instead
+/// rather than cleared. Past a few hundred, what the cache lists is a
+/// flood's: a restart would replay it all into the browse (two events an
+/// instance, from mdns-sd's thread in one loop), and keep its records,
+/// whose PTR records outlive the rest by 75 minutes and are asked about
+/// with every query mdns-sd sends. Upstream mdns-sd's browse channel of
+/// 1,000 also ended the browse at such a replay: measured with mdns-sd
+/// 0.21.7 on this 2-core machine, idle, restarts with 600 cached
+/// instances ended 14 of 20 times (11 of 20 with a thread of its own
+/// reading), with 1,000 18 of 20, with 400 none; an ended browse restarted
+/// replayed the same cache and ended again, and the lab's 8-host flood
+/// runs where a restart fell in the flood carried 12,000 to 14,000 queries.
+/// The vendored mdns-sd's channel takes a replay of 8,191
+/// (vendor/mdns-sd/PATCHED.md), but a flood's cache is still cleared
+/// rather than replayed: past this many, a restart is a clearing instead
 /// (`Cause::Crowded`), which keeps the browse, and its pacing, until then.
 pub const REPLAY_MOST: usize = 400;
 

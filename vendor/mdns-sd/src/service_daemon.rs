@@ -87,6 +87,15 @@ const GROUP_ADDR_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb);
 /// flume does not preallocate, so unused capacity has no cost. If a receiver falls too far
 /// behind and the channel fills, the subscription is closed (see those APIs).
 const EVENT_CHANNEL_CAPACITY: usize = 1000;
+/// mesh-amb's patch (see PATCHED.md): the capacity of `browse`'s channel. The
+/// daemon pushes a replay, or every instance of a host that moved, in one
+/// loop of its thread, and a reader that is not running throughout it
+/// falls behind by up to the whole burst, so a channel of `EVENT_CHANNEL_CAPACITY`
+/// ended the browse whenever a stranger had a thousand instances cached.
+/// This one holds a burst of 16,384 (a host of as many instances moving,
+/// a replay of about 8,000: two events an instance); at about 1 KiB an
+/// event, a reader that stalls holds up to 16 MiB before it ends.
+const BROWSE_CHANNEL_CAPACITY: usize = 1 << 14;
 
 /// The first fast-path follow-up resolve query fires this soon after an
 /// instance is found via PTR. Subsequent tries back off exponentially
@@ -436,7 +445,7 @@ impl ServiceDaemon {
     pub fn browse(&self, service_type: &str) -> Result<Receiver<ServiceEvent>> {
         check_domain_suffix(service_type)?;
 
-        let (resp_s, resp_r) = bounded(EVENT_CHANNEL_CAPACITY);
+        let (resp_s, resp_r) = bounded(BROWSE_CHANNEL_CAPACITY);
         self.send_cmd(Command::Browse(service_type.to_string(), 1, false, resp_s))?;
         Ok(resp_r)
     }
