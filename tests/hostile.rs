@@ -745,7 +745,8 @@ fn a_reload_with_a_crowded_cache_clears_it_and_the_browse_lives() {
         "{}",
         consumer.output_tail(40)
     );
-    let crowded = |c: &Proc| log_lines(c, &["than mdns-sd replays", "clearing the cache instead"]);
+    let crowded =
+        |c: &Proc| log_lines(c, &["than a restart replays", "clearing the cache instead"]);
     assert!(
         wait_until(DEADLINE, || crowded(&consumer) > 0),
         "the reload's restart was not made as a clearing; {} browses ended by mdns-sd:\n{}",

@@ -980,7 +980,7 @@ pub async fn browse(
                         ),
                         Some(Cause::Crowded) => info!(
                             most = REPLAY_MOST,
-                            "the browse was to restart with more instances in the mDNS cache than mdns-sd replays to a browse without ending it (a flood); clearing the cache instead"
+                            "the browse was to restart with more instances in the mDNS cache than a restart replays (a flood); clearing the cache instead"
                         ),
                         None => {}
                     }
