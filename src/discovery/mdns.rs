@@ -993,7 +993,7 @@ pub async fn browse(
                     let took = match mdns.daemon.stop_browse(SERVICE_TYPE) {
                         Ok(()) => {
                             if !ctx.ended(&mut events, &stop).await {
-                                debug!("the clearing saw no end of the browse: mdns-sd had ended it");
+                                debug!("the clearing saw no end of the browse: mdns-sd had ended it, or its events outlasted the wait");
                             }
                             true
                         }

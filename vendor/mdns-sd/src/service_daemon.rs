@@ -91,10 +91,12 @@ const EVENT_CHANNEL_CAPACITY: usize = 1000;
 /// daemon pushes a replay, or every instance of a host that moved, in one
 /// loop of its thread, and a reader that is not running throughout it
 /// falls behind by up to the whole burst, so a channel of `EVENT_CHANNEL_CAPACITY`
-/// ended the browse whenever a stranger had a thousand instances cached.
-/// This one holds a burst of 16,384 (a host of as many instances moving,
-/// a replay of about 8,000: two events an instance); at about 1 KiB an
-/// event, a reader that stalls holds up to 16 MiB before it ends.
+/// could end the browse once a stranger had a thousand or so instances
+/// on one host or in a replay. This one holds a burst of 16,384 (a host
+/// of as many instances moving, a replay of about 8,000: two events an
+/// instance); at about 1 KiB an event with ordinary TXT records (more
+/// with a stranger's large ones), a reader that stalls holds up to some
+/// 16 MiB before it ends.
 const BROWSE_CHANNEL_CAPACITY: usize = 1 << 14;
 
 /// The first fast-path follow-up resolve query fires this soon after an
