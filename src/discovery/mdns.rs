@@ -865,9 +865,9 @@ pub async fn browse(
                         if crowded.load(Ordering::Relaxed) {
                             // A flood's cache (a burst past mdns-sd's
                             // channel ended it) is not replayed: it is
-                            // cleared first (only the
-                            // vendored mdns-sd clears a cache whose browse
-                            // is gone, vendor/mdns-sd/PATCHED.md), in the
+                            // cleared first (only the vendored mdns-sd
+                            // clears a cache whose browse is gone,
+                            // vendor/mdns-sd/PATCHED.md), in the
                             // clearings' turn, since every live node
                             // answers the fresh browse.
                             warn!(most = REPLAY_MOST, "the mDNS browse ended with more instances in the cache than a restart replays (a flood); a clearing reopens it");

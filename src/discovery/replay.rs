@@ -186,7 +186,7 @@ impl Leftovers {
 /// reading), with 1,000 18 of 20, with 400 none; an ended browse restarted
 /// replayed the same cache and ended again, and the lab's 8-host flood
 /// runs where a restart fell in the flood carried 12,000 to 14,000 queries.
-/// The vendored mdns-sd's channel takes a replay of 8,191
+/// The vendored mdns-sd's channel takes a replay of about 8,000
 /// (vendor/mdns-sd/PATCHED.md), but a flood's cache is still cleared
 /// rather than replayed: past this many, a restart is a clearing instead
 /// (`Cause::Crowded`), which keeps the browse, and its pacing, until then.
