@@ -807,6 +807,8 @@ pub async fn browse(
     let mut refusals = Refusals::default();
     // Browses in a row that ended by themselves soon after their start.
     let mut ends_in_a_row = 0u32;
+    // What a restarted browse left in mdns-sd's channels (see `forward`).
+    let mut backlog = Vec::new();
     'browse: loop {
         // Static services' tables are not discovery's.
         let services: Vec<Arc<Service>> = consumed
@@ -815,13 +817,8 @@ pub async fn browse(
             .filter(|s| s.is_discovered())
             .cloned()
             .collect();
-        let Forwarded {
-            mut events,
-            mut leftovers,
-            crowded,
-            _task,
-        } = match mdns.daemon.browse(SERVICE_TYPE) {
-            Ok(rx) => forward(rx, stats.clone()),
+        let mut fwd = match mdns.daemon.browse(SERVICE_TYPE) {
+            Ok(rx) => forward(rx, std::mem::take(&mut backlog), stats.clone()),
             Err(e) => {
                 warn!(error = %e, "cannot browse {SERVICE_TYPE}; retrying");
                 tokio::select! {
@@ -857,12 +854,12 @@ pub async fn browse(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                ev = events.recv(), if !ended => match ev {
+                ev = fwd.events.recv(), if !ended => match ev {
                     Some(ServiceEvent::SearchStopped(_)) | None => {
                         ended = true;
                         // Whichever restart comes next sweeps.
                         sweep_next = true;
-                        if crowded.load(Ordering::Relaxed) {
+                        if fwd.crowded.load(Ordering::Relaxed) {
                             // A flood's cache (a burst past mdns-sd's
                             // channel ended it) is not replayed: it is
                             // cleared first (only the vendored mdns-sd
@@ -960,7 +957,7 @@ pub async fn browse(
                         sweep(&services, &instance);
                     }
                 }
-                Some(stale) = leftovers.recv() => clearing.want(Instant::now(), Cause::Stale(stale)),
+                Some(stale) = fwd.leftovers.recv() => clearing.want(Instant::now(), Cause::Stale(stale)),
                 _ = sleep_until_some(clearing.due()) => {
                     // Said once a flood, or after many peers vanished
                     // without a goodbye (the witness says one for the
@@ -992,7 +989,7 @@ pub async fn browse(
                     // and before the next browse starts.
                     let took = match mdns.daemon.stop_browse(SERVICE_TYPE) {
                         Ok(()) => {
-                            if !ctx.ended(&mut events, &stop).await {
+                            if !ctx.ended(&mut fwd.events, &stop).await {
                                 debug!("the clearing saw no end of the browse: mdns-sd had ended it, or its events outlasted the wait");
                             }
                             true
@@ -1021,12 +1018,12 @@ pub async fn browse(
                     {
                         lost_events = false;
                         recovered_at = Some(Instant::now());
-                        if clearing_instead(&crowded, &mut clearing, false) {
+                        if clearing_instead(&fwd.crowded, &mut clearing, false) {
                             continue;
                         }
                         info!("mDNS events were dropped in a flood; browsing again to recover what they said");
                         sweep_next = true;
-                        ctx.drain(&mut events);
+                        backlog = ctx.drain(&mut fwd).await;
                         continue 'browse;
                     }
                 }
@@ -1042,29 +1039,29 @@ pub async fn browse(
                 }
                 _ = sleep_until_some(desync_at) => {
                     desync_at = None;
-                    if clearing_instead(&crowded, &mut clearing, false) {
+                    if clearing_instead(&fwd.crowded, &mut clearing, false) {
                         continue;
                     }
                     debug!("restarting the browse once, to fall out of step with nodes started together");
-                    ctx.drain(&mut events);
+                    backlog = ctx.drain(&mut fwd).await;
                     continue 'browse;
                 }
                 _ = sleep_until_some(next_rebrowse) => {
                     next_rebrowse = None;
-                    if clearing_instead(&crowded, &mut clearing, false) {
+                    if clearing_instead(&fwd.crowded, &mut clearing, false) {
                         continue;
                     }
                     debug!("restarting the browse to find an instance again");
-                    ctx.drain(&mut events);
+                    backlog = ctx.drain(&mut fwd).await;
                     continue 'browse;
                 }
                 Ok(()) = consumed.changed() => {
                     // Its new services wait for the next browse.
-                    if clearing_instead(&crowded, &mut clearing, true) {
+                    if clearing_instead(&fwd.crowded, &mut clearing, true) {
                         continue;
                     }
                     debug!("the consumed services changed; restarting the browse");
-                    ctx.drain(&mut events);
+                    backlog = ctx.drain(&mut fwd).await;
                     continue 'browse;
                 }
                 Some(key) = suspects.recv() => {
@@ -1280,11 +1277,15 @@ impl Browsing<'_> {
     }
 
     /// Applies what is already queued before the browse restarts: dropping
-    /// the queue would lose those events (a removal among them).
-    fn drain(&mut self, events: &mut mpsc::Receiver<ServiceEvent>) {
-        while let Ok(ev) = events.try_recv() {
+    /// the queue would lose those events (a removal among them). What
+    /// mdns-sd's channel still holds is returned, for the next browse to
+    /// forward first (see [`forward`]).
+    async fn drain(&mut self, fwd: &mut Forwarded) -> Vec<mdns_sd::Receiver<ServiceEvent>> {
+        let backlog = fwd.stop().await;
+        while let Ok(ev) = fwd.events.try_recv() {
             self.event(ev);
         }
+        backlog
     }
 }
 
@@ -1315,21 +1316,58 @@ struct Forwarded {
     /// Whether the browse has listed more instances than a restart's
     /// replay carries (see `replay::Listed`).
     crowded: Arc<AtomicBool>,
+    /// The channels of the browses this one restarted whose events the
+    /// task has not all forwarded yet, oldest first, then its own (see
+    /// [`Forwarded::stop`]).
+    channels: Arc<Mutex<Vec<mdns_sd::Receiver<ServiceEvent>>>>,
     /// The task moving them; it stops when this is dropped.
-    _task: AbortOnDropHandle<()>,
+    task: AbortOnDropHandle<()>,
+}
+
+impl Forwarded {
+    /// Stops moving events, so that none is between two channels; what
+    /// the queue holds is the caller's. Returns mdns-sd's channels with
+    /// what they still hold (the browse's own, and what mdns-sd sends it
+    /// until the next browse replaces it), for the next browse to forward
+    /// (see [`forward`]).
+    async fn stop(&mut self) -> Vec<mdns_sd::Receiver<ServiceEvent>> {
+        self.task.abort();
+        // flume's receive is cancel-safe: an event not yet taken stays in
+        // its channel.
+        let _ = (&mut self.task).await;
+        std::mem::take(&mut *self.channels.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// Moves browse events from mdns-sd's channel into a queue of ours as fast
-/// as they come (see [`EVENT_QUEUE`]).
-fn forward(events: mdns_sd::Receiver<ServiceEvent>, stats: Arc<DiscoveryStats>) -> Forwarded {
+/// as they come (see [`EVENT_QUEUE`]). `before` are the channels of the
+/// browse this one restarts (see [`Forwarded::stop`]): their events come
+/// first, once this browse's first event shows that mdns-sd has replaced
+/// the last of them (it swaps the channels in the step that sends that
+/// event, and only its own thread sends to either), so they reach the
+/// tables before this browse's replay, as they would have without the
+/// restart.
+fn forward(
+    events: mdns_sd::Receiver<ServiceEvent>,
+    mut before: Vec<mdns_sd::Receiver<ServiceEvent>>,
+    stats: Arc<DiscoveryStats>,
+) -> Forwarded {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let (stale_tx, stale_rx) = mpsc::channel(1);
     let crowded = Arc::new(AtomicBool::new(false));
     let crowd = crowded.clone();
+    let old = before.len();
+    before.push(events.clone());
+    let channels = Arc::new(Mutex::new(before));
+    let held = channels.clone();
     let task = tokio::spawn(async move {
         let mut leftovers = Leftovers::default();
         let mut listed = Listed::default();
+        let mut first = true;
         while let Ok(ev) = events.recv_async().await {
+            if std::mem::take(&mut first) && !forward_left(&held, old, &tx, &stats).await {
+                return;
+            }
             stats.events.fetch_add(1, Ordering::Relaxed);
             // Only what the browse acts on takes room in the queue: a found
             // but unresolved instance says nothing it uses, and a replay
@@ -1392,8 +1430,47 @@ fn forward(events: mdns_sd::Receiver<ServiceEvent>, stats: Arc<DiscoveryStats>) 
         events: rx,
         leftovers: stale_rx,
         crowded,
-        _task: AbortOnDropHandle::new(task),
+        channels,
+        task: AbortOnDropHandle::new(task),
     }
+}
+
+/// Forwards the news still in the channels of the `old` browses a browse
+/// restarted, the first channels `held` (see [`forward`]); false once the
+/// browse no longer reads the queue. Each channel stays in `held` until it
+/// is empty, for a restart that stops this meanwhile.
+async fn forward_left(
+    held: &Mutex<Vec<mdns_sd::Receiver<ServiceEvent>>>,
+    old: usize,
+    tx: &mpsc::Sender<ServiceEvent>,
+    stats: &DiscoveryStats,
+) -> bool {
+    for _ in 0..old {
+        let channel = held.lock().unwrap_or_else(|e| e.into_inner())[0].clone();
+        loop {
+            // Its news waits for room rather than be dropped: it is bounded
+            // (mdns-sd's channel), the browse frees a slot in microseconds,
+            // and a drop here would cost this browse's replay its sweep.
+            let Ok(room) = tx.reserve().await else {
+                return false;
+            };
+            // Taken only with room for it, so that a restart that stops
+            // this meanwhile loses nothing. Only news: what it listed and
+            // its searches were the old browse's, and the replay lists it
+            // again.
+            let news = channel.try_iter().find(|ev| {
+                matches!(
+                    ev,
+                    ServiceEvent::ServiceResolved(..) | ServiceEvent::ServiceRemoved(..)
+                )
+            });
+            let Some(ev) = news else { break };
+            stats.events.fetch_add(1, Ordering::Relaxed);
+            room.send(ev);
+        }
+        held.lock().unwrap_or_else(|e| e.into_inner()).remove(0);
+    }
+    true
 }
 
 /// Discovered backends that a fresh browse did not replay, with where
@@ -1645,5 +1722,132 @@ mod tests {
             [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
         );
         assert_eq!(rebrowse_pause(u32::MAX), REBROWSE_MOST);
+    }
+
+    fn gone(name: &str) -> ServiceEvent {
+        ServiceEvent::ServiceRemoved(SERVICE_TYPE.into(), name.into())
+    }
+
+    /// What a browse's forwarder queued, up to and with the removal of
+    /// `last`, as "gone NAME" and "search NAME".
+    async fn news_until(fwd: &mut Forwarded, last: &str, news: &mut Vec<String>) {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(10), fwd.events.recv())
+                .await
+                .expect("the browse's events stopped")
+                .expect("the browse's forwarder ended");
+            let said = match &ev {
+                ServiceEvent::ServiceRemoved(_, n) => format!("gone {n}"),
+                ServiceEvent::SearchStarted(s) => format!("search {s}"),
+                other => format!("{other:?}"),
+            };
+            news.push(said);
+            if news.last().is_some_and(|n| *n == format!("gone {last}")) {
+                return;
+            }
+        }
+    }
+
+    /// What a stopped browse's queue still held, for the caller to apply.
+    fn queued(fwd: &mut Forwarded, news: &mut Vec<String>) {
+        while let Ok(ev) = fwd.events.try_recv() {
+            match ev {
+                ServiceEvent::ServiceRemoved(_, n) => news.push(format!("gone {n}")),
+                other => panic!("queued at a restart: {other:?}"),
+            }
+        }
+    }
+
+    /// The news of a browse that restarts is not lost with it: what our
+    /// queue holds is applied by the caller, and what mdns-sd's channel
+    /// still holds, or gets before mdns-sd swaps the channels, comes first
+    /// in the next browse's events. (This runtime has one thread: the
+    /// forwarders run only while the test waits.)
+    #[tokio::test]
+    async fn a_restarted_browse_forwards_what_the_old_one_left_in_mdns_sds_channel() {
+        let stats = Arc::new(DiscoveryStats::default());
+        let (old_tx, old_rx) = flume::bounded(16);
+        old_tx
+            .send(ServiceEvent::SearchStarted("old".into()))
+            .unwrap();
+        old_tx.send(gone("a")).unwrap();
+        let mut old = forward(old_rx, Vec::new(), stats.clone());
+        // The forwarder moves everything there is before it waits again.
+        let first = old.events.recv().await;
+        assert!(matches!(first, Some(ServiceEvent::SearchStarted(_))));
+        // Sent as the browse restarts, not yet taken when it is stopped.
+        old_tx.send(gone("b")).unwrap();
+        let found = ServiceEvent::ServiceFound(SERVICE_TYPE.into(), "x".into());
+        old_tx.send(found).unwrap();
+        let backlog = old.stop().await;
+        assert_eq!(backlog.len(), 1);
+        assert_eq!(backlog[0].len(), 2, "nothing was left in mdns-sd's channel");
+        let mut news = Vec::new();
+        queued(&mut old, &mut news);
+        // mdns-sd still sends to the old channel until it takes the new
+        // browse, then sends that browse's first event and drops the old.
+        old_tx.send(gone("c")).unwrap();
+        let (new_tx, new_rx) = flume::bounded(16);
+        new_tx
+            .send(ServiceEvent::SearchStarted("new".into()))
+            .unwrap();
+        drop(old_tx);
+        new_tx.send(gone("d")).unwrap();
+        let mut new = forward(new_rx, backlog, stats);
+        news_until(&mut new, "d", &mut news).await;
+        assert_eq!(
+            news,
+            ["gone a", "gone b", "gone c", "search new", "gone d"],
+            "each piece of news once, in order, none of the old browse's listings"
+        );
+    }
+
+    /// A browse restarted again while it still forwards its predecessor's
+    /// news (more than our queue holds) hands the rest on as well.
+    #[tokio::test]
+    async fn a_second_restart_hands_on_the_first_ones_news_it_had_not_forwarded() {
+        let stats = Arc::new(DiscoveryStats::default());
+        let many = EVENT_QUEUE + 100;
+        let (first_tx, first_rx) = flume::unbounded();
+        for n in 0..many {
+            first_tx.send(gone(&format!("{n}"))).unwrap();
+        }
+        drop(first_tx);
+        let (second_tx, second_rx) = flume::unbounded();
+        second_tx
+            .send(ServiceEvent::SearchStarted("second".into()))
+            .unwrap();
+        second_tx.send(gone("s")).unwrap();
+        let mut second = forward(second_rx, vec![first_rx], stats.clone());
+        // Let it fill our queue, where it waits for room.
+        for _ in 0..10_000 {
+            if second.events.len() == EVENT_QUEUE {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(second.events.len(), EVENT_QUEUE);
+        let backlog = second.stop().await;
+        assert_eq!(
+            backlog.len(),
+            2,
+            "the first browse's channel was not handed on"
+        );
+        let mut news = Vec::new();
+        queued(&mut second, &mut news);
+        let (third_tx, third_rx) = flume::unbounded();
+        third_tx
+            .send(ServiceEvent::SearchStarted("third".into()))
+            .unwrap();
+        third_tx.send(gone("t")).unwrap();
+        drop(second_tx);
+        let mut third = forward(third_rx, backlog, stats.clone());
+        news_until(&mut third, "t", &mut news).await;
+        let want: Vec<String> = (0..many)
+            .map(|n| format!("gone {n}"))
+            .chain(["gone s", "search third", "gone t"].map(String::from))
+            .collect();
+        assert_eq!(news, want);
+        assert_eq!(stats.events_dropped.load(Ordering::Relaxed), 0);
     }
 }
