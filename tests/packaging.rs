@@ -331,3 +331,109 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         assert!(unit.contains(line), "{line:?} not in the unit");
     }
 }
+
+/// The vendored mdns-sd (vendor/mdns-sd) is the release it names plus
+/// exactly the changes `PATCHED.diff` holds (and PATCHED.md explains):
+/// nothing edited there by hand, and nothing of the release left out
+/// unsaid. Fetches the release from crates.io with cargo, as the build
+/// fetches every other crate.
+#[test]
+fn the_vendored_mdns_sd_is_its_release_plus_the_patch() {
+    let vendored = Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/mdns-sd");
+    let manifest: toml::Table = std::fs::read_to_string(vendored.join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let version = manifest["package"]["version"].as_str().unwrap();
+
+    // A crate of its own that depends on the release, outside our
+    // workspace (and so without our [patch]).
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.path("src")).unwrap();
+    std::fs::write(dir.path("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        dir.path("Cargo.toml"),
+        format!(
+            "[package]\nname = \"release\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\
+             [dependencies]\nmdns-sd = \"={version}\"\n[workspace]\n"
+        ),
+    )
+    .unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut metadata = Command::new(cargo);
+    metadata
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(dir.path("Cargo.toml"));
+    let out = output_within(metadata, BUILD_DEADLINE);
+    assert!(
+        out.status.success(),
+        "cannot fetch mdns-sd {version} from crates.io: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let release = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "mdns-sd")
+        .and_then(|p| p["manifest_path"].as_str())
+        .map(|m| Path::new(m).parent().unwrap().to_path_buf())
+        .expect("mdns-sd in the release crate's metadata");
+
+    let listed = |dir: &Path, prefix: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| format!("{prefix}{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        listed(&vendored, ""),
+        [
+            "Cargo.toml",
+            "LICENSE-APACHE",
+            "LICENSE-MIT",
+            "PATCHED.diff",
+            "PATCHED.md",
+            "src"
+        ],
+        "vendor/mdns-sd holds other files than the release's it copies and the patch's"
+    );
+    let sources = listed(&release.join("src"), "src/");
+    assert_eq!(
+        listed(&vendored.join("src"), "src/"),
+        sources,
+        "the vendored src/ has other files than the release's"
+    );
+    let mut patch = String::new();
+    for name in ["Cargo.toml", "LICENSE-APACHE", "LICENSE-MIT"]
+        .into_iter()
+        .map(String::from)
+        .chain(sources)
+    {
+        let out = Command::new("diff")
+            .arg("-u")
+            .args([
+                "--label",
+                &format!("a/{name}"),
+                "--label",
+                &format!("b/{name}"),
+            ])
+            .arg(release.join(&name))
+            .arg(vendored.join(&name))
+            .output()
+            .expect("diff (Debian package diffutils)");
+        assert!(
+            out.status.code().is_some_and(|c| c < 2),
+            "diff failed on {name}"
+        );
+        patch.push_str(&String::from_utf8(out.stdout).unwrap());
+    }
+    let kept = std::fs::read_to_string(vendored.join("PATCHED.diff")).unwrap();
+    assert!(
+        patch == kept,
+        "vendor/mdns-sd differs from mdns-sd {version} otherwise than PATCHED.diff says; \
+         if the change is meant, say why in PATCHED.md and write this as PATCHED.diff:\n{patch}"
+    );
+}
