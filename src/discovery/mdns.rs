@@ -1340,13 +1340,13 @@ impl Forwarded {
 }
 
 /// Moves browse events from mdns-sd's channel into a queue of ours as fast
-/// as they come (see [`EVENT_QUEUE`]). `before` are the channels of the
-/// browse this one restarts (see [`Forwarded::stop`]): their events come
-/// first, once this browse's first event shows that mdns-sd has replaced
-/// the last of them (it swaps the channels in the step that sends that
-/// event, and only its own thread sends to either), so they reach the
-/// tables before this browse's replay, as they would have without the
-/// restart.
+/// as they come (see [`EVENT_QUEUE`]). First come the events left in the
+/// channels of the browses this one restarts (`before`, see
+/// [`Forwarded::stop`]), once this browse's first event shows that
+/// mdns-sd has replaced the last of them (it swaps the channels in the
+/// step that sends that event, and only its own thread sends to either):
+/// so they reach the tables before this browse's replay, as they would
+/// have without the restart.
 fn forward(
     events: mdns_sd::Receiver<ServiceEvent>,
     mut before: Vec<mdns_sd::Receiver<ServiceEvent>>,
@@ -1449,15 +1449,17 @@ async fn forward_left(
         let channel = held.lock().unwrap_or_else(|e| e.into_inner())[0].clone();
         loop {
             // Its news waits for room rather than be dropped: it is bounded
-            // (mdns-sd's channel), the browse frees a slot in microseconds,
-            // and a drop here would cost this browse's replay its sweep.
+            // (by mdns-sd's channels), the browse frees a slot in
+            // microseconds, and a drop here would cost this browse's replay
+            // its sweep. Meanwhile this browse's own events wait in
+            // mdns-sd's channel.
             let Ok(room) = tx.reserve().await else {
                 return false;
             };
             // Taken only with room for it, so that a restart that stops
-            // this meanwhile loses nothing. Only news: what it listed and
-            // its searches were the old browse's, and the replay lists it
-            // again.
+            // this meanwhile loses nothing. Only resolutions and removals:
+            // the listings and searches were the old browse's own, and this
+            // browse's replay lists every cached instance again.
             let news = channel.try_iter().find(|ev| {
                 matches!(
                     ev,
