@@ -821,6 +821,10 @@ pub async fn browse(
             Ok(rx) => forward(rx, std::mem::take(&mut backlog), stats.clone()),
             Err(e) => {
                 warn!(error = %e, "cannot browse {SERVICE_TYPE}; retrying");
+                // Meanwhile nothing reads the browse being restarted (its
+                // channel is in `backlog`): if that fills, mdns-sd ends it
+                // and its later news is lost.
+                sweep_next = true;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(REBROWSE_DELAY * 10) => continue 'browse,
