@@ -1449,6 +1449,7 @@ async fn forward_left(
     tx: &mpsc::Sender<ServiceEvent>,
     stats: &DiscoveryStats,
 ) -> bool {
+    let mut forwarded = 0usize;
     for _ in 0..old {
         let channel = held.lock().unwrap_or_else(|e| e.into_inner())[0].clone();
         loop {
@@ -1473,8 +1474,15 @@ async fn forward_left(
             let Some(ev) = news else { break };
             stats.events.fetch_add(1, Ordering::Relaxed);
             room.send(ev);
+            forwarded += 1;
         }
         held.lock().unwrap_or_else(|e| e.into_inner()).remove(0);
+    }
+    if forwarded > 0 {
+        debug!(
+            events = forwarded,
+            "forwarded the news the restarted browse had left in mdns-sd's channel"
+        );
     }
     true
 }
