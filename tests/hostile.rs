@@ -840,8 +840,8 @@ fn a_stranger_who_moves_a_crowded_host_ends_no_browse() {
             .lines()
             .filter(|l| l.contains("resolved"))
             .filter_map(|l| {
-                let instance = l.split("instance=").nth(1)?.split(' ').next()?;
-                let advertised = l.split("advertised=").nth(1)?.split(' ').next()?;
+                let instance = log_field(l, "instance")?;
+                let advertised = log_field(l, "advertised")?;
                 let crowd = instance.starts_with("crowd-") && !instance.starts_with("crowd-moved");
                 (crowd && advertised.split(',').any(|a| a == new_address)).then_some(instance)
             })

@@ -550,8 +550,7 @@ fn start_node(host: &Host) -> Node {
 
 /// `instance=NAME` of a log line.
 fn instance_of(line: &str) -> Option<&str> {
-    let rest = &line[line.find("instance=")? + "instance=".len()..];
-    rest.split_whitespace().next()
+    log_field(line, "instance")
 }
 
 /// Seconds since the epoch, as f64 (log timestamps are compared with it).

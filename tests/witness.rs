@@ -53,8 +53,7 @@ fn node(host: &Host) -> (Proc, String) {
         .stderr()
         .lines()
         .find(|l| l.contains(ADVERTISING))
-        .and_then(|l| l.split("instance=").nth(1))
-        .and_then(|r| r.split_whitespace().next())
+        .and_then(|l| log_field(l, "instance"))
         .expect("instance in the log")
         .to_owned();
     (p, instance)

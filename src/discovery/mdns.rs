@@ -1360,7 +1360,6 @@ fn forward(
     let (stale_tx, stale_rx) = mpsc::channel(1);
     let crowded = Arc::new(AtomicBool::new(false));
     let crowd = crowded.clone();
-    let old = before.len();
     before.push(events.clone());
     let channels = Arc::new(Mutex::new(before));
     let held = channels.clone();
@@ -1369,7 +1368,7 @@ fn forward(
         let mut listed = Listed::default();
         let mut first = true;
         while let Ok(ev) = events.recv_async().await {
-            if std::mem::take(&mut first) && !forward_left(&held, old, &tx, &stats).await {
+            if std::mem::take(&mut first) && !forward_left(&held, &tx, &stats).await {
                 return;
             }
             stats.events.fetch_add(1, Ordering::Relaxed);
@@ -1439,19 +1438,24 @@ fn forward(
     }
 }
 
-/// Forwards the news still in the channels of the `old` browses a browse
-/// restarted, the first channels `held` (see [`forward`]); false once the
-/// browse no longer reads the queue. Each channel stays in `held` until it
-/// is empty, for a restart that stops this meanwhile.
+/// Forwards the news still in the channels of the browses a browse
+/// restarted: every channel `held` but the last, its own (see [`forward`]);
+/// false once the browse no longer reads the queue. Each channel stays in
+/// `held` until it is empty, for a restart that stops this meanwhile.
 async fn forward_left(
     held: &Mutex<Vec<mdns_sd::Receiver<ServiceEvent>>>,
-    old: usize,
     tx: &mpsc::Sender<ServiceEvent>,
     stats: &DiscoveryStats,
 ) -> bool {
     let mut forwarded = 0usize;
-    for _ in 0..old {
-        let channel = held.lock().unwrap_or_else(|e| e.into_inner())[0].clone();
+    loop {
+        let channel = {
+            let held = held.lock().unwrap_or_else(|e| e.into_inner());
+            if held.len() < 2 {
+                break;
+            }
+            held[0].clone()
+        };
         loop {
             // Its news waits for room rather than be dropped: it is bounded
             // (by mdns-sd's channels), the browse frees a slot in
@@ -1742,21 +1746,26 @@ mod tests {
         ServiceEvent::ServiceRemoved(SERVICE_TYPE.into(), name.into())
     }
 
+    /// An event as the tests compare it: "gone NAME", "search NAME".
+    fn said(ev: &ServiceEvent) -> String {
+        match ev {
+            ServiceEvent::ServiceRemoved(_, n) => format!("gone {n}"),
+            ServiceEvent::SearchStarted(s) => format!("search {s}"),
+            other => format!("{other:?}"),
+        }
+    }
+
     /// What a browse's forwarder queued, up to and with the removal of
-    /// `last`, as "gone NAME" and "search NAME".
+    /// `last`.
     async fn news_until(fwd: &mut Forwarded, last: &str, news: &mut Vec<String>) {
+        let last = format!("gone {last}");
         loop {
             let ev = tokio::time::timeout(Duration::from_secs(10), fwd.events.recv())
                 .await
                 .expect("the browse's events stopped")
                 .expect("the browse's forwarder ended");
-            let said = match &ev {
-                ServiceEvent::ServiceRemoved(_, n) => format!("gone {n}"),
-                ServiceEvent::SearchStarted(s) => format!("search {s}"),
-                other => format!("{other:?}"),
-            };
-            news.push(said);
-            if news.last().is_some_and(|n| *n == format!("gone {last}")) {
+            news.push(said(&ev));
+            if news.last() == Some(&last) {
                 return;
             }
         }
@@ -1765,10 +1774,7 @@ mod tests {
     /// What a stopped browse's queue still held, for the caller to apply.
     fn queued(fwd: &mut Forwarded, news: &mut Vec<String>) {
         while let Ok(ev) = fwd.events.try_recv() {
-            match ev {
-                ServiceEvent::ServiceRemoved(_, n) => news.push(format!("gone {n}")),
-                other => panic!("queued at a restart: {other:?}"),
-            }
+            news.push(said(&ev));
         }
     }
 

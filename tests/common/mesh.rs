@@ -76,6 +76,12 @@ pub fn keygen(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+/// The value of `key=VALUE` in a log line, up to the next space.
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    line[at..].split_whitespace().next()
+}
+
 /// Lines of `p`'s log holding every one of `words`.
 pub fn log_lines(p: &Proc, words: &[&str]) -> usize {
     p.stderr()
