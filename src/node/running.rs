@@ -18,7 +18,7 @@ use super::plan::{self, ReloadSummary};
 use super::serving::{Draining, Serving};
 use super::{Reload, Shutdown};
 use crate::backends::balance::Balancer;
-use crate::backends::table::{unix_ms, BackendSpec, Origin, Table, Target, Update};
+use crate::backends::table::{unix_ms, BackendSpec, Origin, Snapshot, Table, Target, Update};
 use crate::backends::{Service, ServiceCounters, Source, Suspects};
 use crate::discovery::mdns::{self, Mdns, Offer, TlsUse};
 use crate::discovery::probation;
@@ -864,6 +864,16 @@ impl Running {
 /// changed ones updated in place (their counts and ejections kept), missing
 /// ones removed. Connections open to a removed backend carry on.
 fn sync_static(table: &Table, backends: &[BackendAddr]) {
+    for update in static_updates(&table.snapshot(), backends) {
+        table.apply(update);
+    }
+}
+
+/// The updates [`sync_static`] applies, in their order: additions and
+/// changes first, removals last, so that a connection accepted in between
+/// still finds a backend (the other order emptied the table for a moment
+/// when a reload replaced a service's only backend, and a client failed).
+fn static_updates(snapshot: &Snapshot, backends: &[BackendAddr]) -> Vec<Update> {
     let specs: Vec<BackendSpec> = backends
         .iter()
         .map(|b| BackendSpec {
@@ -875,15 +885,18 @@ fn sync_static(table: &Table, backends: &[BackendAddr]) {
             origin: Origin::Static,
         })
         .collect();
-    for b in table.snapshot().backends.iter() {
-        let static_key = b.spec.key.starts_with("static:");
-        if static_key && !specs.iter().any(|s| s.key == b.spec.key) {
-            table.apply(Update::Remove(b.spec.key.clone()));
-        }
-    }
-    for spec in specs {
-        table.apply(Update::Upsert(spec));
-    }
+    let removed: Vec<Update> = snapshot
+        .backends
+        .iter()
+        .filter(|b| b.spec.key.starts_with("static:"))
+        .filter(|b| !specs.iter().any(|s| s.key == b.spec.key))
+        .map(|b| Update::Remove(b.spec.key.clone()))
+        .collect();
+    specs
+        .into_iter()
+        .map(Update::Upsert)
+        .chain(removed)
+        .collect()
 }
 
 /// One line per listener: where it listens and where its backends come
@@ -902,5 +915,33 @@ fn log_listening(svc: &Service, addr: SocketAddr, what: &str) {
             .collect();
         info!(service = %svc.name, listen = %addr, backends = %backends.join(","),
             policy = ?svc.balancer.policy(), "{what}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::spec::parse_backend;
+
+    /// A reload that replaces a service's only static backend never leaves
+    /// its table empty, step by step.
+    #[test]
+    fn a_reload_that_replaces_the_only_backend_never_empties_the_table() {
+        let table = Table::new(Duration::from_secs(10));
+        sync_static(&table, &[parse_backend("127.0.0.1:7001").unwrap()]);
+        let new = [parse_backend("127.0.0.1:7002").unwrap()];
+        for update in static_updates(&table.snapshot(), &new) {
+            table.apply(update);
+            assert!(!table.snapshot().backends.is_empty(), "the table emptied");
+        }
+        let keys: Vec<String> = table
+            .snapshot()
+            .backends
+            .iter()
+            .map(|b| b.spec.key.clone())
+            .collect();
+        assert_eq!(keys, ["static:127.0.0.1:7002"]);
     }
 }
