@@ -1,7 +1,8 @@
 //! The witness ring (src/discovery/witness.rs) in the namespace lab: a
 //! provider killed without goodbye leaves every consumer's table within
 //! seconds, the ones that never dial it included (also when the first of
-//! the witness's two goodbyes is lost), a live node answers a goodbye said
+//! the witness's two goodbyes is lost, and when it crashes seconds after
+//! it joined, before anyone probes it), a live node answers a goodbye said
 //! in its name by announcing itself again, one whose responder hears
 //! nothing while its process runs is not declared dead, and one whose
 //! watcher's host vanished stops beating to it.
@@ -218,6 +219,67 @@ fn a_stopped_node_leaves_every_table(how: Stop, within: Duration) {
         }
         Stop::Hang => {
             victim.kill();
+        }
+    }
+}
+
+/// Far below the two minutes of the records' TTL, and below the 30 s a
+/// young node waits for its full watch (witness::WATCH_AFTER); above the
+/// link's close, the refused probe and the goodbye's second or two on a
+/// loaded machine.
+const YOUNG_CRASH_REMOVED_WITHIN: Duration = Duration::from_secs(15);
+
+/// A node killed seconds after it joined, before anyone probes it, leaves
+/// every table within seconds too: its watcher holds the ring link to it
+/// from the start, and a refused probe after the link's close is proof
+/// enough while its responder is too young to be asked.
+#[test]
+fn a_node_that_crashes_young_leaves_every_table_within_seconds() {
+    let lab = Lab::new(3);
+    let mut nodes = all_joined(lab.hosts());
+    let (mut victim, gone) = nodes.remove(0);
+    let id = gone.split(['@', '.']).nth(1).unwrap().to_owned();
+    let young = [
+        "witness: watching a young node's process",
+        &format!("node=\"{id}\""),
+        "linked=true",
+    ];
+    let linked = wait_until(DEADLINE, || {
+        nodes.iter().any(|(p, _)| log_lines(p, &young) > 0)
+    });
+    assert!(
+        linked,
+        "no ring link to the young {id}:\n{}\n{}",
+        nodes[0].0.output_tail(20),
+        nodes[1].0.output_tail(20)
+    );
+    let watched = format!("witness: watching node=\"{id}\"");
+    let watched_in_full = || nodes.iter().any(|(p, _)| p.stderr().contains(&watched));
+    assert!(!watched_in_full(), "{id} is no longer young");
+    let t0 = Instant::now();
+    victim.kill();
+    let removed = wait_until(YOUNG_CRASH_REMOVED_WITHIN, || {
+        nodes.iter().all(|(p, _)| has(p, "backend left", &gone) > 0)
+    });
+    assert!(
+        removed,
+        "{gone} still in a table {:?} after it crashed young:\n{}\n{}",
+        t0.elapsed(),
+        nodes[0].0.output_tail(20),
+        nodes[1].0.output_tail(20)
+    );
+    assert!(
+        !watched_in_full(),
+        "{gone} was removed only by the full watch, {:?} after the crash",
+        t0.elapsed()
+    );
+    eprintln!(
+        "crashed young: removed from both tables in {:?}",
+        t0.elapsed()
+    );
+    for (p, _) in &nodes {
+        for (_, i) in &nodes {
+            assert_eq!(has(p, "backend left", i), 0, "a live instance left");
         }
     }
 }

@@ -42,6 +42,14 @@
 //! instances (Avahi service files, no `node=`) are not in the ring and
 //! keep the TTL expiry too.
 //!
+//! A node that just started is not probed: its responder leaves unicast
+//! questions unanswered for a few seconds, so silence proves nothing for
+//! [`WATCH_AFTER`]. Its watcher holds the ring link to it meanwhile, and
+//! when that closes a refused probe (nothing listens on its mDNS port any
+//! more) is enough: a node that crashes young leaves the tables within
+//! seconds as well. Only a young node that hangs, or whose host falls
+//! silent, waits for the full watch.
+//!
 //! The same check answers a failed connect ([`Trials::suspect`]): a
 //! consumer whose dial to a mesh node failed probes that node's responder
 //! (up to [`MISSES_TO_DEAD`] times) instead of trusting one unanswered
@@ -119,9 +127,16 @@ pub const LINKED_PROBE_MOST: Duration = Duration::from_secs(60);
 /// responder that just started leaves unicast questions unanswered for a
 /// few seconds (measured in the lab: probes 2 to 7 s after a node's start
 /// went unanswered, and with 64 nodes starting together, start-up
-/// verdicts were all false). A node that crashes sooner keeps the TTL
-/// expiry.
+/// verdicts were all false). Until then only the death of its process is
+/// watched for, through its ring link and a refused probe
+/// (see the module documentation).
 pub const WATCH_AFTER: Duration = Duration::from_secs(30);
+/// How long a node must stay a watcher's successor before the watcher
+/// opens a link to a young one: while nodes start together each one's
+/// successor changes several times in the first second or two, and a
+/// link opened for each would cost the join a handshake apiece. A node
+/// that crashes meanwhile refuses the link, and then the probe.
+const YOUNG_SETTLE: Duration = Duration::from_secs(2);
 /// Probe periods after a watcher gave up on a node's beats before it asks
 /// for them again, and the most this doubles to at each failed ask. What
 /// stopped them (a firewall, a beat lost twice at the start, an older
@@ -466,15 +481,15 @@ async fn watch_one(
             None => tokio::time::sleep(period(PROBE_EVERY)).await,
         }
     };
-    tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
     let link_to = peer.link_at();
     let mut link = Link::default();
     link.ask_beats(Some(linked_period(*size.borrow())));
-    if let Some(to) = link_to {
+    let mut said_goodbye = watch_young(node, peer, &prober, &mut link, link_to, dead).await;
+    tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
+    if let (Some(to), false) = (link_to, said_goodbye) {
         link.connect(to).await;
     }
     debug!(node, %addr, linked = link.is_up(), beats = ?link.beat_port(), "witness: watching");
-    let mut said_goodbye = false;
     let mut fallback = Fallback::default();
     loop {
         if let Some(asked) = link.beat_period() {
@@ -531,13 +546,61 @@ async fn watch_one(
         if alive {
             said_goodbye = false;
         } else if !said_goodbye {
-            goodbye_for(node, peer).await;
-            // Full: the trials are busy with others; this node's own
-            // goodbye still stands, it is just not watched for a return.
-            let _ = dead.try_send((node.to_owned(), peer.clone()));
+            declare_dead(node, peer, dead).await;
             said_goodbye = true;
         }
     }
+}
+
+/// Watches `peer` for the death of its process only, until it has been in
+/// the ring for [`WATCH_AFTER`]; whether it was declared dead. A young
+/// responder's silence proves nothing, but a refused probe does: nothing
+/// listens on the node's mDNS port any more. So the link is opened now
+/// (once the ring around the node has held for [`YOUNG_SETTLE`]), and when
+/// it closes, or cannot be opened, the responder is probed; only a refusal
+/// is a verdict. A node without a link is left to the full watch.
+async fn watch_young(
+    node: &str,
+    peer: &Peer,
+    prober: &Prober,
+    link: &mut Link,
+    link_to: Option<SocketAddr>,
+    dead: &mpsc::Sender<(String, Peer)>,
+) -> bool {
+    let grown = peer.since + WATCH_AFTER;
+    let Some(to) = link_to.filter(|_| tokio::time::Instant::now() < grown) else {
+        return false;
+    };
+    tokio::time::sleep_until(grown.min(tokio::time::Instant::now() + YOUNG_SETTLE)).await;
+    link.connect(to).await;
+    debug!(
+        node,
+        linked = link.is_up(),
+        "witness: watching a young node's process"
+    );
+    loop {
+        let unlinked = period(PROBE_EVERY);
+        tokio::select! {
+            _ = tokio::time::sleep_until(grown) => return false,
+            event = link.next() => if event == Event::Beat {
+                continue;
+            },
+            _ = tokio::time::sleep(unlinked), if !link.is_up() => {}
+        }
+        if let Probe::Refused = prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
+            declare_dead(node, peer, dead).await;
+            return true;
+        }
+        link.connect(to).await;
+    }
+}
+
+/// Says the goodbye of `node`, found dead, and puts it on trial.
+async fn declare_dead(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>) {
+    goodbye_for(node, peer).await;
+    // Full: the trials are busy with others; this node's own goodbye
+    // still stands, it is just not watched for a return.
+    let _ = dead.try_send((node.to_owned(), peer.clone()));
 }
 
 /// When a watcher gives up waiting for its node's beats and probes
