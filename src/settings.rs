@@ -45,6 +45,15 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Three candidates cover "one backend died and the next is also in trouble"
 /// without letting one client wait through a whole large pool.
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
+/// A discovered service has no working backend for a moment at times:
+/// while the first browse after the node's start is answered
+/// (milliseconds), while its only provider restarts (its goodbye, then its
+/// new record a second or two later), or while it moves (the old host's
+/// record stands for a second after the service there stopped). A client
+/// that comes then is held this long for the backends to change rather
+/// than closed; three seconds covers a restart, and a client's own
+/// connect timeout is rarely shorter.
+pub const DEFAULT_WAIT_FOR_BACKEND: Duration = Duration::from_secs(3);
 /// Long enough for request/response protocols to finish their exchanges,
 /// short enough that an orchestrator's stop timeout (often 30-90 s) is met.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -197,6 +206,10 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Backends tried per client connection.
     pub connect_attempts: usize,
+    /// How long a client of a discovered service with no backend, or whose
+    /// backends tried all failed, waits for the backends to change before
+    /// it is closed; zero closes it at once.
+    pub wait_for_backend: Duration,
     /// Close connections idle for this long; `None` keeps them forever.
     pub idle_timeout: Option<Duration>,
     /// Grace period for open connections on shutdown.
@@ -228,6 +241,7 @@ impl Default for ProxySettings {
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             connect_attempts: DEFAULT_CONNECT_ATTEMPTS as usize,
+            wait_for_backend: DEFAULT_WAIT_FOR_BACKEND,
             idle_timeout: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             eject_time: DEFAULT_EJECT_TIME,

@@ -37,6 +37,65 @@ fn a_consumer_finds_a_provider_on_another_host() {
     drop(provider);
 }
 
+/// The consumer's log line once a client waits for a first backend.
+const WAITS: &str =
+    "no backends known for this service: the client waits for the backends to change";
+
+/// A connection to `port` in `host` that reads for up to `DEADLINE`.
+fn patient_client(host: &Host, port: u16) -> TcpStream {
+    let s = host
+        .enter(|| TcpStream::connect(local(port)))
+        .expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// A client that comes while its service has no backend yet (the node
+/// just started, the only provider restarting) is held and served once a
+/// provider appears, instead of being closed at once.
+#[test]
+fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _redis = redis(h1, 12345);
+    let consumer = amb(
+        h2,
+        &["--consume", "redis:6379", "--wait-for-backend", "60s"],
+    );
+    wait_log(&consumer, "listening; backends come from discovery");
+    let mut s = patient_client(h2, 6379);
+    let asked = std::thread::spawn(move || command(&mut s, &["GET", "whoami"]));
+    wait_log(&consumer, WAITS);
+    let _provider = amb(h1, &["--provide", "redis:12345"]);
+    let answer = asked.join().unwrap();
+    assert_eq!(
+        answer.as_deref(),
+        Some("h1"),
+        "the waiting client was not served:\n{}",
+        consumer.output_tail(20)
+    );
+}
+
+/// The wait is bounded: with no provider at all, the client is closed
+/// once it has waited `--wait-for-backend`, and the log says why.
+#[test]
+fn a_client_waits_for_a_backend_no_longer_than_told() {
+    let lab = Lab::new(1);
+    let h1 = lab.host("h1");
+    let consumer = amb(h1, &["--consume", "redis:6379", "--wait-for-backend", "1s"]);
+    wait_log(&consumer, "listening; backends come from discovery");
+    let t0 = Instant::now();
+    let mut s = patient_client(h1, 6379);
+    assert_eq!(
+        command(&mut s, &["PING"]),
+        None,
+        "answered without a backend"
+    );
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_secs(1), "closed after {waited:?}");
+    wait_log(&consumer, "none came within 1s");
+}
+
 /// A node started before its network came up (a service that starts
 /// before DHCP or Wi-Fi has, a cable plugged in later) joins the mesh
 /// once it is up: mdns-sd's interface check (every 5 s) takes the new
@@ -610,12 +669,17 @@ fn migration_needs_no_consumer_restart() {
         .iter()
         .find(|s| s.who.as_deref() == Some("h3"))
         .expect("h3 served the same client");
+    let longest = samples.iter().map(|s| s.at - s.start).max().unwrap();
     eprintln!(
-        "migration gap {:?} ({} failed requests meanwhile)",
+        "migration gap {:?} ({} failed requests meanwhile, the longest took {longest:?})",
         first_h3.at - last_h1.at,
         failures(&samples)
     );
     assert_eq!(samples.last().unwrap().who.as_deref(), Some("h3"));
+    // The clients that came while h1's record still stood (its Redis gone)
+    // or before h3's arrived waited for the table to change
+    // (--wait-for-backend), instead of failing.
+    assert_eq!(failures(&samples), 0, "requests failed in the move");
 }
 
 #[test]

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::spec::Host;
@@ -273,6 +274,9 @@ pub struct Table {
     probation: bool,
     /// Ejections started, over every backend the table ever held.
     ejections: AtomicU64,
+    /// Wakes the clients waiting for the backends to change
+    /// ([`Table::changed_since`]).
+    changed: Notify,
 }
 
 impl Table {
@@ -285,6 +289,7 @@ impl Table {
             eject_time,
             probation: false,
             ejections: AtomicU64::new(0),
+            changed: Notify::new(),
         }
     }
 
@@ -355,7 +360,24 @@ impl Table {
             }
         }
         self.current.store(Arc::new(Snapshot { backends }));
+        self.changed.notify_waiters();
         true
+    }
+
+    /// Returns once the backends are no longer those of `seen` (at once if
+    /// they changed already). Health changes do not count: only a backend
+    /// added, changed or removed.
+    pub async fn changed_since(&self, seen: &Arc<Snapshot>) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before the look, so a change in between wakes it.
+            changed.as_mut().enable();
+            if !Arc::ptr_eq(&self.current.load(), seen) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Milliseconds since the epoch, never 0 (0 means "not ejected").
@@ -444,6 +466,44 @@ mod tests {
             tls: false,
             origin: Origin::Static,
         }
+    }
+
+    #[tokio::test]
+    async fn a_client_waiting_for_the_backends_wakes_at_a_change_and_not_before() {
+        let t = Arc::new(Table::with_probation(Duration::from_secs(1)));
+        let empty = t.snapshot();
+        let waiting = tokio::spawn({
+            let (t, empty) = (t.clone(), empty.clone());
+            async move { t.changed_since(&empty).await }
+        });
+        // A removal of what is not there changes nothing, and wakes nobody.
+        assert!(!t.apply(Update::Remove("a".into())));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "woke with no change");
+        assert!(t.apply(Update::Upsert(spec("a", 1))));
+        let soon = Duration::from_secs(10);
+        tokio::time::timeout(soon, waiting)
+            .await
+            .expect("not woken by the first backend")
+            .unwrap();
+        // A change already made is not waited for.
+        tokio::time::timeout(soon, t.changed_since(&empty))
+            .await
+            .expect("waited for a change already made");
+        // An ejection is no change of the backends.
+        let one = t.snapshot();
+        t.report_failure(&one.backends[0].stats, &"refused");
+        let waiting = tokio::spawn({
+            let (t, one) = (t.clone(), one.clone());
+            async move { t.changed_since(&one).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "woke at an ejection");
+        assert!(t.apply(Update::Remove("a".into())));
+        tokio::time::timeout(soon, waiting)
+            .await
+            .expect("not woken by the removal")
+            .unwrap();
     }
 
     #[test]

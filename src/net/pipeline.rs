@@ -36,11 +36,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, info, warn};
 
-use crate::backends::table::{ActiveGuard, Backend};
+use crate::backends::table::{ActiveGuard, Backend, Snapshot};
 use crate::backends::Service;
 use crate::credentials::{Credentials, LoginError, Refused};
 use crate::net::accept::{Handler, Shared};
@@ -257,6 +257,9 @@ const LOCAL_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub enum ConnectError {
     #[error("no backends known for this service")]
     NoBackends,
+    /// None was known when the client came, nor within the wait.
+    #[error("no backends known for this service, none came within {0:?}")]
+    NoneCame(Duration),
     #[error("no backend answered ({tried} tried, last error: {last})")]
     AllFailed { tried: usize, last: io::Error },
     /// This process could not dial at all (out of descriptors, ports,
@@ -291,6 +294,12 @@ impl From<DialError> for Setback {
 /// [`crate::backends::balance`]), each step bounded by `connect_timeout`
 /// (the TLS handshake by [`tls::HANDSHAKE_TIMEOUT`]).
 ///
+/// A discovered service with no backend, or whose candidates all failed,
+/// holds the client for up to `wait_for_backend` from its arrival until
+/// its backends change, and tries again: a node just started, a provider
+/// restarting or a service moving to another host loses no client to the
+/// moment between two records.
+///
 /// Every failure ejects that backend, so the next clients skip it at
 /// once, and the next candidate is tried: a backend that accepts
 /// connections and then stalls, drops or garbles the login serves no
@@ -317,10 +326,50 @@ pub async fn connect(
     settings: &ProxySettings,
     tls: Option<&Tls>,
 ) -> Result<(ActiveGuard, BackendStream), ConnectError> {
-    let snap = svc.table.snapshot();
+    // Only discovery changes a table between reloads: a static service's
+    // client would wait for nothing.
+    let wait = if svc.is_discovered() {
+        settings.wait_for_backend
+    } else {
+        Duration::ZERO
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        let snap = svc.table.snapshot();
+        let failed = if snap.backends.is_empty() {
+            ConnectError::NoBackends
+        } else {
+            match try_candidates(svc, &snap, settings, tls).await {
+                Err(e @ ConnectError::AllFailed { .. }) => e,
+                done => return done,
+            }
+        };
+        if wait.is_zero() {
+            return Err(failed);
+        }
+        debug!(service = %svc.name, "{failed}: the client waits for the backends to change");
+        if timeout_at(deadline, svc.table.changed_since(&snap))
+            .await
+            .is_err()
+        {
+            return Err(match failed {
+                ConnectError::NoBackends => ConnectError::NoneCame(wait),
+                other => other,
+            });
+        }
+    }
+}
+
+/// One pass of [`connect`] over the candidates `snap` gives.
+async fn try_candidates(
+    svc: &Service,
+    snap: &Snapshot,
+    settings: &ProxySettings,
+    tls: Option<&Tls>,
+) -> Result<(ActiveGuard, BackendStream), ConnectError> {
     let order = svc
         .balancer
-        .candidates(&svc.table, &snap, settings.connect_attempts);
+        .candidates(&svc.table, snap, settings.connect_attempts);
     if order.is_empty() {
         return Err(ConnectError::NoBackends);
     }

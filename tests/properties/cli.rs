@@ -29,6 +29,7 @@ const KEYS: &[&str] = &[
     "max_connections",
     "connect_timeout",
     "connect_attempts",
+    "wait_for_backend",
     "idle_timeout",
     "drain_timeout",
     "eject_time",

@@ -25,6 +25,7 @@ use mesh_amb::settings::{
     DEFAULT_DRAIN_PERIOD, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EJECT_TIME, DEFAULT_FALL,
     DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RISE, DEFAULT_TCP_KEEPALIVE,
     DEFAULT_TCP_KEEPALIVE_INTERVAL, DEFAULT_TCP_KEEPALIVE_PROBES, DEFAULT_TCP_USER_TIMEOUT,
+    DEFAULT_WAIT_FOR_BACKEND,
 };
 use mesh_amb::spec::{ConsumeSpec, ProvideSpec};
 
@@ -160,6 +161,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", env = "MESH_AMB_CONNECT_ATTEMPTS",
         default_value_t = SmallCount::new(DEFAULT_CONNECT_ATTEMPTS))]
     pub connect_attempts: SmallCount,
+
+    /// How long a client of a discovered service waits when there is no
+    /// backend, or every one tried failed, for the backends to change (a
+    /// provider found, restarted or moved) before it is closed; 0 closes it
+    /// at once.
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_WAIT_FOR_BACKEND",
+        default_value_t = Wait(DEFAULT_WAIT_FOR_BACKEND))]
+    pub wait_for_backend: Wait,
 
     /// Close a connection after this long without traffic either way ("off"
     /// disables).

@@ -504,10 +504,12 @@ fn stranger_node(
         }],
         None => vec![],
     };
-    Node::start(
-        config("demo-x", consumes, provides.into_iter().collect(), None),
-        listener.into_iter().collect(),
-    )
+    let mut config = config("demo-x", consumes, provides.into_iter().collect(), None);
+    // The intruder never gets a backend: its clients are turned away at
+    // once instead of after --wait-for-backend, which would only slow the
+    // story down.
+    config.proxy.wait_for_backend = Duration::ZERO;
+    Node::start(config, listener.into_iter().collect())
 }
 
 /// Instances a node's discovery ignored, for whatever reason.
