@@ -93,7 +93,10 @@ fn a_client_waits_for_a_backend_no_longer_than_told() {
     );
     let waited = t0.elapsed();
     assert!(waited >= Duration::from_secs(1), "closed after {waited:?}");
-    wait_log(&consumer, "none came within 1s");
+    wait_log(
+        &consumer,
+        "no backends known for this service after waiting 1s",
+    );
 }
 
 /// A node started before its network came up (a service that starts
@@ -653,7 +656,9 @@ fn migration_needs_no_consumer_restart() {
     // Redis moves: stop it and its provider on h1, start both on h3.
     p1.signal(libc::SIGTERM);
     p1.wait_exit(DEADLINE).expect("h1's provider exits");
+    let killed_from = Instant::now();
     r1.kill();
+    let killed_to = Instant::now();
     let _r3 = redis(h3, 23456);
     let _p3 = amb(h3, &["--provide", "redis:23456"]);
     client.wait_served_by("h3");
@@ -678,8 +683,18 @@ fn migration_needs_no_consumer_restart() {
     assert_eq!(samples.last().unwrap().who.as_deref(), Some("h3"));
     // The clients that came while h1's record still stood (its Redis gone)
     // or before h3's arrived waited for the table to change
-    // (--wait-for-backend), instead of failing.
-    assert_eq!(failures(&samples), 0, "requests failed in the move");
+    // (--wait-for-backend), instead of failing. A request in flight when
+    // Redis was killed can fail: its bytes were sent to the dead server.
+    let in_flight = |s: &Sample| s.start <= killed_to && s.at >= killed_from;
+    let lost: Vec<_> = samples
+        .iter()
+        .filter(|s| s.who.is_none() && !in_flight(s))
+        .map(|s| s.start - killed_from)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "requests failed in the move, started {lost:?} after the kill"
+    );
 }
 
 #[test]

@@ -178,7 +178,7 @@ impl Collector for Scrape {
         {
             let mut metric = enc.encode_descriptor(
                 "mesh_amb_connect_latency_seconds",
-                "Time from a client's accept to a ready backend (dial, TLS, login, failed candidates)",
+                "Time from a client's accept to a ready backend (dial, TLS, login, failed candidates, a wait for a backend)",
                 None,
                 MetricType::Histogram,
             )?;

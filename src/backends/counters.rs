@@ -21,12 +21,15 @@ pub struct ServiceCounters {
     /// Client connections closed without a backend (none known, none
     /// answered, credentials refused).
     pub turned_away: AtomicU64,
+    /// Clients held for the backends to change (none known, or every one
+    /// tried failed: [`crate::net::pipeline::connect`]), now.
+    pub waiting: AtomicU64,
     /// Client-to-backend bytes, counted as they move.
     pub bytes_out: AtomicU64,
     /// Backend-to-client bytes, counted as they move.
     pub bytes_in: AtomicU64,
     /// Time from a client's accept to its backend being ready (dial, TLS,
-    /// login, and the failed candidates before it).
+    /// login, the failed candidates before it, and a wait for a backend).
     pub connect_latency: Histogram,
 }
 

@@ -30,7 +30,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -257,8 +257,8 @@ const LOCAL_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub enum ConnectError {
     #[error("no backends known for this service")]
     NoBackends,
-    /// None was known when the client came, nor within the wait.
-    #[error("no backends known for this service, none came within {0:?}")]
+    /// None was known, or none that had not failed, within the wait.
+    #[error("no backends known for this service after waiting {0:?}")]
     NoneCame(Duration),
     #[error("no backend answered ({tried} tried, last error: {last})")]
     AllFailed { tried: usize, last: io::Error },
@@ -334,29 +334,89 @@ pub async fn connect(
         Duration::ZERO
     };
     let deadline = Instant::now() + wait;
+    let mut snap = svc.table.snapshot();
+    let mut held = None;
     loop {
-        let snap = svc.table.snapshot();
-        let failed = if snap.backends.is_empty() {
-            ConnectError::NoBackends
-        } else {
-            match try_candidates(svc, &snap, settings, tls).await {
-                Err(e @ ConnectError::AllFailed { .. }) => e,
-                done => return done,
+        let pass = async {
+            if snap.backends.is_empty() {
+                return Err(ConnectError::NoBackends);
             }
+            try_candidates(svc, &snap, settings, tls).await
         };
-        if wait.is_zero() {
-            return Err(failed);
+        // A pass after a wait ends with it: the wait is the client's bound.
+        let failed = match (held.is_some(), wait.is_zero()) {
+            (true, _) => match timeout_at(deadline, pass).await {
+                Ok(done) => done,
+                Err(_) => Err(ConnectError::NoneCame(wait)),
+            },
+            (false, true) => return pass.await,
+            (false, false) => pass.await,
+        };
+        let failed = match failed {
+            Err(e @ (ConnectError::NoBackends | ConnectError::AllFailed { .. })) => e,
+            done => return done,
+        };
+        if held.is_none() {
+            held = Waiting::enter(&svc.counters.waiting, settings.max_connections / 4);
+            if held.is_none() {
+                return Err(failed);
+            }
         }
         debug!(service = %svc.name, "{failed}: the client waits for the backends to change");
-        if timeout_at(deadline, svc.table.changed_since(&snap))
-            .await
-            .is_err()
-        {
-            return Err(match failed {
-                ConnectError::NoBackends => ConnectError::NoneCame(wait),
-                other => other,
-            });
+        match timeout_at(deadline, news_since(svc, &snap)).await {
+            Ok(next) if Instant::now() < deadline => snap = next,
+            _ => {
+                return Err(match failed {
+                    ConnectError::NoBackends => ConnectError::NoneCame(wait),
+                    other => other,
+                })
+            }
         }
+    }
+}
+
+/// The table once it holds a backend that `tried` had not (a provider
+/// found, or one that moved): what a client whose pass over `tried`
+/// failed can try. Other changes (an instance leaving, a draining flag)
+/// would only have it dial again what just failed.
+async fn news_since(svc: &Service, tried: &Arc<Snapshot>) -> Arc<Snapshot> {
+    let mut seen = tried.clone();
+    loop {
+        svc.table.changed_since(&seen).await;
+        seen = svc.table.snapshot();
+        let new = |b: &Arc<Backend>| {
+            !tried
+                .backends
+                .iter()
+                .any(|t| t.spec.key == b.spec.key && t.spec.target == b.spec.target)
+        };
+        if seen.backends.iter().any(new) {
+            return seen;
+        }
+    }
+}
+
+/// A client held by [`connect`] for the backends to change, counted in its
+/// service's `waiting` while it is.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    /// Counts one more, unless `most` wait already: a service without
+    /// backends must not hold more than its share of the node's connection
+    /// limit with clients that would only wait (a client retrying in a
+    /// tight loop), and those past it are closed at once as before.
+    fn enter(waiting: &'a AtomicU64, most: usize) -> Option<Waiting<'a>> {
+        if waiting.fetch_add(1, Ordering::Relaxed) >= most.max(1) as u64 {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Waiting(waiting))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -530,5 +590,76 @@ pub(crate) async fn secure(
         Ok(Ok(s)) => Ok(BackendStream::Tls(Box::new(s))),
         Ok(Err(e)) => Err(DialError::Backend(e)),
         Err(_) => failed(io::ErrorKind::TimedOut, "TLS handshake timed out".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::balance::{Balancer, Policy};
+    use crate::backends::service::{Source, Suspects};
+    use crate::backends::table::{BackendSpec, Origin, Table, Target, Update};
+
+    fn spec(key: &str, port: u16, draining: bool) -> BackendSpec {
+        BackendSpec {
+            key: key.into(),
+            target: Target::Addrs(vec![SocketAddr::from(([127, 0, 0, 1], port))]),
+            weight: 1,
+            draining,
+            tls: false,
+            origin: Origin::Mesh,
+        }
+    }
+
+    fn discovered() -> Service {
+        let (suspects, _) = Suspects::channel(Duration::from_secs(4));
+        Service {
+            name: "redis".into(),
+            table: Arc::new(Table::with_probation(Duration::from_secs(1))),
+            balancer: Balancer::new(Policy::P2c),
+            source: Source::Discovered(suspects),
+            credentials: None,
+            counters: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_client_wakes_for_a_backend_it_has_not_tried_and_not_before() {
+        let svc = Arc::new(discovered());
+        svc.table.apply(Update::Upsert(spec("a", 1, false)));
+        let tried = svc.table.snapshot();
+        let news = tokio::spawn({
+            let (svc, tried) = (svc.clone(), tried.clone());
+            async move { news_since(&svc, &tried).await }
+        });
+        // The one that failed, draining now: nothing new to try.
+        assert!(svc.table.apply(Update::Upsert(spec("a", 1, true))));
+        tokio::task::yield_now().await;
+        assert!(!news.is_finished(), "woke for the backend that failed");
+        // It moved: a new address is worth a dial.
+        assert!(svc.table.apply(Update::Upsert(spec("a", 2, true))));
+        let next = tokio::time::timeout(Duration::from_secs(10), news)
+            .await
+            .expect("not woken by the move")
+            .unwrap();
+        assert_eq!(next.backends.len(), 1);
+        assert_eq!(next.backends[0].spec.target, spec("a", 2, true).target);
+    }
+
+    #[test]
+    fn at_most_the_share_wait_and_each_leaves_its_place() {
+        let waiting = AtomicU64::new(0);
+        let first = Waiting::enter(&waiting, 2).expect("first");
+        let second = Waiting::enter(&waiting, 2).expect("second");
+        assert!(Waiting::enter(&waiting, 2).is_none(), "a third waits");
+        assert_eq!(waiting.load(Ordering::Relaxed), 2);
+        drop(first);
+        let third = Waiting::enter(&waiting, 2).expect("a place left");
+        drop((second, third));
+        assert_eq!(waiting.load(Ordering::Relaxed), 0);
+        // A limit under four connections still lets one wait.
+        let one = Waiting::enter(&waiting, 0).expect("one at least");
+        assert!(Waiting::enter(&waiting, 0).is_none());
+        drop(one);
     }
 }
