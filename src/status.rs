@@ -79,6 +79,8 @@ pub struct ConsumeStatus {
     pub clients: u64,
     /// Client connections closed without a backend.
     pub turned_away: u64,
+    /// Clients held now for the backends to change (`--wait-for-backend`).
+    pub waiting: u64,
     /// Backend ejections started (connect or check failures).
     pub ejections: u64,
     pub active: u64,
@@ -302,6 +304,7 @@ fn consume(svc: &Service, listen: SocketAddr) -> ConsumeStatus {
         policy: svc.balancer.policy(),
         clients: v(&c.clients),
         turned_away: v(&c.turned_away),
+        waiting: v(&c.waiting),
         ejections: svc.table.ejections(),
         active: backends.iter().map(|b| b.active).sum(),
         bytes_in: v(&c.bytes_in),

@@ -60,12 +60,20 @@ fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
     let _redis = redis(h1, 12345);
     let consumer = amb(
         h2,
-        &["--consume", "redis:6379", "--wait-for-backend", "60s"],
+        &[
+            "--consume",
+            "redis:6379",
+            "--wait-for-backend",
+            "60s",
+            "--admin",
+            "127.0.0.1:0",
+        ],
     );
     wait_log(&consumer, "listening; backends come from discovery");
     let mut s = patient_client(h2, 6379);
     let asked = std::thread::spawn(move || command(&mut s, &["GET", "whoami"]));
     wait_log(&consumer, WAITS);
+    assert_eq!(waiting(h2, &consumer), 1.0, "the gauge misses the client");
     let _provider = amb(h1, &["--provide", "redis:12345"]);
     let answer = asked.join().unwrap();
     assert_eq!(
@@ -74,6 +82,38 @@ fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
         "the waiting client was not served:\n{}",
         consumer.output_tail(20)
     );
+    assert_eq!(waiting(h2, &consumer), 0.0, "the gauge kept the client");
+}
+
+/// The consumer's `mesh_amb_clients_waiting_for_backend` for `redis`, read
+/// from its admin endpoint inside `host`.
+fn waiting(host: &Host, consumer: &Proc) -> f64 {
+    use std::io::{Read, Write};
+    let log = consumer.stderr();
+    let url = log
+        .lines()
+        .find(|l| l.contains("admin endpoint listening"))
+        .and_then(|l| log_field(l, "url"))
+        .expect("the admin endpoint's address in the log");
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = host
+        .enter(|| TcpStream::connect(addr))
+        .expect("connect to admin");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("metrics");
+    let (_, body) = text.split_once("\r\n\r\n").expect("a header");
+    let samples = common::prometheus::parse_prometheus(body);
+    common::prometheus::value(
+        &samples,
+        "mesh_amb_clients_waiting_for_backend",
+        &[("service", "redis")],
+    )
 }
 
 /// The wait is bounded: with no provider at all, the client is closed

@@ -123,6 +123,15 @@ impl Collector for Scrape {
         )?;
         family(
             &mut enc,
+            "mesh_amb_clients_waiting_for_backend",
+            "Clients held now until a backend they have not tried is known (--wait-for-backend)",
+            MetricType::Gauge,
+            services()
+                .map(|(l, c)| (l, Value::Gauge(c.waiting)))
+                .collect(),
+        )?;
+        family(
+            &mut enc,
             "mesh_amb_active_connections",
             "Connections open to a service's backends now, dials in flight included",
             MetricType::Gauge,

@@ -22,7 +22,8 @@ pub struct ServiceCounters {
     /// answered, credentials refused).
     pub turned_away: AtomicU64,
     /// Clients held for the backends to change (none known, or every one
-    /// tried failed: [`crate::net::pipeline::connect`]), now.
+    /// tried failed: [`crate::net::pipeline::connect`]), now; it also caps
+    /// them.
     pub waiting: AtomicU64,
     /// Client-to-backend bytes, counted as they move.
     pub bytes_out: AtomicU64,
