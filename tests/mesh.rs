@@ -135,7 +135,7 @@ fn a_client_waits_for_a_backend_no_longer_than_told() {
     assert!(waited >= Duration::from_secs(1), "closed after {waited:?}");
     wait_log(
         &consumer,
-        "no backends known for this service after waiting 1s",
+        "no backend ready for this service after waiting 1s",
     );
 }
 

@@ -257,8 +257,8 @@ const LOCAL_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 pub enum ConnectError {
     #[error("no backends known for this service")]
     NoBackends,
-    /// None was known, or none that had not failed, within the wait.
-    #[error("no backends known for this service after waiting {0:?}")]
+    /// None was known when the wait ended, or a retry was still dialing.
+    #[error("no backend ready for this service after waiting {0:?}")]
     NoneCame(Duration),
     #[error("no backend answered ({tried} tried, last error: {last})")]
     AllFailed { tried: usize, last: io::Error },
