@@ -147,27 +147,11 @@ fn a_stopped_node_leaves_every_table(how: Stop, within: Duration) {
         }
         Stop::Hang => victim.signal(libc::SIGSTOP),
     }
-    let removed = wait_until(within, || {
-        nodes.iter().all(|(p, _)| has(p, "backend left", &gone) > 0)
-    });
-    assert!(
-        removed,
-        "{gone} still in a table {:?} after {how:?}:\n{}\n{}",
-        t0.elapsed(),
-        nodes[0].0.output_tail(20),
-        nodes[1].0.output_tail(20)
-    );
-    eprintln!("{how:?}: removed from both tables in {:?}", t0.elapsed());
+    removed_from_the_others(&nodes, &gone, within, t0, &format!("{how:?}"));
     let said = nodes
         .iter()
         .any(|(p, _)| p.stderr().contains("goodbye sent for its instances"));
     assert!(said, "no witness said the goodbye");
-    // The live ones stay.
-    for (p, _) in &nodes {
-        for (_, i) in &nodes {
-            assert_eq!(has(p, "backend left", i), 0, "a live instance left");
-        }
-    }
     match how {
         // The watcher heard of the crash through the ring link, not at its
         // next probe.
@@ -258,27 +242,42 @@ fn a_node_that_crashes_young_leaves_every_table_within_seconds() {
     assert!(!watched_in_full(), "{id} is no longer young");
     let t0 = Instant::now();
     victim.kill();
-    let removed = wait_until(YOUNG_CRASH_REMOVED_WITHIN, || {
-        nodes.iter().all(|(p, _)| has(p, "backend left", &gone) > 0)
-    });
-    assert!(
-        removed,
-        "{gone} still in a table {:?} after it crashed young:\n{}\n{}",
-        t0.elapsed(),
-        nodes[0].0.output_tail(20),
-        nodes[1].0.output_tail(20)
+    removed_from_the_others(
+        &nodes,
+        &gone,
+        YOUNG_CRASH_REMOVED_WITHIN,
+        t0,
+        "a young crash",
     );
     assert!(
         !watched_in_full(),
         "{gone} was removed only by the full watch, {:?} after the crash",
         t0.elapsed()
     );
-    eprintln!(
-        "crashed young: removed from both tables in {:?}",
-        t0.elapsed()
+}
+
+/// Waits until both `nodes` dropped `gone`, within `within` of `t0` when it
+/// stopped (`how`), and checks that neither dropped a live one.
+fn removed_from_the_others(
+    nodes: &[(Proc, String)],
+    gone: &str,
+    within: Duration,
+    t0: Instant,
+    how: &str,
+) {
+    let removed = wait_until(within, || {
+        nodes.iter().all(|(p, _)| has(p, "backend left", gone) > 0)
+    });
+    assert!(
+        removed,
+        "{gone} still in a table {:?} after {how}:\n{}\n{}",
+        t0.elapsed(),
+        nodes[0].0.output_tail(20),
+        nodes[1].0.output_tail(20)
     );
-    for (p, _) in &nodes {
-        for (_, i) in &nodes {
+    eprintln!("{how}: removed from both tables in {:?}", t0.elapsed());
+    for (p, _) in nodes {
+        for (_, i) in nodes {
             assert_eq!(has(p, "backend left", i), 0, "a live instance left");
         }
     }

@@ -288,6 +288,17 @@ impl From<DialError> for Setback {
     }
 }
 
+impl ConnectError {
+    /// Whether a change of the backends could help: none was known, or
+    /// every one tried failed.
+    fn awaits_news(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::NoBackends | ConnectError::AllFailed { .. }
+        )
+    }
+}
+
 /// Takes candidates in balancer order through every step before the copy
 /// (dial, TLS, login) until one is ready, within `connect_attempts` tries
 /// (a proven backend among them whenever one exists:
@@ -335,43 +346,32 @@ pub async fn connect(
     };
     let deadline = Instant::now() + wait;
     let mut snap = svc.table.snapshot();
-    let mut held = None;
+    let mut result = try_candidates(svc, &snap, settings, tls).await;
+    if wait.is_zero() || !result.as_ref().is_err_and(ConnectError::awaits_news) {
+        return result;
+    }
+    let Some(_held) = Waiting::enter(&svc.counters.waiting, settings.max_connections / 4) else {
+        return result;
+    };
     loop {
-        let pass = async {
-            if snap.backends.is_empty() {
-                return Err(ConnectError::NoBackends);
-            }
-            try_candidates(svc, &snap, settings, tls).await
-        };
-        // A pass after a wait ends with it: the wait is the client's bound.
-        let failed = match (held.is_some(), wait.is_zero()) {
-            (true, _) => match timeout_at(deadline, pass).await {
-                Ok(done) => done,
-                Err(_) => Err(ConnectError::NoneCame(wait)),
-            },
-            (false, true) => return pass.await,
-            (false, false) => pass.await,
-        };
-        let failed = match failed {
-            Err(e @ (ConnectError::NoBackends | ConnectError::AllFailed { .. })) => e,
+        let failed = match result {
+            Err(e) if e.awaits_news() => e,
             done => return done,
         };
-        if held.is_none() {
-            held = Waiting::enter(&svc.counters.waiting, settings.max_connections / 4);
-            if held.is_none() {
-                return Err(failed);
-            }
-        }
         debug!(service = %svc.name, "{failed}: the client waits for the backends to change");
-        match timeout_at(deadline, news_since(svc, &snap)).await {
-            Ok(next) if Instant::now() < deadline => snap = next,
+        snap = match timeout_at(deadline, news_since(svc, &snap)).await {
+            Ok(next) if Instant::now() < deadline => next,
             _ => {
                 return Err(match failed {
                     ConnectError::NoBackends => ConnectError::NoneCame(wait),
                     other => other,
                 })
             }
-        }
+        };
+        // The retry ends with the wait too: the wait is the client's bound.
+        result = timeout_at(deadline, try_candidates(svc, &snap, settings, tls))
+            .await
+            .unwrap_or(Err(ConnectError::NoneCame(wait)));
     }
 }
 
