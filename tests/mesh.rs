@@ -74,6 +74,11 @@ fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
     let asked = std::thread::spawn(move || command(&mut s, &["GET", "whoami"]));
     wait_log(&consumer, WAITS);
     assert_eq!(waiting(h2, &consumer), 1.0, "the gauge misses the client");
+    let page = admin_get(h2, &consumer, "/");
+    assert!(
+        page.contains("1 clients · 0 turned away · 1 waiting"),
+        "the stats page misses the client:\n{page}"
+    );
     let _provider = amb(h1, &["--provide", "redis:12345"]);
     let answer = asked.join().unwrap();
     assert_eq!(
@@ -88,6 +93,16 @@ fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
 /// The consumer's `mesh_amb_clients_waiting_for_backend` for `redis`, read
 /// from its admin endpoint inside `host`.
 fn waiting(host: &Host, consumer: &Proc) -> f64 {
+    let samples = common::prometheus::parse_prometheus(&admin_get(host, consumer, "/metrics"));
+    common::prometheus::value(
+        &samples,
+        "mesh_amb_clients_waiting_for_backend",
+        &[("service", "redis")],
+    )
+}
+
+/// The body of `path` on the consumer's admin endpoint, from inside `host`.
+fn admin_get(host: &Host, consumer: &Proc, path: &str) -> String {
     use std::io::{Read, Write};
     let log = consumer.stderr();
     let url = log
@@ -100,20 +115,12 @@ fn waiting(host: &Host, consumer: &Proc) -> f64 {
         .enter(|| TcpStream::connect(addr))
         .expect("connect to admin");
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    // HTTP/1.0: the whole body, never chunked.
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut text = String::new();
-    s.read_to_string(&mut text).expect("metrics");
+    s.read_to_string(&mut text).expect(path);
     let (_, body) = text.split_once("\r\n\r\n").expect("a header");
-    let samples = common::prometheus::parse_prometheus(body);
-    common::prometheus::value(
-        &samples,
-        "mesh_amb_clients_waiting_for_backend",
-        &[("service", "redis")],
-    )
+    body.to_owned()
 }
 
 /// The wait is bounded: with no provider at all, the client is closed

@@ -93,13 +93,14 @@ fn consume(out: &mut String, c: &ConsumeStatus, now_ms: u64) {
         out,
         "<div class=\"svc\" data-service=\"{name}\"><h4>{name} \
          <small>listens on {} · {} backends · {}</small></h4>\
-         <p class=\"facts\">{} clients · {} turned away · {} active · {} ejections · \
+         <p class=\"facts\">{} clients · {} turned away · {} waiting · {} active · {} ejections · \
          {} in · {} out</p>",
         c.listen,
         c.source,
         c.policy,
         c.clients,
         c.turned_away,
+        c.waiting,
         c.active,
         c.ejections,
         human_bytes(c.bytes_in),

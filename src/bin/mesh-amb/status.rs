@@ -154,7 +154,7 @@ fn render_node(out: &mut String, n: &Value, now: u64) {
     ));
     for c in n["consumes"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "\nconsume {}  listen {}  {} backends  {}  clients {}  turned away {}  active {}  \
+            "\nconsume {}  listen {}  {} backends  {}  clients {}  turned away {}  waiting {}  active {}  \
              in {}  out {}\n",
             text(&c["name"]),
             text(&c["listen"]),
@@ -162,6 +162,7 @@ fn render_node(out: &mut String, n: &Value, now: u64) {
             text(&c["policy"]),
             c["clients"],
             c["turned_away"],
+            c["waiting"],
             c["active"],
             human_bytes(c["bytes_in"].as_u64().unwrap_or(0)),
             human_bytes(c["bytes_out"].as_u64().unwrap_or(0)),
@@ -306,7 +307,7 @@ mod tests {
             "started_at_ms":0,"cluster_key":null,"tls":false,"discovery_events":3,
             "discovery":[["unsigned",2],["bad_txt",0]],"provides":[],
             "consumes":[{"name":"redis","listen":"127.0.0.1:6379","source":"discovered",
-            "policy":"p2c","clients":5,"turned_away":1,"active":0,"bytes_in":2048,"bytes_out":10,
+            "policy":"p2c","clients":5,"turned_away":1,"waiting":2,"active":0,"bytes_in":2048,"bytes_out":10,
             "backends":[{"key":"redis@h1._amb._tcp.local.","origin":"mdns","address":"10.0.0.1:6379",
             "state":"ejected","ejected_for":"refused\u001b[2J","ejected_remaining_ms":1500,
             "weight":1,"active":0,"total":4,"failures":1,"bytes_in":0,"bytes_out":0,
@@ -315,7 +316,7 @@ mod tests {
         .unwrap();
         let out = render(&doc);
         assert!(out.starts_with("node n1  mesh-amb 0.1.0  up 10 s"), "{out}");
-        assert!(out.contains("turned away 1"), "{out}");
+        assert!(out.contains("turned away 1  waiting 2  active 0"), "{out}");
         let row = out.lines().find(|l| l.contains("redis@h1")).unwrap();
         assert!(!row.contains("_amb._tcp"), "{row}");
         assert!(
