@@ -50,16 +50,12 @@ fn patient_client(host: &Host, port: u16) -> TcpStream {
     s
 }
 
-/// A client that comes while its service has no backend yet (the node
-/// just started, the only provider restarting) is held and served once a
-/// provider appears, instead of being closed at once.
-#[test]
-fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
-    let lab = Lab::new(2);
-    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
-    let _redis = redis(h1, 12345);
-    let consumer = amb(
-        h2,
+/// A consumer of `redis` on port 6379 in `host` whose clients wait up to a
+/// minute for a backend (longer than any test waits for anything), with
+/// its admin endpoint.
+fn patient_consumer(host: &Host) -> Proc {
+    amb(
+        host,
         &[
             "--consume",
             "redis:6379",
@@ -68,7 +64,18 @@ fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
             "--admin",
             "127.0.0.1:0",
         ],
-    );
+    )
+}
+
+/// A client that comes while its service has no backend yet (the node
+/// just started, the only provider restarting) is held and served once a
+/// provider appears, instead of being closed at once.
+#[test]
+fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _redis = redis(h1, 12345);
+    let consumer = patient_consumer(h2);
     wait_log(&consumer, "listening; backends come from discovery");
     let mut s = patient_client(h2, 6379);
     let asked = std::thread::spawn(move || command(&mut s, &["GET", "whoami"]));
@@ -88,6 +95,46 @@ fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
         consumer.output_tail(20)
     );
     assert_eq!(waiting(h2, &consumer), 0.0, "the gauge kept the client");
+}
+
+/// A waiting client that gives up and resets its connection (a health
+/// checker, an application past its own timeout) is let go at once: it no
+/// longer holds a slot for the rest of the wait.
+#[test]
+fn a_waiting_client_that_resets_its_connection_is_let_go_at_once() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let lab = Lab::new(1);
+    let h1 = lab.host("h1");
+    let consumer = patient_consumer(h1);
+    wait_log(&consumer, "listening; backends come from discovery");
+    let mut s = patient_client(h1, 6379);
+    s.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+    wait_log(&consumer, WAITS);
+    assert_eq!(waiting(h1, &consumer), 1.0, "the gauge misses the client");
+    // Closed with a zero linger: a reset, not a FIN.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(s);
+    // Well within the 60 s wait.
+    wait_log(
+        &consumer,
+        "the client reset its connection before a backend was ready",
+    );
+    assert_eq!(waiting(h1, &consumer), 0.0, "the gauge kept the client");
 }
 
 /// The consumer's `mesh_amb_clients_waiting_for_backend` for `redis`, read

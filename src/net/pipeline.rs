@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
@@ -113,8 +113,8 @@ fn accept_stage(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Sha
 }
 
 /// A backend ready for the client's bytes; `None` when there is none
-/// (logged; a client whose credentials every backend refused is told so)
-/// or the node stops meanwhile.
+/// (logged; a client whose credentials every backend refused is told so),
+/// the client reset its connection or the node stops meanwhile.
 async fn connect_stage(
     client: &mut TcpStream,
     peer: SocketAddr,
@@ -125,6 +125,17 @@ async fn connect_stage(
     let connected = tokio::select! {
         r = connect(svc, &shared.settings, shared.tls.as_deref()) => r,
         _ = shared.hard_stop.cancelled() => return None,
+        // A client that reset its connection (a health checker, an
+        // application past its own timeout) is gone: its wait for a
+        // backend would hold a slot, and a backend found later would be
+        // dialed for nobody. One that only closed its side may still
+        // await the answer (a half-close) and waits on, as HAProxy's
+        // queue keeps it without `abortonclose`.
+        _ = client.ready(Interest::ERROR) => {
+            debug!(service = %svc.name, client = %peer,
+                "the client reset its connection before a backend was ready");
+            return None;
+        }
     };
     let (active, stream) = match connected {
         Ok(pair) => pair,
