@@ -115,7 +115,7 @@ impl Collector for Scrape {
         family(
             &mut enc,
             "mesh_amb_client_connections_turned_away",
-            "Client connections closed without a backend (none known, none answered, login refused)",
+            "Client connections closed without a backend (none known, none answered, login refused, the client left first)",
             MetricType::Counter,
             services()
                 .map(|(l, c)| (l, Value::Counter(c.turned_away)))

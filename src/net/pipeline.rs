@@ -114,7 +114,7 @@ fn accept_stage(client: TcpStream, peer: SocketAddr, svc: &Service, shared: &Sha
 
 /// A backend ready for the client's bytes; `None` when there is none
 /// (logged; a client whose credentials every backend refused is told so),
-/// the client reset its connection or the node stops meanwhile.
+/// the client's connection fails or the node stops meanwhile.
 async fn connect_stage(
     client: &mut TcpStream,
     peer: SocketAddr,
@@ -125,15 +125,16 @@ async fn connect_stage(
     let connected = tokio::select! {
         r = connect(svc, &shared.settings, shared.tls.as_deref()) => r,
         _ = shared.hard_stop.cancelled() => return None,
-        // A client that reset its connection (a health checker, an
-        // application past its own timeout) is gone: its wait for a
-        // backend would hold a slot, and a backend found later would be
-        // dialed for nobody. One that only closed its side may still
-        // await the answer (a half-close) and waits on, as HAProxy's
-        // queue keeps it without `abortonclose`.
+        // A client whose connection failed (a reset: a health checker, an
+        // application past its own timeout; or its keepalive gave up) is
+        // gone: its wait for a backend would hold a slot, and a backend
+        // found later would be dialed for nobody. Bytes it sent are not
+        // forwarded: nobody would read the answer. One that only closed
+        // its side may still await the answer (a half-close) and waits
+        // on, as HAProxy's queue serves it without `abortonclose`.
         _ = client.ready(Interest::ERROR) => {
             debug!(service = %svc.name, client = %peer,
-                "the client reset its connection before a backend was ready");
+                "the client's connection failed before a backend was ready");
             return None;
         }
     };
