@@ -12,7 +12,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use mesh_amb_lab::{wait_for, wait_until, FakeInstance, Host, Lab, Proc, Rogue};
+use mesh_amb_lab::{wait_until, FakeInstance, Host, Lab, Proc, Rogue};
 use serde_json::Value;
 
 use common::browser::{chromium_in, console_messages};
@@ -61,15 +61,7 @@ fn consumer(host: &Host) -> (Proc, SocketAddr) {
             "consumer",
         ],
     );
-    let addr = wait_for(DEADLINE, || {
-        let log = p.stderr();
-        let line = log
-            .lines()
-            .find(|l| l.contains("admin endpoint listening"))?;
-        let url = line.split("url=http://").nth(1)?;
-        url.split('/').next()?.parse().ok()
-    });
-    let addr = addr.unwrap_or_else(|| panic!("no admin URL in the log:\n{}", p.output_tail(40)));
+    let addr = admin_addr(&p);
     (p, addr)
 }
 

@@ -7,8 +7,7 @@
 //! Durations are short by default so the suite fits CI; `bench/faults.sh`
 //! runs the long versions through the `FAULTS_*` variables below.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use mesh_amb_lab::{wait_until, Host, Impairment, Lab, Proc};
 mod common;
 
 use common::load::{failure_reasons, failures, Load, Sample};
-use common::mesh::{amb_logging, local, log_lines, redis, wait_routed_to, BIN, DEADLINE};
+use common::mesh::{amb_logging, http_get, local, log_lines, redis, wait_routed_to, BIN, DEADLINE};
 
 /// The service every scenario consumes, its Redis port on each provider
 /// host and the consumer's local port (all inside the lab's namespaces).
@@ -221,18 +220,6 @@ fn start_provider(host: &Host) -> (Option<Proc>, Option<Proc>) {
     let provide = format!("{SERVICE}:{REDIS_PORT}");
     let args = ["--provide", &provide, "--node-id", &host.name];
     (Some(redis), Some(amb_logging(host, &args, LOG)))
-}
-
-/// One HTTP/1.1 GET; the body, if the status was 200.
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, DEADLINE).ok()?;
-    s.set_read_timeout(Some(DEADLINE)).ok()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// A `kB` line of `/proc/<pid>/status`, while the process exists.

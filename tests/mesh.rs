@@ -159,23 +159,9 @@ fn waiting(host: &Host, consumer: &Proc) -> f64 {
 
 /// The body of `path` on the consumer's admin endpoint, from inside `host`.
 fn admin_get(host: &Host, consumer: &Proc, path: &str) -> String {
-    let log = consumer.stderr();
-    let url = log
-        .lines()
-        .find(|l| l.contains("admin endpoint listening"))
-        .and_then(|l| log_field(l, "url"))
-        .expect("the admin endpoint's address in the log");
-    let addr = url.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = host
-        .enter(|| TcpStream::connect(addr))
-        .expect("connect to admin");
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    // HTTP/1.0: the whole body, never chunked.
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect(path);
-    let (_, body) = text.split_once("\r\n\r\n").expect("a header");
-    body.to_owned()
+    let addr = admin_addr(consumer);
+    host.enter(|| http_get(addr, path))
+        .unwrap_or_else(|| panic!("GET {path} from the admin endpoint failed"))
 }
 
 /// The wait is bounded: with no provider at all, the client is closed

@@ -19,7 +19,7 @@ pub struct ServiceCounters {
     /// Client connections accepted.
     pub clients: AtomicU64,
     /// Client connections closed without a backend (none known, none
-    /// answered, credentials refused).
+    /// answered, credentials refused, the client left first).
     pub turned_away: AtomicU64,
     /// Clients held for the backends to change (none known, or every one
     /// tried failed: [`crate::net::pipeline::connect`]), now; it also caps

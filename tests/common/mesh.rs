@@ -2,6 +2,7 @@
 //! `mesh-amb` started inside hosts, and a blocking RESP client run from
 //! inside a host.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -80,6 +81,32 @@ pub fn keygen(dir: &Path, name: &str) -> PathBuf {
 pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let at = line.find(&format!("{key}="))? + key.len() + 1;
     line[at..].split_whitespace().next()
+}
+
+/// The address of `p`'s admin endpoint (`--admin 127.0.0.1:0`), read from
+/// its start-up line once it is there.
+pub fn admin_addr(p: &Proc) -> SocketAddr {
+    let addr = mesh_amb_lab::wait_for(DEADLINE, || {
+        let log = p.stderr();
+        let line = log
+            .lines()
+            .find(|l| l.contains("admin endpoint listening"))?;
+        let url = line.split("url=http://").nth(1)?;
+        url.split('/').next()?.parse().ok()
+    });
+    addr.unwrap_or_else(|| panic!("no admin URL in the log:\n{}", p.output_tail(40)))
+}
+
+/// One HTTP/1.1 GET; the body, if the status was 200.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, DEADLINE).ok()?;
+    s.set_read_timeout(Some(DEADLINE)).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
 }
 
 /// Lines of `p`'s log holding every one of `words`.
