@@ -160,10 +160,10 @@ fn render_node(out: &mut String, n: &Value, now: u64) {
             text(&c["listen"]),
             text(&c["source"]),
             text(&c["policy"]),
-            c["clients"],
-            c["turned_away"],
-            c["waiting"],
-            c["active"],
+            text(&c["clients"]),
+            text(&c["turned_away"]),
+            text(&c["waiting"]),
+            text(&c["active"]),
             human_bytes(c["bytes_in"].as_u64().unwrap_or(0)),
             human_bytes(c["bytes_out"].as_u64().unwrap_or(0)),
         ));
@@ -198,10 +198,10 @@ fn render_node(out: &mut String, n: &Value, now: u64) {
                 text(&b["origin"]),
                 text(&b["address"]),
                 state,
-                b["weight"].to_string(),
-                b["active"].to_string(),
-                b["total"].to_string(),
-                b["failures"].to_string(),
+                text(&b["weight"]),
+                text(&b["active"]),
+                text(&b["total"]),
+                text(&b["failures"]),
                 human_bytes(b["bytes_in"].as_u64().unwrap_or(0)),
                 human_bytes(b["bytes_out"].as_u64().unwrap_or(0)),
                 format!("{} ago", ago(&b["changed_at_ms"])),
@@ -234,12 +234,12 @@ fn render_node(out: &mut String, n: &Value, now: u64) {
                 .collect();
             rows.push(vec![
                 text(&p["name"]),
-                p["port"].to_string(),
+                text(&p["port"]),
                 text(&p["local"]),
                 text(&p["advertised"]),
-                p["advertised_port"].to_string(),
+                text(&p["advertised_port"]),
                 if p["tls"] == true { "yes" } else { "no" }.into(),
-                p["weight"].to_string(),
+                text(&p["weight"]),
                 if signed.is_empty() {
                     "-".into()
                 } else {
@@ -255,11 +255,11 @@ fn render_node(out: &mut String, n: &Value, now: u64) {
         .into_iter()
         .flatten()
         .filter(|pair| pair[1].as_u64().unwrap_or(0) > 0)
-        .map(|pair| format!("{} {}", text(&pair[0]).replace('_', " "), pair[1]))
+        .map(|pair| format!("{} {}", text(&pair[0]).replace('_', " "), text(&pair[1])))
         .collect();
     out.push_str(&format!(
         "\ndiscovery: {} mDNS events{}\n",
-        n["discovery_events"],
+        text(&n["discovery_events"]),
         if ignored.is_empty() {
             String::new()
         } else {
@@ -268,8 +268,8 @@ fn render_node(out: &mut String, n: &Value, now: u64) {
     ));
 }
 
-/// A string field, escaped for the terminal (it may come from the link);
-/// `-` when absent.
+/// A field, escaped for the terminal (a string may come from the link);
+/// `-` when absent (a node of an older version may lack a newer field).
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => escape(s),
@@ -331,5 +331,17 @@ mod tests {
             !out.contains('\u{1b}'),
             "no control character reaches the terminal"
         );
+    }
+
+    #[test]
+    fn a_field_an_older_node_lacks_reads_as_a_dash() {
+        let doc: Value = serde_json::from_str(
+            r#"{"version":1,"generated_at_ms":0,"nodes":[{"node":"n1","consumes":[{"name":"redis",
+            "clients":5,"turned_away":1,"active":0,"backends":[]}]}]}"#,
+        )
+        .unwrap();
+        let out = render(&doc);
+        assert!(out.contains("turned away 1  waiting -  active 0"), "{out}");
+        assert!(!out.contains("null"), "{out}");
     }
 }
