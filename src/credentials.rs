@@ -254,9 +254,7 @@ impl Credentials {
             .map_err(|_| LoginError::Timeout(timeout))??;
         match answer.split_first() {
             Some((&b'+', b"OK")) => Ok(()),
-            Some((&b'-', text)) => {
-                Err(Refused(reason(&String::from_utf8_lossy(text), password)).into())
-            }
+            Some((&b'-', text)) => Err(Refused(reason(text, password)).into()),
             Some((&b'+', _)) => Err(LoginError::NotRedis("a status other than OK")),
             _ => Err(LoginError::NotRedis("a line that is no status nor error")),
         }
@@ -278,19 +276,64 @@ impl Credentials {
 }
 
 /// A backend's error text, fit to show: one short line, and never the
-/// password, even from a backend that repeats what it was sent.
-fn reason(text: &str, password: &Secret) -> String {
+/// password, even from a backend that repeats what it was sent. Redis
+/// repeats an unknown command's arguments cut at 128 bytes (an `AUTH`
+/// renamed away), so a long password can come back cut short, where
+/// replacing it whole would miss it: an answer that still holds
+/// [`PASSWORD_RUN`] bytes of it in a row shows only its error code.
+fn reason(text: &[u8], password: &Secret) -> String {
+    let password = password.expose();
+    let text = redacted(text, password);
+    let run = password.len().min(PASSWORD_RUN);
+    let repeats = run > 0
+        && text
+            .windows(run)
+            .any(|w| password.windows(run).any(|p| p == w));
+    let text = if repeats {
+        let code: Vec<u8> = text
+            .iter()
+            .copied()
+            .take_while(u8::is_ascii_uppercase)
+            .collect();
+        format!(
+            "{} (the rest repeats part of the password: not shown)",
+            String::from_utf8_lossy(&code)
+        )
+        .trim_start()
+        .to_owned()
+    } else {
+        String::from_utf8_lossy(&text).into_owned()
+    };
     let mut text: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if let Ok(p) = std::str::from_utf8(password.expose()) {
-        text = text.replace(p, "<redacted>");
-    }
     if text.chars().count() > MAX_REASON {
         text = text.chars().take(MAX_REASON).collect::<String>() + "...";
     }
     text
+}
+
+/// Bytes of the password in a row that hide a backend's answer
+/// ([`reason`]): a run that long is no chance likeness with an error's
+/// words ("password" itself is eight).
+const PASSWORD_RUN: usize = 10;
+
+/// `text` with every whole `password` in it replaced, byte for byte (a
+/// password may hold bytes that are not text, or control characters).
+fn redacted(text: &[u8], password: &[u8]) -> Vec<u8> {
+    if password.is_empty() {
+        return text.to_vec();
+    }
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.windows(password.len()).position(|w| w == password) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(b"<redacted>");
+        rest = &rest[at + password.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// The one line a login is answered with, without its CRLF, read
@@ -417,10 +460,36 @@ mod tests {
     #[test]
     fn a_backend_echoing_the_password_does_not_get_it_shown() {
         let password = Secret::new(b"s3cret".to_vec());
-        let echoed = reason("WRONGPASS s3cret\r\nis s3cret", &password);
+        let echoed = reason(b"WRONGPASS s3cret\r\nis s3cret", &password);
         assert_eq!(echoed, "WRONGPASS <redacted>  is <redacted>");
-        let long = reason(&"x".repeat(1000), &password);
+        let long = reason("x".repeat(1000).as_bytes(), &password);
         assert_eq!(long.len(), MAX_REASON + 3);
+
+        // Control characters and bytes that are not text are hidden too.
+        let odd = b"tab\there\xff\xfe!".to_vec();
+        let password = Secret::new(odd.clone());
+        let shown = reason(&[b"ERR bad ".as_slice(), &odd].concat(), &password);
+        assert_eq!(shown, "ERR bad <redacted>");
+
+        // Repeated cut short, as Redis repeats an unknown command's
+        // arguments: only the error code shows.
+        let long = "0123456789abcdef".repeat(8);
+        let password = Secret::new(long.clone().into_bytes());
+        let cut = format!(
+            "ERR unknown command 'AUTH', with args beginning with: '{}' ",
+            &long[..120]
+        );
+        let shown = reason(cut.as_bytes(), &password);
+        assert_eq!(
+            shown,
+            "ERR (the rest repeats part of the password: not shown)"
+        );
+        assert!(!shown.contains("0123456789"), "{shown}");
+
+        // An error's words are no password, even one made of them.
+        let password = Secret::new(b"password123".to_vec());
+        let wrong = b"WRONGPASS invalid username-password pair or user is disabled.";
+        assert_eq!(reason(wrong, &password), String::from_utf8_lossy(wrong));
     }
 
     /// How a login outcome shows: its kind, and the message of an error.

@@ -289,6 +289,34 @@ fn in_order(credentials: &str) -> [&str; 6] {
     ]
 }
 
+/// A Redis whose `AUTH` is renamed away repeats the password as an unknown
+/// command's arguments, cut at 128 bytes: no part of it reaches the client
+/// or the log, whole or cut short.
+#[tokio::test]
+async fn a_password_a_backend_repeats_cut_short_shows_nowhere() {
+    let redis = Redis::start_with(&["--rename-command", "AUTH", ""]).await;
+    let long = format!("{PASSWORD}-{}", "0123456789abcdef".repeat(12));
+    let dir = TempDir::new();
+    let args = [
+        "--credentials",
+        &credentials(&dir.secret("long.pass", &long)),
+    ];
+    let amb = Amb::start(&dir, &[redis.addr], &args).await;
+    let e = turned_away(&amb).await;
+    assert_eq!(
+        e,
+        "ERR mesh-amb: the backend refused the credentials: \
+         ERR (the rest repeats part of the password: not shown)"
+    );
+    let log = amb.log();
+    assert!(log.contains("refused the credentials"), "{log}");
+    for run in long.as_bytes().windows(10) {
+        let run = std::str::from_utf8(run).unwrap();
+        assert!(!log.contains(run), "{run} in the log: {log}");
+    }
+    amb.assert_nothing_shows();
+}
+
 /// A backend that takes the connection and then stalls or drops the login
 /// failed like a dead one: ejected, and the client goes on to the next
 /// backend without noticing.
