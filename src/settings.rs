@@ -50,9 +50,9 @@ pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 /// (milliseconds), while its only provider restarts (its goodbye, then its
 /// new record a second or two later), or while it moves (the old host's
 /// record stands for a second after the service there stopped). A client
-/// that comes then is held this long for the backends to change rather
-/// than closed; three seconds covers a restart, and a client's own
-/// connect timeout is rarely shorter.
+/// that comes then is held this long for a backend rather than closed;
+/// three seconds covers a restart, and a client's own connect timeout is
+/// rarely shorter.
 pub const DEFAULT_WAIT_FOR_BACKEND: Duration = Duration::from_secs(3);
 /// Long enough for request/response protocols to finish their exchanges,
 /// short enough that an orchestrator's stop timeout (often 30-90 s) is met.
@@ -207,8 +207,9 @@ pub struct ProxySettings {
     /// Backends tried per client connection.
     pub connect_attempts: usize,
     /// How long a client of a discovered service with no backend, or whose
-    /// backends tried all failed, waits for the backends to change before
-    /// it is closed; zero closes it at once.
+    /// backends tried all failed, waits for a backend (one it has not
+    /// tried, or those that failed again after a second) before it is
+    /// closed; zero closes it at once.
     pub wait_for_backend: Duration,
     /// Close connections idle for this long; `None` keeps them forever.
     pub idle_timeout: Option<Duration>,

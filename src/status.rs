@@ -79,7 +79,7 @@ pub struct ConsumeStatus {
     pub clients: u64,
     /// Client connections closed without a backend.
     pub turned_away: u64,
-    /// Clients held now for the backends to change (`--wait-for-backend`).
+    /// Clients held now for a backend (`--wait-for-backend`).
     pub waiting: u64,
     /// Backend ejections started (connect or check failures).
     pub ejections: u64,

@@ -40,8 +40,7 @@ fn a_consumer_finds_a_provider_on_another_host() {
 }
 
 /// The consumer's log line once a client waits for a first backend.
-const WAITS: &str =
-    "no backends known for this service: the client waits for the backends to change";
+const WAITS: &str = "no backends known for this service: the client waits for a backend";
 
 /// A connection to `port` in `host` that reads for up to `DEADLINE`.
 fn patient_client(host: &Host, port: u16) -> TcpStream {
@@ -81,13 +80,7 @@ fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
     let _redis = redis(h1, 12345);
     let consumer = patient_consumer(h2);
     wait_log(&consumer, "listening; backends come from discovery");
-    let mut s = patient_client(h2, 6379);
-    s.write_all(b"*2\r\n$3\r\nGET\r\n$6\r\nwhoami\r\n").unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let asked = std::thread::spawn(move || {
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).map(|_| answer)
-    });
+    let asked = whoami_in_background(h2);
     wait_log(&consumer, WAITS);
     assert_eq!(waiting(h2, &consumer), 1.0, "the gauge misses the client");
     let page = admin_get(h2, &consumer, "/");
@@ -185,6 +178,158 @@ fn a_client_waits_for_a_backend_no_longer_than_told() {
     wait_log(
         &consumer,
         "no backend ready for this service after waiting 1s",
+    );
+}
+
+/// A client that asks `redis` on port 6379 in `host` who serves it and
+/// closes its side, as `nc -N` does: its answer (or how its read ended),
+/// read on a thread of its own.
+fn whoami_in_background(host: &Host) -> JoinHandle<std::io::Result<String>> {
+    let mut s = patient_client(host, 6379);
+    s.write_all(b"*2\r\n$3\r\nGET\r\n$6\r\nwhoami\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).map(|_| answer)
+    })
+}
+
+/// Waits until the consumer holds `n` clients for a backend.
+fn wait_waiting(host: &Host, consumer: &Proc, n: f64) {
+    assert!(
+        wait_until(DEADLINE, || waiting(host, consumer) == n),
+        "never {n} waiting:\n{}",
+        consumer.output_tail(20)
+    );
+}
+
+/// A client whose only backend refused it (the provider's Redis restarting
+/// in place, faster than its provider's checks notice) waits, dials it
+/// again a second later, and is served once it is back: no record ever
+/// changed, so only that retry can serve it.
+#[test]
+fn a_waiting_client_is_served_by_a_backend_restarted_in_place() {
+    let lab = Lab::new(2);
+    // Checked once, at its start: it advertises whatever happens next.
+    let provider = ["--provide", "redis:12345", "--check-interval", "1h"];
+    let log = served_across_a_restart_in_place(&lab, &provider, |_| {});
+    assert_eq!(log.matches("backend joined").count(), 1, "{log}");
+}
+
+/// A client whose only backend refused it waits while the provider
+/// withdraws that backend (its Redis died) and announces it again, the
+/// same name at the same address (its Redis back): that is another
+/// backend to try, and the client is served.
+#[test]
+fn a_waiting_client_is_served_by_a_backend_withdrawn_and_announced_again() {
+    let lab = Lab::new(2);
+    // IPv4 alone, so the record comes back exactly as it was: with IPv6
+    // too its addresses may come back in two answers, and the first,
+    // fewer than before, would pass for a backend that moved.
+    ipv6_off(lab.host("h1"));
+    let provider = ["--provide", "redis:12345", "--node-id", "h1"];
+    let log = served_across_a_restart_in_place(&lab, &provider, |consumer| {
+        let instance = "service=redis instance=redis@h1._amb._tcp.local.";
+        wait_log(consumer, &format!("backend left {instance}"));
+    });
+    assert_eq!(log.matches("backend joined").count(), 2, "{log}");
+}
+
+/// In a 2-host lab, a provider on h1 (`provider`, its arguments) and a
+/// patient consumer on h2: h1's Redis dies under a client that comes
+/// then, and the client must be served by h1 once its Redis is back on
+/// the same port; `before_the_restart` runs while the client waits. The
+/// consumer's log.
+fn served_across_a_restart_in_place(
+    lab: &Lab,
+    provider: &[&str],
+    before_the_restart: impl FnOnce(&Proc),
+) -> String {
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let mut r = redis(h1, 12345);
+    let _provider = amb(h1, provider);
+    let consumer = patient_consumer(h2);
+    wait_routed_to(h2, 6379, "h1");
+    r.kill();
+    let asked = whoami_in_background(h2);
+    wait_waiting(h2, &consumer, 1.0);
+    before_the_restart(&consumer);
+    let _r = redis(h1, 12345);
+    let answer = asked.join().unwrap();
+    assert_eq!(
+        answer.as_deref().ok(),
+        Some("$2\r\nh1\r\n"),
+        "the waiting client was not served ({answer:?}):\n{}",
+        consumer.output_tail(20)
+    );
+    consumer.stderr()
+}
+
+/// Turns IPv6 off in `host`, through /proc (no sysctl, procps, on a bare
+/// host).
+fn ipv6_off(host: &Host) {
+    let off = "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 \
+               && echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6";
+    host.run_ok("sh", ["-c", off]);
+}
+
+/// With one attempt per pass, a client whose attempt failed on a dead
+/// backend is not left waiting while a live one it had not reached stands
+/// in the table: it tries that one at once, well within a wait shorter
+/// than the second after which it would dial the dead one again.
+#[test]
+fn a_client_whose_attempts_failed_tries_at_once_a_backend_they_had_not_reached() {
+    let lab = Lab::new(3);
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    let mut r = redis(h1, 12345);
+    let _r3 = redis(h3, 12345);
+    // h1 takes nearly every first attempt, and advertises on once its
+    // Redis is gone (checked once, at its start).
+    let _p1 = amb(
+        h1,
+        &[
+            "--provide",
+            "redis:12345*100",
+            "--check-interval",
+            "1h",
+            "--node-id",
+            "h1",
+        ],
+    );
+    let _p3 = amb(h3, &["--provide", "redis:12345", "--node-id", "h3"]);
+    let consumer = amb(
+        h2,
+        &[
+            "--consume",
+            "redis:6379",
+            "--connect-attempts",
+            "1",
+            "--wait-for-backend",
+            "900ms",
+        ],
+    );
+    // Both proven, so both are offered before any backend on probation.
+    for host in ["h1", "h3"] {
+        let instance = format!("service=redis instance=redis@{host}._amb._tcp.local.");
+        wait_log(
+            &consumer,
+            &format!("new backend answered its probe {instance}"),
+        );
+    }
+    r.kill();
+    for _ in 0..3 {
+        let answer = whoami_in_background(h2).join().unwrap();
+        assert_eq!(
+            answer.as_deref().ok(),
+            Some("$2\r\nh3\r\n"),
+            "the client was not served by the live backend ({answer:?}):\n{}",
+            consumer.output_tail(20)
+        );
+    }
+    assert!(
+        consumer.stderr().contains("the client waits for a backend"),
+        "no client's attempt reached the dead backend:\n{}",
+        consumer.output_tail(20)
     );
 }
 
@@ -634,10 +779,7 @@ fn a_provider_without_ipv6_still_withdraws_a_dead_service() {
     // 127.0.0.1 refuses, which does. The refusal must win.
     let lab = Lab::new(2);
     let (h1, h2) = (lab.host("h1"), lab.host("h2"));
-    // Through /proc, per namespace: no sysctl (procps) on a bare host.
-    let off = "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 \
-               && echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6";
-    h1.run_ok("sh", ["-c", off]);
+    ipv6_off(h1);
     let mut r = redis(h1, 7000);
     let provider = amb(h1, &["--provide", "api:7000", "--node-id", "h1"]);
     let consumer = amb(h2, &["--consume", "api:8080"]);

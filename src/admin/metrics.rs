@@ -124,7 +124,7 @@ impl Collector for Scrape {
         family(
             &mut enc,
             "mesh_amb_clients_waiting_for_backend",
-            "Clients held now until a backend they have not tried is known (--wait-for-backend)",
+            "Clients held now for a backend (--wait-for-backend)",
             MetricType::Gauge,
             services()
                 .map(|(l, c)| (l, Value::Gauge(c.waiting)))

@@ -21,9 +21,8 @@ pub struct ServiceCounters {
     /// Client connections closed without a backend (none known, none
     /// answered, credentials refused, the client left first).
     pub turned_away: AtomicU64,
-    /// Clients held for the backends to change (none known, or every one
-    /// tried failed: [`crate::net::pipeline::connect`]), now; it also caps
-    /// them.
+    /// Clients held for a backend (none known, or every one tried failed:
+    /// [`crate::net::pipeline::connect`]), now; it also caps them.
     pub waiting: AtomicU64,
     /// Client-to-backend bytes, counted as they move.
     pub bytes_out: AtomicU64,

@@ -36,11 +36,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::time::{sleep, timeout, timeout_at, Instant};
+use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, info, warn};
 
-use crate::backends::table::{ActiveGuard, Backend, Snapshot};
+use crate::backends::table::{ActiveGuard, Backend};
 use crate::backends::Service;
 use crate::credentials::{Credentials, LoginError, Refused};
 use crate::net::accept::{Handler, Shared};
@@ -301,8 +301,8 @@ impl From<DialError> for Setback {
 }
 
 impl ConnectError {
-    /// Whether a change of the backends could help: none was known, or
-    /// every one tried failed.
+    /// Whether waiting could help (a backend found, or those tried back):
+    /// none was known, or every one tried failed.
     fn awaits_news(&self) -> bool {
         matches!(
             self,
@@ -318,10 +318,10 @@ impl ConnectError {
 /// (the TLS handshake by [`tls::HANDSHAKE_TIMEOUT`]).
 ///
 /// A discovered service with no backend, or whose candidates all failed,
-/// holds the client for up to `wait_for_backend` from its arrival until
-/// its backends change, and tries again: a node just started, a provider
-/// restarting or a service moving to another host loses no client to the
-/// moment between two records.
+/// holds the client for up to `wait_for_backend` from its arrival and
+/// tries again (at once for a backend it has not tried): a node just
+/// started, a provider or its service restarting, or a service moving to
+/// another host loses no client to the moment between two records.
 ///
 /// Every failure ejects that backend, so the next clients skip it at
 /// once, and the next candidate is tried: a backend that accepts
@@ -357,21 +357,26 @@ pub async fn connect(
         Duration::ZERO
     };
     let deadline = Instant::now() + wait;
-    let mut snap = svc.table.snapshot();
-    let mut result = try_candidates(svc, &snap, settings, tls).await;
+    let mut order =
+        svc.balancer
+            .candidates(&svc.table, &svc.table.snapshot(), settings.connect_attempts);
+    let mut result = try_candidates(svc, &order, settings, tls).await;
     if wait.is_zero() || !result.as_ref().is_err_and(ConnectError::awaits_news) {
         return result;
     }
     let Some(_held) = Waiting::enter(&svc.counters.waiting, settings.max_connections / 4) else {
         return result;
     };
+    // Every backend this client dialed, as it was then: a backend that
+    // left and came back is a new entry, its own stats.
+    let mut tried = order;
     loop {
         let failed = match result {
             Err(e) if e.awaits_news() => e,
             done => return done,
         };
-        debug!(service = %svc.name, "{failed}: the client waits for the backends to change");
-        snap = match timeout_at(deadline, news_since(svc, &snap)).await {
+        debug!(service = %svc.name, "{failed}: the client waits for a backend");
+        order = match timeout_at(deadline, next_candidates(svc, settings, &tried)).await {
             Ok(next) if Instant::now() < deadline => next,
             _ => {
                 return Err(match failed {
@@ -380,36 +385,57 @@ pub async fn connect(
                 })
             }
         };
+        tried.extend(order.iter().cloned());
         // The retry ends with the wait too: the wait is the client's bound.
-        result = timeout_at(deadline, try_candidates(svc, &snap, settings, tls))
+        result = timeout_at(deadline, try_candidates(svc, &order, settings, tls))
             .await
             .unwrap_or(Err(ConnectError::NoneCame(wait)));
     }
 }
 
-/// The table once it holds a backend that `tried` had not (a provider
-/// found, or one that moved): what a client whose pass over `tried`
-/// failed can try. Other changes (an instance leaving, a draining flag)
+/// How long a client whose candidates all failed waits before it dials
+/// them again, when no other backend comes (HAProxy waits the lesser of
+/// its connect timeout and one second before a retry). A backend
+/// restarted in place (within its provider's checks, so its records never
+/// changed) then serves the clients that waited for it, as it serves the
+/// clients that come after.
+const TURN_AROUND: Duration = Duration::from_secs(1);
+
+/// The candidates for a client whose passes over `tried` failed: at once
+/// when the balancer offers one it has not dialed (one found, one that
+/// moved or came back after it left, one it had not reached within its
+/// attempts), else once the table changes so, or the same again after
+/// [`TURN_AROUND`]. Other changes (an instance leaving, a draining flag)
 /// would only have it dial again what just failed.
-async fn news_since(svc: &Service, tried: &Arc<Snapshot>) -> Arc<Snapshot> {
-    let mut seen = tried.clone();
+async fn next_candidates(
+    svc: &Service,
+    settings: &ProxySettings,
+    tried: &[Arc<Backend>],
+) -> Vec<Arc<Backend>> {
+    let again = Instant::now() + TURN_AROUND;
+    let untried = |b: &Arc<Backend>| {
+        !tried
+            .iter()
+            .any(|t| Arc::ptr_eq(&t.stats, &b.stats) && t.spec.target == b.spec.target)
+    };
     loop {
-        svc.table.changed_since(&seen).await;
-        seen = svc.table.snapshot();
-        let new = |b: &Arc<Backend>| {
-            !tried
-                .backends
-                .iter()
-                .any(|t| t.spec.key == b.spec.key && t.spec.target == b.spec.target)
-        };
-        if seen.backends.iter().any(new) {
-            return seen;
+        let snap = svc.table.snapshot();
+        let order = svc
+            .balancer
+            .candidates(&svc.table, &snap, settings.connect_attempts);
+        if order.iter().any(untried) {
+            return order;
+        }
+        tokio::select! {
+            () = svc.table.changed_since(&snap) => {}
+            // Nothing to dial again in an empty table.
+            () = sleep_until(again), if !order.is_empty() => return order,
         }
     }
 }
 
-/// A client held by [`connect`] for the backends to change, counted in its
-/// service's `waiting` while it is.
+/// A client held by [`connect`] for a backend, counted in its service's
+/// `waiting` while it is.
 struct Waiting<'a>(&'a AtomicU64);
 
 impl<'a> Waiting<'a> {
@@ -432,16 +458,13 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// One pass of [`connect`] over the candidates `snap` gives.
+/// One pass of [`connect`] over `order`, the balancer's candidates.
 async fn try_candidates(
     svc: &Service,
-    snap: &Snapshot,
+    order: &[Arc<Backend>],
     settings: &ProxySettings,
     tls: Option<&Tls>,
 ) -> Result<(ActiveGuard, BackendStream), ConnectError> {
-    let order = svc
-        .balancer
-        .candidates(&svc.table, snap, settings.connect_attempts);
     if order.is_empty() {
         return Err(ConnectError::NoBackends);
     }
@@ -453,9 +476,9 @@ async fn try_candidates(
         tried += 1;
         // Counted from now, so the balancer sees dials in flight.
         let active = ActiveGuard::new(backend.clone());
-        match establish(svc, &backend, settings, tls).await {
+        match establish(svc, backend, settings, tls).await {
             Ok(stream) => {
-                backend_ready(svc, &backend);
+                backend_ready(svc, backend);
                 return Ok((active, stream));
             }
             // Not the backend's fault, and perhaps not the next one's
@@ -467,7 +490,7 @@ async fn try_candidates(
                 local = Some(e);
             }
             Err(Setback::Failed(DialError::Backend(e))) => {
-                backend_failed(svc, &backend, &e);
+                backend_failed(svc, backend, &e);
                 last = Some(e);
             }
             Err(Setback::Refused(why)) => refused = Some(why),
@@ -635,27 +658,96 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_failed_client_wakes_for_a_backend_it_has_not_tried_and_not_before() {
+    /// `next_candidates` for a client that dialed `tried`, on its own task.
+    fn next_for(
+        svc: &Arc<Service>,
+        settings: ProxySettings,
+        tried: Vec<Arc<Backend>>,
+    ) -> tokio::task::JoinHandle<Vec<Arc<Backend>>> {
+        let svc = svc.clone();
+        tokio::spawn(async move { next_candidates(&svc, &settings, &tried).await })
+    }
+
+    /// Whether `next` is done within `within` (of the paused clock).
+    async fn woken(
+        next: &mut tokio::task::JoinHandle<Vec<Arc<Backend>>>,
+        within: Duration,
+    ) -> Option<Vec<Arc<Backend>>> {
+        tokio::time::timeout(within, next)
+            .await
+            .ok()
+            .map(Result::unwrap)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_client_tries_a_backend_that_moved_or_came_back_at_once() {
         let svc = Arc::new(discovered());
         svc.table.apply(Update::Upsert(spec("a", 1, false)));
-        let tried = svc.table.snapshot();
-        let news = tokio::spawn({
-            let (svc, tried) = (svc.clone(), tried.clone());
-            async move { news_since(&svc, &tried).await }
-        });
+        let tried = svc.table.snapshot().backends.clone();
+        let mut next = next_for(&svc, ProxySettings::default(), tried);
         // The one that failed, draining now: nothing new to try.
         assert!(svc.table.apply(Update::Upsert(spec("a", 1, true))));
-        tokio::task::yield_now().await;
-        assert!(!news.is_finished(), "woke for the backend that failed");
+        assert!(woken(&mut next, Duration::from_millis(1)).await.is_none());
         // It moved: a new address is worth a dial.
         assert!(svc.table.apply(Update::Upsert(spec("a", 2, true))));
-        let next = tokio::time::timeout(Duration::from_secs(10), news)
-            .await
-            .expect("not woken by the move")
-            .unwrap();
-        assert_eq!(next.backends.len(), 1);
-        assert_eq!(next.backends[0].spec.target, spec("a", 2, true).target);
+        let moved = woken(&mut next, Duration::from_millis(1)).await;
+        let moved = moved.expect("not woken by the move");
+        assert_eq!(moved[0].spec.target, spec("a", 2, true).target);
+
+        // It left and came back as it was (its provider withdrew it while
+        // its service restarted): another backend, whatever its name.
+        let svc = Arc::new(discovered());
+        svc.table.apply(Update::Upsert(spec("a", 1, false)));
+        let tried = svc.table.snapshot().backends.clone();
+        let mut next = next_for(&svc, ProxySettings::default(), tried);
+        assert!(svc.table.apply(Update::Remove("a".into())));
+        assert!(woken(&mut next, Duration::from_millis(1)).await.is_none());
+        assert!(svc.table.apply(Update::Upsert(spec("a", 1, false))));
+        let back = woken(&mut next, Duration::from_millis(1)).await;
+        assert_eq!(back.expect("not woken by its return").len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_client_tries_the_same_again_after_a_turn_around_not_before() {
+        let svc = Arc::new(discovered());
+        svc.table.apply(Update::Upsert(spec("a", 1, false)));
+        let tried = svc.table.snapshot().backends.clone();
+        let mut next = next_for(&svc, ProxySettings::default(), tried);
+        let early = TURN_AROUND - Duration::from_millis(1);
+        assert!(woken(&mut next, early).await.is_none(), "retried early");
+        let again = woken(&mut next, Duration::from_millis(2)).await;
+        assert_eq!(again.expect("never retried").len(), 1);
+
+        // Nothing to dial again in an empty table: only a backend wakes it.
+        let svc = Arc::new(discovered());
+        let mut next = next_for(&svc, ProxySettings::default(), Vec::new());
+        assert!(woken(&mut next, 10 * TURN_AROUND).await.is_none());
+        svc.table.apply(Update::Upsert(spec("a", 1, false)));
+        assert!(woken(&mut next, Duration::from_millis(1)).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_client_tries_at_once_a_backend_its_attempts_had_not_reached() {
+        let svc = Arc::new(discovered());
+        for (key, port) in [("a", 1), ("b", 2)] {
+            svc.table.apply(Update::Upsert(spec(key, port, false)));
+        }
+        let snap = svc.table.snapshot();
+        for b in &snap.backends {
+            svc.table.report_success(&b.stats);
+        }
+        let settings = ProxySettings {
+            connect_attempts: 1,
+            ..ProxySettings::default()
+        };
+        let first = svc.balancer.candidates(&svc.table, &snap, 1);
+        // Its one attempt failed, and ejected it.
+        svc.table.report_failure(&first[0].stats, &"refused");
+        let mut next = next_for(&svc, settings, first.clone());
+        let other = woken(&mut next, Duration::from_millis(1)).await;
+        let other = other.expect("waited with a backend left untried");
+        assert_eq!(other.len(), 1);
+        assert_ne!(other[0].spec.key, first[0].spec.key);
     }
 
     #[test]

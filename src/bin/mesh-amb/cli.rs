@@ -163,9 +163,9 @@ pub struct RunArgs {
     pub connect_attempts: SmallCount,
 
     /// How long a client of a discovered service waits when there is no
-    /// backend, or every one tried failed, for the backends to change (a
-    /// provider found, restarted or moved) before it is closed; 0 closes it
-    /// at once.
+    /// backend, or every one tried failed, for a backend (a provider found,
+    /// restarted or moved; those that failed are tried again each second)
+    /// before it is closed; 0 closes it at once.
     #[arg(long, value_name = "DURATION", env = "MESH_AMB_WAIT_FOR_BACKEND",
         default_value_t = Wait(DEFAULT_WAIT_FOR_BACKEND))]
     pub wait_for_backend: Wait,
