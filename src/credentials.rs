@@ -14,6 +14,7 @@
 //! `\r\n`) are not part of it. The file goes through
 //! [`read_secret_file`], so one that group or others can read is refused.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -282,29 +283,35 @@ impl Credentials {
 /// replacing it whole would miss it: an answer that still holds
 /// [`PASSWORD_RUN`] bytes of it in a row shows only its error code.
 fn reason(text: &[u8], password: &Secret) -> String {
+    // Compared as shown, control bytes as spaces on both sides: Redis
+    // too turns CR and LF into spaces when it repeats an argument.
+    let blank = |b: &u8| if b.is_ascii_control() { b' ' } else { *b };
+    let password = Secret::new(password.expose().iter().map(blank).collect());
     let password = password.expose();
-    let text = redacted(text, password);
+    let text: Vec<u8> = text.iter().map(blank).collect();
+    let text = redacted(&text, password);
     let run = password.len().min(PASSWORD_RUN);
-    let repeats = run > 0
-        && text
-            .windows(run)
-            .any(|w| password.windows(run).any(|p| p == w));
-    let text = if repeats {
-        let code: Vec<u8> = text
-            .iter()
-            .copied()
-            .take_while(u8::is_ascii_uppercase)
-            .collect();
+    let runs: HashSet<&[u8]> = password.windows(run.max(1)).collect();
+    let repeats = |t: &[u8]| run > 0 && t.windows(run).any(|w| runs.contains(w));
+    let mut text = if repeats(&text) {
+        // Its code alone ("ERR", "WRONGPASS"), when it is one.
+        let code = text
+            .split(|&b| b == b' ')
+            .next()
+            .filter(|w| w.len() <= 16 && w.iter().all(u8::is_ascii_uppercase) && !repeats(w))
+            .unwrap_or_default();
         format!(
             "{} (the rest repeats part of the password: not shown)",
-            String::from_utf8_lossy(&code)
+            String::from_utf8_lossy(code)
         )
         .trim_start()
         .to_owned()
     } else {
         String::from_utf8_lossy(&text).into_owned()
     };
-    let mut text: String = text
+    // What is text only once decoded: C1 controls (U+009B starts a
+    // terminal escape too).
+    text = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
@@ -320,7 +327,7 @@ fn reason(text: &[u8], password: &Secret) -> String {
 const PASSWORD_RUN: usize = 10;
 
 /// `text` with every whole `password` in it replaced, byte for byte (a
-/// password may hold bytes that are not text, or control characters).
+/// password may hold bytes that are not text).
 fn redacted(text: &[u8], password: &[u8]) -> Vec<u8> {
     if password.is_empty() {
         return text.to_vec();
@@ -470,6 +477,10 @@ mod tests {
         let password = Secret::new(odd.clone());
         let shown = reason(&[b"ERR bad ".as_slice(), &odd].concat(), &password);
         assert_eq!(shown, "ERR bad <redacted>");
+        // A CR in it comes back as a space, as Redis repeats it.
+        let password = Secret::new(b"abc\rdefghijklm".to_vec());
+        let shown = reason(b"ERR x 'abc defghijklm'", &password);
+        assert_eq!(shown, "ERR x '<redacted>'");
 
         // Repeated cut short, as Redis repeats an unknown command's
         // arguments: only the error code shows.
@@ -485,6 +496,12 @@ mod tests {
             "ERR (the rest repeats part of the password: not shown)"
         );
         assert!(!shown.contains("0123456789"), "{shown}");
+        // A leading word in capitals that repeats it is no error code.
+        let password = Secret::new(b"ABCDEFGHIJKLMNOPQRS".to_vec());
+        assert_eq!(
+            reason(b"ABCDEFGHIJKLMN whatever", &password),
+            "(the rest repeats part of the password: not shown)"
+        );
 
         // An error's words are no password, even one made of them.
         let password = Secret::new(b"password123".to_vec());

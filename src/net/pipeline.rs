@@ -423,13 +423,15 @@ async fn next_candidates(
         let order = svc
             .balancer
             .candidates(&svc.table, &snap, settings.connect_attempts);
-        if order.iter().any(untried) {
+        // Once the turn-around is over, the candidates of now: health
+        // changes (an ejection over, a probation passed) wake nobody.
+        if order.iter().any(untried) || (!order.is_empty() && Instant::now() >= again) {
             return order;
         }
         tokio::select! {
             () = svc.table.changed_since(&snap) => {}
             // Nothing to dial again in an empty table.
-            () = sleep_until(again), if !order.is_empty() => return order,
+            () = sleep_until(again), if !order.is_empty() => {}
         }
     }
 }
@@ -650,7 +652,9 @@ mod tests {
         let (suspects, _) = Suspects::channel(Duration::from_secs(4));
         Service {
             name: "redis".into(),
-            table: Arc::new(Table::with_probation(Duration::from_secs(1))),
+            // Ejections outlast every test (a minute): what a test ejects
+            // stays ejected while its clock runs.
+            table: Arc::new(Table::with_probation(Duration::from_secs(60))),
             balancer: Balancer::new(Policy::P2c),
             source: Source::Discovered(suspects),
             credentials: None,
@@ -724,6 +728,31 @@ mod tests {
         assert!(woken(&mut next, 10 * TURN_AROUND).await.is_none());
         svc.table.apply(Update::Upsert(spec("a", 1, false)));
         assert!(woken(&mut next, Duration::from_millis(1)).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_around_offers_the_candidates_of_its_end() {
+        let svc = Arc::new(discovered());
+        for (key, port) in [("a", 1), ("b", 2)] {
+            svc.table.apply(Update::Upsert(spec(key, port, false)));
+        }
+        let snap = svc.table.snapshot();
+        let (a, b) = (snap.backends[0].clone(), snap.backends[1].clone());
+        svc.table.report_success(&a.stats);
+        svc.table.report_failure(&a.stats, &"refused");
+        let settings = ProxySettings {
+            connect_attempts: 1,
+            ..ProxySettings::default()
+        };
+        // The proven one, ejected, before one on probation.
+        let first = svc.balancer.candidates(&svc.table, &snap, 1);
+        assert_eq!(first[0].spec.key, "a");
+        let mut next = next_for(&svc, settings, first);
+        assert!(woken(&mut next, Duration::from_millis(1)).await.is_none());
+        // b passes its probation: a change of health, which wakes nobody.
+        svc.table.report_success(&b.stats);
+        let then = woken(&mut next, TURN_AROUND).await.expect("never retried");
+        assert_eq!(then[0].spec.key, "b", "the candidates of the failure");
     }
 
     #[tokio::test(start_paused = true)]
