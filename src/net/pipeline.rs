@@ -395,18 +395,19 @@ pub async fn connect(
 
 /// How long a client whose candidates all failed waits before it dials
 /// them again, when no other backend comes (HAProxy waits the lesser of
-/// its connect timeout and one second before a retry). A backend
-/// restarted in place (within its provider's checks, so its records never
-/// changed) then serves the clients that waited for it, as it serves the
-/// clients that come after.
+/// its connect timeout and one second before a retry on the same server).
+/// A backend restarted in place (within its provider's checks, so its
+/// records never changed) then serves the clients that waited for it, as
+/// it serves the clients that come after.
 const TURN_AROUND: Duration = Duration::from_secs(1);
 
 /// The candidates for a client whose passes over `tried` failed: at once
 /// when the balancer offers one it has not dialed (one found, one that
 /// moved or came back after it left, one it had not reached within its
-/// attempts), else once the table changes so, or the same again after
-/// [`TURN_AROUND`]. Other changes (an instance leaving, a draining flag)
-/// would only have it dial again what just failed.
+/// attempts), else once the table changes so, or after [`TURN_AROUND`]
+/// whatever the balancer offers then (most often the same ones). Other
+/// changes (an instance leaving, a draining flag) would only have it dial
+/// again what just failed.
 async fn next_candidates(
     svc: &Service,
     settings: &ProxySettings,
