@@ -89,13 +89,7 @@ fn a_client_that_comes_before_any_provider_is_served_once_one_appears() {
         "the stats page misses the client:\n{page}"
     );
     let _provider = amb(h1, &["--provide", "redis:12345"]);
-    let answer = asked.join().unwrap();
-    assert_eq!(
-        answer.as_deref().ok(),
-        Some("$2\r\nh1\r\n"),
-        "the waiting client was not served:\n{}",
-        consumer.output_tail(20)
-    );
+    assert_answered(asked, "$2\r\nh1\r\n", &consumer);
     assert_eq!(waiting(h2, &consumer), 0.0, "the gauge kept the client");
 }
 
@@ -197,6 +191,17 @@ fn ask_in_background(host: &Host, request: &[u8]) -> JoinHandle<std::io::Result<
     })
 }
 
+/// Checks that the client `asked` ([`ask_in_background`]) got `want`.
+fn assert_answered(asked: JoinHandle<std::io::Result<String>>, want: &str, consumer: &Proc) {
+    let answer = asked.join().unwrap();
+    assert_eq!(
+        answer.as_deref().ok(),
+        Some(want),
+        "the client was not served as it should ({answer:?}):\n{}",
+        consumer.output_tail(20)
+    );
+}
+
 /// Waits until the consumer holds `n` clients for a backend.
 fn wait_waiting(host: &Host, consumer: &Proc, n: f64) {
     assert!(
@@ -259,13 +264,7 @@ fn served_across_a_restart_in_place(
     wait_waiting(h2, &consumer, 1.0);
     before_the_restart(&consumer);
     let _r = redis(h1, 12345);
-    let answer = asked.join().unwrap();
-    assert_eq!(
-        answer.as_deref().ok(),
-        Some("+PONG\r\n"),
-        "the waiting client was not served ({answer:?}):\n{}",
-        consumer.output_tail(20)
-    );
+    assert_answered(asked, "+PONG\r\n", &consumer);
     consumer.stderr()
 }
 
@@ -322,13 +321,7 @@ fn a_client_whose_attempts_failed_tries_at_once_a_backend_they_had_not_reached()
     }
     r.kill();
     for _ in 0..3 {
-        let answer = ask_in_background(h2, WHOAMI).join().unwrap();
-        assert_eq!(
-            answer.as_deref().ok(),
-            Some("$2\r\nh3\r\n"),
-            "the client was not served by the live backend ({answer:?}):\n{}",
-            consumer.output_tail(20)
-        );
+        assert_answered(ask_in_background(h2, WHOAMI), "$2\r\nh3\r\n", &consumer);
     }
     assert!(
         consumer.stderr().contains("the client waits for a backend"),

@@ -663,6 +663,25 @@ mod tests {
         }
     }
 
+    /// A discovered service of two backends, a and b, both on probation.
+    fn a_and_b() -> (Arc<Service>, [Arc<Backend>; 2]) {
+        let svc = Arc::new(discovered());
+        for (key, port) in [("a", 1), ("b", 2)] {
+            svc.table.apply(Update::Upsert(spec(key, port, false)));
+        }
+        let snap = svc.table.snapshot();
+        let both = [snap.backends[0].clone(), snap.backends[1].clone()];
+        (svc, both)
+    }
+
+    /// A client's settings of one attempt per pass.
+    fn one_attempt() -> ProxySettings {
+        ProxySettings {
+            connect_attempts: 1,
+            ..ProxySettings::default()
+        }
+    }
+
     /// `next_candidates` for a client that dialed `tried`, on its own task.
     fn next_for(
         svc: &Arc<Service>,
@@ -671,6 +690,16 @@ mod tests {
     ) -> tokio::task::JoinHandle<Vec<Arc<Backend>>> {
         let svc = svc.clone();
         tokio::spawn(async move { next_candidates(&svc, &settings, &tried).await })
+    }
+
+    /// A discovered service of one backend, a, and a client whose pass over
+    /// it failed, on its way to its next candidates.
+    fn failed_on_a() -> (Arc<Service>, tokio::task::JoinHandle<Vec<Arc<Backend>>>) {
+        let svc = Arc::new(discovered());
+        svc.table.apply(Update::Upsert(spec("a", 1, false)));
+        let tried = svc.table.snapshot().backends.clone();
+        let next = next_for(&svc, ProxySettings::default(), tried);
+        (svc, next)
     }
 
     /// Whether `next` is done within `within` (of the paused clock).
@@ -686,10 +715,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_client_tries_a_backend_that_moved_or_came_back_at_once() {
-        let svc = Arc::new(discovered());
-        svc.table.apply(Update::Upsert(spec("a", 1, false)));
-        let tried = svc.table.snapshot().backends.clone();
-        let mut next = next_for(&svc, ProxySettings::default(), tried);
+        let (svc, mut next) = failed_on_a();
         // The one that failed, draining now: nothing new to try.
         assert!(svc.table.apply(Update::Upsert(spec("a", 1, true))));
         assert!(woken(&mut next, Duration::from_millis(1)).await.is_none());
@@ -701,10 +727,7 @@ mod tests {
 
         // It left and came back as it was (its provider withdrew it while
         // its service restarted): another backend, whatever its name.
-        let svc = Arc::new(discovered());
-        svc.table.apply(Update::Upsert(spec("a", 1, false)));
-        let tried = svc.table.snapshot().backends.clone();
-        let mut next = next_for(&svc, ProxySettings::default(), tried);
+        let (svc, mut next) = failed_on_a();
         assert!(svc.table.apply(Update::Remove("a".into())));
         assert!(woken(&mut next, Duration::from_millis(1)).await.is_none());
         assert!(svc.table.apply(Update::Upsert(spec("a", 1, false))));
@@ -714,10 +737,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_client_tries_the_same_again_after_a_turn_around_not_before() {
-        let svc = Arc::new(discovered());
-        svc.table.apply(Update::Upsert(spec("a", 1, false)));
-        let tried = svc.table.snapshot().backends.clone();
-        let mut next = next_for(&svc, ProxySettings::default(), tried);
+        let (_svc, mut next) = failed_on_a();
         let early = TURN_AROUND - Duration::from_millis(1);
         assert!(woken(&mut next, early).await.is_none(), "retried early");
         let again = woken(&mut next, Duration::from_millis(2)).await;
@@ -733,22 +753,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_turn_around_offers_the_candidates_of_its_end() {
-        let svc = Arc::new(discovered());
-        for (key, port) in [("a", 1), ("b", 2)] {
-            svc.table.apply(Update::Upsert(spec(key, port, false)));
-        }
-        let snap = svc.table.snapshot();
-        let (a, b) = (snap.backends[0].clone(), snap.backends[1].clone());
+        let (svc, [a, b]) = a_and_b();
         svc.table.report_success(&a.stats);
         svc.table.report_failure(&a.stats, &"refused");
-        let settings = ProxySettings {
-            connect_attempts: 1,
-            ..ProxySettings::default()
-        };
         // The proven one, ejected, before one on probation.
-        let first = svc.balancer.candidates(&svc.table, &snap, 1);
+        let first = svc
+            .balancer
+            .candidates(&svc.table, &svc.table.snapshot(), 1);
         assert_eq!(first[0].spec.key, "a");
-        let mut next = next_for(&svc, settings, first);
+        let mut next = next_for(&svc, one_attempt(), first);
         assert!(woken(&mut next, Duration::from_millis(1)).await.is_none());
         // b passes its probation: a change of health, which wakes nobody.
         svc.table.report_success(&b.stats);
@@ -758,22 +771,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_client_tries_at_once_a_backend_its_attempts_had_not_reached() {
-        let svc = Arc::new(discovered());
-        for (key, port) in [("a", 1), ("b", 2)] {
-            svc.table.apply(Update::Upsert(spec(key, port, false)));
-        }
-        let snap = svc.table.snapshot();
-        for b in &snap.backends {
+        let (svc, both) = a_and_b();
+        for b in &both {
             svc.table.report_success(&b.stats);
         }
-        let settings = ProxySettings {
-            connect_attempts: 1,
-            ..ProxySettings::default()
-        };
-        let first = svc.balancer.candidates(&svc.table, &snap, 1);
+        let first = svc
+            .balancer
+            .candidates(&svc.table, &svc.table.snapshot(), 1);
         // Its one attempt failed, and ejected it.
         svc.table.report_failure(&first[0].stats, &"refused");
-        let mut next = next_for(&svc, settings, first.clone());
+        let mut next = next_for(&svc, one_attempt(), first.clone());
         let other = woken(&mut next, Duration::from_millis(1)).await;
         let other = other.expect("waited with a backend left untried");
         assert_eq!(other.len(), 1);
