@@ -254,9 +254,12 @@ pub enum Cause {
 /// gets one about every [`CLEAR_EVERY`], not a series from the start. A
 /// clearing the daemon refused (its command queue full) cleared nothing,
 /// and is made again at once (the browse restarts meanwhile), a few times
-/// in a row. A
-/// reload's clearing comes at once ([`Clearing::urge`]): only this node
-/// asks for it.
+/// in a row. A reload's clearing comes at once ([`Clearing::urge`]): only
+/// this node asks for it. A clearing wanted again before it is made (a
+/// browse restart made as a clearing, another cause) comes at the sooner
+/// time and says the first cause: the one that found what is wrong, where
+/// the later one (most often a cache crowded by the same flood) follows
+/// from it.
 #[derive(Debug, Default)]
 pub struct Clearing {
     /// When the last clearing that took was made.
@@ -278,8 +281,10 @@ impl Clearing {
             Some(t) if self.misses == 0 => now.max(t + self.wait_at(now)),
             _ => now,
         };
-        let at = self.due.map_or(at, |(t, _)| t.min(at));
-        self.due = Some((at, cause));
+        self.due = Some(match self.due {
+            Some((t, first)) => (t.min(at), first),
+            None => (at, cause),
+        });
     }
 
     /// The wait after the last clearing, as it stands at `now`: halved
@@ -303,6 +308,7 @@ impl Clearing {
     /// ([`REPLAY_MOST`]) makes that browse a clearing. Only a reload asks,
     /// so a stranger cannot hurry clearings.
     pub fn urge(&mut self, now: Instant, cause: Cause) {
+        let cause = self.due.map_or(cause, |(_, first)| first);
         self.due = Some((now, cause));
     }
 
@@ -311,7 +317,7 @@ impl Clearing {
         self.due.map(|(at, _)| at)
     }
 
-    /// The clearing due is being made; why (the last cause wanted).
+    /// The clearing due is being made; why (the first cause wanted).
     pub fn take(&mut self) -> Option<Cause> {
         let (_, cause) = self.due.take()?;
         self.making = Some(cause);
@@ -481,10 +487,11 @@ mod tests {
         c.want(t + Duration::from_secs(1), Cause::Stale(30));
         let again = t + CLEAR_AGAIN_AFTER;
         assert_eq!(c.due(), Some(again));
-        // Asked again meanwhile, it is still due at that time.
+        // Asked again meanwhile, it is still due at that time, for the
+        // first cause.
         c.want(t + Duration::from_secs(2), Cause::Flood(40));
         assert_eq!(c.due(), Some(again));
-        assert_eq!(c.take(), Some(Cause::Flood(40)));
+        assert_eq!(c.take(), Some(Cause::Stale(30)));
         c.want(t + Duration::from_secs(2), Cause::Stale(40));
         assert_eq!(make(&mut c, true), again);
         // Each one soon after the last waits twice as long, up to the most.
@@ -550,7 +557,26 @@ mod tests {
         assert_eq!(c.due(), Some(t + CLEAR_AGAIN_AFTER), "paced");
         c.urge(soon, Cause::Crowded);
         assert_eq!(c.due(), Some(soon));
+        assert_eq!(c.take(), Some(Cause::Stale(20)), "the first cause");
+        c.made(soon, true);
+        c.urge(soon, Cause::Crowded);
         assert_eq!(c.take(), Some(Cause::Crowded));
+    }
+
+    /// A flood found out wants a clearing 2-10 s later; the node's one
+    /// restart to fall out of step, made as a clearing in a cache the
+    /// flood crowded, comes first: the clearing comes then, and says the
+    /// flood.
+    #[test]
+    fn a_clearing_brought_forward_says_why_it_was_first_wanted() {
+        let t = Instant::now();
+        let mut c = Clearing::default();
+        c.want(t + Duration::from_secs(8), Cause::Flood(39));
+        c.want(t + Duration::from_secs(1), Cause::Crowded);
+        assert_eq!(c.due(), Some(t + Duration::from_secs(1)));
+        assert_eq!(c.take(), Some(Cause::Flood(39)));
+        c.made(t + Duration::from_secs(1), true);
+        assert_eq!(c.due(), None);
     }
 
     #[test]
