@@ -357,7 +357,11 @@ fn news_in_a_flood_reaches_the_table() {
     let mesh = Mesh::start_with(Lab::new(4), &[], &[]);
     let rogue = mesh.announce("flood", 10_000);
     // Its fakes fail their probes, and the cache is cleared 2-10 s later.
-    mesh.wait_log(&["failed their probes at once"], 1);
+    // Or sooner: the consumer's one restart to fall out of step (10-70 s
+    // after its start, `DESYNC_AFTER`) is made as a clearing once the
+    // flood crowds the cache, and if it comes before the probes have
+    // failed, its log line names the crowd. Any clearing will do here.
+    mesh.wait_log(&["clearing the cache"], 1);
     // Mid-flood, its records coming again: the real provider leaves (its
     // goodbye is news), and another one arrives.
     let h4 = mesh.lab().host("h4");
@@ -771,6 +775,13 @@ fn a_reload_with_a_crowded_cache_clears_it_and_the_browse_lives() {
 /// reports each of them again in one loop of its thread, three times what
 /// upstream's browse channel of 1,000 holds.
 const MOVED_CROWD: usize = 3_000;
+/// How long the consumer may take to list the whole crowd: 0.5 s alone.
+/// Under the suite's load its socket drops part of the crowd's two
+/// announcements, and the rest comes with the crowd's answers to
+/// mdns-sd's queries, which back off from the browse's restart (1, 2, 4
+/// ... s): 0.9-7.7 s in five runs, and once 2,680 at once, 64 at 8 s and
+/// the last 256 at 32 s. This bound allows for the query at 64 s.
+const CROWD_LISTED_WITHIN: Duration = Duration::from_secs(90);
 
 /// A stranger could end a consumer's browse at will: it announced well
 /// over a thousand instances on one host name, then a new address for that
@@ -819,7 +830,7 @@ fn a_stranger_who_moves_a_crowded_host_ends_no_browse() {
     );
     let listed = || log_lines(&consumer, &["resolved", "instance=crowd-"]);
     assert!(
-        wait_until(DEADLINE, || listed() >= MOVED_CROWD),
+        wait_until(CROWD_LISTED_WITHIN, || listed() >= MOVED_CROWD),
         "{} listed",
         listed()
     );
