@@ -99,6 +99,16 @@ const EVENT_CHANNEL_CAPACITY: usize = 1000;
 /// 16 MiB before it ends.
 const BROWSE_CHANNEL_CAPACITY: usize = 1 << 14;
 
+/// mesh-amb's patch (see PATCHED.md): the receive buffer asked for each
+/// mDNS socket. The kernel's default (`net.core.rmem_default`, 208 KiB)
+/// holds about 90 full packets, and a burst of announcements that comes
+/// while this thread waits for a core is dropped past that: on two busy
+/// cores, 140 to 551 of a stranger's 3,000 instances' packets. Asked
+/// for, the kernel caps it at `net.core.rmem_max` (the same 208 KiB by
+/// default, doubled for its bookkeeping, so 416 KiB). Memory is taken
+/// only by packets waiting in it.
+const RECV_BUFFER: usize = 1 << 20;
+
 /// The first fast-path follow-up resolve query fires this soon after an
 /// instance is found via PTR. Subsequent tries back off exponentially
 /// (200ms, 400ms, 800ms, 1600ms), see `exec_command_resolve`.
@@ -957,6 +967,17 @@ fn new_socket(addr: SocketAddr, non_block: bool) -> Result<PktInfoUdpSocket> {
     if non_block {
         fd.set_nonblocking(true)
             .map_err(|e| e_fmt!("set O_NONBLOCK: {}", e))?;
+    }
+
+    // mesh-amb's patch: room for a burst (RECV_BUFFER), set through a
+    // duplicate of the descriptor (the option is the socket's). A kernel
+    // that refuses leaves its default, as before.
+    #[cfg(unix)]
+    if let Err(e) = fd
+        .try_clone_std()
+        .and_then(|dup| socket2::SockRef::from(&dup).set_recv_buffer_size(RECV_BUFFER))
+    {
+        debug!("cannot set SO_RCVBUF, continuing with the default: {}", e);
     }
 
     fd.bind(&addr.into())
