@@ -972,7 +972,6 @@ fn new_socket(addr: SocketAddr, non_block: bool) -> Result<PktInfoUdpSocket> {
     // mesh-amb's patch: room for a burst (RECV_BUFFER), set through a
     // duplicate of the descriptor (the option is the socket's). A kernel
     // that refuses leaves its default, as before.
-    #[cfg(unix)]
     if let Err(e) = fd
         .try_clone_std()
         .and_then(|dup| socket2::SockRef::from(&dup).set_recv_buffer_size(RECV_BUFFER))
