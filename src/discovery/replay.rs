@@ -281,6 +281,12 @@ impl Clearing {
             Some(t) if self.misses == 0 => now.max(t + self.wait_at(now)),
             _ => now,
         };
+        self.bring_forward(at, cause);
+    }
+
+    /// The next clearing is due at `at` or sooner, for the first cause
+    /// wanted.
+    fn bring_forward(&mut self, at: Instant, cause: Cause) {
         self.due = Some(match self.due {
             Some((t, first)) => (t.min(at), first),
             None => (at, cause),
@@ -308,8 +314,7 @@ impl Clearing {
     /// ([`REPLAY_MOST`]) makes that browse a clearing. Only a reload asks,
     /// so a stranger cannot hurry clearings.
     pub fn urge(&mut self, now: Instant, cause: Cause) {
-        let cause = self.due.map_or(cause, |(_, first)| first);
-        self.due = Some((now, cause));
+        self.bring_forward(now, cause);
     }
 
     /// When the next clearing is due.
