@@ -3,6 +3,11 @@
 # a client on h2 keeps asking localhost:6379 "who are you?" with a new
 # connection every ~50 ms, never reconfigured or restarted.
 #   1. cold move: h1 stops, then h3 starts; the client's gap is measured.
+#      The consumer holds a client that comes in the gap for up to its
+#      --wait-for-backend (WAIT_S); the client waits for a reply longer
+#      than that (as redis-cli, which has no timeout), so a request fails
+#      only when the ambassador lets it go: none may while the gap is
+#      shorter than the hold.
 #   2. planned move back to h1 (new port), make-before-break: the new one
 #      starts, the old provider drains (state=draining, then goodbye) before
 #      its Redis stops; the client must see no failure at all.
@@ -17,12 +22,15 @@ provide() { # HOST PORT
 }
 start_redis h1 redis-12345 12345
 provide h1 12345
-start_amb h2 consumer --interface "$(lab_iface h2)" --node-id h2 --consume redis:6379
+WAIT_S=3
+start_amb h2 consumer --interface "$(lab_iface h2)" --node-id h2 --consume redis:6379 \
+  --wait-for-backend "${WAIT_S}s"
 sc_wait 30 "PONG through h2's ambassador" redis_says h2 6379 h1 get whoami
 
-# The client: one line per request, "<start µs> <duration µs> <reply>".
+# The client: one line per request, "<start µs> <duration µs> <reply>",
+# waiting for each reply 2 s longer than the ambassador holds it.
 # shellcheck disable=SC2016 # expanded on h2
-lab_bg h2 client bash -c "$(sc_whoami_fn 6379 2)"'
+lab_bg h2 client bash -c "$(sc_whoami_fn 6379 $((WAIT_S + 2)))"'
   while :; do
     t=${EPOCHREALTIME/./}
     get_whoami
@@ -35,12 +43,13 @@ replies() { lab_log h2 client | awk -v from="$1" -v who="$2" 'NR > from && $3 ==
 at_least() { [ "$(replies "$1" "$2")" -ge "$3" ]; }
 lines() { lab_log h2 client | wc -l; }
 # "<gap ms> <failed requests>" between the last WHO1 reply and the first
-# WHO2 reply after line FROM.
+# WHO2 reply after line FROM, as the client saw them come (a request held
+# through the gap ends with its reply).
 gap() {
   lab_log h2 client | awk -v from="$1" -v a="$2" -v b="$3" '
     NR <= from { next }
-    $3 == a && !seen_b { last_a = $1; failed = 0; next }
-    $3 == b && !seen_b { seen_b = 1; first_b = $1; next }
+    $3 == a && !seen_b { last_a = $1 + $2; failed = 0; next }
+    $3 == b && !seen_b { seen_b = 1; first_b = $1 + $2; next }
     !seen_b && $3 != a { failed++ }
     END { if (!seen_b || !last_a) print "-1 -1"; else printf "%d %d\n", (first_b - last_a) / 1000, failed }'
 }
@@ -59,6 +68,10 @@ sc_wait 30 "10 replies from h3 after the move" at_least "$mark1" h3 10
 read -r gap1 failed1 < <(gap "$mark1" h1 h3)
 [ "$gap1" -ge 0 ] || sc_fail "could not measure the gap"
 [ "$gap1" -lt $((15000 * LAB_TIME_SCALE)) ] || sc_fail "cold move gap ${gap1} ms"
+# A request that fails in a gap shorter than the hold was lost by the
+# ambassador (its hold or its dial), not by the move.
+[ "$gap1" -ge $((WAIT_S * 1000)) ] || [ "$failed1" -eq 0 ] ||
+  sc_fail "$failed1 failed requests in a cold-move gap of $gap1 ms, shorter than the ${WAIT_S} s hold"
 moved1=$(sc_secs "$t")
 
 # 2. Planned move h3 -> h1:14567: start the new one, wait until h2's
