@@ -9,7 +9,7 @@ mod common;
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -427,6 +427,54 @@ fn news_in_a_flood_reaches_the_table() {
 /// but for this long after the provider's answer to someone's query.
 const GOODBYE_EVERY: Duration = Duration::from_millis(50);
 
+/// A stranger saying `instance`'s goodbye every [`GOODBYE_EVERY`] until
+/// dropped.
+struct Goodbyes {
+    said: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    saying: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Goodbyes {
+    fn start(stranger: &Host, instance: &str) -> Goodbyes {
+        let packet = goodbye(instance);
+        let sock = stranger.enter(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+        let said = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let saying = {
+            let (said, stop) = (said.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // A send refused for a moment (buffers full in a
+                    // flood's wake) is made up by the next.
+                    if sock.send_to(&packet, "224.0.0.251:5353").is_ok() {
+                        said.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(GOODBYE_EVERY);
+                }
+            })
+        };
+        Goodbyes {
+            said,
+            stop,
+            saying: Some(saying),
+        }
+    }
+
+    fn said(&self) -> usize {
+        self.said.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Goodbyes {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(saying) = self.saying.take() {
+            let _ = saying.join();
+        }
+    }
+}
+
 /// A stranger that keeps saying a live provider's goodbye while the
 /// consumer clears its cache after a flood takes nothing from it: no sweep
 /// removes the provider, and no goodbye does (the provider hears each in
@@ -443,21 +491,7 @@ const GOODBYE_EVERY: Duration = Duration::from_millis(50);
 #[test]
 fn a_live_provider_whose_goodbye_a_stranger_keeps_saying_is_not_swept() {
     let mesh = Mesh::start(&[]);
-    let stranger = mesh.stranger();
-    let packet = goodbye("redis@real._amb._tcp.local.");
-    let sock = stranger.enter(|| UdpSocket::bind("0.0.0.0:0").unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
-    let saying = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                // A send refused for a moment (buffers full in the
-                // flood's wake) is made up by the next.
-                let _ = sock.send_to(&packet, "224.0.0.251:5353");
-                std::thread::sleep(GOODBYE_EVERY);
-            }
-        })
-    };
+    let goodbyes = Goodbyes::start(mesh.stranger(), "redis@real._amb._tcp.local.");
     let consumer = &mesh.consumer;
     let rogue = mesh.announce("dead", CLEARING_FLOOD);
     assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
@@ -469,8 +503,7 @@ fn a_live_provider_whose_goodbye_a_stranger_keeps_saying_is_not_swept() {
     let done = wait_until(CLEARED_WITHIN, || {
         clearings(consumer) > 0 && joined(consumer) > 0 && left(consumer) == joined(consumer)
     });
-    stop.store(true, Ordering::Relaxed);
-    saying.join().unwrap();
+    drop(goodbyes);
     assert!(
         done,
         "{} cleared, {} of {} fakes left:\n{}",
@@ -492,6 +525,34 @@ fn a_live_provider_whose_goodbye_a_stranger_keeps_saying_is_not_swept() {
         )
     );
     mesh.assert_provider_kept();
+}
+
+/// A stranger who says a provider's goodbye before the provider starts,
+/// and keeps saying it, hides it from no consumer. mdns-sd caches a
+/// goodbye even for a record it lacks, as one about to expire, and the
+/// provider's own PTR record then only renews it, without the event that
+/// a new one brings; the records that come with it (SRV, TXT, addresses)
+/// are new, and resolve the instance.
+#[test]
+fn a_provider_whose_goodbye_a_stranger_says_before_it_starts_is_found() {
+    let lab = Lab::new(3);
+    let (h1, h3) = (lab.host("h1"), lab.host("h3"));
+    let consume = format!("redis:{CONSUME_PORT}");
+    let consumer = amb_info(h3, &["--consume", &consume]);
+    let goodbyes = Goodbyes::start(lab.host("h2"), "redis@real._amb._tcp.local.");
+    // A second of goodbyes, so that the consumer holds one when the
+    // provider comes (each keeps the record a second from its expiry).
+    let a_second = (1000 / GOODBYE_EVERY.as_millis()) as usize;
+    assert!(wait_until(DEADLINE, || goodbyes.said() >= a_second));
+    let _redis = redis(h1, REDIS_PORT);
+    let _provider = amb_info(h1, &["--provide", "redis:7000", "--node-id", "real"]);
+    let routed = wait_until(DEADLINE, || failed_requests(h3, 1, "h1") == 0);
+    assert!(
+        routed,
+        "not routed to h1 while a stranger said its goodbye ({} said):\n{}",
+        goodbyes.said(),
+        consumer.output_tail(40)
+    );
 }
 
 /// Dead `redis` instances the stranger announces once to make the consumer
