@@ -528,17 +528,22 @@ fn a_live_provider_whose_goodbye_a_stranger_keeps_saying_is_not_swept() {
 }
 
 /// A stranger who says a provider's goodbye before the provider starts,
-/// and keeps saying it, hides it from no consumer. mdns-sd caches a
+/// and keeps saying it, does not hide it from a consumer. mdns-sd caches a
 /// goodbye even for a record it lacks, as one about to expire, and the
 /// provider's own PTR record then only renews it, without the event that
-/// a new one brings; the records that come with it (SRV, TXT, addresses)
-/// are new, and resolve the instance.
+/// a new one brings; the records that come with it in the same packet
+/// (SRV, TXT, addresses) are new, and resolve the instance.
 #[test]
 fn a_provider_whose_goodbye_a_stranger_says_before_it_starts_is_found() {
     let lab = Lab::new(3);
     let (h1, h3) = (lab.host("h1"), lab.host("h3"));
     let consume = format!("redis:{CONSUME_PORT}");
     let consumer = amb_info(h3, &["--consume", &consume]);
+    // Browsing, so that its mDNS cache takes the goodbyes in.
+    let browsing = wait_until(DEADLINE, || {
+        log_lines(&consumer, &["mDNS discovery started"]) > 0
+    });
+    assert!(browsing, "{}", consumer.output_tail(40));
     let goodbyes = Goodbyes::start(lab.host("h2"), "redis@real._amb._tcp.local.");
     // A second of goodbyes, so that the consumer holds one when the
     // provider comes (each keeps the record a second from its expiry).
