@@ -1303,3 +1303,41 @@ fn an_idle_consumer_never_asks_again_for_a_live_providers_records() {
         consumer.output_tail(20)
     );
 }
+
+/// The mDNS library logs through `log`, not `tracing`: `RUST_LOG` reaches
+/// its lines too (`mdns_sd=debug`, what it reads and caches, for a user
+/// debugging discovery), and only when asked for.
+#[test]
+fn the_mdns_library_logs_when_asked() {
+    let lab = Lab::new(3);
+    let _redis = redis(lab.host("h1"), 7000);
+    let _provider = amb_logging(lab.host("h1"), &["--provide", "web:7000"], "info");
+    let asked = amb_logging(
+        lab.host("h2"),
+        &["--consume", "web:8080"],
+        "info,mdns_sd=debug",
+    );
+    let not_asked = amb_logging(
+        lab.host("h3"),
+        &["--consume", "web:8080"],
+        "debug,mdns_sd=info",
+    );
+    let joined = |c: &Proc| log_lines(c, &["backend joined", "service=web"]) > 0;
+    assert!(
+        wait_until(DEADLINE, || joined(&asked) && joined(&not_asked)),
+        "{}\n{}",
+        asked.output_tail(20),
+        not_asked.output_tail(20)
+    );
+    assert!(
+        log_lines(&asked, &["mdns_sd"]) > 0,
+        "no line of mdns_sd:\n{}",
+        asked.output_tail(20)
+    );
+    assert_eq!(
+        log_lines(&not_asked, &["mdns_sd"]),
+        0,
+        "{}",
+        not_asked.output_tail(20)
+    );
+}
