@@ -1311,7 +1311,7 @@ fn an_idle_consumer_never_asks_again_for_a_live_providers_records() {
 fn the_mdns_library_logs_when_asked() {
     let lab = Lab::new(3);
     let _redis = redis(lab.host("h1"), 7000);
-    let _provider = amb_logging(lab.host("h1"), &["--provide", "web:7000"], "info");
+    let provider = amb_logging(lab.host("h1"), &["--provide", "web:7000"], "info");
     let asked = amb_logging(
         lab.host("h2"),
         &["--consume", "web:8080"],
@@ -1339,5 +1339,11 @@ fn the_mdns_library_logs_when_asked() {
         0,
         "{}",
         not_asked.output_tail(20)
+    );
+    assert_eq!(
+        log_lines(&provider, &["mdns_sd"]),
+        0,
+        "{}",
+        provider.output_tail(20)
     );
 }

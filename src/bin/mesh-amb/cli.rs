@@ -309,7 +309,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "[ADDR:]PORT", env = "MESH_AMB_ADMIN")]
     pub admin: Option<AdminAddr>,
 
-    /// Log line format. Filter with RUST_LOG (e.g. RUST_LOG=debug).
+    /// Log line format. Filter with RUST_LOG (e.g. RUST_LOG=mesh_amb=debug).
     #[arg(long, value_enum, env = "MESH_AMB_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
