@@ -319,9 +319,10 @@ impl ConnectError {
 ///
 /// A discovered service with no backend, or whose candidates all failed,
 /// holds the client for up to `wait_for_backend` from its arrival and
-/// tries again (at once for a backend it has not tried): a node just
-/// started, a provider or its service restarting, or a service moving to
-/// another host loses no client to the moment between two records.
+/// tries again (at once for a backend it has not tried; a pass begun
+/// within the wait runs to its end): a node just started, a provider or
+/// its service restarting, or a service moving to another host loses no
+/// client to the moment between two records.
 ///
 /// Every failure ejects that backend, so the next clients skip it at
 /// once, and the next candidate is tried: a backend that accepts
@@ -386,10 +387,15 @@ pub async fn connect(
             }
         };
         tried.extend(order.iter().cloned());
-        // The retry ends with the wait too: the wait is the client's bound.
-        result = timeout_at(deadline, try_candidates(svc, &order, settings, tls))
-            .await
-            .unwrap_or(Err(ConnectError::NoneCame(wait)));
+        // A pass begun within the wait runs its course, each step within
+        // its own timeout, as the client's first pass does: the wait bounds
+        // the waiting, not a dial under way (HAProxy's `timeout queue` ends
+        // where its `timeout connect` begins). A backend that comes back to
+        // a crowd of waiting clients drops the SYNs its full accept queue
+        // has no room for, and the kernel sends them again a second later:
+        // cut at the end of the wait, those clients were closed with their
+        // backend up.
+        result = try_candidates(svc, &order, settings, tls).await;
     }
 }
 
@@ -785,6 +791,63 @@ mod tests {
         let other = other.expect("waited with a backend left untried");
         assert_eq!(other.len(), 1);
         assert_ne!(other[0].spec.key, first[0].spec.key);
+    }
+
+    /// A backend back to a crowd of waiting clients drops the SYNs its
+    /// full accept queue has no room for, and the kernel sends them again
+    /// a second later: a retry that began within the wait is served then,
+    /// past the wait's end, instead of being cut there. Real sockets and
+    /// the real clock: the kernel's retransmission is what is waited for.
+    #[tokio::test]
+    async fn a_retry_begun_within_the_wait_is_not_cut_at_its_end() {
+        use socket2::{Domain, Socket, Type};
+        // Bound and not listening yet: the first dial is refused.
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let svc = Arc::new(discovered());
+        svc.table
+            .apply(Update::Upsert(spec("a", addr.port(), false)));
+        let stats = svc.table.snapshot().backends[0].stats.clone();
+        // The retry comes a turn-around after the refusal, within the
+        // wait; the wait ends well before its SYN is sent again.
+        let wait = TURN_AROUND + Duration::from_millis(400);
+        let settings = ProxySettings {
+            wait_for_backend: wait,
+            ..ProxySettings::default()
+        };
+        assert!(settings.connect_timeout > Duration::from_secs(1));
+        let arrived = Instant::now();
+        let client = tokio::spawn({
+            let svc = svc.clone();
+            async move { connect(&svc, &settings, None).await.map(|_| ()) }
+        });
+        let refused = async {
+            while stats.failures.load(Ordering::Relaxed) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        timeout(TURN_AROUND / 2, refused)
+            .await
+            .expect("the first dial was not refused");
+        // Listening now with no room: the one connection a backlog of 0
+        // holds fills its accept queue, and the retry's SYN is dropped.
+        socket.listen(0).unwrap();
+        let _filler = std::net::TcpStream::connect(addr).unwrap();
+        tokio::time::sleep_until(arrived + wait).await;
+        assert!(!client.is_finished(), "the client was let go in its wait");
+        assert_eq!(
+            stats.active.load(Ordering::Relaxed),
+            1,
+            "no dial under way at the end of the wait"
+        );
+        // Room again: the SYN sent again is taken in.
+        let (_accepted, _) = socket.accept().unwrap();
+        let served = timeout(Duration::from_secs(5), client).await;
+        let served = served.expect("the retry never ended").unwrap();
+        assert!(served.is_ok(), "the retry was cut: {:?}", served.err());
     }
 
     #[test]
