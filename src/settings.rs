@@ -119,8 +119,9 @@ pub struct SecuritySettings {
     pub cluster_key: Option<Arc<ClusterKey>>,
     /// An existing PKI's PEM files, used for TLS instead of the derived CA.
     pub pki: Option<PkiFiles>,
-    /// With TLS on, still use backends that offer no TLS (static backends
-    /// given without `tls://`, discovered instances without the TLS flag).
+    /// With TLS on, still use discovered instances without the TLS flag,
+    /// and say nothing of static backends given without `tls://` (used
+    /// either way: what the user typed).
     pub allow_plaintext: bool,
     /// Logins to the backends of consumed services, at most one per
     /// service, made on the applications' behalf.
@@ -131,6 +132,13 @@ impl SecuritySettings {
     /// Whether ambassadors talk to each other over mutual TLS.
     pub fn tls(&self) -> bool {
         self.cluster_key.is_some() || self.pki.is_some()
+    }
+
+    /// Whether static backends in plain TCP off this host are warned of
+    /// ([`crate::spec::PLAIN_STATIC`]): TLS is on, and plaintext not
+    /// allowed.
+    pub fn warns_of_plain_static(&self) -> bool {
+        self.tls() && !self.allow_plaintext
     }
 }
 

@@ -81,6 +81,36 @@ pub struct BackendAddr {
     pub tls: bool,
 }
 
+/// What is said, with TLS on, of static backends that
+/// [`BackendAddr::leaves_the_host_in_clear`]: at start and by `--check`.
+pub const PLAIN_STATIC: &str = "static backends without tls:// are dialed in plain TCP, \
+    TLS on or not: their traffic crosses the network in clear (tls://HOST:PORT reaches \
+    another ambassador's TLS terminator; --allow-plaintext silences this)";
+
+impl BackendAddr {
+    /// Whether its traffic leaves this host in clear: written without
+    /// `tls://`, and not on loopback (an address of `127.0.0.0/8` or `::1`,
+    /// or `localhost`).
+    pub fn leaves_the_host_in_clear(&self) -> bool {
+        !self.tls
+            && match &self.host {
+                Host::Ip(ip) => !ip.to_canonical().is_loopback(),
+                Host::Name(name) => !name.eq_ignore_ascii_case("localhost"),
+            }
+    }
+}
+
+impl ConsumeSpec {
+    /// Its static backends that [`BackendAddr::leaves_the_host_in_clear`],
+    /// as written.
+    pub fn backends_in_clear(&self) -> Vec<String> {
+        (self.backends.iter())
+            .filter(|b| b.leaves_the_host_in_clear())
+            .map(ToString::to_string)
+            .collect()
+    }
+}
+
 impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -483,6 +513,23 @@ mod tests {
         ] {
             let e = parse_provide(input).expect_err(input).to_string();
             assert!(e.contains(want), "{input:?}: got {e:?}");
+        }
+    }
+
+    #[test]
+    fn only_plain_backends_off_this_host_leave_it_in_clear() {
+        for (backend, clear) in [
+            ("10.0.0.5:6379", true),
+            ("cache.lan:6379", true),
+            ("[fe80::1]:6379", true),
+            ("tls://10.0.0.5:16379", false),
+            ("127.0.0.2:6379", false),
+            ("[::1]:6379", false),
+            ("[::ffff:127.0.0.1]:6379", false),
+            ("LocalHost:6379", false),
+        ] {
+            let parsed = parse_backend(backend).unwrap();
+            assert_eq!(parsed.leaves_the_host_in_clear(), clear, "{backend}");
         }
     }
 

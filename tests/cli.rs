@@ -119,6 +119,42 @@ fn a_bad_config_file_exits_2() {
     );
 }
 
+/// With TLS on, `--check` names the static backends a key does not cover
+/// (plain, off this host), and only those, unless plaintext is allowed.
+#[test]
+fn check_warns_of_plain_static_backends_off_this_host_with_tls_on() {
+    let dir = TempDir::new();
+    let key = dir.path("cluster.key").to_str().unwrap().to_owned();
+    assert_eq!(run(&["keygen", &key], &[]).status.code(), Some(0));
+    let consume = "a:7000=10.0.0.5:6379,tls://10.0.0.6:16379,127.0.0.1:6379,localhost:6380";
+    let check = |more: &[&str]| {
+        let out = run(&[&["--check", "--consume", consume], more].concat(), &[]);
+        assert_eq!(out.status.code(), Some(0), "{more:?}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let warnings: Vec<String> = (stdout.lines())
+            .filter(|l| l.starts_with("warning:"))
+            .map(str::to_owned)
+            .collect();
+        warnings
+    };
+    let warned = check(&["--cluster-key", &key]);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].starts_with("warning: consume a: 10.0.0.5:6379: ")
+            && warned[0].contains("in clear"),
+        "{warned:?}"
+    );
+    assert_eq!(
+        check(&["--cluster-key", &key, "--allow-plaintext"]),
+        [""; 0]
+    );
+    // Without TLS every backend is plain, as the user chose.
+    let plain = "a:7000=10.0.0.5:6379";
+    let out = run(&["--check", "--consume", plain], &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
+}
+
 #[test]
 fn keygen_writes_a_private_key_once() {
     use std::os::unix::fs::MetadataExt;

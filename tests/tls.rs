@@ -343,11 +343,21 @@ fn a_tls_static_backend_reaches_a_terminator_on_a_fixed_port() {
     assert_eq!(terminator_port(&provider), 16379);
     // What a site that mDNS does not reach would write.
     let tls_backend = format!("redis:7000=tls://{}:16379", h1.ip);
-    let _consumer = amb(h2, &["--cluster-key", key, "--consume", &tls_backend]);
+    let consumer = amb(h2, &["--cluster-key", key, "--consume", &tls_backend]);
     wait_routed_to(h2, 7000, "h1");
-    // The same port dialed in clear gives nothing.
+    // The same port dialed in clear gives nothing, and the start says so.
     let plain_backend = format!("redis:7001={}:16379", h1.ip);
-    let _plain = amb(h2, &["--cluster-key", key, "--consume", &plain_backend]);
+    let plain = amb(h2, &["--cluster-key", key, "--consume", &plain_backend]);
+    wait_log(&plain, "static backends without tls://");
+    let log = plain.stderr();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("static backends without tls://"));
+    let named = format!("backends={}:16379", h1.ip);
+    assert!(
+        warning.is_some_and(|w| w.contains("in clear") && w.contains(&named)),
+        "{warning:?}"
+    );
     let reply = h2.enter(|| {
         wait_for(DEADLINE, || {
             std::net::TcpStream::connect(local(7001)).ok()?;
@@ -358,6 +368,12 @@ fn a_tls_static_backend_reaches_a_terminator_on_a_fixed_port() {
         reply,
         Some(None),
         "a plain client got a reply from a terminator"
+    );
+    let warned = |p: &Proc| p.stderr().contains("static backends without tls://");
+    assert!(
+        !warned(&consumer),
+        "a tls:// backend warned of:\n{}",
+        consumer.output_tail(10)
     );
 }
 

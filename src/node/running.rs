@@ -538,6 +538,7 @@ impl Running {
     fn add_consume(&mut self, c: &ConsumeSpec, listener: Listener, addr: SocketAddr) {
         let service = self.service(c, None);
         log_listening(&service, addr, "listening");
+        self.warn_plaintext(c);
         let serving = Serving::start(
             listener,
             addr,
@@ -553,6 +554,18 @@ impl Running {
             checks,
         };
         self.consumes.insert(c.port, consume);
+    }
+
+    /// With TLS on, the static backends of `c` that are dialed in plain TCP
+    /// off this host, named once per listener: they are what the user
+    /// typed, and a cluster key must not be taken to cover them. Silent
+    /// with `--allow-plaintext`, which says the clear traffic is meant.
+    fn warn_plaintext(&self, c: &ConsumeSpec) {
+        let clear = c.backends_in_clear();
+        if self.config.security.warns_of_plain_static() && !clear.is_empty() {
+            let backends = clear.join(",");
+            warn!(service = %c.name, %backends, "{}", crate::spec::PLAIN_STATIC);
+        }
     }
 
     /// Applies `c` to the consume on its port, keeping the listener and
@@ -599,6 +612,7 @@ impl Running {
         }
         if changed {
             log_listening(&consume.service, consume.serving.addr, "consume changed");
+            self.warn_plaintext(c);
         }
         consume.spec = c.clone();
         self.consumes.insert(c.port, consume);

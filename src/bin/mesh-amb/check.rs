@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use mesh_amb::settings::{all_or_listed, Config};
+use mesh_amb::spec::PLAIN_STATIC;
 
 /// One line per consume, provide and concern, for a person to read.
 pub fn summary(config: &Config) -> String {
@@ -38,6 +39,15 @@ pub fn summary(config: &Config) -> String {
             "consume {}: listen on {listen}, forward to {to}{login}",
             c.name
         );
+        let clear = c.backends_in_clear();
+        if security.warns_of_plain_static() && !clear.is_empty() {
+            let _ = writeln!(
+                out,
+                "warning: consume {}: {}: {PLAIN_STATIC}",
+                c.name,
+                clear.join(", ")
+            );
+        }
     }
     for p in &config.provides {
         let tls = match (security.tls(), p.tls_port) {

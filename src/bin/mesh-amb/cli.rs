@@ -296,10 +296,11 @@ pub struct RunArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
 
-    /// With TLS on (--cluster-key or --tls-*), still use backends that do
-    /// not offer TLS: static backends given without tls://, and discovered
-    /// instances without the TLS flag. Their traffic crosses the network in
-    /// clear.
+    /// With TLS on (--cluster-key or --tls-*), still use discovered
+    /// instances that offer no TLS, and dial static backends written
+    /// without tls:// off this host without a warning (they are dialed in
+    /// plain TCP either way: what the user typed). Their traffic crosses the
+    /// network in clear.
     #[arg(long, env = "MESH_AMB_ALLOW_PLAINTEXT")]
     pub allow_plaintext: bool,
 
