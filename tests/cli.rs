@@ -464,7 +464,7 @@ struct Running {
 impl Running {
     /// Starts `mesh-amb ARGS`, with `{port}` in ARGS replaced by a free port
     /// (retried if another process grabs it first), and waits until it
-    /// accepts connections.
+    /// accepts connections. `RUST_LOG` is `info` unless `env` sets it.
     async fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
         Running::start_at("127.0.0.1", args, env, None).await
     }
@@ -493,8 +493,8 @@ impl Running {
             let env: Vec<(String, String)> = env.iter().map(|(k, v)| (fill(k), fill(v))).collect();
             let mut child = Command::new(BIN)
                 .args(&args)
-                .envs(env)
                 .env("RUST_LOG", "info")
+                .envs(env)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -592,6 +592,25 @@ async fn in_front_of_redis_then_sigterm_exits_0() {
         stderr.contains("listening") && stderr.contains("shut down"),
         "{stderr}"
     );
+}
+
+/// `RUST_LOG` set and empty is the default, `info`, not silence.
+#[tokio::test]
+async fn an_empty_rust_log_logs_at_info() {
+    for empty in ["", " "] {
+        let amb = Running::start(
+            &["--consume", "redis:{port}=127.0.0.1:1"],
+            &[("RUST_LOG", empty)],
+        )
+        .await;
+        amb.signal(libc::SIGTERM);
+        let (code, stderr) = amb.wait();
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(
+            stderr.contains("INFO") && stderr.contains("listening"),
+            "RUST_LOG={empty:?}: {stderr:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -269,8 +269,20 @@ async fn on_signals(mut int: Signal, mut term: Signal, shutdown: Shutdown) {
     shutdown.force();
 }
 
+/// `RUST_LOG`, or `default` when it is unset, blank or no filter: set and
+/// empty (`RUST_LOG= mesh-amb ...`), it would hide every line, the
+/// warnings too.
+fn log_filter(default: &str) -> EnvFilter {
+    match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(given) if !given.trim().is_empty() => {
+            EnvFilter::try_new(given).unwrap_or_else(|_| EnvFilter::new(default))
+        }
+        _ => EnvFilter::new(default),
+    }
+}
+
 fn init_logs(format: LogFormat, default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = log_filter(default);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -287,7 +299,7 @@ fn init_logs(format: LogFormat, default: &str) {
 
 /// The demo nodes' logs, at `info` unless `RUST_LOG` says otherwise.
 fn init_file_logs(file: std::fs::File) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter("info");
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::sync::Mutex::new(file))
