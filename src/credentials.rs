@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use subtle::ConstantTimeEq as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::resp;
@@ -237,6 +238,15 @@ pub enum LoginError {
 }
 
 impl Credentials {
+    /// Whether `other` logs in as these do: a reload that read the same
+    /// file again tells a rotated password by this. Compared in constant
+    /// time, as any test of a secret is.
+    pub fn same_login(&self, other: &Credentials) -> bool {
+        let (Login::Redis { auth: a, .. }, Login::Redis { auth: b, .. }) =
+            (&self.login, &other.login);
+        a.expose().ct_eq(b.expose()).into()
+    }
+
     /// Logs `stream` in, within `timeout` for sending and the whole reply.
     pub async fn log_in<S>(&self, stream: &mut S, timeout: Duration) -> Result<(), LoginError>
     where

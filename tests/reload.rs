@@ -346,3 +346,66 @@ fn a_provide_changed_while_its_service_dies_is_withdrawn_not_left_standing() {
         provider.output_tail(30)
     );
 }
+
+/// A credentials file rotated in place: the reload reads it again and
+/// says so, and the next connections log in with the new password. The
+/// same file read again is no change, and neither password is logged.
+#[test]
+fn a_rotated_password_is_read_again_and_named_in_the_summary() {
+    let lab = Lab::new(1);
+    let h = lab.host("h1");
+    let (first, second) = ("first-Pa55word", "second-Pa55word");
+    let _redis = h.spawn(
+        "redis-server",
+        [
+            "--port",
+            "7001",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            first,
+        ],
+    );
+    let redis = local(7001);
+    let up = || h.enter(|| request(redis, &["AUTH", first])).as_deref() == Some("+OK");
+    assert!(wait_until(DEADLINE, up), "redis-server did not start");
+    let pass = lab.dir().join("redis.pass");
+    mesh_amb::secret::write_new_secret_file(&pass, format!("{first}\n").as_bytes()).unwrap();
+    let file = lab.dir().join("amb.toml");
+    let config = format!(
+        "consume = [\"redis:6001=127.0.0.1:7001\"]\ncredentials = [\"redis=redis:{}\"]\n",
+        pass.display()
+    );
+    write(&file, &config);
+    let amb = amb(h, &["--config", file.to_str().unwrap()]);
+    let ping = || h.enter(|| request(local(6001), &["PING"]));
+    let served = || ping().as_deref() == Some("+PONG");
+    assert!(wait_until(DEADLINE, served), "{}", amb.output_tail(20));
+
+    // Redis takes the new password first, then the file.
+    h.enter(|| {
+        let mut admin = TcpStream::connect(redis).unwrap();
+        assert_eq!(
+            command(&mut admin, &["AUTH", first]).as_deref(),
+            Some("+OK")
+        );
+        let set = command(&mut admin, &["CONFIG", "SET", "requirepass", second]);
+        assert_eq!(set.as_deref(), Some("+OK"));
+    });
+    let refused = ping().unwrap_or_default();
+    assert!(refused.contains("refused the credentials"), "{refused}");
+    std::fs::write(&pass, format!("{second}\n")).unwrap();
+    let line = hangup(&amb, 1);
+    assert!(line.contains("reloaded: ~credentials redis"), "{line}");
+    assert_eq!(ping().as_deref(), Some("+PONG"));
+
+    let line = hangup(&amb, 2);
+    assert!(line.contains("reloaded: no change"), "{line}");
+    let log = amb.stderr();
+    assert!(
+        !log.contains(first) && !log.contains(second),
+        "a password in the log"
+    );
+}

@@ -92,9 +92,20 @@ pub(super) fn provider_changes(old: &Config, new: &Config) -> Vec<&'static str> 
     )
 }
 
+/// Services whose credentials file, named as before, now holds another
+/// login (a rotated password): the file is read at each reload, and a
+/// summary of `no change` would read as if it had not been.
+pub(super) fn rotated_credentials<'a>(old: &Config, new: &'a Config) -> Vec<&'a str> {
+    (new.security.credentials.iter())
+        .filter(|n| (old.security.credentials.iter()).any(|o| o.spec == n.spec && !o.same_login(n)))
+        .map(|n| n.spec.service.as_str())
+        .collect()
+}
+
 /// What a reload did, in order: consumes and provides added (`+`), removed
-/// (`-`) and changed (`~`), then the settings changed live (`~`); and the
-/// settings that need a restart, kept at their running values.
+/// (`-`) and changed (`~`), then the settings changed live and the
+/// credentials rotated (`~`); and the settings that need a restart, kept
+/// at their running values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadSummary {
     /// One entry per change, as `+consume api`.

@@ -383,6 +383,9 @@ impl Running {
         for s in settings {
             summary.changes.push(format!("~{s}"));
         }
+        for service in plan::rotated_credentials(&old, &new) {
+            summary.add('~', "credentials", service);
+        }
         self.config_tx.send_replace(new);
         summary
     }
