@@ -38,6 +38,8 @@
 //!   not the node's), dialing ([`net::dial`]), copying, socket options,
 //!   active checks ([`net::checks`], also used by providers for their local
 //!   service).
+//! - [`files`]: the files a user names (config, certificates, secrets):
+//!   regular files of a bounded size, opened without waiting on a FIFO.
 //! - [`secret`]: secret files (owner-only, read once) and secret bytes
 //!   (wiped, never printed).
 //! - [`security`]: the cluster key and what derives from it: the seals of
@@ -55,9 +57,9 @@
 //! - [`admin`]: the read-only admin endpoint (`--admin`): the stats page,
 //!   Prometheus metrics and the status API, over HTTP.
 //!
-//! Dependencies point one way: `value` and `secret` below everything, then
-//! `spec`, `resp` and `security` (on `secret` only); `credentials` on
-//! `spec`, `resp` and `secret`; `backends` on `spec` and `credentials`;
+//! Dependencies point one way: `value`, `files` and `secret` (on `files`)
+//! below everything, then `spec`, `resp` and `security` (on `files` and
+//! `secret` only); `credentials` on `spec`, `resp` and `secret`; `backends` on `spec` and `credentials`;
 //! `settings` on `spec`, the balancing policy, the key and the credentials;
 //! `net` on `backends`, `settings` and `security::tls`; `discovery` on
 //! `backends` and `security::advert` (and on `net::checks` for a provider's
@@ -71,6 +73,7 @@ pub mod admin;
 pub mod backends;
 pub mod credentials;
 pub mod discovery;
+pub mod files;
 pub mod net;
 pub mod node;
 pub mod resp;

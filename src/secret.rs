@@ -9,12 +9,14 @@
 //! `Display` of any type here shows them.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::OpenOptions;
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
+
+use crate::files::{self, FileError};
 
 /// No secret file of ours is anywhere near this; a bigger one is a wrong
 /// path (a log, a device), not a key to read into memory.
@@ -44,34 +46,28 @@ impl fmt::Debug for Secret {
 /// Why a secret file cannot be used. Names the file, never its content.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFileError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(
-        "{path} is readable by group or others (mode {mode:04o}); \
-         it holds a secret: chmod 600 it"
+        "{path} is {} by group or others (mode {mode:04o}); \
+         it holds a secret: chmod 600 it",
+        open_as(*mode)
     )]
     Permissive { path: PathBuf, mode: u32 },
-    #[error("{path} is not a regular file")]
-    NotAFile { path: PathBuf },
-    #[error("{path} is larger than {MAX_SECRET_FILE} bytes: not a secret file of ours")]
-    TooLarge { path: PathBuf },
+}
+
+/// What group or others may do to a file of `mode`, the worst first.
+fn open_as(mode: u32) -> &'static str {
+    match mode {
+        m if m & 0o044 != 0 => "readable",
+        m if m & 0o022 != 0 => "writable",
+        _ => "usable",
+    }
 }
 
 /// Reads a secret file, refusing one that group or others can read.
 pub fn read_secret_file(path: &Path) -> Result<Secret, SecretFileError> {
-    let read_err = |source| SecretFileError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(read_err)?;
-    // Checked on the open file, not the path, so a swap between the check
-    // and the read cannot slip a different file in.
-    let meta = file.metadata().map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(SecretFileError::NotAFile {
-            path: path.to_owned(),
-        });
-    }
+    let (file, meta) = files::open(path, MAX_SECRET_FILE)?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(SecretFileError::Permissive {
@@ -79,21 +75,8 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, SecretFileError> {
             mode,
         });
     }
-    if meta.len() > MAX_SECRET_FILE {
-        return Err(SecretFileError::TooLarge {
-            path: path.to_owned(),
-        });
-    }
     let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
-    (&mut file)
-        .take(MAX_SECRET_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_SECRET_FILE {
-        return Err(SecretFileError::TooLarge {
-            path: path.to_owned(),
-        });
-    }
+    files::read_into(file, path, MAX_SECRET_FILE, &mut bytes)?;
     Ok(Secret(bytes))
 }
 
@@ -192,6 +175,18 @@ mod tests {
     }
 
     #[test]
+    fn a_file_others_can_write_is_refused_as_such() {
+        let dir = TempDir::new();
+        let path = dir.secret_file("key", b"hunter2");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o620)).unwrap();
+        let e = read_secret_file(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("is writable by group or others (mode 0620)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn debug_never_shows_the_bytes() {
         let s = Secret::new(b"hunter2".to_vec());
         assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
@@ -202,7 +197,8 @@ mod tests {
         let dir = std::env::temp_dir();
         assert!(matches!(
             read_secret_file(&dir),
-            Err(SecretFileError::NotAFile { .. } | SecretFileError::Permissive { .. })
+            Err(SecretFileError::File(FileError::NotAFile { .. })
+                | SecretFileError::Permissive { .. })
         ));
         let e = read_secret_file(Path::new("/nonexistent/key")).unwrap_err();
         assert!(e.to_string().starts_with("cannot read /nonexistent/key"));

@@ -51,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, trace, warn};
 
 use super::key::{ClusterKey, Purpose};
+use crate::files;
 use crate::secret;
 
 /// Longest a TLS handshake may take, on either side. A handshake between
@@ -349,7 +350,7 @@ fn configs(
         .context("TLS 1.3 unavailable")?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .context("the node certificate does not match its key")?;
+        .map_err(own_certificate)?;
     let server_verifier = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
         .build()
         .context("cannot build the server certificate check")?;
@@ -370,7 +371,7 @@ fn configs(
     };
     let client = client
         .with_client_auth_cert(identity.chain, identity.key)
-        .context("the node certificate does not match its key")?;
+        .map_err(own_certificate)?;
     Ok(Configs {
         server: Arc::new(server),
         client: Arc::new(client),
@@ -378,13 +379,38 @@ fn configs(
     })
 }
 
+/// Why the node's own certificate cannot serve with its key, said for
+/// what it is: one that cannot be parsed is no key mismatch. The commonest
+/// is an X.509 v1 certificate, which `openssl x509 -req` makes when given
+/// no v3 extensions; webpki's error for it is only reachable through its
+/// `Debug`.
+fn own_certificate(e: rustls::Error) -> anyhow::Error {
+    match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            anyhow::anyhow!("the node certificate does not match its key")
+        }
+        rustls::Error::InvalidCertificate(why) if format!("{why:?}").contains("CertVersion") => {
+            anyhow::anyhow!(
+                "the node certificate is X.509 v1 or v2, and TLS needs v3 \
+                 (give openssl x509 -req an -extfile of v3 extensions)"
+            )
+        }
+        other => anyhow::anyhow!("the node certificate cannot be used with its key: {other}"),
+    }
+}
+
+/// Largest certificate file read (`--tls-ca`, `--tls-cert`): a system's
+/// whole CA bundle is a fifth of it.
+const MAX_PEM_FILE: u64 = 1024 * 1024;
+
 /// Reads an existing PKI's files: CA certificates, our chain, our key (the
 /// key file must be readable by its owner only).
 fn load_pki(files: &PkiFiles) -> anyhow::Result<(Vec<CertificateDer<'static>>, Identity)> {
     let certs =
         |path: &std::path::Path, what: &str| -> anyhow::Result<Vec<CertificateDer<'static>>> {
-            let found = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            let pem = files::read(path, MAX_PEM_FILE).with_context(|| format!("--tls-{what}"))?;
+            let found = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
                 .with_context(|| {
                     format!(
                         "--tls-{what} {}: not readable PEM certificates",
@@ -475,6 +501,48 @@ fn default_provider() -> Arc<CryptoProvider> {
 mod tests {
     use super::*;
     use crate::security::key::KEY_LEN;
+
+    /// A self-signed X.509 v1 certificate (`openssl x509 -req -signkey`
+    /// with no extensions), of a key not kept.
+    const V1_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBFzCBvQIUSWPI03PgCh05oYVelKaX+LtXlAcwCgYIKoZIzj0EAwIwDTELMAkG
+A1UEAwwCdjEwIBcNMjYxMjA2MTgxMjQ5WhgPMjEyNjExMTIxODEyNDlaMA0xCzAJ
+BgNVBAMMAnYxMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEnIXXA4bJ9kWiyOVF
+bfXvvjOyHruBdOG4ok573M6WhD1gP5Y8DdrmryxCX6KpaUnhr8vgxEskq1HWG3hf
+y+WkJzAKBggqhkjOPQQDAgNJADBGAiEAt1KjDb+ZnAzbtuaCbMI/KEFIYbI9Zpvz
+Q672KjCUrYgCIQD5KJJLc04l8t9n8anXc/OfiBsoU+w8MlksyVBwHAGj7g==
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn a_node_certificate_that_cannot_serve_is_named_for_what_it_lacks() {
+        let key = || {
+            let pair = rcgen::KeyPair::generate().unwrap();
+            PrivateKeyDer::Pkcs8(pair.serialize_der().into())
+        };
+        let ca = ClusterCa::derive(&ClusterKey::from_bytes([1; KEY_LEN])).unwrap();
+        let roots = [ca.cert_der().clone()];
+        let v1 = CertificateDer::from_pem_slice(V1_CERT.as_bytes()).unwrap();
+        let identity = Identity {
+            chain: vec![v1],
+            key: key(),
+        };
+        let e = configs(&roots, identity, false).err().unwrap();
+        assert!(format!("{e:#}").contains("is X.509 v1 or v2"), "{e:#}");
+
+        // A certificate of another key.
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example".into()])
+            .unwrap()
+            .self_signed(&pair)
+            .unwrap();
+        let identity = Identity {
+            chain: vec![cert.der().clone()],
+            key: key(),
+        };
+        let e = configs(&roots, identity, false).err().unwrap();
+        assert!(format!("{e:#}").contains("does not match its key"), "{e:#}");
+    }
 
     #[test]
     fn one_key_one_ca_byte_for_byte() {
