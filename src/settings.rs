@@ -16,7 +16,7 @@ use crate::backends::balance::Policy;
 use crate::credentials::Credentials;
 pub use crate::security::tls::PkiFiles;
 use crate::security::ClusterKey;
-use crate::spec::{ConsumeSpec, ProvideSpec};
+use crate::spec::{BackendAddr, ConsumeSpec, Host, ProvideSpec};
 
 pub use crate::value::{
     AdminAddr, Count, Ip, NodeId, OrOff, Period, ValueError, Wait, MAX_DURATION,
@@ -285,6 +285,7 @@ impl Config {
     /// are unique, and the discovery settings fit this host.
     pub fn validate(&self) -> Result<(), SettingsError> {
         check_unique(&self.consumes, &self.provides)?;
+        check_loops(self.bind, &self.consumes, &self.provides)?;
         check_credentials(&self.consumes, &self.security.credentials)?;
         if !self.security.tls() {
             if let Some(p) = self.provides.iter().find(|p| p.tls_port.is_some()) {
@@ -350,8 +351,15 @@ impl ProxySettings {
             ("tcp_keepalive_interval", Some(self.tcp_keepalive_interval)),
         ];
         for (setting, d) in keepalive {
-            if let Some(d) = d.filter(|d| !KEEPALIVE_SECS.contains(&d.as_secs())) {
-                return bad(setting, secs(d), "use 1s to 32767s (the kernel's range)");
+            // The kernel takes whole seconds: 1500ms would be 1s unsaid.
+            let bad_secs =
+                |d: &Duration| !KEEPALIVE_SECS.contains(&d.as_secs()) || d.subsec_nanos() != 0;
+            if let Some(d) = d.filter(bad_secs) {
+                return bad(
+                    setting,
+                    secs(d),
+                    "use whole seconds from 1s to 32767s (the kernel's range)",
+                );
             }
         }
         if !(1..=MAX_KEEPALIVE_PROBES).contains(&self.tcp_keepalive_probes) {
@@ -368,6 +376,11 @@ impl ProxySettings {
                 secs(t),
                 "at most 24 days (the kernel's range)",
             );
+        }
+        // Taken in milliseconds, where 0 is the kernel's default (about 15
+        // minutes, as "off"): less than 1ms would turn it off unsaid.
+        if let Some(t) = self.tcp_user_timeout.filter(|t| t.as_millis() == 0) {
+            return bad("tcp_user_timeout", secs(t), "at least 1ms, or off");
         }
         Ok(())
     }
@@ -427,6 +440,9 @@ fn check_unique(consumes: &[ConsumeSpec], provides: &[ProvideSpec]) -> Result<()
         }
     }
     let mut names: HashMap<&str, &ProvideSpec> = HashMap::new();
+    // A terminator listens on every address of the host: no consume
+    // listener nor another terminator can share its port.
+    let mut tls_ports: HashMap<u16, &ProvideSpec> = HashMap::new();
     for p in provides {
         if let Some(prev) = names.insert(&p.name, p) {
             return Err(SettingsError::Conflict(format!(
@@ -434,8 +450,66 @@ fn check_unique(consumes: &[ConsumeSpec], provides: &[ProvideSpec]) -> Result<()
                 p.name
             )));
         }
+        let Some(port) = p.tls_port else { continue };
+        if let Some(c) = ports.get(&port) {
+            return Err(SettingsError::Conflict(format!(
+                "TLS port {port} of '{p}' is the listen port of '{c}'"
+            )));
+        }
+        if let Some(prev) = tls_ports.insert(port, p) {
+            return Err(SettingsError::Conflict(format!(
+                "TLS port {port} is given twice: '{prev}' and '{p}'"
+            )));
+        }
     }
     Ok(())
+}
+
+/// A node that forwards a service to itself takes a connection slot at
+/// each turn of the loop, until none is left for the applications: its
+/// own listener named as a static backend, or provided as the service it
+/// consumes from discovery (it would be among its own backends). Loops
+/// through other nodes are not seen here.
+fn check_loops(
+    bind: IpAddr,
+    consumes: &[ConsumeSpec],
+    provides: &[ProvideSpec],
+) -> Result<(), SettingsError> {
+    for c in consumes {
+        if let Some(b) = c.backends.iter().find(|b| is_listener(bind, c.port, b)) {
+            return Err(SettingsError::Conflict(format!(
+                "'{c}' forwards to its own listener ({b}): name the service's own port"
+            )));
+        }
+        let discovered = c.backends.is_empty();
+        if let Some(p) =
+            (provides.iter()).find(|p| discovered && p.name == c.name && p.port == c.port)
+        {
+            return Err(SettingsError::Conflict(format!(
+                "'{p}' provides the listener of '{c}', which forwards to the providers of '{}': \
+                 provide the port the service itself listens on",
+                c.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the plain backend `b` is the listener a consume binds on `bind`
+/// and `port`: that address, or loopback (`localhost`) while the listener
+/// is on loopback or on every address of its family.
+fn is_listener(bind: IpAddr, port: u16, b: &BackendAddr) -> bool {
+    let covers_loopback = bind.is_loopback() || bind.is_unspecified();
+    b.port == port
+        && !b.tls
+        && match &b.host {
+            Host::Ip(ip) => {
+                let ip = ip.to_canonical();
+                let family = ip.is_ipv4() == bind.is_ipv4() || bind == IpAddr::from([0u16; 8]);
+                ip == bind || (ip.is_loopback() && covers_loopback && family)
+            }
+            Host::Name(name) => name.eq_ignore_ascii_case("localhost") && covers_loopback,
+        }
 }
 
 /// Credentials are for a consumed service, one set per service: a name
@@ -556,6 +630,20 @@ mod tests {
                 },
                 "tcp_user_timeout",
             ),
+            (
+                ProxySettings {
+                    tcp_keepalive: Some(Duration::from_millis(1500)),
+                    ..d()
+                },
+                "tcp_keepalive '1s 500ms': use whole seconds",
+            ),
+            (
+                ProxySettings {
+                    tcp_user_timeout: Some(Duration::from_micros(500)),
+                    ..d()
+                },
+                "tcp_user_timeout '500us': at least 1ms, or off",
+            ),
         ];
         for (p, want) in cases {
             let e = p.validate().expect_err(want).to_string();
@@ -582,6 +670,32 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_elsewhere_or_a_static_service_provided_is_no_loop() {
+        for (bind, consume, provide) in [
+            // Another port, another address, or TLS to a terminator.
+            ("127.0.0.1", "r:6379=localhost:6380", "x:1"),
+            ("127.0.0.1", "r:6379=10.0.0.5:6379", "x:1"),
+            ("127.0.0.1", "r:6379=[::1]:6379", "x:1"),
+            ("10.0.0.5", "r:6379=127.0.0.1:6379", "x:1"),
+            ("127.0.0.1", "r:6379=tls://127.0.0.1:6379", "x:1"),
+            // A static forward offered to the mesh: a gateway, no loop.
+            ("0.0.0.0", "r:6379=10.0.0.5:6379", "r:6379"),
+            // Another service on the consume's port.
+            ("127.0.0.1", "r:6379", "s:6379"),
+        ] {
+            let mut c = config(&[consume], &[provide]);
+            c.bind = bind.parse().unwrap();
+            assert!(
+                check_loops(c.bind, &c.consumes, &c.provides).is_ok(),
+                "{bind} {consume} {provide}"
+            );
+        }
+        let mut c = config(&["r:6379=[::1]:6379"], &[]);
+        c.bind = "::".parse().unwrap();
+        assert!(check_loops(c.bind, &c.consumes, &c.provides).is_err());
+    }
+
+    #[test]
     fn defaults_validate() {
         config(&["a:1=h:1", "b:2"], &["a:1", "b:1"])
             .validate()
@@ -594,6 +708,26 @@ mod tests {
     #[test]
     fn what_cannot_run_is_named() {
         let cases: &[(Config, &str)] = &[
+            (
+                config(&["r:6379=localhost:6379"], &[]),
+                "'r:6379=localhost:6379' forwards to its own listener (localhost:6379)",
+            ),
+            (
+                config(&["r:6379=127.0.0.2:6379"], &[]),
+                "forwards to its own listener (127.0.0.2:6379)",
+            ),
+            (
+                config(&["redis:6379"], &["redis:6379"]),
+                "'redis:6379' provides the listener of 'redis:6379'",
+            ),
+            (
+                config(&["a:7000=h:1"], &["r:1@7000"]),
+                "TLS port 7000 of 'r:1@7000' is the listen port of 'a:7000=h:1'",
+            ),
+            (
+                config(&[], &["r:1@5", "s:2@5"]),
+                "TLS port 5 is given twice: 'r:1@5' and 's:2@5'",
+            ),
             (
                 config(&["a:6379=h:1", "b:6379=h:2"], &[]),
                 "duplicate listen port 6379: 'a:6379=h:1' and 'b:6379=h:2'",

@@ -219,10 +219,16 @@ fn split_weight(s: &str) -> Result<(&str, u32), SpecError> {
 /// `[tls://]HOST:PORT[*WEIGHT]`, with IPv6 literals in brackets; `tcp://`
 /// may be written for a plain backend.
 pub fn parse_backend(s: &str) -> Result<BackendAddr, SpecError> {
-    let (tls, rest) = match (s.strip_prefix("tls://"), s.strip_prefix("tcp://")) {
-        (Some(rest), _) => (true, rest),
-        (None, Some(rest)) => (false, rest),
-        (None, None) => (false, s),
+    let (tls, rest) = match s.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("tls") => (true, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("tcp") => (false, rest),
+        Some((scheme, _)) => {
+            return err(format!(
+                "invalid backend '{s}': no scheme '{scheme}://' (tls:// for another \
+                 ambassador's TLS terminator, or none)"
+            ))
+        }
+        None => (false, s),
     };
     let (hostport, weight) = split_weight(rest)?;
     let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
@@ -309,7 +315,8 @@ pub fn parse_provide(s: &str) -> Result<ProvideSpec, SpecError> {
     }
     let (s, tls_port) = match s.rsplit_once('@') {
         Some((head, p)) => {
-            let p = parse_port(p).map_err(|e| SpecError(format!("TLS {e} in '{s}'")))?;
+            let p =
+                parse_port(p).map_err(|e| SpecError(format!("invalid TLS port in '{s}': {e}")))?;
             (head, Some(p))
         }
         None => (s, None),
@@ -479,6 +486,7 @@ mod tests {
             ("redis:6379=a:1*x", "invalid weight 'x'"),
             ("redis:6379=a:1,,b:2", "expected HOST:PORT"),
             ("redis:6379=a:1,a:1", "listed twice"),
+            ("redis:6379=http://a:1", "no scheme 'http://'"),
         ];
         for (input, want) in cases {
             let e = parse_consume(input).expect_err(input).to_string();
@@ -508,8 +516,15 @@ mod tests {
             ("redis", "not NAME:PORT"),
             ("redis:6379=a:1", "takes no backends"),
             ("red is:1", "invalid service name"),
-            ("redis:6379@0", "TLS port 0"),
-            ("redis:6379@x", "TLS invalid port"),
+            ("redis:6379@0", "invalid TLS port in 'redis:6379@0': port 0"),
+            (
+                "redis:6379@x",
+                "invalid TLS port in 'redis:6379@x': invalid port 'x'",
+            ),
+            (
+                "redis:6379@",
+                "invalid TLS port in 'redis:6379@': the port is missing",
+            ),
         ] {
             let e = parse_provide(input).expect_err(input).to_string();
             assert!(e.contains(want), "{input:?}: got {e:?}");

@@ -564,7 +564,7 @@ async fn a_refusal_neither_proves_nor_ejects_nor_restores() {
 /// Starts the binary to fail: exit status 2 and one line of stderr.
 fn refused(args: &[&str]) -> String {
     let out = Command::new(BIN)
-        .args(["--consume", "redis:6379=127.0.0.1:6379"])
+        .args(["--consume", "redis:6380=127.0.0.1:6379"])
         .args(args)
         .env_remove("RUST_LOG")
         .output()

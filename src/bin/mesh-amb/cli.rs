@@ -229,7 +229,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     pub advertise_addr: Vec<Ip>,
 
-    /// This node's id in instance and host names (letters, digits, '-').
+    /// This node's id in instance and host names (1-16 letters, digits and
+    /// '-').
     /// Default: random per start.
     #[arg(long, value_name = "ID", env = "MESH_AMB_NODE_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -25,6 +25,7 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args as _};
 use toml::{Spanned, Table, Value};
 
+use mesh_amb::files;
 use mesh_amb::security::ClusterKey;
 use mesh_amb::settings::{
     Config, DiscoverySettings, NodeId, PkiFiles, ProxySettings, SecuritySettings, SettingsError,
@@ -235,10 +236,16 @@ struct File {
     entries: BTreeMap<String, Spanned<Value>>,
 }
 
+/// Largest config file read: a few hundred bytes make a node, and more
+/// than this is some other file named by mistake.
+const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
 impl File {
     fn load(path: &Path) -> Result<File, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| bad(format!("cannot read config file {}: {e}", path.display())))?;
+        let bytes =
+            files::read(path, MAX_CONFIG_FILE).map_err(|e| bad(format!("config file: {e}")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| bad(format!("config file {}: not UTF-8 text", path.display())))?;
         let entries = toml::from_str(&text).map_err(|e| {
             // toml's message spans several lines (a source excerpt); keep
             // the first, and add the location.
@@ -384,11 +391,33 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
     if let Some(pki) = &config.security.pki {
         pki.check().map_err(|e| bad(format!("{e:#}")))?;
     }
+    let admin = admin.map(|a| a.0);
+    if let Some(a) = admin {
+        if let Some(taken) = admin_port_taken(&config, a) {
+            return Err(bad(format!("--admin {a}: the port of {taken}")));
+        }
+    }
     Ok(Resolved {
         config,
         log_format,
-        admin: admin.map(|a| a.0),
+        admin,
     })
+}
+
+/// The listener of `config` that the admin endpoint at `admin` would
+/// collide with, found before anything is bound (`--check` would pass it
+/// otherwise): a consume on an overlapping address, or a TLS terminator,
+/// which listens on every address.
+fn admin_port_taken(config: &Config, admin: SocketAddr) -> Option<String> {
+    let overlaps =
+        |ip: IpAddr| ip == admin.ip() || ip.is_unspecified() || admin.ip().is_unspecified();
+    let consume = (config.consumes.iter())
+        .find(|c| c.port == admin.port() && overlaps(config.bind))
+        .map(|c| format!("--consume {c}"));
+    let terminator = (config.provides.iter())
+        .find(|p| p.tls_port == Some(admin.port()))
+        .map(|p| format!("the TLS terminator of --provide {p}"));
+    consume.or(terminator)
 }
 
 #[cfg(test)]
@@ -638,7 +667,7 @@ mod tests {
             (
                 &["--config", "/nonexistent/mesh.toml"],
                 &[],
-                "cannot read config file /nonexistent/mesh.toml",
+                "config file: cannot read /nonexistent/mesh.toml",
             ),
             (
                 &[],
@@ -678,6 +707,16 @@ mod tests {
                 &["--from-env", "--consume", "x:6379=h:1"],
                 &[("REDIS_PORT_6379_TCP", "tcp://10.0.0.5:6379")],
                 "duplicate listen port 6379",
+            ),
+            (
+                &["--consume", "redis:6379", "--admin", "6379"],
+                &[],
+                "--admin 127.0.0.1:6379: the port of --consume redis:6379",
+            ),
+            (
+                &["--consume", "redis:6379", "--admin", "0.0.0.0:6379"],
+                &[],
+                "the port of --consume redis:6379",
             ),
         ];
         for (argv, env, want) in cases {
