@@ -175,6 +175,62 @@ fn keygen_writes_a_private_key_once() {
     assert_ne!(std::fs::read(&other).unwrap(), first);
 }
 
+/// A pipe whose reader is gone before the writer starts: the first write
+/// fails with EPIPE (`mesh-amb ... | true`), however quick the writer.
+fn closed_pipe() -> Stdio {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2(2) fills `fds` with two new descriptors, owned below.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both are open and owned by nothing else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    Stdio::from(write)
+}
+
+/// A stdout on which every write fails with ENOSPC (`> /dev/full`).
+fn dev_full() -> Stdio {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+    Stdio::from(full.expect("open /dev/full"))
+}
+
+#[test]
+fn a_stdout_that_cannot_be_written_is_an_error_not_a_panic() {
+    // What the user asked to see was not shown: they must learn it from
+    // the exit code and one line, not from a backtrace (exit 101).
+    let dir = TempDir::new();
+    let sinks = [
+        ("closed pipe", closed_pipe as fn() -> Stdio),
+        ("/dev/full", dev_full),
+    ];
+    for (i, (sink, stdout)) in sinks.into_iter().enumerate() {
+        let key = dir.path(&format!("{i}.key")).to_str().unwrap().to_owned();
+        let commands: [&[&str]; 4] = [
+            &["--check", "--consume", "redis:6379"],
+            &["keygen", &key],
+            &["completions", "bash"],
+            &["man"],
+        ];
+        for args in commands {
+            let out = Command::new(BIN)
+                .args(args)
+                .env_remove("RUST_LOG")
+                .stdout(stdout())
+                .output()
+                .expect("run mesh-amb");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?} > {sink}: {stderr}");
+            assert!(
+                stderr.starts_with("error: cannot write to stdout"),
+                "{args:?} > {sink}: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{args:?} > {sink}: {stderr}");
+        }
+        // The key itself was written before its message failed.
+        assert!(std::fs::metadata(&key).is_ok(), "{sink}: no {key}");
+    }
+}
+
 #[test]
 fn unsafe_or_incomplete_security_settings_exit_2() {
     use std::os::unix::fs::PermissionsExt;
@@ -453,6 +509,71 @@ fn the_demo_keeps_running_until_sigint() {
     assert_eq!(status.code(), Some(0), "{out}");
     assert!(out.contains("1500 client connections, 0 failed."), "{out}");
     take_demo_log(&out);
+}
+
+#[test]
+fn the_demo_ends_with_an_error_when_its_reader_leaves() {
+    // `mesh-amb demo | head`: the reader leaves while the nodes run.
+    let mut demo = Command::new(BIN)
+        .arg("demo")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mesh-amb demo");
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    // Reads up to the consumer's line, when every node is up, and closes
+    // the pipe by returning.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let consumer = line.starts_with("  consumer ");
+            if tx.send(line).is_err() || consumer {
+                break;
+            }
+        }
+    });
+    let end = Instant::now() + DEMO_DEADLINE;
+    let mut seen = String::new();
+    while !seen.contains("  consumer ") {
+        let left = end.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push_str(&(line + "\n")),
+            Err(e) => {
+                // SAFETY: a plain kill(2) on our own child's pid, not reaped.
+                unsafe { libc::kill(demo.id() as libc::pid_t, libc::SIGKILL) };
+                let out = demo.wait_with_output().expect("wait for mesh-amb demo");
+                panic!("{e} before the consumer's line:\n{seen}\n{out:?}");
+            }
+        }
+    }
+    let out = output_within(demo, DEMO_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{seen}\n{stderr}");
+    assert!(stderr.contains("error: cannot write to stdout"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The log file is named where the user still reads.
+    take_demo_log(&stderr);
+}
+
+/// `child`'s output once it exits, which must be within `limit`: if not,
+/// it is SIGKILLed by PID (its waiter has not reaped it) and the test
+/// fails.
+fn output_within(child: Child, limit: Duration) -> Output {
+    let pid = child.id();
+    let (tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match done.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for mesh-amb"),
+        Err(_) => {
+            // SAFETY: a plain kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            let out = done.recv().unwrap().expect("wait for mesh-amb");
+            panic!("still running after {limit:?}, killed: {out:?}");
+        }
+    }
 }
 
 /// The binary serving until the test ends; SIGKILLed by PID if still alive.
@@ -832,4 +953,59 @@ fn a_node_whose_stderr_is_gone_still_stops_on_sigint() {
         assert!(Instant::now() < end, "still running after SIGINT");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A fake admin endpoint on an ephemeral port of 127.0.0.1: `answer`
+/// serves each connection, in a thread of its own.
+fn fake_admin(answer: fn(std::net::TcpStream)) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || answer(conn));
+        }
+    });
+    port
+}
+
+/// `mesh-amb status` against `port`: it must give up, in time, saying why.
+fn status_times_out(port: u16) {
+    let status = Command::new(BIN)
+        .args(["status", "--admin", &format!("127.0.0.1:{port}")])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mesh-amb status");
+    // The 5 s of the request, and room for a loaded machine.
+    let out = output_within(status, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not answer within 5s"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn status_gives_up_on_a_node_that_trickles_its_answer() {
+    // A header line every 300 ms: each read is well within the timeout,
+    // and only a deadline for the whole request ends it.
+    status_times_out(fake_admin(|mut conn| {
+        use std::io::Write as _;
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n");
+        for n in 0.. {
+            std::thread::sleep(Duration::from_millis(300));
+            if write!(conn, "X-Slow: {n}\r\n").is_err() {
+                return;
+            }
+        }
+    }));
+}
+
+#[test]
+fn status_gives_up_on_a_node_that_never_answers() {
+    // Reads the request and then the silence, until the client leaves: a
+    // read timeout, which the OS calls "Resource temporarily unavailable".
+    status_times_out(fake_admin(|mut conn| {
+        let _ = std::io::copy(&mut conn, &mut std::io::sink());
+    }));
 }

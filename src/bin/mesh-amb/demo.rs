@@ -21,7 +21,7 @@
 //! until SIGINT or SIGTERM, and the demo says how to reach them.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,19 @@ use mesh_amb::status::{Document, Observer};
 use mesh_amb::{Node, NodeHandle};
 
 use crate::cli::DemoArgs;
+
+/// `println!` for the story, an error instead of a panic when stdout is
+/// gone (`mesh-amb demo | head -2`): the `?` after it ends the story, and
+/// the nodes with it (their tasks end with the runtime; the namespace,
+/// this process's own, with the process).
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        let mut out = io::stdout().lock();
+        writeln!(out, $($arg)*)
+            .and_then(|()| out.flush())
+            .context("cannot write to stdout")
+    }};
+}
 
 /// Clients per phase: enough for the spread to be visible.
 const CLIENTS: usize = 300;
@@ -211,8 +224,12 @@ pub async fn run(
             .context("the stats page task")?
             .context("the stats page failed")?;
     }
-    println!("\nThe nodes' own log lines: {}", log.display());
-    result
+    let named = tell!("\nThe nodes' own log lines: {}", log.display());
+    if named.is_err() {
+        // Where the error goes: stdout is gone, and the file stays.
+        let _ = writeln!(io::stderr(), "The nodes' own log lines: {}", log.display());
+    }
+    result.and(named)
 }
 
 /// The demo nodes the stats page shows: those running now.
@@ -250,24 +267,24 @@ async fn story(
     shown: &Shown,
     page: Option<&str>,
 ) -> anyhow::Result<()> {
-    println!("mesh-amb demo: three providers advertise a 'redis' service over mDNS,");
-    println!("a consumer discovers them and stands in for the service.\n");
+    tell!("mesh-amb demo: three providers advertise a 'redis' service over mDNS,")?;
+    tell!("a consumer discovers them and stands in for the service.\n")?;
     let key = Arc::new(ClusterKey::generate());
     match isolation {
         Isolation::Private { .. } => {
-            println!("  network        a private network namespace: nothing leaves this process")
+            tell!("  network        a private network namespace: nothing leaves this process")?
         }
         Isolation::Loopback(e) => {
-            println!("  network        mDNS on loopback only (no private namespace: {e})")
+            tell!("  network        mDNS on loopback only (no private namespace: {e})")?
         }
     }
-    println!(
+    tell!(
         "  cluster key    made for this run (fingerprint {}), held by the four nodes:\n                 \
          signed advertisements, mutual TLS between ambassadors",
         key.fingerprint()
-    );
+    )?;
     if let Some(url) = page {
-        println!("  stats page     {url}   every node, live (from this machine's browser)");
+        tell!("  stats page     {url}   every node, live (from this machine's browser)")?;
     }
 
     let mut backends = Vec::new();
@@ -280,11 +297,11 @@ async fn story(
             weight: 1,
             tls_port: None,
         };
-        println!(
+        tell!(
             "  backend {i}      {}   a built-in server that answers PING, advertised\n                 \
              by provider node demo-p{i} as redis@demo-p{i}",
             b.addr
-        );
+        )?;
         let provider = Node::start(
             config(&format!("demo-p{i}"), vec![], vec![provide], Some(&key)),
             vec![],
@@ -306,19 +323,19 @@ async fn story(
     )?;
     shown.add(&consumer);
     let svc = consumer.services()[0].clone();
-    println!("  consumer       {front}   what the app dials instead of localhost:6379\n");
+    tell!("  consumer       {front}   what the app dials instead of localhost:6379\n")?;
 
     let started = Instant::now();
     wait_table(&svc, "all three backends to be discovered", |n, _| n == 3).await?;
-    println!(
+    tell!(
         "1. The consumer discovered the three providers in {} ms, with no registry.",
         started.elapsed().as_millis()
-    );
+    )?;
     let mut failures = phase(front, CLIENTS, Expect::Served).await?;
-    println!("   {CLIENTS} clients connected and sent PING, each over mutual TLS to a provider:");
-    report(&svc);
+    tell!("   {CLIENTS} clients connected and sent PING, each over mutual TLS to a provider:")?;
+    report(&svc)?;
 
-    println!("\n   A stranger without the key advertises 'redis' too.");
+    tell!("\n   A stranger without the key advertises 'redis' too.")?;
     let stranger = MiniRedis::start(None).await?;
     let stranger_ad = stranger_node(Some(&stranger), None)?;
     shown.add(&stranger_ad);
@@ -328,11 +345,11 @@ async fn story(
     .await?;
     failures += phase(front, CLIENTS, Expect::Served).await?;
     let fooled = stranger.answered.load(Ordering::Relaxed);
-    println!("   {CLIENTS} more clients through the consumer: {fooled} reached the stranger.");
+    tell!("   {CLIENTS} more clients through the consumer: {fooled} reached the stranger.")?;
     shown.remove(&stranger_ad);
     stop(stranger_ad).await?;
     stranger.stop();
-    println!("   An intruder without the key stands in for 'redis' on a port of its own.");
+    tell!("   An intruder without the key stands in for 'redis' on a port of its own.")?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let intruder_front = listener.local_addr()?;
     let intruder = stranger_node(None, Some(listener))?;
@@ -343,63 +360,61 @@ async fn story(
     .await?;
     let intruders = CLIENTS / 10;
     let turned_away = phase(intruder_front, intruders, Expect::TurnedAway).await?;
-    println!("   It saw the three providers but cannot use them: {turned_away} of its {intruders} clients turned away.");
+    tell!("   It saw the three providers but cannot use them: {turned_away} of its {intruders} clients turned away.")?;
     shown.remove(&intruder);
     stop(intruder).await?;
     if fooled > 0 || turned_away < intruders {
         bail!("the cluster key did not keep the stranger out");
     }
 
-    println!("\n2. Backend 3's server crashes. Clients keep coming.");
+    tell!("\n2. Backend 3's server crashes. Clients keep coming.")?;
     backends.pop().expect("three backends").stop();
     let crashed = Instant::now();
     failures += phase(front, CLIENTS, Expect::Served).await?;
     wait_table(&svc, "backend 3 to be withdrawn", |n, _| n == 2).await?;
-    println!(
+    tell!(
         "   Its terminator found the service gone and failed the consumer's next connect:\n   \
          the consumer ejected it and retried elsewhere, before any byte was sent.\n   \
          Its provider's health check withdrew the advertisement; it left the\n   \
          consumer's table {} ms after the crash.",
         crashed.elapsed().as_millis()
-    );
-    report(&svc);
+    )?;
+    report(&svc)?;
 
-    println!("\n3. Backend 3 comes back on the same port; its provider advertises it again.");
+    tell!("\n3. Backend 3 comes back on the same port; its provider advertises it again.")?;
     let back = MiniRedis::start(Some(provided_addr(&providers[2]))).await?;
     backends.push(back);
     let restarted = Instant::now();
     wait_table(&svc, "backend 3 to return", |n, _| n == 3).await?;
-    println!(
+    tell!(
         "   It was back in the table after {} ms.",
         restarted.elapsed().as_millis()
-    );
+    )?;
     failures += phase(front, CLIENTS, Expect::Served).await?;
-    println!("   {CLIENTS} more clients:");
-    report(&svc);
+    tell!("   {CLIENTS} more clients:")?;
+    report(&svc)?;
 
-    println!("\n4. Provider 1 leaves gracefully: it advertises 'draining', waits, says goodbye.");
+    tell!("\n4. Provider 1 leaves gracefully: it advertises 'draining', waits, says goodbye.")?;
     let leaving = providers.remove(0);
     let leaving_id = leaving.config().discovery.node_id.clone();
     leaving.shutdown().begin();
     let left = tokio::spawn(leaving.join());
     wait_table(&svc, "provider 1 to drain", |_, draining| draining == 1).await?;
-    println!("   The consumer saw it draining and sends new clients elsewhere.");
+    tell!("   The consumer saw it draining and sends new clients elsewhere.")?;
     failures += phase(front, CLIENTS, Expect::Served).await?;
     left.await.context("leaving node")??;
     shown.remove_id(&leaving_id);
     wait_table(&svc, "provider 1 to leave", |n, _| n == 2).await?;
-    println!("   After its goodbye it left the table. {CLIENTS} more clients meanwhile:");
-    report(&svc);
+    tell!("   After its goodbye it left the table. {CLIENTS} more clients meanwhile:")?;
+    report(&svc)?;
 
     if args.keep {
         keep_running(isolation, front, &backends, log, page).await?;
-        println!("   The consumer's table now:");
-        report(&svc);
+        tell!("   The consumer's table now:")?;
+        report(&svc)?;
     }
 
-    println!(
-        "\n5. Shutdown: every node stops accepting, drains, and withdraws what it advertised."
-    );
+    tell!("\n5. Shutdown: every node stops accepting, drains, and withdraws what it advertised.")?;
     consumer.shutdown().begin();
     consumer.join().await?;
     for p in &providers {
@@ -413,19 +428,19 @@ async fn story(
     }
 
     let total = CLIENTS * 5;
-    println!("\n{total} client connections, {failures} failed.");
+    tell!("\n{total} client connections, {failures} failed.")?;
     if failures > 0 {
         bail!("{failures} client connections failed");
     }
-    println!(
+    tell!(
         "Every hop between ambassadors was mutual TLS under the cluster key {}; the\n\
          stranger got no client and the intruder no backend.",
         key.fingerprint()
-    );
-    println!("\nNext: `mesh-amb keygen cluster.key`, copy the file to two hosts, then");
-    println!("`mesh-amb --cluster-key cluster.key --provide redis:6379` on one and");
-    println!("`mesh-amb --cluster-key cluster.key --consume redis:6379` on the other:");
-    println!("`redis-cli ping` on the second reaches Redis on the first.");
+    )?;
+    tell!("\nNext: `mesh-amb keygen cluster.key`, copy the file to two hosts, then")?;
+    tell!("`mesh-amb --cluster-key cluster.key --provide redis:6379` on one and")?;
+    tell!("`mesh-amb --cluster-key cluster.key --consume redis:6379` on the other:")?;
+    tell!("`redis-cli ping` on the second reaches Redis on the first.")?;
     Ok(())
 }
 
@@ -454,27 +469,27 @@ async fn keep_running(
         ),
         Isolation::Loopback(_) => (String::new(), ""),
     };
-    println!("\nKeeping everything running until Ctrl-C (SIGINT or SIGTERM). From another terminal{who}:");
-    println!(
+    tell!("\nKeeping everything running until Ctrl-C (SIGINT or SIGTERM). From another terminal{who}:")?;
+    tell!(
         "   {enter}redis-cli -p {} ping\n      the consumer: PONG from one of the providers' backends",
         front.port()
-    );
+    )?;
     // Backend 2: its provider is still up (provider 1 left in step 4).
     if let Some(b) = backends.get(1) {
-        println!(
+        tell!(
             "   {enter}redis-cli -p {} ping\n      backend 2 directly, as provider demo-p2 checks it",
             b.addr.port()
-        );
+        )?;
     }
-    println!("   tail -f {}\n      what the nodes log", log.display());
+    tell!("   tail -f {}\n      what the nodes log", log.display())?;
     if let Some(url) = page {
-        println!("   a browser on {url}\n      the stats page: every node's tables, live");
+        tell!("   a browser on {url}\n      the stats page: every node's tables, live")?;
     }
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
     }
-    println!();
+    tell!()?;
     Ok(())
 }
 
@@ -548,7 +563,7 @@ async fn wait_table(
     .await
 }
 
-fn report(svc: &Service) {
+fn report(svc: &Service) -> anyhow::Result<()> {
     let snap = svc.table.snapshot();
     let mut rows: Vec<_> = snap.backends.iter().collect();
     rows.sort_by(|a, b| a.spec.key.cmp(&b.spec.key));
@@ -562,12 +577,13 @@ fn report(svc: &Service) {
             }
         };
         let instance = b.spec.key.split('.').next().unwrap_or(&b.spec.key);
-        println!(
+        tell!(
             "   {instance:<14} {:4} connections, {} failed connects, {state}",
             s.total.load(Ordering::Relaxed),
             s.failures.load(Ordering::Relaxed),
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// What a phase's clients should see; failures that were not expected are
@@ -594,7 +610,8 @@ async fn phase(front: SocketAddr, n: usize, expect: Expect) -> anyhow::Result<us
             Some(Ok(Ok(Err(e)))) => {
                 failures += 1;
                 if expect == Expect::Served {
-                    eprintln!("   client failed: {e:#}");
+                    // Stderr gone too (`2>&-`) is no reason to stop.
+                    let _ = writeln!(io::stderr(), "   client failed: {e:#}");
                 }
             }
             Some(Ok(Err(_))) => bail!("clients did not finish within {PHASE_DEADLINE:?}"),

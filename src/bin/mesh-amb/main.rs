@@ -125,13 +125,15 @@ fn main() -> ExitCode {
                 );
             }
             if cli.check {
-                println!("configuration ok ({source}); it would run:");
-                print!("{}", check::summary(&config));
+                let mut out = format!("configuration ok ({source}); it would run:\n");
+                out.push_str(&check::summary(&config));
                 if let Some(addr) = admin {
-                    println!("admin: the stats page at http://{addr}/, /metrics, /api/v1/status");
+                    out.push_str(&format!(
+                        "admin: the stats page at http://{addr}/, /metrics, /api/v1/status\n"
+                    ));
                 }
-                println!("nothing was bound or advertised (--check)");
-                return ExitCode::SUCCESS;
+                out.push_str("nothing was bound or advertised (--check)\n");
+                return print_out(out.as_bytes());
             }
             init_logs(format, "info");
             protect_secrets(&config);
@@ -169,15 +171,17 @@ fn protect_secrets(config: &Config) {
 fn keygen(file: &std::path::Path) -> ExitCode {
     let key = mesh_amb::security::ClusterKey::generate();
     match mesh_amb::secret::write_new_secret_file(file, key.to_file_text().as_bytes()) {
-        Ok(()) => {
-            println!(
+        // The key is written: a closed stdout is still an error, as the
+        // user did not learn its fingerprint.
+        Ok(()) => print_out(
+            format!(
                 "wrote a new cluster key to {} (fingerprint {}); copy this file to every node \
-                 of the cluster and start each with --cluster-key {0}",
+                 of the cluster and start each with --cluster-key {0}\n",
                 file.display(),
                 key.fingerprint()
-            );
-            ExitCode::SUCCESS
-        }
+            )
+            .as_bytes(),
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => usage_error(&format!(
             "{} exists; keygen never replaces a key (remove it first if you mean to)",
             file.display()

@@ -5,9 +5,9 @@
 //! The document is read as plain JSON rather than into the library's
 //! types: a newer node may add fields, and this side shows what it knows.
 
-use std::io::{Read as _, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
@@ -32,7 +32,9 @@ pub struct StatusArgs {
     json: bool,
 }
 
-/// Bound on each step of the request: the node answers from memory.
+/// Bound on the whole request, from connect to the answer's last byte: the
+/// node answers from memory. A bound per read alone would let a peer that
+/// trickles its answer hold `status` forever.
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the answer: a node with thousands of backends stays far below.
 const MAX_ANSWER: u64 = 64 << 20;
@@ -60,10 +62,12 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         )));
     }
     let out = if args.json { body } else { render(&doc) };
-    std::io::stdout()
-        .lock()
+    let mut stdout = io::stdout().lock();
+    stdout
         .write_all(out.as_bytes())
-        .map_err(|e| Failure::Runtime(e.into()))
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")
+        .map_err(Failure::Runtime)
 }
 
 /// One HTTP/1.1 GET to our own admin endpoint; the body of a 200 answer.
@@ -76,15 +80,21 @@ fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         ip => ip,
     };
     let addr = SocketAddr::new(ip, addr.port());
-    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
-    write!(
-        s,
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.take(MAX_ANSWER).read_to_end(&mut raw)?;
+    );
+    let raw = exchange(addr, request.as_bytes(), Instant::now() + TIMEOUT).map_err(|e| {
+        // A read timeout is EAGAIN on Linux ("Resource temporarily
+        // unavailable"), which says nothing to the user.
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            anyhow::anyhow!("the admin endpoint did not answer within {TIMEOUT:?}")
+        } else {
+            e.into()
+        }
+    })?;
     let text = String::from_utf8(raw).context("the answer is not UTF-8")?;
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         bail!("the answer has no HTTP header");
@@ -100,6 +110,33 @@ fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         return unchunk(body);
     }
     Ok(body.to_owned())
+}
+
+/// Sends `request` and reads the answer up to the peer's close (at most
+/// [`MAX_ANSWER`] bytes), all before `deadline`: each step is bounded by
+/// what is left of it, so a timeout error ends the exchange in time.
+fn exchange(addr: SocketAddr, request: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(io::Error::from(io::ErrorKind::TimedOut))
+    };
+    let s = TcpStream::connect_timeout(&addr, left()?)?;
+    s.set_write_timeout(Some(left()?))?;
+    (&s).write_all(request)?;
+    let mut answer = (&s).take(MAX_ANSWER);
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        s.set_read_timeout(Some(left()?))?;
+        match answer.read(&mut chunk) {
+            Ok(0) => return Ok(raw),
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The body of a chunked transfer encoding.
