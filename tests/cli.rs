@@ -155,6 +155,77 @@ fn check_warns_of_plain_static_backends_off_this_host_with_tls_on() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
 }
 
+/// A FIFO or a device named as a file is refused at once: opening a FIFO
+/// waited for a writer (the start hung, and a reload with the admin
+/// endpoint behind it), and /dev/zero was read until memory ran out.
+#[test]
+fn a_fifo_or_a_device_named_as_a_file_is_refused_at_once() {
+    let dir = TempDir::new();
+    let fifo = dir.path("fifo").to_str().unwrap().to_owned();
+    let made = Command::new("mkfifo").args(["-m", "600", &fifo]).status();
+    assert!(made.unwrap().success());
+    let credentials = format!("r=redis:{fifo}");
+    let cases: &[&[&str]] = &[
+        &["--config", &fifo],
+        &["--consume", "r:1=h:1", "--credentials", &credentials],
+        &["--consume", "r:1=h:1", "--cluster-key", &fifo],
+        &["--config", "/dev/zero"],
+        &[
+            "--consume",
+            "r:1=h:1",
+            "--tls-cert",
+            "/dev/zero",
+            "--tls-key",
+            &fifo,
+            "--tls-ca",
+            "/dev/zero",
+        ],
+    ];
+    for args in cases {
+        let child = Command::new(BIN)
+            .arg("--check")
+            .args(*args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = output_within(child, DEADLINE);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is not a regular file"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+/// Two listeners of a node on one port fail its start: `--check` says so
+/// first, for the admin endpoint as for a TLS terminator.
+#[test]
+fn check_refuses_an_admin_port_a_terminator_listens_on() {
+    let dir = TempDir::new();
+    let key = dir.path("cluster.key").to_str().unwrap().to_owned();
+    assert_eq!(run(&["keygen", &key], &[]).status.code(), Some(0));
+    let args = [
+        "--check",
+        "--cluster-key",
+        &key,
+        "--provide",
+        "r:1@7000",
+        "--admin",
+        "7000",
+    ];
+    let out = run(&args, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--admin 127.0.0.1:7000: the port of the TLS terminator of --provide r:1@7000"
+        ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn keygen_writes_a_private_key_once() {
     use std::os::unix::fs::MetadataExt;
