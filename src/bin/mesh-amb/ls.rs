@@ -24,6 +24,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
 
@@ -98,7 +99,8 @@ pub fn run(args: LsArgs) -> Result<(), Failure> {
     stdout
         .write_all(out.as_bytes())
         .and_then(|()| stdout.flush())
-        .map_err(|e| Failure::Runtime(e.into()))?;
+        .context("cannot write to stdout")
+        .map_err(Failure::Runtime)?;
     if listing.left_out > 0 {
         eprintln!(
             "warning: kept the first {MAX_LISTED} instances; {} more announcements were left \
