@@ -1,12 +1,13 @@
 //! The files a user names: the config file, certificates, secret files.
-//! Each must be a regular file of a bounded size. A FIFO named by mistake
-//! would otherwise block the start, or a reload with the node's admin
-//! endpoint behind it, on its open until something writes to it; a device
-//! or a log would fill memory.
+//! Each must be a regular file or a pipe, read to a bounded size. A FIFO
+//! with no writer would otherwise block the start, or a reload with the
+//! node's admin endpoint behind it, on its open; a device or a log named
+//! by mistake would fill memory. A pipe is read, to its writers' end: that
+//! is how `--config <(envsubst < mesh.toml.in)` and `/dev/stdin` come.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Why a named file cannot be read. Names the file, never its content.
@@ -14,28 +15,35 @@ use std::path::{Path, PathBuf};
 pub enum FileError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("{path} is not a regular file")]
+    #[error("{path} is not a regular file (nor a pipe)")]
     NotAFile { path: PathBuf },
     #[error("{path} is larger than {max} bytes: not a file of ours")]
     TooLarge { path: PathBuf, max: u64 },
 }
 
-/// `path` opened for reading, a regular file of at most `max` bytes,
-/// checked on the open file (a swap between a check of the path and the
-/// open cannot slip another file in), with its metadata.
+/// `path` opened for reading, a regular file of at most `max` bytes or a
+/// pipe, checked on the open file (a swap between a check of the path and
+/// the open cannot slip another file in), with its metadata.
 pub fn open(path: &Path, max: u64) -> Result<(File, Metadata), FileError> {
     let read_err = |source| FileError::Read {
         path: path.to_owned(),
         source,
     };
-    // Non-blocking, so that opening a FIFO returns at once, to be refused
-    // below; it changes nothing for a regular file's reads.
+    // Non-blocking, so that opening a FIFO with no writer returns at once;
+    // it changes nothing for a regular file's reads.
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(read_err)?;
     let meta = file.metadata().map_err(read_err)?;
+    if meta.file_type().is_fifo() {
+        // Read blocking now, to the end its writers make. One with no
+        // writer reads as empty at once, where the open would have waited.
+        rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
+            .map_err(|e| read_err(e.into()))?;
+        return Ok((file, meta));
+    }
     if !meta.is_file() {
         return Err(FileError::NotAFile {
             path: path.to_owned(),
@@ -81,9 +89,26 @@ pub fn read(path: &Path, max: u64) -> Result<Vec<u8>, FileError> {
 mod tests {
     use super::*;
     use crate::secret::test_files::TempDir;
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
 
     #[test]
-    fn a_fifo_is_refused_at_once_not_waited_on() {
+    fn a_pipe_is_read_to_its_end_and_a_fifo_with_no_writer_is_empty_at_once() {
+        // What `<(command)` gives: a pipe whose writer holds it open.
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let path = PathBuf::from(format!("/dev/fd/{}", reader.as_raw_fd()));
+        let writing = std::thread::spawn(move || {
+            writer.write_all(b"a = 1\n").unwrap();
+            writer.write_all(b"b = 2\n").unwrap();
+        });
+        assert_eq!(read(&path, 100).unwrap(), b"a = 1\nb = 2\n");
+        writing.join().unwrap();
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let path = PathBuf::from(format!("/dev/fd/{}", reader.as_raw_fd()));
+        writer.write_all(&[b'x'; 11]).unwrap();
+        drop(writer);
+        assert!(matches!(read(&path, 10), Err(FileError::TooLarge { .. })));
+
         let dir = TempDir::new();
         let fifo = dir.path("fifo");
         let made = std::process::Command::new("mkfifo")
@@ -91,9 +116,9 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
-        // Without the non-blocking open this never returns: the test
-        // would hang until its harness's timeout.
-        assert!(matches!(read(&fifo, 10), Err(FileError::NotAFile { .. })));
+        // A blocking open would wait here for a writer, and the test with
+        // it until its harness's timeout.
+        assert_eq!(read(&fifo, 10).unwrap(), b"");
     }
 
     #[test]

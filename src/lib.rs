@@ -59,8 +59,9 @@
 //!
 //! Dependencies point one way: `value`, `files` and `secret` (on `files`)
 //! below everything, then `spec`, `resp` and `security` (on `files` and
-//! `secret` only); `credentials` on `spec`, `resp` and `secret`; `backends` on `spec` and `credentials`;
-//! `settings` on `spec`, the balancing policy, the key and the credentials;
+//! `secret` only); `credentials` on `spec`, `resp` and `secret`; `backends`
+//! on `spec` and `credentials`; `settings` on `spec`, the balancing policy,
+//! the key and the credentials;
 //! `net` on `backends`, `settings` and `security::tls`; `discovery` on
 //! `backends` and `security::advert` (and on `net::checks` for a provider's
 //! local check and the probes of new backends); `node` on all of them;

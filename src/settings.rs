@@ -8,7 +8,7 @@
 //! the demo build one in code from the `Default`s here.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -496,19 +496,26 @@ fn check_loops(
 }
 
 /// Whether the plain backend `b` is the listener a consume binds on `bind`
-/// and `port`: that address, or loopback (`localhost`) while the listener
-/// is on loopback or on every address of its family.
+/// and `port`: that very address, a loopback address of the same family
+/// when the listener is on every address of it, or `localhost` (127.0.0.1
+/// first) when the listener has 127.0.0.1. A listener on one loopback
+/// address does not take connections to another (Redis on 127.0.0.2 beside
+/// a listener on 127.0.0.1 is no loop), and where it is unsure (`::` and
+/// an IPv4 address, which depends on `net.ipv6.bindv6only`) it says no: a
+/// loop missed costs what it did before, a valid setup refused costs more.
 fn is_listener(bind: IpAddr, port: u16, b: &BackendAddr) -> bool {
-    let covers_loopback = bind.is_loopback() || bind.is_unspecified();
     b.port == port
         && !b.tls
         && match &b.host {
             Host::Ip(ip) => {
                 let ip = ip.to_canonical();
-                let family = ip.is_ipv4() == bind.is_ipv4() || bind == IpAddr::from([0u16; 8]);
-                ip == bind || (ip.is_loopback() && covers_loopback && family)
+                let every = bind.is_unspecified() && ip.is_ipv4() == bind.is_ipv4();
+                ip == bind || (every && ip.is_loopback())
             }
-            Host::Name(name) => name.eq_ignore_ascii_case("localhost") && covers_loopback,
+            Host::Name(name) => {
+                let v4 = [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED];
+                name.eq_ignore_ascii_case("localhost") && v4.map(IpAddr::V4).contains(&bind)
+            }
         }
 }
 
@@ -670,7 +677,7 @@ mod tests {
     }
 
     #[test]
-    fn a_backend_elsewhere_or_a_static_service_provided_is_no_loop() {
+    fn what_is_and_is_not_a_forwarding_loop() {
         for (bind, consume, provide) in [
             // Another port, another address, or TLS to a terminator.
             ("127.0.0.1", "r:6379=localhost:6380", "x:1"),
@@ -678,6 +685,11 @@ mod tests {
             ("127.0.0.1", "r:6379=[::1]:6379", "x:1"),
             ("10.0.0.5", "r:6379=127.0.0.1:6379", "x:1"),
             ("127.0.0.1", "r:6379=tls://127.0.0.1:6379", "x:1"),
+            // Another loopback address, or one the listener may not have.
+            ("127.0.0.1", "r:6379=127.0.0.2:6379", "x:1"),
+            ("127.0.0.2", "r:6379=localhost:6379", "x:1"),
+            ("::", "r:6379=127.0.0.1:6379", "x:1"),
+            ("::1", "r:6379=localhost:6379", "x:1"),
             // A static forward offered to the mesh: a gateway, no loop.
             ("0.0.0.0", "r:6379=10.0.0.5:6379", "r:6379"),
             // Another service on the consume's port.
@@ -690,9 +702,19 @@ mod tests {
                 "{bind} {consume} {provide}"
             );
         }
-        let mut c = config(&["r:6379=[::1]:6379"], &[]);
-        c.bind = "::".parse().unwrap();
-        assert!(check_loops(c.bind, &c.consumes, &c.provides).is_err());
+        for (bind, consume) in [
+            ("::", "r:6379=[::1]:6379"),
+            ("0.0.0.0", "r:6379=127.0.0.5:6379"),
+            ("0.0.0.0", "r:6379=localhost:6379"),
+            ("10.0.0.5", "r:6379=10.0.0.5:6379"),
+        ] {
+            let mut c = config(&[consume], &[]);
+            c.bind = bind.parse().unwrap();
+            assert!(
+                check_loops(c.bind, &c.consumes, &c.provides).is_err(),
+                "{bind} {consume}"
+            );
+        }
     }
 
     #[test]
@@ -713,8 +735,8 @@ mod tests {
                 "'r:6379=localhost:6379' forwards to its own listener (localhost:6379)",
             ),
             (
-                config(&["r:6379=127.0.0.2:6379"], &[]),
-                "forwards to its own listener (127.0.0.2:6379)",
+                config(&["r:6379=127.0.0.1:6379"], &[]),
+                "forwards to its own listener (127.0.0.1:6379)",
             ),
             (
                 config(&["redis:6379"], &["redis:6379"]),

@@ -155,48 +155,73 @@ fn check_warns_of_plain_static_backends_off_this_host_with_tls_on() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("warning"));
 }
 
-/// A FIFO or a device named as a file is refused at once: opening a FIFO
-/// waited for a writer (the start hung, and a reload with the admin
-/// endpoint behind it), and /dev/zero was read until memory ran out.
+/// A FIFO with no writer, or a device, named as a file is refused at
+/// once: opening the FIFO waited for a writer (the start hung, and a
+/// reload with the admin endpoint behind it), and /dev/zero was read until
+/// memory ran out. A pipe with a writer is read: `--config /dev/stdin`, as
+/// `--config <(envsubst < mesh.toml.in)` is.
 #[test]
-fn a_fifo_or_a_device_named_as_a_file_is_refused_at_once() {
+fn a_fifo_with_no_writer_or_a_device_is_refused_at_once_and_a_pipe_is_read() {
     let dir = TempDir::new();
     let fifo = dir.path("fifo").to_str().unwrap().to_owned();
     let made = Command::new("mkfifo").args(["-m", "600", &fifo]).status();
     assert!(made.unwrap().success());
     let credentials = format!("r=redis:{fifo}");
-    let cases: &[&[&str]] = &[
-        &["--config", &fifo],
-        &["--consume", "r:1=h:1", "--credentials", &credentials],
-        &["--consume", "r:1=h:1", "--cluster-key", &fifo],
-        &["--config", "/dev/zero"],
-        &[
-            "--consume",
-            "r:1=h:1",
-            "--tls-cert",
-            "/dev/zero",
-            "--tls-key",
-            &fifo,
-            "--tls-ca",
-            "/dev/zero",
-        ],
+    let cases: &[(&[&str], &str)] = &[
+        (&["--config", &fifo], "nothing to do"),
+        (
+            &["--consume", "r:1=h:1", "--credentials", &credentials],
+            "it is empty",
+        ),
+        (
+            &["--consume", "r:1=h:1", "--cluster-key", &fifo],
+            "--cluster-key",
+        ),
+        (&["--config", "/dev/zero"], "is not a regular file"),
+        (
+            &[
+                "--consume",
+                "r:1=h:1",
+                "--tls-cert",
+                "/dev/zero",
+                "--tls-key",
+                &fifo,
+                "--tls-ca",
+                "/dev/zero",
+            ],
+            "is not a regular file",
+        ),
     ];
-    for args in cases {
+    let check = |args: &[&str], stdin: Stdio| {
         let child = Command::new(BIN)
             .arg("--check")
-            .args(*args)
+            .args(args)
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let out = output_within(child, DEADLINE);
+        output_within(child, DEADLINE)
+    };
+    for (args, want) in cases {
+        let out = check(args, Stdio::null());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("is not a regular file"),
-            "{args:?}: {stderr}"
-        );
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    use std::io::Write as _;
+    writer
+        .write_all(b"consume = [\"r:7000=10.0.0.5:6379\"]\n")
+        .unwrap();
+    drop(writer);
+    let out = check(&["--config", "/dev/stdin"], reader.into());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("consume r: listen on 127.0.0.1:7000"),
+        "{stdout}"
+    );
 }
 
 /// Two listeners of a node on one port fail its start: `--check` says so

@@ -320,9 +320,9 @@ impl ConnectError {
 /// A discovered service with no backend, or whose candidates all failed,
 /// holds the client for up to `wait_for_backend` from its arrival and
 /// tries again (at once for a backend it has not tried; a pass begun
-/// within the wait runs to its end): a node just started, a provider or
-/// its service restarting, or a service moving to another host loses no
-/// client to the moment between two records.
+/// within the wait may run one connect timeout past it): a node just
+/// started, a provider or its service restarting, or a service moving to
+/// another host loses no client to the moment between two records.
 ///
 /// Every failure ejects that backend, so the next clients skip it at
 /// once, and the next candidate is tried: a backend that accepts
@@ -387,15 +387,20 @@ pub async fn connect(
             }
         };
         tried.extend(order.iter().cloned());
-        // A pass begun within the wait runs its course, each step within
-        // its own timeout, as the client's first pass does: the wait bounds
-        // the waiting, not a dial under way (HAProxy's `timeout queue` ends
-        // where its `timeout connect` begins). A backend that comes back to
-        // a crowd of waiting clients drops the SYNs its full accept queue
-        // has no room for, and the kernel sends them again a second later:
-        // cut at the end of the wait, those clients were closed with their
-        // backend up.
-        result = try_candidates(svc, &order, settings, tls).await;
+        // A pass begun within the wait may run one connect timeout past
+        // it: the wait bounds the waiting, not a dial under way (HAProxy's
+        // `timeout queue` ends where its `timeout connect` begins). A
+        // backend that comes back to a crowd of waiting clients drops the
+        // SYNs its full accept queue has no room for, and the kernel sends
+        // them again a second later: cut at the end of the wait, those
+        // clients were closed with their backend up. Bounded still, so
+        // that a client is held at most that much longer than it was told.
+        result = timeout_at(
+            deadline + settings.connect_timeout,
+            try_candidates(svc, &order, settings, tls),
+        )
+        .await
+        .unwrap_or(Err(ConnectError::NoneCame(wait)));
     }
 }
 
@@ -813,7 +818,7 @@ mod tests {
         let stats = svc.table.snapshot().backends[0].stats.clone();
         // The retry comes a turn-around after the refusal, within the
         // wait; the wait ends well before its SYN is sent again.
-        let wait = TURN_AROUND + Duration::from_millis(400);
+        let wait = TURN_AROUND + Duration::from_millis(500);
         let settings = ProxySettings {
             wait_for_backend: wait,
             ..ProxySettings::default()
@@ -832,10 +837,11 @@ mod tests {
         timeout(TURN_AROUND / 2, refused)
             .await
             .expect("the first dial was not refused");
-        // Listening now with no room: the one connection a backlog of 0
-        // holds fills its accept queue, and the retry's SYN is dropped.
-        socket.listen(0).unwrap();
-        let _filler = std::net::TcpStream::connect(addr).unwrap();
+        // Listening now with no room: two connections fill the accept
+        // queue of a backlog of 1 (a backlog of 0 would take even these
+        // through SYN cookies), and the retry's SYN is dropped.
+        socket.listen(1).unwrap();
+        let _fillers = [(); 2].map(|()| std::net::TcpStream::connect(addr).unwrap());
         tokio::time::sleep_until(arrived + wait).await;
         assert!(!client.is_finished(), "the client was let go in its wait");
         assert_eq!(

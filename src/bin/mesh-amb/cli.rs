@@ -165,8 +165,8 @@ pub struct RunArgs {
     /// How long a client of a discovered service waits when there is no
     /// backend, or every one tried failed, for a backend (a provider found,
     /// restarted or moved; those that failed are tried again each second)
-    /// before it is closed (a dial begun within it gets its
-    /// --connect-timeout); 0 closes it at once.
+    /// before it is closed (a retry begun within it may run one
+    /// --connect-timeout past it); 0 closes it at once.
     #[arg(long, value_name = "DURATION", env = "MESH_AMB_WAIT_FOR_BACKEND",
         default_value_t = Wait(DEFAULT_WAIT_FOR_BACKEND))]
     pub wait_for_backend: Wait,
