@@ -39,7 +39,8 @@
 //!   active checks ([`net::checks`], also used by providers for their local
 //!   service).
 //! - [`files`]: the files a user names (config, certificates, secrets):
-//!   regular files of a bounded size, opened without waiting on a FIFO.
+//!   regular files or pipes, read to a bound, opened without waiting on a
+//!   FIFO.
 //! - [`secret`]: secret files (owner-only, read once) and secret bytes
 //!   (wiped, never printed).
 //! - [`security`]: the cluster key and what derives from it: the seals of
