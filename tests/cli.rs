@@ -830,6 +830,25 @@ async fn an_empty_rust_log_logs_at_info() {
     }
 }
 
+/// A flag's variable takes what a container's environment writes for on
+/// and off (`1`, `yes`, `0`, `off`), not only `true` and `false`.
+#[test]
+fn a_flag_variable_takes_1_yes_0_and_off() {
+    let link = ("REDIS_PORT_6379_TCP", "tcp://10.0.0.5:6379");
+    for (value, on) in [("1", true), ("yes", true), ("0", false), ("off", false)] {
+        let args = ["--check", "--consume", "api:8080=10.0.0.9:80"];
+        let out = run(&args, &[("MESH_AMB_FROM_ENV", value), link]);
+        assert_eq!(out.status.code(), Some(0), "{value}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.contains("consume redis:"), on, "{value}: {stdout}");
+    }
+    let out = run(
+        &["--check", "--consume", "a:1=h:1"],
+        &[("MESH_AMB_FROM_ENV", "maybe")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
 #[tokio::test]
 async fn docker_link_variables_and_json_logs() {
     let redis = Redis::start().await;

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::builder::{BoolishValueParser, PossibleValuesParser, TypedValueParser as _};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{
     ArgMatches, Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum,
@@ -131,7 +131,7 @@ pub struct RunArgs {
 
     /// Add a static consume for every Docker-link variable of the form
     /// <NAME>_PORT_<P>_TCP=tcp://<ip>:<port>.
-    #[arg(long, env = "MESH_AMB_FROM_ENV")]
+    #[arg(long, env = "MESH_AMB_FROM_ENV", value_parser = BoolishValueParser::new())]
     pub from_env: bool,
 
     /// TOML file with the same settings; flags override it.
@@ -302,7 +302,7 @@ pub struct RunArgs {
     /// without tls:// off this host without a warning (they are dialed in
     /// plain TCP either way: what the user typed). Their traffic crosses the
     /// network in clear.
-    #[arg(long, env = "MESH_AMB_ALLOW_PLAINTEXT")]
+    #[arg(long, env = "MESH_AMB_ALLOW_PLAINTEXT", value_parser = BoolishValueParser::new())]
     pub allow_plaintext: bool,
 
     /// Serve the read-only admin endpoint here: the stats page at /,
