@@ -28,6 +28,8 @@ fn bad_input_exits_2_with_one_line() {
     let cases: &[Case] = &[
         (&[], &[], "nothing to do"),
         (&["--consume", "redis:0"], &[], "'redis:0'"),
+        // Control characters are shown escaped, not sent to the terminal.
+        (&["--consume", "re\x1b[31mdis:1"], &[], "'re\\u{1b}[31mdis'"),
         (&["--consume", "redis:65536=127.0.0.1:1"], &[], "65536"),
         (&["--consume", "redis:6379=10.0.0.5"], &[], "'10.0.0.5'"),
         (&["--provide", "redis:99999"], &[], "99999"),
@@ -98,6 +100,7 @@ fn bad_input_exits_2_with_one_line() {
             "{args:?}: {stderr:?} does not name {want:?}"
         );
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains('\x1b'), "{args:?}: {stderr:?}");
     }
 }
 

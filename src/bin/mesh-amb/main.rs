@@ -316,7 +316,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            say!("error: {e:#}");
+            say!("error: {}", shown(&format!("{e:#}")));
             ExitCode::from(EXIT_RUNTIME)
         }
     }
@@ -338,8 +338,19 @@ fn failure(result: Result<(), Failure>) -> ExitCode {
 
 fn usage_error(msg: &str) -> ExitCode {
     let msg = msg.strip_prefix("error: ").unwrap_or(msg);
-    // One line, whatever the offending value contained.
-    let msg = msg.replace('\n', "\\n");
-    say!("error: {msg}");
+    say!("error: {}", shown(msg));
     ExitCode::from(EXIT_USAGE)
+}
+
+/// An error line as it may reach a terminal: one line, whatever the
+/// offending value contained, and its control characters escaped (`\n`,
+/// `\u{1b}`), so that a value from a config file someone else wrote cannot
+/// move the cursor or recolour the terminal.
+fn shown(msg: &str) -> String {
+    msg.chars()
+        .map(|c| match c {
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
