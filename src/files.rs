@@ -13,12 +13,22 @@ use std::path::{Path, PathBuf};
 /// Why a named file cannot be read. Names the file, never its content.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {}: {source}", named(path))]
     Read { path: PathBuf, source: io::Error },
     #[error("{path} is not a regular file (nor a pipe)")]
     NotAFile { path: PathBuf },
     #[error("{path} is larger than {max} bytes: not a file of ours")]
     TooLarge { path: PathBuf, max: u64 },
+}
+
+/// `path` as the user named it, with the directory a relative one was
+/// looked for in: a config file's relative paths are taken from the
+/// working directory (a service manager's, under systemd), not the file's.
+fn named(path: &Path) -> String {
+    match std::env::current_dir() {
+        Ok(dir) if path.is_relative() => format!("{} (in {})", path.display(), dir.display()),
+        _ => path.display().to_string(),
+    }
 }
 
 /// `path` opened for reading, a regular file of at most `max` bytes or a
@@ -119,6 +129,20 @@ mod tests {
         // A blocking open would wait here for a writer, and the test with
         // it until its harness's timeout.
         assert_eq!(read(&fifo, 10).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_relative_path_that_cannot_be_read_says_where_it_was_looked_for() {
+        let e = read(Path::new("no-such-file.toml"), 10)
+            .unwrap_err()
+            .to_string();
+        let cwd = std::env::current_dir().unwrap();
+        let want = format!("cannot read no-such-file.toml (in {}): ", cwd.display());
+        assert!(e.starts_with(&want), "{e}");
+        let e = read(Path::new("/no/such/file"), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("cannot read /no/such/file: "), "{e}");
     }
 
     #[test]
