@@ -1127,3 +1127,48 @@ fn status_gives_up_on_a_node_that_never_answers() {
         let _ = std::io::copy(&mut conn, &mut std::io::sink());
     }));
 }
+
+/// Reads a request's head, then sends `reply` and closes: a close with the
+/// request unread would reset the connection under the reply.
+fn answer(mut conn: std::net::TcpStream, reply: &[u8]) {
+    use std::io::{Read as _, Write as _};
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    let _ = conn.write_all(reply);
+}
+
+/// What `status` says of an answer it cannot use, and of port 0.
+#[test]
+fn status_says_what_a_wrong_answer_was() {
+    let status = |port: u16| {
+        let out = run(&["status", "--admin", &format!("127.0.0.1:{port}")], &[]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let not_found = fake_admin(|conn| {
+        answer(conn, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    });
+    let (code, stderr) = status(not_found);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.trim_end().ends_with("HTTP/1.1 404 Not Found"),
+        "{stderr:?}"
+    );
+    let unversioned = fake_admin(|conn| {
+        answer(conn, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+    });
+    let (code, stderr) = status(unversioned);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the node serves no status version"),
+        "{stderr:?}"
+    );
+    let (code, stderr) = status(0);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not 0"), "{stderr:?}");
+}

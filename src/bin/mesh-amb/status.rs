@@ -47,6 +47,12 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
                 .into(),
         ));
     };
+    if addr.port() == 0 {
+        // Any port to listen on, for a node; nothing to dial.
+        return Err(Failure::Usage(
+            "--admin: give the port the running node's admin endpoint listens on, not 0".into(),
+        ));
+    }
     let body = get(addr, "/api/v1/status").map_err(|e| {
         Failure::Runtime(e.context(format!(
             "cannot read http://{addr}/api/v1/status (is a node running with --admin {addr}?)"
@@ -56,9 +62,12 @@ pub fn run(args: StatusArgs) -> Result<(), Failure> {
         .context("the admin endpoint answered something that is not JSON")
         .map_err(Failure::Runtime)?;
     if doc["version"] != VERSION {
+        let served = match &doc["version"] {
+            Value::Null => "no status version".to_owned(),
+            v => format!("status version {v}"),
+        };
         return Err(Failure::Runtime(anyhow::anyhow!(
-            "the node serves status version {}, this mesh-amb reads version {VERSION}",
-            doc["version"]
+            "the node serves {served}, this mesh-amb reads version {VERSION}"
         )));
     }
     let out = if args.json { body } else { render(&doc) };
@@ -101,7 +110,10 @@ fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     };
     let status = head.lines().next().unwrap_or_default();
     if status.split(' ').nth(1) != Some("200") {
-        bail!("{status}: {}", body.lines().next().unwrap_or_default());
+        match body.lines().next().filter(|l| !l.trim().is_empty()) {
+            Some(line) => bail!("{status}: {line}"),
+            None => bail!("{status}"),
+        }
     }
     let chunked = head
         .lines()
