@@ -265,17 +265,29 @@ fn parse_host(host: &str, whole: &str) -> Result<Host, SpecError> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(Host::Ip(ip));
     }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
+    let bad = |why: &str| err(format!("invalid host '{host}' in '{whole}': {why}"));
     // A name made of digits and dots is a mistyped IPv4 address, not a host.
-    let looks_numeric = host.chars().all(|c| c.is_ascii_digit() || c == '.');
-    if looks_numeric || host.len() > 253 || !host.split('.').all(label_ok) {
-        return err(format!("invalid host '{host}' in '{whole}'"));
+    if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return bad("not an IPv4 address");
+    }
+    // A trailing dot names the root (`cache.lan.`): the resolver takes it.
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253 {
+        return bad("longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return bad("an empty label (two dots in a row)");
+        }
+        if label.len() > 63 {
+            return bad("a label longer than 63 characters");
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return bad("use letters, digits, '-' and '.'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("a label starts or ends with '-'");
+        }
     }
     Ok(Host::Name(host.to_ascii_lowercase()))
 }
@@ -445,6 +457,13 @@ mod tests {
                 65535,
                 vec![be(ip("fe80::1"), 1, 1000)],
             ),
+            // A fully qualified name, as DNS writes it.
+            (
+                "c:1=Cache.LAN.:6379",
+                "c",
+                1,
+                vec![be(Host::Name("cache.lan.".into()), 6379, 1)],
+            ),
         ];
         for (input, name, port, backends) in cases {
             let c = parse_consume(input).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -487,6 +506,8 @@ mod tests {
             ("redis:6379=a:1,,b:2", "expected HOST:PORT"),
             ("redis:6379=a:1,a:1", "listed twice"),
             ("redis:6379=http://a:1", "no scheme 'http://'"),
+            ("redis:6379=a..b:1", "an empty label"),
+            ("redis:6379=-a:1", "starts or ends with '-'"),
         ];
         for (input, want) in cases {
             let e = parse_consume(input).expect_err(input).to_string();
