@@ -391,24 +391,19 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
     if let Some(pki) = &config.security.pki {
         pki.check().map_err(|e| bad(format!("{e:#}")))?;
     }
-    let admin = admin.map(|a| a.0);
-    if let Some(a) = admin {
-        if let Some(taken) = admin_port_taken(&config, a) {
-            return Err(bad(format!("--admin {a}: the port of {taken}")));
-        }
-    }
     Ok(Resolved {
         config,
         log_format,
-        admin,
+        admin: admin.map(|a| a.0),
     })
 }
 
 /// The listener of `config` that the admin endpoint at `admin` would
 /// collide with, found before anything is bound (`--check` would pass it
 /// otherwise): a consume on an overlapping address, or a TLS terminator,
-/// which listens on every address.
-fn admin_port_taken(config: &Config, admin: SocketAddr) -> Option<String> {
+/// which listens on every address. Checked at start only: a reload keeps
+/// the endpoint where it is, and binds a new listener before it applies.
+pub fn admin_port_taken(config: &Config, admin: SocketAddr) -> Option<String> {
     let overlaps =
         |ip: IpAddr| ip == admin.ip() || ip.is_unspecified() || admin.ip().is_unspecified();
     let consume = (config.consumes.iter())
@@ -707,16 +702,6 @@ mod tests {
                 &["--from-env", "--consume", "x:6379=h:1"],
                 &[("REDIS_PORT_6379_TCP", "tcp://10.0.0.5:6379")],
                 "duplicate listen port 6379",
-            ),
-            (
-                &["--consume", "redis:6379", "--admin", "6379"],
-                &[],
-                "--admin 127.0.0.1:6379: the port of --consume redis:6379",
-            ),
-            (
-                &["--consume", "redis:6379", "--admin", "0.0.0.0:6379"],
-                &[],
-                "the port of --consume redis:6379",
             ),
         ];
         for (argv, env, want) in cases {

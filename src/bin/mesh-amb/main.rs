@@ -124,6 +124,11 @@ fn main() -> ExitCode {
                     "nothing to do: give --consume or --provide (see --help), or try 'mesh-amb demo'",
                 );
             }
+            if let Some(a) = admin {
+                if let Some(taken) = config::admin_port_taken(&config, a) {
+                    return usage_error(&format!("--admin {a}: the port of {taken}"));
+                }
+            }
             if cli.check {
                 let mut out = format!("configuration ok ({source}); it would run:\n");
                 out.push_str(&check::summary(&config));
