@@ -299,7 +299,7 @@ fn reason(text: &[u8], password: &Secret) -> String {
     let password = Secret::new(password.expose().iter().map(blank).collect());
     let password = password.expose();
     let text: Vec<u8> = text.iter().map(blank).collect();
-    let text = redacted(&text, password);
+    let text = redacted_cuts(&redacted(&text, password), password);
     let run = password.len().min(PASSWORD_RUN);
     let runs: HashSet<&[u8]> = password.windows(run.max(1)).collect();
     let repeats = |t: &[u8]| run > 0 && t.windows(run).any(|w| runs.contains(w));
@@ -348,6 +348,31 @@ fn redacted(text: &[u8], password: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&rest[..at]);
         out.extend_from_slice(b"<redacted>");
         rest = &rest[at + password.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// `text` with every quoted start of `password` in it replaced: Redis
+/// quotes each argument it repeats and cuts them all at 128 bytes in
+/// total, so a long user name leaves only the password's first bytes, too
+/// few for [`PASSWORD_RUN`], between quotes at the end (`'pass'`). A
+/// quoted word that only happens to begin the password is hidden too,
+/// which costs the reader a word, never the password.
+fn redacted_cuts(text: &[u8], password: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.iter().position(|&b| b == b'\'') {
+        let (before, quoted) = rest.split_at(at + 1);
+        out.extend_from_slice(before);
+        let common = (quoted.iter().zip(password))
+            .take_while(|(a, b)| a == b)
+            .count();
+        rest = quoted;
+        if (1..password.len()).contains(&common) && quoted.get(common) == Some(&b'\'') {
+            out.extend_from_slice(b"<redacted>");
+            rest = &quoted[common..];
+        }
     }
     out.extend_from_slice(rest);
     out
@@ -503,9 +528,29 @@ mod tests {
         let shown = reason(cut.as_bytes(), &password);
         assert_eq!(
             shown,
+            "ERR unknown command 'AUTH', with args beginning with: '<redacted>' "
+        );
+        // Unquoted, a run of it hides all but the error code.
+        let cut = format!("ERR unknown command AUTH {}", &long[..120]);
+        let shown = reason(cut.as_bytes(), &password);
+        assert_eq!(
+            shown,
             "ERR (the rest repeats part of the password: not shown)"
         );
         assert!(!shown.contains("0123456789"), "{shown}");
+        // Cut after a few bytes, behind a long user name: those few are
+        // hidden too.
+        let password = Secret::new(b"0123456789abcdef".to_vec());
+        let user = "u".repeat(110);
+        let cut =
+            format!("ERR unknown command 'AUTHX', with args beginning with: '{user}' '0123' ");
+        let shown = reason(cut.as_bytes(), &password);
+        assert!(
+            shown
+                .trim_end()
+                .ends_with(&format!("'{user}' '<redacted>'")),
+            "{shown}"
+        );
         // A leading word in capitals that repeats it is no error code.
         let password = Secret::new(b"ABCDEFGHIJKLMNOPQRS".to_vec());
         assert_eq!(
