@@ -364,8 +364,10 @@ fn ls_refuses_bad_input_with_one_line() {
     }
 }
 
-/// Most `ls` may take beyond its `--timeout`: stopping the mDNS daemon
-/// and printing, on a loaded machine.
+/// Most `ls` may take beyond its `--timeout`: building and printing the
+/// listing, on a loaded machine (0.1-0.25 s in this flood here, since it
+/// no longer waits for the mDNS daemon to stop: 1.2-1.8 s, and once more
+/// than this, with the wait).
 const LS_OVERRUN: Duration = Duration::from_secs(3);
 /// Most memory `ls` may use in a flood: measured at 30-40 MiB with 12,000
 /// fake instances, most of it mdns-sd's own cache; a listing that grew
