@@ -134,11 +134,15 @@ impl SecuritySettings {
         self.cluster_key.is_some() || self.pki.is_some()
     }
 
-    /// Whether static backends in plain TCP off this host are warned of
-    /// ([`crate::spec::PLAIN_STATIC`]): TLS is on, and plaintext not
-    /// allowed.
-    pub fn warns_of_plain_static(&self) -> bool {
-        self.tls() && !self.allow_plaintext
+    /// The static backends of `c` to warn of ([`crate::spec::PLAIN_STATIC`]),
+    /// as written and comma-separated: with TLS on and plaintext not
+    /// allowed, those whose traffic leaves this host in clear.
+    pub fn plain_static(&self, c: &ConsumeSpec) -> Option<String> {
+        let clear: Vec<String> = (c.backends.iter())
+            .filter(|b| b.leaves_the_host_in_clear())
+            .map(ToString::to_string)
+            .collect();
+        (self.tls() && !self.allow_plaintext && !clear.is_empty()).then(|| clear.join(","))
     }
 }
 
@@ -512,9 +516,9 @@ fn is_listener(bind: IpAddr, port: u16, b: &BackendAddr) -> bool {
                 let every = bind.is_unspecified() && ip.is_ipv4() == bind.is_ipv4();
                 ip == bind || (every && ip.is_loopback())
             }
-            Host::Name(name) => {
+            Host::Name(_) => {
                 let v4 = [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED];
-                name.eq_ignore_ascii_case("localhost") && v4.map(IpAddr::V4).contains(&bind)
+                b.host.is_loopback() && v4.map(IpAddr::V4).contains(&bind)
             }
         }
 }

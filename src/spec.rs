@@ -81,33 +81,29 @@ pub struct BackendAddr {
     pub tls: bool,
 }
 
-/// What is said, with TLS on, of static backends that
-/// [`BackendAddr::leaves_the_host_in_clear`]: at start and by `--check`.
+/// What is said of the backends of
+/// [`crate::settings::SecuritySettings::plain_static`]: at start and by
+/// `--check`.
 pub const PLAIN_STATIC: &str = "static backends without tls:// are dialed in plain TCP, \
     TLS on or not: their traffic crosses the network in clear (tls://HOST:PORT reaches \
     another ambassador's TLS terminator; --allow-plaintext silences this)";
 
-impl BackendAddr {
-    /// Whether its traffic leaves this host in clear: written without
-    /// `tls://`, and not on loopback (an address of `127.0.0.0/8` or `::1`,
-    /// or `localhost`).
-    pub fn leaves_the_host_in_clear(&self) -> bool {
-        !self.tls
-            && match &self.host {
-                Host::Ip(ip) => !ip.to_canonical().is_loopback(),
-                Host::Name(name) => !name.eq_ignore_ascii_case("localhost"),
-            }
+impl Host {
+    /// Whether it names this host over loopback: an address of
+    /// `127.0.0.0/8` or `::1` (IPv4-mapped too), or `localhost`.
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            Host::Ip(ip) => ip.to_canonical().is_loopback(),
+            Host::Name(name) => name.eq_ignore_ascii_case("localhost"),
+        }
     }
 }
 
-impl ConsumeSpec {
-    /// Its static backends that [`BackendAddr::leaves_the_host_in_clear`],
-    /// as written.
-    pub fn backends_in_clear(&self) -> Vec<String> {
-        (self.backends.iter())
-            .filter(|b| b.leaves_the_host_in_clear())
-            .map(ToString::to_string)
-            .collect()
+impl BackendAddr {
+    /// Whether its traffic leaves this host in clear: written without
+    /// `tls://`, and not on loopback.
+    pub fn leaves_the_host_in_clear(&self) -> bool {
+        !self.tls && !self.host.is_loopback()
     }
 }
 

@@ -20,6 +20,15 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run mesh-amb")
 }
 
+/// A new cluster key `cluster.key` in `dir`, made by `mesh-amb keygen`:
+/// its path.
+fn keygen_in(dir: &TempDir) -> String {
+    let key = dir.path("cluster.key").to_str().unwrap().to_owned();
+    let out = run(&["keygen", &key], &[]);
+    assert_eq!(out.status.code(), Some(0), "keygen: {out:?}");
+    key
+}
+
 /// Arguments, environment, and what the error must mention.
 type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
@@ -127,8 +136,7 @@ fn a_bad_config_file_exits_2() {
 #[test]
 fn check_warns_of_plain_static_backends_off_this_host_with_tls_on() {
     let dir = TempDir::new();
-    let key = dir.path("cluster.key").to_str().unwrap().to_owned();
-    assert_eq!(run(&["keygen", &key], &[]).status.code(), Some(0));
+    let key = keygen_in(&dir);
     let consume = "a:7000=10.0.0.5:6379,tls://10.0.0.6:16379,127.0.0.1:6379,localhost:6380";
     let check = |more: &[&str]| {
         let out = run(&[&["--check", "--consume", consume], more].concat(), &[]);
@@ -232,8 +240,7 @@ fn a_fifo_with_no_writer_or_a_device_is_refused_at_once_and_a_pipe_is_read() {
 #[test]
 fn check_refuses_an_admin_port_another_listener_has() {
     let dir = TempDir::new();
-    let key = dir.path("cluster.key").to_str().unwrap().to_owned();
-    assert_eq!(run(&["keygen", &key], &[]).status.code(), Some(0));
+    let key = keygen_in(&dir);
     let cases: &[(&[&str], &str)] = &[
         (
             &[
@@ -352,8 +359,7 @@ fn a_stdout_that_cannot_be_written_is_an_error_not_a_panic() {
 fn unsafe_or_incomplete_security_settings_exit_2() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new();
-    let key = dir.path("cluster.key").to_str().unwrap().to_owned();
-    assert_eq!(run(&["keygen", &key], &[]).status.code(), Some(0));
+    let key = keygen_in(&dir);
     let loose = dir.path("loose.key").to_str().unwrap().to_owned();
     std::fs::copy(&key, &loose).unwrap();
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -998,11 +1004,9 @@ fn limit_under_256_descriptors(extra: &[&str]) -> usize {
 #[test]
 fn with_a_cluster_key_the_connection_limit_leaves_descriptors_for_the_terminators() {
     let dir = TempDir::new();
-    let key = dir.path("cluster.key");
-    let keygen = run(&["keygen", key.to_str().unwrap()], &[]);
-    assert!(keygen.status.success(), "{keygen:?}");
+    let key = keygen_in(&dir);
     let plain = limit_under_256_descriptors(&[]);
-    let keyed = limit_under_256_descriptors(&["--cluster-key", key.to_str().unwrap()]);
+    let keyed = limit_under_256_descriptors(&["--cluster-key", &key]);
     // Each connection holds two descriptors, and the terminators' limit is
     // as large as the consumes': the two fill the same budget.
     assert!(

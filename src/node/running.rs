@@ -564,9 +564,7 @@ impl Running {
     /// typed, and a cluster key must not be taken to cover them. Silent
     /// with `--allow-plaintext`, which says the clear traffic is meant.
     fn warn_plaintext(&self, c: &ConsumeSpec) {
-        let clear = c.backends_in_clear();
-        if self.config.security.warns_of_plain_static() && !clear.is_empty() {
-            let backends = clear.join(",");
+        if let Some(backends) = self.config.security.plain_static(c) {
             warn!(service = %c.name, %backends, "{}", crate::spec::PLAIN_STATIC);
         }
     }

@@ -39,14 +39,8 @@ pub fn summary(config: &Config) -> String {
             "consume {}: listen on {listen}, forward to {to}{login}",
             c.name
         );
-        let clear = c.backends_in_clear();
-        if security.warns_of_plain_static() && !clear.is_empty() {
-            let _ = writeln!(
-                out,
-                "warning: consume {}: {}: {PLAIN_STATIC}",
-                c.name,
-                clear.join(", ")
-            );
+        if let Some(clear) = security.plain_static(c) {
+            let _ = writeln!(out, "warning: consume {}: {clear}: {PLAIN_STATIC}", c.name);
         }
     }
     for p in &config.provides {
