@@ -857,6 +857,27 @@ async fn an_empty_rust_log_logs_at_info() {
     }
 }
 
+/// A `RUST_LOG` directive that does not parse is named in a warning and
+/// left out; the others still apply (a strict parse dropped them all and
+/// fell back to `info` without a word).
+#[tokio::test]
+async fn a_bad_rust_log_directive_is_named_and_the_rest_kept() {
+    let amb = Running::start(
+        &["--consume", "redis:{port}=127.0.0.1:1"],
+        &[("RUST_LOG", "warn, mesh_amb=loud ,mesh_amb=debug")],
+    )
+    .await;
+    amb.signal(libc::SIGTERM);
+    let (code, stderr) = amb.wait();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("RUST_LOG: ignoring \"mesh_amb=loud\""),
+        "{stderr:?}"
+    );
+    // mesh_amb=debug still applies: its lines are there.
+    assert!(stderr.contains("DEBUG"), "{stderr:?}");
+}
+
 /// A flag's variable takes what a container's environment writes for on
 /// and off (`1`, `yes`, `0`, `off`), not only `true` and `false`.
 #[test]

@@ -29,6 +29,7 @@ use clap::error::ErrorKind;
 use clap::CommandFactory as _;
 use tokio::signal::unix::Signal;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::filter::Directive;
 use tracing_subscriber::EnvFilter;
 
 use mesh_amb::net::sockopt;
@@ -280,18 +281,35 @@ async fn on_signals(mut int: Signal, mut term: Signal, shutdown: Shutdown) {
 
 /// `RUST_LOG`, or `default` when it is unset, blank or no filter: set and
 /// empty (`RUST_LOG= mesh-amb ...`), it would hide every line, the
-/// warnings too.
-fn log_filter(default: &str) -> EnvFilter {
-    match std::env::var(EnvFilter::DEFAULT_ENV) {
-        Ok(given) if !given.trim().is_empty() => {
-            EnvFilter::try_new(given).unwrap_or_else(|_| EnvFilter::new(default))
+/// warnings too. A directive that does not parse (`mesh_amb=loud`) is left
+/// out, and returned to be named in a warning once logging is up: the
+/// library's own lossy parse prints it with `eprintln!`, outside a JSON
+/// log stream, and its strict parse drops the valid ones with it.
+fn log_filter(default: &str) -> (EnvFilter, Vec<String>) {
+    let given = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
+    let (mut kept, mut ignored) = (Vec::new(), Vec::new());
+    for part in given.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.parse::<Directive>() {
+            Ok(_) => kept.push(part),
+            Err(e) => ignored.push(format!("{part:?} ({e})")),
         }
-        _ => EnvFilter::new(default),
+    }
+    let directives = if kept.is_empty() {
+        default.to_owned()
+    } else {
+        kept.join(",")
+    };
+    (EnvFilter::new(directives), ignored)
+}
+
+fn warn_ignored(ignored: &[String]) {
+    for directive in ignored {
+        tracing::warn!("RUST_LOG: ignoring {directive}");
     }
 }
 
 fn init_logs(format: LogFormat, default: &str) {
-    let filter = log_filter(default);
+    let (filter, ignored) = log_filter(default);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -304,17 +322,19 @@ fn init_logs(format: LogFormat, default: &str) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    warn_ignored(&ignored);
 }
 
 /// The demo nodes' logs, at `info` unless `RUST_LOG` says otherwise.
 fn init_file_logs(file: std::fs::File) {
-    let filter = log_filter("info");
+    let (filter, ignored) = log_filter("info");
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::sync::Mutex::new(file))
         .log_internal_errors(false)
         .with_ansi(false)
         .init();
+    warn_ignored(&ignored);
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {
