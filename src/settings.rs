@@ -310,6 +310,27 @@ impl Config {
             }
         }
         self.proxy.validate()?;
+        // An address that is not this host's fails each listener's bind
+        // once running, after `--check` passed it. A bind to port 0 asks
+        // the kernel itself, which also knows `net.ipv4.ip_nonlocal_bind`
+        // (a keepalived address not yet here).
+        if let Err(e) = std::net::UdpSocket::bind((self.bind, 0)) {
+            let link_local = matches!(self.bind, IpAddr::V6(v6) if v6.is_unicast_link_local());
+            let reason = if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+                "not an address of this host".to_owned()
+            } else if link_local {
+                // Linux wants its interface (EINVAL), which an address
+                // here cannot carry.
+                "a link-local address needs an interface; use another".to_owned()
+            } else {
+                e.to_string()
+            };
+            return Err(SettingsError::Value {
+                setting: "bind",
+                value: self.bind.to_string(),
+                reason,
+            });
+        }
         // Each listener's accept loop waits holding one connection slot:
         // with fewer slots than listeners, some would accept nothing.
         let listeners = self.consumes.len().max(self.provides.len());
@@ -771,6 +792,16 @@ mod tests {
                 let mut c = config(&[], &[]);
                 c.discovery.interfaces = vec!["nosuchif0".into()];
                 (c, "interface 'nosuchif0': no interface of that name")
+            },
+            {
+                let mut c = config(&[], &[]);
+                c.bind = "192.0.2.77".parse().unwrap();
+                (c, "bind '192.0.2.77': not an address of this host")
+            },
+            {
+                let mut c = config(&[], &[]);
+                c.bind = "fe80::1".parse().unwrap();
+                (c, "bind 'fe80::1': a link-local address needs an interface")
             },
             {
                 let mut c = config(&[], &[]);

@@ -690,6 +690,11 @@ mod tests {
                 "--advertise-addr '192.0.2.77': not an address of this host",
             ),
             (
+                &["--bind", "192.0.2.77"],
+                &[],
+                "--bind '192.0.2.77': not an address of this host",
+            ),
+            (
                 &["--advertise-addr", "x"],
                 &[],
                 "--advertise-addr 'x': not an IP",
