@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -350,6 +350,70 @@ fn a_provide_changed_while_its_service_dies_is_withdrawn_not_left_standing() {
 /// A credentials file rotated in place: the reload reads it again and
 /// says so, and the next connections log in with the new password. The
 /// same file read again is no change, and neither password is logged.
+/// A config file swapped for a FIFO that some process holds open and never
+/// closes: the reload waits for its writers up to their deadline (10 s)
+/// and is rejected, while the node serves on; and a SIGTERM during such a
+/// reload ends the node at once. Before, the read waited for ever, and the
+/// node, having drained, never exited.
+#[test]
+fn a_reload_held_by_a_pipe_neither_stalls_the_node_nor_holds_its_exit() {
+    let lab = Lab::new(1);
+    let h = lab.host("h1");
+    let _redis = three_redis(h);
+    let file = h.dir().join("amb.toml");
+    write(&file, r#"consume = ["one:6001=127.0.0.1:7001"]"#);
+    let mut amb = amb(h, &["--config", file.to_str().unwrap()]);
+    wait_routed_to(h, 6001, "a");
+
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Read and write: a writer that does not wait for a reader to open.
+    let mut writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .unwrap();
+    std::io::Write::write_all(&mut writer, b"consume = [").unwrap();
+
+    let t0 = Instant::now();
+    let line = hangup(&amb, 1);
+    assert!(
+        line.contains("reload rejected") && line.contains("did not finish within 10s"),
+        "{line}"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(9), "{:?}", t0.elapsed());
+    let answer = h.enter(|| request(local(6001), &["GET", "whoami"]));
+    assert_eq!(answer.as_deref(), Some("a"), "the old configuration serves");
+
+    // Again, and a SIGTERM while the node reads the pipe.
+    amb.signal(libc::SIGHUP);
+    let fds = PathBuf::from(format!("/proc/{}/fd", amb.pid()));
+    let reading = || {
+        std::fs::read_dir(&fds)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|to| to == file))
+    };
+    assert!(
+        wait_until(DEADLINE, reading),
+        "the reload never opened the pipe"
+    );
+    amb.signal(libc::SIGTERM);
+    // Well before the pipe's deadline, which a drop of the runtime waited for.
+    let exited = amb.wait_exit(Duration::from_secs(6));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "{exited:?}: {}",
+        amb.output_tail(10)
+    );
+    drop(writer);
+}
+
 #[test]
 fn a_rotated_password_is_read_again_and_named_in_the_summary() {
     let lab = Lab::new(1);

@@ -149,7 +149,13 @@ fn main() -> ExitCode {
                 log_format: format,
                 admin,
             };
-            let result = runtime().and_then(|rt| rt.block_on(serve(config, source)));
+            let result = runtime().and_then(|rt| {
+                let result = rt.block_on(serve(config, source));
+                // The node is done; a reload still reading a pipe would
+                // hold a plain drop, which waits for it.
+                rt.shutdown_background();
+                result
+            });
             if let (LogFormat::Json, Err(e)) = (format, &result) {
                 // Keep a JSON log parseable to the last line.
                 tracing::error!(error = %format!("{e:#}"), "exiting");

@@ -34,9 +34,15 @@ pub async fn on_hangup(mut hup: Signal, reloader: Reloader, source: Source) {
 }
 
 async fn reload(reloader: &Reloader, source: &Source) {
-    let resolved = match config::resolve(source.args.clone(), &source.matches, &ProcessEnv) {
-        Ok(r) => r,
-        Err(e) => return rejected(&e.to_string()),
+    // Off the runtime's workers: the files are read again, and a pipe among
+    // them may take its writers' time (up to `files::PIPE_DEADLINE`).
+    let (args, matches) = (source.args.clone(), source.matches.clone());
+    let resolving =
+        tokio::task::spawn_blocking(move || config::resolve(args, &matches, &ProcessEnv));
+    let resolved = match resolving.await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return rejected(&e.to_string()),
+        Err(e) => return rejected(&format!("reading the settings failed: {e}")),
     };
     let new = resolved.config;
     if new.consumes.is_empty() && new.provides.is_empty() {
