@@ -291,6 +291,7 @@ impl Config {
         check_unique(&self.consumes, &self.provides)?;
         check_loops(self.bind, &self.consumes, &self.provides)?;
         check_credentials(&self.consumes, &self.security.credentials)?;
+        check_zones(&self.consumes)?;
         if !self.security.tls() {
             if let Some(p) = self.provides.iter().find(|p| p.tls_port.is_some()) {
                 return Err(SettingsError::Conflict(format!(
@@ -537,11 +538,34 @@ fn is_listener(bind: IpAddr, port: u16, b: &BackendAddr) -> bool {
                 let every = bind.is_unspecified() && ip.is_ipv4() == bind.is_ipv4();
                 ip == bind || (every && ip.is_loopback())
             }
+            // A listener is never on a link-local address (`--bind`
+            // cannot name its interface).
+            Host::Scoped(..) => false,
             Host::Name(_) => {
                 let v4 = [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED];
                 b.host.is_loopback() && v4.map(IpAddr::V4).contains(&bind)
             }
         }
+}
+
+/// A link-local backend's interface is on this host: a typo there would
+/// leave the backend undialable (the kernel refuses a link-local address
+/// without its interface).
+fn check_zones(consumes: &[ConsumeSpec]) -> Result<(), SettingsError> {
+    for c in consumes {
+        for b in &c.backends {
+            if let Host::Scoped(_, zone) = &b.host {
+                if crate::spec::zone_index(zone).is_none() {
+                    return Err(SettingsError::Value {
+                        setting: "consume",
+                        value: c.to_string(),
+                        reason: format!("no interface '{zone}' with an address here"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Credentials are for a consumed service, one set per service: a name

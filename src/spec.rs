@@ -66,6 +66,10 @@ pub struct ProvideSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
     Ip(IpAddr),
+    /// A link-local IPv6 address with its zone (`fe80::1%eth1`): the
+    /// interface it is reached through, by name or index, as `ping` and
+    /// socat take it. Without one the kernel cannot tell which link.
+    Scoped(Ipv6Addr, String),
     Name(String),
 }
 
@@ -94,9 +98,22 @@ impl Host {
     pub fn is_loopback(&self) -> bool {
         match self {
             Host::Ip(ip) => ip.to_canonical().is_loopback(),
+            Host::Scoped(..) => false,
             Host::Name(name) => name.eq_ignore_ascii_case("localhost"),
         }
     }
+}
+
+/// The index of the interface `zone` names, by name (`eth1`) or index
+/// (`3`), when this host has it, with an address (a link-local one at
+/// least, for a link-local backend to be reached through it).
+pub fn zone_index(zone: &str) -> Option<u32> {
+    let interfaces = if_addrs::get_if_addrs().ok()?;
+    let by_index = zone.parse::<u32>().ok();
+    interfaces
+        .iter()
+        .find(|i| i.name == zone || (by_index.is_some() && i.index == by_index))
+        .and_then(|i| i.index)
 }
 
 impl BackendAddr {
@@ -112,6 +129,7 @@ impl fmt::Display for Host {
         match self {
             Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
             Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Scoped(ip, zone) => write!(f, "[{ip}%{zone}]"),
             Host::Name(name) => f.write_str(name),
         }
     }
@@ -231,10 +249,7 @@ pub fn parse_backend(s: &str) -> Result<BackendAddr, SpecError> {
         let Some((ip, port)) = rest.split_once("]:") else {
             return err(format!("invalid backend '{s}': expected [IPV6]:PORT"));
         };
-        let ip: Ipv6Addr = ip
-            .parse()
-            .map_err(|_| SpecError(format!("invalid IPv6 address '{ip}' in '{s}'")))?;
-        (Host::Ip(IpAddr::V6(ip)), port)
+        (parse_ipv6(ip, s)?, port)
     } else {
         let Some((host, port)) = hostport.rsplit_once(':') else {
             return err(format!("invalid backend '{s}': expected HOST:PORT"));
@@ -252,6 +267,41 @@ pub fn parse_backend(s: &str) -> Result<BackendAddr, SpecError> {
         weight,
         tls,
     })
+}
+
+/// The inside of `[...]`: an IPv6 address, with a zone (`%eth1`) when it
+/// is link-local, and only then.
+fn parse_ipv6(text: &str, whole: &str) -> Result<Host, SpecError> {
+    let (ip, zone) = match text.split_once('%') {
+        Some((ip, zone)) => (ip, Some(zone)),
+        None => (text, None),
+    };
+    let ip: Ipv6Addr = ip
+        .parse()
+        .map_err(|_| SpecError(format!("invalid IPv6 address '{ip}' in '{whole}'")))?;
+    let link_local = ip.is_unicast_link_local();
+    match zone {
+        None if link_local => err(format!(
+            "link-local address '{ip}' in '{whole}' needs its interface: [{ip}%eth0]"
+        )),
+        None => Ok(Host::Ip(IpAddr::V6(ip))),
+        Some(_) if !link_local => err(format!(
+            "'{text}' in '{whole}': only a link-local address (fe80::/10) takes an interface"
+        )),
+        Some(zone) if valid_zone(zone) => Ok(Host::Scoped(ip, zone.to_owned())),
+        Some(zone) => err(format!(
+            "invalid interface '{zone}' in '{whole}': use its name (eth0) or index"
+        )),
+    }
+}
+
+/// An interface's name as Linux allows it (at most 15 bytes, no '/' nor
+/// space), narrowed to what names are made of, or its index.
+fn valid_zone(zone: &str) -> bool {
+    (1..=15).contains(&zone.len())
+        && zone
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn parse_host(host: &str, whole: &str) -> Result<Host, SpecError> {
@@ -448,10 +498,14 @@ mod tests {
                 ],
             ),
             (
-                "x:65535=[fe80::1]:1*1000",
+                "x:65535=[fe80::1%eth1]:1*1000",
                 "x",
                 65535,
-                vec![be(ip("fe80::1"), 1, 1000)],
+                vec![be(
+                    Host::Scoped("fe80::1".parse().unwrap(), "eth1".into()),
+                    1,
+                    1000,
+                )],
             ),
             // A fully qualified name, as DNS writes it.
             (
@@ -494,6 +548,17 @@ mod tests {
             ("redis:6379=::1:6379", "IPv6 addresses need brackets"),
             ("redis:6379=[::1:6379", "expected [IPV6]:PORT"),
             ("redis:6379=[zz::1]:6379", "invalid IPv6 address 'zz::1'"),
+            (
+                "redis:6379=[fe80::1]:6379",
+                "link-local address 'fe80::1' in '[fe80::1]:6379' needs its interface: [fe80::1%eth0]",
+            ),
+            (
+                "redis:6379=[::1%lo]:6379",
+                "'::1%lo' in '[::1%lo]:6379': only a link-local address",
+            ),
+            ("redis:6379=[fe80::1%]:6379", "invalid interface ''"),
+            ("redis:6379=[fe80::1%a/b]:6379", "invalid interface 'a/b'"),
+            ("redis:6379=[fe80::1%a234567890123456]:1", "invalid interface"),
             ("redis:6379=10.0.0.300:6379", "invalid host '10.0.0.300'"),
             ("redis:6379=bad_host:1", "invalid host 'bad_host'"),
             ("redis:6379=a:1*0", "invalid weight '0'"),
@@ -553,7 +618,7 @@ mod tests {
         for (backend, clear) in [
             ("10.0.0.5:6379", true),
             ("cache.lan:6379", true),
-            ("[fe80::1]:6379", true),
+            ("[fe80::1%eth0]:6379", true),
             ("tls://10.0.0.5:16379", false),
             ("127.0.0.2:6379", false),
             ("[::1]:6379", false),
@@ -570,6 +635,7 @@ mod tests {
         for s in [
             "redis:7379=127.0.0.1:6379,[::1]:6380*2,db.lan:1",
             "api:8080",
+            "redis:7379=[fe80::1%eth1]:6379,[fe80::2%3]:6379*2",
         ] {
             assert_eq!(parse_consume(s).unwrap().to_string(), s);
         }
@@ -635,8 +701,8 @@ mod tests {
         }
         let p: ProvideSpec = "web:80*5".parse().unwrap();
         assert_eq!(p.to_string(), "web:80*5");
-        let b: BackendAddr = "[fe80::1]:1*2".parse().unwrap();
-        assert_eq!(b.to_string(), "[fe80::1]:1*2");
+        let b: BackendAddr = "[fe80::1%2]:1*2".parse().unwrap();
+        assert_eq!(b.to_string(), "[fe80::1%2]:1*2");
         assert!("redis:0".parse::<ConsumeSpec>().is_err());
     }
 }

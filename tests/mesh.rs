@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mesh_amb_lab::{start_avahi_many, wait_until, AvahiOptions, Host, Lab, Proc};
+use mesh_amb_lab::{start_avahi_many, wait_for, wait_until, AvahiOptions, Host, Lab, Proc};
 
 mod common;
 
@@ -1346,4 +1346,41 @@ fn the_mdns_library_logs_when_asked() {
         "{}",
         provider.output_tail(20)
     );
+}
+
+/// A static backend at a link-local IPv6 address, with its interface
+/// (`[fe80::..%eth0]:PORT`, as `ping` and socat take it), is reached across
+/// the link; an interface this host lacks is refused before anything runs.
+#[test]
+fn a_static_link_local_backend_is_reached_through_its_interface() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _redis = redis(h2, 7001);
+    // Its address once duplicate address detection has passed: a tentative
+    // one cannot be reached yet.
+    let address = wait_for(DEADLINE, || {
+        let shown = h2.run_ok(
+            "ip",
+            ["-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"],
+        );
+        if shown.contains("tentative") {
+            return None;
+        }
+        let cidr = shown
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)?;
+        Some(cidr.split('/').next()?.to_owned())
+    })
+    .expect("no link-local address on h2's eth0");
+    let spec = format!("redis:6001=[{address}%eth0]:7001");
+    let mut consumer = amb(h1, &["--consume", &spec]);
+    wait_routed_to(h1, 6001, "h2");
+    assert!(consumer.is_running());
+
+    let wrong = format!("redis:6001=[{address}%eth9]:7001");
+    let out = h1.run(BIN, ["--check", "--consume", &wrong]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no interface 'eth9'"), "{stderr}");
 }

@@ -15,7 +15,7 @@
 //! by the user: trusted from the start.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV6};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -56,6 +56,12 @@ impl Target {
     pub fn from_host(host: &Host, port: u16) -> Target {
         match host {
             Host::Ip(ip) => Target::Addrs(vec![SocketAddr::new(*ip, port)]),
+            Host::Scoped(ip, zone) => {
+                // An interface gone since the start dials with no scope,
+                // which the kernel refuses: the backend is down, not moved.
+                let scope = crate::spec::zone_index(zone).unwrap_or(0);
+                Target::Addrs(vec![SocketAddrV6::new(*ip, port, 0, scope).into()])
+            }
             Host::Name(name) => Target::Name(name.clone(), port),
         }
     }

@@ -1,7 +1,7 @@
 //! `--consume`/`--provide` specs and Docker-link variables: typed by users,
 //! written by scripts.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use mesh_amb::spec::{
     consumes_from_env, parse_backend, parse_consume, parse_provide, BackendAddr, ConsumeSpec, Host,
@@ -52,7 +52,15 @@ fn name() -> impl Strategy<Value = String> {
 
 fn host() -> impl Strategy<Value = Host> {
     prop_oneof![
-        any::<IpAddr>().prop_map(Host::Ip),
+        any::<IpAddr>()
+            .prop_filter("link-local needs a zone", |ip| {
+                !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+            })
+            .prop_map(Host::Ip),
+        (any::<u64>(), crate::regex("[a-z0-9._-]{1,15}")).prop_map(|(low, zone)| Host::Scoped(
+            Ipv6Addr::from(0xfe80u128 << 112 | u128::from(low)),
+            zone
+        )),
         crate::regex("[a-z]([a-z0-9-]{0,8}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?){0,3}")
             .prop_map(Host::Name),
     ]

@@ -110,7 +110,8 @@ pub struct DemoArgs {
 pub struct RunArgs {
     /// Stand in for a service: listen on PORT and forward to the given
     /// backends ([tls://]HOST:PORT[*WEIGHT], comma-separated; tls:// is
-    /// another ambassador's TLS terminator) or, without them, to the
+    /// another ambassador's TLS terminator; IPv6 in brackets, link-local
+    /// with its interface: [fe80::1%eth1]:6379) or, without them, to the
     /// discovered providers of NAME. Repeatable. Env: MESH_AMB_CONSUME
     /// (whitespace-separated specs).
     #[arg(long, value_name = "NAME:PORT[=BACKEND,...]")]
