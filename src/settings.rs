@@ -42,6 +42,15 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// handshake packet is lost. Two seconds covers one loss, and failover from
 /// a host that silently vanished still takes seconds, not minutes.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a login (`--credentials`) waits for the backend's answer. A
+/// Redis answers `AUTH` at once unless it is busy: a slow command or
+/// script, a fork's pause, `DEBUG SLEEP` stall every client alike, and a
+/// client without a login would only wait. Bounded at the connect timeout
+/// (2 s), each such stall turned every new client of a live backend into a
+/// reset, and ejected it; 10 s rides out such stalls, and a backend that
+/// accepts and never answers still fails over (and is ejected for the
+/// next clients) within seconds.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Three candidates cover "one backend died and the next is also in trouble"
 /// without letting one client wait through a whole large pool.
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
@@ -218,6 +227,9 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Backends tried per client connection.
     pub connect_attempts: usize,
+    /// How long a login (`--credentials`) waits for the backend's answer
+    /// before it fails over.
+    pub login_timeout: Duration,
     /// How long a client of a discovered service with no backend, or whose
     /// backends tried all failed, waits for a backend (one it has not
     /// tried, or those that failed again after a second) before it is
@@ -254,6 +266,7 @@ impl Default for ProxySettings {
             max_connections: DEFAULT_MAX_CONNECTIONS as usize,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             connect_attempts: DEFAULT_CONNECT_ATTEMPTS as usize,
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
             wait_for_backend: DEFAULT_WAIT_FOR_BACKEND,
             idle_timeout: None,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,

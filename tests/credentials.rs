@@ -352,7 +352,9 @@ async fn a_backend_that_stalls_or_drops_the_login_is_ejected_and_skipped() {
             drop(s);
         }
     });
-    let amb = Amb::start(&dir, &[bad[0], bad[1], redis.addr], &in_order(&file)).await;
+    let mut args = in_order(&file).to_vec();
+    args.extend(["--login-timeout", "300ms"]);
+    let amb = Amb::start(&dir, &[bad[0], bad[1], redis.addr], &args).await;
     for _ in 0..20 {
         assert_eq!(amb.one(&[b"PING"]).await, pong());
     }
@@ -370,6 +372,42 @@ async fn a_backend_that_stalls_or_drops_the_login_is_ejected_and_skipped() {
     assert_eq!(amb.warnings("closing client connection"), 0, "{log}");
     amb.assert_nothing_shows();
     closer.abort();
+}
+
+/// A Redis that stalls (here `CLIENT PAUSE`; a slow command, a script, a
+/// fork's pause) answers the login late: the clients that came meanwhile
+/// are served once it answers, as without a login, and the backend stays
+/// in. Bounded at the connect timeout (300 ms here), the login reset them
+/// and ejected it.
+#[tokio::test]
+async fn a_login_a_stalled_redis_answers_late_serves_its_client() {
+    let redis = Redis::start_with(&["--requirepass", PASSWORD]).await;
+    let dir = TempDir::new();
+    let file = credentials(&dir.secret("redis.pass", PASSWORD));
+    let amb = Amb::start(&dir, &[redis.addr], &["--credentials", &file]).await;
+    assert_eq!(amb.one(&[b"PING"]).await, pong());
+
+    let stall = Duration::from_millis(1500);
+    let mut admin = TcpStream::connect(redis.addr).await.unwrap();
+    let auth = command(&mut admin, &[b"AUTH", PASSWORD.as_bytes()]).await;
+    assert_eq!(auth.unwrap(), Reply::Simple("OK".into()));
+    let ms = stall.as_millis().to_string();
+    let pause = command(&mut admin, &[b"CLIENT", b"PAUSE", ms.as_bytes(), b"ALL"]).await;
+    assert_eq!(pause.unwrap(), Reply::Simple("OK".into()));
+    let t0 = Instant::now();
+    let ping = || amb.one(&[b"PING"]);
+    let (a, b, c) = tokio::join!(ping(), ping(), ping());
+    for reply in [a, b, c] {
+        assert_eq!(reply, pong(), "{}", amb.log());
+    }
+    // Served once the pause was over, not before: the stall was real.
+    assert!(
+        t0.elapsed() >= stall - Duration::from_millis(100),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(ejections(&amb.log(), redis.addr), 0, "{}", amb.log());
+    amb.assert_nothing_shows();
 }
 
 /// What a test backend does with each connection: reports go into the

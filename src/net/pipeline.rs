@@ -315,7 +315,8 @@ impl ConnectError {
 /// (dial, TLS, login) until one is ready, within `connect_attempts` tries
 /// (a proven backend among them whenever one exists:
 /// [`crate::backends::balance`]), each step bounded by `connect_timeout`
-/// (the TLS handshake by [`tls::HANDSHAKE_TIMEOUT`]).
+/// (the TLS handshake by [`tls::HANDSHAKE_TIMEOUT`], the login by
+/// `login_timeout`).
 ///
 /// A discovered service with no backend, or whose candidates all failed,
 /// holds the client for up to `wait_for_backend` from its arrival and
@@ -553,7 +554,7 @@ async fn establish(
             backend,
             credentials,
             &mut stream,
-            settings.connect_timeout,
+            settings.login_timeout,
         )
         .await?;
     }

@@ -69,6 +69,7 @@ pub(super) fn proxy_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         policy,
         connect_timeout,
         connect_attempts,
+        login_timeout,
         wait_for_backend,
         idle_timeout,
         drain_timeout,

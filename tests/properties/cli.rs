@@ -48,6 +48,7 @@ const KEYS: &[&str] = &[
     "fall",
     "drain_period",
     "backend_check",
+    "login_timeout",
     "log_format",
     "no_such_key",
 ];

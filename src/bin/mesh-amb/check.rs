@@ -89,9 +89,16 @@ pub fn summary(config: &Config) -> String {
     // A provide without TLS is served by the local service itself.
     if !config.consumes.is_empty() || security.tls() {
         let p = &config.proxy;
+        let login = match security.credentials.is_empty() {
+            true => String::new(),
+            false => format!(
+                ", login timeout {}",
+                humantime::format_duration(p.login_timeout)
+            ),
+        };
         let _ = writeln!(
             out,
-            "proxy: balance {}, at most {} connections, connect timeout {}",
+            "proxy: balance {}, at most {} connections, connect timeout {}{login}",
             p.policy,
             p.max_connections,
             humantime::format_duration(p.connect_timeout)

@@ -23,9 +23,9 @@ use mesh_amb::settings::{
     AdminAddr, ConnectionCount, Ip, NodeId, OrOff, Period, SmallCount, Wait, DEFAULT_BIND,
     DEFAULT_CHECK_INTERVAL, DEFAULT_CONNECT_ATTEMPTS, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_PERIOD, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EJECT_TIME, DEFAULT_FALL,
-    DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RISE, DEFAULT_TCP_KEEPALIVE,
-    DEFAULT_TCP_KEEPALIVE_INTERVAL, DEFAULT_TCP_KEEPALIVE_PROBES, DEFAULT_TCP_USER_TIMEOUT,
-    DEFAULT_WAIT_FOR_BACKEND,
+    DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_LOGIN_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_RISE,
+    DEFAULT_TCP_KEEPALIVE, DEFAULT_TCP_KEEPALIVE_INTERVAL, DEFAULT_TCP_KEEPALIVE_PROBES,
+    DEFAULT_TCP_USER_TIMEOUT, DEFAULT_WAIT_FOR_BACKEND,
 };
 use mesh_amb::spec::{ConsumeSpec, ProvideSpec};
 
@@ -272,6 +272,13 @@ pub struct RunArgs {
     /// (whitespace-separated specs).
     #[arg(long, value_name = "NAME=redis:FILE")]
     pub credentials: Vec<CredentialsSpec>,
+
+    /// With --credentials, how long a backend has to answer the login
+    /// before the next is tried: a busy Redis (a slow command, a fork's
+    /// pause) answers late, not never.
+    #[arg(long, value_name = "DURATION", env = "MESH_AMB_LOGIN_TIMEOUT",
+        default_value_t = Period(DEFAULT_LOGIN_TIMEOUT))]
+    pub login_timeout: Period,
 
     /// Cluster key file (from 'mesh-amb keygen'): sign our advertisements
     /// and accept only signed ones, and speak mutual TLS with other

@@ -311,6 +311,7 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
         drain_period,
         backend_check,
         credentials,
+        login_timeout,
         cluster_key,
         tls_cert,
         tls_key,
@@ -335,6 +336,7 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
                 max_connections: max_connections.into(),
                 connect_timeout: connect_timeout.into(),
                 connect_attempts: connect_attempts.into(),
+                login_timeout: login_timeout.into(),
                 wait_for_backend: wait_for_backend.into(),
                 idle_timeout: idle_timeout.into(),
                 drain_timeout: drain_timeout.into(),
@@ -533,6 +535,7 @@ mod tests {
                 Period(DEFAULT_CONNECT_TIMEOUT).to_string(),
             ),
             ("--connect-attempts", DEFAULT_CONNECT_ATTEMPTS.to_string()),
+            ("--login-timeout", Period(DEFAULT_LOGIN_TIMEOUT).to_string()),
             (
                 "--wait-for-backend",
                 Wait(DEFAULT_WAIT_FOR_BACKEND).to_string(),
