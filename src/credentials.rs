@@ -213,12 +213,30 @@ impl CredentialsSpec {
 /// it streams within the connect timeout.
 pub const MAX_LOGIN_REPLY: usize = 4 * 1024;
 
-/// A backend's no to the credentials: it answered the login with a Redis
-/// error (wrong password, no such user, no password configured there).
-/// The backend is alive; the credentials are wrong.
+/// A backend's no to the login: it answered with a Redis error. The
+/// backend is alive. Most often the credentials are wrong (a wrong
+/// password, no such user, no password configured there), and it says so;
+/// a Redis at its `maxclients` or with `AUTH` renamed away refuses any
+/// login, and is not said to refuse the credentials.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the backend refused the credentials: {0}")]
-pub struct Refused(String);
+#[error("{}: {why}", if *.credentials { "the backend refused the credentials" } else { "the backend answered the login with an error" })]
+pub struct Refused {
+    why: String,
+    credentials: bool,
+}
+
+impl Refused {
+    /// The error `text` (shown as [`reason`] makes it) a backend answered.
+    fn new(why: String) -> Refused {
+        let code = why.split(' ').next().unwrap_or_default();
+        // Redis's own words for a wrong login: WRONGPASS (6.0 on), "invalid
+        // password" and "no password is set" before it, "without any
+        // password configured" for a password it has no use for.
+        let credentials =
+            matches!(code, "WRONGPASS" | "NOAUTH") || why.to_ascii_lowercase().contains("password");
+        Refused { why, credentials }
+    }
+}
 
 /// Why a backend connection could not be logged in.
 #[derive(Debug, thiserror::Error)]
@@ -265,7 +283,7 @@ impl Credentials {
             .map_err(|_| LoginError::Timeout(timeout))??;
         match answer.split_first() {
             Some((&b'+', b"OK")) => Ok(()),
-            Some((&b'-', text)) => Err(Refused(reason(text, password)).into()),
+            Some((&b'-', text)) => Err(Refused::new(reason(text, password)).into()),
             Some((&b'+', _)) => Err(LoginError::NotRedis("a status other than OK")),
             _ => Err(LoginError::NotRedis("a line that is no status nor error")),
         }
@@ -624,7 +642,23 @@ mod tests {
                 b"-ERR AUTH <password> called without any password configured\r\n",
                 refused,
             ),
-            (b"-\r\n", refused),
+            (
+                b"-ERR max number of clients reached\r\n",
+                "refused: the backend answered the login with an error: ERR max number",
+            ),
+            (
+                b"-ERR unknown command 'AUTH', with args beginning with: \r\n",
+                "refused: the backend answered the login with an error: ERR unknown",
+            ),
+            (b"-ERR invalid password\r\n", refused),
+            (
+                b"-ERR Client sent AUTH, but no password is set\r\n",
+                refused,
+            ),
+            (
+                b"-\r\n",
+                "refused: the backend answered the login with an error: ",
+            ),
             (
                 b"+PONG\r\n",
                 "not redis: the backend answered the login with a status",
