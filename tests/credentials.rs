@@ -586,6 +586,7 @@ async fn a_refusal_neither_proves_nor_ejects_nor_restores() {
             table: table.clone(),
             balancer: Balancer::new(Policy::P2c),
             source: Source::Static,
+            listener: None,
             credentials: Some(Arc::new(spec.load().unwrap())),
             counters: Default::default(),
         }

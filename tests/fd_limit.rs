@@ -189,6 +189,7 @@ async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
         table,
         balancer: Balancer::new(Policy::P2c),
         source: Source::Discovered(tx),
+        listener: None,
         credentials: None,
         counters: Default::default(),
     };

@@ -316,6 +316,41 @@ fn malformed_instances_are_ignored_and_the_provider_keeps_serving() {
     );
 }
 
+/// A stranger's record that names the consumer's own listener (loopback,
+/// IPv4-mapped loopback, the port it listens on) is refused and logged
+/// once: dialed, each connection would have made one more, until the
+/// node's connection limit was full (found by exploratory testing: 9,946
+/// connections within a second, with no client at all).
+#[test]
+fn a_record_naming_the_consumers_own_listener_is_refused() {
+    let mesh = Mesh::start(&["--max-connections", "200"]);
+    let to_itself = [
+        FakeInstance::service("loop", "redis", CONSUME_PORT, [127, 0, 0, 1].into()),
+        FakeInstance::service(
+            "mapped",
+            "redis",
+            CONSUME_PORT,
+            "::ffff:127.0.0.1".parse().unwrap(),
+        ),
+    ];
+    let rogue = Rogue::start(mesh.stranger(), to_itself.to_vec());
+    mesh.wait_log(&["ignoring", "names a listener of this node"], 2);
+    assert!(wait_until(DEADLINE, || rogue.rounds() >= 3));
+    let log = mesh.consumer.stderr();
+    for label in ["loop", "mapped"] {
+        let joined = format!("backend joined service=redis instance={label}.");
+        assert!(!log.contains(&joined), "{joined}: {log}");
+    }
+    // The consumer's own connections: the provider's, and nothing looping.
+    let established = mesh
+        .client()
+        .run_ok("ss", ["-Htn", "state", "established"])
+        .lines()
+        .count();
+    assert!(established < 20, "{established} connections");
+    mesh.assert_provider_kept();
+}
+
 #[test]
 fn with_a_key_a_forged_flawed_record_under_a_real_name_changes_nothing() {
     let mesh = Mesh::keyed();

@@ -2,6 +2,7 @@
 //! come from.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ pub struct Service {
     pub balancer: Balancer,
     /// Whether the backends were configured or are discovered.
     pub source: Source,
+    /// The address its listener is bound to (the consume's `--bind` and
+    /// port): a discovered record that names it, or another listener of
+    /// the node, is refused, since dialing it would loop.
+    pub listener: Option<SocketAddr>,
     /// The login made to every backend connection before the client's
     /// bytes flow (`--credentials`), if any.
     pub credentials: Option<Arc<Credentials>>,

@@ -126,6 +126,24 @@ pub fn choose(peer: &[PeerAddr], port: u16, local: &[LocalAddr]) -> Vec<SocketAd
     ranked.into_iter().map(|(_, a)| a).collect()
 }
 
+/// Whether dialing `addr` reaches one of `listeners` (this node's own
+/// consume listeners, as bound): its address, or, for a listener on every
+/// address (`0.0.0.0`, `::`), any address of ours or loopback on its port.
+/// A `::` listener is taken to hold IPv4 too (`net.ipv6.bindv6only` is 0
+/// by default): no provider can share the port with it anyway.
+pub fn is_listener(addr: SocketAddr, listeners: &[SocketAddr], local: &[LocalAddr]) -> bool {
+    let ip = addr.ip().to_canonical();
+    let ours = ip.is_loopback() || local.iter().any(|l| l.ip == ip);
+    listeners.iter().any(|l| {
+        let bound = l.ip().to_canonical();
+        let every = match bound {
+            IpAddr::V4(v4) => v4.is_unspecified() && ip.is_ipv4(),
+            IpAddr::V6(v6) => v6.is_unspecified(),
+        };
+        l.port() == addr.port() && (bound == ip || (every && ours))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +264,32 @@ mod tests {
         ));
         assert!(same_subnet("fd00::9".parse().unwrap(), &l("fd00::1", 64)));
         assert!(!same_subnet("fd00::9".parse().unwrap(), &l("10.0.0.1", 8)));
+    }
+
+    #[test]
+    fn what_reaches_a_listener_of_ours() {
+        let local = local(&[("127.0.0.1", 8), ("10.77.0.4", 24)]);
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let cases = [
+            // Listener, dialed address, whether it is that listener.
+            ("127.0.0.1:6390", "127.0.0.1:6390", true),
+            ("127.0.0.1:6390", "[::ffff:127.0.0.1]:6390", true),
+            ("127.0.0.1:6390", "127.0.0.1:6391", false),
+            ("127.0.0.1:6390", "127.9.9.9:6390", false),
+            ("127.0.0.1:6390", "10.77.0.4:6390", false),
+            ("0.0.0.0:6390", "127.9.9.9:6390", true),
+            ("0.0.0.0:6390", "10.77.0.4:6390", true),
+            ("0.0.0.0:6390", "10.77.0.5:6390", false),
+            ("0.0.0.0:6390", "[::1]:6390", false),
+            ("[::]:6390", "127.0.0.1:6390", true),
+            ("[::]:6390", "[::1]:6390", true),
+            ("[::1]:6390", "[::1]:6390", true),
+            ("[::1]:6390", "127.0.0.1:6390", false),
+        ];
+        for (listener, dialed, want) in cases {
+            let got = is_listener(at(dialed), &[at(listener)], &local);
+            assert_eq!(got, want, "{listener} {dialed}");
+        }
+        assert!(!is_listener(at("127.0.0.1:6390"), &[], &local));
     }
 }

@@ -26,7 +26,7 @@
 //! with the addresses it signs.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -1614,7 +1614,21 @@ fn resolved(
         removed(services, &r.fullname);
         return Ok(peer);
     }
-    let addrs = addr::choose(&peer, r.get_port(), &addr::local_addrs());
+    let local = addr::local_addrs();
+    let mut addrs = addr::choose(&peer, r.get_port(), &local);
+    // A record that names a listener of this node (a stranger's, on a
+    // keyless LAN: `127.0.0.1` and our port) would have it dial itself,
+    // each connection making one more, until its limit is full.
+    let listeners: Vec<SocketAddr> = services.iter().filter_map(|s| s.listener).collect();
+    let all = addrs.len();
+    addrs.retain(|a| !addr::is_listener(*a, &listeners, &local));
+    if all > 0 && addrs.is_empty() {
+        stats.ignore(
+            &stats.own_listener,
+            &r.fullname,
+            "it names a listener of this node (a loop)",
+        );
+    }
     // Every ambassador names its node; an Avahi service file need not.
     let origin = if r.get_property_val_str("node").is_some() {
         Origin::Mesh

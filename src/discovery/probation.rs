@@ -271,6 +271,7 @@ mod tests {
             table: table.clone(),
             balancer: Balancer::new(Policy::P2c),
             source: Source::Static,
+            listener: None,
             credentials: None,
             counters: Default::default(),
         });

@@ -50,6 +50,10 @@ pub struct DiscoveryStats {
     /// Browse events dropped because they came faster than they could be
     /// applied (a flood); a re-browse brings back what they said.
     pub events_dropped: AtomicU64,
+    /// Instances whose every address is a listener of this node: dialing
+    /// them would loop (a stranger's record pointing a service back into
+    /// its ambassador).
+    pub own_listener: AtomicU64,
     /// Never-answering instances dropped from a full table to make room.
     pub evicted: AtomicU64,
     /// Probation probes a new instance answered (it may take clients).
@@ -121,6 +125,7 @@ impl DiscoveryStats {
             &self.bad_txt,
             &self.bad_service,
             &self.tls_mismatch,
+            &self.own_listener,
             &self.over_service_cap,
             &self.over_total_cap,
             &self.unsigned,
@@ -135,7 +140,7 @@ impl DiscoveryStats {
     }
 
     /// Every counter with its name, for a log line or an admin page.
-    pub fn counters(&self) -> [(&'static str, u64); 16] {
+    pub fn counters(&self) -> [(&'static str, u64); 17] {
         let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("bad_name", v(&self.bad_name)),
@@ -143,6 +148,7 @@ impl DiscoveryStats {
             ("bad_txt", v(&self.bad_txt)),
             ("bad_service", v(&self.bad_service)),
             ("tls_mismatch", v(&self.tls_mismatch)),
+            ("own_listener", v(&self.own_listener)),
             ("over_service_cap", v(&self.over_service_cap)),
             ("over_total_cap", v(&self.over_total_cap)),
             ("events_dropped", v(&self.events_dropped)),

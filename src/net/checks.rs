@@ -230,6 +230,7 @@ mod tests {
             table: table.clone(),
             balancer: Balancer::new(Policy::P2c),
             source: Source::Discovered(tx),
+            listener: None,
             credentials: None,
             counters: Default::default(),
         });

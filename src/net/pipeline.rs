@@ -670,6 +670,7 @@ mod tests {
             table: Arc::new(Table::with_probation(Duration::from_secs(60))),
             balancer: Balancer::new(Policy::P2c),
             source: Source::Discovered(suspects),
+            listener: None,
             credentials: None,
             counters: Default::default(),
         }

@@ -499,6 +499,7 @@ impl Running {
             table,
             balancer: Balancer::new(self.config.proxy.policy),
             source,
+            listener: Some(SocketAddr::new(self.config.bind, c.port)),
             credentials: self
                 .config
                 .security
