@@ -10,7 +10,7 @@
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use mesh_amb::discovery::witness::{MISSES_TO_DEAD, PROBE_TIMEOUT};
+use mesh_amb::discovery::witness::{MISSES_TO_DEAD, PROBE_EVERY, PROBE_TIMEOUT};
 use mesh_amb_lab::{wait_for, wait_until, FakeInstance, Host, Impairment, Lab, Proc, Rogue};
 
 mod common;
@@ -703,4 +703,42 @@ fn a_provider_sharing_its_port_with_avahi_is_not_declared_dead() {
             "no"
         }
     );
+}
+
+/// Without the key, a stranger's record under a live node's id (instance
+/// `evil@real`, TXT `node=real`, at an address where no node answers)
+/// neither moves that node's watch there nor gets its instances a goodbye:
+/// before, one packet had the consumer declare the provider dead and tell
+/// the whole link so, again at each repeat (found by exploratory testing:
+/// 7-24 s without the provider each time).
+#[test]
+fn a_strangers_record_under_a_live_node_id_gets_it_no_goodbye() {
+    let lab = Lab::new(4);
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    serve(h1);
+    let provider = amb(h1, &["--provide", "web:7000", "--node-id", "real"]);
+    wait_log(&provider, ADVERTISING);
+    let consumer = amb(h3, &["--consume", "web:8080"]);
+    let instance = "web@real.";
+    wait_until(DEADLINE, || has(&consumer, "backend joined", instance) > 0);
+    // Past the young node's watch: probed like any other from now on.
+    let watching = "witness: watching node=\"real\"";
+    let watched = wait_until(WATCH_DEADLINE, || consumer.stderr().contains(watching));
+    assert!(watched, "never watched:\n{}", consumer.output_tail(20));
+
+    // At h4, where nothing listens on the mDNS port: a refused probe needs
+    // no multicast confirmation (the stranger's own host would swallow
+    // the probes, and the confirmation find the node alive).
+    let nowhere = lab.host("h4").ip.into();
+    let mut forged = FakeInstance::service("evil@real", "other", 7000, nowhere);
+    forged.txt.extend([b"node=real".to_vec(), b"v=1".to_vec()]);
+    let rogue = Rogue::start(h2, vec![forged]);
+    // Probed at that address, the node was declared dead within
+    // about 4 s; five probe periods leave that far behind.
+    let hurt = wait_until(5 * PROBE_EVERY, || {
+        has(&consumer, "backend left", instance) > 0
+            || consumer.stderr().contains("goodbye sent for its instances")
+    });
+    assert!(rogue.rounds() >= 1);
+    assert!(!hurt, "{}", consumer.output_tail(30));
 }

@@ -74,7 +74,9 @@
 //! Bounded work: one ring probe in flight, to one peer, whatever the link
 //! says; at most [`MAX_TRIALS`] nodes on trial, one probe per period each
 //! once declared dead. A stranger's records can change which node is
-//! watched (without the cluster key), not how much is sent.
+//! watched (without the cluster key), not how much is sent, nor where a
+//! node is watched: at the address of its oldest instance, and its
+//! goodbye names only the instances that resolved where it fell silent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -275,6 +277,14 @@ pub struct Ring {
     /// up, and a flood of fake nodes fills the ring, where a scan per
     /// lookup held the discovery loop about 50 us per removal.
     owners: HashMap<String, BTreeSet<String>>,
+    /// Where each node's instance resolved, by (node, instance): a node is
+    /// watched at the address of its oldest instance, and declared dead
+    /// there only for the instances at that address. Without the key, a
+    /// stranger's one record under a live node's id (`evil@real`, `node=`
+    /// that id, an address where nothing answers) moved the node's probe
+    /// there, and its verdict said the goodbye of the node's real
+    /// instances to the whole link.
+    at: HashMap<(String, String), Option<IpAddr>>,
 }
 
 /// Most nodes the ring holds: far above a link's worth of mesh-amb nodes,
@@ -316,16 +326,47 @@ impl Ring {
             since: tokio::time::Instant::now(),
         });
         peer.host = host;
-        peer.addr = addr.or(peer.addr);
         peer.link = peer.link.or(link);
-        if !peer.instances.iter().any(|i| i == fullname)
-            && peer.instances.len() < MAX_GOODBYE_INSTANCES
-        {
+        let listed = peer.instances.iter().any(|i| i == fullname);
+        if !listed && peer.instances.len() < MAX_GOODBYE_INSTANCES {
             peer.instances.push(fullname.to_owned());
             self.owners
                 .entry(fullname.to_owned())
                 .or_default()
                 .insert(node.to_owned());
+        }
+        if listed || peer.instances.iter().any(|i| i == fullname) {
+            // A record without a probe address (loopback only) keeps the
+            // one heard before.
+            let known = self.at.entry((node.to_owned(), fullname.to_owned()));
+            let known = known.or_default();
+            *known = addr.or(*known);
+        }
+        self.reaim(node);
+    }
+
+    /// Sets `node`'s probe address: that of its oldest instance with one.
+    fn reaim(&mut self, node: &str) {
+        let Some(peer) = self.nodes.get_mut(node) else {
+            return;
+        };
+        peer.addr = peer.instances.iter().find_map(|i| {
+            let key = (node.to_owned(), i.clone());
+            self.at.get(&key).copied().flatten()
+        });
+    }
+
+    /// `peer` (`node`) as it is probed at `addr`: with only its instances
+    /// that resolved there, the ones its silence there says are gone.
+    fn at_addr(&self, node: &str, peer: &Peer, addr: Option<IpAddr>) -> Peer {
+        let there = |i: &&String| {
+            let key = (node.to_owned(), (*i).clone());
+            self.at.get(&key).copied().flatten() == addr
+        };
+        Peer {
+            addr,
+            instances: peer.instances.iter().filter(there).cloned().collect(),
+            ..peer.clone()
         }
     }
 
@@ -333,12 +374,14 @@ impl Ring {
     /// the ring.
     pub fn gone(&mut self, fullname: &str) {
         for node in self.owners.remove(fullname).unwrap_or_default() {
+            self.at.remove(&(node.clone(), fullname.to_owned()));
             if let Some(p) = self.nodes.get_mut(&node) {
                 p.instances.retain(|i| i != fullname);
                 if p.instances.is_empty() {
                     self.nodes.remove(&node);
                 }
             }
+            self.reaim(&node);
         }
     }
 
@@ -347,13 +390,16 @@ impl Ring {
         self.nodes.contains_key(node)
     }
 
-    /// The node that announced instance `fullname`, if it can be probed.
+    /// The node that announced instance `fullname`, if it can be probed:
+    /// at the address the instance resolved at (the node's otherwise),
+    /// with the instances there.
     pub fn owner(&self, fullname: &str) -> Option<(String, Peer)> {
-        self.owners
-            .get(fullname)?
-            .iter()
-            .find_map(|id| Some((id, self.nodes.get(id)?)).filter(|(_, p)| p.addr.is_some()))
-            .map(|(id, p)| (id.clone(), p.clone()))
+        self.owners.get(fullname)?.iter().find_map(|id| {
+            let peer = self.nodes.get(id)?;
+            let key = (id.clone(), fullname.to_owned());
+            let addr = self.at.get(&key).copied().flatten().or(peer.addr)?;
+            Some((id.clone(), self.at_addr(id, peer, Some(addr))))
+        })
     }
 
     /// Nodes in the ring, this one included.
@@ -370,7 +416,7 @@ impl Ring {
             .range::<str, _>((Excluded(self.me.as_str()), Unbounded))
             .find(probed)
             .or_else(|| self.nodes.iter().find(probed))
-            .map(|(id, p)| (id.clone(), p.clone()))
+            .map(|(id, p)| (id.clone(), self.at_addr(id, p, p.addr)))
     }
 }
 
@@ -1254,6 +1300,38 @@ mod tests {
         assert!(!r.knows("c"), "c had no other");
         let left: Vec<&String> = r.owners.keys().collect();
         assert_eq!(left, [&format!("web@b.{SERVICE_TYPE}")]);
+    }
+
+    #[test]
+    fn a_strangers_instance_under_a_live_node_id_neither_moves_its_watch_nor_joins_its_goodbye() {
+        let (real, evil) = (
+            format!("redis@b.{SERVICE_TYPE}"),
+            format!("evil@b.{SERVICE_TYPE}"),
+        );
+        let at = |r: &Ring| {
+            let (_, p) = r.successor().unwrap();
+            (p.addr.unwrap().to_string(), p.instances)
+        };
+        // Heard after the node's own: the watch stays where it was.
+        let mut r = Ring::new("a");
+        r.seen("b", &real, &addr("10.0.0.1"), None);
+        r.seen("b", &evil, &addr("10.0.0.2"), None);
+        assert_eq!(at(&r), ("10.0.0.1".into(), vec![real.clone()]));
+        // A failed connect to the stranger's instance probes its address,
+        // and a verdict there names it alone.
+        let (_, p) = r.owner(&evil).unwrap();
+        assert_eq!(
+            (p.addr, p.instances),
+            (Some("10.0.0.2".parse().unwrap()), vec![evil.clone()])
+        );
+        // Heard first: the node is watched there, and a verdict there
+        // names the stranger's instance only; once it is gone, the node's.
+        let mut r = Ring::new("a");
+        r.seen("b", &evil, &addr("10.0.0.2"), None);
+        r.seen("b", &real, &addr("10.0.0.1"), None);
+        assert_eq!(at(&r), ("10.0.0.2".into(), vec![evil.clone()]));
+        r.gone(&evil);
+        assert_eq!(at(&r), ("10.0.0.1".into(), vec![real.clone()]));
     }
 
     #[test]
