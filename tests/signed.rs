@@ -5,7 +5,7 @@
 //! [`Rogue`] advertiser) from its own address and counts the connections
 //! it receives. No multicast leaves the lab.
 
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,9 @@ use mesh_amb::discovery::wire::{self, State};
 use mesh_amb::security::advert::{AdvertKey, Fields, MAX_SKEW, VALIDITY};
 use mesh_amb::security::ClusterKey;
 
-use mesh_amb_lab::{wait_for, wait_until, AvahiGuard, FakeInstance, Host, Lab, Proc, Rogue};
+use mesh_amb_lab::{
+    announcement_packets, wait_for, wait_until, AvahiGuard, FakeInstance, Host, Lab, Proc, Rogue,
+};
 
 use common::mesh::*;
 
@@ -411,6 +413,60 @@ fn a_stranger_replaying_the_real_instance_from_its_own_address_gets_nothing() {
     );
     // Refused for its addresses alone: the copied seal itself checked.
     m.wait_refused(&[("redis@h1", "none of its resolved addresses is signed")]);
+}
+
+/// A stranger that announces `redis@h1` (unsigned) before the keyed
+/// provider with `--node-id h1` starts does not get its name: mdns-sd's
+/// conflict probe renamed ours (`redis@h1 (2)`), whose seal then no
+/// longer matched, and every keyed consumer ignored the provider for the
+/// life of its process (found by exploratory testing).
+#[test]
+fn a_stranger_who_takes_a_keyed_providers_name_first_does_not_hide_it() {
+    let lab = Lab::new(3);
+    let key = keygen(lab.dir(), "cluster.key");
+    let k = key.to_str().unwrap();
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    // Said again every 100 ms, so that it is heard within the 750 ms of
+    // the provider's conflict probe.
+    let squat = FakeInstance::service("redis@h1", "redis", TLS_PORT, h3.ip.into());
+    let packets = announcement_packets(&[squat]);
+    let sock = h3.enter(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let squatting = std::thread::spawn(move || {
+        while !stopped.load(Ordering::Relaxed) {
+            for p in &packets {
+                let _ = sock.send_to(p, "224.0.0.251:5353");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    let consumer = amb(h2, &["--consume", "redis:6379", "--cluster-key", k]);
+    let inst = instance("redis@h1");
+    let seen = wait_until(DEADLINE, || {
+        log_lines(&consumer, &[IGNORING, &inst, "unsigned"]) >= 1
+    });
+    assert!(seen, "{}", consumer.output_tail(40));
+    let _redis = redis(h1, REDIS_PORT);
+    let provider = amb(
+        h1,
+        &[
+            "--provide",
+            &format!("redis:{REDIS_PORT}@{TLS_PORT}"),
+            "--node-id",
+            "h1",
+            "--cluster-key",
+            k,
+        ],
+    );
+    wait_routed_to(h2, CONSUME_PORT, "h1");
+    assert!(
+        !provider.stderr().contains("renamed ours"),
+        "{}",
+        provider.output_tail(20)
+    );
+    stop.store(true, Ordering::Relaxed);
+    squatting.join().unwrap();
 }
 
 #[test]

@@ -111,7 +111,7 @@ mod rogue;
 mod silent;
 
 pub use impair::{Hub, HubStats, ImpairedLab, Impairment};
-pub use rogue::{FakeInstance, Rogue};
+pub use rogue::{packets as announcement_packets, FakeInstance, Rogue};
 pub use silent::SilentListener;
 
 use neigh::NeighbourRoom;

@@ -308,7 +308,7 @@ fn read_name(packet: &[u8], mut at: usize) -> Option<(Vec<Vec<u8>>, usize)> {
 }
 
 /// Every instance's records, packed into as few packets as fit
-/// [`MAX_PACKET`]. The records of one instance (PTR, SRV, TXT and the
+/// `MAX_PACKET` bytes. The records of one instance (PTR, SRV, TXT and the
 /// addresses of its host) always share a packet, so a browser resolves it
 /// from that packet alone.
 pub fn packets(instances: &[FakeInstance]) -> Vec<Vec<u8>> {

@@ -332,6 +332,7 @@ impl Mdns {
     /// `probe` runs RFC 6762's conflict probe first (750 ms): worth it only
     /// when the node id came from the user, who may have copied one config
     /// to several hosts; a random 32-bit id does not collide in practice.
+    /// Not with the key (see below).
     /// Never probe a re-announcement: mdns-sd answers no query meanwhile.
     /// With the key, returns what the seal covered.
     pub fn advertise(
@@ -388,7 +389,12 @@ impl Mdns {
         let again = info(&self.host)?;
         let leaving = info(&wire::leaving_host_name(&p.name, &self.node_id))?;
         let mut first = again.clone();
-        first.set_requires_probe(probe);
+        // With the key, the seal says whose a name is, not who took it
+        // first: a stranger who announced `redis@victim` before the node
+        // started had mdns-sd rename ours (`redis@victim (2)`), which no
+        // longer matched its seal, and hid it from every keyed consumer
+        // for the process's life. Its unsigned records are refused anyway.
+        first.set_requires_probe(probe && self.key.is_none());
         // Stored before the daemon has it, under the lock: a refresh of
         // the node's other instances meanwhile must not send this one's
         // previous records after the daemon's new ones.
