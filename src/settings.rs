@@ -61,7 +61,7 @@ pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 /// record stands for a second after the service there stopped). A client
 /// that comes then is held this long for a backend rather than closed;
 /// three seconds covers a restart, and a client's own connect timeout is
-/// rarely shorter.
+/// rarely shorter. A static backend restarting in place is gone as long.
 pub const DEFAULT_WAIT_FOR_BACKEND: Duration = Duration::from_secs(3);
 /// Long enough for request/response protocols to finish their exchanges,
 /// short enough that an orchestrator's stop timeout (often 30-90 s) is met.
@@ -230,8 +230,8 @@ pub struct ProxySettings {
     /// How long a login (`--credentials`) waits for the backend's answer
     /// before it fails over.
     pub login_timeout: Duration,
-    /// How long a client of a discovered service with no backend, or whose
-    /// backends tried all failed, waits for a backend (one it has not
+    /// How long a client of a service with no backend, or whose backends
+    /// tried all failed, waits for a backend (one it has not
     /// tried, or those that failed again after a second) before it is
     /// closed; zero closes it at once.
     pub wait_for_backend: Duration,

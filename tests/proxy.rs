@@ -171,6 +171,33 @@ async fn a_dead_backend_costs_clients_nothing() {
     }
 }
 
+/// A static service's client whose only backend is down (a Redis
+/// restarting in place) is held and tries it again each second, as a
+/// discovered service's is, and is served once it is back: it was closed
+/// at once (found by exploratory testing: 12 of 189 requests lost to a
+/// restart of 0.25 s).
+#[tokio::test]
+async fn a_static_backend_restarting_in_place_loses_no_client() {
+    let mut redis = Redis::start().await;
+    let proxy = ProxySettings {
+        // Ample for a restart on a loaded machine.
+        wait_for_backend: Duration::from_secs(20),
+        ..ProxySettings::default()
+    };
+    let amb = Amb::start(&[redis.addr], proxy).await;
+    ping(amb.addr).await.unwrap();
+    redis.kill();
+    let asking = tokio::spawn(ping(amb.addr));
+    wait_for(DEADLINE, "the client's first attempt to fail", || async {
+        amb.failures()[0] > 0
+    })
+    .await;
+    assert!(!asking.is_finished(), "{:?}", asking.await);
+    redis.restart().await;
+    let served = asking.await.unwrap();
+    assert!(served.is_ok(), "{served:?}");
+}
+
 #[tokio::test]
 async fn a_silent_backend_times_out_and_fails_over() {
     // A listener whose accept queue is full drops further SYNs, so connecting

@@ -318,8 +318,8 @@ impl ConnectError {
 /// (the TLS handshake by [`tls::HANDSHAKE_TIMEOUT`], the login by
 /// `login_timeout`).
 ///
-/// A discovered service with no backend, or whose candidates all failed,
-/// holds the client for up to `wait_for_backend` from its arrival and
+/// A service with no backend, or whose candidates all failed, holds the
+/// client for up to `wait_for_backend` from its arrival and
 /// tries again (at once for a backend it has not tried; a pass begun
 /// within the wait may run one connect timeout past it): a node just
 /// started, a provider or its service restarting, or a service moving to
@@ -351,13 +351,10 @@ pub async fn connect(
     settings: &ProxySettings,
     tls: Option<&Tls>,
 ) -> Result<(ActiveGuard, BackendStream), ConnectError> {
-    // Only discovery changes a table between reloads: a static service's
-    // client would wait for nothing.
-    let wait = if svc.is_discovered() {
-        settings.wait_for_backend
-    } else {
-        Duration::ZERO
-    };
+    // A static service's too: its backends do not change between
+    // reloads, but one restarting in place comes back (HAProxy's `retries`
+    // keep its clients the same way).
+    let wait = settings.wait_for_backend;
     let deadline = Instant::now() + wait;
     let mut order =
         svc.balancer

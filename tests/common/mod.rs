@@ -116,6 +116,20 @@ impl Redis {
         self.child.id()
     }
 
+    /// Starts it again on its port (after [`Redis::kill`]: a restart in
+    /// place).
+    pub async fn restart(&mut self) {
+        self.kill();
+        let extra: [&str; 0] = [];
+        for _ in 0..5 {
+            if let Some(r) = Self::try_start(self.addr.port(), &extra).await {
+                *self = r;
+                return;
+            }
+        }
+        panic!("redis-server did not start again on {}", self.addr);
+    }
+
     /// SIGKILL, like a crash; returns once the process is gone.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -163,9 +163,9 @@ pub struct RunArgs {
         default_value_t = SmallCount::new(DEFAULT_CONNECT_ATTEMPTS))]
     pub connect_attempts: SmallCount,
 
-    /// How long a client of a discovered service waits when there is no
-    /// backend, or every one tried failed, for a backend (a provider found,
-    /// restarted or moved; those that failed are tried again each second)
+    /// How long a client waits when there is no backend, or every one tried
+    /// failed, for a backend (a provider found, restarted or moved, a
+    /// static backend back; those that failed are tried again each second)
     /// before it is closed (a retry begun within it may run one
     /// --connect-timeout past it); 0 closes it at once.
     #[arg(long, value_name = "DURATION", env = "MESH_AMB_WAIT_FOR_BACKEND",
