@@ -92,7 +92,10 @@ pub const DEFAULT_TCP_KEEPALIVE_PROBES: u32 = 3;
 /// (`tcp_retries2` = 15). 60 s equals the keepalive budget (30 + 3 x 10), so a
 /// dead peer costs a minute whether the connection was busy or idle (with
 /// keepalive on, the user timeout also bounds the probes, tcp(7)), and is far
-/// above any round trip a LAN or a congested uplink produces.
+/// above any round trip a LAN or a congested uplink produces. Linux counts a
+/// peer whose receive window stays closed (alive, not reading) the same way:
+/// one that pauses its reads for a minute with data pending is dropped, as
+/// Redis drops a pub/sub client 60 s over its soft output limit.
 pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Once one direction has finished (its FIN forwarded), the connection ends
 /// after this long without a byte moving the other way. A client that sent
@@ -250,7 +253,7 @@ pub struct ProxySettings {
     /// Unanswered keepalive probes before the connection is dropped.
     pub tcp_keepalive_probes: u32,
     /// TCP_USER_TIMEOUT on both sides: unacknowledged data older than this
-    /// drops the connection, so a peer that vanished mid-transfer does not
+    /// (or unread, behind the peer's closed window) drops the connection, so a peer that vanished mid-transfer does not
     /// hold it for the kernel's ~15 minutes of retransmissions; `None` keeps
     /// the kernel default.
     pub tcp_user_timeout: Option<Duration>,

@@ -206,8 +206,10 @@ pub struct RunArgs {
         default_value_t = SmallCount::new(DEFAULT_TCP_KEEPALIVE_PROBES))]
     pub tcp_keepalive_probes: SmallCount,
 
-    /// Drop a connection whose sent data stays unacknowledged this long
-    /// (TCP_USER_TIMEOUT), on both sides ("off": the kernel's ~15 minutes).
+    /// Drop a connection whose sent data stays unacknowledged, or unread
+    /// (the peer's window closed), this long (TCP_USER_TIMEOUT), on both
+    /// sides ("off": the kernel's ~15 minutes for unacknowledged data, no
+    /// limit for a live peer that does not read).
     #[arg(long, value_name = "DURATION", env = "MESH_AMB_TCP_USER_TIMEOUT",
         default_value_t = OrOff(Some(Period(DEFAULT_TCP_USER_TIMEOUT))))]
     pub tcp_user_timeout: OrOff<Period>,
