@@ -733,6 +733,13 @@ fn a_strangers_record_under_a_live_node_id_gets_it_no_goodbye() {
     let mut forged = FakeInstance::service("evil@real", "other", 7000, nowhere);
     forged.txt.extend([b"node=real".to_vec(), b"v=1".to_vec()]);
     let rogue = Rogue::start(h2, vec![forged]);
+    let resolved = "resolved instance=evil@real.";
+    let heard = wait_until(DEADLINE, || consumer.stderr().contains(resolved));
+    assert!(
+        heard,
+        "the forged record never resolved:\n{}",
+        consumer.output_tail(20)
+    );
     // Probed at that address, the node was declared dead within
     // about 4 s; five probe periods leave that far behind.
     let hurt = wait_until(5 * PROBE_EVERY, || {

@@ -422,21 +422,21 @@ impl Ring {
 
 /// The address a peer's responder is probed at: IPv4 first, then a
 /// routable IPv6 one (link-local ones would need their scope), never
-/// loopback.
+/// loopback; the lowest of them, so that every instance of a node with
+/// several (a secondary address, a VIP) is noted at the same one whatever
+/// order mdns-sd gives them in (a set's).
 fn probe_addr(addrs: &[PeerAddr]) -> Option<IpAddr> {
     let usable = |p: &&PeerAddr| !p.ip.is_loopback() && !p.ip.is_unspecified();
-    addrs
-        .iter()
-        .filter(usable)
-        .find(|p| p.ip.is_ipv4())
-        .map(|p| p.ip)
-        .or_else(|| {
-            addrs
-                .iter()
-                .filter(usable)
-                .find(|p| !matches!(p.ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
-                .map(|p| p.ip)
-        })
+    let lowest = |v4: bool| {
+        addrs
+            .iter()
+            .filter(usable)
+            .filter(|p| p.ip.is_ipv4() == v4)
+            .filter(|p| !matches!(p.ip, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+            .map(|p| p.ip)
+            .min()
+    };
+    lowest(true).or_else(|| lowest(false))
 }
 
 /// What the witness is told of the ring: the node to watch, and how many
@@ -801,7 +801,14 @@ impl Trials {
     }
 
     fn start(&mut self, node: String, peer: Peer, said_goodbye: bool) {
-        if self.nodes.values().any(|t| t.node == node) {
+        // By node and address: a stranger's record under a live node's id,
+        // dead at its own address, must not keep the node's real address
+        // from a check for the hour it stays on trial.
+        if self
+            .nodes
+            .values()
+            .any(|t| t.node == node && t.peer.addr == peer.addr)
+        {
             return;
         }
         let room = self.nodes.len() < MAX_TRIALS || (!said_goodbye && self.evict_oldest_dead());
