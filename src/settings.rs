@@ -307,7 +307,6 @@ impl Config {
         check_unique(&self.consumes, &self.provides)?;
         check_loops(self.bind, &self.consumes, &self.provides)?;
         check_credentials(&self.consumes, &self.security.credentials)?;
-        check_zones(&self.consumes)?;
         if !self.security.tls() {
             if let Some(p) = self.provides.iter().find(|p| p.tls_port.is_some()) {
                 return Err(SettingsError::Conflict(format!(
@@ -327,6 +326,25 @@ impl Config {
             }
         }
         self.proxy.validate()?;
+        // Each listener's accept loop waits holding one connection slot:
+        // with fewer slots than listeners, some would accept nothing.
+        let listeners = self.consumes.len().max(self.provides.len());
+        if self.proxy.max_connections < listeners {
+            return Err(SettingsError::Value {
+                setting: "max_connections",
+                value: self.proxy.max_connections.to_string(),
+                reason: format!("must be at least the number of listeners ({listeners})"),
+            });
+        }
+        self.discovery.validate()
+    }
+
+    /// Checks what holds on this host as it is now, at start and by
+    /// `--check`, not at a reload, whose listeners are bound already and
+    /// keep their address (a keepalived address that moved away must not
+    /// refuse a reload that rotates a password): `bind` is an address of
+    /// this host, and each link-local backend's interface is here.
+    pub fn check_host(&self) -> Result<(), SettingsError> {
         // An address that is not this host's fails each listener's bind
         // once running, after `--check` passed it. A bind to port 0 asks
         // the kernel itself, which also knows `net.ipv4.ip_nonlocal_bind`
@@ -348,17 +366,7 @@ impl Config {
                 reason,
             });
         }
-        // Each listener's accept loop waits holding one connection slot:
-        // with fewer slots than listeners, some would accept nothing.
-        let listeners = self.consumes.len().max(self.provides.len());
-        if self.proxy.max_connections < listeners {
-            return Err(SettingsError::Value {
-                setting: "max_connections",
-                value: self.proxy.max_connections.to_string(),
-                reason: format!("must be at least the number of listeners ({listeners})"),
-            });
-        }
-        self.discovery.validate()
+        check_zones(&self.consumes)
     }
 }
 
@@ -742,6 +750,40 @@ mod tests {
     }
 
     #[test]
+    fn the_host_check_refuses_a_bind_address_not_here() {
+        let with_bind = |bind: &str| {
+            let mut c = config(&["r:6379=10.0.0.5:6379"], &[]);
+            c.bind = bind.parse().unwrap();
+            c
+        };
+        assert_eq!(with_bind("127.0.0.1").check_host(), Ok(()));
+        assert_eq!(with_bind("0.0.0.0").check_host(), Ok(()));
+        let e = with_bind("fe80::1").check_host().unwrap_err().to_string();
+        assert!(
+            e.contains("bind 'fe80::1': a link-local address needs an interface"),
+            "{e}"
+        );
+        // Where the host lets anything be bound, any address is its own.
+        let nonlocal = std::fs::read_to_string("/proc/sys/net/ipv4/ip_nonlocal_bind");
+        if nonlocal.is_ok_and(|v| v.trim() == "0") {
+            let e = with_bind("192.0.2.77")
+                .check_host()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("bind '192.0.2.77': not an address of this host"),
+                "{e}"
+            );
+        }
+        let mut c = config(&["r:6379=[fe80::1%nosuchif9]:6379"], &[]);
+        assert_eq!(c.validate(), Ok(()), "checked at start, not at a reload");
+        let e = c.check_host().unwrap_err().to_string();
+        assert!(e.contains("no interface 'nosuchif9'"), "{e}");
+        c.consumes.clear();
+        assert_eq!(c.check_host(), Ok(()));
+    }
+
+    #[test]
     fn what_is_and_is_not_a_forwarding_loop() {
         for (bind, consume, provide) in [
             // Another port, another address, or TLS to a terminator.
@@ -832,16 +874,6 @@ mod tests {
                 let mut c = config(&[], &[]);
                 c.discovery.interfaces = vec!["nosuchif0".into()];
                 (c, "interface 'nosuchif0': no interface of that name")
-            },
-            {
-                let mut c = config(&[], &[]);
-                c.bind = "192.0.2.77".parse().unwrap();
-                (c, "bind '192.0.2.77': not an address of this host")
-            },
-            {
-                let mut c = config(&[], &[]);
-                c.bind = "fe80::1".parse().unwrap();
-                (c, "bind 'fe80::1': a link-local address needs an interface")
             },
             {
                 let mut c = config(&[], &[]);

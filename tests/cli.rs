@@ -59,6 +59,11 @@ fn bad_input_exits_2_with_one_line() {
         ),
         (&["--no-such-flag"], &[], "'--no-such-flag'"),
         (
+            &["--check", "--bind", "fe80::1", "--consume", "a:7000=h:1"],
+            &[],
+            "--bind 'fe80::1': a link-local address needs an interface",
+        ),
+        (
             &["--bind", "example.org", "--consume", "a:1"],
             &[],
             "'example.org'",

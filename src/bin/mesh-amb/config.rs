@@ -378,17 +378,7 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
                     .map_err(|e| bad(format!("--credentials: {e}")))?,
             },
         };
-    config.validate().map_err(|e| match e {
-        SettingsError::Value {
-            setting,
-            value,
-            reason,
-        } => bad(format!(
-            "--{} '{value}': {reason}",
-            setting.replace('_', "-")
-        )),
-        other => bad(other.to_string()),
-    })?;
+    config.validate().map_err(settings_error)?;
     // Reads the PKI files now, so that a wrong one is a usage error.
     if let Some(pki) = &config.security.pki {
         pki.check().map_err(|e| bad(format!("{e:#}")))?;
@@ -398,6 +388,26 @@ fn into_settings(args: RunArgs, env: &dyn Env) -> Result<Resolved, ConfigError> 
         log_format,
         admin: admin.map(|a| a.0),
     })
+}
+
+/// A settings error in the words of the command line: the flag it names.
+fn settings_error(e: SettingsError) -> ConfigError {
+    match e {
+        SettingsError::Value {
+            setting,
+            value,
+            reason,
+        } => bad(format!(
+            "--{} '{value}': {reason}",
+            setting.replace('_', "-")
+        )),
+        other => bad(other.to_string()),
+    }
+}
+
+/// [`Config::check_host`]: at start and by `--check` only (see there).
+pub fn check_host(config: &Config) -> Result<(), ConfigError> {
+    config.check_host().map_err(settings_error)
 }
 
 /// The listener of `config` that the admin endpoint at `admin` would
@@ -691,11 +701,6 @@ mod tests {
                 &["--advertise-addr", "192.0.2.77"],
                 &[],
                 "--advertise-addr '192.0.2.77': not an address of this host",
-            ),
-            (
-                &["--bind", "192.0.2.77"],
-                &[],
-                "--bind '192.0.2.77': not an address of this host",
             ),
             (
                 &["--advertise-addr", "x"],

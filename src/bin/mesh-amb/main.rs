@@ -125,6 +125,9 @@ fn main() -> ExitCode {
                     "nothing to do: give --consume or --provide (see --help), or try 'mesh-amb demo'",
                 );
             }
+            if let Err(e) = config::check_host(&config) {
+                return usage_error(&e.to_string());
+            }
             if let Some(a) = admin {
                 if let Some(taken) = config::admin_port_taken(&config, a) {
                     return usage_error(&format!("--admin {a}: the port of {taken}"));
@@ -138,7 +141,7 @@ fn main() -> ExitCode {
                         "admin: the stats page at http://{addr}/, /metrics, /api/v1/status\n"
                     ));
                 }
-                out.push_str("nothing was bound or advertised (--check)\n");
+                out.push_str("nothing listened or was advertised (--check)\n");
                 return print_out(out.as_bytes());
             }
             init_logs(format, "info");
