@@ -210,7 +210,7 @@ impl CredentialsSpec {
 /// Longest answer to a login read: a Redis server answers `AUTH` with one
 /// short line, so a backend that sends more is not answering as Redis
 /// does, and must not make each connection buffer (and parse) whatever
-/// it streams within the connect timeout.
+/// it streams within the login timeout.
 pub const MAX_LOGIN_REPLY: usize = 4 * 1024;
 
 /// A backend's no to the login: it answered with a Redis error. The

@@ -75,7 +75,14 @@ pub fn read_secret_file(path: &Path) -> Result<Secret, SecretFileError> {
             mode,
         });
     }
-    let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+    // A pipe's size is unknown (0): room for the most it may hold, so that
+    // no copy of the secret is left behind in a buffer outgrown and freed.
+    let room = if meta.is_file() {
+        meta.len()
+    } else {
+        MAX_SECRET_FILE + 1
+    };
+    let mut bytes = Zeroizing::new(Vec::with_capacity(room as usize));
     files::read_into(file, path, MAX_SECRET_FILE, &mut bytes)?;
     Ok(Secret(bytes))
 }

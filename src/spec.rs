@@ -105,8 +105,9 @@ impl Host {
 }
 
 /// The index of the interface `zone` names, by name (`eth1`) or index
-/// (`3`), when this host has it, with an address (a link-local one at
-/// least, for a link-local backend to be reached through it).
+/// (`3`), when this host has it with an address. Read at start and at
+/// each reload: an interface made again since (a VPN's, a USB adapter's)
+/// takes a reload.
 pub fn zone_index(zone: &str) -> Option<u32> {
     let interfaces = if_addrs::get_if_addrs().ok()?;
     let by_index = zone.parse::<u32>().ok();

@@ -132,7 +132,7 @@ fn every_example_config_passes_check() {
         );
         assert_eq!(
             lines.last().copied(),
-            Some("nothing was bound or advertised (--check)"),
+            Some("nothing listened or was advertised (--check)"),
             "{stdout}"
         );
 

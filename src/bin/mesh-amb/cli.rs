@@ -37,7 +37,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Check the configuration (every value, and the files it names) and
-    /// print what would run, then exit: nothing is bound or advertised.
+    /// print what would run, then exit: nothing listens or is advertised.
     /// Exit 0 if it would start, 2 otherwise.
     #[arg(long)]
     pub check: bool,
