@@ -158,14 +158,10 @@ struct Mesh {
     _avahi: AvahiGuard,
 }
 
-fn mesh() -> Mesh {
-    let lab = Lab::new(3);
-    let key = keygen(lab.dir(), "cluster.key");
-    let avahi = lab.host("h3").start_avahi();
-    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
-    let redis = redis(h1, REDIS_PORT);
-    let k = key.to_str().unwrap();
-    let provider = amb(
+/// The keyed provider `h1` of Redis on `h1`, through its terminator on
+/// [`TLS_PORT`].
+fn keyed_provider(h1: &Host, key: &str) -> Proc {
+    amb(
         h1,
         &[
             "--provide",
@@ -173,9 +169,19 @@ fn mesh() -> Mesh {
             "--node-id",
             "h1",
             "--cluster-key",
-            k,
+            key,
         ],
-    );
+    )
+}
+
+fn mesh() -> Mesh {
+    let lab = Lab::new(3);
+    let key = keygen(lab.dir(), "cluster.key");
+    let avahi = lab.host("h3").start_avahi();
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let redis = redis(h1, REDIS_PORT);
+    let k = key.to_str().unwrap();
+    let provider = keyed_provider(h1, k);
     let consumer = amb(h2, &["--consume", "redis:6379", "--cluster-key", k]);
     wait_routed_to(h2, CONSUME_PORT, "h1");
     Mesh {
@@ -448,17 +454,7 @@ fn a_stranger_who_takes_a_keyed_providers_name_first_does_not_hide_it() {
     });
     assert!(seen, "{}", consumer.output_tail(40));
     let _redis = redis(h1, REDIS_PORT);
-    let provider = amb(
-        h1,
-        &[
-            "--provide",
-            &format!("redis:{REDIS_PORT}@{TLS_PORT}"),
-            "--node-id",
-            "h1",
-            "--cluster-key",
-            k,
-        ],
-    );
+    let provider = keyed_provider(h1, k);
     wait_routed_to(h2, CONSUME_PORT, "h1");
     assert!(
         !provider.stderr().contains("renamed ours"),
