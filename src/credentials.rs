@@ -236,6 +236,12 @@ impl Refused {
             matches!(code, "WRONGPASS" | "NOAUTH") || why.to_ascii_lowercase().contains("password");
         Refused { why, credentials }
     }
+
+    /// Whether the error was about the credentials: one that was not (a
+    /// Redis at its `maxclients`) may pass, and is worth trying again.
+    pub fn about_credentials(&self) -> bool {
+        self.credentials
+    }
 }
 
 /// Why a backend connection could not be logged in.

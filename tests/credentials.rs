@@ -410,6 +410,37 @@ async fn a_login_a_stalled_redis_answers_late_serves_its_client() {
     amb.assert_nothing_shows();
 }
 
+/// A Redis at its `maxclients` answers the login with an error that is
+/// not about the credentials: the client waits and is served once a
+/// connection leaves, where it was turned away at once.
+#[tokio::test]
+async fn a_client_of_a_full_redis_waits_for_a_connection_to_leave() {
+    let redis = Redis::start_with(&["--requirepass", PASSWORD, "--maxclients", "1"]).await;
+    let dir = TempDir::new();
+    let file = credentials(&dir.secret("redis.pass", PASSWORD));
+    let amb = Amb::start(&dir, &[redis.addr], &["--credentials", &file]).await;
+    let mut holder = TcpStream::connect(redis.addr).await.unwrap();
+    let auth = command(&mut holder, &[b"AUTH", PASSWORD.as_bytes()]).await;
+    assert_eq!(auth.unwrap(), Reply::Simple("OK".into()));
+
+    let asking = tokio::spawn({
+        let port = amb.port;
+        async move {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            command(&mut s, &[b"PING"]).await
+        }
+    });
+    wait_for(DEADLINE, "the full Redis's answer in the log", || async {
+        amb.log()
+            .contains("answered the login with an error: ERR max number of clients")
+    })
+    .await;
+    assert!(!asking.is_finished(), "{:?}", asking.await);
+    drop(holder);
+    assert_eq!(asking.await.unwrap().unwrap(), pong(), "{}", amb.log());
+    assert_eq!(ejections(&amb.log(), redis.addr), 0, "{}", amb.log());
+}
+
 /// What a test backend does with each connection: reports go into the
 /// vector.
 type Answer = fn(TcpStream, Arc<Mutex<Vec<usize>>>) -> tokio::task::JoinHandle<()>;

@@ -302,12 +302,16 @@ impl From<DialError> for Setback {
 
 impl ConnectError {
     /// Whether waiting could help (a backend found, or those tried back):
-    /// none was known, or every one tried failed.
+    /// none was known, every one tried failed, or a login was refused for
+    /// another reason than the credentials.
     fn awaits_news(&self) -> bool {
-        matches!(
-            self,
-            ConnectError::NoBackends | ConnectError::AllFailed { .. }
-        )
+        match self {
+            ConnectError::NoBackends | ConnectError::AllFailed { .. } => true,
+            // A Redis at its `maxclients` takes logins again once a client
+            // leaves; wrong credentials stay wrong.
+            ConnectError::Refused(why) => !why.about_credentials(),
+            _ => false,
+        }
     }
 }
 
