@@ -553,6 +553,8 @@ fn check_loops(
 /// a listener on 127.0.0.1 is no loop), and where it is unsure (`::` and
 /// an IPv4 address, which depends on `net.ipv6.bindv6only`) it says no: a
 /// loop missed costs what it did before, a valid setup refused costs more.
+/// (`discovery::addr::is_listener` judges a discovered record the other
+/// way when unsure: a stranger's record dropped costs nothing.)
 fn is_listener(bind: IpAddr, port: u16, b: &BackendAddr) -> bool {
     b.port == port
         && !b.tls
