@@ -81,7 +81,8 @@ pub struct ConsumeStatus {
     pub turned_away: u64,
     /// Clients held now for a backend (`--wait-for-backend`).
     pub waiting: u64,
-    /// Backend ejections started (connect or check failures).
+    /// Backend ejections started (failed connects or checks, connections
+    /// closed at once unanswered).
     pub ejections: u64,
     pub active: u64,
     pub bytes_in: u64,

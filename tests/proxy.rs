@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use common::{command, payload, ping, settings, wait_for, Amb, Redis, Reply, DEADLINE};
 use mesh_amb::backends::balance::Policy;
+use mesh_amb::backends::table::Health;
 use mesh_amb::settings::ProxySettings;
 
 #[tokio::test]
@@ -196,6 +197,64 @@ async fn a_static_backend_restarting_in_place_loses_no_client() {
     redis.restart().await;
     let served = asking.await.unwrap();
     assert!(served.is_ok(), "{served:?}");
+}
+
+/// A backend that takes every connection and closes it at once without a
+/// reply (a forwarder whose far end is down) is ejected after the first
+/// clients it loses, for longer each time although every connect to it
+/// succeeds, and restored by its first reply once its far end is back.
+/// It took a share of the clients for as long as it ran, more than its
+/// share under p2c, its connections being the shortest (202 of 300 here).
+#[tokio::test]
+async fn a_backend_that_closes_every_connection_unanswered_is_ejected_until_it_replies() {
+    let redis = Redis::start().await;
+    let far_end = redis.addr;
+    let hole = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let mended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forwarder = {
+        let mended = mended.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = hole.accept().await.unwrap();
+                if mended.load(std::sync::atomic::Ordering::Relaxed) {
+                    tokio::spawn(async move {
+                        let mut far = TcpStream::connect(far_end).await.unwrap();
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut far).await;
+                    });
+                }
+            }
+        })
+    };
+    let other = Redis::start().await;
+    let amb = Amb::start(&[hole_addr, other.addr], settings(Policy::P2c)).await;
+    let failed = pings(amb.addr, 300, 4).await;
+    // A handful per ejection (the clients already sent there), and the
+    // ejections double from 1 s.
+    assert!(
+        failed <= 30,
+        "{failed} of 300 clients lost to a backend that closes them"
+    );
+    assert!(amb.failures()[0] > 0, "the backend was never tried");
+
+    mended.store(true, std::sync::atomic::Ordering::Relaxed);
+    let before = redis.connections_received().await;
+    let table = &amb.node().services()[0].table;
+    let hole_stats = table.snapshot().backends[0].stats.clone();
+    wait_for(
+        Duration::from_secs(60),
+        "the mended backend restored",
+        || async {
+            assert_eq!(pings(amb.addr, 20, 4).await, 0, "clients lost meanwhile");
+            hole_stats.failing_in_a_row() == 0 && table.health(&hole_stats) == Health::Healthy
+        },
+    )
+    .await;
+    assert!(
+        redis.connections_received().await > before + 1,
+        "the mended backend takes clients again"
+    );
+    forwarder.abort();
 }
 
 #[tokio::test]

@@ -228,7 +228,7 @@ impl Collector for Scrape {
         family(
             &mut enc,
             "mesh_amb_backend_connect_failures",
-            "Failed connects (dial, TLS, login) to a backend since it appeared",
+            "Failed connections to a backend since it appeared: connects (dial, TLS, login), and connections it closed at once unanswered",
             MetricType::Counter,
             backends()
                 .map(|(l, b)| (l, Value::Counter(b.failures)))

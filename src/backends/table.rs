@@ -154,7 +154,8 @@ pub struct Stats {
     pub active: AtomicU64,
     /// Connections proxied since the backend appeared.
     pub total: AtomicU64,
-    /// Failed connect attempts since the backend appeared.
+    /// Failed connections since the backend appeared: connects, TLS
+    /// handshakes, logins, and connections it closed at once unanswered.
     pub failures: AtomicU64,
     /// Client-to-backend bytes, counted as they move.
     pub bytes_out: AtomicU64,
@@ -166,6 +167,11 @@ pub struct Stats {
     pub login_failing: AtomicBool,
     /// Connect failures in a row; drives the ejection back-off.
     consecutive_failures: AtomicU32,
+    /// When it last closed a connection at once without a reply, in ms
+    /// since the table's epoch; 0 = not since its last reply
+    /// ([`Table::report_silent_close`]): such a backend takes every
+    /// connect, so only a reply ends its ejection.
+    silent_since_ms: AtomicU64,
     /// End of the current ejection, in ms since the table's epoch; 0 = none.
     ejected_until_ms: AtomicU64,
     /// Answered a connect or a probe at least once since it appeared.
@@ -179,6 +185,7 @@ pub struct Stats {
 
 impl Stats {
     fn clear_ejection(&self) {
+        self.silent_since_ms.store(0, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.ejected_until_ms.store(0, Ordering::Relaxed);
     }
@@ -443,10 +450,48 @@ impl Table {
         Some(period)
     }
 
+    /// Records a connection that the backend took, then closed at once
+    /// without a byte of reply: a failure, as [`Table::report_failure`]
+    /// (a forwarder whose far end is down, a service that crashes on each
+    /// request; p2c even favoured it, its connections being the shortest).
+    /// Until it replies ([`Table::report_reply`]), a connect that succeeds
+    /// ends neither its ejection nor its run of failures, which so doubles.
+    pub fn report_silent_close(&self, stats: &Stats, why: &dyn fmt::Display) -> Option<Duration> {
+        stats
+            .silent_since_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+        self.report_failure(stats, why)
+    }
+
+    /// Records a reply from the backend on a connection it took at `began`:
+    /// true when it ends the ejection of one that closed silently (it is
+    /// back, worth a log line). Only a connection taken since: one taken
+    /// before, whose far end failed meanwhile, replied then, not now.
+    pub fn report_reply(&self, stats: &Stats, began: Instant) -> bool {
+        let since = stats.silent_since_ms.load(Ordering::Relaxed);
+        let began_ms = began.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        if since == 0
+            || began_ms < since
+            || stats
+                .silent_since_ms
+                .compare_exchange(since, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        stats.clear_ejection();
+        stats.changed_now();
+        true
+    }
+
     /// Records a successful connect. Returns true when this ends a run of
-    /// failures (the backend is back, worth a log line).
+    /// failures (the backend is back, worth a log line); not for a backend
+    /// that closed silently, which every connect reaches.
     pub fn report_success(&self, stats: &Stats) -> bool {
         stats.answered.store(true, Ordering::Relaxed);
+        if stats.silent_since_ms.load(Ordering::Relaxed) != 0 {
+            return false;
+        }
         let failing = stats.consecutive_failures.load(Ordering::Relaxed) != 0;
         // An ejection whose failure count is not in yet (a success that
         // landed between `report_failure`'s compare-and-swap and its count)
@@ -596,6 +641,47 @@ mod tests {
             Some(Duration::from_secs(1)),
             "proven: the ordinary back-off"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_closes_silently_stays_ejected_until_it_replies() {
+        let t = Table::new(Duration::from_secs(1));
+        let s = Stats::default();
+        let why = &"closed the connection at once without a reply";
+        assert!(!t.report_success(&s));
+        assert_eq!(t.report_silent_close(&s, why), Some(Duration::from_secs(1)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            t.health(&s),
+            Health::Healthy,
+            "tried again after its ejection"
+        );
+        assert!(!t.report_success(&s), "a connect is no news from it");
+        assert_eq!(
+            t.report_silent_close(&s, why),
+            Some(Duration::from_secs(2)),
+            "the run of failures goes on"
+        );
+        assert!(!t.report_success(&s));
+        assert!(matches!(t.health(&s), Health::Ejected { .. }));
+        let taken_before = Instant::now() - Duration::from_millis(10);
+        assert!(
+            !t.report_reply(&s, taken_before),
+            "a reply on a connection taken before its last silent close"
+        );
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert!(t.report_reply(&s, Instant::now()), "a reply ends it");
+        assert_eq!(t.health(&s), Health::Healthy);
+        assert!(
+            !t.report_reply(&s, Instant::now()),
+            "only the first reply is news"
+        );
+        assert_eq!(
+            t.report_failure(&s, &"refused"),
+            Some(Duration::from_secs(1)),
+            "a fresh run"
+        );
+        assert!(t.report_success(&s), "a connect ends a refusal's ejection");
     }
 
     #[test]

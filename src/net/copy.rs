@@ -146,8 +146,9 @@ impl Side {
 /// How a copy ended.
 #[derive(Debug)]
 pub enum End {
-    /// Both directions reached end of stream.
-    Done,
+    /// Both directions reached end of stream, `first` (the side whose
+    /// stream ended) before the other.
+    Done { first: Side },
     /// Nothing moved for [`Limits::idle`].
     Idle,
     /// One direction finished and the other stayed silent for
@@ -269,7 +270,7 @@ pub fn reset_after(end: &End, client: &TcpStream, server: &TcpStream) {
             let _ = sockopt::reset_on_close(client);
             let _ = sockopt::reset_on_close(server);
         }
-        End::Done | End::Idle | End::HalfClose => {}
+        End::Done { .. } | End::Idle | End::HalfClose => {}
     }
 }
 
@@ -286,11 +287,12 @@ where
 {
     let (mut up_done, mut down_done) = (false, false);
     let mut half_closed_at = None;
+    let mut first = None;
     // Both directions are polled until both are done: ending when only
     // one is would cut a half-closed connection.
     loop {
-        if up_done && down_done {
-            return End::Done;
+        if let (true, true, Some(first)) = (up_done, down_done, first) {
+            return End::Done { first };
         }
         let half_close = half_closed_at.zip(limits.half_close);
         let next = poll_fn(|cx| {
@@ -321,6 +323,7 @@ where
         }
         clock.half_closed();
         half_closed_at.get_or_insert_with(Instant::now);
+        first.get_or_insert(if up_done { Side::Client } else { Side::Server });
     }
 }
 
@@ -527,6 +530,15 @@ mod tests {
         Proxied { app, backend, copy }
     }
 
+    /// That `report` says both directions ended, `first` before the other.
+    pub(super) fn assert_done(report: &Report, first: Side) {
+        assert!(
+            matches!(report.end, End::Done { first: f } if f == first),
+            "{:?}",
+            report.end
+        );
+    }
+
     pub(super) fn value(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31) ^ seed)
@@ -574,10 +586,29 @@ mod tests {
             p.app.read_to_end(&mut rest).await.unwrap();
             assert_eq!(rest, b"late reply");
             let report = p.copy.await.unwrap();
-            assert!(matches!(report.end, End::Done), "{:?}", report.end);
+            assert_done(&report, Side::Client);
             assert_eq!(report.from_client, LEN as u64);
             assert_eq!(report.from_server, (LEN + b"late reply".len()) as u64);
         }
+    }
+
+    #[tokio::test]
+    async fn the_side_whose_stream_ended_first_is_reported() {
+        let mut p = proxied(Limits::default()).await;
+        p.app.write_all(b"PING\r\n").await.unwrap();
+        let mut got = [0; 6];
+        p.backend.read_exact(&mut got).await.unwrap();
+        // The backend closes without a reply; then the client.
+        p.backend.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        p.app.read_to_end(&mut rest).await.unwrap();
+        p.app.shutdown().await.unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(15), p.copy)
+            .await
+            .expect("the copy ends")
+            .unwrap();
+        assert_done(&report, Side::Server);
+        assert_eq!((report.from_client, report.from_server), (6, 0));
     }
 
     #[tokio::test]
@@ -661,7 +692,7 @@ mod tests {
             .await
             .expect("the copy ends")
             .unwrap();
-        assert!(matches!(report.end, End::Done), "{:?}", report.end);
+        assert_done(&report, Side::Client);
         assert_eq!(report.from_server, sent);
     }
 

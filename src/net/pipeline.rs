@@ -44,7 +44,7 @@ use crate::backends::table::{ActiveGuard, Backend};
 use crate::backends::Service;
 use crate::credentials::{Credentials, LoginError, Refused};
 use crate::net::accept::{Handler, Shared};
-use crate::net::copy::{self, End};
+use crate::net::copy::{self, End, Side};
 use crate::net::dial::{dial, DialError};
 use crate::net::loglimit::LogLimit;
 use crate::net::sockopt;
@@ -230,6 +230,7 @@ async fn copy_stage(
         after: BACKEND_OPTIONS_AFTER,
         run: &tune,
     };
+    let began = Instant::now();
     let report = match &mut upstream.stream {
         BackendStream::Plain(tcp) => {
             copy::copy_both(&mut client, tcp, limits, meters, Some(later), stop).await
@@ -241,8 +242,9 @@ async fn copy_stage(
         }
     };
     let (bytes_out, bytes_in) = (report.from_client, report.from_server);
+    judge(svc, backend, &report, began);
     let why = match report.end {
-        End::Done => "connection closed",
+        End::Done { .. } => "connection closed",
         End::Idle => "idle timeout",
         End::HalfClose => "half-close timeout: one side finished, the other stayed silent",
         End::Stopped => "drain timeout reached at shutdown",
@@ -255,6 +257,45 @@ async fn copy_stage(
     };
     debug!(service = %svc.name, client = %peer, backend = %backend.spec.target,
         bytes_out, bytes_in, "{why}");
+}
+
+/// How soon after its connection began a backend that closes it without a
+/// byte of reply counts as failing. One that takes connections and drops
+/// them (a forwarder whose far end is down, a service that crashes on each
+/// request) does so within milliseconds; a server that closes a client
+/// idle past a timeout of its own takes seconds, and is not failing.
+const SILENT_CLOSE_WITHIN: Duration = Duration::from_secs(1);
+
+/// What a connection's end says of its backend, which took it at
+/// `began`: a reply restores one ejected for closing silently; a close by the
+/// backend, at once and without a byte of reply, is a failure. Without
+/// this, one such backend among three lost a third of the clients for as
+/// long as it ran, and p2c sent it more than its share.
+fn judge(svc: &Service, backend: &Backend, report: &copy::Report, began: Instant) {
+    if report.from_server > 0 {
+        if svc.table.report_reply(&backend.stats, began) {
+            info!(service = %svc.name, backend = %backend.spec.target, "backend restored");
+        }
+        return;
+    }
+    let closed_by_it = matches!(
+        report.end,
+        End::Done {
+            first: Side::Server
+        } | End::Failed {
+            side: Side::Server,
+            ..
+        }
+    );
+    if !closed_by_it || began.elapsed() >= SILENT_CLOSE_WITHIN {
+        return;
+    }
+    let why = "closed the connection at once, without a reply";
+    match svc.table.report_silent_close(&backend.stats, &why) {
+        Some(period) => warn!(service = %svc.name, backend = %backend.spec.target,
+            error = why, eject_for = ?period, "backend ejected"),
+        None => debug!(service = %svc.name, backend = %backend.spec.target, "{why}"),
+    }
 }
 
 /// Pause before turning a client away when a dial failed for lack of local

@@ -225,7 +225,7 @@ impl Amb {
         self.node.as_ref().expect("the node was joined")
     }
 
-    /// Failed connects recorded against each backend, in config order.
+    /// Failed connections recorded against each backend, in config order.
     pub fn failures(&self) -> Vec<u64> {
         self.node().services()[0]
             .table

@@ -172,7 +172,7 @@ mod tests {
     use tokio::time::{timeout, Instant};
 
     use super::*;
-    use crate::net::copy::tests::{a_reply_flows_on_after_a_half_close, pair, value};
+    use crate::net::copy::tests::{a_reply_flows_on_after_a_half_close, assert_done, pair, value};
     use crate::net::copy::{buffers_in_use, reset_after, End};
     use crate::net::sockopt;
 
@@ -302,7 +302,7 @@ mod tests {
                 .unwrap();
             assert!(rest.is_empty());
             let report = ended(p.copy).await;
-            assert!(matches!(report.end, End::Done), "{:?}", report.end);
+            assert_done(&report, Side::Client);
             assert_eq!(report.from_client, (b"PING\r\n".len() + LEN) as u64);
             assert_eq!(report.from_server, (b"+PONG\r\n".len() + 2 * LEN) as u64);
         }
@@ -324,7 +324,7 @@ mod tests {
         both_ways(&mut p.app, &mut p.backend, &up, b"").await;
         p.app.shutdown().await.unwrap();
         let report = ended(p.copy).await;
-        assert!(matches!(report.end, End::Done), "{:?}", report.end);
+        assert_done(&report, Side::Server);
         assert_eq!(report.from_client, up.len() as u64);
         assert_eq!(report.from_server, b"+OK ready\r\n".len() as u64);
     }
