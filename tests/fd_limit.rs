@@ -208,7 +208,12 @@ async fn running_out_of_descriptors_does_not_eject_a_healthy_backend() {
     // is an error to skip, not "the service is down" (which would withdraw
     // its advertisement).
     let limit = FdLimit::leave_free(0);
-    let checked = mesh_amb::net::checks::probe(&Target::Addrs(vec![backend]), DEADLINE).await;
+    let checked = mesh_amb::net::checks::probe(
+        &Target::Addrs(vec![backend]),
+        DEADLINE,
+        mesh_amb::net::checks::CLOSE_GRACE,
+    )
+    .await;
     drop(limit);
     assert!(checked.is_err(), "{checked:?}");
 }

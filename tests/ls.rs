@@ -79,7 +79,7 @@ fn ls_until(
 }
 
 /// A local service in a host on a port the kernel picks: what a provider
-/// checks and offers. Accepts and closes connections until dropped.
+/// checks and offers. Accepts connections (each held until its peer closes) until dropped.
 struct Service {
     port: u16,
     host: Host,
@@ -98,7 +98,7 @@ impl Service {
                 if flag.load(Ordering::SeqCst) {
                     return;
                 }
-                drop(conn);
+                hold(conn);
             }
         });
         Service {

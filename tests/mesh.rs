@@ -769,6 +769,48 @@ fn a_provider_withdraws_when_its_service_dies_and_returns_with_it() {
     eprintln!("routed again {back:?} after the service came back");
 }
 
+/// A provider whose local service takes connections and closes them at
+/// once without a byte (a forwarder whose far end is down) withdraws it,
+/// as a refusing one: every consumer had sent it clients for as long as
+/// it lasted, the connect check passing.
+#[test]
+fn a_provider_withdraws_a_service_that_closes_each_connection_at_once() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let mut r = redis(h1, 7000);
+    let provider = amb(h1, &["--provide", "api:7000", "--node-id", "h1"]);
+    let consumer = amb(h2, &["--consume", "api:8080"]);
+    wait_routed_to(h2, 8080, "h1");
+    r.kill();
+    let hole = h1.enter(|| std::net::TcpListener::bind("127.0.0.1:7000").unwrap());
+    hole.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let closing = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                match hole.accept() {
+                    Ok((c, _)) => drop(c),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+    });
+    wait_log(
+        &provider,
+        "local service stopped answering (it closes each connection at once, unanswered): \
+         advertisement withdrawn",
+    );
+    wait_log(
+        &consumer,
+        "backend left service=api instance=api@h1._amb._tcp.local.",
+    );
+    stop.store(true, Ordering::Relaxed);
+    closing.join().unwrap();
+    let _r = redis(h1, 7000);
+    wait_routed_to(h2, 8080, "h1");
+}
+
 #[test]
 fn a_provider_without_ipv6_still_withdraws_a_dead_service() {
     // A host (or container) with IPv6 off: the provider's check of ::1

@@ -513,13 +513,13 @@ fn message(line: &str) -> String {
     text[..cut.unwrap_or(text.len())].to_owned()
 }
 
-/// A listener on 7000 in `host` that accepts and closes, for the whole
-/// run: the local service the provider checks.
+/// A listener on 7000 in `host` that accepts (and holds) connections for
+/// the whole run: the local service the provider checks.
 fn serve_forever(host: &Host) {
     let l = host.enter(|| TcpListener::bind(("0.0.0.0", 7000)).expect("bind 7000"));
     std::thread::spawn(move || {
         for c in l.incoming() {
-            drop(c);
+            hold(c);
         }
     });
 }

@@ -52,8 +52,9 @@ fn instance(label: &str) -> String {
     format!("{label}._amb._tcp.local.")
 }
 
-/// A TCP listener in a host that counts the connections it accepts: the
-/// rogue's service.
+/// A TCP listener in a host that counts the connections it accepts (and
+/// holds): a provider's local service, or the
+/// rogue's.
 struct Counter {
     addr: SocketAddr,
     host: Host,
@@ -83,6 +84,7 @@ impl Counter {
                     if conn.is_ok() {
                         accepted.fetch_add(1, Ordering::SeqCst);
                     }
+                    hold(conn);
                 }
             }
         });

@@ -40,7 +40,7 @@ fn serve(host: &Host) {
     let l = host.enter(|| TcpListener::bind(("0.0.0.0", 7000)).expect("bind 7000"));
     std::thread::spawn(move || {
         for c in l.incoming() {
-            drop(c);
+            hold(c);
         }
     });
 }

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::mdns::{Mdns, Offer, Stamp};
 use super::wire::State;
 use crate::backends::table::{unix_ms, Target};
-use crate::net::checks::{probe, Checker};
+use crate::net::checks::{probe, Checker, Down, CLOSE_GRACE};
 use crate::settings::DiscoverySettings;
 use crate::spec::ProvideSpec;
 
@@ -122,6 +122,13 @@ pub async fn run(
     let mut outdated = announced;
     let mut probe_first = settings.probe;
     let mut warned = false;
+    // Why the last check failed, for the line that says so.
+    let mut why = Down::NoConnection;
+    // The first check only connects: a service already running is
+    // advertised at once (a consumer routes to a provider started 11 ms
+    // before; held 100 ms, 114 ms). One that closes each connection is
+    // found by the next checks, and withdrawn after `fall` of them.
+    let mut grace = Duration::ZERO;
     let mut short_of_resources = false;
     // What the last seal covered (with the key, while advertised).
     let mut stamp: Option<Stamp> = None;
@@ -130,11 +137,15 @@ pub async fn run(
             _ = leaving.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let ok = match check(&target, timeout, &leaving).await {
+        let ok = match check(&target, (timeout, grace), &leaving).await {
             None => break,
-            Some(Ok(ok)) => {
+            Some(Ok(verdict)) => {
                 short_of_resources = false;
-                ok
+                grace = CLOSE_GRACE;
+                if let Err(down) = verdict {
+                    why = down;
+                }
+                verdict.is_ok()
             }
             // Our own shortage (EMFILE...): no reason to withdraw. One line
             // per shortage, not one per tick.
@@ -193,13 +204,13 @@ pub async fn run(
                         announced = false;
                         outdated = false;
                         status.update(|s| s.advertised = None);
-                        warn!(provide = %p, "local service stopped answering: advertisement withdrawn");
+                        warn!(provide = %p, "local service stopped answering ({why}): advertisement withdrawn");
                     }
                     Err(e) => warn!(provide = %p, "{e:#}; retrying"),
                 }
             }
             (false, false) if !warned => {
-                warn!(provide = %p, "local service does not answer on {target}; not advertising it");
+                warn!(provide = %p, "local service does not answer on {target} ({why}); not advertising it");
                 warned = true;
             }
             _ => {}
@@ -258,11 +269,11 @@ fn note_seal(p: &ProvideSpec, stamp: &mut Option<Stamp>, sealed: Option<Stamp>) 
 /// starts leaving (`None`), so shutdown never waits for a slow check.
 async fn check(
     target: &Target,
-    timeout: Duration,
+    (timeout, grace): (Duration, Duration),
     leaving: &CancellationToken,
-) -> Option<std::io::Result<bool>> {
+) -> Option<std::io::Result<Result<(), Down>>> {
     tokio::select! {
-        ok = probe(target, timeout) => Some(ok),
+        ok = probe(target, timeout, grace) => Some(ok),
         _ = leaving.cancelled() => None,
     }
 }
@@ -280,7 +291,7 @@ mod tests {
         let timeout = Duration::from_secs(3600);
         let checking = tokio::spawn({
             let leaving = leaving.clone();
-            async move { check(&target, timeout, &leaving).await }
+            async move { check(&target, (timeout, CLOSE_GRACE), &leaving).await }
         });
         leaving.cancel();
         let got = tokio::time::timeout(Duration::from_secs(30), checking)

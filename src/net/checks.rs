@@ -63,16 +63,55 @@ impl Checker {
     }
 }
 
+/// How long a check holds the connection it made, to see whether the
+/// service closes it at once without a byte (a forwarder whose far end is
+/// down, a service that crashes on each connection: socat's takes a few
+/// ms). A server waits for its client to speak, or greets it: the check
+/// passes then.
+pub const CLOSE_GRACE: Duration = Duration::from_millis(100);
+
+/// Why a check found a service down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// No connection: refused, or no answer within the timeout.
+    NoConnection,
+    /// It took the connection and closed it at once without a byte.
+    ClosedAtOnce,
+}
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Down::NoConnection => "no connection",
+            Down::ClosedAtOnce => "it closes each connection at once, unanswered",
+        })
+    }
+}
+
 /// Whether the target accepts a TCP connection within `timeout`, dialed
-/// exactly as client connections are, so checks and clients agree. An
-/// error means the check could not be made (this process is out of
-/// descriptors, ports or memory): it says nothing about the target, so
-/// callers skip it rather than count it as down.
-pub async fn probe(target: &Target, timeout: Duration) -> std::io::Result<bool> {
-    match dial(target, timeout).await {
-        Ok(_) => Ok(true),
-        Err(DialError::Backend(_)) => Ok(false),
-        Err(DialError::Local(e)) => Err(e),
+/// exactly as client connections are, so checks and clients agree, and
+/// keeps it open for `grace` (at most `timeout`; see [`CLOSE_GRACE`]). An error means
+/// the check could not be made (this process is out of descriptors, ports
+/// or memory): it says nothing about the target, so callers skip it rather
+/// than count it as down.
+pub async fn probe(
+    target: &Target,
+    timeout: Duration,
+    grace: Duration,
+) -> std::io::Result<Result<(), Down>> {
+    let stream = match dial(target, timeout).await {
+        Ok(stream) => stream,
+        Err(DialError::Backend(_)) => return Ok(Err(Down::NoConnection)),
+        Err(DialError::Local(e)) => return Err(e),
+    };
+    if grace.is_zero() {
+        return Ok(Ok(()));
+    }
+    let mut byte = [0; 1];
+    match tokio::time::timeout(grace.min(timeout), stream.peek(&mut byte)).await {
+        // End of stream or a reset, before a byte.
+        Ok(Ok(0) | Err(_)) => Ok(Err(Down::ClosedAtOnce)),
+        Ok(Ok(_)) | Err(_) => Ok(Ok(())),
     }
 }
 
@@ -269,8 +308,53 @@ mod tests {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let target = Target::Addrs(vec![addr]);
-        assert!(probe(&target, Duration::from_secs(5)).await.unwrap());
+        // Nothing accepts it, nothing is said: a server waiting for its
+        // client passes.
+        assert_eq!(
+            probe(&target, Duration::from_secs(5), CLOSE_GRACE)
+                .await
+                .unwrap(),
+            Ok(())
+        );
         drop(l);
-        assert!(!probe(&target, Duration::from_secs(5)).await.unwrap());
+        assert_eq!(
+            probe(&target, Duration::from_secs(5), CLOSE_GRACE)
+                .await
+                .unwrap(),
+            Err(Down::NoConnection)
+        );
+    }
+
+    #[tokio::test]
+    async fn probe_fails_a_service_that_closes_each_connection_at_once() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target::Addrs(vec![l.local_addr().unwrap()]);
+        let greets = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let serving = tokio::spawn({
+            let greets = greets.clone();
+            async move {
+                loop {
+                    let (mut c, _) = l.accept().await.unwrap();
+                    if greets.load(std::sync::atomic::Ordering::Relaxed) {
+                        // A greeting, then the close (a banner service).
+                        let _ = tokio::io::AsyncWriteExt::write_all(&mut c, b"hi\r\n").await;
+                    }
+                }
+            }
+        });
+        assert_eq!(
+            probe(&target, Duration::from_secs(5), CLOSE_GRACE)
+                .await
+                .unwrap(),
+            Err(Down::ClosedAtOnce)
+        );
+        greets.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            probe(&target, Duration::from_secs(5), CLOSE_GRACE)
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        serving.abort();
     }
 }

@@ -225,3 +225,12 @@ pub fn udp_counter(host: &Host, name: &str) -> u64 {
         .unwrap_or(0);
     v4 + v6
 }
+
+/// Keeps an accepted connection open until its peer closes it, as a server
+/// waiting for its client does: a provider's check fails a local service
+/// that closes each connection at once.
+pub fn hold(conn: std::io::Result<TcpStream>) {
+    if let Ok(mut c) = conn {
+        std::thread::spawn(move || std::io::copy(&mut c, &mut std::io::sink()));
+    }
+}

@@ -240,7 +240,7 @@ pub struct RunArgs {
     pub node_id: Option<NodeId>,
 
     /// How often a provider checks that its local service accepts
-    /// connections.
+    /// connections (and does not close them at once, unanswered).
     #[arg(long, value_name = "DURATION", env = "MESH_AMB_CHECK_INTERVAL",
         default_value_t = Period(DEFAULT_CHECK_INTERVAL))]
     pub check_interval: Period,
