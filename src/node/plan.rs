@@ -6,12 +6,15 @@ use std::fmt;
 
 use crate::settings::Config;
 
-/// Fields of `$new` that differ from `$old`'s, by name; with `keep`, each
+/// Fields of `$new` that differ from `$old`'s, by config key (the field's
+/// name unless given: `policy as "balance"`); with `keep`, each
 /// one is set back to the old value.
 macro_rules! differing {
-    ($old:expr, $new:expr, $($field:ident),+ $(,)?) => {{
+    (@name $field:ident $name:literal) => { $name };
+    (@name $field:ident) => { stringify!($field) };
+    ($old:expr, $new:expr, $($field:ident $(as $name:literal)?),+ $(,)?) => {{
         let mut names: Vec<&'static str> = Vec::new();
-        $( if $old.$field != $new.$field { names.push(stringify!($field)); } )+
+        $( if $old.$field != $new.$field { names.push(differing!(@name $field $($name)?)); } )+
         names
     }};
     (keep $old:expr, $new:expr, $($field:ident),+ $(,)?) => {{
@@ -66,7 +69,8 @@ pub(super) fn proxy_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     differing!(
         old.proxy,
         new.proxy,
-        policy,
+        // Named as the user writes it.
+        policy as "balance",
         connect_timeout,
         connect_attempts,
         login_timeout,
@@ -217,12 +221,13 @@ mod tests {
         let old = config();
         let mut new = config();
         assert!(proxy_changes(&old, &new).is_empty());
+        new.proxy.policy = crate::backends::balance::Policy::LeastConn;
         new.proxy.connect_timeout = Duration::from_secs(5);
         new.proxy.idle_timeout = Some(Duration::from_secs(60));
         new.discovery.rise = 5;
         assert_eq!(
             proxy_changes(&old, &new),
-            ["connect_timeout", "idle_timeout"]
+            ["balance", "connect_timeout", "idle_timeout"]
         );
         assert_eq!(provider_changes(&old, &new), ["rise"]);
     }
