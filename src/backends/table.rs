@@ -137,11 +137,13 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// Its name, as the status API spells it (the page and `mesh-amb
+    /// status` show the same).
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Static => "static",
-            Origin::Mesh => "mdns",
-            Origin::ThirdParty => "third-party",
+            Origin::Mesh => "mesh",
+            Origin::ThirdParty => "third_party",
         }
     }
 }
@@ -641,6 +643,13 @@ mod tests {
             Some(Duration::from_secs(1)),
             "proven: the ordinary back-off"
         );
+    }
+
+    #[test]
+    fn an_origin_reads_the_same_on_the_page_and_in_the_api() {
+        for o in [Origin::Static, Origin::Mesh, Origin::ThirdParty] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -357,7 +357,7 @@ mod tests {
             "discovery":[["unsigned",2],["bad_txt",0]],"provides":[],
             "consumes":[{"name":"redis","listen":"127.0.0.1:6379","source":"discovered",
             "policy":"p2c","clients":5,"turned_away":1,"waiting":2,"active":0,"bytes_in":2048,"bytes_out":10,
-            "backends":[{"key":"redis@h1._amb._tcp.local.","origin":"mdns","address":"10.0.0.1:6379",
+            "backends":[{"key":"redis@h1._amb._tcp.local.","origin":"mesh","address":"10.0.0.1:6379",
             "state":"ejected","ejected_for":"refused\u001b[2J","ejected_remaining_ms":1500,
             "weight":1,"active":0,"total":4,"failures":1,"bytes_in":0,"bytes_out":0,
             "changed_at_ms":9000}]}]}]}"#,
