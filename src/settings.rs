@@ -456,12 +456,15 @@ impl DiscoverySettings {
         }
         let local = local_interfaces();
         for i in &self.interfaces {
-            if !local.iter().any(|(name, _)| name == i) {
+            // One without an address yet (a DHCP lease not yet taken, a
+            // cable not yet plugged in) is taken up once it has one, as
+            // the interfaces of a node without `--interface` are.
+            if !local.iter().any(|(name, _)| name == i) && !interface_exists(i) {
                 let mut names: Vec<&str> = local.iter().map(|(n, _)| n.as_str()).collect();
                 names.sort_unstable();
                 names.dedup();
                 let reason = format!(
-                    "no interface of that name with an address here (have: {})",
+                    "no interface of that name here (with an address: {})",
                     names.join(", ")
                 );
                 return bad("interface", i, reason);
@@ -621,6 +624,16 @@ fn check_credentials(
     Ok(())
 }
 
+/// Whether this host (its network namespace) has an interface named
+/// `name`, with an address or not.
+fn interface_exists(name: &str) -> bool {
+    use rustix::net::{netdevice, socket, AddressFamily, SocketType};
+    // The kernel's own lookup (SIOCGIFINDEX), which any socket can ask.
+    socket(AddressFamily::INET, SocketType::DGRAM, None)
+        .and_then(|s| netdevice::name_to_index(&s, name))
+        .is_ok()
+}
+
 /// Every (interface name, address) of this host, for checking the chosen
 /// interfaces and advertised addresses against.
 fn local_interfaces() -> Vec<(String, IpAddr)> {
@@ -634,6 +647,20 @@ fn local_interfaces() -> Vec<(String, IpAddr)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interface_is_looked_up_by_the_kernel_with_an_address_or_not() {
+        assert!(interface_exists("lo"), "every network namespace has lo");
+        for name in [
+            "nosuch0",
+            "",
+            "../lo",
+            "lo/",
+            "a-name-far-too-long-for-linux",
+        ] {
+            assert!(!interface_exists(name), "{name:?}");
+        }
+    }
 
     #[test]
     fn an_empty_list_of_interfaces_or_addresses_reads_all() {

@@ -348,6 +348,34 @@ fn a_provider_started_before_its_link_came_up_is_found_once_it_is_up() {
     eprintln!("routed to the provider {took:?} after its link came up");
 }
 
+/// The same with `--interface eth0`, the interface without an address yet
+/// (a DHCP lease not yet taken): the node starts, says so, and is found
+/// once the address comes. It refused to start (exit 2), though a node
+/// without `--interface` waits for its network (found by exploratory
+/// testing).
+#[test]
+fn a_provider_on_an_interface_without_an_address_yet_is_found_once_it_has_one() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _redis = redis(h1, 12345);
+    let shown = h1.run_ok("ip", ["-4", "-o", "addr", "show", "dev", "eth0"]);
+    let addr = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .expect("h1's address")
+        .to_owned();
+    h1.run_ok("ip", ["link", "set", "eth0", "down"]);
+    h1.run_ok("ip", ["addr", "flush", "dev", "eth0"]);
+    let provider = amb(h1, &["--provide", "redis:12345", "--interface", "eth0"]);
+    wait_log(&provider, "no address on the interface yet");
+    let _consumer = amb(h2, &["--consume", "redis:6379"]);
+    h1.run_ok("ip", ["addr", "add", &addr, "dev", "eth0"]);
+    h1.run_ok("ip", ["link", "set", "eth0", "up"]);
+    let took = wait_routed_to(h2, 6379, "h1");
+    eprintln!("routed to the provider {took:?} after its address came");
+}
+
 /// What one request of a client loop saw.
 #[derive(Clone)]
 struct Sample {

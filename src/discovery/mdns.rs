@@ -273,6 +273,15 @@ impl Mdns {
             .map(|i| IfKind::Name(i.clone()))
             .collect();
         ifaces.extend(settings.advertise_addrs.iter().map(|a| IfKind::Addr(*a)));
+        // Accepted by the settings: it exists, and is taken up once it has
+        // an address (mdns-sd reads the interfaces every 5 s).
+        let have = super::ifaces::current();
+        for name in &settings.interfaces {
+            if !have.iter().any(|i| &i.name == name) {
+                warn!(interface = %name,
+                    "no address on the interface yet: mDNS runs on it once it has one (within about 5 s)");
+            }
+        }
         let daemon = start_daemon(&ifaces)?;
         let renamed = Arc::new(AtomicBool::new(false));
         if settings.probe {

@@ -220,7 +220,8 @@ pub struct RunArgs {
         default_value_t = OrOff(Some(Period(DEFAULT_HALF_CLOSE_TIMEOUT))))]
     pub half_close_timeout: OrOff<Period>,
 
-    /// Advertise and listen for mDNS only on this interface (repeatable).
+    /// Advertise and listen for mDNS only on this interface (repeatable;
+    /// one without an address yet is taken up once it has one).
     /// In a Vagrant VM, name the private network, never the NAT adapter.
     /// Env: MESH_AMB_INTERFACE (whitespace-separated). Default: all.
     #[arg(long, value_name = "IFACE")]
