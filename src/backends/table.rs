@@ -183,9 +183,22 @@ pub struct Stats {
     changed_at_ms: AtomicU64,
     /// Why the last ejection started (the failure that started it).
     ejected_for: Mutex<Option<String>>,
+    /// The address its last connection went to, of a target with several:
+    /// dialed first next time ([`crate::net::dial::dial_from`]).
+    dialed: Mutex<Option<SocketAddr>>,
 }
 
 impl Stats {
+    /// The address to dial first: the one its last connection went to.
+    pub fn dial_first(&self) -> Option<SocketAddr> {
+        *self.dialed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes the address a connection went to.
+    pub fn note_dialed(&self, addr: SocketAddr) {
+        *self.dialed.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+    }
+
     fn clear_ejection(&self) {
         self.silent_since_ms.store(0, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);

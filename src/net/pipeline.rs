@@ -40,12 +40,12 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
 use tracing::{debug, info, warn};
 
-use crate::backends::table::{ActiveGuard, Backend};
+use crate::backends::table::{ActiveGuard, Backend, Target};
 use crate::backends::Service;
 use crate::credentials::{Credentials, LoginError, Refused};
 use crate::net::accept::{Handler, Shared};
 use crate::net::copy::{self, End, Side};
-use crate::net::dial::{dial, DialError};
+use crate::net::dial::{dial_from, DialError};
 use crate::net::loglimit::LogLimit;
 use crate::net::sockopt;
 use crate::security::tls::{self, Tls};
@@ -576,7 +576,15 @@ async fn establish(
     settings: &ProxySettings,
     tls: Option<&Tls>,
 ) -> Result<BackendStream, Setback> {
-    let stream = dial(&backend.spec.target, settings.connect_timeout).await?;
+    // One address: nothing to choose, and no lock or syscall to pay.
+    let several = !matches!(&backend.spec.target, Target::Addrs(a) if a.len() < 2);
+    let first = several.then(|| backend.stats.dial_first()).flatten();
+    let stream = dial_from(&backend.spec.target, settings.connect_timeout, first).await?;
+    if several {
+        if let Ok(peer) = stream.peer_addr() {
+            backend.stats.note_dialed(peer);
+        }
+    }
     // A plain backend socket gets keepalive and the user timeout from the
     // copy stage, after BACKEND_OPTIONS_AFTER; a TLS one now (its handshake
     // costs far more than these calls).
