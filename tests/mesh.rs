@@ -995,6 +995,30 @@ fn migration_needs_no_consumer_restart() {
     );
 }
 
+/// An Avahi that keeps port 5353 to itself (`disallow-other-stacks=yes`)
+/// leaves mesh-amb no mDNS at all: it says so and exits, where it logged
+/// its advertisement as usual and nobody ever saw it (found by a README
+/// audit).
+#[test]
+fn a_responder_that_keeps_the_mdns_port_to_itself_is_named_at_start() {
+    let lab = Lab::new(1);
+    let h1 = lab.host("h1");
+    let _avahi = h1.start_avahi_with(AvahiOptions {
+        disallow_other_stacks: true,
+        ..AvahiOptions::default()
+    });
+    let _redis = redis(h1, 12345);
+    let mut node = amb(h1, &["--provide", "redis:12345"]);
+    let status = node.wait_exit(Duration::from_secs(30)).expect("it exits");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let log = node.stderr();
+    assert!(
+        log.contains("cannot run mDNS: another mDNS responder holds UDP port 5353"),
+        "{log}"
+    );
+    assert!(!log.contains("advertising"), "{log}");
+}
+
 #[test]
 fn avahi_and_mesh_amb_see_each_other() {
     let lab = Lab::new(3);

@@ -946,7 +946,8 @@ impl Host {
                 .replace("@HOST@", &self.netns)
                 .replace("@IPV6@", yes_no(opts.ipv6))
                 .replace("@IFACES@", &interfaces.join(","))
-                .replace("@REFLECTOR@", yes_no(opts.reflector)),
+                .replace("@REFLECTOR@", yes_no(opts.reflector))
+                .replace("@DISALLOW@", yes_no(opts.disallow_other_stacks)),
         )
         .expect("write avahi-daemon.conf");
 
@@ -1182,6 +1183,9 @@ pub struct AvahiOptions {
     /// Static service files `(file name, XML)` for the daemon's private
     /// `/etc/avahi/services` (how a third-party host provides a service).
     pub service_files: Vec<(String, String)>,
+    /// `disallow-other-stacks=yes`: the daemon binds port 5353 without
+    /// sharing it, so no other mDNS stack on the host can.
+    pub disallow_other_stacks: bool,
 }
 
 impl AvahiOptions {

@@ -194,7 +194,7 @@ lab__netns_reflector() {
   lab_bg "$host" dbus dbus-daemon --config-file="$dir/bus.conf" --nofork --print-address
   lab_wait 10 test -S "$dir/bus.sock" || lab__die "$host: dbus-daemon did not start" || return 1
   ifaces=$(ip -n "$ns" -o link show | awk -F': ' '$2 != "lo" {sub(/@.*/, "", $2); print $2}' | paste -sd, -)
-  sed -e "s|@HOST@|$ns|" -e "s|@IPV6@|no|" -e "s|@IFACES@|$ifaces|" -e "s|@REFLECTOR@|yes|" \
+  sed -e "s|@HOST@|$ns|" -e "s|@IPV6@|no|" -e "s|@IFACES@|$ifaces|" -e "s|@REFLECTOR@|yes|" -e "s|@DISALLOW@|no|" \
     "$LAB_REPO/lab/avahi-daemon.conf" > "$dir/avahi-daemon.conf"
   # shellcheck disable=SC2016 # $1/$2 expand in the inner sh
   lab_bg "$host" avahi env DBUS_SYSTEM_BUS_ADDRESS="unix:path=$dir/bus.sock" \

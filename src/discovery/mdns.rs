@@ -26,7 +26,7 @@
 //! with the addresses it signs.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -649,6 +649,7 @@ fn watch_renames(daemon: &ServiceDaemon, renamed: Arc<AtomicBool>) {
 
 /// An mDNS daemon restricted to `ifaces` (empty: every interface).
 pub(crate) fn start_daemon(ifaces: &[IfKind]) -> anyhow::Result<ServiceDaemon> {
+    mdns_port_shared()?;
     let daemon = ServiceDaemon::new().context("cannot start the mDNS daemon")?;
     if !ifaces.is_empty() {
         let restrict = daemon
@@ -661,6 +662,37 @@ pub(crate) fn start_daemon(ifaces: &[IfKind]) -> anyhow::Result<ServiceDaemon> {
         }
     }
     Ok(daemon)
+}
+
+/// Whether this process may bind the mDNS port as mdns-sd does (shared:
+/// `SO_REUSEADDR` and `SO_REUSEPORT`), as an error when neither IPv4 nor
+/// IPv6 can, and a warning when one cannot. Another stack that holds the
+/// port without sharing it (Avahi with `disallow-other-stacks=yes`) left
+/// mdns-sd without a socket, which it notes only at debug level: the node
+/// logged its advertisements and its browse as usual, and no other node
+/// ever saw it, nor it them (found by a README audit).
+fn mdns_port_shared() -> anyhow::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    let held = |addr: SocketAddr| {
+        let bound = Socket::new(Domain::for_address(addr), Type::DGRAM, None).and_then(|s| {
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.bind(&addr.into())
+        });
+        // Other errors (IPv6 off here) are mdns-sd's to meet.
+        matches!(bound, Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+    };
+    let v4 = held(SocketAddr::from((Ipv4Addr::UNSPECIFIED, wire::MDNS_PORT)));
+    let v6 = held(SocketAddr::from((Ipv6Addr::UNSPECIFIED, wire::MDNS_PORT)));
+    let why = "another mDNS responder holds UDP port 5353 without sharing it \
+        (Avahi with disallow-other-stacks=yes?)";
+    match (v4, v6) {
+        (true, true) => anyhow::bail!("cannot run mDNS: {why}"),
+        (true, false) => warn!("no mDNS over IPv4: {why}"),
+        (false, true) => warn!("no mDNS over IPv6: {why}"),
+        (false, false) => {}
+    }
+    Ok(())
 }
 
 /// Stops the daemon thread however the node ends (an error after start, a
