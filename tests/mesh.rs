@@ -358,13 +358,7 @@ fn a_provider_on_an_interface_without_an_address_yet_is_found_once_it_has_one() 
     let lab = Lab::new(2);
     let (h1, h2) = (lab.host("h1"), lab.host("h2"));
     let _redis = redis(h1, 12345);
-    let shown = h1.run_ok("ip", ["-4", "-o", "addr", "show", "dev", "eth0"]);
-    let addr = shown
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .expect("h1's address")
-        .to_owned();
+    let addr = ipv4_with_prefix(h1, "eth0");
     h1.run_ok("ip", ["link", "set", "eth0", "down"]);
     h1.run_ok("ip", ["addr", "flush", "dev", "eth0"]);
     let provider = amb(h1, &["--provide", "redis:12345", "--interface", "eth0"]);

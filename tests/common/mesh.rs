@@ -234,3 +234,15 @@ pub fn hold(conn: std::io::Result<TcpStream>) {
         std::thread::spawn(move || std::io::copy(&mut c, &mut std::io::sink()));
     }
 }
+
+/// `host`'s IPv4 address on `dev`, with its prefix (`10.77.0.1/24`), as
+/// `ip addr add` and `del` take it.
+pub fn ipv4_with_prefix(host: &Host, dev: &str) -> String {
+    let shown = host.run_ok("ip", ["-4", "-o", "addr", "show", "dev", dev]);
+    shown
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no IPv4 address on {dev}: {shown}"))
+        .to_owned()
+}
