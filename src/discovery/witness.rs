@@ -80,6 +80,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -953,6 +954,10 @@ struct Prober {
     /// The AAAA question for the same name, for the confirmation over
     /// IPv6 of a peer probed at an IPv4 address.
     question_v6: Vec<u8>,
+    /// A multicast confirmation found the peer alive since a unicast probe
+    /// last got an answer: said once, not at every period of a watch that
+    /// stays at an address the peer no longer has (36 lines in 13 min).
+    alive_by_multicast: AtomicBool,
 }
 
 impl Prober {
@@ -973,6 +978,7 @@ impl Prober {
                 to,
                 question: question(&peer.host, TYPE_A, 0),
                 question_v6: question(&peer.host, TYPE_AAAA, 0),
+                alive_by_multicast: Default::default(),
             }),
             Err(e) => {
                 warn!(error = %e, "witness: cannot open a probe socket");
@@ -992,7 +998,10 @@ impl Prober {
         let mut refused = false;
         for misses in 1..=MISSES_TO_DEAD {
             match self.ask(node, timeout).await {
-                Probe::Answered => return Probe::Answered,
+                Probe::Answered => {
+                    self.alive_by_multicast.store(false, Ordering::Relaxed);
+                    return Probe::Answered;
+                }
                 Probe::Refused => refused = true,
                 Probe::Silent => {}
             }
@@ -1078,7 +1087,14 @@ impl Prober {
                 None => answered_with_id(&sock, &ids, *wait).await,
             };
             if answered {
-                info!(node, "witness: the node answered by multicast only; alive");
+                if self.alive_by_multicast.swap(true, Ordering::Relaxed) {
+                    debug!(
+                        node,
+                        "witness: the node answered by multicast only again; alive"
+                    );
+                } else {
+                    info!(node, "witness: the node answered by multicast only; alive");
+                }
                 return true;
             }
         }
