@@ -40,6 +40,20 @@ pub const UNPROVEN_EJECT_TIME: Duration = Duration::from_secs(30);
 /// per five minutes.
 pub const MAX_UNPROVEN_EJECT_TIME: Duration = Duration::from_secs(300);
 
+/// Silent closes in a row (no reply between them) that eject a backend
+/// ([`Table::report_silent_close`]): a forwarder whose far end is down
+/// closes every client's connection; one client's request that the server
+/// drops unanswered must not eject it.
+pub const SILENT_CLOSES_TO_EJECT: u32 = 3;
+/// How long a silent close counts: longer than the back-off's cap, so a
+/// backend that closes every connection stays ejected while it does; one
+/// that has not done so for this long is taken at its connects again.
+pub const SILENT_FOR: Duration = Duration::from_secs(60);
+/// How long a backend of several addresses is dialed first at the one its
+/// last connection went to, after which the target's order is tried again
+/// (a first address that was only slow once is not passed over for good).
+pub const PREFER_DIALED_FOR: Duration = Duration::from_secs(60);
+
 /// Where to dial a backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -171,9 +185,12 @@ pub struct Stats {
     consecutive_failures: AtomicU32,
     /// When it last closed a connection at once without a reply, in ms
     /// since the table's epoch; 0 = not since its last reply
-    /// ([`Table::report_silent_close`]): such a backend takes every
-    /// connect, so only a reply ends its ejection.
+    /// ([`Table::report_silent_close`]).
     silent_since_ms: AtomicU64,
+    /// Such closes in a row: ejected for them from
+    /// [`SILENT_CLOSES_TO_EJECT`] on, when only a reply ends the ejection
+    /// (it takes every connect).
+    silent_in_a_row: AtomicU32,
     /// End of the current ejection, in ms since the table's epoch; 0 = none.
     ejected_until_ms: AtomicU64,
     /// Answered a connect or a probe at least once since it appeared.
@@ -183,24 +200,37 @@ pub struct Stats {
     changed_at_ms: AtomicU64,
     /// Why the last ejection started (the failure that started it).
     ejected_for: Mutex<Option<String>>,
-    /// The address its last connection went to, of a target with several:
-    /// dialed first next time ([`crate::net::dial::dial_from`]).
-    dialed: Mutex<Option<SocketAddr>>,
+    /// The address its last connection went to, of a target with several,
+    /// when that was not the first, and since when: dialed first for
+    /// [`PREFER_DIALED_FOR`] ([`crate::net::dial::dial_from`]).
+    dialed: Mutex<Option<(SocketAddr, Instant)>>,
 }
 
 impl Stats {
-    /// The address to dial first: the one its last connection went to.
+    /// The address to dial first, if not the target's first: the one its
+    /// last connection went to, for [`PREFER_DIALED_FOR`].
     pub fn dial_first(&self) -> Option<SocketAddr> {
-        *self.dialed.lock().unwrap_or_else(|e| e.into_inner())
+        let dialed = *self.dialed.lock().unwrap_or_else(|e| e.into_inner());
+        dialed
+            .filter(|(_, since)| since.elapsed() < PREFER_DIALED_FOR)
+            .map(|(addr, _)| addr)
     }
 
-    /// Notes the address a connection went to.
-    pub fn note_dialed(&self, addr: SocketAddr) {
-        *self.dialed.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+    /// Notes that a connection went to `addr`, `first` being the target's
+    /// first address. The time is kept while the same address is noted
+    /// again, so the preference ends.
+    pub fn note_dialed(&self, addr: SocketAddr, first: SocketAddr) {
+        let mut dialed = self.dialed.lock().unwrap_or_else(|e| e.into_inner());
+        *dialed = match *dialed {
+            _ if addr == first => None,
+            Some((noted, since)) if noted == addr => Some((noted, since)),
+            _ => Some((addr, Instant::now())),
+        };
     }
 
     fn clear_ejection(&self) {
         self.silent_since_ms.store(0, Ordering::Relaxed);
+        self.silent_in_a_row.store(0, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.ejected_until_ms.store(0, Ordering::Relaxed);
     }
@@ -466,21 +496,44 @@ impl Table {
     }
 
     /// Records a connection that the backend took, then closed at once
-    /// without a byte of reply: a failure, as [`Table::report_failure`]
-    /// (a forwarder whose far end is down, a service that crashes on each
-    /// request; p2c even favoured it, its connections being the shortest).
-    /// Until it replies ([`Table::report_reply`]), a connect that succeeds
-    /// ends neither its ejection nor its run of failures, which so doubles.
+    /// without a byte of reply (a forwarder whose far end is down, a
+    /// service that crashes on each request; p2c even favoured it, its
+    /// connections being the shortest). [`SILENT_CLOSES_TO_EJECT`] of them
+    /// in a row, each within [`SILENT_FOR`] of the one before, are a
+    /// failure, as [`Table::report_failure`]; fewer only count (one can be
+    /// a client's doing: a request the server drops unanswered, memcached's
+    /// `noreply` and `quit`). While it is so ejected, a connect that
+    /// succeeds ends neither the ejection nor the run of failures, which so
+    /// doubles; a reply does ([`Table::report_reply`]).
     pub fn report_silent_close(&self, stats: &Stats, why: &dyn fmt::Display) -> Option<Duration> {
-        stats
-            .silent_since_ms
-            .store(self.now_ms(), Ordering::Relaxed);
+        let now = self.now_ms();
+        let last = stats.silent_since_ms.swap(now, Ordering::Relaxed);
+        let in_a_row = if last != 0 && now - last < SILENT_FOR.as_millis() as u64 {
+            stats.silent_in_a_row.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            stats.silent_in_a_row.store(1, Ordering::Relaxed);
+            1
+        };
+        if in_a_row < SILENT_CLOSES_TO_EJECT {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         self.report_failure(stats, why)
     }
 
+    /// Whether the backend is ejected for its silent closes (enough of
+    /// them in a row, the last within [`SILENT_FOR`]).
+    fn closes_silently(&self, stats: &Stats) -> bool {
+        let since = stats.silent_since_ms.load(Ordering::Relaxed);
+        since != 0
+            && self.now_ms() - since < SILENT_FOR.as_millis() as u64
+            && stats.silent_in_a_row.load(Ordering::Relaxed) >= SILENT_CLOSES_TO_EJECT
+    }
+
     /// Records a reply from the backend on a connection it took at `began`:
-    /// true when it ends the ejection of one that closed silently (it is
-    /// back, worth a log line). Only a connection taken since: one taken
+    /// its silent closes are no longer in a row, and true when that ends
+    /// its ejection for them (it is back, worth a log line). Only a
+    /// connection taken after the last silent close counts: one taken
     /// before, whose far end failed meanwhile, replied then, not now.
     pub fn report_reply(&self, stats: &Stats, began: Instant) -> bool {
         let since = stats.silent_since_ms.load(Ordering::Relaxed);
@@ -494,6 +547,9 @@ impl Table {
         {
             return false;
         }
+        if stats.silent_in_a_row.swap(0, Ordering::Relaxed) < SILENT_CLOSES_TO_EJECT {
+            return false;
+        }
         stats.clear_ejection();
         stats.changed_now();
         true
@@ -501,10 +557,10 @@ impl Table {
 
     /// Records a successful connect. Returns true when this ends a run of
     /// failures (the backend is back, worth a log line); not for a backend
-    /// that closed silently, which every connect reaches.
+    /// ejected for its silent closes, which every connect reaches.
     pub fn report_success(&self, stats: &Stats) -> bool {
         stats.answered.store(true, Ordering::Relaxed);
-        if stats.silent_since_ms.load(Ordering::Relaxed) != 0 {
+        if self.closes_silently(stats) {
             return false;
         }
         let failing = stats.consecutive_failures.load(Ordering::Relaxed) != 0;
@@ -670,14 +726,18 @@ mod tests {
         let t = Table::new(Duration::from_secs(1));
         let s = Stats::default();
         let why = &"closed the connection at once without a reply";
-        assert!(!t.report_success(&s));
-        assert_eq!(t.report_silent_close(&s, why), Some(Duration::from_secs(1)));
-        tokio::time::advance(Duration::from_secs(1)).await;
+        // One or two can be a client's doing: counted, not ejected.
+        for _ in 1..SILENT_CLOSES_TO_EJECT {
+            assert_eq!(t.report_silent_close(&s, why), None);
+            assert_eq!(t.health(&s), Health::Healthy);
+        }
         assert_eq!(
-            t.health(&s),
-            Health::Healthy,
-            "tried again after its ejection"
+            t.report_silent_close(&s, why),
+            Some(Duration::from_secs(1)),
+            "in a row: ejected"
         );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(t.health(&s), Health::Healthy, "tried again after it");
         assert!(!t.report_success(&s), "a connect is no news from it");
         assert_eq!(
             t.report_silent_close(&s, why),
@@ -704,8 +764,40 @@ mod tests {
             "a fresh run"
         );
         assert!(t.report_success(&s), "a connect ends a refusal's ejection");
+
+        // Silent closes far apart are not in a row; a reply between two
+        // breaks the row too.
+        let s = Stats::default();
+        for _ in 0..3 {
+            assert_eq!(t.report_silent_close(&s, why), None);
+            tokio::time::advance(SILENT_FOR).await;
+        }
+        assert_eq!(t.report_silent_close(&s, why), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!t.report_reply(&s, Instant::now()), "no ejection to end");
+        assert_eq!(t.report_silent_close(&s, why), None);
+        assert_eq!(t.report_silent_close(&s, why), None);
+        assert_eq!(s.failures.load(Ordering::Relaxed), 6, "each counted");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_address_dialed_is_preferred_for_a_while_unless_it_is_the_first() {
+        let s = Stats::default();
+        let (a, b) = (
+            SocketAddr::from(([10, 0, 0, 1], 1)),
+            SocketAddr::from(([10, 0, 0, 2], 1)),
+        );
+        assert_eq!(s.dial_first(), None);
+        s.note_dialed(b, a);
+        assert_eq!(s.dial_first(), Some(b));
+        tokio::time::advance(PREFER_DIALED_FOR / 2).await;
+        s.note_dialed(b, a);
+        tokio::time::advance(PREFER_DIALED_FOR / 2).await;
+        assert_eq!(s.dial_first(), None, "the preference ends");
+        s.note_dialed(b, a);
+        s.note_dialed(a, a);
+        assert_eq!(s.dial_first(), None, "the first worked: no preference");
+    }
     #[test]
     fn a_proven_name_that_moves_is_back_on_probation() {
         let t = Table::with_probation(Duration::from_secs(1));

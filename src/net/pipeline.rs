@@ -268,7 +268,8 @@ const SILENT_CLOSE_WITHIN: Duration = Duration::from_secs(1);
 
 /// What a connection's end says of its backend, which took it at
 /// `began`: a reply restores one ejected for closing silently; a close by the
-/// backend, at once and without a byte of reply, is a failure. Without
+/// backend, at once and without a byte of reply, counts towards such an
+/// ejection ([`crate::backends::table::SILENT_CLOSES_TO_EJECT`]). Without
 /// this, one such backend among three lost a third of the clients for as
 /// long as it ran, and p2c sent it more than its share.
 fn judge(svc: &Service, backend: &Backend, report: &copy::Report, began: Instant) {
@@ -576,13 +577,18 @@ async fn establish(
     settings: &ProxySettings,
     tls: Option<&Tls>,
 ) -> Result<BackendStream, Setback> {
-    // One address: nothing to choose, and no lock or syscall to pay.
-    let several = !matches!(&backend.spec.target, Target::Addrs(a) if a.len() < 2);
-    let first = several.then(|| backend.stats.dial_first()).flatten();
+    // A discovered backend of several addresses; one address (or a name,
+    // whose resolver's order is its own) has nothing to choose, and no lock
+    // or syscall to pay.
+    let several = match &backend.spec.target {
+        Target::Addrs(a) if a.len() > 1 => Some(a[0]),
+        _ => None,
+    };
+    let first = several.and_then(|_| backend.stats.dial_first());
     let stream = dial_from(&backend.spec.target, settings.connect_timeout, first).await?;
-    if several {
+    if let Some(listed_first) = several {
         if let Ok(peer) = stream.peer_addr() {
-            backend.stats.note_dialed(peer);
+            backend.stats.note_dialed(peer, listed_first);
         }
     }
     // A plain backend socket gets keepalive and the user timeout from the
