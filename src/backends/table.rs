@@ -440,7 +440,12 @@ impl Table {
 
     /// Milliseconds since the epoch, never 0 (0 means "not ejected").
     fn now_ms(&self) -> u64 {
-        (Instant::now() - self.epoch).as_millis() as u64 + 1
+        self.ms_at(Instant::now())
+    }
+
+    /// `at` in milliseconds since the epoch, never 0.
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
 
     pub fn health(&self, stats: &Stats) -> Health {
@@ -537,9 +542,8 @@ impl Table {
     /// before, whose far end failed meanwhile, replied then, not now.
     pub fn report_reply(&self, stats: &Stats, began: Instant) -> bool {
         let since = stats.silent_since_ms.load(Ordering::Relaxed);
-        let began_ms = began.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
         if since == 0
-            || began_ms < since
+            || self.ms_at(began) < since
             || stats
                 .silent_since_ms
                 .compare_exchange(since, 0, Ordering::Relaxed, Ordering::Relaxed)
@@ -768,7 +772,7 @@ mod tests {
         // Silent closes far apart are not in a row; a reply between two
         // breaks the row too.
         let s = Stats::default();
-        for _ in 0..3 {
+        for _ in 0..SILENT_CLOSES_TO_EJECT {
             assert_eq!(t.report_silent_close(&s, why), None);
             tokio::time::advance(SILENT_FOR).await;
         }
@@ -777,7 +781,11 @@ mod tests {
         assert!(!t.report_reply(&s, Instant::now()), "no ejection to end");
         assert_eq!(t.report_silent_close(&s, why), None);
         assert_eq!(t.report_silent_close(&s, why), None);
-        assert_eq!(s.failures.load(Ordering::Relaxed), 6, "each counted");
+        assert_eq!(
+            s.failures.load(Ordering::Relaxed),
+            u64::from(SILENT_CLOSES_TO_EJECT) + 3,
+            "each counted"
+        );
     }
 
     #[tokio::test(start_paused = true)]

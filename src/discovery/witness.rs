@@ -950,10 +950,9 @@ async fn goodbye_for(node: &str, peer: &Peer) {
 struct Prober {
     sock: UdpSocket,
     to: SocketAddr,
-    question: Vec<u8>,
-    /// The AAAA question for the same name, for the confirmation over
-    /// IPv6 of a peer probed at an IPv4 address.
-    question_v6: Vec<u8>,
+    /// The peer's host name, the probes' question (its A record; its AAAA
+    /// record in the confirmation over IPv6 of a peer probed at IPv4).
+    host: String,
     /// A multicast confirmation found the peer alive since a unicast probe
     /// last got an answer: said once, not at every period of a watch that
     /// stays at an address the peer no longer has (36 lines in 13 min).
@@ -976,8 +975,7 @@ impl Prober {
             Ok(sock) => Some(Prober {
                 sock,
                 to,
-                question: question(&peer.host, TYPE_A, 0),
-                question_v6: question(&peer.host, TYPE_AAAA, 0),
+                host: peer.host.clone(),
                 alive_by_multicast: Default::default(),
             }),
             Err(e) => {
@@ -1017,9 +1015,7 @@ impl Prober {
     /// Asks once.
     async fn ask(&self, node: &str, timeout: Duration) -> Probe {
         let id = fastrand::u16(..);
-        let mut q = self.question.clone();
-        q[..2].copy_from_slice(&id.to_be_bytes());
-        if let Err(e) = self.sock.send(&q).await {
+        if let Err(e) = self.sock.send(&question(&self.host, TYPE_A, id)).await {
             debug!(node, error = %e, "witness: probe not sent");
         }
         answered(&self.sock, self.to, timeout).await
@@ -1060,22 +1056,18 @@ impl Prober {
         for wait in waits {
             let id = fastrand::u16(..);
             ids.push(id);
-            let mut q = self.question.clone();
-            q[..2].copy_from_slice(&id.to_be_bytes());
             let group = match self.to.ip() {
                 IpAddr::V4(_) => SocketAddr::from((MDNS_V4, MDNS_PORT)),
                 IpAddr::V6(_) => SocketAddr::from((MDNS_V6, MDNS_PORT)),
             };
-            if let Err(e) = sock.send_to(&q, group).await {
+            if let Err(e) = sock.send_to(&question(&self.host, TYPE_A, id), group).await {
                 debug!(node, error = %e, "witness: confirmation not sent");
                 return false;
             }
             let answered = match &v6 {
                 Some(v6) => {
-                    let mut q = self.question_v6.clone();
-                    q[..2].copy_from_slice(&id.to_be_bytes());
-                    let group = SocketAddr::from((MDNS_V6, MDNS_PORT));
-                    if let Err(e) = v6.send_to(&q, group).await {
+                    let q = question(&self.host, TYPE_AAAA, id);
+                    if let Err(e) = v6.send_to(&q, (MDNS_V6, MDNS_PORT)).await {
                         debug!(node, error = %e, "witness: confirmation over IPv6 not sent");
                     }
                     tokio::select! {
@@ -1140,7 +1132,7 @@ fn multicast_socket_v4(peer: Ipv4Addr) -> std::io::Result<socket2::Socket> {
 /// interface that routes to the IPv4 address `peer`.
 fn multicast_querier_v6_beside(peer: Ipv4Addr) -> std::io::Result<UdpSocket> {
     let local = IpAddr::V4(local_towards(peer)?);
-    let index = if_addrs::get_if_addrs()?
+    let index = super::ifaces::current()
         .into_iter()
         .find(|i| i.ip() == local)
         .and_then(|i| i.index)

@@ -79,11 +79,12 @@ pub fn is_local(e: &io::Error) -> bool {
 
 /// Connects to `target` within `timeout` (name resolution included).
 pub async fn dial(target: &Target, timeout: Duration) -> Result<TcpStream, DialError> {
-    dial_with(Resolver::system(), target, timeout, None).await
+    dial_with(Resolver::system(), target, timeout).await
 }
 
-/// [`dial`], trying `first` before the target's other addresses when it is
-/// one of them: the address its last connection went to. A dead address
+/// [`dial`], trying `first` before the other addresses of a target of
+/// addresses, when it is one of them: the address its last connection went
+/// to. (A name's addresses keep its resolver's order.) A dead address
 /// listed before a live one (a host that lost its IPv4 address, whose old
 /// record mDNS keeps for a minute or more without the key; a multi-homed
 /// host's link-local address on another link) then costs one connection
@@ -94,33 +95,38 @@ pub async fn dial_from(
     timeout: Duration,
     first: Option<SocketAddr>,
 ) -> Result<TcpStream, DialError> {
-    dial_with(Resolver::system(), target, timeout, first).await
-}
-
-/// `addrs` with `first` moved to the front, if it is among them.
-fn first_of(addrs: &[SocketAddr], first: Option<SocketAddr>) -> std::borrow::Cow<'_, [SocketAddr]> {
-    match first {
-        Some(f) if addrs.first() != Some(&f) && addrs.contains(&f) => {
-            let rest = addrs.iter().copied().filter(|a| *a != f);
-            std::iter::once(f).chain(rest).collect::<Vec<_>>().into()
+    match (target, first) {
+        (Target::Addrs(addrs), Some(f)) => {
+            connect_any(&first_of(addrs, f), Instant::now() + timeout).await
         }
-        _ => addrs.into(),
+        _ => dial(target, timeout).await,
     }
 }
 
-/// [`dial_from`], resolving names with `resolver`.
+/// `addrs` with `first` moved to the front, if it is among them.
+fn first_of(addrs: &[SocketAddr], first: SocketAddr) -> std::borrow::Cow<'_, [SocketAddr]> {
+    if addrs.first() == Some(&first) || !addrs.contains(&first) {
+        return addrs.into();
+    }
+    let rest = addrs.iter().copied().filter(|a| *a != first);
+    std::iter::once(first)
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// [`dial`], resolving names with `resolver`.
 pub async fn dial_with(
     resolver: &Resolver,
     target: &Target,
     timeout: Duration,
-    first: Option<SocketAddr>,
 ) -> Result<TcpStream, DialError> {
     let deadline = Instant::now() + timeout;
     match target {
-        Target::Addrs(addrs) => connect_any(&first_of(addrs, first), deadline).await,
+        Target::Addrs(addrs) => connect_any(addrs, deadline).await,
         Target::Name(host, port) => {
             let addrs = resolver.resolve(host, *port, deadline).await?;
-            connect_any(&first_of(&addrs, first), deadline).await
+            connect_any(&addrs, deadline).await
         }
     }
 }
@@ -315,8 +321,8 @@ mod tests {
         // Not one of the target's (it moved): the target's order.
         let elsewhere = closed_port().await;
         assert_eq!(peer(dial_from(&t, to, Some(elsewhere)).await.unwrap()), a);
-        assert_eq!(first_of(&[a, b], Some(b)).as_ref(), [b, a]);
-        assert_eq!(first_of(&[a, b], Some(a)).as_ref(), [a, b]);
+        assert_eq!(first_of(&[a, b], b).as_ref(), [b, a]);
+        assert_eq!(first_of(&[a, b], a).as_ref(), [a, b]);
     }
 
     #[tokio::test]

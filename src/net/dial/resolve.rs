@@ -256,9 +256,9 @@ mod tests {
         let dials: Vec<_> = (0..100)
             .map(|_| {
                 let (r, target) = (r.clone(), target.clone());
-                tokio::spawn(async move {
-                    dial_with(&r, &target, Duration::from_millis(200), None).await
-                })
+                tokio::spawn(
+                    async move { dial_with(&r, &target, Duration::from_millis(200)).await },
+                )
             })
             .collect();
         for d in dials {
@@ -280,16 +280,12 @@ mod tests {
         let target = Target::Name("db.example".into(), addr.port());
         let timeout = Duration::from_secs(5);
 
-        let s = dial_with(&r, &target, timeout, None)
-            .await
-            .expect("resolved");
+        let s = dial_with(&r, &target, timeout).await.expect("resolved");
         assert_eq!(s.peer_addr().unwrap(), addr);
         assert_eq!(dns.calls(), 1);
 
         *dns.mode.lock().unwrap() = Mode::Fail;
-        let s = dial_with(&r, &target, timeout, None)
-            .await
-            .expect("stale answer");
+        let s = dial_with(&r, &target, timeout).await.expect("stale answer");
         assert_eq!(s.peer_addr().unwrap(), addr);
         let end = Instant::now() + Duration::from_secs(5);
         while dns.calls() < 2
@@ -301,7 +297,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
 
-        let s = dial_with(&r, &target, timeout, None)
+        let s = dial_with(&r, &target, timeout)
             .await
             .expect("the last good answer after a failed refresh");
         assert_eq!(s.peer_addr().unwrap(), addr);
