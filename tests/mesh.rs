@@ -370,6 +370,89 @@ fn a_provider_on_an_interface_without_an_address_yet_is_found_once_it_has_one() 
     eprintln!("routed to the provider {took:?} after its address came");
 }
 
+/// How a host loses its link in the tests below.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// `ip link set eth0 down` (`ifdown`, a network service restarted):
+    /// the routes go, and the IPv6 link-local address.
+    Down,
+    /// The switch's port down (a cable pulled, Wi-Fi lost): the host's
+    /// interface stays up, addresses and routes (`linkdown`) kept, without
+    /// carrier.
+    Carrier,
+}
+
+impl Cut {
+    fn set(self, lab: &Lab, host: &Host, up: bool) {
+        let state = if up { "up" } else { "down" };
+        match self {
+            Cut::Down => host.run_ok("ip", ["link", "set", "eth0", state]),
+            Cut::Carrier => {
+                let bridge = &host.ifaces[0].bridge_netns;
+                lab.host(&host.name)
+                    .run_ok("ip", ["-n", bridge, "link", "set", &host.name, state])
+            }
+        };
+    }
+}
+
+/// `host`'s interface index of `dev`.
+fn ifindex(host: &Host, dev: &str) -> u32 {
+    let shown = host.run_ok("ip", ["-o", "link", "show", "dev", dev]);
+    shown.split(':').next().unwrap().trim().parse().unwrap()
+}
+
+/// `host`'s IPv6 link-local address on `dev`.
+fn link_local(host: &Host, dev: &str) -> std::net::Ipv6Addr {
+    let shown = wait_for(DEADLINE, || {
+        let out = host.run_ok(
+            "ip",
+            ["-6", "-o", "addr", "show", "dev", dev, "scope", "link"],
+        );
+        out.contains("inet6").then_some(out)
+    })
+    .unwrap_or_else(|| panic!("no link-local address on {}'s {dev}", host.name));
+    let cidr = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .unwrap();
+    cidr.split('/').next().unwrap().parse().unwrap()
+}
+
+/// What `mesh_amb::net::route` says of the link from `host` towards `to`.
+fn unlinked(host: &Host, to: std::net::SocketAddr) -> bool {
+    host.enter(|| mesh_amb::net::route::no_link_towards(to))
+}
+
+/// A host tells its own link down (taken down, or without carrier) from a
+/// peer's fault, for the peer's IPv4 and link-local IPv6 addresses alike:
+/// the dials and mDNS removals that go through it blame nobody then.
+#[test]
+fn this_host_tells_its_own_link_down_from_a_peer_s_fault() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let v4 = std::net::SocketAddr::from((h2.ip, 9));
+    let v6 = std::net::SocketAddrV6::new(link_local(h2, "eth0"), 9, 0, ifindex(h1, "eth0")).into();
+    // No route at all (the lab has no default route): no link either.
+    assert!(unlinked(h1, "10.99.0.1:9".parse().unwrap()));
+    for cut in [Cut::Down, Cut::Carrier] {
+        // A new link-local address is usable once its duplicate detection
+        // is over, a second or two after the link comes up.
+        assert!(
+            wait_until(DEADLINE, || !unlinked(h1, v4) && !unlinked(h1, v6)),
+            "the link is up"
+        );
+        cut.set(&lab, h1, false);
+        assert!(
+            wait_until(DEADLINE, || unlinked(h1, v4) && unlinked(h1, v6)),
+            "the link is down ({})",
+            h1.run_ok("ip", ["addr", "show", "dev", "eth0"])
+        );
+        cut.set(&lab, h1, true);
+    }
+}
+
 /// What one request of a client loop saw.
 #[derive(Clone)]
 struct Sample {

@@ -144,7 +144,7 @@ pub async fn run(
                 let reached = match reach(&b, timeout, tls.as_deref()).await {
                     Ok(()) => Ok(true),
                     Err(DialError::Backend(_)) => Ok(false),
-                    Err(DialError::Local(e)) => Err(e),
+                    Err(DialError::Local(e) | DialError::Unlinked(e)) => Err(e),
                 };
                 (reached, b)
             });
@@ -203,8 +203,8 @@ fn settle(
             );
             false
         }
-        // Out of descriptors: says nothing about the backend; the next
-        // scan probes it again.
+        // Out of descriptors, or our own link down: says nothing about the
+        // backend; the next scan probes it again.
         Err(e) => {
             debug!(service = %svc.name, backend = %b.spec.target, error = %e,
                 "cannot probe a new backend");

@@ -90,10 +90,11 @@ impl std::fmt::Display for Down {
 
 /// Whether the target accepts a TCP connection within `timeout`, dialed
 /// exactly as client connections are, so checks and clients agree, and
-/// keeps it open for `grace` (at most `timeout`; see [`CLOSE_GRACE`]). An error means
-/// the check could not be made (this process is out of descriptors, ports
-/// or memory): it says nothing about the target, so callers skip it rather
-/// than count it as down.
+/// keeps it open for `grace` (at most `timeout`; see [`CLOSE_GRACE`]). An
+/// error means the check could not be made (this process is out of
+/// descriptors, ports or memory, or this host has no working link towards
+/// the target): it says nothing about the target, so callers skip it
+/// rather than count it as down.
 pub async fn probe(
     target: &Target,
     timeout: Duration,
@@ -102,7 +103,7 @@ pub async fn probe(
     let stream = match dial(target, timeout).await {
         Ok(stream) => stream,
         Err(DialError::Backend(_)) => return Ok(Err(Down::NoConnection)),
-        Err(DialError::Local(e)) => return Err(e),
+        Err(DialError::Local(e) | DialError::Unlinked(e)) => return Err(e),
     };
     if grace.is_zero() {
         return Ok(Ok(()));
@@ -169,9 +170,10 @@ pub async fn check_backends(
                     }
                     continue;
                 }
-                // Out of descriptors or ports: says nothing about the backend
-                // (the data plane's own dials say the same, once per client).
-                Err(DialError::Local(e)) => {
+                // Out of descriptors or ports, or our own link down: says
+                // nothing about the backend (the data plane's own dials say
+                // the same, once per client).
+                Err(DialError::Local(e) | DialError::Unlinked(e)) => {
                     tracing::debug!(service = %svc.name, backend = %b.spec.target, error = %e,
                         "backend check skipped");
                     continue;

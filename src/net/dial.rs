@@ -45,12 +45,17 @@ pub enum DialError {
     /// resolve.
     #[error(transparent)]
     Backend(io::Error),
+    /// This host has no working link towards any of the backend's
+    /// addresses (its own link is down: [`super::route`]), so the backend
+    /// was not really tried either.
+    #[error("this host has no working link towards it: {0}")]
+    Unlinked(io::Error),
 }
 
 impl DialError {
     pub fn io(&self) -> &io::Error {
         match self {
-            DialError::Local(e) | DialError::Backend(e) => e,
+            DialError::Local(e) | DialError::Backend(e) | DialError::Unlinked(e) => e,
         }
     }
 }
@@ -133,6 +138,35 @@ pub async fn dial_with(
 
 /// Connects to the first of `addrs` that answers before `deadline`.
 async fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, DialError> {
+    try_each(addrs, deadline)
+        .await
+        .map_err(|e| ours_if_unlinked(e, addrs))
+}
+
+/// `e`, or [`DialError::Unlinked`] when this host has no working link
+/// towards any of `addrs`. A refusal or a reset came from the backend, so
+/// the link worked: only the errors a dead link gives are looked into (an
+/// unreachable network, a missing source address, a timeout), and running
+/// out of descriptors or memory stays that.
+fn ours_if_unlinked(e: DialError, addrs: &[SocketAddr]) -> DialError {
+    let io = e.io();
+    let told_by_peer = matches!(
+        io.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+    );
+    let shortage = is_local(io) && io.raw_os_error() != Some(libc::EADDRNOTAVAIL);
+    if told_by_peer || shortage || !super::route::no_link_towards_any(addrs) {
+        return e;
+    }
+    match e {
+        DialError::Local(io) | DialError::Backend(io) | DialError::Unlinked(io) => {
+            DialError::Unlinked(io)
+        }
+    }
+}
+
+/// [`connect_any`], whoever is to blame.
+async fn try_each(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, DialError> {
     match addrs {
         [] => Err(DialError::Backend(io::Error::new(
             io::ErrorKind::NotFound,

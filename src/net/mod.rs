@@ -13,6 +13,7 @@ pub mod copy;
 pub mod dial;
 pub mod loglimit;
 pub mod pipeline;
+pub mod route;
 pub mod shards;
 pub mod shortage;
 pub mod sockopt;

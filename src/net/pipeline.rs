@@ -17,10 +17,10 @@
 //!   failed handshake, an answer to the login that no Redis server gives)
 //!   is a backend that failed: ejected, handed to discovery to verify, and
 //!   the next candidate is tried; the client sees none of it unless every
-//!   candidate fails. A failure of our own (EMFILE) ejects nothing. A
-//!   backend that refuses the credentials is alive and left as it is, and
-//!   the next candidate is tried too; when none took them, the client gets
-//!   the refusal as an error in its protocol.
+//!   candidate fails. A failure of our own (EMFILE, our link down) ejects
+//!   nothing. A backend that refuses the credentials is alive and left as
+//!   it is, and the next candidate is tried too; when none took them, the
+//!   client gets the refusal as an error in its protocol.
 //! - copy: both directions until both are done ([`copy`]).
 //!
 //! Each stage is a function that takes what the previous one produced and
@@ -320,6 +320,11 @@ pub enum ConnectError {
     /// memory); no backend was blamed.
     #[error("out of local resources, cannot dial: {0}")]
     Local(io::Error),
+    /// This host has no working link towards any backend tried (its own
+    /// link is down); no backend was blamed, and one may answer once the
+    /// link is back.
+    #[error("this host has no working link towards any backend: {0}")]
+    Unlinked(io::Error),
     /// A backend refused the service's credentials, and no other took
     /// them: the client is told why in its protocol.
     #[error(transparent)]
@@ -343,12 +348,15 @@ impl From<DialError> for Setback {
 }
 
 impl ConnectError {
-    /// Whether waiting could help (a backend found, or those tried back):
-    /// none was known, every one tried failed, or a login was refused for
-    /// another reason than the credentials.
+    /// Whether waiting could help (a backend found, those tried back, our
+    /// link back): none was known, every one tried failed or could not be
+    /// reached from here, or a login was refused for another reason than
+    /// the credentials.
     fn awaits_news(&self) -> bool {
         match self {
-            ConnectError::NoBackends | ConnectError::AllFailed { .. } => true,
+            ConnectError::NoBackends
+            | ConnectError::AllFailed { .. }
+            | ConnectError::Unlinked(_) => true,
             // A Redis at its `maxclients` takes logins again once a client
             // leaves; wrong credentials stay wrong.
             ConnectError::Refused(why) => !why.about_credentials(),
@@ -380,7 +388,11 @@ impl ConnectError {
 /// backends, or asking discovery to verify them, would turn our own
 /// descriptor shortage into an outage) and the next candidate is tried;
 /// when every dial failed that way, this client alone fails, after a short
-/// pause.
+/// pause. Nor does a dial this host had no working link for (its cable
+/// pulled, its interface down: [`crate::net::route`]): every backend was
+/// blamed for it, ejected for longer and longer, and the clients that came
+/// when the link was back were closed; now they wait for the link, as for
+/// a backend.
 ///
 /// A backend that refuses the credentials (a Redis error in answer to
 /// `AUTH`) is alive, and its health is left as it is: not ejected (the
@@ -528,6 +540,7 @@ async fn try_candidates(
     }
     let mut last = None;
     let mut local = None;
+    let mut unlinked = None;
     let mut refused = None;
     let mut tried = 0;
     for backend in order {
@@ -547,6 +560,13 @@ async fn try_candidates(
                     "cannot dial: out of local resources");
                 local = Some(e);
             }
+            // Our own link is down: the backend is as it was, and this
+            // client waits for the link (within its wait for a backend).
+            Err(Setback::Failed(DialError::Unlinked(e))) => {
+                debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
+                    "cannot dial: this host has no working link towards it");
+                unlinked = Some(e);
+            }
             Err(Setback::Failed(DialError::Backend(e))) => {
                 backend_failed(svc, backend, &e);
                 last = Some(e);
@@ -554,18 +574,19 @@ async fn try_candidates(
             Err(Setback::Refused(why)) => refused = Some(why),
         }
     }
-    match (refused, last, local) {
+    match (refused, last, unlinked, local) {
         // What the client can act on: the credentials, not the others'
         // failures (each logged with its backend).
-        (Some(why), _, _) => Err(ConnectError::Refused(why)),
-        (None, Some(last), _) => Err(ConnectError::AllFailed { tried, last }),
-        (None, None, Some(e)) => {
+        (Some(why), _, _, _) => Err(ConnectError::Refused(why)),
+        (None, Some(last), _, _) => Err(ConnectError::AllFailed { tried, last }),
+        (None, None, Some(e), _) => Err(ConnectError::Unlinked(e)),
+        (None, None, None, Some(e)) => {
             // Every dial failed on our side: slow this connection task down
             // (it keeps its permit) rather than churn through the queue.
             sleep(LOCAL_ERROR_BACKOFF).await;
             Err(ConnectError::Local(e))
         }
-        (None, None, None) => Err(ConnectError::NoBackends),
+        (None, None, None, None) => Err(ConnectError::NoBackends),
     }
 }
 
