@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 use super::addr::{self, PeerAddr};
 use super::reconfirm::{self, Reconfirms};
 use super::refusals::Refusals;
+use super::removals::Removals;
 use super::replay::{Cause, Clearing, Leftovers, Listed, Replay, Whole, REPLAY_MOST};
 use super::stats::DiscoveryStats;
 use super::verifying::{Action, Verifications};
@@ -52,6 +53,7 @@ use super::witness::{Aim, Ring, Trials, Verdict};
 use crate::backends::table::{Backend, BackendSpec, Health, Origin, Snapshot, Target, Update};
 use crate::backends::Service;
 use crate::net::loglimit::LogLimit;
+use crate::net::route;
 use crate::security::advert::{self, AdvertKey, Fields, Reject, Verifier};
 use crate::security::ClusterKey;
 use crate::settings::DiscoverySettings;
@@ -832,8 +834,9 @@ pub async fn browse(
     // verification's result.
     let mut verified: HashMap<String, Instant> = HashMap::new();
     // Removals reported by mdns-sd, applied at their time unless the
-    // instance resolves again first (see REMOVAL_GRACE).
-    let mut pending: HashMap<String, Instant> = HashMap::new();
+    // instance resolves again first (see REMOVAL_GRACE), or held for the
+    // link.
+    let mut pending = Removals::default();
     let mut desync_at =
         Some(Instant::now() + DESYNC_AFTER + DESYNC_SPREAD.mul_f64(fastrand::f64()));
     let mut sweep_next = false;
@@ -943,7 +946,7 @@ pub async fn browse(
                         }
                     }
                 },
-                _ = sleep_until_some(ctx.pending.values().min().copied()) => {
+                _ = sleep_until_some(ctx.pending.next()) => {
                     for gone in ctx.apply_due_removals() {
                         let ours = verified
                             .remove(&gone)
@@ -971,7 +974,8 @@ pub async fn browse(
                         // Each is swept once its responder has not
                         // answered for it (see `reconfirm`).
                         let mut lacking = unreplayed(&services, &seen);
-                        lacking.retain(|key, _| !mdns.announces(key));
+                        // One held for our link (see `removals`) waits for it.
+                        lacking.retain(|key, _| !mdns.announces(key) && !ctx.pending.is_held(key));
                         // Rare (news was lost), so always said.
                         info!(
                             lacking = lacking.len(),
@@ -994,6 +998,9 @@ pub async fn browse(
                         // whole. So the mesh nodes among it are checked, as
                         // after a failed connect (a few on trial at once).
                         for (key, _) in unreplayed(&services, &seen) {
+                            if ctx.pending.is_held(&key) {
+                                continue;
+                            }
                             if let Some((node, peer)) = ctx.ring.owner(&key) {
                                 debug!(instance = %key, node, "checking a node the replay lacked");
                                 trials.suspect(node, peer);
@@ -1209,8 +1216,8 @@ struct Browsing<'a> {
     stats: &'a DiscoveryStats,
     /// The mesh-amb nodes seen, for the witness.
     ring: &'a mut Ring,
-    /// Removals waiting for their time, by instance.
-    pending: &'a mut HashMap<String, Instant>,
+    /// Removals waiting for their time.
+    pending: &'a mut Removals,
     /// Backends a sweep is asking about, which an instance resolved again
     /// leaves (see `reconfirm`).
     asking: &'a mut Reconfirms,
@@ -1227,7 +1234,7 @@ impl Browsing<'_> {
     fn event(&mut self, ev: ServiceEvent) {
         match ev {
             ServiceEvent::ServiceResolved(r) => {
-                if self.pending.remove(&r.fullname).is_some() {
+                if self.pending.resolved(&r.fullname) {
                     debug!(instance = %r.fullname, "mDNS reported an instance gone and resolved it again; it stays");
                 }
                 let seen = resolved(
@@ -1268,9 +1275,13 @@ impl Browsing<'_> {
                 } else {
                     REMOVAL_GRACE
                 };
-                self.pending
-                    .entry(fullname)
-                    .or_insert_with(|| Instant::now() + grace);
+                let unlinked = route::no_link_towards_any(&addresses_of(self.services, &fullname));
+                if self
+                    .pending
+                    .report(fullname.clone(), Instant::now(), grace, unlinked)
+                {
+                    info!(instance = %fullname, "mDNS dropped a backend with this host's link towards it, which is down; it stays until the link is back");
+                }
             }
             _ => {}
         }
@@ -1284,16 +1295,12 @@ impl Browsing<'_> {
     /// Applies the removals that are due; the instances they removed from
     /// a table.
     fn apply_due_removals(&mut self) -> Vec<String> {
-        let now = Instant::now();
-        let due: Vec<String> = self
-            .pending
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(name, _)| name.clone())
-            .collect();
+        let services = self.services;
+        let due = self.pending.due(Instant::now(), |name| {
+            route::no_link_towards_any(&addresses_of(services, name))
+        });
         let mut gone = Vec::new();
         for name in due {
-            self.pending.remove(&name);
             self.ring.gone(&name);
             if removed(self.services, &name) {
                 gone.push(name);
@@ -1550,6 +1557,19 @@ fn unreplayed(services: &[Arc<Service>], seen: &HashSet<String>) -> HashMap<Stri
         }
     }
     lacking
+}
+
+/// The addresses the tables dial instance `key` at.
+fn addresses_of(services: &[Arc<Service>], key: &str) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for svc in services {
+        for b in svc.table.snapshot().backends.iter() {
+            if let (true, Target::Addrs(a)) = (b.spec.key == key, &b.spec.target) {
+                addrs.extend_from_slice(a);
+            }
+        }
+    }
+    addrs
 }
 
 /// Removes a discovered backend gone from mdns-sd's cache unannounced.

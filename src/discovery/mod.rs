@@ -15,6 +15,8 @@
 //!   floods.
 //! - [`refusals`]: a burst of new instances this node refuses is cleared
 //!   from the cache before mdns-sd asks the link about each.
+//! - [`removals`]: removals reported by mdns-sd wait a moment, and wait
+//!   for the link when this host has none towards the instance.
 //! - [`reconfirm`]: before a sweep removes a backend, its responder is
 //!   asked whether it still holds the instance.
 //! - [`provider`]: advertises a local service while its health check passes,
@@ -41,6 +43,7 @@ pub mod provider;
 pub mod reconfirm;
 pub mod refresh;
 pub mod refusals;
+pub mod removals;
 pub mod replay;
 pub mod stats;
 pub mod verifying;

@@ -96,6 +96,7 @@ use super::wire::{
     put_name, question, CLASS_IN, MDNS_PORT, MDNS_V4, MDNS_V6, SERVICE_TYPE, TYPE_A, TYPE_AAAA,
     TYPE_PTR,
 };
+use crate::net::route;
 
 /// Time between probes of a healthy peer with no ring link up
 /// ([`super::link`]). With the retries below, a crashed process (its port
@@ -593,6 +594,11 @@ async fn watch_one(
         };
         if alive {
             said_goodbye = false;
+        } else if out_of_reach(peer) {
+            debug!(
+                node,
+                "witness: this host has no working link towards the node; no verdict"
+            );
         } else if !said_goodbye {
             declare_dead(node, peer, dead).await;
             said_goodbye = true;
@@ -641,6 +647,15 @@ async fn watch_young(
         }
         link.connect(to).await;
     }
+}
+
+/// Whether this host has no working link towards `peer` (see
+/// [`route`]): its silence is news of our own link then, not of the node,
+/// and no verdict is said (a goodbye said on the link once it is back
+/// would take a live node out of every table).
+fn out_of_reach(peer: &Peer) -> bool {
+    peer.addr
+        .is_some_and(|a| route::no_link_towards(SocketAddr::new(a, MDNS_PORT)))
 }
 
 /// Says the goodbye of `node`, found dead, and puts it on trial.
@@ -891,6 +906,13 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
             debug!(node, "witness: the suspect answers");
             return Verdict::Alive;
         }
+        if out_of_reach(&peer) {
+            debug!(
+                node,
+                "witness: this host has no working link towards the suspect; no verdict"
+            );
+            return Verdict::Alive;
+        }
         goodbye_for(&node, &peer).await;
         return Verdict::Dead;
     }
@@ -978,6 +1000,12 @@ impl Prober {
                 host: peer.host.clone(),
                 alive_by_multicast: Default::default(),
             }),
+            // Said at every try while our link is down, which is news of
+            // our own link, not of the node.
+            Err(e) if route::no_link_towards(to) => {
+                debug!(error = %e, "witness: no working link towards the node; probing later");
+                None
+            }
             Err(e) => {
                 warn!(error = %e, "witness: cannot open a probe socket");
                 None
