@@ -450,6 +450,46 @@ fn a_node_that_lost_its_ipv4_address_but_answers_over_ipv6_is_kept() {
     assert_eq!(log_lines(watcher, &goodbye), 0);
 }
 
+/// A node put on trial by a failed connect, whose responder stays silent
+/// while its process answers on the ring link, is kept: a provider whose
+/// link came back a moment before (its mdns-sd deaf on the interface until
+/// its next check, up to 5 s) was declared dead 1.4 s after its return,
+/// after a client had been served by it, and left every table on the link
+/// for 4 s (found by exploratory testing). Here its responder is made deaf
+/// by its firewall, and the connect fails because its service is gone.
+#[test]
+fn a_suspect_whose_responder_is_silent_but_whose_process_answers_is_kept() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    // Never accepted from: the kernel completes the connects, and the
+    // provider's check (only at its start) passes.
+    let service = h1.enter(|| TcpListener::bind(("0.0.0.0", 7000)).expect("bind 7000"));
+    let provider = amb(h1, &["--provide", "web:7000", "--check-interval", "1h"]);
+    wait_log(&provider, ADVERTISING);
+    let consumer = amb(h2, &["--consume", "web:8080"]);
+    wait_log(&consumer, &format!("{}:7000", h1.ip));
+    for tables in ["iptables", "ip6tables"] {
+        h1.run_ok(
+            tables,
+            ["-A", "INPUT", "-p", "udp", "--dport", "5353", "-j", "DROP"],
+        );
+    }
+    drop(service);
+    // Refused: h1's backend is ejected, and h1 put on trial.
+    let _ = h2.enter(|| request(local(8080), &["PING"]));
+    wait_log(&consumer, "backend ejected");
+    let kept = "the node's responder is silent but its process answers on the ring link";
+    let verdict = wait_until(DEADLINE, || {
+        log_lines(&consumer, &[kept]) + log_lines(&consumer, &["goodbye sent"]) > 0
+    });
+    assert!(
+        verdict && log_lines(&consumer, &["goodbye sent"]) == 0,
+        "h1, alive, was declared dead (or never tried):\n{}",
+        consumer.output_tail(30)
+    );
+    assert_eq!(log_lines(&consumer, &["backend left"]), 0);
+}
+
 /// A node whose mDNS responder hears nothing (every unicast probe and
 /// multicast confirmation of its watcher lost, as in a burst of loss) is
 /// not even asked while it beats on its ring link: its watcher hears the

@@ -590,7 +590,10 @@ async fn watch_one(
                 true
             }
             Probe::Refused => false,
-            Probe::Silent => confirm_ring(node, &prober, &mut link, link_to).await,
+            Probe::Silent => {
+                let within = super::link::ANSWER_WITHIN;
+                confirm_ring(node, &prober, &RING_CONFIRMS, &mut link, link_to, within).await
+            }
         };
         if alive {
             said_goodbye = false;
@@ -739,22 +742,25 @@ impl Fallback {
 /// check can be lost while the node runs (for as long as either end
 /// resolves the other's link-layer address again: 2-20 s in the lab at 64
 /// hosts before it sized the kernel's neighbour table), and TCP resends
-/// what such a loss swallows.
+/// what such a loss swallows. The confirmations wait `confirms`, the link
+/// `within`.
 async fn confirm_ring(
     node: &str,
     prober: &Prober,
+    confirms: &[Duration],
     link: &mut Link,
     link_to: Option<SocketAddr>,
+    within: Duration,
 ) -> bool {
     let by_link = async {
         match link_to {
-            Some(to) => link.answers(to, super::link::ANSWER_WITHIN).await,
+            Some(to) => link.answers(to, within).await,
             None => false,
         }
     };
     // A `false` leaves the other one to finish; both `false`: dead.
     tokio::select! {
-        true = prober.confirm(node, &RING_CONFIRMS) => true,
+        true = prober.confirm(node, confirms) => true,
         true = by_link => {
             info!(node, "witness: the node's responder is silent but its process answers on the ring link; alive");
             true
@@ -806,8 +812,11 @@ struct OnTrial {
 
 impl Trials {
     /// Checks `node`, whose instance failed a connect: probes its
-    /// responder; if it never answers, multicasts its goodbye and watches
-    /// for its return.
+    /// responder; if it never answers, nor its process on the ring link
+    /// (the node's link came back a moment ago: its mdns-sd takes the
+    /// interface in again at its next check, up to 5 s later, and is deaf
+    /// on it until then, while clients are served again), multicasts its
+    /// goodbye and watches for its return.
     pub fn suspect(&mut self, node: String, peer: Peer) {
         self.start(node, peer, false);
     }
@@ -900,7 +909,19 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
         let alive = match prober.ask_in_a_row(&node, SUSPECT_PROBE_TIMEOUT).await {
             Probe::Answered => true,
             Probe::Refused => false,
-            Probe::Silent => prober.confirm(&node, &SUSPECT_CONFIRMS).await,
+            Probe::Silent => {
+                let (confirms, link_to) = (&SUSPECT_CONFIRMS, peer.link_at());
+                let within = SUSPECT_CONFIRMS.iter().sum();
+                confirm_ring(
+                    &node,
+                    &prober,
+                    confirms,
+                    &mut Link::default(),
+                    link_to,
+                    within,
+                )
+                .await
+            }
         };
         if alive {
             debug!(node, "witness: the suspect answers");
