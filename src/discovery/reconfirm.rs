@@ -362,7 +362,7 @@ async fn asked(instance: &str, responder: SocketAddr) -> Probe {
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Probe::Refused,
             _ => {}
         }
-        match answered(&sock, responder, ASK_TIMEOUT).await {
+        match answered(&sock, responder, &[id], ASK_TIMEOUT).await {
             Probe::Silent => debug!(instance, "the responder did not answer for the instance"),
             said => return said,
         }

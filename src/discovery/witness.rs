@@ -941,7 +941,7 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
     let mut refused_since = None;
     while dead_since.elapsed() < FORGET_AFTER {
         tokio::time::sleep(period(trial_period(dead_since.elapsed()))).await;
-        match prober.ask(&node, PROBE_TIMEOUT).await {
+        match prober.ask(&node, &mut Vec::new(), PROBE_TIMEOUT).await {
             Probe::Answered => {
                 info!(node, "witness: a node declared dead answers again");
                 return Verdict::Revived;
@@ -1043,8 +1043,9 @@ impl Prober {
     /// after it can go unanswered and the next ones be refused.)
     async fn ask_in_a_row(&self, node: &str, timeout: Duration) -> Probe {
         let mut refused = false;
+        let mut asked = Vec::with_capacity(MISSES_TO_DEAD as usize);
         for misses in 1..=MISSES_TO_DEAD {
-            match self.ask(node, timeout).await {
+            match self.ask(node, &mut asked, timeout).await {
                 Probe::Answered => {
                     self.alive_by_multicast.store(false, Ordering::Relaxed);
                     return Probe::Answered;
@@ -1061,13 +1062,15 @@ impl Prober {
         }
     }
 
-    /// Asks once.
-    async fn ask(&self, node: &str, timeout: Duration) -> Probe {
+    /// Asks once more in a series of questions, `asked` (their ids): an
+    /// answer to any of them counts.
+    async fn ask(&self, node: &str, asked: &mut Vec<u16>, timeout: Duration) -> Probe {
         let id = fastrand::u16(..);
+        asked.push(id);
         if let Err(e) = self.sock.send(&question(&self.host, TYPE_A, id)).await {
             debug!(node, error = %e, "witness: probe not sent");
         }
-        answered(&self.sock, self.to, timeout).await
+        answered(&self.sock, self.to, asked, timeout).await
     }
 
     /// The unicast probes went unanswered without a refusal: ask once more
@@ -1233,13 +1236,23 @@ async fn answered_with_id(sock: &UdpSocket, ids: &[u16], timeout: Duration) -> b
     }
 }
 
-/// Whether an answer comes from `from` within `timeout`. Any
-/// response from the peer on this socket counts, a late answer to an
-/// earlier probe included: a responder busy with a storm of start-up
-/// traffic may answer seconds late, and is alive. A refusal (nothing
-/// listens on the peer's mDNS port: its process is gone) is a miss at
-/// once; it still takes [`MISSES_TO_DEAD`] of them in a row.
-pub(super) async fn answered(sock: &UdpSocket, from: SocketAddr, timeout: Duration) -> Probe {
+/// Whether an answer to one of the questions `asked` (their ids) comes
+/// from `from` within `timeout`. A late answer to an earlier question of
+/// the series counts: a responder busy with a storm of start-up traffic
+/// may answer seconds late, and is alive. An answer to a question of an
+/// earlier series does not: a responder stopped (SIGSTOP, a paused VM)
+/// answers every question queued meanwhile when it resumes, and those
+/// answers, left in a watch's socket, were taken one by one for answers
+/// to the probes of its next hang, which was then never noticed (found by
+/// exploratory testing). A refusal (nothing listens on the peer's mDNS
+/// port: its process is gone) is a miss at once; it still takes
+/// [`MISSES_TO_DEAD`] of them in a row.
+pub(super) async fn answered(
+    sock: &UdpSocket,
+    from: SocketAddr,
+    asked: &[u16],
+    timeout: Duration,
+) -> Probe {
     let mut buf = vec![0u8; MAX_PACKET];
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -1257,7 +1270,8 @@ pub(super) async fn answered(sock: &UdpSocket, from: SocketAddr, timeout: Durati
             }
             Ok(Ok((n, src))) => {
                 let pkt = &buf[..n];
-                let is_answer = n >= 12 && pkt[2] & 0x80 != 0;
+                let id = |p: &[u8]| u16::from_be_bytes([p[0], p[1]]);
+                let is_answer = n >= 12 && pkt[2] & 0x80 != 0 && asked.contains(&id(pkt));
                 if src.ip() == from.ip() && is_answer {
                     return Probe::Answered;
                 }
