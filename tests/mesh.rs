@@ -426,16 +426,17 @@ fn unlinked(host: &Host, to: std::net::SocketAddr) -> bool {
 }
 
 /// A host tells its own link down (taken down, or without carrier) from a
-/// peer's fault, for the peer's IPv4 and link-local IPv6 addresses alike:
-/// the dials and mDNS removals that go through it blame nobody then.
+/// peer's (its link cut the same ways) or an address it never had a route
+/// to, for the peer's IPv4 and link-local IPv6 addresses alike: the dials
+/// and mDNS removals that go through it blame nobody then.
 #[test]
 fn this_host_tells_its_own_link_down_from_a_peer_s_fault() {
     let lab = Lab::new(2);
     let (h1, h2) = (lab.host("h1"), lab.host("h2"));
     let v4 = std::net::SocketAddr::from((h2.ip, 9));
     let v6 = std::net::SocketAddrV6::new(link_local(h2, "eth0"), 9, 0, ifindex(h1, "eth0")).into();
-    // No route at all (the lab has no default route): no link either.
-    assert!(unlinked(h1, "10.99.0.1:9".parse().unwrap()));
+    // Never routable (the lab has no default route): the peer's problem.
+    assert!(!unlinked(h1, "10.99.0.1:9".parse().unwrap()));
     for cut in [Cut::Down, Cut::Carrier] {
         // A new link-local address is usable once its duplicate detection
         // is over, a second or two after the link comes up.
@@ -443,6 +444,12 @@ fn this_host_tells_its_own_link_down_from_a_peer_s_fault() {
             wait_until(DEADLINE, || !unlinked(h1, v4) && !unlinked(h1, v6)),
             "the link is up"
         );
+        cut.set(&lab, h2, false);
+        assert!(
+            !unlinked(h1, v4) && !unlinked(h1, v6),
+            "the peer's link is down"
+        );
+        cut.set(&lab, h2, true);
         cut.set(&lab, h1, false);
         assert!(
             wait_until(DEADLINE, || unlinked(h1, v4) && unlinked(h1, v6)),
@@ -482,6 +489,8 @@ fn a_consumer_rides_out_its_own_link_going_down(cut: Cut) {
         "the waiting client was served {:?} after the link came back",
         back.elapsed()
     );
+    // Kept through the grace after the link's return: found again.
+    wait_log(&consumer, "resolved it again; it stays");
     let log = consumer.stderr();
     for blame in ["backend left", "backend ejected"] {
         assert!(

@@ -1280,7 +1280,14 @@ impl Browsing<'_> {
                     .pending
                     .report(fullname.clone(), Instant::now(), grace, unlinked)
                 {
-                    info!(instance = %fullname, "mDNS dropped a backend with this host's link towards it, which is down; it stays until the link is back");
+                    let said = "mDNS dropped a backend with this host's link towards it, which is down; it stays until the link is back";
+                    match HELD.admit() {
+                        Some(0) => info!(instance = %fullname, "{said}"),
+                        Some(more) => {
+                            info!(instance = %fullname, "{said} ({more} more since the last such line)")
+                        }
+                        None => debug!(instance = %fullname, "{said}"),
+                    }
                 }
             }
             _ => {}
@@ -1363,6 +1370,9 @@ fn clearing_instead(crowded: &AtomicBool, clearing: &mut Clearing, at_once: bool
 
 /// Warnings about dropped events: one a second during a flood.
 static EVENT_DROPS: LogLimit = LogLimit::new();
+
+/// Backends kept for the link: one line a second when a link drops many.
+static HELD: LogLimit = LogLimit::new();
 
 /// One browse's events, moved out of mdns-sd's channel (see [`forward`]).
 struct Forwarded {

@@ -151,7 +151,7 @@ pub async fn run(
             // per shortage, not one per tick.
             Some(Err(e)) => {
                 if !std::mem::replace(&mut short_of_resources, true) {
-                    warn!(provide = %p, error = %e, "local check skipped until resources free up");
+                    warn!(provide = %p, error = %e, "local check cannot be made; skipped until it can");
                 }
                 continue;
             }

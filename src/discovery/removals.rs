@@ -37,11 +37,24 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// loaded machine. One that left while the link was down is removed then.
 pub const LINK_BACK_GRACE: Duration = Duration::from_secs(15);
 
-/// When one removal is due, and since when it has been held for the link.
+/// When one removal is due, and what it waits for.
 #[derive(Debug, Clone, Copy)]
 struct Removal {
     at: Instant,
-    held_since: Option<Instant>,
+    link: Link,
+}
+
+/// What a removal's wait has to do with this host's link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Nothing: an ordinary removal.
+    Up,
+    /// Held while the link is down, since then.
+    Down { since: Instant },
+    /// The link came back: the instance has until `at` to resolve again
+    /// (held since `since`, counted towards [`HOLD_MOST`] if the link
+    /// goes again meanwhile).
+    Back { since: Instant },
 }
 
 /// The removals waiting for their time, by instance.
@@ -50,25 +63,36 @@ pub struct Removals(HashMap<String, Removal>);
 
 impl Removals {
     /// A removal of `name` reported at `now`, due after `grace`, or held
-    /// when `unlinked` (this host has no working link towards the
-    /// instance); the first report of an instance stands. Whether it is
+    /// when `unlinked` (this host's link towards the instance is down).
+    /// Reported again: held on while unlinked; otherwise due after `grace`
+    /// at the latest (a goodbye that comes while a held instance has yet
+    /// to resolve again waits no longer than any other). Whether it is
     /// newly held.
     pub fn report(&mut self, name: String, now: Instant, grace: Duration, unlinked: bool) -> bool {
-        let Entry::Vacant(slot) = self.0.entry(name) else {
-            return false;
-        };
-        let removal = match unlinked {
-            true => Removal {
-                at: now + RECHECK,
-                held_since: Some(now),
-            },
-            false => Removal {
-                at: now + grace,
-                held_since: None,
-            },
-        };
-        slot.insert(removal);
-        unlinked
+        match self.0.entry(name) {
+            Entry::Vacant(slot) => {
+                let removal = match unlinked {
+                    true => Removal {
+                        at: now + RECHECK,
+                        link: Link::Down { since: now },
+                    },
+                    false => Removal {
+                        at: now + grace,
+                        link: Link::Up,
+                    },
+                };
+                slot.insert(removal);
+                unlinked
+            }
+            Entry::Occupied(mut slot) => {
+                let r = slot.get_mut();
+                if !unlinked {
+                    r.at = r.at.min(now + grace);
+                    r.link = Link::Up;
+                }
+                false
+            }
+        }
     }
 
     /// `name` resolved again: its removal, if any, is off. Whether there
@@ -82,40 +106,56 @@ impl Removals {
         self.0.values().map(|r| r.at).min()
     }
 
-    /// Whether `name`'s removal is held for the link.
+    /// Whether `name`'s removal waits for the link (held, or given time
+    /// to resolve again once it is back).
     pub fn is_held(&self, name: &str) -> bool {
-        self.0.get(name).is_some_and(|r| r.held_since.is_some())
+        self.0.get(name).is_some_and(|r| r.link != Link::Up)
     }
 
     /// The removals due at `now`, to apply. A held one due is looked at
-    /// again: held on while `unlinked(name)`, for at most [`HOLD_MOST`];
-    /// given [`LINK_BACK_GRACE`] to resolve again once the link is back.
+    /// again: held on while `unlinked(name)`, for at most [`HOLD_MOST`] in
+    /// all; given [`LINK_BACK_GRACE`] to resolve again once the link is
+    /// back, and held again if the link has gone again by then (a flapping
+    /// link: mdns-sd, having dropped it, would not report it again).
     pub fn due(&mut self, now: Instant, mut unlinked: impl FnMut(&str) -> bool) -> Vec<String> {
         let mut due = Vec::new();
         self.0.retain(|name, r| {
             if r.at > now {
                 return true;
             }
-            let Some(since) = r.held_since else {
-                due.push(name.clone());
-                return false;
+            let since = match r.link {
+                Link::Up => {
+                    due.push(name.clone());
+                    return false;
+                }
+                Link::Down { since } | Link::Back { since } => since,
             };
-            if now.duration_since(since) >= HOLD_MOST {
+            let down = unlinked(name);
+            if down && now.duration_since(since) >= HOLD_MOST {
                 info!(instance = %name, held = ?HOLD_MOST,
                     "this host's link towards a backend mDNS dropped stayed down; it is let go");
-                due.push(name.clone());
-                return false;
             }
-            if unlinked(name) {
-                r.at = now + RECHECK;
-            } else {
-                debug!(instance = %name, "the link towards a backend kept is back; waiting for it to resolve again");
-                *r = Removal {
-                    at: now + LINK_BACK_GRACE,
-                    held_since: None,
-                };
+            match (down, r.link) {
+                (true, _) if now.duration_since(since) < HOLD_MOST => {
+                    *r = Removal {
+                        at: now + RECHECK,
+                        link: Link::Down { since },
+                    };
+                    true
+                }
+                (false, Link::Down { .. }) => {
+                    debug!(instance = %name, "the link towards a backend kept is back; waiting for it to resolve again");
+                    *r = Removal {
+                        at: now + LINK_BACK_GRACE,
+                        link: Link::Back { since },
+                    };
+                    true
+                }
+                _ => {
+                    due.push(name.clone());
+                    false
+                }
             }
-            true
         });
         due
     }
@@ -126,6 +166,16 @@ mod tests {
     use super::*;
 
     const GRACE: Duration = Duration::from_secs(1);
+
+    /// Steps `r` from one due time to the next, the link down at `t` when
+    /// `down(t)`, until a removal is applied: when that was.
+    fn applied_at(r: &mut Removals, t0: Instant, down: impl Fn(Duration) -> bool) -> Duration {
+        let mut t = t0;
+        while r.due(t, |_| down(t - t0)).is_empty() {
+            t = r.next().expect("a removal waits");
+        }
+        t - t0
+    }
 
     #[test]
     fn a_removal_is_due_after_its_grace_unless_resolved_again() {
@@ -146,19 +196,13 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Removals::default();
         assert!(r.report("a".into(), t0, GRACE, true));
-        // Reported again meanwhile: the first report stands.
-        assert!(!r.report("a".into(), t0, GRACE, false));
+        // Reported again while the link is down: held on.
+        assert!(!r.report("a".into(), t0, GRACE, true));
         assert!(r.is_held("a"));
-        let mut t;
-        for _ in 0..30 {
-            t = r.next().unwrap();
-            assert!(r.due(t, |_| true).is_empty(), "held while unlinked");
-        }
-        t = r.next().unwrap();
-        assert!(r.due(t, |_| false).is_empty(), "the link is back");
-        assert!(!r.is_held("a"));
-        assert_eq!(r.next(), Some(t + LINK_BACK_GRACE));
-        assert_eq!(r.due(t + LINK_BACK_GRACE, |_| true), ["a"]);
+        let back = Duration::from_secs(30);
+        let applied = applied_at(&mut r, t0, |t| t < back);
+        assert!(applied >= back + LINK_BACK_GRACE, "{applied:?}");
+        assert!(applied <= back + RECHECK + LINK_BACK_GRACE, "{applied:?}");
     }
 
     #[test]
@@ -166,8 +210,37 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Removals::default();
         r.report("a".into(), t0, GRACE, true);
+        let t = r.next().unwrap();
+        r.due(t, |_| false);
+        assert!(r.is_held("a"), "it waits for the instance to resolve again");
         assert!(r.resolved("a"));
         assert_eq!(r.next(), None);
+    }
+
+    #[test]
+    fn a_removal_reported_again_with_the_link_up_waits_no_longer_than_any() {
+        let t0 = Instant::now();
+        let mut r = Removals::default();
+        r.report("a".into(), t0, GRACE, true);
+        let t = r.next().unwrap();
+        r.due(t, |_| false);
+        assert_eq!(r.next(), Some(t + LINK_BACK_GRACE));
+        // Its goodbye, say, while it has yet to resolve again.
+        r.report("a".into(), t, GRACE, false);
+        assert!(!r.is_held("a"));
+        assert_eq!(r.due(t + GRACE, |_| true), ["a"]);
+    }
+
+    #[test]
+    fn a_link_that_goes_again_before_the_instance_resolved_holds_it_again() {
+        let t0 = Instant::now();
+        let mut r = Removals::default();
+        r.report("a".into(), t0, GRACE, true);
+        let (back, again) = (Duration::from_secs(10), Duration::from_secs(20));
+        let up = |t: Duration| (back..again).contains(&t);
+        let applied = applied_at(&mut r, t0, |t| !up(t));
+        assert!(applied >= HOLD_MOST, "{applied:?}");
+        assert!(applied <= HOLD_MOST + RECHECK, "{applied:?}");
     }
 
     #[test]
@@ -175,11 +248,8 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Removals::default();
         r.report("a".into(), t0, GRACE, true);
-        let mut t = t0;
-        while t < t0 + HOLD_MOST {
-            assert!(r.due(t, |_| true).is_empty());
-            t = r.next().unwrap();
-        }
-        assert_eq!(r.due(t, |_| true), ["a"]);
+        let applied = applied_at(&mut r, t0, |_| true);
+        assert!(applied >= HOLD_MOST, "{applied:?}");
+        assert!(applied <= HOLD_MOST + RECHECK, "{applied:?}");
     }
 }

@@ -143,11 +143,10 @@ async fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStrea
         .map_err(|e| ours_if_unlinked(e, addrs))
 }
 
-/// `e`, or [`DialError::Unlinked`] when this host has no working link
-/// towards any of `addrs`. A refusal or a reset came from the backend, so
-/// the link worked: only the errors a dead link gives are looked into (an
-/// unreachable network, a missing source address, a timeout), and running
-/// out of descriptors or memory stays that.
+/// `e`, or [`DialError::Unlinked`] when this host's link towards every one
+/// of `addrs` is down ([`super::route`]). A refusal or a reset came from
+/// the backend, so the link worked, and running out of descriptors or
+/// memory stays that; any other error is looked into.
 fn ours_if_unlinked(e: DialError, addrs: &[SocketAddr]) -> DialError {
     let io = e.io();
     let told_by_peer = matches!(

@@ -388,11 +388,11 @@ impl ConnectError {
 /// backends, or asking discovery to verify them, would turn our own
 /// descriptor shortage into an outage) and the next candidate is tried;
 /// when every dial failed that way, this client alone fails, after a short
-/// pause. Nor does a dial this host had no working link for (its cable
-/// pulled, its interface down: [`crate::net::route`]): every backend was
-/// blamed for it, ejected for longer and longer, and the clients that came
-/// when the link was back were closed; now they wait for the link, as for
-/// a backend.
+/// pause. A dial this host had no working link for (its cable pulled, its
+/// interface down: [`crate::net::route`]) is not the backend's failure
+/// either: nobody is asked to verify it, it is only set aside behind the
+/// others (logged at debug), and the client waits for the link as for a
+/// backend.
 ///
 /// A backend that refuses the credentials (a Redis error in answer to
 /// `AUTH`) is alive, and its health is left as it is: not ejected (the
@@ -560,11 +560,17 @@ async fn try_candidates(
                     "cannot dial: out of local resources");
                 local = Some(e);
             }
-            // Our own link is down: the backend is as it was, and this
-            // client waits for the link (within its wait for a backend).
+            // Our own link towards it is down: nobody is asked to verify
+            // it, and this client waits for the link (within its wait for
+            // a backend). It is set aside behind the others as an ejection
+            // would (still dialed when all are), so that a host with
+            // another link up serves its clients there rather than make
+            // each wait out a connect timeout on the dead one.
             Err(Setback::Failed(DialError::Unlinked(e))) => {
+                let why = format_args!("this host has no working link towards it: {e}");
+                let aside = svc.table.report_failure(&backend.stats, &why);
                 debug!(service = %svc.name, backend = %backend.spec.target, error = %e,
-                    "cannot dial: this host has no working link towards it");
+                    set_aside_for = ?aside, "cannot dial: this host has no working link towards it");
                 unlinked = Some(e);
             }
             Err(Setback::Failed(DialError::Backend(e))) => {

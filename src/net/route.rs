@@ -1,64 +1,127 @@
-//! Whether this host has a working link towards an address: a route to
-//! it, through an interface that is up with its carrier.
+//! Whether this host's own link towards an address is down: the address
+//! is on the network of an interface of ours that is not running (taken
+//! down, or without carrier), or the route to it goes out through one.
 //!
-//! Without one (a cable pulled, Wi-Fi dropped, `ifdown`, a network
-//! service restarted) a dial fails for a reason of ours, not the
+//! Without a working link (a cable pulled, Wi-Fi dropped, `ifdown`, a
+//! network service restarted) a dial fails for a reason of ours, not the
 //! backend's: at once (`ENETUNREACH` once the interface is down,
 //! `EADDRNOTAVAIL` for a link-local address whose interface lost it), or
 //! at the connect timeout (a link without carrier keeps its routes and
 //! drops the SYNs). And mdns-sd, which leaves an interface that is not
 //! running, forgets every instance it learnt over it, though the peers
 //! are still there. Both ask here before blaming the backend or the peer.
+//!
+//! Only such evidence counts: an address this host never had a route to
+//! (a stranger's, a VM's NAT address, a global IPv6 address without an
+//! IPv6 default route) is the backend's problem, as before. Nor is a link
+//! lost behind something that stays running seen (a bridge whose other
+//! ports are up, a default route through another interface): those dials
+//! are blamed on the backend, as before.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Whether this host has no working link towards any of `addrs` (and
-/// there is at least one): no route, or only through interfaces that are
-/// down or without carrier. Anything this cannot tell (out of
-/// descriptors, interfaces unreadable) counts as a link.
+use if_addrs::{IfAddr, Interface};
+
+/// How long a reading of the interfaces answers for: held clients dial
+/// again once a second each while the link is down, and a mass removal
+/// asks about every instance, so one reading serves a burst of them.
+const FRESH_FOR: Duration = Duration::from_millis(250);
+
+/// The last reading of the interfaces, and when it was taken.
+static READ: Mutex<Option<(Instant, Vec<Interface>)>> = Mutex::new(None);
+
+/// Whether this host's link towards every one of `addrs` is down (and
+/// there is at least one). Anything this cannot tell (out of descriptors,
+/// interfaces unreadable) counts as a link.
 pub fn no_link_towards_any(addrs: &[SocketAddr]) -> bool {
-    !addrs.is_empty() && addrs.iter().all(|a| no_link_towards(*a))
+    let Some(interfaces) = interfaces() else {
+        return false;
+    };
+    !addrs.is_empty() && addrs.iter().all(|a| unlinked(*a, &interfaces))
 }
 
-/// Whether this host has no working link towards `addr` (see
-/// [`no_link_towards_any`]). A connected UDP socket asks the kernel's
-/// route lookup and sends nothing.
+/// Whether this host's link towards `addr` is down (see
+/// [`no_link_towards_any`]).
 pub fn no_link_towards(addr: SocketAddr) -> bool {
+    no_link_towards_any(&[addr])
+}
+
+/// The interfaces, read at most [`FRESH_FOR`] ago; `None` if they cannot
+/// be read. Read here, not through `discovery::ifaces`, whose last list
+/// read (kept when a read fails) may predate the link's loss.
+fn interfaces() -> Option<Vec<Interface>> {
+    let mut read = READ.lock().unwrap_or_else(|e| e.into_inner());
+    match &*read {
+        Some((at, list)) if at.elapsed() < FRESH_FOR => Some(list.clone()),
+        _ => {
+            let list = if_addrs::get_if_addrs().ok()?;
+            *read = Some((Instant::now(), list.clone()));
+            Some(list)
+        }
+    }
+}
+
+fn unlinked(addr: SocketAddr, interfaces: &[Interface]) -> bool {
     if addr.ip().is_loopback() {
         return false;
     }
-    let any: IpAddr = match addr {
-        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-    };
-    let Ok(socket) = UdpSocket::bind((any, 0)) else {
-        return false;
-    };
-    if let Err(e) = socket.connect(addr) {
-        // No route, no source address on the link (a link-local address
-        // whose interface is down), no such interface: no link. Anything
-        // else says nothing of the link.
-        return matches!(
-            e.raw_os_error(),
-            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EADDRNOTAVAIL | libc::ENODEV)
-        );
+    let running = |i: &&Interface| i.is_oper_up();
+    // A link-local address names its interface: down when that interface
+    // is not running or has lost its addresses (taken down, IPv6 goes).
+    if let SocketAddr::V6(v6) = addr {
+        if v6.ip().is_unicast_link_local() && v6.scope_id() != 0 {
+            return !interfaces
+                .iter()
+                .filter(running)
+                .any(|i| i.index == Some(v6.scope_id()));
+        }
     }
-    let Ok(source) = socket.local_addr() else {
-        return false;
+    let on = |i: &&Interface| holds(i, addr.ip());
+    match source_towards(addr) {
+        // The route goes out through the interface of the source address
+        // (a link without carrier keeps its routes, marked `linkdown`).
+        Ok(source) => {
+            let mut under = interfaces.iter().filter(|i| i.ip() == source).peekable();
+            under.peek().is_some() && under.all(|i| !i.is_oper_up())
+        }
+        // No route (taken down, the routes went with it): down only if
+        // the address is on the network of an interface of ours that is
+        // not running, and of none that is.
+        Err(()) => {
+            interfaces.iter().filter(on).any(|i| !i.is_oper_up())
+                && !interfaces.iter().filter(on).any(|i| i.is_oper_up())
+        }
+    }
+}
+
+/// The source address the kernel picks towards `addr` (a connected UDP
+/// socket asks its route lookup and sends nothing); `Err` when it has no
+/// route, or no source address, there.
+fn source_towards(addr: SocketAddr) -> Result<IpAddr, ()> {
+    let any: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into(),
     };
-    // The route is there; a link without carrier keeps it (the kernel
-    // only marks it `linkdown`), so the interface under the source
-    // address decides. Read now, not through `discovery::ifaces`: the
-    // last list read when this one cannot be (out of descriptors) may
-    // predate the link's loss, and an unread list says nothing.
-    let Ok(interfaces) = if_addrs::get_if_addrs() else {
-        return false;
-    };
-    let mut under = interfaces
-        .iter()
-        .filter(|i| i.ip() == source.ip())
-        .peekable();
-    under.peek().is_some() && under.all(|i| !i.is_oper_up())
+    let socket = UdpSocket::bind(any).map_err(drop)?;
+    socket.connect(addr).map_err(drop)?;
+    socket.local_addr().map(|a| a.ip()).map_err(drop)
+}
+
+/// Whether `ip` is on the network of `interface`'s address.
+fn holds(interface: &Interface, ip: IpAddr) -> bool {
+    match (&interface.addr, ip) {
+        (IfAddr::V4(a), IpAddr::V4(ip)) => {
+            let mask = u32::from(a.netmask);
+            mask != 0 && u32::from(a.ip) & mask == u32::from(ip) & mask
+        }
+        (IfAddr::V6(a), IpAddr::V6(ip)) => {
+            let mask = u128::from(a.netmask);
+            mask != 0 && u128::from(a.ip) & mask == u128::from(ip) & mask
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -70,5 +133,25 @@ mod tests {
         assert!(!no_link_towards("127.0.0.1:9".parse().unwrap()));
         assert!(!no_link_towards("[::1]:9".parse().unwrap()));
         assert!(!no_link_towards_any(&[]));
+    }
+
+    #[test]
+    fn an_address_is_held_by_the_network_of_an_interface() {
+        let iface = |addr: IfAddr| Interface {
+            name: "eth0".into(),
+            addr,
+            index: Some(2),
+            oper_status: if_addrs::IfOperStatus::Up,
+            is_p2p: false,
+        };
+        let v4 = iface(IfAddr::V4(if_addrs::Ifv4Addr {
+            ip: "10.9.0.3".parse().unwrap(),
+            netmask: "255.255.255.0".parse().unwrap(),
+            prefixlen: 24,
+            broadcast: None,
+        }));
+        assert!(holds(&v4, "10.9.0.200".parse().unwrap()));
+        assert!(!holds(&v4, "10.9.1.1".parse().unwrap()));
+        assert!(!holds(&v4, "fe80::1".parse().unwrap()));
     }
 }
