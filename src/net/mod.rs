@@ -4,8 +4,9 @@
 //! ([`copy`]), socket options and limits ([`sockopt`]), active checks
 //! ([`checks`]); a provider's TLS terminator ([`terminator`]); the
 //! per-core runtimes connections run on ([`shards`]); the rate limit of
-//! warnings a burst could repeat ([`loglimit`]); and when the process last
-//! ran out of descriptors ([`shortage`]).
+//! warnings a burst could repeat ([`loglimit`]); when the process last ran
+//! out of descriptors ([`shortage`]); and whether this host's own link
+//! towards an address is down ([`route`]).
 
 pub mod accept;
 pub mod checks;
