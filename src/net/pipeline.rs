@@ -17,7 +17,8 @@
 //!   failed handshake, an answer to the login that no Redis server gives)
 //!   is a backend that failed: ejected, handed to discovery to verify, and
 //!   the next candidate is tried; the client sees none of it unless every
-//!   candidate fails. A failure of our own (EMFILE, our link down) ejects
+//!   candidate fails. A failure of our own ejects nothing (EMFILE) or only
+//!   sets the backend aside (our link towards it down), and asks discovery
 //!   nothing. A backend that refuses the credentials is alive and left as
 //!   it is, and the next candidate is tried too; when none took them, the
 //!   client gets the refusal as an error in its protocol.
