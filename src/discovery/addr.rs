@@ -58,17 +58,7 @@ fn is_link_local_v6(ip: &Ipv6Addr) -> bool {
 }
 
 fn same_subnet(a: IpAddr, b: &LocalAddr) -> bool {
-    let (a, b_ip, len) = match (a, b.ip) {
-        (IpAddr::V4(a), IpAddr::V4(b_ip)) => (u32::from(a) as u128, u32::from(b_ip) as u128, 32u32),
-        (IpAddr::V6(a), IpAddr::V6(b_ip)) => (u128::from(a), u128::from(b_ip), 128u32),
-        _ => return false,
-    };
-    let prefix = u32::from(b.prefix_len).min(len);
-    if prefix == 0 {
-        return false; // a /0 "subnet" says nothing
-    }
-    let shift = len - prefix;
-    (a >> shift) == (b_ip >> shift)
+    crate::net::route::on_network(a, b.ip, b.prefix_len)
 }
 
 /// The addresses to dial, best first; empty when none is usable.

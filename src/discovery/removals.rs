@@ -177,6 +177,15 @@ mod tests {
         t - t0
     }
 
+    /// A removal of "a" held at `t0`, and the link back at its first
+    /// recheck: when that was.
+    fn held_then_back(r: &mut Removals, t0: Instant) -> Instant {
+        assert!(r.report("a".into(), t0, GRACE, true));
+        let t = r.next().expect("held");
+        assert!(r.due(t, |_| false).is_empty());
+        t
+    }
+
     #[test]
     fn a_removal_is_due_after_its_grace_unless_resolved_again() {
         let t0 = Instant::now();
@@ -209,9 +218,7 @@ mod tests {
     fn a_held_removal_resolved_again_is_off() {
         let t0 = Instant::now();
         let mut r = Removals::default();
-        r.report("a".into(), t0, GRACE, true);
-        let t = r.next().unwrap();
-        r.due(t, |_| false);
+        held_then_back(&mut r, t0);
         assert!(r.is_held("a"), "it waits for the instance to resolve again");
         assert!(r.resolved("a"));
         assert_eq!(r.next(), None);
@@ -221,9 +228,7 @@ mod tests {
     fn a_removal_reported_again_with_the_link_up_waits_no_longer_than_any() {
         let t0 = Instant::now();
         let mut r = Removals::default();
-        r.report("a".into(), t0, GRACE, true);
-        let t = r.next().unwrap();
-        r.due(t, |_| false);
+        let t = held_then_back(&mut r, t0);
         assert_eq!(r.next(), Some(t + LINK_BACK_GRACE));
         // Its goodbye, say, while it has yet to resolve again.
         r.report("a".into(), t, GRACE, false);

@@ -910,13 +910,13 @@ async fn trial(node: String, peer: Peer, said_goodbye: bool) -> Verdict {
             Probe::Answered => true,
             Probe::Refused => false,
             Probe::Silent => {
-                let (confirms, link_to) = (&SUSPECT_CONFIRMS, peer.link_at());
-                let within = SUSPECT_CONFIRMS.iter().sum();
+                let (mut link, within) = (Link::default(), SUSPECT_CONFIRMS.iter().sum());
+                let link_to = peer.link_at();
                 confirm_ring(
                     &node,
                     &prober,
-                    confirms,
-                    &mut Link::default(),
+                    &SUSPECT_CONFIRMS,
+                    &mut link,
                     link_to,
                     within,
                 )
@@ -1023,7 +1023,7 @@ impl Prober {
             }),
             // Said at every try while our link is down, which is news of
             // our own link, not of the node.
-            Err(e) if route::no_link_towards(to) => {
+            Err(e) if out_of_reach(peer) => {
                 debug!(error = %e, "witness: no working link towards the node; probing later");
                 None
             }
@@ -1158,9 +1158,7 @@ pub(super) enum Probe {
 
 /// Our IPv4 address on the interface that routes to `peer`.
 fn local_towards(peer: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
-    let route = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-    route.connect((peer, MDNS_PORT))?;
-    match route.local_addr()?.ip() {
+    match route::source_towards((peer, MDNS_PORT).into())? {
         IpAddr::V4(local) => Ok(local),
         IpAddr::V6(_) => Err(std::io::Error::other("no IPv4 route to the peer")),
     }
@@ -1212,6 +1210,11 @@ fn multicast_querier(peer: IpAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(s)
 }
 
+/// Whether `pkt` is a DNS response to one of the questions `ids`.
+fn answers_one_of(pkt: &[u8], ids: &[u16]) -> bool {
+    pkt.len() >= 12 && pkt[2] & 0x80 != 0 && ids.contains(&u16::from_be_bytes([pkt[0], pkt[1]]))
+}
+
 /// Whether a response with one of message ids `ids` comes, from anywhere,
 /// within `timeout`.
 async fn answered_with_id(sock: &UdpSocket, ids: &[u16], timeout: Duration) -> bool {
@@ -1226,9 +1229,7 @@ async fn answered_with_id(sock: &UdpSocket, ids: &[u16], timeout: Duration) -> b
                 return false;
             }
             Ok(Ok((n, _))) => {
-                let pkt = &buf[..n];
-                let id = |p: &[u8]| u16::from_be_bytes([p[0], p[1]]);
-                if n >= 12 && pkt[2] & 0x80 != 0 && ids.contains(&id(pkt)) {
+                if answers_one_of(&buf[..n], ids) {
                     return true;
                 }
             }
@@ -1269,10 +1270,7 @@ pub(super) async fn answered(
                 return Probe::Silent;
             }
             Ok(Ok((n, src))) => {
-                let pkt = &buf[..n];
-                let id = |p: &[u8]| u16::from_be_bytes([p[0], p[1]]);
-                let is_answer = n >= 12 && pkt[2] & 0x80 != 0 && asked.contains(&id(pkt));
-                if src.ip() == from.ip() && is_answer {
+                if src.ip() == from.ip() && answers_one_of(&buf[..n], asked) {
                     return Probe::Answered;
                 }
             }

@@ -36,10 +36,13 @@ static READ: Mutex<Option<(Instant, Vec<Interface>)>> = Mutex::new(None);
 /// there is at least one). Anything this cannot tell (out of descriptors,
 /// interfaces unreadable) counts as a link.
 pub fn no_link_towards_any(addrs: &[SocketAddr]) -> bool {
+    if addrs.is_empty() {
+        return false;
+    }
     let Some(interfaces) = interfaces() else {
         return false;
     };
-    !addrs.is_empty() && addrs.iter().all(|a| unlinked(*a, &interfaces))
+    addrs.iter().all(|a| unlinked(*a, &interfaces))
 }
 
 /// Whether this host's link towards `addr` is down (see
@@ -89,7 +92,7 @@ fn unlinked(addr: SocketAddr, interfaces: &[Interface]) -> bool {
         // No route (taken down, the routes went with it): down only if
         // the address is on the network of an interface of ours that is
         // not running, and of none that is.
-        Err(()) => {
+        Err(_) => {
             interfaces.iter().filter(on).any(|i| !i.is_oper_up())
                 && !interfaces.iter().filter(on).any(|i| i.is_oper_up())
         }
@@ -97,31 +100,36 @@ fn unlinked(addr: SocketAddr, interfaces: &[Interface]) -> bool {
 }
 
 /// The source address the kernel picks towards `addr` (a connected UDP
-/// socket asks its route lookup and sends nothing); `Err` when it has no
-/// route, or no source address, there.
-fn source_towards(addr: SocketAddr) -> Result<IpAddr, ()> {
+/// socket asks its route lookup and sends nothing); an error when it has
+/// no route, or no source address, there.
+pub fn source_towards(addr: SocketAddr) -> std::io::Result<IpAddr> {
     let any: SocketAddr = match addr {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into(),
     };
-    let socket = UdpSocket::bind(any).map_err(drop)?;
-    socket.connect(addr).map_err(drop)?;
-    socket.local_addr().map(|a| a.ip()).map_err(drop)
+    let socket = UdpSocket::bind(any)?;
+    socket.connect(addr)?;
+    Ok(socket.local_addr()?.ip())
 }
 
 /// Whether `ip` is on the network of `interface`'s address.
 fn holds(interface: &Interface, ip: IpAddr) -> bool {
-    match (&interface.addr, ip) {
-        (IfAddr::V4(a), IpAddr::V4(ip)) => {
-            let mask = u32::from(a.netmask);
-            mask != 0 && u32::from(a.ip) & mask == u32::from(ip) & mask
-        }
-        (IfAddr::V6(a), IpAddr::V6(ip)) => {
-            let mask = u128::from(a.netmask);
-            mask != 0 && u128::from(a.ip) & mask == u128::from(ip) & mask
-        }
-        _ => false,
+    match &interface.addr {
+        IfAddr::V4(a) => on_network(ip, a.ip.into(), a.prefixlen),
+        IfAddr::V6(a) => on_network(ip, a.ip.into(), a.prefixlen),
     }
+}
+
+/// Whether `ip` is on the network `net`/`prefix_len` (never on a /0,
+/// which says nothing, nor across families).
+pub fn on_network(ip: IpAddr, net: IpAddr, prefix_len: u8) -> bool {
+    let (ip, net, bits) = match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (u128::from(u32::from(a)), u128::from(u32::from(n)), 32),
+        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), 128),
+        _ => return false,
+    };
+    let prefix = u32::from(prefix_len).min(bits);
+    prefix != 0 && ip >> (bits - prefix) == net >> (bits - prefix)
 }
 
 #[cfg(test)]
