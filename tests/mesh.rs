@@ -1471,7 +1471,8 @@ fn a_provider_only_node_does_not_browse() {
 /// millisecond. The provider announces them again before that
 /// (`mdns::REFRESH_EVERY`), so an idle consumer asks nothing about it and
 /// still holds it; in one packet per interface, where mdns-sd announces
-/// twice per family.
+/// twice per family. The provider, which listens to the link for the
+/// witness ring, asks nothing either.
 #[test]
 fn an_idle_consumer_never_asks_again_for_a_live_providers_records() {
     /// mdns-sd's first refresh query, after the records were heard, and
@@ -1507,9 +1508,20 @@ fn an_idle_consumer_never_asks_again_for_a_live_providers_records() {
         asked.is_empty(),
         "the consumer asked again for the provider's records: {asked:?}"
     );
+    // The provider listens to the link for the witness ring, and asks it
+    // nothing all the while.
+    let provider_ip: std::net::IpAddr = h1.ip.into();
+    let provider_asked: Vec<&String> = seen
+        .iter()
+        .filter(|(from, _)| from.ip() == provider_ip)
+        .flat_map(|(_, s)| &s.questions)
+        .collect();
+    assert!(
+        provider_asked.is_empty(),
+        "the provider-only node asked the link: {provider_asked:?}"
+    );
     // Its start-up announcements are over well before this; what comes
     // after is the refresh (the next one is due after the window).
-    let provider_ip: std::net::IpAddr = h1.ip.into();
     let refresh: Vec<&Instant> = seen
         .iter()
         .filter(|(from, _)| from.ip() == provider_ip && from.port() == 5353)

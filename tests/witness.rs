@@ -2,10 +2,11 @@
 //! provider killed without goodbye leaves every consumer's table within
 //! seconds, the ones that never dial it included (also when the first of
 //! the witness's two goodbyes is lost, and when it crashes seconds after
-//! it joined, before anyone probes it), a live node answers a goodbye said
-//! in its name by announcing itself again, one whose responder hears
-//! nothing while its process runs is not declared dead, and one whose
-//! watcher's host vanished stops beating to it.
+//! it joined, before anyone probes it, and when the node before it in the
+//! ring only provides), a live node answers a goodbye said in its name by
+//! announcing itself again (one that only provides too), one whose
+//! responder hears nothing while its process runs is not declared dead,
+//! and one whose watcher's host vanished stops beating to it.
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
@@ -318,6 +319,100 @@ fn a_node_that_crashes_young_leaves_every_table_within_seconds() {
         "{gone} was removed only by the full watch, {:?} after the crash",
         t0.elapsed()
     );
+}
+
+/// A node providing `web` and consuming nothing, under node id `id`, and
+/// its instance name.
+fn provider_only(host: &Host, id: &str) -> (Proc, String) {
+    serve(host);
+    let p = amb(host, &["--provide", "web:7000", "--node-id", id]);
+    wait_log(&p, ADVERTISING);
+    let instance = p
+        .stderr()
+        .lines()
+        .find(|l| l.contains(ADVERTISING))
+        .and_then(|l| log_field(l, "instance"))
+        .expect("instance in the log")
+        .to_owned();
+    (p, instance)
+}
+
+/// The usual ambassador shape: an application host that only consumes and
+/// service hosts that only provide. In the ring by node id the consumer
+/// (`amb-a`, which no one sees: it announces nothing) watches `amb-b`, and
+/// `amb-c` comes after `amb-b`, which only provides: it listens to the
+/// link without asking it anything, and watches `amb-c`. Killed,
+/// `amb-c` leaves the consumer's table within seconds, although no client
+/// dials it; before, no one watched it and it stayed for its records'
+/// two-minute TTL.
+#[test]
+fn a_crashed_node_after_one_that_only_provides_leaves_the_tables() {
+    let lab = Lab::new(3);
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    let (watcher, _) = provider_only(h2, "amb-b");
+    // Started after `amb-b`, whose listening hears its announcements.
+    let (mut victim, gone) = provider_only(h3, "amb-c");
+    let consumer = amb(h1, &["--consume", "web:8080", "--node-id", "amb-a"]);
+    let young = [
+        "witness: watching a young node's process",
+        "node=\"amb-c\"",
+        "linked=true",
+    ];
+    let linked = wait_until(DEADLINE, || log_lines(&watcher, &young) > 0);
+    assert!(
+        linked,
+        "the provider-only amb-b does not watch amb-c:\n{}",
+        watcher.output_tail(20)
+    );
+    let joined = wait_until(DEADLINE, || has(&consumer, "backend joined", &gone) > 0);
+    assert!(joined, "{}", consumer.output_tail(20));
+    let t0 = Instant::now();
+    victim.kill();
+    let removed = wait_until(YOUNG_CRASH_REMOVED_WITHIN, || {
+        has(&consumer, "backend left", &gone) > 0
+    });
+    assert!(
+        removed,
+        "{gone} still in the consumer's table {:?} after its crash:\n{}\n{}",
+        t0.elapsed(),
+        watcher.output_tail(20),
+        consumer.output_tail(20)
+    );
+    eprintln!("removed {:?} after the crash", t0.elapsed());
+    assert_eq!(log_lines(&watcher, &["goodbye sent", "node=\"amb-c\""]), 1);
+    assert_eq!(log_lines(&consumer, &["backend left"]), 1);
+}
+
+/// A node that only provides hears a goodbye said in its name (it listens
+/// to the link) and announces again at once, as a browsing node does
+/// (`a_live_node_answers_a_goodbye_in_its_name`); before, its consumers
+/// found it again only at their next query, up to an hour later.
+#[test]
+fn a_node_that_only_provides_answers_a_goodbye_in_its_name() {
+    let lab = Lab::new(3);
+    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    let (target, instance) = provider_only(h1, "amb-p");
+    let consumer = amb(h2, &["--consume", "web:8080"]);
+    wait_until(DEADLINE, || has(&consumer, "backend joined", &instance) > 0);
+    let packet = goodbye(&instance);
+    let sock = h3.enter(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let mut said: Option<Instant> = None;
+    let defended = wait_until(DEADLINE, || {
+        if said.is_none_or(|t| t.elapsed() > FORGE_AGAIN) {
+            sock.send_to(&packet, "224.0.0.251:5353").unwrap();
+            said = Some(Instant::now());
+        }
+        target.stderr().contains("announcing it again")
+    });
+    assert!(
+        defended,
+        "the provider did not defend its instance:\n{}",
+        target.output_tail(20)
+    );
+    let back = wait_until(DEADLINE, || {
+        has(&consumer, "backend joined", &instance) > has(&consumer, "backend left", &instance)
+    });
+    assert!(back, "{}", consumer.output_tail(20));
 }
 
 /// Waits until both `nodes` dropped `gone`, within `within` of `t0` when it

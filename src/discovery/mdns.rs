@@ -812,6 +812,22 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// from the tables (see `replay`), and only once their responders do not
 /// answer for them (see `reconfirm`); our own that a replay lacks are
 /// announced again after any restart but a clearing's.
+///
+/// A node that consumes no discovered service (a provider only) sends no
+/// query for the type: it browses mdns-sd's cache alone, which keeps what
+/// the link announces unasked. Every mesh node announces its instances
+/// when it starts, again every 60-80 s ([`REFRESH_EVERY`]) and says its
+/// goodbyes, so the listener knows the ring within 80 s of its start (a
+/// node that joins later at once) and watches its successor like any
+/// other node: without it, a node whose predecessor in the ring only
+/// provided was watched by nobody, and stayed in every table for its
+/// records' TTL after a crash. It also hears a goodbye said in its own
+/// name, and announces again at once. It never restarts to reset the
+/// queries' back-off or to make the link answer (there is no query), so
+/// its replay is never whole either: nothing to defend or sweep. What it
+/// may still send about the type is mdns-sd's query for a cached record
+/// near its expiry that nobody announced again (a third-party instance's;
+/// a mesh node's refresh comes before that point).
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,
@@ -867,7 +883,15 @@ pub async fn browse(
             .filter(|s| s.is_discovered())
             .cloned()
             .collect();
-        let mut fwd = match mdns.daemon.browse(SERVICE_TYPE) {
+        // A node that consumes nothing discovered only listens (see
+        // above): it asks the link nothing.
+        let passive = services.is_empty();
+        let browsing = if passive {
+            mdns.daemon.browse_cache(SERVICE_TYPE)
+        } else {
+            mdns.daemon.browse(SERVICE_TYPE)
+        };
+        let mut fwd = match browsing {
             Ok(rx) => forward(rx, std::mem::take(&mut backlog), stats.clone()),
             Err(e) => {
                 warn!(error = %e, "cannot browse {SERVICE_TYPE}; retrying");
@@ -909,6 +933,9 @@ pub async fn browse(
             tokio::select! {
                 _ = stop.cancelled() => return,
                 ev = fwd.events.recv(), if !ended => match ev {
+                    // A browse of the cache says it stopped once it has
+                    // replayed it, and goes on listening.
+                    Some(ServiceEvent::SearchStopped(_)) if passive => {}
                     Some(ServiceEvent::SearchStopped(_)) | None => {
                         ended = true;
                         // Whichever restart comes next sweeps.
@@ -1095,7 +1122,9 @@ pub async fn browse(
                         aim.follow(ctx.ring);
                     }
                 }
-                _ = sleep_until_some(desync_at) => {
+                // Restarts that reset the queries' back-off, or make the
+                // link answer: a listener sends no query.
+                _ = sleep_until_some(desync_at), if !passive => {
                     desync_at = None;
                     if clearing_instead(&fwd.crowded, &mut clearing, false) {
                         continue;
@@ -1104,7 +1133,7 @@ pub async fn browse(
                     backlog = ctx.drain(&mut fwd).await;
                     continue 'browse;
                 }
-                _ = sleep_until_some(next_rebrowse) => {
+                _ = sleep_until_some(next_rebrowse), if !passive => {
                     next_rebrowse = None;
                     if clearing_instead(&fwd.crowded, &mut clearing, false) {
                         continue;

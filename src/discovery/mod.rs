@@ -23,8 +23,8 @@
 //!   drains and says goodbye on shutdown.
 //! - [`probation`]: dials each new backend once before it may take clients.
 //! - [`stats`]: what discovery ignored, dropped and probed.
-//! - [`witness`]: crash removal for the whole link: each browsing node
-//!   probes the next node in node-id order and multicasts its goodbye when
+//! - [`witness`]: crash removal for the whole link: each node probes the
+//!   next node in node-id order and multicasts its goodbye when
 //!   it dies.
 //! - [`link`]: the TCP link each witness holds to the node it watches, so a
 //!   dead process is news at once.

@@ -4,9 +4,10 @@
 //! records' TTL (two minutes with mdns-sd, whose TTLs cannot be set from
 //! outside). Polling every peer from every node would cost O(N²) packets;
 //! instead the mesh-amb nodes on the link form a ring ordered by node id
-//! (TXT `node=`), and each browsing node watches its successor, the next
-//! node id after its own: O(N) probes in total, all unicast. It also
-//! holds a TCP connection to it, the ring link ([`super::link`]), whose
+//! (TXT `node=`), and each node watches its successor, the next node id
+//! after its own (one that consumes nothing learns the ring by listening,
+//! without a query: [`super::mdns::browse`]): O(N) probes in total, all
+//! unicast. It also holds a TCP connection to it, the ring link ([`super::link`]), whose
 //! close says at once that the process died, and on which the successor
 //! beats: one UDP datagram a period to its watcher, so that a live node
 //! costs one packet a period, and the watcher probes only when a beat is
@@ -34,13 +35,9 @@
 //!
 //! A false goodbye (a probe path broken while the peer lives, or a forged
 //! one) costs little: a live node that sees its own instance removed
-//! announces it again at once ([`super::mdns`]), and one that does not
-//! browse (a provider only) is found again by the trial below within a
-//! probe period. Who watches a node that
-//! only provides: its predecessor in the ring, if that one browses; a node
-//! whose predecessor does not browse keeps the TTL expiry. Third-party
-//! instances (Avahi service files, no `node=`) are not in the ring and
-//! keep the TTL expiry too.
+//! announces it again at once ([`super::mdns`]), a provider only too,
+//! since it listens. Third-party instances (Avahi service files, no
+//! `node=`) are not in the ring and keep the TTL expiry.
 //!
 //! A node that just started is not probed: its responder leaves unicast
 //! questions unanswered for a few seconds, so silence proves nothing for

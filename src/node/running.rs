@@ -409,11 +409,13 @@ impl Running {
         self.mdns = Some(m);
     }
 
-    /// Starts the browse once a consume is discovered; it follows the
-    /// services through the watch from then on.
+    /// Starts the browse once a consume is discovered or a service is
+    /// provided (a provider only listens, for the witness ring: see
+    /// [`mdns::browse`]); it follows the services through the watch from
+    /// then on.
     fn start_browse(&mut self) {
         let discovered = self.consumes.values().any(|c| c.service.is_discovered());
-        let (Some(m), true) = (&self.mdns, discovered) else {
+        let (Some(m), true) = (&self.mdns, discovered || !self.provides.is_empty()) else {
             return;
         };
         let Some(suspects) = self.suspects_rx.take() else {

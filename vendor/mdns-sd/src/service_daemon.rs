@@ -87,7 +87,8 @@ const GROUP_ADDR_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfb);
 /// flume does not preallocate, so unused capacity has no cost. If a receiver falls too far
 /// behind and the channel fills, the subscription is closed (see those APIs).
 const EVENT_CHANNEL_CAPACITY: usize = 1000;
-/// mesh-amb's patch (see PATCHED.md): the capacity of `browse`'s channel. The
+/// mesh-amb's patch (see PATCHED.md): the capacity of `browse`'s (and
+/// `browse_cache`'s) channel. The
 /// daemon pushes a replay, or every instance of a host that moved, in one
 /// loop of its thread, and a reader that is not running throughout it
 /// falls behind by up to the whole burst, so a channel of `EVENT_CHANNEL_CAPACITY`
@@ -480,7 +481,7 @@ impl ServiceDaemon {
     pub fn browse_cache(&self, service_type: &str) -> Result<Receiver<ServiceEvent>> {
         check_domain_suffix(service_type)?;
 
-        let (resp_s, resp_r) = bounded(EVENT_CHANNEL_CAPACITY);
+        let (resp_s, resp_r) = bounded(BROWSE_CHANNEL_CAPACITY);
         self.send_cmd(Command::Browse(service_type.to_string(), 1, true, resp_s))?;
         Ok(resp_r)
     }
