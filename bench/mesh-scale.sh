@@ -11,6 +11,8 @@
 # crash and prints what it costs (MESH_FLOOD_WINDOW seconds, default 150).
 # MESH_FLOOD_DEAF=10 makes the first node's port 5353 deaf for 10 s from the
 # flood's start (as a responder that fell behind it).
+# MESH_CONSUMERS=16 runs the usual shape instead: 16 nodes only consume, the
+# others only provide (node ids put the consumers first in the ring).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESH_HOSTS=${1:-8,32,64} cargo test --release -q --test mesh_scale -- --ignored --exact scale --nocapture 2>&1 \

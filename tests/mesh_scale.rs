@@ -18,6 +18,14 @@
 //! `MESH_ARGS`: more arguments for every node, split at spaces, with
 //! `{ip}` standing for the host's address (`--advertise-addr {ip}`).
 //!
+//! `MESH_CONSUMERS` (default 0): the ambassador pattern's usual shape
+//! instead, this many of the N nodes only consuming (`--consume web:8080`,
+//! application hosts) and the others only providing, with node ids that
+//! put the consumers first in the ring (`c00`, `c01`..., then `p00`...):
+//! every consumer's ring successor is `p00`, and the joiner and the node
+//! killed are providers after providers. Join, leave and crash are then
+//! measured over the consumers' tables, the only ones there are.
+//!
 //! `MESH_FLOOD` (default 0, none): after the crash, a stranger on a host of
 //! its own announces this many dead `web` instances once and goes, as in
 //! `tests/hostile.rs` but seen by every node at once. Printed over the
@@ -95,10 +103,52 @@ fn env_or(name: &str, default: &str) -> String {
 /// One mesh-amb node of the benchmark and its instance name.
 struct Node {
     proc: Proc,
+    /// Empty for a node that only consumes.
     instance: String,
+    /// Whether it has a table: it consumes.
+    consumes: bool,
+}
+
+/// The nodes with a table: those that consume.
+fn tables(nodes: &[Node]) -> Vec<&Proc> {
+    nodes
+        .iter()
+        .filter(|x| x.consumes)
+        .map(|x| &x.proc)
+        .collect()
+}
+
+/// What each node of a run does: provide and consume (the default), or
+/// with `MESH_CONSUMERS` only one of them.
+#[derive(Clone, Copy)]
+enum Role {
+    Both,
+    Provider,
+    Consumer,
+}
+
+/// The role and `--node-id` of node `i` (the joiner is `n`) of `n`, the
+/// first `consumers` of them only consuming; `None`: a random id.
+fn role(i: usize, n: usize, consumers: usize) -> (Role, Option<String>) {
+    if consumers == 0 {
+        return (Role::Both, None);
+    }
+    if i < consumers {
+        return (Role::Consumer, Some(format!("c{i:02}")));
+    }
+    let provider = if i == n { 99 } else { i - consumers };
+    (Role::Provider, Some(format!("p{provider:02}")))
 }
 
 fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
+    let consumers: usize = env_or("MESH_CONSUMERS", "0")
+        .parse()
+        .expect("MESH_CONSUMERS: a count");
+    assert!(consumers < n, "MESH_CONSUMERS: fewer than the {n} nodes");
+    assert!(
+        consumers == 0 || flood.instances == 0,
+        "MESH_CONSUMERS and MESH_FLOOD: one at a time"
+    );
     let drops0 = softnet_drops();
     let neigh0 = neighbour_trouble();
     // The nodes, the joiner, and the stranger if there is a flood.
@@ -109,17 +159,21 @@ fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
     }
     let t_start = now();
     let mut nodes: Vec<Node> = Vec::new();
-    for h in &hosts[..n] {
-        nodes.push(start_node(h));
+    for (i, h) in hosts[..n].iter().enumerate() {
+        nodes.push(start_node(h, role(i, n, consumers)));
         std::thread::sleep(STAGGER);
     }
-    let all: HashSet<String> = nodes.iter().map(|x| x.instance.clone()).collect();
+    let all: HashSet<String> = nodes
+        .iter()
+        .filter(|x| !x.instance.is_empty())
+        .map(|x| x.instance.clone())
+        .collect();
     let full = wait_until(EVENT_DEADLINE, || {
-        nodes
+        tables(&nodes)
             .iter()
-            .all(|x| table(&x.proc.stderr()).is_superset(&all))
+            .all(|p| table(&p.stderr()).is_superset(&all))
     });
-    assert!(full, "the {n} tables never held all {n} instances");
+    assert!(full, "the tables never held all {} instances", all.len());
     let converged = now() - t_start;
     // Receive-buffer drops in all nodes' hosts at the end of each phase.
     let rcvbuf_sum = || hosts[..n].iter().map(udp_rcvbuf_errors).sum::<u64>();
@@ -146,9 +200,11 @@ fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
     let joiner_host = &hosts[n];
     let t0 = now();
     let mut phases = Vec::new();
-    let mut joiner = start_node(joiner_host);
-    let mut everyone: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
-    everyone.push(&joiner.proc);
+    let mut joiner = start_node(joiner_host, role(n, n, consumers));
+    let mut everyone = tables(&nodes);
+    if joiner.consumes {
+        everyone.push(&joiner.proc);
+    }
     let join = delays(&everyone, &joiner.instance, "backend joined", t0);
     rcvbuf_phases.push(("the join", rcvbuf_sum()));
     phases.push(("the join", t0, now()));
@@ -156,7 +212,7 @@ fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
     // Graceful leave: SIGTERM -> draining, then gone from every other table.
     let t0 = now();
     joiner.proc.signal(libc::SIGTERM);
-    let others: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
+    let others = tables(&nodes);
     let drain = delays(&others, &joiner.instance, "backend draining", t0);
     let leave = delays(&others, &joiner.instance, "backend left", t0);
     joiner.proc.wait_exit(EVENT_DEADLINE);
@@ -167,7 +223,7 @@ fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
     let mut victim = nodes.pop().unwrap();
     let t0 = now();
     victim.proc.kill();
-    let survivors: Vec<&Proc> = nodes.iter().map(|x| &x.proc).collect();
+    let survivors = tables(&nodes);
     let crash = delays(&survivors, &victim.instance, "backend left", t0);
     rcvbuf_phases.push(("the crash", rcvbuf_sum()));
     phases.push(("the crash", t0, now()));
@@ -207,7 +263,11 @@ fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
         }
     }
 
-    println!("--- {n} hosts (all tables full {converged:.1} s after the first start, starts {STAGGER:?} apart)");
+    let shape = match consumers {
+        0 => "each providing and consuming".to_owned(),
+        c => format!("{c} only consuming, {} only providing", n - c),
+    };
+    println!("--- {n} hosts, {shape} (all tables full {converged:.1} s after the first start, starts {STAGGER:?} apart)");
     summary("join: start -> in every table", join);
     summary("graceful leave -> draining everywhere", drain);
     summary("graceful leave -> gone everywhere (2 s drain)", leave);
@@ -524,19 +584,41 @@ fn serve_forever(host: &Host) {
     });
 }
 
-/// A node providing and consuming `web`, once it advertises.
-fn start_node(host: &Host) -> Node {
+/// A node providing `web`, consuming it or both (`role`), under node id
+/// `id` or a random one, once it advertises (or browses).
+fn start_node(host: &Host, (role, id): (Role, Option<String>)) -> Node {
     let bin = std::env::var("MESH_AMB_BIN").unwrap_or_else(|_| BIN.to_owned());
     let mut cmd = host.command(bin);
     let ip = host.ip.to_string();
-    cmd.args(["--provide", "web:7000", "--consume", "web:8080"])
-        .args(
-            env_or("MESH_ARGS", "")
-                .split_whitespace()
-                .map(|a| a.replace("{ip}", &ip)),
-        )
-        .env("RUST_LOG", env_or("MESH_LOG", "mesh_amb=info"));
+    let (provides, consumes) = match role {
+        Role::Both => (true, true),
+        Role::Provider => (true, false),
+        Role::Consumer => (false, true),
+    };
+    if provides {
+        cmd.args(["--provide", "web:7000"]);
+    }
+    if consumes {
+        cmd.args(["--consume", "web:8080"]);
+    }
+    if let Some(id) = id {
+        cmd.args(["--node-id", &id]);
+    }
+    cmd.args(
+        env_or("MESH_ARGS", "")
+            .split_whitespace()
+            .map(|a| a.replace("{ip}", &ip)),
+    )
+    .env("RUST_LOG", env_or("MESH_LOG", "mesh_amb=info"));
     let proc = host.spawn_cmd("mesh-amb", cmd);
+    if !provides {
+        wait_log(&proc, "mDNS discovery started");
+        return Node {
+            proc,
+            instance: String::new(),
+            consumes,
+        };
+    }
     wait_log(&proc, ADVERTISING);
     let instance = proc
         .stderr()
@@ -545,7 +627,11 @@ fn start_node(host: &Host) -> Node {
         .and_then(instance_of)
         .expect("the instance name in the log")
         .to_owned();
-    Node { proc, instance }
+    Node {
+        proc,
+        instance,
+        consumes,
+    }
 }
 
 /// `instance=NAME` of a log line.
