@@ -48,8 +48,19 @@ fn serve(host: &Host) {
 
 /// A node providing and consuming `web`, and its instance name.
 fn node(host: &Host) -> (Proc, String) {
+    advertising(host, &["--provide", "web:7000", "--consume", "web:8080"])
+}
+
+/// A node providing `web` and consuming nothing, under node id `id`, and
+/// its instance name.
+fn provider_only(host: &Host, id: &str) -> (Proc, String) {
+    advertising(host, &["--provide", "web:7000", "--node-id", id])
+}
+
+/// `mesh-amb ARGS` in `host`, once it advertises `web`, and its instance.
+fn advertising(host: &Host, args: &[&str]) -> (Proc, String) {
     serve(host);
-    let p = amb(host, &["--provide", "web:7000", "--consume", "web:8080"]);
+    let p = amb(host, args);
     wait_log(&p, ADVERTISING);
     let instance = p
         .stderr()
@@ -321,22 +332,6 @@ fn a_node_that_crashes_young_leaves_every_table_within_seconds() {
     );
 }
 
-/// A node providing `web` and consuming nothing, under node id `id`, and
-/// its instance name.
-fn provider_only(host: &Host, id: &str) -> (Proc, String) {
-    serve(host);
-    let p = amb(host, &["--provide", "web:7000", "--node-id", id]);
-    wait_log(&p, ADVERTISING);
-    let instance = p
-        .stderr()
-        .lines()
-        .find(|l| l.contains(ADVERTISING))
-        .and_then(|l| log_field(l, "instance"))
-        .expect("instance in the log")
-        .to_owned();
-    (p, instance)
-}
-
 /// The usual ambassador shape: an application host that only consumes and
 /// service hosts that only provide. In the ring by node id the consumer
 /// (`amb-a`, which no one sees: it announces nothing) watches `amb-b`, and
@@ -394,25 +389,7 @@ fn a_node_that_only_provides_answers_a_goodbye_in_its_name() {
     let (target, instance) = provider_only(h1, "amb-p");
     let consumer = amb(h2, &["--consume", "web:8080"]);
     wait_until(DEADLINE, || has(&consumer, "backend joined", &instance) > 0);
-    let packet = goodbye(&instance);
-    let sock = h3.enter(|| UdpSocket::bind("0.0.0.0:0").unwrap());
-    let mut said: Option<Instant> = None;
-    let defended = wait_until(DEADLINE, || {
-        if said.is_none_or(|t| t.elapsed() > FORGE_AGAIN) {
-            sock.send_to(&packet, "224.0.0.251:5353").unwrap();
-            said = Some(Instant::now());
-        }
-        target.stderr().contains("announcing it again")
-    });
-    assert!(
-        defended,
-        "the provider did not defend its instance:\n{}",
-        target.output_tail(20)
-    );
-    let back = wait_until(DEADLINE, || {
-        has(&consumer, "backend joined", &instance) > has(&consumer, "backend left", &instance)
-    });
-    assert!(back, "{}", consumer.output_tail(20));
+    goodbye_answered(&target, &instance, &consumer, h3);
 }
 
 /// Waits until both `nodes` dropped `gone`, within `within` of `t0` when it
@@ -804,29 +781,8 @@ fn a_live_node_answers_a_goodbye_in_its_name() {
     let (target, instance) = node(h1);
     let consumer = amb(h2, &["--consume", "web:8080"]);
     wait_until(DEADLINE, || has(&consumer, "backend joined", &instance) > 0);
-    // A stranger on h3 says the goodbye of h1's live instance, again
-    // every couple of seconds: one said while h1's start-up announcements
-    // still repeat is overtaken by the next of them.
+    let sock = goodbye_answered(&target, &instance, &consumer, h3);
     let packet = goodbye(&instance);
-    let sock = h3.enter(|| UdpSocket::bind("0.0.0.0:0").unwrap());
-    let mut said: Option<Instant> = None;
-    let defended = wait_until(DEADLINE, || {
-        if said.is_none_or(|t| t.elapsed() > FORGE_AGAIN) {
-            sock.send_to(&packet, "224.0.0.251:5353").unwrap();
-            said = Some(Instant::now());
-        }
-        target.stderr().contains("announcing it again")
-    });
-    assert!(
-        defended,
-        "h1 did not defend its instance:\n{}",
-        target.output_tail(20)
-    );
-    // Whether the consumer dropped it for a moment or not, it has it.
-    let back = wait_until(DEADLINE, || {
-        has(&consumer, "backend joined", &instance) > has(&consumer, "backend left", &instance)
-    });
-    assert!(back, "{}", consumer.output_tail(20));
 
     // A flood of forged goodbyes is not a flood of announcements: mdns-sd
     // reports the removal of a record once, not once per goodbye (measured:
@@ -857,6 +813,34 @@ fn a_live_node_answers_a_goodbye_in_its_name() {
         defences <= MAX_DEFENCES,
         "{defences} announcements for {forged} forged goodbyes"
     );
+}
+
+/// A stranger on `host` says the goodbye of `target`'s live `instance`,
+/// again every couple of seconds (one said while the target's start-up
+/// announcements still repeat is overtaken by the next of them), until
+/// the target announces it again; then `consumer` has it, whether it
+/// dropped it for a moment or not. The stranger's socket.
+fn goodbye_answered(target: &Proc, instance: &str, consumer: &Proc, host: &Host) -> UdpSocket {
+    let packet = goodbye(instance);
+    let sock = host.enter(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let mut said: Option<Instant> = None;
+    let defended = wait_until(DEADLINE, || {
+        if said.is_none_or(|t| t.elapsed() > FORGE_AGAIN) {
+            sock.send_to(&packet, "224.0.0.251:5353").unwrap();
+            said = Some(Instant::now());
+        }
+        target.stderr().contains("announcing it again")
+    });
+    assert!(
+        defended,
+        "{instance} was not defended:\n{}",
+        target.output_tail(20)
+    );
+    let back = wait_until(DEADLINE, || {
+        has(consumer, "backend joined", instance) > has(consumer, "backend left", instance)
+    });
+    assert!(back, "{}", consumer.output_tail(20));
+    sock
 }
 
 /// How long the goodbye flood lasts, and the most announcements it may
