@@ -1465,6 +1465,52 @@ fn a_provider_only_node_does_not_browse() {
     );
 }
 
+/// How long a node that went back to listening is watched for a query: an
+/// active browse restarted by the reload would query at once and again 1,
+/// 3 and 7 s later.
+const LISTENING_FOR: Duration = Duration::from_secs(10);
+
+/// A node that only provides listens to the link without a query; a reload
+/// that makes it consume a discovered service makes it browse, and one that
+/// takes that away makes it a listener again: its queries stop.
+#[test]
+fn a_provider_that_stops_consuming_stops_asking() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let _redis = redis(h1, 7000);
+    let ip: std::net::IpAddr = h1.ip.into();
+    let file = h1.dir().join("amb.toml");
+    let only_provides = "provide = [\"api:7000\"]\n";
+    std::fs::write(&file, only_provides).unwrap();
+    let provider = amb(h1, &["--config", file.to_str().unwrap()]);
+    wait_log(&provider, "local service answers: advertising");
+    let restarts = || log_lines(&provider, &["the consumed services changed"]);
+
+    std::fs::write(&file, format!("{only_provides}consume = [\"web:8081\"]\n")).unwrap();
+    provider.signal(libc::SIGHUP);
+    let asked = sniff(h2, DEADLINE, |seen| browses(&sent_by(seen, ip)) > 0);
+    assert!(
+        browses(&sent_by(&asked, ip)) > 0,
+        "the node that now consumes never browsed:\n{}",
+        provider.output_tail(20)
+    );
+
+    std::fs::write(&file, only_provides).unwrap();
+    provider.signal(libc::SIGHUP);
+    assert!(
+        wait_until(DEADLINE, || restarts() >= 2),
+        "{}",
+        provider.output_tail(20)
+    );
+    let quiet = sniff(h2, LISTENING_FOR, |_| false);
+    assert_eq!(
+        browses(&sent_by(&quiet, ip)),
+        0,
+        "the node that no longer consumes still browses: {:?}",
+        sent_by(&quiet, ip).questions
+    );
+}
+
 /// When a cached record reaches 80 % of its TTL, mdns-sd asks for it
 /// again (RFC 6762 §5.2): 96 s after it heard a provider's 120 s host
 /// records, every consumer on the link would query for them in the same
