@@ -1183,6 +1183,10 @@ struct Zeroconf {
     /// Active "Browse" commands.
     service_queriers: HashMap<String, Sender<ServiceEvent>>, // <ty_domain, channel::sender>
 
+    /// mesh-amb's patch (see PATCHED.md): the types in `service_queriers`
+    /// browsed by `browse_cache`, for which the daemon sends no query.
+    cache_only_types: HashSet<String>,
+
     /// Active "ResolveHostname" commands.
     ///
     /// The timestamps are set at the future timestamp when the command should timeout.
@@ -1442,6 +1446,7 @@ impl Zeroconf {
             dns_registry_map,
             hostname_resolvers: HashMap::new(),
             service_queriers: HashMap::new(),
+            cache_only_types: HashSet::new(),
             retransmissions: Vec::new(),
             delayed_responses: Vec::new(),
             counters: HashMap::new(),
@@ -1494,6 +1499,7 @@ impl Zeroconf {
     }
 
     fn remove_service_subscription(&mut self, ty_domain: &str) -> Option<Sender<ServiceEvent>> {
+        self.cache_only_types.remove(ty_domain);
         let sender = self.service_queriers.remove(ty_domain);
         self.clear_service_retransmissions(ty_domain);
         sender
@@ -2361,6 +2367,9 @@ impl Zeroconf {
         // address records from being attributed to the new interface.
         if let Some(my_intf) = self.my_intfs.get(&if_index) {
             for ty in self.service_queriers.keys() {
+                if self.cache_only_types.contains(ty) {
+                    continue;
+                }
                 self.send_query_on_intf(ty, RRType::PTR, my_intf);
             }
         }
@@ -4061,6 +4070,11 @@ impl Zeroconf {
             //
             // If there is already a `listener`, it will be updated, i.e. overwritten.
             self.service_queriers.insert(ty.clone(), listener.clone());
+            if cache_only {
+                self.cache_only_types.insert(ty.clone());
+            } else {
+                self.cache_only_types.remove(&ty);
+            }
             let now = Instant::now();
             self.query_cache_for_service(&ty, &listener, now);
             if !self.service_live(&ty, &listener) {
@@ -4178,7 +4192,13 @@ impl Zeroconf {
     }
 
     fn exec_command_resolve(&mut self, instance: String, try_count: u16) {
-        let pending_query = self.query_unresolved(&instance);
+        // mesh-amb's patch (see PATCHED.md): an instance of a cache-only
+        // browse is resolved by what the link announces, never asked for.
+        let cache_only = self
+            .cache_only_types
+            .iter()
+            .any(|ty| instance.ends_with(ty.as_str()));
+        let pending_query = !cache_only && self.query_unresolved(&instance);
         if pending_query && try_count < RESOLVE_MAX_TRY {
             // Note that if the current try already succeeds, the next retransmission
             // will be no-op as the cache has been updated.
@@ -4410,6 +4430,11 @@ impl Zeroconf {
         let mut query_addr_count = 0;
 
         for ty_domain in self.service_queriers.keys() {
+            // mesh-amb's patch (see PATCHED.md): a cache-only browse asks
+            // nothing, not even for its records near their end.
+            if self.cache_only_types.contains(ty_domain) {
+                continue;
+            }
             let refreshed_timers = self.cache.refresh_due_ptr(ty_domain);
             if !refreshed_timers.is_empty() {
                 trace!("sending refresh query for PTR: {}", ty_domain);
