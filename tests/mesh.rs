@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mesh_amb_lab::{start_avahi_many, wait_for, wait_until, AvahiOptions, Host, Lab, Proc};
+use mesh_amb_lab::{
+    start_avahi_many, wait_for, wait_until, AvahiOptions, FakeInstance, Host, Lab, Proc, Rogue,
+};
 
 mod common;
 
@@ -1425,7 +1427,7 @@ fn dns_name(pkt: &[u8], mut at: usize) -> Option<(String, usize)> {
 }
 
 #[test]
-fn a_provider_only_node_does_not_browse() {
+fn a_provider_only_node_listens_without_a_query() {
     let lab = Lab::new(3);
     let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
     let _redis = redis(h1, 7000);
@@ -1511,6 +1513,102 @@ fn a_provider_that_stops_consuming_stops_asking() {
     );
 }
 
+/// Room for the full watch of a node (30 s after it was seen) and for its
+/// verdict on a silent one (up to an 18 s wait for a late beat, five
+/// misses and the ring link's 15 s wait for an echo) on a loaded machine.
+const WATCH_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a cut node stays cut after it left the tables (see
+/// `a_listener_that_sees_a_dead_node_return_asks_the_link_once`).
+const CUT_HELD: Duration = Duration::from_secs(5);
+
+/// A node that only provides watches its ring successor like any other;
+/// when it declared that node dead (nothing came out of its host: the
+/// goodbye took it out of every table) and the node answers again, it
+/// asks the link once, so that the node answers for every cache. The
+/// node's own answer to the goodbye was lost in the cut, and it saw
+/// nothing wrong itself (it heard its watcher all along), so without that
+/// question it would come back only at its next refresh, up to 80 s
+/// later. Its one question: a listener asks nothing otherwise. (Should
+/// that refresh come in the few seconds between the heal and the
+/// listener's next probe, about one run in ten, the node is back before
+/// the listener sees it answer, and nothing need be asked: that passes
+/// too, with the feature or without.)
+#[test]
+fn a_listener_that_sees_a_dead_node_return_asks_the_link_once() {
+    let lab = Lab::new(4);
+    let (h1, h2, h3, h4) = (
+        lab.host("h1"),
+        lab.host("h2"),
+        lab.host("h3"),
+        lab.host("h4"),
+    );
+    let (_r2, _r3) = (redis(h2, 7000), redis(h3, 7000));
+    let consumer = amb(h1, &["--consume", "web:8080", "--node-id", "amb-a"]);
+    let watcher = amb(h2, &["--provide", "web:7000", "--node-id", "amb-b"]);
+    wait_log(&watcher, "local service answers: advertising");
+    let cut = amb(h3, &["--provide", "web:7000", "--node-id", "amb-c"]);
+    wait_log(&cut, "local service answers: advertising");
+    let instance = "instance=web@amb-c._amb._tcp.local.";
+    let in_table = || {
+        log_lines(&consumer, &["backend joined", instance])
+            > log_lines(&consumer, &["backend left", instance])
+    };
+    assert!(
+        wait_until(DEADLINE, in_table),
+        "{}",
+        consumer.output_tail(20)
+    );
+    // The full watch, past the young node's 30 s (witness::WATCH_AFTER).
+    let watching = ["witness: watching", "node=\"amb-c\"", "linked=true"];
+    assert!(
+        wait_until(WATCH_DEADLINE, || log_lines(&watcher, &watching) > 0),
+        "{}",
+        watcher.output_tail(20)
+    );
+
+    let firewall = |op: &str| {
+        for tables in ["iptables", "ip6tables"] {
+            h3.run_ok(tables, [op, "OUTPUT", "-o", "eth0", "-j", "DROP"]);
+        }
+    };
+    firewall("-I");
+    let said = ["goodbye sent", "node=\"amb-c\""];
+    assert!(
+        wait_until(WATCH_DEADLINE, || log_lines(&watcher, &said) > 0),
+        "the cut node was never declared dead:\n{}",
+        watcher.output_tail(20)
+    );
+    assert!(
+        wait_until(DEADLINE, || !in_table()),
+        "{}",
+        consumer.output_tail(20)
+    );
+    // Scenario time: the cut outlasts the node's own answer to the
+    // goodbye (announced twice, a second apart), which it loses.
+    std::thread::sleep(CUT_HELD);
+    firewall("-D");
+    let ip: std::net::IpAddr = h2.ip.into();
+    let refreshed = || log_lines(&watcher, &["answers again and was found again"]) > 0;
+    let asked = sniff(h4, DEADLINE, |seen| {
+        browses(&sent_by(seen, ip)) > 0 || refreshed()
+    });
+    let asked = browses(&sent_by(&asked, ip)) > 0;
+    eprintln!(
+        "the listener asked: {asked}; the node's refresh came first: {}",
+        refreshed()
+    );
+    assert!(
+        asked || refreshed(),
+        "the listener did not ask when the node came back:\n{}",
+        watcher.output_tail(20)
+    );
+    assert!(
+        wait_until(DEADLINE, in_table),
+        "the node that came back is not in the table:\n{}",
+        consumer.output_tail(20)
+    );
+}
+
 /// When a cached record reaches 80 % of its TTL, mdns-sd asks for it
 /// again (RFC 6762 §5.2): 96 s after it heard a provider's 120 s host
 /// records, every consumer on the link would query for them in the same
@@ -1518,7 +1616,9 @@ fn a_provider_that_stops_consuming_stops_asking() {
 /// (`mdns::REFRESH_EVERY`), so an idle consumer asks nothing about it and
 /// still holds it; in one packet per interface, where mdns-sd announces
 /// twice per family. The provider, which listens to the link for the
-/// witness ring, asks nothing either.
+/// witness ring, asks nothing either, not even about a stranger's
+/// instances that went silent (its cache would ask for their records from
+/// 96 s on, four rounds: `vendor/mdns-sd/PATCHED.md`, change 4).
 #[test]
 fn an_idle_consumer_never_asks_again_for_a_live_providers_records() {
     /// mdns-sd's first refresh query, after the records were heard, and
@@ -1526,12 +1626,22 @@ fn an_idle_consumer_never_asks_again_for_a_live_providers_records() {
     const CACHES_ASK_AT: Duration = Duration::from_secs(96);
     const RETRIES: Duration = Duration::from_secs(14);
     const REFRESHED: &str = "announcing again before caches query for it";
-    let lab = Lab::new(3);
-    let (h1, h2, h3) = (lab.host("h1"), lab.host("h2"), lab.host("h3"));
+    let lab = Lab::new(4);
+    let (h1, h2, h3, h4) = (
+        lab.host("h1"),
+        lab.host("h2"),
+        lab.host("h3"),
+        lab.host("h4"),
+    );
     let _redis = redis(h1, 7000);
     let provider = amb(h1, &["--provide", "api:7000", "--node-id", "prov1"]);
     let consumer = amb(h3, &["--consume", "api:8080"]);
     wait_log(&consumer, "backend joined");
+    // Announced once, then silent: gone from the link, not from caches.
+    let silent = FakeInstance::many("gone", 5, "web", 20_000, h4.ip.into());
+    let rogue = Rogue::start(h4, silent);
+    assert!(wait_until(DEADLINE, || rogue.rounds() >= 1));
+    drop(rogue);
     let joined = Instant::now();
     let consumer_ip: std::net::IpAddr = h3.ip.into();
     let seen = sniff(h2, CACHES_ASK_AT + RETRIES + DEADLINE, |_| {

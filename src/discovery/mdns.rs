@@ -92,6 +92,11 @@ const REBROWSE_AFTER_REMOVAL: Duration = Duration::from_secs(1);
 /// Random spread added to [`REBROWSE_AFTER_REMOVAL`], so nodes that
 /// verified the same instance do not query in step.
 const REBROWSE_JITTER: Duration = Duration::from_secs(2);
+/// How long the one browse that queries of a node that only listens lasts
+/// (see [`browse`]): its first query goes out within 120 ms of its start
+/// (RFC 6762 §5.2), the answers within about 120 ms more, and its second
+/// query would go a second after the first.
+const ASK_ONCE_FOR: Duration = Duration::from_millis(900);
 /// How long after a flood its clearing comes at the soonest, and the
 /// random spread added (see [`after_a_flood`]). mdns-sd first asks about
 /// a record 96 s after it came (at 80 % of its 2 minutes), so nothing is
@@ -815,7 +820,9 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 ///
 /// A node that consumes no discovered service (a provider only) sends no
 /// query for the type: it browses mdns-sd's cache alone, which keeps what
-/// the link announces unasked. Every mesh node announces its instances
+/// the link announces unasked (the vendored mdns-sd sends no query for
+/// such a browse, not even for records near their end:
+/// vendor/mdns-sd/PATCHED.md). Every mesh node announces its instances
 /// when it starts, again every 60-80 s ([`REFRESH_EVERY`]) and says its
 /// goodbyes, so the listener knows the ring within 80 s of its start (a
 /// node that joins later at once) and watches its successor like any
@@ -823,11 +830,11 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// provided was watched by nobody, and stayed in every table for its
 /// records' TTL after a crash. It also hears a goodbye said in its own
 /// name, and announces again at once. It never restarts to reset the
-/// queries' back-off or to make the link answer (there is no query), so
-/// its replay is never whole either: nothing to defend or sweep. What it
-/// may still send about the type is mdns-sd's query for a cached record
-/// near its expiry that nobody announced again (a third-party instance's;
-/// a mesh node's refresh comes before that point).
+/// queries' back-off, so its replay is never whole either: nothing to
+/// defend or sweep. Its one question: when a node it had declared dead
+/// answers again (its goodbye took it out of every table), it browses
+/// with a query for `ASK_ONCE_FOR`, so that the node answers for every
+/// cache, and listens again.
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,
@@ -853,8 +860,12 @@ pub async fn browse(
     // instance resolves again first (see REMOVAL_GRACE), or held for the
     // link.
     let mut pending = Removals::default();
-    let mut desync_at =
-        Some(Instant::now() + DESYNC_AFTER + DESYNC_SPREAD.mul_f64(fastrand::f64()));
+    // Set at the first browse of a node that consumes (a listener's
+    // queries are not periodic).
+    let mut desync_at: Option<Instant> = None;
+    let mut desync_armed = false;
+    // Whether the next browse of a listener asks, once.
+    let mut ask_once = false;
     let mut sweep_next = false;
     let mut replay = Replay::default();
     let mut asking = Reconfirms::default();
@@ -884,8 +895,16 @@ pub async fn browse(
             .cloned()
             .collect();
         // A node that consumes nothing discovered only listens (see
-        // above): it asks the link nothing.
-        let passive = services.is_empty();
+        // above): it asks the link nothing, but once when a node it found
+        // dead answers again.
+        let listening = services.is_empty();
+        let passive = listening && !std::mem::take(&mut ask_once);
+        let back_to_listening = (listening && !passive).then(|| Instant::now() + ASK_ONCE_FOR);
+        if !listening && !desync_armed {
+            desync_armed = true;
+            desync_at =
+                Some(Instant::now() + DESYNC_AFTER + DESYNC_SPREAD.mul_f64(fastrand::f64()));
+        }
         let browsing = if passive {
             mdns.daemon.browse_cache(SERVICE_TYPE)
         } else {
@@ -913,7 +932,16 @@ pub async fn browse(
         let mut reopen_at: Option<Instant> = None;
         let started = Instant::now();
         let fresh = std::mem::take(&mut cleared);
-        replay.start(std::mem::take(&mut sweep_next), fresh);
+        // The cache's `SearchStopped` has not come yet (a listener's).
+        let mut cache_replayed = !passive;
+        if passive {
+            // A listener's replay is never whole (one `SearchStarted`), so
+            // it keeps no state; a sweep owed waits for a browse that
+            // queries.
+            sweep_next |= replay.take().sweep;
+        } else {
+            replay.start(std::mem::take(&mut sweep_next), fresh);
+        }
         // A replay with events dropped is incomplete: no sweep after it
         // (the mesh nodes it lacked are checked instead).
         let dropped_before = stats.events_dropped.load(Ordering::Relaxed);
@@ -935,7 +963,7 @@ pub async fn browse(
                 ev = fwd.events.recv(), if !ended => match ev {
                     // A browse of the cache says it stopped once it has
                     // replayed it, and goes on listening.
-                    Some(ServiceEvent::SearchStopped(_)) if passive => {}
+                    Some(ServiceEvent::SearchStopped(_)) if passive => cache_replayed = true,
                     Some(ServiceEvent::SearchStopped(_)) | None => {
                         ended = true;
                         // Whichever restart comes next sweeps.
@@ -988,6 +1016,11 @@ pub async fn browse(
                     aim.follow(ctx.ring);
                 }
                 _ = sleep_until_some(reopen_at) => continue 'browse,
+                _ = sleep_until_some(back_to_listening) => {
+                    debug!("asked the link once; listening again");
+                    backlog = ctx.drain(&mut fwd).await;
+                    continue 'browse;
+                }
                 // The replay of a browse that ended is not whole.
                 _ = sleep_until_some(replay.due()), if !ended => {
                     let Whole { seen, sweep: to_sweep } = replay.take();
@@ -1074,7 +1107,7 @@ pub async fn browse(
                     // and before the next browse starts.
                     let took = match mdns.daemon.stop_browse(SERVICE_TYPE) {
                         Ok(()) => {
-                            if !ctx.ended(&mut fwd.events, &stop).await {
+                            if !ctx.ended(&mut fwd.events, !cache_replayed, &stop).await {
                                 debug!("the clearing saw no end of the browse: mdns-sd had ended it, or its events outlasted the wait");
                             }
                             true
@@ -1133,12 +1166,13 @@ pub async fn browse(
                     backlog = ctx.drain(&mut fwd).await;
                     continue 'browse;
                 }
-                _ = sleep_until_some(next_rebrowse), if !passive => {
+                _ = sleep_until_some(next_rebrowse) => {
                     next_rebrowse = None;
                     if clearing_instead(&fwd.crowded, &mut clearing, false) {
                         continue;
                     }
                     debug!("restarting the browse to find an instance again");
+                    ask_once = passive;
                     backlog = ctx.drain(&mut fwd).await;
                     continue 'browse;
                 }
@@ -1349,15 +1383,22 @@ impl Browsing<'_> {
     /// whether it said it was stopped. mdns-sd says `SearchStopped` to the
     /// browse it ends, and nothing to one it had already ended (its
     /// channel full); the vendored mdns-sd clears the cache either way
-    /// (vendor/mdns-sd/PATCHED.md).
+    /// (vendor/mdns-sd/PATCHED.md). A browse of the cache alone says it
+    /// first when its replay is over: with `replay_stop_due` that one is
+    /// still to come, and does not count.
     async fn ended(
         &mut self,
         events: &mut mpsc::Receiver<ServiceEvent>,
+        mut replay_stop_due: bool,
         stop: &CancellationToken,
     ) -> bool {
         let ended = async {
             loop {
                 match events.recv().await {
+                    // A browse of the cache says so once its replay is over.
+                    Some(ServiceEvent::SearchStopped(_)) if replay_stop_due => {
+                        replay_stop_due = false;
+                    }
                     Some(ServiceEvent::SearchStopped(_)) => return true,
                     Some(ev) => self.event(ev),
                     None => return false,

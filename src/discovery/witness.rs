@@ -64,7 +64,8 @@
 //! 80 s), and browsers query only as their back-off allows (up to an
 //! hour). So the node that sees it return restarts its browse (the
 //! query carries the known answers, so only the missing responders answer,
-//! by multicast, which every browser hears) and announces its own
+//! by multicast, which every browser hears; a node that only provides
+//! asks this once and listens again) and announces its own
 //! instances once: it cannot tell which side of the cut it was on, and if
 //! it was the one cut off the others have dropped it.
 //!

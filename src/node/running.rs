@@ -87,7 +87,8 @@ pub(super) struct Running {
     mdns: Option<Arc<Mdns>>,
     suspects: Arc<Suspects>,
     /// Waits for the browse, which starts with the first discovered
-    /// consume (a provider-only node would only add queries to the LAN).
+    /// consume or provide (a provider only listens: see
+    /// [`mdns::browse`]).
     suspects_rx: Option<mpsc::Receiver<String>>,
     /// Settings and connection limit of the consume listeners.
     local: Shared,
