@@ -22,9 +22,12 @@
 //! instead, this many of the N nodes only consuming (`--consume web:8080`,
 //! application hosts) and the others only providing, with node ids that
 //! put the consumers first in the ring (`c00`, `c01`..., then `p00`...):
-//! every consumer's ring successor is `p00`, and the joiner and the node
-//! killed are providers after providers. Join, leave and crash are then
-//! measured over the consumers' tables, the only ones there are.
+//! every consumer's ring successor is `p00`, and the joiner (`pz`) and the
+//! node killed are providers after providers. Ids in start order make
+//! each provider's successor one started after it, whose announcements it
+//! heard: a provider learns the nodes started before it only from their
+//! next refresh (within 80 s). Join, leave and crash are then measured
+//! over the consumers' tables, the only ones there are.
 //!
 //! `MESH_FLOOD` (default 0, none): after the crash, a stranger on a host of
 //! its own announces this many dead `web` instances once and goes, as in
@@ -136,8 +139,13 @@ fn role(i: usize, n: usize, consumers: usize) -> (Role, Option<String>) {
     if i < consumers {
         return (Role::Consumer, Some(format!("c{i:02}")));
     }
-    let provider = if i == n { 99 } else { i - consumers };
-    (Role::Provider, Some(format!("p{provider:02}")))
+    // The joiner last in the ring, whatever the count.
+    let id = if i == n {
+        "pz".to_owned()
+    } else {
+        format!("p{:02}", i - consumers)
+    };
+    (Role::Provider, Some(id))
 }
 
 fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
