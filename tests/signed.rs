@@ -260,6 +260,14 @@ fn a_signed_provider_serves_a_consumer_with_the_key() {
         keyed.output_tail(20)
     );
     assert_eq!(log_lines(&keyed, &[IGNORING]), 0, "{}", keyed.stderr());
+    // The provider listens too, and hears its own record, at first at
+    // times with its loopback addresses alone: not a stranger's copy.
+    assert_eq!(
+        log_lines(&provider, &[IGNORING]),
+        0,
+        "{}",
+        provider.stderr()
+    );
 }
 
 #[test]

@@ -1306,6 +1306,7 @@ impl Browsing<'_> {
                     self.tls,
                     self.verifier.as_deref_mut(),
                     self.stats,
+                    self.mdns.announces(&r.fullname),
                 );
                 match seen {
                     Ok(peer) => {
@@ -1710,6 +1711,7 @@ fn resolved(
     tls: TlsUse,
     verifier: Option<&mut Verifier>,
     stats: &DiscoveryStats,
+    ours: bool,
 ) -> Result<Vec<PeerAddr>, Unused> {
     let keyed = verifier.is_some();
     let txt_bytes = advert::txt_len(r.get_properties().iter().map(|p| (p.key(), p.val())));
@@ -1746,6 +1748,12 @@ fn resolved(
         // The tables keep what was last verified (until its seal expires):
         // a forged or replayed copy of a real instance's record must not
         // take it away either.
+        // Our own record, heard first with our loopback addresses alone
+        // (a node that only provides, just started): its next copy counts.
+        Some(Err(Reject::ForeignAddress)) if ours => {
+            debug!(instance = %r.fullname, "our own record came without a signed address; waiting for the next");
+            return Err(Unused::Stale);
+        }
         Some(Err(why)) => {
             stats.ignore(counter(stats, why), &r.fullname, why.reason());
             return Err(match why {
