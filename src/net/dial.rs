@@ -144,9 +144,10 @@ async fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStrea
 }
 
 /// `e`, or [`DialError::Unlinked`] when this host's link towards every one
-/// of `addrs` is down ([`super::route`]). A refusal or a reset came from
-/// the backend, so the link worked, and running out of descriptors or
-/// memory stays that; any other error is looked into.
+/// of `addrs` is down, or was a moment ago ([`super::route`]: a dial begun
+/// while it was down can fail once it is back). A refusal or a reset came
+/// from the backend, so the link worked, and running out of descriptors
+/// or memory stays that; any other error is looked into.
 fn ours_if_unlinked(e: DialError, addrs: &[SocketAddr]) -> DialError {
     let io = e.io();
     let told_by_peer = matches!(
@@ -154,7 +155,7 @@ fn ours_if_unlinked(e: DialError, addrs: &[SocketAddr]) -> DialError {
         io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
     );
     let shortage = is_local(io) && io.raw_os_error() != Some(libc::EADDRNOTAVAIL);
-    if told_by_peer || shortage || !super::route::no_link_towards_any(addrs) {
+    if told_by_peer || shortage || !super::route::no_link_lately_towards_any(addrs) {
         return e;
     }
     match e {

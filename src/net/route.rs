@@ -18,6 +18,7 @@
 //! ports are up, a default route through another interface): those dials
 //! are blamed on the backend, as before.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,6 +33,20 @@ const FRESH_FOR: Duration = Duration::from_millis(250);
 /// The last reading of the interfaces, and when it was taken.
 static READ: Mutex<Option<(Instant, Vec<Interface>)>> = Mutex::new(None);
 
+/// How long after this host's link towards an address was last found down
+/// a dial there that fails is still this host's doing
+/// ([`no_link_lately_towards_any`]): a dial begun while the link was down
+/// (a held client dials again once a second) can fail once it is back,
+/// when the neighbour resolution it started gives up (three probes a
+/// second apart): `No route to host` 60 ms after the link's return, seen
+/// in the test suite, ejected the backend.
+const SETTLES_WITHIN: Duration = Duration::from_secs(5);
+/// Most addresses remembered as found unlinked: a host's backends.
+const SEEN_DOWN_MOST: usize = 1024;
+
+/// When this host's link towards each address was last found down.
+static SEEN_DOWN: Mutex<Option<HashMap<IpAddr, Instant>>> = Mutex::new(None);
+
 /// Whether this host's link towards every one of `addrs` is down (and
 /// there is at least one). Anything this cannot tell (out of descriptors,
 /// interfaces unreadable) counts as a link.
@@ -42,7 +57,42 @@ pub fn no_link_towards_any(addrs: &[SocketAddr]) -> bool {
     let Some(interfaces) = interfaces() else {
         return false;
     };
-    addrs.iter().all(|a| unlinked(*a, &interfaces))
+    let down = addrs.iter().all(|a| unlinked(*a, &interfaces));
+    if down {
+        let now = Instant::now();
+        let mut seen = SEEN_DOWN.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = seen.get_or_insert_with(HashMap::new);
+        if seen.len() + addrs.len() > SEEN_DOWN_MOST {
+            seen.retain(|_, at| now.duration_since(*at) < SETTLES_WITHIN);
+        }
+        for a in addrs {
+            if seen.len() < SEEN_DOWN_MOST || seen.contains_key(&a.ip()) {
+                seen.insert(a.ip(), now);
+            }
+        }
+    }
+    down
+}
+
+/// Whether this host's link towards every one of `addrs` is down, or was
+/// found down less than `SETTLES_WITHIN` ago: what a failed dial asks.
+pub fn no_link_lately_towards_any(addrs: &[SocketAddr]) -> bool {
+    // (Just after boot, nothing can be that old.)
+    let since = Instant::now().checked_sub(SETTLES_WITHIN);
+    no_link_towards_any(addrs) || since.is_some_and(|s| found_down_since(addrs, s))
+}
+
+/// Whether the link towards every one of `addrs` (at least one) was found
+/// down at `since` or later.
+fn found_down_since(addrs: &[SocketAddr], since: Instant) -> bool {
+    let seen = SEEN_DOWN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(seen) = seen.as_ref() else {
+        return false;
+    };
+    !addrs.is_empty()
+        && addrs
+            .iter()
+            .all(|a| seen.get(&a.ip()).is_some_and(|at| *at >= since))
 }
 
 /// Whether this host's link towards `addr` is down (see
@@ -141,6 +191,28 @@ mod tests {
         assert!(!no_link_towards("127.0.0.1:9".parse().unwrap()));
         assert!(!no_link_towards("[::1]:9".parse().unwrap()));
         assert!(!no_link_towards_any(&[]));
+    }
+
+    #[test]
+    fn a_link_found_down_counts_for_a_while_for_its_addresses_only() {
+        let before = Instant::now();
+        let (down, other): (SocketAddr, SocketAddr) = (
+            "192.0.2.7:9".parse().unwrap(),
+            "192.0.2.8:9".parse().unwrap(),
+        );
+        SEEN_DOWN
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(down.ip(), Instant::now());
+        assert!(found_down_since(&[down], before));
+        assert!(!found_down_since(&[down, other], before));
+        assert!(!found_down_since(&[other], before));
+        assert!(!found_down_since(&[], before));
+        assert!(!found_down_since(
+            &[down],
+            Instant::now() + Duration::from_secs(1)
+        ));
     }
 
     #[test]
