@@ -1536,12 +1536,9 @@ const CUT_HELD: Duration = Duration::from_secs(5);
 #[test]
 fn a_listener_that_sees_a_dead_node_return_asks_the_link_once() {
     let lab = Lab::new(4);
-    let (h1, h2, h3, h4) = (
-        lab.host("h1"),
-        lab.host("h2"),
-        lab.host("h3"),
-        lab.host("h4"),
-    );
+    let [h1, h2, h3, h4] = lab.hosts() else {
+        unreachable!("a lab of four hosts")
+    };
     let (_r2, _r3) = (redis(h2, 7000), redis(h3, 7000));
     let consumer = amb(h1, &["--consume", "web:8080", "--node-id", "amb-a"]);
     let watcher = amb(h2, &["--provide", "web:7000", "--node-id", "amb-b"]);
@@ -1627,12 +1624,9 @@ fn an_idle_consumer_never_asks_again_for_a_live_providers_records() {
     const RETRIES: Duration = Duration::from_secs(14);
     const REFRESHED: &str = "announcing again before caches query for it";
     let lab = Lab::new(4);
-    let (h1, h2, h3, h4) = (
-        lab.host("h1"),
-        lab.host("h2"),
-        lab.host("h3"),
-        lab.host("h4"),
-    );
+    let [h1, h2, h3, h4] = lab.hosts() else {
+        unreachable!("a lab of four hosts")
+    };
     let _redis = redis(h1, 7000);
     let provider = amb(h1, &["--provide", "api:7000", "--node-id", "prov1"]);
     let consumer = amb(h3, &["--consume", "api:8080"]);
