@@ -2,8 +2,9 @@
 //! provider killed without goodbye leaves every consumer's table within
 //! seconds, the ones that never dial it included (also when the first of
 //! the witness's two goodbyes is lost, and when it crashes seconds after
-//! it joined, before anyone probes it, and when the node before it in the
-//! ring only provides), a live node answers a goodbye said in its name by
+//! it joined, before anyone probes it, when the node before it in the
+//! ring only provides, and when that node is new and does not know it
+//! yet), a live node answers a goodbye said in its name by
 //! announcing itself again (one that only provides too), one whose
 //! responder hears nothing while its process runs is not declared dead,
 //! and one whose watcher's host vanished stops beating to it.
@@ -378,6 +379,74 @@ fn a_crashed_node_after_one_that_only_provides_leaves_the_tables() {
     assert_eq!(log_lines(&consumer, &["backend left"]), 1);
 }
 
+/// A node that only provides knows, when it starts, only the nodes that
+/// announce after it (it listens without a query): `amb-c`, started after
+/// `amb-b` and `amb-d`, hears of `amb-d` only at its next announcement,
+/// 60-80 s after its start, and watches nobody until then, while `amb-b`'s
+/// successor is `amb-c` now. `amb-b` holds `amb-d`'s watch meanwhile
+/// (witness::BLIND_FOR): killed, `amb-d` leaves the consumer's table
+/// within seconds. Before, it stayed until `amb-c` heard of it (measured:
+/// 70 s after its crash), or for its records' TTL.
+#[test]
+fn a_crashed_node_after_a_new_node_that_only_provides_leaves_the_tables() {
+    let lab = Lab::new(4);
+    let [h1, h2, h3, h4] = lab.hosts() else {
+        unreachable!("a four-host lab")
+    };
+    let consumer = amb(h1, &["--consume", "web:8080", "--node-id", "amb-a"]);
+    let (watcher, _) = provider_only(h2, "amb-b");
+    let (mut victim, gone) = provider_only(h4, "amb-d");
+    let young = |id: &str| {
+        let node = format!("node=\"{id}\"");
+        move |p: &Proc| {
+            let line = [
+                "witness: watching a young node's process",
+                &node,
+                "linked=true",
+            ];
+            log_lines(p, &line) > 0
+        }
+    };
+    let linked = wait_until(DEADLINE, || young("amb-d")(&watcher));
+    assert!(
+        linked,
+        "amb-b does not watch amb-d:\n{}",
+        watcher.output_tail(20)
+    );
+    let joined = wait_until(DEADLINE, || has(&consumer, "backend joined", &gone) > 0);
+    assert!(joined, "{}", consumer.output_tail(20));
+    let (newcomer, _) = provider_only(h3, "amb-c");
+    let linked = wait_until(DEADLINE, || young("amb-c")(&watcher));
+    assert!(
+        linked,
+        "amb-b does not watch amb-c:\n{}",
+        watcher.output_tail(20)
+    );
+    let held = ["witness: holding the watch", "node=\"amb-d\""];
+    let held = wait_until(DEADLINE, || log_lines(&watcher, &held) > 0);
+    assert!(held, "amb-b let go of amb-d:\n{}", watcher.output_tail(20));
+    assert!(
+        !newcomer.stderr().contains("node=\"amb-d\""),
+        "amb-c already heard of amb-d, the case is not made:\n{}",
+        newcomer.output_tail(20)
+    );
+    let t0 = Instant::now();
+    victim.kill();
+    let removed = wait_until(YOUNG_CRASH_REMOVED_WITHIN, || {
+        has(&consumer, "backend left", &gone) > 0
+    });
+    assert!(
+        removed,
+        "{gone} still in the consumer's table {:?} after its crash:\n{}\n{}",
+        t0.elapsed(),
+        watcher.output_tail(20),
+        consumer.output_tail(20)
+    );
+    eprintln!("removed {:?} after the crash", t0.elapsed());
+    assert_eq!(log_lines(&watcher, &["goodbye sent", "node=\"amb-d\""]), 1);
+    assert_eq!(log_lines(&consumer, &["backend left"]), 1);
+}
+
 /// A node that only provides hears a goodbye said in its name (it listens
 /// to the link) and announces again at once, as a browsing node does
 /// (`a_live_node_answers_a_goodbye_in_its_name`); before, its consumers
@@ -429,8 +498,19 @@ fn removed_from_the_others(
 #[test]
 fn a_lost_goodbye_is_said_again() {
     let lab = Lab::impaired(3, Impairment::NONE);
-    let mut nodes = all_joined(lab.hosts());
-    let (mut victim, gone) = nodes.remove(0);
+    let nodes = all_joined(&lab.hosts()[..2]);
+    // Started once the others know each other: a node that came into the
+    // ring before its watcher did is also held by the node before the
+    // watcher, in case the watcher has not heard of it yet
+    // (witness::BLIND_FOR), and the bystander would say a goodbye of its
+    // own.
+    let (mut victim, gone) = node(&lab.hosts()[2]);
+    let joined = wait_until(DEADLINE, || {
+        nodes
+            .iter()
+            .all(|(p, _)| has(p, "backend joined", &gone) > 0)
+    });
+    assert!(joined, "{gone} never joined both tables");
     let label = gone.split('.').next().unwrap().to_owned();
     let id = label.split('@').nth(1).unwrap().to_owned();
     let watching = [&format!("witness: watching node=\"{id}\""), "linked=true"];
@@ -443,7 +523,7 @@ fn a_lost_goodbye_is_said_again() {
     // The first response naming the dead instance that a live node sends
     // is the watcher's goodbye.
     lab.hub()
-        .lose_next_response(label.as_bytes(), &lab.hosts()[0].name);
+        .lose_next_response(label.as_bytes(), &lab.hosts()[2].name);
     let t0 = Instant::now();
     victim.kill();
     let left = wait_until(GOODBYE_REPEATED_WITHIN, || {
@@ -464,7 +544,12 @@ fn a_lost_goodbye_is_said_again() {
     eprintln!("removed from the bystander's table in {:?}", t0.elapsed());
     assert!(watcher.stderr().contains("goodbye sent for its instances"));
     // It heard the watcher's goodbye: it had no verdict of its own.
-    assert_eq!(log_lines(bystander, &["goodbye sent"]), 0);
+    assert_eq!(
+        log_lines(bystander, &["goodbye sent"]),
+        0,
+        "{}",
+        bystander.output_tail(40)
+    );
 }
 
 /// A node's watcher can vanish without a word (its host powered off,

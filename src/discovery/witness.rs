@@ -47,6 +47,13 @@
 //! seconds as well. Only a young node that hangs, or whose host falls
 //! silent, waits for the full watch.
 //!
+//! A node new in the ring may not know the nodes after it yet (one that
+//! only provides hears of the nodes started before it at their next
+//! announcement), so its watcher holds those for [`BLIND_FOR`]
+//! (`MAX_WATCHED` nodes watched in all, at most): through their ring
+//! links only, as a young node is watched, so that a crash is seen within
+//! seconds (a host that falls silent is not).
+//!
 //! The same check answers a failed connect ([`Trials::suspect`]): a
 //! consumer whose dial to a mesh node failed probes that node's responder
 //! (up to [`MISSES_TO_DEAD`] times) instead of trusting one unanswered
@@ -69,8 +76,9 @@
 //! instances once: it cannot tell which side of the cut it was on, and if
 //! it was the one cut off the others have dropped it.
 //!
-//! Bounded work: one ring probe in flight, to one peer, whatever the link
-//! says; at most [`MAX_TRIALS`] nodes on trial, one probe per period each
+//! Bounded work: one ring probe in flight to the successor, whatever the
+//! link says, and to a node held for a new one only when its ring link
+//! closed; at most [`MAX_TRIALS`] nodes on trial, one probe per period each
 //! once declared dead. A stranger's records can change which node is
 //! watched (without the cluster key), not how much is sent, nor where a
 //! node is watched: at the address of its oldest instance, and its
@@ -140,6 +148,21 @@ pub const WATCH_AFTER: Duration = Duration::from_secs(30);
 /// link opened for each would cost the join a handshake apiece. A node
 /// that crashes meanwhile refuses the link, and then the probe.
 const YOUNG_SETTLE: Duration = Duration::from_secs(2);
+/// How long a node new in the ring may not know the nodes after it: one
+/// that only provides learns the ring by listening
+/// ([`super::mdns::browse`]), so it hears of the nodes started before it
+/// only at their next announcement (within
+/// [`super::mdns::REFRESH_EVERY`]), and watches the wrong one, or none,
+/// until then. Its watcher keeps the nodes after it meanwhile
+/// (`watched_now`): before, a node after a new listener that crashed in
+/// that time stayed in every table for its records' TTL (up to 70 s
+/// measured). Ten seconds more for the announcement's way.
+pub const BLIND_FOR: Duration = Duration::from_secs(super::mdns::REFRESH_EVERY.end.as_secs() + 10);
+/// Most nodes watched at once: the successor, and up to two after it
+/// while the ones before them are new ([`BLIND_FOR`]). Three nodes that
+/// only provide, started within a minute and next to each other in the
+/// ring, would leave a gap; each node held costs a ring link while it is.
+const MAX_WATCHED: usize = 3;
 /// Probe periods after a watcher gave up on a node's beats before it asks
 /// for them again, and the most this doubles to at each failed ask. What
 /// stopped them (a firewall, a beat lost twice at the start, an older
@@ -411,13 +434,23 @@ impl Ring {
     /// The node this one watches: its successor by node id, wrapping
     /// around, among those with an address to probe.
     pub fn successor(&self) -> Option<(String, Peer)> {
+        self.successors(1).pop()
+    }
+
+    /// The first `most` nodes after this one by node id, wrapping around,
+    /// among those with an address to probe: the successor and the ones a
+    /// new successor may not know yet ([`BLIND_FOR`]).
+    pub fn successors(&self, most: usize) -> Vec<(String, Peer)> {
         use std::ops::Bound::{Excluded, Unbounded};
-        let probed = |(_, p): &(&String, &Peer)| p.addr.is_some();
-        self.nodes
-            .range::<str, _>((Excluded(self.me.as_str()), Unbounded))
-            .find(probed)
-            .or_else(|| self.nodes.iter().find(probed))
+        let me = self.me.as_str();
+        let after = self.nodes.range::<str, _>((Excluded(me), Unbounded));
+        let before = self.nodes.range::<str, _>((Unbounded, Excluded(me)));
+        after
+            .chain(before)
+            .filter(|(_, p)| p.addr.is_some())
+            .take(most)
             .map(|(id, p)| (id.clone(), self.at_addr(id, p, p.addr)))
+            .collect()
     }
 }
 
@@ -440,55 +473,111 @@ fn probe_addr(addrs: &[PeerAddr]) -> Option<IpAddr> {
     lowest(true).or_else(|| lowest(false))
 }
 
-/// What the witness is told of the ring: the node to watch, and how many
-/// nodes the ring holds (which sets how often it probes while linked).
+/// What the witness is told of the ring: the nodes it may watch (the
+/// first `MAX_WATCHED` after this one), and how many nodes the ring
+/// holds (which sets how often it probes while linked).
 pub struct Aim {
-    node: watch::Sender<Option<(String, Peer)>>,
+    nodes: watch::Sender<Vec<(String, Peer)>>,
     size: watch::Sender<usize>,
 }
 
 impl Default for Aim {
     fn default() -> Aim {
         Aim {
-            node: watch::Sender::new(None),
+            nodes: watch::Sender::new(Vec::new()),
             size: watch::Sender::new(1),
         }
     }
 }
 
+/// How many of `successors` (the nodes after this one, in ring order) are
+/// watched at `now`: the first, and each one that the node before it may
+/// not know yet, and when that may change next. A node knows one that
+/// came into this node's ring after it: the announcement this node heard
+/// was multicast, and it listened already (barring a lost packet). One
+/// that came in before it is known to it only once it heard its next
+/// announcement, [`BLIND_FOR`] after it came in at the latest.
+fn watched_now(
+    successors: &[(String, Peer)],
+    now: tokio::time::Instant,
+) -> (usize, Option<tokio::time::Instant>) {
+    let mut change: Option<tokio::time::Instant> = None;
+    for (i, pair) in successors.windows(2).enumerate() {
+        let (before, next) = (&pair[0].1, &pair[1].1);
+        let knows_the_ring = before.since + BLIND_FOR;
+        if knows_the_ring <= now || next.since >= before.since {
+            return (i + 1, change);
+        }
+        change = Some(change.map_or(knows_the_ring, |t| t.min(knows_the_ring)));
+    }
+    (successors.len(), change)
+}
+
 impl Aim {
-    /// Points the witness at the ring's successor, if that changed, and
+    /// Points the witness at the ring's successors, if they changed, and
     /// tells it the ring's size.
     pub fn follow(&self, ring: &Ring) {
-        let next = ring.successor();
-        self.node
+        let next = ring.successors(MAX_WATCHED);
+        self.nodes
             .send_if_modified(|t| std::mem::replace(t, next.clone()) != next);
         let size = ring.size();
         self.size
             .send_if_modified(|n| std::mem::replace(n, size) != size);
     }
 
-    /// Watches whichever node this aims at, until `stop`: probes it,
+    /// Watches the successor this aims at, until `stop`: probes it,
     /// multicasts its goodbye when it stops answering, and hands it to
-    /// `dead` (for [`Trials::dead`]).
+    /// `dead` (for [`Trials::dead`]). The nodes that a new successor may
+    /// not know yet are held meanwhile (through their ring links only). A
+    /// node watched before and after a change keeps its watch, and its
+    /// ring link.
     pub fn watch(
         &self,
         dead: mpsc::Sender<(String, Peer)>,
         stop: CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (mut target, size) = (self.node.subscribe(), self.size.subscribe());
+        let (mut targets, size) = (self.nodes.subscribe(), self.size.subscribe());
         async move {
+            // Each node watched: as it was seen, whether in full (the
+            // successor) or held, and its task.
+            let mut watching: HashMap<String, (Peer, bool, AbortHandle)> = HashMap::new();
+            let mut tasks = JoinSet::new();
             loop {
-                let current = target.borrow_and_update().clone();
+                let successors = targets.borrow_and_update().clone();
+                let (count, change) = watched_now(&successors, tokio::time::Instant::now());
+                let want = &successors[..count];
+                watching.retain(|node, (peer, full, task)| {
+                    let at = want.iter().position(|(n, p)| n == node && p == peer);
+                    let keep = at.is_some_and(|at| (at == 0) == *full);
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
+                for (at, (node, peer)) in want.iter().enumerate() {
+                    if watching.contains_key(node) {
+                        continue;
+                    }
+                    let (id, p, dead) = (node.clone(), peer.clone(), dead.clone());
+                    let task = if at == 0 {
+                        let size = size.clone();
+                        tasks.spawn(async move { watch_one(&id, &p, &size, &dead).await })
+                    } else {
+                        tasks.spawn(async move { hold(&id, &p, &dead).await })
+                    };
+                    watching.insert(node.clone(), (peer.clone(), at == 0, task));
+                }
+                let aged = async {
+                    match change {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    changed = target.changed() => if changed.is_err() { return },
-                    _ = async {
-                        match current {
-                            Some((node, peer)) => watch_one(&node, &peer, &size, &dead).await,
-                            None => std::future::pending().await,
-                        }
-                    } => {}
+                    changed = targets.changed() => if changed.is_err() { return },
+                    () = aged => {}
+                    Some(_) = tasks.join_next() => {}
                 }
             }
         }
@@ -647,6 +736,37 @@ async fn watch_young(
             return true;
         }
         link.connect(to).await;
+    }
+}
+
+/// Watches `peer`, a node after a successor that came into the ring less
+/// than [`BLIND_FOR`] ago ([`watched_now`]), for the death of its process
+/// only, until that successor knows it: through its ring link, whose
+/// close is followed by a probe, and only a refusal is a verdict (as for
+/// a young node, [`watch_young`]). No link, no watch: a stranger's fake
+/// nodes, which have none, are not probed for it, and a host that falls
+/// silent is left to the node's own watcher (or its records' TTL).
+async fn hold(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>) {
+    let (Some(to), Some(prober)) = (peer.link_at(), Prober::open(peer).await) else {
+        return;
+    };
+    // The ring settles first, as for a young node: nodes started together
+    // change each one's successors several times in a second or two.
+    tokio::time::sleep(YOUNG_SETTLE).await;
+    let mut link = Link::default();
+    loop {
+        link.connect(to).await;
+        if link.is_up() {
+            debug!(
+                node,
+                "witness: holding the watch of a node the one before it may not know yet"
+            );
+            while link.next().await == Event::Beat {}
+            if let Probe::Refused = prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
+                return declare_dead(node, peer, dead).await;
+            }
+        }
+        tokio::time::sleep(period(PROBE_EVERY)).await;
     }
 }
 
@@ -1385,6 +1505,38 @@ mod tests {
             let got = ring(me, others).successor().map(|(id, _)| id);
             assert_eq!(got.as_deref(), *want, "{me} among {others:?}");
         }
+    }
+
+    #[test]
+    fn the_nodes_after_a_new_successor_are_held_until_it_can_know_them() {
+        let ids = |s: &[(String, Peer)]| s.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            ids(&ring("d", &["a", "b", "c", "e"]).successors(3)),
+            ["e", "a", "b"]
+        );
+        assert_eq!(ids(&ring("a", &["b"]).successors(3)), ["b"]);
+        let mut s = ring("a", &["b", "c", "d", "e"]).successors(MAX_WATCHED);
+        assert_eq!(ids(&s), ["b", "c", "d"]);
+        let t = s[0].1.since;
+        let second = Duration::from_secs(1);
+        // Each came in after the one after it: each may not know the
+        // next; the cap holds.
+        s[0].1.since = t + 2 * second;
+        s[1].1.since = t + second;
+        s[2].1.since = t;
+        let newest = t + 2 * second;
+        assert_eq!(watched_now(&s, newest), (3, Some(t + second + BLIND_FOR)));
+        // Until the second can know the third, and the first the second.
+        let (count, change) = watched_now(&s, t + second + BLIND_FOR);
+        assert_eq!((count, change), (2, Some(newest + BLIND_FOR)));
+        assert_eq!(watched_now(&s, newest + BLIND_FOR), (1, None));
+        // The successor came in before the node after it, so it heard
+        // that node's first announcement: nothing to hold.
+        s[0].1.since = t;
+        s[1].1.since = t + second;
+        assert_eq!(watched_now(&s, t + second), (1, None));
+        assert_eq!(watched_now(&s[..1], t), (1, None));
+        assert_eq!(watched_now(&[], t), (0, None));
     }
 
     #[test]
