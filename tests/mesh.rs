@@ -1606,6 +1606,54 @@ fn a_listener_that_sees_a_dead_node_return_asks_the_link_once() {
     );
 }
 
+/// A node that only provides knows, when it starts, only what the link
+/// announces after it (it listens without a query): `amb-c`, started once
+/// `amb-d`'s start announcements are over, would hear of it only at its
+/// next announcement, 60-80 s after its start, and watch nobody until
+/// then. `amb-d`, whose predecessor in the ring it becomes, announces
+/// itself again a moment later (witness::INTRODUCE_GAP): `amb-c` watches
+/// it within seconds.
+#[test]
+fn a_new_listener_hears_of_the_node_after_it_in_the_ring_at_once() {
+    let lab = Lab::new(2);
+    let [h1, h2] = lab.hosts() else {
+        unreachable!("a lab of two hosts")
+    };
+    let _redis = (redis(h1, 7000), redis(h2, 7000));
+    let after = amb(h2, &["--provide", "web:7000", "--node-id", "amb-d"]);
+    // mdns-sd announces a new instance twice, a second apart.
+    let ip: std::net::IpAddr = h2.ip.into();
+    let announced = |seen: &HashMap<_, _>| sent_by(seen, ip).responses.len() >= 2;
+    let heard = sniff(h1, DEADLINE, announced);
+    assert!(announced(&heard), "{}", after.output_tail(20));
+    let t0 = Instant::now();
+    let newcomer = amb(h1, &["--provide", "web:7000", "--node-id", "amb-c"]);
+    let watching = [
+        "witness: watching a young node's process",
+        "node=\"amb-d\"",
+        "linked=true",
+    ];
+    assert!(
+        wait_until(DEADLINE, || log_lines(&newcomer, &watching) > 0),
+        "amb-c never watched amb-d:\n{}",
+        newcomer.output_tail(20)
+    );
+    eprintln!("amb-c linked to amb-d {:?} after its start", t0.elapsed());
+    let refreshed = ["announcing again before caches query for it"];
+    assert_eq!(
+        log_lines(&after, &refreshed),
+        0,
+        "amb-c heard of amb-d from its periodic refresh:\n{}",
+        after.output_tail(20)
+    );
+    let introduced = ["announcing again for a new node before us in the ring"];
+    assert!(
+        log_lines(&after, &introduced) > 0,
+        "{}",
+        after.output_tail(20)
+    );
+}
+
 /// When a cached record reaches 80 % of its TTL, mdns-sd asks for it
 /// again (RFC 6762 §5.2): 96 s after it heard a provider's 120 s host
 /// records, every consumer on the link would query for them in the same

@@ -548,6 +548,33 @@ impl Mdns {
             }
             return;
         }
+        self.refresh(&mut announced);
+    }
+
+    /// Announces our instances again for a new node before us in the
+    /// ring, which may not know them yet (see `witness::Aim::introduced`).
+    pub fn introduce(&self) {
+        let mut announced = self.announced_mut();
+        if announced.is_empty() {
+            return;
+        }
+        debug!(
+            instances = announced.len(),
+            "announcing again for a new node before us in the ring"
+        );
+        if self.renamed.load(Ordering::Relaxed) {
+            for (fullname, a) in announced.iter_mut() {
+                self.register_again(fullname, a);
+            }
+            return;
+        }
+        self.refresh(&mut announced);
+    }
+
+    /// Announces `announced` again: all of them in one packet per
+    /// interface ([`super::refresh`]), or through mdns-sd if that cannot
+    /// be sent.
+    fn refresh(&self, announced: &mut HashMap<String, Announced>) {
         // One announced a moment ago is fresh in every cache, and may be
         // in its conflict probe still.
         let infos: Vec<&ServiceInfo> = announced
@@ -825,8 +852,10 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// vendor/mdns-sd/PATCHED.md). Every mesh node announces its instances
 /// when it starts, again every 60-80 s ([`REFRESH_EVERY`]) and says its
 /// goodbyes, so the listener knows the ring within 80 s of its start (a
-/// node that joins later at once) and watches its successor like any
-/// other node: without it, a node whose predecessor in the ring only
+/// node that joins later at once, and the one after it in the ring
+/// within seconds: that node announces itself again when it sees a new
+/// node before it, `witness::Aim::introduced`) and watches its successor
+/// like any other node: without it, a node whose predecessor in the ring only
 /// provided was watched by nobody, and stayed in every table for its
 /// records' TTL after a crash. It also hears a goodbye said in its own
 /// name, and announces again at once. It never restarts to reset the
@@ -847,7 +876,7 @@ pub async fn browse(
     let mut expiry = tokio::time::interval(EXPIRE_EVERY);
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ring = Ring::new(&mdns.node_id);
-    let aim = Aim::default();
+    let mut aim = Aim::default();
     let (dead_tx, mut dead_rx) = mpsc::channel(DEAD_QUEUE);
     let _witness = AbortOnDropHandle::new(tokio::spawn(aim.watch(dead_tx, stop.clone())));
     // Dropped with the browse: the trials' tasks end with it.
@@ -1016,6 +1045,10 @@ pub async fn browse(
                     aim.follow(ctx.ring);
                 }
                 _ = sleep_until_some(reopen_at) => continue 'browse,
+                _ = sleep_until_some(aim.introduction_due()) => {
+                    mdns.introduce();
+                    aim.introduced();
+                }
                 _ = sleep_until_some(back_to_listening) => {
                     debug!("asked the link once; listening again");
                     backlog = ctx.drain(&mut fwd).await;

@@ -47,12 +47,16 @@
 //! seconds as well. Only a young node that hangs, or whose host falls
 //! silent, waits for the full watch.
 //!
-//! A node new in the ring may not know the nodes after it yet (one that
-//! only provides hears of the nodes started before it at their next
-//! announcement), so its watcher holds those for [`BLIND_FOR`]
-//! (`MAX_WATCHED` nodes watched in all, at most): through their ring
-//! links only, as a young node is watched, so that a crash is seen within
-//! seconds (a host that falls silent is not).
+//! A node new in the ring may not know the nodes after it yet: one that
+//! only provides hears of the nodes started before it only from their
+//! announcements, the next one up to 80 s away. So a node that sees a new
+//! node before it announces its records again ([`Aim::introduced`]: one
+//! packet per interface, twice, at most once per [`INTRODUCE_GAP`]), and
+//! the new node's own watcher holds the nodes it may not know for
+//! [`BLIND_FOR`] (an introduction lost or late; `MAX_WATCHED` nodes
+//! watched in all, at most): through their ring links only, as a young
+//! node is watched, so that a crash is seen within seconds (a host that
+//! falls silent is not).
 //!
 //! The same check answers a failed connect ([`Trials::suspect`]): a
 //! consumer whose dial to a mesh node failed probes that node's responder
@@ -77,12 +81,18 @@
 //! it was the one cut off the others have dropped it.
 //!
 //! Bounded work: one ring probe in flight to the successor, whatever the
-//! link says, and to a node held for a new one only when its ring link
-//! closed; at most [`MAX_TRIALS`] nodes on trial, one probe per period each
-//! once declared dead. A stranger's records can change which node is
-//! watched (without the cluster key), not how much is sent, nor where a
-//! node is watched: at the address of its oldest instance, and its
-//! goodbye names only the instances that resolved where it fell silent.
+//! link says, and to each of the (at most two) nodes held for a new one
+//! only when its ring link closed or could not be opened, once a period;
+//! at most [`MAX_TRIALS`] nodes on trial, one probe per period each once
+//! declared dead. A stranger's records can change which node is watched
+//! (without the cluster key), and which node is before this one (an
+//! introduction at most once per [`INTRODUCE_GAP`]); with fake nodes that
+//! came in one after another, up to two more are held for 90 s (a link
+//! and its probes each, and a stranger pointing their link ports at a
+//! real node puts up to three links from each node on it, where its
+//! [`super::link`] holds 64). Not where a node is watched: at the address
+//! of its oldest instance, and its goodbye names only the instances that
+//! resolved where it fell silent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -437,6 +447,21 @@ impl Ring {
         self.successors(1).pop()
     }
 
+    /// The node before this one by node id, wrapping around, among those
+    /// with an address to probe: the one that watches this node, if it
+    /// knows it.
+    pub fn predecessor(&self) -> Option<&str> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let me = self.me.as_str();
+        let before = self.nodes.range::<str, _>((Unbounded, Excluded(me)));
+        let after = self.nodes.range::<str, _>((Excluded(me), Unbounded));
+        before
+            .rev()
+            .chain(after.rev())
+            .find(|(_, p)| p.addr.is_some())
+            .map(|(id, _)| id.as_str())
+    }
+
     /// The first `most` nodes after this one by node id, wrapping around,
     /// among those with an address to probe: the successor and the ones a
     /// new successor may not know yet ([`BLIND_FOR`]).
@@ -475,10 +500,12 @@ fn probe_addr(addrs: &[PeerAddr]) -> Option<IpAddr> {
 
 /// What the witness is told of the ring: the nodes it may watch (the
 /// first `MAX_WATCHED` after this one), and how many nodes the ring
-/// holds (which sets how often it probes while linked).
+/// holds (which sets how often it probes while linked); and when this
+/// node introduces itself to the node before it.
 pub struct Aim {
     nodes: watch::Sender<Vec<(String, Peer)>>,
     size: watch::Sender<usize>,
+    introduction: Introduction,
 }
 
 impl Default for Aim {
@@ -486,43 +513,120 @@ impl Default for Aim {
         Aim {
             nodes: watch::Sender::new(Vec::new()),
             size: watch::Sender::new(1),
+            introduction: Introduction::default(),
         }
     }
 }
 
-/// How many of `successors` (the nodes after this one, in ring order) are
-/// watched at `now`: the first, and each one that the node before it may
-/// not know yet, and when that may change next. A node knows one that
-/// came into this node's ring after it: the announcement this node heard
-/// was multicast, and it listened already (barring a lost packet). One
-/// that came in before it is known to it only once it heard its next
-/// announcement, [`BLIND_FOR`] after it came in at the latest.
+/// When this node announces its records again for a new node before it in
+/// the ring, its watcher from now on: one that only provides listens
+/// without a query, and knows the nodes started before it only from their
+/// next announcement, up to 80 s later ([`super::mdns::REFRESH_EVERY`]);
+/// meanwhile it watched the wrong node, or none. So the node after it
+/// announces itself (one packet per interface, sent twice for the odds
+/// of a lossy link), [`INTRODUCE_SETTLE`] after the node before it
+/// changed, and at most once per [`INTRODUCE_GAP`]. A node that leaves
+/// changes its successor's predecessor too, and the node before it may
+/// be new as well.
+#[derive(Debug, Default)]
+struct Introduction {
+    /// The node before this one, as last followed.
+    before: Option<String>,
+    /// When to announce next, and whether that is the repeat.
+    due: Option<(tokio::time::Instant, bool)>,
+    /// When the last introduction was sent.
+    last: Option<tokio::time::Instant>,
+}
+
+/// How long the node before this one must have been so before this one
+/// introduces itself: nodes started together change each one's
+/// predecessor several times in a second or two.
+const INTRODUCE_SETTLE: Duration = Duration::from_secs(2);
+/// The repeat of an introduction, as RFC 6762 §8.3 has announcements sent
+/// twice.
+const INTRODUCE_AGAIN: Duration = Duration::from_secs(1);
+/// Least time between two introductions: a stranger's fake nodes, which
+/// join the ring without the cluster key, can change which node is before
+/// this one as often as they like; an introduction a moment late is
+/// covered by the watch held meanwhile (`watched_now`).
+pub const INTRODUCE_GAP: Duration = Duration::from_secs(30);
+
+impl Introduction {
+    fn follow(&mut self, ring: &Ring, now: tokio::time::Instant) {
+        let before = ring.predecessor();
+        if before == self.before.as_deref() {
+            return;
+        }
+        self.before = before.map(str::to_owned);
+        if before.is_none() || matches!(self.due, Some((_, false))) {
+            return;
+        }
+        let earliest = self.last.map_or(now, |t| t + INTRODUCE_GAP);
+        self.due = Some(((now + INTRODUCE_SETTLE).max(earliest), false));
+    }
+
+    fn sent(&mut self, now: tokio::time::Instant) {
+        self.due = match self.due {
+            Some((_, false)) => {
+                self.last = Some(now);
+                Some((now + INTRODUCE_AGAIN, true))
+            }
+            _ => None,
+        };
+    }
+}
+
+/// Which of `successors` (the nodes after this one, in ring order) are
+/// watched at `now`, by index: the first, and each one that none of the
+/// nodes before it may know yet; and when that may change next. A node
+/// knows one that came into this node's ring after it: the announcement
+/// this node heard was multicast, and it listened already (barring a lost
+/// packet). One that came in before it is known to it only once it heard
+/// its introduction or its next announcement, [`BLIND_FOR`] after it came
+/// in at the latest.
 fn watched_now(
     successors: &[(String, Peer)],
     now: tokio::time::Instant,
-) -> (usize, Option<tokio::time::Instant>) {
-    let mut change: Option<tokio::time::Instant> = None;
-    for (i, pair) in successors.windows(2).enumerate() {
-        let (before, next) = (&pair[0].1, &pair[1].1);
-        let knows_the_ring = before.since + BLIND_FOR;
-        if knows_the_ring <= now || next.since >= before.since {
-            return (i + 1, change);
-        }
-        change = Some(change.map_or(knows_the_ring, |t| t.min(knows_the_ring)));
-    }
-    (successors.len(), change)
+) -> (Vec<usize>, Option<tokio::time::Instant>) {
+    let new = |p: &Peer| now < p.since + BLIND_FOR;
+    let may_not_know = |p: &Peer, later: &Peer| new(p) && later.since < p.since;
+    let watched = (0..successors.len())
+        .filter(|&i| {
+            let node = &successors[i].1;
+            successors[..i].iter().all(|(_, p)| may_not_know(p, node))
+        })
+        .collect();
+    let change = successors
+        .iter()
+        .filter(|(_, p)| new(p))
+        .map(|(_, p)| p.since + BLIND_FOR)
+        .min();
+    (watched, change)
 }
 
 impl Aim {
-    /// Points the witness at the ring's successors, if they changed, and
-    /// tells it the ring's size.
-    pub fn follow(&self, ring: &Ring) {
+    /// Points the witness at the ring's successors, if they changed, tells
+    /// it the ring's size, and notes a new node before this one.
+    pub fn follow(&mut self, ring: &Ring) {
+        self.introduction.follow(ring, tokio::time::Instant::now());
         let next = ring.successors(MAX_WATCHED);
         self.nodes
             .send_if_modified(|t| std::mem::replace(t, next.clone()) != next);
         let size = ring.size();
         self.size
             .send_if_modified(|n| std::mem::replace(n, size) != size);
+    }
+
+    /// When this node should announce its records again, for a new node
+    /// before it in the ring ([`Aim::introduced`] once it did).
+    pub fn introduction_due(&self) -> Option<tokio::time::Instant> {
+        self.introduction.due.map(|(at, _)| at)
+    }
+
+    /// Notes that this node announced its records again, when
+    /// [`Aim::introduction_due`] said.
+    pub fn introduced(&mut self) {
+        self.introduction.sent(tokio::time::Instant::now());
     }
 
     /// Watches the successor this aims at, until `stop`: probes it,
@@ -539,16 +643,29 @@ impl Aim {
         let (mut targets, size) = (self.nodes.subscribe(), self.size.subscribe());
         async move {
             // Each node watched: as it was seen, whether in full (the
-            // successor) or held, and its task.
+            // successor, or one that was) or held, and its task.
             let mut watching: HashMap<String, (Peer, bool, AbortHandle)> = HashMap::new();
+            let mut held: BTreeSet<String> = BTreeSet::new();
             let mut tasks = JoinSet::new();
             loop {
                 let successors = targets.borrow_and_update().clone();
-                let (count, change) = watched_now(&successors, tokio::time::Instant::now());
-                let want = &successors[..count];
+                let (watched, change) = watched_now(&successors, tokio::time::Instant::now());
+                let want: Vec<&(String, Peer)> = watched.iter().map(|&i| &successors[i]).collect();
+                let holding: BTreeSet<String> =
+                    want.iter().skip(1).map(|(n, _)| n.clone()).collect();
+                for node in holding.difference(&held) {
+                    debug!(
+                        node,
+                        "witness: holding the watch of a node the one before it may not know yet"
+                    );
+                }
+                held = holding;
+                // A successor that a new node came before keeps its full
+                // watch (its link, its beats) while it is held; a held
+                // node that becomes the successor is watched in full.
                 watching.retain(|node, (peer, full, task)| {
                     let at = want.iter().position(|(n, p)| n == node && p == peer);
-                    let keep = at.is_some_and(|at| (at == 0) == *full);
+                    let keep = at.is_some_and(|at| at > 0 || *full);
                     if !keep {
                         task.abort();
                     }
@@ -739,32 +856,39 @@ async fn watch_young(
     }
 }
 
-/// Watches `peer`, a node after a successor that came into the ring less
-/// than [`BLIND_FOR`] ago ([`watched_now`]), for the death of its process
-/// only, until that successor knows it: through its ring link, whose
-/// close is followed by a probe, and only a refusal is a verdict (as for
-/// a young node, [`watch_young`]). No link, no watch: a stranger's fake
-/// nodes, which have none, are not probed for it, and a host that falls
-/// silent is left to the node's own watcher (or its records' TTL).
+/// Watches `peer`, a node that the successor (and any node between them)
+/// may not know yet ([`watched_now`]), for the death of its process only:
+/// through its ring link, whose close (or a connect that fails) is
+/// followed by a probe, once a period at most, and only a refusal is a
+/// verdict (as for a young node, [`watch_young`]). A node that advertises
+/// no link (a stranger's fake one, say) is not held, and a host that
+/// falls silent is left to the node's own watcher (or its records' TTL).
 async fn hold(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>) {
-    let (Some(to), Some(prober)) = (peer.link_at(), Prober::open(peer).await) else {
+    let Some(to) = peer.link_at() else {
         return;
     };
     // The ring settles first, as for a young node: nodes started together
     // change each one's successors several times in a second or two.
     tokio::time::sleep(YOUNG_SETTLE).await;
+    let prober = loop {
+        match Prober::open(peer).await {
+            Some(prober) => break prober,
+            None => tokio::time::sleep(period(PROBE_EVERY)).await,
+        }
+    };
     let mut link = Link::default();
+    // The hello's echo tells a mesh node's link from whatever else a
+    // stale or forged port may name, which would never close; beats are
+    // not looked for.
+    link.ask_beats(Some(LINKED_PROBE_MOST));
     loop {
         link.connect(to).await;
-        if link.is_up() {
-            debug!(
-                node,
-                "witness: holding the watch of a node the one before it may not know yet"
-            );
-            while link.next().await == Event::Beat {}
-            if let Probe::Refused = prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
-                return declare_dead(node, peer, dead).await;
-            }
+        // Without a link, `next` would wait for ever.
+        while link.is_up() && link.next().await == Event::Beat {}
+        // Closed, or it could not be opened: a node that crashed before
+        // the link was up refuses it, and then the probe.
+        if let Probe::Refused = prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
+            return declare_dead(node, peer, dead).await;
         }
         tokio::time::sleep(period(PROBE_EVERY)).await;
     }
@@ -1525,18 +1649,64 @@ mod tests {
         s[1].1.since = t + second;
         s[2].1.since = t;
         let newest = t + 2 * second;
-        assert_eq!(watched_now(&s, newest), (3, Some(t + second + BLIND_FOR)));
+        assert_eq!(
+            watched_now(&s, newest),
+            (vec![0, 1, 2], Some(t + BLIND_FOR))
+        );
         // Until the second can know the third, and the first the second.
-        let (count, change) = watched_now(&s, t + second + BLIND_FOR);
-        assert_eq!((count, change), (2, Some(newest + BLIND_FOR)));
-        assert_eq!(watched_now(&s, newest + BLIND_FOR), (1, None));
+        let (watched, change) = watched_now(&s, t + second + BLIND_FOR);
+        assert_eq!((watched, change), (vec![0, 1], Some(newest + BLIND_FOR)));
+        assert_eq!(watched_now(&s, newest + BLIND_FOR), (vec![0], None));
         // The successor came in before the node after it, so it heard
         // that node's first announcement: nothing to hold.
         s[0].1.since = t;
         s[1].1.since = t + second;
-        assert_eq!(watched_now(&s, t + second), (1, None));
-        assert_eq!(watched_now(&s[..1], t), (1, None));
-        assert_eq!(watched_now(&[], t), (0, None));
+        s[2].1.since = t + 2 * second;
+        assert_eq!(watched_now(&s, newest).0, [0]);
+        // Two new nodes in the order they came in, and an old one after
+        // them, which neither may know: the second knows the first, not
+        // the old one.
+        s[2].1.since = t;
+        s[0].1.since = t + 100 * second;
+        s[1].1.since = t + 110 * second;
+        assert_eq!(watched_now(&s, t + 110 * second).0, [0, 2]);
+        assert_eq!(watched_now(&s[..1], t).0, [0]);
+        assert_eq!(watched_now(&[], t), (vec![], None));
+    }
+
+    #[test]
+    fn a_node_introduces_itself_to_a_new_node_before_it_once_it_settled() {
+        let t = tokio::time::Instant::now();
+        let mut intro = Introduction::default();
+        assert_eq!(ring("c", &[]).predecessor(), None);
+        intro.follow(&ring("c", &[]), t);
+        assert_eq!(intro.due, None, "alone: no one to introduce itself to");
+        // A node before it, then another a moment later: one
+        // introduction, once the ring settled, and its repeat.
+        let r = ring("c", &["a", "d"]);
+        assert_eq!(r.predecessor(), Some("a"));
+        intro.follow(&r, t);
+        assert_eq!(intro.due, Some((t + INTRODUCE_SETTLE, false)));
+        let r = ring("c", &["a", "b", "d"]);
+        assert_eq!(r.predecessor(), Some("b"));
+        intro.follow(&r, t + Duration::from_secs(1));
+        assert_eq!(intro.due, Some((t + INTRODUCE_SETTLE, false)));
+        let sent = t + INTRODUCE_SETTLE;
+        intro.sent(sent);
+        assert_eq!(intro.due, Some((sent + INTRODUCE_AGAIN, true)));
+        intro.sent(sent + INTRODUCE_AGAIN);
+        assert_eq!(intro.due, None);
+        // The same node before it: nothing new.
+        intro.follow(&r, sent + INTRODUCE_GAP);
+        assert_eq!(intro.due, None);
+        // A new one soon after (a node joins, a fake one): not before the
+        // gap has passed.
+        let r = ring("c", &["a", "bb", "d"]);
+        intro.follow(&r, sent + INTRODUCE_AGAIN * 2);
+        assert_eq!(intro.due, Some((sent + INTRODUCE_GAP, false)));
+        // Wrapping around: the last id is before the first.
+        assert_eq!(ring("a", &["b", "c"]).predecessor(), Some("c"));
+        assert_eq!(ring("m", &["z"]).predecessor(), Some("z"));
     }
 
     #[test]
