@@ -382,7 +382,7 @@ fn a_crashed_node_after_one_that_only_provides_leaves_the_tables() {
 
 /// A node that only provides knows, when it starts, only the nodes that
 /// announce after it (it listens without a query), and the node after it
-/// in the ring announces itself again for it (witness::INTRODUCE_GAP,
+/// in the ring announces itself again for it (witness::INTRODUCE_SETTLE,
 /// `tests/mesh.rs`). When that introduction is lost (here nothing `amb-d`
 /// sends to the mDNS port gets out), `amb-c`, started after `amb-b` and
 /// `amb-d`, hears of `amb-d` only at its next announcement, while

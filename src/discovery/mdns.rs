@@ -552,11 +552,13 @@ impl Mdns {
     }
 
     /// Announces our instances again for a new node before us in the
-    /// ring, which may not know them yet (see `witness::Aim::introduced`).
-    pub fn introduce(&self) {
+    /// ring, which may not know them yet (see `witness::Aim::introduced`);
+    /// whether it did. Not while mdns-sd still announces every one of
+    /// them (`FRESH`), nor without any.
+    pub fn introduce(&self) -> bool {
         let mut announced = self.announced_mut();
-        if announced.is_empty() {
-            return;
+        if !announced.values().any(|a| a.since.elapsed() >= FRESH) {
+            return false;
         }
         debug!(
             instances = announced.len(),
@@ -566,9 +568,10 @@ impl Mdns {
             for (fullname, a) in announced.iter_mut() {
                 self.register_again(fullname, a);
             }
-            return;
+            return true;
         }
         self.refresh(&mut announced);
+        true
     }
 
     /// Announces `announced` again: all of them in one packet per
@@ -1046,8 +1049,8 @@ pub async fn browse(
                 }
                 _ = sleep_until_some(reopen_at) => continue 'browse,
                 _ = sleep_until_some(aim.introduction_due()) => {
-                    mdns.introduce();
-                    aim.introduced();
+                    let sent = mdns.introduce();
+                    aim.introduced(sent);
                 }
                 _ = sleep_until_some(back_to_listening) => {
                     debug!("asked the link once; listening again");

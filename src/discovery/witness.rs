@@ -51,7 +51,8 @@
 //! only provides hears of the nodes started before it only from their
 //! announcements, the next one up to 80 s away. So a node that sees a new
 //! node before it announces its records again ([`Aim::introduced`]: one
-//! packet per interface, twice, at most once per [`INTRODUCE_GAP`]), and
+//! packet per interface, twice, at most [`INTRODUCE_MOST`] times in
+//! [`INTRODUCE_WINDOW`]), and
 //! the new node's own watcher holds the nodes it may not know for
 //! [`BLIND_FOR`] (an introduction lost or late; `MAX_WATCHED` nodes
 //! watched in all, at most): through their ring links only, as a young
@@ -81,16 +82,17 @@
 //! it was the one cut off the others have dropped it.
 //!
 //! Bounded work: one ring probe in flight to the successor, whatever the
-//! link says, and to each of the (at most two) nodes held for a new one
+//! link says, and to each of the (at most two) nodes held for a new one:
+//! a former successor keeps its full watch while held, another is probed
 //! only when its ring link closed or could not be opened, once a period;
 //! at most [`MAX_TRIALS`] nodes on trial, one probe per period each once
 //! declared dead. A stranger's records can change which node is watched
 //! (without the cluster key), and which node is before this one (an
-//! introduction at most once per [`INTRODUCE_GAP`]); with fake nodes that
-//! came in one after another, up to two more are held for 90 s (a link
-//! and its probes each, and a stranger pointing their link ports at a
-//! real node puts up to three links from each node on it, where its
-//! [`super::link`] holds 64). Not where a node is watched: at the address
+//! introduction at most [`INTRODUCE_MOST`] times in
+//! [`INTRODUCE_WINDOW`]); with fake nodes that came in one after another,
+//! up to two more are held for 90 s (a link and its probes each, and a
+//! stranger pointing their link ports at a real node puts up to three
+//! links from each node on it, where its [`super::link`] holds 64). Not where a node is watched: at the address
 //! of its oldest instance, and its goodbye names only the instances that
 //! resolved where it fell silent.
 
@@ -525,31 +527,40 @@ impl Default for Aim {
 /// meanwhile it watched the wrong node, or none. So the node after it
 /// announces itself (one packet per interface, sent twice for the odds
 /// of a lossy link), [`INTRODUCE_SETTLE`] after the node before it
-/// changed, and at most once per [`INTRODUCE_GAP`]. A node that leaves
-/// changes its successor's predecessor too, and the node before it may
-/// be new as well.
+/// changed, and at most [`INTRODUCE_MOST`] times in
+/// [`INTRODUCE_WINDOW`]. A node that leaves changes its successor's
+/// predecessor too, and the node before it may be new as well.
 #[derive(Debug, Default)]
 struct Introduction {
     /// The node before this one, as last followed.
     before: Option<String>,
     /// When to announce next, and whether that is the repeat.
     due: Option<(tokio::time::Instant, bool)>,
-    /// When the last introduction was sent.
-    last: Option<tokio::time::Instant>,
+    /// Whether another introduction is owed once the repeat is sent: the
+    /// node before changed again meanwhile.
+    owed: bool,
+    /// When the last introductions were sent, oldest first.
+    sent: std::collections::VecDeque<tokio::time::Instant>,
 }
 
-/// How long the node before this one must have been so before this one
-/// introduces itself: nodes started together change each one's
-/// predecessor several times in a second or two.
+/// How long after the node before this one changed this one introduces
+/// itself, plus up to a second at random: nodes started together change
+/// each one's predecessor several times in a second or two (one packet
+/// then tells whichever is before it by then: it is multicast), and
+/// should not announce in step.
 const INTRODUCE_SETTLE: Duration = Duration::from_secs(2);
 /// The repeat of an introduction, as RFC 6762 §8.3 has announcements sent
 /// twice.
 const INTRODUCE_AGAIN: Duration = Duration::from_secs(1);
-/// Least time between two introductions: a stranger's fake nodes, which
-/// join the ring without the cluster key, can change which node is before
-/// this one as often as they like; an introduction a moment late is
-/// covered by the watch held meanwhile (`watched_now`).
-pub const INTRODUCE_GAP: Duration = Duration::from_secs(30);
+/// Most introductions in [`INTRODUCE_WINDOW`]: a stranger's fake nodes,
+/// which join the ring without the cluster key, can change which node is
+/// before this one as often as they like; an introduction a moment late
+/// is covered by the watch held meanwhile (`watched_now`). Three, so that
+/// the one a node's start may cost leaves room for the nodes that start
+/// next to it.
+pub const INTRODUCE_MOST: usize = 3;
+/// The window of [`INTRODUCE_MOST`].
+pub const INTRODUCE_WINDOW: Duration = Duration::from_secs(90);
 
 impl Introduction {
     fn follow(&mut self, ring: &Ring, now: tokio::time::Instant) {
@@ -558,19 +569,38 @@ impl Introduction {
             return;
         }
         self.before = before.map(str::to_owned);
-        if before.is_none() || matches!(self.due, Some((_, false))) {
-            return;
+        match self.due {
+            _ if before.is_none() => {}
+            // The one due tells whichever node is before this one then.
+            Some((_, false)) => {}
+            Some((_, true)) => self.owed = true,
+            None => self.due = Some((self.earliest(now), false)),
         }
-        let earliest = self.last.map_or(now, |t| t + INTRODUCE_GAP);
-        self.due = Some(((now + INTRODUCE_SETTLE).max(earliest), false));
     }
 
-    fn sent(&mut self, now: tokio::time::Instant) {
+    /// When an introduction asked for at `now` may be sent.
+    fn earliest(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        let settled = now + INTRODUCE_SETTLE + Duration::from_secs_f64(fastrand::f64());
+        match self.sent.front() {
+            Some(&oldest) if self.sent.len() >= INTRODUCE_MOST => {
+                settled.max(oldest + INTRODUCE_WINDOW)
+            }
+            _ => settled,
+        }
+    }
+
+    /// Notes the introduction due at `now`: `sent`, or not (nothing of
+    /// ours announced long enough yet, which mdns-sd still announces).
+    fn sent(&mut self, now: tokio::time::Instant, sent: bool) {
         self.due = match self.due {
-            Some((_, false)) => {
-                self.last = Some(now);
+            Some((_, false)) if sent => {
+                if self.sent.len() >= INTRODUCE_MOST {
+                    self.sent.pop_front();
+                }
+                self.sent.push_back(now);
                 Some((now + INTRODUCE_AGAIN, true))
             }
+            _ if std::mem::take(&mut self.owed) => Some((self.earliest(now), false)),
             _ => None,
         };
     }
@@ -623,10 +653,10 @@ impl Aim {
         self.introduction.due.map(|(at, _)| at)
     }
 
-    /// Notes that this node announced its records again, when
+    /// Notes whether this node announced its records again, when
     /// [`Aim::introduction_due`] said.
-    pub fn introduced(&mut self) {
-        self.introduction.sent(tokio::time::Instant::now());
+    pub fn introduced(&mut self, sent: bool) {
+        self.introduction.sent(tokio::time::Instant::now(), sent);
     }
 
     /// Watches the successor this aims at, until `stop`: probes it,
@@ -883,11 +913,17 @@ async fn hold(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>) {
     link.ask_beats(Some(LINKED_PROBE_MOST));
     loop {
         link.connect(to).await;
-        // Without a link, `next` would wait for ever.
-        while link.is_up() && link.next().await == Event::Beat {}
-        // Closed, or it could not be opened: a node that crashed before
-        // the link was up refuses it, and then the probe.
-        if let Probe::Refused = prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
+        let probe = if link.is_up() {
+            while link.next().await == Event::Beat {}
+            // A killed process's link may close a moment before its
+            // mDNS port refuses: a few probes in a row.
+            prober.ask_in_a_row(node, PROBE_TIMEOUT).await
+        } else {
+            // A node that crashed before the link was up refuses it, and
+            // then the probe; one is enough (only a refusal counts).
+            prober.ask(node, &mut Vec::new(), PROBE_TIMEOUT).await
+        };
+        if let Probe::Refused = probe {
             return declare_dead(node, peer, dead).await;
         }
         tokio::time::sleep(period(PROBE_EVERY)).await;
@@ -1677,6 +1713,8 @@ mod tests {
     #[test]
     fn a_node_introduces_itself_to_a_new_node_before_it_once_it_settled() {
         let t = tokio::time::Instant::now();
+        let second = Duration::from_secs(1);
+        let settled = |at| at + INTRODUCE_SETTLE..=at + INTRODUCE_SETTLE + second;
         let mut intro = Introduction::default();
         assert_eq!(ring("c", &[]).predecessor(), None);
         intro.follow(&ring("c", &[]), t);
@@ -1686,24 +1724,43 @@ mod tests {
         let r = ring("c", &["a", "d"]);
         assert_eq!(r.predecessor(), Some("a"));
         intro.follow(&r, t);
-        assert_eq!(intro.due, Some((t + INTRODUCE_SETTLE, false)));
+        let (first, again) = intro.due.unwrap();
+        assert!(settled(t).contains(&first) && !again);
         let r = ring("c", &["a", "b", "d"]);
         assert_eq!(r.predecessor(), Some("b"));
-        intro.follow(&r, t + Duration::from_secs(1));
-        assert_eq!(intro.due, Some((t + INTRODUCE_SETTLE, false)));
-        let sent = t + INTRODUCE_SETTLE;
-        intro.sent(sent);
-        assert_eq!(intro.due, Some((sent + INTRODUCE_AGAIN, true)));
-        intro.sent(sent + INTRODUCE_AGAIN);
+        intro.follow(&r, t + second);
+        assert_eq!(intro.due, Some((first, false)));
+        intro.sent(first, true);
+        assert_eq!(intro.due, Some((first + INTRODUCE_AGAIN, true)));
+        // Another one while the repeat is due: the repeat, then another.
+        let r = ring("c", &["a", "b", "bb", "d"]);
+        intro.follow(&r, first + second / 2);
+        assert_eq!(intro.due, Some((first + INTRODUCE_AGAIN, true)));
+        intro.sent(first + INTRODUCE_AGAIN, true);
+        let (next, again) = intro.due.unwrap();
+        assert!(settled(first + INTRODUCE_AGAIN).contains(&next) && !again);
+        intro.sent(next, true);
+        intro.sent(next + INTRODUCE_AGAIN, true);
         assert_eq!(intro.due, None);
         // The same node before it: nothing new.
-        intro.follow(&r, sent + INTRODUCE_GAP);
+        intro.follow(&r, next + 10 * second);
         assert_eq!(intro.due, None);
-        // A new one soon after (a node joins, a fake one): not before the
-        // gap has passed.
-        let r = ring("c", &["a", "bb", "d"]);
-        intro.follow(&r, sent + INTRODUCE_AGAIN * 2);
-        assert_eq!(intro.due, Some((sent + INTRODUCE_GAP, false)));
+        // A third soon after goes at once; a fourth (a stranger's fake
+        // nodes) waits until the first is out of the window.
+        let r = ring("c", &["a", "b", "bb", "bbb", "d"]);
+        intro.follow(&r, next + 10 * second);
+        let (third, _) = intro.due.unwrap();
+        assert!(settled(next + 10 * second).contains(&third));
+        intro.sent(third, true);
+        intro.sent(third + INTRODUCE_AGAIN, true);
+        let r = ring("c", &["a", "b", "bb", "bbb", "bbbb", "d"]);
+        intro.follow(&r, third + 2 * second);
+        assert_eq!(intro.due, Some((first + INTRODUCE_WINDOW, false)));
+        // Nothing to send (mdns-sd still announces ours): no repeat, and
+        // not counted.
+        intro.sent(first + INTRODUCE_WINDOW, false);
+        assert_eq!(intro.due, None);
+        assert_eq!(intro.sent, [first, next, third]);
         // Wrapping around: the last id is before the first.
         assert_eq!(ring("a", &["b", "c"]).predecessor(), Some("c"));
         assert_eq!(ring("m", &["z"]).predecessor(), Some("z"));
