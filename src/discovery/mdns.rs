@@ -542,12 +542,6 @@ impl Mdns {
             instances = announced.len(),
             "announcing again before caches query for it"
         );
-        if self.renamed.load(Ordering::Relaxed) {
-            if let Some(a) = announced.get_mut(&fullname) {
-                self.register_again(&fullname, a);
-            }
-            return;
-        }
         self.refresh(&mut announced);
     }
 
@@ -564,25 +558,27 @@ impl Mdns {
             instances = announced.len(),
             "announcing again for a new node before us in the ring"
         );
-        if self.renamed.load(Ordering::Relaxed) {
-            for (fullname, a) in announced.iter_mut() {
-                self.register_again(fullname, a);
-            }
-            return true;
-        }
         self.refresh(&mut announced);
         true
     }
 
     /// Announces `announced` again: all of them in one packet per
     /// interface ([`super::refresh`]), or through mdns-sd if that cannot
-    /// be sent.
+    /// be sent, or if a conflict probe may have renamed them (mdns-sd
+    /// knows the names it won).
     fn refresh(&self, announced: &mut HashMap<String, Announced>) {
         // One announced a moment ago is fresh in every cache, and may be
         // in its conflict probe still.
+        let ripe = |a: &Announced| a.since.elapsed() >= FRESH;
+        if self.renamed.load(Ordering::Relaxed) {
+            for (fullname, a) in announced.iter_mut().filter(|(_, a)| ripe(a)) {
+                self.register_again(fullname, a);
+            }
+            return;
+        }
         let infos: Vec<&ServiceInfo> = announced
             .values()
-            .filter(|a| a.since.elapsed() >= FRESH)
+            .filter(|a| ripe(a))
             .map(|a| &a.info)
             .collect();
         let intfs = super::refresh::interfaces(&self.ifaces);
@@ -858,9 +854,9 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// node that joins later at once, and the one after it in the ring
 /// within seconds: that node announces itself again when it sees a new
 /// node before it, `witness::Aim::introduced`) and watches its successor
-/// like any other node: without it, a node whose predecessor in the ring only
-/// provided was watched by nobody, and stayed in every table for its
-/// records' TTL after a crash. It also hears a goodbye said in its own
+/// like any other node: without it, a node whose predecessor in the ring
+/// only provided was watched by nobody, and stayed in every table for
+/// its records' TTL after a crash. It also hears a goodbye said in its own
 /// name, and announces again at once. It never restarts to reset the
 /// queries' back-off, so its replay is never whole either: nothing to
 /// defend or sweep. Its one question: when a node it had declared dead
