@@ -375,6 +375,8 @@ pub struct Link {
     /// Where the node's beats come in, while the link is up and the node
     /// was asked for them.
     beats: Option<Beats>,
+    /// Whether the last connect was refused: nothing listens on the port.
+    refused: bool,
 }
 
 /// A watcher's side of the beats of one link.
@@ -422,6 +424,12 @@ impl Link {
         self.beats.as_ref().is_some_and(|b| b.heard)
     }
 
+    /// Whether the last connect was refused (nothing listens on the port
+    /// any more), rather than lost, timed out or not echoed.
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+
     /// The local UDP port the beats come to, while asked for.
     pub fn beat_port(&self) -> Option<u16> {
         let b = self.beats.as_ref()?;
@@ -442,7 +450,10 @@ impl Link {
         if self.stream.is_some() {
             return;
         }
-        let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+        let connecting = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await;
+        self.refused =
+            matches!(&connecting, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+        let mut stream = match connecting {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return debug!(%to, error = %e, "ring link: cannot connect"),
             Err(_) => return debug!(%to, "ring link: connect timed out"),

@@ -49,7 +49,7 @@ use super::replay::{Cause, Clearing, Leftovers, Listed, Replay, Whole, REPLAY_MO
 use super::stats::DiscoveryStats;
 use super::verifying::{Action, Verifications};
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
-use super::witness::{Aim, Ring, Trials, Verdict};
+use super::witness::{Aim, News, Ring, Trials, Verdict};
 use crate::backends::table::{Backend, BackendSpec, Health, Origin, Snapshot, Target, Update};
 use crate::backends::Service;
 use crate::net::loglimit::LogLimit;
@@ -103,9 +103,10 @@ const ASK_ONCE_FOR: Duration = Duration::from_millis(900);
 /// lost by waiting.
 const FLOOD_SETTLE: Duration = Duration::from_secs(2);
 const FLOOD_SPREAD: Duration = Duration::from_secs(8);
-/// Nodes declared dead by the witness, waiting to be put on trial: a few,
-/// as the witness declares at most one per period.
-const DEAD_QUEUE: usize = 8;
+/// What the witness tells the browse (nodes declared dead, waiting to be
+/// put on trial; links refused by live nodes), waiting: a few, as each of
+/// its watches tells at most one a period.
+const NEWS_QUEUE: usize = 8;
 /// The one browse restart a node makes on its own, at a random time this
 /// long after it starts browsing, plus up to [`DESYNC_SPREAD`]. mdns-sd's
 /// queries back off from a browse's start (1, 2, 4 ... s, up to an hour),
@@ -876,8 +877,8 @@ pub async fn browse(
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ring = Ring::new(&mdns.node_id);
     let mut aim = Aim::default();
-    let (dead_tx, mut dead_rx) = mpsc::channel(DEAD_QUEUE);
-    let _witness = AbortOnDropHandle::new(tokio::spawn(aim.watch(dead_tx, stop.clone())));
+    let (news_tx, mut news_rx) = mpsc::channel(NEWS_QUEUE);
+    let _witness = AbortOnDropHandle::new(tokio::spawn(aim.watch(news_tx, stop.clone())));
     // Dropped with the browse: the trials' tasks end with it.
     let mut trials = Trials::default();
 
@@ -1248,7 +1249,13 @@ pub async fn browse(
                         }
                     }
                 }
-                Some((node, peer)) = dead_rx.recv() => trials.dead(node, peer),
+                Some(news) = news_rx.recv() => match news {
+                    News::Dead(node, peer) => trials.dead(node, peer),
+                    News::Refused(node, port) => if ctx.ring.restarted(&node, port) {
+                        info!(node, "witness: the node was restarted (it answers, and announces a new ring link); watching its new process");
+                        aim.follow(ctx.ring);
+                    },
+                },
                 (node, peer, verdict) = trials.next() => match verdict {
                     Verdict::Dead => {
                         // Here at once: the goodbye takes a second to act.

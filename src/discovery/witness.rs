@@ -59,6 +59,17 @@
 //! node is watched, so that a crash is seen within seconds (a host that
 //! falls silent is not).
 //!
+//! A node restarted under the same node id at once (a supervisor's
+//! restart) announces its new process before its watcher's goodbye takes
+//! it out of the ring, and that process listens for its ring link on
+//! another port. The ring keeps the first port heard (it is not sealed),
+//! so the watcher finds the kept port refused while the node answers its
+//! probes, and tells the browse, which takes the port heard last and
+//! counts the node as new since it was heard ([`Ring::restarted`]): the
+//! new process is watched as a young node, and the nodes after it are
+//! held. The node after it introduces itself when the port it hears for
+//! the node before it changes.
+//!
 //! The same check answers a failed connect ([`Trials::suspect`]): a
 //! consumer whose dial to a mesh node failed probes that node's responder
 //! (up to [`MISSES_TO_DEAD`] times) instead of trusting one unanswered
@@ -321,6 +332,10 @@ pub struct Ring {
     /// there, and its verdict said the goodbye of the node's real
     /// instances to the whole link.
     at: HashMap<(String, String), Option<IpAddr>>,
+    /// The last link port heard for each node, and when it was first
+    /// heard: a process restarted under the same node id listens on
+    /// another port (see [`Ring::restarted`]).
+    heard: HashMap<String, (u16, tokio::time::Instant)>,
 }
 
 /// Most nodes the ring holds: far above a link's worth of mesh-amb nodes,
@@ -345,6 +360,8 @@ impl Ring {
     ///
     /// The first link port heard for a node is kept: it is not sealed, and
     /// a stranger changing it back and forth must not restart the watch.
+    /// The last one heard replaces it once the node's watcher found the
+    /// kept one refused by a node that answers ([`Ring::restarted`]).
     pub fn seen(&mut self, node: &str, fullname: &str, addrs: &[PeerAddr], link: Option<u16>) {
         let host = super::wire::host_name(node);
         if node == self.me {
@@ -363,6 +380,13 @@ impl Ring {
         });
         peer.host = host;
         peer.link = peer.link.or(link);
+        if let Some(port) = link {
+            let now = tokio::time::Instant::now();
+            let heard = self.heard.entry(node.to_owned()).or_insert((port, now));
+            if heard.0 != port {
+                *heard = (port, now);
+            }
+        }
         let listed = peer.instances.iter().any(|i| i == fullname);
         if !listed && peer.instances.len() < MAX_GOODBYE_INSTANCES {
             peer.instances.push(fullname.to_owned());
@@ -415,10 +439,34 @@ impl Ring {
                 p.instances.retain(|i| i != fullname);
                 if p.instances.is_empty() {
                     self.nodes.remove(&node);
+                    self.heard.remove(&node);
                 }
             }
             self.reaim(&node);
         }
+    }
+
+    /// Notes that `node`'s ring link at port `refused` refuses while the
+    /// node answers its probes: its process was restarted under the same
+    /// node id, and its watcher's goodbye (if it said one) did not take it
+    /// out of the ring, since the new process announced first (a
+    /// supervisor's restart). The port heard last is its link from now
+    /// on, and the node is new since that port was first heard: the new
+    /// process knows only what it heard since, as at any start (see
+    /// `watched_now`). Whether it changed anything: not while no other
+    /// port was heard (a node that shuts down closes its link a moment
+    /// before its responder).
+    pub fn restarted(&mut self, node: &str, refused: u16) -> bool {
+        let (Some(peer), Some(&(port, at))) = (self.nodes.get_mut(node), self.heard.get(node))
+        else {
+            return false;
+        };
+        if peer.link != Some(refused) || port == refused {
+            return false;
+        }
+        peer.link = Some(port);
+        peer.since = at;
+        true
     }
 
     /// Whether `node` has an instance in the ring now.
@@ -529,11 +577,15 @@ impl Default for Aim {
 /// of a lossy link), [`INTRODUCE_SETTLE`] after the node before it
 /// changed, and at most [`INTRODUCE_MOST`] times in
 /// [`INTRODUCE_WINDOW`]. A node that leaves changes its successor's
-/// predecessor too, and the node before it may be new as well.
+/// predecessor too, and the node before it may be new as well. So does a
+/// node restarted under the same id, whose new process announces another
+/// link port (unsealed: a stranger can make it look so, as it can bring
+/// in fake nodes; the window bounds both).
 #[derive(Debug, Default)]
 struct Introduction {
-    /// The node before this one, as last followed.
-    before: Option<String>,
+    /// The node before this one, as last followed, and the link port
+    /// last heard for it (its process).
+    before: Option<(String, Option<u16>)>,
     /// When to announce next, and whether that is the repeat.
     due: Option<(tokio::time::Instant, bool)>,
     /// Whether another introduction is owed once the repeat is sent: the
@@ -564,11 +616,13 @@ pub const INTRODUCE_WINDOW: Duration = Duration::from_secs(90);
 
 impl Introduction {
     fn follow(&mut self, ring: &Ring, now: tokio::time::Instant) {
-        let before = ring.predecessor();
-        if before == self.before.as_deref() {
+        let before = ring
+            .predecessor()
+            .map(|id| (id.to_owned(), ring.heard.get(id).map(|h| h.0)));
+        if before == self.before {
             return;
         }
-        self.before = before.map(str::to_owned);
+        self.before.clone_from(&before);
         match self.due {
             _ if before.is_none() => {}
             // The one due tells whichever node is before this one then.
@@ -660,14 +714,13 @@ impl Aim {
     }
 
     /// Watches the successor this aims at, until `stop`: probes it,
-    /// multicasts its goodbye when it stops answering, and hands it to
-    /// `dead` (for [`Trials::dead`]). The nodes that a new successor may
-    /// not know yet are held meanwhile (through their ring links only). A
-    /// node watched before and after a change keeps its watch, and its
-    /// ring link.
+    /// multicasts its goodbye when it stops answering, and tells `tell`
+    /// ([`News`]). The nodes that a new successor may not know yet are
+    /// held meanwhile (through their ring links only). A node watched
+    /// before and after a change keeps its watch, and its ring link.
     pub fn watch(
         &self,
-        dead: mpsc::Sender<(String, Peer)>,
+        tell: mpsc::Sender<News>,
         stop: CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (mut targets, size) = (self.nodes.subscribe(), self.size.subscribe());
@@ -705,12 +758,12 @@ impl Aim {
                     if watching.contains_key(node) {
                         continue;
                     }
-                    let (id, p, dead) = (node.clone(), peer.clone(), dead.clone());
+                    let (id, p, tell) = (node.clone(), peer.clone(), tell.clone());
                     let task = if at == 0 {
                         let size = size.clone();
-                        tasks.spawn(async move { watch_one(&id, &p, &size, &dead).await })
+                        tasks.spawn(async move { watch_one(&id, &p, &size, &tell).await })
                     } else {
-                        tasks.spawn(async move { hold(&id, &p, &dead).await })
+                        tasks.spawn(async move { hold(&id, &p, &tell).await })
                     };
                     watching.insert(node.clone(), (peer.clone(), at == 0, task));
                 }
@@ -750,7 +803,7 @@ async fn watch_one(
     node: &str,
     peer: &Peer,
     size: &watch::Receiver<usize>,
-    dead: &mpsc::Sender<(String, Peer)>,
+    tell: &mpsc::Sender<News>,
 ) {
     let Some(addr) = peer.addr else {
         return std::future::pending().await;
@@ -767,13 +820,15 @@ async fn watch_one(
     let link_to = peer.link_at();
     let mut link = Link::default();
     link.ask_beats(Some(linked_period(*size.borrow())));
-    let mut said_goodbye = watch_young(node, peer, &prober, &mut link, link_to, dead).await;
+    let mut said_goodbye = watch_young(node, peer, &prober, &mut link, link_to, tell).await;
     tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
     if let (Some(to), false) = (link_to, said_goodbye) {
         link.connect(to).await;
     }
     debug!(node, %addr, linked = link.is_up(), beats = ?link.beat_port(), "witness: watching");
     let mut fallback = Fallback::default();
+    // Whether the node answered its last probe.
+    let mut answered = false;
     loop {
         if let Some(asked) = link.beat_period() {
             let wish = linked_period(*size.borrow());
@@ -788,6 +843,7 @@ async fn watch_one(
         // left alone until it answers.
         if let (Some(to), false) = (link_to, said_goodbye) {
             link.connect(to).await;
+            refused_alive(node, to, &link, answered, tell);
         }
         let wait = match link.beat_period() {
             Some(beats) => beats.mul_f64(1.0 + super::link::BEAT_JITTER),
@@ -829,6 +885,7 @@ async fn watch_one(
                 confirm_ring(node, &prober, &RING_CONFIRMS, &mut link, link_to, within).await
             }
         };
+        answered = alive;
         if alive {
             said_goodbye = false;
         } else if out_of_reach(peer) {
@@ -837,7 +894,7 @@ async fn watch_one(
                 "witness: this host has no working link towards the node; no verdict"
             );
         } else if !said_goodbye {
-            declare_dead(node, peer, dead).await;
+            declare_dead(node, peer, tell).await;
             said_goodbye = true;
         }
     }
@@ -856,7 +913,7 @@ async fn watch_young(
     prober: &Prober,
     link: &mut Link,
     link_to: Option<SocketAddr>,
-    dead: &mpsc::Sender<(String, Peer)>,
+    tell: &mpsc::Sender<News>,
 ) -> bool {
     let grown = peer.since + WATCH_AFTER;
     let Some(to) = link_to.filter(|_| tokio::time::Instant::now() < grown) else {
@@ -878,11 +935,13 @@ async fn watch_young(
             },
             _ = tokio::time::sleep(unlinked), if !link.is_up() => {}
         }
-        if let Probe::Refused = prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
-            declare_dead(node, peer, dead).await;
+        let probe = prober.ask_in_a_row(node, PROBE_TIMEOUT).await;
+        if let Probe::Refused = probe {
+            declare_dead(node, peer, tell).await;
             return true;
         }
         link.connect(to).await;
+        refused_alive(node, to, link, matches!(probe, Probe::Answered), tell);
     }
 }
 
@@ -893,7 +952,7 @@ async fn watch_young(
 /// verdict (as for a young node, [`watch_young`]). A node that advertises
 /// no link (a stranger's fake one, say) is not held, and a host that
 /// falls silent is left to the node's own watcher (or its records' TTL).
-async fn hold(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>) {
+async fn hold(node: &str, peer: &Peer, tell: &mpsc::Sender<News>) {
     let Some(to) = peer.link_at() else {
         return;
     };
@@ -924,8 +983,9 @@ async fn hold(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>) {
             prober.ask(node, &mut Vec::new(), PROBE_TIMEOUT).await
         };
         if let Probe::Refused = probe {
-            return declare_dead(node, peer, dead).await;
+            return declare_dead(node, peer, tell).await;
         }
+        refused_alive(node, to, &link, matches!(probe, Probe::Answered), tell);
         tokio::time::sleep(period(PROBE_EVERY)).await;
     }
 }
@@ -939,12 +999,41 @@ fn out_of_reach(peer: &Peer) -> bool {
         .is_some_and(|a| route::no_link_towards(SocketAddr::new(a, MDNS_PORT)))
 }
 
+/// What the watch tells the browse about a node it watches.
+#[derive(Debug)]
+pub enum News {
+    /// Found dead: its goodbye was said (for [`Trials::dead`]).
+    Dead(String, Peer),
+    /// Its ring link at this port refused while it answered its probe:
+    /// restarted, maybe (for [`Ring::restarted`]).
+    Refused(String, u16),
+}
+
+/// Tells `tell` that `node`'s link at `to` refused, if `link`'s last
+/// connect was refused and the node answered its probe since: a node that
+/// lives but no longer listens there was restarted (its new process
+/// listens on another port), or is shutting down. At most once a probe
+/// period: the browse acts on the first such news after the new port was
+/// heard, which may come after the refusal.
+fn refused_alive(
+    node: &str,
+    to: SocketAddr,
+    link: &Link,
+    answered: bool,
+    tell: &mpsc::Sender<News>,
+) {
+    if answered && link.refused() {
+        debug!(node, %to, "witness: the node answers but its ring link refuses");
+        let _ = tell.try_send(News::Refused(node.to_owned(), to.port()));
+    }
+}
+
 /// Says the goodbye of `node`, found dead, and puts it on trial.
-async fn declare_dead(node: &str, peer: &Peer, dead: &mpsc::Sender<(String, Peer)>) {
+async fn declare_dead(node: &str, peer: &Peer, tell: &mpsc::Sender<News>) {
     goodbye_for(node, peer).await;
     // Full: the trials are busy with others; this node's own goodbye
     // still stands, it is just not watched for a return.
-    let _ = dead.try_send((node.to_owned(), peer.clone()));
+    let _ = tell.try_send(News::Dead(node.to_owned(), peer.clone()));
 }
 
 /// When a watcher gives up waiting for its node's beats and probes
@@ -1764,6 +1853,52 @@ mod tests {
         // Wrapping around: the last id is before the first.
         assert_eq!(ring("a", &["b", "c"]).predecessor(), Some("c"));
         assert_eq!(ring("m", &["z"]).predecessor(), Some("z"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_restarted_under_its_id_is_linked_at_its_new_port_once_the_old_one_refuses() {
+        let web_b = format!("web@b.{SERVICE_TYPE}");
+        let link = |r: &Ring| r.successor().map(|(_, p)| (p.link, p.since)).unwrap();
+        let mut r = Ring::new("a");
+        r.seen("b", &web_b, &addr("10.0.0.1"), Some(4000));
+        let (_, first) = link(&r);
+        // A refusal before another port is heard (a node shutting down
+        // closes its link a moment before its responder): nothing.
+        assert!(!r.restarted("b", 4000));
+        tokio::time::advance(Duration::from_secs(100)).await;
+        // Another port, unsealed (a stranger may send it): kept aside.
+        r.seen("b", &web_b, &addr("10.0.0.1"), Some(5000));
+        let heard = tokio::time::Instant::now();
+        assert_eq!(link(&r), (Some(4000), first));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        r.seen("b", &web_b, &addr("10.0.0.1"), Some(5000));
+        // Not what is refused: a stale report.
+        assert!(!r.restarted("b", 4001));
+        assert!(!r.restarted("c", 4000));
+        // The kept port refused by a live node: the new process's port,
+        // new since it was first heard (the nodes after it are held).
+        assert!(r.restarted("b", 4000));
+        assert_eq!(link(&r), (Some(5000), heard));
+        assert!(!r.restarted("b", 4000), "once");
+        // The node before this one announcing another port (its process
+        // restarted) is a new node before it.
+        let mut intro = Introduction::default();
+        let mut r = ring("c", &["b"]);
+        r.seen("b", &web_b, &addr("10.0.0.1"), Some(4000));
+        let t = tokio::time::Instant::now();
+        intro.follow(&r, t);
+        intro.sent(t, true);
+        intro.sent(t, true);
+        assert_eq!(intro.due, None);
+        r.seen("b", &web_b, &addr("10.0.0.1"), Some(4000));
+        intro.follow(&r, t);
+        assert_eq!(intro.due, None, "the same port: the same process");
+        r.seen("b", &web_b, &addr("10.0.0.1"), Some(5000));
+        intro.follow(&r, t);
+        assert!(intro.due.is_some());
+        // Its instances gone, the node leaves and forgets its ports.
+        r.gone(&web_b);
+        assert!(r.heard.is_empty());
     }
 
     #[test]
