@@ -916,6 +916,10 @@ pub async fn browse(
     // What a restarted browse left in mdns-sd's channels (see `forward`).
     let mut backlog = Vec::new();
     'browse: loop {
+        // What the last browse's drain applied to the ring reaches the
+        // watch and the introduction now, not at the new browse's first
+        // event.
+        aim.follow(&ring);
         // Static services' tables are not discovery's.
         let services: Vec<Arc<Service>> = consumed
             .borrow_and_update()
