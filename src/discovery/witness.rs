@@ -901,12 +901,15 @@ async fn watch_one(
 }
 
 /// Watches `peer` for the death of its process only, until it has been in
-/// the ring for [`WATCH_AFTER`]; whether it was declared dead. A young
-/// responder's silence proves nothing, but a refused probe does: nothing
-/// listens on the node's mDNS port any more. So the link is opened now
-/// (once the ring around the node has held for [`YOUNG_SETTLE`]), and when
-/// it closes, or cannot be opened, the responder is probed; only a refusal
-/// is a verdict. A node without a link is left to the full watch.
+/// the ring for [`WATCH_AFTER`]; whether it was declared dead (and has not
+/// answered since). A young responder's silence proves nothing, but a
+/// refused probe does: nothing listens on the node's mDNS port any more.
+/// So the link is opened now (once the ring around the node has held for
+/// [`YOUNG_SETTLE`]), and when it closes, or cannot be opened, the
+/// responder is probed; only a refusal is a verdict. Probing goes on after
+/// the goodbye, as in the full watch: a node restarted at once answers
+/// again, and stays in the ring. A node without a link is left to the
+/// full watch.
 async fn watch_young(
     node: &str,
     peer: &Peer,
@@ -926,22 +929,30 @@ async fn watch_young(
         linked = link.is_up(),
         "witness: watching a young node's process"
     );
+    let mut said_goodbye = false;
     loop {
         let unlinked = period(PROBE_EVERY);
         tokio::select! {
-            _ = tokio::time::sleep_until(grown) => return false,
+            _ = tokio::time::sleep_until(grown) => return said_goodbye,
             event = link.next() => if event == Event::Beat {
                 continue;
             },
             _ = tokio::time::sleep(unlinked), if !link.is_up() => {}
         }
         let probe = prober.ask_in_a_row(node, PROBE_TIMEOUT).await;
-        if let Probe::Refused = probe {
-            declare_dead(node, peer, tell).await;
-            return true;
+        match probe {
+            Probe::Refused if !said_goodbye => {
+                declare_dead(node, peer, tell).await;
+                said_goodbye = true;
+            }
+            Probe::Answered => said_goodbye = false,
+            Probe::Refused | Probe::Silent => {}
         }
-        link.connect(to).await;
-        refused_alive(node, to, link, matches!(probe, Probe::Answered), tell);
+        // A dead one is left alone until it answers.
+        if !said_goodbye {
+            link.connect(to).await;
+            refused_alive(node, to, link, matches!(probe, Probe::Answered), tell);
+        }
     }
 }
 
