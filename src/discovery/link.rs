@@ -375,7 +375,8 @@ pub struct Link {
     /// Where the node's beats come in, while the link is up and the node
     /// was asked for them.
     beats: Option<Beats>,
-    /// Whether the last connect was refused: nothing listens on the port.
+    /// Whether the last connect was refused: nothing listens on the port
+    /// (or a firewall rejects it).
     refused: bool,
 }
 
@@ -425,7 +426,8 @@ impl Link {
     }
 
     /// Whether the last connect was refused (nothing listens on the port
-    /// any more), rather than lost, timed out or not echoed.
+    /// any more, or a firewall rejects it), rather than lost, timed out or
+    /// not echoed.
     pub fn refused(&self) -> bool {
         self.refused
     }

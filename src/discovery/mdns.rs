@@ -36,6 +36,7 @@ use mdns_sd::{
     DaemonEvent, IfKind, ResolvedService, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo,
 };
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -49,7 +50,7 @@ use super::replay::{Cause, Clearing, Leftovers, Listed, Replay, Whole, REPLAY_MO
 use super::stats::DiscoveryStats;
 use super::verifying::{Action, Verifications};
 use super::wire::{self, Advert, Flaw, State, SERVICE_TYPE};
-use super::witness::{Aim, News, Ring, Trials, Verdict};
+use super::witness::{self, Aim, News, Ring, Trials, Verdict};
 use crate::backends::table::{Backend, BackendSpec, Health, Origin, Snapshot, Target, Update};
 use crate::backends::Service;
 use crate::net::loglimit::LogLimit;
@@ -107,6 +108,9 @@ const FLOOD_SPREAD: Duration = Duration::from_secs(8);
 /// put on trial; links refused by live nodes), waiting: a few, as each of
 /// its watches tells at most one a period.
 const NEWS_QUEUE: usize = 8;
+/// Most ring links checked at once at a new port (see `Ring::moved`): one
+/// per node watched.
+const LINK_CHECKS_MOST: usize = 3;
 /// The one browse restart a node makes on its own, at a random time this
 /// long after it starts browsing, plus up to [`DESYNC_SPREAD`]. mdns-sd's
 /// queries back off from a browse's start (1, 2, 4 ... s, up to an hour),
@@ -881,6 +885,9 @@ pub async fn browse(
     let _witness = AbortOnDropHandle::new(tokio::spawn(aim.watch(news_tx, stop.clone())));
     // Dropped with the browse: the trials' tasks end with it.
     let mut trials = Trials::default();
+    // Whether a node's ring link answers at the port heard last, its kept
+    // one refused (see `Ring::moved`): the node and both ports, if so.
+    let mut link_checks: JoinSet<Option<(String, u16, u16)>> = JoinSet::new();
 
     // Instances this node verified, and when: a removal soon after is the
     // verification's result.
@@ -1255,11 +1262,20 @@ pub async fn browse(
                 }
                 Some(news) = news_rx.recv() => match news {
                     News::Dead(node, peer) => trials.dead(node, peer),
-                    News::Refused(node, port) => if ctx.ring.restarted(&node, port) {
-                        info!(node, "witness: the node was restarted (it answers, and announces a new ring link); watching its new process");
-                        aim.follow(ctx.ring);
-                    },
+                    News::Refused(node, port) => {
+                        if let Some(to) = ctx.ring.moved(&node, port).filter(|_| link_checks.len() < LINK_CHECKS_MOST) {
+                            link_checks.spawn(async move {
+                                witness::link_answers(to).await.then_some((node, port, to.port()))
+                            });
+                        }
+                    }
                 },
+                Some(Ok(Some((node, refused, to)))) = link_checks.join_next() => {
+                    if ctx.ring.restarted(&node, refused, to) {
+                        info!(node, "witness: the node was restarted (it answers, and its ring link answers at the port it announced last); watching its new process");
+                        aim.follow(ctx.ring);
+                    }
+                }
                 (node, peer, verdict) = trials.next() => match verdict {
                     Verdict::Dead => {
                         // Here at once: the goodbye takes a second to act.

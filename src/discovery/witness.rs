@@ -64,7 +64,8 @@
 //! it out of the ring, and that process listens for its ring link on
 //! another port. The ring keeps the first port heard (it is not sealed),
 //! so the watcher finds the kept port refused while the node answers its
-//! probes, and tells the browse, which takes the port heard last and
+//! probes, and tells the browse, which takes the port heard last once a
+//! link answers there (a stranger's port must not move the watch) and
 //! counts the node as new since it was heard ([`Ring::restarted`]): the
 //! new process is watched as a young node, and the nodes after it are
 //! held. The node after it introduces itself when the port it hears for
@@ -446,25 +447,36 @@ impl Ring {
         }
     }
 
-    /// Notes that `node`'s ring link at port `refused` refuses while the
-    /// node answers its probes: its process was restarted under the same
-    /// node id, and its watcher's goodbye (if it said one) did not take it
-    /// out of the ring, since the new process announced first (a
-    /// supervisor's restart). The port heard last is its link from now
-    /// on, and the node is new since that port was first heard: the new
-    /// process knows only what it heard since, as at any start (see
-    /// `watched_now`). Whether it changed anything: not while no other
-    /// port was heard (a node that shuts down closes its link a moment
-    /// before its responder).
-    pub fn restarted(&mut self, node: &str, refused: u16) -> bool {
+    /// Where `node`'s ring link may be now that the kept port `refused`
+    /// refuses while the node answers its probes: at the port heard last,
+    /// if that is another one. Its process may have been restarted under
+    /// the same node id, announcing before its watcher's goodbye took it
+    /// out of the ring (a supervisor's restart); or a node shutting down
+    /// closed its link a moment before its responder (no other port); or
+    /// a stranger sent another port, which is why the port is adopted
+    /// only once its link answers ([`link_answers`], then
+    /// [`Ring::restarted`]).
+    pub fn moved(&self, node: &str, refused: u16) -> Option<SocketAddr> {
+        let peer = self.nodes.get(node)?;
+        let &(port, _) = self.heard.get(node)?;
+        (peer.link == Some(refused) && port != refused).then_some(SocketAddr::new(peer.addr?, port))
+    }
+
+    /// Takes `to`, the port heard last, as `node`'s ring link instead of
+    /// `refused`, its link having answered there ([`Ring::moved`]): its
+    /// process was restarted, and the node is new since that port was
+    /// first heard, as at any start (its new process knows only what it
+    /// heard since: see `watched_now`). Whether it changed anything (not
+    /// for a stale answer: the ring moved on meanwhile).
+    pub fn restarted(&mut self, node: &str, refused: u16, to: u16) -> bool {
         let (Some(peer), Some(&(port, at))) = (self.nodes.get_mut(node), self.heard.get(node))
         else {
             return false;
         };
-        if peer.link != Some(refused) || port == refused {
+        if peer.link != Some(refused) || port != to || to == refused {
             return false;
         }
-        peer.link = Some(port);
+        peer.link = Some(to);
         peer.since = at;
         true
     }
@@ -1016,16 +1028,16 @@ pub enum News {
     /// Found dead: its goodbye was said (for [`Trials::dead`]).
     Dead(String, Peer),
     /// Its ring link at this port refused while it answered its probe:
-    /// restarted, maybe (for [`Ring::restarted`]).
+    /// restarted, maybe (for [`Ring::moved`]).
     Refused(String, u16),
 }
 
 /// Tells `tell` that `node`'s link at `to` refused, if `link`'s last
-/// connect was refused and the node answered its probe since: a node that
+/// connect was refused and the node answered its last probe: a node that
 /// lives but no longer listens there was restarted (its new process
-/// listens on another port), or is shutting down. At most once a probe
-/// period: the browse acts on the first such news after the new port was
-/// heard, which may come after the refusal.
+/// listens on another port), or is shutting down. Once a probe period at
+/// most, since the new port may be heard after the refusal; and never
+/// into the last half of the queue, which is kept for a verdict's news.
 fn refused_alive(
     node: &str,
     to: SocketAddr,
@@ -1033,10 +1045,18 @@ fn refused_alive(
     answered: bool,
     tell: &mpsc::Sender<News>,
 ) {
-    if answered && link.refused() {
+    if answered && link.refused() && tell.capacity() > tell.max_capacity() / 2 {
         debug!(node, %to, "witness: the node answers but its ring link refuses");
         let _ = tell.try_send(News::Refused(node.to_owned(), to.port()));
     }
+}
+
+/// Whether a mesh node's ring link answers at `to`: it echoes a byte, as
+/// a stranger's port (nothing there, or a service with a banner) does not.
+pub async fn link_answers(to: SocketAddr) -> bool {
+    Link::default()
+        .answers(to, super::link::CONNECT_TIMEOUT)
+        .await
 }
 
 /// Says the goodbye of `node`, found dead, and puts it on trial.
@@ -1874,8 +1894,8 @@ mod tests {
         r.seen("b", &web_b, &addr("10.0.0.1"), Some(4000));
         let (_, first) = link(&r);
         // A refusal before another port is heard (a node shutting down
-        // closes its link a moment before its responder): nothing.
-        assert!(!r.restarted("b", 4000));
+        // closes its link a moment before its responder): nowhere to look.
+        assert_eq!(r.moved("b", 4000), None);
         tokio::time::advance(Duration::from_secs(100)).await;
         // Another port, unsealed (a stranger may send it): kept aside.
         r.seen("b", &web_b, &addr("10.0.0.1"), Some(5000));
@@ -1883,14 +1903,19 @@ mod tests {
         assert_eq!(link(&r), (Some(4000), first));
         tokio::time::advance(Duration::from_secs(5)).await;
         r.seen("b", &web_b, &addr("10.0.0.1"), Some(5000));
-        // Not what is refused: a stale report.
-        assert!(!r.restarted("b", 4001));
-        assert!(!r.restarted("c", 4000));
-        // The kept port refused by a live node: the new process's port,
-        // new since it was first heard (the nodes after it are held).
-        assert!(r.restarted("b", 4000));
+        // Not the port refused, or not a node: a stale report.
+        assert_eq!(r.moved("b", 4001), None);
+        assert_eq!(r.moved("c", 4000), None);
+        // The kept port refused by a live node: its link is looked for at
+        // the port heard last, and taken once it answers there; the node
+        // is new since that port was first heard (the nodes after it are
+        // held).
+        assert_eq!(r.moved("b", 4000), Some("10.0.0.1:5000".parse().unwrap()));
+        assert!(!r.restarted("b", 4000, 6000), "not the port heard last");
+        assert!(r.restarted("b", 4000, 5000));
         assert_eq!(link(&r), (Some(5000), heard));
-        assert!(!r.restarted("b", 4000), "once");
+        assert!(!r.restarted("b", 4000, 5000), "once");
+        assert_eq!(r.moved("b", 4000), None);
         // The node before this one announcing another port (its process
         // restarted) is a new node before it.
         let mut intro = Introduction::default();
