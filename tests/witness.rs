@@ -1235,3 +1235,75 @@ fn restarted_under_its_id(grown: bool) {
         "the restart took amb-c out of the consumer's table; the case is not made"
     );
 }
+
+/// Past the seconds a goodbye takes to act (mdns-sd's last second and the
+/// removal grace, 2.5 s in the lab).
+const GOODBYE_UNDONE: Duration = Duration::from_secs(5);
+
+/// A node killed, restarted at once and killed again before its watcher's
+/// next probe: its goodbye, said for the first process, did not take it
+/// out of the ring (the second announced first), and the watcher, which
+/// saw no answer in between, says it again once the first no longer
+/// stands (`witness::GOODBYE_STANDS`, 10 s). Before, the first goodbye
+/// stood until a probe was answered, and the node stayed in every table
+/// for its records' TTL (118 s in exploratory runs of a crash loop).
+#[test]
+fn a_node_restarted_and_killed_again_between_two_probes_leaves_the_tables() {
+    let lab = Lab::new(3);
+    let [h1, h2, h3] = lab.hosts() else {
+        unreachable!("a three-host lab")
+    };
+    let key = keygen(lab.dir(), "cluster.key");
+    let key = key.to_str().expect("a UTF-8 path");
+    let keyed = |args: &[&'static str]| [args, &["--cluster-key", key]].concat();
+    let consumer = amb(h1, &keyed(&["--consume", "web:8080", "--node-id", "amb-a"]));
+    let provider = keyed(&["--provide", "web:7000", "--node-id", "amb-c"]);
+    let (watcher, _) = advertising(h2, &keyed(&["--provide", "web:7000", "--node-id", "amb-b"]));
+    let (mut first, instance) = advertising(h3, &provider);
+    let linked = wait_until(DEADLINE, || young_linked(&watcher, "amb-c"));
+    assert!(linked, "{}", watcher.output_tail(20));
+    let joined = wait_until(DEADLINE, || has(&consumer, "backend joined", &instance) > 0);
+    assert!(joined, "{}", consumer.output_tail(20));
+    let goodbyes = || log_lines(&watcher, &["goodbye sent", "node=\"amb-c\""]);
+    first.kill();
+    assert!(
+        wait_until(DEADLINE, || goodbyes() == 1),
+        "{}",
+        watcher.output_tail(20)
+    );
+    // The watcher's probes do not reach the second process (nor does the
+    // watcher see it answer) until it is killed: the probes came just
+    // before its start and just after its death.
+    let rule = |op| {
+        let from = h2.ip.to_string();
+        let rule = [
+            op, "INPUT", "-p", "udp", "--dport", "5353", "-s", &from, "-j", "DROP",
+        ];
+        h3.run_ok("iptables", rule);
+    };
+    rule("-I");
+    let mut second = amb(h3, &provider);
+    wait_log(&second, ADVERTISING);
+    // Its announcements undid the goodbye: the node stays in the tables.
+    let left = wait_until(GOODBYE_UNDONE, || {
+        has(&consumer, "backend left", &instance) > 0
+    });
+    assert!(
+        !left,
+        "the goodbye took the node out of the table; the case is not made"
+    );
+    second.kill();
+    rule("-D");
+    let t0 = Instant::now();
+    let removed = wait_until(DEADLINE, || has(&consumer, "backend left", &instance) > 0);
+    assert!(
+        removed,
+        "amb-c still in the consumer's table {:?} after its second process was killed:\n{}\n{}",
+        t0.elapsed(),
+        watcher.output_tail(20),
+        consumer.output_tail(20)
+    );
+    eprintln!("removed {:?} after the second kill", t0.elapsed());
+    assert_eq!(goodbyes(), 2, "{}", watcher.output_tail(20));
+    assert_eq!(log_lines(&consumer, &["backend left"]), 1);
+}

@@ -69,7 +69,9 @@
 //! counts the node as new since it was heard ([`Ring::restarted`]): the
 //! new process is watched as a young node, and the nodes after it are
 //! held. The node after it introduces itself when the port it hears for
-//! the node before it changes.
+//! the node before it changes. A process restarted and killed again
+//! between two probes is still in the ring once its goodbye should have
+//! acted (10 s, `GOODBYE_STANDS`): its goodbye is said again.
 //!
 //! The same check answers a failed connect ([`Trials::suspect`]): a
 //! consumer whose dial to a mesh node failed probes that node's responder
@@ -805,7 +807,8 @@ pub fn linked_period(size: usize) -> Duration {
 }
 
 /// Probes `peer` for as long as it is this node's successor, and says its
-/// goodbye once when it stops answering. Probing goes on after the
+/// goodbye when it stops answering (again only once the first no longer
+/// stands: [`GOODBYE_STANDS`]). Probing goes on after the
 /// goodbye: the goodbye normally moves the watch on to the next node, and
 /// a node that answers again (it was alive after all) is watched as before.
 /// While the ring link to it is up, it is probed only when its beat is
@@ -832,9 +835,11 @@ async fn watch_one(
     let link_to = peer.link_at();
     let mut link = Link::default();
     link.ask_beats(Some(linked_period(*size.borrow())));
-    let mut said_goodbye = watch_young(node, peer, &prober, &mut link, link_to, tell).await;
+    // When this node said the goodbye of the watched one, if it has not
+    // answered since.
+    let mut goodbye = watch_young(node, peer, &prober, &mut link, link_to, tell).await;
     tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
-    if let (Some(to), false) = (link_to, said_goodbye) {
+    if let (Some(to), None) = (link_to, goodbye) {
         link.connect(to).await;
     }
     debug!(node, %addr, linked = link.is_up(), beats = ?link.beat_port(), "witness: watching");
@@ -853,7 +858,7 @@ async fn watch_one(
         // Whatever closed the link (the ask above, the fallback below, a
         // lost link), a node that answers gets one again; a dead one is
         // left alone until it answers.
-        if let (Some(to), false) = (link_to, said_goodbye) {
+        if let (Some(to), None) = (link_to, goodbye) {
             link.connect(to).await;
             refused_alive(node, to, &link, answered, tell);
         }
@@ -879,7 +884,7 @@ async fn watch_one(
             event = link.next() => match event {
                 Event::Beat => {
                     debug!(node, "witness: beat");
-                    said_goodbye = false;
+                    goodbye = None;
                     fallback.heard_beat();
                     continue;
                 }
@@ -899,22 +904,22 @@ async fn watch_one(
         };
         answered = alive;
         if alive {
-            said_goodbye = false;
+            goodbye = None;
         } else if out_of_reach(peer) {
             debug!(
                 node,
                 "witness: this host has no working link towards the node; no verdict"
             );
-        } else if !said_goodbye {
+        } else if !stands(goodbye) {
             declare_dead(node, peer, tell).await;
-            said_goodbye = true;
+            goodbye = Some(tokio::time::Instant::now());
         }
     }
 }
 
 /// Watches `peer` for the death of its process only, until it has been in
-/// the ring for [`WATCH_AFTER`]; whether it was declared dead (and has not
-/// answered since). A young responder's silence proves nothing, but a
+/// the ring for [`WATCH_AFTER`]; when it was declared dead, if it has not
+/// answered since. A young responder's silence proves nothing, but a
 /// refused probe does: nothing listens on the node's mDNS port any more.
 /// So the link is opened now (once the ring around the node has held for
 /// [`YOUNG_SETTLE`]), and when it closes, or cannot be opened, the
@@ -929,11 +934,9 @@ async fn watch_young(
     link: &mut Link,
     link_to: Option<SocketAddr>,
     tell: &mpsc::Sender<News>,
-) -> bool {
+) -> Option<tokio::time::Instant> {
     let grown = peer.since + WATCH_AFTER;
-    let Some(to) = link_to.filter(|_| tokio::time::Instant::now() < grown) else {
-        return false;
-    };
+    let to = link_to.filter(|_| tokio::time::Instant::now() < grown)?;
     tokio::time::sleep_until(grown.min(tokio::time::Instant::now() + YOUNG_SETTLE)).await;
     link.connect(to).await;
     debug!(
@@ -941,11 +944,11 @@ async fn watch_young(
         linked = link.is_up(),
         "witness: watching a young node's process"
     );
-    let mut said_goodbye = false;
+    let mut goodbye = None;
     loop {
         let unlinked = period(PROBE_EVERY);
         tokio::select! {
-            _ = tokio::time::sleep_until(grown) => return said_goodbye,
+            _ = tokio::time::sleep_until(grown) => return goodbye,
             event = link.next() => if event == Event::Beat {
                 continue;
             },
@@ -953,15 +956,15 @@ async fn watch_young(
         }
         let probe = prober.ask_in_a_row(node, PROBE_TIMEOUT).await;
         match probe {
-            Probe::Refused if !said_goodbye => {
+            Probe::Refused if !stands(goodbye) => {
                 declare_dead(node, peer, tell).await;
-                said_goodbye = true;
+                goodbye = Some(tokio::time::Instant::now());
             }
-            Probe::Answered => said_goodbye = false,
+            Probe::Answered => goodbye = None,
             Probe::Refused | Probe::Silent => {}
         }
         // A dead one is left alone until it answers.
-        if !said_goodbye {
+        if goodbye.is_none() {
             link.connect(to).await;
             refused_alive(node, to, link, matches!(probe, Probe::Answered), tell);
         }
@@ -1057,6 +1060,21 @@ pub async fn link_answers(to: SocketAddr) -> bool {
     Link::default()
         .answers(to, super::link::CONNECT_TIMEOUT)
         .await
+}
+
+/// How long a goodbye this node said for a node it watches stands: it
+/// takes the node out of every ring and table within seconds (mdns-sd's
+/// last second and the removal grace, 5 s after a clearing), and with it
+/// this watch. A node still watched after that announced itself again (a
+/// process restarted at once, between two probes): when it is found dead
+/// again, its goodbye is said again. Before, the first goodbye stood until
+/// the node answered a probe, and a process restarted and killed between
+/// two probes stayed in every table for its records' TTL.
+const GOODBYE_STANDS: Duration = Duration::from_secs(10);
+
+/// Whether a goodbye said at `said` still stands ([`GOODBYE_STANDS`]).
+fn stands(said: Option<tokio::time::Instant>) -> bool {
+    said.is_some_and(|at| at.elapsed() < GOODBYE_STANDS)
 }
 
 /// Says the goodbye of `node`, found dead, and puts it on trial.
