@@ -13,6 +13,10 @@
 # flood's start (as a responder that fell behind it).
 # MESH_CONSUMERS=16 runs the usual shape instead: 16 nodes only consume, the
 # others only provide (node ids put the consumers first in the ring).
+# MESH_ROLLING=4 measures the blind start instead: the usual shape, the
+# providers started 4 s apart in descending id order, then every fourth of
+# those started in the last minute killed (younger than their first
+# refresh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESH_HOSTS=${1:-8,32,64} cargo test --release -q --test mesh_scale -- --ignored --exact scale --nocapture 2>&1 \

@@ -29,6 +29,15 @@
 //! next refresh (within 80 s). Join, leave and crash are then measured
 //! over the consumers' tables, the only ones there are.
 //!
+//! `MESH_ROLLING` (seconds, default 0, none): the blind start instead of
+//! the above: the usual shape (`MESH_CONSUMERS`, 16 if unset), the
+//! providers started this far apart in descending id order, so that each
+//! one's successor in the ring started before it (a node that only
+//! provides hears of it from its announcements alone, once it is past
+//! mdns-sd's first announcements: 4 s apart or more), then every fourth
+//! provider started in the last minute killed at once: how long each
+//! takes to leave every consumer's table.
+//!
 //! `MESH_FLOOD` (default 0, none): after the crash, a stranger on a host of
 //! its own announces this many dead `web` instances once and goes, as in
 //! `tests/hostile.rs` but seen by every node at once. Printed over the
@@ -94,8 +103,15 @@ fn scale() {
                 .expect("MESH_FLOOD_DEAF: seconds"),
         ),
     };
+    let rolling: f64 = env_or("MESH_ROLLING", "0")
+        .parse()
+        .expect("MESH_ROLLING: seconds");
     for n in sizes {
-        run(n, settle, window, &flood);
+        if rolling > 0.0 {
+            rolling_start(n, Duration::from_secs_f64(rolling));
+        } else {
+            run(n, settle, window, &flood);
+        }
     }
 }
 
@@ -350,6 +366,99 @@ fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
     ) {
         println!("  between {first:.0} s and {last:.0} s after the first start");
     }
+}
+
+/// `MESH_ROLLING` (seconds): the blind start at scale. The usual shape
+/// (`MESH_CONSUMERS`, 16 if unset), the consumers started first, then the
+/// providers one every `every`, in descending id order: each provider's
+/// successor in the ring started before it, and a node that only provides
+/// hears of such a node only from its announcements (its introduction, or
+/// its next refresh, 60-80 s after its start; mdns-sd announces a new
+/// node three times in its first seconds, so starts 4 s apart or more
+/// make the case). Then every fourth provider started in the last minute
+/// (younger than its first refresh) is killed at once, and
+/// the time each takes to leave every consumer's table is printed, with
+/// the live providers any table dropped.
+fn rolling_start(n: usize, every: Duration) {
+    let consumers: usize = env_or("MESH_CONSUMERS", "16")
+        .parse()
+        .expect("MESH_CONSUMERS: a count");
+    assert!(
+        consumers > 0 && consumers + 8 <= n,
+        "MESH_ROLLING: some consumers, and at least 8 providers"
+    );
+    let lab = Lab::new(n);
+    let hosts = lab.hosts();
+    for h in hosts {
+        serve_forever(h);
+    }
+    let t_start = now();
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, h) in hosts[..consumers].iter().enumerate() {
+        nodes.push(start_node(h, role(i, n, consumers)));
+        std::thread::sleep(STAGGER);
+    }
+    let mut started = Vec::new();
+    for i in (consumers..n).rev() {
+        nodes.push(start_node(&hosts[i], role(i, n, consumers)));
+        started.push(now());
+        std::thread::sleep(every);
+    }
+    let all: HashSet<String> = nodes
+        .iter()
+        .filter(|x| !x.instance.is_empty())
+        .map(|x| x.instance.clone())
+        .collect();
+    let full = wait_until(EVENT_DEADLINE, || {
+        tables(&nodes)
+            .iter()
+            .all(|p| table(&p.stderr()).is_superset(&all))
+    });
+    assert!(full, "the tables never held all {} instances", all.len());
+    // Providers sit in `nodes` after the consumers in start order: the
+    // last id first. Every fourth of those started in the last minute
+    // (younger than their first refresh), not the last one.
+    let providers = n - consumers;
+    let recent = (60.0 / every.as_secs_f64()) as usize;
+    let first = providers.saturating_sub(recent.max(2));
+    let victims: Vec<usize> = (first..providers - 1).rev().step_by(4).collect();
+    let t0 = now();
+    let ages: Vec<f64> = victims.iter().map(|&v| t0 - started[v]).collect();
+    for &v in &victims {
+        nodes[consumers + v].proc.kill();
+    }
+    let killed: Vec<String> = victims
+        .iter()
+        .map(|&v| nodes[consumers + v].instance.clone())
+        .collect();
+    let readers = tables(&nodes);
+    let mut crash = Vec::new();
+    for instance in &killed {
+        crash.extend(delays(&readers, instance, "backend left", t0));
+    }
+    let mut dropped = 0;
+    for p in &readers {
+        let log = p.stderr();
+        dropped += log
+            .lines()
+            .filter(|l| l.contains("backend left"))
+            .filter(|l| instance_of(l).is_some_and(|i| !killed.iter().any(|k| k == i)))
+            .count();
+    }
+    let youngest = ages.iter().cloned().fold(f64::MAX, f64::min);
+    let oldest = ages.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "--- {n} hosts, {consumers} only consuming, {providers} only providing, started {every:?} apart in descending id order (all tables full {:.1} s after the first start)",
+        t0 - t_start
+    );
+    summary(
+        &format!(
+            "SIGKILL of {} providers {youngest:.0}-{oldest:.0} s old -> gone from every table",
+            killed.len()
+        ),
+        crash,
+    );
+    println!("live providers dropped from a table during the run: {dropped}");
 }
 
 fn mean_max(v: &[f64]) -> (f64, f64) {
