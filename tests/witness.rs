@@ -1139,7 +1139,7 @@ fn a_young_node_restarted_under_its_id_is_watched_at_once() {
 /// probe period (4 s) after the goodbye, the young watch's settle (2 s),
 /// room on a loaded machine; far below the 30 s a young node's watcher
 /// waited, or forever.
-const RELINKED_WITHIN: Duration = Duration::from_secs(15);
+const RELINKED_WITHIN: Duration = Duration::from_secs(20);
 
 /// Restarts `amb-c` at once under its id, `grown` past its young watch or
 /// not, and checks that its watcher links to the new process, that the
@@ -1243,10 +1243,10 @@ const GOODBYE_UNDONE: Duration = Duration::from_secs(5);
 /// A node killed, restarted at once and killed again before its watcher's
 /// next probe: its goodbye, said for the first process, did not take it
 /// out of the ring (the second announced first), and the watcher, which
-/// saw no answer in between, says it again once the first no longer
-/// stands (`witness::GOODBYE_STANDS`, 10 s). Before, the first goodbye
-/// stood until a probe was answered, and the node stayed in every table
-/// for its records' TTL (118 s in exploratory runs of a crash loop).
+/// saw no answer in between but heard the second process's new link
+/// port, says it again. Before, the first goodbye stood until a probe was
+/// answered, and the node stayed in every table for its records' TTL
+/// (118 s in exploratory runs of a crash loop).
 #[test]
 fn a_node_restarted_and_killed_again_between_two_probes_leaves_the_tables() {
     let lab = Lab::new(3);

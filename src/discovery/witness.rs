@@ -69,9 +69,10 @@
 //! counts the node as new since it was heard ([`Ring::restarted`]): the
 //! new process is watched as a young node, and the nodes after it are
 //! held. The node after it introduces itself when the port it hears for
-//! the node before it changes. A process restarted and killed again
-//! between two probes is still in the ring once its goodbye should have
-//! acted (10 s, `GOODBYE_STANDS`): its goodbye is said again.
+//! the node before it changes. A successor restarted and killed again
+//! between two of its watcher's probes announced a new process (another
+//! link port) since its goodbye, which it undid: its goodbye is said
+//! again.
 //!
 //! The same check answers a failed connect ([`Trials::suspect`]): a
 //! consumer whose dial to a mesh node failed probes that node's responder
@@ -569,6 +570,7 @@ fn probe_addr(addrs: &[PeerAddr]) -> Option<IpAddr> {
 pub struct Aim {
     nodes: watch::Sender<Vec<(String, Peer)>>,
     size: watch::Sender<usize>,
+    heard: watch::Sender<Vec<(String, Option<u16>)>>,
     introduction: Introduction,
 }
 
@@ -577,6 +579,7 @@ impl Default for Aim {
         Aim {
             nodes: watch::Sender::new(Vec::new()),
             size: watch::Sender::new(1),
+            heard: watch::Sender::new(Vec::new()),
             introduction: Introduction::default(),
         }
     }
@@ -704,10 +707,17 @@ fn watched_now(
 
 impl Aim {
     /// Points the witness at the ring's successors, if they changed, tells
-    /// it the ring's size, and notes a new node before this one.
+    /// it the ring's size and the link ports last heard for the nodes it
+    /// may watch, and notes a new node before this one.
     pub fn follow(&mut self, ring: &Ring) {
         self.introduction.follow(ring, tokio::time::Instant::now());
         let next = ring.successors(MAX_WATCHED);
+        let heard: Vec<(String, Option<u16>)> = next
+            .iter()
+            .map(|(id, _)| (id.clone(), ring.heard.get(id).map(|h| h.0)))
+            .collect();
+        self.heard
+            .send_if_modified(|h| std::mem::replace(h, heard.clone()) != heard);
         self.nodes
             .send_if_modified(|t| std::mem::replace(t, next.clone()) != next);
         let size = ring.size();
@@ -738,6 +748,7 @@ impl Aim {
         stop: CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (mut targets, size) = (self.nodes.subscribe(), self.size.subscribe());
+        let heard = self.heard.subscribe();
         async move {
             // Each node watched: as it was seen, whether in full (the
             // successor, or one that was) or held, and its task.
@@ -774,8 +785,8 @@ impl Aim {
                     }
                     let (id, p, tell) = (node.clone(), peer.clone(), tell.clone());
                     let task = if at == 0 {
-                        let size = size.clone();
-                        tasks.spawn(async move { watch_one(&id, &p, &size, &tell).await })
+                        let (size, heard) = (size.clone(), heard.clone());
+                        tasks.spawn(async move { watch_one(&id, &p, &size, &heard, &tell).await })
                     } else {
                         tasks.spawn(async move { hold(&id, &p, &tell).await })
                     };
@@ -808,7 +819,7 @@ pub fn linked_period(size: usize) -> Duration {
 
 /// Probes `peer` for as long as it is this node's successor, and says its
 /// goodbye when it stops answering (again only once the first no longer
-/// stands: [`GOODBYE_STANDS`]). Probing goes on after the
+/// stands: [`stands`]). Probing goes on after the
 /// goodbye: the goodbye normally moves the watch on to the next node, and
 /// a node that answers again (it was alive after all) is watched as before.
 /// While the ring link to it is up, it is probed only when its beat is
@@ -818,6 +829,7 @@ async fn watch_one(
     node: &str,
     peer: &Peer,
     size: &watch::Receiver<usize>,
+    heard: &Heard,
     tell: &mpsc::Sender<News>,
 ) {
     let Some(addr) = peer.addr else {
@@ -837,7 +849,7 @@ async fn watch_one(
     link.ask_beats(Some(linked_period(*size.borrow())));
     // When this node said the goodbye of the watched one, if it has not
     // answered since.
-    let mut goodbye = watch_young(node, peer, &prober, &mut link, link_to, tell).await;
+    let mut goodbye = watch_young(node, peer, &prober, &mut link, link_to, heard, tell).await;
     tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
     if let (Some(to), None) = (link_to, goodbye) {
         link.connect(to).await;
@@ -910,9 +922,9 @@ async fn watch_one(
                 node,
                 "witness: this host has no working link towards the node; no verdict"
             );
-        } else if !stands(goodbye) {
+        } else if !stands(goodbye, heard, node) {
             declare_dead(node, peer, tell).await;
-            goodbye = Some(tokio::time::Instant::now());
+            goodbye = Some(heard_port(heard, node));
         }
     }
 }
@@ -933,8 +945,9 @@ async fn watch_young(
     prober: &Prober,
     link: &mut Link,
     link_to: Option<SocketAddr>,
+    heard: &Heard,
     tell: &mpsc::Sender<News>,
-) -> Option<tokio::time::Instant> {
+) -> Option<Option<u16>> {
     let grown = peer.since + WATCH_AFTER;
     let to = link_to.filter(|_| tokio::time::Instant::now() < grown)?;
     tokio::time::sleep_until(grown.min(tokio::time::Instant::now() + YOUNG_SETTLE)).await;
@@ -956,9 +969,9 @@ async fn watch_young(
         }
         let probe = prober.ask_in_a_row(node, PROBE_TIMEOUT).await;
         match probe {
-            Probe::Refused if !stands(goodbye) => {
+            Probe::Refused if !stands(goodbye, heard, node) => {
                 declare_dead(node, peer, tell).await;
-                goodbye = Some(tokio::time::Instant::now());
+                goodbye = Some(heard_port(heard, node));
             }
             Probe::Answered => goodbye = None,
             Probe::Refused | Probe::Silent => {}
@@ -1062,19 +1075,29 @@ pub async fn link_answers(to: SocketAddr) -> bool {
         .await
 }
 
-/// How long a goodbye this node said for a node it watches stands: it
-/// takes the node out of every ring and table within seconds (mdns-sd's
-/// last second and the removal grace, 5 s after a clearing), and with it
-/// this watch. A node still watched after that announced itself again (a
-/// process restarted at once, between two probes): when it is found dead
-/// again, its goodbye is said again. Before, the first goodbye stood until
-/// the node answered a probe, and a process restarted and killed between
-/// two probes stayed in every table for its records' TTL.
-const GOODBYE_STANDS: Duration = Duration::from_secs(10);
+/// The link port last heard for each node watched ([`Aim::follow`]).
+type Heard = watch::Receiver<Vec<(String, Option<u16>)>>;
 
-/// Whether a goodbye said at `said` still stands ([`GOODBYE_STANDS`]).
-fn stands(said: Option<tokio::time::Instant>) -> bool {
-    said.is_some_and(|at| at.elapsed() < GOODBYE_STANDS)
+/// The link port last heard for `node`: another one is another process.
+fn heard_port(heard: &Heard, node: &str) -> Option<u16> {
+    heard
+        .borrow()
+        .iter()
+        .find(|(n, _)| n == node)
+        .and_then(|(_, p)| *p)
+}
+
+/// Whether the goodbye this node said for `node` (the port heard for it
+/// then, if one was said) still stands: until the node answers, or
+/// announces a new process (another port). Such a process undid the
+/// goodbye (the node stays in every table), and one killed again between
+/// two probes, unseen answering, stayed for its records' TTL (118 s in a
+/// crash loop). Nothing else repeats a goodbye: a node kept in this
+/// node's ring for another reason (its removal held for this host's
+/// link, a stranger replaying its records, a live node found dead again
+/// and again) gets one, as before.
+fn stands(said: Option<Option<u16>>, heard: &Heard, node: &str) -> bool {
+    said.is_some_and(|port| port == heard_port(heard, node))
 }
 
 /// Says the goodbye of `node`, found dead, and puts it on trial.
