@@ -137,6 +137,21 @@ fn tables(nodes: &[Node]) -> Vec<&Proc> {
         .collect()
 }
 
+/// Waits until every table holds every node's instance.
+fn wait_all_in_every_table(nodes: &[Node]) {
+    let all: HashSet<String> = nodes
+        .iter()
+        .filter(|x| !x.instance.is_empty())
+        .map(|x| x.instance.clone())
+        .collect();
+    let full = wait_until(EVENT_DEADLINE, || {
+        tables(nodes)
+            .iter()
+            .all(|p| table(&p.stderr()).is_superset(&all))
+    });
+    assert!(full, "the tables never held all {} instances", all.len());
+}
+
 /// What each node of a run does: provide and consume (the default), or
 /// with `MESH_CONSUMERS` only one of them.
 #[derive(Clone, Copy)]
@@ -187,17 +202,7 @@ fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
         nodes.push(start_node(h, role(i, n, consumers)));
         std::thread::sleep(STAGGER);
     }
-    let all: HashSet<String> = nodes
-        .iter()
-        .filter(|x| !x.instance.is_empty())
-        .map(|x| x.instance.clone())
-        .collect();
-    let full = wait_until(EVENT_DEADLINE, || {
-        tables(&nodes)
-            .iter()
-            .all(|p| table(&p.stderr()).is_superset(&all))
-    });
-    assert!(full, "the tables never held all {} instances", all.len());
+    wait_all_in_every_table(&nodes);
     let converged = now() - t_start;
     // Receive-buffer drops in all nodes' hosts at the end of each phase.
     let rcvbuf_sum = || hosts[..n].iter().map(udp_rcvbuf_errors).sum::<u64>();
@@ -404,17 +409,7 @@ fn rolling_start(n: usize, every: Duration) {
         started.push(now());
         std::thread::sleep(every);
     }
-    let all: HashSet<String> = nodes
-        .iter()
-        .filter(|x| !x.instance.is_empty())
-        .map(|x| x.instance.clone())
-        .collect();
-    let full = wait_until(EVENT_DEADLINE, || {
-        tables(&nodes)
-            .iter()
-            .all(|p| table(&p.stderr()).is_superset(&all))
-    });
-    assert!(full, "the tables never held all {} instances", all.len());
+    wait_all_in_every_table(&nodes);
     // Providers sit in `nodes` after the consumers in start order: the
     // last id first. Every fourth of those started in the last minute
     // (younger than their first refresh), not the last one.
