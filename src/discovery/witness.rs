@@ -461,7 +461,7 @@ impl Ring {
     /// [`Ring::restarted`]).
     pub fn moved(&self, node: &str, refused: u16) -> Option<SocketAddr> {
         let peer = self.nodes.get(node)?;
-        let &(port, _) = self.heard.get(node)?;
+        let port = self.heard_link(node)?;
         (peer.link == Some(refused) && port != refused).then_some(SocketAddr::new(peer.addr?, port))
     }
 
@@ -482,6 +482,12 @@ impl Ring {
         peer.link = Some(to);
         peer.since = at;
         true
+    }
+
+    /// The link port last heard for `node`: another one is another
+    /// process.
+    fn heard_link(&self, node: &str) -> Option<u16> {
+        self.heard.get(node).map(|&(port, _)| port)
     }
 
     /// Whether `node` has an instance in the ring now.
@@ -635,7 +641,7 @@ impl Introduction {
     fn follow(&mut self, ring: &Ring, now: tokio::time::Instant) {
         let before = ring
             .predecessor()
-            .map(|id| (id.to_owned(), ring.heard.get(id).map(|h| h.0)));
+            .map(|id| (id.to_owned(), ring.heard_link(id)));
         if before == self.before {
             return;
         }
@@ -714,7 +720,7 @@ impl Aim {
         let next = ring.successors(MAX_WATCHED);
         let heard: Vec<(String, Option<u16>)> = next
             .iter()
-            .map(|(id, _)| (id.clone(), ring.heard.get(id).map(|h| h.0)))
+            .map(|(id, _)| (id.clone(), ring.heard_link(id)))
             .collect();
         self.heard
             .send_if_modified(|h| std::mem::replace(h, heard.clone()) != heard);
@@ -847,8 +853,8 @@ async fn watch_one(
     let link_to = peer.link_at();
     let mut link = Link::default();
     link.ask_beats(Some(linked_period(*size.borrow())));
-    // When this node said the goodbye of the watched one, if it has not
-    // answered since.
+    // The link port heard for the watched node when this node said its
+    // goodbye, if it has not answered since (see `stands`).
     let mut goodbye = watch_young(node, peer, &prober, &mut link, link_to, heard, tell).await;
     tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
     if let (Some(to), None) = (link_to, goodbye) {
