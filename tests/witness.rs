@@ -288,11 +288,17 @@ fn a_node_that_hangs_again_after_it_resumed_is_noticed() {
         "the resumed node does not beat:\n{}",
         watcher.output_tail(30)
     );
-    assert_eq!(
-        log_lines(watcher, &["goodbye sent"]),
-        0,
-        "it was only paused"
-    );
+    // In the ring's first 90 s both other nodes may watch it in full: the
+    // one whose successor it was when the third came in keeps that watch
+    // while it holds it (witness::BLIND_FOR), and either one may find the
+    // second hang first, its goodbye ending the other's watch.
+    let goodbyes = || -> usize {
+        nodes
+            .iter()
+            .map(|(p, _)| log_lines(p, &["goodbye sent", &node]))
+            .sum()
+    };
+    assert_eq!(goodbyes(), 0, "it was only paused");
 
     let answered = ["witness: probe answered", &node];
     let answers = log_lines(watcher, &answered);
@@ -305,7 +311,7 @@ fn a_node_that_hangs_again_after_it_resumed_is_noticed() {
         "a probe of the hung node was taken for answered:\n{}",
         watcher.output_tail(30)
     );
-    assert!(log_lines(watcher, &["goodbye sent", &node]) > 0);
+    assert!(goodbyes() > 0, "removed without a goodbye");
     victim.signal(libc::SIGCONT);
     victim.kill();
 }
