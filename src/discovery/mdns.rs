@@ -490,6 +490,14 @@ impl Mdns {
         let Some(a) = announced.get_mut(&fullname.to_lowercase()) else {
             return false;
         };
+        if super::refresh::interfaces(&self.ifaces).is_empty() {
+            // mdns-sd left every interface it announced ours on (their
+            // link down, their address gone), with what it had cached from
+            // them: nobody said a goodbye. It announces ours on an interface
+            // again when it is back (vendor/mdns-sd/PATCHED.md, 5).
+            info!(instance = %fullname, "this host's link is down: no interface to announce our instance on until it is back");
+            return true;
+        }
         warn!(instance = %fullname, "the link said goodbye for our live instance; announcing it again");
         self.register_again(fullname, a);
         true

@@ -2332,8 +2332,11 @@ impl Zeroconf {
         };
 
         for service_info in self.my_services.values_mut() {
-            if service_info.is_addr_auto() {
-                if !service_info.insert_ipaddr(intf) {
+            // Also a service of fixed addresses, on an interface that comes
+            // back with one of them (a link down and up, a cable plugged in
+            // again): announced, and answered for on it, again.
+            if service_info.is_addr_auto() || has_fixed_addr_on(service_info, intf, my_intf) {
+                if service_info.is_addr_auto() && !service_info.insert_ipaddr(intf) {
                     // Skip an unsupported address. Should not try to announce it.
                     // Otherwise could demote an already announced service into probing.
                     continue;
@@ -5286,6 +5289,17 @@ fn prepare_announce(
     }
 
     Some(out)
+}
+
+/// Whether `info`, a service of fixed addresses, has one of the family of
+/// `intf`'s address on `my_intf`, and is announced on `intf`.
+fn has_fixed_addr_on(info: &ServiceInfo, intf: &Interface, my_intf: &MyIntf) -> bool {
+    let fixed = if intf.ip().is_ipv4() {
+        info.get_addrs_on_my_intf_v4(my_intf)
+    } else {
+        info.get_addrs_on_my_intf_v6(my_intf)
+    };
+    info.is_address_supported(intf) && !fixed.is_empty()
 }
 
 /// Send an unsolicited response for owned service via `intf` and `sock`.
