@@ -480,7 +480,7 @@ fn a_consumer_rides_out_its_own_link_going_down(cut: Cut) {
     cut.set(&lab, h2, false);
     wait_log(
         &consumer,
-        "mDNS dropped a backend with this host's link towards it",
+        "mDNS dropped an instance with this host's link towards it",
     );
     let asked = ask_in_background(h2, WHOAMI);
     wait_waiting(h2, &consumer, 1.0);
@@ -511,6 +511,43 @@ fn a_consumer_rides_out_its_own_link_taken_down() {
 #[test]
 fn a_consumer_rides_out_its_own_link_losing_carrier() {
     a_consumer_rides_out_its_own_link_going_down(Cut::Carrier);
+}
+
+/// A node that only provides, whose link goes down and comes back, keeps
+/// the ring it knew: the nodes mdns-sd dropped with the link are held as
+/// consumed backends are, and it asks the link once mdns-sd has the
+/// interface again. It asks nothing otherwise, so it knew none of them
+/// until their next announcements, up to 80 s later, and meanwhile
+/// watched none of them (nor the one after it, for the node before it).
+#[test]
+fn a_listener_whose_link_comes_back_keeps_the_ring_it_knew() {
+    let lab = Lab::new(2);
+    let (h1, h2) = (lab.host("h1"), lab.host("h2"));
+    let (_redis1, _redis2) = (redis(h1, 12345), redis(h2, 12345));
+    let listener = amb(h1, &["--provide", "redis:12345", "--node-id", "amb-a"]);
+    let _other = amb(h2, &["--provide", "redis:12345", "--node-id", "amb-b"]);
+    let other = "redis@amb-b._amb._tcp.local.";
+    wait_log(&listener, &format!("resolved instance={other}"));
+    Cut::Carrier.set(&lab, h1, false);
+    wait_log(
+        &listener,
+        "mDNS dropped an instance with this host's link towards it",
+    );
+    Cut::Carrier.set(&lab, h1, true);
+    let back = Instant::now();
+    wait_log(
+        &listener,
+        &format!("mDNS reported an instance gone and resolved it again; it stays instance={other}"),
+    );
+    eprintln!(
+        "amb-b known again {:?} after the link came back",
+        back.elapsed()
+    );
+    assert!(
+        !listener.stderr().contains("backend left"),
+        "{}",
+        listener.output_tail(20)
+    );
 }
 
 /// Above mdns-sd's interface check (every 5 s), which takes the interface

@@ -108,6 +108,13 @@ const FLOOD_SPREAD: Duration = Duration::from_secs(8);
 /// put on trial; links refused by live nodes), waiting: a few, as each of
 /// its watches tells at most one a period.
 const NEWS_QUEUE: usize = 8;
+/// How long after this host's link came back a node that only provides
+/// asks the link about the instances held for it (see `removals`): once
+/// mdns-sd's interface check (every 5 s) has taken the interface in
+/// again, well within the grace they have to resolve again
+/// (`removals::LINK_BACK_GRACE`).
+const LINK_BACK_ASK: Duration =
+    Duration::from_secs(mdns_sd::IP_CHECK_INTERVAL_IN_SECS_DEFAULT as u64 + 1);
 /// Most ring links checked at once at a new port (see `Ring::moved`): one
 /// per node watched.
 const LINK_CHECKS_MOST: usize = 3;
@@ -1050,7 +1057,17 @@ pub async fn browse(
                     }
                 },
                 _ = sleep_until_some(ctx.pending.next()) => {
-                    for gone in ctx.apply_due_removals() {
+                    let gone = ctx.apply_due_removals();
+                    if ctx.pending.link_came_back() && passive {
+                        // The instances held for the link resolve again
+                        // only with an answer, and a listener asks nothing
+                        // (mdns-sd asks for a browse that queries, on the
+                        // interface it takes in again).
+                        debug!("this host's link is back; asking the link once, when mdns-sd has the interface again");
+                        let at = Instant::now() + LINK_BACK_ASK;
+                        next_rebrowse = Some(next_rebrowse.map_or(at, |t| t.min(at)));
+                    }
+                    for gone in gone {
                         let ours = verified
                             .remove(&gone)
                             .is_some_and(|t| t.elapsed() < VERIFIED_RECENTLY);
@@ -1406,12 +1423,12 @@ impl Browsing<'_> {
                 } else {
                     REMOVAL_GRACE
                 };
-                let unlinked = route::no_link_towards_any(&addresses_of(self.services, &fullname));
+                let unlinked = unlinked(self.services, self.ring, &fullname);
                 if self
                     .pending
                     .report(fullname.clone(), Instant::now(), grace, unlinked)
                 {
-                    let said = "mDNS dropped a backend with this host's link towards it, which is down; it stays until the link is back";
+                    let said = "mDNS dropped an instance with this host's link towards it, which is down; it stays until the link is back";
                     match HELD.admit() {
                         Some(0) => info!(instance = %fullname, "{said}"),
                         Some(more) => {
@@ -1433,10 +1450,10 @@ impl Browsing<'_> {
     /// Applies the removals that are due; the instances they removed from
     /// a table.
     fn apply_due_removals(&mut self) -> Vec<String> {
-        let services = self.services;
-        let due = self.pending.due(Instant::now(), |name| {
-            route::no_link_towards_any(&addresses_of(services, name))
-        });
+        let (services, ring) = (self.services, &*self.ring);
+        let due = self
+            .pending
+            .due(Instant::now(), |name| unlinked(services, ring, name));
         let mut gone = Vec::new();
         for name in due {
             self.ring.gone(&name);
@@ -1718,6 +1735,19 @@ fn addresses_of(services: &[Arc<Service>], key: &str) -> Vec<SocketAddr> {
         }
     }
     addrs
+}
+
+/// Whether this host's link towards `key` is down: towards its addresses
+/// as a backend, and its node's in the ring. mdns-sd drops what it learnt
+/// over an interface that goes down, the ring's nodes too, and a node
+/// that only provides asks nothing: it knew none of them again until
+/// their next announcements, up to 80 s later, and watched none meanwhile.
+fn unlinked(services: &[Arc<Service>], ring: &Ring, key: &str) -> bool {
+    let mut addrs = addresses_of(services, key);
+    if let Some(ip) = ring.owner(key).and_then(|(_, p)| p.addr) {
+        addrs.push(SocketAddr::new(ip, wire::MDNS_PORT));
+    }
+    route::no_link_towards_any(&addrs)
 }
 
 /// Removes a discovered backend gone from mdns-sd's cache unannounced.

@@ -59,7 +59,12 @@ enum Link {
 
 /// The removals waiting for their time, by instance.
 #[derive(Debug, Default)]
-pub struct Removals(HashMap<String, Removal>);
+pub struct Removals {
+    waiting: HashMap<String, Removal>,
+    /// Whether the link came back for a held removal since
+    /// [`Removals::link_came_back`] was last asked.
+    back: bool,
+}
 
 impl Removals {
     /// A removal of `name` reported at `now`, due after `grace`, or held
@@ -69,7 +74,7 @@ impl Removals {
     /// to resolve again waits no longer than any other). Whether it is
     /// newly held.
     pub fn report(&mut self, name: String, now: Instant, grace: Duration, unlinked: bool) -> bool {
-        match self.0.entry(name) {
+        match self.waiting.entry(name) {
             Entry::Vacant(slot) => {
                 let removal = match unlinked {
                     true => Removal {
@@ -98,18 +103,18 @@ impl Removals {
     /// `name` resolved again: its removal, if any, is off. Whether there
     /// was one.
     pub fn resolved(&mut self, name: &str) -> bool {
-        self.0.remove(name).is_some()
+        self.waiting.remove(name).is_some()
     }
 
     /// When the next removal is due.
     pub fn next(&self) -> Option<Instant> {
-        self.0.values().map(|r| r.at).min()
+        self.waiting.values().map(|r| r.at).min()
     }
 
     /// Whether `name`'s removal waits for the link (held, or given time
     /// to resolve again once it is back).
     pub fn is_held(&self, name: &str) -> bool {
-        self.0.get(name).is_some_and(|r| r.link != Link::Up)
+        self.waiting.get(name).is_some_and(|r| r.link != Link::Up)
     }
 
     /// The removals due at `now`, to apply. A held one due is looked at
@@ -119,7 +124,8 @@ impl Removals {
     /// link: mdns-sd, having dropped it, would not report it again).
     pub fn due(&mut self, now: Instant, mut unlinked: impl FnMut(&str) -> bool) -> Vec<String> {
         let mut due = Vec::new();
-        self.0.retain(|name, r| {
+        let back = &mut self.back;
+        self.waiting.retain(|name, r| {
             if r.at > now {
                 return true;
             }
@@ -133,7 +139,7 @@ impl Removals {
             let down = unlinked(name);
             if down && now.duration_since(since) >= HOLD_MOST {
                 info!(instance = %name, held = ?HOLD_MOST,
-                    "this host's link towards a backend mDNS dropped stayed down; it is let go");
+                    "this host's link towards an instance mDNS dropped stayed down; it is let go");
             }
             match (down, r.link) {
                 (true, _) if now.duration_since(since) < HOLD_MOST => {
@@ -144,7 +150,8 @@ impl Removals {
                     true
                 }
                 (false, Link::Down { .. }) => {
-                    debug!(instance = %name, "the link towards a backend kept is back; waiting for it to resolve again");
+                    debug!(instance = %name, "the link towards an instance kept is back; waiting for it to resolve again");
+                    *back = true;
                     *r = Removal {
                         at: now + LINK_BACK_GRACE,
                         link: Link::Back { since },
@@ -158,6 +165,13 @@ impl Removals {
             }
         });
         due
+    }
+
+    /// Whether the link towards a held removal came back since this was
+    /// last asked: a node that only provides then asks the link once
+    /// (`mdns::browse`), as mdns-sd does for a browse that queries.
+    pub fn link_came_back(&mut self) -> bool {
+        std::mem::take(&mut self.back)
     }
 }
 
@@ -182,7 +196,10 @@ mod tests {
     fn held_then_back(r: &mut Removals, t0: Instant) -> Instant {
         assert!(r.report("a".into(), t0, GRACE, true));
         let t = r.next().expect("held");
+        assert!(!r.link_came_back());
         assert!(r.due(t, |_| false).is_empty());
+        assert!(r.link_came_back(), "said once");
+        assert!(!r.link_came_back());
         t
     }
 
