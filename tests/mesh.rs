@@ -543,11 +543,6 @@ fn a_listener_whose_link_comes_back_keeps_the_ring_it_knew() {
         "amb-b known again {:?} after the link came back",
         back.elapsed()
     );
-    assert!(
-        !listener.stderr().contains("backend left"),
-        "{}",
-        listener.output_tail(20)
-    );
 }
 
 /// Above mdns-sd's interface check (every 5 s), which takes the interface
@@ -556,15 +551,16 @@ fn a_listener_whose_link_comes_back_keeps_the_ring_it_knew() {
 const ANNOUNCED_WITHIN: Duration = Duration::from_secs(20);
 
 /// A provider that advertises a fixed address (`--advertise-addr`)
-/// announces itself again as soon as its link is back (RFC 6762 §8: a
-/// link change calls for announcements). mdns-sd takes the interface out
-/// at its next check and in again once it is back, but announced on it
-/// then only the services that follow the interface's addresses: one of
-/// fixed addresses, dropped by its watcher's goodbye while away, came
-/// back to a consumer's table only with the consumer's next query or its
-/// own next refresh (27 and 33 s after its link came back in two runs; up
-/// to 80 s). Nothing here queries: what the provider sends once its link
-/// is back is its announcement.
+/// announces itself again as soon as its link is back, twice a second
+/// apart (RFC 6762 §8: a link change calls for announcements, §8.3: at
+/// least two). mdns-sd takes the interface out at its next check and in
+/// again once it is back, but announced on it then only the services
+/// that follow the interface's addresses, once: one of fixed addresses,
+/// dropped by its watcher's goodbye while away, came back to a consumer's
+/// table only with the consumer's next query or its own next refresh (27
+/// and 33 s after its link came back in two runs; up to 80 s). Nothing
+/// here queries: what the provider sends once its link is back is its
+/// announcement.
 #[test]
 fn a_provider_of_a_fixed_address_announces_itself_when_its_link_is_back() {
     let lab = Lab::new(2);
@@ -574,19 +570,26 @@ fn a_provider_of_a_fixed_address_announces_itself_when_its_link_is_back() {
     let provider = amb(h1, &["--provide", "redis:12345", "--advertise-addr", &ip]);
     wait_log(&provider, "local service answers: advertising");
     let restored: Mutex<Option<Instant>> = Mutex::new(None);
-    let announced_after = |seen: &HashMap<std::net::SocketAddr, Sent>| {
-        let at = (*restored.lock().unwrap())?;
+    // What it sent since its link came back, and when.
+    let announced = |seen: &HashMap<std::net::SocketAddr, Sent>| -> Vec<Duration> {
+        let Some(at) = *restored.lock().unwrap() else {
+            return Vec::new();
+        };
         let sent = sent_by(seen, h1.ip.into());
-        sent.responses.iter().find(|r| **r > at).map(|r| *r - at)
+        sent.responses
+            .iter()
+            .filter(|r| **r > at)
+            .map(|r| *r - at)
+            .collect()
     };
     let seen = std::thread::scope(|s| {
         let sniffer = s.spawn(|| {
             sniff(h2, DEADLINE + ANNOUNCED_WITHIN, |seen| {
-                announced_after(seen).is_some()
+                announced(seen).len() >= 2
             })
         });
         Cut::Carrier.set(&lab, h1, false);
-        wait_log(&provider, "this host's link is down");
+        wait_log(&provider, "no interface to announce our instance on");
         *restored.lock().unwrap() = Some(Instant::now());
         Cut::Carrier.set(&lab, h1, true);
         sniffer.join().unwrap()
@@ -596,14 +599,22 @@ fn a_provider_of_a_fixed_address_announces_itself_when_its_link_is_back() {
         "its own link down taken for a goodbye:\n{}",
         provider.output_tail(20)
     );
-    let took = announced_after(&seen);
-    eprintln!("announced {took:?} after its link came back");
+    let sent = announced(&seen);
+    eprintln!("announced {sent:?} after its link came back");
     assert!(
-        took.is_some_and(|t| t < ANNOUNCED_WITHIN),
+        sent.first().is_some_and(|t| *t < ANNOUNCED_WITHIN),
         "not announced within {ANNOUNCED_WITHIN:?} of its link's return:\n{}",
         provider.output_tail(20)
     );
+    assert!(
+        sent.len() >= 2 && sent[1] - sent[0] < ANNOUNCED_AGAIN_WITHIN,
+        "announced once: {sent:?}"
+    );
 }
+
+/// mdns-sd's second announcement, 1.1-1.15 s after the first, on a
+/// loaded machine.
+const ANNOUNCED_AGAIN_WITHIN: Duration = Duration::from_secs(3);
 
 /// What one request of a client loop saw.
 #[derive(Clone)]

@@ -115,6 +115,8 @@ const NEWS_QUEUE: usize = 8;
 /// (`removals::LINK_BACK_GRACE`).
 const LINK_BACK_ASK: Duration =
     Duration::from_secs(mdns_sd::IP_CHECK_INTERVAL_IN_SECS_DEFAULT as u64 + 1);
+/// How long after that it asks again, if any is still held.
+const LINK_BACK_ASK_AGAIN: Duration = Duration::from_secs(5);
 /// Most ring links checked at once at a new port (see `Ring::moved`): one
 /// per node watched.
 const LINK_CHECKS_MOST: usize = 3;
@@ -501,11 +503,12 @@ impl Mdns {
             // mdns-sd left every interface it announced ours on (their
             // link down, their address gone), with what it had cached from
             // them: nobody said a goodbye. It announces ours on an interface
-            // again when it is back (vendor/mdns-sd/PATCHED.md, 5).
-            info!(instance = %fullname, "this host's link is down: no interface to announce our instance on until it is back");
-            return true;
+            // when it is back (vendor/mdns-sd/PATCHED.md, 5); handed over
+            // again now, it does so without a new conflict probe.
+            info!(instance = %fullname, "no interface to announce our instance on (this host's link down, or its address gone) until one is back");
+        } else {
+            warn!(instance = %fullname, "the link said goodbye for our live instance; announcing it again");
         }
-        warn!(instance = %fullname, "the link said goodbye for our live instance; announcing it again");
         self.register_again(fullname, a);
         true
     }
@@ -917,6 +920,9 @@ pub async fn browse(
     let mut desync_armed = false;
     // Whether the next browse of a listener asks, once.
     let mut ask_once = false;
+    // When a listener asks the link about the instances held for this
+    // host's link, once it is back, and whether that is the first time.
+    let mut link_back_ask: Option<(Instant, bool)> = None;
     let mut sweep_next = false;
     let mut replay = Replay::default();
     let mut asking = Reconfirms::default();
@@ -1058,14 +1064,13 @@ pub async fn browse(
                 },
                 _ = sleep_until_some(ctx.pending.next()) => {
                     let gone = ctx.apply_due_removals();
-                    if ctx.pending.link_came_back() && passive {
+                    if ctx.pending.link_came_back() && listening {
                         // The instances held for the link resolve again
                         // only with an answer, and a listener asks nothing
                         // (mdns-sd asks for a browse that queries, on the
                         // interface it takes in again).
-                        debug!("this host's link is back; asking the link once, when mdns-sd has the interface again");
-                        let at = Instant::now() + LINK_BACK_ASK;
-                        next_rebrowse = Some(next_rebrowse.map_or(at, |t| t.min(at)));
+                        debug!("this host's link is back; asking the link when mdns-sd has the interface again");
+                        link_back_ask = Some((Instant::now() + LINK_BACK_ASK, true));
                     }
                     for gone in gone {
                         let ours = verified
@@ -1232,6 +1237,25 @@ pub async fn browse(
                         continue;
                     }
                     debug!("restarting the browse once, to fall out of step with nodes started together");
+                    backlog = ctx.drain(&mut fwd).await;
+                    continue 'browse;
+                }
+                _ = sleep_until_some(link_back_ask.map(|(at, _)| at)), if passive => {
+                    // Asked again once, for what is still held: the first
+                    // packets out on a link just back are the likeliest
+                    // lost.
+                    let first = link_back_ask.take().is_some_and(|(_, first)| first);
+                    if first {
+                        link_back_ask = Some((Instant::now() + LINK_BACK_ASK_AGAIN, false));
+                    }
+                    if !first && !ctx.pending.awaits_link_back() {
+                        continue;
+                    }
+                    if clearing_instead(&fwd.crowded, &mut clearing, false) {
+                        continue;
+                    }
+                    debug!("asking the link about the instances held for this host's link");
+                    ask_once = true;
                     backlog = ctx.drain(&mut fwd).await;
                     continue 'browse;
                 }

@@ -167,6 +167,14 @@ impl Removals {
         due
     }
 
+    /// Whether a removal waits for its instance to resolve again over the
+    /// link come back.
+    pub fn awaits_link_back(&self) -> bool {
+        self.waiting
+            .values()
+            .any(|r| matches!(r.link, Link::Back { .. }))
+    }
+
     /// Whether the link towards a held removal came back since this was
     /// last asked: a node that only provides then asks the link once
     /// (`mdns::browse`), as mdns-sd does for a browse that queries.
@@ -200,6 +208,7 @@ mod tests {
         assert!(r.due(t, |_| false).is_empty());
         assert!(r.link_came_back(), "said once");
         assert!(!r.link_came_back());
+        assert!(r.awaits_link_back());
         t
     }
 

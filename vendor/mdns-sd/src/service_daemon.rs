@@ -2280,7 +2280,9 @@ impl Zeroconf {
     /// Does nothing if the address is already known, or if joining the multicast
     /// group fails (see `add_intf_addr`). Otherwise, for each `addr_auto` service, it adds
     /// the address (when supported) and announces the service, marking it as
-    /// probing when it cannot be announced yet. It then re-sends the active
+    /// probing when it cannot be announced yet; so too each service of fixed addresses
+    /// with one of the address's family on the interface (`has_fixed_addr_on`). Each
+    /// announcement is sent again a second later. It then re-sends the active
     /// browse queries on the new interface and notifies monitors with
     /// `DaemonEvent::IpAdd`.
     ///
@@ -2331,7 +2333,8 @@ impl Zeroconf {
                 .or_insert_with(DnsRegistry::new),
         };
 
-        for service_info in self.my_services.values_mut() {
+        let mut announced = Vec::new();
+        for (fullname, service_info) in self.my_services.iter_mut() {
             // Also a service of fixed addresses, on an interface that comes
             // back with one of them (a link down and up, a cable plugged in
             // again): announced, and answered for on it, again.
@@ -2355,6 +2358,7 @@ impl Zeroconf {
                         intf.ip()
                     );
                     service_info.set_status(if_index, ServiceStatus::Announced);
+                    announced.push(fullname.clone());
                 } else {
                     for timer in dns_registry.new_timers.drain(..) {
                         self.timers.push(Reverse(timer));
@@ -2362,6 +2366,17 @@ impl Zeroconf {
                     service_info.set_status(if_index, ServiceStatus::Probing);
                 }
             }
+        }
+
+        // RFC 6762 section 8.3: at least two announcements, one second apart,
+        // as `send_unsolicited_response` sends: the first packet out on a link
+        // that has just come back is the likeliest lost.
+        let next_time = Instant::now()
+            + Duration::from_millis(
+                ANNOUNCE_SECOND_DELAY_MILLIS + fastrand::u64(0..ANNOUNCE_SECOND_JITTER_MILLIS),
+            );
+        for fullname in announced {
+            self.add_retransmission(next_time, Command::RegisterResend(fullname, if_index));
         }
 
         // Send browse queries on the new interface without known answers.
