@@ -115,8 +115,11 @@ const NEWS_QUEUE: usize = 8;
 /// (`removals::LINK_BACK_GRACE`).
 const LINK_BACK_ASK: Duration =
     Duration::from_secs(mdns_sd::IP_CHECK_INTERVAL_IN_SECS_DEFAULT as u64 + 1);
+/// Random spread added to [`LINK_BACK_ASK`]: the nodes behind a switch
+/// that restarted see their links come back together.
+const LINK_BACK_SPREAD: Duration = Duration::from_secs(1);
 /// How long after that it asks again, if any is still held.
-const LINK_BACK_ASK_AGAIN: Duration = Duration::from_secs(5);
+const LINK_BACK_ASK_AGAIN: Duration = Duration::from_secs(4);
 /// Most ring links checked at once at a new port (see `Ring::moved`): one
 /// per node watched.
 const LINK_CHECKS_MOST: usize = 3;
@@ -1070,7 +1073,8 @@ pub async fn browse(
                         // (mdns-sd asks for a browse that queries, on the
                         // interface it takes in again).
                         debug!("this host's link is back; asking the link when mdns-sd has the interface again");
-                        link_back_ask = Some((Instant::now() + LINK_BACK_ASK, true));
+                        let at = Instant::now() + LINK_BACK_ASK + LINK_BACK_SPREAD.mul_f64(fastrand::f64());
+                        link_back_ask = Some((at, true));
                     }
                     for gone in gone {
                         let ours = verified
