@@ -1245,14 +1245,15 @@ pub async fn browse(
                     continue 'browse;
                 }
                 _ = sleep_until_some(link_back_ask.map(|(at, _)| at)), if passive => {
-                    // Asked again once, for what is still held: the first
-                    // packets out on a link just back are the likeliest
-                    // lost.
-                    let first = link_back_ask.take().is_some_and(|(_, first)| first);
-                    if first {
+                    // Asked again once: the first packets out on a link
+                    // just back are the likeliest lost. Not when all came
+                    // back meanwhile: a switch that restarted brought every
+                    // consumer's link back too, and mdns-sd asks for each;
+                    // their answers are multicast.
+                    if link_back_ask.take().is_some_and(|(_, first)| first) {
                         link_back_ask = Some((Instant::now() + LINK_BACK_ASK_AGAIN, false));
                     }
-                    if !first && !ctx.pending.awaits_link_back() {
+                    if !ctx.pending.awaits_link_back() {
                         continue;
                     }
                     if clearing_instead(&fwd.crowded, &mut clearing, false) {
