@@ -38,6 +38,15 @@
 //! provider started in the last minute killed at once: how long each
 //! takes to leave every consumer's table.
 //!
+//! `MESH_SWITCH` (seconds, default 0, none): a switch's restart instead:
+//! the usual shape (`MESH_CONSUMERS`, 16 if unset), `MESH_SETTLE` (30 s
+//! at least) after every table is full every host's link loses its
+//! carrier at once for this long, and 20 s after it is back every fourth
+//! provider is killed: how long each takes to leave every consumer's
+//! table, the mDNS traffic of those 20 s, and the live providers dropped.
+//! `MESH_SWITCH_WHO=watchers`: only the links of those providers' watchers
+//! (each the provider before it, a node that only provides) go down.
+//!
 //! `MESH_FLOOD` (default 0, none): after the crash, a stranger on a host of
 //! its own announces this many dead `web` instances once and goes, as in
 //! `tests/hostile.rs` but seen by every node at once. Printed over the
@@ -106,9 +115,14 @@ fn scale() {
     let rolling: f64 = env_or("MESH_ROLLING", "0")
         .parse()
         .expect("MESH_ROLLING: seconds");
+    let switch: f64 = env_or("MESH_SWITCH", "0")
+        .parse()
+        .expect("MESH_SWITCH: seconds");
     for n in sizes {
         if rolling > 0.0 {
             rolling_start(n, Duration::from_secs_f64(rolling));
+        } else if switch > 0.0 {
+            switch_restart(n, settle, Duration::from_secs_f64(switch));
         } else {
             run(n, settle, window, &flood);
         }
@@ -449,6 +463,106 @@ fn rolling_start(n: usize, every: Duration) {
     summary(
         &format!(
             "SIGKILL of {} providers {youngest:.0}-{oldest:.0} s old -> gone from every table",
+            killed.len()
+        ),
+        crash,
+    );
+    println!("live providers dropped from a table during the run: {dropped}");
+}
+
+/// How long after the links came back the providers are killed: past a
+/// node's asks of the link about what it held for it, and the grace those
+/// instances have to resolve again (`removals::LINK_BACK_GRACE`, 15 s).
+const AFTER_THE_SWITCH: Duration = Duration::from_secs(20);
+
+/// `MESH_SWITCH` (seconds): the switch restarts. The usual shape
+/// (`MESH_CONSUMERS`, 16 if unset), started together; `settle` after every
+/// table is full (30 s at least: past the young nodes' watch), every
+/// host's port on the bridge goes down at once for this long (each
+/// host's link loses its carrier) and comes back; with
+/// `MESH_SWITCH_WHO=watchers`, only the ports of the watchers of the
+/// providers killed next. Then every fourth
+/// provider is killed, [`AFTER_THE_SWITCH`] later: the time each takes to
+/// leave every consumer's table says whether its watcher, a node that
+/// only provides, still knew the ring. Printed too: the mDNS traffic of
+/// the 20 s after the links came back, and the live providers any table
+/// dropped.
+fn switch_restart(n: usize, settle: Duration, outage: Duration) {
+    let consumers: usize = env_or("MESH_CONSUMERS", "16")
+        .parse()
+        .expect("MESH_CONSUMERS: a count");
+    assert!(
+        consumers > 0 && consumers + 8 <= n,
+        "MESH_SWITCH: some consumers, and at least 8 providers"
+    );
+    let lab = Lab::new(n);
+    let hosts = lab.hosts();
+    for h in hosts {
+        serve_forever(h);
+    }
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        nodes.push(start_node(h, role(i, n, consumers)));
+        std::thread::sleep(STAGGER);
+    }
+    wait_all_in_every_table(&nodes);
+    std::thread::sleep(settle.max(Duration::from_secs(30)));
+    // Providers sit in `nodes` after the consumers, in id order: each
+    // one's watcher is the provider before it.
+    let victims: Vec<usize> = (consumers + 4..n).step_by(4).collect();
+    let cut: Vec<&Host> = match env_or("MESH_SWITCH_WHO", "all").as_str() {
+        "all" => hosts.iter().collect(),
+        "watchers" => victims.iter().map(|&v| &hosts[v - 1]).collect(),
+        other => panic!("MESH_SWITCH_WHO: all or watchers, not {other:?}"),
+    };
+    let capture = Capture::start(&lab);
+    let ports = |state: &str| {
+        for h in &cut {
+            let bridge = &h.ifaces[0].bridge_netns;
+            h.run_ok("ip", ["-n", bridge, "link", "set", &h.name, state]);
+        }
+    };
+    ports("down");
+    std::thread::sleep(outage);
+    ports("up");
+    let back = now();
+    std::thread::sleep(AFTER_THE_SWITCH);
+    let t0 = now();
+    for &v in &victims {
+        nodes[v].proc.kill();
+    }
+    let killed: Vec<String> = victims.iter().map(|&v| nodes[v].instance.clone()).collect();
+    let readers = tables(&nodes);
+    let mut crash = Vec::new();
+    for instance in &killed {
+        crash.extend(delays(&readers, instance, "backend left", t0));
+    }
+    let frames = capture.finish();
+    let burst = Burst::of(&frames, back, back + AFTER_THE_SWITCH.as_secs_f64());
+    let mut dropped = 0;
+    for p in &readers {
+        let log = p.stderr();
+        dropped += log
+            .lines()
+            .filter(|l| l.contains("backend left"))
+            .filter(|l| instance_of(l).is_some_and(|i| !killed.iter().any(|k| k == i)))
+            .count();
+    }
+    let who = match cut.len() {
+        all if all == n => "every link".to_owned(),
+        some => format!("the links of the {some} killed providers' watchers"),
+    };
+    println!(
+        "--- {n} hosts, {consumers} only consuming, {} only providing; {who} down for {outage:?} at once",
+        n - consumers
+    );
+    println!(
+        "mDNS in the {AFTER_THE_SWITCH:?} after the links came back: {} queries and {} responses, most {} frames in 100 ms",
+        burst.queries, burst.responses, burst.most_in_100ms
+    );
+    summary(
+        &format!(
+            "SIGKILL of {} providers {AFTER_THE_SWITCH:?} after -> gone from every table",
             killed.len()
         ),
         crash,
