@@ -17,6 +17,10 @@
 # providers started 4 s apart in descending id order, then every fourth of
 # those started in the last minute killed (younger than their first
 # refresh).
+# MESH_SWITCH=10 takes every host's link down for 10 s at once (a switch's
+# restart), MESH_SWITCH_WHO=watchers only those of the watchers of the
+# providers killed 20 s after; prints how long those take to leave every
+# table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESH_HOSTS=${1:-8,32,64} cargo test --release -q --test mesh_scale -- --ignored --exact scale --nocapture 2>&1 \
