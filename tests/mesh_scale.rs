@@ -399,18 +399,8 @@ fn run(n: usize, settle: Duration, window: Duration, flood: &Flood) {
 /// the time each takes to leave every consumer's table is printed, with
 /// the live providers any table dropped.
 fn rolling_start(n: usize, every: Duration) {
-    let consumers: usize = env_or("MESH_CONSUMERS", "16")
-        .parse()
-        .expect("MESH_CONSUMERS: a count");
-    assert!(
-        consumers > 0 && consumers + 8 <= n,
-        "MESH_ROLLING: some consumers, and at least 8 providers"
-    );
-    let lab = Lab::new(n);
+    let (consumers, lab) = usual_shape(n, "MESH_ROLLING");
     let hosts = lab.hosts();
-    for h in hosts {
-        serve_forever(h);
-    }
     let t_start = now();
     let mut nodes: Vec<Node> = Vec::new();
     for (i, h) in hosts[..consumers].iter().enumerate() {
@@ -433,27 +423,8 @@ fn rolling_start(n: usize, every: Duration) {
     let victims: Vec<usize> = (first..providers - 1).rev().step_by(4).collect();
     let t0 = now();
     let ages: Vec<f64> = victims.iter().map(|&v| t0 - started[v]).collect();
-    for &v in &victims {
-        nodes[consumers + v].proc.kill();
-    }
-    let killed: Vec<String> = victims
-        .iter()
-        .map(|&v| nodes[consumers + v].instance.clone())
-        .collect();
-    let readers = tables(&nodes);
-    let mut crash = Vec::new();
-    for instance in &killed {
-        crash.extend(delays(&readers, instance, "backend left", t0));
-    }
-    let mut dropped = 0;
-    for p in &readers {
-        let log = p.stderr();
-        dropped += log
-            .lines()
-            .filter(|l| l.contains("backend left"))
-            .filter(|l| instance_of(l).is_some_and(|i| !killed.iter().any(|k| k == i)))
-            .count();
-    }
+    let at: Vec<usize> = victims.iter().map(|&v| consumers + v).collect();
+    let (killed, crash, dropped) = kill_and_time(&mut nodes, &at);
     let youngest = ages.iter().cloned().fold(f64::MAX, f64::min);
     let oldest = ages.iter().cloned().fold(0.0, f64::max);
     println!(
@@ -488,18 +459,8 @@ const AFTER_THE_SWITCH: Duration = Duration::from_secs(20);
 /// the 20 s after the links came back, and the live providers any table
 /// dropped.
 fn switch_restart(n: usize, settle: Duration, outage: Duration) {
-    let consumers: usize = env_or("MESH_CONSUMERS", "16")
-        .parse()
-        .expect("MESH_CONSUMERS: a count");
-    assert!(
-        consumers > 0 && consumers + 8 <= n,
-        "MESH_SWITCH: some consumers, and at least 8 providers"
-    );
-    let lab = Lab::new(n);
+    let (consumers, lab) = usual_shape(n, "MESH_SWITCH");
     let hosts = lab.hosts();
-    for h in hosts {
-        serve_forever(h);
-    }
     let mut nodes: Vec<Node> = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
         nodes.push(start_node(h, role(i, n, consumers)));
@@ -527,27 +488,9 @@ fn switch_restart(n: usize, settle: Duration, outage: Duration) {
     ports("up");
     let back = now();
     std::thread::sleep(AFTER_THE_SWITCH);
-    let t0 = now();
-    for &v in &victims {
-        nodes[v].proc.kill();
-    }
-    let killed: Vec<String> = victims.iter().map(|&v| nodes[v].instance.clone()).collect();
-    let readers = tables(&nodes);
-    let mut crash = Vec::new();
-    for instance in &killed {
-        crash.extend(delays(&readers, instance, "backend left", t0));
-    }
+    let (killed, crash, dropped) = kill_and_time(&mut nodes, &victims);
     let frames = capture.finish();
     let burst = Burst::of(&frames, back, back + AFTER_THE_SWITCH.as_secs_f64());
-    let mut dropped = 0;
-    for p in &readers {
-        let log = p.stderr();
-        dropped += log
-            .lines()
-            .filter(|l| l.contains("backend left"))
-            .filter(|l| instance_of(l).is_some_and(|i| !killed.iter().any(|k| k == i)))
-            .count();
-    }
     let who = match cut.len() {
         all if all == n => "every link".to_owned(),
         some => format!("the links of the {some} killed providers' watchers"),
@@ -568,6 +511,50 @@ fn switch_restart(n: usize, settle: Duration, outage: Duration) {
         crash,
     );
     println!("live providers dropped from a table during the run: {dropped}");
+}
+
+/// The lab of `n` hosts of a run in the usual shape (`MESH_CONSUMERS`,
+/// 16 if unset; `mode` names the run in what it refuses), every host
+/// serving: how many only consume, and the lab.
+fn usual_shape(n: usize, mode: &str) -> (usize, Lab) {
+    let consumers: usize = env_or("MESH_CONSUMERS", "16")
+        .parse()
+        .expect("MESH_CONSUMERS: a count");
+    assert!(
+        consumers > 0 && consumers + 8 <= n,
+        "{mode}: some consumers, and at least 8 providers"
+    );
+    let lab = Lab::new(n);
+    for h in lab.hosts() {
+        serve_forever(h);
+    }
+    (consumers, lab)
+}
+
+/// Kills the nodes at `victims` at once and waits until each has left
+/// every table: their instances, how long each took in each table (s),
+/// and how many live providers any table dropped during the run.
+fn kill_and_time(nodes: &mut [Node], victims: &[usize]) -> (Vec<String>, Vec<f64>, usize) {
+    let t0 = now();
+    for &v in victims {
+        nodes[v].proc.kill();
+    }
+    let killed: Vec<String> = victims.iter().map(|&v| nodes[v].instance.clone()).collect();
+    let readers = tables(nodes);
+    let mut crash = Vec::new();
+    for instance in &killed {
+        crash.extend(delays(&readers, instance, "backend left", t0));
+    }
+    let mut dropped = 0;
+    for p in &readers {
+        let log = p.stderr();
+        dropped += log
+            .lines()
+            .filter(|l| l.contains("backend left"))
+            .filter(|l| instance_of(l).is_some_and(|i| !killed.iter().any(|k| k == i)))
+            .count();
+    }
+    (killed, crash, dropped)
 }
 
 fn mean_max(v: &[f64]) -> (f64, f64) {
