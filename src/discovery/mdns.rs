@@ -885,10 +885,12 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// its records' TTL after a crash. It also hears a goodbye said in its own
 /// name, and announces again at once. It never restarts to reset the
 /// queries' back-off, so its replay is never whole either: nothing to
-/// defend or sweep. Its one question: when a node it had declared dead
+/// defend or sweep. Its questions: when a node it had declared dead
 /// answers again (its goodbye took it out of every table), it browses
 /// with a query for `ASK_ONCE_FOR`, so that the node answers for every
-/// cache, and listens again.
+/// cache, and listens again; and so once this host's link is back after
+/// mdns-sd dropped what it had learnt over it, while any of that is still
+/// to resolve (`LINK_BACK_ASK`).
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,

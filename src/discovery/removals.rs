@@ -176,7 +176,7 @@ impl Removals {
     }
 
     /// Whether the link towards a held removal came back since this was
-    /// last asked: a node that only provides then asks the link once
+    /// last asked: a node that only provides then asks the link
     /// (`mdns::browse`), as mdns-sd does for a browse that queries.
     pub fn link_came_back(&mut self) -> bool {
         std::mem::take(&mut self.back)
