@@ -1101,7 +1101,7 @@ fn heard_port(heard: &Heard, node: &str) -> Option<u16> {
 /// crash loop). Nothing else repeats a goodbye: a node kept in this
 /// node's ring for another reason (its removal held for this host's
 /// link, a stranger replaying its records, a live node found dead again
-/// and again) gets one, as before.
+/// and again) gets only the one, as before.
 fn stands(said: Option<Option<u16>>, heard: &Heard, node: &str) -> bool {
     said.is_some_and(|port| port == heard_port(heard, node))
 }

@@ -5307,7 +5307,7 @@ fn prepare_announce(
 }
 
 /// Whether `info`, a service of fixed addresses, has one of the family of
-/// `intf`'s address on `my_intf`, and is announced on `intf`.
+/// `intf`'s address on `my_intf`, and `intf` is among its interfaces.
 fn has_fixed_addr_on(info: &ServiceInfo, intf: &Interface, my_intf: &MyIntf) -> bool {
     let fixed = if intf.ip().is_ipv4() {
         info.get_addrs_on_my_intf_v4(my_intf)
