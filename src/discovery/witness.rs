@@ -67,12 +67,13 @@
 //! probes, and tells the browse, which takes the port heard last once a
 //! link answers there (a stranger's port must not move the watch) and
 //! counts the node as new since it was heard ([`Ring::restarted`]): the
-//! new process is watched as a young node, and the nodes after it are
-//! held. The node after it introduces itself when the port it hears for
-//! the node before it changes. A successor restarted and killed again
-//! between two of its watcher's probes announced a new process (another
-//! link port) since its goodbye, which it undid: its goodbye is said
-//! again.
+//! new process is watched as a young node, linked at once (its link
+//! answered already), and the nodes after it are held. The node after it
+//! introduces itself when the port it hears for the node before it
+//! changes. A successor restarted and killed again between two of its
+//! watcher's probes announced a new process (another link port) since
+//! its goodbye, which it undid: its goodbye is said again. Its watcher
+//! probes it as soon as it hears that port, not a period later.
 //!
 //! The same check answers a failed connect ([`Trials::suspect`]): a
 //! consumer whose dial to a mesh node failed probes that node's responder
@@ -306,6 +307,11 @@ pub struct Peer {
     pub link: Option<u16>,
     /// When this node first saw it (since it last left the ring).
     pub since: tokio::time::Instant,
+    /// Whether its link port was taken from a restart under its node id,
+    /// once a link answered there ([`Ring::restarted`]): the ring around
+    /// it did not change, so its watcher links to it at once, without
+    /// `YOUNG_SETTLE`.
+    pub restarted: bool,
 }
 
 impl Peer {
@@ -381,6 +387,7 @@ impl Ring {
             instances: Vec::new(),
             link,
             since: tokio::time::Instant::now(),
+            restarted: false,
         });
         peer.host = host;
         peer.link = peer.link.or(link);
@@ -481,6 +488,7 @@ impl Ring {
         }
         peer.link = Some(to);
         peer.since = at;
+        peer.restarted = true;
         true
     }
 
@@ -864,6 +872,8 @@ async fn watch_one(
     let mut fallback = Fallback::default();
     // Whether the node answered its last probe.
     let mut answered = false;
+    // The port of the last process announced since a goodbye.
+    let mut woke = None;
     loop {
         if let Some(asked) = link.beat_period() {
             let wish = linked_period(*size.borrow());
@@ -885,7 +895,9 @@ async fn watch_one(
             None if link.is_up() => period(linked_period(*size.borrow())),
             None => period(PROBE_EVERY),
         };
-        tokio::select! {
+        // Whether a new process announced since the goodbye is why it is
+        // probed now.
+        let restarted = tokio::select! {
             _ = tokio::time::sleep(wait) => {
                 match fallback.period_passed(link.beat_period().is_some(), link.heard_beats()) {
                     Turn::Wait => {}
@@ -898,6 +910,7 @@ async fn watch_one(
                         link.ask_beats(Some(linked_period(*size.borrow())));
                     }
                 }
+                false
             }
             event = link.next() => match event {
                 Event::Beat => {
@@ -906,15 +919,22 @@ async fn watch_one(
                     fallback.heard_beat();
                     continue;
                 }
-                Event::Closed => debug!(node, "witness: the link to the node closed; probing now"),
+                Event::Closed => {
+                    debug!(node, "witness: the link to the node closed; probing now");
+                    false
+                }
             },
-        }
+            () = new_process(heard, node, goodbye, &mut woke) => true,
+        };
         let alive = match prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
             Probe::Answered => {
                 debug!(node, "witness: probe answered");
                 true
             }
             Probe::Refused => false,
+            // A process that just started may leave unicast questions
+            // unanswered (see `WATCH_AFTER`): only its death is a verdict.
+            Probe::Silent if restarted => continue,
             Probe::Silent => {
                 let within = super::link::ANSWER_WITHIN;
                 confirm_ring(node, &prober, &RING_CONFIRMS, &mut link, link_to, within).await
@@ -940,11 +960,13 @@ async fn watch_one(
 /// answered since. A young responder's silence proves nothing, but a
 /// refused probe does: nothing listens on the node's mDNS port any more.
 /// So the link is opened now (once the ring around the node has held for
-/// [`YOUNG_SETTLE`]), and when it closes, or cannot be opened, the
-/// responder is probed; only a refusal is a verdict. Probing goes on after
-/// the goodbye, as in the full watch: a node restarted at once answers
-/// again, and stays in the ring. A node without a link is left to the
-/// full watch.
+/// [`YOUNG_SETTLE`], at once for a restarted node, whose link answered
+/// already), and when it closes, or is refused, the responder is probed
+/// at once (only a refusal is a verdict); a link that cannot be had
+/// otherwise (a silent host) leaves the node probed once a period.
+/// Probing goes on after the goodbye, as in the full watch: a node
+/// restarted at once answers again, and stays in the ring. A node without
+/// a link is left to the full watch.
 async fn watch_young(
     node: &str,
     peer: &Peer,
@@ -956,7 +978,9 @@ async fn watch_young(
 ) -> Option<Option<u16>> {
     let grown = peer.since + WATCH_AFTER;
     let to = link_to.filter(|_| tokio::time::Instant::now() < grown)?;
-    tokio::time::sleep_until(grown.min(tokio::time::Instant::now() + YOUNG_SETTLE)).await;
+    if !peer.restarted {
+        tokio::time::sleep_until(grown.min(tokio::time::Instant::now() + YOUNG_SETTLE)).await;
+    }
     link.connect(to).await;
     debug!(
         node,
@@ -964,14 +988,22 @@ async fn watch_young(
         "witness: watching a young node's process"
     );
     let mut goodbye = None;
+    // The port of the last process announced since a goodbye.
+    let mut woke = None;
+    // A process that died before its link was up (killed a moment after
+    // its restart, say) refuses it: probed now, not a period later.
+    let mut probe_now = link.refused();
     loop {
-        let unlinked = period(PROBE_EVERY);
-        tokio::select! {
-            _ = tokio::time::sleep_until(grown) => return goodbye,
-            event = link.next() => if event == Event::Beat {
-                continue;
-            },
-            _ = tokio::time::sleep(unlinked), if !link.is_up() => {}
+        if !std::mem::take(&mut probe_now) {
+            let unlinked = period(PROBE_EVERY);
+            tokio::select! {
+                _ = tokio::time::sleep_until(grown) => return goodbye,
+                event = link.next() => if event == Event::Beat {
+                    continue;
+                },
+                _ = tokio::time::sleep(unlinked), if !link.is_up() => {}
+                () = new_process(heard, node, goodbye, &mut woke) => {}
+            }
         }
         let probe = prober.ask_in_a_row(node, PROBE_TIMEOUT).await;
         match probe {
@@ -1086,11 +1118,12 @@ type Heard = watch::Receiver<Vec<(String, Option<u16>)>>;
 
 /// The link port last heard for `node`: another one is another process.
 fn heard_port(heard: &Heard, node: &str) -> Option<u16> {
-    heard
-        .borrow()
-        .iter()
-        .find(|(n, _)| n == node)
-        .and_then(|(_, p)| *p)
+    port_in(&heard.borrow(), node)
+}
+
+/// The link port `heard` lists for `node`.
+fn port_in(heard: &[(String, Option<u16>)], node: &str) -> Option<u16> {
+    heard.iter().find(|(n, _)| n == node).and_then(|(_, p)| *p)
 }
 
 /// Whether the goodbye this node said for `node` (the port heard for it
@@ -1104,6 +1137,31 @@ fn heard_port(heard: &Heard, node: &str) -> Option<u16> {
 /// and again) gets only the one, as before.
 fn stands(said: Option<Option<u16>>, heard: &Heard, node: &str) -> bool {
     said.is_some_and(|port| port == heard_port(heard, node))
+}
+
+/// Ends once `node` announces another process than the one whose goodbye
+/// this node said (`said`, as in [`stands`]) and than the one it ended
+/// for last (`woke`, then set): a supervisor's restart, probed then
+/// rather than a period later, so that the new process is linked to
+/// within a second of its start (and, killed again, found dead from
+/// there). Never while no goodbye stands.
+async fn new_process(heard: &Heard, node: &str, said: Option<Option<u16>>, woke: &mut Option<u16>) {
+    if let Some(port) = said {
+        let last = *woke;
+        let other = |h: &Vec<(String, Option<u16>)>| {
+            let now = port_in(h, node);
+            now != port && now != last
+        };
+        if let Ok(h) = heard.clone().wait_for(other).await {
+            *woke = port_in(&h, node);
+            debug!(
+                node,
+                "witness: another process announced since the goodbye; probing now"
+            );
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Says the goodbye of `node`, found dead, and puts it on trial.
@@ -2167,6 +2225,7 @@ mod tests {
             instances: vec![format!("web@{id}.{SERVICE_TYPE}")],
             link: None,
             since: tokio::time::Instant::now(),
+            restarted: false,
         }
     }
 
