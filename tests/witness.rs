@@ -1370,6 +1370,8 @@ fn a_node_killed_just_after_its_restart_leaves_the_tables() {
         started.elapsed()
     );
     let left = has(&consumer, "backend left", &instance);
+    let goodbyes = || log_lines(&watcher, &["goodbye sent", "node=\"amb-c\""]);
+    let said = goodbyes();
     second.kill();
     let t0 = Instant::now();
     let removed = wait_until(DEADLINE, || {
@@ -1388,5 +1390,96 @@ fn a_node_killed_just_after_its_restart_leaves_the_tables() {
         took < KILLED_AFTER_RESTART_REMOVED_WITHIN,
         "removed only {took:?} after the kill:\n{}",
         watcher.output_tail(20)
+    );
+    // Removed by the goodbye for the second process, not a late one for
+    // the first.
+    assert!(goodbyes() > said, "{}", watcher.output_tail(20));
+    assert_eq!(
+        has(&consumer, "backend joined", &instance),
+        has(&consumer, "backend left", &instance),
+        "{}",
+        consumer.output_tail(20)
+    );
+}
+
+/// Within this of its records running out, a node a listener missed the
+/// refresh of is asked for and resolves again: far above the ask's query
+/// and the answer (within a second), below the 120 s TTL it ran out at.
+const ASKED_WITHIN: Duration = Duration::from_secs(150);
+
+/// A node that only provides asks the link nothing, and mdns-sd asks no
+/// refresh for it: when it misses the one packet of a node's periodic
+/// refresh, that node's records run out in its cache at their TTL, and it
+/// dropped the node from its ring until the next refresh (about 20 s),
+/// watching the wrong one meanwhile and the node young when it came back.
+/// Here `amb-a` misses every packet of `amb-b`'s but the answers to its
+/// own queries (a firewall that opens for 2 s after each): while its ring
+/// link to `amb-b` is up, it asks when the records run out, and keeps it.
+#[test]
+fn a_listener_that_missed_a_linked_nodes_refresh_asks_for_it() {
+    let lab = Lab::new(2);
+    let [h1, h2] = lab.hosts() else {
+        unreachable!("a two-host lab")
+    };
+    let (listener, _) = provider_only(h1, "amb-a");
+    let (other, instance) = provider_only(h2, "amb-b");
+    let linked = wait_until(DEADLINE, || {
+        young_linked(&listener, "amb-b") && young_linked(&other, "amb-a")
+    });
+    assert!(linked, "{}", listener.output_tail(20));
+    let from = h2.ip.to_string();
+    // A query's DNS header has its QR bit clear.
+    let query = "0>>22&0x3C@8>>15&0x01=0";
+    let asked = ["-m", "recent", "--name", "asked", "--rdest"];
+    let mdns = ["-p", "udp", "--sport", "5353", "-s", &from];
+    let output = [
+        &[
+            "-A",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "5353",
+            "-d",
+            "224.0.0.251",
+        ][..],
+        &["-m", "u32", "--u32", query],
+        &asked,
+        &["--set"],
+    ]
+    .concat();
+    h1.run_ok("iptables", output);
+    let answers = [
+        &["-A", "INPUT"][..],
+        &mdns,
+        &asked,
+        &["--rcheck", "--seconds", "2", "-j", "ACCEPT"],
+    ]
+    .concat();
+    h1.run_ok("iptables", answers);
+    h1.run_ok(
+        "iptables",
+        [&["-A", "INPUT"][..], &mdns, &["-j", "DROP"]].concat(),
+    );
+    // Its mDNS over IPv6 is dropped where it is sent, answers included.
+    h2.run_ok(
+        "ip6tables",
+        ["-A", "OUTPUT", "-p", "udp", "--sport", "5353", "-j", "DROP"],
+    );
+    let t0 = Instant::now();
+    let ask = ["asking the link", "node=\"amb-b\""];
+    let ran_out = wait_until(ASKED_WITHIN, || log_lines(&listener, &ask) > 0);
+    assert!(
+        ran_out,
+        "amb-a never asked for amb-b in {:?}:\n{}",
+        t0.elapsed(),
+        listener.output_tail(20)
+    );
+    let kept = format!("resolved it again; it stays instance={instance}");
+    let kept = wait_until(DEADLINE, || listener.stderr().contains(&kept));
+    assert!(kept, "{}", listener.output_tail(20));
+    eprintln!(
+        "amb-b's records ran out at amb-a {:?} after the firewall, and were asked for",
+        t0.elapsed()
     );
 }

@@ -120,6 +120,11 @@ const LINK_BACK_ASK: Duration =
 const LINK_BACK_SPREAD: Duration = Duration::from_secs(1);
 /// How long after that it asks again, if any is still held.
 const LINK_BACK_ASK_AGAIN: Duration = Duration::from_secs(4);
+/// How often at most a listener asks the link about one node whose
+/// records ran out while linked to it (see [`browse`]): once per refresh
+/// of its records, so that a stranger's records under a linked node's id,
+/// short-lived, cost a query a minute.
+const MISSED_ASK_EVERY: Duration = REFRESH_EVERY.start;
 /// Most ring links checked at once at a new port (see `Ring::moved`): one
 /// per node watched.
 const LINK_CHECKS_MOST: usize = 3;
@@ -928,6 +933,9 @@ pub async fn browse(
     // When a listener asks the link about the instances held for this
     // host's link, once it is back, and whether that is the first time.
     let mut link_back_ask: Option<(Instant, bool)> = None;
+    // When a listener last asked the link about each node whose refresh
+    // it missed.
+    let mut missed_asks: HashMap<String, Instant> = HashMap::new();
     let mut sweep_next = false;
     let mut replay = Replay::default();
     let mut asking = Reconfirms::default();
@@ -1060,10 +1068,36 @@ pub async fn browse(
                         if let ServiceEvent::ServiceResolved(r) = &ev {
                             replay.resolved(&r.fullname);
                         }
+                        // A listener asks nothing, and mdns-sd asks no
+                        // refresh for it (vendor/mdns-sd/PATCHED.md): a
+                        // node whose one refresh packet it missed runs out
+                        // here at its records' TTL. While a ring link to
+                        // it is up it lives: its records are asked for,
+                        // and resolve again within the removal's grace.
+                        let missed = match &ev {
+                            ServiceEvent::ServiceRemoved(_, name) if passive => ctx
+                                .ring
+                                .owner(name)
+                                .map(|(node, _)| node)
+                                .filter(|node| aim.linked(node)),
+                            _ => None,
+                        };
                         ctx.event(ev);
                         aim.follow(ctx.ring);
                         if let Some(n) = ctx.refusals.burst() {
                             clearing.want(after_a_flood(), Cause::Refused(n));
+                        }
+                        if let Some(node) = missed {
+                            let now = Instant::now();
+                            missed_asks.retain(|_, at| now.duration_since(*at) < MISSED_ASK_EVERY);
+                            if missed_asks.contains_key(&node) || clearing_instead(&fwd.crowded, &mut clearing, false) {
+                                continue;
+                            }
+                            missed_asks.insert(node.clone(), now);
+                            debug!(node, "the records of a node this one is linked to ran out (their refresh missed); asking the link");
+                            ask_once = true;
+                            backlog = ctx.drain(&mut fwd).await;
+                            continue 'browse;
                         }
                     }
                 },

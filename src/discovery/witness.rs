@@ -112,9 +112,11 @@
 //! of its oldest instance, and its goodbye names only the instances that
 //! resolved where it fell silent.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -586,6 +588,7 @@ pub struct Aim {
     size: watch::Sender<usize>,
     heard: watch::Sender<Vec<(String, Option<u16>)>>,
     introduction: Introduction,
+    linked: Linked,
 }
 
 impl Default for Aim {
@@ -595,7 +598,71 @@ impl Default for Aim {
             size: watch::Sender::new(1),
             heard: watch::Sender::new(Vec::new()),
             introduction: Introduction::default(),
+            linked: Linked::default(),
         }
+    }
+}
+
+/// The nodes this node's watches hold a ring link up to, by how many of
+/// them do: a node whose records run out at a listener while its link is
+/// up lives, and only its refresh was missed (see
+/// [`super::mdns::browse`]).
+#[derive(Debug, Clone, Default)]
+struct Linked(Arc<Mutex<HashMap<String, usize>>>);
+
+impl Linked {
+    fn is_up(&self, node: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(node)
+    }
+
+    /// One watch's say about its link to `node`, down to begin with.
+    fn mark(&self, node: &str) -> LinkMark {
+        LinkMark {
+            linked: self.clone(),
+            node: node.to_owned(),
+            up: false,
+        }
+    }
+}
+
+/// Whether one watch's link to its node is up, in [`Linked`]: down once
+/// the watch ends (an aborted task drops it), whatever another watch of
+/// the same node, started meanwhile, says.
+struct LinkMark {
+    linked: Linked,
+    node: String,
+    up: bool,
+}
+
+impl LinkMark {
+    fn set(&mut self, up: bool) {
+        if up == self.up {
+            return;
+        }
+        self.up = up;
+        let mut nodes = self.linked.0.lock().unwrap_or_else(|e| e.into_inner());
+        match nodes.entry(self.node.clone()) {
+            Entry::Vacant(slot) if up => {
+                slot.insert(1);
+            }
+            Entry::Occupied(mut slot) if up => *slot.get_mut() += 1,
+            Entry::Occupied(mut slot) => {
+                *slot.get_mut() -= 1;
+                if *slot.get() == 0 {
+                    slot.remove();
+                }
+            }
+            Entry::Vacant(_) => {}
+        }
+    }
+}
+
+impl Drop for LinkMark {
+    fn drop(&mut self) {
+        self.set(false);
     }
 }
 
@@ -739,6 +806,12 @@ impl Aim {
             .send_if_modified(|n| std::mem::replace(n, size) != size);
     }
 
+    /// Whether one of this node's watches holds a ring link up to `node`:
+    /// its process lives.
+    pub fn linked(&self, node: &str) -> bool {
+        self.linked.is_up(node)
+    }
+
     /// When this node should announce its records again, for a new node
     /// before it in the ring ([`Aim::introduced`] once it did).
     pub fn introduction_due(&self) -> Option<tokio::time::Instant> {
@@ -763,6 +836,7 @@ impl Aim {
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (mut targets, size) = (self.nodes.subscribe(), self.size.subscribe());
         let heard = self.heard.subscribe();
+        let linked = self.linked.clone();
         async move {
             // Each node watched: as it was seen, whether in full (the
             // successor, or one that was) or held, and its task.
@@ -798,11 +872,14 @@ impl Aim {
                         continue;
                     }
                     let (id, p, tell) = (node.clone(), peer.clone(), tell.clone());
+                    let mark = linked.mark(node);
                     let task = if at == 0 {
                         let (size, heard) = (size.clone(), heard.clone());
-                        tasks.spawn(async move { watch_one(&id, &p, &size, &heard, &tell).await })
+                        tasks.spawn(
+                            async move { watch_one(&id, &p, &size, &heard, mark, &tell).await },
+                        )
                     } else {
-                        tasks.spawn(async move { hold(&id, &p, &tell).await })
+                        tasks.spawn(async move { hold(&id, &p, mark, &tell).await })
                     };
                     watching.insert(node.clone(), (peer.clone(), at == 0, task));
                 }
@@ -844,6 +921,7 @@ async fn watch_one(
     peer: &Peer,
     size: &watch::Receiver<usize>,
     heard: &Heard,
+    mut mark: LinkMark,
     tell: &mpsc::Sender<News>,
 ) {
     let Some(addr) = peer.addr else {
@@ -863,7 +941,7 @@ async fn watch_one(
     link.ask_beats(Some(linked_period(*size.borrow())));
     // The link port heard for the watched node when this node said its
     // goodbye, if it has not answered since (see `stands`).
-    let mut goodbye = watch_young(node, peer, &prober, &mut link, link_to, heard, tell).await;
+    let mut goodbye = watch_young(node, peer, &prober, &mut link, &mut mark, heard, tell).await;
     tokio::time::sleep_until(peer.since + WATCH_AFTER).await;
     if let (Some(to), None) = (link_to, goodbye) {
         link.connect(to).await;
@@ -872,8 +950,9 @@ async fn watch_one(
     let mut fallback = Fallback::default();
     // Whether the node answered its last probe.
     let mut answered = false;
-    // The port of the last process announced since a goodbye.
-    let mut woke = None;
+    // The last process announced since a goodbye (see `new_process`),
+    // and whether the last probe's silence was let go for being its.
+    let (mut woke, mut let_go) = (None, false);
     loop {
         if let Some(asked) = link.beat_period() {
             let wish = linked_period(*size.borrow());
@@ -895,6 +974,7 @@ async fn watch_one(
             None if link.is_up() => period(linked_period(*size.borrow())),
             None => period(PROBE_EVERY),
         };
+        mark.set(link.is_up());
         // Whether a new process announced since the goodbye is why it is
         // probed now.
         let restarted = tokio::select! {
@@ -926,6 +1006,7 @@ async fn watch_one(
             },
             () = new_process(heard, node, goodbye, &mut woke) => true,
         };
+        mark.set(link.is_up());
         let alive = match prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
             Probe::Answered => {
                 debug!(node, "witness: probe answered");
@@ -933,14 +1014,17 @@ async fn watch_one(
             }
             Probe::Refused => false,
             // A process that just started may leave unicast questions
-            // unanswered (see `WATCH_AFTER`): only its death is a verdict.
-            Probe::Silent if restarted => continue,
+            // unanswered (see `WATCH_AFTER`): only its death is a verdict,
+            // once (a stranger that keeps changing its port must not stop
+            // every verdict).
+            Probe::Silent if restarted && !std::mem::replace(&mut let_go, true) => continue,
             Probe::Silent => {
                 let within = super::link::ANSWER_WITHIN;
                 confirm_ring(node, &prober, &RING_CONFIRMS, &mut link, link_to, within).await
             }
         };
         answered = alive;
+        let_go = false;
         if alive {
             goodbye = None;
         } else if out_of_reach(peer) {
@@ -972,12 +1056,14 @@ async fn watch_young(
     peer: &Peer,
     prober: &Prober,
     link: &mut Link,
-    link_to: Option<SocketAddr>,
+    mark: &mut LinkMark,
     heard: &Heard,
     tell: &mpsc::Sender<News>,
 ) -> Option<Option<u16>> {
     let grown = peer.since + WATCH_AFTER;
-    let to = link_to.filter(|_| tokio::time::Instant::now() < grown)?;
+    let to = peer
+        .link_at()
+        .filter(|_| tokio::time::Instant::now() < grown)?;
     if !peer.restarted {
         tokio::time::sleep_until(grown.min(tokio::time::Instant::now() + YOUNG_SETTLE)).await;
     }
@@ -988,12 +1074,14 @@ async fn watch_young(
         "witness: watching a young node's process"
     );
     let mut goodbye = None;
-    // The port of the last process announced since a goodbye.
+    // The last process announced since a goodbye (see `new_process`).
     let mut woke = None;
     // A process that died before its link was up (killed a moment after
-    // its restart, say) refuses it: probed now, not a period later.
-    let mut probe_now = link.refused();
+    // its restart, say) refuses it, or its hello: probed now, not a
+    // period later (a silent one's silence is no verdict here).
+    let mut probe_now = !link.is_up();
     loop {
+        mark.set(link.is_up());
         if !std::mem::take(&mut probe_now) {
             let unlinked = period(PROBE_EVERY);
             tokio::select! {
@@ -1004,6 +1092,7 @@ async fn watch_young(
                 _ = tokio::time::sleep(unlinked), if !link.is_up() => {}
                 () = new_process(heard, node, goodbye, &mut woke) => {}
             }
+            mark.set(link.is_up());
         }
         let probe = prober.ask_in_a_row(node, PROBE_TIMEOUT).await;
         match probe {
@@ -1029,7 +1118,7 @@ async fn watch_young(
 /// verdict (as for a young node, [`watch_young`]). A node that advertises
 /// no link (a stranger's fake one, say) is not held, and a host that
 /// falls silent is left to the node's own watcher (or its records' TTL).
-async fn hold(node: &str, peer: &Peer, tell: &mpsc::Sender<News>) {
+async fn hold(node: &str, peer: &Peer, mut mark: LinkMark, tell: &mpsc::Sender<News>) {
     let Some(to) = peer.link_at() else {
         return;
     };
@@ -1049,8 +1138,10 @@ async fn hold(node: &str, peer: &Peer, tell: &mpsc::Sender<News>) {
     link.ask_beats(Some(LINKED_PROBE_MOST));
     loop {
         link.connect(to).await;
+        mark.set(link.is_up());
         let probe = if link.is_up() {
             while link.next().await == Event::Beat {}
+            mark.set(false);
             // A killed process's link may close a moment before its
             // mDNS port refuses: a few probes in a row.
             prober.ask_in_a_row(node, PROBE_TIMEOUT).await
@@ -1141,19 +1232,30 @@ fn stands(said: Option<Option<u16>>, heard: &Heard, node: &str) -> bool {
 
 /// Ends once `node` announces another process than the one whose goodbye
 /// this node said (`said`, as in [`stands`]) and than the one it ended
-/// for last (`woke`, then set): a supervisor's restart, probed then
-/// rather than a period later, so that the new process is linked to
-/// within a second of its start (and, killed again, found dead from
-/// there). Never while no goodbye stands.
-async fn new_process(heard: &Heard, node: &str, said: Option<Option<u16>>, woke: &mut Option<u16>) {
+/// for last (`woke`, then set with the time): a supervisor's restart,
+/// probed then rather than a period later, so that the new process is
+/// linked to as soon as it answers (and, killed again, found dead from
+/// there). Never while no goodbye stands, and a probe period after the
+/// last time at the soonest: a stranger that sends one port after
+/// another under the node's id gets no more probes, nor goodbyes, than
+/// before.
+async fn new_process(
+    heard: &Heard,
+    node: &str,
+    said: Option<Option<u16>>,
+    woke: &mut Option<(Option<u16>, tokio::time::Instant)>,
+) {
     if let Some(port) = said {
-        let last = *woke;
+        let last = woke.map(|(port, _)| port);
+        if let Some((_, at)) = *woke {
+            tokio::time::sleep_until(at + PROBE_EVERY).await;
+        }
         let other = |h: &Vec<(String, Option<u16>)>| {
             let now = port_in(h, node);
-            now != port && now != last
+            now.is_some() && now != port && Some(now) != last
         };
         if let Ok(h) = heard.clone().wait_for(other).await {
-            *woke = port_in(&h, node);
+            *woke = Some((port_in(&h, node), tokio::time::Instant::now()));
             debug!(
                 node,
                 "witness: another process announced since the goodbye; probing now"
