@@ -125,6 +125,10 @@ const LINK_BACK_ASK_AGAIN: Duration = Duration::from_secs(4);
 /// of its records, so that a stranger's records under a linked node's id,
 /// short-lived, cost a query a minute.
 const MISSED_ASK_EVERY: Duration = REFRESH_EVERY.start;
+/// Most nodes a listener asks about in [`MISSED_ASK_EVERY`]: those it
+/// watches, so that a stranger's fake nodes, linked and then said
+/// goodbye for one after another, cost no more.
+const MISSED_ASKS_MOST: usize = 3;
 /// Most ring links checked at once at a new port (see `Ring::moved`): one
 /// per node watched.
 const LINK_CHECKS_MOST: usize = 3;
@@ -895,7 +899,9 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// with a query for `ASK_ONCE_FOR`, so that the node answers for every
 /// cache, and listens again; and so once this host's link is back after
 /// mdns-sd dropped what it had learnt over it, while any of that is still
-/// to resolve (`LINK_BACK_ASK`).
+/// to resolve (`LINK_BACK_ASK`); and so when the records of a node it
+/// holds a ring link to run out (it missed their refresh:
+/// `MISSED_ASK_EVERY`).
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,
@@ -969,8 +975,9 @@ pub async fn browse(
             .cloned()
             .collect();
         // A node that consumes nothing discovered only listens (see
-        // above): it asks the link nothing, but once when a node it found
-        // dead answers again.
+        // above): it asks the link nothing, but once at a time for what it
+        // lacks (a node it found dead answers again, and the others
+        // above).
         let listening = services.is_empty();
         let passive = listening && !std::mem::take(&mut ask_once);
         let back_to_listening = (listening && !passive).then(|| Instant::now() + ASK_ONCE_FOR);
@@ -1078,8 +1085,8 @@ pub async fn browse(
                             ServiceEvent::ServiceRemoved(_, name) if passive => ctx
                                 .ring
                                 .owner(name)
-                                .map(|(node, _)| node)
-                                .filter(|node| aim.linked(node)),
+                                .map(|(node, _)| (node, name.clone()))
+                                .filter(|(node, _)| aim.linked(node)),
                             _ => None,
                         };
                         ctx.event(ev);
@@ -1087,13 +1094,20 @@ pub async fn browse(
                         if let Some(n) = ctx.refusals.burst() {
                             clearing.want(after_a_flood(), Cause::Refused(n));
                         }
-                        if let Some(node) = missed {
+                        if let Some((node, instance)) = missed {
                             let now = Instant::now();
                             missed_asks.retain(|_, at| now.duration_since(*at) < MISSED_ASK_EVERY);
-                            if missed_asks.contains_key(&node) || clearing_instead(&fwd.crowded, &mut clearing, false) {
+                            if missed_asks.contains_key(&node) || missed_asks.len() >= MISSED_ASKS_MOST {
+                                continue;
+                            }
+                            if clearing_instead(&fwd.crowded, &mut clearing, false) {
                                 continue;
                             }
                             missed_asks.insert(node.clone(), now);
+                            // The answer comes with mdns-sd's questions for
+                            // the instance it lacks, 0.2 and 0.6 s into the
+                            // browse: the removal waits for the browse.
+                            ctx.pending.wait_until(&instance, now + ASK_ONCE_FOR + REMOVAL_GRACE);
                             debug!(node, "the records of a node this one is linked to ran out (their refresh missed); asking the link");
                             ask_once = true;
                             backlog = ctx.drain(&mut fwd).await;
@@ -1306,7 +1320,7 @@ pub async fn browse(
                         continue;
                     }
                     debug!("restarting the browse to find an instance again");
-                    ask_once = passive;
+                    ask_once = listening;
                     backlog = ctx.drain(&mut fwd).await;
                     continue 'browse;
                 }

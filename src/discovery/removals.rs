@@ -100,6 +100,15 @@ impl Removals {
         }
     }
 
+    /// `name`'s removal, if an ordinary one, waits until `at` at least:
+    /// the link was asked about the instance, and its answer is on the
+    /// way.
+    pub fn wait_until(&mut self, name: &str, at: Instant) {
+        if let Some(r) = self.waiting.get_mut(name).filter(|r| r.link == Link::Up) {
+            r.at = r.at.max(at);
+        }
+    }
+
     /// `name` resolved again: its removal, if any, is off. Whether there
     /// was one.
     pub fn resolved(&mut self, name: &str) -> bool {
@@ -224,6 +233,21 @@ mod tests {
         assert!(!r.resolved("b"));
         assert_eq!(r.due(t0 + GRACE, |_| false), ["a"]);
         assert_eq!(r.next(), None);
+    }
+
+    #[test]
+    fn a_removal_asked_about_waits_for_the_answer_but_a_held_one_is_left() {
+        let t0 = Instant::now();
+        let mut r = Removals::default();
+        r.report("a".into(), t0, GRACE, false);
+        r.wait_until("a", t0 + 3 * GRACE);
+        r.wait_until("a", t0 + 2 * GRACE);
+        assert!(r.due(t0 + 2 * GRACE, |_| false).is_empty());
+        assert_eq!(r.due(t0 + 3 * GRACE, |_| false), ["a"]);
+        r.report("b".into(), t0, GRACE, true);
+        r.wait_until("b", t0 + HOLD_MOST * 2);
+        r.wait_until("c", t0);
+        assert_eq!(r.next(), Some(t0 + RECHECK), "held: looked at as before");
     }
 
     #[test]

@@ -628,9 +628,10 @@ impl Linked {
     }
 }
 
-/// Whether one watch's link to its node is up, in [`Linked`]: down once
-/// the watch ends (an aborted task drops it), whatever another watch of
-/// the same node, started meanwhile, says.
+/// Whether one watch's link to its node is up, in [`Linked`]: down while
+/// a goodbye this node said for it stands (a vanished host's link may
+/// never close), and once the watch ends (an aborted task drops it),
+/// whatever another watch of the same node, started meanwhile, says.
 struct LinkMark {
     linked: Linked,
     node: String,
@@ -806,8 +807,8 @@ impl Aim {
             .send_if_modified(|n| std::mem::replace(n, size) != size);
     }
 
-    /// Whether one of this node's watches holds a ring link up to `node`:
-    /// its process lives.
+    /// Whether one of this node's watches holds a ring link up to `node`
+    /// and said no goodbye for it: its process lived when last heard.
     pub fn linked(&self, node: &str) -> bool {
         self.linked.is_up(node)
     }
@@ -974,7 +975,7 @@ async fn watch_one(
             None if link.is_up() => period(linked_period(*size.borrow())),
             None => period(PROBE_EVERY),
         };
-        mark.set(link.is_up());
+        mark.set(link.is_up() && goodbye.is_none());
         // Whether a new process announced since the goodbye is why it is
         // probed now.
         let restarted = tokio::select! {
@@ -1006,7 +1007,7 @@ async fn watch_one(
             },
             () = new_process(heard, node, goodbye, &mut woke) => true,
         };
-        mark.set(link.is_up());
+        mark.set(link.is_up() && goodbye.is_none());
         let alive = match prober.ask_in_a_row(node, PROBE_TIMEOUT).await {
             Probe::Answered => {
                 debug!(node, "witness: probe answered");
@@ -1033,6 +1034,7 @@ async fn watch_one(
                 "witness: this host has no working link towards the node; no verdict"
             );
         } else if !stands(goodbye, heard, node) {
+            mark.set(false);
             declare_dead(node, peer, tell).await;
             goodbye = Some(heard_port(heard, node));
         }
@@ -1081,7 +1083,7 @@ async fn watch_young(
     // period later (a silent one's silence is no verdict here).
     let mut probe_now = !link.is_up();
     loop {
-        mark.set(link.is_up());
+        mark.set(link.is_up() && goodbye.is_none());
         if !std::mem::take(&mut probe_now) {
             let unlinked = period(PROBE_EVERY);
             tokio::select! {
@@ -1092,11 +1094,12 @@ async fn watch_young(
                 _ = tokio::time::sleep(unlinked), if !link.is_up() => {}
                 () = new_process(heard, node, goodbye, &mut woke) => {}
             }
-            mark.set(link.is_up());
+            mark.set(link.is_up() && goodbye.is_none());
         }
         let probe = prober.ask_in_a_row(node, PROBE_TIMEOUT).await;
         match probe {
             Probe::Refused if !stands(goodbye, heard, node) => {
+                mark.set(false);
                 declare_dead(node, peer, tell).await;
                 goodbye = Some(heard_port(heard, node));
             }
@@ -1237,8 +1240,8 @@ fn stands(said: Option<Option<u16>>, heard: &Heard, node: &str) -> bool {
 /// linked to as soon as it answers (and, killed again, found dead from
 /// there). Never while no goodbye stands, and a probe period after the
 /// last time at the soonest: a stranger that sends one port after
-/// another under the node's id gets no more probes, nor goodbyes, than
-/// before.
+/// another under the node's id gets no more goodbyes than before, and
+/// one probe a period more at most.
 async fn new_process(
     heard: &Heard,
     node: &str,
