@@ -21,6 +21,9 @@
 # restart), MESH_SWITCH_WHO=watchers only those of the watchers of the
 # providers killed 20 s after; prints how long those take to leave every
 # table.
+# MESH_LOSS=5 makes every host drop 5 % of the mDNS packets it receives for
+# MESH_WINDOW seconds, at random, in the usual shape; prints how often the
+# nodes that only provide lost a node of their ring and found it again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESH_HOSTS=${1:-8,32,64} cargo test --release -q --test mesh_scale -- --ignored --exact scale --nocapture 2>&1 \

@@ -47,6 +47,11 @@
 //! `MESH_SWITCH_WHO=watchers`: only the links of those providers' watchers
 //! (each the provider before it, a node that only provides) go down.
 //!
+//! `MESH_LOSS` (percent, default 0, none): mDNS on a lossy link instead:
+//! the usual shape, every host dropping that share of the mDNS packets it
+//! receives for `MESH_WINDOW` seconds; how often the nodes that only
+//! provide lost and found again a node of their ring, and the traffic.
+//!
 //! `MESH_FLOOD` (default 0, none): after the crash, a stranger on a host of
 //! its own announces this many dead `web` instances once and goes, as in
 //! `tests/hostile.rs` but seen by every node at once. Printed over the
@@ -118,11 +123,16 @@ fn scale() {
     let switch: f64 = env_or("MESH_SWITCH", "0")
         .parse()
         .expect("MESH_SWITCH: seconds");
+    let loss: f64 = env_or("MESH_LOSS", "0")
+        .parse()
+        .expect("MESH_LOSS: a percentage");
     for n in sizes {
         if rolling > 0.0 {
             rolling_start(n, Duration::from_secs_f64(rolling));
         } else if switch > 0.0 {
             switch_restart(n, settle, Duration::from_secs_f64(switch));
+        } else if loss > 0.0 {
+            lossy_mdns(n, loss, window);
         } else {
             run(n, settle, window, &flood);
         }
@@ -459,14 +469,8 @@ const AFTER_THE_SWITCH: Duration = Duration::from_secs(20);
 /// the 20 s after the links came back, and the live providers any table
 /// dropped.
 fn switch_restart(n: usize, settle: Duration, outage: Duration) {
-    let (consumers, lab) = usual_shape(n, "MESH_SWITCH");
+    let (consumers, lab, mut nodes) = started_together(n, "MESH_SWITCH");
     let hosts = lab.hosts();
-    let mut nodes: Vec<Node> = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        nodes.push(start_node(h, role(i, n, consumers)));
-        std::thread::sleep(STAGGER);
-    }
-    wait_all_in_every_table(&nodes);
     std::thread::sleep(settle.max(Duration::from_secs(30)));
     // Providers sit in `nodes` after the consumers, in id order: each
     // one's watcher is the provider before it.
@@ -511,6 +515,127 @@ fn switch_restart(n: usize, settle: Duration, outage: Duration) {
         crash,
     );
     println!("live providers dropped from a table during the run: {dropped}");
+}
+
+/// `MESH_LOSS` (percent): mDNS on a lossy link (Wi-Fi's multicast, sent
+/// without retries, loses a few percent). The usual shape
+/// (`MESH_CONSUMERS`, 16 if unset), started together, its nodes logging
+/// at debug (unless `MESH_LOG` says otherwise); once every table is full
+/// and past the young nodes' watch, every host drops this share of the
+/// mDNS packets it receives, each at random (netfilter's `statistic`: no
+/// netem here), for `window` (`MESH_WINDOW`). Printed, from the nodes'
+/// logs in that window: how often a node that only provides watched a
+/// node anew (it had dropped it from its ring, its refresh missed, and
+/// found it again), introduced itself to a node before it found anew,
+/// asked the link about a linked node whose records ran out, and kept
+/// it; the mDNS traffic; and the live providers any table dropped.
+fn lossy_mdns(n: usize, percent: f64, window: Duration) {
+    let (consumers, lab, nodes) = started_together(n, "MESH_LOSS");
+    let hosts = lab.hosts();
+    std::thread::sleep(Duration::from_secs(35));
+    let probability = format!("{}", percent / 100.0);
+    for h in hosts {
+        let rule = [
+            "-A",
+            "INPUT",
+            "-p",
+            "udp",
+            "--dport",
+            "5353",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &probability,
+            "-j",
+            "DROP",
+        ];
+        h.run_ok("iptables", rule);
+        h.run_ok("ip6tables", rule);
+    }
+    let capture = Capture::start(&lab);
+    let t0 = now();
+    std::thread::sleep(window);
+    let t1 = now();
+    let frames = capture.finish();
+    let providers: Vec<&Proc> = nodes
+        .iter()
+        .filter(|x| !x.consumes)
+        .map(|x| &x.proc)
+        .collect();
+    let count = |what: &[&str]| -> usize {
+        providers
+            .iter()
+            .map(|p| {
+                p.stderr()
+                    .lines()
+                    .filter(|l| what.iter().all(|w| l.contains(w)))
+                    .filter(|l| stamp(l).is_some_and(|t| t >= t0 && t < t1))
+                    .count()
+            })
+            .sum()
+    };
+    let dropped: usize = tables(&nodes)
+        .iter()
+        .map(|p| {
+            p.stderr()
+                .lines()
+                .filter(|l| l.contains("backend left"))
+                .filter(|l| stamp(l).is_some_and(|t| t >= t0))
+                .count()
+        })
+        .sum();
+    let secs = t1 - t0;
+    let traffic = Traffic::of(&frames, t0, t1);
+    println!(
+        "--- {n} hosts, {consumers} only consuming, {} only providing; {percent} % of the mDNS packets each host receives dropped for {secs:.0} s",
+        n - consumers
+    );
+    let lines = [
+        (
+            "watched a node anew",
+            &["witness: watching a young node's process"][..],
+        ),
+        (
+            "introduced itself to a node before it found anew",
+            &["announcing again for a new node before us"][..],
+        ),
+        (
+            "asked the link about a linked node whose records ran out",
+            &["their refresh missed", "asking the link"][..],
+        ),
+        (
+            "kept an instance mDNS reported gone",
+            &["resolved it again; it stays"][..],
+        ),
+    ];
+    for (what, pattern) in lines {
+        println!(
+            "  the nodes that only provide {what}: {} times",
+            count(pattern)
+        );
+    }
+    println!(
+        "  mDNS on the link: {:.2} packets/s ({} in all)",
+        traffic.mdns as f64 / secs,
+        traffic.mdns
+    );
+    println!("live providers dropped from a table during the window: {dropped}");
+}
+
+/// The usual shape's nodes ([`usual_shape`]) started together, once every
+/// table holds every instance: how many only consume, the lab and the
+/// nodes.
+fn started_together(n: usize, mode: &str) -> (usize, Lab, Vec<Node>) {
+    let (consumers, lab) = usual_shape(n, mode);
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, h) in lab.hosts().iter().enumerate() {
+        nodes.push(start_node(h, role(i, n, consumers)));
+        std::thread::sleep(STAGGER);
+    }
+    wait_all_in_every_table(&nodes);
+    (consumers, lab, nodes)
 }
 
 /// The lab of `n` hosts of a run in the usual shape (`MESH_CONSUMERS`,
@@ -822,7 +947,7 @@ fn start_node(host: &Host, (role, id): (Role, Option<String>)) -> Node {
             .split_whitespace()
             .map(|a| a.replace("{ip}", &ip)),
     )
-    .env("RUST_LOG", env_or("MESH_LOG", "mesh_amb=info"));
+    .env("RUST_LOG", env_or("MESH_LOG", default_log()));
     let proc = host.spawn_cmd("mesh-amb", cmd);
     if !provides {
         wait_log(&proc, "mDNS discovery started");
@@ -844,6 +969,15 @@ fn start_node(host: &Host, (role, id): (Role, Option<String>)) -> Node {
         proc,
         instance,
         consumes,
+    }
+}
+
+/// The nodes' `RUST_LOG` unless `MESH_LOG` says: debug where a run counts
+/// debug lines (`MESH_LOSS`).
+fn default_log() -> &'static str {
+    match std::env::var_os("MESH_LOSS") {
+        Some(_) => "mesh_amb=debug",
+        None => "mesh_amb=info",
     }
 }
 
