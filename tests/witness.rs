@@ -1489,3 +1489,47 @@ fn a_listener_that_missed_a_linked_nodes_refresh_asks_for_it() {
         t0.elapsed()
     );
 }
+
+/// A node that leaves with client connections open drains them after its
+/// goodbye, and its ring link used to stay up until it exited: a listener
+/// linked to it took the goodbye's removal for a missed refresh and asked
+/// the link about it for nothing. The link now closes with the goodbye.
+#[test]
+fn a_node_leaving_with_connections_open_draws_no_question() {
+    // With the cluster key the mesh's connections go through the
+    // providers' TLS terminators, which drain them.
+    let (lab, key) = keyed_lab(3);
+    let [h1, h2, h3] = lab.hosts() else {
+        unreachable!("a three-host lab")
+    };
+    let consumer = amb(
+        h1,
+        &keyed(&["--consume", "web:8080", "--node-id", "amb-z"], &key),
+    );
+    // Another service, so that the client's connection goes to amb-b.
+    let other = keyed(&["--provide", "other:7000", "--node-id", "amb-a"], &key);
+    let (listener, _) = advertising(h2, &other);
+    let (leaving, instance) = advertising(
+        h3,
+        &keyed(&["--provide", "web:7000", "--node-id", "amb-b"], &key),
+    );
+    let linked = wait_until(DEADLINE, || young_linked(&listener, "amb-b"));
+    assert!(linked, "{}", listener.output_tail(20));
+    let joined = wait_until(DEADLINE, || has(&consumer, "backend joined", &instance) > 0);
+    assert!(joined, "{}", consumer.output_tail(20));
+    let _client = h1
+        .enter(|| std::net::TcpStream::connect(("127.0.0.1", 8080)))
+        .expect("connect to the consumer");
+    let served = wait_until(DEADLINE, || !connected_toward(h3, h1.ip).is_empty());
+    assert!(served, "{}", consumer.output_tail(20));
+    leaving.signal(libc::SIGTERM);
+    wait_log(&leaving, "draining open connections");
+    let left = wait_until(DEADLINE, || has(&consumer, "backend left", &instance) > 0);
+    assert!(left, "{}", consumer.output_tail(20));
+    assert_eq!(
+        log_lines(&listener, &["their refresh missed"]),
+        0,
+        "the listener asked the link about a node that said goodbye:\n{}",
+        listener.output_tail(20)
+    );
+}

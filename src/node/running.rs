@@ -102,6 +102,12 @@ pub(super) struct Running {
     /// Discovery and checks outlive the listeners: they keep tables fresh
     /// while connections drain.
     background: CancellationToken,
+    /// The witness ring's link (a child of `background`) closes as soon
+    /// as the provides are withdrawn: a node linked to this one counts it
+    /// alive while the link is up, and a listener asks the link about
+    /// such a node when its records go (`discovery::mdns::browse`), which
+    /// after our goodbyes would be a question for nothing.
+    ring_link: CancellationToken,
     side_tasks: TaskTracker,
     providers: TaskTracker,
     /// Removed listeners draining and removed provides leaving.
@@ -128,6 +134,7 @@ impl Running {
         )
         .context("cannot set up TLS")?;
         let (suspects, suspects_rx) = Suspects::channel(mdns::VERIFY_TIMEOUT * 2);
+        let background = CancellationToken::new();
         let shards = Arc::new(Shards::per_core(sockopt::fd_limit())?);
         let mut settings = config.proxy.clone();
         // The TLS terminators' connections have a limit of their own
@@ -171,7 +178,8 @@ impl Running {
             mesh,
             shutdown,
             withdrawn: CancellationToken::new(),
-            background: CancellationToken::new(),
+            ring_link: background.child_token(),
+            background,
             side_tasks: TaskTracker::new(),
             providers: TaskTracker::new(),
             retiring: TaskTracker::new(),
@@ -405,7 +413,7 @@ impl Running {
             .spawn(m.pause_interface_check_when_short(self.background.clone()));
         if let Some(link) = m.take_link() {
             self.side_tasks
-                .spawn(crate::discovery::link::serve(link, self.background.clone()));
+                .spawn(crate::discovery::link::serve(link, self.ring_link.clone()));
         }
         self.mdns = Some(m);
     }
@@ -827,6 +835,7 @@ impl Running {
         self.providers.close();
         self.providers.wait().await;
         self.withdrawn.cancel();
+        self.ring_link.cancel();
         for (_, p) in self.provides {
             if let Some(t) = p.terminator {
                 let (d, stopped) = t.close().await;
