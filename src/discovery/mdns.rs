@@ -1080,7 +1080,7 @@ pub async fn browse(
                         // node whose one refresh packet it missed runs out
                         // here at its records' TTL. While a ring link to
                         // it is up it lives: its records are asked for,
-                        // and resolve again within the removal's grace.
+                        // and the removal waits for the answer.
                         let missed = match &ev {
                             ServiceEvent::ServiceRemoved(_, name) if passive => ctx
                                 .ring
