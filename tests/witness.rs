@@ -1257,10 +1257,10 @@ fn keyed<'a>(args: &[&'a str], key: &'a str) -> Vec<&'a str> {
 
 /// The restart labs' nodes, under the cluster key at `key`: the consumer
 /// `amb-a` on the first host, `amb-b` on the second and `amb-c` on the
-/// third (`provider`'s arguments), once `amb-b` watches the young
-/// `amb-c` through its ring link and the consumer holds `amb-c`'s
-/// instance. The consumer, `amb-b`, `amb-c` and its instance.
-fn watching_young(lab: &Lab, key: &str, provider: &[&str]) -> (Proc, Proc, Proc, String) {
+/// third, once `amb-b` watches the young `amb-c` through its ring link
+/// and the consumer holds `amb-c`'s instance. The consumer, `amb-b`,
+/// `amb-c`, its instance, and its arguments (to start it again).
+fn watching_young<'a>(lab: &Lab, key: &'a str) -> (Proc, Proc, Proc, String, Vec<&'a str>) {
     let [h1, h2, h3] = lab.hosts() else {
         unreachable!("a three-host lab")
     };
@@ -1270,12 +1270,35 @@ fn watching_young(lab: &Lab, key: &str, provider: &[&str]) -> (Proc, Proc, Proc,
     );
     let watcher = keyed(&["--provide", "web:7000", "--node-id", "amb-b"], key);
     let (watcher, _) = advertising(h2, &watcher);
-    let (first, instance) = advertising(h3, provider);
+    let provider = keyed(&["--provide", "web:7000", "--node-id", "amb-c"], key);
+    let (first, instance) = advertising(h3, &provider);
     let linked = wait_until(DEADLINE, || young_linked(&watcher, "amb-c"));
     assert!(linked, "{}", watcher.output_tail(20));
     let joined = wait_until(DEADLINE, || has(&consumer, "backend joined", &instance) > 0);
     assert!(joined, "{}", consumer.output_tail(20));
-    (consumer, watcher, first, instance)
+    (consumer, watcher, first, instance, provider)
+}
+
+/// How long after `t0`, the kill of `amb-c`'s second process, `consumer`
+/// removed its `instance` (its `left`-th "backend left" before), printed.
+fn second_removed(
+    consumer: &Proc,
+    watcher: &Proc,
+    instance: &str,
+    left: usize,
+    t0: Instant,
+) -> Duration {
+    let removed = wait_until(DEADLINE, || has(consumer, "backend left", instance) > left);
+    assert!(
+        removed,
+        "amb-c still in the consumer's table {:?} after its second process was killed:\n{}\n{}",
+        t0.elapsed(),
+        watcher.output_tail(20),
+        consumer.output_tail(20)
+    );
+    let took = t0.elapsed();
+    eprintln!("removed {took:?} after the second kill");
+    took
 }
 
 /// Past the seconds a goodbye takes to act (mdns-sd's last second and the
@@ -1292,8 +1315,7 @@ const GOODBYE_UNDONE: Duration = Duration::from_secs(5);
 #[test]
 fn a_node_restarted_and_killed_again_between_two_probes_leaves_the_tables() {
     let (lab, key) = keyed_lab(3);
-    let provider = keyed(&["--provide", "web:7000", "--node-id", "amb-c"], &key);
-    let (consumer, watcher, mut first, instance) = watching_young(&lab, &key, &provider);
+    let (consumer, watcher, mut first, instance, provider) = watching_young(&lab, &key);
     let [_, h2, h3] = lab.hosts() else {
         unreachable!("a three-host lab")
     };
@@ -1327,16 +1349,7 @@ fn a_node_restarted_and_killed_again_between_two_probes_leaves_the_tables() {
     );
     second.kill();
     rule("-D");
-    let t0 = Instant::now();
-    let removed = wait_until(DEADLINE, || has(&consumer, "backend left", &instance) > 0);
-    assert!(
-        removed,
-        "amb-c still in the consumer's table {:?} after its second process was killed:\n{}\n{}",
-        t0.elapsed(),
-        watcher.output_tail(20),
-        consumer.output_tail(20)
-    );
-    eprintln!("removed {:?} after the second kill", t0.elapsed());
+    second_removed(&consumer, &watcher, &instance, 0, Instant::now());
     assert_eq!(goodbyes(), 2, "{}", watcher.output_tail(20));
     assert_eq!(log_lines(&consumer, &["backend left"]), 1);
 }
@@ -1356,8 +1369,7 @@ const KILLED_AFTER_RESTART_REMOVED_WITHIN: Duration = Duration::from_secs(7);
 #[test]
 fn a_node_killed_just_after_its_restart_leaves_the_tables() {
     let (lab, key) = keyed_lab(3);
-    let provider = keyed(&["--provide", "web:7000", "--node-id", "amb-c"], &key);
-    let (consumer, watcher, mut first, instance) = watching_young(&lab, &key, &provider);
+    let (consumer, watcher, mut first, instance, provider) = watching_young(&lab, &key);
     let h3 = &lab.hosts()[2];
     first.kill();
     let mut second = amb(h3, &provider);
@@ -1377,19 +1389,7 @@ fn a_node_killed_just_after_its_restart_leaves_the_tables() {
     let goodbyes = || log_lines(&watcher, &goodbye) + log_lines(&consumer, &goodbye);
     let said = goodbyes();
     second.kill();
-    let t0 = Instant::now();
-    let removed = wait_until(DEADLINE, || {
-        has(&consumer, "backend left", &instance) > left
-    });
-    assert!(
-        removed,
-        "amb-c still in the consumer's table {:?} after its second process was killed:\n{}\n{}",
-        t0.elapsed(),
-        watcher.output_tail(20),
-        consumer.output_tail(20)
-    );
-    let took = t0.elapsed();
-    eprintln!("removed {took:?} after the second kill");
+    let took = second_removed(&consumer, &watcher, &instance, left, Instant::now());
     assert!(
         took < KILLED_AFTER_RESTART_REMOVED_WITHIN,
         "removed only {took:?} after the kill:\n{}",
