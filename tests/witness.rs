@@ -1411,19 +1411,14 @@ fn a_node_killed_just_after_its_restart_leaves_the_tables() {
     );
 }
 
-/// Within this of the firewall, the node's records run out at the
-/// listener and it asks: their 120 s TTL, counted from the last packet
-/// let through (before the firewall), and room on a loaded machine.
-const ASKED_WITHIN: Duration = Duration::from_secs(150);
-
 /// A node that only provides asks the link nothing, and mdns-sd asks no
 /// refresh for it: when it misses the one packet of a node's periodic
 /// refresh, that node's records run out in its cache at their TTL, and it
 /// dropped the node from its ring until the next refresh (about 20 s),
 /// watching the wrong one meanwhile and the node young when it came back.
 /// Here `amb-a` misses every packet of `amb-b`'s but the answers to its
-/// own queries (a firewall that opens for 2 s after each): while its ring
-/// link to `amb-b` is up, it asks when the records run out, and keeps it.
+/// own queries: while its ring link to `amb-b` is up, it asks when the
+/// records run out, and keeps it.
 #[test]
 fn a_listener_that_missed_a_linked_nodes_refresh_asks_for_it() {
     let lab = Lab::new(2);
@@ -1436,7 +1431,62 @@ fn a_listener_that_missed_a_linked_nodes_refresh_asks_for_it() {
         young_linked(&listener, "amb-b") && young_linked(&other, "amb-a")
     });
     assert!(linked, "{}", listener.output_tail(20));
-    let from = h2.ip.to_string();
+    deaf_but_to_answers(h1, h2);
+    asked_and_kept(&listener, "amb-b", "watched", &instance);
+    assert_eq!(
+        young_links(&listener, "amb-b"),
+        1,
+        "amb-b was dropped from the ring and watched as a new node:\n{}",
+        listener.output_tail(20)
+    );
+}
+
+/// The same for the node before the listener in the ring, its watcher,
+/// which it holds no link to: it holds one to the listener. Here `amb-b`
+/// misses `amb-a`'s packets, and watches `amb-c`. It dropped `amb-a` from
+/// its ring, and introduced itself to it when it heard it again.
+#[test]
+fn a_listener_that_missed_its_watchers_refresh_asks_for_it() {
+    let lab = Lab::new(3);
+    let [h1, h2, h3] = lab.hosts() else {
+        unreachable!("a three-host lab")
+    };
+    let (watcher, instance) = provider_only(h1, "amb-a");
+    let (listener, _) = provider_only(h2, "amb-b");
+    let (last, _) = provider_only(h3, "amb-c");
+    let linked = wait_until(DEADLINE, || {
+        young_linked(&watcher, "amb-b")
+            && young_linked(&listener, "amb-c")
+            && young_linked(&last, "amb-a")
+    });
+    assert!(linked, "{}", listener.output_tail(20));
+    // Past the young watch (`WATCH_AFTER`), and the introductions of the
+    // start with it.
+    let full = wait_until(WATCH_DEADLINE, || {
+        log_lines(&listener, &["witness: watching node=\"amb-c\""]) > 0
+    });
+    assert!(full, "{}", listener.output_tail(20));
+    let introduction = ["announcing again for a new node before us"];
+    let introduced = log_lines(&listener, &introduction);
+    deaf_but_to_answers(h2, h1);
+    // amb-b holds amb-a too while amb-c may not know it (`BLIND_FOR`, 90
+    // s from amb-b's first packet of amb-a's); amb-a's records run out
+    // 120 s after its last one, when only amb-a's link to amb-b is up.
+    asked_and_kept(&listener, "amb-a", "watcher", &instance);
+    assert_eq!(
+        log_lines(&listener, &introduction),
+        introduced,
+        "amb-b introduced itself again: amb-a was dropped from its ring:\n{}",
+        listener.output_tail(20)
+    );
+}
+
+/// Makes `listener`'s host miss every mDNS packet of `other`'s host but
+/// the answers to its own queries: a firewall on `listener` drops those
+/// over IPv4 except in the 2 s after it sent a query; `other`'s mDNS over
+/// IPv6 is dropped where it is sent, answers included.
+fn deaf_but_to_answers(listener: &Host, other: &Host) {
+    let from = other.ip.to_string();
     // A query's DNS header has its QR bit clear.
     let query = "0>>22&0x3C@8>>15&0x01=0";
     let asked = ["-m", "recent", "--name", "asked", "--rdest"];
@@ -1457,7 +1507,7 @@ fn a_listener_that_missed_a_linked_nodes_refresh_asks_for_it() {
         &["--set"],
     ]
     .concat();
-    h1.run_ok("iptables", output);
+    listener.run_ok("iptables", output);
     let answers = [
         &["-A", "INPUT"][..],
         &mdns,
@@ -1465,36 +1515,44 @@ fn a_listener_that_missed_a_linked_nodes_refresh_asks_for_it() {
         &["--rcheck", "--seconds", "2", "-j", "ACCEPT"],
     ]
     .concat();
-    h1.run_ok("iptables", answers);
-    h1.run_ok(
+    listener.run_ok("iptables", answers);
+    listener.run_ok(
         "iptables",
         [&["-A", "INPUT"][..], &mdns, &["-j", "DROP"]].concat(),
     );
-    // Its mDNS over IPv6 is dropped where it is sent, answers included.
-    h2.run_ok(
+    other.run_ok(
         "ip6tables",
         ["-A", "OUTPUT", "-p", "udp", "--sport", "5353", "-j", "DROP"],
     );
+}
+
+/// Within this of the firewall, the node's records run out at the
+/// listener and it asks: their 120 s TTL, counted from the last packet
+/// let through (before the firewall), and room on a loaded machine.
+const ASKED_WITHIN: Duration = Duration::from_secs(150);
+
+/// Waits for `listener`, deaf to node `id` ([`deaf_but_to_answers`]), to
+/// ask the link about it once its records ran out, for the link `via`
+/// which it knows it lives (the one it holds to it: "watched"; the one
+/// `id` holds to it: "watcher"), and to keep its `instance`, resolved
+/// again.
+fn asked_and_kept(listener: &Proc, id: &str, via: &str, instance: &str) {
     let t0 = Instant::now();
-    let ask = ["asking the link", "node=\"amb-b\""];
-    let ran_out = wait_until(ASKED_WITHIN, || log_lines(&listener, &ask) > 0);
+    let node = format!("node=\"{id}\"");
+    let via = format!("via=\"{via}\"");
+    let ask = ["asking the link", &node, &via];
+    let ran_out = wait_until(ASKED_WITHIN, || log_lines(listener, &ask) > 0);
     assert!(
         ran_out,
-        "amb-a never asked for amb-b in {:?}:\n{}",
+        "the listener never asked for {id} in {:?}:\n{}",
         t0.elapsed(),
         listener.output_tail(20)
     );
     let kept = format!("resolved it again; it stays instance={instance}");
-    let kept = wait_until(DEADLINE, || log_lines(&listener, &[&kept]) > 0);
+    let kept = wait_until(DEADLINE, || log_lines(listener, &[&kept]) > 0);
     assert!(kept, "{}", listener.output_tail(20));
-    assert_eq!(
-        young_links(&listener, "amb-b"),
-        1,
-        "amb-b was dropped from the ring and watched as a new node:\n{}",
-        listener.output_tail(20)
-    );
     eprintln!(
-        "amb-b's records ran out at amb-a {:?} after the firewall, and were asked for",
+        "{id}'s records ran out at the listener {:?} after the firewall, and were asked for",
         t0.elapsed()
     );
 }

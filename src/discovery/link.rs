@@ -52,6 +52,12 @@
 //! same link is reported so (a router that drops a vanished host's
 //! packets may say nothing, and a sleep proxy answering for it keeps it
 //! reachable): there the beats go on until newer links push it out.
+//!
+//! A node notes the addresses of the watchers that hold a link to it
+//! ([`Watchers`]): a node that only provides asks nothing of the link,
+//! and when the records of the node before it (its watcher) run out in
+//! its cache while that node holds a link to it, it knows them still
+//! live and asks for them (see [`super::mdns::browse`]).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -62,6 +68,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::debug;
+
+use super::held::Held;
 
 /// Most links held at once. In a settled ring a node is watched by one
 /// other; while nodes join, or views differ, by a few. A stranger
@@ -137,10 +145,18 @@ pub fn bind() -> std::io::Result<std::net::TcpListener> {
     Ok(l)
 }
 
+/// The addresses of the peers that hold a link to this node, while they
+/// do: its watchers, whether they asked for beats or not (an older
+/// node, or one whose beats a firewall dropped, does not), and a
+/// consumer's check for a moment. A node that only provides asks the
+/// link about the node before it in the ring when its records run out in
+/// its cache while it holds a link here (see [`super::mdns::browse`]).
+pub type Watchers = Held<IpAddr>;
+
 /// Accepts links and holds them, echoing what their watchers write and
 /// beating as they ask, until the watchers close them, `stop` fires, or
-/// newer ones push them out.
-pub async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
+/// newer ones push them out; notes in `watchers` who holds them.
+pub async fn serve(listener: std::net::TcpListener, watchers: Watchers, stop: CancellationToken) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -160,7 +176,10 @@ pub async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
                 if held.len() >= MAX_LINKS {
                     held.pop_front();
                 }
-                held.push_back(AbortOnDropHandle::new(tokio::spawn(hold(stream))));
+                held.push_back(AbortOnDropHandle::new(tokio::spawn(hold(
+                    stream,
+                    watchers.clone(),
+                ))));
             }
             Err(e) => {
                 debug!(error = %e, "ring link: accept failed");
@@ -172,13 +191,20 @@ pub async fn serve(listener: std::net::TcpListener, stop: CancellationToken) {
 
 /// Writes back what the watcher writes until it closes the link (or a read
 /// or write fails), and beats while the link lasts if its first bytes
-/// were a hello. A link whose watcher's host is gone ([`beat`]) is closed.
-async fn hold(mut stream: TcpStream) {
+/// were a hello; notes the watcher in `watchers` meanwhile. A link whose
+/// watcher's host is gone ([`beat`]) is closed.
+async fn hold(mut stream: TcpStream, watchers: Watchers) {
     let mut buf = [0u8; 64];
     // The hello so far, while its bytes are still coming.
     let mut hello = Some(Vec::with_capacity(HELLO_LEN));
     // Aborted with this task: beats stop when the link does.
     let mut _beats = None;
+    let peer = stream.peer_addr().map(|a| a.ip().to_canonical());
+    let _watcher = peer.ok().map(|ip| {
+        let mut mark = watchers.mark(ip);
+        mark.set(true);
+        mark
+    });
     let gone = CancellationToken::new();
     loop {
         let n = tokio::select! {
@@ -590,10 +616,17 @@ mod tests {
     use super::*;
 
     async fn listening() -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+        noting(Watchers::default()).await
+    }
+
+    /// A node's link listener on loopback, noting its watchers in `watchers`.
+    async fn noting(
+        watchers: Watchers,
+    ) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
         let l = bind().unwrap();
         let port = l.local_addr().unwrap().port();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(l, stop.clone()));
+        let task = tokio::spawn(serve(l, watchers, stop.clone()));
         (SocketAddr::from(([127, 0, 0, 1], port)), stop, task)
     }
 
@@ -673,6 +706,31 @@ mod tests {
         assert!(link.heard_beats());
         // The hello's echo was read: the next byte back answers the ping.
         assert!(link.answers(to, QUICK).await, "no echo after the hello");
+    }
+
+    #[tokio::test]
+    async fn a_watcher_is_noted_while_its_link_lasts() {
+        let watchers = Watchers::default();
+        let (to, _stop, _task) = noting(watchers.clone()).await;
+        let from = to.ip();
+        // Beats asked for or not (an older node's link, or one whose
+        // beats a firewall dropped).
+        for beats in [Some(Duration::from_secs(600)), None] {
+            let mut link = Link::default();
+            link.ask_beats(beats);
+            // Echoed: the node has read what came first.
+            assert!(link.answers(to, QUICK).await, "no echo");
+            assert!(watchers.contains(&from), "the watcher was not noted");
+            drop(link);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while watchers.contains(&from) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(
+                !watchers.contains(&from),
+                "still noted after its link closed"
+            );
+        }
     }
 
     #[tokio::test]

@@ -121,13 +121,14 @@ const LINK_BACK_SPREAD: Duration = Duration::from_secs(1);
 /// How long after that it asks again, if any is still held.
 const LINK_BACK_ASK_AGAIN: Duration = Duration::from_secs(4);
 /// How often at most a listener asks the link about one node whose
-/// records ran out while linked to it (see [`browse`]): once per refresh
-/// of its records, so that a stranger's records under a linked node's id,
-/// short-lived, cost a query a minute.
+/// records ran out while a ring link between them was up (see
+/// [`browse`]): once per refresh of its records, so that a stranger's
+/// records under a linked node's id, short-lived, cost a query a minute.
 const MISSED_ASK_EVERY: Duration = REFRESH_EVERY.start;
-/// Most nodes a listener asks about in [`MISSED_ASK_EVERY`]: those it
-/// watches, so that a stranger's fake nodes, linked and then said
-/// goodbye for one after another, cost no more.
+/// Most nodes a listener asks about in [`MISSED_ASK_EVERY`]: in a settled
+/// ring, the one it watches and the one before it, with room for a node
+/// it holds while new; so that a stranger's fake nodes, linked and then
+/// said goodbye for one after another, cost no more.
 const MISSED_ASKS_MOST: usize = 3;
 /// Most ring links checked at once at a new port (see `Ring::moved`): one
 /// per node watched.
@@ -293,6 +294,8 @@ pub struct Mdns {
     /// task, and its port, which our advertisements name.
     link: Mutex<Option<std::net::TcpListener>>,
     link_port: Option<u16>,
+    /// Who holds a ring link to this node: its watchers.
+    watchers: super::link::Watchers,
 }
 
 impl Mdns {
@@ -344,6 +347,7 @@ impl Mdns {
             announced: Mutex::new(HashMap::new()),
             link: Mutex::new(link),
             link_port,
+            watchers: Default::default(),
         })
     }
 
@@ -356,10 +360,12 @@ impl Mdns {
         super::ifaces::pause_mdns_check_when_short(self.daemon.clone(), stop)
     }
 
-    /// The ring link listener, for [`super::link::serve`]; `None` after
-    /// the first call or when it could not be bound.
-    pub fn take_link(&self) -> Option<std::net::TcpListener> {
-        self.link.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// The ring link listener, for [`super::link::serve`], and where it
+    /// notes its watchers; `None` after the first call or when it could
+    /// not be bound.
+    pub fn take_link(&self) -> Option<(std::net::TcpListener, super::link::Watchers)> {
+        let link = self.link.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        Some((link, self.watchers.clone()))
     }
 
     /// The DNS-SD full name of our instance of `p`.
@@ -900,8 +906,14 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// cache, and listens again; and so once this host's link is back after
 /// mdns-sd dropped what it had learnt over it, while any of that is still
 /// to resolve (`LINK_BACK_ASK`); and so when the records of a node it
-/// holds a ring link to run out (it missed their refresh:
+/// holds a ring link to, or of the node before it while that one holds a
+/// link to it (its watcher), run out (it missed their refresh:
 /// `MISSED_ASK_EVERY`).
+///
+/// The witness's watches, and their links, end with `ring_link`, as soon
+/// as this node's provides are withdrawn at its shutdown: a node that
+/// said its goodbyes is out of every ring, and a listener it still held a
+/// link to would take their removal for a missed refresh.
 pub async fn browse(
     mdns: Arc<Mdns>,
     mut consumed: watch::Receiver<Vec<Arc<Service>>>,
@@ -909,6 +921,7 @@ pub async fn browse(
     mut suspects: mpsc::Receiver<String>,
     stats: Arc<DiscoveryStats>,
     stop: CancellationToken,
+    ring_link: CancellationToken,
 ) {
     let mut verifier = mdns.key.clone().map(Verifier::new);
     let mut expiry = tokio::time::interval(EXPIRE_EVERY);
@@ -916,7 +929,7 @@ pub async fn browse(
     let mut ring = Ring::new(&mdns.node_id);
     let mut aim = Aim::default();
     let (news_tx, mut news_rx) = mpsc::channel(NEWS_QUEUE);
-    let _witness = AbortOnDropHandle::new(tokio::spawn(aim.watch(news_tx, stop.clone())));
+    let _witness = AbortOnDropHandle::new(tokio::spawn(aim.watch(news_tx, ring_link)));
     // Dropped with the browse: the trials' tasks end with it.
     let mut trials = Trials::default();
     // Whether a node's ring link answers at the port heard last, its kept
@@ -1078,15 +1091,26 @@ pub async fn browse(
                         // A listener asks nothing, and mdns-sd asks no
                         // refresh for it (vendor/mdns-sd/PATCHED.md): a
                         // node whose one refresh packet it missed runs out
-                        // here at its records' TTL. While a ring link to
-                        // it is up it lives: its records are asked for,
-                        // and the removal waits for the answer.
+                        // here at its records' TTL. While a ring link
+                        // between them is up, either way (this node
+                        // watches it, or it is the node before this one
+                        // and watches it), it lives: its records are
+                        // asked for, and the removal waits for the answer.
                         let missed = match &ev {
-                            ServiceEvent::ServiceRemoved(_, name) if passive => ctx
-                                .ring
-                                .owner(name)
-                                .map(|(node, _)| (node, name.clone()))
-                                .filter(|(node, _)| aim.linked(node)),
+                            ServiceEvent::ServiceRemoved(_, name) if passive => {
+                                ctx.ring.owner(name).and_then(|(node, _)| {
+                                    let via = if aim.linked(&node) {
+                                        "watched"
+                                    } else if ctx.ring.predecessor() == Some(node.as_str())
+                                        && ctx.ring.addresses(&node).iter().any(|ip| mdns.watchers.contains(ip))
+                                    {
+                                        "watcher"
+                                    } else {
+                                        return None;
+                                    };
+                                    Some((node, via, name.clone()))
+                                })
+                            }
                             _ => None,
                         };
                         ctx.event(ev);
@@ -1094,7 +1118,7 @@ pub async fn browse(
                         if let Some(n) = ctx.refusals.burst() {
                             clearing.want(after_a_flood(), Cause::Refused(n));
                         }
-                        if let Some((node, instance)) = missed {
+                        if let Some((node, via, instance)) = missed {
                             let now = Instant::now();
                             missed_asks.retain(|_, at| now.duration_since(*at) < MISSED_ASK_EVERY);
                             if missed_asks.contains_key(&node) || missed_asks.len() >= MISSED_ASKS_MOST {
@@ -1108,7 +1132,7 @@ pub async fn browse(
                             // the instance it lacks, 0.2 and 0.6 s into the
                             // browse: the removal waits for the browse.
                             ctx.pending.wait_until(&instance, now + ASK_ONCE_FOR + REMOVAL_GRACE);
-                            debug!(node, "the records of a node this one is linked to ran out (their refresh missed); asking the link");
+                            debug!(node, via, "the records of a node linked with this one ran out (their refresh missed); asking the link");
                             ask_once = true;
                             backlog = ctx.drain(&mut fwd).await;
                             continue 'browse;

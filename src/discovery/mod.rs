@@ -26,6 +26,7 @@
 //! - [`witness`]: crash removal for the whole link: each node probes the
 //!   next node in node-id order and multicasts its goodbye when
 //!   it dies.
+//! - [`held`]: which nodes or addresses a ring link is held to now.
 //! - [`link`]: the TCP link each witness holds to the node it watches, so a
 //!   dead process is news at once.
 //! - [`listing`]: a one-off browse of everything the link advertises
@@ -33,6 +34,7 @@
 
 pub mod addr;
 pub mod bucket;
+pub mod held;
 pub mod ifaces;
 pub mod link;
 pub mod listing;

@@ -479,7 +479,11 @@ mod tests {
         let listener = super::super::link::bind().unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(super::super::link::serve(listener, stop.clone()));
+        tokio::spawn(super::super::link::serve(
+            listener,
+            Default::default(),
+            stop.clone(),
+        ));
         (SocketAddr::from(([127, 0, 0, 1], port)), stop.drop_guard())
     }
 

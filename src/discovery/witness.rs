@@ -112,11 +112,9 @@
 //! of its oldest instance, and its goodbye names only the instances that
 //! resolved where it fell silent.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -126,6 +124,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::addr::PeerAddr;
+use super::held::{Held, Mark};
 use super::link::{Event, Link};
 use super::refresh;
 use super::wire::{
@@ -348,7 +347,15 @@ pub struct Ring {
     /// heard: a process restarted under the same node id listens on
     /// another port (see [`Ring::restarted`]).
     heard: HashMap<String, (u16, tokio::time::Instant)>,
+    /// Every address each node's last resolved instance listed (the first
+    /// [`MAX_ADDRS`]): its watcher's link to this node comes from one of
+    /// them, whichever the probe address is ([`Ring::addresses`]).
+    addrs: HashMap<String, Vec<IpAddr>>,
 }
+
+/// Most addresses kept for a node: a host's few, and a bound on what a
+/// stranger's record listing hundreds costs.
+const MAX_ADDRS: usize = 16;
 
 /// Most nodes the ring holds: far above a link's worth of mesh-amb nodes,
 /// a bound on what a flood of fake node ids costs.
@@ -393,6 +400,8 @@ impl Ring {
         });
         peer.host = host;
         peer.link = peer.link.or(link);
+        let ips = addrs.iter().map(|a| a.ip.to_canonical()).take(MAX_ADDRS);
+        self.addrs.insert(node.to_owned(), ips.collect());
         if let Some(port) = link {
             let now = tokio::time::Instant::now();
             let heard = self.heard.entry(node.to_owned()).or_insert((port, now));
@@ -453,6 +462,7 @@ impl Ring {
                 if p.instances.is_empty() {
                     self.nodes.remove(&node);
                     self.heard.remove(&node);
+                    self.addrs.remove(&node);
                 }
             }
             self.reaim(&node);
@@ -498,6 +508,11 @@ impl Ring {
     /// process.
     fn heard_link(&self, node: &str) -> Option<u16> {
         self.heard.get(node).map(|&(port, _)| port)
+    }
+
+    /// The addresses `node`'s last resolved instance listed.
+    pub fn addresses(&self, node: &str) -> &[IpAddr] {
+        self.addrs.get(node).map_or(&[], Vec::as_slice)
     }
 
     /// Whether `node` has an instance in the ring now.
@@ -603,69 +618,14 @@ impl Default for Aim {
     }
 }
 
-/// The nodes this node's watches hold a ring link up to, by how many of
-/// them do: a node whose records run out at a listener while its link is
-/// up lives, and only its refresh was missed (see
-/// [`super::mdns::browse`]).
-#[derive(Debug, Clone, Default)]
-struct Linked(Arc<Mutex<HashMap<String, usize>>>);
-
-impl Linked {
-    fn is_up(&self, node: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(node)
-    }
-
-    /// One watch's say about its link to `node`, down to begin with.
-    fn mark(&self, node: &str) -> LinkMark {
-        LinkMark {
-            linked: self.clone(),
-            node: node.to_owned(),
-            up: false,
-        }
-    }
-}
-
-/// Whether one watch's link to its node is up, in [`Linked`]: down while
-/// a goodbye this node said for it stands (a vanished host's link may
-/// never close), and once the watch ends (an aborted task drops it),
-/// whatever another watch of the same node, started meanwhile, says.
-struct LinkMark {
-    linked: Linked,
-    node: String,
-    up: bool,
-}
-
-impl LinkMark {
-    fn set(&mut self, up: bool) {
-        if up == self.up {
-            return;
-        }
-        self.up = up;
-        let mut nodes = self.linked.0.lock().unwrap_or_else(|e| e.into_inner());
-        match nodes.entry(self.node.clone()) {
-            Entry::Vacant(slot) if up => {
-                slot.insert(1);
-            }
-            Entry::Occupied(mut slot) if up => *slot.get_mut() += 1,
-            Entry::Occupied(mut slot) => {
-                *slot.get_mut() -= 1;
-                if *slot.get() == 0 {
-                    slot.remove();
-                }
-            }
-            Entry::Vacant(_) => {}
-        }
-    }
-}
-
-impl Drop for LinkMark {
-    fn drop(&mut self) {
-        self.set(false);
-    }
-}
+/// The nodes this node's watches hold a ring link up to: a node whose
+/// records run out at a listener while its link is up lives, and only its
+/// refresh was missed (see [`super::mdns::browse`]). A watch's mark is
+/// down while a goodbye this node said for it stands (a vanished host's
+/// link may never close), and once the watch ends, whatever another watch
+/// of the same node, started meanwhile, says.
+type Linked = Held<String>;
+type LinkMark = Mark<String>;
 
 /// When this node announces its records again for a new node before it in
 /// the ring, its watcher from now on: one that only provides listens
@@ -810,7 +770,7 @@ impl Aim {
     /// Whether one of this node's watches holds a ring link up to `node`
     /// and said no goodbye for it: its process lived when last heard.
     pub fn linked(&self, node: &str) -> bool {
-        self.linked.is_up(node)
+        self.linked.contains(node)
     }
 
     /// When this node should announce its records again, for a new node
@@ -873,7 +833,7 @@ impl Aim {
                         continue;
                     }
                     let (id, p, tell) = (node.clone(), peer.clone(), tell.clone());
-                    let mark = linked.mark(node);
+                    let mark = linked.mark(node.clone());
                     let task = if at == 0 {
                         let (size, heard) = (size.clone(), heard.clone());
                         tasks.spawn(
@@ -2094,6 +2054,30 @@ mod tests {
         // Wrapping around: the last id is before the first.
         assert_eq!(ring("a", &["b", "c"]).predecessor(), Some("c"));
         assert_eq!(ring("m", &["z"]).predecessor(), Some("z"));
+    }
+
+    #[tokio::test]
+    async fn a_node_is_known_by_every_address_it_listed_a_few_of_them() {
+        let web_b = format!("web@b.{SERVICE_TYPE}");
+        let mut r = Ring::new("a");
+        // Its watcher's link comes from the interface's primary address,
+        // which need not be the lowest one, the probe's.
+        let listed = ["10.0.0.9", "10.0.0.2", "::ffff:10.0.0.7"];
+        let addrs: Vec<PeerAddr> = listed.iter().flat_map(|a| addr(a)).collect();
+        r.seen("b", &web_b, &addrs, None);
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            r.addresses("b"),
+            [v4("10.0.0.9"), v4("10.0.0.2"), v4("10.0.0.7")]
+        );
+        assert_eq!(r.successor().unwrap().1.addr, Some(v4("10.0.0.2")));
+        let many: Vec<PeerAddr> = (1..=200)
+            .flat_map(|i| addr(&format!("10.1.0.{i}")))
+            .collect();
+        r.seen("b", &web_b, &many, None);
+        assert_eq!(r.addresses("b").len(), MAX_ADDRS);
+        r.gone(&web_b);
+        assert!(r.addresses("b").is_empty());
     }
 
     #[tokio::test(start_paused = true)]

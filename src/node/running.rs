@@ -102,11 +102,13 @@ pub(super) struct Running {
     /// Discovery and checks outlive the listeners: they keep tables fresh
     /// while connections drain.
     background: CancellationToken,
-    /// The witness ring's link (a child of `background`) closes as soon
-    /// as the provides are withdrawn: a node linked to this one counts it
-    /// alive while the link is up, and a listener asks the link about
-    /// such a node when its records go (`discovery::mdns::browse`), which
-    /// after our goodbyes would be a question for nothing.
+    /// The witness ring's links (a child of `background`), both ways,
+    /// close as soon as the provides are withdrawn at shutdown (not at a
+    /// reload that withdraws the last one): a node linked with
+    /// this one counts it alive while a link is up, and a listener asks
+    /// the link about such a node when its records go
+    /// (`discovery::mdns::browse`), which after our goodbyes would be a
+    /// question for nothing.
     ring_link: CancellationToken,
     side_tasks: TaskTracker,
     providers: TaskTracker,
@@ -411,9 +413,9 @@ impl Running {
         }
         self.side_tasks
             .spawn(m.pause_interface_check_when_short(self.background.clone()));
-        if let Some(link) = m.take_link() {
-            self.side_tasks
-                .spawn(crate::discovery::link::serve(link, self.ring_link.clone()));
+        if let Some((link, watchers)) = m.take_link() {
+            let serve = crate::discovery::link::serve(link, watchers, self.ring_link.clone());
+            self.side_tasks.spawn(serve);
         }
         self.mdns = Some(m);
     }
@@ -440,6 +442,7 @@ impl Running {
             suspects,
             self.discovery_stats.clone(),
             self.background.clone(),
+            self.ring_link.clone(),
         ));
     }
 
