@@ -952,9 +952,7 @@ pub async fn browse(
     // When a listener asks the link about the instances held for this
     // host's link, once it is back, and whether that is the first time.
     let mut link_back_ask: Option<(Instant, bool)> = None;
-    // When a listener last asked the link about each node whose refresh
-    // it missed.
-    let mut missed_asks: HashMap<String, Instant> = HashMap::new();
+    let mut missed_asks = MissedAsks::default();
     let mut sweep_next = false;
     let mut replay = Replay::default();
     let mut asking = Reconfirms::default();
@@ -1098,18 +1096,8 @@ pub async fn browse(
                         // asked for, and the removal waits for the answer.
                         let missed = match &ev {
                             ServiceEvent::ServiceRemoved(_, name) if passive => {
-                                ctx.ring.owner(name).and_then(|(node, _)| {
-                                    let via = if aim.linked(&node) {
-                                        "watched"
-                                    } else if ctx.ring.predecessor() == Some(node.as_str())
-                                        && ctx.ring.addresses(&node).iter().any(|ip| mdns.watchers.contains(ip))
-                                    {
-                                        "watcher"
-                                    } else {
-                                        return None;
-                                    };
-                                    Some((node, via, name.clone()))
-                                })
+                                linked_with(ctx.ring, &aim, &mdns.watchers, name)
+                                    .map(|(node, via)| (node, via, name.clone()))
                             }
                             _ => None,
                         };
@@ -1120,14 +1108,13 @@ pub async fn browse(
                         }
                         if let Some((node, via, instance)) = missed {
                             let now = Instant::now();
-                            missed_asks.retain(|_, at| now.duration_since(*at) < MISSED_ASK_EVERY);
-                            if missed_asks.contains_key(&node) || missed_asks.len() >= MISSED_ASKS_MOST {
+                            if !missed_asks.may_ask(&node, now) {
                                 continue;
                             }
                             if clearing_instead(&fwd.crowded, &mut clearing, false) {
                                 continue;
                             }
-                            missed_asks.insert(node.clone(), now);
+                            missed_asks.asked(&node, now);
                             // The answer comes with mdns-sd's questions for
                             // the instance it lacks, 0.2 and 0.6 s into the
                             // browse: the removal waits for the browse.
@@ -2097,6 +2084,52 @@ fn removed(services: &[Arc<Service>], fullname: &str) -> bool {
     any
 }
 
+/// Whether a listener whose cache lost the records of `fullname` (their
+/// TTL ran out) knows their node alive by a ring link, and by which:
+/// `"watched"`, its own link to the node is up and it said no goodbye for
+/// it; `"watcher"`, the node is the one before it in the ring and holds a
+/// link to it (from any address the node listed). The node, if so.
+fn linked_with(
+    ring: &Ring,
+    aim: &Aim,
+    watchers: &super::link::Watchers,
+    fullname: &str,
+) -> Option<(String, &'static str)> {
+    let (node, _) = ring.owner(fullname)?;
+    let via = if aim.linked(&node) {
+        "watched"
+    } else if ring.predecessor() == Some(node.as_str())
+        && ring.addresses(&node).iter().any(|ip| watchers.contains(ip))
+    {
+        "watcher"
+    } else {
+        return None;
+    };
+    Some((node, via))
+}
+
+/// When a listener last asked the link about each node whose refresh it
+/// missed, in the last [`MISSED_ASK_EVERY`]: the bound on what a
+/// stranger's fake nodes, linked and run out one after another, cost.
+#[derive(Debug, Default)]
+struct MissedAsks(HashMap<String, Instant>);
+
+impl MissedAsks {
+    /// Whether `node` may be asked about at `now`: not asked about in
+    /// [`MISSED_ASK_EVERY`], and fewer than [`MISSED_ASKS_MOST`] nodes
+    /// were.
+    fn may_ask(&mut self, node: &str, now: Instant) -> bool {
+        self.0
+            .retain(|_, at| now.saturating_duration_since(*at) < MISSED_ASK_EVERY);
+        !self.0.contains_key(node) && self.0.len() < MISSED_ASKS_MOST
+    }
+
+    /// Notes that `node` was asked about at `now`.
+    fn asked(&mut self, node: &str, now: Instant) {
+        self.0.insert(node.to_owned(), now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2113,6 +2146,57 @@ mod tests {
 
     fn gone(name: &str) -> ServiceEvent {
         ServiceEvent::ServiceRemoved(SERVICE_TYPE.into(), name.into())
+    }
+
+    #[test]
+    fn a_listener_asks_about_a_few_nodes_a_minute_each_once() {
+        let mut asks = MissedAsks::default();
+        let t0 = Instant::now();
+        assert!(asks.may_ask("a", t0));
+        asks.asked("a", t0);
+        assert!(!asks.may_ask("a", t0 + MISSED_ASK_EVERY / 2), "asked twice");
+        for node in ["b", "c"] {
+            assert!(asks.may_ask(node, t0));
+            asks.asked(node, t0);
+        }
+        // A stranger's fake nodes, one after another, cost no more.
+        assert!(!asks.may_ask("d", t0 + MISSED_ASK_EVERY / 2));
+        let later = t0 + MISSED_ASK_EVERY;
+        assert!(asks.may_ask("a", later) && asks.may_ask("d", later));
+    }
+
+    #[tokio::test]
+    async fn a_listener_knows_the_node_before_it_alive_by_its_link_from_any_of_its_addresses() {
+        let peer = |ips: &[&str]| -> Vec<PeerAddr> {
+            let ip = |a: &&str| PeerAddr {
+                ip: a.parse().unwrap(),
+                scope: 0,
+            };
+            ips.iter().map(ip).collect()
+        };
+        let (web_a, web_z) = (
+            format!("web@a.{SERVICE_TYPE}"),
+            format!("web@z.{SERVICE_TYPE}"),
+        );
+        let mut ring = Ring::new("m");
+        ring.seen("a", &web_a, &peer(&["10.0.0.1", "10.0.0.5"]), Some(4000));
+        ring.seen("z", &web_z, &peer(&["10.0.0.26"]), Some(4000));
+        let (aim, watchers) = (Aim::default(), super::super::link::Watchers::default());
+        let asked = |name: &str| linked_with(&ring, &aim, &watchers, name);
+        assert_eq!(asked(&web_a), None, "no link up");
+        // The node before this one links from its primary address, not
+        // the lowest it listed (the probe's).
+        let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+        let mut from_a = watchers.mark(ip("10.0.0.5"));
+        from_a.set(true);
+        assert_eq!(asked(&web_a), Some(("a".to_owned(), "watcher")));
+        // A link from the node after it says nothing of it: that one is
+        // watched by this node, and only while its own link is up.
+        let mut from_z = watchers.mark(ip("10.0.0.26"));
+        from_z.set(true);
+        assert_eq!(asked(&web_z), None);
+        drop(from_a);
+        assert_eq!(asked(&web_a), None, "the link closed");
     }
 
     /// An event as the tests compare it: "gone NAME", "search NAME".
