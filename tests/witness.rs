@@ -9,7 +9,8 @@
 //! responder hears nothing while its process runs is not declared dead,
 //! and one whose watcher's host vanished stops beating to it.
 
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use mesh_amb::discovery::witness::{MISSES_TO_DEAD, PROBE_EVERY, PROBE_TIMEOUT};
@@ -732,6 +733,16 @@ fn a_suspect_whose_responder_is_silent_but_whose_process_answers_is_kept() {
         );
     }
     drop(service);
+    // A process another test thread forks between our bind and the fork's
+    // exec holds a copy of the listener until that exec: connects would
+    // still complete, then be reset, which is no failed connect (seen once
+    // in CI). So wait until the port refuses.
+    let target = SocketAddr::from((h1.ip, 7000));
+    let refused = wait_until(DEADLINE, || {
+        h2.enter(|| TcpStream::connect_timeout(&target, Duration::from_secs(1)))
+            .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused)
+    });
+    assert!(refused, "h1:7000 still accepts after its listener closed");
     // Refused: h1 is put on trial (its backend may be ejected already: a
     // first record with only its link-local address fails its probe).
     let _ = h2.enter(|| request(local(8080), &["PING"]));
