@@ -527,8 +527,9 @@ fn switch_restart(n: usize, settle: Duration, outage: Duration) {
 /// logs in that window: how often a node that only provides watched a
 /// node anew (it had dropped it from its ring, its refresh missed, and
 /// found it again), introduced itself to a node before it found anew,
-/// asked the link about a linked node whose records ran out, and kept
-/// it; the mDNS traffic; and the live providers any table dropped.
+/// asked for the records of a linked node that ran out, and kept it; the
+/// mDNS traffic, and in the seconds after each ask; and the live
+/// providers any table dropped.
 fn lossy_mdns(n: usize, percent: f64, window: Duration) {
     let (consumers, lab, nodes) = started_together(n, "MESH_LOSS");
     let hosts = lab.hosts();
@@ -602,8 +603,8 @@ fn lossy_mdns(n: usize, percent: f64, window: Duration) {
             &["announcing again for a new node before us"][..],
         ),
         (
-            "asked the link about a linked node whose records ran out",
-            &["their refresh missed", "asking the link"][..],
+            "asked for a linked node's records that ran out",
+            &["their refresh missed"][..],
         ),
         (
             "kept an instance mDNS reported gone",
@@ -621,8 +622,34 @@ fn lossy_mdns(n: usize, percent: f64, window: Duration) {
         traffic.mdns as f64 / secs,
         traffic.mdns
     );
+    // What an ask costs: the link's mDNS in the seconds after each one,
+    // against its usual share of the window.
+    let after_asks: Vec<usize> = providers
+        .iter()
+        .flat_map(|p| {
+            p.stderr()
+                .lines()
+                .filter(|l| l.contains("their refresh missed"))
+                .filter_map(stamp)
+                .filter(|t| *t >= t0 && *t < t1)
+                .collect::<Vec<f64>>()
+        })
+        .map(|t| Traffic::of(&frames, t, t + ASK_COST_WINDOW).mdns)
+        .collect();
+    if !after_asks.is_empty() {
+        println!(
+            "  mDNS in the {ASK_COST_WINDOW} s after an ask: {:.1} packets on average, {} at most (in any {ASK_COST_WINDOW} s of the window: {:.1})",
+            after_asks.iter().sum::<usize>() as f64 / after_asks.len() as f64,
+            after_asks.iter().max().unwrap_or(&0),
+            traffic.mdns as f64 / secs * ASK_COST_WINDOW
+        );
+    }
     println!("live providers dropped from a table during the window: {dropped}");
 }
+
+/// Seconds after a listener's ask in which the mDNS on the link is
+/// counted as its cost: the ask and its answers, asked again once.
+const ASK_COST_WINDOW: f64 = 2.0;
 
 /// The usual shape's nodes ([`usual_shape`]) started together, once every
 /// table holds every instance: how many only consume, the lab and the

@@ -1428,8 +1428,8 @@ fn a_node_killed_just_after_its_restart_leaves_the_tables() {
 /// dropped the node from its ring until the next refresh (about 20 s),
 /// watching the wrong one meanwhile and the node young when it came back.
 /// Here `amb-a` misses every packet of `amb-b`'s but the answers to its
-/// own queries: while its ring link to `amb-b` is up, it asks when the
-/// records run out, and keeps it.
+/// own queries: while its ring link to `amb-b` is up, it asks `amb-b`
+/// for them when the records run out, and keeps it.
 #[test]
 fn a_listener_that_missed_a_linked_nodes_refresh_asks_for_it() {
     let lab = Lab::new(2);
@@ -1443,7 +1443,7 @@ fn a_listener_that_missed_a_linked_nodes_refresh_asks_for_it() {
     });
     assert!(linked, "{}", listener.output_tail(20));
     deaf_but_to_answers(h1, h2);
-    asked_and_kept(&listener, "amb-b", "watched", &instance);
+    asked_and_kept(h1, &listener, "amb-b", "watched", &instance);
     assert_eq!(
         young_links(&listener, "amb-b"),
         1,
@@ -1483,7 +1483,7 @@ fn a_listener_that_missed_its_watchers_refresh_asks_for_it() {
     // amb-b holds amb-a too while amb-c may not know it (`BLIND_FOR`, 90
     // s from amb-b's first packet of amb-a's); amb-a's records run out
     // 120 s after its last one, when only amb-a's link to amb-b is up.
-    asked_and_kept(&listener, "amb-a", "watcher", &instance);
+    asked_and_kept(h2, &listener, "amb-a", "watcher", &instance);
     assert_eq!(
         log_lines(&listener, &introduction),
         introduced,
@@ -1495,11 +1495,29 @@ fn a_listener_that_missed_its_watchers_refresh_asks_for_it() {
 /// Makes `listener`'s host miss every mDNS packet of `other`'s host but
 /// the answers to its own queries: a firewall on `listener` drops those
 /// over IPv4 except in the 2 s after it sent a query; `other`'s mDNS over
-/// IPv6 is dropped where it is sent, answers included.
+/// IPv6 is dropped where it is sent, answers included. From then on it
+/// counts the listener's queries for the type ([`type_queries`]).
 fn deaf_but_to_answers(listener: &Host, other: &Host) {
     let from = other.ip.to_string();
     // A query's DNS header has its QR bit clear.
     let query = "0>>22&0x3C@8>>15&0x01=0";
+    // Over IPv6 (no extension headers): the UDP payload at 48.
+    let query_v6 = "48>>15&0x01=0";
+    for (tables, query) in [("iptables", query), ("ip6tables", query_v6)] {
+        let rule = [
+            &["-A", "OUTPUT", "-p", "udp", "--dport", "5353"][..],
+            &["-m", "u32", "--u32", query],
+            &[
+                "-m",
+                "string",
+                "--algo",
+                "bm",
+                "--hex-string",
+                TYPE_QUESTION,
+            ],
+        ];
+        listener.run_ok(tables, rule.concat());
+    }
     let asked = ["-m", "recent", "--name", "asked", "--rdest"];
     let mdns = ["-p", "udp", "--sport", "5353", "-s", &from];
     let output = [
@@ -1537,21 +1555,42 @@ fn deaf_but_to_answers(listener: &Host, other: &Host) {
     );
 }
 
+/// A question for every instance of the type: its name, uncompressed as
+/// a query's first name is, and the PTR type. A query for one instance's
+/// records carries the name after the instance's label, and their types.
+const TYPE_QUESTION: &str = "|04|_amb|04|_tcp|05|local|00 00 0c|";
+
+/// The queries for the type `host` sent since [`deaf_but_to_answers`],
+/// over IPv4 and IPv6: the packets its rules counted.
+fn type_queries(host: &Host) -> u64 {
+    ["iptables", "ip6tables"]
+        .iter()
+        .map(|tables| {
+            host.run_ok(tables, ["-L", "OUTPUT", "-v", "-x", "-n"])
+                .lines()
+                .filter(|l| l.contains("STRING match"))
+                .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// Within this of the firewall, the node's records run out at the
 /// listener and it asks: their 120 s TTL, counted from the last packet
 /// let through (before the firewall), and room on a loaded machine.
 const ASKED_WITHIN: Duration = Duration::from_secs(150);
 
-/// Waits for `listener`, deaf to node `id` ([`deaf_but_to_answers`]), to
-/// ask the link about it once its records ran out, for the link `via`
-/// which it knows it lives (the one it holds to it: "watched"; the one
-/// `id` holds to it: "watcher"), and to keep its `instance`, resolved
-/// again.
-fn asked_and_kept(listener: &Proc, id: &str, via: &str, instance: &str) {
+/// Waits for `listener` on `host`, deaf to node `id`
+/// ([`deaf_but_to_answers`]), to ask it for its records once they ran
+/// out, for the link `via` which it knows it lives (the one it holds to
+/// it: "watched"; the one `id` holds to it: "watcher"), and to keep its
+/// `instance`, resolved again; having asked that node alone (a question
+/// for the type draws an answer from every node on the link).
+fn asked_and_kept(host: &Host, listener: &Proc, id: &str, via: &str, instance: &str) {
     let t0 = Instant::now();
     let node = format!("node=\"{id}\"");
     let via = format!("via=\"{via}\"");
-    let ask = ["asking the link", &node, &via];
+    let ask = ["asking the node for them", &node, &via];
     let ran_out = wait_until(ASKED_WITHIN, || log_lines(listener, &ask) > 0);
     assert!(
         ran_out,
@@ -1562,6 +1601,12 @@ fn asked_and_kept(listener: &Proc, id: &str, via: &str, instance: &str) {
     let kept = format!("resolved it again; it stays instance={instance}");
     let kept = wait_until(DEADLINE, || log_lines(listener, &[&kept]) > 0);
     assert!(kept, "{}", listener.output_tail(20));
+    assert_eq!(
+        type_queries(host),
+        0,
+        "the listener asked every node on the link:\n{}",
+        listener.output_tail(20)
+    );
     eprintln!(
         "{id}'s records ran out at the listener {:?} after the firewall, and were asked for",
         t0.elapsed()

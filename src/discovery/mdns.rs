@@ -98,6 +98,11 @@ const REBROWSE_JITTER: Duration = Duration::from_secs(2);
 /// (RFC 6762 §5.2), the answers within about 120 ms more, and its second
 /// query would go a second after the first.
 const ASK_ONCE_FOR: Duration = Duration::from_millis(900);
+/// How long after its question about a linked node's records (see
+/// [`Mdns::ask`]) a listener asks again, if the node's answer has not
+/// come: a node answers a question for its unique records at once (RFC
+/// 6762 §6), so by then the question or the answer was lost.
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(400);
 /// How long after a flood its clearing comes at the soonest, and the
 /// random spread added (see [`after_a_flood`]). mdns-sd first asks about
 /// a record 96 s after it came (at 80 % of its 2 minutes), so nothing is
@@ -683,6 +688,24 @@ impl Mdns {
         }
     }
 
+    /// Asks the node behind `fullname` for the instance's records (SRV,
+    /// which it answers with its host's addresses, and TXT): one query per
+    /// interface, multicast from port 5353, so that the node's answer is
+    /// multicast too, and every cache on the link takes it, mdns-sd's here
+    /// included, which resolves the instance again from it and the PTR
+    /// record it still holds (that lives 75 minutes, the SRV 2). Only the
+    /// node answers: a question for the type would draw an answer from
+    /// every node whose records this cache holds past half their TTL
+    /// (RFC 6762 §7.1), about 30 packets at 64 hosts.
+    pub fn ask(&self, fullname: &str) {
+        let packet = wire::query(&[(fullname, wire::TYPE_SRV), (fullname, wire::TYPE_TXT)], 0);
+        for intf in super::refresh::interfaces(&self.ifaces) {
+            if let Err(e) = intf.multicast(&packet) {
+                debug!(instance = %fullname, error = %e, "cannot ask for an instance's records");
+            }
+        }
+    }
+
     /// Stops the daemon (it sends goodbyes for what is still registered) and
     /// waits for its thread to finish.
     pub async fn shutdown(&self) {
@@ -905,10 +928,10 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// with a query for `ASK_ONCE_FOR`, so that the node answers for every
 /// cache, and listens again; and so once this host's link is back after
 /// mdns-sd dropped what it had learnt over it, while any of that is still
-/// to resolve (`LINK_BACK_ASK`); and so when the records of a node it
-/// holds a ring link to, or of the node before it while that one holds a
-/// link to it (its watcher), run out (it missed their refresh:
-/// `MISSED_ASK_EVERY`).
+/// to resolve (`LINK_BACK_ASK`). When the records of a node it holds a
+/// ring link to, or of the node before it while that one holds a link to
+/// it (its watcher), run out (it missed their refresh), it asks that
+/// node alone for them ([`Mdns::ask`], `MISSED_ASK_EVERY`).
 ///
 /// The witness's watches, and their links, end with `ring_link`, as soon
 /// as this node's provides are withdrawn at its shutdown: a node that
@@ -953,6 +976,9 @@ pub async fn browse(
     // host's link, once it is back, and whether that is the first time.
     let mut link_back_ask: Option<(Instant, bool)> = None;
     let mut missed_asks = MissedAsks::default();
+    // A listener's questions about a linked node's records, to ask again
+    // if still unanswered: when, and the instance.
+    let mut ask_again: Vec<(Instant, String)> = Vec::new();
     let mut sweep_next = false;
     let mut replay = Replay::default();
     let mut asking = Reconfirms::default();
@@ -1111,21 +1137,28 @@ pub async fn browse(
                             if !missed_asks.may_ask(&node, now) {
                                 continue;
                             }
-                            if clearing_instead(&fwd.crowded, &mut clearing, false) {
-                                continue;
-                            }
                             missed_asks.asked(&node, now);
-                            // The answer comes with mdns-sd's questions for
-                            // the instance it lacks, 0.2 and 0.6 s into the
-                            // browse: the removal waits for the browse.
-                            ctx.pending.wait_until(&instance, now + ASK_ONCE_FOR + REMOVAL_GRACE);
-                            debug!(node, via, "the records of a node linked with this one ran out (their refresh missed); asking the link");
-                            ask_once = true;
-                            backlog = ctx.drain(&mut fwd).await;
-                            continue 'browse;
+                            // Asked again if no answer came, as mdns-sd
+                            // asks twice for an instance it lacks; the
+                            // removal waits for the second answer.
+                            ctx.pending.wait_until(&instance, now + ASK_AGAIN_AFTER * 2 + REMOVAL_GRACE);
+                            debug!(node, via, "the records of a node linked with this one ran out (their refresh missed); asking the node for them");
+                            mdns.ask(&instance);
+                            ask_again.push((now + ASK_AGAIN_AFTER, instance));
                         }
                     }
                 },
+                _ = sleep_until_some(ask_again.iter().map(|(at, _)| *at).min()) => {
+                    let now = Instant::now();
+                    let (due, later) = ask_again.drain(..).partition(|(at, _)| *at <= now);
+                    ask_again = later;
+                    for (_, instance) in due {
+                        if ctx.pending.waits(&instance) {
+                            debug!(instance, "no answer yet from a node linked with this one; asking again");
+                            mdns.ask(&instance);
+                        }
+                    }
+                }
                 _ = sleep_until_some(ctx.pending.next()) => {
                     let gone = ctx.apply_due_removals();
                     if ctx.pending.link_came_back() && listening {

@@ -104,6 +104,15 @@ impl Interface {
             .collect()
     }
 
+    /// Multicasts `packet` from port 5353 on this interface: over IPv4
+    /// where it has an IPv4 address, else over IPv6.
+    pub(super) fn multicast(&self, packet: &[u8]) -> io::Result<()> {
+        match self.v4.first() {
+            Some((local, _)) => send_v4(*local, packet),
+            None => send_v6(self.index, packet),
+        }
+    }
+
     fn addrs(&self) -> Vec<IpAddr> {
         let v4 = self.v4.iter().map(|(ip, _)| IpAddr::V4(*ip));
         v4.chain(self.v6.iter().map(|(ip, _)| IpAddr::V6(*ip)))
@@ -132,10 +141,7 @@ pub(super) fn send(
             continue;
         }
         for packet in packets(instances, &addrs) {
-            match intf.v4.first() {
-                Some((local, _)) => send_v4(*local, &packet)?,
-                None => send_v6(intf.index, &packet)?,
-            }
+            intf.multicast(&packet)?;
             sent = true;
         }
     }

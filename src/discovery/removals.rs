@@ -115,6 +115,11 @@ impl Removals {
         self.waiting.remove(name).is_some()
     }
 
+    /// Whether a removal of `name` waits.
+    pub fn waits(&self, name: &str) -> bool {
+        self.waiting.contains_key(name)
+    }
+
     /// When the next removal is due.
     pub fn next(&self) -> Option<Instant> {
         self.waiting.values().map(|r| r.at).min()

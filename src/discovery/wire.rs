@@ -212,7 +212,8 @@ pub fn is_bidi_control(c: char) -> bool {
 
 /// The mDNS port and groups (RFC 6762; the IPv6 one of link-local scope),
 /// for the packets mesh-amb writes itself: the witness's probes and
-/// goodbyes, and the refresh of our records.
+/// goodbyes, the refresh of our records, and a listener's question about
+/// a linked node's records.
 pub(super) const MDNS_PORT: u16 = 5353;
 pub(super) const MDNS_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(224, 0, 0, 251);
 pub(super) const MDNS_V6: std::net::Ipv6Addr =
@@ -244,12 +245,22 @@ pub(super) fn put_name(p: &mut Vec<u8>, name: &str) {
 /// `name`, as a legacy querier sends it (RFC 6762 §6.7: from a port other
 /// than 5353, answered by unicast).
 pub(super) fn question(name: &str, ty: u16, id: u16) -> Vec<u8> {
-    let mut p = Vec::with_capacity(96);
+    query(&[(name, ty)], id)
+}
+
+/// A query with message id `id` and these questions (name, type), each
+/// asking for a multicast answer (RFC 6762 §5.4: the unicast bit clear).
+pub(super) fn query(questions: &[(&str, u16)], id: u16) -> Vec<u8> {
+    let mut p = Vec::with_capacity(96 * questions.len());
     p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]); // flags 0, one question
-    put_name(&mut p, name);
-    p.extend_from_slice(&ty.to_be_bytes());
-    p.extend_from_slice(&CLASS_IN.to_be_bytes());
+    p.extend_from_slice(&[0, 0]); // flags 0: a query
+    p.extend_from_slice(&(questions.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    for (name, ty) in questions {
+        put_name(&mut p, name);
+        p.extend_from_slice(&ty.to_be_bytes());
+        p.extend_from_slice(&CLASS_IN.to_be_bytes());
+    }
     p
 }
 
@@ -351,6 +362,19 @@ mod tests {
             bytes * 2 < MAX_TXT_BYTES,
             "room for a signature and third-party keys"
         );
+    }
+
+    #[test]
+    fn a_query_asks_each_question_for_a_multicast_answer() {
+        let name = "web@b._amb._tcp.local.";
+        let q = query(&[(name, TYPE_SRV), (name, TYPE_TXT)], 0);
+        assert_eq!(&q[..12], &[0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0]);
+        let label = b"\x05web@b\x04_amb\x04_tcp\x05local\x00";
+        // Each name in full, its type, and class IN with the unicast bit
+        // clear.
+        let srv = [&label[..], &[0, 33, 0, 1]].concat();
+        let txt = [&label[..], &[0, 16, 0, 1]].concat();
+        assert_eq!(&q[12..], [srv, txt].concat());
     }
 
     #[test]
