@@ -1437,13 +1437,21 @@ fn a_listener_that_missed_a_linked_nodes_refresh_asks_for_it() {
         unreachable!("a two-host lab")
     };
     let (listener, _) = provider_only(h1, "amb-a");
-    let (other, instance) = provider_only(h2, "amb-b");
+    // Two services: their records, refreshed in one packet, run out
+    // together, and both are asked for.
+    let two = ["--provide", "web:7000", "--provide", "db:7000"];
+    let (other, instance) = advertising(h2, &[&two[..], &["--node-id", "amb-b"]].concat());
+    let db = instance.replacen("web@", "db@", 1);
     let linked = wait_until(DEADLINE, || {
         young_linked(&listener, "amb-b") && young_linked(&other, "amb-a")
     });
     assert!(linked, "{}", listener.output_tail(20));
+    let both = wait_until(DEADLINE, || {
+        log_lines(&listener, &["resolved", &format!("instance={db}")]) > 0
+    });
+    assert!(both, "{}", listener.output_tail(20));
     deaf_but_to_answers(h1, h2);
-    asked_and_kept(h1, &listener, "amb-b", "watched", &instance);
+    asked_and_kept(h1, &listener, "amb-b", "watched", &[&instance, &db]);
     assert_eq!(
         young_links(&listener, "amb-b"),
         1,
@@ -1483,7 +1491,7 @@ fn a_listener_that_missed_its_watchers_refresh_asks_for_it() {
     // amb-b holds amb-a too while amb-c may not know it (`BLIND_FOR`, 90
     // s from amb-b's first packet of amb-a's); amb-a's records run out
     // 120 s after its last one, when only amb-a's link to amb-b is up.
-    asked_and_kept(h2, &listener, "amb-a", "watcher", &instance);
+    asked_and_kept(h2, &listener, "amb-a", "watcher", &[&instance]);
     assert_eq!(
         log_lines(&listener, &introduction),
         introduced,
@@ -1584,9 +1592,9 @@ const ASKED_WITHIN: Duration = Duration::from_secs(150);
 /// ([`deaf_but_to_answers`]), to ask it for its records once they ran
 /// out, for the link `via` which it knows it lives (the one it holds to
 /// it: "watched"; the one `id` holds to it: "watcher"), and to keep its
-/// `instance`, resolved again; having asked that node alone (a question
+/// `instances`, resolved again; having asked that node alone (a question
 /// for the type draws an answer from every node on the link).
-fn asked_and_kept(host: &Host, listener: &Proc, id: &str, via: &str, instance: &str) {
+fn asked_and_kept(host: &Host, listener: &Proc, id: &str, via: &str, instances: &[&str]) {
     let t0 = Instant::now();
     let node = format!("node=\"{id}\"");
     let via = format!("via=\"{via}\"");
@@ -1598,9 +1606,11 @@ fn asked_and_kept(host: &Host, listener: &Proc, id: &str, via: &str, instance: &
         t0.elapsed(),
         listener.output_tail(20)
     );
-    let kept = format!("resolved it again; it stays instance={instance}");
-    let kept = wait_until(DEADLINE, || log_lines(listener, &[&kept]) > 0);
-    assert!(kept, "{}", listener.output_tail(20));
+    for instance in instances {
+        let kept = format!("resolved it again; it stays instance={instance}");
+        let kept = wait_until(DEADLINE, || log_lines(listener, &[&kept]) > 0);
+        assert!(kept, "{instance} not kept:\n{}", listener.output_tail(20));
+    }
     assert_eq!(
         type_queries(host),
         0,

@@ -149,8 +149,8 @@ pub fn bind() -> std::io::Result<std::net::TcpListener> {
 /// do: its watchers, whether they asked for beats or not (an older
 /// node, or one whose beats a firewall dropped, does not), and a
 /// consumer's check for a moment. A node that only provides asks the
-/// link about the node before it in the ring when its records run out in
-/// its cache while it holds a link here (see [`super::mdns::browse`]).
+/// node before it in the ring for its records when they run out in its
+/// cache while that node holds a link here (see [`super::mdns::browse`]).
 pub type Watchers = Held<IpAddr>;
 
 /// Accepts links and holds them, echoing what their watchers write and

@@ -106,10 +106,17 @@ impl Interface {
 
     /// Multicasts `packet` from port 5353 on this interface: over IPv4
     /// where it has an IPv4 address, else over IPv6.
-    pub(super) fn multicast(&self, packet: &[u8]) -> io::Result<()> {
-        match self.v4.first() {
-            Some((local, _)) => send_v4(*local, packet),
-            None => send_v6(self.index, packet),
+    fn multicast(&self, packet: &[u8]) -> io::Result<()> {
+        self.multicast_over(true, packet)
+    }
+
+    /// The same over IPv4 if `v4` (and the interface has an IPv4
+    /// address), else over IPv6 if it has an IPv6 address; over the
+    /// family it has otherwise.
+    pub(super) fn multicast_over(&self, v4: bool, packet: &[u8]) -> io::Result<()> {
+        match (v4 || self.v6.is_empty(), self.v4.first()) {
+            (true, Some((local, _))) => send_v4(*local, packet),
+            _ => send_v6(self.index, packet),
         }
     }
 

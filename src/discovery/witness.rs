@@ -515,6 +515,11 @@ impl Ring {
         self.addrs.get(node).map_or(&[], Vec::as_slice)
     }
 
+    /// The instances `node` lists in the ring.
+    pub fn instances(&self, node: &str) -> &[String] {
+        self.nodes.get(node).map_or(&[], |p| p.instances.as_slice())
+    }
+
     /// Whether `node` has an instance in the ring now.
     pub fn knows(&self, node: &str) -> bool {
         self.nodes.contains_key(node)
