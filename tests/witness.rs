@@ -1623,6 +1623,40 @@ fn asked_and_kept(host: &Host, listener: &Proc, id: &str, via: &str, instances: 
     );
 }
 
+/// A node whose local service stopped answering withdraws its provide
+/// (down, then its goodbye) and lives on, its ring links up: a listener
+/// linked to it took the goodbye's removal for a missed refresh and asked
+/// the node for records it no longer had. The record said it was down.
+#[test]
+fn a_provide_withdrawn_while_its_node_lives_draws_no_question() {
+    let lab = Lab::new(3);
+    let [h1, h2, h3] = lab.hosts() else {
+        unreachable!("a three-host lab")
+    };
+    let consumer = amb(h1, &["--consume", "web:8080", "--node-id", "amb-z"]);
+    let (listener, _) = provider_only(h2, "amb-a");
+    // Never accepted from: the kernel completes the checks' connects.
+    let service = h3.enter(|| TcpListener::bind(("0.0.0.0", 7000)).expect("bind 7000"));
+    let args = ["--provide", "web:7000", "--node-id", "amb-b"];
+    let stopping = amb(h3, &[&args[..], &["--check-interval", "1s"]].concat());
+    wait_log(&stopping, ADVERTISING);
+    let instance = format!("web@amb-b.{}", mesh_amb::discovery::wire::SERVICE_TYPE);
+    let linked = wait_until(DEADLINE, || young_linked(&listener, "amb-b"));
+    assert!(linked, "{}", listener.output_tail(20));
+    let joined = wait_until(DEADLINE, || has(&consumer, "backend joined", &instance) > 0);
+    assert!(joined, "{}", consumer.output_tail(20));
+    drop(service);
+    wait_log(&stopping, "advertisement withdrawn");
+    let left = wait_until(DEADLINE, || has(&consumer, "backend left", &instance) > 0);
+    assert!(left, "{}", consumer.output_tail(20));
+    assert_eq!(
+        log_lines(&listener, &["their refresh missed"]),
+        0,
+        "the listener asked a node for the records it withdrew:\n{}",
+        listener.output_tail(20)
+    );
+}
+
 /// A node that leaves with client connections open drains them after its
 /// goodbye, and its ring link used to stay up until it exited: a listener
 /// linked to it took the goodbye's removal for a missed refresh and asked

@@ -1566,7 +1566,7 @@ impl Browsing<'_> {
                     self.mdns.announces(&r.fullname),
                 );
                 match seen {
-                    Ok(peer) => {
+                    Ok((peer, state)) => {
                         // A record this node refuses (a stranger's, unsealed
                         // or stale) says nothing about the instance.
                         if self.asking.resolved(&r.fullname) {
@@ -1575,6 +1575,7 @@ impl Browsing<'_> {
                         if let Some(node) = r.get_property_val_str("node") {
                             let link = wire::link_port(|k| r.get_property_val_str(k));
                             self.ring.seen(node, &r.fullname, &peer, link);
+                            self.ring.leaving(&r.fullname, state != State::Up);
                         }
                     }
                     Err(Unused::Refused) => self.refusals.refused(Instant::now(), &r.fullname),
@@ -1973,8 +1974,8 @@ enum Unused {
 /// trusted, and this is the instance's newest record); with a key, a record
 /// that is not verified changes nothing, so a stranger cannot knock a
 /// verified instance out by forging a flawed record under its name.
-/// Returns the peer's usable addresses when the record is a valid one,
-/// else why it is not used.
+/// Returns the peer's usable addresses and the instance's state when the
+/// record is a valid one, else why it is not used.
 fn resolved(
     services: &[Arc<Service>],
     r: &ResolvedService,
@@ -1982,7 +1983,7 @@ fn resolved(
     verifier: Option<&mut Verifier>,
     stats: &DiscoveryStats,
     ours: bool,
-) -> Result<Vec<PeerAddr>, Unused> {
+) -> Result<(Vec<PeerAddr>, State), Unused> {
     let keyed = verifier.is_some();
     let txt_bytes = advert::txt_len(r.get_properties().iter().map(|p| (p.key(), p.val())));
     if let Err(flaw) = wire::check(&r.fullname, r.get_port(), txt_bytes) {
@@ -2037,7 +2038,7 @@ fn resolved(
     if let Some(why) = tls.refuses(advert.tls) {
         stats.ignore(&stats.tls_mismatch, &r.fullname, why);
         removed(services, &r.fullname);
-        return Ok(peer);
+        return Ok((peer, advert.state));
     }
     let local = addr::local_addrs();
     let mut addrs = addr::choose(&peer, r.get_port(), &local);
@@ -2094,7 +2095,7 @@ fn resolved(
                 weight = advert.weight, "{what}");
         }
     }
-    Ok(peer)
+    Ok((peer, advert.state))
 }
 
 /// Whether a new instance may join `svc`'s table (`snap`) under the caps.
@@ -2171,13 +2172,18 @@ fn removed(services: &[Arc<Service>], fullname: &str) -> bool {
 /// TTL ran out) knows their node alive by a ring link, and by which:
 /// `"watched"`, its own link to the node is up and it said no goodbye for
 /// it; `"watcher"`, the node is the one before it in the ring and holds a
-/// link to it (from any address the node listed). The node, if so.
+/// link to it (from any address the node listed). The node, if so; not
+/// for an instance whose last record said it is leaving: that was its
+/// goodbye, and its node lives on.
 fn linked_with(
     ring: &Ring,
     aim: &Aim,
     watchers: &super::link::Watchers,
     fullname: &str,
 ) -> Option<(String, &'static str)> {
+    if ring.is_leaving(fullname) {
+        return None;
+    }
     let (node, _) = ring.owner(fullname)?;
     let via = if aim.linked(&node) {
         "watched"
@@ -2303,6 +2309,14 @@ mod tests {
         assert_eq!(asked(&web_z), None);
         drop(from_a);
         assert_eq!(asked(&web_a), None, "the link closed");
+        // A provide withdrawn while its node lives on (a reload, its
+        // local service down) says so before its goodbye.
+        let mut from_a = watchers.mark(ip("10.0.0.5"));
+        from_a.set(true);
+        ring.leaving(&web_a, true);
+        assert_eq!(linked_with(&ring, &aim, &watchers, &web_a), None);
+        ring.leaving(&web_a, false);
+        assert!(linked_with(&ring, &aim, &watchers, &web_a).is_some());
     }
 
     /// An event as the tests compare it: "gone NAME", "search NAME".

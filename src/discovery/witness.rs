@@ -112,7 +112,7 @@
 //! of its oldest instance, and its goodbye names only the instances that
 //! resolved where it fell silent.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -351,6 +351,9 @@ pub struct Ring {
     /// [`MAX_ADDRS`]): its watcher's link to this node comes from one of
     /// them, whichever the probe address is ([`Ring::addresses`]).
     addrs: HashMap<String, Vec<IpAddr>>,
+    /// The instances whose last record said they are leaving (draining,
+    /// or down): their goodbye is no missed refresh ([`Ring::is_leaving`]).
+    leaving: HashSet<String>,
 }
 
 /// Most addresses kept for a node: a host's few, and a bound on what a
@@ -452,9 +455,27 @@ impl Ring {
         }
     }
 
+    /// Notes whether the last record of instance `fullname`, listed in
+    /// the ring, said it is leaving.
+    pub fn leaving(&mut self, fullname: &str, leaving: bool) {
+        if leaving && self.owners.contains_key(fullname) {
+            self.leaving.insert(fullname.to_owned());
+        } else {
+            self.leaving.remove(fullname);
+        }
+    }
+
+    /// Whether instance `fullname` said it is leaving: a provide withdrawn
+    /// (at a reload, or when its local service stopped answering) says so
+    /// before its goodbye, while its node lives on.
+    pub fn is_leaving(&self, fullname: &str) -> bool {
+        self.leaving.contains(fullname)
+    }
+
     /// Forgets instance `fullname`; a node left without instances leaves
     /// the ring.
     pub fn gone(&mut self, fullname: &str) {
+        self.leaving.remove(fullname);
         for node in self.owners.remove(fullname).unwrap_or_default() {
             self.at.remove(&(node.clone(), fullname.to_owned()));
             if let Some(p) = self.nodes.get_mut(&node) {
