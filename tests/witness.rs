@@ -1649,6 +1649,12 @@ fn a_provide_withdrawn_while_its_node_lives_draws_no_question() {
     wait_log(&stopping, "advertisement withdrawn");
     let left = wait_until(DEADLINE, || has(&consumer, "backend left", &instance) > 0);
     assert!(left, "{}", consumer.output_tail(20));
+    // The listener's own removal, while linked: what it decided.
+    let decided = wait_until(DEADLINE, || {
+        log_lines(&listener, &["their refresh missed"]) > 0
+            || log_lines(&listener, &["said it was leaving and is gone", "amb-b"]) > 0
+    });
+    assert!(decided, "{}", listener.output_tail(20));
     assert_eq!(
         log_lines(&listener, &["their refresh missed"]),
         0,

@@ -962,7 +962,9 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// to resolve (`LINK_BACK_ASK`). When the records of a node it holds a
 /// ring link to, or of the node before it while that one holds a link to
 /// it (its watcher), run out (it missed their refresh), it asks that
-/// node alone for them ([`Mdns::ask`], `MISSED_ASK_EVERY`).
+/// node alone for them ([`Mdns::ask`], `MISSED_ASK_EVERY`); not when
+/// their last record said they were leaving (a provide withdrawn while
+/// its node lives on, whose goodbye that was).
 ///
 /// The witness's watches, and their links, end with `ring_link`, as soon
 /// as this node's provides are withdrawn at its shutdown: a node that
@@ -1150,7 +1152,8 @@ pub async fn browse(
                         // between them is up, either way (this node
                         // watches it, or it is the node before this one
                         // and watches it), it lives: its records are
-                        // asked for, and the removal waits for the answer.
+                        // asked for, and the removal waits for the answer
+                        // (unless they said they were leaving).
                         let missed = match &ev {
                             ServiceEvent::ServiceRemoved(_, name) if passive => {
                                 linked_with(ctx.ring, &aim, &mdns.watchers, name)
@@ -1181,7 +1184,14 @@ pub async fn browse(
                             ctx.pending.wait_until(&instance, now + ASKED_WAIT);
                             debug!(node, via, "the records of a node linked with this one ran out (their refresh missed); asking the node for them");
                             let v4 = ctx.ring.addresses(&node).iter().any(IpAddr::is_ipv4);
-                            mdns.ask(&node, ctx.ring.instances(&node), v4);
+                            let asked: Vec<String> = ctx
+                                .ring
+                                .instances(&node)
+                                .iter()
+                                .filter(|i| !ctx.ring.is_leaving(i))
+                                .cloned()
+                                .collect();
+                            mdns.ask(&node, &asked, v4);
                             ask_again.push((now + ASK_AGAIN_AFTER, node, ASKS_MOST - 1));
                         }
                     }
@@ -1575,7 +1585,7 @@ impl Browsing<'_> {
                         if let Some(node) = r.get_property_val_str("node") {
                             let link = wire::link_port(|k| r.get_property_val_str(k));
                             self.ring.seen(node, &r.fullname, &peer, link);
-                            self.ring.leaving(&r.fullname, state != State::Up);
+                            self.ring.set_leaving(&r.fullname, state != State::Up);
                         }
                     }
                     Err(Unused::Refused) => self.refusals.refused(Instant::now(), &r.fullname),
@@ -2181,9 +2191,6 @@ fn linked_with(
     watchers: &super::link::Watchers,
     fullname: &str,
 ) -> Option<(String, &'static str)> {
-    if ring.is_leaving(fullname) {
-        return None;
-    }
     let (node, _) = ring.owner(fullname)?;
     let via = if aim.linked(&node) {
         "watched"
@@ -2194,6 +2201,10 @@ fn linked_with(
     } else {
         return None;
     };
+    if ring.is_leaving(fullname) {
+        debug!(node, via, instance = %fullname, "the instance of a node linked with this one said it was leaving and is gone; no question");
+        return None;
+    }
     Some((node, via))
 }
 
@@ -2313,9 +2324,9 @@ mod tests {
         // local service down) says so before its goodbye.
         let mut from_a = watchers.mark(ip("10.0.0.5"));
         from_a.set(true);
-        ring.leaving(&web_a, true);
+        ring.set_leaving(&web_a, true);
         assert_eq!(linked_with(&ring, &aim, &watchers, &web_a), None);
-        ring.leaving(&web_a, false);
+        ring.set_leaving(&web_a, false);
         assert!(linked_with(&ring, &aim, &watchers, &web_a).is_some());
     }
 

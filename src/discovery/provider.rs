@@ -206,7 +206,14 @@ pub async fn run(
                         status.update(|s| s.advertised = None);
                         warn!(provide = %p, "local service stopped answering ({why}): advertisement withdrawn");
                     }
-                    Err(e) => warn!(provide = %p, "{e:#}; retrying"),
+                    Err(e) => {
+                        // `withdraw` forgot the instance before the daemon
+                        // failed to confirm: if the service answers again
+                        // before the retry, it is advertised anew, not
+                        // refreshed (there is nothing left to refresh).
+                        outdated = true;
+                        warn!(provide = %p, "{e:#}; retrying");
+                    }
                 }
             }
             (false, false) if !warned => {

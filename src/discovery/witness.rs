@@ -457,7 +457,7 @@ impl Ring {
 
     /// Notes whether the last record of instance `fullname`, listed in
     /// the ring, said it is leaving.
-    pub fn leaving(&mut self, fullname: &str, leaving: bool) {
+    pub fn set_leaving(&mut self, fullname: &str, leaving: bool) {
         if leaving && self.owners.contains_key(fullname) {
             self.leaving.insert(fullname.to_owned());
         } else {
@@ -646,7 +646,8 @@ impl Default for Aim {
 
 /// The nodes this node's watches hold a ring link up to: a node whose
 /// records run out at a listener while its link is up lives, and only its
-/// refresh was missed (see [`super::mdns::browse`]). A watch's mark is
+/// refresh was missed, unless they said they were leaving (see
+/// [`super::mdns::browse`]). A watch's mark is
 /// down while a goodbye this node said for it stands (a vanished host's
 /// link may never close), and once the watch ends, whatever another watch
 /// of the same node, started meanwhile, says.
@@ -2104,6 +2105,26 @@ mod tests {
         assert_eq!(r.addresses("b").len(), MAX_ADDRS);
         r.gone(&web_b);
         assert!(r.addresses("b").is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_said_it_is_leaving_is_noted_while_it_is_in_the_ring() {
+        let (web_b, stranger) = (
+            format!("web@b.{SERVICE_TYPE}"),
+            format!("x@q.{SERVICE_TYPE}"),
+        );
+        let mut r = Ring::new("a");
+        r.set_leaving(&stranger, true);
+        assert!(!r.is_leaving(&stranger), "not in the ring: not noted");
+        r.seen("b", &web_b, &addr("10.0.0.1"), None);
+        r.set_leaving(&web_b, true);
+        assert!(r.is_leaving(&web_b));
+        r.set_leaving(&web_b, false);
+        assert!(!r.is_leaving(&web_b), "up again");
+        r.set_leaving(&web_b, true);
+        r.gone(&web_b);
+        r.seen("b", &web_b, &addr("10.0.0.1"), None);
+        assert!(!r.is_leaving(&web_b), "its goodbye cleared it");
     }
 
     #[tokio::test(start_paused = true)]
