@@ -146,7 +146,8 @@ const LINK_BACK_ASK_AGAIN: Duration = Duration::from_secs(4);
 /// How often at most a listener asks one node whose records ran out
 /// while a ring link between them was up for them (see [`browse`]): once
 /// per refresh of its records, so that a stranger's records under a
-/// linked node's id, short-lived, cost two queries a minute at most.
+/// linked node's id, short-lived, cost [`ASKS_MOST`] queries a minute at
+/// most.
 const MISSED_ASK_EVERY: Duration = REFRESH_EVERY.start;
 /// Most nodes a listener asks about in [`MISSED_ASK_EVERY`]: in a settled
 /// ring, the one it watches and the one before it, with room for a node
@@ -715,9 +716,9 @@ impl Mdns {
     /// cache on the link takes it. mdns-sd's here resolves the instances
     /// again from it and the PTR records it still holds (they live 75
     /// minutes, the SRV 2). Only the node answers: a question for the type
-    /// would draw an answer from every node whose records this cache
-    /// holds past half their TTL (RFC 6762 §7.1), about 30 packets at 64
-    /// hosts.
+    /// drew an answer from every node whose records this cache held past
+    /// half their TTL (RFC 6762 §7.1), 12 to 59 packets an ask at 64 hosts
+    /// (BENCHMARKS.md), where this one draws about one.
     pub fn ask(&self, node: &str, instances: &[String], v4: bool) {
         let host = wire::host_name(node);
         let mut questions: Vec<(&str, u16)> = instances
