@@ -1460,6 +1460,50 @@ fn a_listener_that_missed_a_linked_nodes_refresh_asks_for_it() {
     );
 }
 
+/// The same for a node that advertises an IPv6 address only: its mdns-sd
+/// hears IPv6 alone, so the question goes over IPv6 (over IPv4 it would
+/// draw no answer, and the node would be dropped).
+#[test]
+fn a_listener_asks_a_node_that_advertises_only_ipv6_over_ipv6() {
+    let lab = Lab::new(2);
+    let [h1, h2] = lab.hosts() else {
+        unreachable!("a two-host lab")
+    };
+    for (host, n) in [(h1, 1), (h2, 2)] {
+        let ula = format!("{ULA_PREFIX}{n}/64");
+        host.run_ok("ip", ["-6", "addr", "add", &ula, "dev", "eth0", "nodad"]);
+    }
+    let (listener, _) = provider_only(h1, "amb-a");
+    let only = format!("{ULA_PREFIX}2");
+    let args = ["--provide", "web:7000", "--node-id", "amb-b"];
+    let (other, instance) = advertising(h2, &[&args[..], &["--advertise-addr", &only]].concat());
+    let linked = wait_until(DEADLINE, || {
+        young_linked(&listener, "amb-b") && young_linked(&other, "amb-a")
+    });
+    assert!(linked, "{}", listener.output_tail(20));
+    count_type_queries(h1);
+    // Over IPv6 a multicast packet leaves from the link-local address.
+    let shown = h2.run_ok("ip", ["-6", "-o", "addr", "show", "dev", "eth0"]);
+    let from: Vec<String> = shown
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet6").nth(1))
+        .filter_map(|a| a.split('/').next())
+        .map(str::to_owned)
+        .collect();
+    assert!(from.len() >= 2, "h2's IPv6 addresses: {shown}");
+    deaf_to_but_answers(h1, "ip6tables", &from);
+    asked_and_kept(h1, &listener, "amb-b", "watched", &[&instance]);
+    assert_eq!(
+        young_links(&listener, "amb-b"),
+        1,
+        "amb-b was dropped from the ring and watched as a new node:\n{}",
+        listener.output_tail(20)
+    );
+}
+
+/// A unique-local prefix of the lab's own (its namespaces are its own).
+const ULA_PREFIX: &str = "fd6d:616d:6200::";
+
 /// The same for the node before the listener in the ring, its watcher,
 /// which it holds no link to: it holds one to the listener. Here `amb-b`
 /// misses `amb-a`'s packets, and watches `amb-c`. It dropped `amb-a` from
@@ -1506,12 +1550,23 @@ fn a_listener_that_missed_its_watchers_refresh_asks_for_it() {
 /// IPv6 is dropped where it is sent, answers included. From then on it
 /// counts the listener's queries for the type ([`type_queries`]).
 fn deaf_but_to_answers(listener: &Host, other: &Host) {
-    let from = other.ip.to_string();
-    // A query's DNS header has its QR bit clear.
-    let query = "0>>22&0x3C@8>>15&0x01=0";
-    // Over IPv6 (no extension headers): the UDP payload at 48.
-    let query_v6 = "48>>15&0x01=0";
-    for (tables, query) in [("iptables", query), ("ip6tables", query_v6)] {
+    count_type_queries(listener);
+    deaf_to_but_answers(listener, "iptables", &[other.ip.to_string()]);
+    other.run_ok(
+        "ip6tables",
+        ["-A", "OUTPUT", "-p", "udp", "--sport", "5353", "-j", "DROP"],
+    );
+}
+
+/// A query's DNS header has its QR bit clear: over IPv4, the UDP payload
+/// after the IP header's length; over IPv6 (no extension headers), at 48.
+const QUERY: &str = "0>>22&0x3C@8>>15&0x01=0";
+const QUERY_V6: &str = "48>>15&0x01=0";
+
+/// Counts `listener`'s queries for the type, over IPv4 and IPv6 (see
+/// [`type_queries`]).
+fn count_type_queries(listener: &Host) {
+    for (tables, query) in [("iptables", QUERY), ("ip6tables", QUERY_V6)] {
         let rule = [
             &["-A", "OUTPUT", "-p", "udp", "--dport", "5353"][..],
             &["-m", "u32", "--u32", query],
@@ -1526,41 +1581,40 @@ fn deaf_but_to_answers(listener: &Host, other: &Host) {
         ];
         listener.run_ok(tables, rule.concat());
     }
+}
+
+/// Makes `listener`'s firewall (`tables`: "iptables" or "ip6tables") drop
+/// the mDNS packets from addresses `from` but in the 2 s after it sent a
+/// query.
+fn deaf_to_but_answers(listener: &Host, tables: &str, from: &[String]) {
+    let (query, group) = match tables {
+        "iptables" => (QUERY, "224.0.0.251"),
+        _ => (QUERY_V6, "ff02::fb"),
+    };
     let asked = ["-m", "recent", "--name", "asked", "--rdest"];
-    let mdns = ["-p", "udp", "--sport", "5353", "-s", &from];
     let output = [
-        &[
-            "-A",
-            "OUTPUT",
-            "-p",
-            "udp",
-            "--dport",
-            "5353",
-            "-d",
-            "224.0.0.251",
-        ][..],
+        &["-A", "OUTPUT", "-p", "udp", "--dport", "5353", "-d", group][..],
         &["-m", "u32", "--u32", query],
         &asked,
         &["--set"],
     ]
     .concat();
-    listener.run_ok("iptables", output);
-    let answers = [
-        &["-A", "INPUT"][..],
-        &mdns,
-        &asked,
-        &["--rcheck", "--seconds", "2", "-j", "ACCEPT"],
-    ]
-    .concat();
-    listener.run_ok("iptables", answers);
-    listener.run_ok(
-        "iptables",
-        [&["-A", "INPUT"][..], &mdns, &["-j", "DROP"]].concat(),
-    );
-    other.run_ok(
-        "ip6tables",
-        ["-A", "OUTPUT", "-p", "udp", "--sport", "5353", "-j", "DROP"],
-    );
+    listener.run_ok(tables, output);
+    for from in from {
+        let mdns = ["-p", "udp", "--sport", "5353", "-s", from];
+        let answers = [
+            &["-A", "INPUT"][..],
+            &mdns,
+            &asked,
+            &["--rcheck", "--seconds", "2", "-j", "ACCEPT"],
+        ]
+        .concat();
+        listener.run_ok(tables, answers);
+        listener.run_ok(
+            tables,
+            [&["-A", "INPUT"][..], &mdns, &["-j", "DROP"]].concat(),
+        );
+    }
 }
 
 /// A question for every instance of the type: its name, uncompressed as

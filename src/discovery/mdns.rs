@@ -1184,15 +1184,8 @@ pub async fn browse(
                             // removal waits for the last one.
                             ctx.pending.wait_until(&instance, now + ASKED_WAIT);
                             debug!(node, via, "the records of a node linked with this one ran out (their refresh missed); asking the node for them");
-                            let v4 = ctx.ring.addresses(&node).iter().any(IpAddr::is_ipv4);
-                            let asked: Vec<String> = ctx
-                                .ring
-                                .instances(&node)
-                                .iter()
-                                .filter(|i| !ctx.ring.is_leaving(i))
-                                .cloned()
-                                .collect();
-                            mdns.ask(&node, &asked, v4);
+                            let ring = &*ctx.ring;
+                            ask_node(&mdns, ring, &node, |i| !ring.is_leaving(i));
                             ask_again.push((now + ASK_AGAIN_AFTER, node, ASKS_MOST - 1));
                         }
                     }
@@ -1203,17 +1196,10 @@ pub async fn browse(
                     ask_again = later;
                     for (_, node, left) in due {
                         // Those held for this host's link wait for it.
-                        let unanswered: Vec<String> = ctx
-                            .ring
-                            .instances(&node)
-                            .iter()
-                            .filter(|i| ctx.pending.waits(i) && !ctx.pending.is_held(i))
-                            .cloned()
-                            .collect();
-                        if !unanswered.is_empty() {
-                            debug!(node, "no answer yet from a node linked with this one; asking again");
-                            let v4 = ctx.ring.addresses(&node).iter().any(IpAddr::is_ipv4);
-                            mdns.ask(&node, &unanswered, v4);
+                        let pending = &*ctx.pending;
+                        let unanswered = |i: &str| pending.waits(i) && !pending.is_held(i);
+                        if ask_node(&mdns, ctx.ring, &node, unanswered) {
+                            debug!(node, "no answer yet from a node linked with this one; asked again");
                             if left > 1 {
                                 ask_again.push((now + ASK_AGAIN_AFTER, node, left - 1));
                             }
@@ -1515,6 +1501,24 @@ pub async fn browse(
             }
         }
     }
+}
+
+/// Asks `node` for those of its instances in the ring that `which` keeps
+/// ([`Mdns::ask`]), over IPv4 if it listed an IPv4 address; whether there
+/// was any to ask for.
+fn ask_node(mdns: &Mdns, ring: &Ring, node: &str, which: impl Fn(&str) -> bool) -> bool {
+    let asked: Vec<String> = ring
+        .instances(node)
+        .iter()
+        .filter(|i| which(i))
+        .cloned()
+        .collect();
+    if asked.is_empty() {
+        return false;
+    }
+    let v4 = ring.addresses(node).iter().any(IpAddr::is_ipv4);
+    mdns.ask(node, &asked, v4);
+    true
 }
 
 /// When to clear the cache after a flood: every node on the link sees
