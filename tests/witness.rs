@@ -7,7 +7,8 @@
 //! yet), a live node answers a goodbye said in its name by
 //! announcing itself again (one that only provides too), one whose
 //! responder hears nothing while its process runs is not declared dead,
-//! and one whose watcher's host vanished stops beating to it.
+//! one whose watcher's host vanished stops beating to it, and one back
+//! from a suspend keeps its providers and is found again.
 
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -706,6 +707,140 @@ fn a_node_that_lost_its_ipv4_address_but_answers_over_ipv6_is_kept() {
     let said = ["INFO", "answered by multicast only", &node];
     assert_eq!(log_lines(watcher, &said), 1, "{}", watcher.output_tail(30));
     assert_eq!(log_lines(watcher, &goodbye), 0);
+}
+
+/// A host suspended for ten minutes and woken: its records, and every
+/// record its cache held, ran out meanwhile; its watcher said its
+/// goodbye. mdns-sd keeps the cache on the wall clock, so on the return
+/// what it held ran out at once, and its questions about it drew no
+/// answer (the PTR records it still held were known answers): the node
+/// lost its one provider of `redis` for a minute, until that node's next
+/// refresh. The suspend: the node's process stopped and its host deaf,
+/// then its wall clock moved ten minutes ahead of its monotonic one
+/// (libfaketime), as a suspend leaves them.
+#[test]
+fn a_node_back_from_a_suspend_keeps_its_providers_and_is_found_again() {
+    let lab = Lab::new(3);
+    let [h1, h2, h3] = lab.hosts() else {
+        unreachable!("a three-host lab")
+    };
+    let _redis: Vec<Proc> = lab.hosts().iter().map(|h| redis(h, 12345)).collect();
+    // Ring order a, b, c: amb-a watches amb-b and says its goodbye; amb-c,
+    // after it, announces itself again when amb-b is back, amb-a does not.
+    let a = amb(
+        h1,
+        &[
+            "--provide",
+            "redis:12345",
+            "--consume",
+            "cache:6380",
+            "--node-id",
+            "amb-a",
+        ],
+    );
+    let clock = lab.dir().join("wall-clock");
+    std::fs::write(&clock, "+0").unwrap();
+    let mut cmd = h2.command(BIN);
+    cmd.args([
+        "--provide",
+        "cache:12345",
+        "--consume",
+        "redis:6379",
+        "--node-id",
+        "amb-b",
+    ])
+    .env("RUST_LOG", "mesh_amb=debug")
+    .env("LD_PRELOAD", libfaketime())
+    .env("FAKETIME_TIMESTAMP_FILE", &clock)
+    .env("FAKETIME_NO_CACHE", "1")
+    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let b = h2.spawn_cmd("mesh-amb", cmd);
+    let _c = amb(h3, &["--provide", "cache:12345", "--node-id", "amb-c"]);
+    wait_routed_to(h2, 6379, "h1");
+    let watch = ["witness: watching", "node=\"amb-b\"", "linked=true"];
+    let watched = wait_until(WATCH_DEADLINE, || log_lines(&a, &watch) > 0);
+    assert!(watched, "amb-a never watched amb-b:\n{}", a.output_tail(20));
+    let cache_b = ["backend joined", "instance=cache@amb-b"];
+    let joined = wait_until(DEADLINE, || log_lines(&a, &cache_b) > 0);
+    assert!(
+        joined,
+        "amb-b never reached amb-a's table:\n{}",
+        a.output_tail(20)
+    );
+
+    // Its one restart of the browse on its own (`DESYNC_AFTER`) has
+    // come, as for any node that ran a while: due during the suspend, it
+    // would query afresh on the return.
+    let desync = "restarting the browse once, to fall out of step";
+    let restarted = wait_until(WATCH_DEADLINE, || b.stderr().contains(desync));
+    assert!(restarted, "{}", b.output_tail(20));
+    let deaf = ["INPUT", "!", "-i", "lo", "-j", "DROP"];
+    for tables in ["iptables", "ip6tables"] {
+        h2.run_ok(tables, [&["-I"][..], &deaf].concat());
+    }
+    b.signal(libc::SIGSTOP);
+    let goodbye = ["goodbye sent for its instances", "node=\"amb-b\""];
+    let said = wait_until(HUNG_REMOVED_WITHIN, || log_lines(&a, &goodbye) > 0);
+    assert!(
+        said,
+        "amb-a never said amb-b's goodbye:\n{}",
+        a.output_tail(20)
+    );
+    let cache_b_left = ["backend left", "instance=cache@amb-b"];
+    let gone = wait_until(DEADLINE, || log_lines(&a, &cache_b_left) > 0);
+    assert!(
+        gone,
+        "amb-b never left amb-a's table:\n{}",
+        a.output_tail(20)
+    );
+    std::fs::write(&clock, "+600").unwrap();
+    for tables in ["iptables", "ip6tables"] {
+        h2.run_ok(tables, [&["-D"][..], &deaf].concat());
+    }
+    b.signal(libc::SIGCONT);
+
+    // amb-a's records ran out at amb-b on its return (mdns-sd may report
+    // them removed first, or they go with the cleared cache): relearnt
+    // from the link, and never out of the table meanwhile.
+    let noticed = "the wall clock moved ahead of the monotonic one";
+    let relearnt = wait_until(DEADLINE, || {
+        b.stderr()
+            .lines()
+            .skip_while(|l| !l.contains(noticed))
+            .any(|l| l.contains("resolved instance=redis@amb-a."))
+    });
+    assert!(
+        relearnt,
+        "amb-b did not relearn amb-a's records on its return:\n{}",
+        b.output_tail(30)
+    );
+    let left = ["backend left", "instance=redis@amb-a."];
+    assert_eq!(
+        log_lines(&b, &left),
+        0,
+        "amb-b dropped its one provider of redis on its return:\n{}",
+        b.output_tail(30)
+    );
+    assert_eq!(log_lines(&b, &[noticed]), 1, "{}", b.output_tail(30));
+    wait_routed_to(h2, 6379, "h1");
+    let again = wait_until(DEADLINE, || log_lines(&a, &cache_b) > 1);
+    assert!(
+        again,
+        "amb-a never found amb-b again:\n{}",
+        a.output_tail(20)
+    );
+}
+
+/// Debian's libfaketime, which moves a process's wall clock alone.
+fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.exists());
+    let lib = found.expect("libfaketime is not installed (Debian: apt-get install libfaketime)");
+    lib.to_string_lossy().into_owned()
 }
 
 /// A node put on trial by a failed connect, whose responder stays silent

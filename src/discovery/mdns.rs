@@ -43,6 +43,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::addr::{self, PeerAddr};
+use super::away::{self, Away, Clocks};
 use super::reconfirm::{self, Reconfirms};
 use super::refusals::Refusals;
 use super::removals::Removals;
@@ -940,6 +941,11 @@ fn counter(stats: &DiscoveryStats, why: Reject) -> &AtomicU64 {
 /// answer for them (see `reconfirm`); our own that a replay lacks are
 /// announced again after any restart but a clearing's.
 ///
+/// A node back from a suspend, a stop or a step of its wall clock (see
+/// `away`; the clocks are looked at every `away::CHECK_EVERY` and at each
+/// removal) clears the cache at once and browses afresh, and announces
+/// its instances again (`Browsing::came_back`).
+///
 /// A node that consumes no discovered service (a provider only) sends no
 /// query for the type: it browses mdns-sd's cache alone, which keeps what
 /// the link announces unasked (the vendored mdns-sd sends no query for
@@ -1033,6 +1039,10 @@ pub async fn browse(
     let mut ends_in_a_row = 0u32;
     // What a restarted browse left in mdns-sd's channels (see `forward`).
     let mut backlog = Vec::new();
+    // The clocks when last looked at, to tell when this node was away.
+    let mut clocks = Clocks::now();
+    let mut clock_check = tokio::time::interval(away::CHECK_EVERY);
+    clock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     'browse: loop {
         // What the last browse's drain applied to the ring reaches the
         // watch and the introduction now, not at the new browse's first
@@ -1162,8 +1172,18 @@ pub async fn browse(
                             }
                             _ => None,
                         };
+                        let removal = matches!(ev, ServiceEvent::ServiceRemoved(..));
                         ctx.event(ev);
                         aim.follow(ctx.ring);
+                        // On this node's return mdns-sd reports what ran
+                        // out meanwhile, before the next look at the
+                        // clocks.
+                        if removal {
+                            if let Some(away) = clocks.check(Clocks::now()) {
+                                ctx.came_back(away, &mut clearing);
+                                ask_once |= listening;
+                            }
+                        }
                         if let Some(n) = ctx.refusals.burst() {
                             clearing.want(after_a_flood(), Cause::Refused(n));
                         }
@@ -1316,7 +1336,8 @@ pub async fn browse(
                             most = REPLAY_MOST,
                             "the browse was to restart with more instances in the mDNS cache than a restart replays (a flood); clearing the cache instead"
                         ),
-                        None => {}
+                        // Said when it was found (`came_back`).
+                        Some(Cause::Away) | None => {}
                     }
                     // Drops every record of the type. What the fresh
                     // browse does not bring back is swept, once its
@@ -1344,6 +1365,12 @@ pub async fn browse(
                     sweep_next = true;
                     cleared = took;
                     continue 'browse;
+                }
+                _ = clock_check.tick() => {
+                    if let Some(away) = clocks.check(Clocks::now()) {
+                        ctx.came_back(away, &mut clearing);
+                        ask_once |= listening;
+                    }
                 }
                 _ = drops_check.tick() => {
                     let dropped = stats.events_dropped.load(Ordering::Relaxed);
@@ -1629,6 +1656,27 @@ impl Browsing<'_> {
             }
             _ => {}
         }
+    }
+
+    /// This node is back from `away`: every record whose end the wall
+    /// clock passed meanwhile ran out of the cache at once, each node's
+    /// PTR records kept it from answering mdns-sd's questions about them
+    /// (see `away`), and its watcher may have said our goodbye. So the
+    /// cache is cleared and browsed afresh at once, with no known answer
+    /// (a listener asks once: the caller sets `ask_once`), the removals
+    /// the return brings wait for its answers as a cleared cache's do,
+    /// and our instances are announced again.
+    fn came_back(&mut self, away: Away, clearing: &mut Clearing) {
+        info!(
+            away = ?away.for_how_long(),
+            "{}: what the mDNS cache held may have run out meanwhile; clearing it and browsing afresh",
+            away.what()
+        );
+        let now = Instant::now();
+        self.fresh_until = Some(now + FRESH_FOR);
+        self.pending.wait_all_until(now + REMOVAL_GRACE_FRESH);
+        clearing.urge(now, Cause::Away);
+        self.mdns.announce_again("this node is back from away");
     }
 
     /// Whether the browse is relearning a cleared cache (see [`FRESH_FOR`]).

@@ -3,6 +3,8 @@
 //!
 //! - [`wire`]: the contract with other nodes (names, TXT schema).
 //! - [`addr`]: which of a peer's addresses to dial.
+//! - [`away`]: whether this node was away (suspended, stopped, its wall
+//!   clock set), which runs mdns-sd's cache out.
 //! - [`ifaces`]: the host's interfaces as last read, and mdns-sd's
 //!   interface check, paused while the process is out of descriptors.
 //! - [`mdns`]: the mdns-sd daemon of this node: one per process, one browse
@@ -33,6 +35,7 @@
 //!   (`mesh-amb ls`).
 
 pub mod addr;
+pub mod away;
 pub mod bucket;
 pub mod held;
 pub mod ifaces;

@@ -109,6 +109,14 @@ impl Removals {
         }
     }
 
+    /// Every ordinary removal waits until `at` at least: the cache is
+    /// being learnt afresh, and the answers are on the way.
+    pub fn wait_all_until(&mut self, at: Instant) {
+        for r in self.waiting.values_mut().filter(|r| r.link == Link::Up) {
+            r.at = r.at.max(at);
+        }
+    }
+
     /// `name` resolved again: its removal, if any, is off. Whether there
     /// was one.
     pub fn resolved(&mut self, name: &str) -> bool {

@@ -245,6 +245,9 @@ pub enum Cause {
     /// The browse was to restart with more instances in the cache than a
     /// replay carries ([`REPLAY_MOST`]).
     Crowded,
+    /// This node is back from a suspend, a stop or a step of the wall
+    /// clock, which ran its cache's records out (see `away`).
+    Away,
 }
 
 /// When the browse is to clear the cache next: at once the first time,
@@ -311,7 +314,8 @@ impl Clearing {
 
     /// A clearing is wanted at once, however soon after the last: a
     /// reload's new services wait for the next browse, and a crowded cache
-    /// ([`REPLAY_MOST`]) makes that browse a clearing. Only a reload asks,
+    /// ([`REPLAY_MOST`]) makes that browse a clearing; a node back from
+    /// away has lost what its cache held. Only this node's own doings ask,
     /// so a stranger cannot hurry clearings.
     pub fn urge(&mut self, now: Instant, cause: Cause) {
         self.bring_forward(now, cause);
