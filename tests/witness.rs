@@ -833,11 +833,16 @@ fn a_node_back_from_a_suspend_keeps_its_providers_and_is_found_again() {
 
 /// Debian's libfaketime, which moves a process's wall clock alone.
 fn libfaketime() -> String {
-    let found = std::fs::read_dir("/usr/lib")
+    let multiarch = std::fs::read_dir("/usr/lib")
         .into_iter()
         .flatten()
         .flatten()
-        .map(|d| d.path().join("faketime/libfaketimeMT.so.1"))
+        .map(|d| d.path());
+    let found = ["/usr/lib", "/usr/lib64"]
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(multiarch)
+        .map(|d| d.join("faketime/libfaketimeMT.so.1"))
         .find(|p| p.exists());
     let lib = found.expect("libfaketime is not installed (Debian: apt-get install libfaketime)");
     lib.to_string_lossy().into_owned()

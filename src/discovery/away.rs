@@ -5,10 +5,12 @@
 //! with the cache's other records as known answers: its PTR records (75
 //! minutes to live) keep the nodes quiet. A provider whose last refresh
 //! went out before the suspend was gone from the table until its next
-//! refresh, up to 80 s (a node woken after 10 minutes of sleep lost one
-//! of its two peers for 62 s), and a backward step left the records to
-//! live for as long as the step. The browse is made afresh instead (see
-//! `mdns::browse`).
+//! refresh, up to 80 s (62 s for one of a node's two peers in a suspend
+//! emulated in the lab: its process stopped, then its wall clock moved
+//! ten minutes ahead), and a backward step left the records to live for
+//! as long as the step. The browse is made afresh instead (see
+//! `mdns::browse`), and seals do not expire while it relearns the cache:
+//! by the wall clock every one is past its time.
 //!
 //! The monotonic clock stops while the host is suspended and the wall
 //! clock does not, so the two are compared: a suspend or a step shows as

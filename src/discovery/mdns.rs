@@ -1043,6 +1043,11 @@ pub async fn browse(
     let mut clocks = Clocks::now();
     let mut clock_check = tokio::time::interval(away::CHECK_EVERY);
     clock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether this node came back from away since the last clearing.
+    let mut returned = false;
+    // Until when the cache is relearnt after a clearing, or a return
+    // (see FRESH_FOR); across restarts meanwhile.
+    let mut relearn_until: Option<Instant> = None;
     'browse: loop {
         // What the last browse's drain applied to the ring reaches the
         // watch and the introduction now, not at the new browse's first
@@ -1094,6 +1099,9 @@ pub async fn browse(
         let mut reopen_at: Option<Instant> = None;
         let started = Instant::now();
         let fresh = std::mem::take(&mut cleared);
+        if fresh {
+            relearn_until = Some(Instant::now() + FRESH_FOR);
+        }
         // The cache's `SearchStopped` has not come yet (a listener's).
         let mut cache_replayed = !passive;
         if passive {
@@ -1116,7 +1124,7 @@ pub async fn browse(
             ring: &mut ring,
             pending: &mut pending,
             asking: &mut asking,
-            fresh_until: fresh.then(|| Instant::now() + FRESH_FOR),
+            fresh_until: &mut relearn_until,
             refusals: &mut refusals,
         };
         loop {
@@ -1165,25 +1173,26 @@ pub async fn browse(
                         // and watches it), it lives: its records are
                         // asked for, and the removal waits for the answer
                         // (unless they said they were leaving).
+                        // On this node's return mdns-sd reports what ran
+                        // out meanwhile, before the next look at the
+                        // clocks: the removal waits as a cleared cache's.
+                        if matches!(ev, ServiceEvent::ServiceRemoved(..)) {
+                            if let Some(away) = clocks.check(Clocks::now()) {
+                                ctx.came_back(away, &mut clearing);
+                                returned = true;
+                            }
+                        }
+                        // A cache being relearnt has no PTR record for
+                        // the answer to resolve with.
                         let missed = match &ev {
-                            ServiceEvent::ServiceRemoved(_, name) if passive => {
+                            ServiceEvent::ServiceRemoved(_, name) if passive && !ctx.relearning() => {
                                 linked_with(ctx.ring, &aim, &mdns.watchers, name)
                                     .map(|(node, via)| (node, via, name.clone()))
                             }
                             _ => None,
                         };
-                        let removal = matches!(ev, ServiceEvent::ServiceRemoved(..));
                         ctx.event(ev);
                         aim.follow(ctx.ring);
-                        // On this node's return mdns-sd reports what ran
-                        // out meanwhile, before the next look at the
-                        // clocks.
-                        if removal {
-                            if let Some(away) = clocks.check(Clocks::now()) {
-                                ctx.came_back(away, &mut clearing);
-                                ask_once |= listening;
-                            }
-                        }
                         if let Some(n) = ctx.refusals.burst() {
                             clearing.want(after_a_flood(), Cause::Refused(n));
                         }
@@ -1364,12 +1373,15 @@ pub async fn browse(
                     clearing.made(Instant::now(), took);
                     sweep_next = true;
                     cleared = took;
+                    // A listener back from away asks once: its fresh
+                    // browse of the cache alone would learn nothing.
+                    ask_once |= std::mem::take(&mut returned) && listening;
                     continue 'browse;
                 }
                 _ = clock_check.tick() => {
                     if let Some(away) = clocks.check(Clocks::now()) {
                         ctx.came_back(away, &mut clearing);
-                        ask_once |= listening;
+                        returned = true;
                     }
                 }
                 _ = drops_check.tick() => {
@@ -1391,7 +1403,10 @@ pub async fn browse(
                         continue 'browse;
                     }
                 }
-                _ = expiry.tick(), if ctx.verifier.is_some() => {
+                // Not while the cache is relearnt: on a return from a long
+                // absence every seal is past its time by the wall clock,
+                // and the answers bring new ones.
+                _ = expiry.tick(), if ctx.verifier.is_some() && !ctx.relearning() => {
                     if let Some(v) = &mut ctx.verifier {
                         // Its seal expired: not a node to watch either.
                         for instance in v.expire(unix_now()) {
@@ -1583,9 +1598,10 @@ struct Browsing<'a> {
     /// Backends a sweep is asking about, which an instance resolved again
     /// leaves (see `reconfirm`).
     asking: &'a mut Reconfirms,
-    /// Until when the browse is relearning a cleared cache (see
-    /// [`FRESH_FOR`]).
-    fresh_until: Option<Instant>,
+    /// Until when the browse is relearning a cleared cache, or one this
+    /// node's return from away ran out (see [`FRESH_FOR`]); kept across
+    /// the browse's restarts meanwhile.
+    fresh_until: &'a mut Option<Instant>,
     /// The instances refused (see `refusals`).
     refusals: &'a mut Refusals,
 }
@@ -1663,7 +1679,7 @@ impl Browsing<'_> {
     /// PTR records kept it from answering mdns-sd's questions about them
     /// (see `away`), and its watcher may have said our goodbye. So the
     /// cache is cleared and browsed afresh at once, with no known answer
-    /// (a listener asks once: the caller sets `ask_once`), the removals
+    /// (a listener asks once, after the clearing), the removals
     /// the return brings wait for its answers as a cleared cache's do,
     /// and our instances are announced again.
     fn came_back(&mut self, away: Away, clearing: &mut Clearing) {
@@ -1673,7 +1689,7 @@ impl Browsing<'_> {
             away.what()
         );
         let now = Instant::now();
-        self.fresh_until = Some(now + FRESH_FOR);
+        *self.fresh_until = Some(now + FRESH_FOR);
         self.pending.wait_all_until(now + REMOVAL_GRACE_FRESH);
         clearing.urge(now, Cause::Away);
         self.mdns.announce_again("this node is back from away");
