@@ -1374,8 +1374,11 @@ pub async fn browse(
                     sweep_next = true;
                     cleared = took;
                     // A listener back from away asks once: its fresh
-                    // browse of the cache alone would learn nothing.
-                    ask_once |= std::mem::take(&mut returned) && listening;
+                    // browse of the cache alone would learn nothing. A
+                    // refused clearing is made again: that one asks.
+                    if took {
+                        ask_once |= std::mem::take(&mut returned) && listening;
+                    }
                     continue 'browse;
                 }
                 _ = clock_check.tick() => {
@@ -1407,6 +1410,14 @@ pub async fn browse(
                 // absence every seal is past its time by the wall clock,
                 // and the answers bring new ones.
                 _ = expiry.tick(), if ctx.verifier.is_some() && !ctx.relearning() => {
+                    // A return not noticed yet (this tick and the clocks'
+                    // both overdue on it): no seal expires by a wall clock
+                    // that jumped.
+                    if let Some(away) = clocks.check(Clocks::now()) {
+                        ctx.came_back(away, &mut clearing);
+                        returned = true;
+                        continue;
+                    }
                     if let Some(v) = &mut ctx.verifier {
                         // Its seal expired: not a node to watch either.
                         for instance in v.expire(unix_now()) {
