@@ -1164,6 +1164,12 @@ pub async fn browse(
                         if let ServiceEvent::ServiceResolved(r) = &ev {
                             replay.resolved(&r.fullname);
                         }
+                        // On this node's return mdns-sd reports what ran
+                        // out meanwhile, before the next look at the
+                        // clocks: the removal waits as a cleared cache's.
+                        if matches!(ev, ServiceEvent::ServiceRemoved(..)) {
+                            returned |= ctx.back_from_away(&mut clocks, &mut clearing);
+                        }
                         // A listener asks nothing, and mdns-sd asks no
                         // refresh for it (vendor/mdns-sd/PATCHED.md): a
                         // node whose one refresh packet it missed runs out
@@ -1172,18 +1178,9 @@ pub async fn browse(
                         // watches it, or it is the node before this one
                         // and watches it), it lives: its records are
                         // asked for, and the removal waits for the answer
-                        // (unless they said they were leaving).
-                        // On this node's return mdns-sd reports what ran
-                        // out meanwhile, before the next look at the
-                        // clocks: the removal waits as a cleared cache's.
-                        if matches!(ev, ServiceEvent::ServiceRemoved(..)) {
-                            if let Some(away) = clocks.check(Clocks::now()) {
-                                ctx.came_back(away, &mut clearing);
-                                returned = true;
-                            }
-                        }
-                        // A cache being relearnt has no PTR record for
-                        // the answer to resolve with.
+                        // (unless they said they were leaving); not while
+                        // the cache is relearnt, which has no PTR record
+                        // for the answer to resolve with.
                         let missed = match &ev {
                             ServiceEvent::ServiceRemoved(_, name) if passive && !ctx.relearning() => {
                                 linked_with(ctx.ring, &aim, &mdns.watchers, name)
@@ -1382,10 +1379,7 @@ pub async fn browse(
                     continue 'browse;
                 }
                 _ = clock_check.tick() => {
-                    if let Some(away) = clocks.check(Clocks::now()) {
-                        ctx.came_back(away, &mut clearing);
-                        returned = true;
-                    }
+                    returned |= ctx.back_from_away(&mut clocks, &mut clearing);
                 }
                 _ = drops_check.tick() => {
                     let dropped = stats.events_dropped.load(Ordering::Relaxed);
@@ -1413,8 +1407,7 @@ pub async fn browse(
                     // A return not noticed yet (this tick and the clocks'
                     // both overdue on it): no seal expires by a wall clock
                     // that jumped.
-                    if let Some(away) = clocks.check(Clocks::now()) {
-                        ctx.came_back(away, &mut clearing);
+                    if ctx.back_from_away(&mut clocks, &mut clearing) {
                         returned = true;
                         continue;
                     }
@@ -1683,6 +1676,16 @@ impl Browsing<'_> {
             }
             _ => {}
         }
+    }
+
+    /// Looks at `clocks`; whether this node is back from away (see
+    /// [`Browsing::came_back`]).
+    fn back_from_away(&mut self, clocks: &mut Clocks, clearing: &mut Clearing) -> bool {
+        let away = clocks.check(Clocks::now());
+        if let Some(away) = away {
+            self.came_back(away, clearing);
+        }
+        away.is_some()
     }
 
     /// This node is back from `away`: every record whose end the wall
